@@ -1,0 +1,1 @@
+"""The API service: `conveyor.v1.JobService` over gRPC (wiring only; the domain is `conveyor`)."""

@@ -1,0 +1,87 @@
+"""JobService: decode the request, call JobOperations, encode the answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from conveyor.auth import Authenticator, Principal
+from conveyor.config import Settings
+from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.grpcserver import streaming, unary
+from conveyor.jobs import MAX_BULK, JobSpec, JobState, spec_from_proto
+from conveyor.operations import JobOperations, ListFilter
+from conveyor.v1 import job_service_pb2 as pb
+from conveyor.v1 import job_service_pb2_grpc
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    def __init__(self, ops: JobOperations, auth: Authenticator, settings: Settings) -> None:
+        self.ops = ops
+        self.auth = auth
+        self.max_payload = settings.max_payload_bytes
+
+    @unary
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, principal: Principal
+    ) -> pb.SubmitJobResponse:
+        spec = spec_from_proto(request, max_payload_bytes=self.max_payload)
+        job = await self.ops.submit(principal, spec)
+        return pb.SubmitJobResponse(job=job.to_proto())
+
+    @unary
+    async def SubmitJobs(
+        self, request: pb.SubmitJobsRequest, principal: Principal
+    ) -> pb.SubmitJobsResponse:
+        count = len(request.requests)
+        if not 1 <= count <= MAX_BULK:
+            raise InvalidArgument(
+                [FieldViolation("requests", f"must hold 1 to {MAX_BULK} requests, not {count}")]
+            )
+        specs: list[JobSpec] = []
+        violations: list[FieldViolation] = []
+        for i, item in enumerate(request.requests):
+            try:
+                specs.append(
+                    spec_from_proto(
+                        item, max_payload_bytes=self.max_payload, prefix=f"requests[{i}]."
+                    )
+                )
+            except InvalidArgument as bad:
+                violations += bad.violations
+        if violations:
+            raise InvalidArgument(violations)
+        jobs = await self.ops.submit_many(principal, specs)
+        return pb.SubmitJobsResponse(jobs=[job.to_proto() for job in jobs])
+
+    @unary
+    async def GetJob(self, request: pb.GetJobRequest, principal: Principal) -> pb.GetJobResponse:
+        job = await self.ops.get(principal, request.id)
+        return pb.GetJobResponse(job=job.to_proto())
+
+    @unary
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, principal: Principal
+    ) -> pb.ListJobsResponse:
+        try:
+            state = JobState(request.state) if request.state else None
+        except ValueError:
+            raise InvalidArgument([FieldViolation("state", "is not a JobState")]) from None
+        filt = ListFilter(state=state, queue=request.queue or None, type=request.type or None)
+        jobs, token = await self.ops.list_jobs(
+            principal, filt, request.page_size, request.page_token
+        )
+        return pb.ListJobsResponse(jobs=[job.to_proto() for job in jobs], next_page_token=token)
+
+    @streaming
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, principal: Principal
+    ) -> AsyncIterator[pb.WatchJobResponse]:
+        async for sequence, job in self.ops.watch(principal, request.id, request.after_sequence):
+            yield pb.WatchJobResponse(sequence=sequence, job=job.to_proto())
+
+    @unary
+    async def CancelJob(
+        self, request: pb.CancelJobRequest, principal: Principal
+    ) -> pb.CancelJobResponse:
+        job = await self.ops.cancel(principal, request.id)
+        return pb.CancelJobResponse(job=job.to_proto())

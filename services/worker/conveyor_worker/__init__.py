@@ -1,0 +1,1 @@
+"""The worker service: runs `conveyor.runner.Worker` and serves `conveyor.v1.WorkerControl`."""

@@ -1,0 +1,1 @@
+"""Conveyor: asynchronous job processing over gRPC."""

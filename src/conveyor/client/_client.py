@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+
+from conveyor.config import Settings
+from conveyor.errors import from_rpc_error
+from conveyor.v1 import job_pb2
+from conveyor.v1 import job_service_pb2 as pb
+from conveyor.v1.job_service_pb2_grpc import JobServiceStub
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def submit_request(
+    type: str,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    queue: str = "",
+    priority: int | None = None,
+    idempotency_key: str = "",
+    run_at: datetime | None = None,
+    max_attempts: int = 0,
+    timeout: timedelta | None = None,
+) -> pb.SubmitJobRequest:
+    """Build a SubmitJobRequest (also the items of `submit_many`)."""
+    request = pb.SubmitJobRequest(
+        type=type, queue=queue, idempotency_key=idempotency_key, max_attempts=max_attempts
+    )
+    if payload:
+        request.payload.update(dict(payload))
+    if priority is not None:
+        request.priority = priority
+    if run_at is not None:
+        request.run_at.FromDatetime(run_at)
+    if timeout is not None:
+        request.timeout.FromTimedelta(timeout)
+    return request
+
+
+def _metadata(api_key: str | None) -> Metadata:
+    key = api_key if api_key is not None else Settings.from_env().api_key
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+def _target(target: str | None) -> str:
+    return target or Settings.from_env().api_addr
+
+
+def _mapped_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    return call
+
+
+def _mapped(fn: Callable[P, T]) -> Callable[P, T]:
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    return call
+
+
+class AsyncClient:
+    """JobService over a grpc.aio channel. Use as `async with AsyncClient(...) as client`."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(_target(target))
+        self._stub = JobServiceStub(self._channel)
+        self._metadata = _metadata(api_key)
+        self._timeout = timeout
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    @_mapped_async
+    async def submit(
+        self, type: str, payload: Mapping[str, Any] | None = None, **options: Any
+    ) -> job_pb2.Job:
+        request = submit_request(type, payload, **options)
+        response = await self._stub.SubmitJob(
+            request, metadata=self._metadata, timeout=self._timeout
+        )
+        return response.job  # type: ignore[no-any-return]
+
+    @_mapped_async
+    async def submit_many(self, requests: Sequence[pb.SubmitJobRequest]) -> list[job_pb2.Job]:
+        response = await self._stub.SubmitJobs(
+            pb.SubmitJobsRequest(requests=requests), metadata=self._metadata, timeout=self._timeout
+        )
+        return list(response.jobs)
+
+    @_mapped_async
+    async def get(self, job_id: str) -> job_pb2.Job:
+        response = await self._stub.GetJob(
+            pb.GetJobRequest(id=job_id), metadata=self._metadata, timeout=self._timeout
+        )
+        return response.job  # type: ignore[no-any-return]
+
+    @_mapped_async
+    async def list(self, **filters: Any) -> pb.ListJobsResponse:
+        """One page; filters are ListJobsRequest fields (state, queue, type, page_size, …)."""
+        response = await self._stub.ListJobs(
+            pb.ListJobsRequest(**filters), metadata=self._metadata, timeout=self._timeout
+        )
+        return response  # type: ignore[no-any-return]
+
+    @_mapped_async
+    async def cancel(self, job_id: str) -> job_pb2.Job:
+        response = await self._stub.CancelJob(
+            pb.CancelJobRequest(id=job_id), metadata=self._metadata, timeout=self._timeout
+        )
+        return response.job  # type: ignore[no-any-return]
+
+    async def watch(
+        self, job_id: str, after_sequence: int = 0
+    ) -> AsyncIterator[pb.WatchJobResponse]:
+        """The job's snapshot, then every change, until it ends (no deadline)."""
+        call = self._stub.WatchJob(
+            pb.WatchJobRequest(id=job_id, after_sequence=after_sequence), metadata=self._metadata
+        )
+        try:
+            async for update in call:
+                yield update
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+
+class Client:
+    """JobService over a blocking channel, for scripts and the CLI."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self._channel = grpc.insecure_channel(_target(target))
+        self._stub = JobServiceStub(self._channel)
+        self._metadata = _metadata(api_key)
+        self._timeout = timeout
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request: Any) -> Any:
+        return getattr(self._stub, method)(request, metadata=self._metadata, timeout=self._timeout)
+
+    @_mapped
+    def submit(
+        self, type: str, payload: Mapping[str, Any] | None = None, **options: Any
+    ) -> job_pb2.Job:
+        return self._call("SubmitJob", submit_request(type, payload, **options)).job  # type: ignore[no-any-return]
+
+    @_mapped
+    def submit_many(self, requests: Sequence[pb.SubmitJobRequest]) -> list[job_pb2.Job]:
+        return list(self._call("SubmitJobs", pb.SubmitJobsRequest(requests=requests)).jobs)
+
+    @_mapped
+    def get(self, job_id: str) -> job_pb2.Job:
+        return self._call("GetJob", pb.GetJobRequest(id=job_id)).job  # type: ignore[no-any-return]
+
+    @_mapped
+    def list(self, **filters: Any) -> pb.ListJobsResponse:
+        return self._call("ListJobs", pb.ListJobsRequest(**filters))  # type: ignore[no-any-return]
+
+    @_mapped
+    def cancel(self, job_id: str) -> job_pb2.Job:
+        return self._call("CancelJob", pb.CancelJobRequest(id=job_id)).job  # type: ignore[no-any-return]
+
+    def watch(self, job_id: str, after_sequence: int = 0) -> Iterator[pb.WatchJobResponse]:
+        call = self._stub.WatchJob(
+            pb.WatchJobRequest(id=job_id, after_sequence=after_sequence), metadata=self._metadata
+        )
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()

@@ -1,0 +1,79 @@
+"""Configuration: one `Settings`, read from `CONVEYOR_*` environment variables.
+
+Every knob a service reads lives here, so the README's configuration table and the code
+cannot drift apart: `conveyor --help-env` style tooling and the docs both come from this class.
+Timing knobs (lease, heartbeat, backoff, claim wait) are settings so that fault tests can run
+in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All of Conveyor's configuration; see the README's table for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    api_addr: str = Field("127.0.0.1:50051", description="Where the API serves gRPC.")
+    worker_addr: str = Field(
+        "127.0.0.1:50052", description="Where a worker serves WorkerControl (port 0: any free)."
+    )
+    scheduler_addr: str = Field(
+        "127.0.0.1:50053", description="Where the scheduler serves gRPC health."
+    )
+    database_url: str = Field(
+        "sqlite:///.conveyor/conveyor.db",
+        description="postgresql+psycopg://user:pass@host/db or sqlite:///path.",
+    )
+    redis_url: str = Field("", description="redis://host:port/db; dev mode starts one if unset.")
+    data_dir: Path = Field(Path(".conveyor"), description="Dev mode's folder.")
+    dev_api_key: str = Field("", description="The key `conveyor dev` accepts (random if unset).")
+    api_key: str = Field("", description="The key the CLI and client send.")
+    worker_concurrency: int = Field(10, ge=1, le=10_000, description="Jobs a worker runs at once.")
+    worker_queues: str = Field("default", description="Queues a worker serves, highest first.")
+    handlers: str = Field("", description="Extra handler modules to load, comma separated.")
+    worker_id: str = Field("", description="A worker's id (host-pid-random if unset).")
+
+    lease_seconds: float = Field(30.0, gt=0, description="How long a claim holds a job.")
+    heartbeat_seconds: float = Field(
+        0.0, ge=0, description="Lease renewal interval (0: a third of the lease)."
+    )
+    claim_wait_seconds: float = Field(
+        5.0, gt=0, description="Longest a worker blocks waiting for work before checking again."
+    )
+    default_max_attempts: int = Field(3, ge=1, le=100, description="Attempts when a job sets 0.")
+    default_timeout_seconds: float = Field(3600.0, gt=0, description="Attempt time limit default.")
+    backoff_base_seconds: float = Field(1.0, ge=0, description="First retry delay.")
+    backoff_max_seconds: float = Field(300.0, ge=0, description="Longest retry delay.")
+    hot_state_ttl_seconds: int = Field(
+        86_400, ge=1, description="How long Redis keeps a finished job's hot state and events."
+    )
+    event_stream_maxlen: int = Field(1000, ge=10, description="Events kept per job for resumes.")
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="SIGTERM drain time.")
+    max_payload_bytes: int = Field(1 << 20, ge=1024, description="Largest payload accepted.")
+    max_message_bytes: int = Field(16 << 20, ge=1 << 16, description="Largest gRPC message.")
+    log_format: str = Field("json", description="json or console.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @property
+    def effective_heartbeat_seconds(self) -> float:
+        """The heartbeat interval: explicit, or a third of the lease so two beats may miss."""
+        return self.heartbeat_seconds or self.lease_seconds / 3
+
+    @property
+    def queue_list(self) -> list[str]:
+        return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+
+    @property
+    def handler_modules(self) -> list[str]:
+        return [m.strip() for m in self.handlers.split(",") if m.strip()]
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Read the environment; keyword overrides (from CLI flags) win."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]

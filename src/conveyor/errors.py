@@ -1,0 +1,162 @@
+"""Conveyor's errors, and the one map between them and gRPC statuses.
+
+    ConveyorError
+     ├── InvalidArgument      INVALID_ARGUMENT   + google.rpc.BadRequest field violations
+     ├── NotFound             NOT_FOUND          (also: another owner's job)
+     ├── AlreadyExists        ALREADY_EXISTS     (idempotency key reused with another request)
+     ├── FailedPrecondition   FAILED_PRECONDITION (illegal state transition)
+     ├── Unauthenticated      UNAUTHENTICATED
+     ├── PermissionDenied     PERMISSION_DENIED
+     ├── ResourceExhausted    RESOURCE_EXHAUSTED + google.rpc.RetryInfo
+     └── Unavailable          UNAVAILABLE        (Redis or the database unreachable)
+
+Servers raise these from the domain and `to_status()` turns them into a rich status at the
+gRPC boundary; the client turns a status back into the same class with `from_rpc_error()`,
+so callers of either side never handle `grpc.RpcError` themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request: its path (e.g. `requests[3].priority`) and why."""
+
+    field: str
+    description: str
+
+
+class ConveyorError(Exception):
+    """Base of every error Conveyor raises on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def details(self) -> list[any_pb2.Any]:
+        """The google.rpc detail messages that travel with this error."""
+        return []
+
+
+class InvalidArgument(ConveyorError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, violations: list[FieldViolation], message: str = "") -> None:
+        self.violations = violations
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(message or f"invalid request: {summary}")
+
+    def details(self) -> list[any_pb2.Any]:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in self.violations
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(bad)
+        return [detail]
+
+
+class NotFound(ConveyorError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ConveyorError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ConveyorError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(ConveyorError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ConveyorError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(ConveyorError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_seconds: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+    def details(self) -> list[any_pb2.Any]:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(self.retry_after_seconds * 1e9))
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return [detail]
+
+
+class Unavailable(ConveyorError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+_BY_CODE: dict[grpc.StatusCode, type[ConveyorError]] = {
+    cls.code: cls
+    for cls in (
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        Unauthenticated,
+        PermissionDenied,
+        Unavailable,
+    )
+}
+
+
+def to_status(error: ConveyorError) -> grpc.Status:
+    """The rich gRPC status for `error` (code, message and google.rpc details)."""
+    status = status_pb2.Status(
+        code=error.code.value[0], message=error.message, details=error.details()
+    )
+    return rpc_status.to_status(status)
+
+
+def internal_status(message: str = "internal error") -> grpc.Status:
+    """A status for a bug: says nothing about internals to the caller."""
+    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=message))
+
+
+def from_rpc_error(error: grpc.RpcError) -> ConveyorError:
+    """Map a failed call back to the ConveyorError it stands for (client side)."""
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or code.name
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    details = list(status.details) if status is not None else []
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        violations: list[FieldViolation] = []
+        for detail in details:
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(bad):
+                violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
+        return InvalidArgument(violations, message)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        retry_after = 1.0
+        for detail in details:
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                retry_after = info.retry_delay.ToNanoseconds() / 1e9
+        return ResourceExhausted(message, retry_after)
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        failure = ConveyorError(message)
+        failure.code = code
+        return failure
+    return cls(message)

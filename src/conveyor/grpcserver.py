@@ -1,0 +1,179 @@
+"""What every Conveyor gRPC server shares: the error boundary, authentication, health,
+reflection, message limits and graceful shutdown on SIGTERM/SIGINT.
+
+Servicer methods are written as `async def Method(self, request, principal)`: the `unary` and
+`streaming` decorators authenticate the call, run it, and turn a `ConveyorError` into its rich
+status (anything else into a bare INTERNAL, logged with its traceback, never sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from conveyor.auth import Authenticator, Principal
+from conveyor.errors import ConveyorError, internal_status, to_status
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+S = TypeVar("S", bound="HasAuth")
+
+HEALTH_PROBE_SECONDS = 1.0
+
+
+class HasAuth(Protocol):
+    auth: Authenticator
+
+
+def _status_for(exc: Exception) -> grpc.Status:
+    if isinstance(exc, ConveyorError):
+        return to_status(exc)
+    log.exception("unhandled error in an RPC", exc_info=exc)
+    return internal_status()
+
+
+async def abort(context: Any, status: grpc.Status) -> None:
+    """End the call with a rich status (its details travel in the trailing metadata)."""
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def unary(
+    method: Callable[[S, Req, Principal], Awaitable[Resp]],
+) -> Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    @functools.wraps(method)
+    async def handle(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            principal = await self.auth.authenticate(context.invocation_metadata())
+            return await method(self, request, principal)
+        except Exception as exc:
+            status = _status_for(exc)
+        await abort(context, status)
+        raise AssertionError("abort returned")  # pragma: no cover
+
+    return handle
+
+
+def streaming(
+    method: Callable[[S, Req, Principal], AsyncIterator[Resp]],
+) -> Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
+    @functools.wraps(method)
+    async def handle(
+        self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> AsyncIterator[Resp]:
+        try:
+            principal = await self.auth.authenticate(context.invocation_metadata())
+            async for item in method(self, request, principal):
+                yield item
+            return
+        except Exception as exc:
+            status = _status_for(exc)
+        await abort(context, status)
+
+    return handle
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+HealthCheck = Callable[[], Awaitable[bool]]
+
+
+class Server:
+    """A grpc.aio server with health (driven by `checks`) and reflection for `service_names`."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        service_names: Sequence[str],
+        checks: Iterable[HealthCheck],
+        max_message_bytes: int,
+    ) -> None:
+        self.address = address
+        self.service_names = list(service_names)
+        self.checks = list(checks)
+        self.grpc = grpc.aio.server(options=server_options(max_message_bytes))
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc
+        )
+        self.port = 0
+        self._probe: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Bind and start; returns the bound port (useful with port 0)."""
+        self.port = self.grpc.add_insecure_port(self.address)
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.address}")
+        await self.grpc.start()
+        await self._probe_once()
+        self._probe = asyncio.create_task(self._probe_loop(), name="health-probe")
+        return self.port
+
+    async def _probe_once(self) -> None:
+        results = await asyncio.gather(*(check() for check in self.checks), return_exceptions=True)
+        ok = all(r is True for r in results)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def _probe_loop(self) -> None:
+        """NOT_SERVING while a dependency (Redis, the database) cannot be reached."""
+        while True:
+            await asyncio.sleep(HEALTH_PROBE_SECONDS)
+            await self._probe_once()
+
+    async def stop(self, grace: float) -> None:
+        """Say NOT_SERVING first (load balancers stop sending), then finish calls in `grace`."""
+        if self._probe is not None:
+            self._probe.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(grace)
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a service's async main on uvloop when available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        asyncio.run(main())
+        return
+    uvloop.run(main())

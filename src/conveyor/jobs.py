@@ -1,0 +1,281 @@
+"""The job model: states, the validated submit spec, and conversion to and from the wire.
+
+One `Job` travels through three representations and this module owns all of them:
+the protobuf message (`to_proto`), the Redis hot-state hash and event JSON (`to_hot`,
+`from_hot`), and the database row (in `conveyor.store`, which calls `Job(**row)`).
+Times are integer epoch milliseconds (UTC) everywhere, so no representation has to guess a
+time zone and Lua scripts can compare them with the Redis clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import uuid_utils
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+
+from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.v1 import job_pb2, job_service_pb2
+
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 5
+MAX_PRIORITY = 9
+MAX_ATTEMPTS_LIMIT = 100
+MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+MAX_DELAY_MS = 366 * 24 * 3600 * 1000
+MAX_IDEMPOTENCY_KEY = 256
+MAX_BULK = 1000
+
+_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# Queue names go inside Redis hash tags, so braces and other punctuation are refused.
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class JobState(enum.IntEnum):
+    """Mirror of the proto enum `conveyor.v1.JobState`, with the same numbers."""
+
+    UNSPECIFIED = 0
+    SCHEDULED = 1
+    QUEUED = 2
+    RUNNING = 3
+    SUCCEEDED = 4
+    RETRYING = 5
+    DEAD = 6
+    CANCELLED = 7
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def label(self) -> str:
+        return job_pb2.JobState.Name(self.value)
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_job_id() -> str:
+    """A UUIDv7: time-ordered (index friendly) with 74 random bits (unguessable)."""
+    return str(uuid_utils.uuid7())
+
+
+def valid_job_id(value: str) -> bool:
+    try:
+        uuid_utils.UUID(value)
+    except ValueError:
+        return False
+    return len(value) == 36
+
+
+@dataclass(slots=True)
+class Job:
+    """A job as it stands. Field names match the proto and the database columns."""
+
+    id: str
+    owner: str
+    type: str
+    queue: str
+    state: JobState
+    priority: int
+    payload: dict[str, Any]
+    max_attempts: int
+    timeout_ms: int
+    create_time: int
+    run_at: int
+    attempt: int = 0
+    progress: float = 0.0
+    progress_message: str = ""
+    error: str = ""
+    idempotency_key: str | None = None
+    start_time: int | None = None
+    finish_time: int | None = None
+    request_hash: str = ""
+
+    # -- wire ---------------------------------------------------------------------------
+    def to_proto(self) -> job_pb2.Job:
+        msg = job_pb2.Job(
+            id=self.id,
+            owner=self.owner,
+            type=self.type,
+            queue=self.queue,
+            state=self.state.value,  # type: ignore[arg-type]
+            priority=self.priority,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            progress=self.progress,
+            progress_message=self.progress_message,
+            error=self.error,
+            idempotency_key=self.idempotency_key or "",
+        )
+        if self.payload:
+            msg.payload.update(self.payload)
+        msg.run_at.FromMilliseconds(self.run_at)
+        msg.create_time.FromMilliseconds(self.create_time)
+        if self.start_time is not None:
+            msg.start_time.FromMilliseconds(self.start_time)
+        if self.finish_time is not None:
+            msg.finish_time.FromMilliseconds(self.finish_time)
+        msg.timeout.FromMilliseconds(self.timeout_ms)
+        return msg
+
+    # -- Redis hot state ------------------------------------------------------------------
+    def to_hot(self) -> dict[str, str | int | float]:
+        """The Redis hash of a job (see queue/scripts/*.lua for who changes which field)."""
+        hot: dict[str, str | int | float] = {
+            k: v
+            for k, v in asdict(self).items()
+            if v is not None and k not in ("payload", "request_hash")
+        }
+        hot["state"] = int(self.state)
+        hot["payload"] = json.dumps(self.payload, separators=(",", ":"))
+        return hot
+
+    @classmethod
+    def from_hot(cls, hot: dict[str, str]) -> Job:
+        """Decode a Redis hash (or an event's JSON object) back into a Job."""
+        payload = hot.get("payload")
+        return cls(
+            id=hot["id"],
+            owner=hot["owner"],
+            type=hot["type"],
+            queue=hot["queue"],
+            state=JobState(int(hot["state"])),
+            priority=int(hot["priority"]),
+            payload=json.loads(payload) if payload else {},
+            max_attempts=int(hot["max_attempts"]),
+            timeout_ms=int(hot["timeout_ms"]),
+            create_time=int(hot["create_time"]),
+            run_at=int(hot["run_at"]),
+            attempt=int(hot.get("attempt", 0)),
+            progress=float(hot.get("progress", 0.0)),
+            progress_message=str(hot.get("progress_message", "")),
+            error=str(hot.get("error", "")),
+            idempotency_key=hot.get("idempotency_key") or None,
+            start_time=_opt_int(hot.get("start_time")),
+            finish_time=_opt_int(hot.get("finish_time")),
+        )
+
+
+def _opt_int(value: str | int | None) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A validated submit request: everything the client chose, nothing the server assigns."""
+
+    type: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    idempotency_key: str | None = None
+    run_at: int | None = None
+    max_attempts: int = 0
+    timeout_ms: int = 0
+
+    def request_hash(self) -> str:
+        """Fingerprint of the request, compared when an idempotency key is reused."""
+        doc = [
+            self.type,
+            self.payload,
+            self.queue,
+            self.priority,
+            self.run_at,
+            self.max_attempts,
+            self.timeout_ms,
+        ]
+        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(raw).hexdigest()
+
+    def new_job(
+        self, owner: str, *, default_max_attempts: int, default_timeout_ms: int, now: int
+    ) -> Job:
+        """The job this spec makes for `owner`, QUEUED or SCHEDULED by its run_at."""
+        run_at = max(self.run_at or now, now)
+        return Job(
+            id=new_job_id(),
+            owner=owner,
+            type=self.type,
+            queue=self.queue,
+            state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
+            priority=self.priority,
+            payload=self.payload,
+            max_attempts=self.max_attempts or default_max_attempts,
+            timeout_ms=self.timeout_ms or default_timeout_ms,
+            create_time=now,
+            run_at=run_at,
+            idempotency_key=self.idempotency_key,
+            request_hash=self.request_hash(),
+        )
+
+
+def spec_from_proto(
+    req: job_service_pb2.SubmitJobRequest, *, max_payload_bytes: int, prefix: str = ""
+) -> JobSpec:
+    """Validate a SubmitJobRequest; every problem is reported at once as a field violation."""
+    bad: list[FieldViolation] = []
+
+    def violation(name: str, why: str) -> None:
+        bad.append(FieldViolation(prefix + name, why))
+
+    if not req.type:
+        violation("type", "required")
+    elif not _TYPE_RE.match(req.type):
+        violation("type", "must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+    queue = req.queue or DEFAULT_QUEUE
+    if not _QUEUE_RE.match(queue):
+        violation("queue", "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    priority = req.priority if req.HasField("priority") else DEFAULT_PRIORITY
+    if not 0 <= priority <= MAX_PRIORITY:
+        violation("priority", f"must be between 0 and {MAX_PRIORITY}")
+    key = req.idempotency_key or None
+    if key is not None and (len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable()):
+        violation("idempotency_key", f"must be printable, at most {MAX_IDEMPOTENCY_KEY} characters")
+    if not 0 <= req.max_attempts <= MAX_ATTEMPTS_LIMIT:
+        violation("max_attempts", f"must be between 0 (default) and {MAX_ATTEMPTS_LIMIT}")
+    timeout_ms = _duration_ms(req.timeout) if req.HasField("timeout") else 0
+    if req.HasField("timeout") and not 0 < timeout_ms <= MAX_TIMEOUT_MS:
+        violation("timeout", "must be positive and at most 7 days")
+    run_at = _timestamp_ms(req.run_at) if req.HasField("run_at") else None
+    if run_at is not None and run_at > now_ms() + MAX_DELAY_MS:
+        violation("run_at", "must be within a year")
+    payload = _payload(req.payload, max_payload_bytes, violation) if req.HasField("payload") else {}
+    if bad:
+        raise InvalidArgument(bad)
+    return JobSpec(
+        type=req.type,
+        payload=payload,
+        queue=queue,
+        priority=priority,
+        idempotency_key=key,
+        run_at=run_at,
+        max_attempts=req.max_attempts,
+        timeout_ms=timeout_ms,
+    )
+
+
+def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str, Any]:
+    size = struct.ByteSize()
+    if size > limit:
+        violation("payload", f"is {size} bytes; the limit is {limit}")
+        return {}
+    return json_format.MessageToDict(struct)
+
+
+def _duration_ms(d: duration_pb2.Duration) -> int:
+    return int(d.ToMilliseconds())
+
+
+def _timestamp_ms(t: timestamp_pb2.Timestamp) -> int:
+    return int(t.ToMilliseconds())

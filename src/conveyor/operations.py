@@ -1,0 +1,251 @@
+"""JobOperations: what the API does with jobs — submit, get, list, watch, cancel — composed
+from the store (truth) and the queue (hot state). Servicers only decode, call this, encode.
+
+Submission order is the durability contract: the job row is committed first, then the job is
+enqueued in Redis. A failure between the two leaves a committed job that Redis lacks; it is
+still accepted (the client gets it), and the reconciler puts it back in line (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from conveyor.auth import Principal
+from conveyor.batching import Batcher
+from conveyor.config import Settings
+from conveyor.errors import (
+    ConveyorError,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from conveyor.jobs import Job, JobSpec, JobState, now_ms, valid_job_id
+from conveyor.queue import EventHub, QueueKeys, RedisQueue
+from conveyor.store import JobStore
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+# How long a watcher waits for an event before re-reading the job (a safety net only).
+WATCH_RECHECK_SECONDS = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    state: JobState | None = None
+    queue: str | None = None
+    type: str | None = None
+
+
+class JobOperations:
+    def __init__(
+        self, store: JobStore, queue: RedisQueue, hub: EventHub, settings: Settings
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.hub = hub
+        self.settings = settings
+        self._submits: Batcher[Job, Job | ConveyorError] = Batcher(self._commit_and_enqueue)
+
+    # -- submit ----------------------------------------------------------------------------
+    def _new_job(self, principal: Principal, spec: JobSpec, now: int) -> Job:
+        return spec.new_job(
+            principal.owner,
+            default_max_attempts=self.settings.default_max_attempts,
+            default_timeout_ms=int(self.settings.default_timeout_seconds * 1000),
+            now=now,
+        )
+
+    async def submit(self, principal: Principal, spec: JobSpec) -> Job:
+        """Commit one job (group-committed with concurrent submits), then enqueue it."""
+        result = await self._submits.submit(self._new_job(principal, spec, now_ms()))
+        if isinstance(result, ConveyorError):
+            raise result
+        return result
+
+    async def submit_many(self, principal: Principal, specs: Sequence[JobSpec]) -> list[Job]:
+        """Commit a bulk request in its own transaction: all jobs or, on a conflict, none."""
+        now = now_ms()
+        jobs = [self._new_job(principal, spec, now) for spec in specs]
+        results = await self.store.insert(jobs, all_or_nothing=True)
+        errors = [(i, r) for i, r in enumerate(results) if isinstance(r, ConveyorError)]
+        if errors:
+            index, first = errors[0]
+            first.message = f"requests[{index}]: {first.message}"
+            raise first
+        stored = [r for r in results if isinstance(r, Job)]
+        await self._enqueue_new(jobs, stored)
+        return stored
+
+    async def _commit_and_enqueue(self, jobs: list[Job]) -> list[Job | ConveyorError]:
+        results = await self.store.insert(jobs)
+        await self._enqueue_new(jobs, results)
+        return results
+
+    async def _enqueue_new(self, made: Sequence[Job], results: Sequence[object]) -> None:
+        """Enqueue the jobs this call inserted (not the earlier jobs idempotency returned)."""
+        new = [job for job, result in zip(made, results, strict=True) if result is job]
+        if not new:
+            return
+        try:
+            await self.queue.enqueue(new)
+        except Unavailable:
+            log.warning(
+                "committed %d job(s) but could not enqueue them; the reconciler will", len(new)
+            )
+
+    # -- read ------------------------------------------------------------------------------
+    async def get(self, principal: Principal, job_id: str) -> Job:
+        """The job as it stands: Redis hot state when present, else the database row."""
+        job = await self._load(job_id)
+        if job is None or not _visible(principal, job):
+            raise NotFound(f"job {job_id} not found")
+        return job
+
+    async def _load(self, job_id: str) -> Job | None:
+        _check_id(job_id)
+        hot = await self._hot(job_id)
+        return Job.from_hot(hot) if hot is not None else await self.store.get(job_id)
+
+    async def _hot(self, job_id: str) -> dict[str, str] | None:
+        """Hot state, or None if Redis lacks it or cannot be reached (then the DB answers)."""
+        try:
+            queue = await self.queue.find_queue(job_id)
+            return await self.queue.hot(queue, job_id) if queue else None
+        except Unavailable:
+            return None
+
+    async def list_jobs(
+        self, principal: Principal, filt: ListFilter, page_size: int, page_token: str
+    ) -> tuple[list[Job], str]:
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(
+                [FieldViolation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")]
+            )
+        limit = page_size or DEFAULT_PAGE_SIZE
+        before = _decode_page_token(page_token, filt) if page_token else None
+        jobs = await self.store.list_for_owner(
+            principal.owner,
+            state=filt.state,
+            queue=filt.queue,
+            type=filt.type,
+            limit=limit + 1,
+            before_id=before,
+        )
+        if len(jobs) <= limit:
+            return jobs, ""
+        jobs = jobs[:limit]
+        return jobs, _encode_page_token(jobs[-1].id, filt)
+
+    # -- cancel ----------------------------------------------------------------------------
+    async def cancel(self, principal: Principal, job_id: str) -> Job:
+        """CANCELLED in the database first (the truth), then in Redis, which stops the handler."""
+        _check_id(job_id)
+        job = await self.store.cancel(job_id, principal.owner)
+        try:
+            await self.queue.cancel(job.queue, job.id, job.finish_time or now_ms())
+        except Unavailable:
+            log.warning("job %s cancelled in the database; redis unreachable", job.id)
+        hot = await self._hot(job_id)
+        return Job.from_hot(hot) if hot is not None else job
+
+    # -- watch -----------------------------------------------------------------------------
+    async def watch(
+        self, principal: Principal, job_id: str, after_sequence: int
+    ) -> AsyncIterator[tuple[int, Job]]:
+        """The job's snapshot, then each change in order, until it ends.
+
+        The subscription is opened before the snapshot is read; events then arrive with
+        sequence numbers, so one already covered by the snapshot is skipped and a gap (a
+        race, or a subscriber that fell behind) is filled from the job's event stream.
+        """
+        if after_sequence < 0:
+            raise InvalidArgument([FieldViolation("after_sequence", "must not be negative")])
+        job = await self.get(principal, job_id)
+        keys = QueueKeys(job.queue)
+        sub = await self.hub.subscribe(keys.channel(job_id))
+        try:
+            hot = await self._hot(job_id)
+            if hot is None:  # only the database knows it: its state now is all there is
+                yield 0, job
+                if job.state.terminal:
+                    return
+                hot = {}
+            payload = hot.get("payload") or json.dumps(job.payload)
+            last = after_sequence
+            seq = int(hot.get("seq", 0))
+            if seq > last:
+                events = await self.queue.events_after(job.queue, job_id, last) if last else []
+                if not events or int(events[0]["seq"]) != last + 1:
+                    events = [hot]  # resume point no longer retained: start from the snapshot
+                for event in events:
+                    last = int(event["seq"])
+                    current = Job.from_hot({**event, "payload": payload})
+                    yield last, current
+                if current.state.terminal:
+                    return
+            while True:
+                data = await sub.get(WATCH_RECHECK_SECONDS)
+                if data is None:  # lagged, or quiet for long: catch up from the stream
+                    events = await self.queue.events_after(job.queue, job_id, last)
+                else:
+                    event = json.loads(data)
+                    seq = int(event["seq"])
+                    if seq <= last:
+                        continue
+                    if seq > last + 1:
+                        events = await self.queue.events_after(job.queue, job_id, last)
+                    else:
+                        events = [event]
+                for event in events:
+                    seq = int(event["seq"])
+                    if seq <= last:
+                        continue
+                    last = seq
+                    current = Job.from_hot({**event, "payload": payload})
+                    yield last, current
+                    if current.state.terminal:
+                        return
+        finally:
+            await self.hub.unsubscribe(sub)
+
+
+def _visible(principal: Principal, job: Job) -> bool:
+    return principal.is_admin or job.owner == principal.owner
+
+
+def _check_id(job_id: str) -> None:
+    if not valid_job_id(job_id):
+        raise InvalidArgument([FieldViolation("id", "must be a job id (a UUID)")])
+
+
+def _filter_fingerprint(filt: ListFilter) -> list[object]:
+    return [int(filt.state) if filt.state else 0, filt.queue or "", filt.type or ""]
+
+
+def _encode_page_token(last_id: str, filt: ListFilter) -> str:
+    raw = json.dumps({"b": last_id, "f": _filter_fingerprint(filt)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, filt: ListFilter) -> str:
+    """The cursor in a page token; a token made for other filters is refused."""
+    bad = InvalidArgument([FieldViolation("page_token", "is not a token this listing issued")])
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        doc = json.loads(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(doc, dict) or doc.get("f") != _filter_fingerprint(filt):
+        raise bad
+    before = doc.get("b")
+    if not isinstance(before, str) or not valid_job_id(before):
+        raise bad
+    return before

@@ -1,0 +1,80 @@
+"""Every Redis key and channel Conveyor uses, in one place.
+
+All keys of one queue share the hash tag `{queue}`, so every Lua script touches a single
+Redis Cluster slot. A job's own keys carry its queue's tag too; `job_index` (id → queue) is
+the one key outside any tag, read on its own to find a job's queue from its id.
+
+    cv:{Q}:ready          zset  queued job ids; score = (9 - priority) << 40 | sequence
+    cv:{Q}:delayed        zset  SCHEDULED and RETRYING job ids by due time (epoch ms)
+    cv:{Q}:leases         zset  RUNNING job ids by lease deadline (epoch ms, Redis clock)
+    cv:{Q}:wake           list  tokens that wake one blocked worker each
+    cv:{Q}:seq            int   FIFO sequence for ready scores
+    cv:{Q}:job:<id>       hash  the job's hot state (see Job.to_hot), plus seq and lease
+    cv:{Q}:events:<id>    stream  the job's changes, entry id "<seq>-1", field j = JSON
+    cv:{Q}:ev:<id>        pub/sub channel carrying the same JSON, for live watchers
+    cv:jobq:<id>          string  the job's queue
+    cv:cancel             pub/sub channel: ids of running jobs to stop at once
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "cv"
+CANCEL_CHANNEL = f"{PREFIX}:cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one named queue."""
+
+    queue: str
+
+    @property
+    def tag(self) -> str:
+        return f"{PREFIX}:{{{self.queue}}}"
+
+    @property
+    def ready(self) -> str:
+        return f"{self.tag}:ready"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.tag}:delayed"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.tag}:leases"
+
+    @property
+    def wake(self) -> str:
+        return f"{self.tag}:wake"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.tag}:seq"
+
+    @property
+    def job_prefix(self) -> str:
+        return f"{self.tag}:job:"
+
+    @property
+    def events_prefix(self) -> str:
+        return f"{self.tag}:events:"
+
+    @property
+    def channel_prefix(self) -> str:
+        return f"{self.tag}:ev:"
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+    def events(self, job_id: str) -> str:
+        return self.events_prefix + job_id
+
+    def channel(self, job_id: str) -> str:
+        return self.channel_prefix + job_id
+
+
+def job_index(job_id: str) -> str:
+    return f"{PREFIX}:jobq:{job_id}"

@@ -1,0 +1,209 @@
+"""RedisQueue: the only writer of queue state in Redis. Every multi-key change is one Lua
+script (atomic, one round trip); batches of them go out pipelined."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from conveyor.config import Settings
+from conveyor.errors import Unavailable
+from conveyor.jobs import Job, JobState
+from conveyor.queue.keys import CANCEL_CHANNEL, QueueKeys, job_index
+from conveyor.queue.scripts import Scripts
+from conveyor.store.jobs import TerminalWrite
+
+
+def connect(url: str, *, blocking: bool = False) -> Redis:
+    """A client for `url`. A blocking one (for BLPOP) has no socket read timeout."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2.0,
+        socket_timeout=None if blocking else 5.0,
+        health_check_interval=30,
+    )
+
+
+@contextlib.asynccontextmanager
+async def unavailable_on_redis_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise Unavailable("redis unavailable") from exc
+
+
+@dataclass(slots=True)
+class Claim:
+    """A job a worker now runs, and the lease token that fences its writes."""
+
+    job: Job
+    lease: str
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class RedisQueue:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.scripts = Scripts.register(redis)
+        self._maxlen = settings.event_stream_maxlen
+        self._ttl = settings.hot_state_ttl_seconds
+
+    # -- producers -------------------------------------------------------------------------
+    async def enqueue(self, jobs: Iterable[Job]) -> None:
+        """Make committed jobs visible to workers and watchers (idempotent per job)."""
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                k = QueueKeys(job.queue)
+                fields: list[Any] = []
+                for name, value in job.to_hot().items():
+                    fields += [name, value]
+                await self.scripts.enqueue(
+                    keys=[k.job(job.id), k.events(job.id), k.ready, k.delayed, k.wake, k.seq],
+                    args=[
+                        job.id,
+                        int(job.state),
+                        job.priority,
+                        job.run_at,
+                        self._maxlen,
+                        k.channel(job.id),
+                        *fields,
+                    ],
+                    client=pipe,
+                )
+                pipe.set(job_index(job.id), job.queue, ex=self._ttl * 2)
+            await pipe.execute()
+
+    async def cancel(self, queue: str, job_id: str, finish_time: int) -> JobState:
+        """Cancel in Redis; returns the state the job had there (UNSPECIFIED: not present)."""
+        k = QueueKeys(queue)
+        async with unavailable_on_redis_errors():
+            state = await self.scripts.cancel(
+                keys=[k.job(job_id), k.events(job_id), k.ready, k.delayed, k.leases],
+                args=[
+                    job_id,
+                    finish_time,
+                    self._ttl,
+                    self._maxlen,
+                    k.channel(job_id),
+                    CANCEL_CHANNEL,
+                ],
+            )
+        return JobState(int(state))
+
+    # -- readers ---------------------------------------------------------------------------
+    async def find_queue(self, job_id: str) -> str | None:
+        async with unavailable_on_redis_errors():
+            queue = await self.redis.get(job_index(job_id))
+        return cast(str | None, queue)
+
+    async def hot(self, queue: str, job_id: str) -> dict[str, str] | None:
+        """The job's hot-state hash (with its `seq`), or None if Redis no longer has it."""
+        async with unavailable_on_redis_errors():
+            fields = cast(dict[str, str], await self.redis.hgetall(QueueKeys(queue).job(job_id)))
+        return fields if fields.get("id") else None
+
+    async def events_after(self, queue: str, job_id: str, after_seq: int) -> list[dict[str, str]]:
+        """Retained events with a sequence above `after_seq`, oldest first."""
+        async with unavailable_on_redis_errors():
+            entries = await self.redis.xrange(
+                QueueKeys(queue).events(job_id), min=f"({after_seq}-1", max="+"
+            )
+        return [json.loads(fields["j"]) for _, fields in cast(list[Any], entries)]
+
+    # -- workers ---------------------------------------------------------------------------
+    async def claim(
+        self, queue: str, count: int, *, worker_id: str, token: str, lease_ms: int
+    ) -> tuple[list[Claim], int]:
+        """Claim up to `count` jobs; also returns when the next delayed job or lease is due."""
+        k = QueueKeys(queue)
+        async with unavailable_on_redis_errors():
+            out = await self.scripts.claim(
+                keys=[k.ready, k.delayed, k.leases, k.wake, k.seq],
+                args=[
+                    count,
+                    lease_ms,
+                    token,
+                    worker_id,
+                    k.job_prefix,
+                    k.events_prefix,
+                    k.channel_prefix,
+                    self._maxlen,
+                ],
+            )
+        claims = []
+        for flat in out[1:]:
+            fields = _pairs(flat)
+            claims.append(Claim(Job.from_hot(fields), fields["lease"]))
+        return claims, int(out[0])
+
+    async def wait_for_work(
+        self, blocking: Redis, queues: Sequence[str], wait_seconds: float
+    ) -> bool:
+        """Block (no polling) until a wake token arrives on one of `queues`, or time is up."""
+        keys = [QueueKeys(q).wake for q in queues]
+        async with unavailable_on_redis_errors():
+            got = await blocking.blpop(keys, timeout=max(wait_seconds, 0.01))
+        return got is not None
+
+    async def heartbeat(self, queue: str, leases: dict[str, str], lease_ms: int) -> list[str]:
+        """Renew leases; returns the ids whose lease this worker no longer holds."""
+        if not leases:
+            return []
+        k = QueueKeys(queue)
+        args: list[Any] = [lease_ms, k.job_prefix]
+        for job_id, lease in leases.items():
+            args += [job_id, lease]
+        async with unavailable_on_redis_errors():
+            lost: list[str] = await self.scripts.heartbeat(keys=[k.leases], args=args)
+        return lost
+
+    async def finish_many(self, ends: Sequence[tuple[Job, str, TerminalWrite]]) -> list[bool]:
+        """End attempts in Redis, pipelined; per attempt, False if its lease was not held."""
+        if not ends:
+            return []
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for job, lease, end in ends:
+                k = QueueKeys(job.queue)
+                await self.scripts.finish(
+                    keys=[k.job(job.id), k.events(job.id), k.leases, k.delayed, k.wake],
+                    args=[
+                        job.id,
+                        lease,
+                        int(end.state),
+                        end.error,
+                        end.finish_time or 0,
+                        end.run_at or 0,
+                        self._ttl,
+                        self._maxlen,
+                        k.channel(job.id),
+                    ],
+                    client=pipe,
+                )
+            return [bool(done) for done in await pipe.execute()]
+
+    async def progress(self, job: Job, lease: str, percent: float, message: str) -> bool:
+        k = QueueKeys(job.queue)
+        async with unavailable_on_redis_errors():
+            done = await self.scripts.progress(
+                keys=[k.job(job.id), k.events(job.id)],
+                args=[lease, percent, message, self._maxlen, k.channel(job.id)],
+            )
+        return bool(done)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return False

@@ -1,0 +1,64 @@
+-- Claim up to `count` jobs for a worker, atomically: promote due delayed jobs, put jobs whose
+-- lease expired back in line (their worker died), pop the best ready jobs and lease them.
+-- KEYS: ready, delayed, leases, wake, seq
+-- ARGV: count, lease_ms, lease_token, worker_id, job_prefix, events_prefix, channel_prefix, maxlen
+-- Returns {next_wake_ms, job1_flat_hash, job2_flat_hash, ...}; next_wake_ms is the earliest
+-- due time or lease deadline still pending (-1: none), so the worker can block until then.
+local count, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
+local jp, ep, cp, maxlen = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local now = now_ms()
+
+local function requeue(id, state_from)
+  local jobkey = jp .. id
+  local pr = redis.call('HGET', jobkey, 'priority')
+  if not pr then return end
+  redis.call('HSET', jobkey, 'state', 2)
+  redis.call('HDEL', jobkey, 'lease', 'worker')
+  redis.call('ZADD', KEYS[1], ready_score(KEYS[5], pr), id)
+  emit(jobkey, ep .. id, cp .. id, maxlen)
+end
+
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', KEYS[2], id)
+  requeue(id)
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', KEYS[3], id)
+  local jobkey = jp .. id
+  if redis.call('HGET', jobkey, 'state') == '3' then
+    redis.call('HSET', jobkey, 'error', 'lease expired: the worker stopped heartbeating')
+    requeue(id)
+  end
+end
+
+local out = {-1}
+if count > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[1], count)
+  for i = 1, #popped, 2 do
+    local id = popped[i]
+    local jobkey = jp .. id
+    if redis.call('EXISTS', jobkey) == 1 then
+      local attempt = redis.call('HINCRBY', jobkey, 'attempt', 1)
+      local lease = ARGV[3] .. ':' .. attempt
+      redis.call('HSET', jobkey, 'state', 3, 'start_time', now, 'lease', lease,
+        'worker', ARGV[4], 'progress', 0, 'progress_message', '')
+      redis.call('ZADD', KEYS[3], now + lease_ms, id)
+      emit(jobkey, ep .. id, cp .. id, maxlen)
+      out[#out + 1] = redis.call('HGETALL', jobkey)
+    end
+  end
+end
+if redis.call('ZCARD', KEYS[1]) > 0 and redis.call('LLEN', KEYS[4]) == 0 then
+  redis.call('LPUSH', KEYS[4], '1')
+end
+
+local next_wake = -1
+for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] then
+    local t = tonumber(first[2])
+    if next_wake < 0 or t < next_wake then next_wake = t end
+  end
+end
+out[1] = next_wake
+return out

@@ -1,0 +1,16 @@
+-- Extend the leases a worker holds. A lease is renewed only while the job still carries
+-- the worker's lease token; jobs whose lease is gone (reclaimed, cancelled) are returned
+-- so the worker stops them.
+-- KEYS: leases
+-- ARGV: lease_ms, job_prefix, id1, lease1, id2, lease2, ...
+local deadline = now_ms() + tonumber(ARGV[1])
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local id, lease = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', ARGV[2] .. id, 'lease') == lease then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
