@@ -8,7 +8,6 @@ test that guards against stale generated code compares them.
 from __future__ import annotations
 
 import argparse
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -35,7 +34,7 @@ def generate(out: Path) -> None:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     init = out / "conveyor" / "v1" / "__init__.py"
-    init.write_text('"""Generated from protos/conveyor/v1 by scripts/gen_protos.py; never edit."""\n')
+    init.write_text('"""Generated from protos/conveyor/v1 by scripts/gen_protos.py."""\n')
 
 
 def main() -> None:
@@ -45,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

