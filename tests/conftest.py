@@ -77,9 +77,16 @@ def clean(redis_server: EmbeddedRedis, database_url: str) -> None:
     truncate(database_url)
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def db(
+    request: pytest.FixtureRequest, database_url: str, tmp_path: Path
+) -> AsyncIterator[Database]:
+    """Each store test runs on PostgreSQL (bulk statements) and SQLite (dev mode's path)."""
+    url = database_url
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'conveyor.db'}"
+        migrate(url)
+    database = Database(url)
     yield database
     await database.close()
 

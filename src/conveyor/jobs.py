@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import uuid_utils
@@ -133,12 +133,26 @@ class Job:
     def to_hot(self) -> dict[str, str | int | float]:
         """The Redis hash of a job (see queue/scripts/*.lua for who changes which field)."""
         hot: dict[str, str | int | float] = {
-            k: v
-            for k, v in asdict(self).items()
-            if v is not None and k not in ("payload", "request_hash")
+            "id": self.id,
+            "owner": self.owner,
+            "type": self.type,
+            "queue": self.queue,
+            "state": int(self.state),
+            "priority": self.priority,
+            "payload": json.dumps(self.payload, separators=(",", ":")),
+            "max_attempts": self.max_attempts,
+            "timeout_ms": self.timeout_ms,
+            "create_time": self.create_time,
+            "run_at": self.run_at,
+            "attempt": self.attempt,
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "error": self.error,
         }
-        hot["state"] = int(self.state)
-        hot["payload"] = json.dumps(self.payload, separators=(",", ":"))
+        for name in ("idempotency_key", "start_time", "finish_time"):
+            value = getattr(self, name)
+            if value is not None:
+                hot[name] = value
         return hot
 
     @classmethod

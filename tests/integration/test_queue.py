@@ -119,3 +119,10 @@ async def test_every_change_is_an_event_with_the_next_sequence(queue: RedisQueue
     assert [e["state"] for e in events] == ["2", "3", "3"]
     assert events[2]["progress_message"] == "half" and "payload" not in events[2]
     assert [int(e["seq"]) for e in await queue.events_after("default", job.id, 2)] == [3]
+
+
+async def test_scripts_are_reloaded_after_redis_forgets_them(queue: RedisQueue) -> None:
+    await queue.redis.script_flush()
+    await queue.enqueue([new(), new()])  # a pipeline of EVALSHA answered with NOSCRIPT
+    await queue.redis.script_flush()
+    assert len(await claim(queue)) == 2  # a single EVALSHA answered with NOSCRIPT

@@ -24,7 +24,8 @@ async def serve(settings: Settings) -> None:
     redis = connect(settings.redis_url)
     queue = RedisQueue(redis, settings)
     hub = EventHub(redis)
-    ops = JobOperations(JobStore(db), queue, hub, settings)
+    store = JobStore(db)
+    ops = JobOperations(store, queue, hub, settings)
     auth = Authenticator(KeyStore(db))
     service_name = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
     server = Server(
@@ -45,6 +46,7 @@ async def serve(settings: Settings) -> None:
         await server.stop(settings.shutdown_grace_seconds)
         await hub.close()
         await redis.aclose()
+        await store.close()
         await db.close()
 
 

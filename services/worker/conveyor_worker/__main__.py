@@ -28,12 +28,13 @@ async def serve(settings: Settings) -> None:
     blocking = connect(settings.redis_url, blocking=True)
     queue = RedisQueue(redis, settings)
     hub = EventHub(redis)
+    store = JobStore(db)
     worker = Worker(
         settings,
         queue=queue,
         blocking=blocking,
         hub=hub,
-        store=JobStore(db),
+        store=store,
         registry=default_registry,
     )
     service = worker_control_pb2.DESCRIPTOR.services_by_name["WorkerControl"].full_name
@@ -62,6 +63,7 @@ async def serve(settings: Settings) -> None:
         await hub.close()
         await blocking.aclose()
         await redis.aclose()
+        await store.close()
         await db.close()
 
 

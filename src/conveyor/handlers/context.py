@@ -8,10 +8,10 @@ every `PROGRESS_INTERVAL` seconds, so a tight loop reporting progress costs no r
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 PROGRESS_INTERVAL = 0.1
 
@@ -31,19 +31,25 @@ class JobContext:
         self.job_type = job_type
         self.attempt = attempt
         self.max_attempts = max_attempts
-        self.log = logging.LoggerAdapter(
-            logging.getLogger(f"conveyor.job.{job_type}"), {"job_id": job_id, "attempt": attempt}
-        )
         self._loop = loop
         self._on_progress = on_progress
-        self._cancelled = threading.Event()
+        # A plain flag: set once by the worker, read by the handler (atomic in CPython).
+        self._cancelled = False
         self._lock = threading.Lock()
         self._progress: tuple[float, str] | None = None
+
+    @functools.cached_property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry the job id and attempt."""
+        return logging.LoggerAdapter(
+            logging.getLogger(f"conveyor.job.{self.job_type}"),
+            {"job_id": self.job_id, "attempt": self.attempt},
+        )
 
     @property
     def cancelled(self) -> bool:
         """True once the job was cancelled; sync handlers should check it and return early."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def progress(self, percent: float, message: str = "") -> None:
         """Report progress (0-100) and an optional message; cheap, thread-safe, coalesced."""
@@ -68,10 +74,7 @@ class JobContext:
         return value
 
     def cancel(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True
 
     def __repr__(self) -> str:
         return f"JobContext(job_id={self.job_id!r}, type={self.job_type!r}, attempt={self.attempt})"
-
-    def __getattr__(self, name: str) -> Any:  # pragma: no cover - a clear error for typos
-        raise AttributeError(f"JobContext has no attribute {name!r}")

@@ -18,7 +18,7 @@ from conveyor.errors import Unavailable
 from conveyor.jobs import Job, JobState
 from conveyor.queue.keys import CANCEL_CHANNEL, QueueKeys, job_index
 from conveyor.queue.scripts import Scripts
-from conveyor.store.jobs import TerminalWrite
+from conveyor.store.rows import TerminalWrite
 
 
 def connect(url: str, *, blocking: bool = False) -> Redis:
@@ -56,7 +56,7 @@ class RedisQueue:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self.scripts = Scripts.register(redis)
+        self.scripts = Scripts()
         self._maxlen = settings.event_stream_maxlen
         self._ttl = settings.hot_state_ttl_seconds
 
@@ -69,9 +69,10 @@ class RedisQueue:
                 fields: list[Any] = []
                 for name, value in job.to_hot().items():
                     fields += [name, value]
-                await self.scripts.enqueue(
-                    keys=[k.job(job.id), k.events(job.id), k.ready, k.delayed, k.wake, k.seq],
-                    args=[
+                self.scripts.enqueue.queue(
+                    pipe,
+                    [k.job(job.id), k.events(job.id), k.ready, k.delayed, k.wake, k.seq],
+                    [
                         job.id,
                         int(job.state),
                         job.priority,
@@ -80,18 +81,18 @@ class RedisQueue:
                         k.channel(job.id),
                         *fields,
                     ],
-                    client=pipe,
                 )
                 pipe.set(job_index(job.id), job.queue, ex=self._ttl * 2)
-            await pipe.execute()
+            await self.scripts.execute(pipe)
 
     async def cancel(self, queue: str, job_id: str, finish_time: int) -> JobState:
         """Cancel in Redis; returns the state the job had there (UNSPECIFIED: not present)."""
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
             state = await self.scripts.cancel(
-                keys=[k.job(job_id), k.events(job_id), k.ready, k.delayed, k.leases],
-                args=[
+                self.redis,
+                [k.job(job_id), k.events(job_id), k.ready, k.delayed, k.leases],
+                [
                     job_id,
                     finish_time,
                     self._ttl,
@@ -130,8 +131,9 @@ class RedisQueue:
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
             out = await self.scripts.claim(
-                keys=[k.ready, k.delayed, k.leases, k.wake, k.seq],
-                args=[
+                self.redis,
+                [k.ready, k.delayed, k.leases, k.wake, k.seq],
+                [
                     count,
                     lease_ms,
                     token,
@@ -166,7 +168,7 @@ class RedisQueue:
         for job_id, lease in leases.items():
             args += [job_id, lease]
         async with unavailable_on_redis_errors():
-            lost: list[str] = await self.scripts.heartbeat(keys=[k.leases], args=args)
+            lost: list[str] = await self.scripts.heartbeat(self.redis, [k.leases], args)
         return lost
 
     async def finish_many(self, ends: Sequence[tuple[Job, str, TerminalWrite]]) -> list[bool]:
@@ -176,9 +178,10 @@ class RedisQueue:
         async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
             for job, lease, end in ends:
                 k = QueueKeys(job.queue)
-                await self.scripts.finish(
-                    keys=[k.job(job.id), k.events(job.id), k.leases, k.delayed, k.wake],
-                    args=[
+                self.scripts.finish.queue(
+                    pipe,
+                    [k.job(job.id), k.events(job.id), k.leases, k.delayed, k.wake],
+                    [
                         job.id,
                         lease,
                         int(end.state),
@@ -189,16 +192,16 @@ class RedisQueue:
                         self._maxlen,
                         k.channel(job.id),
                     ],
-                    client=pipe,
                 )
-            return [bool(done) for done in await pipe.execute()]
+            return [bool(done) for done in await self.scripts.execute(pipe)]
 
     async def progress(self, job: Job, lease: str, percent: float, message: str) -> bool:
         k = QueueKeys(job.queue)
         async with unavailable_on_redis_errors():
             done = await self.scripts.progress(
-                keys=[k.job(job.id), k.events(job.id)],
-                args=[lease, percent, message, self._maxlen, k.channel(job.id)],
+                self.redis,
+                [k.job(job.id), k.events(job.id)],
+                [lease, percent, message, self._maxlen, k.channel(job.id)],
             )
         return bool(done)
 

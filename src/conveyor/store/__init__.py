@@ -1,8 +1,9 @@
 """PostgreSQL (or SQLite in dev): the source of truth for jobs and API keys."""
 
 from conveyor.store.database import Database, sync_url
-from conveyor.store.jobs import JobStore, TerminalWrite
+from conveyor.store.jobs import JobStore
 from conveyor.store.keys import KeyStore
 from conveyor.store.migrate import migrate
+from conveyor.store.rows import TerminalWrite
 
 __all__ = ["Database", "JobStore", "KeyStore", "TerminalWrite", "migrate", "sync_url"]

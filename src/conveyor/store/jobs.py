@@ -5,39 +5,30 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from conveyor.errors import AlreadyExists, ConveyorError, FailedPrecondition, NotFound, Unavailable
+from conveyor.errors import ConveyorError, FailedPrecondition, NotFound, Unavailable
 from conveyor.jobs import TERMINAL_STATES, Job, JobState, now_ms
 from conveyor.store.database import Database
 from conveyor.store.models import JobRow
+from conveyor.store.rows import (
+    RolledBack,
+    TerminalWrite,
+    job_from_row,
+    job_to_row,
+    resolve_conflicts,
+)
+
+if TYPE_CHECKING:
+    from conveyor.store.bulk import BulkStatements
 
 _JOBS = cast(Table, JobRow.__table__)
 _TERMINAL = [int(s) for s in TERMINAL_STATES]
-
-
-@dataclass(frozen=True, slots=True)
-class TerminalWrite:
-    """The outcome of an attempt, written once the handler has ended.
-
-    `state` is SUCCEEDED, DEAD, CANCELLED or RETRYING (then `run_at` is the retry time).
-    """
-
-    id: str
-    state: JobState
-    attempt: int
-    error: str
-    progress: float
-    progress_message: str
-    start_time: int | None
-    finish_time: int | None
-    run_at: int | None = None
 
 
 @contextlib.asynccontextmanager
@@ -55,33 +46,22 @@ async def unavailable_on_db_errors() -> AsyncIterator[None]:
         raise Unavailable("database unavailable") from exc
 
 
-class _RolledBack(Exception):
-    def __init__(self, results: list[Job | ConveyorError]) -> None:
-        self.results = results
-
-
-def _resolve(
-    job: Job, inserted: set[str], existing: dict[tuple[str, str], Job]
-) -> Job | ConveyorError:
-    if job.id in inserted:
-        return job
-    prior = existing.get((job.owner, job.idempotency_key or ""))
-    if prior is None:  # pragma: no cover - only an idempotency conflict skips an insert
-        return ConveyorError("job was not stored")
-    if prior.request_hash == job.request_hash:
-        return prior
-    return AlreadyExists(f"idempotency key {job.idempotency_key!r} was used for another request")
-
-
-def _job(row: Any) -> Job:
-    values = dict(row._mapping)
-    values["state"] = JobState(values["state"])
-    return Job(**values)
-
-
 class JobStore:
+    """Job rows. On PostgreSQL the two hot paths (inserting submit batches, recording
+    attempt outcomes) use `BulkStatements`; everything else, and SQLite, goes through
+    SQLAlchemy Core."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._bulk: BulkStatements | None = None
+        if not db.is_sqlite:
+            from conveyor.store.bulk import BulkStatements
+
+            self._bulk = BulkStatements(db.url)
+
+    async def close(self) -> None:
+        if self._bulk is not None:
+            await self._bulk.close()
 
     def _insert(self) -> Any:
         dialect = sqlite if self.db.is_sqlite else postgresql
@@ -92,22 +72,24 @@ class JobStore:
     async def insert(
         self, jobs: Sequence[Job], *, all_or_nothing: bool = False
     ) -> list[Job | ConveyorError]:
-        """Commit new jobs in one transaction; per job, the job stored or why it was refused.
+        """Commit new jobs at once; per job, the job stored or why it was refused.
 
         A job whose (owner, idempotency_key) already exists is not inserted: it resolves to
         the existing job when the request fingerprint matches, else to AlreadyExists. With
-        `all_or_nothing`, any AlreadyExists rolls the whole transaction back.
+        `all_or_nothing`, any AlreadyExists rolls the whole insert back.
         """
-        rows = [_row(job) for job in jobs]
+        if self._bulk is not None:
+            return await self._bulk.insert(jobs, all_or_nothing=all_or_nothing)
         try:
             async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
                 stmt = self._insert().returning(_JOBS.c.id)
+                rows = [job_to_row(job) for job in jobs]
                 inserted = {r.id for r in await conn.execute(stmt, rows)}
                 existing = await self._existing(conn, [j for j in jobs if j.id not in inserted])
-                results = [_resolve(job, inserted, existing) for job in jobs]
+                results = resolve_conflicts(jobs, inserted, existing)
                 if all_or_nothing and any(isinstance(r, ConveyorError) for r in results):
-                    raise _RolledBack(results)
-        except _RolledBack as rollback:
+                    raise RolledBack(results)
+        except RolledBack as rollback:
             return rollback.results
         return results
 
@@ -118,13 +100,13 @@ class JobStore:
         if not keys:
             return {}
         stmt = select(_JOBS).where(tuple_(_JOBS.c.owner, _JOBS.c.idempotency_key).in_(keys))
-        found = [_job(r) for r in await conn.execute(stmt)]
+        found = [job_from_row(r._mapping) for r in await conn.execute(stmt)]
         return {(j.owner, j.idempotency_key or ""): j for j in found}
 
     async def get(self, job_id: str) -> Job | None:
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             row = (await conn.execute(select(_JOBS).where(_JOBS.c.id == job_id))).first()
-        return _job(row) if row is not None else None
+        return job_from_row(row._mapping) if row is not None else None
 
     async def list_for_owner(
         self,
@@ -148,7 +130,7 @@ class JobStore:
             stmt = stmt.where(_JOBS.c.id < before_id)
         stmt = stmt.order_by(_JOBS.c.id.desc()).limit(limit)
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
-            return [_job(r) for r in await conn.execute(stmt)]
+            return [job_from_row(r._mapping) for r in await conn.execute(stmt)]
 
     async def write_outcomes(self, writes: Sequence[TerminalWrite]) -> list[bool]:
         """Record attempt outcomes in one transaction; per write, whether it applied.
@@ -156,6 +138,9 @@ class JobStore:
         A write applies only while the job is not terminal, so a job cancelled while its
         handler ran stays CANCELLED and the late outcome is dropped.
         """
+        if self._bulk is not None:
+            done = await self._bulk.write_outcomes(writes)
+            return [w.id in done for w in writes]
         applied: list[bool] = []
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             for w in writes:
@@ -195,34 +180,10 @@ class JobStore:
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             row = (await conn.execute(stmt)).first()
             if row is not None:
-                return _job(row)
+                return job_from_row(row._mapping)
             current = (await conn.execute(select(_JOBS).where(_JOBS.c.id == job_id))).first()
         if current is None or current.owner != owner:
             raise NotFound(f"job {job_id} not found")
         raise FailedPrecondition(
             f"job {job_id} is already {JobState(current.state).label} and cannot be cancelled"
         )
-
-
-def _row(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "owner": job.owner,
-        "type": job.type,
-        "queue": job.queue,
-        "state": int(job.state),
-        "priority": job.priority,
-        "payload": job.payload,
-        "attempt": job.attempt,
-        "max_attempts": job.max_attempts,
-        "timeout_ms": job.timeout_ms,
-        "progress": job.progress,
-        "progress_message": job.progress_message,
-        "error": job.error,
-        "idempotency_key": job.idempotency_key,
-        "request_hash": job.request_hash,
-        "run_at": job.run_at,
-        "create_time": job.create_time,
-        "start_time": job.start_time,
-        "finish_time": job.finish_time,
-    }

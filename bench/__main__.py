@@ -1,0 +1,340 @@
+"""`make bench`: Conveyor's DESIGN.md §8 workloads against real processes.
+
+Starts its own PostgreSQL (default durability: fsync and synchronous_commit on) and Redis,
+runs `conveyor api` and `conveyor worker` processes, and prints one JSON line per figure:
+`{"bench": ..., "value": ..., "unit": ..., "target": ..., "meets": ...}` plus details.
+The client runs in this process on the same 2 cores, so every figure includes its cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+from redis import Redis
+
+from bench.handlers import STAMPS
+from conveyor.client import AsyncClient, submit_request
+from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
+from conveyor.store import migrate
+from conveyor.v1 import worker_control_pb2 as wc
+from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
+from tests.processes import Service, Stack, make_env
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def emit(
+    name: str,
+    value: float,
+    unit: str,
+    target: float | None,
+    higher_is_better: bool = True,
+    **details: Any,
+) -> None:
+    meets = None
+    if target is not None:
+        meets = value >= target if higher_is_better else value <= target
+    line = {
+        "bench": name,
+        "value": round(value, 3),
+        "unit": unit,
+        "target": target,
+        "meets": meets,
+        **details,
+    }
+    print(json.dumps(line), flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+async def timed_loop(call: Callable[[], Awaitable[Any]], count: int) -> tuple[float, list[float]]:
+    latencies = []
+    start = time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        await call()
+        latencies.append(time.perf_counter() - t0)
+    return time.perf_counter() - start, latencies
+
+
+class Bench:
+    def __init__(self, stack: Stack, key: str, admin: str, redis: Redis, scale: float) -> None:
+        self.stack = stack
+        self.key = key
+        self.admin = admin
+        self.redis = redis
+        self.scale = scale
+
+    def n(self, count: int) -> int:
+        return max(int(count * self.scale), 10)
+
+    def client(self) -> AsyncClient:
+        return AsyncClient(self.stack.api_addr, api_key=self.key)
+
+    async def submit_sequential(self) -> None:
+        count = self.n(3000)
+        async with self.client() as client:
+            await client.submit("noop", queue="parked")  # warm the channel
+            elapsed, lat = await timed_loop(lambda: client.submit("noop", queue="parked"), count)
+        emit(
+            "submit_one_client",
+            count / elapsed,
+            "jobs/s",
+            3000,
+            jobs=count,
+            p50_ms=pct(lat, 0.5) * 1e3,
+            p99_ms=pct(lat, 0.99) * 1e3,
+        )
+
+    async def submit_concurrent(self, clients: int = 16) -> None:
+        per = self.n(1000)
+        async with self.client() as client:
+
+            async def one() -> list[float]:
+                return (await timed_loop(lambda: client.submit("noop", queue="parked"), per))[1]
+
+            start = time.perf_counter()
+            results = await asyncio.gather(*(one() for _ in range(clients)))
+            elapsed = time.perf_counter() - start
+        lat = [x for r in results for x in r]
+        emit(
+            "submit_16_clients",
+            clients * per / elapsed,
+            "jobs/s",
+            10000,
+            jobs=clients * per,
+            p50_ms=pct(lat, 0.5) * 1e3,
+            p99_ms=pct(lat, 0.99) * 1e3,
+        )
+
+    async def submit_bulk(self) -> None:
+        calls = max(self.n(30), 3)
+        batch = [submit_request("noop", queue="parked") for _ in range(1000)]
+        async with self.client() as client:
+            elapsed, _ = await timed_loop(lambda: client.submit_many(batch), calls)
+        emit("submit_bulk_1000", calls * 1000 / elapsed, "jobs/s", 30000, jobs=calls * 1000)
+
+    async def fill(self, queue: str, count: int, type: str = "noop") -> None:
+        batch = [submit_request(type, queue=queue) for _ in range(1000)]
+        async with self.client() as client:
+            for _ in range(count // 1000):
+                await client.submit_many(batch)
+
+    async def drain(self, workers: int, target: float) -> None:
+        queue = f"drain{workers}"
+        count = self.n(20000) // 1000 * 1000 or 1000
+        services = [
+            self.stack.start(
+                "worker", "--queues", queue, "--concurrency", "64", env=self.stack.worker_env()
+            )
+            for _ in range(workers)
+        ]
+        await self.control(services, "PauseWorker")
+        await self.fill(queue, count)
+        start = time.perf_counter()
+        await self.control(services, "ResumeWorker")
+        ready, leases = f"cv:{{{queue}}}:ready", f"cv:{{{queue}}}:leases"
+        while True:
+            pipe = self.redis.pipeline()
+            pipe.zcard(ready)
+            pipe.zcard(leases)
+            waiting, running = pipe.execute()
+            if waiting == 0 and running == 0:
+                break
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - start
+        cpu = [psutil.Process(s.proc.pid).cpu_times() for s in services]
+        emit(
+            f"drain_noop_{workers}_worker",
+            count / elapsed,
+            "jobs/s",
+            target,
+            jobs=count,
+            worker_cpu_s=[round(c.user + c.system, 2) for c in cpu],
+        )
+        for service in services:
+            service.stop()
+
+    async def control(self, services: list[Service], method: str) -> None:
+        for service in services:
+            async with grpc.aio.insecure_channel(service.addr) as channel:
+                request = getattr(wc, f"{method}Request")()
+                await getattr(WorkerControlStub(channel), method)(
+                    request, metadata=(("authorization", f"Bearer {self.admin}"),)
+                )
+
+    async def start_latency(self, rate: float = 200.0) -> None:
+        count = self.n(2000)
+        worker = self.stack.start(
+            "worker",
+            "--queues",
+            "latency",
+            "--handlers",
+            "bench.handlers",
+            "--concurrency",
+            "64",
+            env=self.stack.worker_env(),
+        )
+        self.redis.delete(STAMPS)
+        sent: dict[str, int] = {}
+        async with self.client() as client:
+            await client.submit("bench.stamp", queue="latency")
+            begin = time.perf_counter()
+            for i in range(count):
+                due = begin + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                t0 = time.time_ns()
+                job = await client.submit("bench.stamp", queue="latency")
+                sent[job.id] = t0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the bench's own wait, outside the measured path
+            if self.redis.hlen(STAMPS) >= count + 1:
+                break
+            await asyncio.sleep(0.05)
+        stamps = self.redis.hgetall(STAMPS)
+        lat = [(int(stamps[j]) - t) / 1e6 for j, t in sent.items() if j in stamps]
+        emit(
+            "submit_to_start_p50",
+            statistics.median(lat),
+            "ms",
+            1.0,
+            higher_is_better=False,
+            rate=rate,
+            jobs=len(lat),
+        )
+        emit(
+            "submit_to_start_p99",
+            pct(lat, 0.99),
+            "ms",
+            2.5,
+            higher_is_better=False,
+            rate=rate,
+            jobs=len(lat),
+        )
+        worker.stop()
+
+    async def get_polling(self, clients: int = 16) -> None:
+        async with self.client() as client:
+            jobs = [(await client.submit("noop", queue="parked")).id for _ in range(100)]
+            per = self.n(1000)
+
+            async def one(offset: int) -> list[float]:
+                i = offset
+
+                def call() -> Awaitable[Any]:
+                    nonlocal i
+                    i += 1
+                    return client.get(jobs[i % len(jobs)])
+
+                return (await timed_loop(call, per))[1]
+
+            start = time.perf_counter()
+            results = await asyncio.gather(*(one(k) for k in range(clients)))
+            elapsed = time.perf_counter() - start
+        lat = [x for r in results for x in r]
+        emit(
+            "get_job_16_clients",
+            clients * per / elapsed,
+            "calls/s",
+            10000,
+            p99_ms=pct(lat, 0.99) * 1e3,
+            p99_target_ms=5.0,
+        )
+
+    async def idle_cpu(self, seconds: float = 5.0) -> None:
+        procs = {
+            s.name + str(i): psutil.Process(s.proc.pid)
+            for i, s in enumerate(self.stack.services)
+            if s.proc.poll() is None
+        }
+        before = {n: p.cpu_times() for n, p in procs.items()}
+        await asyncio.sleep(seconds)
+        for name, proc in procs.items():
+            t0, t1 = before[name], proc.cpu_times()
+            used = (t1.user + t1.system - t0.user - t0.system) / seconds * 100
+            emit(
+                f"idle_cpu_{name}",
+                used,
+                "%",
+                1.0,
+                higher_is_better=False,
+                rss_mib=round(proc.memory_info().rss / 2**20, 1),
+            )
+
+
+async def run(args: argparse.Namespace, folder: Path) -> None:
+    pg = EmbeddedPostgres(folder / "pg", settings={"max_connections": "200"})
+    redis_server = EmbeddedRedis(folder / "redis")
+    pg.start()
+    redis_server.start()
+    migrate(pg.url)
+    env = make_env(redis_server.url, pg.url)
+    # Workers import `bench.handlers` from this checkout.
+    env["PYTHONPATH"] = str(CHECKOUT)
+    env.update(
+        CONVEYOR_LOG_LEVEL="WARNING",
+        CONVEYOR_CLAIM_WAIT_SECONDS="5",
+        CONVEYOR_LEASE_SECONDS="30",
+        CONVEYOR_HEARTBEAT_SECONDS="0",
+    )
+    stack = Stack(env, folder)
+    try:
+        stack.start("api")
+        bench = Bench(
+            stack,
+            stack.create_key("bench"),
+            stack.create_key("ops", "admin"),
+            Redis.from_url(redis_server.url, decode_responses=True),
+            args.scale,
+        )
+        wanted = args.only.split(",") if args.only else None
+        for name in [
+            "submit_sequential",
+            "submit_concurrent",
+            "submit_bulk",
+            "drain1",
+            "drain2",
+            "start_latency",
+            "get_polling",
+            "idle_cpu",
+        ]:
+            if wanted and name not in wanted:
+                continue
+            if name == "drain1":
+                await bench.drain(1, 7000)
+            elif name == "drain2":
+                await bench.drain(2, 8000)
+            else:
+                await getattr(bench, name)()
+    finally:
+        stack.stop_all()
+        redis_server.stop()
+        pg.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0, help="Multiply every job count.")
+    parser.add_argument("--only", default="", help="Comma-separated workloads to run.")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
+        asyncio.run(run(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()

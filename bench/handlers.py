@@ -1,0 +1,24 @@
+"""Handlers only the benchmarks load (`--handlers bench.handlers`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from conveyor.handlers import JobContext, handler
+
+STAMPS = "bench:stamps"
+_redis: Redis | None = None
+
+
+@handler("bench.stamp")
+async def stamp(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Record when the handler started (wall clock, ns) for the submit→start latency bench."""
+    started = time.time_ns()
+    global _redis
+    if _redis is None:
+        _redis = Redis.from_url(os.environ["CONVEYOR_REDIS_URL"], decode_responses=True)
+    await _redis.hset(STAMPS, ctx.job_id, started)

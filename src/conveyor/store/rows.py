@@ -1,0 +1,87 @@
+"""Job rows as both store paths (SQLAlchemy and PostgreSQL bulk statements) read and write
+them, and how an insert that hit an existing idempotency key resolves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.errors import AlreadyExists, ConveyorError
+from conveyor.jobs import Job, JobState
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalWrite:
+    """The outcome of an attempt, written once the handler has ended.
+
+    `state` is SUCCEEDED, DEAD, CANCELLED or RETRYING (then `run_at` is the retry time).
+    """
+
+    id: str
+    state: JobState
+    attempt: int
+    error: str
+    progress: float
+    progress_message: str
+    start_time: int | None
+    finish_time: int | None
+    run_at: int | None = None
+
+
+class RolledBack(Exception):
+    """Raised inside an all-or-nothing insert to roll it back, carrying the per-job results."""
+
+    def __init__(self, results: list[Job | ConveyorError]) -> None:
+        self.results = results
+
+
+def resolve_conflicts(
+    jobs: Sequence[Job], inserted: set[str], existing: Mapping[tuple[str, str], Job]
+) -> list[Job | ConveyorError]:
+    """Per job: itself if inserted, else the prior job with its key or AlreadyExists."""
+    return [_resolve(job, inserted, existing) for job in jobs]
+
+
+def _resolve(
+    job: Job, inserted: set[str], existing: Mapping[tuple[str, str], Job]
+) -> Job | ConveyorError:
+    if job.id in inserted:
+        return job
+    prior = existing.get((job.owner, job.idempotency_key or ""))
+    if prior is None:  # pragma: no cover - only an idempotency conflict skips an insert
+        return ConveyorError("job was not stored")
+    if prior.request_hash == job.request_hash:
+        return prior
+    return AlreadyExists(f"idempotency key {job.idempotency_key!r} was used for another request")
+
+
+def job_from_row(values: Mapping[Any, Any]) -> Job:
+    """A Job from a `jobs` row's columns."""
+    fields = dict(values)
+    fields["state"] = JobState(fields["state"])
+    return Job(**fields)
+
+
+def job_to_row(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "owner": job.owner,
+        "type": job.type,
+        "queue": job.queue,
+        "state": int(job.state),
+        "priority": job.priority,
+        "payload": job.payload,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "timeout_ms": job.timeout_ms,
+        "progress": job.progress,
+        "progress_message": job.progress_message,
+        "error": job.error,
+        "idempotency_key": job.idempotency_key,
+        "request_hash": job.request_hash,
+        "run_at": job.run_at,
+        "create_time": job.create_time,
+        "start_time": job.start_time,
+        "finish_time": job.finish_time,
+    }
