@@ -18,6 +18,7 @@ from conveyor.cli.dev import wait_serving
 from conveyor.embedded import free_port
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 CONVEYOR = str(BIN / "conveyor")
 
 # Short timings so crash recovery and retries happen in seconds.
@@ -131,6 +132,9 @@ def make_env(redis_url: str, database_url: str) -> dict[str, str]:
         CONVEYOR_API_ADDR=f"127.0.0.1:{free_port()}",
         CONVEYOR_WORKER_ADDR=f"127.0.0.1:{free_port()}",
         CONVEYOR_SCHEDULER_ADDR=f"127.0.0.1:{free_port()}",
+        # Workers load the tests' own handlers from this checkout.
+        CONVEYOR_HANDLERS="tests.handlers",
+        PYTHONPATH=str(ROOT),
     )
     return env
 

@@ -35,6 +35,8 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 # How long a watcher waits for an event before re-reading the job (a safety net only).
 WATCH_RECHECK_SECONDS = 15.0
+# Job id -> queue entries remembered per API process (about 100 bytes each).
+QUEUE_MAP_SIZE = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,15 @@ class JobOperations:
         self.hub = hub
         self.settings = settings
         self._submits: Batcher[Job, Job | ConveyorError] = Batcher(self._commit_and_enqueue)
+        # A job's hot state lives under its queue's hash tag, so reading it takes the queue.
+        # Jobs submitted here, or read once from the database, are remembered (oldest
+        # forgotten first); any other id costs one primary-key read first.
+        self._queues: dict[str, str] = {}
+
+    def _remember(self, job_id: str, queue: str) -> None:
+        self._queues[job_id] = queue
+        if len(self._queues) > QUEUE_MAP_SIZE:
+            del self._queues[next(iter(self._queues))]
 
     # -- submit ----------------------------------------------------------------------------
     def _new_job(self, principal: Principal, spec: JobSpec, now: int) -> Job:
@@ -94,6 +105,8 @@ class JobOperations:
         new = [job for job, result in zip(made, results, strict=True) if result is job]
         if not new:
             return
+        for job in new:
+            self._remember(job.id, job.queue)
         try:
             await self.queue.enqueue(new)
         except Unavailable:
@@ -111,14 +124,22 @@ class JobOperations:
 
     async def _load(self, job_id: str) -> Job | None:
         _check_id(job_id)
-        hot = await self._hot(job_id)
-        return Job.from_hot(hot) if hot is not None else await self.store.get(job_id)
+        queue = self._queues.get(job_id)
+        if queue is not None:
+            hot = await self._hot(queue, job_id)
+            if hot is not None:
+                return Job.from_hot(hot)
+        job = await self.store.get(job_id)
+        if job is None:
+            return None
+        self._remember(job.id, job.queue)
+        hot = await self._hot(job.queue, job_id) if queue is None else None
+        return Job.from_hot(hot) if hot is not None else job
 
-    async def _hot(self, job_id: str) -> dict[str, str] | None:
+    async def _hot(self, queue: str, job_id: str) -> dict[str, str] | None:
         """Hot state, or None if Redis lacks it or cannot be reached (then the DB answers)."""
         try:
-            queue = await self.queue.find_queue(job_id)
-            return await self.queue.hot(queue, job_id) if queue else None
+            return await self.queue.hot(queue, job_id)
         except Unavailable:
             return None
 
@@ -153,7 +174,7 @@ class JobOperations:
             await self.queue.cancel(job.queue, job.id, job.finish_time or now_ms())
         except Unavailable:
             log.warning("job %s cancelled in the database; redis unreachable", job.id)
-        hot = await self._hot(job_id)
+        hot = await self._hot(job.queue, job_id)
         return Job.from_hot(hot) if hot is not None else job
 
     # -- watch -----------------------------------------------------------------------------
@@ -172,7 +193,7 @@ class JobOperations:
         keys = QueueKeys(job.queue)
         sub = await self.hub.subscribe(keys.channel(job_id))
         try:
-            hot = await self._hot(job_id)
+            hot = await self._hot(job.queue, job_id)
             if hot is None:  # only the database knows it: its state now is all there is
                 yield 0, job
                 if job.state.terminal:

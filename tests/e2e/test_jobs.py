@@ -205,3 +205,21 @@ async def test_nothing_half_written_on_a_rejected_bulk(alice: AsyncClient, stack
                 ]
             )
         assert len((await client.list(page_size=100)).jobs) == 1
+
+
+async def test_sync_handler_from_a_user_module_runs_in_the_pool(alice: AsyncClient) -> None:
+    job = await alice.submit("test.sync_steps", {"steps": 4, "delay": 0.05})
+    updates = await watch_all(alice, job.id)
+    assert updates[-1].job.state == S.JOB_STATE_SUCCEEDED
+    # Reports are coalesced (at most one per 100 ms), so which steps show is not fixed.
+    messages = [u.job.progress_message for u in updates if u.job.progress_message]
+    assert messages and all(m.startswith("step ") for m in messages)
+    progress = [u.job.progress for u in updates]
+    assert progress == sorted(progress)
+
+
+async def test_cancelled_sync_handler_ends_cancelled(alice: AsyncClient) -> None:
+    job = await alice.submit("test.sync_steps", {"steps": 600, "delay": 0.05})
+    await wait_state(alice, job.id, S.JOB_STATE_RUNNING)
+    await alice.cancel(job.id)
+    assert (await watch_all(alice, job.id))[-1].job.state == S.JOB_STATE_CANCELLED

@@ -37,9 +37,12 @@ class Subscription:
             self._queue.put_nowait(data)
         except asyncio.QueueFull:
             self.lagged = True
-            while not self._queue.empty():
-                self._queue.get_nowait()
+            self._drop_buffered()
         self._ready.set()
+
+    def _drop_buffered(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     async def get(self, wait_seconds: float | None = None) -> str | None:
         """The next message; None after `wait_seconds` or when lagged (then catch up)."""
@@ -47,8 +50,9 @@ class Subscription:
             self._ready.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), wait_seconds)
-        if self.lagged:
+        if self.lagged:  # the caller re-reads the stream, which covers everything buffered
             self.lagged = False
+            self._drop_buffered()
             return None
         return None if self._queue.empty() else self._queue.get_nowait()
 

@@ -1,8 +1,9 @@
 """Every Redis key and channel Conveyor uses, in one place.
 
 All keys of one queue share the hash tag `{queue}`, so every Lua script touches a single
-Redis Cluster slot. A job's own keys carry its queue's tag too; `job_index` (id → queue) is
-the one key outside any tag, read on its own to find a job's queue from its id.
+Redis Cluster slot. A job's own keys carry its queue's tag too, so finding a job's hot state
+takes its queue: the API learns it from the submit or from the job's database row and keeps
+it in a bounded in-process map (see `conveyor.operations`).
 
     cv:{Q}:ready          zset  queued job ids; score = (9 - priority) << 40 | sequence
     cv:{Q}:delayed        zset  SCHEDULED and RETRYING job ids by due time (epoch ms)
@@ -12,7 +13,6 @@ the one key outside any tag, read on its own to find a job's queue from its id.
     cv:{Q}:job:<id>       hash  the job's hot state (see Job.to_hot), plus seq and lease
     cv:{Q}:events:<id>    stream  the job's changes, entry id "<seq>-1", field j = JSON
     cv:{Q}:ev:<id>        pub/sub channel carrying the same JSON, for live watchers
-    cv:jobq:<id>          string  the job's queue
     cv:cancel             pub/sub channel: ids of running jobs to stop at once
 """
 
@@ -74,7 +74,3 @@ class QueueKeys:
 
     def channel(self, job_id: str) -> str:
         return self.channel_prefix + job_id
-
-
-def job_index(job_id: str) -> str:
-    return f"{PREFIX}:jobq:{job_id}"

@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from conveyor.config import Settings
 from conveyor.errors import Unavailable
 from conveyor.jobs import Job, JobState
-from conveyor.queue.keys import CANCEL_CHANNEL, QueueKeys, job_index
+from conveyor.queue.keys import CANCEL_CHANNEL, QueueKeys
 from conveyor.queue.scripts import Scripts
 from conveyor.store.rows import TerminalWrite
 
@@ -62,27 +62,22 @@ class RedisQueue:
 
     # -- producers -------------------------------------------------------------------------
     async def enqueue(self, jobs: Iterable[Job]) -> None:
-        """Make committed jobs visible to workers and watchers (idempotent per job)."""
+        """Make committed jobs visible to workers and watchers (idempotent per job).
+
+        One script call per queue carries the whole batch, each job as one JSON argument.
+        """
+        by_queue: dict[str, list[str]] = {}
+        for job in jobs:
+            doc = {name: str(value) for name, value in job.to_hot().items()}
+            by_queue.setdefault(job.queue, []).append(json.dumps(doc, separators=(",", ":")))
         async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                k = QueueKeys(job.queue)
-                fields: list[Any] = []
-                for name, value in job.to_hot().items():
-                    fields += [name, value]
+            for queue, docs in by_queue.items():
+                k = QueueKeys(queue)
                 self.scripts.enqueue.queue(
                     pipe,
-                    [k.job(job.id), k.events(job.id), k.ready, k.delayed, k.wake, k.seq],
-                    [
-                        job.id,
-                        int(job.state),
-                        job.priority,
-                        job.run_at,
-                        self._maxlen,
-                        k.channel(job.id),
-                        *fields,
-                    ],
+                    [k.ready, k.delayed, k.wake, k.seq],
+                    [k.job_prefix, k.events_prefix, k.channel_prefix, self._maxlen, *docs],
                 )
-                pipe.set(job_index(job.id), job.queue, ex=self._ttl * 2)
             await self.scripts.execute(pipe)
 
     async def cancel(self, queue: str, job_id: str, finish_time: int) -> JobState:
@@ -104,11 +99,6 @@ class RedisQueue:
         return JobState(int(state))
 
     # -- readers ---------------------------------------------------------------------------
-    async def find_queue(self, job_id: str) -> str | None:
-        async with unavailable_on_redis_errors():
-            queue = await self.redis.get(job_index(job_id))
-        return cast(str | None, queue)
-
     async def hot(self, queue: str, job_id: str) -> dict[str, str] | None:
         """The job's hot-state hash (with its `seq`), or None if Redis no longer has it."""
         async with unavailable_on_redis_errors():
@@ -172,28 +162,40 @@ class RedisQueue:
         return lost
 
     async def finish_many(self, ends: Sequence[tuple[Job, str, TerminalWrite]]) -> list[bool]:
-        """End attempts in Redis, pipelined; per attempt, False if its lease was not held."""
-        if not ends:
+        """End attempts in Redis, one script call per queue; per attempt, False if its lease
+        was no longer held."""
+        by_queue: dict[str, list[int]] = {}
+        for index, (job, _, _) in enumerate(ends):
+            by_queue.setdefault(job.queue, []).append(index)
+        if not by_queue:
             return []
         async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
-            for job, lease, end in ends:
-                k = QueueKeys(job.queue)
-                self.scripts.finish.queue(
-                    pipe,
-                    [k.job(job.id), k.events(job.id), k.leases, k.delayed, k.wake],
-                    [
+            for queue, indexes in by_queue.items():
+                k = QueueKeys(queue)
+                args: list[Any] = [
+                    k.job_prefix,
+                    k.events_prefix,
+                    k.channel_prefix,
+                    self._ttl,
+                    self._maxlen,
+                ]
+                for i in indexes:
+                    job, lease, end = ends[i]
+                    args += [
                         job.id,
                         lease,
                         int(end.state),
                         end.error,
                         end.finish_time or 0,
                         end.run_at or 0,
-                        self._ttl,
-                        self._maxlen,
-                        k.channel(job.id),
-                    ],
-                )
-            return [bool(done) for done in await self.scripts.execute(pipe)]
+                    ]
+                self.scripts.finish.queue(pipe, [k.leases, k.delayed, k.wake], args)
+            replies = await self.scripts.execute(pipe)
+        done = [False] * len(ends)
+        for indexes, reply in zip(by_queue.values(), replies, strict=True):
+            for i, flag in zip(indexes, reply, strict=True):
+                done[i] = bool(flag)
+        return done
 
     async def progress(self, job: Job, lease: str, percent: float, message: str) -> bool:
         k = QueueKeys(job.queue)

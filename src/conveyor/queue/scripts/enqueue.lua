@@ -1,18 +1,32 @@
--- Put a committed job into Redis: its hot state, its first event, and the ready or delayed set.
--- Idempotent: a job already present is left alone (the reconciler may enqueue again).
--- KEYS: job, events, ready, delayed, wake, seq
--- ARGV: id, state, priority, run_at, maxlen, channel, field1, value1, ...
-local id, state, priority, run_at = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-if state == 1 then
-  redis.call('ZADD', KEYS[4], run_at, id)
-  wake_one(KEYS[5])  -- a blocked worker wakes, sees the new due time and sleeps until then
-else
-  redis.call('ZADD', KEYS[3], ready_score(KEYS[6], priority), id)
-  wake_one(KEYS[5])
+-- Put committed jobs of one queue into Redis: each job's hot state, its first event, and
+-- its place in the ready or delayed set; one call for a whole batch.
+-- Idempotent per job: a job already present is left alone (the reconciler may enqueue again).
+-- KEYS: ready, delayed, wake, seq
+-- ARGV: job_prefix, events_prefix, channel_prefix, maxlen, job1_json, job2_json, ...
+-- Each job JSON is the job's hot-state hash (all values strings).
+local jp, ep, cp, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local added = 0
+for i = 5, #ARGV do
+  local job = cjson.decode(ARGV[i])
+  local id = job['id']
+  local jobkey = jp .. id
+  if redis.call('EXISTS', jobkey) == 0 then
+    local fields = {}
+    for k, v in pairs(job) do
+      fields[#fields + 1] = k
+      fields[#fields + 1] = v
+    end
+    redis.call('HSET', jobkey, unpack(fields))
+    if job['state'] == '1' then
+      redis.call('ZADD', KEYS[2], job['run_at'], id)
+    else
+      redis.call('ZADD', KEYS[1], ready_score(KEYS[4], job['priority']), id)
+    end
+    -- One token per job wakes as many blocked workers as there is work (capped); a delayed
+    -- job's token makes a worker learn the new due time and sleep until then.
+    wake_one(KEYS[3])
+    emit(jobkey, ep .. id, cp .. id, maxlen)
+    added = added + 1
+  end
 end
-emit(KEYS[1], KEYS[2], ARGV[6], ARGV[5])
-return 1
+return added

@@ -1,24 +1,35 @@
--- Record the end of an attempt that still holds its lease (a stale worker changes nothing).
--- state 5 (RETRYING) puts the job in the delayed set until run_at; 4, 6, 7 are terminal and
--- start the hot state's time to live.
--- KEYS: job, events, leases, delayed, wake
--- ARGV: id, lease, state, error, finish_time, run_at, ttl_seconds, maxlen, channel
-local id, state = ARGV[1], tonumber(ARGV[3])
-if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[3], id)
-redis.call('HDEL', KEYS[1], 'lease', 'worker')
-redis.call('HSET', KEYS[1], 'state', state, 'error', ARGV[4])
-if state == 5 then
-  redis.call('HSET', KEYS[1], 'run_at', ARGV[6])
-  redis.call('ZADD', KEYS[4], ARGV[6], id)
-  wake_one(KEYS[5])  -- a blocked worker wakes, sees the new due time and sleeps until then
-else
-  redis.call('HSET', KEYS[1], 'finish_time', ARGV[5])
-  if state == 4 then redis.call('HSET', KEYS[1], 'progress', 100) end
+-- Record the ends of attempts in one queue; an attempt whose lease is no longer held (a
+-- stale worker) changes nothing. State 5 (RETRYING) puts the job in the delayed set until
+-- run_at; 4, 6, 7 are terminal and start the hot state's time to live.
+-- KEYS: leases, delayed, wake
+-- ARGV: job_prefix, events_prefix, channel_prefix, ttl_seconds, maxlen,
+--       then per attempt: id, lease, state, error, finish_time, run_at
+-- Returns per attempt 1 (recorded) or 0 (stale).
+local jp, ep, cp, ttl, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local out = {}
+for i = 6, #ARGV, 6 do
+  local id, lease, state = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local jobkey, evkey = jp .. id, ep .. id
+  if redis.call('HGET', jobkey, 'lease') ~= lease then
+    out[#out + 1] = 0
+  else
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', jobkey, 'lease', 'worker')
+    redis.call('HSET', jobkey, 'state', state, 'error', ARGV[i + 3])
+    if state == 5 then
+      redis.call('HSET', jobkey, 'run_at', ARGV[i + 5])
+      redis.call('ZADD', KEYS[2], ARGV[i + 5], id)
+      wake_one(KEYS[3])  -- a blocked worker wakes, sees the new due time and sleeps until then
+    else
+      redis.call('HSET', jobkey, 'finish_time', ARGV[i + 4])
+      if state == 4 then redis.call('HSET', jobkey, 'progress', 100) end
+    end
+    emit(jobkey, evkey, cp .. id, maxlen)
+    if state ~= 5 then
+      redis.call('EXPIRE', jobkey, ttl)
+      redis.call('EXPIRE', evkey, ttl)
+    end
+    out[#out + 1] = 1
+  end
 end
-emit(KEYS[1], KEYS[2], ARGV[9], ARGV[8])
-if state ~= 5 then
-  redis.call('EXPIRE', KEYS[1], ARGV[7])
-  redis.call('EXPIRE', KEYS[2], ARGV[7])
-end
-return 1
+return out

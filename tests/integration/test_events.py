@@ -1,0 +1,44 @@
+"""EventHub: one pub/sub connection fans out to many subscribers; a slow one is marked
+lagged instead of buffering without bound."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+
+from conveyor.config import Settings
+from conveyor.queue import EventHub, connect
+from conveyor.queue.events import BUFFER
+
+
+async def test_many_subscribers_share_one_connection(settings: Settings) -> None:
+    redis: Redis = connect(settings.redis_url)
+    hub = EventHub(redis)
+    subs = [await hub.subscribe(f"ch:{i % 10}") for i in range(200)]
+    clients = await redis.client_list()
+    await redis.publish("ch:3", "hello")
+    got = await asyncio.gather(*(s.get(2) for s in subs if s.channel == "ch:3"))
+    assert got == ["hello"] * 20
+    assert sum(1 for c in await redis.client_list() if c.get("cmd") == "subscribe") <= 1
+    assert len(await redis.client_list()) == len(clients)
+    for sub in subs:
+        await hub.unsubscribe(sub)
+    assert hub.subscriber_count == 0
+    await hub.close()
+    await redis.aclose()
+
+
+async def test_a_slow_subscriber_is_lagged_not_unbounded(settings: Settings) -> None:
+    redis: Redis = connect(settings.redis_url)
+    hub = EventHub(redis)
+    sub = await hub.subscribe("busy")
+    for i in range(BUFFER * 3):
+        await redis.publish("busy", str(i))
+    await asyncio.sleep(0.2)
+    assert sub.lagged and sub._queue.qsize() <= BUFFER
+    assert await sub.get(1) is None  # the caller must catch up from the event stream
+    await redis.publish("busy", "next")
+    assert await sub.get(2) == "next"
+    await hub.close()
+    await redis.aclose()
