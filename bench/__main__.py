@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -287,7 +288,7 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
     # Workers import `bench.handlers` from this checkout.
     env["PYTHONPATH"] = str(CHECKOUT)
     env.update(
-        CONVEYOR_LOG_LEVEL="WARNING",
+        CONVEYOR_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         CONVEYOR_CLAIM_WAIT_SECONDS="5",
         CONVEYOR_LEASE_SECONDS="30",
         CONVEYOR_HEARTBEAT_SECONDS="0",

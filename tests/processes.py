@@ -54,9 +54,12 @@ class Service:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            stacks = _py_spy_dump(self.proc.pid)
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"{self.name} ignored SIGTERM:\n{self.tail()}") from None
+            raise AssertionError(
+                f"{self.name} ignored SIGTERM:\n{self.tail()}\n{stacks}"
+            ) from None
 
     def kill(self) -> None:
         """kill -9: no cleanup at all."""
@@ -64,6 +67,16 @@ class Service:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+
+
+def _py_spy_dump(pid: int) -> str:
+    """Where a stuck process is, if py-spy is installed (a debugging aid only)."""
+    spy = BIN / "py-spy"
+    if not spy.exists():
+        return ""
+    return subprocess.run(
+        [str(spy), "dump", "-p", str(pid)], capture_output=True, text=True, timeout=30
+    ).stdout
 
 
 @dataclass

@@ -112,6 +112,9 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by stop(): loops end at their next turn even if a library swallowed the
+        # cancellation (redis-py may turn a cancelled blocking read into a connection error).
+        self._closing = False
         self._outcomes: Batcher[tuple[Claim, TerminalWrite], bool] = Batcher(self._record)
 
     # -- control ---------------------------------------------------------------------------
@@ -170,6 +173,7 @@ class Worker:
         if self.running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), grace)
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         for running in list(self.running.values()):
@@ -177,6 +181,7 @@ class Worker:
             if running.task is not None:
                 running.task.cancel()
         pending = [*self._tasks, *(r.task for r in self.running.values() if r.task)]
+        log.debug("waiting for %d tasks to end", len(pending))
         await asyncio.gather(*pending, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._set_state(WorkerState.STOPPED)
@@ -184,10 +189,12 @@ class Worker:
 
     # -- claiming --------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._claim_once()
             except Unavailable:
+                if self._closing:
+                    return
                 log.warning("redis unavailable; retrying claims in 1s")
                 await asyncio.sleep(1.0)
 
@@ -319,11 +326,15 @@ class Worker:
 
     # -- outcomes --------------------------------------------------------------------------
     async def _record_until_done(self, claim: Claim, end: TerminalWrite) -> None:
+        """Keep trying while the database or Redis is away; give up only when the worker
+        stops (the lease then lapses and the job runs again elsewhere)."""
         while True:
             try:
                 await self._outcomes.submit((claim, end))
                 return
             except Unavailable as exc:
+                if self._closing:
+                    return
                 log.warning("job %s outcome not recorded (%s); retrying", claim.job.id, exc)
                 await asyncio.sleep(OUTCOME_RETRY_SECONDS)
 
@@ -364,7 +375,7 @@ class Worker:
     # -- leases and cancellation -----------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.effective_heartbeat_seconds
-        while True:
+        while not self._closing:
             await asyncio.sleep(interval)
             try:
                 await self._heartbeat()

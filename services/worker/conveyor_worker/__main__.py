@@ -59,12 +59,17 @@ async def serve(settings: Settings) -> None:
         signalled.cancel()
         drained.cancel()
         await worker.stop(settings.shutdown_grace_seconds)
+        log.debug("worker stopped; closing the server and connections")
         await server.stop(1.0)
+        log.debug("server stopped")
         await hub.close()
+        log.debug("hub closed")
         await blocking.aclose()
         await redis.aclose()
+        log.debug("redis closed")
         await store.close()
         await db.close()
+        log.info("worker %s stopped", worker.worker_id)
 
 
 def main(settings: Settings | None = None) -> None:
