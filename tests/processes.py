@@ -57,9 +57,7 @@ class Service:
             stacks = _py_spy_dump(self.proc.pid)
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(
-                f"{self.name} ignored SIGTERM:\n{self.tail()}\n{stacks}"
-            ) from None
+            raise AssertionError(f"{self.name} ignored SIGTERM:\n{self.tail()}\n{stacks}") from None
 
     def kill(self) -> None:
         """kill -9: no cleanup at all."""
