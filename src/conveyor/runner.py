@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
@@ -19,8 +20,10 @@ import secrets
 import socket
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from redis.asyncio import Redis
 
@@ -37,8 +40,13 @@ from conveyor.store import JobStore, TerminalWrite
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 MAX_ERROR_CHARS = 4000
 OUTCOME_RETRY_SECONDS = 1.0
+# Claiming pauses while more than this many times `concurrency` outcomes await writing.
+MAX_RECORDING = 2
 
 
 class WorkerState(enum.IntEnum):
@@ -104,7 +112,12 @@ class Worker:
         self.concurrency = settings.worker_concurrency
         self.state = WorkerState.RUNNING
         self.stats = WorkerStats()
+        # Handlers executing now: these count against `concurrency`.
         self.running: dict[str, Running] = {}
+        # Attempts whose handler has ended and whose outcome is being written. They keep
+        # their lease (renewed by the heartbeat) but not their slot, so the next jobs run
+        # while the previous ones are recorded; claiming pauses if too many pile up.
+        self.recording: dict[str, Running] = {}
         self._token = secrets.token_hex(8)
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="handler")
@@ -115,7 +128,12 @@ class Worker:
         # Set by stop(): loops end at their next turn even if a library swallowed the
         # cancellation (redis-py may turn a cancelled blocking read into a connection error).
         self._closing = False
-        self._outcomes: Batcher[tuple[Claim, TerminalWrite], bool] = Batcher(self._record)
+        # Outcomes go through two group-commit stages, so that the database write of one
+        # batch overlaps the Redis write of the previous one.
+        self._db_outcomes: Batcher[TerminalWrite, JobState | None] = Batcher(store.write_outcomes)
+        self._redis_outcomes: Batcher[tuple[Job, str, TerminalWrite], bool] = Batcher(
+            queue.finish_many
+        )
 
     # -- control ---------------------------------------------------------------------------
     def _set_state(self, state: WorkerState) -> None:
@@ -142,7 +160,7 @@ class Worker:
         """Claim nothing more; stop once the running jobs have ended."""
         if self.state in (WorkerState.RUNNING, WorkerState.PAUSED):
             self._set_state(WorkerState.DRAINING)
-            if not self.running:
+            if self._idle:
                 self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -170,17 +188,18 @@ class Worker:
         it again (at-least-once), which is the right result for work cut off mid-way.
         """
         self.drain()
-        if self.running:
+        if not self._idle:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), grace)
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        for running in list(self.running.values()):
+        attempts = [*self.running.values(), *self.recording.values()]
+        for running in attempts:
             running.abandoned = True
             if running.task is not None:
                 running.task.cancel()
-        pending = [*self._tasks, *(r.task for r in self.running.values() if r.task)]
+        pending = [*self._tasks, *(r.task for r in attempts if r.task)]
         log.debug("waiting for %d tasks to end", len(pending))
         await asyncio.gather(*pending, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -203,7 +222,7 @@ class Worker:
             await self.changed()
             return
         free = self.concurrency - len(self.running)
-        if free <= 0:
+        if free <= 0 or len(self.recording) >= MAX_RECORDING * self.concurrency:
             self._slot_freed.clear()
             await self._slot_freed.wait()
             return
@@ -255,22 +274,31 @@ class Worker:
         except asyncio.CancelledError:
             state, error = JobState.CANCELLED, "cancelled"
             running.abandoned = True
+        self.running.pop(job.id, None)
+        self.recording[job.id] = running
+        self.stats.processed += 1
+        if state is not JobState.SUCCEEDED:
+            self.stats.failed += 1
+        self._slot_freed.set()
+        self.notify()
         try:
             if not running.abandoned:
                 await self._flush_progress(running)
-                end = self._outcome(job, state, error, start)
+                end = self._outcome(job, state, error, start, running.progress)
                 await self._record_until_done(claim, end)
         finally:
             if running.pump is not None:
                 running.pump.cancel()
             self.running.pop(job.id, None)
-            self.stats.processed += 1
-            if state is not JobState.SUCCEEDED:
-                self.stats.failed += 1
+            self.recording.pop(job.id, None)
             self._slot_freed.set()
-            self.notify()
-            if self.state is WorkerState.DRAINING and not self.running:
+            if self.state is WorkerState.DRAINING and self._idle:
                 self._stopped.set()
+
+    @property
+    def _idle(self) -> bool:
+        """No handler running and no outcome waiting to be written."""
+        return not self.running and not self.recording
 
     async def _attempt(self, running: Running) -> tuple[JobState, str]:
         """Run the handler once; the state the attempt ends in and its error text."""
@@ -300,7 +328,9 @@ class Worker:
             return JobState.RETRYING, _describe(exc)
         return JobState.SUCCEEDED, ""
 
-    def _outcome(self, job: Job, state: JobState, error: str, start: int) -> TerminalWrite:
+    def _outcome(
+        self, job: Job, state: JobState, error: str, start: int, progress: float
+    ) -> TerminalWrite:
         now = now_ms()
         run_at = None
         if state is JobState.RETRYING:
@@ -313,42 +343,47 @@ class Worker:
             state=state,
             attempt=job.attempt,
             error=error,
-            progress=100.0 if state is JobState.SUCCEEDED else self._progress_of(job.id),
+            progress=100.0 if state is JobState.SUCCEEDED else progress,
             progress_message="",
             start_time=start,
             finish_time=None if state is JobState.RETRYING else now,
             run_at=run_at,
         )
 
-    def _progress_of(self, job_id: str) -> float:
-        running = self.running.get(job_id)
-        return running.progress if running else 0.0
-
     # -- outcomes --------------------------------------------------------------------------
     async def _record_until_done(self, claim: Claim, end: TerminalWrite) -> None:
-        """Keep trying while the database or Redis is away; give up only when the worker
-        stops (the lease then lapses and the job runs again elsewhere)."""
+        """The database first (the truth), then Redis, each retried while unreachable.
+
+        When the database already holds a terminal state (the job was cancelled, or an
+        earlier attempt's worker died between its two writes), Redis is brought to that
+        state instead; the Redis write is lease-checked, so it changes nothing when the
+        lease is no longer ours.
+        """
+        state = await self._until_recorded(claim, self._db_outcomes.submit, end)
+        if state is None:
+            return
+        if state is not end.state:
+            self.stats.stale_writes += 1
+            end = dataclasses.replace(end, state=state)
+        done = await self._until_recorded(
+            claim, self._redis_outcomes.submit, (claim.job, claim.lease, end)
+        )
+        if done is False:
+            self.stats.stale_writes += 1
+
+    async def _until_recorded(
+        self, claim: Claim, write: Callable[[T], Awaitable[R]], item: T
+    ) -> R | None:
+        """Retry `write` while its store is unavailable; None once the worker is closing
+        (the lease then lapses and the job runs again elsewhere)."""
         while True:
             try:
-                await self._outcomes.submit((claim, end))
-                return
+                return await write(item)
             except Unavailable as exc:
                 if self._closing:
-                    return
+                    return None
                 log.warning("job %s outcome not recorded (%s); retrying", claim.job.id, exc)
                 await asyncio.sleep(OUTCOME_RETRY_SECONDS)
-
-    async def _record(self, items: list[tuple[Claim, TerminalWrite]]) -> list[bool]:
-        """Database first (the truth), then Redis for the writes the database accepted."""
-        applied = await self.store.write_outcomes([end for _, end in items])
-        ends = [
-            (claim.job, claim.lease, end)
-            for (claim, end), ok in zip(items, applied, strict=True)
-            if ok
-        ]
-        done = await self.queue.finish_many(ends)
-        self.stats.stale_writes += done.count(False)
-        return applied
 
     # -- progress --------------------------------------------------------------------------
     def _start_pump(self, running: Running) -> None:
@@ -384,7 +419,7 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         by_queue: dict[str, dict[str, str]] = {}
-        for job_id, running in self.running.items():
+        for job_id, running in [*self.running.items(), *self.recording.items()]:
             by_queue.setdefault(running.claim.job.queue, {})[job_id] = running.claim.lease
         for name, leases in by_queue.items():
             for job_id in await self.queue.heartbeat(name, leases, self._lease_ms):

@@ -80,7 +80,7 @@ async def test_outcomes_do_not_overwrite_a_terminal_job(db: Database) -> None:
     cancelled = await store.cancel(job.id, "alice")
     assert cancelled.state is JobState.CANCELLED
     late = TerminalWrite(job.id, JobState.SUCCEEDED, 1, "", 100.0, "", now_ms(), now_ms())
-    assert await store.write_outcomes([late]) == [False]
+    assert await store.write_outcomes([late]) == [JobState.CANCELLED]
     stored = await store.get(job.id)
     assert stored is not None and stored.state is JobState.CANCELLED
 

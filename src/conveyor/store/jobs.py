@@ -132,16 +132,28 @@ class JobStore:
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             return [job_from_row(r._mapping) for r in await conn.execute(stmt)]
 
-    async def write_outcomes(self, writes: Sequence[TerminalWrite]) -> list[bool]:
-        """Record attempt outcomes in one transaction; per write, whether it applied.
+    async def write_outcomes(self, writes: Sequence[TerminalWrite]) -> list[JobState | None]:
+        """Record attempt outcomes at once; per write, the state the job's row now holds.
 
-        A write applies only while the job is not terminal, so a job cancelled while its
-        handler ran stays CANCELLED and the late outcome is dropped.
+        A write applies only while the job is not terminal (then the answer is its own
+        state): a job cancelled while its handler ran stays CANCELLED, and a late outcome
+        gets the terminal state the row already had. None: no such row.
         """
         if self._bulk is not None:
             done = await self._bulk.write_outcomes(writes)
-            return [w.id in done for w in writes]
-        applied: list[bool] = []
+        else:
+            done = await self._write_outcomes_one_by_one(writes)
+        states = {w.id: w.state for w in writes if w.id in done}
+        missed = [w.id for w in writes if w.id not in done]
+        if missed:
+            stmt = select(_JOBS.c.id, _JOBS.c.state).where(_JOBS.c.id.in_(missed))
+            async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+                states.update({r.id: JobState(r.state) for r in await conn.execute(stmt)})
+        return [states.get(w.id) for w in writes]
+
+    async def _write_outcomes_one_by_one(self, writes: Sequence[TerminalWrite]) -> set[str]:
+        """SQLite's path: one UPDATE per write, all in one transaction."""
+        applied: set[str] = set()
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             for w in writes:
                 values: dict[str, Any] = {
@@ -161,7 +173,8 @@ class JobStore:
                     .values(**values)
                     .returning(_JOBS.c.id)
                 )
-                applied.append((await conn.execute(stmt)).first() is not None)
+                if (await conn.execute(stmt)).first() is not None:
+                    applied.add(w.id)
         return applied
 
     async def cancel(self, job_id: str, owner: str) -> Job:
