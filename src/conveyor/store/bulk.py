@@ -1,22 +1,24 @@
 """PostgreSQL's hot path: one statement per group of jobs over one autocommit connection.
 
-A submit batch is a single `INSERT … SELECT FROM unnest(…)` and a batch of attempt outcomes a
-single `UPDATE … FROM unnest(…)`: one round trip and one commit (fsync) however many jobs the
-batch holds, and no per-row statement building. Both run in autocommit mode because a single
-statement is already atomic; only an all-or-nothing bulk submit opens a transaction, so that
-an idempotency conflict can roll it back. Callers batch (see `conveyor.batching`), so one
-connection serves the whole process; psycopg serialises any concurrent use of it.
+A submit batch is a single `INSERT … SELECT FROM jsonb_to_recordset(…)` and a batch of
+attempt outcomes a single `UPDATE … FROM jsonb_to_recordset(…)`: one round trip and one
+commit (fsync) however many jobs the batch holds. The rows travel as one JSON document, so
+Python's C encoder does the work that per-value parameter adaptation would do in Python.
+Both run in autocommit mode because a single statement is already atomic; only an
+all-or-nothing bulk submit opens a transaction, so that an idempotency conflict can roll it
+back. Callers batch (see `conveyor.batching`), so one connection serves the whole process;
+psycopg serialises any concurrent use of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 from sqlalchemy.engine import make_url
 
 from conveyor.errors import ConveyorError, Unavailable
@@ -34,11 +36,10 @@ INSERT INTO jobs (id, owner, type, queue, state, priority, payload, attempt, max
                   request_hash, run_at, create_time)
 SELECT id, owner, type, queue, state, priority, payload, 0, max_attempts, timeout_ms,
        0, '', '', idempotency_key, request_hash, run_at, create_time
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::smallint[], %s::smallint[],
-            %s::jsonb[], %s::smallint[], %s::bigint[], %s::text[], %s::text[], %s::bigint[],
-            %s::bigint[])
-  AS v(id, owner, type, queue, state, priority, payload, max_attempts, timeout_ms,
-       idempotency_key, request_hash, run_at, create_time)
+FROM jsonb_to_recordset(%s::jsonb)
+  AS v(id text, owner text, type text, queue text, state smallint, priority smallint,
+       payload jsonb, max_attempts smallint, timeout_ms bigint, idempotency_key text,
+       request_hash text, run_at bigint, create_time bigint)
 ON CONFLICT (owner, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -53,9 +54,9 @@ _OUTCOMES = """
 UPDATE jobs SET state = v.state, attempt = v.attempt, error = v.error, progress = v.progress,
        progress_message = v.progress_message, start_time = v.start_time,
        finish_time = v.finish_time, run_at = COALESCE(v.run_at, jobs.run_at)
-FROM unnest(%s::text[], %s::smallint[], %s::smallint[], %s::text[], %s::float8[], %s::text[],
-            %s::bigint[], %s::bigint[], %s::bigint[])
-  AS v(id, state, attempt, error, progress, progress_message, start_time, finish_time, run_at)
+FROM jsonb_to_recordset(%s::jsonb)
+  AS v(id text, state smallint, attempt smallint, error text, progress float8,
+       progress_message text, start_time bigint, finish_time bigint, run_at bigint)
 WHERE jobs.id = v.id AND jobs.state NOT IN (4, 6, 7)
 RETURNING jobs.id
 """
@@ -73,6 +74,11 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
         for column, value in zip(columns, row, strict=True):
             column.append(value)
     return columns
+
+
+def _records(rows: list[dict[str, Any]]) -> list[str]:
+    """The statement parameter for `jsonb_to_recordset`: the rows as one JSON array."""
+    return [json.dumps(rows, separators=(",", ":"))]
 
 
 class BulkStatements:
@@ -110,16 +116,18 @@ class BulkStatements:
     ) -> list[Job | ConveyorError]:
         """Insert jobs in one statement; per job, the job stored or why it was refused."""
         rows = [
-            (
-                j.id, j.owner, j.type, j.queue, int(j.state), j.priority, Jsonb(j.payload),
-                j.max_attempts, j.timeout_ms, j.idempotency_key, j.request_hash, j.run_at,
-                j.create_time,
-            )
+            {
+                "id": j.id, "owner": j.owner, "type": j.type, "queue": j.queue,
+                "state": int(j.state), "priority": j.priority, "payload": j.payload,
+                "max_attempts": j.max_attempts, "timeout_ms": j.timeout_ms,
+                "idempotency_key": j.idempotency_key, "request_hash": j.request_hash,
+                "run_at": j.run_at, "create_time": j.create_time,
+            }
             for j in jobs
         ]  # fmt: skip
         try:
             async with self._cursor(transaction=all_or_nothing) as cur:
-                await cur.execute(_INSERT, _columns(rows, 13), prepare=True)
+                await cur.execute(_INSERT, _records(rows), prepare=True)
                 inserted = {row[0] for row in await cur.fetchall()}
                 conflicted = [j for j in jobs if j.id not in inserted and j.idempotency_key]
                 existing: dict[tuple[str, str], Job] = {}
@@ -140,14 +148,15 @@ class BulkStatements:
     async def write_outcomes(self, writes: Sequence[TerminalWrite]) -> set[str]:
         """Apply outcomes in one statement; the ids whose job was not yet terminal."""
         rows = [
-            (
-                w.id, int(w.state), w.attempt, w.error, w.progress, w.progress_message,
-                w.start_time, w.finish_time, w.run_at,
-            )
+            {
+                "id": w.id, "state": int(w.state), "attempt": w.attempt, "error": w.error,
+                "progress": w.progress, "progress_message": w.progress_message,
+                "start_time": w.start_time, "finish_time": w.finish_time, "run_at": w.run_at,
+            }
             for w in writes
         ]  # fmt: skip
         async with self._cursor() as cur:
-            await cur.execute(_OUTCOMES, _columns(rows, 9), prepare=True)
+            await cur.execute(_OUTCOMES, _records(rows), prepare=True)
             return {row[0] for row in await cur.fetchall()}
 
     async def close(self) -> None:

@@ -13,7 +13,8 @@ local function ready_score(seqkey, priority)
 end
 
 -- Record a change of the job: bump its sequence, append the job (less its payload) to its
--- event stream and publish the same JSON to live watchers.
+-- event stream and publish the same JSON to live watchers. Returns the job's whole hash
+-- (flat field/value list) as it now stands.
 local function emit(jobkey, evkey, channel, maxlen)
   redis.call('HINCRBY', jobkey, 'seq', 1)
   local flat = redis.call('HGETALL', jobkey)
@@ -25,6 +26,7 @@ local function emit(jobkey, evkey, channel, maxlen)
   local json = cjson.encode(ev)
   redis.call('XADD', evkey, 'MAXLEN', '~', maxlen, ev['seq'] .. '-1', 'j', json)
   redis.call('PUBLISH', channel, json)
+  return flat
 end
 
 local function wake_one(wakekey)

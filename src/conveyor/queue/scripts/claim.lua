@@ -43,8 +43,7 @@ if count > 0 then
       redis.call('HSET', jobkey, 'state', 3, 'start_time', now, 'lease', lease,
         'worker', ARGV[4], 'progress', 0, 'progress_message', '')
       redis.call('ZADD', KEYS[3], now + lease_ms, id)
-      emit(jobkey, ep .. id, cp .. id, maxlen)
-      out[#out + 1] = redis.call('HGETALL', jobkey)
+      out[#out + 1] = emit(jobkey, ep .. id, cp .. id, maxlen)
     end
   end
 end
