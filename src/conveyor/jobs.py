@@ -230,7 +230,8 @@ class JobSpec:
             create_time=now,
             run_at=run_at,
             idempotency_key=self.idempotency_key,
-            request_hash=self.request_hash(),
+            # Only compared when a key is reused, so only computed when there is a key.
+            request_hash=self.request_hash() if self.idempotency_key else "",
         )
 
 

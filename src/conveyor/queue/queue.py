@@ -64,19 +64,25 @@ class RedisQueue:
     async def enqueue(self, jobs: Iterable[Job]) -> None:
         """Make committed jobs visible to workers and watchers (idempotent per job).
 
-        One script call per queue carries the whole batch, each job as one JSON argument.
+        One script call per queue carries the whole batch as one JSON array.
         """
-        by_queue: dict[str, list[str]] = {}
+        by_queue: dict[str, list[dict[str, str]]] = {}
         for job in jobs:
             doc = {name: str(value) for name, value in job.to_hot().items()}
-            by_queue.setdefault(job.queue, []).append(json.dumps(doc, separators=(",", ":")))
+            by_queue.setdefault(job.queue, []).append(doc)
         async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
             for queue, docs in by_queue.items():
                 k = QueueKeys(queue)
                 self.scripts.enqueue.queue(
                     pipe,
                     [k.ready, k.delayed, k.wake, k.seq],
-                    [k.job_prefix, k.events_prefix, k.channel_prefix, self._maxlen, *docs],
+                    [
+                        k.job_prefix,
+                        k.events_prefix,
+                        k.channel_prefix,
+                        self._maxlen,
+                        json.dumps(docs, separators=(",", ":")),
+                    ],
                 )
             await self.scripts.execute(pipe)
 

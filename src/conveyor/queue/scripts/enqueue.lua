@@ -2,12 +2,11 @@
 -- its place in the ready or delayed set; one call for a whole batch.
 -- Idempotent per job: a job already present is left alone (the reconciler may enqueue again).
 -- KEYS: ready, delayed, wake, seq
--- ARGV: job_prefix, events_prefix, channel_prefix, maxlen, job1_json, job2_json, ...
--- Each job JSON is the job's hot-state hash (all values strings).
+-- ARGV: job_prefix, events_prefix, channel_prefix, maxlen, jobs_json
+-- jobs_json is an array of the jobs' hot-state hashes (all values strings).
 local jp, ep, cp, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local added = 0
-for i = 5, #ARGV do
-  local job = cjson.decode(ARGV[i])
+for _, job in ipairs(cjson.decode(ARGV[5])) do
   local id = job['id']
   local jobkey = jp .. id
   if redis.call('EXISTS', jobkey) == 0 then
