@@ -27,11 +27,13 @@ from bench.handlers import STAMPS
 from conveyor.client import AsyncClient, submit_request
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
 from conveyor.store import migrate
+from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
 from tests.processes import Service, Stack, make_env
 
 CHECKOUT = Path(__file__).resolve().parent.parent
+STREAMS_PER_CHANNEL = 500
 
 
 def emit(
@@ -257,6 +259,76 @@ class Bench:
             p99_target_ms=5.0,
         )
 
+    async def watch_fanout(self) -> None:
+        """Many WatchJob streams on one API process: its memory, and how fast a change
+        reaches every stream (each of 100 jobs has streams/100 watchers; all are cancelled
+        at once and the time to each stream's final message is measured)."""
+        streams = self.n(2000)
+        api = next(s for s in self.stack.services if s.name == "api")
+        proc = psutil.Process(api.proc.pid)
+        async with self.client() as client:
+            jobs = [(await client.submit("noop", queue="parked")).id for _ in range(100)]
+            rss_before = proc.memory_info().rss
+            opened = 0
+            all_open = asyncio.Event()
+            cancelled_at: dict[str, float] = {}
+            latencies: list[float] = []
+
+            # Many clients, as in real use: each its own connection with 500 streams.
+            channels = [
+                AsyncClient(
+                    api_key=self.key,
+                    channel=grpc.aio.insecure_channel(
+                        self.stack.api_addr, options=[("grpc.use_local_subchannel_pool", 1)]
+                    ),
+                )
+                for _ in range(-(-streams // STREAMS_PER_CHANNEL))
+            ]
+
+            async def watch(index: int, job_id: str) -> None:
+                nonlocal opened
+                async for update in channels[index // STREAMS_PER_CHANNEL].watch(job_id):
+                    if update.job.state == job_pb2.JOB_STATE_QUEUED:
+                        opened += 1
+                        if opened == streams:
+                            all_open.set()
+                    elif update.job.state == job_pb2.JOB_STATE_CANCELLED:
+                        latencies.append(time.perf_counter() - cancelled_at[job_id])
+
+            # Streams open in waves of 100: thousands opened in the same instant on one
+            # server get some CANCELLED by gRPC itself (seen above ~2,000; see the README).
+            tasks = []
+            for i in range(streams):
+                tasks.append(asyncio.create_task(watch(i, jobs[i % 100])))
+                if i % 100 == 99:
+                    await asyncio.sleep(0.05)
+            await asyncio.wait_for(all_open.wait(), 300)
+            rss_open = proc.memory_info().rss
+            for job_id in jobs:
+                cancelled_at[job_id] = time.perf_counter()
+                await client.cancel(job_id)
+            await asyncio.wait_for(asyncio.gather(*tasks), 120)
+            for channel in channels:
+                await channel.close()
+        emit(
+            "watch_streams_api_rss",
+            rss_open / 2**20,
+            "MiB",
+            1024,
+            higher_is_better=False,
+            streams=streams,
+            rss_before_mib=round(rss_before / 2**20, 1),
+        )
+        emit(
+            "watch_event_p99",
+            pct(latencies, 0.99) * 1e3,
+            "ms",
+            50,
+            higher_is_better=False,
+            streams=streams,
+            p50_ms=round(statistics.median(latencies) * 1e3, 2),
+        )
+
     async def idle_cpu(self, seconds: float = 5.0) -> None:
         procs = {
             s.name + str(i): psutil.Process(s.proc.pid)
@@ -312,6 +384,7 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
             "drain2",
             "start_latency",
             "get_polling",
+            "watch_fanout",
             "idle_cpu",
         ]:
             if wanted and name not in wanted:

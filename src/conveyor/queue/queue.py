@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -21,15 +21,25 @@ from conveyor.queue.scripts import Scripts
 from conveyor.store.rows import TerminalWrite
 
 
+# Connections one process opens to Redis at most; callers beyond that wait for a free one
+# (up to POOL_WAIT_SECONDS) instead of opening sockets without bound under a burst.
+POOL_SIZE = 64
+POOL_WAIT_SECONDS = 5.0
+
+
 def connect(url: str, *, blocking: bool = False) -> Redis:
-    """A client for `url`. A blocking one (for BLPOP) has no socket read timeout."""
-    return Redis.from_url(
+    """A client for `url` over a bounded pool. A blocking one (for BLPOP) has a single
+    connection and no socket read timeout."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=1 if blocking else POOL_SIZE,
+        timeout=POOL_WAIT_SECONDS,
         decode_responses=True,
         socket_connect_timeout=2.0,
         socket_timeout=None if blocking else 5.0,
         health_check_interval=30,
     )
+    return Redis(connection_pool=pool, auto_close_connection_pool=True)
 
 
 @contextlib.asynccontextmanager
