@@ -20,7 +20,6 @@ from conveyor.queue.keys import CANCEL_CHANNEL, QueueKeys
 from conveyor.queue.scripts import Scripts
 from conveyor.store.rows import TerminalWrite
 
-
 # Connections one process opens to Redis at most; callers beyond that wait for a free one
 # (up to POOL_WAIT_SECONDS) instead of opening sockets without bound under a burst.
 POOL_SIZE = 64
@@ -39,7 +38,7 @@ def connect(url: str, *, blocking: bool = False) -> Redis:
         socket_timeout=None if blocking else 5.0,
         health_check_interval=30,
     )
-    return Redis(connection_pool=pool, auto_close_connection_pool=True)
+    return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 @contextlib.asynccontextmanager
