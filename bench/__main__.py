@@ -26,6 +26,7 @@ from redis import Redis
 from bench.handlers import STAMPS
 from conveyor.client import AsyncClient, submit_request
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
+from conveyor.errors import ConveyorError
 from conveyor.store import migrate
 from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
@@ -285,15 +286,22 @@ class Bench:
                 for _ in range(-(-streams // STREAMS_PER_CHANNEL))
             ]
 
+            failed: list[str] = []
+
             async def watch(index: int, job_id: str) -> None:
                 nonlocal opened
-                async for update in channels[index // STREAMS_PER_CHANNEL].watch(job_id):
-                    if update.job.state == job_pb2.JOB_STATE_QUEUED:
-                        opened += 1
-                        if opened == streams:
+                try:
+                    async for update in channels[index // STREAMS_PER_CHANNEL].watch(job_id):
+                        if update.job.state == job_pb2.JOB_STATE_QUEUED:
+                            opened += 1
+                        elif update.job.state == job_pb2.JOB_STATE_CANCELLED:
+                            latencies.append(time.perf_counter() - cancelled_at[job_id])
+                        if opened + len(failed) == streams:
                             all_open.set()
-                    elif update.job.state == job_pb2.JOB_STATE_CANCELLED:
-                        latencies.append(time.perf_counter() - cancelled_at[job_id])
+                except ConveyorError as exc:  # counted and reported, not fatal to the bench
+                    failed.append(exc.code.name)
+                    if opened + len(failed) == streams:
+                        all_open.set()
 
             # Streams open in waves of 100: thousands opened in the same instant on one
             # server get some CANCELLED by gRPC itself (seen above ~2,000; see the README).
@@ -317,6 +325,8 @@ class Bench:
             1024,
             higher_is_better=False,
             streams=streams,
+            failed_streams=len(failed),
+            failures=sorted(set(failed)),
             rss_before_mib=round(rss_before / 2**20, 1),
         )
         emit(

@@ -47,7 +47,7 @@ class Registry:
         existing = self._handlers.get(name)
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"job type {name!r} is already registered to {existing.fn!r}")
-        spec = HandlerSpec(name, fn, inspect.iscoroutinefunction(fn), timeout_seconds, max_attempts)
+        spec = HandlerSpec(name, fn, _is_async(fn), timeout_seconds, max_attempts)
         self._handlers[name] = spec
         return spec
 
@@ -56,6 +56,12 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._handlers)
+
+
+def _is_async(fn: HandlerFn) -> bool:
+    """Async functions, and objects whose `__call__` is async, run on the event loop."""
+    call = getattr(fn, "__call__", None)  # noqa: B004 - the method itself is inspected
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
 default_registry = Registry()

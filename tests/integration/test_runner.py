@@ -1,0 +1,104 @@
+"""The worker engine in-process against real Redis and PostgreSQL: outcomes are written to
+the database first, and Redis converges to whatever the database already holds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from conveyor.config import Settings
+from conveyor.handlers import JobContext, Registry
+from conveyor.jobs import Job, JobSpec, JobState, now_ms
+from conveyor.queue import EventHub, RedisQueue, connect
+from conveyor.runner import Worker
+from conveyor.store import Database, JobStore, TerminalWrite
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+
+class Gate:
+    """A handler that waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, payload: dict[str, Any], ctx: JobContext) -> None:
+        self.started.set()
+        await self.release.wait()
+
+
+@pytest.fixture
+async def parts(settings: Settings) -> AsyncIterator[tuple[Worker, JobStore, RedisQueue, Gate]]:
+    db = Database(settings.database_url)
+    store = JobStore(db)
+    redis, blocking = connect(settings.redis_url), connect(settings.redis_url, blocking=True)
+    queue = RedisQueue(redis, settings)
+    hub = EventHub(redis)
+    gate = Gate()
+    registry = Registry()
+    registry.register("gate", gate)
+    worker = Worker(
+        settings, queue=queue, blocking=blocking, hub=hub, store=store, registry=registry
+    )
+    await worker.start()
+    yield worker, store, queue, gate
+    gate.release.set()
+    await worker.stop(2.0)
+    await hub.close()
+    await blocking.aclose()
+    await redis.aclose()
+    await store.close()
+    await db.close()
+
+
+async def submit(store: JobStore, queue: RedisQueue) -> Job:
+    job = JobSpec(type="gate").new_job(
+        "alice", default_max_attempts=3, default_timeout_ms=10_000, now=now_ms()
+    )
+    await store.insert([job])
+    await queue.enqueue([job])
+    return job
+
+
+async def hot_state(queue: RedisQueue, job: Job, state: JobState) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            hot = await queue.hot(job.queue, job.id)
+            if hot is not None and int(hot["state"]) == state:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_success_is_written_to_the_database_and_redis(
+    parts: tuple[Worker, JobStore, RedisQueue, Gate],
+) -> None:
+    worker, store, queue, gate = parts
+    job = await submit(store, queue)
+    await asyncio.wait_for(gate.started.wait(), 10)
+    assert job.id in worker.running
+    gate.release.set()
+    await hot_state(queue, job, JobState.SUCCEEDED)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.state is JobState.SUCCEEDED and stored.attempt == 1
+    assert not worker.running and not worker.recording
+
+
+async def test_redis_converges_to_a_terminal_state_already_in_the_database(
+    parts: tuple[Worker, JobStore, RedisQueue, Gate],
+) -> None:
+    """As after a worker died between its database write and its Redis write: the job runs
+    again, its late outcome is refused by the database, and Redis takes the database's state."""
+    worker, store, queue, gate = parts
+    job = await submit(store, queue)
+    await asyncio.wait_for(gate.started.wait(), 10)
+    earlier = TerminalWrite(job.id, JobState.DEAD, 1, "earlier attempt", 0.0, "", 1, now_ms())
+    assert await store.write_outcomes([earlier]) == [JobState.DEAD]
+    gate.release.set()
+    await hot_state(queue, job, JobState.DEAD)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.error == "earlier attempt"
+    assert worker.stats.stale_writes == 1
