@@ -340,6 +340,12 @@ class Bench:
         )
 
     async def idle_cpu(self, seconds: float = 5.0) -> None:
+        """CPU of every service process with empty queues (no polling: all should sleep)."""
+        extra = [
+            self.stack.start("worker", env=self.stack.worker_env()),
+            self.stack.start("scheduler"),
+        ]
+        await asyncio.sleep(1.0)
         procs = {
             s.name + str(i): psutil.Process(s.proc.pid)
             for i, s in enumerate(self.stack.services)
@@ -358,6 +364,8 @@ class Bench:
                 higher_is_better=False,
                 rss_mib=round(proc.memory_info().rss / 2**20, 1),
             )
+        for service in extra:
+            service.stop()
 
 
 async def run(args: argparse.Namespace, folder: Path) -> None:
