@@ -200,8 +200,11 @@ class JobOperations:
                     return
                 hot = {}
             payload = hot.get("payload") or json.dumps(job.payload)
-            last = after_sequence
             seq = int(hot.get("seq", 0))
+            # A resume point beyond the job's sequence is not one this job issued: start over.
+            last = after_sequence if after_sequence <= seq else 0
+            if hot and seq == last and Job.from_hot({**hot, "payload": payload}).state.terminal:
+                return  # the client has already seen the end
             if seq > last:
                 events = await self.queue.events_after(job.queue, job_id, last) if last else []
                 if not events or int(events[0]["seq"]) != last + 1:

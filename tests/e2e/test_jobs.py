@@ -223,3 +223,13 @@ async def test_cancelled_sync_handler_ends_cancelled(alice: AsyncClient) -> None
     await wait_state(alice, job.id, S.JOB_STATE_RUNNING)
     await alice.cancel(job.id)
     assert (await watch_all(alice, job.id))[-1].job.state == S.JOB_STATE_CANCELLED
+
+
+async def test_resuming_after_the_last_sequence_of_an_ended_job_ends_at_once(
+    alice: AsyncClient,
+) -> None:
+    job = await alice.submit("noop")
+    last = (await watch_all(alice, job.id))[-1].sequence
+    assert await watch_all(alice, job.id, after=last) == []
+    beyond = await watch_all(alice, job.id, after=last + 100)  # not a point this job issued
+    assert [u.sequence for u in beyond] == [last]
