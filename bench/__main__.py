@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -74,6 +75,15 @@ async def timed_loop(call: Callable[[], Awaitable[Any]], count: int) -> tuple[fl
     return time.perf_counter() - start, latencies
 
 
+async def concurrently(
+    calls: list[Callable[[], Awaitable[Any]]], count: int
+) -> tuple[float, list[float]]:
+    """Run each call `count` times, all loops at once; wall time and every latency."""
+    start = time.perf_counter()
+    results = await asyncio.gather(*(timed_loop(call, count) for call in calls))
+    return time.perf_counter() - start, [x for _, lat in results for x in lat]
+
+
 class Bench:
     def __init__(self, stack: Stack, key: str, admin: str, redis: Redis, scale: float) -> None:
         self.stack = stack
@@ -106,14 +116,9 @@ class Bench:
     async def submit_concurrent(self, clients: int = 16) -> None:
         per = self.n(1000)
         async with self.client() as client:
-
-            async def one() -> list[float]:
-                return (await timed_loop(lambda: client.submit("noop", queue="parked"), per))[1]
-
-            start = time.perf_counter()
-            results = await asyncio.gather(*(one() for _ in range(clients)))
-            elapsed = time.perf_counter() - start
-        lat = [x for r in results for x in r]
+            elapsed, lat = await concurrently(
+                [lambda: client.submit("noop", queue="parked")] * clients, per
+            )
         emit(
             "submit_16_clients",
             clients * per / elapsed,
@@ -237,20 +242,11 @@ class Bench:
             jobs = [(await client.submit("noop", queue="parked")).id for _ in range(100)]
             per = self.n(1000)
 
-            async def one(offset: int) -> list[float]:
-                i = offset
+            def poller(offset: int) -> Callable[[], Awaitable[Any]]:
+                count = itertools.count(offset)
+                return lambda: client.get(jobs[next(count) % len(jobs)])
 
-                def call() -> Awaitable[Any]:
-                    nonlocal i
-                    i += 1
-                    return client.get(jobs[i % len(jobs)])
-
-                return (await timed_loop(call, per))[1]
-
-            start = time.perf_counter()
-            results = await asyncio.gather(*(one(k) for k in range(clients)))
-            elapsed = time.perf_counter() - start
-        lat = [x for r in results for x in r]
+            elapsed, lat = await concurrently([poller(k) for k in range(clients)], per)
         emit(
             "get_job_16_clients",
             clients * per / elapsed,

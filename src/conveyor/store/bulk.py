@@ -138,9 +138,7 @@ class BulkStatements:
                     for row in await cur.fetchall():
                         prior = job_from_row(dict(zip(names, row, strict=True)))
                         existing[(prior.owner, prior.idempotency_key or "")] = prior
-                results = resolve_conflicts(jobs, inserted, existing)
-                if all_or_nothing and any(isinstance(r, ConveyorError) for r in results):
-                    raise RolledBack(results)
+                results = resolve_conflicts(jobs, inserted, existing, all_or_nothing=all_or_nothing)
         except RolledBack as rollback:
             return rollback.results
         return results

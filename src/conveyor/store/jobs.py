@@ -86,9 +86,7 @@ class JobStore:
                 rows = [job_to_row(job) for job in jobs]
                 inserted = {r.id for r in await conn.execute(stmt, rows)}
                 existing = await self._existing(conn, [j for j in jobs if j.id not in inserted])
-                results = resolve_conflicts(jobs, inserted, existing)
-                if all_or_nothing and any(isinstance(r, ConveyorError) for r in results):
-                    raise RolledBack(results)
+                results = resolve_conflicts(jobs, inserted, existing, all_or_nothing=all_or_nothing)
         except RolledBack as rollback:
             return rollback.results
         return results

@@ -37,10 +37,21 @@ class RolledBack(Exception):
 
 
 def resolve_conflicts(
-    jobs: Sequence[Job], inserted: set[str], existing: Mapping[tuple[str, str], Job]
+    jobs: Sequence[Job],
+    inserted: set[str],
+    existing: Mapping[tuple[str, str], Job],
+    *,
+    all_or_nothing: bool,
 ) -> list[Job | ConveyorError]:
-    """Per job: itself if inserted, else the prior job with its key or AlreadyExists."""
-    return [_resolve(job, inserted, existing) for job in jobs]
+    """Per job: itself if inserted, else the prior job with its key or AlreadyExists.
+
+    With `all_or_nothing`, any refusal raises RolledBack (inside the transaction, which
+    then rolls back) carrying these results.
+    """
+    results = [_resolve(job, inserted, existing) for job in jobs]
+    if all_or_nothing and any(isinstance(r, ConveyorError) for r in results):
+        raise RolledBack(results)
+    return results
 
 
 def _resolve(
