@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -365,6 +366,10 @@ class Bench:
 
 
 async def run(args: argparse.Namespace, folder: Path) -> None:
+    # SIGTERM cancels the run, so the `finally` below still stops every server it started.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     pg = EmbeddedPostgres(folder / "pg", settings={"max_connections": "200"})
     redis_server = EmbeddedRedis(folder / "redis")
     pg.start()
