@@ -25,16 +25,22 @@ class Batcher(Generic[T, R]):
         self._running: asyncio.Task[None] | None = None
 
     async def submit(self, item: T) -> R:
-        (result,) = await self.submit_many([item])
-        return result
+        """Hand in one item; its result once the flush that carried it is done."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._start()
+        return await future
 
     async def submit_many(self, items: Sequence[T]) -> list[R]:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         self._pending += zip(items, futures, strict=True)
+        self._start()
+        return list(await asyncio.gather(*futures))
+
+    def _start(self) -> None:
         if self._running is None:
             self._running = asyncio.create_task(self._drain())
-        return list(await asyncio.gather(*futures))
 
     async def _drain(self) -> None:
         try:
