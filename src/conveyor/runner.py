@@ -18,11 +18,10 @@ import os
 import random
 import secrets
 import socket
-import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from redis.asyncio import Redis
@@ -75,7 +74,6 @@ class WorkerStats:
     processed: int = 0
     failed: int = 0
     stale_writes: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 def default_worker_id() -> str:
@@ -252,15 +250,15 @@ class Worker:
     # -- running ---------------------------------------------------------------------------
     def _start(self, claim: Claim) -> None:
         job = claim.job
-        running = Running(claim, ctx=None)  # type: ignore[arg-type]
-        running.ctx = JobContext(
+        ctx = JobContext(
             job_id=job.id,
             job_type=job.type,
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             loop=asyncio.get_running_loop(),
-            on_progress=lambda: self._start_pump(running),
+            on_progress=lambda: self._start_pump(job.id),
         )
+        running = Running(claim, ctx)
         self.running[job.id] = running
         running.task = asyncio.create_task(self._run(running), name=f"job-{job.id}")
         self.notify()
@@ -386,8 +384,9 @@ class Worker:
                 await asyncio.sleep(OUTCOME_RETRY_SECONDS)
 
     # -- progress --------------------------------------------------------------------------
-    def _start_pump(self, running: Running) -> None:
-        if running.pump is None or running.pump.done():
+    def _start_pump(self, job_id: str) -> None:
+        running = self.running.get(job_id)
+        if running is not None and (running.pump is None or running.pump.done()):
             running.pump = asyncio.create_task(self._pump(running))
 
     async def _pump(self, running: Running) -> None:
