@@ -52,7 +52,7 @@ def database_url(pg_server: EmbeddedPostgres | None) -> str:
 def truncate(url: str) -> None:
     engine = create_engine(sync_url(url))
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, api_keys"))
+        conn.execute(text("TRUNCATE jobs, job_attempts, job_effects, api_keys"))
     engine.dispose()
 
 

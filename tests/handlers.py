@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conveyor.handlers import JobContext, handler
+from conveyor.handlers import SyncJobContext, handler
 
 
 @handler("test.sync_steps")
-def sync_steps(payload: dict[str, Any], ctx: JobContext) -> dict[str, int]:
+def sync_steps(payload: dict[str, Any], ctx: SyncJobContext) -> dict[str, int]:
     """A blocking handler (run in the worker's thread pool) that reports progress per step
     and stops early once cancelled."""
     steps = int(payload.get("steps", 5))

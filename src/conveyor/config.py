@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from conveyor.retry import RetryPolicy
+
 
 class Settings(BaseSettings):
     """All of Conveyor's configuration; see the README's table for each variable."""
@@ -50,6 +52,16 @@ class Settings(BaseSettings):
     default_timeout_seconds: float = Field(3600.0, gt=0, description="Attempt time limit default.")
     backoff_base_seconds: float = Field(1.0, ge=0, description="First retry delay.")
     backoff_max_seconds: float = Field(300.0, ge=0, description="Longest retry delay.")
+    backoff_multiplier: float = Field(2.0, ge=1, le=100, description="Retry delay growth.")
+    backoff_jitter: float = Field(
+        0.5, ge=0, le=1, description="Random fraction of each retry delay."
+    )
+    reconcile_interval_seconds: float = Field(
+        60.0, gt=0, description="How often the scheduler checks every unfinished job's Redis state."
+    )
+    redis_check_seconds: float = Field(
+        1.0, gt=0, description="How often the scheduler looks for a flushed or restarted Redis."
+    )
     hot_state_ttl_seconds: int = Field(
         86_400, ge=1, description="How long Redis keeps a finished job's hot state and events."
     )
@@ -64,6 +76,16 @@ class Settings(BaseSettings):
     def effective_heartbeat_seconds(self) -> float:
         """The heartbeat interval: explicit, or a third of the lease so two beats may miss."""
         return self.heartbeat_seconds or self.lease_seconds / 3
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The server's default retry policy (a job type's registration may override it)."""
+        return RetryPolicy(
+            initial_ms=int(self.backoff_base_seconds * 1000),
+            max_ms=int(max(self.backoff_max_seconds, self.backoff_base_seconds) * 1000),
+            multiplier=self.backoff_multiplier,
+            jitter=self.backoff_jitter,
+        )
 
     @property
     def queue_list(self) -> list[str]:

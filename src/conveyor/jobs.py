@@ -21,6 +21,7 @@ import uuid_utils
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.retry import RetryOverrides, RetryPolicy
 from conveyor.v1 import job_pb2, job_service_pb2
 
 DEFAULT_QUEUE = "default"
@@ -65,6 +66,12 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def format_time(ms: int) -> str:
+    """An epoch-millisecond time as RFC 3339 UTC, for messages people read."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000))
+    return f"{stamp}.{ms % 1000:03d}Z"
+
+
 def new_job_id() -> str:
     """A UUIDv7: time-ordered (index friendly) with 74 random bits (unguessable)."""
     return str(uuid_utils.uuid7())
@@ -76,6 +83,20 @@ def valid_job_id(value: str) -> bool:
     except ValueError:
         return False
     return len(value) == 36
+
+
+@dataclass(frozen=True, slots=True)
+class JobDefaults:
+    """What a job gets for each field its request leaves unset: the job type's
+    registration laid over the server's settings (see `conveyor.operations`)."""
+
+    max_attempts: int
+    timeout_ms: int
+    retry: RetryPolicy
+
+
+FALLBACK_RETRY = RetryPolicy(initial_ms=1000, max_ms=300_000)
+NO_OVERRIDES = RetryOverrides()
 
 
 @dataclass(slots=True)
@@ -101,6 +122,12 @@ class Job:
     start_time: int | None = None
     finish_time: int | None = None
     request_hash: str = ""
+    retry: RetryPolicy = FALLBACK_RETRY
+    # Bumped whenever the job is handed out again while an older attempt may still run
+    # (a reclaimed lease, a replay): the database refuses writes that carry an older fence.
+    fence: int = 0
+    # Why a waiting job is not running (computed on read, never stored).
+    blocked_reason: str = ""
 
     # -- wire ---------------------------------------------------------------------------
     def to_proto(self) -> job_pb2.Job:
@@ -117,6 +144,8 @@ class Job:
             progress_message=self.progress_message,
             error=self.error,
             idempotency_key=self.idempotency_key or "",
+            retry=self.retry.to_proto(),
+            blocked_reason=self.blocked_reason,
         )
         if self.payload:
             msg.payload.update(self.payload)
@@ -148,6 +177,8 @@ class Job:
             "progress": self.progress,
             "progress_message": self.progress_message,
             "error": self.error,
+            "retry": json.dumps(self.retry.to_doc(), separators=(",", ":")),
+            "fence": self.fence,
         }
         for name in ("idempotency_key", "start_time", "finish_time"):
             value = getattr(self, name)
@@ -159,6 +190,7 @@ class Job:
     def from_hot(cls, hot: dict[str, str]) -> Job:
         """Decode a Redis hash (or an event's JSON object) back into a Job."""
         payload = hot.get("payload")
+        retry = hot.get("retry")
         return cls(
             id=hot["id"],
             owner=hot["owner"],
@@ -178,6 +210,8 @@ class Job:
             idempotency_key=hot.get("idempotency_key") or None,
             start_time=_opt_int(hot.get("start_time")),
             finish_time=_opt_int(hot.get("finish_time")),
+            retry=RetryPolicy.from_doc(json.loads(retry)) if retry else FALLBACK_RETRY,
+            fence=int(hot.get("fence", 0)),
         )
 
 
@@ -197,6 +231,7 @@ class JobSpec:
     run_at: int | None = None
     max_attempts: int = 0
     timeout_ms: int = 0
+    retry: RetryOverrides = NO_OVERRIDES
 
     def request_hash(self) -> str:
         """Fingerprint of the request, compared when an idempotency key is reused."""
@@ -208,13 +243,12 @@ class JobSpec:
             self.run_at,
             self.max_attempts,
             self.timeout_ms,
+            [self.retry.initial_ms, self.retry.max_ms, self.retry.multiplier, self.retry.jitter],
         ]
         raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(raw).hexdigest()
 
-    def new_job(
-        self, owner: str, *, default_max_attempts: int, default_timeout_ms: int, now: int
-    ) -> Job:
+    def new_job(self, owner: str, *, defaults: JobDefaults, now: int) -> Job:
         """The job this spec makes for `owner`, QUEUED or SCHEDULED by its run_at."""
         run_at = max(self.run_at or now, now)
         return Job(
@@ -225,13 +259,14 @@ class JobSpec:
             state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
             priority=self.priority,
             payload=self.payload,
-            max_attempts=self.max_attempts or default_max_attempts,
-            timeout_ms=self.timeout_ms or default_timeout_ms,
+            max_attempts=self.max_attempts or defaults.max_attempts,
+            timeout_ms=self.timeout_ms or defaults.timeout_ms,
             create_time=now,
             run_at=run_at,
             idempotency_key=self.idempotency_key,
             # Only compared when a key is reused, so only computed when there is a key.
             request_hash=self.request_hash() if self.idempotency_key else "",
+            retry=self.retry.over(defaults.retry),
         )
 
 
@@ -266,6 +301,8 @@ def spec_from_proto(
     if run_at is not None and run_at > now_ms() + MAX_DELAY_MS:
         violation("run_at", "must be within a year")
     payload = _payload(req.payload, max_payload_bytes, violation) if req.HasField("payload") else {}
+    retry = RetryOverrides.from_proto(req.retry) if req.HasField("retry") else RetryOverrides()
+    bad += retry.violations(prefix + "retry.")
     if bad:
         raise InvalidArgument(bad)
     return JobSpec(
@@ -277,6 +314,7 @@ def spec_from_proto(
         run_at=run_at,
         max_attempts=req.max_attempts,
         timeout_ms=timeout_ms,
+        retry=retry,
     )
 
 

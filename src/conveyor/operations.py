@@ -12,9 +12,11 @@ import base64
 import binascii
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from conveyor.attempts import Attempt
 from conveyor.auth import Principal
 from conveyor.batching import Batcher
 from conveyor.config import Settings
@@ -25,8 +27,19 @@ from conveyor.errors import (
     NotFound,
     Unavailable,
 )
-from conveyor.jobs import Job, JobSpec, JobState, now_ms, valid_job_id
+from conveyor.handlers import Registry
+from conveyor.jobs import (
+    MAX_ATTEMPTS_LIMIT,
+    Job,
+    JobDefaults,
+    JobSpec,
+    JobState,
+    format_time,
+    now_ms,
+    valid_job_id,
+)
 from conveyor.queue import EventHub, QueueKeys, RedisQueue
+from conveyor.queue.workers import WorkerInfo, WorkerRegistry
 from conveyor.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -37,6 +50,8 @@ DEFAULT_PAGE_SIZE = 100
 WATCH_RECHECK_SECONDS = 15.0
 # Job id -> queue entries remembered per API process (about 100 bytes each).
 QUEUE_MAP_SIZE = 200_000
+# How long the live-worker list behind blocked reasons is reused.
+WORKERS_CACHE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +63,21 @@ class ListFilter:
 
 class JobOperations:
     def __init__(
-        self, store: JobStore, queue: RedisQueue, hub: EventHub, settings: Settings
+        self,
+        store: JobStore,
+        queue: RedisQueue,
+        hub: EventHub,
+        settings: Settings,
+        registry: Registry | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
         self.hub = hub
         self.settings = settings
+        self.registry = registry or Registry()
+        self.workers = WorkerRegistry(queue.redis)
+        self._workers_seen: tuple[float, list[WorkerInfo]] = (0.0, [])
+        self._defaults: dict[str, JobDefaults] = {}
         self._submits: Batcher[Job, Job | ConveyorError] = Batcher(self._commit_and_enqueue)
         # A job's hot state lives under its queue's hash tag, so reading it takes the queue.
         # Jobs submitted here, or read once from the database, are remembered (oldest
@@ -66,13 +90,33 @@ class JobOperations:
             del self._queues[next(iter(self._queues))]
 
     # -- submit ----------------------------------------------------------------------------
-    def _new_job(self, principal: Principal, spec: JobSpec, now: int) -> Job:
-        return spec.new_job(
-            principal.owner,
-            default_max_attempts=self.settings.default_max_attempts,
-            default_timeout_ms=int(self.settings.default_timeout_seconds * 1000),
-            now=now,
+    def defaults(self, job_type: str) -> JobDefaults:
+        """What a job of this type gets for unset fields: the type's registration (when
+        this process loaded it) over the server's settings."""
+        found = self._defaults.get(job_type)
+        if found is not None:
+            return found
+        settings = self.settings
+        found = JobDefaults(
+            max_attempts=settings.default_max_attempts,
+            timeout_ms=int(settings.default_timeout_seconds * 1000),
+            retry=settings.retry_policy,
         )
+        spec = self.registry.get(job_type)
+        if spec is not None:
+            found = JobDefaults(
+                max_attempts=spec.max_attempts or found.max_attempts,
+                timeout_ms=int(spec.timeout_seconds * 1000)
+                if spec.timeout_seconds
+                else found.timeout_ms,
+                retry=spec.retry.over(found.retry) if spec.retry else found.retry,
+            )
+        if len(self._defaults) < 10_000:  # job types are few; never grow without bound
+            self._defaults[job_type] = found
+        return found
+
+    def _new_job(self, principal: Principal, spec: JobSpec, now: int) -> Job:
+        return spec.new_job(principal.owner, defaults=self.defaults(spec.type), now=now)
 
     async def submit(self, principal: Principal, spec: JobSpec) -> Job:
         """Commit one job (group-committed with concurrent submits), then enqueue it."""
@@ -116,11 +160,71 @@ class JobOperations:
 
     # -- read ------------------------------------------------------------------------------
     async def get(self, principal: Principal, job_id: str) -> Job:
-        """The job as it stands: Redis hot state when present, else the database row."""
+        """The job as it stands: Redis hot state when present, else the database row; a
+        waiting job says why it waits."""
+        job = await self._get_visible(principal, job_id)
+        if job.state in (JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING):
+            try:
+                job.blocked_reason = await self._blocked_reason(job)
+            except Unavailable:
+                job.blocked_reason = "the queue (redis) cannot be reached"
+        return job
+
+    async def _get_visible(self, principal: Principal, job_id: str) -> Job:
         job = await self._load(job_id)
         if job is None or not _visible(principal, job):
             raise NotFound(f"job {job_id} not found")
         return job
+
+    async def _blocked_reason(self, job: Job) -> str:
+        if job.state is JobState.SCHEDULED:
+            return f"scheduled for {format_time(job.run_at)}"
+        if job.state is JobState.RETRYING:
+            return (
+                f"waiting for backoff until {format_time(job.run_at)} after attempt "
+                f"{job.attempt} of {job.max_attempts} failed"
+            )
+        workers = [w for w in await self._live_workers() if job.queue in w.queues]
+        if not workers:
+            return f"no live worker serves queue {job.queue!r}"
+        if not any(job.type in w.types for w in workers):
+            return f"no live worker on queue {job.queue!r} handles job type {job.type!r}"
+        ahead = await self.queue.position(job.queue, job.id)
+        if ahead is None:
+            return "waiting for a worker"
+        return f"waiting for a worker slot ({ahead} job(s) ahead in queue {job.queue!r})"
+
+    async def _live_workers(self) -> list[WorkerInfo]:
+        seen, workers = self._workers_seen
+        now = time.monotonic()
+        if now - seen > WORKERS_CACHE_SECONDS:
+            workers = await self.workers.live()
+            self._workers_seen = (now, workers)
+        return workers
+
+    async def attempts(self, principal: Principal, job_id: str) -> list[Attempt]:
+        """The job's recorded attempts, oldest first."""
+        await self._get_visible(principal, job_id)
+        return await self.store.attempts(job_id)
+
+    async def retry(self, principal: Principal, job_id: str, max_attempts: int) -> Job:
+        """Replay a DEAD or CANCELLED job with a fresh attempt budget: QUEUED in the database
+        (with a new fence), then back in line in Redis (else the reconciler puts it there)."""
+        if not 0 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidArgument(
+                [FieldViolation("max_attempts", f"must be 0 (default) to {MAX_ATTEMPTS_LIMIT}")]
+            )
+        current = await self._get_visible(principal, job_id)
+        budget = max_attempts or self.defaults(current.type).max_attempts
+        owner = None if principal.is_admin else principal.owner
+        job = await self.store.replay(job_id, owner, budget)
+        try:
+            await self.queue.reconcile([job])
+        except Unavailable:
+            log.warning("job %s replayed in the database; the reconciler will enqueue it", job.id)
+            return job
+        hot = await self._hot(job.queue, job.id)
+        return Job.from_hot(hot) if hot is not None else job
 
     async def _load(self, job_id: str) -> Job | None:
         _check_id(job_id)

@@ -1,49 +1,49 @@
 """The worker engine: claim jobs from Redis, run their handlers, renew leases, record outcomes.
 
 One asyncio task claims (blocking on Redis, never polling), one renews every held lease in a
-single script call per queue, one listens for cancellations, and each job runs as its own
-task. Outcomes are written in groups: one database transaction, then one Redis pipeline, for
-all attempts that ended meanwhile. A job keeps its slot (and its lease) until its outcome is
-durably written, so a database outage delays results but never loses them.
+single script call per queue (and announces the worker in the registry), one listens for
+cancellations, and each job runs as its own task. Outcomes are written by the
+`AttemptRecorder` (fenced, grouped, database first). A job keeps its lease until its outcome
+is durably written, so a database outage delays results but never loses them.
+
+Draining (SIGTERM or DrainWorker) stops claiming, lets running jobs finish within the grace
+period, then stops the rest and releases their leases, so other workers run them at once
+instead of after the lease runs out; a released attempt is not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import logging
 import os
-import random
 import secrets
 import socket
 import traceback
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 
 from redis.asyncio import Redis
 
-from conveyor.batching import Batcher
+from conveyor.attempts import AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
 from conveyor.errors import Unavailable
-from conveyor.handlers import JobContext, PermanentError, Registry
+from conveyor.handlers import BaseContext, JobContext, PermanentError, Registry, SyncJobContext
 from conveyor.handlers.context import PROGRESS_INTERVAL
 from conveyor.jobs import Job, JobState, now_ms
 from conveyor.queue import Claim, EventHub, RedisQueue
 from conveyor.queue.events import Subscription
 from conveyor.queue.keys import CANCEL_CHANNEL
-from conveyor.store import JobStore, TerminalWrite
+from conveyor.queue.workers import WorkerInfo, WorkerRegistry
+from conveyor.recording import AttemptRecorder
+from conveyor.store import JobStore
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 MAX_ERROR_CHARS = 4000
-OUTCOME_RETRY_SECONDS = 1.0
+MAX_TRACEBACK_CHARS = 8000
+TRACEBACK_FRAMES = 8
 # Claiming pauses while more than this many times `concurrency` outcomes await writing.
 MAX_RECORDING = 2
 
@@ -61,7 +61,7 @@ class WorkerState(enum.IntEnum):
 @dataclass(slots=True)
 class Running:
     claim: Claim
-    ctx: JobContext
+    ctx: BaseContext
     task: asyncio.Task[None] | None = None
     # Set when the job must not record an outcome: cancelled by a client or lease lost.
     abandoned: bool = False
@@ -73,19 +73,21 @@ class Running:
 class WorkerStats:
     processed: int = 0
     failed: int = 0
-    stale_writes: int = 0
+    released: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How the handler's run ended, before it becomes the job's new state."""
+
+    state: JobState
+    outcome: AttemptOutcome
+    error: str = ""
+    traceback: str = ""
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-def backoff_ms(attempt: int, settings: Settings) -> int:
-    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
-    ceiling = min(
-        settings.backoff_base_seconds * 2 ** max(attempt - 1, 0), settings.backoff_max_seconds
-    )
-    return int(1000 * (ceiling / 2 + random.uniform(0, ceiling / 2)))
 
 
 class Worker:
@@ -123,15 +125,13 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._drain_timer: asyncio.Task[None] | None = None
         # Set by stop(): loops end at their next turn even if a library swallowed the
         # cancellation (redis-py may turn a cancelled blocking read into a connection error).
         self._closing = False
-        # Outcomes go through two group-commit stages, so that the database write of one
-        # batch overlaps the Redis write of the previous one.
-        self._db_outcomes: Batcher[TerminalWrite, JobState | None] = Batcher(store.write_outcomes)
-        self._redis_outcomes: Batcher[tuple[Job, str, TerminalWrite], bool] = Batcher(
-            queue.finish_many
-        )
+        self.recorder = AttemptRecorder(store, queue, lambda: self._closing)
+        self.registry_entry = WorkerRegistry(queue.redis)
+        self._started = now_ms()
 
     # -- control ---------------------------------------------------------------------------
     def _set_state(self, state: WorkerState) -> None:
@@ -154,12 +154,47 @@ class Worker:
         if self.state is WorkerState.PAUSED:
             self._set_state(WorkerState.RUNNING)
 
-    def drain(self) -> None:
-        """Claim nothing more; stop once the running jobs have ended."""
+    def drain(self, grace: float | None = None) -> None:
+        """Claim nothing more; stop once the running jobs have ended, or after `grace`
+        seconds stop them and give their jobs back (None: wait for stop() to decide)."""
         if self.state in (WorkerState.RUNNING, WorkerState.PAUSED):
             self._set_state(WorkerState.DRAINING)
             if self._idle:
                 self._stopped.set()
+            elif grace is not None:
+                self._drain_timer = asyncio.create_task(self._release_after(grace))
+
+    async def _release_after(self, grace: float) -> None:
+        if not self._idle:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), grace)
+        await self._release_running()
+
+    async def _release_running(self) -> None:
+        """Stop the handlers still running and put their jobs back in line at once."""
+        attempts = list(self.running.values())
+        if not attempts:
+            return
+        for running in attempts:
+            running.abandoned = True  # whatever happens now, this attempt writes nothing
+        by_queue: dict[str, list[tuple[Job, str]]] = {}
+        for running in attempts:
+            claim = running.claim
+            by_queue.setdefault(claim.job.queue, []).append((claim.job, claim.lease))
+        released = 0
+        for name, held in by_queue.items():
+            try:
+                released += await self.queue.release(name, held)
+            except Unavailable:
+                log.warning(
+                    "redis unavailable: %d job(s) of %s wait for their lease", len(held), name
+                )
+        self.stats.released += released
+        log.info("released %d of %d running job(s) for other workers", released, len(attempts))
+        for running in attempts:
+            running.ctx.cancel()
+            if running.task is not None:
+                running.task.cancel()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -167,6 +202,8 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         cancel_sub = await self.hub.subscribe(CANCEL_CHANNEL)
+        with contextlib.suppress(Unavailable):
+            await self._announce()
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -180,16 +217,17 @@ class Worker:
         )
 
     async def stop(self, grace: float) -> None:
-        """Stop claiming, give running jobs `grace` seconds, then cancel them.
+        """Stop claiming, give running jobs `grace` seconds, then stop them and release
+        their jobs to other workers (their attempt not counted).
 
-        A job cancelled here records no outcome: its lease lapses and another worker runs
-        it again (at-least-once), which is the right result for work cut off mid-way.
+        An attempt whose outcome is still being written when the worker closes (its store
+        unreachable) keeps its lease until it lapses; the job then runs again elsewhere.
         """
         self.drain()
-        if not self._idle:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), grace)
+        await self._release_after(grace)
         self._closing = True
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
         for task in self._tasks:
             task.cancel()
         attempts = [*self.running.values(), *self.recording.values()]
@@ -201,6 +239,8 @@ class Worker:
         log.debug("waiting for %d tasks to end", len(pending))
         await asyncio.gather(*pending, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(Unavailable):
+            await self.registry_entry.forget(self.worker_id)
         self._set_state(WorkerState.STOPPED)
         self._stopped.set()
 
@@ -250,13 +290,20 @@ class Worker:
     # -- running ---------------------------------------------------------------------------
     def _start(self, claim: Claim) -> None:
         job = claim.job
-        ctx = JobContext(
+        spec = self.registry.get(job.type)
+        context = SyncJobContext if spec is not None and not spec.is_async else JobContext
+
+        async def claim_effect(key: str) -> bool:
+            return await self.store.claim_effect(job.id, key, job.attempt, job.fence)
+
+        ctx = context(
             job_id=job.id,
             job_type=job.type,
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             loop=asyncio.get_running_loop(),
             on_progress=lambda: self._start_pump(job.id),
+            claim_effect=claim_effect,
         )
         running = Running(claim, ctx)
         self.running[job.id] = running
@@ -266,24 +313,24 @@ class Worker:
     async def _run(self, running: Running) -> None:
         claim = running.claim
         job = claim.job
-        start = job.start_time or now_ms()
+        ending: Ending | None = None
         try:
-            state, error = await self._attempt(running)
+            if claim.lost is None or await self.recorder.take_over(claim):
+                ending = await self._attempt(running)
         except asyncio.CancelledError:
-            state, error = JobState.CANCELLED, "cancelled"
             running.abandoned = True
         self.running.pop(job.id, None)
         self.recording[job.id] = running
-        self.stats.processed += 1
-        if state is not JobState.SUCCEEDED:
-            self.stats.failed += 1
+        if ending is not None:
+            self.stats.processed += 1
+            if ending.state is not JobState.SUCCEEDED:
+                self.stats.failed += 1
         self._slot_freed.set()
         self.notify()
         try:
-            if not running.abandoned:
+            if ending is not None and not running.abandoned:
                 await self._flush_progress(running)
-                end = self._outcome(job, state, error, start, running.progress)
-                await self._record_until_done(claim, end)
+                await self.recorder.record(claim, self._end(claim, ending, running.progress))
         finally:
             if running.pump is not None:
                 running.pump.cancel()
@@ -298,17 +345,25 @@ class Worker:
         """No handler running and no outcome waiting to be written."""
         return not self.running and not self.recording
 
-    async def _attempt(self, running: Running) -> tuple[JobState, str]:
-        """Run the handler once; the state the attempt ends in and its error text."""
-        job = running.claim.job
-        if job.attempt > job.max_attempts:
-            return JobState.DEAD, job.error or "no attempts left"
+    async def _attempt(self, running: Running) -> Ending:
+        """Run the handler once (or not at all, if no attempt is left)."""
+        claim = running.claim
+        job = claim.job
+        if claim.exhausted:
+            lost = claim.lost.attempt if claim.lost else job.attempt
+            return Ending(
+                JobState.DEAD,
+                AttemptOutcome.LOST,
+                f"attempt {lost} of {job.max_attempts} was lost ({job.error}); no attempts left",
+            )
         spec = self.registry.get(job.type)
         if spec is None:
-            return JobState.DEAD, f"no handler is registered for job type {job.type!r}"
+            return Ending(
+                JobState.RETRYING,
+                AttemptOutcome.FAILED,
+                f"worker {self.worker_id} has no handler for job type {job.type!r}",
+            )
         timeout = job.timeout_ms / 1000
-        if spec.timeout_seconds is not None and not job.timeout_ms:
-            timeout = spec.timeout_seconds
         try:
             async with asyncio.timeout(timeout):
                 if spec.is_async:
@@ -318,70 +373,46 @@ class Worker:
                     await loop.run_in_executor(self._executor, spec.fn, job.payload, running.ctx)
         except TimeoutError:
             running.ctx.cancel()
-            return JobState.RETRYING, f"timed out after {timeout:g}s"
+            return Ending(
+                JobState.RETRYING, AttemptOutcome.TIMED_OUT, f"timed out after {timeout:g}s"
+            )
         except PermanentError as exc:
-            return JobState.DEAD, _describe(exc)
+            return Ending(JobState.DEAD, AttemptOutcome.FAILED, _describe(exc), _traceback(exc))
         except Exception as exc:
             log.info("job %s attempt %d failed: %s", job.id, job.attempt, exc)
-            return JobState.RETRYING, _describe(exc)
-        return JobState.SUCCEEDED, ""
+            return Ending(JobState.RETRYING, AttemptOutcome.FAILED, _describe(exc), _traceback(exc))
+        return Ending(JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED)
 
-    def _outcome(
-        self, job: Job, state: JobState, error: str, start: int, progress: float
-    ) -> TerminalWrite:
+    def _end(self, claim: Claim, ending: Ending, progress: float) -> AttemptEnd:
+        """The attempt's end as written: a failure with attempts left becomes RETRYING at a
+        time the job's retry policy draws, the last one DEAD."""
+        job = claim.job
         now = now_ms()
-        run_at = None
+        state, run_at = ending.state, None
         if state is JobState.RETRYING:
             if job.attempt >= job.max_attempts:
                 state = JobState.DEAD
             else:
-                run_at = now + backoff_ms(job.attempt, self.settings)
-        return TerminalWrite(
+                run_at = now + job.retry.delay_ms(job.attempt)
+        start = claim.lost.start_time if claim.exhausted and claim.lost else job.start_time
+        return AttemptEnd(
             id=job.id,
             state=state,
             attempt=job.attempt,
-            error=error,
+            fence=job.fence,
+            error=ending.error,
             progress=100.0 if state is JobState.SUCCEEDED else progress,
             progress_message="",
             start_time=start,
             finish_time=None if state is JobState.RETRYING else now,
             run_at=run_at,
+            outcome=ending.outcome,
+            worker_id=self.worker_id
+            if not claim.exhausted
+            else (claim.lost.worker_id if claim.lost else ""),
+            ended=now,
+            traceback=ending.traceback,
         )
-
-    # -- outcomes --------------------------------------------------------------------------
-    async def _record_until_done(self, claim: Claim, end: TerminalWrite) -> None:
-        """The database first (the truth), then Redis, each retried while unreachable.
-
-        When the database already holds a terminal state (the job was cancelled, or an
-        earlier attempt's worker died between its two writes), Redis is brought to that
-        state instead; the Redis write is lease-checked, so it changes nothing when the
-        lease is no longer ours.
-        """
-        state = await self._until_recorded(claim, self._db_outcomes.submit, end)
-        if state is None:
-            return
-        if state is not end.state:
-            self.stats.stale_writes += 1
-            end = dataclasses.replace(end, state=state)
-        done = await self._until_recorded(
-            claim, self._redis_outcomes.submit, (claim.job, claim.lease, end)
-        )
-        if done is False:
-            self.stats.stale_writes += 1
-
-    async def _until_recorded(
-        self, claim: Claim, write: Callable[[T], Awaitable[R]], item: T
-    ) -> R | None:
-        """Retry `write` while its store is unavailable; None once the worker is closing
-        (the lease then lapses and the job runs again elsewhere)."""
-        while True:
-            try:
-                return await write(item)
-            except Unavailable as exc:
-                if self._closing:
-                    return None
-                log.warning("job %s outcome not recorded (%s); retrying", claim.job.id, exc)
-                await asyncio.sleep(OUTCOME_RETRY_SECONDS)
 
     # -- progress --------------------------------------------------------------------------
     def _start_pump(self, job_id: str) -> None:
@@ -416,7 +447,24 @@ class Worker:
             except Unavailable:
                 log.warning("redis unavailable; leases not renewed")
 
+    async def _announce(self) -> None:
+        """Tell the worker registry (ListWorkers, blocked reasons) this worker is alive."""
+        await self.registry_entry.announce(
+            WorkerInfo(
+                worker_id=self.worker_id,
+                host=socket.gethostname(),
+                queues=self.queues,
+                types=self.registry.names(),
+                concurrency=self.concurrency,
+                running=len(self.running),
+                started=self._started,
+                last_seen=now_ms(),
+            ),
+            ttl_ms=int(3 * self.settings.effective_heartbeat_seconds * 1000) + 1000,
+        )
+
     async def _heartbeat(self) -> None:
+        await self._announce()
         by_queue: dict[str, dict[str, str]] = {}
         for job_id, running in [*self.running.items(), *self.recording.items()]:
             by_queue.setdefault(running.claim.job.queue, {})[job_id] = running.claim.lease
@@ -443,6 +491,12 @@ class Worker:
         running.ctx.cancel()
         if running.task is not None:
             running.task.cancel()
+
+
+def _traceback(exc: BaseException) -> str:
+    """The last frames of the traceback, for the attempt's record."""
+    lines = traceback.format_exception(exc, limit=-TRACEBACK_FRAMES)
+    return "".join(lines)[-MAX_TRACEBACK_CHARS:]
 
 
 def _describe(exc: BaseException) -> str:

@@ -9,9 +9,9 @@ import pytest
 from redis.asyncio import Redis
 
 from conveyor.config import Settings
-from conveyor.jobs import Job, JobSpec, JobState, now_ms
+from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
 from conveyor.queue import QueueKeys, RedisQueue, connect
-from conveyor.store import TerminalWrite
+from tests.builders import ended
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -25,7 +25,7 @@ async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
 
 def new(priority: int = 5, run_at: int | None = None, **kw: object) -> Job:
     spec = JobSpec(type="noop", priority=priority, run_at=run_at)
-    job = spec.new_job("alice", default_max_attempts=2, default_timeout_ms=1000, now=now_ms())
+    job = spec.new_job("alice", defaults=JobDefaults(2, 1000, FALLBACK_RETRY), now=now_ms())
     for name, value in kw.items():
         setattr(job, name, value)
     return job
@@ -85,7 +85,7 @@ async def test_a_stale_lease_cannot_finish_the_job(queue: RedisQueue) -> None:
     await asyncio.sleep(0.15)
     fresh, _ = await queue.claim("default", 1, worker_id="b", token="new", lease_ms=10_000)
     job = fresh[0].job
-    end = TerminalWrite(job.id, JobState.SUCCEEDED, 1, "", 100, "", 0, now_ms())
+    end = ended(job.id, JobState.SUCCEEDED)
     assert await queue.finish_many([(job, claims[0].lease, end)]) == [False]
     assert not await queue.progress(job, claims[0].lease, 50, "stale")
     assert await queue.finish_many([(job, fresh[0].lease, end)]) == [True]

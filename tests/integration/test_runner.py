@@ -11,10 +11,11 @@ import pytest
 
 from conveyor.config import Settings
 from conveyor.handlers import JobContext, Registry
-from conveyor.jobs import Job, JobSpec, JobState, now_ms
+from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
 from conveyor.queue import EventHub, RedisQueue, connect
 from conveyor.runner import Worker
-from conveyor.store import Database, JobStore, TerminalWrite
+from conveyor.store import Database, JobStore
+from tests.builders import ended
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -57,7 +58,7 @@ async def parts(settings: Settings) -> AsyncIterator[tuple[Worker, JobStore, Red
 
 async def submit(store: JobStore, queue: RedisQueue) -> Job:
     job = JobSpec(type="gate").new_job(
-        "alice", default_max_attempts=3, default_timeout_ms=10_000, now=now_ms()
+        "alice", defaults=JobDefaults(3, 10_000, FALLBACK_RETRY), now=now_ms()
     )
     await store.insert([job])
     await queue.enqueue([job])
@@ -95,10 +96,11 @@ async def test_redis_converges_to_a_terminal_state_already_in_the_database(
     worker, store, queue, gate = parts
     job = await submit(store, queue)
     await asyncio.wait_for(gate.started.wait(), 10)
-    earlier = TerminalWrite(job.id, JobState.DEAD, 1, "earlier attempt", 0.0, "", 1, now_ms())
-    assert await store.write_outcomes([earlier]) == [JobState.DEAD]
+    earlier = ended(job.id, JobState.DEAD, error="earlier attempt")
+    [result] = await store.write_outcomes([earlier])
+    assert result.applied
     gate.release.set()
     await hot_state(queue, job, JobState.DEAD)
     stored = await store.get(job.id)
     assert stored is not None and stored.error == "earlier attempt"
-    assert worker.stats.stale_writes == 1
+    assert worker.recorder.stats.stale_writes == 1

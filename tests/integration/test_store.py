@@ -7,14 +7,15 @@ import asyncio
 import pytest
 
 from conveyor.errors import AlreadyExists, FailedPrecondition, NotFound
-from conveyor.jobs import Job, JobSpec, JobState, now_ms
-from conveyor.store import Database, JobStore, TerminalWrite
+from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
+from conveyor.store import Database, JobStore
+from tests.builders import ended
 
 pytestmark = pytest.mark.usefixtures("clean")
 
 
 def new(spec: JobSpec, owner: str = "alice") -> Job:
-    return spec.new_job(owner, default_max_attempts=3, default_timeout_ms=1000, now=now_ms())
+    return spec.new_job(owner, defaults=JobDefaults(3, 1000, FALLBACK_RETRY), now=now_ms())
 
 
 async def test_same_key_same_request_returns_the_first_job(db: Database) -> None:
@@ -79,8 +80,9 @@ async def test_outcomes_do_not_overwrite_a_terminal_job(db: Database) -> None:
     await store.insert([job])
     cancelled = await store.cancel(job.id, "alice")
     assert cancelled.state is JobState.CANCELLED
-    late = TerminalWrite(job.id, JobState.SUCCEEDED, 1, "", 100.0, "", now_ms(), now_ms())
-    assert await store.write_outcomes([late]) == [JobState.CANCELLED]
+    [result] = await store.write_outcomes([ended(job.id, JobState.SUCCEEDED)])
+    assert not result.applied and result.current is not None
+    assert result.current.state is JobState.CANCELLED
     stored = await store.get(job.id)
     assert stored is not None and stored.state is JobState.CANCELLED
 

@@ -6,7 +6,16 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from conveyor.errors import InvalidArgument
-from conveyor.jobs import Job, JobSpec, JobState, now_ms, spec_from_proto, valid_job_id
+from conveyor.jobs import (
+    FALLBACK_RETRY,
+    Job,
+    JobDefaults,
+    JobSpec,
+    JobState,
+    now_ms,
+    spec_from_proto,
+    valid_job_id,
+)
 from conveyor.v1 import job_service_pb2 as pb
 
 
@@ -58,12 +67,12 @@ def test_run_at_more_than_a_year_ahead_is_refused() -> None:
 def test_future_run_at_makes_a_scheduled_job() -> None:
     now = now_ms()
     job = JobSpec(type="noop", run_at=now + 60_000).new_job(
-        "alice", default_max_attempts=3, default_timeout_ms=1000, now=now
+        "alice", defaults=JobDefaults(3, 1000, FALLBACK_RETRY), now=now
     )
     assert job.state is JobState.SCHEDULED
     assert job.run_at == now + 60_000
     past = JobSpec(type="noop", run_at=now - 60_000).new_job(
-        "alice", default_max_attempts=3, default_timeout_ms=1000, now=now
+        "alice", defaults=JobDefaults(3, 1000, FALLBACK_RETRY), now=now
     )
     assert past.state is JobState.QUEUED and past.run_at == now
 
@@ -79,7 +88,7 @@ def test_request_hash_tells_requests_apart() -> None:
 
 def make_job() -> Job:
     return JobSpec(type="sleep", payload={"seconds": 1.5, "tags": ["a"]}).new_job(
-        "alice", default_max_attempts=3, default_timeout_ms=5000, now=now_ms()
+        "alice", defaults=JobDefaults(3, 5000, FALLBACK_RETRY), now=now_ms()
     )
 
 

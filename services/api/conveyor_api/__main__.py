@@ -7,6 +7,7 @@ import logging
 from conveyor.auth import Authenticator
 from conveyor.config import Settings
 from conveyor.grpcserver import Server, wait_for_signal
+from conveyor.handlers import default_registry, load_modules
 from conveyor.operations import JobOperations
 from conveyor.service import connections, service_main
 from conveyor.store import KeyStore
@@ -17,8 +18,10 @@ log = logging.getLogger("conveyor.api")
 
 
 async def serve(settings: Settings) -> None:
+    # The same handler modules as the workers, for the job types' default policies.
+    load_modules(settings.handler_modules)
     async with connections(settings) as conns:
-        ops = JobOperations(conns.store, conns.queue, conns.hub, settings)
+        ops = JobOperations(conns.store, conns.queue, conns.hub, settings, default_registry)
         servicer = JobServicer(ops, Authenticator(KeyStore(conns.db)), settings)
         server = Server(
             settings.api_addr,

@@ -85,3 +85,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> pb.CancelJobResponse:
         job = await self.ops.cancel(principal, request.id)
         return pb.CancelJobResponse(job=job.to_proto())
+
+    @unary
+    async def RetryJob(
+        self, request: pb.RetryJobRequest, principal: Principal
+    ) -> pb.RetryJobResponse:
+        job = await self.ops.retry(principal, request.id, request.max_attempts)
+        return pb.RetryJobResponse(job=job.to_proto())
+
+    @unary
+    async def ListJobAttempts(
+        self, request: pb.ListJobAttemptsRequest, principal: Principal
+    ) -> pb.ListJobAttemptsResponse:
+        attempts = await self.ops.attempts(principal, request.id)
+        return pb.ListJobAttemptsResponse(attempts=[a.to_proto() for a in attempts])

@@ -1,12 +1,15 @@
-"""`conveyor scheduler` / `python -m conveyor_scheduler`: health now; schedules and the
-reconciler arrive with their issues. Idle, it does nothing but answer health checks."""
+"""`conveyor scheduler` / `python -m conveyor_scheduler`: the reconciler (see
+`conveyor.reconciler`) and gRPC health; schedules arrive with their issue. Safe to run as
+several replicas."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from conveyor.config import Settings
 from conveyor.grpcserver import Server, wait_for_signal
+from conveyor.reconciler import Reconciler
 from conveyor.service import connections, service_main
 
 log = logging.getLogger("conveyor.scheduler")
@@ -21,10 +24,13 @@ async def serve(settings: Settings) -> None:
             max_message_bytes=settings.max_message_bytes,
         )
         port = await server.start()
-        log.info("scheduler: health on port %d", port)
+        reconciler = asyncio.create_task(Reconciler(conns.store, conns.queue, settings).run())
+        log.info("scheduler: reconciling; health on port %d", port)
         try:
             await wait_for_signal()
         finally:
+            reconciler.cancel()
+            await asyncio.gather(reconciler, return_exceptions=True)
             await server.stop(1.0)
 
 

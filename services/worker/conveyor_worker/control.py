@@ -11,12 +11,14 @@ import socket
 from collections.abc import AsyncIterator
 
 from conveyor.auth import Authenticator, Principal
+from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.grpcserver import streaming, unary
 from conveyor.runner import Worker
 from conveyor.v1 import worker_control_pb2 as pb
 from conveyor.v1 import worker_control_pb2_grpc
 
 STATUS_INTERVAL = 0.2
+MAX_DRAIN_GRACE_SECONDS = 24 * 3600
 
 
 def status_proto(worker: Worker) -> pb.WorkerStatus:
@@ -32,6 +34,7 @@ def status_proto(worker: Worker) -> pb.WorkerStatus:
         failed=worker.stats.failed,
         queues=worker.queues,
         host=socket.gethostname(),
+        stale_writes=worker.recorder.stats.stale_writes,
     )
 
 
@@ -83,5 +86,10 @@ class WorkerControlServicer(worker_control_pb2_grpc.WorkerControlServicer):
         self, request: pb.DrainWorkerRequest, principal: Principal
     ) -> pb.DrainWorkerResponse:
         principal.require_admin()
-        self.worker.drain()
+        grace = request.grace.ToTimedelta().total_seconds() if request.HasField("grace") else None
+        if grace is not None and not 0 <= grace <= MAX_DRAIN_GRACE_SECONDS:
+            raise InvalidArgument(
+                [FieldViolation("grace", f"must be 0 to {MAX_DRAIN_GRACE_SECONDS} seconds")]
+            )
+        self.worker.drain(self.worker.settings.shutdown_grace_seconds if grace is None else grace)
         return pb.DrainWorkerResponse(status=status_proto(self.worker))

@@ -1,6 +1,6 @@
 """Job handlers: the registry decorator, the context a handler gets, and the built-ins."""
 
-from conveyor.handlers.context import JobContext
+from conveyor.handlers.context import BaseContext, JobContext, SyncJobContext
 from conveyor.handlers.registry import (
     HandlerSpec,
     PermanentError,
@@ -9,13 +9,17 @@ from conveyor.handlers.registry import (
     handler,
     load_modules,
 )
+from conveyor.retry import retry
 
 __all__ = [
+    "BaseContext",
     "HandlerSpec",
     "JobContext",
     "PermanentError",
     "Registry",
+    "SyncJobContext",
     "default_registry",
     "handler",
     "load_modules",
+    "retry",
 ]

@@ -1,8 +1,26 @@
-"""JobContext: what a running handler can see and do.
+"""What a running handler can see and do: `JobContext` for async handlers,
+`SyncJobContext` for sync ones (they differ only in how `once()` is called).
 
 `progress()` may be called as often as a handler likes, from the event loop or from a worker
 thread: it only records the latest value, and the worker sends the newest one to Redis at most
 every `PROGRESS_INTERVAL` seconds, so a tight loop reporting progress costs no round trips.
+
+`once(key)` guards a side effect that must happen at most once per job, across retries,
+reclaims after a crash, and replays:
+
+    if await ctx.once("welcome-email"):      # sync handlers: if ctx.once(...):
+        send_welcome_email(...)
+
+The first call for a (job, key) commits a marker in the database and returns True; every
+later call, in any attempt, returns False. What is promised, exactly:
+- At most once: the marker is committed before the effect starts, so no two attempts both
+  get True, even when a frozen worker wakes up after its job was reclaimed (a stale attempt
+  always gets False: the marker is fenced like every other write).
+- Not exactly once: if the worker dies after the marker and before the effect completes,
+  the effect is not retried. Effects that must happen should be idempotent on their own
+  side instead (an idempotency key at the email or payment provider) and not use `once`.
+- If the database cannot be reached, `once` raises `Unavailable`, and the attempt fails
+  and is retried: it never answers True without the marker committed.
 """
 
 from __future__ import annotations
@@ -11,12 +29,23 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+from conveyor.errors import FieldViolation, InvalidArgument
 
 PROGRESS_INTERVAL = 0.1
+MAX_ONCE_KEY = 256
+
+ClaimEffect = Callable[[str], Awaitable[bool]]
 
 
-class JobContext:
+async def _no_effects(key: str) -> bool:
+    raise RuntimeError("this context was made without a side-effect store")
+
+
+class BaseContext:
+    """What both kinds of handler get; see the module docstring."""
+
     def __init__(
         self,
         *,
@@ -26,6 +55,7 @@ class JobContext:
         max_attempts: int,
         loop: asyncio.AbstractEventLoop,
         on_progress: Callable[[], None],
+        claim_effect: ClaimEffect = _no_effects,
     ) -> None:
         self.job_id = job_id
         self.job_type = job_type
@@ -33,6 +63,7 @@ class JobContext:
         self.max_attempts = max_attempts
         self._loop = loop
         self._on_progress = on_progress
+        self._claim_effect = claim_effect
         # A plain flag: set once by the worker, read by the handler (atomic in CPython).
         self._cancelled = False
         self._lock = threading.Lock()
@@ -76,5 +107,27 @@ class JobContext:
     def cancel(self) -> None:
         self._cancelled = True
 
+    async def _once(self, key: str) -> bool:
+        if not key or len(key) > MAX_ONCE_KEY:
+            raise InvalidArgument([FieldViolation("key", f"must be 1 to {MAX_ONCE_KEY} chars")])
+        return await self._claim_effect(key)
+
     def __repr__(self) -> str:
-        return f"JobContext(job_id={self.job_id!r}, type={self.job_type!r}, attempt={self.attempt})"
+        name = type(self).__name__
+        return f"{name}(job_id={self.job_id!r}, type={self.job_type!r}, attempt={self.attempt})"
+
+
+class JobContext(BaseContext):
+    """The context of an async handler."""
+
+    async def once(self, key: str) -> bool:
+        """True the first time any attempt of this job asks for `key`, else False."""
+        return await self._once(key)
+
+
+class SyncJobContext(BaseContext):
+    """The context of a sync handler (which runs in a worker thread)."""
+
+    def once(self, key: str) -> bool:
+        """True the first time any attempt of this job asks for `key`, else False."""
+        return asyncio.run_coroutine_threadsafe(self._once(key), self._loop).result()

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from conveyor.retry import RetryOverrides
+
 HandlerFn = Callable[..., Any]
 F = TypeVar("F", bound=HandlerFn)
 
@@ -30,6 +32,7 @@ class HandlerSpec:
     is_async: bool
     timeout_seconds: float | None = None
     max_attempts: int | None = None
+    retry: RetryOverrides | None = None
 
 
 class Registry:
@@ -43,11 +46,12 @@ class Registry:
         *,
         timeout_seconds: float | None = None,
         max_attempts: int | None = None,
+        retry: RetryOverrides | None = None,
     ) -> HandlerSpec:
         existing = self._handlers.get(name)
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"job type {name!r} is already registered to {existing.fn!r}")
-        spec = HandlerSpec(name, fn, _is_async(fn), timeout_seconds, max_attempts)
+        spec = HandlerSpec(name, fn, _is_async(fn), timeout_seconds, max_attempts, retry)
         self._handlers[name] = spec
         return spec
 
@@ -72,13 +76,20 @@ def handler(
     *,
     timeout_seconds: float | None = None,
     max_attempts: int | None = None,
+    retry: RetryOverrides | None = None,
     registry: Registry | None = None,
 ) -> Callable[[F], F]:
-    """Register the decorated function as the handler of job type `name`."""
+    """Register the decorated function as the handler of job type `name`.
+
+    `timeout_seconds`, `max_attempts` and `retry` (see `conveyor.retry.retry`) are the type's
+    defaults for jobs whose request leaves them unset. The API applies them at submit when it
+    loads the same handler modules (`CONVEYOR_HANDLERS`); a type it does not know gets the
+    server's defaults.
+    """
 
     def decorate(fn: F) -> F:
         (registry or default_registry).register(
-            name, fn, timeout_seconds=timeout_seconds, max_attempts=max_attempts
+            name, fn, timeout_seconds=timeout_seconds, max_attempts=max_attempts, retry=retry
         )
         return fn
 

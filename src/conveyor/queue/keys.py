@@ -14,6 +14,8 @@ it in a bounded in-process map (see `conveyor.operations`).
     cv:{Q}:events:<id>    stream  the job's changes, entry id "<seq>-1", field j = JSON
     cv:{Q}:ev:<id>        pub/sub channel carrying the same JSON, for live watchers
     cv:cancel             pub/sub channel: ids of running jobs to stop at once
+    cv:epoch              string  set by the reconciler; its absence means Redis lost its data
+    cv:reconcile:lock     string  the reconciler replica whose turn it is (SET NX PX)
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 
 PREFIX = "cv"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
+EPOCH_KEY = f"{PREFIX}:epoch"
+RECONCILE_LOCK = f"{PREFIX}:reconcile:lock"
 
 
 @dataclass(frozen=True, slots=True)

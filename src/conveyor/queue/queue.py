@@ -13,12 +13,12 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from conveyor.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
 from conveyor.errors import Unavailable
 from conveyor.jobs import Job, JobState
-from conveyor.queue.keys import CANCEL_CHANNEL, QueueKeys
+from conveyor.queue.keys import CANCEL_CHANNEL, EPOCH_KEY, QueueKeys
 from conveyor.queue.scripts import Scripts
-from conveyor.store.rows import TerminalWrite
 
 # Connections one process opens to Redis at most; callers beyond that wait for a free one
 # (up to POOL_WAIT_SECONDS) instead of opening sockets without bound under a burst.
@@ -51,10 +51,42 @@ async def unavailable_on_redis_errors() -> AsyncIterator[None]:
 
 @dataclass(slots=True)
 class Claim:
-    """A job a worker now runs, and the lease token that fences its writes."""
+    """A job a worker now runs, and the lease token that fences its Redis writes.
+
+    `lost` is the previous attempt when this claim reclaimed the job from a worker that
+    stopped renewing its lease: the new worker must fence that attempt off in the database
+    before it runs the job. `exhausted`: that lost attempt was the last one allowed.
+    """
 
     job: Job
     lease: str
+    lost: Attempt | None = None
+    exhausted: bool = False
+
+    @classmethod
+    def from_hash(cls, fields: dict[str, str]) -> Claim:
+        job = Job.from_hot(fields)
+        lost = None
+        if fields.get("lost_attempt"):
+            lost = Attempt(
+                job_id=job.id,
+                attempt=int(fields["lost_attempt"]),
+                outcome=AttemptOutcome.LOST,
+                worker_id=fields.get("lost_worker", ""),
+                start_time=int(fields["lost_start"]) if fields.get("lost_start") else None,
+                finish_time=job.start_time or 0,
+                error=job.error,
+            )
+        return cls(job, fields["lease"], lost, fields.get("exhausted") == "1")
+
+
+def _docs_by_queue(jobs: Iterable[Job]) -> dict[str, list[dict[str, str]]]:
+    """Jobs as hot-state documents (all values strings, as Lua reads them) per queue."""
+    by_queue: dict[str, list[dict[str, str]]] = {}
+    for job in jobs:
+        doc = {name: str(value) for name, value in job.to_hot().items()}
+        by_queue.setdefault(job.queue, []).append(doc)
+    return by_queue
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -75,10 +107,7 @@ class RedisQueue:
 
         One script call per queue carries the whole batch as one JSON array.
         """
-        by_queue: dict[str, list[dict[str, str]]] = {}
-        for job in jobs:
-            doc = {name: str(value) for name, value in job.to_hot().items()}
-            by_queue.setdefault(job.queue, []).append(doc)
+        by_queue = _docs_by_queue(jobs)
         async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
             for queue, docs in by_queue.items():
                 k = QueueKeys(queue)
@@ -149,11 +178,7 @@ class RedisQueue:
                     self._maxlen,
                 ],
             )
-        claims = []
-        for flat in out[1:]:
-            fields = _pairs(flat)
-            claims.append(Claim(Job.from_hot(fields), fields["lease"]))
-        return claims, int(out[0])
+        return [Claim.from_hash(_pairs(flat)) for flat in out[1:]], int(out[0])
 
     async def wait_for_work(
         self, blocking: Redis, queues: Sequence[str], wait_seconds: float
@@ -176,7 +201,7 @@ class RedisQueue:
             lost: list[str] = await self.scripts.heartbeat(self.redis, [k.leases], args)
         return lost
 
-    async def finish_many(self, ends: Sequence[tuple[Job, str, TerminalWrite]]) -> list[bool]:
+    async def finish_many(self, ends: Sequence[tuple[Job, str, AttemptEnd]]) -> list[bool]:
         """End attempts in Redis, one script call per queue; per attempt, False if its lease
         was no longer held."""
         by_queue: dict[str, list[int]] = {}
@@ -203,6 +228,7 @@ class RedisQueue:
                         end.error,
                         end.finish_time or 0,
                         end.run_at or 0,
+                        end.fence,
                     ]
                 self.scripts.finish.queue(pipe, [k.leases, k.delayed, k.wake], args)
             replies = await self.scripts.execute(pipe)
@@ -211,6 +237,64 @@ class RedisQueue:
             for i, flag in zip(indexes, reply, strict=True):
                 done[i] = bool(flag)
         return done
+
+    async def reconcile(self, jobs: Sequence[Job]) -> tuple[int, int, int]:
+        """Bring Redis in line with these database rows (see reconcile.lua); returns how
+        many jobs were restored, replayed and repaired."""
+        totals = [0, 0, 0]
+        for queue, docs in _docs_by_queue(jobs).items():
+            k = QueueKeys(queue)
+            async with unavailable_on_redis_errors():
+                counts = await self.scripts.reconcile(
+                    self.redis,
+                    [k.ready, k.delayed, k.leases, k.wake, k.seq],
+                    [
+                        k.job_prefix,
+                        k.events_prefix,
+                        k.channel_prefix,
+                        self._maxlen,
+                        json.dumps(docs, separators=(",", ":")),
+                    ],
+                )
+            totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
+        return totals[0], totals[1], totals[2]
+
+    async def release(self, queue: str, held: Sequence[tuple[Job, str]]) -> int:
+        """Put jobs this worker leases back in line at once, their attempt not counted."""
+        k = QueueKeys(queue)
+        args: list[Any] = [k.job_prefix, k.events_prefix, k.channel_prefix, self._maxlen]
+        for job, lease in held:
+            args += [job.id, lease, job.fence]
+        async with unavailable_on_redis_errors():
+            return int(
+                await self.scripts.release(self.redis, [k.ready, k.leases, k.wake, k.seq], args)
+            )
+
+    async def position(self, queue: str, job_id: str) -> int | None:
+        """How many jobs are ahead of a queued job (None: not in the ready set)."""
+        async with unavailable_on_redis_errors():
+            rank: int | None = await self.redis.zrank(QueueKeys(queue).ready, job_id)  # type: ignore[assignment]
+        return rank
+
+    async def epoch(self) -> str | None:
+        async with unavailable_on_redis_errors():
+            value = await self.redis.get(EPOCH_KEY)
+        return None if value is None else str(value)
+
+    async def set_epoch(self, value: str) -> bool:
+        """Set the epoch marker unless one is there; True if this call set it."""
+        async with unavailable_on_redis_errors():
+            return bool(await self.redis.set(EPOCH_KEY, value, nx=True))
+
+    async def try_lock(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Take (or keep, if `owner` already holds it) a lock that expires after `ttl_ms`."""
+        async with unavailable_on_redis_errors():
+            if await self.redis.set(name, owner, nx=True, px=ttl_ms):
+                return True
+            if await self.redis.get(name) == owner:
+                await self.redis.pexpire(name, ttl_ms)
+                return True
+        return False
 
     async def progress(self, job: Job, lease: str, percent: float, message: str) -> bool:
         k = QueueKeys(job.queue)

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, ResponseError
 
-NAMES = ("enqueue", "claim", "heartbeat", "finish", "progress", "cancel")
+NAMES = ("enqueue", "claim", "heartbeat", "finish", "progress", "cancel", "reconcile", "release")
 
 
 def _source(name: str) -> str:
@@ -65,6 +65,8 @@ class Scripts:
     finish: Script
     progress: Script
     cancel: Script
+    reconcile: Script
+    release: Script
 
     def all(self) -> list[Script]:
         return [getattr(self, name) for name in NAMES]

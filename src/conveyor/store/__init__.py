@@ -4,6 +4,5 @@ from conveyor.store.database import Database, sync_url
 from conveyor.store.jobs import JobStore
 from conveyor.store.keys import KeyStore
 from conveyor.store.migrate import migrate
-from conveyor.store.rows import TerminalWrite
 
-__all__ = ["Database", "JobStore", "KeyStore", "TerminalWrite", "migrate", "sync_url"]
+__all__ = ["Database", "JobStore", "KeyStore", "migrate", "sync_url"]

@@ -21,25 +21,21 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
+from conveyor.attempts import AttemptEnd
 from conveyor.errors import ConveyorError, Unavailable
 from conveyor.jobs import Job
-from conveyor.store.rows import (
-    RolledBack,
-    TerminalWrite,
-    job_from_row,
-    resolve_conflicts,
-)
+from conveyor.store.rows import RolledBack, job_from_row, resolve_conflicts
 
 _INSERT = """
 INSERT INTO jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
                   timeout_ms, progress, progress_message, error, idempotency_key,
-                  request_hash, run_at, create_time)
+                  request_hash, run_at, create_time, fence, retry)
 SELECT id, owner, type, queue, state, priority, payload, 0, max_attempts, timeout_ms,
-       0, '', '', idempotency_key, request_hash, run_at, create_time
+       0, '', '', idempotency_key, request_hash, run_at, create_time, 0, retry
 FROM jsonb_to_recordset(%s::jsonb)
   AS v(id text, owner text, type text, queue text, state smallint, priority smallint,
        payload jsonb, max_attempts smallint, timeout_ms bigint, idempotency_key text,
-       request_hash text, run_at bigint, create_time bigint)
+       request_hash text, run_at bigint, create_time bigint, retry jsonb)
 ON CONFLICT (owner, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -50,15 +46,33 @@ JOIN unnest(%s::text[], %s::text[]) AS k(owner, idempotency_key)
   ON jobs.owner = k.owner AND jobs.idempotency_key = k.idempotency_key
 """
 
+# An outcome applies only while the job is unfinished, its fence is the one the attempt
+# was handed, and no later attempt has been recorded: a worker that froze past its lease
+# cannot overwrite what the attempt that replaced it wrote. The attempt's record is
+# inserted by the same statement, for exactly the outcomes that applied.
 _OUTCOMES = """
-UPDATE jobs SET state = v.state, attempt = v.attempt, error = v.error, progress = v.progress,
-       progress_message = v.progress_message, start_time = v.start_time,
-       finish_time = v.finish_time, run_at = COALESCE(v.run_at, jobs.run_at)
-FROM jsonb_to_recordset(%s::jsonb)
-  AS v(id text, state smallint, attempt smallint, error text, progress float8,
-       progress_message text, start_time bigint, finish_time bigint, run_at bigint)
-WHERE jobs.id = v.id AND jobs.state NOT IN (4, 6, 7)
-RETURNING jobs.id
+WITH v AS (
+  SELECT * FROM jsonb_to_recordset(%s::jsonb)
+    AS v(id text, state smallint, attempt smallint, fence int, error text, progress float8,
+         progress_message text, start_time bigint, finish_time bigint, run_at bigint,
+         outcome smallint, worker_id text, ended bigint, traceback text)
+), applied AS (
+  UPDATE jobs SET state = v.state, attempt = v.attempt, error = v.error,
+         progress = v.progress, progress_message = v.progress_message,
+         start_time = v.start_time, finish_time = v.finish_time,
+         run_at = COALESCE(v.run_at, jobs.run_at)
+  FROM v
+  WHERE jobs.id = v.id AND jobs.fence = v.fence AND jobs.attempt < v.attempt
+    AND jobs.state NOT IN (4, 6, 7)
+  RETURNING jobs.id
+), recorded AS (
+  INSERT INTO job_attempts (job_id, attempt, outcome, worker_id, start_time, finish_time,
+                            error, traceback)
+  SELECT v.id, v.attempt, v.outcome, v.worker_id, v.start_time, v.ended, v.error, v.traceback
+  FROM v JOIN applied ON applied.id = v.id
+  ON CONFLICT DO NOTHING
+)
+SELECT id FROM applied
 """
 
 
@@ -121,7 +135,7 @@ class BulkStatements:
                 "state": int(j.state), "priority": j.priority, "payload": j.payload,
                 "max_attempts": j.max_attempts, "timeout_ms": j.timeout_ms,
                 "idempotency_key": j.idempotency_key, "request_hash": j.request_hash,
-                "run_at": j.run_at, "create_time": j.create_time,
+                "run_at": j.run_at, "create_time": j.create_time, "retry": j.retry.to_doc(),
             }
             for j in jobs
         ]  # fmt: skip
@@ -143,13 +157,15 @@ class BulkStatements:
             return rollback.results
         return results
 
-    async def write_outcomes(self, writes: Sequence[TerminalWrite]) -> set[str]:
-        """Apply outcomes in one statement; the ids whose job was not yet terminal."""
+    async def write_outcomes(self, writes: Sequence[AttemptEnd]) -> set[str]:
+        """Apply outcomes in one statement; the ids whose write applied (see _OUTCOMES)."""
         rows = [
             {
-                "id": w.id, "state": int(w.state), "attempt": w.attempt, "error": w.error,
-                "progress": w.progress, "progress_message": w.progress_message,
+                "id": w.id, "state": int(w.state), "attempt": w.attempt, "fence": w.fence,
+                "error": w.error, "progress": w.progress, "progress_message": w.progress_message,
                 "start_time": w.start_time, "finish_time": w.finish_time, "run_at": w.run_at,
+                "outcome": int(w.outcome), "worker_id": w.worker_id, "ended": w.ended,
+                "traceback": w.traceback,
             }
             for w in writes
         ]  # fmt: skip

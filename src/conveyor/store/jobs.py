@@ -7,18 +7,19 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, select, tuple_, update
+from sqlalchemy import Table, exists, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from conveyor.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.errors import ConveyorError, FailedPrecondition, NotFound, Unavailable
 from conveyor.jobs import TERMINAL_STATES, Job, JobState, now_ms
 from conveyor.store.database import Database
-from conveyor.store.models import JobRow
+from conveyor.store.models import AttemptRow, EffectRow, JobRow
 from conveyor.store.rows import (
     RolledBack,
-    TerminalWrite,
+    WriteResult,
     job_from_row,
     job_to_row,
     resolve_conflicts,
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
     from conveyor.store.bulk import BulkStatements
 
 _JOBS = cast(Table, JobRow.__table__)
+_ATTEMPTS = cast(Table, AttemptRow.__table__)
+_EFFECTS = cast(Table, EffectRow.__table__)
 _TERMINAL = [int(s) for s in TERMINAL_STATES]
+MAX_ATTEMPTS_LISTED = 1000
 
 
 @contextlib.asynccontextmanager
@@ -63,11 +67,10 @@ class JobStore:
         if self._bulk is not None:
             await self._bulk.close()
 
-    def _insert(self) -> Any:
+    def _upsert(self, table: Table) -> Any:
+        """INSERT … ON CONFLICT DO NOTHING in this database's dialect."""
         dialect = sqlite if self.db.is_sqlite else postgresql
-        return dialect.insert(_JOBS).on_conflict_do_nothing(
-            index_elements=["owner", "idempotency_key"]
-        )
+        return dialect.insert(table).on_conflict_do_nothing()
 
     async def insert(
         self, jobs: Sequence[Job], *, all_or_nothing: bool = False
@@ -82,7 +85,7 @@ class JobStore:
             return await self._bulk.insert(jobs, all_or_nothing=all_or_nothing)
         try:
             async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
-                stmt = self._insert().returning(_JOBS.c.id)
+                stmt = self._upsert(_JOBS).returning(_JOBS.c.id)
                 rows = [job_to_row(job) for job in jobs]
                 inserted = {r.id for r in await conn.execute(stmt, rows)}
                 existing = await self._existing(conn, [j for j in jobs if j.id not in inserted])
@@ -130,27 +133,26 @@ class JobStore:
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             return [job_from_row(r._mapping) for r in await conn.execute(stmt)]
 
-    async def write_outcomes(self, writes: Sequence[TerminalWrite]) -> list[JobState | None]:
-        """Record attempt outcomes at once; per write, the state the job's row now holds.
-
-        A write applies only while the job is not terminal (then the answer is its own
-        state): a job cancelled while its handler ran stays CANCELLED, and a late outcome
-        gets the terminal state the row already had. None: no such row.
-        """
+    async def write_outcomes(self, writes: Sequence[AttemptEnd]) -> list[WriteResult]:
+        """Record attempt outcomes at once, each fenced (see `AttemptEnd`), with their
+        attempt records; a refused write comes back with the job's row as it stands."""
         if self._bulk is not None:
             done = await self._bulk.write_outcomes(writes)
         else:
             done = await self._write_outcomes_one_by_one(writes)
-        states = {w.id: w.state for w in writes if w.id in done}
         missed = [w.id for w in writes if w.id not in done]
+        current: dict[str, Job] = {}
         if missed:
-            stmt = select(_JOBS.c.id, _JOBS.c.state).where(_JOBS.c.id.in_(missed))
+            stmt = select(_JOBS).where(_JOBS.c.id.in_(missed))
             async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
-                states.update({r.id: JobState(r.state) for r in await conn.execute(stmt)})
-        return [states.get(w.id) for w in writes]
+                current = {r.id: job_from_row(r._mapping) for r in await conn.execute(stmt)}
+        return [
+            WriteResult(True) if w.id in done else WriteResult(False, current.get(w.id))
+            for w in writes
+        ]
 
-    async def _write_outcomes_one_by_one(self, writes: Sequence[TerminalWrite]) -> set[str]:
-        """SQLite's path: one UPDATE per write, all in one transaction."""
+    async def _write_outcomes_one_by_one(self, writes: Sequence[AttemptEnd]) -> set[str]:
+        """SQLite's path: one fenced UPDATE per write, all in one transaction."""
         applied: set[str] = set()
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             for w in writes:
@@ -167,13 +169,96 @@ class JobStore:
                     values["run_at"] = w.run_at
                 stmt = (
                     update(_JOBS)
-                    .where(_JOBS.c.id == w.id, _JOBS.c.state.not_in(_TERMINAL))
+                    .where(
+                        _JOBS.c.id == w.id,
+                        _JOBS.c.fence == w.fence,
+                        _JOBS.c.attempt < w.attempt,
+                        _JOBS.c.state.not_in(_TERMINAL),
+                    )
                     .values(**values)
                     .returning(_JOBS.c.id)
                 )
                 if (await conn.execute(stmt)).first() is not None:
                     applied.add(w.id)
+                    await conn.execute(self._upsert(_ATTEMPTS), [_attempt_row(w.record)])
         return applied
+
+    async def fence(self, lost: Sequence[Attempt]) -> dict[str, int]:
+        """Take over jobs whose previous attempt was lost: bump each unfinished job's fence
+        (so the lost attempt's worker can no longer write) and record the lost attempt.
+
+        Returns the new fence per job id; a job missing from it has finished meanwhile
+        (its lost attempt wrote its outcome first) and must not run again.
+        """
+        fences: dict[str, int] = {}
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            for attempt in lost:
+                stmt = (
+                    update(_JOBS)
+                    .where(_JOBS.c.id == attempt.job_id, _JOBS.c.state.not_in(_TERMINAL))
+                    .values(fence=_JOBS.c.fence + 1)
+                    .returning(_JOBS.c.fence)
+                )
+                row = (await conn.execute(stmt)).first()
+                if row is None:
+                    continue
+                fences[attempt.job_id] = row.fence
+                if attempt.attempt > 0:
+                    await conn.execute(self._upsert(_ATTEMPTS), [_attempt_row(attempt)])
+        return fences
+
+    async def attempts(self, job_id: str) -> list[Attempt]:
+        """A job's recorded attempts, oldest first (the latest MAX_ATTEMPTS_LISTED)."""
+        stmt = (
+            select(_ATTEMPTS)
+            .where(_ATTEMPTS.c.job_id == job_id)
+            .order_by(_ATTEMPTS.c.attempt.desc())
+            .limit(MAX_ATTEMPTS_LISTED)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            rows = list(await conn.execute(stmt))
+        return [
+            Attempt(**{**r._mapping, "outcome": AttemptOutcome(r.outcome)}) for r in reversed(rows)
+        ]
+
+    async def claim_effect(self, job_id: str, key: str, attempt: int, fence: int) -> bool:
+        """Claim side effect `key` of a job for the attempt holding `fence`: True exactly
+        once per (job, key), and never for a stale attempt or a finished job."""
+        current = exists().where(
+            _JOBS.c.id == job_id, _JOBS.c.fence == fence, _JOBS.c.state.not_in(_TERMINAL)
+        )
+        source = select(literal(job_id), literal(key), literal(attempt), literal(now_ms())).where(
+            current
+        )
+        stmt = (
+            self._upsert(_EFFECTS)
+            .from_select(["job_id", "key", "attempt", "create_time"], source)
+            .returning(_EFFECTS.c.job_id)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    async def unfinished(self, after_id: str, limit: int) -> tuple[list[Job], str | None]:
+        """One page of the reconciler's walk over all jobs in id order: the unfinished jobs
+        among the next `limit` ids after `after_id`, and the last id looked at (None: end).
+
+        A walk by primary key instead of an index on state keeps outcome updates HOT (no
+        index covers the columns they change); the cost is reading finished rows too.
+        """
+        page = (
+            select(_JOBS.c.id, _JOBS.c.state)
+            .where(_JOBS.c.id > after_id)
+            .order_by(_JOBS.c.id)
+            .limit(limit)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            rows = list(await conn.execute(page))
+            ids = [r.id for r in rows if r.state not in _TERMINAL]
+            jobs = []
+            if ids:
+                found = await conn.execute(select(_JOBS).where(_JOBS.c.id.in_(ids)))
+                jobs = [job_from_row(r._mapping) for r in found]
+        return jobs, rows[-1].id if len(rows) == limit else None
 
     async def cancel(self, job_id: str, owner: str) -> Job:
         """Mark a job CANCELLED if it has not ended; NOT_FOUND for another owner's job."""
@@ -198,3 +283,55 @@ class JobStore:
         raise FailedPrecondition(
             f"job {job_id} is already {JobState(current.state).label} and cannot be cancelled"
         )
+
+    async def replay(self, job_id: str, owner: str | None, max_attempts: int) -> Job:
+        """Make a DEAD or CANCELLED job QUEUED again with `max_attempts` more attempts.
+
+        The fence moves on, so a worker still holding an attempt from before cannot write
+        over the replay. `owner` None: any owner (admin)."""
+        conditions = [_JOBS.c.id == job_id]
+        if owner is not None:
+            conditions.append(_JOBS.c.owner == owner)
+        now = now_ms()
+        stmt = (
+            update(_JOBS)
+            .where(
+                *conditions,
+                _JOBS.c.state.in_([int(JobState.DEAD), int(JobState.CANCELLED)]),
+            )
+            .values(
+                state=int(JobState.QUEUED),
+                fence=_JOBS.c.fence + 1,
+                max_attempts=_JOBS.c.attempt + max_attempts,
+                error="",
+                progress=0.0,
+                progress_message="",
+                run_at=now,
+                finish_time=None,
+            )
+            .returning(*_JOBS.c)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+            if row is not None:
+                return job_from_row(row._mapping)
+            current = (await conn.execute(select(_JOBS).where(*conditions))).first()
+        if current is None:
+            raise NotFound(f"job {job_id} not found")
+        raise FailedPrecondition(
+            f"job {job_id} is {JobState(current.state).label}; only DEAD or CANCELLED jobs "
+            "can be retried"
+        )
+
+
+def _attempt_row(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "job_id": attempt.job_id,
+        "attempt": attempt.attempt,
+        "outcome": int(attempt.outcome),
+        "worker_id": attempt.worker_id,
+        "start_time": attempt.start_time,
+        "finish_time": attempt.finish_time,
+        "error": attempt.error,
+        "traceback": attempt.traceback,
+    }

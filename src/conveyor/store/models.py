@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, Index, SmallInteger, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -47,6 +58,41 @@ class JobRow(Base):
     create_time: Mapped[int] = mapped_column(BigInteger)
     start_time: Mapped[int | None] = mapped_column(BigInteger)
     finish_time: Mapped[int | None] = mapped_column(BigInteger)
+    # The fencing token: bumped when the job is handed out while an older attempt may still
+    # run; an outcome carrying an older fence is refused (see JobStore.write_outcomes).
+    fence: Mapped[int] = mapped_column(Integer, default=0)
+    # The resolved RetryPolicy as RetryPolicy.to_doc(); None on rows from before 0002.
+    retry: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+
+
+class AttemptRow(Base):
+    """One attempt of a job and how it ended (AttemptOutcome numbers)."""
+
+    __tablename__ = "job_attempts"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    outcome: Mapped[int] = mapped_column(SmallInteger)
+    worker_id: Mapped[str] = mapped_column(String(128))
+    start_time: Mapped[int | None] = mapped_column(BigInteger)
+    finish_time: Mapped[int] = mapped_column(BigInteger)
+    error: Mapped[str] = mapped_column(Text, default="")
+    traceback: Mapped[str] = mapped_column(Text, default="")
+
+
+class EffectRow(Base):
+    """A side effect a handler claimed with `ctx.once(key)`: at most one per (job, key)."""
+
+    __tablename__ = "job_effects"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    attempt: Mapped[int] = mapped_column(SmallInteger)
+    create_time: Mapped[int] = mapped_column(BigInteger)
 
 
 class ApiKeyRow(Base):

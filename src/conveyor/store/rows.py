@@ -9,24 +9,16 @@ from typing import Any
 
 from conveyor.errors import AlreadyExists, ConveyorError
 from conveyor.jobs import Job, JobState
+from conveyor.retry import RetryPolicy
 
 
 @dataclass(frozen=True, slots=True)
-class TerminalWrite:
-    """The outcome of an attempt, written once the handler has ended.
+class WriteResult:
+    """What became of one attempt's outcome write: applied, or refused and the job's row as
+    it stands (None: no such job)."""
 
-    `state` is SUCCEEDED, DEAD, CANCELLED or RETRYING (then `run_at` is the retry time).
-    """
-
-    id: str
-    state: JobState
-    attempt: int
-    error: str
-    progress: float
-    progress_message: str
-    start_time: int | None
-    finish_time: int | None
-    run_at: int | None = None
+    applied: bool
+    current: Job | None = None
 
 
 class RolledBack(Exception):
@@ -71,7 +63,11 @@ def job_from_row(values: Mapping[Any, Any]) -> Job:
     """A Job from a `jobs` row's columns."""
     fields = dict(values)
     fields["state"] = JobState(fields["state"])
-    return Job(**fields)
+    retry = fields.pop("retry", None)
+    job = Job(**fields)
+    if retry:
+        job.retry = RetryPolicy.from_doc(retry)
+    return job
 
 
 def job_to_row(job: Job) -> dict[str, Any]:
@@ -95,4 +91,6 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "create_time": job.create_time,
         "start_time": job.start_time,
         "finish_time": job.finish_time,
+        "fence": job.fence,
+        "retry": job.retry.to_doc(),
     }

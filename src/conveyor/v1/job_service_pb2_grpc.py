@@ -66,6 +66,16 @@ class JobServiceStub:
                 request_serializer=conveyor_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/conveyor.v1.JobService/RetryJob',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.RetryJobResponse.FromString,
+                _registered_method=True)
+        self.ListJobAttempts = channel.unary_unary(
+                '/conveyor.v1.JobService/ListJobAttempts',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -115,6 +125,21 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJob(self, request, context):
+        """Replays a DEAD or CANCELLED job as a new run with a fresh attempt budget. Replaying any
+        other job is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobAttempts(self, request, context):
+        """Lists the recorded attempts of a job, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +172,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=conveyor_dot_v1_dot_job__service__pb2.CancelJobRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_job__service__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.RetryJobRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.RetryJobResponse.SerializeToString,
+            ),
+            'ListJobAttempts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobAttempts,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +348,60 @@ class JobService:
             '/conveyor.v1.JobService/CancelJob',
             conveyor_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
             conveyor_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/RetryJob',
+            conveyor_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobAttempts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/ListJobAttempts',
+            conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsResponse.FromString,
             options,
             channel_credentials,
             insecure,

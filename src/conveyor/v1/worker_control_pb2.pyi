@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -31,7 +34,7 @@ class RunningJob(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., type: _Optional[str] = ..., progress: _Optional[float] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "state", "concurrency", "running_jobs", "processed", "failed", "queues", "host")
+    __slots__ = ("worker_id", "state", "concurrency", "running_jobs", "processed", "failed", "queues", "host", "stale_writes")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +43,7 @@ class WorkerStatus(_message.Message):
     FAILED_FIELD_NUMBER: _ClassVar[int]
     QUEUES_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    STALE_WRITES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     state: WorkerState
     concurrency: int
@@ -48,7 +52,8 @@ class WorkerStatus(_message.Message):
     failed: int
     queues: _containers.RepeatedScalarFieldContainer[str]
     host: str
-    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., concurrency: _Optional[int] = ..., running_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., processed: _Optional[int] = ..., failed: _Optional[int] = ..., queues: _Optional[_Iterable[str]] = ..., host: _Optional[str] = ...) -> None: ...
+    stale_writes: int
+    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., concurrency: _Optional[int] = ..., running_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., processed: _Optional[int] = ..., failed: _Optional[int] = ..., queues: _Optional[_Iterable[str]] = ..., host: _Optional[str] = ..., stale_writes: _Optional[int] = ...) -> None: ...
 
 class GetWorkerStatusRequest(_message.Message):
     __slots__ = ()
@@ -91,8 +96,10 @@ class ResumeWorkerResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[WorkerStatus, _Mapping]] = ...) -> None: ...
 
 class DrainWorkerRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("grace",)
+    GRACE_FIELD_NUMBER: _ClassVar[int]
+    grace: _duration_pb2.Duration
+    def __init__(self, grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DrainWorkerResponse(_message.Message):
     __slots__ = ("status",)

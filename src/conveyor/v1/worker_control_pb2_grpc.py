@@ -95,7 +95,8 @@ class WorkerControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DrainWorker(self, request, context):
-        """Stops claiming and exits once running jobs end.
+        """Stops claiming and exits once running jobs end; jobs still running after the grace
+        period are stopped and their leases released, so other workers run them at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,14 +1,18 @@
 -- Claim up to `count` jobs for a worker, atomically: promote due delayed jobs, put jobs whose
--- lease expired back in line (their worker died), pop the best ready jobs and lease them.
+-- lease expired back in line (their worker died or froze), pop the best ready jobs and lease
+-- them. Times are the Redis server's clock, never a worker's.
 -- KEYS: ready, delayed, leases, wake, seq
 -- ARGV: count, lease_ms, lease_token, worker_id, job_prefix, events_prefix, channel_prefix, maxlen
 -- Returns {next_wake_ms, job1_flat_hash, job2_flat_hash, ...}; next_wake_ms is the earliest
 -- due time or lease deadline still pending (-1: none), so the worker can block until then.
+-- A reclaimed job's hash carries lost_attempt/lost_worker/lost_start (the attempt that was
+-- lost, which its new worker must fence off and record); `exhausted` marks a job whose lost
+-- attempt was its last: the claimer records it DEAD instead of running it.
 local count, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local jp, ep, cp, maxlen = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local now = now_ms()
 
-local function requeue(id, state_from)
+local function requeue(id)
   local jobkey = jp .. id
   local pr = redis.call('HGET', jobkey, 'priority')
   if not pr then return end
@@ -26,7 +30,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0
   redis.call('ZREM', KEYS[3], id)
   local jobkey = jp .. id
   if redis.call('HGET', jobkey, 'state') == '3' then
-    redis.call('HSET', jobkey, 'error', 'lease expired: the worker stopped heartbeating')
+    local lost = redis.call('HMGET', jobkey, 'attempt', 'worker', 'start_time')
+    redis.call('HSET', jobkey, 'lost_attempt', lost[1] or '0', 'lost_worker', lost[2] or '',
+      'lost_start', lost[3] or '',
+      'error', 'lease expired: worker ' .. (lost[2] or '?') .. ' stopped renewing it')
     requeue(id)
   end
 end
@@ -37,13 +44,21 @@ if count > 0 then
   for i = 1, #popped, 2 do
     local id = popped[i]
     local jobkey = jp .. id
-    if redis.call('EXISTS', jobkey) == 1 then
-      local attempt = redis.call('HINCRBY', jobkey, 'attempt', 1)
-      local lease = ARGV[3] .. ':' .. attempt
+    local held = redis.call('HMGET', jobkey, 'attempt', 'max_attempts')
+    if held[1] then
+      local attempt, lease = tonumber(held[1]), nil
+      if attempt >= tonumber(held[2]) then
+        redis.call('HSET', jobkey, 'exhausted', 1)
+        lease = ARGV[3] .. ':' .. attempt .. ':x'
+      else
+        attempt = redis.call('HINCRBY', jobkey, 'attempt', 1)
+        lease = ARGV[3] .. ':' .. attempt
+      end
       redis.call('HSET', jobkey, 'state', 3, 'start_time', now, 'lease', lease,
         'worker', ARGV[4], 'progress', 0, 'progress_message', '')
       redis.call('ZADD', KEYS[3], now + lease_ms, id)
       out[#out + 1] = emit(jobkey, ep .. id, cp .. id, maxlen)
+      redis.call('HDEL', jobkey, 'lost_attempt', 'lost_worker', 'lost_start', 'exhausted')
     end
   end
 end

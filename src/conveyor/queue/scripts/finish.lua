@@ -3,11 +3,11 @@
 -- run_at; 4, 6, 7 are terminal and start the hot state's time to live.
 -- KEYS: leases, delayed, wake
 -- ARGV: job_prefix, events_prefix, channel_prefix, ttl_seconds, maxlen,
---       then per attempt: id, lease, state, error, finish_time, run_at
+--       then per attempt: id, lease, state, error, finish_time, run_at, fence
 -- Returns per attempt 1 (recorded) or 0 (stale).
 local jp, ep, cp, ttl, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local out = {}
-for i = 6, #ARGV, 6 do
+for i = 6, #ARGV, 7 do
   local id, lease, state = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local jobkey, evkey = jp .. id, ep .. id
   if redis.call('HGET', jobkey, 'lease') ~= lease then
@@ -15,7 +15,7 @@ for i = 6, #ARGV, 6 do
   else
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', jobkey, 'lease', 'worker')
-    redis.call('HSET', jobkey, 'state', state, 'error', ARGV[i + 3])
+    redis.call('HSET', jobkey, 'state', state, 'error', ARGV[i + 3], 'fence', ARGV[i + 6])
     if state == 5 then
       redis.call('HSET', jobkey, 'run_at', ARGV[i + 5])
       redis.call('ZADD', KEYS[2], ARGV[i + 5], id)

@@ -1,0 +1,66 @@
+"""The worker registry in Redis: which workers are alive, what they serve, how busy they are.
+
+Each worker announces itself on every heartbeat: a JSON document under `cv:worker:<id>` that
+expires after a few missed heartbeats, and its id in the `cv:workers` sorted set. A worker
+that dies simply stops announcing; its document expires and the next reader drops it from the
+set, so the registry forgets dead workers without anyone having to notice the death.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from redis.asyncio import Redis
+
+from conveyor.queue.keys import PREFIX
+from conveyor.queue.queue import unavailable_on_redis_errors
+
+WORKERS_KEY = f"{PREFIX}:workers"
+
+
+def _info_key(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    worker_id: str
+    host: str
+    queues: list[str]
+    types: list[str]
+    concurrency: int
+    running: int
+    started: int
+    last_seen: int
+
+
+class WorkerRegistry:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def announce(self, info: WorkerInfo, ttl_ms: int) -> None:
+        doc = json.dumps(asdict(info), separators=(",", ":"))
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(_info_key(info.worker_id), doc, px=ttl_ms)
+            pipe.zadd(WORKERS_KEY, {info.worker_id: info.last_seen})
+            await pipe.execute()
+
+    async def forget(self, worker_id: str) -> None:
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(_info_key(worker_id))
+            pipe.zrem(WORKERS_KEY, worker_id)
+            await pipe.execute()
+
+    async def live(self) -> list[WorkerInfo]:
+        """The workers whose announcement has not expired, longest-running first."""
+        async with unavailable_on_redis_errors():
+            ids: list[str] = await self.redis.zrange(WORKERS_KEY, 0, -1)  # type: ignore[assignment]
+            if not ids:
+                return []
+            docs: list[str | None] = await self.redis.mget([_info_key(i) for i in ids])  # type: ignore[assignment]
+            dead = [i for i, doc in zip(ids, docs, strict=True) if doc is None]
+            if dead:
+                await self.redis.zrem(WORKERS_KEY, *dead)
+        infos = [WorkerInfo(**json.loads(doc)) for doc in docs if doc is not None]
+        return sorted(infos, key=lambda w: w.started)

@@ -1,0 +1,140 @@
+"""AttemptRecorder: how a worker writes what became of its attempts, fenced.
+
+Two rules make a worker that froze past its lease (SIGSTOP, a long GC pause, a partition)
+harmless when it wakes up:
+
+- **Take over before running.** A claim that reclaimed a job from a lost attempt first bumps
+  the job's fence in the database (and records the lost attempt). From then on the lost
+  attempt's outcome, carrying the old fence, is refused. If the lost attempt's outcome got
+  there first, the job has finished and the new claim does not run it.
+- **Database first, then Redis.** An outcome is committed to PostgreSQL (fenced by fence and
+  attempt number), then to Redis (fenced by the lease token). A refused database write is a
+  stale write: it is counted and logged, and Redis is brought to the state the database
+  holds, which the lease check turns into a no-op when a newer attempt owns the job there.
+
+Writes are group-committed (one statement, then one pipeline, for all outcomes that ended
+meanwhile) and retried while a store is unreachable, so an outage delays outcomes but never
+loses them; the attempt keeps its lease meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from conveyor.attempts import AttemptEnd, AttemptOutcome
+from conveyor.batching import Batcher
+from conveyor.errors import Unavailable
+from conveyor.jobs import Job, JobState, now_ms
+from conveyor.queue import Claim, RedisQueue
+from conveyor.store import JobStore
+from conveyor.store.rows import WriteResult
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+RETRY_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class RecorderStats:
+    stale_writes: int = 0
+    taken_over: int = 0
+
+
+class AttemptRecorder:
+    def __init__(self, store: JobStore, queue: RedisQueue, closing: Callable[[], bool]) -> None:
+        self.store = store
+        self.queue = queue
+        self.stats = RecorderStats()
+        self._closing = closing
+        # Two group-commit stages, so the database write of one batch overlaps the Redis
+        # write of the previous one.
+        self._db: Batcher[AttemptEnd, WriteResult] = Batcher(store.write_outcomes)
+        self._redis: Batcher[tuple[Job, str, AttemptEnd], bool] = Batcher(queue.finish_many)
+
+    async def take_over(self, claim: Claim) -> bool:
+        """Fence off a reclaimed job's lost attempt; False if the job must not run here."""
+        assert claim.lost is not None
+        fences = await self._until_done(claim.job, lambda: self.store.fence([claim.lost]))  # type: ignore[list-item]
+        if fences is None:
+            return False
+        fence = fences.get(claim.job.id)
+        if fence is not None:
+            claim.job.fence = fence
+            self.stats.taken_over += 1
+            log.warning(
+                "job %s: took over from lost attempt %d (worker %s); fence now %d",
+                claim.job.id,
+                claim.lost.attempt,
+                claim.lost.worker_id,
+                fence,
+            )
+            return True
+        current = await self._until_done(claim.job, lambda: self.store.get(claim.job.id))
+        log.info("job %s finished before its reclaim could run it", claim.job.id)
+        if current is not None:
+            await self._converge(claim, current)
+        return False
+
+    async def record(self, claim: Claim, end: AttemptEnd) -> None:
+        """Write an attempt's end: the database, then Redis (see the module docstring)."""
+        result = await self._until_done(claim.job, lambda: self._db.submit(end))
+        if result is None:
+            return
+        if result.applied:
+            await self._until_done(
+                claim.job, lambda: self._redis.submit((claim.job, claim.lease, end))
+            )
+            return
+        self.stats.stale_writes += 1
+        current = result.current
+        log.warning(
+            "job %s: stale outcome of attempt %d refused (fence %d); the database holds %s",
+            end.id,
+            end.attempt,
+            end.fence,
+            "nothing"
+            if current is None
+            else f"{current.state.label} attempt {current.attempt} fence {current.fence}",
+        )
+        if current is not None:
+            await self._converge(claim, current)
+
+    async def _converge(self, claim: Claim, current: Job) -> None:
+        """Bring Redis to the database's state for this job, if this claim's lease still
+        holds it there (else Redis belongs to a newer attempt and nothing changes)."""
+        if not (current.state.terminal or current.state is JobState.RETRYING):
+            return  # the job is back in line or running elsewhere: the lease lapses
+        end = AttemptEnd(
+            id=current.id,
+            state=current.state,
+            attempt=current.attempt,
+            fence=current.fence,
+            error=current.error,
+            progress=current.progress,
+            progress_message=current.progress_message,
+            start_time=current.start_time,
+            finish_time=current.finish_time,
+            run_at=current.run_at,
+            outcome=AttemptOutcome.UNSPECIFIED,
+            worker_id="",
+            ended=now_ms(),
+        )
+        await self._until_done(claim.job, lambda: self._redis.submit((claim.job, claim.lease, end)))
+
+    async def _until_done(self, job: Job, write: Callable[[], Awaitable[R]]) -> R | None:
+        """Retry `write` while its store is unavailable; None once the worker is closing
+        (the lease then lapses and the job runs again elsewhere)."""
+        while True:
+            try:
+                return await write()
+            except Unavailable as exc:
+                if self._closing():
+                    return None
+                log.warning("job %s: not recorded yet (%s); retrying", job.id, exc)
+                await asyncio.sleep(RETRY_SECONDS)
