@@ -1,11 +1,26 @@
-"""Handlers the test stack's workers load with `--handlers tests.handlers` (CONVEYOR_HANDLERS)."""
+"""Handlers the test stack's workers load with `--handlers tests.handlers` (CONVEYOR_HANDLERS).
+
+Side effects that tests must count go to a file named in the payload (`log`): one line per
+effect, appended with O_APPEND so concurrent workers never interleave within a line.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
+from pathlib import Path
 from typing import Any
 
-from conveyor.handlers import SyncJobContext, handler
+from conveyor.handlers import JobContext, SyncJobContext, handler, retry
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 @handler("test.sync_steps")
@@ -19,3 +34,51 @@ def sync_steps(payload: dict[str, Any], ctx: SyncJobContext) -> dict[str, int]:
         time.sleep(float(payload.get("delay", 0.05)))
         ctx.progress(100.0 * (step + 1) / steps, f"step {step + 1} of {steps}")
     return {"done": steps}
+
+
+@handler("test.effect")
+async def effect(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Logs `started <id> <attempt>`, performs the side effect `once` guards (a line
+    `effect <id> <attempt>`), sleeps `seconds`, then fails while attempt <= `fail_until`."""
+    log = str(payload["log"])
+    _append(log, f"started {ctx.job_id} {ctx.attempt}")
+    if await ctx.once(str(payload.get("key", "effect"))):
+        _append(log, f"effect {ctx.job_id} {ctx.attempt}")
+    await asyncio.sleep(float(payload.get("seconds", 0)))
+    if ctx.attempt <= int(payload.get("fail_until", 0)):
+        raise RuntimeError(f"failing attempt {ctx.attempt} on purpose")
+
+
+@handler("test.sync_effect")
+def sync_effect(payload: dict[str, Any], ctx: SyncJobContext) -> None:
+    """`test.effect` for the thread-pool path."""
+    log = str(payload["log"])
+    if ctx.once(str(payload.get("key", "effect"))):
+        _append(log, f"effect {ctx.job_id} {ctx.attempt}")
+    if ctx.attempt <= int(payload.get("fail_until", 0)):
+        raise RuntimeError(f"failing attempt {ctx.attempt} on purpose")
+
+
+@handler("test.crash")
+def crash(payload: dict[str, Any], ctx: SyncJobContext) -> None:
+    """A poison job: kills its worker process outright, as a segfault would."""
+    if payload.get("log"):
+        _append(str(payload["log"]), f"crash {ctx.job_id} {ctx.attempt} {os.getpid()}")
+    os._exit(70)
+
+
+@handler("test.policy", max_attempts=4, retry=retry(initial=0.3, maximum=0.6, jitter=0.0))
+async def policy(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Always fails, under a retry policy of its own type (for the per-type policy test)."""
+    raise RuntimeError("always fails")
+
+
+@handler("test.touch")
+async def touch(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Appends `<id> <attempt>` to `log` after `seconds`: who ran what, and how often."""
+    await asyncio.sleep(float(payload.get("seconds", 0)))
+    _append(str(payload["log"]), f"{ctx.job_id} {ctx.attempt}")
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []

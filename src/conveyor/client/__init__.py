@@ -9,6 +9,6 @@
 Failed calls raise `conveyor.errors.ConveyorError` subclasses, never `grpc.RpcError`.
 """
 
-from conveyor.client._client import AsyncClient, Client, submit_request
+from conveyor.client._client import AsyncClient, Client, retry_policy, submit_request
 
-__all__ = ["AsyncClient", "Client", "submit_request"]
+__all__ = ["AsyncClient", "Client", "retry_policy", "submit_request"]

@@ -29,6 +29,7 @@ def submit_request(
     run_at: datetime | None = None,
     max_attempts: int = 0,
     timeout: timedelta | None = None,
+    retry: job_pb2.RetryPolicy | None = None,
 ) -> pb.SubmitJobRequest:
     """Build a SubmitJobRequest (also the items of `submit_many`)."""
     request = pb.SubmitJobRequest(
@@ -42,7 +43,27 @@ def submit_request(
         request.run_at.FromDatetime(run_at)
     if timeout is not None:
         request.timeout.FromTimedelta(timeout)
+    if retry is not None:
+        request.retry.CopyFrom(retry)
     return request
+
+
+def retry_policy(
+    *,
+    initial: float | None = None,
+    maximum: float | None = None,
+    multiplier: float = 0.0,
+    jitter: float | None = None,
+) -> job_pb2.RetryPolicy:
+    """A RetryPolicy for `submit(..., retry=...)`; times in seconds, unset fields default."""
+    policy = job_pb2.RetryPolicy(multiplier=multiplier)
+    if initial is not None:
+        policy.initial_backoff.FromTimedelta(timedelta(seconds=initial))
+    if maximum is not None:
+        policy.max_backoff.FromTimedelta(timedelta(seconds=maximum))
+    if jitter is not None:
+        policy.jitter = jitter
+    return policy
 
 
 def _metadata(api_key: str | None) -> Metadata:
@@ -140,6 +161,23 @@ class AsyncClient:
         )
         return response.job  # type: ignore[no-any-return]
 
+    @_mapped_async
+    async def retry(self, job_id: str, max_attempts: int = 0) -> job_pb2.Job:
+        """Replay a DEAD or CANCELLED job with `max_attempts` more attempts (0: default)."""
+        response = await self._stub.RetryJob(
+            pb.RetryJobRequest(id=job_id, max_attempts=max_attempts),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response.job  # type: ignore[no-any-return]
+
+    @_mapped_async
+    async def attempts(self, job_id: str) -> list[job_pb2.JobAttempt]:
+        response = await self._stub.ListJobAttempts(
+            pb.ListJobAttemptsRequest(id=job_id), metadata=self._metadata, timeout=self._timeout
+        )
+        return list(response.attempts)
+
     async def watch(
         self, job_id: str, after_sequence: int = 0
     ) -> AsyncIterator[pb.WatchJobResponse]:
@@ -204,6 +242,15 @@ class Client:
     @_mapped
     def cancel(self, job_id: str) -> job_pb2.Job:
         return self._call("CancelJob", pb.CancelJobRequest(id=job_id)).job  # type: ignore[no-any-return]
+
+    @_mapped
+    def retry(self, job_id: str, max_attempts: int = 0) -> job_pb2.Job:
+        request = pb.RetryJobRequest(id=job_id, max_attempts=max_attempts)
+        return self._call("RetryJob", request).job  # type: ignore[no-any-return]
+
+    @_mapped
+    def attempts(self, job_id: str) -> list[job_pb2.JobAttempt]:
+        return list(self._call("ListJobAttempts", pb.ListJobAttemptsRequest(id=job_id)).attempts)
 
     def watch(self, job_id: str, after_sequence: int = 0) -> Iterator[pb.WatchJobResponse]:
         call = self._stub.WatchJob(
