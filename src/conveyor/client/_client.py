@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import builtins
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -228,7 +229,7 @@ class Client:
         return self._call("SubmitJob", submit_request(type, payload, **options)).job  # type: ignore[no-any-return]
 
     @_mapped
-    def submit_many(self, requests: Sequence[pb.SubmitJobRequest]) -> list[job_pb2.Job]:
+    def submit_many(self, requests: Sequence[pb.SubmitJobRequest]) -> builtins.list[job_pb2.Job]:
         return list(self._call("SubmitJobs", pb.SubmitJobsRequest(requests=requests)).jobs)
 
     @_mapped
@@ -249,7 +250,7 @@ class Client:
         return self._call("RetryJob", request).job  # type: ignore[no-any-return]
 
     @_mapped
-    def attempts(self, job_id: str) -> list[job_pb2.JobAttempt]:
+    def attempts(self, job_id: str) -> builtins.list[job_pb2.JobAttempt]:
         return list(self._call("ListJobAttempts", pb.ListJobAttemptsRequest(id=job_id)).attempts)
 
     def watch(self, job_id: str, after_sequence: int = 0) -> Iterator[pb.WatchJobResponse]:
