@@ -173,7 +173,7 @@ class AsyncClient:
         return response.job  # type: ignore[no-any-return]
 
     @_mapped_async
-    async def attempts(self, job_id: str) -> list[job_pb2.JobAttempt]:
+    async def attempts(self, job_id: str) -> builtins.list[job_pb2.JobAttempt]:
         response = await self._stub.ListJobAttempts(
             pb.ListJobAttemptsRequest(id=job_id), metadata=self._metadata, timeout=self._timeout
         )
