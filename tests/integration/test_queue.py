@@ -126,3 +126,53 @@ async def test_scripts_are_reloaded_after_redis_forgets_them(queue: RedisQueue) 
     await queue.enqueue([new(), new()])  # a pipeline of EVALSHA answered with NOSCRIPT
     await queue.redis.script_flush()
     assert len(await claim(queue)) == 2  # a single EVALSHA answered with NOSCRIPT
+
+
+async def test_reconcile_restores_what_redis_lost_and_is_idempotent(queue: RedisQueue) -> None:
+    waiting, later = new(), new(run_at=now_ms() + 60_000)
+    await queue.enqueue([waiting, later])
+    await queue.redis.flushall()
+    assert await queue.reconcile([waiting, later]) == (2, 0, 0)
+    assert await queue.reconcile([waiting, later]) == (0, 0, 0)
+    assert [j.id for j in await claim(queue)] == [waiting.id]
+
+
+async def test_reconcile_repairs_a_job_missing_from_its_set(queue: RedisQueue) -> None:
+    queued, running = new(), new()
+    await queue.enqueue([queued, running])
+    [claimed] = await claim(queue, count=1)
+    keys = QueueKeys("default")
+    await queue.redis.zrem(keys.ready, queued.id if claimed.id == running.id else running.id)
+    await queue.redis.zrem(keys.leases, claimed.id)
+    assert await queue.reconcile([queued, running]) == (0, 0, 2)
+    again, _ = await queue.claim("default", 10, worker_id="w2", token="t2", lease_ms=10_000)
+    assert sorted(c.job.id for c in again) == sorted([queued.id, running.id])
+    [reclaimed] = [c for c in again if c.job.id == claimed.id]
+    assert reclaimed.lost is not None, "a running job without a deadline is reclaimed"
+
+
+async def test_release_puts_a_job_back_in_line_without_counting_the_attempt(
+    queue: RedisQueue,
+) -> None:
+    job = new()
+    await queue.enqueue([job])
+    claims, _ = await queue.claim("default", 1, worker_id="w", token="t", lease_ms=10_000)
+    held = claims[0]
+    assert await queue.release("default", [(held.job, "not-my-lease")]) == 0
+    assert await queue.release("default", [(held.job, held.lease)]) == 1
+    [again] = await claim(queue)
+    assert again.id == job.id and again.attempt == 1
+
+
+async def test_a_reclaim_on_the_last_attempt_is_exhausted(queue: RedisQueue) -> None:
+    await queue.enqueue([new(max_attempts=1)])
+    await claim(queue, lease_ms=50)
+    async with asyncio.timeout(5):
+        while True:  # until the 50 ms lease has run out
+            claims, _ = await queue.claim("default", 1, worker_id="w2", token="t2", lease_ms=9999)
+            if claims:
+                break
+            await asyncio.sleep(0.02)
+    [last] = claims
+    assert last.exhausted and last.lost is not None
+    assert last.job.attempt == 1 == last.lost.attempt, "no attempt beyond the maximum"

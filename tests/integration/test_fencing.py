@@ -1,0 +1,164 @@
+"""Fencing, in-process against real Redis and both databases: once a job's lease has been
+reclaimed, the attempt that lost it can no longer write its state, its progress or its
+outcome; a replay fences off the run before it; and `once()` markers are fenced the same way.
+
+These are the deterministic halves of the SIGSTOP fault test (tests/faults/test_fencing.py):
+here each ordering of the race is forced step by step."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from conveyor.attempts import AttemptOutcome
+from conveyor.config import Settings
+from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
+from conveyor.queue import Claim, RedisQueue, connect
+from conveyor.recording import AttemptRecorder
+from conveyor.store import Database, JobStore
+from tests.builders import ended
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+LEASE_MS = 100
+
+
+@dataclass
+class Parts:
+    store: JobStore
+    queue: RedisQueue
+
+    def recorder(self) -> AttemptRecorder:
+        return AttemptRecorder(self.store, self.queue, lambda: False)
+
+    async def submit(self, max_attempts: int = 3) -> Job:
+        job = JobSpec(type="noop").new_job(
+            "alice", defaults=JobDefaults(max_attempts, 10_000, FALLBACK_RETRY), now=now_ms()
+        )
+        await self.store.insert([job])
+        await self.queue.enqueue([job])
+        return job
+
+    async def claim(self, worker: str, lease_ms: int = 10_000) -> Claim:
+        claims, _ = await self.queue.claim(
+            "default", 1, worker_id=worker, token=worker, lease_ms=lease_ms
+        )
+        assert len(claims) == 1
+        return claims[0]
+
+    async def claim_after_expiry(self, worker: str) -> Claim:
+        """Claim again once the previous lease (LEASE_MS) has run out."""
+        async with asyncio.timeout(5):
+            while True:
+                claims, _ = await self.queue.claim(
+                    "default", 1, worker_id=worker, token=worker, lease_ms=10_000
+                )
+                if claims:
+                    return claims[0]
+                await asyncio.sleep(LEASE_MS / 1000 / 4)
+
+
+@pytest.fixture
+async def parts(db: Database, settings: Settings) -> AsyncIterator[Parts]:
+    redis = connect(settings.redis_url)
+    store = JobStore(db)
+    yield Parts(store, RedisQueue(redis, settings))
+    await store.close()
+    await redis.aclose()
+
+
+async def test_a_stale_outcome_after_a_takeover_is_refused_and_counted(parts: Parts) -> None:
+    job = await parts.submit()
+    stale = await parts.claim("worker-a", lease_ms=LEASE_MS)
+    fresh = await parts.claim_after_expiry("worker-b")
+    assert fresh.lost is not None and fresh.lost.attempt == 1 and fresh.lost.worker_id == "worker-a"
+    assert fresh.job.attempt == 2
+
+    b, a = parts.recorder(), parts.recorder()
+    assert await b.take_over(fresh)
+    assert fresh.job.fence == 1
+    await b.record(fresh, ended(job.id, JobState.SUCCEEDED, 2, fence=1, worker_id="worker-b"))
+    assert not await parts.queue.progress(stale.job, stale.lease, 50.0, "stale progress")
+    await a.record(stale, ended(job.id, JobState.DEAD, 1, fence=0, error="stale outcome"))
+
+    assert a.stats.stale_writes == 1 and b.stats.stale_writes == 0
+    stored = await parts.store.get(job.id)
+    assert stored is not None
+    assert (stored.state, stored.attempt, stored.error) == (JobState.SUCCEEDED, 2, "")
+    hot = await parts.queue.hot("default", job.id)
+    assert hot is not None and int(hot["state"]) == JobState.SUCCEEDED and hot["error"] == ""
+    attempts = await parts.store.attempts(job.id)
+    assert [(x.attempt, x.outcome, x.worker_id) for x in attempts] == [
+        (1, AttemptOutcome.LOST, "worker-a"),
+        (2, AttemptOutcome.SUCCEEDED, "worker-b"),
+    ]
+
+
+async def test_a_lost_attempt_that_records_first_wins_and_the_reclaim_stands_down(
+    parts: Parts,
+) -> None:
+    job = await parts.submit()
+    stale = await parts.claim("worker-a", lease_ms=LEASE_MS)
+    fresh = await parts.claim_after_expiry("worker-b")
+    a, b = parts.recorder(), parts.recorder()
+    await a.record(stale, ended(job.id, JobState.SUCCEEDED, 1, fence=0, worker_id="worker-a"))
+    assert a.stats.stale_writes == 0  # the database took it: no newer attempt had fenced it
+
+    assert not await b.take_over(fresh), "a finished job must not run again"
+    hot = await parts.queue.hot("default", job.id)
+    assert hot is not None and int(hot["state"]) == JobState.SUCCEEDED, "redis converged"
+    stored = await parts.store.get(job.id)
+    assert stored is not None and (stored.state, stored.attempt) == (JobState.SUCCEEDED, 1)
+
+
+async def test_an_outcome_is_applied_once(parts: Parts) -> None:
+    """A retried write (its first reply lost) finds its own attempt recorded and changes nothing."""
+    job = await parts.submit()
+    claim = await parts.claim("worker-a")
+    end = ended(job.id, JobState.RETRYING, 1, error="boom")
+    [first] = await parts.store.write_outcomes([end])
+    [again] = await parts.store.write_outcomes([end])
+    assert first.applied and not again.applied
+    assert again.current is not None and again.current.state is JobState.RETRYING
+    assert len(await parts.store.attempts(claim.job.id)) == 1
+
+
+async def test_a_replay_fences_off_the_run_before_it(parts: Parts) -> None:
+    job = await parts.submit()
+    old = await parts.claim("worker-a")
+    await parts.store.cancel(job.id, "alice")
+    await parts.queue.cancel("default", job.id, now_ms())
+    replayed = await parts.store.replay(job.id, "alice", 2)
+    assert replayed.state is JobState.QUEUED and replayed.fence == 1
+    assert replayed.max_attempts == 2  # attempt 0 recorded + a budget of 2
+    assert await parts.queue.reconcile([replayed]) == (0, 1, 0)
+
+    [refused] = await parts.store.write_outcomes(
+        [ended(job.id, JobState.SUCCEEDED, old.job.attempt, fence=0)]
+    )
+    assert not refused.applied
+    new = await parts.claim("worker-b")
+    assert new.job.fence == 1
+    [applied] = await parts.store.write_outcomes(
+        [ended(job.id, JobState.SUCCEEDED, new.job.attempt, fence=1)]
+    )
+    assert applied.applied
+
+
+async def test_once_is_true_once_per_key_and_never_for_a_stale_fence(parts: Parts) -> None:
+    job = await parts.submit()
+    store = parts.store
+    assert await store.claim_effect(job.id, "email", 1, 0)
+    assert not await store.claim_effect(job.id, "email", 2, 0), "a retry does not repeat it"
+    assert await store.claim_effect(job.id, "receipt", 2, 0), "another key is its own effect"
+    await store.fence([])  # no-op
+    claim = await parts.claim("worker-a", lease_ms=LEASE_MS)
+    fresh = await parts.claim_after_expiry("worker-b")
+    assert await parts.recorder().take_over(fresh)
+    assert not await store.claim_effect(job.id, "invoice", claim.job.attempt, 0), "stale fence"
+    assert await store.claim_effect(job.id, "invoice", fresh.job.attempt, fresh.job.fence)
+    await store.write_outcomes([ended(job.id, JobState.SUCCEEDED, fresh.job.attempt, fence=1)])
+    assert not await store.claim_effect(job.id, "late", 9, 1), "a finished job claims nothing"
