@@ -39,11 +39,13 @@ def sync_steps(payload: dict[str, Any], ctx: SyncJobContext) -> dict[str, int]:
 @handler("test.effect")
 async def effect(payload: dict[str, Any], ctx: JobContext) -> None:
     """Logs `started <id> <attempt>`, performs the side effect `once` guards (a line
-    `effect <id> <attempt>`), sleeps `seconds`, then fails while attempt <= `fail_until`."""
+    `effect <id> <attempt>`), reports progress 10, sleeps `seconds`, then fails while
+    attempt <= `fail_until`."""
     log = str(payload["log"])
     _append(log, f"started {ctx.job_id} {ctx.attempt}")
     if await ctx.once(str(payload.get("key", "effect"))):
         _append(log, f"effect {ctx.job_id} {ctx.attempt}")
+    ctx.progress(10, "past the effect")
     await asyncio.sleep(float(payload.get("seconds", 0)))
     if ctx.attempt <= int(payload.get("fail_until", 0)):
         raise RuntimeError(f"failing attempt {ctx.attempt} on purpose")

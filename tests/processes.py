@@ -91,6 +91,14 @@ class Stack:
 
     def start(self, command: str, *args: str, env: Mapping[str, str] | None = None) -> Service:
         """Run `conveyor <command>` and wait until its health says SERVING."""
+        service = self.spawn(command, *args, env=env)
+        if not wait_serving(service.addr, timeout=30):
+            service.kill()
+            raise AssertionError(f"{command} did not become ready:\n{service.tail()}")
+        return service
+
+    def spawn(self, command: str, *args: str, env: Mapping[str, str] | None = None) -> Service:
+        """Run `conveyor <command>` without waiting for it to be ready."""
         merged = {**self.env, **(env or {})}
         addr = {
             "api": merged["CONVEYOR_API_ADDR"],
@@ -104,9 +112,6 @@ class Stack:
             )
         service = Service(command, proc, log, addr)
         self.services.append(service)
-        if not wait_serving(addr, timeout=30):
-            service.kill()
-            raise AssertionError(f"{command} did not become ready:\n{service.tail()}")
         return service
 
     def worker_env(self) -> dict[str, str]:
