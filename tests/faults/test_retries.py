@@ -1,0 +1,158 @@
+"""Retries against real processes: backoff delays stay within the job's policy bounds (read
+from the recorded attempts), a job type's registered policy applies, a permanent error and
+a timeout end attempts as documented, a waiting job shows RETRYING with its next run time
+and why it waits, and RetryJob replays a dead job with a fresh budget."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from conveyor.client import AsyncClient, retry_policy
+from conveyor.errors import FailedPrecondition, NotFound
+from conveyor.v1 import job_pb2
+from tests.handlers import lines
+from tests.processes import Stack
+
+
+async def final(client: AsyncClient, job_id: str) -> job_pb2.Job:
+    async with asyncio.timeout(30):
+        return [u async for u in client.watch(job_id)][-1].job
+
+
+def seconds(t: object) -> float:
+    return t.ToMilliseconds() / 1000  # type: ignore[attr-defined, no-any-return]
+
+
+def gaps(attempts: list[job_pb2.JobAttempt]) -> list[float]:
+    """Seconds from each attempt's end to the next one's start."""
+    return [seconds(b.start_time) - seconds(a.finish_time) for a, b in itertools.pairwise(attempts)]
+
+
+async def test_backoff_delays_stay_within_the_policy_bounds(alice: AsyncClient) -> None:
+    policy = retry_policy(initial=0.2, maximum=0.5, multiplier=2.0, jitter=0.5)
+    job = await alice.submit("fail", {}, max_attempts=5, retry=policy)
+    assert job.retry.jitter == 0.5 and job.retry.initial_backoff.ToMilliseconds() == 200
+    done = await final(alice, job.id)
+    assert done.state == job_pb2.JOB_STATE_DEAD and done.attempt == 5
+    attempts = await alice.attempts(job.id)
+    assert [a.outcome for a in attempts] == [job_pb2.ATTEMPT_OUTCOME_FAILED] * 5
+    assert all("RuntimeError: failed on purpose" in a.error for a in attempts)
+    assert all("Traceback" in a.traceback for a in attempts)
+    measured = gaps(attempts)
+    print(f"\nbackoff gaps (ceilings 0.2, 0.4, 0.5, 0.5; jitter 0.5): {measured}")
+    for gap, ceiling in zip(measured, [0.2, 0.4, 0.5, 0.5], strict=True):
+        assert gap >= ceiling * 0.5 - 0.002, "never earlier than the policy allows"
+        assert gap <= ceiling + 1.0, "no later than the policy plus the claim's wake-up"
+
+
+async def test_a_job_types_registered_policy_applies(alice: AsyncClient) -> None:
+    job = await alice.submit("test.policy")
+    assert job.max_attempts == 4, "the type's max_attempts"
+    assert job.retry.initial_backoff.ToMilliseconds() == 300 and job.retry.jitter == 0
+    done = await final(alice, job.id)
+    assert done.state == job_pb2.JOB_STATE_DEAD and done.attempt == 4
+    for gap, delay in zip(gaps(await alice.attempts(job.id)), [0.3, 0.6, 0.6], strict=True):
+        assert delay - 0.002 <= gap <= delay + 1.0
+
+
+async def test_a_permanent_error_skips_the_remaining_attempts(alice: AsyncClient) -> None:
+    job = await alice.submit("fail", {"permanent": True, "message": "bad input"}, max_attempts=5)
+    done = await final(alice, job.id)
+    assert done.state == job_pb2.JOB_STATE_DEAD and done.attempt == 1
+    assert "PermanentError: bad input" in done.error
+
+
+async def test_a_timeout_ends_a_stuck_attempt_as_a_failure(alice: AsyncClient) -> None:
+    job = await alice.submit(
+        "sleep",
+        {"seconds": 30},
+        max_attempts=2,
+        timeout=timedelta(seconds=0.3),
+        retry=retry_policy(initial=0.05),
+    )
+    done = await final(alice, job.id)
+    assert done.state == job_pb2.JOB_STATE_DEAD and done.attempt == 2
+    attempts = await alice.attempts(job.id)
+    assert [a.outcome for a in attempts] == [job_pb2.ATTEMPT_OUTCOME_TIMED_OUT] * 2
+    assert "timed out after 0.3s" in done.error
+
+
+async def test_a_waiting_job_shows_retrying_its_next_run_and_why(alice: AsyncClient) -> None:
+    job = await alice.submit("fail", {}, max_attempts=3, retry=retry_policy(initial=60, jitter=0))
+    async with asyncio.timeout(30):
+        async for update in alice.watch(job.id):
+            if update.job.state == job_pb2.JOB_STATE_RETRYING:
+                break
+    waiting = await alice.get(job.id)
+    assert waiting.state == job_pb2.JOB_STATE_RETRYING and waiting.attempt == 1
+    assert 55 <= seconds(waiting.run_at) - seconds(waiting.start_time) <= 61
+    assert waiting.blocked_reason.startswith("waiting for backoff until ")
+    assert "after attempt 1 of 3 failed" in waiting.blocked_reason
+    await alice.cancel(job.id)
+
+
+async def test_a_queued_job_says_why_it_waits(stack: Stack, alice: AsyncClient) -> None:
+    job = await alice.submit("noop", queue="nobody-serves-this")
+    assert (await alice.get(job.id)).blocked_reason == (
+        "no live worker serves queue 'nobody-serves-this'"
+    )
+    queue = "one-slot"
+    worker = stack.start("worker", "--queues", queue, "--concurrency", "1", env=stack.worker_env())
+    busy = await alice.submit("sleep", {"seconds": 30}, queue=queue)
+    async with asyncio.timeout(30):
+        async for update in alice.watch(busy.id):
+            if update.job.state == job_pb2.JOB_STATE_RUNNING:
+                break
+    behind = await alice.submit("noop", queue=queue)
+    reason = (await alice.get(behind.id)).blocked_reason
+    assert reason == f"waiting for a worker slot (0 job(s) ahead in queue {queue!r})"
+    unknown = await alice.submit("no.such.type", queue=queue)
+    assert (await alice.get(unknown.id)).blocked_reason == (
+        f"no live worker on queue {queue!r} handles job type 'no.such.type'"
+    )
+    for pending in (job, busy, behind, unknown):
+        await alice.cancel(pending.id)
+    assert worker.stop() == 0
+
+
+async def test_retry_job_replays_a_dead_job_with_a_fresh_budget(
+    alice: AsyncClient, bob: AsyncClient, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+    payload = {"log": str(log), "fail_until": 3}
+    job = await alice.submit("test.effect", payload, max_attempts=2, retry=retry_policy(initial=0))
+    dead = await final(alice, job.id)
+    assert dead.state == job_pb2.JOB_STATE_DEAD and dead.attempt == 2
+
+    with pytest.raises(NotFound):
+        await bob.retry(job.id)
+    replayed = await alice.retry(job.id, max_attempts=2)
+    assert replayed.max_attempts == 4
+    assert replayed.state in (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING)
+    done = await final(alice, job.id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED and done.attempt == 4
+    assert [a.attempt for a in await alice.attempts(job.id)] == [1, 2, 3, 4]
+    effects = [line for line in lines(log) if line.startswith("effect")]
+    assert effects == [f"effect {job.id} 1"], "once() holds across retries and replays"
+    with pytest.raises(FailedPrecondition):
+        await alice.retry(job.id)
+
+
+async def test_once_holds_across_retries_in_sync_handlers_too(
+    alice: AsyncClient, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+    job = await alice.submit(
+        "test.sync_effect",
+        {"log": str(log), "fail_until": 2},
+        max_attempts=3,
+        retry=retry_policy(initial=0),
+    )
+    done = await final(alice, job.id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED and done.attempt == 3
+    assert lines(log) == [f"effect {job.id} 1"]
