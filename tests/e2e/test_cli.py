@@ -44,6 +44,34 @@ def test_errors_are_clear_and_non_zero(stack: Stack, keys: Keys) -> None:
     assert anonymous.returncode == 2 and "UNAUTHENTICATED" in anonymous.stderr
 
 
+def test_dead_letters_listed_retried_and_their_attempts_shown(stack: Stack, keys: Keys) -> None:
+    out = stack.cli(
+        "submit", "fail", "--max-attempts", "2", "--wait", "--json",
+        key=keys.alice, check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    job_id = json.loads(out.stdout.splitlines()[0])["id"]
+    dead = json.loads(stack.cli("dead", "list", "--type", "fail", "--json", key=keys.alice).stdout)
+    assert job_id in [j["id"] for j in dead["jobs"]]
+    assert all(j["state"] == "JOB_STATE_DEAD" for j in dead["jobs"])
+    tried = json.loads(stack.cli("attempts", job_id, "--json", key=keys.alice).stdout)
+    assert [(a["attempt"], a["outcome"]) for a in tried] == [
+        (1, "ATTEMPT_OUTCOME_FAILED"),
+        (2, "ATTEMPT_OUTCOME_FAILED"),
+    ]
+    human = stack.cli("attempts", job_id, key=keys.alice).stdout
+    assert "#1" in human and "FAILED" in human and "failed on purpose" in human
+    replayed = json.loads(
+        stack.cli("retry", job_id, "--max-attempts", "1", "--json", key=keys.alice).stdout
+    )
+    assert replayed["max_attempts"] == 3
+    assert stack.cli("watch", job_id, key=keys.alice, check=False).returncode == 1
+    final = json.loads(stack.cli("get", job_id, "--json", key=keys.alice).stdout)
+    assert final["state"] == "JOB_STATE_DEAD" and final["attempt"] == 3
+    again = stack.cli("retry", job_id, key=keys.bob, check=False)
+    assert again.returncode == 2 and "NOT_FOUND" in again.stderr
+
+
 def test_every_command_has_help(stack: Stack) -> None:
     for command in [
         "dev",
@@ -56,6 +84,9 @@ def test_every_command_has_help(stack: Stack) -> None:
         "watch",
         "cancel",
         "list",
+        "retry",
+        "attempts",
     ]:
         assert "Usage" in stack.cli(command, "--help").stdout
     assert "--owner" in stack.cli("keys", "create", "--help").stdout
+    assert "--queue" in stack.cli("dead", "list", "--help").stdout

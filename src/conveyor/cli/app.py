@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
@@ -26,6 +27,11 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Manage API keys (needs CONVEYOR_DATABASE_URL).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+dead_app = typer.Typer(
+    help="The dead-letter queue: jobs that used up their attempts or failed for good.",
+    no_args_is_help=True,
+)
+app.add_typer(dead_app, name="dead")
 
 err = Console(stderr=True)
 
@@ -35,8 +41,12 @@ AddrOption = Annotated[
 ]
 
 
+def _message_dict(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
 def _job_dict(job: job_pb2.Job) -> dict[str, Any]:
-    return json_format.MessageToDict(job, preserving_proto_field_name=True)
+    return _message_dict(job)
 
 
 def _print_job(job: job_pb2.Job, as_json: bool) -> None:
@@ -45,6 +55,8 @@ def _print_job(job: job_pb2.Job, as_json: bool) -> None:
         return
     state = job_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
     line = f"{job.id}  {job.type:<16} {state:<10} {job.progress:5.1f}%  queue={job.queue}"
+    if job.blocked_reason:
+        line += f"  waiting: {job.blocked_reason}"
     if job.error:
         line += f"  error={job.error}"
     print(line)
@@ -150,6 +162,12 @@ def submit(
     queue: Annotated[str, typer.Option(help="Queue name.")] = "",
     priority: Annotated[int | None, typer.Option(help="0-9, higher first (default 5).")] = None,
     idempotency_key: Annotated[str, typer.Option(help="Same key, same job.")] = "",
+    max_attempts: Annotated[
+        int, typer.Option(help="Attempts before the job is DEAD (0: default).")
+    ] = 0,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds one attempt may run (default: server's).")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Watch the job until it ends.")] = False,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
@@ -166,7 +184,13 @@ def submit(
     with _client(addr) as client:
         try:
             job = client.submit(
-                type, body, queue=queue, priority=priority, idempotency_key=idempotency_key
+                type,
+                body,
+                queue=queue,
+                priority=priority,
+                idempotency_key=idempotency_key,
+                max_attempts=max_attempts,
+                timeout=None if timeout is None else timedelta(seconds=timeout),
             )
         except ConveyorError as exc:
             _fail(exc)
@@ -214,15 +238,28 @@ def list_jobs(
             err.print(f"unknown state {state!r}")
             raise typer.Exit(2)
         state_value = job_pb2.JobState.Value(name)
+    _list(addr, as_json, state=state_value, queue=queue, type=type, page_size=page_size,
+          page_token=page_token)  # fmt: skip
+
+
+@dead_app.command("list")
+def dead_list(
+    queue: Annotated[str, typer.Option()] = "",
+    type: Annotated[str, typer.Option("--type")] = "",
+    page_size: Annotated[int, typer.Option(help="Jobs per page.")] = 20,
+    page_token: Annotated[str, typer.Option(help="From a previous page.")] = "",
+    addr: AddrOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List your DEAD jobs, newest first (replay one with `conveyor retry ID`)."""
+    _list(addr, as_json, state=job_pb2.JOB_STATE_DEAD, queue=queue, type=type,
+          page_size=page_size, page_token=page_token)  # fmt: skip
+
+
+def _list(addr: str | None, as_json: bool, **filters: Any) -> None:
     with _client(addr) as client:
         try:
-            page = client.list(
-                state=state_value,
-                queue=queue,
-                type=type,
-                page_size=page_size,
-                page_token=page_token,
-            )
+            page = client.list(**filters)
         except ConveyorError as exc:
             _fail(exc)
     if as_json:
@@ -233,6 +270,41 @@ def list_jobs(
         _print_job(job, False)
     if page.next_page_token:
         err.print(f"more: --page-token {page.next_page_token}")
+
+
+@app.command()
+def retry(
+    job_id: str,
+    max_attempts: Annotated[
+        int, typer.Option(help="Attempts the replay may make (0: the type's default).")
+    ] = 0,
+    addr: AddrOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Replay a DEAD or CANCELLED job with a fresh attempt budget."""
+    with _client(addr) as client:
+        try:
+            _print_job(client.retry(job_id, max_attempts), as_json)
+        except ConveyorError as exc:
+            _fail(exc)
+
+
+@app.command()
+def attempts(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
+    """Print every recorded attempt of a job: when, where, and how it ended."""
+    with _client(addr) as client:
+        try:
+            found = client.attempts(job_id)
+        except ConveyorError as exc:
+            _fail(exc)
+    if as_json:
+        print(json.dumps([_message_dict(a) for a in found]))
+        return
+    for a in found:
+        outcome = job_pb2.AttemptOutcome.Name(a.outcome).removeprefix("ATTEMPT_OUTCOME_")
+        took = (a.finish_time.ToMilliseconds() - a.start_time.ToMilliseconds()) / 1000
+        line = f"#{a.attempt:<3} {outcome:<10} {took:8.3f}s  worker={a.worker_id}"
+        print(line + (f"  error={a.error}" if a.error else ""))
 
 
 @app.command()
