@@ -17,11 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.errors import PermissionDenied, Unauthenticated
+from conveyor.errors import PermissionDenied, Unauthenticated, Unavailable
 from conveyor.store.keys import KeyStore
 
 KEY_PREFIX = "cvk_"
 CACHE_SECONDS = 1.0
+# How long a verified key keeps working while the database cannot be reached.
+OUTAGE_GRACE_SECONDS = 300.0
 
 
 class Role(enum.StrEnum):
@@ -66,7 +68,13 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
 
 
 class Authenticator:
-    """Resolves keys to principals through the KeyStore, with a one-second cache."""
+    """Resolves keys to principals through the KeyStore, with a one-second cache.
+
+    While the database cannot be reached, a key verified within the last
+    `OUTAGE_GRACE_SECONDS` keeps its last verdict, so clients can still read hot state and
+    watch their jobs from Redis during a database outage (no key can be revoked meanwhile
+    anyway); an unknown key is then UNAVAILABLE, never accepted.
+    """
 
     def __init__(self, keys: KeyStore, *, cache_seconds: float = CACHE_SECONDS) -> None:
         self.keys = keys
@@ -80,13 +88,24 @@ class Authenticator:
         if cached is not None and now - cached[0] < self.cache_seconds:
             principal = cached[1]
         else:
-            stored = await self.keys.find(key_hash)
-            principal = Principal(stored.owner, Role(stored.role)) if stored else None
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key_hash] = (now, principal)
+            principal = await self._lookup(key_hash, now, cached)
         if principal is None:
             raise Unauthenticated("unknown or revoked API key")
+        return principal
+
+    async def _lookup(
+        self, key_hash: str, now: float, cached: tuple[float, Principal | None] | None
+    ) -> Principal | None:
+        try:
+            stored = await self.keys.find(key_hash)
+        except Unavailable:
+            if cached is None or now - cached[0] > OUTAGE_GRACE_SECONDS:
+                raise
+            return cached[1]  # the last verdict; not refreshed, so the grace runs out
+        principal = Principal(stored.owner, Role(stored.role)) if stored else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key_hash] = (now, principal)
         return principal
 
     async def create_key(self, owner: str, role: Role = Role.USER) -> str:

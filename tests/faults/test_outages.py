@@ -1,5 +1,6 @@
-"""Dependency outages against a stack of its own: health follows Redis and PostgreSQL, and a
-submission while PostgreSQL is down is UNAVAILABLE and writes nothing."""
+"""Dependency outages against a stack of its own: health follows Redis and PostgreSQL; a
+submission while PostgreSQL is down is UNAVAILABLE and writes nothing; workers hold their
+outcomes through a database outage; submissions while Redis is down are kept and run later."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from conveyor.client import AsyncClient
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
 from conveyor.errors import Unavailable
 from conveyor.store import migrate
+from conveyor.v1 import job_pb2
 from tests.processes import Stack, make_env
 
 
@@ -75,3 +77,69 @@ async def test_health_and_submissions_follow_the_dependencies(
         job = await client.submit("noop")
         assert job.id
     assert api.stop() == 0
+
+
+async def test_workers_keep_results_through_a_database_outage(
+    servers: tuple[EmbeddedRedis, EmbeddedPostgres], tmp_path: Path
+) -> None:
+    """The handler ends while PostgreSQL is down: the worker holds the outcome (and the
+    lease), and writes it once the database is back; nothing runs twice."""
+    redis, pg = servers
+    stack = Stack(make_env(redis.url, pg.url), tmp_path)
+    api = stack.start("api")
+    worker = stack.start("worker")
+    key = stack.create_key("outage")
+    async with AsyncClient(stack.api_addr, api_key=key) as client:
+        job = await client.submit("sleep", {"seconds": 1.0, "steps": 4})
+        async with asyncio.timeout(20):
+            async for update in client.watch(job.id):
+                if update.job.state == job_pb2.JOB_STATE_RUNNING:
+                    break
+        pg.stop()
+        async with asyncio.timeout(20):
+            async for update in client.watch(job.id):
+                if update.job.progress >= 100:  # the handler has returned
+                    break
+        await asyncio.sleep(1.5)  # past the handler's end, the outcome cannot be written
+        assert (await client.get(job.id)).state == job_pb2.JOB_STATE_RUNNING
+        pg.start()
+        async with asyncio.timeout(30):
+            final = [u async for u in client.watch(job.id)][-1].job
+        assert final.state == job_pb2.JOB_STATE_SUCCEEDED and final.attempt == 1
+        attempts = await client.attempts(job.id)
+        assert [(a.attempt, a.outcome) for a in attempts] == [
+            (1, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED)
+        ]
+    assert worker.stop() == 0 and api.stop() == 0
+
+
+async def test_submissions_while_redis_is_down_are_kept_and_run_later(
+    servers: tuple[EmbeddedRedis, EmbeddedPostgres], tmp_path: Path
+) -> None:
+    """With Redis down the API still accepts jobs (committed to PostgreSQL: accepted means
+    durable) and serves them from the database; when Redis is back the reconciler enqueues
+    them and they run."""
+    redis, pg = servers
+    env = {**make_env(redis.url, pg.url), "CONVEYOR_REDIS_CHECK_SECONDS": "0.2"}
+    stack = Stack(env, tmp_path)
+    api = stack.start("api")
+    scheduler = stack.start("scheduler")
+    worker = stack.start("worker")
+    key = stack.create_key("outage")
+    async with AsyncClient(stack.api_addr, api_key=key) as client:
+        redis.stop()
+        await until_health(api.addr, NOT_SERVING)
+        jobs = [await client.submit("noop") for _ in range(5)]
+        for job in jobs:
+            stored = await client.get(job.id)
+            assert stored.state == job_pb2.JOB_STATE_QUEUED
+            assert stored.blocked_reason == "the queue (redis) cannot be reached"
+        redis.start()
+        await until_health(api.addr, SERVING)
+        for job in jobs:
+            async with asyncio.timeout(30):
+                final = [u async for u in client.watch(job.id)][-1].job
+            assert final.state == job_pb2.JOB_STATE_SUCCEEDED
+    print(f"\nredis outage: {len(jobs)} jobs accepted while redis was down, all ran")
+    assert stack.stop_all() == {"api-0": 0, "scheduler-1": 0, "worker-2": 0}
+    del api, scheduler, worker
