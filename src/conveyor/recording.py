@@ -130,11 +130,15 @@ class AttemptRecorder:
     async def _until_done(self, job: Job, write: Callable[[], Awaitable[R]]) -> R | None:
         """Retry `write` while its store is unavailable; None once the worker is closing
         (the lease then lapses and the job runs again elsewhere)."""
+        tries = 0
         while True:
             try:
                 return await write()
             except Unavailable as exc:
                 if self._closing():
                     return None
-                log.warning("job %s: not recorded yet (%s); retrying", job.id, exc)
+                tries += 1
+                level = logging.WARNING if tries == 1 else logging.DEBUG
+                log.log(level, "job %s: not recorded yet (%s); retrying every %gs", job.id, exc,
+                        RETRY_SECONDS)  # fmt: skip
                 await asyncio.sleep(RETRY_SECONDS)

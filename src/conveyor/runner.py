@@ -433,7 +433,12 @@ class Worker:
             return False
         running.progress = value[0]
         with contextlib.suppress(Unavailable):
-            await self.queue.progress(running.claim.job, running.claim.lease, *value)
+            claim = running.claim
+            if not await self.queue.progress(claim.job, claim.lease, *value):
+                # The lease is gone: a newer attempt or a cancel owns the job now.
+                self.recorder.stats.stale_writes += 1
+                log.info("job %s: stale progress of attempt %d refused", claim.job.id,
+                         claim.job.attempt)  # fmt: skip
         self.notify()
         return True
 
