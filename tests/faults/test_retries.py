@@ -156,3 +156,13 @@ async def test_once_holds_across_retries_in_sync_handlers_too(
     done = await final(alice, job.id)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED and done.attempt == 3
     assert lines(log) == [f"effect {job.id} 1"]
+
+
+async def test_an_admin_may_replay_anyones_dead_job(stack: Stack, alice: AsyncClient) -> None:
+    job = await alice.submit("fail", {"permanent": True})
+    assert (await final(alice, job.id)).state == job_pb2.JOB_STATE_DEAD
+    admin_key = stack.create_key("ops-replay", "admin")
+    async with AsyncClient(stack.api_addr, api_key=admin_key) as admin:
+        replayed = await admin.retry(job.id, max_attempts=1)
+    assert replayed.owner == "alice" and replayed.max_attempts == 2
+    assert (await final(alice, job.id)).attempt == 2
