@@ -475,8 +475,11 @@ class Worker:
             by_queue.setdefault(running.claim.job.queue, {})[job_id] = running.claim.lease
         for name, leases in by_queue.items():
             for job_id in await self.queue.heartbeat(name, leases, self._lease_ms):
-                log.warning("job %s: lease lost; stopping its handler", job_id)
-                self._abandon(job_id)
+                # An attempt being recorded loses its lease when its own finish lands
+                # between this beat's snapshot and its script: nothing to stop then.
+                if job_id in self.running:
+                    log.warning("job %s: lease lost; stopping its handler", job_id)
+                    self._abandon(job_id)
 
     async def _cancel_loop(self, sub: Subscription) -> None:
         try:
