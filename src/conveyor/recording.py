@@ -58,25 +58,24 @@ class AttemptRecorder:
         self._redis: Batcher[tuple[Job, str, AttemptEnd], bool] = Batcher(queue.finish_many)
 
     async def take_over(self, claim: Claim) -> bool:
-        """Fence off a reclaimed job's lost attempt; False if the job must not run here."""
-        assert claim.lost is not None
-        fences = await self._until_done(claim.job, lambda: self.store.fence([claim.lost]))  # type: ignore[list-item]
-        if fences is None:
+        """Fence off a reclaimed job's lost attempts; False if the job must not run here."""
+        job, lost = claim.job, claim.lost
+        taken = await self._until_done(job, lambda: self.store.fence(job.id, lost))
+        if self._closing() and taken is None:
             return False
-        fence = fences.get(claim.job.id)
-        if fence is not None:
-            claim.job.fence = fence
+        if taken is not None:
+            job.fence = taken
             self.stats.taken_over += 1
             log.warning(
                 "job %s: took over from lost attempt %d (worker %s); fence now %d",
-                claim.job.id,
-                claim.lost.attempt,
-                claim.lost.worker_id,
-                fence,
+                job.id,
+                lost[-1].attempt,
+                lost[-1].worker_id,
+                taken,
             )
             return True
-        current = await self._until_done(claim.job, lambda: self.store.get(claim.job.id))
-        log.info("job %s finished before its reclaim could run it", claim.job.id)
+        current = await self._until_done(job, lambda: self.store.get(job.id))
+        log.info("job %s finished before its reclaim could run it", job.id)
         if current is not None:
             await self._converge(claim, current)
         return False

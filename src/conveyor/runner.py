@@ -315,7 +315,7 @@ class Worker:
         job = claim.job
         ending: Ending | None = None
         try:
-            if claim.lost is None or await self.recorder.take_over(claim):
+            if not claim.lost or await self.recorder.take_over(claim):
                 ending = await self._attempt(running)
         except asyncio.CancelledError:
             running.abandoned = True
@@ -350,7 +350,7 @@ class Worker:
         claim = running.claim
         job = claim.job
         if claim.exhausted:
-            lost = claim.lost.attempt if claim.lost else job.attempt
+            lost = claim.lost[-1].attempt if claim.lost else job.attempt
             return Ending(
                 JobState.DEAD,
                 AttemptOutcome.LOST,
@@ -394,7 +394,7 @@ class Worker:
                 state = JobState.DEAD
             else:
                 run_at = now + job.retry.delay_ms(job.attempt)
-        start = claim.lost.start_time if claim.exhausted and claim.lost else job.start_time
+        start = claim.lost[-1].start_time if claim.exhausted and claim.lost else job.start_time
         return AttemptEnd(
             id=job.id,
             state=state,
@@ -409,7 +409,7 @@ class Worker:
             outcome=ending.outcome,
             worker_id=self.worker_id
             if not claim.exhausted
-            else (claim.lost.worker_id if claim.lost else ""),
+            else (claim.lost[-1].worker_id if claim.lost else ""),
             ended=now,
             traceback=ending.traceback,
         )

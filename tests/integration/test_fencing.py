@@ -74,7 +74,7 @@ async def test_a_stale_outcome_after_a_takeover_is_refused_and_counted(parts: Pa
     job = await parts.submit()
     stale = await parts.claim("worker-a", lease_ms=LEASE_MS)
     fresh = await parts.claim_after_expiry("worker-b")
-    assert fresh.lost is not None and fresh.lost.attempt == 1 and fresh.lost.worker_id == "worker-a"
+    assert [(x.attempt, x.worker_id) for x in fresh.lost] == [(1, "worker-a")]
     assert fresh.job.attempt == 2
 
     b, a = parts.recorder(), parts.recorder()
@@ -154,7 +154,6 @@ async def test_once_is_true_once_per_key_and_never_for_a_stale_fence(parts: Part
     assert await store.claim_effect(job.id, "email", 1, 0)
     assert not await store.claim_effect(job.id, "email", 2, 0), "a retry does not repeat it"
     assert await store.claim_effect(job.id, "receipt", 2, 0), "another key is its own effect"
-    await store.fence([])  # no-op
     claim = await parts.claim("worker-a", lease_ms=LEASE_MS)
     fresh = await parts.claim_after_expiry("worker-b")
     assert await parts.recorder().take_over(fresh)
@@ -162,3 +161,26 @@ async def test_once_is_true_once_per_key_and_never_for_a_stale_fence(parts: Part
     assert await store.claim_effect(job.id, "invoice", fresh.job.attempt, fresh.job.fence)
     await store.write_outcomes([ended(job.id, JobState.SUCCEEDED, fresh.job.attempt, fence=1)])
     assert not await store.claim_effect(job.id, "late", 9, 1), "a finished job claims nothing"
+
+
+async def test_lost_attempts_pass_on_until_one_is_recorded(parts: Parts) -> None:
+    """A reclaimer that dies before it records the attempt it took over passes that
+    attempt on: the next reclaimer records both, so the history has no holes."""
+    job = await parts.submit(max_attempts=5)
+    await parts.claim("worker-a", lease_ms=LEASE_MS)
+    dies_too = await parts.claim_after_expiry("worker-b")
+    assert [x.attempt for x in dies_too.lost] == [1]
+    await parts.queue.redis.zadd("cv:{default}:leases", {job.id: 0})  # its lease runs out
+    third = await parts.claim_after_expiry("worker-c")
+    assert [(x.attempt, x.worker_id) for x in third.lost] == [(1, "worker-a"), (2, "worker-b")]
+    recorder = parts.recorder()
+    assert await recorder.take_over(third)
+    await recorder.record(third, ended(job.id, JobState.SUCCEEDED, 3, fence=third.job.fence))
+    history = [(x.attempt, x.outcome) for x in await parts.store.attempts(job.id)]
+    assert history == [
+        (1, AttemptOutcome.LOST),
+        (2, AttemptOutcome.LOST),
+        (3, AttemptOutcome.SUCCEEDED),
+    ]
+    hot = await parts.queue.hot("default", job.id)
+    assert hot is not None and "lost" not in hot, "recorded, so no longer passed on"

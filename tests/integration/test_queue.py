@@ -148,7 +148,7 @@ async def test_reconcile_repairs_a_job_missing_from_its_set(queue: RedisQueue) -
     again, _ = await queue.claim("default", 10, worker_id="w2", token="t2", lease_ms=10_000)
     assert sorted(c.job.id for c in again) == sorted([queued.id, running.id])
     [reclaimed] = [c for c in again if c.job.id == claimed.id]
-    assert reclaimed.lost is not None, "a running job without a deadline is reclaimed"
+    assert reclaimed.lost, "a running job without a deadline is reclaimed"
 
 
 async def test_release_puts_a_job_back_in_line_without_counting_the_attempt(
@@ -174,5 +174,5 @@ async def test_a_reclaim_on_the_last_attempt_is_exhausted(queue: RedisQueue) -> 
                 break
             await asyncio.sleep(0.02)
     [last] = claims
-    assert last.exhausted and last.lost is not None
-    assert last.job.attempt == 1 == last.lost.attempt, "no attempt beyond the maximum"
+    assert last.exhausted and [x.attempt for x in last.lost] == [1]
+    assert last.job.attempt == 1, "no attempt beyond the maximum"

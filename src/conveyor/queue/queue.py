@@ -53,30 +53,32 @@ async def unavailable_on_redis_errors() -> AsyncIterator[None]:
 class Claim:
     """A job a worker now runs, and the lease token that fences its Redis writes.
 
-    `lost` is the previous attempt when this claim reclaimed the job from a worker that
-    stopped renewing its lease: the new worker must fence that attempt off in the database
-    before it runs the job. `exhausted`: that lost attempt was the last one allowed.
+    `lost` holds the attempts lost since the job's last recorded outcome, when this claim
+    reclaimed it from a worker that stopped renewing its lease: the new worker must fence
+    them off (and record them) in the database before it runs the job. `exhausted`: the
+    last lost attempt was the last one allowed.
     """
 
     job: Job
     lease: str
-    lost: Attempt | None = None
+    lost: tuple[Attempt, ...] = ()
     exhausted: bool = False
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> Claim:
         job = Job.from_hot(fields)
-        lost = None
-        if fields.get("lost_attempt"):
-            lost = Attempt(
+        lost = tuple(
+            Attempt(
                 job_id=job.id,
-                attempt=int(fields["lost_attempt"]),
+                attempt=int(entry["a"]),
                 outcome=AttemptOutcome.LOST,
-                worker_id=fields.get("lost_worker", ""),
-                start_time=int(fields["lost_start"]) if fields.get("lost_start") else None,
-                finish_time=job.start_time or 0,
-                error=job.error,
+                worker_id=str(entry["w"]),
+                start_time=int(entry["s"]) or None,
+                finish_time=int(entry["t"]),
+                error=f"lease expired: worker {entry['w']} stopped renewing it",
             )
+            for entry in (json.loads(fields["lost"]) if fields.get("lost") else [])
+        )
         return cls(job, fields["lease"], lost, fields.get("exhausted") == "1")
 
 

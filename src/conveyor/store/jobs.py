@@ -183,29 +183,27 @@ class JobStore:
                     await conn.execute(self._upsert(_ATTEMPTS), [_attempt_row(w.record)])
         return applied
 
-    async def fence(self, lost: Sequence[Attempt]) -> dict[str, int]:
-        """Take over jobs whose previous attempt was lost: bump each unfinished job's fence
-        (so the lost attempt's worker can no longer write) and record the lost attempt.
+    async def fence(self, job_id: str, lost: Sequence[Attempt]) -> int | None:
+        """Take over a job whose previous attempts were lost: bump its fence (so their
+        workers can no longer write) and record them, if the job is unfinished.
 
-        Returns the new fence per job id; a job missing from it has finished meanwhile
-        (its lost attempt wrote its outcome first) and must not run again.
+        Returns the new fence; None if the job has finished meanwhile (a lost attempt wrote
+        its outcome first) and must not run again.
         """
-        fences: dict[str, int] = {}
+        stmt = (
+            update(_JOBS)
+            .where(_JOBS.c.id == job_id, _JOBS.c.state.not_in(_TERMINAL))
+            .values(fence=_JOBS.c.fence + 1)
+            .returning(_JOBS.c.fence)
+        )
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
-            for attempt in lost:
-                stmt = (
-                    update(_JOBS)
-                    .where(_JOBS.c.id == attempt.job_id, _JOBS.c.state.not_in(_TERMINAL))
-                    .values(fence=_JOBS.c.fence + 1)
-                    .returning(_JOBS.c.fence)
-                )
-                row = (await conn.execute(stmt)).first()
-                if row is None:
-                    continue
-                fences[attempt.job_id] = row.fence
-                if attempt.attempt > 0:
-                    await conn.execute(self._upsert(_ATTEMPTS), [_attempt_row(attempt)])
-        return fences
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                return None
+            records = [_attempt_row(a) for a in lost if a.attempt > 0]
+            if records:
+                await conn.execute(self._upsert(_ATTEMPTS), records)
+        return int(row.fence)
 
     async def attempts(self, job_id: str) -> list[Attempt]:
         """A job's recorded attempts, oldest first (the latest MAX_ATTEMPTS_LISTED)."""

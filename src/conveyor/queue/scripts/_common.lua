@@ -13,8 +13,7 @@ local function ready_score(seqkey, priority)
 end
 
 -- Hash fields that are the workers' business, not the watchers'.
-local PRIVATE = {payload = true, lease = true, worker = true, lost_attempt = true,
-                 lost_worker = true, lost_start = true, exhausted = true}
+local PRIVATE = {payload = true, lease = true, worker = true, lost = true, exhausted = true}
 
 -- Record a change of the job: bump its sequence, append the job (less its payload and the
 -- workers' fields) to its event stream and publish the same JSON to live watchers. Returns

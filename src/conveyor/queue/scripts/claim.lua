@@ -5,9 +5,12 @@
 -- ARGV: count, lease_ms, lease_token, worker_id, job_prefix, events_prefix, channel_prefix, maxlen
 -- Returns {next_wake_ms, job1_flat_hash, job2_flat_hash, ...}; next_wake_ms is the earliest
 -- due time or lease deadline still pending (-1: none), so the worker can block until then.
--- A reclaimed job's hash carries lost_attempt/lost_worker/lost_start (the attempt that was
--- lost, which its new worker must fence off and record); `exhausted` marks a job whose lost
--- attempt was its last: the claimer records it DEAD instead of running it.
+-- A reclaimed job's hash carries `lost`, a JSON list of the attempts lost since its last
+-- recorded outcome ({a: attempt, w: worker, s: start, t: when reclaimed}); its new worker
+-- must fence them off and record them before it runs the job. The list is kept until an
+-- outcome is recorded (finish.lua), so a reclaimer that dies before recording them passes
+-- them on. `exhausted` marks a job whose lost attempt was its last: the claimer records it
+-- DEAD instead of running it.
 local count, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local jp, ep, cp, maxlen = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local now = now_ms()
@@ -30,10 +33,12 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0
   redis.call('ZREM', KEYS[3], id)
   local jobkey = jp .. id
   if redis.call('HGET', jobkey, 'state') == '3' then
-    local lost = redis.call('HMGET', jobkey, 'attempt', 'worker', 'start_time')
-    redis.call('HSET', jobkey, 'lost_attempt', lost[1] or '0', 'lost_worker', lost[2] or '',
-      'lost_start', lost[3] or '',
-      'error', 'lease expired: worker ' .. (lost[2] or '?') .. ' stopped renewing it')
+    local held = redis.call('HMGET', jobkey, 'attempt', 'worker', 'start_time', 'lost')
+    local lost = held[4] and cjson.decode(held[4]) or {}
+    lost[#lost + 1] = {a = tonumber(held[1]) or 0, w = held[2] or '', s = tonumber(held[3]) or 0,
+                       t = now}
+    redis.call('HSET', jobkey, 'lost', cjson.encode(lost),
+      'error', 'lease expired: worker ' .. (held[2] or '?') .. ' stopped renewing it')
     requeue(id)
   end
 end
@@ -58,7 +63,7 @@ if count > 0 then
         'worker', ARGV[4], 'progress', 0, 'progress_message', '')
       redis.call('ZADD', KEYS[3], now + lease_ms, id)
       out[#out + 1] = emit(jobkey, ep .. id, cp .. id, maxlen)
-      redis.call('HDEL', jobkey, 'lost_attempt', 'lost_worker', 'lost_start', 'exhausted')
+      redis.call('HDEL', jobkey, 'exhausted')
     end
   end
 end

@@ -14,7 +14,7 @@ for i = 6, #ARGV, 7 do
     out[#out + 1] = 0
   else
     redis.call('ZREM', KEYS[1], id)
-    redis.call('HDEL', jobkey, 'lease', 'worker')
+    redis.call('HDEL', jobkey, 'lease', 'worker', 'lost')  -- lost attempts are on record now
     redis.call('HSET', jobkey, 'state', state, 'error', ARGV[i + 3], 'fence', ARGV[i + 6])
     if state == 5 then
       redis.call('HSET', jobkey, 'run_at', ARGV[i + 5])
