@@ -24,12 +24,16 @@ from typing import Any
 import grpc
 import psutil
 from redis import Redis
+from sqlalchemy import text
 
 from bench.handlers import STAMPS
 from conveyor.client import AsyncClient, submit_request
+from conveyor.config import Settings
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
 from conveyor.errors import ConveyorError
-from conveyor.store import migrate
+from conveyor.queue import RedisQueue, connect
+from conveyor.reconciler import Reconciler
+from conveyor.store import Database, JobStore, migrate
 from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
@@ -336,6 +340,35 @@ class Bench:
             p50_ms=round(statistics.median(latencies) * 1e3, 2),
         )
 
+    async def reconcile_pass(self) -> None:
+        """One reconciler pass over every job the other workloads left (finished and not):
+        how fast the walk by primary key reads the table and checks Redis."""
+        url = self.stack.env["CONVEYOR_DATABASE_URL"]
+        settings = Settings(database_url=url, redis_url=self.stack.env["CONVEYOR_REDIS_URL"])
+        db = Database(url)
+        redis = connect(settings.redis_url)
+        store = JobStore(db)
+        try:
+            start = time.perf_counter()
+            stats = await Reconciler(store, RedisQueue(redis, settings), settings).reconcile()
+            elapsed = time.perf_counter() - start
+            async with db.engine.connect() as conn:
+                rows = (await conn.execute(text("SELECT count(*) FROM jobs"))).scalar_one()
+        finally:
+            await store.close()
+            await redis.aclose()
+            await db.close()
+        emit(
+            "reconcile_pass",
+            rows / elapsed,
+            "rows/s",
+            None,
+            rows=rows,
+            unfinished_checked=stats.checked,
+            changed=stats.changed,
+            seconds=round(elapsed, 2),
+        )
+
     async def idle_cpu(self, seconds: float = 5.0) -> None:
         """CPU of every service process with empty queues (no polling: all should sleep)."""
         extra = [
@@ -404,6 +437,7 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
             "start_latency",
             "get_polling",
             "watch_fanout",
+            "reconcile_pass",
             "idle_cpu",
         ]:
             if wanted and name not in wanted:
