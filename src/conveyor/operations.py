@@ -219,7 +219,7 @@ class JobOperations:
         owner = None if principal.is_admin else principal.owner
         job = await self.store.replay(job_id, owner, budget)
         try:
-            await self.queue.reconcile([job])
+            await self.queue.restore([job])
         except Unavailable:
             log.warning("job %s replayed in the database; the reconciler will enqueue it", job.id)
             return job

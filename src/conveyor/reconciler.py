@@ -2,11 +2,13 @@
 
 Submitting commits the job row, then enqueues it in Redis; a crash between the two, a Redis
 restart without persistence or a FLUSHALL leaves committed jobs that Redis does not know.
-The reconciler walks every unfinished job in the database (by primary key, in pages) and
-runs `reconcile.lua` on each page: a job Redis lacks is put back in line; a job Redis holds
-in the wrong set is put back in its set; a RUNNING job whose lease deadline vanished gets a
-deadline of now, so the next claim reclaims it. Every step is idempotent, so a pass may
-repeat, overlap a submit in flight, or run on several replicas at once without harm.
+The reconciler walks every unfinished job in the database (by primary key, in pages of ids
+and fences) and runs `reconcile.lua` on each page: a job Redis holds in the wrong set is put
+back in its set, and a RUNNING job whose lease deadline vanished gets a deadline of now, so
+the next claim reclaims it. Only the jobs Redis lacks are then read in full and put back in
+line by `restore.lua`, so a pass over a large healthy backlog sends ids, not payloads. Every
+step is idempotent, so a pass may repeat, overlap a submit in flight, or run on several
+replicas at once without harm.
 
 When it runs:
 - **At once when Redis lost its data.** The reconciler keeps a marker key (`cv:epoch`) in
@@ -96,13 +98,20 @@ class Reconciler:
         stats = PassStats()
         after = ""
         while True:
-            jobs, last = await self.store.unfinished(after, PAGE_SIZE)
-            if jobs:
-                restored, replayed, repaired = await self.queue.reconcile(jobs)
-                stats.checked += len(jobs)
+            refs, last = await self.store.unfinished(after, PAGE_SIZE)
+            by_queue: dict[str, list[tuple[str, int]]] = {}
+            for job_id, queue, fence in refs:
+                by_queue.setdefault(queue, []).append((job_id, fence))
+            missing: list[str] = []
+            for queue, page in by_queue.items():
+                repaired, lacking = await self.queue.reconcile(queue, page)
+                stats.repaired += repaired
+                missing += lacking
+            if missing:
+                restored, replayed = await self.queue.restore(await self.store.get_many(missing))
                 stats.restored += restored
                 stats.replayed += replayed
-                stats.repaired += repaired
+            stats.checked += len(refs)
             if last is None:
                 break
             after = last

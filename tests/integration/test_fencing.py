@@ -134,7 +134,8 @@ async def test_a_replay_fences_off_the_run_before_it(parts: Parts) -> None:
     replayed = await parts.store.replay(job.id, "alice", 2)
     assert replayed.state is JobState.QUEUED and replayed.fence == 1
     assert replayed.max_attempts == 2  # attempt 0 recorded + a budget of 2
-    assert await parts.queue.reconcile([replayed]) == (0, 1, 0)
+    assert await parts.queue.reconcile("default", [(job.id, 1)]) == (0, [job.id])
+    assert await parts.queue.restore([replayed]) == (0, 1)
 
     [refused] = await parts.store.write_outcomes(
         [ended(job.id, JobState.SUCCEEDED, old.job.attempt, fence=0)]

@@ -132,8 +132,11 @@ async def test_reconcile_restores_what_redis_lost_and_is_idempotent(queue: Redis
     waiting, later = new(), new(run_at=now_ms() + 60_000)
     await queue.enqueue([waiting, later])
     await queue.redis.flushall()
-    assert await queue.reconcile([waiting, later]) == (2, 0, 0)
-    assert await queue.reconcile([waiting, later]) == (0, 0, 0)
+    refs = [(waiting.id, 0), (later.id, 0)]
+    assert await queue.reconcile("default", refs) == (0, [waiting.id, later.id])
+    assert await queue.restore([waiting, later]) == (2, 0)
+    assert await queue.restore([waiting, later]) == (0, 0), "idempotent"
+    assert await queue.reconcile("default", refs) == (0, [])
     assert [j.id for j in await claim(queue)] == [waiting.id]
 
 
@@ -144,7 +147,7 @@ async def test_reconcile_repairs_a_job_missing_from_its_set(queue: RedisQueue) -
     keys = QueueKeys("default")
     await queue.redis.zrem(keys.ready, queued.id if claimed.id == running.id else running.id)
     await queue.redis.zrem(keys.leases, claimed.id)
-    assert await queue.reconcile([queued, running]) == (0, 0, 2)
+    assert await queue.reconcile("default", [(queued.id, 0), (running.id, 0)]) == (2, [])
     again, _ = await queue.claim("default", 10, worker_id="w2", token="t2", lease_ms=10_000)
     assert sorted(c.job.id for c in again) == sorted([queued.id, running.id])
     [reclaimed] = [c for c in again if c.job.id == claimed.id]

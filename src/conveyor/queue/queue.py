@@ -240,16 +240,30 @@ class RedisQueue:
                 done[i] = bool(flag)
         return done
 
-    async def reconcile(self, jobs: Sequence[Job]) -> tuple[int, int, int]:
-        """Bring Redis in line with these database rows (see reconcile.lua); returns how
-        many jobs were restored, replayed and repaired."""
-        totals = [0, 0, 0]
+    async def reconcile(self, queue: str, refs: Sequence[tuple[str, int]]) -> tuple[int, list[str]]:
+        """Check unfinished jobs of one queue, given as (id, fence), against Redis: put
+        jobs missing from their set back in it; returns how many were repaired, and the ids
+        Redis lacks (or holds finished under an older fence), to `restore` from their rows."""
+        k = QueueKeys(queue)
+        args: list[Any] = [k.job_prefix]
+        for job_id, fence in refs:
+            args += [job_id, fence]
+        async with unavailable_on_redis_errors():
+            out = await self.scripts.reconcile(
+                self.redis, [k.ready, k.delayed, k.leases, k.wake, k.seq], args
+            )
+        return int(out[0]), [str(job_id) for job_id in out[1:]]
+
+    async def restore(self, jobs: Sequence[Job]) -> tuple[int, int]:
+        """Put jobs back in Redis from their database rows (see restore.lua); returns how
+        many were restored (Redis lacked them) and replayed (a newer fence)."""
+        totals = [0, 0]
         for queue, docs in _docs_by_queue(jobs).items():
             k = QueueKeys(queue)
             async with unavailable_on_redis_errors():
-                counts = await self.scripts.reconcile(
+                counts = await self.scripts.restore(
                     self.redis,
-                    [k.ready, k.delayed, k.leases, k.wake, k.seq],
+                    [k.ready, k.delayed, k.wake, k.seq],
                     [
                         k.job_prefix,
                         k.events_prefix,
@@ -259,7 +273,7 @@ class RedisQueue:
                     ],
                 )
             totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
-        return totals[0], totals[1], totals[2]
+        return totals[0], totals[1]
 
     async def release(self, queue: str, held: Sequence[tuple[Job, str]]) -> int:
         """Put jobs this worker leases back in line at once, their attempt not counted."""

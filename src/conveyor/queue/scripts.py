@@ -17,7 +17,17 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, ResponseError
 
-NAMES = ("enqueue", "claim", "heartbeat", "finish", "progress", "cancel", "reconcile", "release")
+NAMES = (
+    "enqueue",
+    "claim",
+    "heartbeat",
+    "finish",
+    "progress",
+    "cancel",
+    "reconcile",
+    "restore",
+    "release",
+)
 
 
 def _source(name: str) -> str:
@@ -66,6 +76,7 @@ class Scripts:
     progress: Script
     cancel: Script
     reconcile: Script
+    restore: Script
     release: Script
 
     def all(self) -> list[Script]:

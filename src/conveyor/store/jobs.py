@@ -236,27 +236,33 @@ class JobStore:
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             return (await conn.execute(stmt)).first() is not None
 
-    async def unfinished(self, after_id: str, limit: int) -> tuple[list[Job], str | None]:
+    async def unfinished(
+        self, after_id: str, limit: int
+    ) -> tuple[list[tuple[str, str, int]], str | None]:
         """One page of the reconciler's walk over all jobs in id order: the unfinished jobs
-        among the next `limit` ids after `after_id`, and the last id looked at (None: end).
+        among the next `limit` ids after `after_id` as (id, queue, fence), and the last id
+        looked at (None: the walk is done).
 
         A walk by primary key instead of an index on state keeps outcome updates HOT (no
         index covers the columns they change); the cost is reading finished rows too.
         """
         page = (
-            select(_JOBS.c.id, _JOBS.c.state)
+            select(_JOBS.c.id, _JOBS.c.state, _JOBS.c.queue, _JOBS.c.fence)
             .where(_JOBS.c.id > after_id)
             .order_by(_JOBS.c.id)
             .limit(limit)
         )
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             rows = list(await conn.execute(page))
-            ids = [r.id for r in rows if r.state not in _TERMINAL]
-            jobs = []
-            if ids:
-                found = await conn.execute(select(_JOBS).where(_JOBS.c.id.in_(ids)))
-                jobs = [job_from_row(r._mapping) for r in found]
-        return jobs, rows[-1].id if len(rows) == limit else None
+        refs = [(r.id, r.queue, r.fence) for r in rows if r.state not in _TERMINAL]
+        return refs, rows[-1].id if len(rows) == limit else None
+
+    async def get_many(self, ids: Sequence[str]) -> list[Job]:
+        if not ids:
+            return []
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            found = await conn.execute(select(_JOBS).where(_JOBS.c.id.in_(ids)))
+            return [job_from_row(r._mapping) for r in found]
 
     async def cancel(self, job_id: str, owner: str) -> Job:
         """Mark a job CANCELLED if it has not ended; NOT_FOUND for another owner's job."""

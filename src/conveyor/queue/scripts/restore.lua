@@ -1,0 +1,32 @@
+-- Put jobs back in Redis from their database rows (the reconciler's second step, and
+-- RetryJob). Per job, given its row as a hot-state document:
+--   not in Redis                        -> put in line (Redis lost it, or it never got there)
+--   finished in Redis, newer fence in   -> replaced by the row (a replay), keeping its event
+--     the database                         sequence so watchers can resume across it
+-- Anything else is left alone, so a stale or repeated call is harmless.
+-- KEYS: ready, delayed, wake, seq
+-- ARGV: job_prefix, events_prefix, channel_prefix, maxlen, jobs_json
+-- Returns {restored, replayed}.
+local jp, ep, cp, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local q = {ready = KEYS[1], delayed = KEYS[2], wake = KEYS[3], seq = KEYS[4]}
+local restored, replayed = 0, 0
+for _, job in ipairs(cjson.decode(ARGV[5])) do
+  local id = job['id']
+  local jobkey, evkey = jp .. id, ep .. id
+  local state = tonumber(redis.call('HGET', jobkey, 'state') or '0')
+  if state == 0 then
+    place(jobkey, job, q)
+    emit(jobkey, evkey, cp .. id, maxlen)
+    restored = restored + 1
+  elseif (state == 4 or state == 6 or state == 7)
+      and tonumber(job['fence']) > tonumber(redis.call('HGET', jobkey, 'fence') or '0') then
+    local seq = redis.call('HGET', jobkey, 'seq') or '0'
+    redis.call('DEL', jobkey)
+    place(jobkey, job, q)
+    redis.call('HSET', jobkey, 'seq', seq)
+    redis.call('PERSIST', evkey)
+    emit(jobkey, evkey, cp .. id, maxlen)
+    replayed = replayed + 1
+  end
+end
+return {restored, replayed}
