@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -18,6 +19,16 @@ from conveyor.cli.dev import wait_serving
 from conveyor.embedded import free_port
 
 BIN = Path(sys.executable).parent
+# Every service process a test started: whatever a failed test left running is killed when
+# the test session exits, so no stray server outlives the run.
+_SPAWNED: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in _SPAWNED:
+        if proc.poll() is None:
+            proc.kill()
 ROOT = Path(__file__).resolve().parent.parent
 CONVEYOR = str(BIN / "conveyor")
 
@@ -110,6 +121,7 @@ class Stack:
             proc = subprocess.Popen(
                 [CONVEYOR, command, *args], env=merged, stdout=out, stderr=subprocess.STDOUT
             )
+        _SPAWNED.append(proc)
         service = Service(command, proc, log, addr)
         self.services.append(service)
         return service

@@ -10,6 +10,7 @@ time zone and Lua scripts can compare them with the Redis clock.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import re
@@ -210,9 +211,15 @@ class Job:
             idempotency_key=hot.get("idempotency_key") or None,
             start_time=_opt_int(hot.get("start_time")),
             finish_time=_opt_int(hot.get("finish_time")),
-            retry=RetryPolicy.from_doc(json.loads(retry)) if retry else FALLBACK_RETRY,
+            retry=_policy(retry) if retry else FALLBACK_RETRY,
             fence=int(hot.get("fence", 0)),
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _policy(doc: str) -> RetryPolicy:
+    """Jobs of a type share a policy: decode each distinct one once."""
+    return RetryPolicy.from_doc(json.loads(doc))
 
 
 def _opt_int(value: str | int | None) -> int | None:

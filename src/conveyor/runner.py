@@ -44,8 +44,10 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 4000
 MAX_TRACEBACK_CHARS = 8000
 TRACEBACK_FRAMES = 8
-# Claiming pauses while more than this many times `concurrency` outcomes await writing.
-MAX_RECORDING = 2
+# Claiming pauses while more than this many times `concurrency` outcomes await writing:
+# enough to keep the database and Redis writes of short jobs in flight back to back (at 2,
+# the drain of no-op jobs waited on them), few enough to bound memory in an outage.
+MAX_RECORDING = 4
 
 
 class WorkerState(enum.IntEnum):
