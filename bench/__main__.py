@@ -32,6 +32,7 @@ from conveyor.config import Settings
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
 from conveyor.errors import ConveyorError
 from conveyor.queue import RedisQueue, connect
+from conveyor.queue.keys import EPOCH_KEY
 from conveyor.reconciler import Reconciler
 from conveyor.store import Database, JobStore, migrate
 from conveyor.v1 import job_pb2
@@ -375,7 +376,11 @@ class Bench:
             self.stack.start("worker", env=self.stack.worker_env()),
             self.stack.start("scheduler"),
         ]
-        await asyncio.sleep(1.0)
+        # The scheduler's first reconcile pass (Redis has no epoch marker yet) walks every
+        # job the other workloads left; idleness is measured after it.
+        while not self.redis.exists(EPOCH_KEY):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3.0)
         procs = {
             s.name + str(i): psutil.Process(s.proc.pid)
             for i, s in enumerate(self.stack.services)

@@ -83,9 +83,10 @@ def _py_spy_dump(pid: int) -> str:
     spy = BIN / "py-spy"
     if not spy.exists():
         return ""
-    return subprocess.run(
+    done = subprocess.run(
         [str(spy), "dump", "-p", str(pid)], capture_output=True, text=True, timeout=30
-    ).stdout
+    )
+    return done.stdout + done.stderr
 
 
 @dataclass
