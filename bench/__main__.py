@@ -378,7 +378,9 @@ class Bench:
         ]
         # The scheduler's first reconcile pass (Redis has no epoch marker yet) walks every
         # job the other workloads left; idleness is measured after it.
-        while not self.redis.exists(EPOCH_KEY):
+        for _ in range(600):  # the marker appears when that pass starts (no push for it)
+            if self.redis.exists(EPOCH_KEY):
+                break
             await asyncio.sleep(0.1)
         await asyncio.sleep(3.0)
         procs = {

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from conveyor.cli.dev import wait_serving
 from conveyor.embedded import free_port
+from conveyor.tls import TlsOptions
 
 BIN = Path(sys.executable).parent
 # Every service process a test started: whatever a failed test left running is killed when
@@ -29,6 +30,8 @@ def _kill_leftovers() -> None:
     for proc in _SPAWNED:
         if proc.poll() is None:
             proc.kill()
+
+
 ROOT = Path(__file__).resolve().parent.parent
 CONVEYOR = str(BIN / "conveyor")
 
@@ -102,9 +105,11 @@ class Stack:
         return self.env["CONVEYOR_API_ADDR"]
 
     def start(self, command: str, *args: str, env: Mapping[str, str] | None = None) -> Service:
-        """Run `conveyor <command>` and wait until its health says SERVING."""
+        """Run `conveyor <command>` and wait until its health says SERVING (over TLS when
+        the stack's environment configures TLS for clients)."""
         service = self.spawn(command, *args, env=env)
-        if not wait_serving(service.addr, timeout=30):
+        tls = TlsOptions.from_environ({**self.env, **(env or {})}) or False
+        if not wait_serving(service.addr, timeout=30, tls=tls):
             service.kill()
             raise AssertionError(f"{command} did not become ready:\n{service.tail()}")
         return service

@@ -9,8 +9,9 @@ in seconds.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor.retry import RetryPolicy
@@ -19,7 +20,10 @@ from conveyor.retry import RetryPolicy
 class Settings(BaseSettings):
     """All of Conveyor's configuration; see the README's table for each variable."""
 
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+    # Errors never echo the input: it holds every variable read, API keys and passwords too.
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", extra="ignore", hide_input_in_errors=True
+    )
 
     api_addr: str = Field("127.0.0.1:50051", description="Where the API serves gRPC.")
     worker_addr: str = Field(
@@ -69,8 +73,67 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="SIGTERM drain time.")
     max_payload_bytes: int = Field(1 << 20, ge=1024, description="Largest payload accepted.")
     max_message_bytes: int = Field(16 << 20, ge=1 << 16, description="Largest gRPC message.")
+    submit_rate: float = Field(
+        20_000.0, ge=0, description="Jobs an owner may submit per second by default (0: no limit)."
+    )
+    submit_burst: float = Field(
+        40_000.0, ge=0, description="Jobs an owner may submit at once by default."
+    )
+    read_rate: float = Field(
+        20_000.0, ge=0, description="Reads (get, list, watch) an owner may make per second."
+    )
+    read_burst: float = Field(40_000.0, ge=0, description="Reads an owner may make at once.")
     log_format: str = Field("json", description="json or console.")
     log_level: str = Field("INFO", description="Python logging level.")
+
+    # TLS: servers (api, worker, scheduler) serve TLS when tls_cert and tls_key are set, and
+    # require client certificates when tls_client_ca is set too. Clients (CLI, Python client)
+    # connect with TLS when tls, tls_ca, tls_client_cert or tls_server_name is set.
+    tls_cert: str = Field(
+        "", description="Servers: PEM certificate chain to serve TLS with (needs the key)."
+    )
+    tls_key: str = Field("", description="Servers: PEM private key of CONVEYOR_TLS_CERT.")
+    tls_client_ca: str = Field(
+        "",
+        description="Servers: PEM CA bundle that client certificates must chain to; "
+        "set: mutual TLS, calls without such a certificate are refused.",
+    )
+    tls: bool = Field(
+        False,
+        description="Clients: connect with TLS (implied by the other client TLS settings); "
+        "servers: refuse to start without CONVEYOR_TLS_CERT.",
+    )
+    tls_ca: str = Field(
+        "",
+        description="Clients: PEM CA bundle to verify servers with (unset: gRPC's default roots).",
+    )
+    tls_client_cert: str = Field(
+        "", description="Clients: PEM certificate chain to present under mutual TLS."
+    )
+    tls_client_key: str = Field(
+        "", description="Clients: PEM private key of the client certificate."
+    )
+    tls_server_name: str = Field(
+        "", description="Clients: the name the server's certificate must carry (default: the host)."
+    )
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Self:
+        """A certificate without its key (or the reverse) is a configuration error at start."""
+        for cert, key in (("tls_cert", "tls_key"), ("tls_client_cert", "tls_client_key")):
+            has_cert, has_key = bool(getattr(self, cert)), bool(getattr(self, key))
+            if has_cert != has_key:
+                given, missing = (cert, key) if has_cert else (key, cert)
+                raise ValueError(
+                    f"CONVEYOR_{given.upper()} is set but CONVEYOR_{missing.upper()} is not: "
+                    "a certificate and its private key go together"
+                )
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError(
+                "CONVEYOR_TLS_CLIENT_CA (mutual TLS) needs the server's own certificate: "
+                "set CONVEYOR_TLS_CERT and CONVEYOR_TLS_KEY too"
+            )
+        return self
 
     @property
     def effective_heartbeat_seconds(self) -> float:

@@ -1,5 +1,6 @@
 """What every Conveyor gRPC server shares: the error boundary, authentication, health,
-reflection, message limits and graceful shutdown on SIGTERM/SIGINT.
+reflection, message limits, TLS (credentials from `conveyor.tls`) and graceful shutdown on
+SIGTERM/SIGINT.
 
 Servicer methods are written as `async def Method(self, request, principal)`: the `unary` and
 `streaming` decorators authenticate the call, run it, and turn a `ConveyorError` into its rich
@@ -21,8 +22,8 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from conveyor.auth import Authenticator, Principal
-from conveyor.errors import ConveyorError, internal_status, to_status
+from conveyor.auth import Authenticator, Principal, bearer_token
+from conveyor.errors import ConveyorError, Unauthenticated, internal_status, to_status
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,27 @@ def streaming(
     async def handle(
         self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> AsyncIterator[Resp]:
+        watched = None
         try:
-            principal = await self.auth.authenticate(context.invocation_metadata())
+            metadata = context.invocation_metadata()
+            principal = await self.auth.authenticate(metadata)
+            # Revoking the key ends the stream within a second (see auth.StreamGuard).
+            watched = self.auth.guard.watch(bearer_token(metadata))
             async for item in method(self, request, principal):
                 yield item
             return
+        except asyncio.CancelledError:
+            if watched is None or not watched.revoked:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            status = to_status(Unauthenticated("the API key was revoked"))
         except Exception as exc:
             status = _status_for(exc)
+        finally:
+            if watched is not None:
+                self.auth.guard.forget(watched)
         await abort(context, status)
 
     return handle
@@ -98,7 +113,11 @@ HealthCheck = Callable[[], Awaitable[bool]]
 
 
 class Server:
-    """A grpc.aio server with health (driven by `checks`) and reflection for `service_names`."""
+    """A grpc.aio server with health (driven by `checks`) and reflection for `service_names`.
+
+    With `credentials` (see `conveyor.tls.server_credentials`) the port speaks only TLS, and
+    mutual TLS when they require client certificates; without, plaintext.
+    """
 
     def __init__(
         self,
@@ -107,8 +126,10 @@ class Server:
         service_names: Sequence[str],
         checks: Iterable[HealthCheck],
         max_message_bytes: int,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.address = address
+        self.credentials = credentials
         self.service_names = list(service_names)
         self.checks = list(checks)
         self.grpc = grpc.aio.server(options=server_options(max_message_bytes))
@@ -122,7 +143,17 @@ class Server:
 
     async def start(self) -> int:
         """Bind and start; returns the bound port (useful with port 0)."""
-        self.port = self.grpc.add_insecure_port(self.address)
+        if self.credentials is None:
+            self.port = self.grpc.add_insecure_port(self.address)
+        else:
+            try:
+                self.port = self.grpc.add_secure_port(self.address, self.credentials)
+            except RuntimeError as exc:  # gRPC says only "Failed to bind"
+                raise OSError(
+                    f"cannot serve TLS on {self.address}: the address is taken, or gRPC refused "
+                    "the certificate and key (CONVEYOR_TLS_CERT, CONVEYOR_TLS_KEY: does the key "
+                    "belong to the certificate?)"
+                ) from exc
         if self.port == 0:
             raise OSError(f"cannot bind {self.address}")
         await self.grpc.start()

@@ -40,6 +40,7 @@ from conveyor.jobs import (
 )
 from conveyor.queue import EventHub, QueueKeys, RedisQueue
 from conveyor.queue.workers import WorkerInfo, WorkerRegistry
+from conveyor.ratelimit import Kind, Limit, RateLimiter
 from conveyor.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ class JobOperations:
         self.settings = settings
         self.registry = registry or Registry()
         self.workers = WorkerRegistry(queue.redis)
+        self.limiter = RateLimiter(queue.redis, queue.scripts)
+        self._default_limits = {
+            Kind.SUBMIT: Limit(settings.submit_rate, settings.submit_burst),
+            Kind.READ: Limit(settings.read_rate, settings.read_burst),
+        }
         self._workers_seen: tuple[float, list[WorkerInfo]] = (0.0, [])
         self._defaults: dict[str, JobDefaults] = {}
         self._submits: Batcher[Job, Job | ConveyorError] = Batcher(self._commit_and_enqueue)
@@ -115,11 +121,18 @@ class JobOperations:
             self._defaults[job_type] = found
         return found
 
+    async def _take(self, principal: Principal, kind: Kind, cost: int = 1) -> None:
+        """Charge the call to the owner's rate limit (the key's own, else the default)."""
+        own = principal.submit_limit if kind is Kind.SUBMIT else principal.read_limit
+        limit = Limit(*own) if own is not None else self._default_limits[kind]
+        await self.limiter.take(principal.owner, kind, limit, cost)
+
     def _new_job(self, principal: Principal, spec: JobSpec, now: int) -> Job:
         return spec.new_job(principal.owner, defaults=self.defaults(spec.type), now=now)
 
     async def submit(self, principal: Principal, spec: JobSpec) -> Job:
         """Commit one job (group-committed with concurrent submits), then enqueue it."""
+        await self._take(principal, Kind.SUBMIT)
         result = await self._submits.submit(self._new_job(principal, spec, now_ms()))
         if isinstance(result, ConveyorError):
             raise result
@@ -127,6 +140,7 @@ class JobOperations:
 
     async def submit_many(self, principal: Principal, specs: Sequence[JobSpec]) -> list[Job]:
         """Commit a bulk request in its own transaction: all jobs or, on a conflict, none."""
+        await self._take(principal, Kind.SUBMIT, len(specs))
         now = now_ms()
         jobs = [self._new_job(principal, spec, now) for spec in specs]
         results = await self.store.insert(jobs, all_or_nothing=True)
@@ -162,6 +176,7 @@ class JobOperations:
     async def get(self, principal: Principal, job_id: str) -> Job:
         """The job as it stands: Redis hot state when present, else the database row; a
         waiting job says why it waits."""
+        await self._take(principal, Kind.READ)
         job = await self._get_visible(principal, job_id)
         if job.state in (JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING):
             try:
@@ -204,6 +219,7 @@ class JobOperations:
 
     async def attempts(self, principal: Principal, job_id: str) -> list[Attempt]:
         """The job's recorded attempts, oldest first."""
+        await self._take(principal, Kind.READ)
         await self._get_visible(principal, job_id)
         return await self.store.attempts(job_id)
 
@@ -254,6 +270,7 @@ class JobOperations:
             raise InvalidArgument(
                 [FieldViolation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")]
             )
+        await self._take(principal, Kind.READ)
         limit = page_size or DEFAULT_PAGE_SIZE
         before = _decode_page_token(page_token, filt) if page_token else None
         jobs = await self.store.list_for_owner(
@@ -273,7 +290,7 @@ class JobOperations:
     async def cancel(self, principal: Principal, job_id: str) -> Job:
         """CANCELLED in the database first (the truth), then in Redis, which stops the handler."""
         _check_id(job_id)
-        job = await self.store.cancel(job_id, principal.owner)
+        job = await self.store.cancel(job_id, None if principal.is_admin else principal.owner)
         try:
             await self.queue.cancel(job.queue, job.id, job.finish_time or now_ms())
         except Unavailable:
@@ -293,7 +310,7 @@ class JobOperations:
         """
         if after_sequence < 0:
             raise InvalidArgument([FieldViolation("after_sequence", "must not be negative")])
-        job = await self.get(principal, job_id)
+        job = await self.get(principal, job_id)  # charged as one read
         keys = QueueKeys(job.queue)
         sub = await self.hub.subscribe(keys.channel(job_id))
         try:

@@ -40,6 +40,7 @@ def test_reflection_lists_services(stack: Stack) -> None:
     out = grpcurl(stack, stack.api_addr, "list")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [
+        "conveyor.v1.ApiKeyService",
         "conveyor.v1.JobService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",

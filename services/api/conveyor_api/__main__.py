@@ -11,10 +11,22 @@ from conveyor.handlers import default_registry, load_modules
 from conveyor.operations import JobOperations
 from conveyor.service import connections, service_main
 from conveyor.store import KeyStore
-from conveyor.v1 import job_service_pb2, job_service_pb2_grpc
+from conveyor.tls import server_credentials
+from conveyor.v1 import (
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+from conveyor_api.keys import ApiKeyServicer
 from conveyor_api.servicer import JobServicer
 
 log = logging.getLogger("conveyor.api")
+
+SERVICE_NAMES = [
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    api_key_service_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
+]
 
 
 async def serve(settings: Settings) -> None:
@@ -22,14 +34,20 @@ async def serve(settings: Settings) -> None:
     load_modules(settings.handler_modules)
     async with connections(settings) as conns:
         ops = JobOperations(conns.store, conns.queue, conns.hub, settings, default_registry)
-        servicer = JobServicer(ops, Authenticator(KeyStore(conns.db)), settings)
+        keys = KeyStore(conns.db)
+        auth = Authenticator(keys)  # one per process: one cache, one stream guard
+        servicer = JobServicer(ops, auth, settings)
         server = Server(
             settings.api_addr,
-            service_names=[job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name],
+            service_names=SERVICE_NAMES,
             checks=[conns.checks],
             max_message_bytes=settings.max_message_bytes,
+            credentials=server_credentials(settings),
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server.grpc)
+        api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(
+            ApiKeyServicer(auth, keys), server.grpc
+        )
         port = await server.start()
         log.info("api serving JobService on %s (port %d)", settings.api_addr, port)
         try:

@@ -11,6 +11,7 @@ from conveyor.config import Settings
 from conveyor.grpcserver import Server, wait_for_signal
 from conveyor.reconciler import Reconciler
 from conveyor.service import connections, service_main
+from conveyor.tls import server_credentials
 
 log = logging.getLogger("conveyor.scheduler")
 
@@ -22,6 +23,7 @@ async def serve(settings: Settings) -> None:
             service_names=[],
             checks=[conns.checks],
             max_message_bytes=settings.max_message_bytes,
+            credentials=server_credentials(settings),
         )
         port = await server.start()
         reconciler = asyncio.create_task(Reconciler(conns.store, conns.queue, settings).run())

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from google.protobuf import json_format
@@ -34,6 +35,7 @@ dead_app = typer.Typer(
 app.add_typer(dead_app, name="dead")
 
 err = Console(stderr=True)
+T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 AddrOption = Annotated[
@@ -130,28 +132,117 @@ def dev(
 def keys_create(
     owner: Annotated[str, typer.Option(help="Who the key's jobs belong to.")],
     role: Annotated[str, typer.Option(help="user or admin.")] = "user",
+    description: Annotated[str, typer.Option(help="A note for people.")] = "",
     as_json: JsonFlag = False,
 ) -> None:
-    """Create an API key; it is printed once and only its hash is stored."""
-    from conveyor.auth import Authenticator, Role
-    from conveyor.store import Database, KeyStore
+    """Create an API key; it is printed once and only its digest is stored."""
+    from conveyor.auth import Role
 
     if role not in ("user", "admin"):
         err.print("--role must be user or admin")
         raise typer.Exit(2)
+    made = _with_keys(lambda auth, _: auth.create_key(owner, Role(role), description))
+    if as_json:
+        print(json.dumps({"key": made.secret, "id": made.stored.id, "owner": owner,
+                          "role": role}))  # fmt: skip
+    else:
+        print(made.secret)
 
-    async def create() -> str:
+
+@keys_app.command("list")
+def keys_list(
+    owner: Annotated[str, typer.Option(help="Only this owner's keys.")] = "",
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """List API keys (never their secrets), newest first."""
+    found = _with_keys(lambda _, keys: keys.list_keys(owner or None, include_revoked=all_keys))
+    if as_json:
+        print(json.dumps([_key_dict(k) for k in found]))
+        return
+    for key in found:
+        revoked = "  REVOKED" if key.revoke_time is not None else ""
+        print(f"{key.id}  {key.owner:<20} {key.role:<6} {key.description}{revoked}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, as_json: JsonFlag = False) -> None:
+    """Revoke an API key: its calls and open streams end within a second."""
+    import uuid
+
+    try:
+        key_id = str(uuid.UUID(key_id))
+    except ValueError:
+        err.print(f"not a key id: {key_id!r}")
+        raise typer.Exit(2) from None
+    revoked = _with_keys(lambda _, keys: keys.revoke(key_id))
+    if revoked is None:
+        err.print(f"[red]error[/red] NOT_FOUND: API key {key_id} not found")
+        raise typer.Exit(2)
+    print(json.dumps(_key_dict(revoked)) if as_json else f"revoked {revoked.id}")
+
+
+@keys_app.command("limits")
+def keys_limits(
+    key_id: str,
+    submit_rate: Annotated[
+        float | None, typer.Option(help="Jobs a second (0: unlimited; unset: default).")
+    ] = None,
+    submit_burst: Annotated[float, typer.Option(help="Jobs at once (0: a second's worth).")] = 0,
+    read_rate: Annotated[
+        float | None, typer.Option(help="Reads a second (0: unlimited; unset: default).")
+    ] = None,
+    read_burst: Annotated[float, typer.Option(help="Reads at once (0: a second's worth).")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Set a key's rate limits; the ones left unset go back to the server's defaults."""
+    import uuid
+
+    try:
+        key_id = str(uuid.UUID(key_id))
+    except ValueError:
+        err.print(f"not a key id: {key_id!r}")
+        raise typer.Exit(2) from None
+    values = [v for v in (submit_rate, submit_burst, read_rate, read_burst) if v is not None]
+    if any(not 0 <= v <= 1e9 for v in values):
+        err.print("rates and bursts must be between 0 and 1e9")
+        raise typer.Exit(2)
+    submit = None if submit_rate is None else (submit_rate, submit_burst or submit_rate)
+    read = None if read_rate is None else (read_rate, read_burst or read_rate)
+    updated = _with_keys(lambda _, keys: keys.set_limits(key_id, submit, read))
+    if updated is None:
+        err.print(f"[red]error[/red] NOT_FOUND: API key {key_id} not found")
+        raise typer.Exit(2)
+    print(json.dumps(_key_dict(updated)) if as_json else f"updated {updated.id}")
+
+
+def _with_keys(action: Callable[[Any, Any], Awaitable[T]]) -> T:
+    """Run `action(authenticator, keystore)` against CONVEYOR_DATABASE_URL."""
+    from conveyor.auth import Authenticator
+    from conveyor.store import Database, KeyStore
+
+    async def run() -> T:
         db = Database(Settings.from_env().database_url)
         try:
-            return await Authenticator(KeyStore(db)).create_key(owner, Role(role))
+            keys = KeyStore(db)
+            return await action(Authenticator(keys), keys)
         finally:
             await db.close()
 
-    key = asyncio.run(create())
-    if as_json:
-        print(json.dumps({"key": key, "owner": owner, "role": role}))
-    else:
-        print(key)
+    return asyncio.run(run())
+
+
+def _key_dict(key: Any) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "owner": key.owner,
+        "role": key.role,
+        "description": key.description,
+        "create_time": key.create_time,
+        "revoke_time": key.revoke_time,
+        "submit_limit": key.submit_limit,
+        "read_limit": key.read_limit,
+    }
 
 
 # -- jobs --------------------------------------------------------------------------------

@@ -21,10 +21,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
-from conveyor.auth import Authenticator, Role, generate_key
+from conveyor.auth import Authenticator, Role, random_dev_key
 from conveyor.config import Settings
 from conveyor.embedded import EmbeddedRedis
 from conveyor.store import Database, KeyStore, migrate
+from conveyor.tls import ClientTls, TlsOptions, open_channel
 
 console = Console(stderr=True)
 READY_TIMEOUT = 30.0
@@ -41,10 +42,14 @@ def _ensure_dev_key(database_url: str, key: str) -> None:
     asyncio.run(ensure())
 
 
-def wait_serving(addr: str, timeout: float = READY_TIMEOUT) -> bool:
-    """Block until the gRPC health service at `addr` says SERVING."""
+def wait_serving(addr: str, timeout: float = READY_TIMEOUT, *, tls: ClientTls = None) -> bool:
+    """Block until the gRPC health service at `addr` says SERVING.
+
+    `tls` as for the client: None follows `CONVEYOR_TLS*`, False is plaintext, or a
+    `TlsOptions` (a TLS server's health is only reachable over TLS).
+    """
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(addr) as channel:
+    with open_channel(addr, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -76,7 +81,7 @@ def run_dev(settings: Settings, *, workers: int = 1) -> int:
         env["CONVEYOR_REDIS_URL"] = redis.url
 
     migrate(database_url)
-    key = settings.dev_api_key or generate_key()
+    key = settings.dev_api_key or random_dev_key()
     _ensure_dev_key(database_url, key)
 
     children: list[subprocess.Popen[bytes]] = [_spawn("conveyor_api", env)]
@@ -93,8 +98,10 @@ def run_dev(settings: Settings, *, workers: int = 1) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        if not wait_serving(settings.api_addr):
-            console.print("[red]the API did not become ready; see its log above[/red]")
+        client_tls = TlsOptions.from_settings(settings)
+        if not wait_serving(settings.api_addr, tls=client_tls or False):
+            hint = _tls_mismatch(settings, client_tls)
+            console.print(f"[red]the API did not become ready{hint}; see its log above[/red]")
             return 1
         _banner(settings, key, redis, database_url)
         while not stop.wait(1.0):
@@ -110,6 +117,17 @@ def run_dev(settings: Settings, *, workers: int = 1) -> int:
         console.print("conveyor dev stopped")
 
 
+def _tls_mismatch(settings: Settings, client_tls: TlsOptions | None) -> str:
+    """Why the readiness probe may have failed when servers and clients disagree on TLS."""
+    if settings.tls_cert and client_tls is None:
+        return " (it serves TLS: set CONVEYOR_TLS_CA so this probe and the CLI trust it)"
+    if not settings.tls_cert and client_tls is not None:
+        return (
+            " (clients are set up for TLS, but CONVEYOR_TLS_CERT is not set: it serves plaintext)"
+        )
+    return ""
+
+
 def _stop_all(children: list[subprocess.Popen[bytes]], grace: float) -> None:
     for child in children:
         if child.poll() is None:
@@ -123,8 +141,21 @@ def _stop_all(children: list[subprocess.Popen[bytes]], grace: float) -> None:
             child.wait()
 
 
+def _grpcurl_security(settings: Settings) -> str:
+    """grpcurl's flags for how the API serves: plaintext, TLS (-cacert) or mutual TLS."""
+    if not settings.tls_cert:
+        return "-plaintext"
+    flags = f"-cacert {settings.tls_ca}" if settings.tls_ca else ""
+    if settings.tls_client_cert:
+        flags += f" -cert {settings.tls_client_cert} -key {settings.tls_client_key}"
+    if settings.tls_server_name:
+        flags += f" -servername {settings.tls_server_name}"
+    return flags.strip()
+
+
 def _banner(settings: Settings, key: str, redis: EmbeddedRedis | None, db: str) -> None:
     addr = settings.api_addr
+    security = _grpcurl_security(settings)
     console.print(f"""
 [bold green]Conveyor is running[/bold green]
   API (JobService)        {addr}
@@ -137,7 +168,7 @@ Try it in another shell:
   export CONVEYOR_API_KEY={key}
   .venv/bin/conveyor submit sleep --payload '{{"seconds": 3}}' --wait
 
-  .venv/bin/grpcurl -plaintext -H "authorization: Bearer {key}" \\
+  .venv/bin/grpcurl {security} -H "authorization: Bearer {key}" \\
       -d '{{"type": "sleep", "payload": {{"seconds": 3}}}}' \\
       {addr} conveyor.v1.JobService/SubmitJob
 

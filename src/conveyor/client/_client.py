@@ -10,6 +10,7 @@ import grpc
 
 from conveyor.config import Settings
 from conveyor.errors import from_rpc_error
+from conveyor.tls import ClientTls, open_aio_channel, open_channel
 from conveyor.v1 import job_pb2
 from conveyor.v1 import job_service_pb2 as pb
 from conveyor.v1.job_service_pb2_grpc import JobServiceStub
@@ -99,7 +100,13 @@ def _mapped(fn: Callable[P, T]) -> Callable[P, T]:
 
 
 class AsyncClient:
-    """JobService over a grpc.aio channel. Use as `async with AsyncClient(...) as client`."""
+    """JobService over a grpc.aio channel. Use as `async with AsyncClient(...) as client`.
+
+    `tls`: None follows `CONVEYOR_TLS*` (plaintext unless TLS is configured), False is
+    plaintext, True is TLS, a `conveyor.tls.TlsOptions` says whom to trust and which client
+    certificate to present (mutual TLS). A refused handshake raises `Unavailable`.
+    `channel` replaces all of that with a channel of your own.
+    """
 
     def __init__(
         self,
@@ -107,9 +114,10 @@ class AsyncClient:
         *,
         api_key: str | None = None,
         timeout: float = 30.0,
+        tls: ClientTls = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(_target(target))
+        self._channel = channel or open_aio_channel(_target(target), tls)
         self._stub = JobServiceStub(self._channel)
         self._metadata = _metadata(api_key)
         self._timeout = timeout
@@ -196,7 +204,8 @@ class AsyncClient:
 
 
 class Client:
-    """JobService over a blocking channel, for scripts and the CLI."""
+    """JobService over a blocking channel, for scripts and the CLI (`tls` and `channel` as
+    for `AsyncClient`)."""
 
     def __init__(
         self,
@@ -204,8 +213,10 @@ class Client:
         *,
         api_key: str | None = None,
         timeout: float = 30.0,
+        tls: ClientTls = None,
+        channel: grpc.Channel | None = None,
     ) -> None:
-        self._channel = grpc.insecure_channel(_target(target))
+        self._channel = channel or open_channel(_target(target), tls)
         self._stub = JobServiceStub(self._channel)
         self._metadata = _metadata(api_key)
         self._timeout = timeout

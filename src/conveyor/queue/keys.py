@@ -16,6 +16,7 @@ it in a bounded in-process map (see `conveyor.operations`).
     cv:cancel             pub/sub channel: ids of running jobs to stop at once
     cv:epoch              string  set by the reconciler; its absence means Redis lost its data
     cv:reconcile:lock     string  the reconciler replica whose turn it is (SET NX PX)
+    cv:rl:{<owner>}:<kind>  hash  an owner's token bucket for submits or reads
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ PREFIX = "cv"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
 EPOCH_KEY = f"{PREFIX}:epoch"
 RECONCILE_LOCK = f"{PREFIX}:reconcile:lock"
+
+
+def rate_bucket(owner: str, kind: str) -> str:
+    return f"{PREFIX}:rl:{{{owner}}}:{kind}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ NAMES = (
     "reconcile",
     "restore",
     "release",
+    "ratelimit",
 )
 
 
@@ -78,6 +79,7 @@ class Scripts:
     reconcile: Script
     restore: Script
     release: Script
+    ratelimit: Script
 
     def all(self) -> list[Script]:
         return [getattr(self, name) for name in NAMES]

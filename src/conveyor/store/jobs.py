@@ -264,16 +264,14 @@ class JobStore:
             found = await conn.execute(select(_JOBS).where(_JOBS.c.id.in_(ids)))
             return [job_from_row(r._mapping) for r in found]
 
-    async def cancel(self, job_id: str, owner: str) -> Job:
-        """Mark a job CANCELLED if it has not ended; NOT_FOUND for another owner's job."""
+    async def cancel(self, job_id: str, owner: str | None) -> Job:
+        """Mark a job CANCELLED if it has not ended; NOT_FOUND for another owner's job.
+        `owner` None: any owner's (an admin's call)."""
         now = now_ms()
+        mine = [_JOBS.c.id == job_id] + ([_JOBS.c.owner == owner] if owner is not None else [])
         stmt = (
             update(_JOBS)
-            .where(
-                _JOBS.c.id == job_id,
-                _JOBS.c.owner == owner,
-                _JOBS.c.state.not_in(_TERMINAL),
-            )
+            .where(*mine, _JOBS.c.state.not_in(_TERMINAL))
             .values(state=int(JobState.CANCELLED), finish_time=now)
             .returning(*_JOBS.c)
         )
@@ -282,7 +280,7 @@ class JobStore:
             if row is not None:
                 return job_from_row(row._mapping)
             current = (await conn.execute(select(_JOBS).where(_JOBS.c.id == job_id))).first()
-        if current is None or current.owner != owner:
+        if current is None or (owner is not None and current.owner != owner):
             raise NotFound(f"job {job_id} not found")
         raise FailedPrecondition(
             f"job {job_id} is already {JobState(current.state).label} and cannot be cancelled"

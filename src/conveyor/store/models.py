@@ -96,7 +96,7 @@ class EffectRow(Base):
 
 
 class ApiKeyRow(Base):
-    """An API key, stored as the SHA-256 of the secret (keys are 256-bit random, see auth)."""
+    """An API key, stored as the HMAC-SHA256 digest of its secret (see conveyor.auth)."""
 
     __tablename__ = "api_keys"
 
@@ -104,5 +104,11 @@ class ApiKeyRow(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     owner: Mapped[str] = mapped_column(String(128))
     role: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    # Rate limit overrides (None: the server's default); see conveyor.ratelimit.
+    submit_per_second: Mapped[float | None] = mapped_column(Float)
+    submit_burst: Mapped[float | None] = mapped_column(Float)
+    read_per_second: Mapped[float | None] = mapped_column(Float)
+    read_burst: Mapped[float | None] = mapped_column(Float)
     create_time: Mapped[int] = mapped_column(BigInteger)
     revoke_time: Mapped[int | None] = mapped_column(BigInteger)

@@ -1,4 +1,5 @@
-"""Reliability: fences and retry policies on jobs, attempt history, once-markers.
+"""Reliability and keys: fences and retry policies on jobs, attempt history, once-markers,
+and a description and rate limits per API key.
 
 Revision ID: 0002
 Revises: 0001
@@ -16,6 +17,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+_LIMITS = ("submit_per_second", "submit_burst", "read_per_second", "read_burst")
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
@@ -23,6 +25,12 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("fence", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("retry", _JSON, nullable=True))
+    with op.batch_alter_table("api_keys") as batch:
+        batch.add_column(
+            sa.Column("description", sa.String(256), nullable=False, server_default="")
+        )
+        for name in _LIMITS:
+            batch.add_column(sa.Column(name, sa.Float(), nullable=True))
     op.create_table(
         "job_attempts",
         sa.Column(
@@ -56,6 +64,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("job_effects")
     op.drop_table("job_attempts")
+    with op.batch_alter_table("api_keys") as batch:
+        for name in _LIMITS:
+            batch.drop_column(name)
+        batch.drop_column("description")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("retry")
         batch.drop_column("fence")

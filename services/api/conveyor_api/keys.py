@@ -1,0 +1,129 @@
+"""ApiKeyService: create, list and revoke API keys over gRPC (admin keys only)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from conveyor.auth import Authenticator, Principal, Role
+from conveyor.errors import FieldViolation, InvalidArgument, NotFound
+from conveyor.grpcserver import unary
+from conveyor.store.keys import KeyStore, StoredKey
+from conveyor.v1 import api_key_service_pb2 as pb
+from conveyor.v1 import api_key_service_pb2_grpc
+
+OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+MAX_DESCRIPTION = 256
+_ROLES = {pb.API_KEY_ROLE_UNSPECIFIED: Role.USER, pb.API_KEY_ROLE_USER: Role.USER,
+          pb.API_KEY_ROLE_ADMIN: Role.ADMIN}  # fmt: skip
+
+
+def key_proto(key: StoredKey) -> pb.ApiKey:
+    msg = pb.ApiKey(
+        id=key.id,
+        owner=key.owner,
+        role=pb.API_KEY_ROLE_ADMIN if key.role == Role.ADMIN else pb.API_KEY_ROLE_USER,
+        description=key.description,
+    )
+    msg.create_time.FromMilliseconds(key.create_time)
+    if key.revoke_time is not None:
+        msg.revoke_time.FromMilliseconds(key.revoke_time)
+    if key.submit_limit is not None:
+        msg.submit_limit.CopyFrom(pb.RateLimit(per_second=key.submit_limit[0],
+                                               burst=key.submit_limit[1]))  # fmt: skip
+    if key.read_limit is not None:
+        msg.read_limit.CopyFrom(pb.RateLimit(per_second=key.read_limit[0],
+                                             burst=key.read_limit[1]))  # fmt: skip
+    return msg
+
+
+MAX_RATE = 1e9
+
+
+def _limit(
+    request: pb.UpdateApiKeyLimitsRequest, field: str, bad: list[FieldViolation]
+) -> tuple[float, float] | None:
+    """A RateLimit field as (per second, burst); None when unset (the server's default)."""
+    if not request.HasField(field):
+        return None
+    limit: pb.RateLimit = getattr(request, field)
+    for name in ("per_second", "burst"):
+        value = getattr(limit, name)
+        if not 0 <= value <= MAX_RATE:  # NaN fails too
+            bad.append(FieldViolation(f"{field}.{name}", f"must be 0 to {MAX_RATE:g}"))
+    return limit.per_second, limit.burst or limit.per_second
+
+
+def _key_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidArgument([FieldViolation("id", "must be a key id")]) from None
+
+
+def _check_owner(owner: str, field: str, *, required: bool) -> list[FieldViolation]:
+    if not owner:
+        return [FieldViolation(field, "required")] if required else []
+    if not OWNER_RE.match(owner):
+        return [FieldViolation(field, "must match [A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")]
+    return []
+
+
+class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
+    def __init__(self, auth: Authenticator, keys: KeyStore) -> None:
+        self.auth = auth
+        self.keys = keys
+
+    @unary
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, principal: Principal
+    ) -> pb.CreateApiKeyResponse:
+        principal.require_admin()
+        bad = _check_owner(request.owner, "owner", required=True)
+        if request.role not in _ROLES:
+            bad.append(FieldViolation("role", "is not an ApiKeyRole"))
+        if len(request.description) > MAX_DESCRIPTION or not request.description.isprintable():
+            bad.append(FieldViolation("description", f"printable, at most {MAX_DESCRIPTION}"))
+        if bad:
+            raise InvalidArgument(bad)
+        made = await self.auth.create_key(request.owner, _ROLES[request.role], request.description)
+        return pb.CreateApiKeyResponse(key=key_proto(made.stored), secret=made.secret)
+
+    @unary
+    async def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, principal: Principal
+    ) -> pb.ListApiKeysResponse:
+        principal.require_admin()
+        bad = _check_owner(request.owner, "owner", required=False)
+        if bad:
+            raise InvalidArgument(bad)
+        found = await self.keys.list_keys(
+            request.owner or None, include_revoked=request.include_revoked
+        )
+        return pb.ListApiKeysResponse(keys=[key_proto(k) for k in found])
+
+    @unary
+    async def RevokeApiKey(
+        self, request: pb.RevokeApiKeyRequest, principal: Principal
+    ) -> pb.RevokeApiKeyResponse:
+        principal.require_admin()
+        revoked = await self.keys.revoke(_key_id(request.id))
+        if revoked is None:
+            raise NotFound(f"API key {request.id} not found")
+        return pb.RevokeApiKeyResponse(key=key_proto(revoked))
+
+    @unary
+    async def UpdateApiKeyLimits(
+        self, request: pb.UpdateApiKeyLimitsRequest, principal: Principal
+    ) -> pb.UpdateApiKeyLimitsResponse:
+        principal.require_admin()
+        key_id = _key_id(request.id)
+        bad: list[FieldViolation] = []
+        submit = _limit(request, "submit_limit", bad)
+        read = _limit(request, "read_limit", bad)
+        if bad:
+            raise InvalidArgument(bad)
+        updated = await self.keys.set_limits(key_id, submit, read)
+        if updated is None:
+            raise NotFound(f"API key {request.id} not found")
+        return pb.UpdateApiKeyLimitsResponse(key=key_proto(updated))

@@ -1,0 +1,79 @@
+"""Per-owner rate limits: a token bucket in Redis for submits and one for reads.
+
+Every API process shares an owner's buckets (one Lua script per check, on the Redis clock),
+so the limit holds across replicas. A submit of n jobs costs n tokens; a read (GetJob,
+ListJobs, ListJobAttempts, opening a WatchJob stream) costs one. An empty bucket answers
+RESOURCE_EXHAUSTED with a `RetryInfo` saying when enough tokens will be there.
+
+Limits come from the caller's key (`ApiKeyService.UpdateApiKeyLimits`, or `conveyor keys
+limits`) and default to the server's settings; they take effect within the authenticator's
+cache time. A Redis outage does not block calls on the limiter: the call then proceeds to
+its own Redis or database work, which reports the outage itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from conveyor.errors import ResourceExhausted, Unavailable
+from conveyor.queue.keys import rate_bucket
+from conveyor.queue.queue import unavailable_on_redis_errors
+from conveyor.queue.scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+
+class Kind(enum.StrEnum):
+    SUBMIT = "submit"
+    READ = "read"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """`per_second` tokens a second, up to `burst` at once; 0 per second: unlimited."""
+
+    per_second: float
+    burst: float
+
+    @property
+    def unlimited(self) -> bool:
+        return self.per_second <= 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    submit: Limit
+    read: Limit
+
+    def of(self, kind: Kind) -> Limit:
+        return self.submit if kind is Kind.SUBMIT else self.read
+
+
+class RateLimiter:
+    def __init__(self, redis: Redis, scripts: Scripts) -> None:
+        self.redis = redis
+        self.scripts = scripts
+
+    async def take(self, owner: str, kind: Kind, limit: Limit, cost: int = 1) -> None:
+        """Take `cost` tokens from the owner's bucket, or raise RESOURCE_EXHAUSTED."""
+        if limit.unlimited:
+            return
+        try:
+            async with unavailable_on_redis_errors():
+                allowed, wait_ms = await self.scripts.ratelimit(
+                    self.redis,
+                    [rate_bucket(owner, kind.value)],
+                    [limit.per_second, max(limit.burst, cost), cost],
+                )
+        except Unavailable:
+            log.debug("rate limiter unavailable; not limiting %s", owner)
+            return
+        if not int(allowed):
+            raise ResourceExhausted(
+                f"{kind.value} rate limit of {limit.per_second:g}/s for {owner!r} reached",
+                retry_after_seconds=int(wait_ms) / 1000,
+            )
