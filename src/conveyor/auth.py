@@ -24,11 +24,12 @@ import re
 import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.errors import PermissionDenied, Unauthenticated, Unavailable
+from conveyor.errors import PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable
 from conveyor.store.keys import KeyStore, StoredKey
 
 log = logging.getLogger(__name__)
@@ -114,9 +115,16 @@ class Authenticator:
     anyway); an unknown key is then UNAVAILABLE, never accepted.
     """
 
-    def __init__(self, keys: KeyStore, *, cache_seconds: float = CACHE_SECONDS) -> None:
+    def __init__(
+        self,
+        keys: KeyStore,
+        *,
+        cache_seconds: float = CACHE_SECONDS,
+        max_streams_per_owner: int = 0,
+    ) -> None:
         self.keys = keys
         self.cache_seconds = cache_seconds
+        self.max_streams_per_owner = max_streams_per_owner
         # Keyed by a digest of the token, never the token itself.
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self.guard = StreamGuard(self)
@@ -184,6 +192,7 @@ class _Watched:
 
     task: asyncio.Task[Any]
     token: str
+    owner: str
     revoked: bool = False
 
 
@@ -199,19 +208,31 @@ class StreamGuard:
 
     auth: Authenticator
     _open: set[_Watched] = field(default_factory=set)
+    _per_owner: Counter[str] = field(default_factory=Counter)
     _checker: asyncio.Task[None] | None = None
 
-    def watch(self, token: str) -> _Watched:
+    def watch(self, token: str, owner: str) -> _Watched:
+        """Track the current task's stream; RESOURCE_EXHAUSTED beyond the owner's cap."""
+        cap = self.auth.max_streams_per_owner
+        if cap and self._per_owner[owner] >= cap:
+            raise ResourceExhausted(
+                f"{owner!r} already holds {cap} open streams on this server", retry_after_seconds=1
+            )
         task = asyncio.current_task()
         assert task is not None
-        entry = _Watched(task, token)
+        entry = _Watched(task, token, owner)
         self._open.add(entry)
+        self._per_owner[owner] += 1
         if self._checker is None or self._checker.done():
             self._checker = asyncio.create_task(self._check_loop(), name="stream-guard")
         return entry
 
     def forget(self, entry: _Watched) -> None:
-        self._open.discard(entry)
+        if entry in self._open:
+            self._open.discard(entry)
+            self._per_owner[entry.owner] -= 1
+            if not self._per_owner[entry.owner]:
+                del self._per_owner[entry.owner]
 
     async def _check_loop(self) -> None:
         while self._open:
@@ -228,4 +249,4 @@ class StreamGuard:
         for entry in [e for e in self._open if e.token == token]:
             entry.revoked = True
             entry.task.cancel()
-            self._open.discard(entry)
+            self.forget(entry)

@@ -73,6 +73,19 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="SIGTERM drain time.")
     max_payload_bytes: int = Field(1 << 20, ge=1024, description="Largest payload accepted.")
     max_message_bytes: int = Field(16 << 20, ge=1 << 16, description="Largest gRPC message.")
+    max_concurrent_rpcs: int = Field(
+        20_000,
+        ge=0,
+        description="Calls a server runs at once; beyond: RESOURCE_EXHAUSTED (0: no cap).",
+    )
+    max_streams_per_owner: int = Field(
+        2_000,
+        ge=0,
+        description="WatchJob streams one owner may hold open per API process (0: no cap).",
+    )
+    secret_key: str = Field(
+        "", description="Signs page tokens; unset: a random key kept in Redis for all replicas."
+    )
     submit_rate: float = Field(
         20_000.0, ge=0, description="Jobs an owner may submit per second by default (0: no limit)."
     )

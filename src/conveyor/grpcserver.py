@@ -23,7 +23,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from conveyor.auth import Authenticator, Principal, bearer_token
+from conveyor.config import Settings
 from conveyor.errors import ConveyorError, Unauthenticated, internal_status, to_status
+from conveyor.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def streaming(
             metadata = context.invocation_metadata()
             principal = await self.auth.authenticate(metadata)
             # Revoking the key ends the stream within a second (see auth.StreamGuard).
-            watched = self.auth.guard.watch(bearer_token(metadata))
+            watched = self.auth.guard.watch(bearer_token(metadata), principal.owner)
             async for item in method(self, request, principal):
                 yield item
             return
@@ -104,8 +106,11 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # Keepalive enforcement: a client pinging more often than every 10 s without data
+        # gets a strike, and after two strikes a GOAWAY, so a ping flood costs no CPU.
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
     ]
 
 
@@ -127,12 +132,16 @@ class Server:
         checks: Iterable[HealthCheck],
         max_message_bytes: int,
         credentials: grpc.ServerCredentials | None = None,
+        max_concurrent_rpcs: int | None = None,
     ) -> None:
         self.address = address
         self.credentials = credentials
         self.service_names = list(service_names)
         self.checks = list(checks)
-        self.grpc = grpc.aio.server(options=server_options(max_message_bytes))
+        # Calls beyond `max_concurrent_rpcs` are refused with RESOURCE_EXHAUSTED at once.
+        self.grpc = grpc.aio.server(
+            options=server_options(max_message_bytes), maximum_concurrent_rpcs=max_concurrent_rpcs
+        )
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
@@ -140,6 +149,25 @@ class Server:
         )
         self.port = 0
         self._probe: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        address: str,
+        settings: Settings,
+        *,
+        service_names: Sequence[str],
+        checks: Iterable[HealthCheck],
+    ) -> Server:
+        """A server with the limits and TLS that `settings` configure."""
+        return cls(
+            address,
+            service_names=service_names,
+            checks=checks,
+            max_message_bytes=settings.max_message_bytes,
+            credentials=server_credentials(settings),
+            max_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+        )
 
     async def start(self) -> int:
         """Bind and start; returns the bound port (useful with port 0)."""

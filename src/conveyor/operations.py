@@ -8,8 +8,6 @@ still accepted (the client gets it), and the reconciler puts it back in line (DE
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import time
@@ -25,6 +23,7 @@ from conveyor.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unavailable,
 )
 from conveyor.handlers import Registry
@@ -38,6 +37,7 @@ from conveyor.jobs import (
     now_ms,
     valid_job_id,
 )
+from conveyor.pagetokens import PageTokens
 from conveyor.queue import EventHub, QueueKeys, RedisQueue
 from conveyor.queue.workers import WorkerInfo, WorkerRegistry
 from conveyor.ratelimit import Kind, Limit, RateLimiter
@@ -60,6 +60,8 @@ class ListFilter:
     state: JobState | None = None
     queue: str | None = None
     type: str | None = None
+    # Admins only: another owner's jobs ("" or None: every owner's for admins).
+    owner: str | None = None
 
 
 class JobOperations:
@@ -78,6 +80,7 @@ class JobOperations:
         self.registry = registry or Registry()
         self.workers = WorkerRegistry(queue.redis)
         self.limiter = RateLimiter(queue.redis, queue.scripts)
+        self.page_tokens = PageTokens(queue.redis, settings.secret_key)
         self._default_limits = {
             Kind.SUBMIT: Limit(settings.submit_rate, settings.submit_burst),
             Kind.READ: Limit(settings.read_rate, settings.read_burst),
@@ -272,9 +275,14 @@ class JobOperations:
             )
         await self._take(principal, Kind.READ)
         limit = page_size or DEFAULT_PAGE_SIZE
-        before = _decode_page_token(page_token, filt) if page_token else None
-        jobs = await self.store.list_for_owner(
-            principal.owner,
+        owner = _list_owner(principal, filt.owner)
+        scope = [principal.owner, owner, int(filt.state) if filt.state else 0, filt.queue or "",
+                 filt.type or ""]  # fmt: skip
+        before = await self.page_tokens.decode(page_token, scope) if page_token else None
+        if before is not None and not valid_job_id(before):
+            raise InvalidArgument([FieldViolation("page_token", "is not a valid cursor")])
+        jobs = await self.store.list_jobs(
+            owner,
             state=filt.state,
             queue=filt.queue,
             type=filt.type,
@@ -284,7 +292,7 @@ class JobOperations:
         if len(jobs) <= limit:
             return jobs, ""
         jobs = jobs[:limit]
-        return jobs, _encode_page_token(jobs[-1].id, filt)
+        return jobs, await self.page_tokens.encode(jobs[-1].id, scope)
 
     # -- cancel ----------------------------------------------------------------------------
     async def cancel(self, principal: Principal, job_id: str) -> Job:
@@ -366,31 +374,15 @@ def _visible(principal: Principal, job: Job) -> bool:
     return principal.is_admin or job.owner == principal.owner
 
 
+def _list_owner(principal: Principal, requested: str | None) -> str | None:
+    """Whose jobs a listing shows: a user's own only; an admin's pick, or everyone's."""
+    if principal.is_admin:
+        return requested or None
+    if requested and requested != principal.owner:
+        raise PermissionDenied("listing another owner's jobs needs an admin key")
+    return principal.owner
+
+
 def _check_id(job_id: str) -> None:
     if not valid_job_id(job_id):
         raise InvalidArgument([FieldViolation("id", "must be a job id (a UUID)")])
-
-
-def _filter_fingerprint(filt: ListFilter) -> list[object]:
-    return [int(filt.state) if filt.state else 0, filt.queue or "", filt.type or ""]
-
-
-def _encode_page_token(last_id: str, filt: ListFilter) -> str:
-    raw = json.dumps({"b": last_id, "f": _filter_fingerprint(filt)}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_page_token(token: str, filt: ListFilter) -> str:
-    """The cursor in a page token; a token made for other filters is refused."""
-    bad = InvalidArgument([FieldViolation("page_token", "is not a token this listing issued")])
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        doc = json.loads(raw)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise bad from None
-    if not isinstance(doc, dict) or doc.get("f") != _filter_fingerprint(filt):
-        raise bad
-    before = doc.get("b")
-    if not isinstance(before, str) or not valid_job_id(before):
-        raise bad
-    return before

@@ -13,11 +13,12 @@ from conveyor.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unauthenticated,
 )
 from conveyor.v1 import job_pb2
 from conveyor.v1 import job_service_pb2 as pb
-from tests.processes import Stack
+from tests.processes import Keys, Stack
 
 S = job_pb2.JobState
 # A queue no worker serves: jobs there stay QUEUED until a test acts on them.
@@ -156,6 +157,30 @@ async def test_list_pages_through_an_owners_jobs(stack: Stack) -> None:
         first = await client.list(page_size=3, queue=PARKED)
         with pytest.raises(InvalidArgument):  # a token is bound to the filters it was made for
             await client.list(page_size=3, page_token=first.next_page_token, queue="other")
+        token = first.next_page_token
+        for i in range(len(token)):  # any altered character breaks the signature
+            altered = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1 :]
+            with pytest.raises(InvalidArgument):
+                await client.list(page_size=3, page_token=altered, queue=PARKED)
+    async with AsyncClient(stack.api_addr, api_key=stack.create_key("other-lister")) as other:
+        with pytest.raises(InvalidArgument):  # and to the owner it was made for
+            await other.list(page_size=3, page_token=token, queue=PARKED)
+
+
+async def test_admins_list_any_owner_and_users_only_their_own(
+    stack: Stack, keys: Keys, alice: AsyncClient
+) -> None:
+    job = await alice.submit("noop", queue="admin-listing")
+    async with AsyncClient(stack.api_addr, api_key=keys.admin) as admin:
+        everyone = await admin.list(queue="admin-listing", page_size=100)
+        only_alice = await admin.list(queue="admin-listing", owner="alice", page_size=100)
+        nobody = await admin.list(queue="admin-listing", owner="bob", page_size=100)
+        await admin.cancel(job.id)  # an admin acts on any owner's job
+    assert job.id in [j.id for j in everyone.jobs] and job.id in [j.id for j in only_alice.jobs]
+    assert nobody.jobs == []
+    with pytest.raises(PermissionDenied):
+        await alice.list(owner="bob")
+    assert [j.id for j in (await alice.list(owner="alice", queue="admin-listing")).jobs] == [job.id]
 
 
 async def test_other_owners_jobs_are_not_found(alice: AsyncClient, bob: AsyncClient) -> None:

@@ -49,7 +49,7 @@ async def test_many_concurrent_submits_of_one_key_make_one_job(db: Database) -> 
     results = await asyncio.gather(*(store.insert([new(spec)]) for _ in range(50)))
     ids = {r[0].id for r in results if isinstance(r[0], Job)}
     assert len(ids) == 1
-    assert len(await store.list_for_owner("alice")) == 1
+    assert len(await store.list_jobs("alice")) == 1
 
 
 async def test_all_or_nothing_rolls_back_the_whole_batch(db: Database) -> None:
@@ -61,15 +61,15 @@ async def test_all_or_nothing_rolls_back_the_whole_batch(db: Database) -> None:
     ]
     results = await store.insert(batch, all_or_nothing=True)
     assert isinstance(results[1], AlreadyExists)
-    assert len(await store.list_for_owner("alice")) == 1
+    assert len(await store.list_jobs("alice")) == 1
 
 
 async def test_listing_is_newest_first_with_a_keyset_cursor(db: Database) -> None:
     store = JobStore(db)
     jobs = [new(JobSpec(type="noop")) for _ in range(5)]
     await store.insert(jobs)
-    first = await store.list_for_owner("alice", limit=2)
-    rest = await store.list_for_owner("alice", limit=10, before_id=first[-1].id)
+    first = await store.list_jobs("alice", limit=2)
+    rest = await store.list_jobs("alice", limit=10, before_id=first[-1].id)
     listed = [j.id for j in first + rest]
     assert listed == sorted((j.id for j in jobs), reverse=True)
 

@@ -11,7 +11,6 @@ from conveyor.handlers import default_registry, load_modules
 from conveyor.operations import JobOperations
 from conveyor.service import connections, service_main
 from conveyor.store import KeyStore
-from conveyor.tls import server_credentials
 from conveyor.v1 import (
     api_key_service_pb2,
     api_key_service_pb2_grpc,
@@ -35,14 +34,14 @@ async def serve(settings: Settings) -> None:
     async with connections(settings) as conns:
         ops = JobOperations(conns.store, conns.queue, conns.hub, settings, default_registry)
         keys = KeyStore(conns.db)
-        auth = Authenticator(keys)  # one per process: one cache, one stream guard
+        # One per process: one cache, one stream guard.
+        auth = Authenticator(keys, max_streams_per_owner=settings.max_streams_per_owner)
         servicer = JobServicer(ops, auth, settings)
-        server = Server(
+        server = Server.from_settings(
             settings.api_addr,
+            settings,
             service_names=SERVICE_NAMES,
             checks=[conns.checks],
-            max_message_bytes=settings.max_message_bytes,
-            credentials=server_credentials(settings),
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server.grpc)
         api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(

@@ -66,7 +66,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             state = JobState(request.state) if request.state else None
         except ValueError:
             raise InvalidArgument([FieldViolation("state", "is not a JobState")]) from None
-        filt = ListFilter(state=state, queue=request.queue or None, type=request.type or None)
+        filt = ListFilter(
+            state=state,
+            queue=request.queue or None,
+            type=request.type or None,
+            owner=request.owner or None,
+        )
         jobs, token = await self.ops.list_jobs(
             principal, filt, request.page_size, request.page_token
         )

@@ -11,19 +11,17 @@ from conveyor.config import Settings
 from conveyor.grpcserver import Server, wait_for_signal
 from conveyor.reconciler import Reconciler
 from conveyor.service import connections, service_main
-from conveyor.tls import server_credentials
 
 log = logging.getLogger("conveyor.scheduler")
 
 
 async def serve(settings: Settings) -> None:
     async with connections(settings, pool_size=2) as conns:
-        server = Server(
+        server = Server.from_settings(
             settings.scheduler_addr,
+            settings,
             service_names=[],
             checks=[conns.checks],
-            max_message_bytes=settings.max_message_bytes,
-            credentials=server_credentials(settings),
         )
         port = await server.start()
         reconciler = asyncio.create_task(Reconciler(conns.store, conns.queue, settings).run())

@@ -13,7 +13,6 @@ from conveyor.queue import connect
 from conveyor.runner import Worker
 from conveyor.service import connections, service_main
 from conveyor.store import KeyStore
-from conveyor.tls import server_credentials
 from conveyor.v1 import worker_control_pb2, worker_control_pb2_grpc
 from conveyor_worker.control import WorkerControlServicer
 
@@ -33,12 +32,11 @@ async def serve(settings: Settings) -> None:
             registry=default_registry,
         )
         service = worker_control_pb2.DESCRIPTOR.services_by_name["WorkerControl"].full_name
-        server = Server(
+        server = Server.from_settings(
             settings.worker_addr,
+            settings,
             service_names=[service],
             checks=[conns.checks],
-            max_message_bytes=settings.max_message_bytes,
-            credentials=server_credentials(settings),
         )
         control = WorkerControlServicer(worker, Authenticator(KeyStore(conns.db)))
         worker_control_pb2_grpc.add_WorkerControlServicer_to_server(control, server.grpc)

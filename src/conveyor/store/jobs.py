@@ -109,9 +109,9 @@ class JobStore:
             row = (await conn.execute(select(_JOBS).where(_JOBS.c.id == job_id))).first()
         return job_from_row(row._mapping) if row is not None else None
 
-    async def list_for_owner(
+    async def list_jobs(
         self,
-        owner: str,
+        owner: str | None,
         *,
         state: JobState | None = None,
         queue: str | None = None,
@@ -119,8 +119,11 @@ class JobStore:
         limit: int = 100,
         before_id: str | None = None,
     ) -> list[Job]:
-        """An owner's jobs, newest first (UUIDv7 ids sort by time), after a keyset cursor."""
-        stmt = select(_JOBS).where(_JOBS.c.owner == owner)
+        """An owner's jobs (None: every owner's), newest first (UUIDv7 ids sort by time),
+        after a keyset cursor."""
+        stmt = select(_JOBS)
+        if owner is not None:
+            stmt = stmt.where(_JOBS.c.owner == owner)
         if state is not None:
             stmt = stmt.where(_JOBS.c.state == int(state))
         if queue:
