@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from conveyor.auth import digest
 from conveyor.client import AsyncClient
 from conveyor.errors import (
     InvalidArgument,
@@ -159,3 +160,14 @@ def test_the_cli_lists_and_revokes_keys(stack: Stack) -> None:
     assert everything[0]["revoke_time"] is not None
     anonymous = stack.cli("list", key=made["key"], check=False)
     assert anonymous.returncode == 2 and "UNAUTHENTICATED" in anonymous.stderr
+
+
+def test_no_key_secret_reaches_a_service_log(stack: Stack, keys: Keys) -> None:
+    """Every service of the shared stack has logged this whole session by now (all e2e and
+    security calls with these keys): none of their secrets, nor their digests, is in a log."""
+    logs = {path.name: path.read_text(errors="replace") for path in stack.logs.glob("*.log")}
+    assert logs, "the stack keeps service logs"
+    for key in (keys.admin, keys.alice, keys.bob):
+        secret = key.rsplit("_", 1)[-1]
+        for name, text in logs.items():
+            assert secret not in text and digest(secret) not in text, f"{name} leaks a key"
