@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -262,6 +263,47 @@ class Bench:
             p99_target_ms=5.0,
         )
 
+    async def noisy_neighbour(self, rate: float = 100.0, seconds: float = 4.0) -> None:
+        """A quiet owner submits at `rate` jobs/s, alone and then while a noisy owner (its
+        key limited to 200 jobs/s) floods submits from 8 loops that ignore RetryInfo, in a
+        process of its own (bench/flood.py): the quiet owner's p99 submit latency with the
+        flood over its p99 alone (target ≤ 2)."""
+        made = json.loads(self.stack.cli("keys", "create", "--owner", "noisy", "--json").stdout)
+        self.stack.cli("keys", "limits", made["id"], "--submit-rate", "200")
+        count = int(rate * seconds)
+
+        async def paced(client: AsyncClient) -> list[float]:
+            latencies, start = [], time.perf_counter()
+            for i in range(count):
+                await asyncio.sleep(max(start + i / rate - time.perf_counter(), 0))
+                t = time.perf_counter()
+                await client.submit("noop", queue="parked")
+                latencies.append(time.perf_counter() - t)
+            return latencies
+
+        async with self.client() as quiet:
+            alone = await paced(quiet)
+            flooder = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.flood", self.stack.api_addr, made["key"],
+                str(seconds + 1), "8", stdout=asyncio.subprocess.PIPE, cwd=CHECKOUT,
+            )  # fmt: skip
+            await asyncio.sleep(0.5)  # the flood is on before the quiet owner measures
+            with_flood = await paced(quiet)
+            out, _ = await flooder.communicate()
+        counts = json.loads(out)
+        ratio = pct(with_flood, 0.99) / pct(alone, 0.99)
+        emit(
+            "noisy_neighbour_p99_ratio",
+            ratio,
+            "x",
+            2.0,
+            higher_is_better=False,
+            quiet_p99_alone_ms=round(pct(alone, 0.99) * 1e3, 2),
+            quiet_p99_flooded_ms=round(pct(with_flood, 0.99) * 1e3, 2),
+            noisy_accepted=counts["accepted"],
+            noisy_refused=counts["refused"],
+        )
+
     async def watch_fanout(self) -> None:
         """Many WatchJob streams on one API process: its memory, and how fast a change
         reaches every stream (each of 100 jobs has streams/100 watchers; all are cancelled
@@ -443,6 +485,7 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
             "drain2",
             "start_latency",
             "get_polling",
+            "noisy_neighbour",
             "watch_fanout",
             "reconcile_pass",
             "idle_cpu",

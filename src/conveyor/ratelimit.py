@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -54,14 +55,25 @@ class Limits:
 
 
 class RateLimiter:
+    """Checks buckets in Redis; a refusal is also remembered in-process until the time it
+    named, so a client that ignores RetryInfo and keeps calling is refused from memory,
+    without a Redis call, and costs the server (and the owners it shares it with) little."""
+
     def __init__(self, redis: Redis, scripts: Scripts) -> None:
         self.redis = redis
         self.scripts = scripts
+        self._empty_until: dict[tuple[str, Kind], float] = {}
 
     async def take(self, owner: str, kind: Kind, limit: Limit, cost: int = 1) -> None:
         """Take `cost` tokens from the owner's bucket, or raise RESOURCE_EXHAUSTED."""
         if limit.unlimited:
             return
+        until = self._empty_until.get((owner, kind))
+        if until is not None:
+            left = until - time.monotonic()
+            if left > 0:
+                raise self._refusal(owner, kind, limit, left)
+            del self._empty_until[(owner, kind)]
         try:
             async with unavailable_on_redis_errors():
                 allowed, wait_ms = await self.scripts.ratelimit(
@@ -73,7 +85,16 @@ class RateLimiter:
             log.debug("rate limiter unavailable; not limiting %s", owner)
             return
         if not int(allowed):
-            raise ResourceExhausted(
-                f"{kind.value} rate limit of {limit.per_second:g}/s for {owner!r} reached",
-                retry_after_seconds=int(wait_ms) / 1000,
-            )
+            wait = int(wait_ms) / 1000
+            if cost == 1:  # a refused bulk says little about the next single call
+                if len(self._empty_until) > 100_000:
+                    self._empty_until.clear()
+                self._empty_until[(owner, kind)] = time.monotonic() + wait
+            raise self._refusal(owner, kind, limit, wait)
+
+    @staticmethod
+    def _refusal(owner: str, kind: Kind, limit: Limit, wait: float) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"{kind.value} rate limit of {limit.per_second:g}/s for {owner!r} reached",
+            retry_after_seconds=wait,
+        )
