@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 
+import grpc
 import pytest
 
 from conveyor.client import AsyncClient
 from conveyor.embedded import free_port
 from conveyor.errors import ConveyorError, InvalidArgument, ResourceExhausted
+from conveyor.v1 import job_service_pb2 as pb
+from conveyor.v1.job_service_pb2_grpc import JobServiceStub
 from tests.processes import Keys, Service, Stack
 
 QUEUE = "limits"  # no worker serves it
@@ -114,3 +117,28 @@ async def test_oversized_payloads_and_messages_have_their_own_errors(
         await alice.submit("noop", {"blob": "x" * 100_000}, queue=QUEUE)
     assert isinstance(too_big.value, ResourceExhausted), too_big.value
     assert (await alice.submit("noop", {"blob": "x" * 100}, queue=QUEUE)).id
+
+
+async def test_deadlines_are_honoured_and_leave_the_server_well(
+    clients: tuple[AsyncClient, AsyncClient], capped_api: Service, keys: Keys
+) -> None:
+    """A call whose deadline passes ends DEADLINE_EXCEEDED for the client; the server drops
+    it (a stream's handler is cancelled) and goes on serving."""
+    alice, _ = clients
+    job = await alice.submit("noop", queue=QUEUE)
+    async with AsyncClient(capped_api.addr, api_key=keys.alice, timeout=0.000_001) as hasty:
+        with pytest.raises(ConveyorError) as late:
+            await hasty.get(job.id)
+    assert late.value.code.name == "DEADLINE_EXCEEDED"
+    async with grpc.aio.insecure_channel(capped_api.addr) as channel:
+        call = JobServiceStub(channel).WatchJob(  # a stream held open past its deadline
+            pb.WatchJobRequest(id=job.id),
+            metadata=(("authorization", f"Bearer {keys.alice}"),),
+            timeout=0.5,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as expired:
+            async for _ in call:
+                pass
+    assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (await alice.get(job.id)).id == job.id and capped_api.proc.poll() is None
+    await alice.cancel(job.id)
