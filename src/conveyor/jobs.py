@@ -78,6 +78,14 @@ def new_job_id() -> str:
     return str(uuid_utils.uuid7())
 
 
+def valid_queue(name: str) -> bool:
+    return bool(_QUEUE_RE.match(name))
+
+
+def valid_type(name: str) -> bool:
+    return bool(_TYPE_RE.match(name))
+
+
 def valid_job_id(value: str) -> bool:
     try:
         uuid_utils.UUID(value)
@@ -302,13 +310,17 @@ def spec_from_proto(
     if not 0 <= req.max_attempts <= MAX_ATTEMPTS_LIMIT:
         violation("max_attempts", f"must be between 0 (default) and {MAX_ATTEMPTS_LIMIT}")
     timeout_ms = _duration_ms(req.timeout) if req.HasField("timeout") else 0
-    if req.HasField("timeout") and not 0 < timeout_ms <= MAX_TIMEOUT_MS:
-        violation("timeout", "must be positive and at most 7 days")
+    if timeout_ms is None or (req.HasField("timeout") and not 0 < timeout_ms <= MAX_TIMEOUT_MS):
+        violation("timeout", "must be a valid duration, positive and at most 7 days")
     run_at = _timestamp_ms(req.run_at) if req.HasField("run_at") else None
-    if run_at is not None and run_at > now_ms() + MAX_DELAY_MS:
-        violation("run_at", "must be within a year")
+    if req.HasField("run_at") and (run_at is None or run_at > now_ms() + MAX_DELAY_MS):
+        violation("run_at", "must be a valid time within a year")
     payload = _payload(req.payload, max_payload_bytes, violation) if req.HasField("payload") else {}
-    retry = RetryOverrides.from_proto(req.retry) if req.HasField("retry") else RetryOverrides()
+    try:
+        retry = RetryOverrides.from_proto(req.retry) if req.HasField("retry") else NO_OVERRIDES
+    except ValueError:  # a Duration with nanos out of range
+        violation("retry", "holds an invalid duration")
+        retry = NO_OVERRIDES
     bad += retry.violations(prefix + "retry.")
     if bad:
         raise InvalidArgument(bad)
@@ -320,22 +332,38 @@ def spec_from_proto(
         idempotency_key=key,
         run_at=run_at,
         max_attempts=req.max_attempts,
-        timeout_ms=timeout_ms,
+        timeout_ms=timeout_ms or 0,
         retry=retry,
     )
 
 
 def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str, Any]:
+    """The payload as a dict, or a violation: too large, a number JSON cannot hold (NaN,
+    infinity), or a NUL character (PostgreSQL's jsonb cannot store one)."""
     size = struct.ByteSize()
     if size > limit:
         violation("payload", f"is {size} bytes; the limit is {limit}")
         return {}
-    return json_format.MessageToDict(struct)
+    try:
+        payload = json_format.MessageToDict(struct)
+    except ValueError:
+        violation("payload", "numbers must be finite (no NaN or infinity)")
+        return {}
+    if "\\u0000" in json.dumps(payload):
+        violation("payload", "must not contain NUL characters")
+        return {}
+    return payload
 
 
-def _duration_ms(d: duration_pb2.Duration) -> int:
-    return int(d.ToMilliseconds())
+def _duration_ms(d: duration_pb2.Duration) -> int | None:
+    try:
+        return int(d.ToMilliseconds())
+    except ValueError:  # nanos out of range, or beyond what a Duration may hold
+        return None
 
 
-def _timestamp_ms(t: timestamp_pb2.Timestamp) -> int:
-    return int(t.ToMilliseconds())
+def _timestamp_ms(t: timestamp_pb2.Timestamp) -> int | None:
+    try:
+        return int(t.ToMilliseconds())
+    except (ValueError, OverflowError):
+        return None

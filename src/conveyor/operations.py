@@ -36,6 +36,8 @@ from conveyor.jobs import (
     format_time,
     now_ms,
     valid_job_id,
+    valid_queue,
+    valid_type,
 )
 from conveyor.pagetokens import PageTokens
 from conveyor.queue import EventHub, QueueKeys, RedisQueue
@@ -273,6 +275,7 @@ class JobOperations:
             raise InvalidArgument(
                 [FieldViolation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")]
             )
+        _check_filter(filt)
         await self._take(principal, Kind.READ)
         limit = page_size or DEFAULT_PAGE_SIZE
         owner = _list_owner(principal, filt.owner)
@@ -372,6 +375,19 @@ class JobOperations:
 
 def _visible(principal: Principal, job: Job) -> bool:
     return principal.is_admin or job.owner == principal.owner
+
+
+def _check_filter(filt: ListFilter) -> None:
+    """Filters that no job could match (or the database could not compare) are refused."""
+    bad = []
+    if filt.queue and not valid_queue(filt.queue):
+        bad.append(FieldViolation("queue", "is not a queue name"))
+    if filt.type and not valid_type(filt.type):
+        bad.append(FieldViolation("type", "is not a job type"))
+    if filt.owner and (len(filt.owner) > 128 or not filt.owner.isprintable()):
+        bad.append(FieldViolation("owner", "is not an owner name"))
+    if bad:
+        raise InvalidArgument(bad)
 
 
 def _list_owner(principal: Principal, requested: str | None) -> str | None:

@@ -9,7 +9,8 @@ test instead of going unchecked. Each one is called with a well-formed request a
 - a revoked key (a user's and an admin's, revoked through ApiKeyService): UNAUTHENTICATED;
 - another owner's job id (a queued and a cancelled job of bob's, called with alice's key):
   NOT_FOUND, never PERMISSION_DENIED, with the same message as an id that does not exist,
-  and bob's jobs unchanged afterwards;
+  and bob's jobs unchanged afterwards; ListJobs naming bob as `owner` (an admin-only
+  filter): PERMISSION_DENIED, as its proto says;
 - a user key on an admin RPC (ApiKeyService, WorkerControl): PERMISSION_DENIED, and nothing
   changed (no key made or revoked, the worker neither paused nor drained).
 
@@ -385,8 +386,14 @@ async def test_every_rpc_refuses_callers_without_the_right(
     # Another owner's job: exactly what a job that does not exist gets.
     not_applicable: dict[str, list[str]] = {"other owner": [], "user on admin RPC": []}
     for rpc in ALL_RPCS:
+        if rpc.name == "ListJobs":
+            theirs_listed = jobs_pb.ListJobsRequest(queue=QUEUE, owner="bob")
+            got = await invoke(api, rpc, theirs_listed, bearer(keys.alice))
+            tally.expect("other owner", rpc, got, Code.PERMISSION_DENIED)
+            continue
         if rpc.name not in JOB_ID_RPCS:
-            not_applicable["other owner"].append(rpc.label)
+            isolated = rpc.name in ("SubmitJob", "SubmitJobs")
+            not_applicable["other owner"].append(rpc.label + (" (isolation below)" * isolated))
             continue
         missing = await invoke(api, rpc, request(rpc, MISSING_JOB), bearer(keys.alice))
         assert missing.code == Code.NOT_FOUND, (rpc.label, missing)

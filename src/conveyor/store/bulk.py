@@ -6,8 +6,12 @@ commit (fsync) however many jobs the batch holds. The rows travel as one JSON do
 Python's C encoder does the work that per-value parameter adaptation would do in Python.
 Both run in autocommit mode because a single statement is already atomic; only an
 all-or-nothing bulk submit opens a transaction, so that an idempotency conflict can roll it
-back. Callers batch (see `conveyor.batching`), so one connection serves the whole process;
-psycopg serialises any concurrent use of it.
+back. Callers batch (see `conveyor.batching`), so one connection serves the whole process.
+Each use of it (a statement, or an all-or-nothing transaction with its statements) holds
+`_busy` from start to end: psycopg alone serialises single statements but not transactions,
+and a transaction interleaved with another caller's statements would nest on the connection.
+A use that leaves the connection anywhere but idle (an error mid-transaction) closes it, so
+the next use dials a clean one.
 """
 
 from __future__ import annotations
@@ -99,31 +103,37 @@ class BulkStatements:
     def __init__(self, url: str) -> None:
         self.dsn = psycopg_dsn(url)
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._lock = asyncio.Lock()
+        self._busy = asyncio.Lock()
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        async with self._lock:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, connect_timeout=3
-                )
-            return self._conn
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, connect_timeout=3
+            )
+        return self._conn
 
     @contextlib.asynccontextmanager
     async def _cursor(
         self, *, transaction: bool = False
     ) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
-        """A cursor on the shared connection; a lost connection is Unavailable (and redialled
-        on the next call)."""
-        try:
-            conn = await self._connection()
-            async with contextlib.AsyncExitStack() as stack:
-                if transaction:
-                    await stack.enter_async_context(conn.transaction())
-                yield await stack.enter_async_context(conn.cursor())
-        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
-            await self.close()
-            raise Unavailable("database unavailable") from exc
+        """A cursor on the shared connection, which this use has to itself; a lost connection
+        is Unavailable (and redialled on the next call)."""
+        async with self._busy:
+            try:
+                conn = await self._connection()
+                async with contextlib.AsyncExitStack() as stack:
+                    if transaction:
+                        await stack.enter_async_context(conn.transaction())
+                    yield await stack.enter_async_context(conn.cursor())
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+                await self.close()
+                raise Unavailable("database unavailable") from exc
+            finally:
+                if self._conn is not None and (
+                    self._conn.closed
+                    or self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                ):
+                    await self.close()
 
     async def insert(
         self, jobs: Sequence[Job], *, all_or_nothing: bool = False
