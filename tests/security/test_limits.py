@@ -122,14 +122,10 @@ async def test_oversized_payloads_and_messages_have_their_own_errors(
 async def test_deadlines_are_honoured_and_leave_the_server_well(
     clients: tuple[AsyncClient, AsyncClient], capped_api: Service, keys: Keys
 ) -> None:
-    """A call whose deadline passes ends DEADLINE_EXCEEDED for the client; the server drops
-    it (a stream's handler is cancelled) and goes on serving."""
+    """A call still running when its deadline passes (here a stream held open) ends
+    DEADLINE_EXCEEDED for the client; the server drops it and goes on serving."""
     alice, _ = clients
     job = await alice.submit("noop", queue=QUEUE)
-    async with AsyncClient(capped_api.addr, api_key=keys.alice, timeout=0.000_001) as hasty:
-        with pytest.raises(ConveyorError) as late:
-            await hasty.get(job.id)
-    assert late.value.code.name == "DEADLINE_EXCEEDED"
     async with grpc.aio.insecure_channel(capped_api.addr) as channel:
         call = JobServiceStub(channel).WatchJob(  # a stream held open past its deadline
             pb.WatchJobRequest(id=job.id),
