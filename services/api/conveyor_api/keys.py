@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 from conveyor.auth import Authenticator, Principal, Role
 from conveyor.errors import FieldViolation, InvalidArgument, NotFound
 from conveyor.grpcserver import unary
-from conveyor.store.keys import KeyStore, StoredKey
+from conveyor.store.keys import KeyStore, StoredKey, parse_key_id
 from conveyor.v1 import api_key_service_pb2 as pb
 from conveyor.v1 import api_key_service_pb2_grpc
 
@@ -55,10 +54,10 @@ def _limit(
 
 
 def _key_id(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidArgument([FieldViolation("id", "must be a key id")]) from None
+    key_id = parse_key_id(value)
+    if key_id is None:
+        raise InvalidArgument([FieldViolation("id", "must be a key id")])
+    return key_id
 
 
 def _check_owner(owner: str, field: str, *, required: bool) -> list[FieldViolation]:

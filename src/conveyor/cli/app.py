@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from google.protobuf import json_format
@@ -168,17 +168,10 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, as_json: JsonFlag = False) -> None:
     """Revoke an API key: its calls and open streams end within a second."""
-    import uuid
-
-    try:
-        key_id = str(uuid.UUID(key_id))
-    except ValueError:
-        err.print(f"not a key id: {key_id!r}")
-        raise typer.Exit(2) from None
+    key_id = _key_id(key_id)
     revoked = _with_keys(lambda _, keys: keys.revoke(key_id))
     if revoked is None:
-        err.print(f"[red]error[/red] NOT_FOUND: API key {key_id} not found")
-        raise typer.Exit(2)
+        _key_not_found(key_id)
     print(json.dumps(_key_dict(revoked)) if as_json else f"revoked {revoked.id}")
 
 
@@ -196,13 +189,7 @@ def keys_limits(
     as_json: JsonFlag = False,
 ) -> None:
     """Set a key's rate limits; the ones left unset go back to the server's defaults."""
-    import uuid
-
-    try:
-        key_id = str(uuid.UUID(key_id))
-    except ValueError:
-        err.print(f"not a key id: {key_id!r}")
-        raise typer.Exit(2) from None
+    key_id = _key_id(key_id)
     values = [v for v in (submit_rate, submit_burst, read_rate, read_burst) if v is not None]
     if any(not 0 <= v <= 1e9 for v in values):
         err.print("rates and bursts must be between 0 and 1e9")
@@ -211,9 +198,23 @@ def keys_limits(
     read = None if read_rate is None else (read_rate, read_burst or read_rate)
     updated = _with_keys(lambda _, keys: keys.set_limits(key_id, submit, read))
     if updated is None:
-        err.print(f"[red]error[/red] NOT_FOUND: API key {key_id} not found")
-        raise typer.Exit(2)
+        _key_not_found(key_id)
     print(json.dumps(_key_dict(updated)) if as_json else f"updated {updated.id}")
+
+
+def _key_id(text: str) -> str:
+    from conveyor.store.keys import parse_key_id
+
+    key_id = parse_key_id(text)
+    if key_id is None:
+        err.print(f"not a key id: {text!r}")
+        raise typer.Exit(2)
+    return key_id
+
+
+def _key_not_found(key_id: str) -> NoReturn:
+    err.print(f"[red]error[/red] NOT_FOUND: API key {key_id} not found")
+    raise typer.Exit(2)
 
 
 def _with_keys(action: Callable[[Any, Any], Awaitable[T]]) -> T:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -28,6 +29,14 @@ class StoredKey:
     # (per second, burst) overrides; None: the server's default.
     submit_limit: tuple[float, float] | None = None
     read_limit: tuple[float, float] | None = None
+
+
+def parse_key_id(value: str) -> str | None:
+    """A key id in its stored form (a UUID), or None if `value` is not one."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
 
 
 def _limit(per_second: float | None, burst: float | None) -> tuple[float, float] | None:
