@@ -3,6 +3,12 @@
 No timer is involved. The first caller flushes at once; callers that arrive while a flush is
 running wait for the next one, which then carries all of them. A lone client pays one round
 trip per item, while many concurrent clients share each transaction's commit (fsync).
+
+With `concurrency` above 1, that many flushes may run at once: an item that arrives while
+one flush is busy starts the next at once instead of waiting for it (two connections'
+commits overlap, and PostgreSQL flushes their WAL together). That halves the wait a quiet
+caller sees behind a busy one. Flushes may then finish out of order, so only batchers whose
+items are independent (new jobs; not one job's successive outcomes) use it.
 """
 
 from __future__ import annotations
@@ -17,12 +23,17 @@ R = TypeVar("R")
 
 class Batcher(Generic[T, R]):
     def __init__(
-        self, flush: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch: int = 2000
+        self,
+        flush: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int = 2000,
+        concurrency: int = 1,
     ) -> None:
         self._flush = flush
         self._max_batch = max_batch
+        self._concurrency = concurrency
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._running: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
         """Hand in one item; its result once the flush that carried it is done."""
@@ -39,8 +50,8 @@ class Batcher(Generic[T, R]):
         return list(await asyncio.gather(*futures))
 
     def _start(self) -> None:
-        if self._running is None:
-            self._running = asyncio.create_task(self._drain())
+        if len(self._running) < self._concurrency:
+            self._running.add(asyncio.create_task(self._drain()))
 
     async def _drain(self) -> None:
         try:
@@ -60,4 +71,8 @@ class Batcher(Generic[T, R]):
                     if not fut.done():
                         fut.set_result(result)
         finally:
-            self._running = None
+            # Leave the running set in the same step that saw nothing pending, so that an
+            # item handed in from now on starts a flush of its own.
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.discard(task)

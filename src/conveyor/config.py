@@ -8,13 +8,19 @@ in seconds.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor.retry import RetryPolicy
+
+
+class ConfigurationError(ValueError):
+    """Conveyor is configured wrongly; the message names the variable and never its value.
+    Entry points print it and exit 2 instead of showing a traceback."""
 
 
 class Settings(BaseSettings):
@@ -73,6 +79,11 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="SIGTERM drain time.")
     max_payload_bytes: int = Field(1 << 20, ge=1024, description="Largest payload accepted.")
     max_message_bytes: int = Field(16 << 20, ge=1 << 16, description="Largest gRPC message.")
+    max_page_bytes: int = Field(
+        4 << 20,
+        ge=1 << 16,
+        description="Largest ListJobs page; 4 MiB, what stock gRPC clients receive by default.",
+    )
     max_concurrent_rpcs: int = Field(
         20_000,
         ge=0,
@@ -96,6 +107,12 @@ class Settings(BaseSettings):
         20_000.0, ge=0, description="Reads (get, list, watch) an owner may make per second."
     )
     read_burst: float = Field(40_000.0, ge=0, description="Reads an owner may make at once.")
+    rate_limit_hold_seconds: float = Field(
+        0.1,
+        ge=0,
+        le=10,
+        description="How long a call that ignored its RetryInfo waits for its refusal (0: none).",
+    )
     log_format: str = Field("json", description="json or console.")
     log_level: str = Field("INFO", description="Python logging level.")
 
@@ -173,5 +190,24 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Read the environment; keyword overrides (from CLI flags) win."""
-        return cls(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+        """Read the environment; keyword overrides (from CLI flags) win. A bad value is a
+        `ConfigurationError` that names each variable and what is wrong with it."""
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+
+
+def configuration_failure(exc: ConfigurationError) -> int:
+    """Say what is misconfigured on stderr; the exit code for it (2, as for bad usage)."""
+    print(f"conveyor: configuration error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"CONVEYOR_{field.upper()}" if field else "settings"
+        problems.append(f"{name}: {error['msg']}")
+    return "; ".join(problems)

@@ -5,6 +5,11 @@ SIGTERM/SIGINT.
 Servicer methods are written as `async def Method(self, request, principal)`: the `unary` and
 `streaming` decorators authenticate the call, run it, and turn a `ConveyorError` into its rich
 status (anything else into a bare INTERNAL, logged with its traceback, never sent).
+
+Servicers are added with `Server.add`, which makes request decoding tolerant: bytes that are
+not a valid request reach the decorators as `Undecodable` and are answered INVALID_ARGUMENT
+(grpc itself would answer UNKNOWN and log a traceback per request, so garbage would fill
+the logs).
 """
 
 from __future__ import annotations
@@ -18,13 +23,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from conveyor.auth import Authenticator, Principal, bearer_token
 from conveyor.config import Settings
-from conveyor.errors import ConveyorError, Unauthenticated, internal_status, to_status
+from conveyor.errors import (
+    ConveyorError,
+    FieldViolation,
+    InvalidArgument,
+    Unauthenticated,
+    internal_status,
+    to_status,
+)
 from conveyor.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -34,10 +47,68 @@ Resp = TypeVar("Resp")
 S = TypeVar("S", bound="HasAuth")
 
 HEALTH_PROBE_SECONDS = 1.0
+RESPONSE_HEADROOM_BYTES = 1 << 20
 
 
 class HasAuth(Protocol):
     auth: Authenticator
+
+
+class Undecodable:
+    """What a tolerant deserializer hands on for bytes that are not a valid request."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _refuse_undecodable(request: object) -> None:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(
+            [FieldViolation("(request)", f"not a valid protobuf message: {request.reason}")]
+        )
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+    parse = deserialize
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc) or "cannot be parsed")
+
+    return tolerant
+
+
+class _TolerantRegistrar:
+    """Stands in for the grpc server while a generated `add_*Servicer_to_server` registers
+    a servicer, and registers its handlers with tolerant request deserializers instead."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+        self.registered = False
+
+    def add_generic_rpc_handlers(
+        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        """Ignored: the same handlers arrive through `add_registered_method_handlers`."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        safe = {
+            name: handler._replace(  # type: ignore[attr-defined]
+                request_deserializer=_tolerant(handler.request_deserializer)
+            )
+            for name, handler in handlers.items()
+        }
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, safe),))
+        self.server.add_registered_method_handlers(service, safe)  # type: ignore[attr-defined]
+        self.registered = True
 
 
 def _status_for(exc: Exception) -> grpc.Status:
@@ -58,6 +129,7 @@ def unary(
     @functools.wraps(method)
     async def handle(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
         try:
+            _refuse_undecodable(request)
             principal = await self.auth.authenticate(context.invocation_metadata())
             return await method(self, request, principal)
         except Exception as exc:
@@ -77,6 +149,7 @@ def streaming(
     ) -> AsyncIterator[Resp]:
         watched = None
         try:
+            _refuse_undecodable(request)
             metadata = context.invocation_metadata()
             principal = await self.auth.authenticate(metadata)
             # Revoking the key ends the stream within a second (see auth.StreamGuard).
@@ -104,7 +177,9 @@ def streaming(
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        # A response echoes at most a request's worth of payload plus the job fields, so
+        # SubmitJobs of a request at the limit can still be answered.
+        ("grpc.max_send_message_length", max_message_bytes + RESPONSE_HEADROOM_BYTES),
         ("grpc.so_reuseport", 0),
         # Keepalive enforcement: a client pinging more often than every 10 s without data
         # gets a strike, and after two strikes a GOAWAY, so a ping flood costs no CPU.
@@ -149,6 +224,14 @@ class Server:
         )
         self.port = 0
         self._probe: asyncio.Task[None] | None = None
+
+    def add(self, register: Callable[[Any, Any], None], servicer: object) -> None:
+        """Add `servicer` through its generated `add_*Servicer_to_server` function, with
+        tolerant request decoding (see `Undecodable`)."""
+        registrar = _TolerantRegistrar(self.grpc)
+        register(servicer, registrar)
+        if not registrar.registered:  # pragma: no cover - a grpcio codegen change
+            raise RuntimeError(f"{register.__name__} registered no method handlers")
 
     @classmethod
     def from_settings(

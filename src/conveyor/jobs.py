@@ -337,6 +337,11 @@ def spec_from_proto(
     )
 
 
+# A NUL as JSON writes it: `\u0000` after an even run of backslashes (an odd run makes it
+# the text "\\u0000", a backslash and five characters, which PostgreSQL stores fine).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str, Any]:
     """The payload as a dict, or a violation: too large, a number JSON cannot hold (NaN,
     infinity), or a NUL character (PostgreSQL's jsonb cannot store one)."""
@@ -349,7 +354,8 @@ def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str,
     except ValueError:
         violation("payload", "numbers must be finite (no NaN or infinity)")
         return {}
-    if "\\u0000" in json.dumps(payload):
+    text = json.dumps(payload)
+    if "\\u0000" in text and _JSON_NUL.search(text):
         violation("payload", "must not contain NUL characters")
         return {}
     return payload

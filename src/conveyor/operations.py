@@ -81,7 +81,9 @@ class JobOperations:
         self.settings = settings
         self.registry = registry or Registry()
         self.workers = WorkerRegistry(queue.redis)
-        self.limiter = RateLimiter(queue.redis, queue.scripts)
+        self.limiter = RateLimiter(
+            queue.redis, queue.scripts, hold=settings.rate_limit_hold_seconds
+        )
         self.page_tokens = PageTokens(queue.redis, settings.secret_key)
         self._default_limits = {
             Kind.SUBMIT: Limit(settings.submit_rate, settings.submit_burst),
@@ -89,7 +91,10 @@ class JobOperations:
         }
         self._workers_seen: tuple[float, list[WorkerInfo]] = (0.0, [])
         self._defaults: dict[str, JobDefaults] = {}
-        self._submits: Batcher[Job, Job | ConveyorError] = Batcher(self._commit_and_enqueue)
+        # New jobs are independent, so two flushes may overlap (see conveyor.batching).
+        self._submits: Batcher[Job, Job | ConveyorError] = Batcher(
+            self._commit_and_enqueue, concurrency=2
+        )
         # A job's hot state lives under its queue's hash tag, so reading it takes the queue.
         # Jobs submitted here, or read once from the database, are remembered (oldest
         # forgotten first); any other id costs one primary-key read first.
@@ -279,8 +284,7 @@ class JobOperations:
         await self._take(principal, Kind.READ)
         limit = page_size or DEFAULT_PAGE_SIZE
         owner = _list_owner(principal, filt.owner)
-        scope = [principal.owner, owner, int(filt.state) if filt.state else 0, filt.queue or "",
-                 filt.type or ""]  # fmt: skip
+        scope = _page_scope(principal, filt)
         before = await self.page_tokens.decode(page_token, scope) if page_token else None
         if before is not None and not valid_job_id(before):
             raise InvalidArgument([FieldViolation("page_token", "is not a valid cursor")])
@@ -296,6 +300,11 @@ class JobOperations:
             return jobs, ""
         jobs = jobs[:limit]
         return jobs, await self.page_tokens.encode(jobs[-1].id, scope)
+
+    async def page_token_after(self, principal: Principal, filt: ListFilter, job: Job) -> str:
+        """The token of the page that follows `job` in the listing `filt` (for a caller that
+        cuts a page short, e.g. to keep the response under a size)."""
+        return await self.page_tokens.encode(job.id, _page_scope(principal, filt))
 
     # -- cancel ----------------------------------------------------------------------------
     async def cancel(self, principal: Principal, job_id: str) -> Job:
@@ -388,6 +397,13 @@ def _check_filter(filt: ListFilter) -> None:
         bad.append(FieldViolation("owner", "is not an owner name"))
     if bad:
         raise InvalidArgument(bad)
+
+
+def _page_scope(principal: Principal, filt: ListFilter) -> list[str | int]:
+    """What a page token is bound to: who asks, whose jobs, and the filters."""
+    owner = _list_owner(principal, filt.owner)
+    return [principal.owner, owner or "", int(filt.state) if filt.state else 0,
+            filt.queue or "", filt.type or ""]  # fmt: skip
 
 
 def _list_owner(principal: Principal, requested: str | None) -> str | None:

@@ -13,8 +13,10 @@ its own Redis or database work, which reports the outage itself.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import random
 import time
 from dataclasses import dataclass
 
@@ -57,12 +59,26 @@ class Limits:
 class RateLimiter:
     """Checks buckets in Redis; a refusal is also remembered in-process until the time it
     named, so a client that ignores RetryInfo and keeps calling is refused from memory,
-    without a Redis call, and costs the server (and the owners it shares it with) little."""
+    without a Redis call.
 
-    def __init__(self, redis: Redis, scripts: Scripts) -> None:
+    Such a call (it came back before the time its refusal named) is also answered only
+    after about `hold` seconds (jittered by half), up to `max_held` calls per owner at
+    once. A client that retries in a loop, the usual flood, is thereby slowed to a few
+    calls a second per loop instead of as many as the server can refuse, so the CPU it
+    takes from the owners it shares the server with stays small. Beyond `max_held`,
+    refusals are immediate: holding costs a timer per call, not a thread, but slots of
+    `CONVEYOR_MAX_CONCURRENT_RPCS` too.
+    """
+
+    def __init__(
+        self, redis: Redis, scripts: Scripts, *, hold: float = 0.1, max_held: int = 64
+    ) -> None:
         self.redis = redis
         self.scripts = scripts
+        self.hold = hold
+        self.max_held = max_held
         self._empty_until: dict[tuple[str, Kind], float] = {}
+        self._held: dict[str, int] = {}
 
     async def take(self, owner: str, kind: Kind, limit: Limit, cost: int = 1) -> None:
         """Take `cost` tokens from the owner's bucket, or raise RESOURCE_EXHAUSTED."""
@@ -70,8 +86,9 @@ class RateLimiter:
             return
         until = self._empty_until.get((owner, kind))
         if until is not None:
-            left = until - time.monotonic()
-            if left > 0:
+            if until > time.monotonic():
+                await self._hold(owner)
+                left = max(until - time.monotonic(), 0.001)
                 raise self._refusal(owner, kind, limit, left)
             del self._empty_until[(owner, kind)]
         try:
@@ -91,6 +108,21 @@ class RateLimiter:
                     self._empty_until.clear()
                 self._empty_until[(owner, kind)] = time.monotonic() + wait
             raise self._refusal(owner, kind, limit, wait)
+
+    async def _hold(self, owner: str) -> None:
+        """Delay the refusal of a call that ignored RetryInfo (see the class)."""
+        held = self._held.get(owner, 0)
+        if self.hold <= 0 or held >= self.max_held:
+            return
+        self._held[owner] = held + 1
+        try:
+            # Jittered, so that a client's many loops do not all come back at once.
+            await asyncio.sleep(self.hold * random.uniform(0.5, 1.5))
+        finally:
+            if self._held[owner] <= 1:
+                del self._held[owner]
+            else:
+                self._held[owner] -= 1
 
     @staticmethod
     def _refusal(owner: str, kind: Kind, limit: Limit, wait: float) -> ResourceExhausted:

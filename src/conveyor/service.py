@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from conveyor.config import Settings
+from conveyor.config import ConfigurationError, Settings, configuration_failure
 from conveyor.grpcserver import run
 from conveyor.queue import EventHub, RedisQueue, connect
 from conveyor.store import Database, JobStore
@@ -56,7 +56,12 @@ async def connections(settings: Settings, *, pool_size: int = 10) -> AsyncIterat
 def service_main(
     serve: Callable[[Settings], Coroutine[Any, Any, None]], settings: Settings | None = None
 ) -> None:
-    """A service's entry point: read the environment, set up logging, run `serve`."""
-    settings = settings or Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
-    run(lambda: serve(settings))
+    """A service's entry point: read the environment, set up logging, run `serve`. A
+    configuration error (a bad variable, a TLS file that is not what it should be) ends the
+    process with its message and exit code 2, not a traceback."""
+    try:
+        settings = settings or Settings.from_env()
+        configure_logging(settings.log_level, settings.log_format)
+        run(lambda: serve(settings))
+    except ConfigurationError as exc:
+        raise SystemExit(configuration_failure(exc)) from None

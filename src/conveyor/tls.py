@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from conveyor.config import Settings
+from conveyor.config import ConfigurationError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,14 @@ _PRIVATE_KEY = b"PRIVATE KEY-----"
 _ENCRYPTED_KEY = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
 
 # The settings a client's TLS comes from (also what `TlsOptions.from_environ` reads).
+# Conveyor's clients take any response a server may send (its message limit plus headroom);
+# gRPC's default of 4 MiB would refuse a job whose payload is near a raised payload limit.
+CLIENT_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.max_receive_message_length", 64 << 20),)
+
 CLIENT_FIELDS = ("tls", "tls_ca", "tls_client_cert", "tls_client_key", "tls_server_name")
 
 
-class TlsConfigError(ValueError):
+class TlsConfigError(ConfigurationError):
     """TLS is configured wrongly: a file is missing, unreadable, or not the PEM it should be."""
 
 
@@ -184,8 +188,9 @@ def open_channel(
 ) -> grpc.Channel:
     """A blocking channel to `target`: secure when `tls` resolves to TLS, else plaintext."""
     resolved = resolve_client_tls(tls)
+    options = [*CLIENT_OPTIONS, *options]
     if resolved is None:
-        return grpc.insecure_channel(target, options=list(options))
+        return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(
         target, resolved.credentials(), options=[*options, *resolved.channel_options()]
     )
@@ -196,8 +201,9 @@ def open_aio_channel(
 ) -> grpc.aio.Channel:
     """A grpc.aio channel to `target`: secure when `tls` resolves to TLS, else plaintext."""
     resolved = resolve_client_tls(tls)
+    options = [*CLIENT_OPTIONS, *options]
     if resolved is None:
-        return grpc.aio.insecure_channel(target, options=list(options))
+        return grpc.aio.insecure_channel(target, options=options)
     return grpc.aio.secure_channel(
         target, resolved.credentials(), options=[*options, *resolved.channel_options()]
     )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
-from tests.processes import Keys, Stack
+from tests.processes import CONVEYOR, Keys, Stack
 
 
 def test_submit_wait_exits_zero_on_success(stack: Stack, keys: Keys) -> None:
@@ -90,3 +93,32 @@ def test_every_command_has_help(stack: Stack) -> None:
         assert "Usage" in stack.cli(command, "--help").stdout
     assert "--owner" in stack.cli("keys", "create", "--help").stdout
     assert "--queue" in stack.cli("dead", "list", "--help").stdout
+
+
+def test_configuration_errors_name_the_variable_without_a_traceback(tmp_path: Path) -> None:
+    """Guards the entry points: a bad setting or TLS file ends the CLI and each service with
+    exit 2 and one line naming the variable, never a traceback or the value (which may be a
+    secret)."""
+    base = {**os.environ, "CONVEYOR_REDIS_URL": "redis://127.0.0.1:1"}
+    missing = str(tmp_path / "absent.pem")
+    cases = [
+        ([CONVEYOR, "list"], {"CONVEYOR_LEASE_SECONDS": "s3cret-lease"}, "CONVEYOR_LEASE_SECONDS"),
+        ([CONVEYOR, "list"], {"CONVEYOR_TLS_CA": missing}, "CONVEYOR_TLS_CA"),
+        (
+            [str(Path(CONVEYOR).with_name("conveyor-api"))],
+            {"CONVEYOR_TLS_CERT": missing, "CONVEYOR_TLS_KEY": missing},
+            "CONVEYOR_TLS_CERT",
+        ),
+        (
+            [str(Path(CONVEYOR).with_name("conveyor-worker"))],
+            {"CONVEYOR_WORKER_CONCURRENCY": "many"},
+            "CONVEYOR_WORKER_CONCURRENCY",
+        ),
+    ]
+    for command, env, variable in cases:
+        done = subprocess.run(
+            command, env={**base, **env}, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2, (command, done.stderr)
+        assert done.stderr.startswith(f"conveyor: configuration error: {variable}:"), done.stderr
+        assert "Traceback" not in done.stderr and "s3cret" not in done.stderr

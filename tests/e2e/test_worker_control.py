@@ -44,6 +44,19 @@ async def test_only_admins_may_control_workers(control: WorkerControlStub, keys:
     assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_bytes_that_do_not_parse_are_invalid_argument(worker: Service, keys: Keys) -> None:
+    """Guards the worker's wire boundary as the fuzz suite guards the api's: garbage is
+    INVALID_ARGUMENT with a detail that says so (not grpc's UNKNOWN), before the key."""
+    async with grpc.aio.insecure_channel(worker.addr) as channel:
+        call = channel.unary_unary("/conveyor.v1.WorkerControl/DrainWorker")
+        for metadata in (auth(keys.admin), ()):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(b"\x0a\xff\xff\xff\xff\x0f", metadata=metadata, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid protobuf message" in (refused.value.details() or "")
+    assert worker.proc.poll() is None, "the worker keeps running"
+
+
 async def test_status_pause_resume_and_drain(
     control: WorkerControlStub, worker: Service, stack: Stack, keys: Keys, alice: AsyncClient
 ) -> None:

@@ -97,3 +97,45 @@ async def test_limits_are_validated(keys: Keys, keys_admin: ApiKeyServiceStub) -
         "read_limit.per_second",
         "read_limit.burst",
     }
+
+
+async def test_a_client_that_ignores_retry_info_is_slowed_not_served_faster(
+    stack: Stack, keys: Keys, keys_admin: ApiKeyServiceStub, alice: AsyncClient
+) -> None:
+    """Guards the other owners against a retry loop: calls that come back before their
+    RetryInfo time are refused only after about CONVEYOR_RATE_LIMIT_HOLD_SECONDS (0.1 s,
+    jittered by half), so 4 loops hammering for 1 s make tens of calls, not thousands;
+    a client that waits as told is not held, and another owner is served at once."""
+    secret = await limited_key(keys_admin, keys, "ivan", rate=2)
+    async with AsyncClient(stack.api_addr, api_key=secret) as ivan:
+        await ivan.submit("noop", queue=QUEUE)
+        await ivan.submit("noop", queue=QUEUE)
+        refusals: list[float] = []
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 1.0
+
+        async def hammer() -> None:
+            while loop.time() < until:
+                started = loop.time()
+                try:
+                    await ivan.submit("noop", queue=QUEUE)
+                except ResourceExhausted:
+                    refusals.append(loop.time() - started)
+
+        others = asyncio.gather(*(hammer() for _ in range(4)))
+        start = loop.time()
+        await alice.submit("noop", queue=QUEUE)
+        alice_took = loop.time() - start
+        await others
+        held = [t for t in refusals if t >= 0.04]
+        print(
+            f"\nignoring RetryInfo: {len(refusals)} refusals in 1 s from 4 loops, "
+            f"{len(held)} held ≥ 40 ms; another owner's submit took {alice_took * 1e3:.1f} ms"
+        )
+        assert len(refusals) < 120, "without the hold, 4 loops make thousands of calls a second"
+        assert len(held) >= len(refusals) // 2
+        assert alice_took < 0.05
+        await asyncio.sleep(0.6)  # the bucket refills (2/s): a patient call is not held
+        start = loop.time()
+        await ivan.submit("noop", queue=QUEUE)
+        assert loop.time() - start < 0.05

@@ -117,3 +117,24 @@ def test_job_ids_are_uuid7_and_unique() -> None:
     assert len(ids) == 1000
     assert all(i[14] == "7" for i in ids)
     assert not valid_job_id("not-a-uuid") and not valid_job_id("")
+
+
+@pytest.mark.parametrize("text", ["\x00", "a\x00", "\\\x00", "\\\\\x00"])
+def test_payload_with_a_nul_is_refused(text: str) -> None:
+    """Guards PostgreSQL: jsonb cannot store NUL, so it is refused at submit, anywhere."""
+    request = pb.SubmitJobRequest(type="noop")
+    request.payload.update({"nested": {"list": [text]}})
+    assert violations(request) == {"payload": "must not contain NUL characters"}
+    request = pb.SubmitJobRequest(type="noop")
+    request.payload.update({text: 1})
+    assert violations(request) == {"payload": "must not contain NUL characters"}
+
+
+@pytest.mark.parametrize("text", ["\\u0000", "\\\\\\u0000", "u0000", "\\"])
+def test_payload_with_the_text_of_an_escape_is_kept(text: str) -> None:
+    """Guards against the false alarm the fuzz suite found: a backslash followed by
+    "u0000" is six ordinary characters, not a NUL."""
+    request = pb.SubmitJobRequest(type="noop")
+    request.payload.update({text: text})
+    spec = spec_from_proto(request, max_payload_bytes=1024)
+    assert spec.payload == {text: text}

@@ -43,9 +43,10 @@ async def serve(settings: Settings) -> None:
             service_names=SERVICE_NAMES,
             checks=[conns.checks],
         )
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server.grpc)
-        api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(
-            ApiKeyServicer(auth, keys), server.grpc
+        server.add(job_service_pb2_grpc.add_JobServiceServicer_to_server, servicer)
+        server.add(
+            api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server,
+            ApiKeyServicer(auth, keys),
         )
         port = await server.start()
         log.info("api serving JobService on %s (port %d)", settings.api_addr, port)

@@ -10,8 +10,8 @@ from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.grpcserver import streaming, unary
 from conveyor.jobs import MAX_BULK, JobSpec, JobState, spec_from_proto
 from conveyor.operations import JobOperations, ListFilter
+from conveyor.v1 import job_pb2, job_service_pb2_grpc
 from conveyor.v1 import job_service_pb2 as pb
-from conveyor.v1 import job_service_pb2_grpc
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -19,6 +19,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self.ops = ops
         self.auth = auth
         self.max_payload = settings.max_payload_bytes
+        self.max_page_bytes = settings.max_page_bytes
 
     @unary
     async def SubmitJob(
@@ -75,7 +76,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         jobs, token = await self.ops.list_jobs(
             principal, filt, request.page_size, request.page_token
         )
-        return pb.ListJobsResponse(jobs=[job.to_proto() for job in jobs], next_page_token=token)
+        protos = [job.to_proto() for job in jobs]
+        fit = _fitting(protos, self.max_page_bytes)
+        if fit < len(protos):  # cut short by size: the next page starts after the last kept
+            token = await self.ops.page_token_after(principal, filt, jobs[fit - 1])
+        return pb.ListJobsResponse(jobs=protos[:fit], next_page_token=token)
 
     @streaming
     async def WatchJob(
@@ -104,3 +109,23 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> pb.ListJobAttemptsResponse:
         attempts = await self.ops.attempts(principal, request.id)
         return pb.ListJobAttemptsResponse(attempts=[a.to_proto() for a in attempts])
+
+
+# A page's share of a response that is not its jobs: the page token and framing.
+PAGE_OVERHEAD_BYTES = 4096
+
+
+def _fitting(jobs: list[job_pb2.Job], max_bytes: int) -> int:
+    """How many of `jobs` fit in a ListJobs response of `max_bytes` (at least one, so that
+    a listing always moves on; a job is never larger than the message limit)."""
+    used = PAGE_OVERHEAD_BYTES
+    for count, job in enumerate(jobs):
+        size = job.ByteSize()
+        used += size + 1 + _varint_size(size)  # field tag and length prefix
+        if used > max_bytes:
+            return max(count, 1)
+    return len(jobs)
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)

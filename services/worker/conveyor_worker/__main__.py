@@ -39,7 +39,7 @@ async def serve(settings: Settings) -> None:
             checks=[conns.checks],
         )
         control = WorkerControlServicer(worker, Authenticator(KeyStore(conns.db)))
-        worker_control_pb2_grpc.add_WorkerControlServicer_to_server(control, server.grpc)
+        server.add(worker_control_pb2_grpc.add_WorkerControlServicer_to_server, control)
         port = await server.start()
         await worker.start()
         log.info("worker %s: WorkerControl on port %d", worker.worker_id, port)

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from conveyor.config import Settings
+from conveyor.config import ConfigurationError, Settings, configuration_failure
 from conveyor.errors import ConveyorError
 from conveyor.v1 import job_pb2
 
@@ -452,4 +452,7 @@ def _follow_with_bar(client: Any, job_id: str) -> job_pb2.Job | None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ConfigurationError as exc:
+        raise SystemExit(configuration_failure(exc)) from None

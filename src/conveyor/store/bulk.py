@@ -6,12 +6,14 @@ commit (fsync) however many jobs the batch holds. The rows travel as one JSON do
 Python's C encoder does the work that per-value parameter adaptation would do in Python.
 Both run in autocommit mode because a single statement is already atomic; only an
 all-or-nothing bulk submit opens a transaction, so that an idempotency conflict can roll it
-back. Callers batch (see `conveyor.batching`), so one connection serves the whole process.
-Each use of it (a statement, or an all-or-nothing transaction with its statements) holds
-`_busy` from start to end: psycopg alone serialises single statements but not transactions,
-and a transaction interleaved with another caller's statements would nest on the connection.
-A use that leaves the connection anywhere but idle (an error mid-transaction) closes it, so
-the next use dials a clean one.
+back. Callers batch (see `conveyor.batching`), so two connections serve the whole process.
+Each use of one (a statement, or an all-or-nothing transaction with its statements) has it
+to itself from start to end: psycopg alone serialises single statements but not
+transactions, and a transaction interleaved with another caller's statements would nest on
+the connection. A use that leaves the connection anywhere but idle (an error
+mid-transaction) closes it, so the next use dials a clean one. Rows are inserted in
+idempotency-key order, so that two batches inserting the same keys at once wait for each
+other instead of deadlocking.
 """
 
 from __future__ import annotations
@@ -94,46 +96,65 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     return columns
 
 
+def _key_order(job: Job) -> tuple[str, str]:
+    return (job.owner, job.idempotency_key or "")
+
+
 def _records(rows: list[dict[str, Any]]) -> list[str]:
     """The statement parameter for `jsonb_to_recordset`: the rows as one JSON array."""
     return [json.dumps(rows, separators=(",", ":"))]
 
 
 class BulkStatements:
-    def __init__(self, url: str) -> None:
-        self.dsn = psycopg_dsn(url)
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._busy = asyncio.Lock()
+    """The hot-path statements over a few autocommit connections (`connections`, default
+    2: one flush of submits can commit while the next is already sent)."""
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, connect_timeout=3
-            )
-        return self._conn
+    def __init__(self, url: str, *, connections: int = 2) -> None:
+        self.dsn = psycopg_dsn(url)
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._open: set[psycopg.AsyncConnection[Any]] = set()
+        self._slots = asyncio.Semaphore(connections)
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+            self._open.discard(conn)
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=3)
+        self._open.add(conn)
+        return conn
+
+    async def _discard(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._open.discard(conn)
+        await conn.close()
 
     @contextlib.asynccontextmanager
     async def _cursor(
         self, *, transaction: bool = False
     ) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
-        """A cursor on the shared connection, which this use has to itself; a lost connection
-        is Unavailable (and redialled on the next call)."""
-        async with self._busy:
+        """A cursor on a connection this use has to itself; a lost connection is Unavailable
+        (and a fresh one is dialled on the next call)."""
+        async with self._slots:
+            conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await self._connection()
+                conn = await self._connect()
                 async with contextlib.AsyncExitStack() as stack:
                     if transaction:
                         await stack.enter_async_context(conn.transaction())
                     yield await stack.enter_async_context(conn.cursor())
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
-                await self.close()
+                if conn is not None:
+                    await self._discard(conn)
+                    conn = None
                 raise Unavailable("database unavailable") from exc
             finally:
-                if self._conn is not None and (
-                    self._conn.closed
-                    or self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-                ):
-                    await self.close()
+                if conn is not None:
+                    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                    if conn.closed or not idle:
+                        await self._discard(conn)
+                    else:
+                        self._idle.append(conn)
 
     async def insert(
         self, jobs: Sequence[Job], *, all_or_nothing: bool = False
@@ -147,7 +168,7 @@ class BulkStatements:
                 "idempotency_key": j.idempotency_key, "request_hash": j.request_hash,
                 "run_at": j.run_at, "create_time": j.create_time, "retry": j.retry.to_doc(),
             }
-            for j in jobs
+            for j in sorted(jobs, key=_key_order)
         ]  # fmt: skip
         try:
             async with self._cursor(transaction=all_or_nothing) as cur:
@@ -184,6 +205,6 @@ class BulkStatements:
             return {row[0] for row in await cur.fetchall()}
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        conns, self._open, self._idle = list(self._open), set(), []
+        for conn in conns:
             await conn.close()
