@@ -36,6 +36,7 @@ from conveyor.queue import RedisQueue, connect
 from conveyor.queue.keys import EPOCH_KEY
 from conveyor.reconciler import Reconciler
 from conveyor.store import Database, JobStore, migrate
+from conveyor.store.queues import QueueStore
 from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
@@ -409,7 +410,8 @@ class Bench:
         store = JobStore(db)
         try:
             start = time.perf_counter()
-            stats = await Reconciler(store, RedisQueue(redis, settings), settings).reconcile()
+            reconciler = Reconciler(store, RedisQueue(redis, settings), settings, QueueStore(db))
+            stats = await reconciler.reconcile()
             elapsed = time.perf_counter() - start
             async with db.engine.connect() as conn:
                 rows = (await conn.execute(text("SELECT count(*) FROM jobs"))).scalar_one()

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from conveyor.queues import QueueChoice
 from conveyor.retry import RetryPolicy
 
 
@@ -47,7 +48,10 @@ class Settings(BaseSettings):
     dev_api_key: str = Field("", description="The key `conveyor dev` accepts (random if unset).")
     api_key: str = Field("", description="The key the CLI and client send.")
     worker_concurrency: int = Field(10, ge=1, le=10_000, description="Jobs a worker runs at once.")
-    worker_queues: str = Field("default", description="Queues a worker serves, highest first.")
+    worker_queues: str = Field(
+        "default",
+        description="Queues a worker serves: `a,b` in strict order, or `a:3,b:1` by weight.",
+    )
     handlers: str = Field("", description="Extra handler modules to load, comma separated.")
     worker_id: str = Field("", description="A worker's id (host-pid-random if unset).")
 
@@ -180,9 +184,19 @@ class Settings(BaseSettings):
             jitter=self.backoff_jitter,
         )
 
+    @field_validator("worker_queues")
+    @classmethod
+    def _queues_parse(cls, value: str) -> str:
+        QueueChoice.parse(value)  # a ValueError becomes a ConfigurationError naming it
+        return value
+
+    @property
+    def queue_choice(self) -> QueueChoice:
+        return QueueChoice.parse(self.worker_queues)
+
     @property
     def queue_list(self) -> list[str]:
-        return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+        return list(self.queue_choice.names)
 
     @property
     def handler_modules(self) -> list[str]:

@@ -209,15 +209,18 @@ class JobOperations:
                 f"waiting for backoff until {format_time(job.run_at)} after attempt "
                 f"{job.attempt} of {job.max_attempts} failed"
             )
+        waiting = await self.queue.waiting(job.queue, job.id)
+        held = waiting.reason(job.queue)
+        if held:
+            return held
         workers = [w for w in await self._live_workers() if job.queue in w.queues]
         if not workers:
             return f"no live worker serves queue {job.queue!r}"
         if not any(job.type in w.types for w in workers):
             return f"no live worker on queue {job.queue!r} handles job type {job.type!r}"
-        ahead = await self.queue.position(job.queue, job.id)
-        if ahead is None:
+        if waiting.ahead < 0:
             return "waiting for a worker"
-        return f"waiting for a worker slot ({ahead} job(s) ahead in queue {job.queue!r})"
+        return f"waiting for a worker slot ({waiting.ahead} job(s) ahead in queue {job.queue!r})"
 
     async def _live_workers(self) -> list[WorkerInfo]:
         seen, workers = self._workers_seen

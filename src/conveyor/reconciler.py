@@ -34,6 +34,7 @@ from conveyor.errors import Unavailable
 from conveyor.queue import RedisQueue
 from conveyor.queue.keys import RECONCILE_LOCK
 from conveyor.store import JobStore
+from conveyor.store.queues import QueueStore
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,12 @@ class PassStats:
 
 
 class Reconciler:
-    def __init__(self, store: JobStore, queue: RedisQueue, settings: Settings) -> None:
+    def __init__(
+        self, store: JobStore, queue: RedisQueue, settings: Settings, queues: QueueStore
+    ) -> None:
         self.store = store
         self.queue = queue
+        self.queues = queues
         self.settings = settings
         self.replica = secrets.token_hex(8)
         self.passes = 0
@@ -94,8 +98,11 @@ class Reconciler:
         return await self.queue.try_lock(RECONCILE_LOCK, self.replica, max(ttl_ms, 1))
 
     async def reconcile(self) -> PassStats:
-        """One pass over every unfinished job."""
+        """One pass: every queue's settings (first, so that a paused queue is paused before
+        its restored jobs are back in line), then every unfinished job."""
         stats = PassStats()
+        for settings in await self.queues.all():
+            await self.queue.configure(settings)
         after = ""
         while True:
             refs, last = await self.store.unfinished(after, PAGE_SIZE)

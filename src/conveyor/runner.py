@@ -110,7 +110,8 @@ class Worker:
         self.store = store
         self.registry = registry
         self.worker_id = settings.worker_id or default_worker_id()
-        self.queues = settings.queue_list
+        self.choice = settings.queue_choice
+        self.queues = list(self.choice.names)
         self.concurrency = settings.worker_concurrency
         self.state = WorkerState.RUNNING
         self.stats = WorkerStats()
@@ -267,7 +268,7 @@ class Worker:
             await self._slot_freed.wait()
             return
         claimed, next_wake = 0, -1
-        for name in self.queues:
+        for name in self.choice.order():
             claims, due = await self.queue.claim(
                 name,
                 free - claimed,

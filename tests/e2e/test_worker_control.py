@@ -48,7 +48,11 @@ async def test_bytes_that_do_not_parse_are_invalid_argument(worker: Service, key
     """Guards the worker's wire boundary as the fuzz suite guards the api's: garbage is
     INVALID_ARGUMENT with a detail that says so (not grpc's UNKNOWN), before the key."""
     async with grpc.aio.insecure_channel(worker.addr) as channel:
-        call = channel.unary_unary("/conveyor.v1.WorkerControl/DrainWorker")
+        call = channel.unary_unary(
+            "/conveyor.v1.WorkerControl/DrainWorker",
+            request_serializer=None,
+            response_deserializer=None,
+        )
         for metadata in (auth(keys.admin), ()):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call(b"\x0a\xff\xff\xff\xff\x0f", metadata=metadata, timeout=10)

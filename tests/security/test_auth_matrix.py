@@ -37,6 +37,7 @@ from google.protobuf.message import Message
 from conveyor.v1 import api_key_service_pb2 as keys_pb
 from conveyor.v1 import job_pb2
 from conveyor.v1 import job_service_pb2 as jobs_pb
+from conveyor.v1 import queue_pb2 as queue_pb
 from conveyor.v1 import worker_control_pb2 as control_pb
 from tests.processes import Keys, Service, Stack
 
@@ -55,6 +56,10 @@ SERVICES: list[descriptor.ServiceDescriptor] = [
     control_pb.DESCRIPTOR.services_by_name["WorkerControl"],
 ]
 ADMIN_SERVICES = {"conveyor.v1.ApiKeyService", "conveyor.v1.WorkerControl"}
+# JobService RPCs about queues and workers rather than the caller's jobs.
+ADMIN_RPCS = {"GetQueueStats", "PauseQueue", "ResumeQueue", "UpdateQueueLimits", "ListWorkers"}
+# A queue of its own, so that a pause that wrongly succeeded holds no other test's jobs.
+ADMIN_QUEUE = "authmatrix-admin"
 # JobService RPCs that name a job: another owner's id must be NOT_FOUND.
 JOB_ID_RPCS = {"GetJob", "WatchJob", "CancelJob", "RetryJob", "ListJobAttempts"}
 
@@ -83,7 +88,7 @@ class Rpc:
 
     @property
     def admin_only(self) -> bool:
-        return self.service in ADMIN_SERVICES
+        return self.service in ADMIN_SERVICES or self.name in ADMIN_RPCS
 
     @property
     def label(self) -> str:
@@ -172,6 +177,17 @@ def job_requests(world: World) -> dict[str, Callable[[str], Message]]:
         "conveyor.v1.JobService.ListJobAttempts": lambda job: jobs_pb.ListJobAttemptsRequest(
             id=job
         ),
+        "conveyor.v1.JobService.GetQueueStats": lambda _: jobs_pb.GetQueueStatsRequest(
+            queue=ADMIN_QUEUE
+        ),
+        "conveyor.v1.JobService.PauseQueue": lambda _: jobs_pb.PauseQueueRequest(queue=ADMIN_QUEUE),
+        "conveyor.v1.JobService.ResumeQueue": lambda _: jobs_pb.ResumeQueueRequest(
+            queue=ADMIN_QUEUE
+        ),
+        "conveyor.v1.JobService.UpdateQueueLimits": lambda _: jobs_pb.UpdateQueueLimitsRequest(
+            queue=ADMIN_QUEUE, limits=queue_pb.QueueLimits(max_running=1)
+        ),
+        "conveyor.v1.JobService.ListWorkers": lambda _: jobs_pb.ListWorkersRequest(),
         "conveyor.v1.ApiKeyService.CreateApiKey": lambda _: keys_pb.CreateApiKeyRequest(
             owner=INTRUDER, role=keys_pb.API_KEY_ROLE_ADMIN, description="authmatrix"
         ),

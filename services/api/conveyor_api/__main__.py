@@ -9,8 +9,10 @@ from conveyor.config import Settings
 from conveyor.grpcserver import Server, wait_for_signal
 from conveyor.handlers import default_registry, load_modules
 from conveyor.operations import JobOperations
+from conveyor.queue_admin import QueueAdmin
 from conveyor.service import connections, service_main
 from conveyor.store import KeyStore
+from conveyor.store.queues import QueueStore
 from conveyor.v1 import (
     api_key_service_pb2,
     api_key_service_pb2_grpc,
@@ -36,7 +38,8 @@ async def serve(settings: Settings) -> None:
         keys = KeyStore(conns.db)
         # One per process: one cache, one stream guard.
         auth = Authenticator(keys, max_streams_per_owner=settings.max_streams_per_owner)
-        servicer = JobServicer(ops, auth, settings)
+        queues = QueueAdmin(QueueStore(conns.db), conns.queue)
+        servicer = JobServicer(ops, queues, auth, settings)
         server = Server.from_settings(
             settings.api_addr,
             settings,

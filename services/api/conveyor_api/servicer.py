@@ -10,13 +10,17 @@ from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.grpcserver import streaming, unary
 from conveyor.jobs import MAX_BULK, JobSpec, JobState, spec_from_proto
 from conveyor.operations import JobOperations, ListFilter
+from conveyor.queue_admin import QueueAdmin
 from conveyor.v1 import job_pb2, job_service_pb2_grpc
 from conveyor.v1 import job_service_pb2 as pb
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
-    def __init__(self, ops: JobOperations, auth: Authenticator, settings: Settings) -> None:
+    def __init__(
+        self, ops: JobOperations, queues: QueueAdmin, auth: Authenticator, settings: Settings
+    ) -> None:
         self.ops = ops
+        self.queues = queues
         self.auth = auth
         self.max_payload = settings.max_payload_bytes
         self.max_page_bytes = settings.max_page_bytes
@@ -109,6 +113,49 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> pb.ListJobAttemptsResponse:
         attempts = await self.ops.attempts(principal, request.id)
         return pb.ListJobAttemptsResponse(attempts=[a.to_proto() for a in attempts])
+
+    # -- queues and workers (admin) --------------------------------------------------------
+    @unary
+    async def GetQueueStats(
+        self, request: pb.GetQueueStatsRequest, principal: Principal
+    ) -> pb.GetQueueStatsResponse:
+        found = await self.queues.stats(principal, request.queue)
+        return pb.GetQueueStatsResponse(queues=[stats.to_proto() for stats in found])
+
+    @unary
+    async def PauseQueue(
+        self, request: pb.PauseQueueRequest, principal: Principal
+    ) -> pb.PauseQueueResponse:
+        stats = await self.queues.pause(principal, request.queue)
+        return pb.PauseQueueResponse(queue=stats.to_proto())
+
+    @unary
+    async def ResumeQueue(
+        self, request: pb.ResumeQueueRequest, principal: Principal
+    ) -> pb.ResumeQueueResponse:
+        stats = await self.queues.resume(principal, request.queue)
+        return pb.ResumeQueueResponse(queue=stats.to_proto())
+
+    @unary
+    async def UpdateQueueLimits(
+        self, request: pb.UpdateQueueLimitsRequest, principal: Principal
+    ) -> pb.UpdateQueueLimitsResponse:
+        limits = request.limits
+        stats = await self.queues.set_limits(
+            principal,
+            request.queue,
+            max_running=limits.max_running,
+            rate_jobs=limits.rate_jobs,
+            rate_interval_ms=limits.rate_interval.ToMilliseconds(),
+        )
+        return pb.UpdateQueueLimitsResponse(queue=stats.to_proto())
+
+    @unary
+    async def ListWorkers(
+        self, request: pb.ListWorkersRequest, principal: Principal
+    ) -> pb.ListWorkersResponse:
+        workers = await self.queues.list_workers(principal, request.queue)
+        return pb.ListWorkersResponse(workers=[w.to_proto() for w in workers])
 
 
 # A page's share of a response that is not its jobs: the page token and framing.

@@ -11,6 +11,7 @@ from conveyor.config import Settings
 from conveyor.grpcserver import Server, wait_for_signal
 from conveyor.reconciler import Reconciler
 from conveyor.service import connections, service_main
+from conveyor.store.queues import QueueStore
 
 log = logging.getLogger("conveyor.scheduler")
 
@@ -24,7 +25,9 @@ async def serve(settings: Settings) -> None:
             checks=[conns.checks],
         )
         port = await server.start()
-        reconciler = asyncio.create_task(Reconciler(conns.store, conns.queue, settings).run())
+        reconciler = asyncio.create_task(
+            Reconciler(conns.store, conns.queue, settings, QueueStore(conns.db)).run()
+        )
         log.info("scheduler: reconciling; health on port %d", port)
         try:
             await wait_for_signal()

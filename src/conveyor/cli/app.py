@@ -11,10 +11,11 @@ from datetime import timedelta
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from google.protobuf import json_format
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from conveyor.cli.common import AddrOption, JsonFlag, err, fail, message_dict
+from conveyor.cli.common import client as client_for
+from conveyor.cli.queues import queues_app, workers
 from conveyor.config import ConfigurationError, Settings, configuration_failure
 from conveyor.errors import ConveyorError
 from conveyor.v1 import job_pb2
@@ -33,22 +34,14 @@ dead_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(dead_app, name="dead")
+app.add_typer(queues_app, name="queues")
+app.command()(workers)
 
-err = Console(stderr=True)
 T = TypeVar("T")
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-AddrOption = Annotated[
-    str | None, typer.Option("--addr", help="API address (default CONVEYOR_API_ADDR).")
-]
-
-
-def _message_dict(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 def _job_dict(job: job_pb2.Job) -> dict[str, Any]:
-    return _message_dict(job)
+    return message_dict(job)
 
 
 def _print_job(job: job_pb2.Job, as_json: bool) -> None:
@@ -62,17 +55,6 @@ def _print_job(job: job_pb2.Job, as_json: bool) -> None:
     if job.error:
         line += f"  error={job.error}"
     print(line)
-
-
-def _fail(exc: ConveyorError) -> None:
-    err.print(f"[red]error[/red] {exc.code.name}: {exc.message}")
-    raise typer.Exit(2)
-
-
-def _client(addr: str | None) -> Any:
-    from conveyor.client import Client
-
-    return Client(addr)
 
 
 # -- services ----------------------------------------------------------------------------
@@ -273,7 +255,7 @@ def submit(
     if not isinstance(body, dict):
         err.print("--payload must be a JSON object")
         raise typer.Exit(2)
-    with _client(addr) as client:
+    with client_for(addr) as client:
         try:
             job = client.submit(
                 type,
@@ -285,7 +267,7 @@ def submit(
                 timeout=None if timeout is None else timedelta(seconds=timeout),
             )
         except ConveyorError as exc:
-            _fail(exc)
+            fail(exc)
         _print_job(job, as_json)
         if wait:
             raise typer.Exit(_follow(client, job.id, as_json))
@@ -294,21 +276,21 @@ def submit(
 @app.command()
 def get(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
     """Print a job."""
-    with _client(addr) as client:
+    with client_for(addr) as client:
         try:
             _print_job(client.get(job_id), as_json)
         except ConveyorError as exc:
-            _fail(exc)
+            fail(exc)
 
 
 @app.command()
 def cancel(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
     """Cancel a job that has not ended."""
-    with _client(addr) as client:
+    with client_for(addr) as client:
         try:
             _print_job(client.cancel(job_id), as_json)
         except ConveyorError as exc:
-            _fail(exc)
+            fail(exc)
 
 
 @app.command("list")
@@ -349,11 +331,11 @@ def dead_list(
 
 
 def _list(addr: str | None, as_json: bool, **filters: Any) -> None:
-    with _client(addr) as client:
+    with client_for(addr) as client:
         try:
             page = client.list(**filters)
         except ConveyorError as exc:
-            _fail(exc)
+            fail(exc)
     if as_json:
         jobs = [_job_dict(j) for j in page.jobs]
         print(json.dumps({"jobs": jobs, "next_page_token": page.next_page_token}))
@@ -374,23 +356,23 @@ def retry(
     as_json: JsonFlag = False,
 ) -> None:
     """Replay a DEAD or CANCELLED job with a fresh attempt budget."""
-    with _client(addr) as client:
+    with client_for(addr) as client:
         try:
             _print_job(client.retry(job_id, max_attempts), as_json)
         except ConveyorError as exc:
-            _fail(exc)
+            fail(exc)
 
 
 @app.command()
 def attempts(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
     """Print every recorded attempt of a job: when, where, and how it ended."""
-    with _client(addr) as client:
+    with client_for(addr) as client:
         try:
             found = client.attempts(job_id)
         except ConveyorError as exc:
-            _fail(exc)
+            fail(exc)
     if as_json:
-        print(json.dumps([_message_dict(a) for a in found]))
+        print(json.dumps([message_dict(a) for a in found]))
         return
     for a in found:
         outcome = job_pb2.AttemptOutcome.Name(a.outcome).removeprefix("ATTEMPT_OUTCOME_")
@@ -402,7 +384,7 @@ def attempts(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) ->
 @app.command()
 def watch(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
     """Follow a job with a live progress bar; exit 0 if it SUCCEEDED, 1 otherwise."""
-    with _client(addr) as client:
+    with client_for(addr) as client:
         raise typer.Exit(_follow(client, job_id, as_json))
 
 
@@ -418,7 +400,7 @@ def _follow(client: Any, job_id: str, as_json: bool) -> int:
         else:
             last = _follow_with_bar(client, job_id)
     except ConveyorError as exc:
-        _fail(exc)
+        fail(exc)
     except KeyboardInterrupt:
         return 130
     if last is None:

@@ -11,7 +11,7 @@ import grpc
 from conveyor.config import Settings
 from conveyor.errors import from_rpc_error
 from conveyor.tls import ClientTls, open_aio_channel, open_channel
-from conveyor.v1 import job_pb2
+from conveyor.v1 import job_pb2, queue_pb2
 from conveyor.v1 import job_service_pb2 as pb
 from conveyor.v1.job_service_pb2_grpc import JobServiceStub
 
@@ -66,6 +66,18 @@ def retry_policy(
     if jitter is not None:
         policy.jitter = jitter
     return policy
+
+
+def limits_request(
+    queue: str, *, max_running: int = 0, rate_jobs: int = 0, rate_interval: float = 0.0
+) -> pb.UpdateQueueLimitsRequest:
+    """An UpdateQueueLimitsRequest; `rate_interval` in seconds. Zero removes a limit."""
+    request = pb.UpdateQueueLimitsRequest(queue=queue)
+    request.limits.max_running = max_running
+    request.limits.rate_jobs = rate_jobs
+    if rate_jobs:
+        request.limits.rate_interval.FromTimedelta(timedelta(seconds=rate_interval))
+    return request
 
 
 def _metadata(api_key: str | None) -> Metadata:
@@ -187,6 +199,44 @@ class AsyncClient:
         )
         return list(response.attempts)
 
+    # -- queues and workers (admin keys) ------------------------------------------------
+    @_mapped_async
+    async def queue_stats(self, queue: str = "") -> builtins.list[queue_pb2.QueueStats]:
+        """One queue's stats, or every known queue's."""
+        response = await self._stub.GetQueueStats(
+            pb.GetQueueStatsRequest(queue=queue), metadata=self._metadata, timeout=self._timeout
+        )
+        return list(response.queues)
+
+    @_mapped_async
+    async def pause_queue(self, queue: str) -> queue_pb2.QueueStats:
+        response = await self._stub.PauseQueue(
+            pb.PauseQueueRequest(queue=queue), metadata=self._metadata, timeout=self._timeout
+        )
+        return response.queue  # type: ignore[no-any-return]
+
+    @_mapped_async
+    async def resume_queue(self, queue: str) -> queue_pb2.QueueStats:
+        response = await self._stub.ResumeQueue(
+            pb.ResumeQueueRequest(queue=queue), metadata=self._metadata, timeout=self._timeout
+        )
+        return response.queue  # type: ignore[no-any-return]
+
+    @_mapped_async
+    async def update_queue_limits(self, queue: str, **limits: Any) -> queue_pb2.QueueStats:
+        """Set the queue's limits (see `limits_request`)."""
+        response = await self._stub.UpdateQueueLimits(
+            limits_request(queue, **limits), metadata=self._metadata, timeout=self._timeout
+        )
+        return response.queue  # type: ignore[no-any-return]
+
+    @_mapped_async
+    async def workers(self, queue: str = "") -> builtins.list[queue_pb2.Worker]:
+        response = await self._stub.ListWorkers(
+            pb.ListWorkersRequest(queue=queue), metadata=self._metadata, timeout=self._timeout
+        )
+        return list(response.workers)
+
     async def watch(
         self, job_id: str, after_sequence: int = 0
     ) -> AsyncIterator[pb.WatchJobResponse]:
@@ -263,6 +313,27 @@ class Client:
     @_mapped
     def attempts(self, job_id: str) -> builtins.list[job_pb2.JobAttempt]:
         return list(self._call("ListJobAttempts", pb.ListJobAttemptsRequest(id=job_id)).attempts)
+
+    # -- queues and workers (admin keys) ------------------------------------------------
+    @_mapped
+    def queue_stats(self, queue: str = "") -> builtins.list[queue_pb2.QueueStats]:
+        return list(self._call("GetQueueStats", pb.GetQueueStatsRequest(queue=queue)).queues)
+
+    @_mapped
+    def pause_queue(self, queue: str) -> queue_pb2.QueueStats:
+        return self._call("PauseQueue", pb.PauseQueueRequest(queue=queue)).queue  # type: ignore[no-any-return]
+
+    @_mapped
+    def resume_queue(self, queue: str) -> queue_pb2.QueueStats:
+        return self._call("ResumeQueue", pb.ResumeQueueRequest(queue=queue)).queue  # type: ignore[no-any-return]
+
+    @_mapped
+    def update_queue_limits(self, queue: str, **limits: Any) -> queue_pb2.QueueStats:
+        return self._call("UpdateQueueLimits", limits_request(queue, **limits)).queue  # type: ignore[no-any-return]
+
+    @_mapped
+    def workers(self, queue: str = "") -> builtins.list[queue_pb2.Worker]:
+        return list(self._call("ListWorkers", pb.ListWorkersRequest(queue=queue)).workers)
 
     def watch(self, job_id: str, after_sequence: int = 0) -> Iterator[pb.WatchJobResponse]:
         call = self._stub.WatchJob(

@@ -6,8 +6,13 @@ takes its queue: the API learns it from the submit or from the job's database ro
 it in a bounded in-process map (see `conveyor.operations`).
 
     cv:{Q}:ready          zset  queued job ids; score = (9 - priority) << 40 | sequence
-    cv:{Q}:delayed        zset  SCHEDULED and RETRYING job ids by due time (epoch ms)
+    cv:{Q}:delayed        zset  SCHEDULED job ids by due time (epoch ms)
+    cv:{Q}:retry          zset  RETRYING job ids by due time (epoch ms)
     cv:{Q}:leases         zset  RUNNING job ids by lease deadline (epoch ms, Redis clock)
+    cv:{Q}:conf           hash  the queue's settings: paused, max_running, rate_jobs, rate_ms
+                                (a copy of the `queues` row; the reconciler re-applies it)
+    cv:{Q}:starts         zset  leases started in the rate limit's window, by start time
+    cv:{Q}:stats:<sec>    hash  attempts ended in that second by outcome (kept 2 minutes)
     cv:{Q}:wake           list  tokens that wake one blocked worker each
     cv:{Q}:seq            int   FIFO sequence for ready scores
     cv:{Q}:job:<id>       hash  the job's hot state (see Job.to_hot), plus seq and lease
@@ -17,6 +22,7 @@ it in a bounded in-process map (see `conveyor.operations`).
     cv:epoch              string  set by the reconciler; its absence means Redis lost its data
     cv:reconcile:lock     string  the reconciler replica whose turn it is (SET NX PX)
     cv:rl:{<owner>}:<kind>  hash  an owner's token bucket for submits or reads
+    cv:queues             set   every queue a job was ever enqueued to (GetQueueStats)
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ PREFIX = "cv"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
 EPOCH_KEY = f"{PREFIX}:epoch"
 RECONCILE_LOCK = f"{PREFIX}:reconcile:lock"
+QUEUES_KEY = f"{PREFIX}:queues"
 
 
 def rate_bucket(owner: str, kind: str) -> str:
@@ -50,6 +57,29 @@ class QueueKeys:
     @property
     def delayed(self) -> str:
         return f"{self.tag}:delayed"
+
+    @property
+    def retry(self) -> str:
+        return f"{self.tag}:retry"
+
+    @property
+    def conf(self) -> str:
+        return f"{self.tag}:conf"
+
+    @property
+    def starts(self) -> str:
+        return f"{self.tag}:starts"
+
+    @property
+    def stats_prefix(self) -> str:
+        return f"{self.tag}:stats:"
+
+    @property
+    def all(self) -> list[str]:
+        """The keys every queue-level script takes, in the order `queue_keys()` (in
+        scripts/_common.lua) reads them."""
+        return [self.ready, self.delayed, self.retry, self.leases, self.wake, self.seq,
+                self.conf, self.starts]  # fmt: skip
 
     @property
     def leases(self) -> str:

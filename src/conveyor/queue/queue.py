@@ -17,8 +17,9 @@ from conveyor.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
 from conveyor.errors import Unavailable
 from conveyor.jobs import Job, JobState
-from conveyor.queue.keys import CANCEL_CHANNEL, EPOCH_KEY, QueueKeys
+from conveyor.queue.keys import CANCEL_CHANNEL, EPOCH_KEY, QUEUES_KEY, QueueKeys
 from conveyor.queue.scripts import Scripts
+from conveyor.queues import QueueSettings, QueueStats, Waiting
 
 # Connections one process opens to Redis at most; callers beyond that wait for a free one
 # (up to POOL_WAIT_SECONDS) instead of opening sockets without bound under a burst.
@@ -113,9 +114,10 @@ class RedisQueue:
         async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
             for queue, docs in by_queue.items():
                 k = QueueKeys(queue)
+                pipe.sadd(QUEUES_KEY, queue)
                 self.scripts.enqueue.queue(
                     pipe,
-                    [k.ready, k.delayed, k.wake, k.seq],
+                    k.all,
                     [
                         k.job_prefix,
                         k.events_prefix,
@@ -132,14 +134,17 @@ class RedisQueue:
         async with unavailable_on_redis_errors():
             state = await self.scripts.cancel(
                 self.redis,
-                [k.job(job_id), k.events(job_id), k.ready, k.delayed, k.leases],
+                k.all,
                 [
                     job_id,
                     finish_time,
                     self._ttl,
                     self._maxlen,
-                    k.channel(job_id),
+                    k.job_prefix,
+                    k.events_prefix,
+                    k.channel_prefix,
                     CANCEL_CHANNEL,
+                    k.stats_prefix,
                 ],
             )
         return JobState(int(state))
@@ -168,7 +173,7 @@ class RedisQueue:
         async with unavailable_on_redis_errors():
             out = await self.scripts.claim(
                 self.redis,
-                [k.ready, k.delayed, k.leases, k.wake, k.seq],
+                k.all,
                 [
                     count,
                     lease_ms,
@@ -220,6 +225,7 @@ class RedisQueue:
                     k.channel_prefix,
                     self._ttl,
                     self._maxlen,
+                    k.stats_prefix,
                 ]
                 for i in indexes:
                     job, lease, end = ends[i]
@@ -232,7 +238,7 @@ class RedisQueue:
                         end.run_at or 0,
                         end.fence,
                     ]
-                self.scripts.finish.queue(pipe, [k.leases, k.delayed, k.wake], args)
+                self.scripts.finish.queue(pipe, k.all, args)
             replies = await self.scripts.execute(pipe)
         done = [False] * len(ends)
         for indexes, reply in zip(by_queue.values(), replies, strict=True):
@@ -249,9 +255,7 @@ class RedisQueue:
         for job_id, fence in refs:
             args += [job_id, fence]
         async with unavailable_on_redis_errors():
-            out = await self.scripts.reconcile(
-                self.redis, [k.ready, k.delayed, k.leases, k.wake, k.seq], args
-            )
+            out = await self.scripts.reconcile(self.redis, k.all, args)
         return int(out[0]), [str(job_id) for job_id in out[1:]]
 
     async def restore(self, jobs: Sequence[Job]) -> tuple[int, int]:
@@ -263,7 +267,7 @@ class RedisQueue:
             async with unavailable_on_redis_errors():
                 counts = await self.scripts.restore(
                     self.redis,
-                    [k.ready, k.delayed, k.wake, k.seq],
+                    k.all,
                     [
                         k.job_prefix,
                         k.events_prefix,
@@ -282,15 +286,41 @@ class RedisQueue:
         for job, lease in held:
             args += [job.id, lease, job.fence]
         async with unavailable_on_redis_errors():
-            return int(
-                await self.scripts.release(self.redis, [k.ready, k.leases, k.wake, k.seq], args)
+            return int(await self.scripts.release(self.redis, k.all, args))
+
+    async def configure(self, settings: QueueSettings) -> None:
+        """Put a queue's settings where claims read them; wakes workers if jobs may start."""
+        k = QueueKeys(settings.name)
+        async with unavailable_on_redis_errors():
+            await self.scripts.configure(
+                self.redis,
+                k.all,
+                [
+                    int(settings.paused),
+                    settings.max_running,
+                    settings.rate_jobs,
+                    settings.rate_interval_ms,
+                ],
             )
 
-    async def position(self, queue: str, job_id: str) -> int | None:
-        """How many jobs are ahead of a queued job (None: not in the ready set)."""
+    async def queue_stats(self, queue: str) -> QueueStats:
+        k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
-            rank: int | None = await self.redis.zrank(QueueKeys(queue).ready, job_id)  # type: ignore[assignment]
-        return rank
+            out = await self.scripts.queue_stats(self.redis, k.all, [k.job_prefix, k.stats_prefix])
+        return QueueStats.from_script(queue, [int(v) for v in out])
+
+    async def known_queues(self) -> set[str]:
+        """Every queue a job was enqueued to."""
+        async with unavailable_on_redis_errors():
+            names = await self.redis.smembers(QUEUES_KEY)
+        return {str(name) for name in names}
+
+    async def waiting(self, queue: str, job_id: str) -> Waiting:
+        """Why a ready job waits: its place in line and what the queue's settings hold back."""
+        k = QueueKeys(queue)
+        async with unavailable_on_redis_errors():
+            out = await self.scripts.waiting(self.redis, k.all, [job_id])
+        return Waiting(*(int(v) for v in out))
 
     async def epoch(self) -> str | None:
         async with unavailable_on_redis_errors():

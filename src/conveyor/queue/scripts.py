@@ -28,6 +28,9 @@ NAMES = (
     "restore",
     "release",
     "ratelimit",
+    "configure",
+    "queue_stats",
+    "waiting",
 )
 
 
@@ -80,6 +83,9 @@ class Scripts:
     restore: Script
     release: Script
     ratelimit: Script
+    configure: Script
+    queue_stats: Script
+    waiting: Script
 
     def all(self) -> list[Script]:
         return [getattr(self, name) for name in NAMES]

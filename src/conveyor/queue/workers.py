@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from conveyor.queue.keys import PREFIX
 from conveyor.queue.queue import unavailable_on_redis_errors
+from conveyor.v1 import queue_pb2
 
 WORKERS_KEY = f"{PREFIX}:workers"
 
@@ -33,6 +34,19 @@ class WorkerInfo:
     running: int
     started: int
     last_seen: int
+
+    def to_proto(self) -> queue_pb2.Worker:
+        msg = queue_pb2.Worker(
+            worker_id=self.worker_id,
+            host=self.host,
+            queues=self.queues,
+            types=self.types,
+            concurrency=self.concurrency,
+            running=self.running,
+        )
+        msg.start_time.FromMilliseconds(self.started)
+        msg.last_heartbeat.FromMilliseconds(self.last_seen)
+        return msg
 
 
 class WorkerRegistry:

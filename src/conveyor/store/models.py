@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -112,3 +113,17 @@ class ApiKeyRow(Base):
     read_burst: Mapped[float | None] = mapped_column(Float)
     create_time: Mapped[int] = mapped_column(BigInteger)
     revoke_time: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class QueueRow(Base):
+    """A queue's settings (PauseQueue, UpdateQueueLimits); a queue without a row has none.
+    Redis holds a copy where claims read it (cv:{Q}:conf), re-applied by the reconciler."""
+
+    __tablename__ = "queues"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_running: Mapped[int] = mapped_column(Integer, default=0)
+    rate_jobs: Mapped[int] = mapped_column(Integer, default=0)
+    rate_interval_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    update_time: Mapped[int] = mapped_column(BigInteger)

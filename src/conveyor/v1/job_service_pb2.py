@@ -23,50 +23,71 @@ _sym_db = _symbol_database.Default()
 
 
 from conveyor.v1 import job_pb2 as conveyor_dot_v1_dot_job__pb2
+from conveyor.v1 import queue_pb2 as conveyor_dot_v1_dot_queue__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63onveyor/v1/job_service.proto\x12\x0b\x63onveyor.v1\x1a\x15\x63onveyor/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x02\n\x10SubmitJobRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12(\n\x07payload\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12*\n\x06run_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x05retry\x18\t \x01(\x0b\x32\x18.conveyor.v1.RetryPolicyB\x0b\n\t_priority\"2\n\x11SubmitJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"D\n\x11SubmitJobsRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.conveyor.v1.SubmitJobRequest\"4\n\x12SubmitJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.conveyor.v1.Job\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"\x8a\x01\n\x0fListJobsRequest\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.conveyor.v1.JobState\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\r\n\x05owner\x18\x06 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.conveyor.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"C\n\x10WatchJobResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x1d\n\x03job\x18\x02 \x01(\x0b\x32\x10.conveyor.v1.Job\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"3\n\x0fRetryJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\x05\"1\n\x10RetryJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"$\n\x16ListJobAttemptsRequest\x12\n\n\x02id\x18\x01 \x01(\t\"D\n\x17ListJobAttemptsResponse\x12)\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.JobAttempt2\xf1\x04\n\nJobService\x12J\n\tSubmitJob\x12\x1d.conveyor.v1.SubmitJobRequest\x1a\x1e.conveyor.v1.SubmitJobResponse\x12M\n\nSubmitJobs\x12\x1e.conveyor.v1.SubmitJobsRequest\x1a\x1f.conveyor.v1.SubmitJobsResponse\x12\x41\n\x06GetJob\x12\x1a.conveyor.v1.GetJobRequest\x1a\x1b.conveyor.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.conveyor.v1.ListJobsRequest\x1a\x1d.conveyor.v1.ListJobsResponse\x12I\n\x08WatchJob\x12\x1c.conveyor.v1.WatchJobRequest\x1a\x1d.conveyor.v1.WatchJobResponse0\x01\x12J\n\tCancelJob\x12\x1d.conveyor.v1.CancelJobRequest\x1a\x1e.conveyor.v1.CancelJobResponse\x12G\n\x08RetryJob\x12\x1c.conveyor.v1.RetryJobRequest\x1a\x1d.conveyor.v1.RetryJobResponse\x12\\\n\x0fListJobAttempts\x12#.conveyor.v1.ListJobAttemptsRequest\x1a$.conveyor.v1.ListJobAttemptsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63onveyor/v1/job_service.proto\x12\x0b\x63onveyor.v1\x1a\x15\x63onveyor/v1/job.proto\x1a\x17\x63onveyor/v1/queue.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x02\n\x10SubmitJobRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12(\n\x07payload\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12*\n\x06run_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x05retry\x18\t \x01(\x0b\x32\x18.conveyor.v1.RetryPolicyB\x0b\n\t_priority\"2\n\x11SubmitJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"D\n\x11SubmitJobsRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.conveyor.v1.SubmitJobRequest\"4\n\x12SubmitJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.conveyor.v1.Job\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"\x8a\x01\n\x0fListJobsRequest\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.conveyor.v1.JobState\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\r\n\x05owner\x18\x06 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.conveyor.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"C\n\x10WatchJobResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x1d\n\x03job\x18\x02 \x01(\x0b\x32\x10.conveyor.v1.Job\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"3\n\x0fRetryJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\x05\"1\n\x10RetryJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"$\n\x16ListJobAttemptsRequest\x12\n\n\x02id\x18\x01 \x01(\t\"D\n\x17ListJobAttemptsResponse\x12)\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.JobAttempt\"%\n\x14GetQueueStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"@\n\x15GetQueueStatsResponse\x12\'\n\x06queues\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.QueueStats\"\"\n\x11PauseQueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"<\n\x12PauseQueueResponse\x12&\n\x05queue\x18\x01 \x01(\x0b\x32\x17.conveyor.v1.QueueStats\"#\n\x12ResumeQueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"=\n\x13ResumeQueueResponse\x12&\n\x05queue\x18\x01 \x01(\x0b\x32\x17.conveyor.v1.QueueStats\"S\n\x18UpdateQueueLimitsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12(\n\x06limits\x18\x02 \x01(\x0b\x32\x18.conveyor.v1.QueueLimits\"C\n\x19UpdateQueueLimitsResponse\x12&\n\x05queue\x18\x01 \x01(\x0b\x32\x17.conveyor.v1.QueueStats\"#\n\x12ListWorkersRequest\x12\r\n\x05queue\x18\x01 \x01(\t\";\n\x13ListWorkersResponse\x12$\n\x07workers\x18\x01 \x03(\x0b\x32\x13.conveyor.v1.Worker2\xa0\x08\n\nJobService\x12J\n\tSubmitJob\x12\x1d.conveyor.v1.SubmitJobRequest\x1a\x1e.conveyor.v1.SubmitJobResponse\x12M\n\nSubmitJobs\x12\x1e.conveyor.v1.SubmitJobsRequest\x1a\x1f.conveyor.v1.SubmitJobsResponse\x12\x41\n\x06GetJob\x12\x1a.conveyor.v1.GetJobRequest\x1a\x1b.conveyor.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.conveyor.v1.ListJobsRequest\x1a\x1d.conveyor.v1.ListJobsResponse\x12I\n\x08WatchJob\x12\x1c.conveyor.v1.WatchJobRequest\x1a\x1d.conveyor.v1.WatchJobResponse0\x01\x12J\n\tCancelJob\x12\x1d.conveyor.v1.CancelJobRequest\x1a\x1e.conveyor.v1.CancelJobResponse\x12G\n\x08RetryJob\x12\x1c.conveyor.v1.RetryJobRequest\x1a\x1d.conveyor.v1.RetryJobResponse\x12\\\n\x0fListJobAttempts\x12#.conveyor.v1.ListJobAttemptsRequest\x1a$.conveyor.v1.ListJobAttemptsResponse\x12V\n\rGetQueueStats\x12!.conveyor.v1.GetQueueStatsRequest\x1a\".conveyor.v1.GetQueueStatsResponse\x12M\n\nPauseQueue\x12\x1e.conveyor.v1.PauseQueueRequest\x1a\x1f.conveyor.v1.PauseQueueResponse\x12P\n\x0bResumeQueue\x12\x1f.conveyor.v1.ResumeQueueRequest\x1a .conveyor.v1.ResumeQueueResponse\x12\x62\n\x11UpdateQueueLimits\x12%.conveyor.v1.UpdateQueueLimitsRequest\x1a&.conveyor.v1.UpdateQueueLimitsResponse\x12P\n\x0bListWorkers\x12\x1f.conveyor.v1.ListWorkersRequest\x1a .conveyor.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.job_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITJOBREQUEST']._serialized_start=165
-  _globals['_SUBMITJOBREQUEST']._serialized_end=466
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=468
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=518
-  _globals['_SUBMITJOBSREQUEST']._serialized_start=520
-  _globals['_SUBMITJOBSREQUEST']._serialized_end=588
-  _globals['_SUBMITJOBSRESPONSE']._serialized_start=590
-  _globals['_SUBMITJOBSRESPONSE']._serialized_end=642
-  _globals['_GETJOBREQUEST']._serialized_start=644
-  _globals['_GETJOBREQUEST']._serialized_end=671
-  _globals['_GETJOBRESPONSE']._serialized_start=673
-  _globals['_GETJOBRESPONSE']._serialized_end=720
-  _globals['_LISTJOBSREQUEST']._serialized_start=723
-  _globals['_LISTJOBSREQUEST']._serialized_end=861
-  _globals['_LISTJOBSRESPONSE']._serialized_start=863
-  _globals['_LISTJOBSRESPONSE']._serialized_end=938
-  _globals['_WATCHJOBREQUEST']._serialized_start=940
-  _globals['_WATCHJOBREQUEST']._serialized_end=993
-  _globals['_WATCHJOBRESPONSE']._serialized_start=995
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1062
-  _globals['_CANCELJOBREQUEST']._serialized_start=1064
-  _globals['_CANCELJOBREQUEST']._serialized_end=1094
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1096
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1146
-  _globals['_RETRYJOBREQUEST']._serialized_start=1148
-  _globals['_RETRYJOBREQUEST']._serialized_end=1199
-  _globals['_RETRYJOBRESPONSE']._serialized_start=1201
-  _globals['_RETRYJOBRESPONSE']._serialized_end=1250
-  _globals['_LISTJOBATTEMPTSREQUEST']._serialized_start=1252
-  _globals['_LISTJOBATTEMPTSREQUEST']._serialized_end=1288
-  _globals['_LISTJOBATTEMPTSRESPONSE']._serialized_start=1290
-  _globals['_LISTJOBATTEMPTSRESPONSE']._serialized_end=1358
-  _globals['_JOBSERVICE']._serialized_start=1361
-  _globals['_JOBSERVICE']._serialized_end=1986
+  _globals['_SUBMITJOBREQUEST']._serialized_start=190
+  _globals['_SUBMITJOBREQUEST']._serialized_end=491
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=493
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=543
+  _globals['_SUBMITJOBSREQUEST']._serialized_start=545
+  _globals['_SUBMITJOBSREQUEST']._serialized_end=613
+  _globals['_SUBMITJOBSRESPONSE']._serialized_start=615
+  _globals['_SUBMITJOBSRESPONSE']._serialized_end=667
+  _globals['_GETJOBREQUEST']._serialized_start=669
+  _globals['_GETJOBREQUEST']._serialized_end=696
+  _globals['_GETJOBRESPONSE']._serialized_start=698
+  _globals['_GETJOBRESPONSE']._serialized_end=745
+  _globals['_LISTJOBSREQUEST']._serialized_start=748
+  _globals['_LISTJOBSREQUEST']._serialized_end=886
+  _globals['_LISTJOBSRESPONSE']._serialized_start=888
+  _globals['_LISTJOBSRESPONSE']._serialized_end=963
+  _globals['_WATCHJOBREQUEST']._serialized_start=965
+  _globals['_WATCHJOBREQUEST']._serialized_end=1018
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1020
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1087
+  _globals['_CANCELJOBREQUEST']._serialized_start=1089
+  _globals['_CANCELJOBREQUEST']._serialized_end=1119
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1121
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1171
+  _globals['_RETRYJOBREQUEST']._serialized_start=1173
+  _globals['_RETRYJOBREQUEST']._serialized_end=1224
+  _globals['_RETRYJOBRESPONSE']._serialized_start=1226
+  _globals['_RETRYJOBRESPONSE']._serialized_end=1275
+  _globals['_LISTJOBATTEMPTSREQUEST']._serialized_start=1277
+  _globals['_LISTJOBATTEMPTSREQUEST']._serialized_end=1313
+  _globals['_LISTJOBATTEMPTSRESPONSE']._serialized_start=1315
+  _globals['_LISTJOBATTEMPTSRESPONSE']._serialized_end=1383
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=1385
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=1422
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=1424
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=1488
+  _globals['_PAUSEQUEUEREQUEST']._serialized_start=1490
+  _globals['_PAUSEQUEUEREQUEST']._serialized_end=1524
+  _globals['_PAUSEQUEUERESPONSE']._serialized_start=1526
+  _globals['_PAUSEQUEUERESPONSE']._serialized_end=1586
+  _globals['_RESUMEQUEUEREQUEST']._serialized_start=1588
+  _globals['_RESUMEQUEUEREQUEST']._serialized_end=1623
+  _globals['_RESUMEQUEUERESPONSE']._serialized_start=1625
+  _globals['_RESUMEQUEUERESPONSE']._serialized_end=1686
+  _globals['_UPDATEQUEUELIMITSREQUEST']._serialized_start=1688
+  _globals['_UPDATEQUEUELIMITSREQUEST']._serialized_end=1771
+  _globals['_UPDATEQUEUELIMITSRESPONSE']._serialized_start=1773
+  _globals['_UPDATEQUEUELIMITSRESPONSE']._serialized_end=1840
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1842
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1877
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=1879
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1938
+  _globals['_JOBSERVICE']._serialized_start=1941
+  _globals['_JOBSERVICE']._serialized_end=2997
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from conveyor.v1 import job_pb2 as _job_pb2
+from conveyor.v1 import queue_pb2 as _queue_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -141,3 +142,65 @@ class ListJobAttemptsResponse(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     attempts: _containers.RepeatedCompositeFieldContainer[_job_pb2.JobAttempt]
     def __init__(self, attempts: _Optional[_Iterable[_Union[_job_pb2.JobAttempt, _Mapping]]] = ...) -> None: ...
+
+class GetQueueStatsRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class GetQueueStatsResponse(_message.Message):
+    __slots__ = ("queues",)
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedCompositeFieldContainer[_queue_pb2.QueueStats]
+    def __init__(self, queues: _Optional[_Iterable[_Union[_queue_pb2.QueueStats, _Mapping]]] = ...) -> None: ...
+
+class PauseQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class PauseQueueResponse(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: _queue_pb2.QueueStats
+    def __init__(self, queue: _Optional[_Union[_queue_pb2.QueueStats, _Mapping]] = ...) -> None: ...
+
+class ResumeQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class ResumeQueueResponse(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: _queue_pb2.QueueStats
+    def __init__(self, queue: _Optional[_Union[_queue_pb2.QueueStats, _Mapping]] = ...) -> None: ...
+
+class UpdateQueueLimitsRequest(_message.Message):
+    __slots__ = ("queue", "limits")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    limits: _queue_pb2.QueueLimits
+    def __init__(self, queue: _Optional[str] = ..., limits: _Optional[_Union[_queue_pb2.QueueLimits, _Mapping]] = ...) -> None: ...
+
+class UpdateQueueLimitsResponse(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: _queue_pb2.QueueStats
+    def __init__(self, queue: _Optional[_Union[_queue_pb2.QueueStats, _Mapping]] = ...) -> None: ...
+
+class ListWorkersRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class ListWorkersResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[_queue_pb2.Worker]
+    def __init__(self, workers: _Optional[_Iterable[_Union[_queue_pb2.Worker, _Mapping]]] = ...) -> None: ...

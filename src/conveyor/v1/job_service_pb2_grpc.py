@@ -76,6 +76,31 @@ class JobServiceStub:
                 request_serializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsResponse.FromString,
                 _registered_method=True)
+        self.GetQueueStats = channel.unary_unary(
+                '/conveyor.v1.JobService/GetQueueStats',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.GetQueueStatsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.GetQueueStatsResponse.FromString,
+                _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/conveyor.v1.JobService/PauseQueue',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.PauseQueueRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.PauseQueueResponse.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/conveyor.v1.JobService/ResumeQueue',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.ResumeQueueResponse.FromString,
+                _registered_method=True)
+        self.UpdateQueueLimits = channel.unary_unary(
+                '/conveyor.v1.JobService/UpdateQueueLimits',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.UpdateQueueLimitsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.UpdateQueueLimitsResponse.FromString,
+                _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/conveyor.v1.JobService/ListWorkers',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -140,6 +165,41 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQueueStats(self, request, context):
+        """Admin: a queue's depth by state and priority, limits and last minute (or every queue's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseQueue(self, request, context):
+        """Admin: stops every worker from starting the queue's jobs; running jobs go on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """Admin: lets workers start the queue's jobs again, at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateQueueLimits(self, request, context):
+        """Admin: sets the queue's concurrency cap and rate limit across all workers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkers(self, request, context):
+        """Admin: the live worker processes (a worker that stops announcing itself drops out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +242,31 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListJobAttempts,
                     request_deserializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsResponse.SerializeToString,
+            ),
+            'GetQueueStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStats,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.GetQueueStatsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.GetQueueStatsResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.PauseQueueRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.PauseQueueResponse.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.ResumeQueueResponse.SerializeToString,
+            ),
+            'UpdateQueueLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateQueueLimits,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.UpdateQueueLimitsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.UpdateQueueLimitsResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.ListWorkersRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +487,141 @@ class JobService:
             '/conveyor.v1.JobService/ListJobAttempts',
             conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsRequest.SerializeToString,
             conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/GetQueueStats',
+            conveyor_dot_v1_dot_job__service__pb2.GetQueueStatsRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.GetQueueStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/PauseQueue',
+            conveyor_dot_v1_dot_job__service__pb2.PauseQueueRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.PauseQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/ResumeQueue',
+            conveyor_dot_v1_dot_job__service__pb2.ResumeQueueRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.ResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateQueueLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/UpdateQueueLimits',
+            conveyor_dot_v1_dot_job__service__pb2.UpdateQueueLimitsRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.UpdateQueueLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/ListWorkers',
+            conveyor_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,11 +36,17 @@ local function wake_one(wakekey)
   if redis.call('LLEN', wakekey) < 64 then redis.call('LPUSH', wakekey, '1') end
 end
 
+-- The keys of the queue a script works on, in the order QueueKeys.all gives them.
+local function queue_keys()
+  return {ready = KEYS[1], delayed = KEYS[2], retry = KEYS[3], leases = KEYS[4],
+          wake = KEYS[5], seq = KEYS[6], conf = KEYS[7], starts = KEYS[8]}
+end
+
 -- Write a job's hot state from a document (a table of strings, as Job.to_hot makes it) and
--- put it in line: the delayed set while SCHEDULED or RETRYING, else the ready set. One
--- wake token per job wakes as many blocked workers as there is work (capped); a delayed
--- job's token makes a worker learn the new due time and sleep until then.
--- q: {ready=, delayed=, wake=, seq=} keys of the job's queue.
+-- put it in line: the delayed set while SCHEDULED, the retry set while RETRYING (both by
+-- due time), else the ready set. One wake token per job wakes as many blocked workers as
+-- there is work (capped); a delayed job's token makes a worker learn the new due time and
+-- sleep until then.
 local function place(jobkey, job, q)
   local fields = {}
   for k, v in pairs(job) do
@@ -48,10 +54,48 @@ local function place(jobkey, job, q)
     fields[#fields + 1] = v
   end
   redis.call('HSET', jobkey, unpack(fields))
-  if job['state'] == '1' or job['state'] == '5' then
+  if job['state'] == '1' then
     redis.call('ZADD', q.delayed, job['run_at'], job['id'])
+  elseif job['state'] == '5' then
+    redis.call('ZADD', q.retry, job['run_at'], job['id'])
   else
     redis.call('ZADD', q.ready, ready_score(q.seq, job['priority']), job['id'])
   end
   wake_one(q.wake)
+end
+
+-- Count an ended attempt in the queue's per-second tally (GetQueueStats reads the last
+-- minute): s succeeded, r failed and retrying, d dead, c cancelled.
+local function tally(stats_prefix, now, outcome)
+  local key = stats_prefix .. math.floor(now / 1000)
+  redis.call('HINCRBY', key, outcome, 1)
+  redis.call('EXPIRE', key, 120)
+end
+
+-- How many jobs the queue's settings let a claim start now, out of `wanted`, and, when
+-- that is fewer than wanted because of its rate limit, when the next may start (-1: not
+-- rate limited). Settings (cv:{Q}:conf): paused, max_running (0: no cap), rate_jobs and
+-- rate_ms (at most rate_jobs starts in any window of rate_ms; 0: no limit). The starts of
+-- the last window are kept in q.starts (member `<id>:<attempt>`), scored by time.
+local function admissible(q, wanted, now)
+  local conf = redis.call('HMGET', q.conf, 'paused', 'max_running', 'rate_jobs', 'rate_ms')
+  if conf[1] == '1' then return 0, -1 end
+  local allowed, retry_at = wanted, -1
+  local cap = tonumber(conf[2] or '0')
+  if cap > 0 then
+    allowed = math.min(allowed, math.max(cap - redis.call('ZCARD', q.leases), 0))
+  end
+  local rate, window = tonumber(conf[3] or '0'), tonumber(conf[4] or '0')
+  if rate > 0 and window > 0 then
+    redis.call('ZREMRANGEBYSCORE', q.starts, '-inf', now - window)
+    local left = math.max(rate - redis.call('ZCARD', q.starts), 0)
+    if left < allowed then
+      -- The window is full once these start: it opens again when its oldest start (one
+      -- already there, else one of these) leaves it.
+      allowed = left
+      local oldest = redis.call('ZRANGE', q.starts, 0, 0, 'WITHSCORES')
+      retry_at = (oldest[2] and tonumber(oldest[2]) or now) + window + 1
+    end
+  end
+  return allowed, retry_at
 end

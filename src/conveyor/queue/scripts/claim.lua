@@ -1,16 +1,19 @@
--- Claim up to `count` jobs for a worker, atomically: promote due delayed jobs, put jobs whose
--- lease expired back in line (their worker died or froze), pop the best ready jobs and lease
--- them. Times are the Redis server's clock, never a worker's.
--- KEYS: ready, delayed, leases, wake, seq
+-- Claim up to `count` jobs for a worker, atomically: promote due scheduled and retrying
+-- jobs, put jobs whose lease expired back in line (their worker died or froze), then pop
+-- the best ready jobs the queue's settings admit (paused, concurrency cap, rate limit;
+-- see `admissible`) and lease them. Times are the Redis server's clock, never a worker's.
+-- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: count, lease_ms, lease_token, worker_id, job_prefix, events_prefix, channel_prefix, maxlen
 -- Returns {next_wake_ms, job1_flat_hash, job2_flat_hash, ...}; next_wake_ms is the earliest
--- due time or lease deadline still pending (-1: none), so the worker can block until then.
+-- due time, lease deadline or rate-limit opening still pending (-1: none), so the worker
+-- can block until then.
 -- A reclaimed job's hash carries `lost`, a JSON list of the attempts lost since its last
 -- recorded outcome ({a: attempt, w: worker, s: start, t: when reclaimed}); its new worker
 -- must fence them off and record them before it runs the job. The list is kept until an
 -- outcome is recorded (finish.lua), so a reclaimer that dies before recording them passes
 -- them on. `exhausted` marks a job whose lost attempt was its last: the claimer records it
 -- DEAD instead of running it.
+local q = queue_keys()
 local count, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local jp, ep, cp, maxlen = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local now = now_ms()
@@ -21,16 +24,19 @@ local function requeue(id)
   if not pr then return end
   redis.call('HSET', jobkey, 'state', 2)
   redis.call('HDEL', jobkey, 'lease', 'worker')
-  redis.call('ZADD', KEYS[1], ready_score(KEYS[5], pr), id)
+  redis.call('ZADD', q.ready, ready_score(q.seq, pr), id)
   emit(jobkey, ep .. id, cp .. id, maxlen)
 end
 
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)) do
-  redis.call('ZREM', KEYS[2], id)
-  requeue(id)
+for _, set in ipairs({q.delayed, q.retry}) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 1000)) do
+    redis.call('ZREM', set, id)
+    local state = redis.call('HGET', jp .. id, 'state')
+    if state == '1' or state == '5' then requeue(id) end
+  end
 end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
-  redis.call('ZREM', KEYS[3], id)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.leases, '-inf', now, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', q.leases, id)
   local jobkey = jp .. id
   if redis.call('HGET', jobkey, 'state') == '3' then
     local held = redis.call('HMGET', jobkey, 'attempt', 'worker', 'start_time', 'lost')
@@ -44,8 +50,13 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0
 end
 
 local out = {-1}
-if count > 0 then
-  local popped = redis.call('ZPOPMIN', KEYS[1], count)
+local allowed, rate_wake = 0, -1
+if count > 0 and redis.call('ZCARD', q.ready) > 0 then
+  allowed, rate_wake = admissible(q, count, now)
+end
+local limited = redis.call('HGET', q.conf, 'rate_jobs')
+if allowed > 0 then
+  local popped = redis.call('ZPOPMIN', q.ready, allowed)
   for i = 1, #popped, 2 do
     local id = popped[i]
     local jobkey = jp .. id
@@ -61,18 +72,22 @@ if count > 0 then
       end
       redis.call('HSET', jobkey, 'state', 3, 'start_time', now, 'lease', lease,
         'worker', ARGV[4], 'progress', 0, 'progress_message', '')
-      redis.call('ZADD', KEYS[3], now + lease_ms, id)
+      redis.call('ZADD', q.leases, now + lease_ms, id)
+      if limited and limited ~= '0' then redis.call('ZADD', q.starts, now, id .. ':' .. attempt) end
       out[#out + 1] = emit(jobkey, ep .. id, cp .. id, maxlen)
       redis.call('HDEL', jobkey, 'exhausted')
     end
   end
-end
-if redis.call('ZCARD', KEYS[1]) > 0 and redis.call('LLEN', KEYS[4]) == 0 then
-  redis.call('LPUSH', KEYS[4], '1')
+  -- More work may be waiting for the next worker: pass a wake token on. (Not when the
+  -- settings held jobs back: a finished job, ResumeQueue or the rate limit's opening
+  -- wakes a worker then, and a token now would only make workers spin.)
+  if allowed == count and redis.call('ZCARD', q.ready) > 0 and redis.call('LLEN', q.wake) == 0 then
+    redis.call('LPUSH', q.wake, '1')
+  end
 end
 
-local next_wake = -1
-for _, key in ipairs({KEYS[2], KEYS[3]}) do
+local next_wake = rate_wake
+for _, key in ipairs({q.delayed, q.retry, q.leases}) do
   local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   if first[2] then
     local t = tonumber(first[2])

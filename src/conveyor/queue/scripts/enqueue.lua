@@ -1,11 +1,11 @@
 -- Put committed jobs of one queue into Redis: each job's hot state, its first event, and
 -- its place in the ready or delayed set; one call for a whole batch.
 -- Idempotent per job: a job already present is left alone.
--- KEYS: ready, delayed, wake, seq
+-- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: job_prefix, events_prefix, channel_prefix, maxlen, jobs_json
 -- jobs_json is an array of the jobs' hot-state hashes (all values strings).
 local jp, ep, cp, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local q = {ready = KEYS[1], delayed = KEYS[2], wake = KEYS[3], seq = KEYS[4]}
+local q = queue_keys()
 local added = 0
 for _, job in ipairs(cjson.decode(ARGV[5])) do
   local id = job['id']

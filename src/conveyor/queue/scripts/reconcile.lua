@@ -5,9 +5,10 @@
 --                                          of now, so the next claim reclaims it
 --   not in Redis, or finished in Redis with an older fence than the database's
 --                                       -> returned: restore.lua puts it back from its row
--- KEYS: ready, delayed, leases, wake, seq
+-- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: job_prefix, then per job: id, fence
 -- Returns {repaired, id_to_restore1, id_to_restore2, ...}.
+local q = queue_keys()
 local jp = ARGV[1]
 local out = {0}
 for i = 2, #ARGV, 2 do
@@ -21,16 +22,18 @@ for i = 2, #ARGV, 2 do
     if tonumber(ARGV[i + 1]) > tonumber(held[2] or '0') then out[#out + 1] = id end
   else
     local set, score = nil, nil
-    if state == 2 and not redis.call('ZSCORE', KEYS[1], id) then
-      set, score = KEYS[1], ready_score(KEYS[5], redis.call('HGET', jobkey, 'priority'))
-    elseif (state == 1 or state == 5) and not redis.call('ZSCORE', KEYS[2], id) then
-      set, score = KEYS[2], redis.call('HGET', jobkey, 'run_at')
-    elseif state == 3 and not redis.call('ZSCORE', KEYS[3], id) then
-      set, score = KEYS[3], now_ms()
+    if state == 2 and not redis.call('ZSCORE', q.ready, id) then
+      set, score = q.ready, ready_score(q.seq, redis.call('HGET', jobkey, 'priority'))
+    elseif state == 1 and not redis.call('ZSCORE', q.delayed, id) then
+      set, score = q.delayed, redis.call('HGET', jobkey, 'run_at')
+    elseif state == 5 and not redis.call('ZSCORE', q.retry, id) then
+      set, score = q.retry, redis.call('HGET', jobkey, 'run_at')
+    elseif state == 3 and not redis.call('ZSCORE', q.leases, id) then
+      set, score = q.leases, now_ms()
     end
     if set then
       redis.call('ZADD', set, score, id)
-      wake_one(KEYS[4])
+      wake_one(q.wake)
       out[1] = out[1] + 1
     end
   end

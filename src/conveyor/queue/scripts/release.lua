@@ -1,23 +1,26 @@
 -- Give back jobs a draining worker stopped before they ended: each goes back in line at
 -- once (not after its lease runs out), and the attempt it was on is not counted.
 -- Only jobs whose lease the caller still holds are released.
--- KEYS: ready, leases, wake, seq
+-- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: job_prefix, events_prefix, channel_prefix, maxlen, then per job: id, lease, fence
 -- (the fence the attempt held, which a reclaim may have moved on).
 -- Returns the number released.
+local q = queue_keys()
 local jp, ep, cp, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local released = 0
 for i = 5, #ARGV, 3 do
   local id, lease = ARGV[i], ARGV[i + 1]
   local jobkey = jp .. id
   if redis.call('HGET', jobkey, 'lease') == lease then
-    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', q.leases, id)
+    -- A start that did not happen uses no rate.
+    redis.call('ZREM', q.starts, id .. ':' .. (redis.call('HGET', jobkey, 'attempt') or ''))
     redis.call('HDEL', jobkey, 'lease', 'worker')
     redis.call('HINCRBY', jobkey, 'attempt', -1)
     redis.call('HSET', jobkey, 'state', 2, 'progress', 0, 'progress_message', '',
       'fence', ARGV[i + 2])
-    redis.call('ZADD', KEYS[1], ready_score(KEYS[4], redis.call('HGET', jobkey, 'priority')), id)
-    wake_one(KEYS[3])
+    redis.call('ZADD', q.ready, ready_score(q.seq, redis.call('HGET', jobkey, 'priority')), id)
+    wake_one(q.wake)
     emit(jobkey, ep .. id, cp .. id, maxlen)
     released = released + 1
   end

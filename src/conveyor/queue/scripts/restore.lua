@@ -4,11 +4,11 @@
 --   finished in Redis, newer fence in   -> replaced by the row (a replay), keeping its event
 --     the database                         sequence so watchers can resume across it
 -- Anything else is left alone, so a stale or repeated call is harmless.
--- KEYS: ready, delayed, wake, seq
+-- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: job_prefix, events_prefix, channel_prefix, maxlen, jobs_json
 -- Returns {restored, replayed}.
 local jp, ep, cp, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local q = {ready = KEYS[1], delayed = KEYS[2], wake = KEYS[3], seq = KEYS[4]}
+local q = queue_keys()
 local restored, replayed = 0, 0
 for _, job in ipairs(cjson.decode(ARGV[5])) do
   local id = job['id']

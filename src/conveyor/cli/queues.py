@@ -1,0 +1,124 @@
+"""`conveyor queues …` and `conveyor workers`: what an admin key sees of queues and workers
+and how it holds them back (GetQueueStats, PauseQueue, ResumeQueue, UpdateQueueLimits,
+ListWorkers)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from conveyor.cli.common import AddrOption, JsonFlag, client, fail, message_dict
+from conveyor.errors import ConveyorError
+from conveyor.v1 import queue_pb2
+
+queues_app = typer.Typer(
+    help="Queue depth, limits and pausing across all workers (admin key).", no_args_is_help=True
+)
+
+
+def _call(addr: str | None, action: Callable[[Any], Any]) -> Any:
+    with client(addr) as c:
+        try:
+            return action(c)
+        except ConveyorError as exc:
+            fail(exc)
+
+
+def _describe(stats: queue_pb2.QueueStats) -> str:
+    limits = stats.limits
+    held = ["PAUSED"] if stats.paused else []
+    if limits.max_running:
+        held.append(f"max {limits.max_running} running")
+    if limits.rate_jobs:
+        held.append(
+            f"{limits.rate_jobs} per {limits.rate_interval.ToTimedelta().total_seconds():g}s"
+        )
+    by_priority = " ".join(f"p{p}={n}" for p, n in enumerate(stats.queued_by_priority) if n)
+    oldest = (
+        f"{stats.oldest_wait.ToTimedelta().total_seconds():.1f}s"
+        if stats.HasField("oldest_wait")
+        else "-"
+    )
+    return (
+        f"{stats.queue:<20} queued={stats.queued} running={stats.running} "
+        f"scheduled={stats.scheduled} retrying={stats.retrying} oldest_wait={oldest} "
+        f"done/s={stats.throughput_per_second:.2f} failure_rate={stats.failure_rate:.1%}"
+        + (f"  [{', '.join(held)}]" if held else "")
+        + (f"\n{'':<20} {by_priority}" if by_priority else "")
+    )
+
+
+def _print(found: list[queue_pb2.QueueStats], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"queues": [message_dict(s) for s in found]}))
+        return
+    for stats in found:
+        print(_describe(stats))
+
+
+@queues_app.command("stats")
+def stats(
+    queue: Annotated[str, typer.Argument(help="One queue; all known queues if left out.")] = "",
+    addr: AddrOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Depth by state and priority, oldest wait, limits and the last minute's throughput."""
+    _print(_call(addr, lambda c: c.queue_stats(queue)), as_json)
+
+
+@queues_app.command("pause")
+def pause(queue: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
+    """Stop every worker from starting the queue's jobs (running jobs go on)."""
+    _print([_call(addr, lambda c: c.pause_queue(queue))], as_json)
+
+
+@queues_app.command("resume")
+def resume(queue: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
+    """Let workers start the queue's jobs again, at once."""
+    _print([_call(addr, lambda c: c.resume_queue(queue))], as_json)
+
+
+@queues_app.command("limits")
+def limits(
+    queue: str,
+    max_running: Annotated[
+        int, typer.Option(help="Jobs running at once over all workers (0: no cap).")
+    ] = 0,
+    rate: Annotated[int, typer.Option(help="Jobs that may start per --per window (0: none).")] = 0,
+    per: Annotated[float, typer.Option(help="The rate window in seconds.")] = 1.0,
+    addr: AddrOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Set the queue's limits (each call replaces both; 0 removes one)."""
+    _print(
+        [
+            _call(
+                addr,
+                lambda c: c.update_queue_limits(
+                    queue, max_running=max_running, rate_jobs=rate, rate_interval=per
+                ),
+            )
+        ],
+        as_json,
+    )
+
+
+def workers(
+    queue: Annotated[str, typer.Option(help="Only workers serving this queue.")] = "",
+    addr: AddrOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List live workers: queues, handlers, concurrency, running jobs, last heartbeat."""
+    found: list[queue_pb2.Worker] = _call(addr, lambda c: c.workers(queue))
+    if as_json:
+        print(json.dumps({"workers": [message_dict(w) for w in found]}))
+        return
+    for w in found:
+        print(
+            f"{w.worker_id:<36} host={w.host} queues={','.join(w.queues)} "
+            f"running={w.running}/{w.concurrency} "
+            f"last_heartbeat={w.last_heartbeat.ToDatetime().isoformat(timespec='seconds')}Z"
+        )

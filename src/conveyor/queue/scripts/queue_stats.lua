@@ -1,0 +1,36 @@
+-- A queue's numbers for GetQueueStats, read in one step so they agree with each other.
+-- KEYS: the queue's keys (QueueKeys.all)
+-- ARGV: job_prefix, stats_prefix
+-- Returns {paused, max_running, rate_jobs, rate_ms, scheduled, retrying, running,
+--          oldest_wait_ms (how long the oldest ready job has waited; -1: none), succeeded, retried, dead, cancelled (the last 60 s),
+--          queued at priority 0, 1, ..., 9}.
+local q = queue_keys()
+local jp, sp = ARGV[1], ARGV[2]
+local now = now_ms()
+local conf = redis.call('HMGET', q.conf, 'paused', 'max_running', 'rate_jobs', 'rate_ms')
+local out = {tonumber(conf[1] or '0'), tonumber(conf[2] or '0'), tonumber(conf[3] or '0'),
+             tonumber(conf[4] or '0'), redis.call('ZCARD', q.delayed),
+             redis.call('ZCARD', q.retry), redis.call('ZCARD', q.leases), -1}
+local band = 1099511627776
+local by_priority, oldest = {}, -1
+for p = 0, 9 do
+  local low = (9 - p) * band
+  by_priority[p + 1] = redis.call('ZCOUNT', q.ready, low, low + band - 1)
+  if by_priority[p + 1] > 0 then
+    local first = redis.call('ZRANGEBYSCORE', q.ready, low, low + band - 1, 'LIMIT', 0, 1)
+    local since = tonumber(redis.call('HGET', jp .. first[1], 'run_at') or '-1')
+    if since >= 0 and (oldest < 0 or since < oldest) then oldest = since end
+  end
+end
+if oldest >= 0 then out[8] = math.max(now - oldest, 0) end
+local totals = {s = 0, r = 0, d = 0, c = 0}
+local second = math.floor(now / 1000)
+for t = second - 59, second do
+  local counts = redis.call('HGETALL', sp .. t)
+  for i = 1, #counts, 2 do
+    totals[counts[i]] = (totals[counts[i]] or 0) + tonumber(counts[i + 1])
+  end
+end
+out[9], out[10], out[11], out[12] = totals.s, totals.r, totals.d, totals.c
+for p = 1, 10 do out[12 + p] = by_priority[p] end
+return out

@@ -1,0 +1,86 @@
+"""What an admin does to queues and sees of workers: PauseQueue, ResumeQueue,
+UpdateQueueLimits, GetQueueStats, ListWorkers (see `conveyor.queues` for the rules).
+
+Every change goes to the database first and then to Redis, in that order, so a change the
+caller was told about is never lost: if Redis cannot be reached the call is UNAVAILABLE,
+but the stored settings reach Redis on the reconciler's next pass.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from conveyor.auth import Principal
+from conveyor.queue import RedisQueue
+from conveyor.queue.workers import WorkerInfo, WorkerRegistry
+from conveyor.queues import QueueSettings, QueueStats, check_queue_name
+from conveyor.store.queues import QueueStore
+
+log = logging.getLogger(__name__)
+
+
+class QueueAdmin:
+    def __init__(self, store: QueueStore, queue: RedisQueue) -> None:
+        self.store = store
+        self.queue = queue
+        self.workers = WorkerRegistry(queue.redis)
+
+    async def pause(self, principal: Principal, name: str) -> QueueStats:
+        return await self._change(principal, name, paused=True)
+
+    async def resume(self, principal: Principal, name: str) -> QueueStats:
+        return await self._change(principal, name, paused=False)
+
+    async def set_limits(
+        self,
+        principal: Principal,
+        name: str,
+        *,
+        max_running: int,
+        rate_jobs: int,
+        rate_interval_ms: int,
+    ) -> QueueStats:
+        principal.require_admin()
+        check_queue_name(name)
+        current = await self.store.get(name)
+        wanted = current.with_limits(max_running, rate_jobs, rate_interval_ms)
+        return await self._apply(wanted)
+
+    async def _change(self, principal: Principal, name: str, *, paused: bool) -> QueueStats:
+        principal.require_admin()
+        check_queue_name(name)
+        current = await self.store.get(name)
+        return await self._apply(
+            QueueSettings(
+                name, paused, current.max_running, current.rate_jobs, current.rate_interval_ms
+            )
+        )
+
+    async def _apply(self, settings: QueueSettings) -> QueueStats:
+        await self.store.put(settings)
+        await self.queue.configure(settings)
+        log.info(
+            "queue %s: paused=%s max_running=%d rate=%d/%dms",
+            settings.name,
+            settings.paused,
+            settings.max_running,
+            settings.rate_jobs,
+            settings.rate_interval_ms,
+        )
+        return await self.queue.queue_stats(settings.name)
+
+    async def stats(self, principal: Principal, name: str = "") -> list[QueueStats]:
+        """One queue's numbers, or every known queue's (enqueued to, or with settings)."""
+        principal.require_admin()
+        if name:
+            return [await self.queue.queue_stats(check_queue_name(name))]
+        names = await self.queue.known_queues()
+        names |= {s.name for s in await self.store.all()}
+        return [await self.queue.queue_stats(n) for n in sorted(names)]
+
+    async def list_workers(self, principal: Principal, queue: str = "") -> list[WorkerInfo]:
+        principal.require_admin()
+        if queue:
+            check_queue_name(queue)
+        workers = await self.workers.live()
+        return [w for w in workers if not queue or queue in w.queues]

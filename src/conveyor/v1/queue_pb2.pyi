@@ -1,0 +1,75 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class QueueLimits(_message.Message):
+    __slots__ = ("max_running", "rate_jobs", "rate_interval")
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RATE_JOBS_FIELD_NUMBER: _ClassVar[int]
+    RATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    max_running: int
+    rate_jobs: int
+    rate_interval: _duration_pb2.Duration
+    def __init__(self, max_running: _Optional[int] = ..., rate_jobs: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class QueueStats(_message.Message):
+    __slots__ = ("queue", "paused", "limits", "scheduled", "queued", "running", "retrying", "queued_by_priority", "oldest_wait", "succeeded_last_minute", "retried_last_minute", "dead_last_minute", "cancelled_last_minute", "throughput_per_second", "failure_rate")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RETRYING_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_BY_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_WAIT_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    RETRIED_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    paused: bool
+    limits: QueueLimits
+    scheduled: int
+    queued: int
+    running: int
+    retrying: int
+    queued_by_priority: _containers.RepeatedScalarFieldContainer[int]
+    oldest_wait: _duration_pb2.Duration
+    succeeded_last_minute: int
+    retried_last_minute: int
+    dead_last_minute: int
+    cancelled_last_minute: int
+    throughput_per_second: float
+    failure_rate: float
+    def __init__(self, queue: _Optional[str] = ..., paused: _Optional[bool] = ..., limits: _Optional[_Union[QueueLimits, _Mapping]] = ..., scheduled: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., retrying: _Optional[int] = ..., queued_by_priority: _Optional[_Iterable[int]] = ..., oldest_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., succeeded_last_minute: _Optional[int] = ..., retried_last_minute: _Optional[int] = ..., dead_last_minute: _Optional[int] = ..., cancelled_last_minute: _Optional[int] = ..., throughput_per_second: _Optional[float] = ..., failure_rate: _Optional[float] = ...) -> None: ...
+
+class Worker(_message.Message):
+    __slots__ = ("worker_id", "host", "queues", "types", "concurrency", "running", "start_time", "last_heartbeat")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    host: str
+    queues: _containers.RepeatedScalarFieldContainer[str]
+    types: _containers.RepeatedScalarFieldContainer[str]
+    concurrency: int
+    running: int
+    start_time: _timestamp_pb2.Timestamp
+    last_heartbeat: _timestamp_pb2.Timestamp
+    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., running: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
