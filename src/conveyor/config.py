@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     redis_check_seconds: float = Field(
         1.0, gt=0, description="How often the scheduler looks for a flushed or restarted Redis."
     )
+    schedule_misfire_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="A schedule's bucket older than this when first seen counts as missed.",
+    )
+    scheduler_clock_offset_seconds: float = Field(
+        0.0, description="Added to a scheduler's clock; for testing clock skew only."
+    )
     hot_state_ttl_seconds: int = Field(
         86_400, ge=1, description="How long Redis keeps a finished job's hot state and events."
     )

@@ -131,7 +131,7 @@ class JobOperations:
             self._defaults[job_type] = found
         return found
 
-    async def _take(self, principal: Principal, kind: Kind, cost: int = 1) -> None:
+    async def charge(self, principal: Principal, kind: Kind, cost: int = 1) -> None:
         """Charge the call to the owner's rate limit (the key's own, else the default)."""
         own = principal.submit_limit if kind is Kind.SUBMIT else principal.read_limit
         limit = Limit(*own) if own is not None else self._default_limits[kind]
@@ -142,7 +142,7 @@ class JobOperations:
 
     async def submit(self, principal: Principal, spec: JobSpec) -> Job:
         """Commit one job (group-committed with concurrent submits), then enqueue it."""
-        await self._take(principal, Kind.SUBMIT)
+        await self.charge(principal, Kind.SUBMIT)
         result = await self._submits.submit(self._new_job(principal, spec, now_ms()))
         if isinstance(result, ConveyorError):
             raise result
@@ -150,7 +150,7 @@ class JobOperations:
 
     async def submit_many(self, principal: Principal, specs: Sequence[JobSpec]) -> list[Job]:
         """Commit a bulk request in its own transaction: all jobs or, on a conflict, none."""
-        await self._take(principal, Kind.SUBMIT, len(specs))
+        await self.charge(principal, Kind.SUBMIT, len(specs))
         now = now_ms()
         jobs = [self._new_job(principal, spec, now) for spec in specs]
         results = await self.store.insert(jobs, all_or_nothing=True)
@@ -186,7 +186,7 @@ class JobOperations:
     async def get(self, principal: Principal, job_id: str) -> Job:
         """The job as it stands: Redis hot state when present, else the database row; a
         waiting job says why it waits."""
-        await self._take(principal, Kind.READ)
+        await self.charge(principal, Kind.READ)
         job = await self._get_visible(principal, job_id)
         if job.state in (JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING):
             try:
@@ -210,7 +210,7 @@ class JobOperations:
                 f"{job.attempt} of {job.max_attempts} failed"
             )
         waiting = await self.queue.waiting(job.queue, job.id)
-        held = waiting.reason(job.queue)
+        held = waiting.reason(job.queue, job.owner)
         if held:
             return held
         workers = [w for w in await self._live_workers() if job.queue in w.queues]
@@ -232,7 +232,7 @@ class JobOperations:
 
     async def attempts(self, principal: Principal, job_id: str) -> list[Attempt]:
         """The job's recorded attempts, oldest first."""
-        await self._take(principal, Kind.READ)
+        await self.charge(principal, Kind.READ)
         await self._get_visible(principal, job_id)
         return await self.store.attempts(job_id)
 
@@ -284,9 +284,9 @@ class JobOperations:
                 [FieldViolation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")]
             )
         _check_filter(filt)
-        await self._take(principal, Kind.READ)
+        await self.charge(principal, Kind.READ)
         limit = page_size or DEFAULT_PAGE_SIZE
-        owner = _list_owner(principal, filt.owner)
+        owner = list_owner(principal, filt.owner)
         scope = _page_scope(principal, filt)
         before = await self.page_tokens.decode(page_token, scope) if page_token else None
         if before is not None and not valid_job_id(before):
@@ -404,12 +404,12 @@ def _check_filter(filt: ListFilter) -> None:
 
 def _page_scope(principal: Principal, filt: ListFilter) -> list[str | int]:
     """What a page token is bound to: who asks, whose jobs, and the filters."""
-    owner = _list_owner(principal, filt.owner)
+    owner = list_owner(principal, filt.owner)
     return [principal.owner, owner or "", int(filt.state) if filt.state else 0,
             filt.queue or "", filt.type or ""]  # fmt: skip
 
 
-def _list_owner(principal: Principal, requested: str | None) -> str | None:
+def list_owner(principal: Principal, requested: str | None) -> str | None:
     """Whose jobs a listing shows: a user's own only; an admin's pick, or everyone's."""
     if principal.is_admin:
         return requested or None

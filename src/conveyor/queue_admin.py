@@ -9,6 +9,7 @@ but the stored settings reach Redis on the reconciler's next pass.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from conveyor.auth import Principal
 from conveyor.queue import RedisQueue
@@ -39,22 +40,21 @@ class QueueAdmin:
         max_running: int,
         rate_jobs: int,
         rate_interval_ms: int,
+        max_running_per_owner: int = 0,
     ) -> QueueStats:
         principal.require_admin()
         check_queue_name(name)
         current = await self.store.get(name)
-        wanted = current.with_limits(max_running, rate_jobs, rate_interval_ms)
+        wanted = current.with_limits(
+            max_running, rate_jobs, rate_interval_ms, max_running_per_owner
+        )
         return await self._apply(wanted)
 
     async def _change(self, principal: Principal, name: str, *, paused: bool) -> QueueStats:
         principal.require_admin()
         check_queue_name(name)
         current = await self.store.get(name)
-        return await self._apply(
-            QueueSettings(
-                name, paused, current.max_running, current.rate_jobs, current.rate_interval_ms
-            )
-        )
+        return await self._apply(replace(current, paused=paused))
 
     async def _apply(self, settings: QueueSettings) -> QueueStats:
         await self.store.put(settings)

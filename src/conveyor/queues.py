@@ -33,12 +33,19 @@ class QueueSettings:
     max_running: int = 0  # 0: no cap
     rate_jobs: int = 0  # at most this many starts in any window of rate_interval_ms
     rate_interval_ms: int = 0
+    max_running_per_owner: int = 0  # 0: no cap
 
-    def with_limits(self, max_running: int, rate_jobs: int, rate_interval_ms: int) -> QueueSettings:
+    def with_limits(
+        self, max_running: int, rate_jobs: int, rate_interval_ms: int, max_running_per_owner: int
+    ) -> QueueSettings:
         """These settings with new limits, validated (INVALID_ARGUMENT naming each bad field)."""
         bad = []
         if not 0 <= max_running <= MAX_RUNNING_LIMIT:
             bad.append(FieldViolation("limits.max_running", f"must be 0-{MAX_RUNNING_LIMIT}"))
+        if not 0 <= max_running_per_owner <= MAX_RUNNING_LIMIT:
+            bad.append(
+                FieldViolation("limits.max_running_per_owner", f"must be 0-{MAX_RUNNING_LIMIT}")
+            )
         if not 0 <= rate_jobs <= MAX_RATE_JOBS:
             bad.append(FieldViolation("limits.rate_jobs", f"must be 0-{MAX_RATE_JOBS}"))
         if rate_jobs and not 1 <= rate_interval_ms <= MAX_RATE_INTERVAL_MS:
@@ -54,10 +61,15 @@ class QueueSettings:
             max_running=max_running,
             rate_jobs=rate_jobs,
             rate_interval_ms=rate_interval_ms if rate_jobs else 0,
+            max_running_per_owner=max_running_per_owner,
         )
 
     def limits_proto(self) -> queue_pb2.QueueLimits:
-        msg = queue_pb2.QueueLimits(max_running=self.max_running, rate_jobs=self.rate_jobs)
+        msg = queue_pb2.QueueLimits(
+            max_running=self.max_running,
+            rate_jobs=self.rate_jobs,
+            max_running_per_owner=self.max_running_per_owner,
+        )
         if self.rate_jobs:
             msg.rate_interval.FromMilliseconds(self.rate_interval_ms)
         return msg
@@ -90,9 +102,9 @@ class QueueStats:
     def from_script(cls, name: str, out: list[int]) -> QueueStats:
         """From queue_stats.lua's answer (see the script for the order). The settings are
         the ones in force: Redis's copy, which claims read."""
-        assert len(out) == 12 + MAX_PRIORITY + 1
+        assert len(out) == 12 + MAX_PRIORITY + 2
         return cls(
-            settings=QueueSettings(name, bool(out[0]), out[1], out[2], out[3]),
+            settings=QueueSettings(name, bool(out[0]), out[1], out[2], out[3], out[22]),
             scheduled=out[4],
             retrying=out[5],
             running=out[6],
@@ -101,7 +113,7 @@ class QueueStats:
             retried=out[9],
             dead=out[10],
             cancelled=out[11],
-            queued_by_priority=tuple(out[12:]),
+            queued_by_priority=tuple(out[12:22]),
         )
 
     @property
@@ -151,11 +163,19 @@ class Waiting:
     rate_ms: int
     started_in_window: int
     window_opens: int  # epoch ms when the rate window has room again; -1: it has room
+    parked: int  # 1: held back by its owner's cap
+    owner_max: int
+    owner_running: int
 
-    def reason(self, queue: str) -> str:
+    def reason(self, queue: str, owner: str) -> str:
         """The blocked_reason of a job that waits for this, or "" for a free worker slot."""
         if self.paused:
             return f"queue {queue!r} is paused"
+        if self.parked:
+            return (
+                f"owner {owner!r} is at its concurrency limit in queue {queue!r} "
+                f"({self.owner_running} of {self.owner_max} running)"
+            )
         if self.max_running and self.running >= self.max_running:
             return (
                 f"queue {queue!r} is at its concurrency limit "

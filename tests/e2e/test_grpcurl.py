@@ -42,6 +42,7 @@ def test_reflection_lists_services(stack: Stack) -> None:
     assert out.stdout.split() == [
         "conveyor.v1.ApiKeyService",
         "conveyor.v1.JobService",
+        "conveyor.v1.ScheduleService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ]

@@ -64,14 +64,16 @@ async def until_done(client: AsyncClient, job_ids: list[str], within: float = 60
 
 
 def spans(stack: Stack, job_ids: list[str]) -> list[tuple[int, int]]:
-    """(start, finish) of each job's last attempt, in ms, from the database."""
+    """(start, finish) of each job's last attempt, in ms, from the database, in the
+    order of `job_ids`."""
     with psycopg.connect(psycopg_dsn(stack.env["CONVEYOR_DATABASE_URL"])) as conn:
         rows = conn.execute(
-            "SELECT start_time, finish_time FROM jobs WHERE id = ANY(%s) AND state = %s",
+            "SELECT id, start_time, finish_time FROM jobs WHERE id = ANY(%s) AND state = %s",
             (job_ids, S.JOB_STATE_SUCCEEDED),
         ).fetchall()
     assert len(rows) == len(job_ids), "every job succeeded"
-    return [(int(start), int(finish)) for start, finish in rows]
+    found = {job_id: (int(start), int(finish)) for job_id, start, finish in rows}
+    return [found[job_id] for job_id in job_ids]
 
 
 def most_at_once(intervals: list[tuple[int, int]]) -> int:
@@ -237,6 +239,45 @@ async def test_a_rate_limit_is_not_exceeded(
     seconds = (max(starts) - min(starts)) / 1000
     print(f"\nrate limit 5/s: 50 jobs over {seconds:.1f}s, at most {busiest} in any 1 s window")
     assert busiest == 5 and seconds >= 9.0
+
+
+async def test_a_flooding_owner_does_not_starve_another(
+    stack: Stack, workers: list[Service], alice: AsyncClient, bob: AsyncClient,
+    admin: AsyncClient,
+) -> None:  # fmt: skip
+    """Guards the per-owner cap (fairness): alice floods a queue capped at 2 running jobs
+    per owner; bob's jobs, submitted after all of hers, start at once on the free slots
+    instead of after her backlog, and alice never has a third job running."""
+    await admin.update_queue_limits("fair", max_running_per_owner=2)
+    start_worker(stack, workers, "fair", 4)
+    flood = await alice.submit_many(
+        [submit_request("sleep", {"seconds": 0.2, "steps": 1}, queue="fair") for _ in range(40)]
+    )
+    async with asyncio.timeout(10):
+        while (await admin.queue_stats("fair"))[0].running < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # alice's first two are under way
+    parked = await alice.get(flood[-1].id)
+    quiet = await bob.submit_many(
+        [submit_request("sleep", {"seconds": 0.2, "steps": 1}, queue="fair") for _ in range(4)]
+    )
+    await until_done(bob, [j.id for j in quiet], within=30)
+    bob_waited = [
+        start - job.create_time.ToMilliseconds()
+        for job, (start, _) in zip(quiet, spans(stack, [j.id for j in quiet]), strict=True)
+    ]
+    alice_left = 0
+    for job in flood:
+        alice_left += (await alice.get(job.id)).state == S.JOB_STATE_QUEUED
+    await until_done(alice, [j.id for j in flood], within=60)
+    peak = most_at_once(spans(stack, [j.id for j in flood]))
+    print(
+        f"\nfairness: with alice's 40-job flood ahead, bob's 4 jobs waited at most "
+        f"{max(bob_waited)} ms ({alice_left} of alice's still queued when bob's were done); "
+        f"alice peaked at {peak} running"
+    )
+    assert parked.blocked_reason.startswith("owner 'alice' is at its concurrency limit")
+    assert max(bob_waited) < 1500 and alice_left >= 20
+    assert peak == 2
 
 
 async def test_limits_are_validated_and_admin_only(admin: AsyncClient, alice: AsyncClient) -> None:

@@ -38,6 +38,7 @@ from conveyor.v1 import api_key_service_pb2 as keys_pb
 from conveyor.v1 import job_pb2
 from conveyor.v1 import job_service_pb2 as jobs_pb
 from conveyor.v1 import queue_pb2 as queue_pb
+from conveyor.v1 import schedule_service_pb2 as schedule_pb
 from conveyor.v1 import worker_control_pb2 as control_pb
 from tests.processes import Keys, Service, Stack
 
@@ -54,6 +55,7 @@ SERVICES: list[descriptor.ServiceDescriptor] = [
     jobs_pb.DESCRIPTOR.services_by_name["JobService"],
     keys_pb.DESCRIPTOR.services_by_name["ApiKeyService"],
     control_pb.DESCRIPTOR.services_by_name["WorkerControl"],
+    schedule_pb.DESCRIPTOR.services_by_name["ScheduleService"],
 ]
 ADMIN_SERVICES = {"conveyor.v1.ApiKeyService", "conveyor.v1.WorkerControl"}
 # JobService RPCs about queues and workers rather than the caller's jobs.
@@ -62,6 +64,14 @@ ADMIN_RPCS = {"GetQueueStats", "PauseQueue", "ResumeQueue", "UpdateQueueLimits",
 ADMIN_QUEUE = "authmatrix-admin"
 # JobService RPCs that name a job: another owner's id must be NOT_FOUND.
 JOB_ID_RPCS = {"GetJob", "WatchJob", "CancelJob", "RetryJob", "ListJobAttempts"}
+# ScheduleService RPCs that name a schedule: another owner's id must be NOT_FOUND too.
+SCHEDULE_ID_RPCS = {
+    "GetSchedule",
+    "DeleteSchedule",
+    "PauseSchedule",
+    "ResumeSchedule",
+    "TriggerSchedule",
+}
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,15 @@ class World:
     spare_key_id: str  # a key the admin RPCs' requests name; must survive the refusals
     revoked_user: str
     revoked_admin: str
+    alice_schedule: str
+    bob_schedule: str
+
+
+def hourly() -> schedule_pb.Schedule:
+    """A schedule whose first bucket is an hour away: nothing fires during the test."""
+    schedule = schedule_pb.Schedule(job=jobs_pb.SubmitJobRequest(type="noop", queue=QUEUE))
+    schedule.interval.seconds = 3600
+    return schedule
 
 
 def job_requests(world: World) -> dict[str, Callable[[str], Message]]:
@@ -176,6 +195,25 @@ def job_requests(world: World) -> dict[str, Callable[[str], Message]]:
         ),
         "conveyor.v1.JobService.ListJobAttempts": lambda job: jobs_pb.ListJobAttemptsRequest(
             id=job
+        ),
+        "conveyor.v1.ScheduleService.CreateSchedule": lambda _: schedule_pb.CreateScheduleRequest(
+            schedule=hourly()
+        ),
+        "conveyor.v1.ScheduleService.GetSchedule": lambda sid: schedule_pb.GetScheduleRequest(
+            id=sid
+        ),
+        "conveyor.v1.ScheduleService.ListSchedules": lambda _: schedule_pb.ListSchedulesRequest(),
+        "conveyor.v1.ScheduleService.DeleteSchedule": lambda sid: schedule_pb.DeleteScheduleRequest(
+            id=sid
+        ),
+        "conveyor.v1.ScheduleService.PauseSchedule": lambda sid: schedule_pb.PauseScheduleRequest(
+            id=sid
+        ),
+        "conveyor.v1.ScheduleService.ResumeSchedule": lambda sid: schedule_pb.ResumeScheduleRequest(
+            id=sid
+        ),
+        "conveyor.v1.ScheduleService.TriggerSchedule": lambda sid: (
+            schedule_pb.TriggerScheduleRequest(id=sid)
         ),
         "conveyor.v1.JobService.GetQueueStats": lambda _: jobs_pb.GetQueueStatsRequest(
             queue=ADMIN_QUEUE
@@ -263,6 +301,17 @@ async def channels(
         grpc.aio.insecure_channel(control_worker.addr) as worker,
     ):
         yield api, worker
+
+
+async def create_schedule(api: grpc.aio.Channel, key: str) -> str:
+    got = await invoke(
+        api,
+        rpc_named("CreateSchedule"),
+        schedule_pb.CreateScheduleRequest(schedule=hourly()),
+        bearer(key),
+    )
+    assert isinstance(got.reply, schedule_pb.CreateScheduleResponse), got
+    return got.reply.schedule.id
 
 
 def rpc_named(name: str) -> Rpc:
@@ -358,6 +407,8 @@ async def test_every_rpc_refuses_callers_without_the_right(
     await cancel_job(api, keys.bob, bob_cancelled)
     spare = await create_key(api, keys.admin, "authmatrix-spare", keys_pb.API_KEY_ROLE_USER)
     revoked_user, revoked_admin = await revoked_keys(api, keys.admin)
+    alice_schedule = await create_schedule(api, keys.alice)
+    bob_schedule = await create_schedule(api, keys.bob)
     world = World(
         alice_job,
         alice_cancelled,
@@ -366,6 +417,8 @@ async def test_every_rpc_refuses_callers_without_the_right(
         spare.key.id,
         revoked_user,
         revoked_admin,
+        alice_schedule,
+        bob_schedule,
     )
 
     builders = job_requests(world)
@@ -375,8 +428,10 @@ async def test_every_rpc_refuses_callers_without_the_right(
         f"rows for RPCs that are gone: {sorted(set(builders) - covered)}"
     )
 
-    def request(rpc: Rpc, job_id: str = alice_job) -> Message:
-        return builders[rpc.method.full_name](job_id)
+    def request(rpc: Rpc, target: str = "") -> Message:
+        """The RPC's request, naming `target` (default: alice's job or schedule)."""
+        default = alice_schedule if rpc.name in SCHEDULE_ID_RPCS else alice_job
+        return builders[rpc.method.full_name](target or default)
 
     def channel(rpc: Rpc) -> grpc.aio.Channel:
         return worker if rpc.service == "conveyor.v1.WorkerControl" else api
@@ -402,18 +457,23 @@ async def test_every_rpc_refuses_callers_without_the_right(
     # Another owner's job: exactly what a job that does not exist gets.
     not_applicable: dict[str, list[str]] = {"other owner": [], "user on admin RPC": []}
     for rpc in ALL_RPCS:
-        if rpc.name == "ListJobs":
-            theirs_listed = jobs_pb.ListJobsRequest(queue=QUEUE, owner="bob")
+        if rpc.name in ("ListJobs", "ListSchedules"):
+            theirs_listed: Message = (
+                jobs_pb.ListJobsRequest(queue=QUEUE, owner="bob")
+                if rpc.name == "ListJobs"
+                else schedule_pb.ListSchedulesRequest(owner="bob")
+            )
             got = await invoke(api, rpc, theirs_listed, bearer(keys.alice))
             tally.expect("other owner", rpc, got, Code.PERMISSION_DENIED)
             continue
-        if rpc.name not in JOB_ID_RPCS:
+        if rpc.name not in JOB_ID_RPCS | SCHEDULE_ID_RPCS:
             isolated = rpc.name in ("SubmitJob", "SubmitJobs")
             not_applicable["other owner"].append(rpc.label + (" (isolation below)" * isolated))
             continue
         missing = await invoke(api, rpc, request(rpc, MISSING_JOB), bearer(keys.alice))
         assert missing.code == Code.NOT_FOUND, (rpc.label, missing)
-        for theirs in (bob_queued, bob_cancelled):
+        bobs = (bob_schedule,) if rpc.name in SCHEDULE_ID_RPCS else (bob_queued, bob_cancelled)
+        for theirs in bobs:
             got = await invoke(api, rpc, request(rpc, theirs), bearer(keys.alice))
             if tally.expect("other owner", rpc, got, Code.NOT_FOUND):
                 same = got.details.replace(theirs, "<id>") == missing.details.replace(
@@ -437,6 +497,15 @@ async def test_every_rpc_refuses_callers_without_the_right(
     assert (await get_job(api, keys.bob, bob_cancelled)).state == job_pb2.JOB_STATE_CANCELLED
     assert (await get_job(api, keys.alice, alice_cancelled)).state == job_pb2.JOB_STATE_CANCELLED
     assert await worker_state(worker, keys.admin) == control_pb.WORKER_STATE_RUNNING
+    for owner_key, schedule_id in ((keys.alice, alice_schedule), (keys.bob, bob_schedule)):
+        still = await invoke(
+            api,
+            rpc_named("GetSchedule"),
+            schedule_pb.GetScheduleRequest(id=schedule_id),
+            bearer(owner_key),
+        )
+        assert isinstance(still.reply, schedule_pb.GetScheduleResponse), still
+        assert not still.reply.schedule.paused, "a refused call paused a schedule"
     listed = await invoke(
         api,
         rpc_named("ListApiKeys"),
@@ -478,10 +547,11 @@ async def test_every_rpc_refuses_callers_without_the_right(
     # The same requests with the right key are answered: the refusals were about the key.
     # Order matters: ResumeWorker undoes PauseWorker, DrainWorker (last) ends the worker.
     baseline = 0
-    order = sorted(ALL_RPCS, key=lambda r: r.name in {"DrainWorker", "RevokeApiKey"})
+    last = {"DrainWorker", "RevokeApiKey", "DeleteSchedule"}
+    order = sorted(ALL_RPCS, key=lambda r: r.name in last)
     for rpc in order:
-        job_id = alice_cancelled if rpc.name == "RetryJob" else alice_job
-        got = await invoke(channel(rpc), rpc, request(rpc, job_id), bearer(rightful(rpc)))
+        target = alice_cancelled if rpc.name == "RetryJob" else ""
+        got = await invoke(channel(rpc), rpc, request(rpc, target), bearer(rightful(rpc)))
         assert got.code == Code.OK, (rpc.label, got)
         baseline += 1
         if isinstance(got.reply, keys_pb.CreateApiKeyResponse):  # leave no admin key behind

@@ -1,4 +1,5 @@
-"""`conveyor api` / `python -m conveyor_api`: serve JobService until SIGTERM or SIGINT."""
+"""`conveyor api` / `python -m conveyor_api`: serve JobService, ApiKeyService and
+ScheduleService until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -10,16 +11,21 @@ from conveyor.grpcserver import Server, wait_for_signal
 from conveyor.handlers import default_registry, load_modules
 from conveyor.operations import JobOperations
 from conveyor.queue_admin import QueueAdmin
+from conveyor.schedule_operations import ScheduleOperations
 from conveyor.service import connections, service_main
 from conveyor.store import KeyStore
 from conveyor.store.queues import QueueStore
+from conveyor.store.schedules import ScheduleStore
 from conveyor.v1 import (
     api_key_service_pb2,
     api_key_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
 )
 from conveyor_api.keys import ApiKeyServicer
+from conveyor_api.schedules import ScheduleServicer
 from conveyor_api.servicer import JobServicer
 
 log = logging.getLogger("conveyor.api")
@@ -27,6 +33,7 @@ log = logging.getLogger("conveyor.api")
 SERVICE_NAMES = [
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     api_key_service_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
+    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
 ]
 
 
@@ -50,6 +57,10 @@ async def serve(settings: Settings) -> None:
         server.add(
             api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server,
             ApiKeyServicer(auth, keys),
+        )
+        server.add(
+            schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server,
+            ScheduleServicer(ScheduleOperations(ScheduleStore(conns.db), ops), auth),
         )
         port = await server.start()
         log.info("api serving JobService on %s (port %d)", settings.api_addr, port)

@@ -147,6 +147,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             max_running=limits.max_running,
             rate_jobs=limits.rate_jobs,
             rate_interval_ms=limits.rate_interval.ToMilliseconds(),
+            max_running_per_owner=limits.max_running_per_owner,
         )
         return pb.UpdateQueueLimitsResponse(queue=stats.to_proto())
 

@@ -1,6 +1,7 @@
-"""`conveyor scheduler` / `python -m conveyor_scheduler`: the reconciler (see
-`conveyor.reconciler`) and gRPC health; schedules arrive with their issue. Safe to run as
-several replicas."""
+"""`conveyor scheduler` / `python -m conveyor_scheduler`: the emitter (each due bucket of
+each schedule becomes one job; see `conveyor.emitter`), the reconciler (see
+`conveyor.reconciler`) and gRPC health. Safe to run as several replicas: emitters race
+on idempotency keys, reconcilers take turns."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ import asyncio
 import logging
 
 from conveyor.config import Settings
+from conveyor.emitter import Emitter
 from conveyor.grpcserver import Server, wait_for_signal
+from conveyor.handlers import default_registry, load_modules
+from conveyor.operations import JobOperations
 from conveyor.reconciler import Reconciler
 from conveyor.service import connections, service_main
 from conveyor.store.queues import QueueStore
+from conveyor.store.schedules import ScheduleStore
 
 log = logging.getLogger("conveyor.scheduler")
 
 
 async def serve(settings: Settings) -> None:
+    # The same handler modules as the api, for the job types' default policies.
+    load_modules(settings.handler_modules)
     async with connections(settings, pool_size=2) as conns:
         server = Server.from_settings(
             settings.scheduler_addr,
@@ -25,15 +32,23 @@ async def serve(settings: Settings) -> None:
             checks=[conns.checks],
         )
         port = await server.start()
-        reconciler = asyncio.create_task(
-            Reconciler(conns.store, conns.queue, settings, QueueStore(conns.db)).run()
-        )
-        log.info("scheduler: reconciling; health on port %d", port)
+        jobs = JobOperations(conns.store, conns.queue, conns.hub, settings, default_registry)
+        tasks = [
+            asyncio.create_task(
+                Reconciler(conns.store, conns.queue, settings, QueueStore(conns.db)).run(),
+                name="reconciler",
+            ),
+            asyncio.create_task(
+                Emitter(ScheduleStore(conns.db), jobs, conns.hub, settings).run(), name="emitter"
+            ),
+        ]
+        log.info("scheduler: emitting schedules and reconciling; health on port %d", port)
         try:
             await wait_for_signal()
         finally:
-            reconciler.cancel()
-            await asyncio.gather(reconciler, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await server.stop(1.0)
 
 

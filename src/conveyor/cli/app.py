@@ -13,9 +13,10 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from conveyor.cli.common import AddrOption, JsonFlag, err, fail, message_dict
+from conveyor.cli.common import AddrOption, JsonFlag, err, fail, message_dict, parse_payload
 from conveyor.cli.common import client as client_for
 from conveyor.cli.queues import queues_app, workers
+from conveyor.cli.schedules import schedules_app
 from conveyor.config import ConfigurationError, Settings, configuration_failure
 from conveyor.errors import ConveyorError
 from conveyor.v1 import job_pb2
@@ -35,6 +36,7 @@ dead_app = typer.Typer(
 )
 app.add_typer(dead_app, name="dead")
 app.add_typer(queues_app, name="queues")
+app.add_typer(schedules_app, name="schedules")
 app.command()(workers)
 
 T = TypeVar("T")
@@ -247,14 +249,7 @@ def submit(
     as_json: JsonFlag = False,
 ) -> None:
     """Submit a job and print it (with --wait, follow it to the end)."""
-    try:
-        body = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        err.print(f"--payload is not JSON: {exc}")
-        raise typer.Exit(2) from None
-    if not isinstance(body, dict):
-        err.print("--payload must be a JSON object")
-        raise typer.Exit(2)
+    body = parse_payload(payload)
     with client_for(addr) as client:
         try:
             job = client.submit(

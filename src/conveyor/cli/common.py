@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NoReturn
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from google.protobuf import json_format
@@ -11,6 +13,7 @@ from rich.console import Console
 from conveyor.errors import ConveyorError
 
 err = Console(stderr=True)
+T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 AddrOption = Annotated[
@@ -33,3 +36,25 @@ def client(addr: str | None) -> Any:
     from conveyor.client import Client
 
     return Client(addr)
+
+
+def call(addr: str | None, action: Callable[[Any], T]) -> T:
+    """Run `action` with a client; a failed call is reported and exits 2."""
+    with client(addr) as c:
+        try:
+            return action(c)
+        except ConveyorError as exc:
+            fail(exc)
+
+
+def parse_payload(text: str) -> dict[str, Any]:
+    """A --payload option's JSON object, or exit 2 saying what is wrong with it."""
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        err.print(f"--payload is not JSON: {exc}")
+        raise typer.Exit(2) from None
+    if not isinstance(body, dict):
+        err.print("--payload must be a JSON object")
+        raise typer.Exit(2)
+    return body

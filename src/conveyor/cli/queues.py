@@ -5,13 +5,11 @@ ListWorkers)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from conveyor.cli.common import AddrOption, JsonFlag, client, fail, message_dict
-from conveyor.errors import ConveyorError
+from conveyor.cli.common import AddrOption, JsonFlag, call, message_dict
 from conveyor.v1 import queue_pb2
 
 queues_app = typer.Typer(
@@ -19,19 +17,13 @@ queues_app = typer.Typer(
 )
 
 
-def _call(addr: str | None, action: Callable[[Any], Any]) -> Any:
-    with client(addr) as c:
-        try:
-            return action(c)
-        except ConveyorError as exc:
-            fail(exc)
-
-
 def _describe(stats: queue_pb2.QueueStats) -> str:
     limits = stats.limits
     held = ["PAUSED"] if stats.paused else []
     if limits.max_running:
         held.append(f"max {limits.max_running} running")
+    if limits.max_running_per_owner:
+        held.append(f"max {limits.max_running_per_owner} per owner")
     if limits.rate_jobs:
         held.append(
             f"{limits.rate_jobs} per {limits.rate_interval.ToTimedelta().total_seconds():g}s"
@@ -66,19 +58,19 @@ def stats(
     as_json: JsonFlag = False,
 ) -> None:
     """Depth by state and priority, oldest wait, limits and the last minute's throughput."""
-    _print(_call(addr, lambda c: c.queue_stats(queue)), as_json)
+    _print(call(addr, lambda c: c.queue_stats(queue)), as_json)
 
 
 @queues_app.command("pause")
 def pause(queue: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
     """Stop every worker from starting the queue's jobs (running jobs go on)."""
-    _print([_call(addr, lambda c: c.pause_queue(queue))], as_json)
+    _print([call(addr, lambda c: c.pause_queue(queue))], as_json)
 
 
 @queues_app.command("resume")
 def resume(queue: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
     """Let workers start the queue's jobs again, at once."""
-    _print([_call(addr, lambda c: c.resume_queue(queue))], as_json)
+    _print([call(addr, lambda c: c.resume_queue(queue))], as_json)
 
 
 @queues_app.command("limits")
@@ -86,6 +78,9 @@ def limits(
     queue: str,
     max_running: Annotated[
         int, typer.Option(help="Jobs running at once over all workers (0: no cap).")
+    ] = 0,
+    max_per_owner: Annotated[
+        int, typer.Option(help="Jobs of one owner running at once (0: no cap).")
     ] = 0,
     rate: Annotated[int, typer.Option(help="Jobs that may start per --per window (0: none).")] = 0,
     per: Annotated[float, typer.Option(help="The rate window in seconds.")] = 1.0,
@@ -95,10 +90,14 @@ def limits(
     """Set the queue's limits (each call replaces both; 0 removes one)."""
     _print(
         [
-            _call(
+            call(
                 addr,
                 lambda c: c.update_queue_limits(
-                    queue, max_running=max_running, rate_jobs=rate, rate_interval=per
+                    queue,
+                    max_running=max_running,
+                    rate_jobs=rate,
+                    rate_interval=per,
+                    max_running_per_owner=max_per_owner,
                 ),
             )
         ],
@@ -112,7 +111,7 @@ def workers(
     as_json: JsonFlag = False,
 ) -> None:
     """List live workers: queues, handlers, concurrency, running jobs, last heartbeat."""
-    found: list[queue_pb2.Worker] = _call(addr, lambda c: c.workers(queue))
+    found: list[queue_pb2.Worker] = call(addr, lambda c: c.workers(queue))
     if as_json:
         print(json.dumps({"workers": [message_dict(w) for w in found]}))
         return

@@ -9,6 +9,20 @@
 Failed calls raise `conveyor.errors.ConveyorError` subclasses, never `grpc.RpcError`.
 """
 
-from conveyor.client._client import AsyncClient, Client, retry_policy, submit_request
+from conveyor.client._client import (
+    AsyncClient,
+    Client,
+    limits_request,
+    retry_policy,
+    schedule_request,
+    submit_request,
+)
 
-__all__ = ["AsyncClient", "Client", "retry_policy", "submit_request"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "limits_request",
+    "retry_policy",
+    "schedule_request",
+    "submit_request",
+]

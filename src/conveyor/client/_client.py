@@ -13,7 +13,9 @@ from conveyor.errors import from_rpc_error
 from conveyor.tls import ClientTls, open_aio_channel, open_channel
 from conveyor.v1 import job_pb2, queue_pb2
 from conveyor.v1 import job_service_pb2 as pb
+from conveyor.v1 import schedule_service_pb2 as spb
 from conveyor.v1.job_service_pb2_grpc import JobServiceStub
+from conveyor.v1.schedule_service_pb2_grpc import ScheduleServiceStub
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -69,15 +71,63 @@ def retry_policy(
 
 
 def limits_request(
-    queue: str, *, max_running: int = 0, rate_jobs: int = 0, rate_interval: float = 0.0
+    queue: str,
+    *,
+    max_running: int = 0,
+    rate_jobs: int = 0,
+    rate_interval: float = 0.0,
+    max_running_per_owner: int = 0,
 ) -> pb.UpdateQueueLimitsRequest:
     """An UpdateQueueLimitsRequest; `rate_interval` in seconds. Zero removes a limit."""
     request = pb.UpdateQueueLimitsRequest(queue=queue)
     request.limits.max_running = max_running
+    request.limits.max_running_per_owner = max_running_per_owner
     request.limits.rate_jobs = rate_jobs
     if rate_jobs:
         request.limits.rate_interval.FromTimedelta(timedelta(seconds=rate_interval))
     return request
+
+
+CATCH_UP = {
+    "skip": spb.CATCH_UP_POLICY_SKIP,
+    "once": spb.CATCH_UP_POLICY_RUN_ONCE,
+    "all": spb.CATCH_UP_POLICY_RUN_ALL,
+}
+
+
+def schedule_request(
+    type: str,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    cron: str = "",
+    every: float = 0.0,
+    time_zone: str = "",
+    catch_up: str = "skip",
+    catch_up_limit: int = 0,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    description: str = "",
+    **job: Any,
+) -> spb.Schedule:
+    """A Schedule for `create_schedule`: `cron` (in `time_zone`) or `every` seconds; the
+    job as `submit` takes it (queue, priority, max_attempts, timeout, retry); `catch_up`
+    one of skip, once, all."""
+    schedule = spb.Schedule(
+        description=description,
+        time_zone=time_zone,
+        catch_up=CATCH_UP[catch_up],
+        catch_up_limit=catch_up_limit,
+    )
+    if cron:
+        schedule.cron = cron
+    if every:
+        schedule.interval.FromTimedelta(timedelta(seconds=every))
+    if start is not None:
+        schedule.start_time.FromDatetime(start)
+    if end is not None:
+        schedule.end_time.FromDatetime(end)
+    schedule.job.CopyFrom(submit_request(type, payload, **job))
+    return schedule
 
 
 def _metadata(api_key: str | None) -> Metadata:
@@ -131,6 +181,7 @@ class AsyncClient:
     ) -> None:
         self._channel = channel or open_aio_channel(_target(target), tls)
         self._stub = JobServiceStub(self._channel)
+        self._schedules = ScheduleServiceStub(self._channel)
         self._metadata = _metadata(api_key)
         self._timeout = timeout
 
@@ -237,6 +288,44 @@ class AsyncClient:
         )
         return list(response.workers)
 
+    # -- schedules ----------------------------------------------------------------------
+    async def _schedule_call(self, method: str, request: Any) -> Any:
+        try:
+            return await getattr(self._schedules, method)(
+                request, metadata=self._metadata, timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def create_schedule(self, schedule: spb.Schedule) -> spb.Schedule:
+        """Create a schedule (see `schedule_request`)."""
+        request = spb.CreateScheduleRequest(schedule=schedule)
+        return (await self._schedule_call("CreateSchedule", request)).schedule  # type: ignore[no-any-return]
+
+    async def get_schedule(self, schedule_id: str) -> spb.Schedule:
+        request = spb.GetScheduleRequest(id=schedule_id)
+        return (await self._schedule_call("GetSchedule", request)).schedule  # type: ignore[no-any-return]
+
+    async def list_schedules(self, **fields: Any) -> spb.ListSchedulesResponse:
+        """One page; fields are ListSchedulesRequest's (page_size, page_token, owner)."""
+        request = spb.ListSchedulesRequest(**fields)
+        return await self._schedule_call("ListSchedules", request)  # type: ignore[no-any-return]
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        await self._schedule_call("DeleteSchedule", spb.DeleteScheduleRequest(id=schedule_id))
+
+    async def pause_schedule(self, schedule_id: str) -> spb.Schedule:
+        request = spb.PauseScheduleRequest(id=schedule_id)
+        return (await self._schedule_call("PauseSchedule", request)).schedule  # type: ignore[no-any-return]
+
+    async def resume_schedule(self, schedule_id: str) -> spb.Schedule:
+        request = spb.ResumeScheduleRequest(id=schedule_id)
+        return (await self._schedule_call("ResumeSchedule", request)).schedule  # type: ignore[no-any-return]
+
+    async def trigger_schedule(self, schedule_id: str) -> job_pb2.Job:
+        request = spb.TriggerScheduleRequest(id=schedule_id)
+        return (await self._schedule_call("TriggerSchedule", request)).job  # type: ignore[no-any-return]
+
     async def watch(
         self, job_id: str, after_sequence: int = 0
     ) -> AsyncIterator[pb.WatchJobResponse]:
@@ -268,6 +357,7 @@ class Client:
     ) -> None:
         self._channel = channel or open_channel(_target(target), tls)
         self._stub = JobServiceStub(self._channel)
+        self._schedules = ScheduleServiceStub(self._channel)
         self._metadata = _metadata(api_key)
         self._timeout = timeout
 
@@ -334,6 +424,42 @@ class Client:
     @_mapped
     def workers(self, queue: str = "") -> builtins.list[queue_pb2.Worker]:
         return list(self._call("ListWorkers", pb.ListWorkersRequest(queue=queue)).workers)
+
+    # -- schedules ----------------------------------------------------------------------
+    def _schedule_call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._schedules, method)(
+                request, metadata=self._metadata, timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def create_schedule(self, schedule: spb.Schedule) -> spb.Schedule:
+        request = spb.CreateScheduleRequest(schedule=schedule)
+        return self._schedule_call("CreateSchedule", request).schedule  # type: ignore[no-any-return]
+
+    def get_schedule(self, schedule_id: str) -> spb.Schedule:
+        request = spb.GetScheduleRequest(id=schedule_id)
+        return self._schedule_call("GetSchedule", request).schedule  # type: ignore[no-any-return]
+
+    def list_schedules(self, **fields: Any) -> spb.ListSchedulesResponse:
+        request = spb.ListSchedulesRequest(**fields)
+        return self._schedule_call("ListSchedules", request)  # type: ignore[no-any-return]
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._schedule_call("DeleteSchedule", spb.DeleteScheduleRequest(id=schedule_id))
+
+    def pause_schedule(self, schedule_id: str) -> spb.Schedule:
+        request = spb.PauseScheduleRequest(id=schedule_id)
+        return self._schedule_call("PauseSchedule", request).schedule  # type: ignore[no-any-return]
+
+    def resume_schedule(self, schedule_id: str) -> spb.Schedule:
+        request = spb.ResumeScheduleRequest(id=schedule_id)
+        return self._schedule_call("ResumeSchedule", request).schedule  # type: ignore[no-any-return]
+
+    def trigger_schedule(self, schedule_id: str) -> job_pb2.Job:
+        request = spb.TriggerScheduleRequest(id=schedule_id)
+        return self._schedule_call("TriggerSchedule", request).job  # type: ignore[no-any-return]
 
     def watch(self, job_id: str, after_sequence: int = 0) -> Iterator[pb.WatchJobResponse]:
         call = self._stub.WatchJob(

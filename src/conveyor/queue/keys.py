@@ -12,6 +12,9 @@ it in a bounded in-process map (see `conveyor.operations`).
     cv:{Q}:conf           hash  the queue's settings: paused, max_running, rate_jobs, rate_ms
                                 (a copy of the `queues` row; the reconciler re-applies it)
     cv:{Q}:starts         zset  leases started in the rate limit's window, by start time
+    cv:{Q}:running        hash  leased jobs per owner (for the per-owner cap)
+    cv:{Q}:parked:<owner> zset  ready jobs held back by their owner's cap, scored as in ready
+    cv:{Q}:parked-owners  set   owners with parked jobs
     cv:{Q}:stats:<sec>    hash  attempts ended in that second by outcome (kept 2 minutes)
     cv:{Q}:wake           list  tokens that wake one blocked worker each
     cv:{Q}:seq            int   FIFO sequence for ready scores
@@ -23,6 +26,7 @@ it in a bounded in-process map (see `conveyor.operations`).
     cv:reconcile:lock     string  the reconciler replica whose turn it is (SET NX PX)
     cv:rl:{<owner>}:<kind>  hash  an owner's token bucket for submits or reads
     cv:queues             set   every queue a job was ever enqueued to (GetQueueStats)
+    cv:schedules          pub/sub channel: a schedule changed; schedulers look again
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ CANCEL_CHANNEL = f"{PREFIX}:cancel"
 EPOCH_KEY = f"{PREFIX}:epoch"
 RECONCILE_LOCK = f"{PREFIX}:reconcile:lock"
 QUEUES_KEY = f"{PREFIX}:queues"
+SCHEDULES_CHANNEL = f"{PREFIX}:schedules"
 
 
 def rate_bucket(owner: str, kind: str) -> str:
@@ -71,6 +76,14 @@ class QueueKeys:
         return f"{self.tag}:starts"
 
     @property
+    def running(self) -> str:
+        return f"{self.tag}:running"
+
+    @property
+    def parked_owners(self) -> str:
+        return f"{self.tag}:parked-owners"
+
+    @property
     def stats_prefix(self) -> str:
         return f"{self.tag}:stats:"
 
@@ -79,7 +92,7 @@ class QueueKeys:
         """The keys every queue-level script takes, in the order `queue_keys()` (in
         scripts/_common.lua) reads them."""
         return [self.ready, self.delayed, self.retry, self.leases, self.wake, self.seq,
-                self.conf, self.starts]  # fmt: skip
+                self.conf, self.starts, self.running, self.parked_owners]  # fmt: skip
 
     @property
     def leases(self) -> str:

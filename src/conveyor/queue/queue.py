@@ -300,6 +300,7 @@ class RedisQueue:
                     settings.max_running,
                     settings.rate_jobs,
                     settings.rate_interval_ms,
+                    settings.max_running_per_owner,
                 ],
             )
 
@@ -319,7 +320,7 @@ class RedisQueue:
         """Why a ready job waits: its place in line and what the queue's settings hold back."""
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
-            out = await self.scripts.waiting(self.redis, k.all, [job_id])
+            out = await self.scripts.waiting(self.redis, k.all, [job_id, k.job(job_id)])
         return Waiting(*(int(v) for v in out))
 
     async def epoch(self) -> str | None:

@@ -126,4 +126,35 @@ class QueueRow(Base):
     max_running: Mapped[int] = mapped_column(Integer, default=0)
     rate_jobs: Mapped[int] = mapped_column(Integer, default=0)
     rate_interval_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    max_running_per_owner: Mapped[int] = mapped_column(Integer, default=0)
+    update_time: Mapped[int] = mapped_column(BigInteger)
+
+
+class ScheduleRow(Base):
+    """A recurring job (ScheduleService): when it fires, the job it makes, and how far the
+    schedulers have got (`next_run`: the first bucket not yet handled; None once over)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        Index("ix_schedules_owner_id", "owner", "id"),
+        Index("ix_schedules_next_run", "next_run"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    cron: Mapped[str] = mapped_column(String(256), default="")
+    interval_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # The job template: a SubmitJobRequest as protobuf JSON.
+    template: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    catch_up: Mapped[int] = mapped_column(SmallInteger)
+    catch_up_limit: Mapped[int] = mapped_column(Integer)
+    start_time: Mapped[int | None] = mapped_column(BigInteger)
+    end_time: Mapped[int | None] = mapped_column(BigInteger)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_run: Mapped[int | None] = mapped_column(BigInteger)
+    last_run: Mapped[int | None] = mapped_column(BigInteger)
+    last_job_id: Mapped[str] = mapped_column(String(36), default="")
+    create_time: Mapped[int] = mapped_column(BigInteger)
     update_time: Mapped[int] = mapped_column(BigInteger)

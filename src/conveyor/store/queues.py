@@ -23,6 +23,7 @@ def _settings(row: Any) -> QueueSettings:
         max_running=row.max_running,
         rate_jobs=row.rate_jobs,
         rate_interval_ms=row.rate_interval_ms,
+        max_running_per_owner=row.max_running_per_owner,
     )
 
 
@@ -50,6 +51,7 @@ class QueueStore:
             "max_running": settings.max_running,
             "rate_jobs": settings.rate_jobs,
             "rate_interval_ms": settings.rate_interval_ms,
+            "max_running_per_owner": settings.max_running_per_owner,
             "update_time": now_ms(),
         }
         dialect = sqlite if self.db.is_sqlite else postgresql

@@ -36,10 +36,41 @@ local function wake_one(wakekey)
   if redis.call('LLEN', wakekey) < 64 then redis.call('LPUSH', wakekey, '1') end
 end
 
--- The keys of the queue a script works on, in the order QueueKeys.all gives them.
+-- The keys of the queue a script works on, in the order QueueKeys.all gives them. An
+-- owner's parked jobs live under `parked_prefix .. owner` (same hash tag).
 local function queue_keys()
   return {ready = KEYS[1], delayed = KEYS[2], retry = KEYS[3], leases = KEYS[4],
-          wake = KEYS[5], seq = KEYS[6], conf = KEYS[7], starts = KEYS[8]}
+          wake = KEYS[5], seq = KEYS[6], conf = KEYS[7], starts = KEYS[8], running = KEYS[9],
+          parked_owners = KEYS[10], parked_prefix = string.sub(KEYS[1], 1, -6) .. 'parked:'}
+end
+
+-- Per-owner caps (conf `owner_max`): an owner's leased jobs are counted in q.running; a
+-- ready job whose owner is at the cap when a claim reaches it is parked (moved, with its
+-- score, to the owner's parked set) so that claims look past it to other owners' jobs,
+-- and when one of the owner's leases ends its best parked jobs go back in line.
+local function unpark(q, owner, wake)
+  local key = q.parked_prefix .. owner
+  local waiting = redis.call('ZCARD', key)
+  if waiting == 0 then return 0 end
+  local cap = tonumber(redis.call('HGET', q.conf, 'owner_max') or '0')
+  local room = waiting
+  if cap > 0 then
+    room = math.min(waiting, cap - tonumber(redis.call('HGET', q.running, owner) or '0'))
+  end
+  if room <= 0 then return 0 end
+  local moved = redis.call('ZPOPMIN', key, room)
+  for i = 1, #moved, 2 do redis.call('ZADD', q.ready, moved[i + 1], moved[i]) end
+  if waiting == room then redis.call('SREM', q.parked_owners, owner) end
+  if wake then for _ = 1, #moved / 2 do wake_one(q.wake) end end
+  return #moved / 2
+end
+
+-- A lease of `owner`'s ended (finished, released, cancelled, expired): count it and let
+-- the owner's parked jobs back in line.
+local function lease_ended(q, owner)
+  if not owner then return end
+  if redis.call('HINCRBY', q.running, owner, -1) <= 0 then redis.call('HDEL', q.running, owner) end
+  unpark(q, owner, true)
 end
 
 -- Write a job's hot state from a document (a table of strings, as Job.to_hot makes it) and

@@ -1,7 +1,8 @@
 -- Claim up to `count` jobs for a worker, atomically: promote due scheduled and retrying
 -- jobs, put jobs whose lease expired back in line (their worker died or froze), then pop
 -- the best ready jobs the queue's settings admit (paused, concurrency cap, rate limit;
--- see `admissible`) and lease them. Times are the Redis server's clock, never a worker's.
+-- see `admissible`; jobs of owners at the per-owner cap are parked, see `unpark`) and
+-- lease them. Times are the Redis server's clock, never a worker's.
 -- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: count, lease_ms, lease_token, worker_id, job_prefix, events_prefix, channel_prefix, maxlen
 -- Returns {next_wake_ms, job1_flat_hash, job2_flat_hash, ...}; next_wake_ms is the earliest
@@ -38,6 +39,7 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.leases, '-inf', now, 'LIMIT', 0, 1000)) do
   redis.call('ZREM', q.leases, id)
   local jobkey = jp .. id
+  lease_ended(q, redis.call('HGET', jobkey, 'owner'))
   if redis.call('HGET', jobkey, 'state') == '3' then
     local held = redis.call('HMGET', jobkey, 'attempt', 'worker', 'start_time', 'lost')
     local lost = held[4] and cjson.decode(held[4]) or {}
@@ -55,35 +57,53 @@ if count > 0 and redis.call('ZCARD', q.ready) > 0 then
   allowed, rate_wake = admissible(q, count, now)
 end
 local limited = redis.call('HGET', q.conf, 'rate_jobs')
-if allowed > 0 then
-  local popped = redis.call('ZPOPMIN', q.ready, allowed)
+local owner_cap = tonumber(redis.call('HGET', q.conf, 'owner_max') or '0')
+local leased, looked = 0, 0
+local function lease(id)
+  local jobkey = jp .. id
+  local held = redis.call('HMGET', jobkey, 'attempt', 'max_attempts', 'owner')
+  if not held[1] then return end
+  local attempt, token = tonumber(held[1]), nil
+  if attempt >= tonumber(held[2]) then
+    redis.call('HSET', jobkey, 'exhausted', 1)
+    token = ARGV[3] .. ':' .. attempt .. ':x'
+  else
+    attempt = redis.call('HINCRBY', jobkey, 'attempt', 1)
+    token = ARGV[3] .. ':' .. attempt
+  end
+  redis.call('HSET', jobkey, 'state', 3, 'start_time', now, 'lease', token,
+    'worker', ARGV[4], 'progress', 0, 'progress_message', '')
+  redis.call('ZADD', q.leases, now + lease_ms, id)
+  redis.call('HINCRBY', q.running, held[3] or '', 1)
+  if limited and limited ~= '0' then redis.call('ZADD', q.starts, now, id .. ':' .. attempt) end
+  out[#out + 1] = emit(jobkey, ep .. id, cp .. id, maxlen)
+  redis.call('HDEL', jobkey, 'exhausted')
+  leased = leased + 1
+end
+-- Pop the best ready jobs; with a per-owner cap, park the jobs of owners at their cap
+-- (at most SCAN of them per claim) and go on to the next.
+local SCAN = 1000
+while leased < allowed and looked < SCAN do
+  local popped = redis.call('ZPOPMIN', q.ready, allowed - leased)
+  if #popped == 0 then break end
   for i = 1, #popped, 2 do
     local id = popped[i]
-    local jobkey = jp .. id
-    local held = redis.call('HMGET', jobkey, 'attempt', 'max_attempts')
-    if held[1] then
-      local attempt, lease = tonumber(held[1]), nil
-      if attempt >= tonumber(held[2]) then
-        redis.call('HSET', jobkey, 'exhausted', 1)
-        lease = ARGV[3] .. ':' .. attempt .. ':x'
-      else
-        attempt = redis.call('HINCRBY', jobkey, 'attempt', 1)
-        lease = ARGV[3] .. ':' .. attempt
-      end
-      redis.call('HSET', jobkey, 'state', 3, 'start_time', now, 'lease', lease,
-        'worker', ARGV[4], 'progress', 0, 'progress_message', '')
-      redis.call('ZADD', q.leases, now + lease_ms, id)
-      if limited and limited ~= '0' then redis.call('ZADD', q.starts, now, id .. ':' .. attempt) end
-      out[#out + 1] = emit(jobkey, ep .. id, cp .. id, maxlen)
-      redis.call('HDEL', jobkey, 'exhausted')
+    looked = looked + 1
+    local owner = redis.call('HGET', jp .. id, 'owner') or ''
+    if owner_cap > 0 and tonumber(redis.call('HGET', q.running, owner) or '0') >= owner_cap then
+      redis.call('ZADD', q.parked_prefix .. owner, popped[i + 1], id)
+      redis.call('SADD', q.parked_owners, owner)
+    else
+      lease(id)
     end
   end
-  -- More work may be waiting for the next worker: pass a wake token on. (Not when the
-  -- settings held jobs back: a finished job, ResumeQueue or the rate limit's opening
-  -- wakes a worker then, and a token now would only make workers spin.)
-  if allowed == count and redis.call('ZCARD', q.ready) > 0 and redis.call('LLEN', q.wake) == 0 then
-    redis.call('LPUSH', q.wake, '1')
-  end
+end
+-- More work may be waiting for the next worker: pass a wake token on. (Not when the
+-- queue's settings held jobs back: a finished job, ResumeQueue or the rate limit's
+-- opening wakes a worker then, and a token now would only make workers spin.)
+if allowed > 0 and (leased == count or looked >= SCAN) and redis.call('ZCARD', q.ready) > 0
+    and redis.call('LLEN', q.wake) == 0 then
+  redis.call('LPUSH', q.wake, '1')
 end
 
 local next_wake = rate_wake

@@ -2,11 +2,14 @@
 -- them) and wake blocked workers if the change may let jobs start: a resume, a raised cap
 -- or rate. One token per ready job, capped as wake_one caps them.
 -- KEYS: the queue's keys (QueueKeys.all)
--- ARGV: paused (0/1), max_running (0: no cap), rate_jobs, rate_ms (0: no rate limit)
+-- ARGV: paused (0/1), max_running (0: no cap), rate_jobs, rate_ms (0: no rate limit),
+--       owner_max (0: no per-owner cap)
 local q = queue_keys()
 redis.call('HSET', q.conf, 'paused', ARGV[1], 'max_running', ARGV[2], 'rate_jobs', ARGV[3],
-  'rate_ms', ARGV[4])
+  'rate_ms', ARGV[4], 'owner_max', ARGV[5])
 if tonumber(ARGV[3]) == 0 then redis.call('DEL', q.starts) end
+-- A raised or removed per-owner cap lets parked jobs back in line.
+for _, owner in ipairs(redis.call('SMEMBERS', q.parked_owners)) do unpark(q, owner, false) end
 if ARGV[1] == '0' then
   local ready = redis.call('ZCARD', q.ready)
   for _ = 1, math.min(ready, 64) do wake_one(q.wake) end

@@ -2,24 +2,34 @@
 -- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: job_prefix, stats_prefix
 -- Returns {paused, max_running, rate_jobs, rate_ms, scheduled, retrying, running,
---          oldest_wait_ms (how long the oldest ready job has waited; -1: none), succeeded, retried, dead, cancelled (the last 60 s),
---          queued at priority 0, 1, ..., 9}.
+--          oldest_wait_ms (how long the oldest ready job has waited; -1: none),
+--          succeeded, retried, dead, cancelled (the last 60 s),
+--          queued at priority 0, 1, ..., 9, owner_max}.
 local q = queue_keys()
 local jp, sp = ARGV[1], ARGV[2]
 local now = now_ms()
-local conf = redis.call('HMGET', q.conf, 'paused', 'max_running', 'rate_jobs', 'rate_ms')
+local conf = redis.call('HMGET', q.conf, 'paused', 'max_running', 'rate_jobs', 'rate_ms',
+  'owner_max')
 local out = {tonumber(conf[1] or '0'), tonumber(conf[2] or '0'), tonumber(conf[3] or '0'),
              tonumber(conf[4] or '0'), redis.call('ZCARD', q.delayed),
              redis.call('ZCARD', q.retry), redis.call('ZCARD', q.leases), -1}
 local band = 1099511627776
+local lines = {q.ready}  -- the ready set and each owner's parked set
+for _, owner in ipairs(redis.call('SMEMBERS', q.parked_owners)) do
+  lines[#lines + 1] = q.parked_prefix .. owner
+end
 local by_priority, oldest = {}, -1
 for p = 0, 9 do
   local low = (9 - p) * band
-  by_priority[p + 1] = redis.call('ZCOUNT', q.ready, low, low + band - 1)
-  if by_priority[p + 1] > 0 then
-    local first = redis.call('ZRANGEBYSCORE', q.ready, low, low + band - 1, 'LIMIT', 0, 1)
-    local since = tonumber(redis.call('HGET', jp .. first[1], 'run_at') or '-1')
-    if since >= 0 and (oldest < 0 or since < oldest) then oldest = since end
+  by_priority[p + 1] = 0
+  for _, set in ipairs(lines) do
+    local n = redis.call('ZCOUNT', set, low, low + band - 1)
+    by_priority[p + 1] = by_priority[p + 1] + n
+    if n > 0 then  -- the line's first job of this priority is its longest waiting
+      local first = redis.call('ZRANGEBYSCORE', set, low, low + band - 1, 'LIMIT', 0, 1)
+      local since = tonumber(redis.call('HGET', jp .. first[1], 'run_at') or '-1')
+      if since >= 0 and (oldest < 0 or since < oldest) then oldest = since end
+    end
   end
 end
 if oldest >= 0 then out[8] = math.max(now - oldest, 0) end
@@ -33,4 +43,5 @@ for t = second - 59, second do
 end
 out[9], out[10], out[11], out[12] = totals.s, totals.r, totals.d, totals.c
 for p = 1, 10 do out[12 + p] = by_priority[p] end
+out[23] = tonumber(conf[5] or '0')
 return out

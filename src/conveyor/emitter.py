@@ -1,0 +1,153 @@
+"""The scheduler's emitter: turns each due bucket of each schedule into one job.
+
+Every scheduler replica runs one, and they all race: there is no leader to elect or lose.
+A replica reads the schedules whose next bucket is due, submits each due bucket's job
+through `JobOperations.submit` (the path of any submit, with the idempotency key
+`schedule:<id>:<bucket>` and `run_at` = the bucket), then moves the schedule on with a
+compare-and-set. Two replicas that emit the same bucket make one job: the second submit
+finds the key and gets the same job back. A replica killed between its submit and its
+compare-and-set leaves the bucket to the next replica, which makes no second job either.
+A replica whose clock runs ahead emits a bucket early, but its job waits in the delayed
+set until the bucket by the Redis clock; one whose clock runs behind merely leaves the
+bucket to the others.
+
+What counts as missed (and so follows the schedule's catch-up policy) is a bucket more
+than `CONVEYOR_SCHEDULE_MISFIRE_SECONDS` old when a replica first looks at it; see
+`conveyor.timetable.due`.
+
+Between looks a replica sleeps until the earliest next bucket of any schedule, or until a
+schedule changes (`cv:schedules`, published by the API), whichever is first: no polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from conveyor.auth import Principal, Role
+from conveyor.config import Settings
+from conveyor.errors import AlreadyExists, InvalidArgument, Unavailable
+from conveyor.jobs import now_ms
+from conveyor.operations import JobOperations
+from conveyor.queue import EventHub
+from conveyor.queue.keys import SCHEDULES_CHANNEL
+from conveyor.schedules import Schedule
+from conveyor.store.schedules import ScheduleStore
+from conveyor.timetable import due
+
+log = logging.getLogger(__name__)
+
+DUE_PER_LOOK = 100
+# The longest a replica sleeps without looking, in case it missed an announcement.
+MAX_IDLE_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class EmitterStats:
+    emitted: int = 0  # jobs this replica's submits created or found (one per bucket)
+    skipped: int = 0  # missed buckets the catch-up policy left out
+    advanced: int = 0  # compare-and-sets this replica won
+    lost_races: int = 0  # compare-and-sets another replica won first
+
+
+class Emitter:
+    def __init__(
+        self,
+        schedules: ScheduleStore,
+        jobs: JobOperations,
+        hub: EventHub,
+        settings: Settings,
+    ) -> None:
+        self.schedules = schedules
+        self.jobs = jobs
+        self.hub = hub
+        self.grace_ms = int(settings.schedule_misfire_seconds * 1000)
+        self.offset_ms = int(settings.scheduler_clock_offset_seconds * 1000)
+        self.max_payload = settings.max_payload_bytes
+        self.stats = EmitterStats()
+
+    def now(self) -> int:
+        """This replica's clock (offset only to test clock skew)."""
+        return now_ms() + self.offset_ms
+
+    async def run(self) -> None:
+        """Emit until cancelled; an outage of either store only delays it."""
+        changes = await self.hub.subscribe(SCHEDULES_CHANNEL)
+        try:
+            while True:
+                try:
+                    wait = await self.look()
+                except Unavailable as exc:
+                    log.warning("emitter: %s; trying again", exc)
+                    wait = 1.0
+                await changes.get(wait)
+        finally:
+            await self.hub.unsubscribe(changes)
+
+    async def look(self) -> float:
+        """Handle every due schedule; seconds until the next bucket of any schedule."""
+        while True:
+            found = await self.schedules.due(self.now(), DUE_PER_LOOK)
+            for schedule in found:
+                await self.handle(schedule)
+            if len(found) < DUE_PER_LOOK:
+                break
+        upcoming = await self.schedules.next_due()
+        if upcoming is None:
+            return MAX_IDLE_SECONDS
+        return min(max((upcoming - self.now()) / 1000, 0.001), MAX_IDLE_SECONDS)
+
+    async def handle(self, schedule: Schedule) -> None:
+        """Emit the schedule's due buckets (as its catch-up policy says) and move it on."""
+        assert schedule.next_run is not None
+        now = self.now()
+        plan = due(
+            schedule.timetable,
+            schedule.next_run,
+            now,
+            grace_ms=self.grace_ms,
+            policy=schedule.catch_up,
+            limit=schedule.catch_up_limit,
+        )
+        started = time.perf_counter()
+        owner = Principal(schedule.owner, Role.USER, submit_limit=(0.0, 0.0))  # no rate limit
+        last_job = ""
+        for bucket in plan.emit:
+            last_job = await self._emit(schedule, owner, bucket) or last_job
+        self.stats.skipped += plan.skipped
+        moved = await self.schedules.advance(
+            schedule.id,
+            expected=schedule.next_run,
+            next_run=plan.next_run,
+            last_run=plan.emit[-1] if plan.emit else None,
+            last_job_id=last_job,
+        )
+        if moved:
+            self.stats.advanced += 1
+        else:
+            self.stats.lost_races += 1
+        log.info(
+            "schedule %s: emitted %d bucket(s), skipped %d missed, next %s (%.1f ms)%s",
+            schedule.id,
+            len(plan.emit),
+            plan.skipped,
+            plan.next_run,
+            (time.perf_counter() - started) * 1000,
+            "" if moved else "; another scheduler moved it on first",
+        )
+
+    async def _emit(self, schedule: Schedule, owner: Principal, bucket: int) -> str | None:
+        """Submit the bucket's job; its id (None if the template no longer makes one)."""
+        try:
+            spec = schedule.job_spec(
+                key=schedule.bucket_key(bucket), run_at=bucket, max_payload_bytes=self.max_payload
+            )
+            job = await self.jobs.submit(owner, spec)
+        except AlreadyExists:
+            return None  # made by an earlier version of the template: the bucket has its job
+        except InvalidArgument as exc:
+            log.error("schedule %s: bucket %d makes no job: %s", schedule.id, bucket, exc.message)
+            return None
+        self.stats.emitted += 1
+        return job.id

@@ -1,0 +1,147 @@
+"""ScheduleStore: schedules and how far the schedulers have got with each.
+
+Progress moves by compare-and-set (`advance` applies only if `next_run` is still what the
+caller read), so several schedulers can handle the same schedule at once: one of them
+moves it on, and the others' emissions of the same buckets are absorbed by the jobs'
+idempotency keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from sqlalchemy import Table, delete, func, select, update
+
+from conveyor.jobs import now_ms
+from conveyor.schedules import Schedule
+from conveyor.store.database import Database
+from conveyor.store.jobs import unavailable_on_db_errors
+from conveyor.store.models import ScheduleRow
+from conveyor.timetable import CatchUp, Timetable
+
+_SCHEDULES = cast(Table, ScheduleRow.__table__)
+
+
+def _schedule(row: Any) -> Schedule:
+    return Schedule(
+        id=row.id,
+        owner=row.owner,
+        timetable=Timetable(
+            cron=row.cron,
+            time_zone=row.time_zone,
+            interval_ms=row.interval_ms,
+            start_ms=row.start_time,
+            end_ms=row.end_time,
+        ),
+        template=row.template,
+        description=row.description,
+        catch_up=CatchUp(row.catch_up),
+        catch_up_limit=row.catch_up_limit,
+        paused=bool(row.paused),
+        next_run=row.next_run,
+        last_run=row.last_run,
+        last_job_id=row.last_job_id,
+        create_time=row.create_time,
+    )
+
+
+class ScheduleStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def insert(self, schedule: Schedule) -> Schedule:
+        tt = schedule.timetable
+        values = {
+            "id": schedule.id,
+            "owner": schedule.owner,
+            "description": schedule.description,
+            "cron": tt.cron,
+            "interval_ms": tt.interval_ms,
+            "time_zone": tt.time_zone,
+            "template": schedule.template,
+            "catch_up": int(schedule.catch_up),
+            "catch_up_limit": schedule.catch_up_limit,
+            "start_time": tt.start_ms,
+            "end_time": tt.end_ms,
+            "paused": schedule.paused,
+            "next_run": schedule.next_run,
+            "create_time": schedule.create_time,
+            "update_time": schedule.create_time,
+        }
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            await conn.execute(_SCHEDULES.insert().values(**values))
+        return schedule
+
+    async def get(self, schedule_id: str) -> Schedule | None:
+        stmt = select(_SCHEDULES).where(_SCHEDULES.c.id == schedule_id)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return _schedule(row) if row is not None else None
+
+    async def list_schedules(
+        self, owner: str | None, *, limit: int, before_id: str | None = None
+    ) -> list[Schedule]:
+        """An owner's schedules (None: everyone's), newest first, after a keyset cursor."""
+        stmt = select(_SCHEDULES)
+        if owner is not None:
+            stmt = stmt.where(_SCHEDULES.c.owner == owner)
+        if before_id:
+            stmt = stmt.where(_SCHEDULES.c.id < before_id)
+        stmt = stmt.order_by(_SCHEDULES.c.id.desc()).limit(limit)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            return [_schedule(row) for row in await conn.execute(stmt)]
+
+    async def delete(self, schedule_id: str) -> bool:
+        stmt = delete(_SCHEDULES).where(_SCHEDULES.c.id == schedule_id)
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            return bool((await conn.execute(stmt)).rowcount)
+
+    async def set_state(self, schedule: Schedule) -> None:
+        """Store a pause or resume (and the next run it implies)."""
+        stmt = (
+            update(_SCHEDULES)
+            .where(_SCHEDULES.c.id == schedule.id)
+            .values(paused=schedule.paused, next_run=schedule.next_run, update_time=now_ms())
+        )
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def due(self, now: int, limit: int) -> list[Schedule]:
+        """Running schedules whose next bucket is at or before `now`, most overdue first."""
+        stmt = (
+            select(_SCHEDULES)
+            .where(_SCHEDULES.c.next_run <= now, _SCHEDULES.c.paused.is_(False))
+            .order_by(_SCHEDULES.c.next_run)
+            .limit(limit)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            return [_schedule(row) for row in await conn.execute(stmt)]
+
+    async def next_due(self) -> int | None:
+        """The earliest next bucket of any running schedule."""
+        stmt = select(func.min(_SCHEDULES.c.next_run)).where(_SCHEDULES.c.paused.is_(False))
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            value = (await conn.execute(stmt)).scalar()
+        return int(value) if value is not None else None
+
+    async def advance(
+        self,
+        schedule_id: str,
+        *,
+        expected: int,
+        next_run: int | None,
+        last_run: int | None,
+        last_job_id: str,
+    ) -> bool:
+        """Move the schedule past the buckets just handled, if no one else has (its
+        next_run is still `expected`); whether this call moved it."""
+        values: dict[str, Any] = {"next_run": next_run, "update_time": now_ms()}
+        if last_run is not None:
+            values.update(last_run=last_run, last_job_id=last_job_id)
+        stmt = (
+            update(_SCHEDULES)
+            .where(_SCHEDULES.c.id == schedule_id, _SCHEDULES.c.next_run == expected)
+            .values(**values)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            return bool((await conn.execute(stmt)).rowcount)
