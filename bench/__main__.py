@@ -18,24 +18,27 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import psutil
+import psycopg
 from redis import Redis
 from sqlalchemy import text
 
 from bench.handlers import STAMPS
-from conveyor.client import AsyncClient, submit_request
+from conveyor.client import AsyncClient, schedule_request, submit_request
 from conveyor.config import Settings
-from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
+from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from conveyor.errors import ConveyorError
 from conveyor.queue import RedisQueue, connect
 from conveyor.queue.keys import EPOCH_KEY
 from conveyor.reconciler import Reconciler
 from conveyor.store import Database, JobStore, migrate
+from conveyor.store.bulk import psycopg_dsn
 from conveyor.store.queues import QueueStore
 from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
@@ -68,7 +71,14 @@ def emit(
     print(json.dumps(line), flush=True)
 
 
-def pct(values: list[float], q: float) -> float:
+def cpu_share(proc: psutil.Process, before: Any, seconds: float) -> float:
+    """The percentage of one core `proc` used since `before` (its cpu_times then)."""
+    now = proc.cpu_times()
+    used: float = (now.user - before.user) + (now.system - before.system)
+    return 100 * used / seconds
+
+
+def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
@@ -184,6 +194,97 @@ class Bench:
         )
         for service in services:
             service.stop()
+
+    async def delayed_promotion(self) -> None:
+        """20,000 no-op jobs submitted with one run_at a few seconds ahead into a queue
+        whose worker is already waiting: the rate from that run_at until the last job
+        ended (the delayed set promoted by the claim script, at most 1,000 per claim),
+        to read beside drain_noop_1_worker, whose jobs start out ready."""
+        queue = "delayed"
+        count = self.n(20000) // 1000 * 1000 or 1000
+        worker = self.stack.start(
+            "worker", "--queues", queue, "--concurrency", "64", env=self.stack.worker_env()
+        )
+        lead = 2.0 + count / 5000  # time for the bulk submits to land before the run_at
+        due = datetime.now(UTC) + timedelta(seconds=lead)
+        batch = [submit_request("noop", queue=queue, run_at=due) for _ in range(1000)]
+        async with self.client() as client:
+            for _ in range(count // 1000):
+                await client.submit_many(batch)
+        keys = [f"cv:{{{queue}}}:{name}" for name in ("delayed", "ready", "leases")]
+        assert time.time() < due.timestamp(), "the submits outlasted the lead"
+        await asyncio.sleep(due.timestamp() - time.time())
+        while True:
+            pipe = self.redis.pipeline()
+            for key in keys:
+                pipe.zcard(key)
+            if not any(pipe.execute()):
+                break
+            await asyncio.sleep(0.02)
+        elapsed = time.time() - due.timestamp()
+        cpu = psutil.Process(worker.proc.pid).cpu_times()
+        emit(
+            "delayed_promotion_1_worker",
+            count / elapsed,
+            "jobs/s",
+            None,
+            jobs=count,
+            worker_cpu_s=round(cpu.user + cpu.system, 2),
+        )
+        worker.stop()
+
+    async def scheduler_overhead(self, schedules: int = 1000, seconds: float = 10.0) -> None:
+        """`schedules` schedules firing every second into a queue no worker serves, one
+        scheduler process: its CPU share, and how late each bucket's job was committed
+        (the job's create time minus its bucket, for the buckets of the measured seconds),
+        p50 and p99; then the same scheduler's
+        CPU with the schedules paused (what waiting for buckets costs)."""
+        count = int(self.n(schedules))
+        async with self.client() as client:
+            made = await asyncio.gather(
+                *(
+                    client.create_schedule(schedule_request("noop", every=1, queue="sched"))
+                    for _ in range(count)
+                )
+            )
+            scheduler = self.stack.start(
+                "scheduler", env={"CONVEYOR_SCHEDULER_ADDR": f"127.0.0.1:{free_port()}"}
+            )
+            proc = psutil.Process(scheduler.proc.pid)
+            await asyncio.sleep(2.0)  # the first looks catch up with the creation time
+            before, start, since = proc.cpu_times(), time.perf_counter(), time.time()
+            await asyncio.sleep(seconds)
+            busy = cpu_share(proc, before, time.perf_counter() - start)
+            until = time.time()
+            for schedule in made:
+                await client.pause_schedule(schedule.id)
+            await asyncio.sleep(1.0)
+            before, start = proc.cpu_times(), time.perf_counter()
+            await asyncio.sleep(seconds / 2)
+            idle = cpu_share(proc, before, time.perf_counter() - start)
+        buckets = [(int(key.rsplit(":", 1)[1]), made) for key, made in self.scheduled_jobs()]
+        lags = [made - b for b, made in buckets if since * 1000 <= b <= until * 1000]
+        emit(
+            f"scheduler_{count}_schedules_per_second",
+            busy,
+            "% CPU",
+            None,
+            higher_is_better=False,
+            jobs=len(lags),
+            lag_p50_ms=pct(lags, 0.5),
+            lag_p99_ms=pct(lags, 0.99),
+            paused_cpu_percent=round(idle, 2),
+        )
+        scheduler.stop()
+
+    def scheduled_jobs(self) -> list[tuple[str, int]]:
+        """(idempotency key, create time) of every job a schedule made."""
+        with psycopg.connect(psycopg_dsn(self.stack.env["CONVEYOR_DATABASE_URL"])) as conn:
+            rows = conn.execute(
+                "SELECT idempotency_key, create_time FROM jobs "
+                "WHERE idempotency_key LIKE 'schedule:%' AND idempotency_key NOT LIKE '%manual%'"
+            ).fetchall()
+        return [(str(key), int(created)) for key, created in rows]
 
     async def control(self, services: list[Service], method: str) -> None:
         for service in services:
@@ -451,11 +552,9 @@ class Bench:
         before = {n: p.cpu_times() for n, p in procs.items()}
         await asyncio.sleep(seconds)
         for name, proc in procs.items():
-            t0, t1 = before[name], proc.cpu_times()
-            used = (t1.user + t1.system - t0.user - t0.system) / seconds * 100
             emit(
                 f"idle_cpu_{name}",
-                used,
+                cpu_share(proc, before[name], seconds),
                 "%",
                 1.0,
                 higher_is_better=False,
@@ -504,6 +603,8 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
             "start_latency",
             "get_polling",
             "noisy_neighbour",
+            "delayed_promotion",
+            "scheduler_overhead",
             "watch_fanout",
             "reconcile_pass",
             "idle_cpu",

@@ -21,6 +21,7 @@ schedule changes (`cv:schedules`, published by the API), whichever is first: no 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -33,12 +34,12 @@ from conveyor.operations import JobOperations
 from conveyor.queue import EventHub
 from conveyor.queue.keys import SCHEDULES_CHANNEL
 from conveyor.schedules import Schedule
-from conveyor.store.schedules import ScheduleStore
+from conveyor.store.schedules import Advance, ScheduleStore
 from conveyor.timetable import due
 
 log = logging.getLogger(__name__)
 
-DUE_PER_LOOK = 100
+DUE_PER_LOOK = 500
 # The longest a replica sleeps without looking, in case it missed an announcement.
 MAX_IDLE_SECONDS = 30.0
 
@@ -89,8 +90,8 @@ class Emitter:
         """Handle every due schedule; seconds until the next bucket of any schedule."""
         while True:
             found = await self.schedules.due(self.now(), DUE_PER_LOOK)
-            for schedule in found:
-                await self.handle(schedule)
+            if found:
+                await self.handle(found)
             if len(found) < DUE_PER_LOOK:
                 break
         upcoming = await self.schedules.next_due()
@@ -98,44 +99,55 @@ class Emitter:
             return MAX_IDLE_SECONDS
         return min(max((upcoming - self.now()) / 1000, 0.001), MAX_IDLE_SECONDS)
 
-    async def handle(self, schedule: Schedule) -> None:
-        """Emit the schedule's due buckets (as its catch-up policy says) and move it on."""
-        assert schedule.next_run is not None
-        now = self.now()
-        plan = due(
-            schedule.timetable,
-            schedule.next_run,
-            now,
-            grace_ms=self.grace_ms,
-            policy=schedule.catch_up,
-            limit=schedule.catch_up_limit,
+    async def handle(self, found: list[Schedule]) -> None:
+        """Emit the due buckets of these schedules (as each one's catch-up policy says),
+        all at once so that their submits share commits, then move them on together."""
+        started, now = time.perf_counter(), self.now()
+        plans = [
+            due(
+                s.timetable,
+                s.next_run if s.next_run is not None else now,
+                now,
+                grace_ms=self.grace_ms,
+                policy=s.catch_up,
+                limit=s.catch_up_limit,
+            )
+            for s in found
+        ]
+        last_jobs = await asyncio.gather(
+            *(self._emit_all(s, plan.emit) for s, plan in zip(found, plans, strict=True))
         )
-        started = time.perf_counter()
-        owner = Principal(schedule.owner, Role.USER, submit_limit=(0.0, 0.0))  # no rate limit
-        last_job = ""
-        for bucket in plan.emit:
-            last_job = await self._emit(schedule, owner, bucket) or last_job
-        self.stats.skipped += plan.skipped
-        moved = await self.schedules.advance(
-            schedule.id,
-            expected=schedule.next_run,
-            next_run=plan.next_run,
-            last_run=plan.emit[-1] if plan.emit else None,
-            last_job_id=last_job,
-        )
-        if moved:
-            self.stats.advanced += 1
-        else:
-            self.stats.lost_races += 1
+        moves = [
+            Advance(
+                id=s.id,
+                expected=s.next_run if s.next_run is not None else now,
+                next_run=plan.next_run,
+                last_run=plan.emit[-1] if plan.emit else None,
+                last_job_id=last_job,
+            )
+            for s, plan, last_job in zip(found, plans, last_jobs, strict=True)
+        ]
+        moved = await self.schedules.advance(moves)
+        buckets = sum(len(plan.emit) for plan in plans)
+        skipped = sum(plan.skipped for plan in plans)
+        self.stats.skipped += skipped
+        self.stats.advanced += len(moved)
+        self.stats.lost_races += len(found) - len(moved)
         log.info(
-            "schedule %s: emitted %d bucket(s), skipped %d missed, next %s (%.1f ms)%s",
-            schedule.id,
-            len(plan.emit),
-            plan.skipped,
-            plan.next_run,
+            "emitter: %d schedule(s), %d bucket(s) emitted, %d missed skipped, %d moved on "
+            "by another scheduler first (%.1f ms)",
+            len(found),
+            buckets,
+            skipped,
+            len(found) - len(moved),
             (time.perf_counter() - started) * 1000,
-            "" if moved else "; another scheduler moved it on first",
         )
+
+    async def _emit_all(self, schedule: Schedule, buckets: list[int]) -> str:
+        """Submit the buckets' jobs; the last one's id ("" if none was made)."""
+        owner = Principal(schedule.owner, Role.USER, submit_limit=(0.0, 0.0))  # no rate limit
+        made = await asyncio.gather(*(self._emit(schedule, owner, b) for b in buckets))
+        return next((job_id for job_id in reversed(made) if job_id), "")
 
     async def _emit(self, schedule: Schedule, owner: Principal, bucket: int) -> str | None:
         """Submit the bucket's job; its id (None if the template no longer makes one)."""

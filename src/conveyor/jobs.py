@@ -244,6 +244,7 @@ class JobSpec:
     priority: int = DEFAULT_PRIORITY
     idempotency_key: str | None = None
     run_at: int | None = None
+    delay_ms: int = 0  # run_at = acceptance + delay (exclusive with run_at)
     max_attempts: int = 0
     timeout_ms: int = 0
     retry: RetryOverrides = NO_OVERRIDES
@@ -257,6 +258,7 @@ class JobSpec:
             self.priority,
             self.run_at,
             self.max_attempts,
+            *([self.delay_ms] if self.delay_ms else []),  # hashes of undelayed jobs unchanged
             self.timeout_ms,
             [self.retry.initial_ms, self.retry.max_ms, self.retry.multiplier, self.retry.jitter],
         ]
@@ -265,7 +267,7 @@ class JobSpec:
 
     def new_job(self, owner: str, *, defaults: JobDefaults, now: int) -> Job:
         """The job this spec makes for `owner`, QUEUED or SCHEDULED by its run_at."""
-        run_at = max(self.run_at or now, now)
+        run_at = max(self.run_at or now + self.delay_ms, now)
         return Job(
             id=new_job_id(),
             owner=owner,
@@ -315,6 +317,11 @@ def spec_from_proto(
     run_at = _timestamp_ms(req.run_at) if req.HasField("run_at") else None
     if req.HasField("run_at") and (run_at is None or run_at > now_ms() + MAX_DELAY_MS):
         violation("run_at", "must be a valid time within a year")
+    delay_ms = _duration_ms(req.delay) if req.HasField("delay") else 0
+    if delay_ms is None or not 0 <= delay_ms <= MAX_DELAY_MS:
+        violation("delay", "must be a valid duration, not negative and at most a year")
+    elif delay_ms and req.HasField("run_at"):
+        violation("delay", "set run_at or delay, not both")
     payload = _payload(req.payload, max_payload_bytes, violation) if req.HasField("payload") else {}
     try:
         retry = RetryOverrides.from_proto(req.retry) if req.HasField("retry") else NO_OVERRIDES
@@ -331,6 +338,7 @@ def spec_from_proto(
         priority=priority,
         idempotency_key=key,
         run_at=run_at,
+        delay_ms=delay_ms or 0,
         max_attempts=req.max_attempts,
         timeout_ms=timeout_ms or 0,
         retry=retry,

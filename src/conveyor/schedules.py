@@ -152,6 +152,8 @@ def _template(
         bad.append(FieldViolation("schedule.job.idempotency_key", "is set per bucket; leave it"))
     if job.HasField("run_at"):
         bad.append(FieldViolation("schedule.job.run_at", "is the bucket time; leave it"))
+    if job.HasField("delay"):
+        bad.append(FieldViolation("schedule.job.delay", "is the bucket time; leave it"))
     try:
         spec_from_proto(job, max_payload_bytes=max_payload_bytes, prefix="schedule.job.")
     except InvalidArgument as invalid:

@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -278,6 +279,23 @@ async def test_a_flooding_owner_does_not_starve_another(
     assert parked.blocked_reason.startswith("owner 'alice' is at its concurrency limit")
     assert max(bob_waited) < 1500 and alice_left >= 20
     assert peak == 2
+
+
+async def test_a_delayed_job_waits_for_its_time_then_runs(
+    stack: Stack, workers: list[Service], alice: AsyncClient
+) -> None:
+    """Guards delayed jobs: SCHEDULED (saying until when) for its delay, then run by a
+    worker that was blocked, not polling: the claim script told it when to wake."""
+    start_worker(stack, workers, "later", 1)
+    job = await alice.submit("noop", queue="later", delay=timedelta(seconds=0.8))
+    assert job.state == S.JOB_STATE_SCHEDULED
+    waiting = await alice.get(job.id)
+    assert waiting.blocked_reason.startswith("scheduled for ")
+    await until_done(alice, [job.id], within=10)
+    [(start, _)] = spans(stack, [job.id])
+    late = start - job.run_at.ToMilliseconds()
+    print(f"\ndelay 0.8 s: started {late} ms after its run_at")
+    assert 0 <= late < 300
 
 
 async def test_limits_are_validated_and_admin_only(admin: AsyncClient, alice: AsyncClient) -> None:

@@ -18,6 +18,8 @@ from conveyor.jobs import (
 )
 from conveyor.v1 import job_service_pb2 as pb
 
+DEFAULTS = JobDefaults(3, 1000, FALLBACK_RETRY)
+
 
 def violations(request: pb.SubmitJobRequest, limit: int = 1024) -> dict[str, str]:
     with pytest.raises(InvalidArgument) as caught:
@@ -138,3 +140,22 @@ def test_payload_with_the_text_of_an_escape_is_kept(text: str) -> None:
     request.payload.update({text: text})
     spec = spec_from_proto(request, max_payload_bytes=1024)
     assert spec.payload == {text: text}
+
+
+def test_a_delay_runs_the_job_that_long_after_acceptance() -> None:
+    """Guards `delay`: SCHEDULED until acceptance + delay; exclusive with run_at; the
+    request hash (idempotent retries) does not depend on when it was accepted."""
+    request = pb.SubmitJobRequest(type="noop", idempotency_key="k")
+    request.delay.FromMilliseconds(1500)
+    spec = spec_from_proto(request, max_payload_bytes=1024)
+    job = spec.new_job("alice", defaults=DEFAULTS, now=10_000)
+    assert job.state is JobState.SCHEDULED and job.run_at == 11_500
+    later = spec.new_job("alice", defaults=DEFAULTS, now=20_000)
+    assert later.request_hash == job.request_hash
+    both = pb.SubmitJobRequest(type="noop")
+    both.delay.FromMilliseconds(10)
+    both.run_at.FromMilliseconds(10)
+    assert violations(both) == {"delay": "set run_at or delay, not both"}
+    negative = pb.SubmitJobRequest(type="noop")
+    negative.delay.FromMilliseconds(-5)
+    assert "delay" in violations(negative)

@@ -244,6 +244,9 @@ def submit(
     timeout: Annotated[
         float | None, typer.Option(help="Seconds one attempt may run (default: server's).")
     ] = None,
+    delay: Annotated[
+        float | None, typer.Option(help="Seconds to wait before the job may run.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Watch the job until it ends.")] = False,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
@@ -260,6 +263,7 @@ def submit(
                 idempotency_key=idempotency_key,
                 max_attempts=max_attempts,
                 timeout=None if timeout is None else timedelta(seconds=timeout),
+                delay=None if delay is None else timedelta(seconds=delay),
             )
         except ConveyorError as exc:
             fail(exc)

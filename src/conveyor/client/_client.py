@@ -31,6 +31,7 @@ def submit_request(
     priority: int | None = None,
     idempotency_key: str = "",
     run_at: datetime | None = None,
+    delay: timedelta | None = None,
     max_attempts: int = 0,
     timeout: timedelta | None = None,
     retry: job_pb2.RetryPolicy | None = None,
@@ -45,6 +46,8 @@ def submit_request(
         request.priority = priority
     if run_at is not None:
         request.run_at.FromDatetime(run_at)
+    if delay is not None:
+        request.delay.FromTimedelta(delay)
     if timeout is not None:
         request.timeout.FromTimedelta(timeout)
     if retry is not None:

@@ -8,9 +8,12 @@ idempotency keys.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, delete, func, select, text, update
 
 from conveyor.jobs import now_ms
 from conveyor.schedules import Schedule
@@ -20,6 +23,31 @@ from conveyor.store.models import ScheduleRow
 from conveyor.timetable import CatchUp, Timetable
 
 _SCHEDULES = cast(Table, ScheduleRow.__table__)
+
+# Compare-and-set for a whole page of schedules: a row moves only if its next_run is still
+# the one its scheduler read; the rows travel as one JSON document (see store/bulk.py).
+_ADVANCE = text("""
+UPDATE schedules AS s
+SET next_run = v.next_run,
+    last_run = COALESCE(v.last_run, s.last_run),
+    last_job_id = CASE WHEN v.last_run IS NULL THEN s.last_job_id ELSE v.last_job_id END,
+    update_time = :now
+FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+  AS v(id text, expected bigint, next_run bigint, last_run bigint, last_job_id text)
+WHERE s.id = v.id AND s.next_run = v.expected
+RETURNING s.id
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    """A schedule handled up to `next_run` (None: over), read when it was `expected`."""
+
+    id: str
+    expected: int
+    next_run: int | None
+    last_run: int | None
+    last_job_id: str
 
 
 def _schedule(row: Any) -> Schedule:
@@ -124,24 +152,29 @@ class ScheduleStore:
             value = (await conn.execute(stmt)).scalar()
         return int(value) if value is not None else None
 
-    async def advance(
-        self,
-        schedule_id: str,
-        *,
-        expected: int,
-        next_run: int | None,
-        last_run: int | None,
-        last_job_id: str,
-    ) -> bool:
-        """Move the schedule past the buckets just handled, if no one else has (its
-        next_run is still `expected`); whether this call moved it."""
-        values: dict[str, Any] = {"next_run": next_run, "update_time": now_ms()}
-        if last_run is not None:
-            values.update(last_run=last_run, last_job_id=last_job_id)
-        stmt = (
-            update(_SCHEDULES)
-            .where(_SCHEDULES.c.id == schedule_id, _SCHEDULES.c.next_run == expected)
-            .values(**values)
-        )
+    async def advance(self, moves: Sequence[Advance]) -> set[str]:
+        """Move schedules past the buckets just handled, each only if no one else has (its
+        next_run is still the one read): one statement on PostgreSQL, one transaction on
+        SQLite; the ids this call moved."""
+        if not moves:
+            return set()
+        if not self.db.is_sqlite:
+            rows = [asdict(move) for move in moves]
+            params = {"rows": json.dumps(rows, separators=(",", ":")), "now": now_ms()}
+            async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+                return {row[0] for row in await conn.execute(_ADVANCE, params)}
+        moved: set[str] = set()
+        now = now_ms()
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
-            return bool((await conn.execute(stmt)).rowcount)
+            for move in moves:
+                values: dict[str, Any] = {"next_run": move.next_run, "update_time": now}
+                if move.last_run is not None:
+                    values.update(last_run=move.last_run, last_job_id=move.last_job_id)
+                stmt = (
+                    update(_SCHEDULES)
+                    .where(_SCHEDULES.c.id == move.id, _SCHEDULES.c.next_run == move.expected)
+                    .values(**values)
+                )
+                if (await conn.execute(stmt)).rowcount:
+                    moved.add(move.id)
+        return moved
