@@ -59,6 +59,8 @@ class Principal:
     # Rate limit overrides of the key, (per second, burst); None: the server's default.
     submit_limit: tuple[float, float] | None = None
     read_limit: tuple[float, float] | None = None
+    # Jobs submitted with the key that may run at once per queue (0: no cap).
+    max_running: int = 0
 
     @property
     def is_admin(self) -> bool:
@@ -181,7 +183,12 @@ class Authenticator:
 
 def _principal(stored: StoredKey) -> Principal:
     return Principal(
-        stored.owner, Role(stored.role), stored.id, stored.submit_limit, stored.read_limit
+        stored.owner,
+        Role(stored.role),
+        stored.id,
+        stored.submit_limit,
+        stored.read_limit,
+        stored.max_running,
     )
 
 

@@ -17,6 +17,7 @@ so callers of either side never handle `grpc.RpcError` themselves.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import grpc
@@ -119,6 +120,17 @@ _BY_CODE: dict[grpc.StatusCode, type[ConveyorError]] = {
         Unavailable,
     )
 }
+
+
+def outage(store: str) -> BaseException:
+    """What a lost connection to `store` raises: Unavailable, unless the current task is
+    being cancelled. Client libraries may turn a cancellation into a connection error
+    (redis-py does, mid-read); reporting that as an outage would let a loop that retries
+    outages carry on after it was told to stop, and its process ignore SIGTERM."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return asyncio.CancelledError()
+    return Unavailable(f"{store} unavailable")
 
 
 def to_status(error: ConveyorError) -> grpc.Status:

@@ -135,6 +135,9 @@ class Job:
     # Bumped whenever the job is handed out again while an older attempt may still run
     # (a reclaimed lease, a replay): the database refuses writes that carry an older fence.
     fence: int = 0
+    # The API key that submitted it, and that key's cap on running jobs per queue then.
+    key_id: str = ""
+    key_cap: int = 0
     # Why a waiting job is not running (computed on read, never stored).
     blocked_reason: str = ""
 
@@ -188,6 +191,8 @@ class Job:
             "error": self.error,
             "retry": json.dumps(self.retry.to_doc(), separators=(",", ":")),
             "fence": self.fence,
+            "key_id": self.key_id,
+            "key_cap": self.key_cap,
         }
         for name in ("idempotency_key", "start_time", "finish_time"):
             value = getattr(self, name)
@@ -221,6 +226,8 @@ class Job:
             finish_time=_opt_int(hot.get("finish_time")),
             retry=_policy(retry) if retry else FALLBACK_RETRY,
             fence=int(hot.get("fence", 0)),
+            key_id=str(hot.get("key_id", "")),
+            key_cap=int(hot.get("key_cap", 0)),
         )
 
 

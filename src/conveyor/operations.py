@@ -138,7 +138,9 @@ class JobOperations:
         await self.limiter.take(principal.owner, kind, limit, cost)
 
     def _new_job(self, principal: Principal, spec: JobSpec, now: int) -> Job:
-        return spec.new_job(principal.owner, defaults=self.defaults(spec.type), now=now)
+        job = spec.new_job(principal.owner, defaults=self.defaults(spec.type), now=now)
+        job.key_id, job.key_cap = principal.key_id, principal.max_running
+        return job
 
     async def submit(self, principal: Principal, spec: JobSpec) -> Job:
         """Commit one job (group-committed with concurrent submits), then enqueue it."""
@@ -210,7 +212,7 @@ class JobOperations:
                 f"{job.attempt} of {job.max_attempts} failed"
             )
         waiting = await self.queue.waiting(job.queue, job.id)
-        held = waiting.reason(job.queue, job.owner)
+        held = waiting.reason(job.queue)
         if held:
             return held
         workers = [w for w in await self._live_workers() if job.queue in w.queues]

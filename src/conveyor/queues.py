@@ -163,18 +163,29 @@ class Waiting:
     rate_ms: int
     started_in_window: int
     window_opens: int  # epoch ms when the rate window has room again; -1: it has room
-    parked: int  # 1: held back by its owner's cap
-    owner_max: int
-    owner_running: int
+    group: str  # the cap group holding it back: `o:<owner>`, `k:<key id>`; "": none
+    group_cap: int
+    group_running: int
 
-    def reason(self, queue: str, owner: str) -> str:
+    @classmethod
+    def from_script(cls, out: list[int | str]) -> Waiting:
+        """From waiting.lua's answer (see the script for the order)."""
+        ahead, paused, max_running, running, rate, window, started, opens = (
+            int(v) for v in out[:8]
+        )
+        return cls(ahead, paused, max_running, running, rate, window, started, opens,
+                   str(out[8]), int(out[9]), int(out[10]))  # fmt: skip
+
+    def reason(self, queue: str) -> str:
         """The blocked_reason of a job that waits for this, or "" for a free worker slot."""
         if self.paused:
             return f"queue {queue!r} is paused"
-        if self.parked:
+        if self.group:
+            kind, _, name = self.group.partition(":")
+            who = f"owner {name!r}" if kind == "o" else f"API key {name}"
             return (
-                f"owner {owner!r} is at its concurrency limit in queue {queue!r} "
-                f"({self.owner_running} of {self.owner_max} running)"
+                f"{who} is at its concurrency limit in queue {queue!r} "
+                f"({self.group_running} of {self.group_cap} running)"
             )
         if self.max_running and self.running >= self.max_running:
             return (

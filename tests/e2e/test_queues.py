@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import grpc
 import psycopg
 import pytest
 
 from conveyor.client import AsyncClient, submit_request
 from conveyor.errors import InvalidArgument, PermissionDenied
 from conveyor.store.bulk import psycopg_dsn
+from conveyor.v1 import api_key_service_pb2 as kpb
 from conveyor.v1 import job_pb2
+from conveyor.v1.api_key_service_pb2_grpc import ApiKeyServiceStub
 from tests.handlers import lines
 from tests.processes import Keys, Service, Stack
 
@@ -279,6 +282,43 @@ async def test_a_flooding_owner_does_not_starve_another(
     assert parked.blocked_reason.startswith("owner 'alice' is at its concurrency limit")
     assert max(bob_waited) < 1500 and alice_left >= 20
     assert peak == 2
+
+
+async def test_a_keys_concurrency_cap_holds_its_jobs_back_only(
+    stack: Stack, workers: list[Service], keys: Keys, alice: AsyncClient, admin: AsyncClient
+) -> None:
+    """Guards the per-key cap: a key allowed 1 running job per queue never has 2, though
+    the queue has free slots, and another key's jobs start past its backlog at once."""
+    async with grpc.aio.insecure_channel(stack.api_addr) as channel:
+        service = ApiKeyServiceStub(channel)
+        meta = (("authorization", f"Bearer {keys.admin}"),)
+        made = await service.CreateApiKey(kpb.CreateApiKeyRequest(owner="keycap-carol"), metadata=meta)
+        await service.UpdateApiKeyLimits(
+            kpb.UpdateApiKeyLimitsRequest(id=made.key.id, max_running_jobs=1), metadata=meta
+        )
+    start_worker(stack, workers, "keycap", 4)
+    async with AsyncClient(stack.api_addr, api_key=made.secret) as carol:
+        backlog = await carol.submit_many(
+            [submit_request("sleep", {"seconds": 0.2, "steps": 1}, queue="keycap")
+             for _ in range(8)]
+        )  # fmt: skip
+        async with asyncio.timeout(10):
+            while (await admin.queue_stats("keycap"))[0].running < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        held = await carol.get(backlog[-1].id)
+        others = await alice.submit_many([submit_request("noop", queue="keycap") for _ in range(3)])
+        await until_done(alice, [j.id for j in others], within=10)
+        still_queued = 0
+        for job in backlog:
+            still_queued += (await carol.get(job.id)).state == S.JOB_STATE_QUEUED
+        await until_done(carol, [j.id for j in backlog], within=30)
+    peak = most_at_once(spans(stack, [j.id for j in backlog]))
+    print(f"\nkey cap 1: carol's 8 jobs peaked at {peak} running; alice's 3 ran while "
+          f"{still_queued} of carol's waited")  # fmt: skip
+    assert held.blocked_reason == (
+        f"API key {made.key.id} is at its concurrency limit in queue 'keycap' (1 of 1 running)"
+    )
+    assert peak == 1 and still_queued >= 5
 
 
 async def test_a_delayed_job_waits_for_its_time_then_runs(

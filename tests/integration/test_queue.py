@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from conveyor.config import Settings
 from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
 from conveyor.queue import QueueKeys, RedisQueue, connect
+from conveyor.queues import QueueSettings
 from tests.builders import ended
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -179,3 +180,34 @@ async def test_a_reclaim_on_the_last_attempt_is_exhausted(queue: RedisQueue) -> 
     [last] = claims
     assert last.exhausted and [x.attempt for x in last.lost] == [1]
     assert last.job.attempt == 1, "no attempt beyond the maximum"
+
+
+async def test_parked_jobs_are_queued_cancellable_and_released_with_the_cap(
+    queue: RedisQueue,
+) -> None:
+    """Guards the per-owner cap's bookkeeping: jobs parked behind their owner's cap count
+    as queued (by priority) in the stats, say why they wait, leave their parked set when
+    cancelled or when a lease of their owner ends, and all return when the cap is lifted;
+    another owner's job is claimed past them."""
+    await queue.configure(QueueSettings("default", max_running_per_owner=1))
+    mine = [new() for _ in range(4)]
+    theirs = new(owner="bob")
+    await queue.enqueue([*mine, theirs])
+    first = await claim(queue, count=2)
+    assert [j.id for j in first] == [mine[0].id, theirs.id]  # alice's others were parked
+    stats = await queue.queue_stats("default")
+    assert stats.queued == 3 and stats.running == 2 and stats.queued_by_priority[5] == 3
+    waiting = await queue.waiting("default", mine[1].id)
+    assert waiting.reason("default") == (
+        "owner 'alice' is at its concurrency limit in queue 'default' (1 of 1 running)"
+    )
+    assert await queue.cancel("default", mine[3].id, now_ms()) == JobState.QUEUED
+    assert (await queue.queue_stats("default")).queued == 2
+    lease = (await queue.hot("default", mine[0].id) or {})["lease"]
+    done = ended(first[0].id, JobState.SUCCEEDED)
+    assert await queue.finish_many([(first[0], lease, done)]) == [True]
+    [next_one] = await claim(queue, count=5)  # her lease ended: her best parked job is back
+    assert next_one.id == mine[1].id
+    await queue.configure(QueueSettings("default"))  # the cap is lifted
+    assert [j.id for j in await claim(queue, count=5)] == [mine[2].id]
+    assert (await queue.queue_stats("default")).queued == 0

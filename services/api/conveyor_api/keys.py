@@ -13,6 +13,7 @@ from conveyor.v1 import api_key_service_pb2_grpc
 
 OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 MAX_DESCRIPTION = 256
+MAX_RUNNING_JOBS = 1_000_000
 _ROLES = {pb.API_KEY_ROLE_UNSPECIFIED: Role.USER, pb.API_KEY_ROLE_USER: Role.USER,
           pb.API_KEY_ROLE_ADMIN: Role.ADMIN}  # fmt: skip
 
@@ -23,6 +24,7 @@ def key_proto(key: StoredKey) -> pb.ApiKey:
         owner=key.owner,
         role=pb.API_KEY_ROLE_ADMIN if key.role == Role.ADMIN else pb.API_KEY_ROLE_USER,
         description=key.description,
+        max_running_jobs=key.max_running,
     )
     msg.create_time.FromMilliseconds(key.create_time)
     if key.revoke_time is not None:
@@ -120,9 +122,11 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         bad: list[FieldViolation] = []
         submit = _limit(request, "submit_limit", bad)
         read = _limit(request, "read_limit", bad)
+        if not 0 <= request.max_running_jobs <= MAX_RUNNING_JOBS:
+            bad.append(FieldViolation("max_running_jobs", f"must be 0-{MAX_RUNNING_JOBS}"))
         if bad:
             raise InvalidArgument(bad)
-        updated = await self.keys.set_limits(key_id, submit, read)
+        updated = await self.keys.set_limits(key_id, submit, read, request.max_running_jobs)
         if updated is None:
             raise NotFound(f"API key {request.id} not found")
         return pb.UpdateApiKeyLimitsResponse(key=key_proto(updated))

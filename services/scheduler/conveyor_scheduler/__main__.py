@@ -19,6 +19,7 @@ from conveyor.store.queues import QueueStore
 from conveyor.store.schedules import ScheduleStore
 
 log = logging.getLogger("conveyor.scheduler")
+STOP_SECONDS = 5.0
 
 
 async def serve(settings: Settings) -> None:
@@ -48,7 +49,11 @@ async def serve(settings: Settings) -> None:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Both loops end on cancellation; should one not (a library swallowed it), the
+            # process still exits: nothing they hold needs an orderly end.
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+            for task in stuck:
+                log.warning("scheduler: %s did not stop within %ss", task.get_name(), STOP_SECONDS)
             await server.stop(1.0)
 
 

@@ -170,17 +170,23 @@ def keys_limits(
         float | None, typer.Option(help="Reads a second (0: unlimited; unset: default).")
     ] = None,
     read_burst: Annotated[float, typer.Option(help="Reads at once (0: a second's worth).")] = 0,
+    max_running: Annotated[
+        int, typer.Option(help="Jobs of this key running at once per queue (0: no cap).")
+    ] = 0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Set a key's rate limits; the ones left unset go back to the server's defaults."""
+    """Set a key's limits; the rate limits left unset go back to the server's defaults."""
     key_id = _key_id(key_id)
     values = [v for v in (submit_rate, submit_burst, read_rate, read_burst) if v is not None]
     if any(not 0 <= v <= 1e9 for v in values):
         err.print("rates and bursts must be between 0 and 1e9")
         raise typer.Exit(2)
+    if not 0 <= max_running <= 1_000_000:
+        err.print("--max-running must be between 0 and 1000000")
+        raise typer.Exit(2)
     submit = None if submit_rate is None else (submit_rate, submit_burst or submit_rate)
     read = None if read_rate is None else (read_rate, read_burst or read_rate)
-    updated = _with_keys(lambda _, keys: keys.set_limits(key_id, submit, read))
+    updated = _with_keys(lambda _, keys: keys.set_limits(key_id, submit, read, max_running))
     if updated is None:
         _key_not_found(key_id)
     print(json.dumps(_key_dict(updated)) if as_json else f"updated {updated.id}")
@@ -227,6 +233,7 @@ def _key_dict(key: Any) -> dict[str, Any]:
         "revoke_time": key.revoke_time,
         "submit_limit": key.submit_limit,
         "read_limit": key.read_limit,
+        "max_running": key.max_running,
     }
 
 

@@ -12,9 +12,10 @@ it in a bounded in-process map (see `conveyor.operations`).
     cv:{Q}:conf           hash  the queue's settings: paused, max_running, rate_jobs, rate_ms
                                 (a copy of the `queues` row; the reconciler re-applies it)
     cv:{Q}:starts         zset  leases started in the rate limit's window, by start time
-    cv:{Q}:running        hash  leased jobs per owner (for the per-owner cap)
-    cv:{Q}:parked:<owner> zset  ready jobs held back by their owner's cap, scored as in ready
-    cv:{Q}:parked-owners  set   owners with parked jobs
+    cv:{Q}:running        hash  leased jobs per cap group: `o:<owner>`, `k:<key id>`
+    cv:{Q}:caps           hash  each API key's cap (`k:<key id>`), as its jobs carry it
+    cv:{Q}:parked:<group> zset  ready jobs held back by their group's cap, scored as in ready
+    cv:{Q}:parked-groups  set   groups with parked jobs
     cv:{Q}:stats:<sec>    hash  attempts ended in that second by outcome (kept 2 minutes)
     cv:{Q}:wake           list  tokens that wake one blocked worker each
     cv:{Q}:seq            int   FIFO sequence for ready scores
@@ -80,8 +81,12 @@ class QueueKeys:
         return f"{self.tag}:running"
 
     @property
-    def parked_owners(self) -> str:
-        return f"{self.tag}:parked-owners"
+    def parked_groups(self) -> str:
+        return f"{self.tag}:parked-groups"
+
+    @property
+    def caps(self) -> str:
+        return f"{self.tag}:caps"
 
     @property
     def stats_prefix(self) -> str:
@@ -92,7 +97,7 @@ class QueueKeys:
         """The keys every queue-level script takes, in the order `queue_keys()` (in
         scripts/_common.lua) reads them."""
         return [self.ready, self.delayed, self.retry, self.leases, self.wake, self.seq,
-                self.conf, self.starts, self.running, self.parked_owners]  # fmt: skip
+                self.conf, self.starts, self.running, self.parked_groups, self.caps]  # fmt: skip
 
     @property
     def leases(self) -> str:

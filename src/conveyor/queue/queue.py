@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
-from conveyor.errors import Unavailable
+from conveyor.errors import outage
 from conveyor.jobs import Job, JobState
 from conveyor.queue.keys import CANCEL_CHANNEL, EPOCH_KEY, QUEUES_KEY, QueueKeys
 from conveyor.queue.scripts import Scripts
@@ -47,7 +47,7 @@ async def unavailable_on_redis_errors() -> AsyncIterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise Unavailable("redis unavailable") from exc
+        raise outage("redis") from exc
 
 
 @dataclass(slots=True)
@@ -321,7 +321,7 @@ class RedisQueue:
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
             out = await self.scripts.waiting(self.redis, k.all, [job_id, k.job(job_id)])
-        return Waiting(*(int(v) for v in out))
+        return Waiting.from_script(out)
 
     async def epoch(self) -> str | None:
         async with unavailable_on_redis_errors():

@@ -28,20 +28,22 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from conveyor.attempts import AttemptEnd
-from conveyor.errors import ConveyorError, Unavailable
+from conveyor.errors import ConveyorError, outage
 from conveyor.jobs import Job
 from conveyor.store.rows import RolledBack, job_from_row, resolve_conflicts
 
 _INSERT = """
 INSERT INTO jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
                   timeout_ms, progress, progress_message, error, idempotency_key,
-                  request_hash, run_at, create_time, fence, retry)
+                  request_hash, run_at, create_time, fence, retry, key_id, key_cap)
 SELECT id, owner, type, queue, state, priority, payload, 0, max_attempts, timeout_ms,
-       0, '', '', idempotency_key, request_hash, run_at, create_time, 0, retry
+       0, '', '', idempotency_key, request_hash, run_at, create_time, 0, retry, key_id,
+       key_cap
 FROM jsonb_to_recordset(%s::jsonb)
   AS v(id text, owner text, type text, queue text, state smallint, priority smallint,
        payload jsonb, max_attempts smallint, timeout_ms bigint, idempotency_key text,
-       request_hash text, run_at bigint, create_time bigint, retry jsonb)
+       request_hash text, run_at bigint, create_time bigint, retry jsonb, key_id text,
+       key_cap integer)
 ON CONFLICT (owner, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -147,7 +149,7 @@ class BulkStatements:
                 if conn is not None:
                     await self._discard(conn)
                     conn = None
-                raise Unavailable("database unavailable") from exc
+                raise outage("database") from exc
             finally:
                 if conn is not None:
                     idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -167,6 +169,7 @@ class BulkStatements:
                 "max_attempts": j.max_attempts, "timeout_ms": j.timeout_ms,
                 "idempotency_key": j.idempotency_key, "request_hash": j.request_hash,
                 "run_at": j.run_at, "create_time": j.create_time, "retry": j.retry.to_doc(),
+                "key_id": j.key_id, "key_cap": j.key_cap,
             }
             for j in sorted(jobs, key=_key_order)
         ]  # fmt: skip

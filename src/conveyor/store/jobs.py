@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conveyor.attempts import Attempt, AttemptEnd, AttemptOutcome
-from conveyor.errors import ConveyorError, FailedPrecondition, NotFound, Unavailable
+from conveyor.errors import ConveyorError, FailedPrecondition, NotFound, outage
 from conveyor.jobs import TERMINAL_STATES, Job, JobState, now_ms
 from conveyor.store.database import Database
 from conveyor.store.models import AttemptRow, EffectRow, JobRow
@@ -41,13 +41,13 @@ async def unavailable_on_db_errors() -> AsyncIterator[None]:
     try:
         yield
     except (OperationalError, InterfaceError) as exc:
-        raise Unavailable("database unavailable") from exc
+        raise outage("database") from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
-            raise Unavailable("database unavailable") from exc
+            raise outage("database") from exc
         raise
     except OSError as exc:
-        raise Unavailable("database unavailable") from exc
+        raise outage("database") from exc
 
 
 class JobStore:

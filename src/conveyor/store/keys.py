@@ -29,6 +29,7 @@ class StoredKey:
     # (per second, burst) overrides; None: the server's default.
     submit_limit: tuple[float, float] | None = None
     read_limit: tuple[float, float] | None = None
+    max_running: int = 0  # jobs submitted with the key running at once per queue; 0: no cap
 
 
 def parse_key_id(value: str) -> str | None:
@@ -54,6 +55,7 @@ def _key(row: Any) -> StoredKey:
         revoke_time=row.revoke_time,
         submit_limit=_limit(row.submit_per_second, row.submit_burst),
         read_limit=_limit(row.read_per_second, row.read_burst),
+        max_running=row.max_running,
     )
 
 
@@ -136,8 +138,10 @@ class KeyStore:
         key_id: str,
         submit: tuple[float, float] | None,
         read: tuple[float, float] | None,
+        max_running: int = 0,
     ) -> StoredKey | None:
-        """Set a key's rate limit overrides (None: back to the server's default)."""
+        """Set a key's rate limit overrides (None: back to the server's default) and its
+        cap on running jobs (0: none)."""
         stmt = (
             update(_KEYS)
             .where(_KEYS.c.id == key_id)
@@ -146,6 +150,7 @@ class KeyStore:
                 submit_burst=submit[1] if submit else None,
                 read_per_second=read[0] if read else None,
                 read_burst=read[1] if read else None,
+                max_running=max_running,
             )
         )
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:

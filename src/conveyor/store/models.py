@@ -64,6 +64,10 @@ class JobRow(Base):
     fence: Mapped[int] = mapped_column(Integer, default=0)
     # The resolved RetryPolicy as RetryPolicy.to_doc(); None on rows from before 0002.
     retry: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    # The API key that submitted the job and its concurrency cap then (0: none); "" for
+    # jobs a schedule made.
+    key_id: Mapped[str] = mapped_column(String(36), default="")
+    key_cap: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class AttemptRow(Base):
@@ -111,6 +115,8 @@ class ApiKeyRow(Base):
     submit_burst: Mapped[float | None] = mapped_column(Float)
     read_per_second: Mapped[float | None] = mapped_column(Float)
     read_burst: Mapped[float | None] = mapped_column(Float)
+    # Jobs submitted with the key that may run at once per queue (0: no cap).
+    max_running: Mapped[int] = mapped_column(Integer, default=0)
     create_time: Mapped[int] = mapped_column(BigInteger)
     revoke_time: Mapped[int | None] = mapped_column(BigInteger)
 

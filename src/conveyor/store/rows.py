@@ -93,4 +93,6 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "finish_time": job.finish_time,
         "fence": job.fence,
         "retry": job.retry.to_doc(),
+        "key_id": job.key_id,
+        "key_cap": job.key_cap,
     }

@@ -28,7 +28,7 @@ class RateLimit(_message.Message):
     def __init__(self, per_second: _Optional[float] = ..., burst: _Optional[float] = ...) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("id", "owner", "role", "description", "create_time", "revoke_time", "submit_limit", "read_limit")
+    __slots__ = ("id", "owner", "role", "description", "create_time", "revoke_time", "submit_limit", "read_limit", "max_running_jobs")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class ApiKey(_message.Message):
     REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     READ_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     role: ApiKeyRole
@@ -45,7 +46,8 @@ class ApiKey(_message.Message):
     revoke_time: _timestamp_pb2.Timestamp
     submit_limit: RateLimit
     read_limit: RateLimit
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., role: _Optional[_Union[ApiKeyRole, str]] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., submit_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., read_limit: _Optional[_Union[RateLimit, _Mapping]] = ...) -> None: ...
+    max_running_jobs: int
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., role: _Optional[_Union[ApiKeyRole, str]] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., submit_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., read_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., max_running_jobs: _Optional[int] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
     __slots__ = ("owner", "role", "description")
@@ -92,14 +94,16 @@ class RevokeApiKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
 
 class UpdateApiKeyLimitsRequest(_message.Message):
-    __slots__ = ("id", "submit_limit", "read_limit")
+    __slots__ = ("id", "submit_limit", "read_limit", "max_running_jobs")
     ID_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     READ_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     id: str
     submit_limit: RateLimit
     read_limit: RateLimit
-    def __init__(self, id: _Optional[str] = ..., submit_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., read_limit: _Optional[_Union[RateLimit, _Mapping]] = ...) -> None: ...
+    max_running_jobs: int
+    def __init__(self, id: _Optional[str] = ..., submit_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., read_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., max_running_jobs: _Optional[int] = ...) -> None: ...
 
 class UpdateApiKeyLimitsResponse(_message.Message):
     __slots__ = ("key",)

@@ -36,41 +36,105 @@ local function wake_one(wakekey)
   if redis.call('LLEN', wakekey) < 64 then redis.call('LPUSH', wakekey, '1') end
 end
 
--- The keys of the queue a script works on, in the order QueueKeys.all gives them. An
--- owner's parked jobs live under `parked_prefix .. owner` (same hash tag).
+-- The keys of the queue a script works on, in the order QueueKeys.all gives them. A cap
+-- group's parked jobs live under `parked_prefix .. group` (same hash tag).
 local function queue_keys()
   return {ready = KEYS[1], delayed = KEYS[2], retry = KEYS[3], leases = KEYS[4],
           wake = KEYS[5], seq = KEYS[6], conf = KEYS[7], starts = KEYS[8], running = KEYS[9],
-          parked_owners = KEYS[10], parked_prefix = string.sub(KEYS[1], 1, -6) .. 'parked:'}
+          parked_groups = KEYS[10], caps = KEYS[11],
+          parked_prefix = string.sub(KEYS[1], 1, -6) .. 'parked:'}
 end
 
--- Per-owner caps (conf `owner_max`): an owner's leased jobs are counted in q.running; a
--- ready job whose owner is at the cap when a claim reaches it is parked (moved, with its
--- score, to the owner's parked set) so that claims look past it to other owners' jobs,
--- and when one of the owner's leases ends its best parked jobs go back in line.
-local function unpark(q, owner, wake)
-  local key = q.parked_prefix .. owner
+-- Concurrency caps within a queue, per owner (conf `owner_max`) and per API key (the
+-- job's `key_cap`, set from the key that submitted it): leased jobs are counted per group
+-- in q.running (fields `o:<owner>` and `k:<key id>`, a key's cap kept in q.caps). A
+-- ready job whose group is at its cap when a claim reaches it is parked (moved, with
+-- its score, to the group's parked set) so that claims look past it to other jobs, and
+-- when one of the group's leases ends its best parked jobs go back in line.
+local function group_cap(q, group)
+  if string.sub(group, 1, 2) == 'o:' then
+    return tonumber(redis.call('HGET', q.conf, 'owner_max') or '0')
+  end
+  return tonumber(redis.call('HGET', q.caps, group) or '0')
+end
+
+-- The group whose cap holds this job back now, or nil.
+local function held_by(q, jobkey)
+  local job = redis.call('HMGET', jobkey, 'owner', 'key_id', 'key_cap')
+  local groups = {{'o:' .. (job[1] or ''), nil}}
+  if job[2] and job[2] ~= '' then groups[2] = {'k:' .. job[2], tonumber(job[3] or '0')} end
+  for _, g in ipairs(groups) do
+    local cap = g[2] or group_cap(q, g[1])
+    if cap > 0 and tonumber(redis.call('HGET', q.running, g[1]) or '0') >= cap then
+      return g[1]
+    end
+  end
+  return nil
+end
+
+-- The groups a leased job counts in (and, for a key, remember its cap for unparking).
+local function lease_groups(q, jobkey, counting)
+  local job = redis.call('HMGET', jobkey, 'owner', 'key_id', 'key_cap')
+  local groups = {'o:' .. (job[1] or '')}
+  if job[2] and job[2] ~= '' then
+    groups[2] = 'k:' .. job[2]
+    if counting then redis.call('HSET', q.caps, groups[2], job[3] or '0') end
+  end
+  return groups
+end
+
+local function unpark(q, group, wake)
+  local key = q.parked_prefix .. group
   local waiting = redis.call('ZCARD', key)
   if waiting == 0 then return 0 end
-  local cap = tonumber(redis.call('HGET', q.conf, 'owner_max') or '0')
-  local room = waiting
+  local cap, room = group_cap(q, group), waiting
   if cap > 0 then
-    room = math.min(waiting, cap - tonumber(redis.call('HGET', q.running, owner) or '0'))
+    room = math.min(waiting, cap - tonumber(redis.call('HGET', q.running, group) or '0'))
   end
   if room <= 0 then return 0 end
   local moved = redis.call('ZPOPMIN', key, room)
   for i = 1, #moved, 2 do redis.call('ZADD', q.ready, moved[i + 1], moved[i]) end
-  if waiting == room then redis.call('SREM', q.parked_owners, owner) end
+  if waiting == room then redis.call('SREM', q.parked_groups, group) end
   if wake then for _ = 1, #moved / 2 do wake_one(q.wake) end end
   return #moved / 2
 end
 
--- A lease of `owner`'s ended (finished, released, cancelled, expired): count it and let
--- the owner's parked jobs back in line.
-local function lease_ended(q, owner)
-  if not owner then return end
-  if redis.call('HINCRBY', q.running, owner, -1) <= 0 then redis.call('HDEL', q.running, owner) end
-  unpark(q, owner, true)
+local function lease_started(q, jobkey)
+  for _, group in ipairs(lease_groups(q, jobkey, true)) do
+    redis.call('HINCRBY', q.running, group, 1)
+  end
+end
+
+-- A lease ended (finished, released, cancelled, expired): count it, and let the groups'
+-- parked jobs back in line.
+local function lease_ended(q, jobkey)
+  for _, group in ipairs(lease_groups(q, jobkey, false)) do
+    if redis.call('HINCRBY', q.running, group, -1) <= 0 then
+      redis.call('HDEL', q.running, group)
+    end
+    unpark(q, group, true)
+  end
+end
+
+-- Park a ready job (popped with `score`) under the group that holds it back.
+local function park(q, group, id, score)
+  redis.call('ZADD', q.parked_prefix .. group, score, id)
+  redis.call('SADD', q.parked_groups, group)
+end
+
+-- The group whose parked set holds the job, or nil.
+local function parked_in(q, jobkey, id)
+  for _, group in ipairs(lease_groups(q, jobkey, false)) do
+    if redis.call('ZSCORE', q.parked_prefix .. group, id) then return group end
+  end
+  return nil
+end
+
+-- Take a job out of whichever parked set holds it.
+local function unpark_one(q, jobkey, id)
+  for _, group in ipairs(lease_groups(q, jobkey, false)) do
+    redis.call('ZREM', q.parked_prefix .. group, id)
+  end
 end
 
 -- Write a job's hot state from a document (a table of strings, as Job.to_hot makes it) and

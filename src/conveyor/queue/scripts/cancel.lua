@@ -9,12 +9,10 @@ local id = ARGV[1]
 local jobkey, evkey = ARGV[5] .. id, ARGV[6] .. id
 local state = tonumber(redis.call('HGET', jobkey, 'state') or '0')
 if state == 0 or state == 4 or state == 6 or state == 7 then return state end
-local owner = redis.call('HGET', jobkey, 'owner') or ''
-for _, set in ipairs({q.ready, q.delayed, q.retry, q.parked_prefix .. owner}) do
-  redis.call('ZREM', set, id)
-end
+for _, set in ipairs({q.ready, q.delayed, q.retry}) do redis.call('ZREM', set, id) end
+unpark_one(q, jobkey, id)
 local freed = redis.call('ZREM', q.leases, id) == 1
-if freed then lease_ended(q, owner) end
+if freed then lease_ended(q, jobkey) end
 redis.call('HDEL', jobkey, 'lease', 'worker')
 redis.call('HSET', jobkey, 'state', 7, 'finish_time', ARGV[2])
 emit(jobkey, evkey, ARGV[7] .. id, ARGV[4])

@@ -1,7 +1,7 @@
 -- Claim up to `count` jobs for a worker, atomically: promote due scheduled and retrying
 -- jobs, put jobs whose lease expired back in line (their worker died or froze), then pop
 -- the best ready jobs the queue's settings admit (paused, concurrency cap, rate limit;
--- see `admissible`; jobs of owners at the per-owner cap are parked, see `unpark`) and
+-- see `admissible`; jobs of an owner or key at its cap are parked, see `held_by`) and
 -- lease them. Times are the Redis server's clock, never a worker's.
 -- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: count, lease_ms, lease_token, worker_id, job_prefix, events_prefix, channel_prefix, maxlen
@@ -39,7 +39,7 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.leases, '-inf', now, 'LIMIT', 0, 1000)) do
   redis.call('ZREM', q.leases, id)
   local jobkey = jp .. id
-  lease_ended(q, redis.call('HGET', jobkey, 'owner'))
+  lease_ended(q, jobkey)
   if redis.call('HGET', jobkey, 'state') == '3' then
     local held = redis.call('HMGET', jobkey, 'attempt', 'worker', 'start_time', 'lost')
     local lost = held[4] and cjson.decode(held[4]) or {}
@@ -57,11 +57,10 @@ if count > 0 and redis.call('ZCARD', q.ready) > 0 then
   allowed, rate_wake = admissible(q, count, now)
 end
 local limited = redis.call('HGET', q.conf, 'rate_jobs')
-local owner_cap = tonumber(redis.call('HGET', q.conf, 'owner_max') or '0')
 local leased, looked = 0, 0
 local function lease(id)
   local jobkey = jp .. id
-  local held = redis.call('HMGET', jobkey, 'attempt', 'max_attempts', 'owner')
+  local held = redis.call('HMGET', jobkey, 'attempt', 'max_attempts')
   if not held[1] then return end
   local attempt, token = tonumber(held[1]), nil
   if attempt >= tonumber(held[2]) then
@@ -74,14 +73,14 @@ local function lease(id)
   redis.call('HSET', jobkey, 'state', 3, 'start_time', now, 'lease', token,
     'worker', ARGV[4], 'progress', 0, 'progress_message', '')
   redis.call('ZADD', q.leases, now + lease_ms, id)
-  redis.call('HINCRBY', q.running, held[3] or '', 1)
+  lease_started(q, jobkey)
   if limited and limited ~= '0' then redis.call('ZADD', q.starts, now, id .. ':' .. attempt) end
   out[#out + 1] = emit(jobkey, ep .. id, cp .. id, maxlen)
   redis.call('HDEL', jobkey, 'exhausted')
   leased = leased + 1
 end
--- Pop the best ready jobs; with a per-owner cap, park the jobs of owners at their cap
--- (at most SCAN of them per claim) and go on to the next.
+-- Pop the best ready jobs; park the jobs whose owner or key is at its cap (looking at
+-- SCAN jobs at most per claim) and go on to the next.
 local SCAN = 1000
 while leased < allowed and looked < SCAN do
   local popped = redis.call('ZPOPMIN', q.ready, allowed - leased)
@@ -89,13 +88,8 @@ while leased < allowed and looked < SCAN do
   for i = 1, #popped, 2 do
     local id = popped[i]
     looked = looked + 1
-    local owner = redis.call('HGET', jp .. id, 'owner') or ''
-    if owner_cap > 0 and tonumber(redis.call('HGET', q.running, owner) or '0') >= owner_cap then
-      redis.call('ZADD', q.parked_prefix .. owner, popped[i + 1], id)
-      redis.call('SADD', q.parked_owners, owner)
-    else
-      lease(id)
-    end
+    local group = held_by(q, jp .. id)
+    if group then park(q, group, id, popped[i + 1]) else lease(id) end
   end
 end
 -- More work may be waiting for the next worker: pass a wake token on. (Not when the

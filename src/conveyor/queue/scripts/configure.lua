@@ -9,7 +9,7 @@ redis.call('HSET', q.conf, 'paused', ARGV[1], 'max_running', ARGV[2], 'rate_jobs
   'rate_ms', ARGV[4], 'owner_max', ARGV[5])
 if tonumber(ARGV[3]) == 0 then redis.call('DEL', q.starts) end
 -- A raised or removed per-owner cap lets parked jobs back in line.
-for _, owner in ipairs(redis.call('SMEMBERS', q.parked_owners)) do unpark(q, owner, false) end
+for _, group in ipairs(redis.call('SMEMBERS', q.parked_groups)) do unpark(q, group, false) end
 if ARGV[1] == '0' then
   local ready = redis.call('ZCARD', q.ready)
   for _ = 1, math.min(ready, 64) do wake_one(q.wake) end

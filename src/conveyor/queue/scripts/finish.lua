@@ -20,7 +20,7 @@ for i = 7, #ARGV, 7 do
     out[#out + 1] = 0
   else
     redis.call('ZREM', q.leases, id)
-    lease_ended(q, redis.call('HGET', jobkey, 'owner'))
+    lease_ended(q, jobkey)
     freed = true
     redis.call('HDEL', jobkey, 'lease', 'worker', 'lost')  -- lost attempts are on record now
     redis.call('HSET', jobkey, 'state', state, 'error', ARGV[i + 3], 'fence', ARGV[i + 6])

@@ -15,8 +15,8 @@ local out = {tonumber(conf[1] or '0'), tonumber(conf[2] or '0'), tonumber(conf[3
              redis.call('ZCARD', q.retry), redis.call('ZCARD', q.leases), -1}
 local band = 1099511627776
 local lines = {q.ready}  -- the ready set and each owner's parked set
-for _, owner in ipairs(redis.call('SMEMBERS', q.parked_owners)) do
-  lines[#lines + 1] = q.parked_prefix .. owner
+for _, group in ipairs(redis.call('SMEMBERS', q.parked_groups)) do
+  lines[#lines + 1] = q.parked_prefix .. group
 end
 local by_priority, oldest = {}, -1
 for p = 0, 9 do

@@ -22,9 +22,7 @@ for i = 2, #ARGV, 2 do
     if tonumber(ARGV[i + 1]) > tonumber(held[2] or '0') then out[#out + 1] = id end
   else
     local set, score = nil, nil
-    local parked = q.parked_prefix .. (redis.call('HGET', jobkey, 'owner') or '')
-    if state == 2 and not redis.call('ZSCORE', q.ready, id)
-        and not redis.call('ZSCORE', parked, id) then
+    if state == 2 and not redis.call('ZSCORE', q.ready, id) and not parked_in(q, jobkey, id) then
       set, score = q.ready, ready_score(q.seq, redis.call('HGET', jobkey, 'priority'))
     elseif state == 1 and not redis.call('ZSCORE', q.delayed, id) then
       set, score = q.delayed, redis.call('HGET', jobkey, 'run_at')

@@ -13,7 +13,7 @@ for i = 5, #ARGV, 3 do
   local jobkey = jp .. id
   if redis.call('HGET', jobkey, 'lease') == lease then
     redis.call('ZREM', q.leases, id)
-    lease_ended(q, redis.call('HGET', jobkey, 'owner'))
+    lease_ended(q, jobkey)
     -- A start that did not happen uses no rate.
     redis.call('ZREM', q.starts, id .. ':' .. (redis.call('HGET', jobkey, 'attempt') or ''))
     redis.call('HDEL', jobkey, 'lease', 'worker')

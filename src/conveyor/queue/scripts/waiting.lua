@@ -4,7 +4,8 @@
 -- ARGV: job id, job key
 -- Returns {jobs_ahead (-1: not in line), paused, max_running, running, rate_jobs, rate_ms,
 --          starts in the current rate window, when the window opens again (-1: it is open),
---          parked (1: held by its owner's cap), owner_max, the owner's running jobs}.
+--          the cap group holding it back (`o:<owner>`, `k:<key id>`; "": none), that
+--          group's cap and its running jobs}.
 local q = queue_keys()
 local now = now_ms()
 local rank = redis.call('ZRANK', q.ready, ARGV[1])
@@ -19,9 +20,11 @@ if rate > 0 and window > 0 then
     if oldest[2] then opens = tonumber(oldest[2]) + window + 1 end
   end
 end
-local owner = redis.call('HGET', ARGV[2], 'owner') or ''
-local parked = redis.call('ZSCORE', q.parked_prefix .. owner, ARGV[1]) and 1 or 0
+local group = parked_in(q, ARGV[2], ARGV[1]) or ''
+local cap, running = 0, 0
+if group ~= '' then
+  cap = group_cap(q, group)
+  running = tonumber(redis.call('HGET', q.running, group) or '0')
+end
 return {rank or -1, tonumber(conf[1] or '0'), tonumber(conf[2] or '0'),
-        redis.call('ZCARD', q.leases), rate, window, started, opens, parked,
-        tonumber(redis.call('HGET', q.conf, 'owner_max') or '0'),
-        tonumber(redis.call('HGET', q.running, owner) or '0')}
+        redis.call('ZCARD', q.leases), rate, window, started, opens, group, cap, running}

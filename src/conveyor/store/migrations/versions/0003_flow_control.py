@@ -1,5 +1,5 @@
-"""Flow control and scheduling: queue settings (paused, concurrency cap, rate limit) and
-schedules (recurring jobs).
+"""Flow control and scheduling: queue settings (paused, concurrency caps, rate limit),
+API keys' and jobs' concurrency caps, and schedules (recurring jobs).
 
 Revision ID: 0003
 Revises: 0002
@@ -21,6 +21,11 @@ _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("key_id", sa.String(36), nullable=False, server_default=""))
+        batch.add_column(sa.Column("key_cap", sa.Integer(), nullable=False, server_default="0"))
+    with op.batch_alter_table("api_keys") as batch:
+        batch.add_column(sa.Column("max_running", sa.Integer(), nullable=False, server_default="0"))
     op.create_table(
         "queues",
         sa.Column("name", sa.String(64), primary_key=True),
@@ -60,3 +65,8 @@ def downgrade() -> None:
     op.drop_index("ix_schedules_owner_id", "schedules")
     op.drop_table("schedules")
     op.drop_table("queues")
+    with op.batch_alter_table("api_keys") as batch:
+        batch.drop_column("max_running")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("key_cap")
+        batch.drop_column("key_id")
