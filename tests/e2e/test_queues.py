@@ -292,7 +292,8 @@ async def test_a_keys_concurrency_cap_holds_its_jobs_back_only(
     async with grpc.aio.insecure_channel(stack.api_addr) as channel:
         service = ApiKeyServiceStub(channel)
         meta = (("authorization", f"Bearer {keys.admin}"),)
-        made = await service.CreateApiKey(kpb.CreateApiKeyRequest(owner="keycap-carol"), metadata=meta)
+        request = kpb.CreateApiKeyRequest(owner="keycap-carol")
+        made = await service.CreateApiKey(request, metadata=meta)
         await service.UpdateApiKeyLimits(
             kpb.UpdateApiKeyLimitsRequest(id=made.key.id, max_running_jobs=1), metadata=meta
         )
