@@ -75,6 +75,40 @@ def test_dead_letters_listed_retried_and_their_attempts_shown(stack: Stack, keys
     assert again.returncode == 2 and "NOT_FOUND" in again.stderr
 
 
+def test_queues_schedules_and_workers_from_the_command_line(stack: Stack, keys: Keys) -> None:
+    """Guards the admin and schedule commands end to end: JSON for scripts, the exit code
+    and the error for a user key on an admin command."""
+    limited = json.loads(
+        stack.cli("queues", "limits", "cli-q", "--max-running", "2", "--rate", "10",
+                  "--per", "2", "--json", key=keys.admin).stdout
+    )["queues"][0]  # fmt: skip
+    assert limited["limits"]["max_running"] == 2 and limited["limits"]["rate_jobs"] == 10
+    assert limited["limits"]["rate_interval"] == "2s"
+    paused = json.loads(stack.cli("queues", "pause", "cli-q", "--json", key=keys.admin).stdout)
+    assert paused["queues"][0]["paused"] is True
+    assert "cli-q" in stack.cli("queues", "stats", key=keys.admin).stdout
+    denied = stack.cli("queues", "resume", "cli-q", key=keys.alice, check=False)
+    assert denied.returncode == 2 and "PERMISSION_DENIED" in denied.stderr
+    workers = json.loads(stack.cli("workers", "--json", key=keys.admin).stdout)["workers"]
+    assert workers and all(w["concurrency"] >= 1 for w in workers)
+    made = json.loads(
+        stack.cli("schedules", "create", "noop", "--cron", "0 3 * * *", "--tz",
+                  "Europe/Berlin", "--queue", "cli-q", "--catch-up", "once", "--json",
+                  key=keys.alice).stdout
+    )  # fmt: skip
+    assert made["time_zone"] == "Europe/Berlin" and len(made["next_run_times"]) == 5
+    assert made["catch_up"] == "CATCH_UP_POLICY_RUN_ONCE"
+    listed = stack.cli("schedules", "list", key=keys.alice).stdout
+    assert made["id"] in listed and "cron '0 3 * * *' Europe/Berlin" in listed
+    job_id = stack.cli("schedules", "trigger", made["id"], key=keys.alice).stdout.strip()
+    assert json.loads(stack.cli("get", job_id, "--json", key=keys.alice).stdout)["queue"] == "cli-q"
+    stack.cli("schedules", "delete", made["id"], key=keys.alice)
+    gone = stack.cli("schedules", "get", made["id"], key=keys.alice, check=False)
+    assert gone.returncode == 2 and "NOT_FOUND" in gone.stderr
+    bad = stack.cli("schedules", "create", "noop", "--every", "0.5", key=keys.alice, check=False)
+    assert bad.returncode == 2 and "schedule.interval" in bad.stderr
+
+
 def test_every_command_has_help(stack: Stack) -> None:
     for command in [
         "dev",
@@ -89,8 +123,11 @@ def test_every_command_has_help(stack: Stack) -> None:
         "list",
         "retry",
         "attempts",
+        "workers",
     ]:
         assert "Usage" in stack.cli(command, "--help").stdout
+    for group in ("queues", "schedules"):
+        assert "Usage" in stack.cli(group, "--help").stdout
     assert "--owner" in stack.cli("keys", "create", "--help").stdout
     assert "--queue" in stack.cli("dead", "list", "--help").stdout
 

@@ -67,6 +67,14 @@ async def until_done(client: AsyncClient, job_ids: list[str], within: float = 60
         await asyncio.gather(*(one(j) for j in job_ids))
 
 
+async def until_running(admin: AsyncClient, queue: str, count: int) -> None:
+    """Wait until `count` jobs of the queue hold a lease (the workers have filled a cap).
+    Queue stats have no stream to wait on, so this looks every 20 ms, for 10 s at most."""
+    async with asyncio.timeout(10):
+        while (await admin.queue_stats(queue))[0].running < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
 def spans(stack: Stack, job_ids: list[str]) -> list[tuple[int, int]]:
     """(start, finish) of each job's last attempt, in ms, from the database, in the
     order of `job_ids`."""
@@ -214,9 +222,7 @@ async def test_a_concurrency_limit_holds_across_two_workers(
         [submit_request("sleep", {"seconds": 0.15, "steps": 1}, queue="capped")
          for _ in range(30)]
     )  # fmt: skip
-    async with asyncio.timeout(10):
-        while (await admin.queue_stats("capped"))[0].running < 3:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)  # until the workers have filled the cap
+    await until_running(admin, "capped", 3)
     held = await alice.get(jobs[-1].id)
     assert held.blocked_reason == "queue 'capped' is at its concurrency limit (3 of 3 running)"
     await until_done(alice, [j.id for j in jobs])
@@ -257,9 +263,7 @@ async def test_a_flooding_owner_does_not_starve_another(
     flood = await alice.submit_many(
         [submit_request("sleep", {"seconds": 0.2, "steps": 1}, queue="fair") for _ in range(40)]
     )
-    async with asyncio.timeout(10):
-        while (await admin.queue_stats("fair"))[0].running < 2:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)  # alice's first two are under way
+    await until_running(admin, "fair", 2)  # alice's first two are under way
     parked = await alice.get(flood[-1].id)
     quiet = await bob.submit_many(
         [submit_request("sleep", {"seconds": 0.2, "steps": 1}, queue="fair") for _ in range(4)]
@@ -303,9 +307,7 @@ async def test_a_keys_concurrency_cap_holds_its_jobs_back_only(
             [submit_request("sleep", {"seconds": 0.2, "steps": 1}, queue="keycap")
              for _ in range(8)]
         )  # fmt: skip
-        async with asyncio.timeout(10):
-            while (await admin.queue_stats("keycap"))[0].running < 1:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+        await until_running(admin, "keycap", 1)
         held = await carol.get(backlog[-1].id)
         others = await alice.submit_many([submit_request("noop", queue="keycap") for _ in range(3)])
         await until_done(alice, [j.id for j in others], within=10)
