@@ -318,13 +318,13 @@ def spec_from_proto(
         violation("idempotency_key", f"must be printable, at most {MAX_IDEMPOTENCY_KEY} characters")
     if not 0 <= req.max_attempts <= MAX_ATTEMPTS_LIMIT:
         violation("max_attempts", f"must be between 0 (default) and {MAX_ATTEMPTS_LIMIT}")
-    timeout_ms = _duration_ms(req.timeout) if req.HasField("timeout") else 0
+    timeout_ms = duration_ms(req.timeout) if req.HasField("timeout") else 0
     if timeout_ms is None or (req.HasField("timeout") and not 0 < timeout_ms <= MAX_TIMEOUT_MS):
         violation("timeout", "must be a valid duration, positive and at most 7 days")
-    run_at = _timestamp_ms(req.run_at) if req.HasField("run_at") else None
+    run_at = timestamp_ms(req.run_at) if req.HasField("run_at") else None
     if req.HasField("run_at") and (run_at is None or run_at > now_ms() + MAX_DELAY_MS):
         violation("run_at", "must be a valid time within a year")
-    delay_ms = _duration_ms(req.delay) if req.HasField("delay") else 0
+    delay_ms = duration_ms(req.delay) if req.HasField("delay") else 0
     if delay_ms is None or not 0 <= delay_ms <= MAX_DELAY_MS:
         violation("delay", "must be a valid duration, not negative and at most a year")
     elif delay_ms and req.HasField("run_at"):
@@ -376,15 +376,21 @@ def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str,
     return payload
 
 
-def _duration_ms(d: duration_pb2.Duration) -> int | None:
+def duration_ms(d: duration_pb2.Duration) -> int | None:
+    """The duration in ms, or None if protobuf itself holds it invalid (nanos out of range
+    or of the other sign than seconds, beyond ±10,000 years)."""
     try:
+        d.ToJsonString()  # the one public check of a Duration's validity
         return int(d.ToMilliseconds())
-    except ValueError:  # nanos out of range, or beyond what a Duration may hold
+    except ValueError:
         return None
 
 
-def _timestamp_ms(t: timestamp_pb2.Timestamp) -> int | None:
+def timestamp_ms(t: timestamp_pb2.Timestamp) -> int | None:
+    """The time in epoch ms, or None if protobuf itself holds it invalid (nanos out of
+    range, outside years 1-9999)."""
     try:
+        t.ToJsonString()  # the one public check of a Timestamp's validity
         return int(t.ToMilliseconds())
     except (ValueError, OverflowError):
         return None

@@ -18,7 +18,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from conveyor.errors import FieldViolation, InvalidArgument
-from conveyor.jobs import JobSpec, new_job_id, spec_from_proto
+from conveyor.jobs import JobSpec, duration_ms, new_job_id, spec_from_proto, timestamp_ms
 from conveyor.timetable import CatchUp, Timetable
 from conveyor.v1 import job_service_pb2, schedule_service_pb2
 
@@ -103,17 +103,22 @@ def schedule_from_proto(
     def violation(name: str, why: str) -> None:
         bad.append(FieldViolation(f"schedule.{name}", why))
 
-    if len(msg.description) > MAX_DESCRIPTION:
-        violation("description", f"at most {MAX_DESCRIPTION} characters")
+    if len(msg.description) > MAX_DESCRIPTION or not msg.description.isprintable():
+        violation("description", f"printable, at most {MAX_DESCRIPTION} characters")
     timing = msg.WhichOneof("timing")
-    if timing == "cron" and len(msg.cron) > MAX_CRON:
-        violation("cron", f"at most {MAX_CRON} characters")
+    if timing == "cron" and (len(msg.cron) > MAX_CRON or not msg.cron.isprintable()):
+        violation("cron", f"printable, at most {MAX_CRON} characters")
+    if not msg.time_zone.isprintable():
+        violation("time_zone", "is not a time zone name")
     start = _time_ms(msg, "start_time", violation)
     end = _time_ms(msg, "end_time", violation)
+    interval_ms = duration_ms(msg.interval) if timing == "interval" else 0
+    if interval_ms is None:
+        violation("interval", "is not a valid duration")
     timetable = Timetable(
         cron=msg.cron if timing == "cron" else "",
         time_zone=msg.time_zone or "UTC",
-        interval_ms=msg.interval.ToMilliseconds() if timing == "interval" else 0,
+        interval_ms=interval_ms or 0,
         start_ms=start,
         end_ms=end,
     )
@@ -158,14 +163,14 @@ def _template(
         spec_from_proto(job, max_payload_bytes=max_payload_bytes, prefix="schedule.job.")
     except InvalidArgument as invalid:
         bad += invalid.violations
+        return {}
     return json_format.MessageToDict(job)
 
 
 def _time_ms(msg: schedule_service_pb2.Schedule, name: str, violation: Any) -> int | None:
     if not msg.HasField(name):
         return None
-    try:
-        return int(getattr(msg, name).ToMilliseconds())
-    except (ValueError, OverflowError):
+    value = timestamp_ms(getattr(msg, name))
+    if value is None:
         violation(name, "is not a valid time")
-        return None
+    return value

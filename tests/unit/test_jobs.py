@@ -159,3 +159,13 @@ def test_a_delay_runs_the_job_that_long_after_acceptance() -> None:
     negative = pb.SubmitJobRequest(type="noop")
     negative.delay.FromMilliseconds(-5)
     assert "delay" in violations(negative)
+
+
+def test_durations_and_times_protobuf_holds_invalid_are_refused() -> None:
+    """Guards the well-known types: a Duration whose nanos have the other sign than its
+    seconds, or a Timestamp with negative nanos, converts to milliseconds but is invalid
+    (protobuf's JSON refuses it), so it is INVALID_ARGUMENT rather than a surprise later."""
+    request = pb.SubmitJobRequest(type="noop")
+    request.timeout.seconds, request.timeout.nanos = 5, -1
+    request.run_at.seconds, request.run_at.nanos = 10, -5
+    assert set(violations(request)) == {"timeout", "run_at"}
