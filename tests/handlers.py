@@ -84,3 +84,13 @@ async def touch(payload: dict[str, Any], ctx: JobContext) -> None:
 
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+@handler("test.result")
+async def result(payload: dict[str, Any], ctx: JobContext) -> object:
+    """Returns `value`; or `bytes` characters of text; or, with `unjsonable`, a set."""
+    if payload.get("unjsonable"):
+        return {"a set": {1, 2}}
+    if "bytes" in payload:
+        return {"text": "x" * int(payload["bytes"])}
+    return payload.get("value")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from conveyor.jobs import JobState
 from conveyor.v1 import job_pb2
@@ -75,6 +76,8 @@ class AttemptEnd:
     worker_id: str
     ended: int
     traceback: str = ""
+    # What the handler returned, for a SUCCEEDED attempt (a JSON object); else None.
+    result: dict[str, Any] | None = None
 
     @property
     def record(self) -> Attempt:

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="SIGTERM drain time.")
     max_payload_bytes: int = Field(1 << 20, ge=1024, description="Largest payload accepted.")
     max_message_bytes: int = Field(16 << 20, ge=1 << 16, description="Largest gRPC message.")
+    max_result_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest result (a handler's return value, as JSON)."
+    )
     max_page_bytes: int = Field(
         4 << 20,
         ge=1 << 16,

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from conveyor.attempts import Attempt
 from conveyor.auth import Principal
@@ -20,6 +21,7 @@ from conveyor.batching import Batcher
 from conveyor.config import Settings
 from conveyor.errors import (
     ConveyorError,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -231,6 +233,17 @@ class JobOperations:
             workers = await self.workers.live()
             self._workers_seen = (now, workers)
         return workers
+
+    async def result(self, principal: Principal, job_id: str) -> tuple[Job, dict[str, Any] | None]:
+        """A SUCCEEDED job and what its handler returned."""
+        await self.charge(principal, Kind.READ)
+        _check_id(job_id)
+        job = await self._get_visible(principal, job_id)
+        if job.state is not JobState.SUCCEEDED:
+            raise FailedPrecondition(
+                f"job {job_id} has no result: it is {job.state.name}, not SUCCEEDED"
+            )
+        return job, await self.store.result(job_id)
 
     async def attempts(self, principal: Principal, job_id: str) -> list[Attempt]:
         """The job's recorded attempts, oldest first."""

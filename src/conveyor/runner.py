@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import os
 import secrets
@@ -23,6 +24,7 @@ import socket
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -86,6 +88,7 @@ class Ending:
     outcome: AttemptOutcome
     error: str = ""
     traceback: str = ""
+    result: dict[str, Any] | None = None
 
 
 def default_worker_id() -> str:
@@ -370,10 +373,12 @@ class Worker:
         try:
             async with asyncio.timeout(timeout):
                 if spec.is_async:
-                    await spec.fn(job.payload, running.ctx)
+                    returned = await spec.fn(job.payload, running.ctx)
                 else:
                     loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(self._executor, spec.fn, job.payload, running.ctx)
+                    returned = await loop.run_in_executor(
+                        self._executor, spec.fn, job.payload, running.ctx
+                    )
         except TimeoutError:
             running.ctx.cancel()
             return Ending(
@@ -384,7 +389,24 @@ class Worker:
         except Exception as exc:
             log.info("job %s attempt %d failed: %s", job.id, job.attempt, exc)
             return Ending(JobState.RETRYING, AttemptOutcome.FAILED, _describe(exc), _traceback(exc))
-        return Ending(JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED)
+        return self._success(returned)
+
+    def _success(self, returned: object) -> Ending:
+        """A handler's return value as the job's result: a JSON object (any other JSON
+        value is wrapped as {"value": …}), at most CONVEYOR_MAX_RESULT_BYTES. One that is
+        not JSON, or too large, makes the job DEAD: running it again would not help."""
+        result = job_result(returned)
+        if isinstance(result, str):
+            return Ending(JobState.DEAD, AttemptOutcome.FAILED, result)
+        size = len(json.dumps(result, separators=(",", ":"))) if result is not None else 0
+        if size > self.settings.max_result_bytes:
+            return Ending(
+                JobState.DEAD,
+                AttemptOutcome.FAILED,
+                f"the handler returned a result of {size} bytes; the limit is "
+                f"{self.settings.max_result_bytes} (CONVEYOR_MAX_RESULT_BYTES)",
+            )
+        return Ending(JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=result)
 
     def _end(self, claim: Claim, ending: Ending, progress: float) -> AttemptEnd:
         """The attempt's end as written: a failure with attempts left becomes RETRYING at a
@@ -415,6 +437,7 @@ class Worker:
             else (claim.lost[-1].worker_id if claim.lost else ""),
             ended=now,
             traceback=ending.traceback,
+            result=ending.result,
         )
 
     # -- progress --------------------------------------------------------------------------
@@ -502,6 +525,19 @@ class Worker:
         running.ctx.cancel()
         if running.task is not None:
             running.task.cancel()
+
+
+def job_result(returned: object) -> dict[str, Any] | str | None:
+    """A handler's return value as a result document, or why it cannot be one."""
+    if returned is None:
+        return None
+    document = returned if isinstance(returned, dict) else {"value": returned}
+    try:
+        # Through JSON once: what is stored is exactly what clients will read back.
+        parsed = json.loads(json.dumps(document, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        return f"the handler returned a result that is not JSON: {exc}"
+    return cast(dict[str, Any], parsed)
 
 
 def _traceback(exc: BaseException) -> str:

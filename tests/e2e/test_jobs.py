@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from conveyor.client import AsyncClient, submit_request
 from conveyor.errors import (
@@ -258,3 +260,38 @@ async def test_resuming_after_the_last_sequence_of_an_ended_job_ends_at_once(
     assert await watch_all(alice, job.id, after=last) == []
     beyond = await watch_all(alice, job.id, after=last + 100)  # not a point this job issued
     assert [u.sequence for u in beyond] == [last]
+
+
+async def test_a_handlers_return_value_is_the_jobs_result(
+    alice: AsyncClient, bob: AsyncClient
+) -> None:
+    """Guards GetJobResult: an object comes back as it was returned, any other JSON value
+    as {"value": ...}, nothing as no result; only the owner reads it, and only once the
+    job SUCCEEDED. A result that is not JSON, or over CONVEYOR_MAX_RESULT_BYTES, makes the
+    job DEAD with an error that says so (running it again would not help)."""
+    cases: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
+        "object": ({"value": {"rows": 3, "ok": True}}, {"rows": 3.0, "ok": True}),
+        "list": ({"value": [1, "a"]}, {"value": [1.0, "a"]}),
+        "nothing": ({}, None),
+    }
+    for name, (payload, expected) in cases.items():
+        job = await alice.submit("test.result", payload)
+        final = (await watch_all(alice, job.id))[-1].job
+        assert final.state == S.JOB_STATE_SUCCEEDED, (name, final.error)
+        got = await alice.result(job.id)
+        stored = json_format.MessageToDict(got.result) if got.HasField("result") else None
+        assert stored == expected, name
+        with pytest.raises(NotFound):
+            await bob.result(job.id)
+    parked = await alice.submit("noop", queue=PARKED)
+    with pytest.raises(FailedPrecondition, match="it is QUEUED"):
+        await alice.result(parked.id)
+    failing: list[tuple[dict[str, Any], str]] = [
+        ({"unjsonable": True}, "not JSON"),
+        ({"bytes": 2_000_000}, "bytes"),
+    ]
+    for payload, why in failing:
+        job = await alice.submit("test.result", payload, max_attempts=3)
+        final = (await watch_all(alice, job.id))[-1].job
+        assert final.state == S.JOB_STATE_DEAD and final.attempt == 1, final
+        assert why in final.error

@@ -114,6 +114,16 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         attempts = await self.ops.attempts(principal, request.id)
         return pb.ListJobAttemptsResponse(attempts=[a.to_proto() for a in attempts])
 
+    @unary
+    async def GetJobResult(
+        self, request: pb.GetJobResultRequest, principal: Principal
+    ) -> pb.GetJobResultResponse:
+        job, result = await self.ops.result(principal, request.id)
+        response = pb.GetJobResultResponse(job=job.to_proto())
+        if result is not None:
+            response.result.update(result)
+        return response
+
     # -- queues and workers (admin) --------------------------------------------------------
     @unary
     async def GetQueueStats(

@@ -290,6 +290,17 @@ def get(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None
 
 
 @app.command()
+def result(job_id: str, addr: AddrOption = None) -> None:
+    """Print a SUCCEEDED job's result as JSON (exit 2 if it has none yet)."""
+    with client_for(addr) as client:
+        try:
+            found = client.result(job_id)
+        except ConveyorError as exc:
+            fail(exc)
+    print(json.dumps(message_dict(found.result) if found.HasField("result") else None))
+
+
+@app.command()
 def cancel(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
     """Cancel a job that has not ended."""
     with client_for(addr) as client:

@@ -247,6 +247,14 @@ class AsyncClient:
         return response.job  # type: ignore[no-any-return]
 
     @_mapped_async
+    async def result(self, job_id: str) -> pb.GetJobResultResponse:
+        """A SUCCEEDED job and its result (`.result`, a Struct; unset if none)."""
+        response = await self._stub.GetJobResult(
+            pb.GetJobResultRequest(id=job_id), metadata=self._metadata, timeout=self._timeout
+        )
+        return response  # type: ignore[no-any-return]
+
+    @_mapped_async
     async def attempts(self, job_id: str) -> builtins.list[job_pb2.JobAttempt]:
         response = await self._stub.ListJobAttempts(
             pb.ListJobAttemptsRequest(id=job_id), metadata=self._metadata, timeout=self._timeout
@@ -402,6 +410,10 @@ class Client:
     def retry(self, job_id: str, max_attempts: int = 0) -> job_pb2.Job:
         request = pb.RetryJobRequest(id=job_id, max_attempts=max_attempts)
         return self._call("RetryJob", request).job  # type: ignore[no-any-return]
+
+    @_mapped
+    def result(self, job_id: str) -> pb.GetJobResultResponse:
+        return self._call("GetJobResult", pb.GetJobResultRequest(id=job_id))  # type: ignore[no-any-return]
 
     @_mapped
     def attempts(self, job_id: str) -> builtins.list[job_pb2.JobAttempt]:

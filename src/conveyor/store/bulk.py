@@ -63,12 +63,12 @@ WITH v AS (
   SELECT * FROM jsonb_to_recordset(%s::jsonb)
     AS v(id text, state smallint, attempt smallint, fence int, error text, progress float8,
          progress_message text, start_time bigint, finish_time bigint, run_at bigint,
-         outcome smallint, worker_id text, ended bigint, traceback text)
+         outcome smallint, worker_id text, ended bigint, traceback text, result jsonb)
 ), applied AS (
   UPDATE jobs SET state = v.state, attempt = v.attempt, error = v.error,
          progress = v.progress, progress_message = v.progress_message,
          start_time = v.start_time, finish_time = v.finish_time,
-         run_at = COALESCE(v.run_at, jobs.run_at)
+         run_at = COALESCE(v.run_at, jobs.run_at), result = v.result
   FROM v
   WHERE jobs.id = v.id AND jobs.fence = v.fence AND jobs.attempt < v.attempt
     AND jobs.state NOT IN (4, 6, 7)
@@ -199,7 +199,7 @@ class BulkStatements:
                 "error": w.error, "progress": w.progress, "progress_message": w.progress_message,
                 "start_time": w.start_time, "finish_time": w.finish_time, "run_at": w.run_at,
                 "outcome": int(w.outcome), "worker_id": w.worker_id, "ended": w.ended,
-                "traceback": w.traceback,
+                "traceback": w.traceback, "result": w.result,
             }
             for w in writes
         ]  # fmt: skip

@@ -136,6 +136,13 @@ class JobStore:
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             return [job_from_row(r._mapping) for r in await conn.execute(stmt)]
 
+    async def result(self, job_id: str) -> dict[str, Any] | None:
+        """What the job's handler returned (None: nothing, or not yet)."""
+        stmt = select(_JOBS.c.result).where(_JOBS.c.id == job_id)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            value = (await conn.execute(stmt)).scalar()
+        return cast(dict[str, Any] | None, value)
+
     async def write_outcomes(self, writes: Sequence[AttemptEnd]) -> list[WriteResult]:
         """Record attempt outcomes at once, each fenced (see `AttemptEnd`), with their
         attempt records; a refused write comes back with the job's row as it stands."""
@@ -167,6 +174,7 @@ class JobStore:
                     "progress_message": w.progress_message,
                     "start_time": w.start_time,
                     "finish_time": w.finish_time,
+                    "result": w.result,
                 }
                 if w.run_at is not None:
                     values["run_at"] = w.run_at

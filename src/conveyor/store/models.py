@@ -68,6 +68,9 @@ class JobRow(Base):
     # jobs a schedule made.
     key_id: Mapped[str] = mapped_column(String(36), default="")
     key_cap: Mapped[int] = mapped_column(Integer, default=0)
+    # What the handler returned (a JSON object), once the job SUCCEEDED; read by
+    # GetJobResult only, never with the rest of the row (it may be large).
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
 
 
 class AttemptRow(Base):

@@ -63,6 +63,7 @@ def job_from_row(values: Mapping[Any, Any]) -> Job:
     """A Job from a `jobs` row's columns."""
     fields = dict(values)
     fields["state"] = JobState(fields["state"])
+    fields.pop("result", None)  # read on its own (JobStore.result): it may be large
     retry = fields.pop("retry", None)
     job = Job(**fields)
     if retry:

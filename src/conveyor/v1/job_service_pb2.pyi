@@ -206,3 +206,17 @@ class ListWorkersResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[_queue_pb2.Worker]
     def __init__(self, workers: _Optional[_Iterable[_Union[_queue_pb2.Worker, _Mapping]]] = ...) -> None: ...
+
+class GetJobResultRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetJobResultResponse(_message.Message):
+    __slots__ = ("job", "result")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    result: _struct_pb2.Struct
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...

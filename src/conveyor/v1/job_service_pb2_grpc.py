@@ -76,6 +76,11 @@ class JobServiceStub:
                 request_serializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsResponse.FromString,
                 _registered_method=True)
+        self.GetJobResult = channel.unary_unary(
+                '/conveyor.v1.JobService/GetJobResult',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.GetJobResultRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.GetJobResultResponse.FromString,
+                _registered_method=True)
         self.GetQueueStats = channel.unary_unary(
                 '/conveyor.v1.JobService/GetQueueStats',
                 request_serializer=conveyor_dot_v1_dot_job__service__pb2.GetQueueStatsRequest.SerializeToString,
@@ -165,6 +170,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobResult(self, request, context):
+        """Returns what a SUCCEEDED job's handler returned; any other state is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetQueueStats(self, request, context):
         """Admin: a queue's depth by state and priority, limits and last minute (or every queue's).
         """
@@ -242,6 +254,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListJobAttempts,
                     request_deserializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsResponse.SerializeToString,
+            ),
+            'GetJobResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobResult,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.GetJobResultRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.GetJobResultResponse.SerializeToString,
             ),
             'GetQueueStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQueueStats,
@@ -487,6 +504,33 @@ class JobService:
             '/conveyor.v1.JobService/ListJobAttempts',
             conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsRequest.SerializeToString,
             conveyor_dot_v1_dot_job__service__pb2.ListJobAttemptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/GetJobResult',
+            conveyor_dot_v1_dot_job__service__pb2.GetJobResultRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.GetJobResultResponse.FromString,
             options,
             channel_credentials,
             insecure,
