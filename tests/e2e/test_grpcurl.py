@@ -87,6 +87,35 @@ def test_grpcurl_sees_rich_errors(stack: Stack, keys: Keys) -> None:
     assert "Unauthenticated" in unauth.stderr
 
 
+def test_the_readme_schedule_and_queue_stats_calls(stack: Stack, keys: Keys) -> None:
+    """Guards the README's grpcurl examples for ScheduleService and GetQueueStats: the
+    JSON shapes it shows are the ones the api takes and gives."""
+    body = json.dumps(
+        {
+            "schedule": {
+                "cron": "0 3 * * *",
+                "time_zone": "Europe/Berlin",
+                "job": {"type": "noop", "queue": "reports"},
+                "catch_up": "CATCH_UP_POLICY_RUN_ONCE",
+            }
+        }
+    )
+    made = grpcurl(
+        stack, "-d", body, stack.api_addr, "conveyor.v1.ScheduleService/CreateSchedule",
+        key=keys.alice,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    schedule = json.loads(made.stdout)["schedule"]
+    assert schedule["time_zone"] == "Europe/Berlin" and len(schedule["next_run_times"]) == 5
+    assert all(t.endswith(("T01:00:00Z", "T02:00:00Z")) for t in schedule["next_run_times"])
+    stats = grpcurl(
+        stack, "-d", '{"queue": "reports"}', stack.api_addr,
+        "conveyor.v1.JobService/GetQueueStats", key=keys.admin,
+    )  # fmt: skip
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["queues"][0]["queue"] == "reports"
+
+
 def test_health_is_serving(stack: Stack) -> None:
     out = grpcurl(stack, stack.api_addr, "grpc.health.v1.Health/Check")
     assert json.loads(out.stdout) == {"status": "SERVING"}
