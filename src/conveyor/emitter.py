@@ -114,7 +114,7 @@ class Emitter:
             )
             for s in found
         ]
-        last_jobs = await asyncio.gather(
+        outcomes = await asyncio.gather(
             *(self._emit_all(s, plan.emit) for s, plan in zip(found, plans, strict=True))
         )
         moves = [
@@ -124,8 +124,9 @@ class Emitter:
                 next_run=plan.next_run,
                 last_run=plan.emit[-1] if plan.emit else None,
                 last_job_id=last_job,
+                last_error=error,
             )
-            for s, plan, last_job in zip(found, plans, last_jobs, strict=True)
+            for s, plan, (last_job, error) in zip(found, plans, outcomes, strict=True)
         ]
         moved = await self.schedules.advance(moves)
         buckets = sum(len(plan.emit) for plan in plans)
@@ -143,23 +144,27 @@ class Emitter:
             (time.perf_counter() - started) * 1000,
         )
 
-    async def _emit_all(self, schedule: Schedule, buckets: list[int]) -> str:
-        """Submit the buckets' jobs; the last one's id ("" if none was made)."""
+    async def _emit_all(self, schedule: Schedule, buckets: list[int]) -> tuple[str, str]:
+        """Submit the buckets' jobs; the last one's id ("" if none was made) and, if the
+        last bucket made none, why."""
         owner = Principal(schedule.owner, Role.USER, submit_limit=(0.0, 0.0))  # no rate limit
         made = await asyncio.gather(*(self._emit(schedule, owner, b) for b in buckets))
-        return next((job_id for job_id in reversed(made) if job_id), "")
+        last_job = next((job_id for job_id, _ in reversed(made) if job_id), "")
+        return last_job, made[-1][1] if made else ""
 
-    async def _emit(self, schedule: Schedule, owner: Principal, bucket: int) -> str | None:
-        """Submit the bucket's job; its id (None if the template no longer makes one)."""
+    async def _emit(
+        self, schedule: Schedule, owner: Principal, bucket: int
+    ) -> tuple[str | None, str]:
+        """Submit the bucket's job: its id, or None and why the template made none."""
         try:
             spec = schedule.job_spec(
                 key=schedule.bucket_key(bucket), run_at=bucket, max_payload_bytes=self.max_payload
             )
             job = await self.jobs.submit(owner, spec)
         except AlreadyExists:
-            return None  # made by an earlier version of the template: the bucket has its job
+            return None, ""  # made by an earlier version of the template: the bucket has one
         except InvalidArgument as exc:
             log.error("schedule %s: bucket %d makes no job: %s", schedule.id, bucket, exc.message)
-            return None
+            return None, f"bucket {bucket} made no job: {exc.message}"
         self.stats.emitted += 1
-        return job.id
+        return job.id, ""

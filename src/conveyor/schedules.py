@@ -44,6 +44,7 @@ class Schedule:
     next_run: int | None = None
     last_run: int | None = None
     last_job_id: str = ""
+    last_error: str = ""
     create_time: int = 0
 
     def bucket_key(self, bucket: int) -> str:
@@ -74,6 +75,7 @@ class Schedule:
             catch_up_limit=self.catch_up_limit,
             paused=self.paused,
             last_job_id=self.last_job_id,
+            last_error=self.last_error,
         )
         if tt.cron:
             msg.cron = tt.cron

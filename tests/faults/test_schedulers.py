@@ -29,7 +29,12 @@ def schedulers(stack: Stack) -> Iterator[list[Service]]:
 
 
 def start_scheduler(
-    stack: Stack, started: list[Service], *, offset: float = 0.0, misfire: float = 60.0
+    stack: Stack,
+    started: list[Service],
+    *,
+    offset: float = 0.0,
+    misfire: float = 60.0,
+    **env: str,
 ) -> Service:
     service = stack.start(
         "scheduler",
@@ -37,6 +42,7 @@ def start_scheduler(
             "CONVEYOR_SCHEDULER_ADDR": f"127.0.0.1:{free_port()}",
             "CONVEYOR_SCHEDULER_CLOCK_OFFSET_SECONDS": str(offset),
             "CONVEYOR_SCHEDULE_MISFIRE_SECONDS": str(misfire),
+            **env,
         },
     )
     started.append(service)
@@ -131,3 +137,22 @@ async def test_catch_up_policies_after_downtime(
             b - a == 1000 for a, b in itertools.pairwise(buckets)
         ), f"{name}: the emitted buckets run on without gaps from the first"
     print(f"\ncatch-up after 5 s down: (missed emitted, jobs) {counts}")
+
+
+@pytest.mark.timeout(60)
+async def test_a_bucket_that_makes_no_job_says_why_and_the_schedule_goes_on(
+    stack: Stack, schedulers: list[Service], alice: AsyncClient
+) -> None:
+    """Guards schedules against configuration drift: a template the api accepted but the
+    scheduler's checks now refuse (here its payload limit is lower) makes no job; the
+    schedule says why (last_error) and moves on instead of retrying the bucket forever."""
+    start_scheduler(stack, schedulers, CONVEYOR_MAX_PAYLOAD_BYTES="1024")
+    made = await alice.create_schedule(
+        schedule_request("noop", {"blob": "x" * 2048}, every=1, queue="parked")
+    )
+    await asyncio.sleep(2.5)  # buckets are time: let two pass
+    seen = await alice.get_schedule(made.id)
+    assert "payload" in seen.last_error and seen.last_error.startswith("bucket ")
+    assert seen.next_run_times[0].ToMilliseconds() > made.next_run_times[1].ToMilliseconds()
+    assert emitted(stack, made.id) == []
+    await alice.pause_schedule(made.id)

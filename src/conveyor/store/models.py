@@ -165,5 +165,6 @@ class ScheduleRow(Base):
     next_run: Mapped[int | None] = mapped_column(BigInteger)
     last_run: Mapped[int | None] = mapped_column(BigInteger)
     last_job_id: Mapped[str] = mapped_column(String(36), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
     create_time: Mapped[int] = mapped_column(BigInteger)
     update_time: Mapped[int] = mapped_column(BigInteger)

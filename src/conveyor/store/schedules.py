@@ -31,9 +31,11 @@ UPDATE schedules AS s
 SET next_run = v.next_run,
     last_run = COALESCE(v.last_run, s.last_run),
     last_job_id = CASE WHEN v.last_run IS NULL THEN s.last_job_id ELSE v.last_job_id END,
+    last_error = CASE WHEN v.last_run IS NULL THEN s.last_error ELSE v.last_error END,
     update_time = :now
 FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-  AS v(id text, expected bigint, next_run bigint, last_run bigint, last_job_id text)
+  AS v(id text, expected bigint, next_run bigint, last_run bigint, last_job_id text,
+       last_error text)
 WHERE s.id = v.id AND s.next_run = v.expected
 RETURNING s.id
 """)
@@ -48,6 +50,7 @@ class Advance:
     next_run: int | None
     last_run: int | None
     last_job_id: str
+    last_error: str = ""
 
 
 def _schedule(row: Any) -> Schedule:
@@ -69,6 +72,7 @@ def _schedule(row: Any) -> Schedule:
         next_run=row.next_run,
         last_run=row.last_run,
         last_job_id=row.last_job_id,
+        last_error=row.last_error,
         create_time=row.create_time,
     )
 
@@ -169,7 +173,11 @@ class ScheduleStore:
             for move in moves:
                 values: dict[str, Any] = {"next_run": move.next_run, "update_time": now}
                 if move.last_run is not None:
-                    values.update(last_run=move.last_run, last_job_id=move.last_job_id)
+                    values.update(
+                        last_run=move.last_run,
+                        last_job_id=move.last_job_id,
+                        last_error=move.last_error,
+                    )
                 stmt = (
                     update(_SCHEDULES)
                     .where(_SCHEDULES.c.id == move.id, _SCHEDULES.c.next_run == move.expected)

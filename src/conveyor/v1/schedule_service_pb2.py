@@ -28,45 +28,45 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/schedule_service.proto\x12\x0b\x63onveyor.v1\x1a\x15\x63onveyor/v1/job.proto\x1a\x1d\x63onveyor/v1/job_service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x04\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x04\x63ron\x18\x04 \x01(\tH\x00\x12-\n\x08interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12*\n\x03job\x18\x07 \x01(\x0b\x32\x1d.conveyor.v1.SubmitJobRequest\x12,\n\x08\x63\x61tch_up\x18\x08 \x01(\x0e\x32\x1a.conveyor.v1.CatchUpPolicy\x12\x16\n\x0e\x63\x61tch_up_limit\x18\t \x01(\x05\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06paused\x18\x0c \x01(\x08\x12\x32\n\x0enext_run_times\x18\r \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_run_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blast_job_id\x18\x0f \x01(\t\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06timing\"@\n\x15\x43reateScheduleRequest\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"A\n\x16\x43reateScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\" \n\x12GetScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x13GetScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"L\n\x14ListSchedulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\"Z\n\x15ListSchedulesResponse\x12(\n\tschedules\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x15\x44\x65leteScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse\"\"\n\x14PauseScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x15PauseScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"#\n\x15ResumeScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"A\n\x16ResumeScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"$\n\x16TriggerScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x17TriggerScheduleResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job*\x85\x01\n\rCatchUpPolicy\x12\x1f\n\x1b\x43\x41TCH_UP_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41TCH_UP_POLICY_SKIP\x10\x01\x12\x1c\n\x18\x43\x41TCH_UP_POLICY_RUN_ONCE\x10\x02\x12\x1b\n\x17\x43\x41TCH_UP_POLICY_RUN_ALL\x10\x03\x32\x82\x05\n\x0fScheduleService\x12Y\n\x0e\x43reateSchedule\x12\".conveyor.v1.CreateScheduleRequest\x1a#.conveyor.v1.CreateScheduleResponse\x12P\n\x0bGetSchedule\x12\x1f.conveyor.v1.GetScheduleRequest\x1a .conveyor.v1.GetScheduleResponse\x12V\n\rListSchedules\x12!.conveyor.v1.ListSchedulesRequest\x1a\".conveyor.v1.ListSchedulesResponse\x12Y\n\x0e\x44\x65leteSchedule\x12\".conveyor.v1.DeleteScheduleRequest\x1a#.conveyor.v1.DeleteScheduleResponse\x12V\n\rPauseSchedule\x12!.conveyor.v1.PauseScheduleRequest\x1a\".conveyor.v1.PauseScheduleResponse\x12Y\n\x0eResumeSchedule\x12\".conveyor.v1.ResumeScheduleRequest\x1a#.conveyor.v1.ResumeScheduleResponse\x12\\\n\x0fTriggerSchedule\x12#.conveyor.v1.TriggerScheduleRequest\x1a$.conveyor.v1.TriggerScheduleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/schedule_service.proto\x12\x0b\x63onveyor.v1\x1a\x15\x63onveyor/v1/job.proto\x1a\x1d\x63onveyor/v1/job_service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\x04\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x04\x63ron\x18\x04 \x01(\tH\x00\x12-\n\x08interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12*\n\x03job\x18\x07 \x01(\x0b\x32\x1d.conveyor.v1.SubmitJobRequest\x12,\n\x08\x63\x61tch_up\x18\x08 \x01(\x0e\x32\x1a.conveyor.v1.CatchUpPolicy\x12\x16\n\x0e\x63\x61tch_up_limit\x18\t \x01(\x05\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06paused\x18\x0c \x01(\x08\x12\x32\n\x0enext_run_times\x18\r \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_run_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blast_job_id\x18\x0f \x01(\t\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x11 \x01(\tB\x08\n\x06timing\"@\n\x15\x43reateScheduleRequest\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"A\n\x16\x43reateScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\" \n\x12GetScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x13GetScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"L\n\x14ListSchedulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\"Z\n\x15ListSchedulesResponse\x12(\n\tschedules\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x15\x44\x65leteScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse\"\"\n\x14PauseScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x15PauseScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"#\n\x15ResumeScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"A\n\x16ResumeScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"$\n\x16TriggerScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x17TriggerScheduleResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job*\x85\x01\n\rCatchUpPolicy\x12\x1f\n\x1b\x43\x41TCH_UP_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41TCH_UP_POLICY_SKIP\x10\x01\x12\x1c\n\x18\x43\x41TCH_UP_POLICY_RUN_ONCE\x10\x02\x12\x1b\n\x17\x43\x41TCH_UP_POLICY_RUN_ALL\x10\x03\x32\x82\x05\n\x0fScheduleService\x12Y\n\x0e\x43reateSchedule\x12\".conveyor.v1.CreateScheduleRequest\x1a#.conveyor.v1.CreateScheduleResponse\x12P\n\x0bGetSchedule\x12\x1f.conveyor.v1.GetScheduleRequest\x1a .conveyor.v1.GetScheduleResponse\x12V\n\rListSchedules\x12!.conveyor.v1.ListSchedulesRequest\x1a\".conveyor.v1.ListSchedulesResponse\x12Y\n\x0e\x44\x65leteSchedule\x12\".conveyor.v1.DeleteScheduleRequest\x1a#.conveyor.v1.DeleteScheduleResponse\x12V\n\rPauseSchedule\x12!.conveyor.v1.PauseScheduleRequest\x1a\".conveyor.v1.PauseScheduleResponse\x12Y\n\x0eResumeSchedule\x12\".conveyor.v1.ResumeScheduleRequest\x1a#.conveyor.v1.ResumeScheduleResponse\x12\\\n\x0fTriggerSchedule\x12#.conveyor.v1.TriggerScheduleRequest\x1a$.conveyor.v1.TriggerScheduleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.schedule_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CATCHUPPOLICY']._serialized_start=1487
-  _globals['_CATCHUPPOLICY']._serialized_end=1620
+  _globals['_CATCHUPPOLICY']._serialized_start=1507
+  _globals['_CATCHUPPOLICY']._serialized_end=1640
   _globals['_SCHEDULE']._serialized_start=171
-  _globals['_SCHEDULE']._serialized_end=718
-  _globals['_CREATESCHEDULEREQUEST']._serialized_start=720
-  _globals['_CREATESCHEDULEREQUEST']._serialized_end=784
-  _globals['_CREATESCHEDULERESPONSE']._serialized_start=786
-  _globals['_CREATESCHEDULERESPONSE']._serialized_end=851
-  _globals['_GETSCHEDULEREQUEST']._serialized_start=853
-  _globals['_GETSCHEDULEREQUEST']._serialized_end=885
-  _globals['_GETSCHEDULERESPONSE']._serialized_start=887
-  _globals['_GETSCHEDULERESPONSE']._serialized_end=949
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=951
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1027
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1029
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1119
-  _globals['_DELETESCHEDULEREQUEST']._serialized_start=1121
-  _globals['_DELETESCHEDULEREQUEST']._serialized_end=1156
-  _globals['_DELETESCHEDULERESPONSE']._serialized_start=1158
-  _globals['_DELETESCHEDULERESPONSE']._serialized_end=1182
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=1184
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=1218
-  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=1220
-  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=1284
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=1286
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=1321
-  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=1323
-  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=1388
-  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_start=1390
-  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_end=1426
-  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_start=1428
-  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_end=1484
-  _globals['_SCHEDULESERVICE']._serialized_start=1623
-  _globals['_SCHEDULESERVICE']._serialized_end=2265
+  _globals['_SCHEDULE']._serialized_end=738
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=740
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=804
+  _globals['_CREATESCHEDULERESPONSE']._serialized_start=806
+  _globals['_CREATESCHEDULERESPONSE']._serialized_end=871
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=873
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=905
+  _globals['_GETSCHEDULERESPONSE']._serialized_start=907
+  _globals['_GETSCHEDULERESPONSE']._serialized_end=969
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=971
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1047
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1049
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1139
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=1141
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=1176
+  _globals['_DELETESCHEDULERESPONSE']._serialized_start=1178
+  _globals['_DELETESCHEDULERESPONSE']._serialized_end=1202
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=1204
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=1238
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=1240
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=1304
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=1306
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=1341
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=1343
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=1408
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_start=1410
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_end=1446
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_start=1448
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_end=1504
+  _globals['_SCHEDULESERVICE']._serialized_start=1643
+  _globals['_SCHEDULESERVICE']._serialized_end=2285
 # @@protoc_insertion_point(module_scope)

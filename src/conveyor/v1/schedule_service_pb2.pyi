@@ -25,7 +25,7 @@ CATCH_UP_POLICY_RUN_ONCE: CatchUpPolicy
 CATCH_UP_POLICY_RUN_ALL: CatchUpPolicy
 
 class Schedule(_message.Message):
-    __slots__ = ("id", "owner", "description", "cron", "interval", "time_zone", "job", "catch_up", "catch_up_limit", "start_time", "end_time", "paused", "next_run_times", "last_run_time", "last_job_id", "create_time")
+    __slots__ = ("id", "owner", "description", "cron", "interval", "time_zone", "job", "catch_up", "catch_up_limit", "start_time", "end_time", "paused", "next_run_times", "last_run_time", "last_job_id", "create_time", "last_error")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class Schedule(_message.Message):
     LAST_RUN_TIME_FIELD_NUMBER: _ClassVar[int]
     LAST_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     description: str
@@ -58,7 +59,8 @@ class Schedule(_message.Message):
     last_run_time: _timestamp_pb2.Timestamp
     last_job_id: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., description: _Optional[str] = ..., cron: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_zone: _Optional[str] = ..., job: _Optional[_Union[_job_service_pb2.SubmitJobRequest, _Mapping]] = ..., catch_up: _Optional[_Union[CatchUpPolicy, str]] = ..., catch_up_limit: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused: _Optional[bool] = ..., next_run_times: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., last_run_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    last_error: str
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., description: _Optional[str] = ..., cron: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_zone: _Optional[str] = ..., job: _Optional[_Union[_job_service_pb2.SubmitJobRequest, _Mapping]] = ..., catch_up: _Optional[_Union[CatchUpPolicy, str]] = ..., catch_up_limit: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused: _Optional[bool] = ..., next_run_times: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., last_run_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class CreateScheduleRequest(_message.Message):
     __slots__ = ("schedule",)

@@ -53,6 +53,7 @@ def upgrade() -> None:
         sa.Column("next_run", sa.BigInteger(), nullable=True),
         sa.Column("last_run", sa.BigInteger(), nullable=True),
         sa.Column("last_job_id", sa.String(36), nullable=False, server_default=""),
+        sa.Column("last_error", sa.Text(), nullable=False, server_default=""),
         sa.Column("create_time", sa.BigInteger(), nullable=False),
         sa.Column("update_time", sa.BigInteger(), nullable=False),
     )
