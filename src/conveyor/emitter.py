@@ -103,16 +103,18 @@ class Emitter:
         """Emit the due buckets of these schedules (as each one's catch-up policy says),
         all at once so that their submits share commits, then move them on together."""
         started, now = time.perf_counter(), self.now()
+        # What each schedule's next_run was when read: the compare-and-set's expectation.
+        read = [s.next_run if s.next_run is not None else now for s in found]
         plans = [
             due(
                 s.timetable,
-                s.next_run if s.next_run is not None else now,
+                expected,
                 now,
                 grace_ms=self.grace_ms,
                 policy=s.catch_up,
                 limit=s.catch_up_limit,
             )
-            for s in found
+            for s, expected in zip(found, read, strict=True)
         ]
         outcomes = await asyncio.gather(
             *(self._emit_all(s, plan.emit) for s, plan in zip(found, plans, strict=True))
@@ -120,13 +122,15 @@ class Emitter:
         moves = [
             Advance(
                 id=s.id,
-                expected=s.next_run if s.next_run is not None else now,
+                expected=expected,
                 next_run=plan.next_run,
                 last_run=plan.emit[-1] if plan.emit else None,
                 last_job_id=last_job,
                 last_error=error,
             )
-            for s, plan, (last_job, error) in zip(found, plans, outcomes, strict=True)
+            for s, expected, plan, (last_job, error) in zip(
+                found, read, plans, outcomes, strict=True
+            )
         ]
         moved = await self.schedules.advance(moves)
         buckets = sum(len(plan.emit) for plan in plans)

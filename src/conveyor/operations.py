@@ -41,7 +41,7 @@ from conveyor.jobs import (
     valid_queue,
     valid_type,
 )
-from conveyor.pagetokens import PageTokens
+from conveyor.pagetokens import PageTokens, page_limit
 from conveyor.queue import EventHub, QueueKeys, RedisQueue
 from conveyor.queue.workers import WorkerInfo, WorkerRegistry
 from conveyor.ratelimit import Kind, Limit, RateLimiter
@@ -49,8 +49,6 @@ from conveyor.store import JobStore
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE_SIZE = 1000
-DEFAULT_PAGE_SIZE = 100
 # How long a watcher waits for an event before re-reading the job (a safety net only).
 WATCH_RECHECK_SECONDS = 15.0
 # Job id -> queue entries remembered per API process (about 100 bytes each).
@@ -237,7 +235,6 @@ class JobOperations:
     async def result(self, principal: Principal, job_id: str) -> tuple[Job, dict[str, Any] | None]:
         """A SUCCEEDED job and what its handler returned."""
         await self.charge(principal, Kind.READ)
-        _check_id(job_id)
         job = await self._get_visible(principal, job_id)
         if job.state is not JobState.SUCCEEDED:
             raise FailedPrecondition(
@@ -294,35 +291,29 @@ class JobOperations:
     async def list_jobs(
         self, principal: Principal, filt: ListFilter, page_size: int, page_token: str
     ) -> tuple[list[Job], str]:
-        if not 0 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument(
-                [FieldViolation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")]
-            )
+        limit = page_limit(page_size)
         _check_filter(filt)
         await self.charge(principal, Kind.READ)
-        limit = page_size or DEFAULT_PAGE_SIZE
         owner = list_owner(principal, filt.owner)
-        scope = _page_scope(principal, filt)
-        before = await self.page_tokens.decode(page_token, scope) if page_token else None
-        if before is not None and not valid_job_id(before):
-            raise InvalidArgument([FieldViolation("page_token", "is not a valid cursor")])
-        jobs = await self.store.list_jobs(
-            owner,
-            state=filt.state,
-            queue=filt.queue,
-            type=filt.type,
-            limit=limit + 1,
-            before_id=before,
-        )
-        if len(jobs) <= limit:
-            return jobs, ""
-        jobs = jobs[:limit]
-        return jobs, await self.page_tokens.encode(jobs[-1].id, scope)
+
+        async def fetch(count: int, before: str | None) -> list[Job]:
+            return await self.store.list_jobs(
+                owner,
+                state=filt.state,
+                queue=filt.queue,
+                type=filt.type,
+                limit=count,
+                before_id=before,
+            )
+
+        scope = _page_scope(principal, owner, filt)
+        return await self.page_tokens.page(scope, page_token, limit, fetch)
 
     async def page_token_after(self, principal: Principal, filt: ListFilter, job: Job) -> str:
         """The token of the page that follows `job` in the listing `filt` (for a caller that
         cuts a page short, e.g. to keep the response under a size)."""
-        return await self.page_tokens.encode(job.id, _page_scope(principal, filt))
+        scope = _page_scope(principal, list_owner(principal, filt.owner), filt)
+        return await self.page_tokens.encode(job.id, scope)
 
     # -- cancel ----------------------------------------------------------------------------
     async def cancel(self, principal: Principal, job_id: str) -> Job:
@@ -417,9 +408,8 @@ def _check_filter(filt: ListFilter) -> None:
         raise InvalidArgument(bad)
 
 
-def _page_scope(principal: Principal, filt: ListFilter) -> list[str | int]:
+def _page_scope(principal: Principal, owner: str | None, filt: ListFilter) -> list[str | int]:
     """What a page token is bound to: who asks, whose jobs, and the filters."""
-    owner = list_owner(principal, filt.owner)
     return [principal.owner, owner or "", int(filt.state) if filt.state else 0,
             filt.queue or "", filt.type or ""]  # fmt: skip
 

@@ -16,17 +16,38 @@ import hashlib
 import hmac
 import json
 import secrets
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
 
 from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.jobs import valid_job_id
 from conveyor.queue.keys import PREFIX
 from conveyor.queue.queue import unavailable_on_redis_errors
 
 SECRET_KEY = f"{PREFIX}:secret:page-tokens"
 MAC_BYTES = 16
 MAX_TOKEN_CHARS = 1024
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+class HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+T = TypeVar("T", bound=HasId)
+
+
+def page_limit(page_size: int) -> int:
+    """How many items a page of `page_size` holds (0: the default), or INVALID_ARGUMENT."""
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidArgument(
+            [FieldViolation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")]
+        )
+    return page_size or DEFAULT_PAGE_SIZE
 
 
 class PageTokens:
@@ -64,3 +85,21 @@ class PageTokens:
         if doc.get("s") != scope or not isinstance(doc.get("c"), str):
             raise bad
         return str(doc["c"])
+
+    async def page(
+        self,
+        scope: list[Any],
+        token: str,
+        limit: int,
+        fetch: Callable[[int, str | None], Awaitable[Sequence[T]]],
+    ) -> tuple[list[T], str]:
+        """One page of a keyset listing newest first by id: `fetch(n, before_id)` reads up
+        to n items; the page is `limit` of them and the token of the next ("" if last)."""
+        before = await self.decode(token, scope) if token else None
+        if before is not None and not valid_job_id(before):
+            raise InvalidArgument([FieldViolation("page_token", "is not a valid cursor")])
+        found = list(await fetch(limit + 1, before))
+        if len(found) <= limit:
+            return found, ""
+        found = found[:limit]
+        return found, await self.encode(found[-1].id, scope)

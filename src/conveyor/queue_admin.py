@@ -42,19 +42,20 @@ class QueueAdmin:
         rate_interval_ms: int,
         max_running_per_owner: int = 0,
     ) -> QueueStats:
-        principal.require_admin()
-        check_queue_name(name)
-        current = await self.store.get(name)
+        current = await self._current(principal, name)
         wanted = current.with_limits(
             max_running, rate_jobs, rate_interval_ms, max_running_per_owner
         )
         return await self._apply(wanted)
 
     async def _change(self, principal: Principal, name: str, *, paused: bool) -> QueueStats:
-        principal.require_admin()
-        check_queue_name(name)
-        current = await self.store.get(name)
+        current = await self._current(principal, name)
         return await self._apply(replace(current, paused=paused))
+
+    async def _current(self, principal: Principal, name: str) -> QueueSettings:
+        """The settings an admin is about to change."""
+        principal.require_admin()
+        return await self.store.get(check_queue_name(name))
 
     async def _apply(self, settings: QueueSettings) -> QueueStats:
         await self.store.put(settings)

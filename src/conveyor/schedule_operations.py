@@ -17,15 +17,13 @@ from conveyor.auth import Principal, Role
 from conveyor.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from conveyor.jobs import Job, now_ms, valid_job_id
 from conveyor.operations import JobOperations, list_owner
+from conveyor.pagetokens import page_limit
 from conveyor.queue.keys import SCHEDULES_CHANNEL
 from conveyor.queue.queue import unavailable_on_redis_errors
 from conveyor.ratelimit import Kind
 from conveyor.schedules import Schedule, schedule_from_proto
 from conveyor.store.schedules import ScheduleStore
 from conveyor.v1 import schedule_service_pb2 as pb
-
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 
 
 class ScheduleOperations:
@@ -50,23 +48,15 @@ class ScheduleOperations:
     async def list_schedules(
         self, principal: Principal, page_size: int, page_token: str, owner: str
     ) -> tuple[list[Schedule], str]:
-        if not 0 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument(
-                [FieldViolation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")]
-            )
+        limit = page_limit(page_size)
         await self.jobs.charge(principal, Kind.READ)
         whose = list_owner(principal, owner or None)
+
+        async def fetch(count: int, before: str | None) -> list[Schedule]:
+            return await self.store.list_schedules(whose, limit=count, before_id=before)
+
         scope: list[str | int] = ["schedules", principal.owner, whose or ""]
-        tokens = self.jobs.page_tokens
-        before = await tokens.decode(page_token, scope) if page_token else None
-        if before is not None and not valid_job_id(before):
-            raise InvalidArgument([FieldViolation("page_token", "is not a valid cursor")])
-        limit = page_size or DEFAULT_PAGE_SIZE
-        found = await self.store.list_schedules(whose, limit=limit + 1, before_id=before)
-        if len(found) <= limit:
-            return found, ""
-        found = found[:limit]
-        return found, await tokens.encode(found[-1].id, scope)
+        return await self.jobs.page_tokens.page(scope, page_token, limit, fetch)
 
     async def delete(self, principal: Principal, schedule_id: str) -> None:
         schedule = await self._visible(principal, schedule_id)
