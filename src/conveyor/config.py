@@ -128,6 +128,64 @@ class Settings(BaseSettings):
         le=10,
         description="How long a call that ignored its RetryInfo waits for its refusal (0: none).",
     )
+    # Object store (artifacts, large results): S3 when an endpoint is set, else a folder.
+    s3_endpoint: str = Field(
+        "", description="MinIO/S3 endpoint, http://host:9000 (unset: a folder in the data dir)."
+    )
+    s3_access_key: str = Field("", description="S3 access key.")
+    s3_secret_key: str = Field("", description="S3 secret key.")
+    s3_bucket: str = Field("conveyor", description="Bucket for artifacts and large results.")
+    s3_region: str = Field("us-east-1", description="S3 region (links are signed for it).")
+    s3_public_endpoint: str = Field(
+        "", description="Endpoint clients download from, when not the services' one."
+    )
+    download_addr: str = Field(
+        "127.0.0.1:50054", description="Where the API serves folder-store downloads."
+    )
+    download_url: str = Field(
+        "", description="Public base of folder-store links (default http://DOWNLOAD_ADDR)."
+    )
+    artifact_url_seconds: int = Field(
+        900, ge=1, le=7 * 86_400, description="How long a download link works."
+    )
+    max_stored_result_bytes: int = Field(
+        8 << 20,
+        ge=1024,
+        description="Largest result; above MAX_RESULT_BYTES it is kept in the object store.",
+    )
+    retention_seconds: float = Field(
+        7 * 86_400.0,
+        ge=0,
+        description="How long a finished job, its result and artifacts are kept (0: forever).",
+    )
+    sweep_interval_seconds: float = Field(
+        60.0, gt=0, description="How often the scheduler deletes expired jobs."
+    )
+    sweep_batch: int = Field(500, ge=1, le=10_000, description="Jobs deleted per sweep statement.")
+    # Built-in job types.
+    smtp_host: str = Field("127.0.0.1", description="email.send: SMTP server.")
+    smtp_port: int = Field(25, ge=1, le=65535, description="email.send: SMTP port.")
+    smtp_username: str = Field("", description="email.send: SMTP login (unset: no AUTH).")
+    smtp_password: str = Field("", description="email.send: SMTP password.")
+    smtp_starttls: bool = Field(False, description="email.send: upgrade with STARTTLS.")
+    smtp_ssl: bool = Field(False, description="email.send: connect with implicit TLS.")
+    smtp_from: str = Field("conveyor@localhost", description="email.send: default sender.")
+    smtp_timeout_seconds: float = Field(30.0, gt=0, description="email.send: SMTP timeout.")
+    email_templates_dir: str = Field(
+        "", description="email.send: folder of named templates (<name>.subject/.txt/.html)."
+    )
+    max_attachment_bytes: int = Field(
+        25 << 20, ge=1024, description="email.send: largest total of attachments."
+    )
+    webhook_secret: str = Field(
+        "", description="http.request: HMAC-SHA256 key for the X-Conveyor-Signature header."
+    )
+    http_allow_private: bool = Field(
+        False, description="http.request: allow loopback and private addresses."
+    )
+    export_database_url: str = Field(
+        "", description="csv.export: read-only database that `query` exports run against."
+    )
     log_format: str = Field("json", description="json or console.")
     log_level: str = Field("INFO", description="Python logging level.")
 
@@ -200,6 +258,15 @@ class Settings(BaseSettings):
     def _queues_parse(cls, value: str) -> str:
         QueueChoice.parse(value)  # a ValueError becomes a ConfigurationError naming it
         return value
+
+    @property
+    def objects_dir(self) -> Path:
+        """The folder store's root (when no S3 endpoint is set)."""
+        return self.data_dir / "objects"
+
+    @property
+    def download_base_url(self) -> str:
+        return self.download_url or f"http://{self.download_addr}"
 
     @property
     def queue_choice(self) -> QueueChoice:

@@ -30,8 +30,13 @@ import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
+from conveyor.artifacts import Artifacts, AsyncArtifacts
 from conveyor.errors import FieldViolation, InvalidArgument
+
+if TYPE_CHECKING:
+    from conveyor.config import Settings
 
 PROGRESS_INTERVAL = 0.1
 MAX_ONCE_KEY = 256
@@ -56,9 +61,17 @@ class BaseContext:
         loop: asyncio.AbstractEventLoop,
         on_progress: Callable[[], None],
         claim_effect: ClaimEffect = _no_effects,
+        owner: str = "",
+        settings: Settings | None = None,
+        artifacts: Artifacts | None = None,
     ) -> None:
         self.job_id = job_id
         self.job_type = job_type
+        self.owner = owner
+        # The worker's configuration (built-in types read their SMTP, HTTP and export
+        # settings here); None only in contexts made by hand without one.
+        self.settings = settings
+        self._artifacts = artifacts
         self.attempt = attempt
         self.max_attempts = max_attempts
         self._loop = loop
@@ -107,6 +120,11 @@ class BaseContext:
     def cancel(self) -> None:
         self._cancelled = True
 
+    def _sync_artifacts(self) -> Artifacts:
+        if self._artifacts is None:
+            raise RuntimeError("this context was made without an object store")
+        return self._artifacts
+
     async def _once(self, key: str) -> bool:
         if not key or len(key) > MAX_ONCE_KEY:
             raise InvalidArgument([FieldViolation("key", f"must be 1 to {MAX_ONCE_KEY} chars")])
@@ -120,6 +138,11 @@ class BaseContext:
 class JobContext(BaseContext):
     """The context of an async handler."""
 
+    @functools.cached_property
+    def artifacts(self) -> AsyncArtifacts:
+        """This job's artifacts: `await ctx.artifacts.put(name, data)` and reads."""
+        return AsyncArtifacts(self._sync_artifacts())
+
     async def once(self, key: str) -> bool:
         """True the first time any attempt of this job asks for `key`, else False."""
         return await self._once(key)
@@ -127,6 +150,11 @@ class JobContext(BaseContext):
 
 class SyncJobContext(BaseContext):
     """The context of a sync handler (which runs in a worker thread)."""
+
+    @property
+    def artifacts(self) -> Artifacts:
+        """This job's artifacts: `ctx.artifacts.put(name, data)` and reads (blocking)."""
+        return self._sync_artifacts()
 
     def once(self, key: str) -> bool:
         """True the first time any attempt of this job asks for `key`, else False."""

@@ -1,18 +1,28 @@
 """The handler registry: `@handler("type")` binds a job type to a function.
 
-A handler is `fn(payload: dict, ctx: JobContext)`, sync or async. Async handlers run on the
-worker's event loop; sync ones in its thread pool (so they must poll `ctx.cancelled` to stop
-early). Raising `PermanentError` skips the remaining attempts: the job goes straight to DEAD.
+A handler is `fn(payload, ctx)`, sync or async. Async handlers run on the worker's event
+loop; sync ones in its thread pool (so they must poll `ctx.cancelled` to stop early).
+Raising `PermanentError` skips the remaining attempts: the job goes straight to DEAD.
+
+The payload is a plain dict, unless the type declares a pydantic model: either
+`@handler("t", payload=Model)` or an annotation `def fn(payload: Model, ctx)`. Then the API
+validates payloads of that type at submit (a bad one is INVALID_ARGUMENT with a violation
+per field, before anything is stored) and the handler receives the parsed model.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from conveyor.errors import FieldViolation
 from conveyor.retry import RetryOverrides
 
 HandlerFn = Callable[..., Any]
@@ -33,6 +43,39 @@ class HandlerSpec:
     timeout_seconds: float | None = None
     max_attempts: int | None = None
     retry: RetryOverrides | None = None
+    payload_model: type[BaseModel] | None = None
+    # How long a finished job of this type is kept (None: the server's default; 0: forever).
+    retention_seconds: float | None = None
+
+    def violations(self, payload: dict[str, Any], prefix: str = "payload") -> list[FieldViolation]:
+        """What is wrong with a payload of this type (nothing when it declares no model)."""
+        if self.payload_model is None:
+            return []
+        try:
+            self.payload_model.model_validate(payload)
+        except ValidationError as exc:
+            return payload_violations(exc, prefix)
+        return []
+
+    def parse(self, payload: dict[str, Any]) -> Any:
+        """The payload as the handler takes it: the model, or the dict itself. A payload
+        the model refuses is a PermanentError (running it again would not help)."""
+        if self.payload_model is None:
+            return payload
+        try:
+            return self.payload_model.model_validate(payload)
+        except ValidationError as exc:
+            why = "; ".join(f"{v.field}: {v.description}" for v in payload_violations(exc))
+            raise PermanentError(f"invalid payload for {self.name}: {why}") from None
+
+
+def payload_violations(exc: ValidationError, prefix: str = "payload") -> list[FieldViolation]:
+    """Pydantic's errors as field violations named like the request's fields."""
+    found = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        found.append(FieldViolation(f"{prefix}{path}", error["msg"]))
+    return found
 
 
 class Registry:
@@ -47,11 +90,22 @@ class Registry:
         timeout_seconds: float | None = None,
         max_attempts: int | None = None,
         retry: RetryOverrides | None = None,
+        payload: type[BaseModel] | None = None,
+        retention_seconds: float | None = None,
     ) -> HandlerSpec:
         existing = self._handlers.get(name)
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"job type {name!r} is already registered to {existing.fn!r}")
-        spec = HandlerSpec(name, fn, _is_async(fn), timeout_seconds, max_attempts, retry)
+        spec = HandlerSpec(
+            name,
+            fn,
+            _is_async(fn),
+            timeout_seconds,
+            max_attempts,
+            retry,
+            payload or _annotated_model(fn),
+            retention_seconds,
+        )
         self._handlers[name] = spec
         return spec
 
@@ -60,6 +114,25 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._handlers)
+
+
+def _annotated_model(fn: HandlerFn) -> type[BaseModel] | None:
+    """The pydantic model a handler's first parameter is annotated with, if any."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+        hints = typing.get_type_hints(fn)
+    except (TypeError, ValueError, NameError):
+        return None
+    if not params:
+        return None
+    hint = hints.get(params[0].name)
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        return hint
+    return None
+
+
+def _seconds(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 def _is_async(fn: HandlerFn) -> bool:
@@ -74,22 +147,35 @@ default_registry = Registry()
 def handler(
     name: str,
     *,
-    timeout_seconds: float | None = None,
+    timeout: float | timedelta | None = None,
     max_attempts: int | None = None,
     retry: RetryOverrides | None = None,
+    payload: type[BaseModel] | None = None,
+    retention: float | timedelta | None = None,
+    timeout_seconds: float | None = None,
     registry: Registry | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as the handler of job type `name`.
 
-    `timeout_seconds`, `max_attempts` and `retry` (see `conveyor.retry.retry`) are the type's
-    defaults for jobs whose request leaves them unset. The API applies them at submit when it
-    loads the same handler modules (`CONVEYOR_HANDLERS`); a type it does not know gets the
-    server's defaults.
+    `timeout` (seconds or a timedelta), `max_attempts` and `retry` (see
+    `conveyor.retry.retry`) are the type's defaults for jobs whose request leaves them
+    unset; `retention` how long its finished jobs are kept (0: forever); `payload` a
+    pydantic model its payloads must match (else taken from the first parameter's
+    annotation). The API applies all of them at submit when it loads the same handler
+    modules (`CONVEYOR_HANDLERS`); a type it does not know gets the server's defaults and
+    its payloads are checked by the worker only. `timeout_seconds` is the older spelling of
+    `timeout`.
     """
 
     def decorate(fn: F) -> F:
         (registry or default_registry).register(
-            name, fn, timeout_seconds=timeout_seconds, max_attempts=max_attempts, retry=retry
+            name,
+            fn,
+            timeout_seconds=_seconds(timeout) or timeout_seconds,
+            max_attempts=max_attempts,
+            retry=retry,
+            payload=payload,
+            retention_seconds=_seconds(retention),
         )
         return fn
 

@@ -1,0 +1,147 @@
+"""`S3Store`: objects in a MinIO or S3 bucket through the `minio` SDK.
+
+Download links are S3 presigned GET URLs (signature version 4, computed locally: no round
+trip). When clients reach the store under another address than the services do (compose:
+`minio:9000` inside, `localhost:9000` outside), `CONVEYOR_S3_PUBLIC_ENDPOINT` names the
+outside one and links are signed for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from typing import IO, TYPE_CHECKING, cast
+from urllib.parse import quote
+
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import S3Error
+
+from conveyor.storage import PART_SIZE, ObjectNotFound, ObjectStore, StoredObject
+
+if TYPE_CHECKING:
+    from conveyor.config import Settings
+
+_MISSING = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
+_DELETE_BATCH = 1000  # S3's limit per DeleteObjects request
+
+
+def _endpoint(url: str) -> tuple[str, bool]:
+    """'http://host:9000' -> ('host:9000', False); a bare 'host:port' is https."""
+    if url.startswith("http://"):
+        return url.removeprefix("http://").rstrip("/"), False
+    return url.removeprefix("https://").rstrip("/"), True
+
+
+class S3Store(ObjectStore):
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        region: str = "us-east-1",
+        public_endpoint: str = "",
+    ) -> None:
+        host, secure = _endpoint(endpoint)
+        self.bucket = bucket
+        self.client = Minio(
+            host, access_key=access_key, secret_key=secret_key, secure=secure, region=region
+        )
+        self.signer = self.client
+        if public_endpoint:
+            public_host, public_secure = _endpoint(public_endpoint)
+            # Region set: signing never asks the (maybe unreachable) public address anything.
+            self.signer = Minio(
+                public_host,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=public_secure,
+                region=region,
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Store:
+        return cls(
+            endpoint=settings.s3_endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            bucket=settings.s3_bucket,
+            region=settings.s3_region,
+            public_endpoint=settings.s3_public_endpoint,
+        )
+
+    def ensure_ready(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            with contextlib.suppress(S3Error):  # another process made it first
+                self.client.make_bucket(self.bucket)
+
+    def put(
+        self,
+        key: str,
+        data: IO[bytes],
+        *,
+        length: int = -1,
+        content_type: str = "application/octet-stream",
+    ) -> StoredObject:
+        self.client.put_object(
+            self.bucket,
+            key,
+            data,
+            length,
+            content_type=content_type,
+            part_size=PART_SIZE if length < 0 else 0,
+        )
+        found = self.stat(key)
+        if found is None:  # pragma: no cover - S3 acknowledged the write
+            raise ObjectNotFound(key)
+        return found
+
+    @contextlib.contextmanager
+    def open(self, key: str) -> Iterator[IO[bytes]]:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise ObjectNotFound(key) from None
+            raise
+        try:
+            yield cast(IO[bytes], response)
+        finally:
+            response.close()
+            response.release_conn()
+
+    def stat(self, key: str) -> StoredObject | None:
+        try:
+            found = self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return None
+            raise
+        return StoredObject(
+            key, int(found.size or 0), found.content_type or "application/octet-stream"
+        )
+
+    def delete(self, keys: Iterable[str]) -> None:
+        batch = [DeleteObject(k) for k in keys]
+        for start in range(0, len(batch), _DELETE_BATCH):
+            errors = self.client.remove_objects(self.bucket, batch[start : start + _DELETE_BATCH])
+            for error in errors:  # the call is lazy: iterating it performs the deletes
+                if error.code not in _MISSING:
+                    raise RuntimeError(f"could not delete {error.name}: {error.message}")
+
+    def url(
+        self, key: str, *, expires: timedelta, filename: str = "", content_type: str = ""
+    ) -> str:
+        headers: dict[str, str | list[str] | tuple[str]] = {}
+        if filename:
+            headers["response-content-disposition"] = (
+                f"attachment; filename*=UTF-8''{quote(filename)}"
+            )
+        if content_type:
+            headers["response-content-type"] = content_type
+        return self.signer.presigned_get_object(
+            self.bucket, key, expires=expires, response_headers=headers or None
+        )

@@ -1,0 +1,104 @@
+"""Both object stores behind one interface: streamed puts of unknown length, reads,
+deletes, and download links (S3 presigned, or the folder store's signed links served by
+the download server), against a real S3-speaking server and a real folder."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from conveyor.storage import PART_SIZE, ObjectNotFound, ObjectStore
+from conveyor.storage.downloads import DownloadServer
+from conveyor.storage.local import LocalStore
+from conveyor.storage.s3 import S3Store
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> Iterator[tuple[LocalStore, DownloadServer]]:
+    store = LocalStore(tmp_path / "objects", base_url="http://placeholder")
+    server = DownloadServer(store, "127.0.0.1:0")
+    store.base_url = f"http://127.0.0.1:{server.port}"
+    server.start()
+    yield store, server
+    server.stop()
+
+
+@pytest.fixture(params=["s3", "local"])
+def store(
+    request: pytest.FixtureRequest,
+    s3_store: S3Store,
+    local_store: tuple[LocalStore, DownloadServer],
+) -> ObjectStore:
+    return s3_store if request.param == "s3" else local_store[0]
+
+
+def _download(url: str) -> tuple[int, bytes, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def test_a_stream_of_unknown_length_larger_than_a_part_round_trips(store: ObjectStore) -> None:
+    data = os.urandom(PART_SIZE + 12345)
+    stored = store.put("jobs/j1/artifacts/big.bin", io.BytesIO(data), content_type="x/y")
+    assert stored.size == len(data)
+    assert store.read("jobs/j1/artifacts/big.bin") == data
+    assert b"".join(store.iter_chunks("jobs/j1/artifacts/big.bin")) == data
+
+
+def test_missing_objects_and_deletes(store: ObjectStore) -> None:
+    assert store.stat("jobs/none/x") is None
+    with pytest.raises(ObjectNotFound), store.open("jobs/none/x"):
+        pass
+    store.put("jobs/j2/a", io.BytesIO(b"a"))
+    store.put("jobs/j2/b", io.BytesIO(b"b"))
+    store.delete(["jobs/j2/a", "jobs/j2/b", "jobs/j2/never-there"])
+    assert store.stat("jobs/j2/a") is None
+    assert store.stat("jobs/j2/b") is None
+
+
+def test_download_links_serve_the_bytes_under_the_name_given(store: ObjectStore) -> None:
+    store.put("jobs/j3/artifacts/r.csv", io.BytesIO(b"a,b\n1,2\n"), content_type="text/csv")
+    url = store.url(
+        "jobs/j3/artifacts/r.csv",
+        expires=timedelta(minutes=5),
+        filename="r.csv",
+        content_type="text/csv",
+    )
+    status, body, headers = _download(url)
+    assert (status, body) == (200, b"a,b\n1,2\n")
+    assert "r.csv" in headers.get("Content-Disposition", "")
+
+
+def test_folder_store_links_fail_after_expiry_and_when_altered(
+    local_store: tuple[LocalStore, DownloadServer],
+) -> None:
+    store, _ = local_store
+    store.put("jobs/j4/artifacts/x.txt", io.BytesIO(b"secret"))
+    url = store.url("jobs/j4/artifacts/x.txt", expires=timedelta(seconds=1))
+    assert _download(url)[:2] == (200, b"secret")
+    assert _download(url.replace("x.txt", "y.txt"))[0] == 403
+    assert _download(url.replace("signature=", "signature=0"))[0] == 403
+    longer = url.replace("expires=", "expires=9")
+    assert _download(longer)[0] == 403
+    time.sleep(1.2)  # the link's lifetime is what is under test: it must run out
+    status, body, _ = _download(url)
+    assert (status, body) == (403, b"link expired\n")
+
+
+def test_folder_store_keys_cannot_leave_the_folder(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "objects", base_url="http://x")
+    (tmp_path / "outside").write_text("no")
+    for key in ("../outside", "jobs/../../outside", "/etc/passwd", ".download-key"):
+        with pytest.raises(ObjectNotFound), store.open(key):
+            pass
