@@ -55,7 +55,7 @@ def database_url(pg_server: EmbeddedPostgres | None) -> str:
 def truncate(url: str) -> None:
     engine = create_engine(sync_url(url))
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, job_attempts, job_effects, api_keys"))
+        conn.execute(text("TRUNCATE jobs, job_attempts, job_effects, job_artifacts, api_keys"))
     engine.dispose()
 
 

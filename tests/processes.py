@@ -166,6 +166,7 @@ def make_env(redis_url: str, database_url: str) -> dict[str, str]:
         CONVEYOR_API_ADDR=f"127.0.0.1:{free_port()}",
         CONVEYOR_WORKER_ADDR=f"127.0.0.1:{free_port()}",
         CONVEYOR_SCHEDULER_ADDR=f"127.0.0.1:{free_port()}",
+        CONVEYOR_DOWNLOAD_ADDR=f"127.0.0.1:{free_port()}",
         # Workers load the tests' own handlers from this checkout.
         CONVEYOR_HANDLERS="tests.handlers",
         PYTHONPATH=str(ROOT),

@@ -90,7 +90,7 @@ class _Hashing(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer)
         if self._file is not None:
-            data = self._file.read(len(view))  # type: ignore[union-attr]
+            data = self._file.read(len(view))
         else:
             while not self._pending:
                 try:
@@ -117,7 +117,7 @@ def _readable(data: Data) -> Iterator[IO[bytes] | Iterator[bytes]]:
     elif hasattr(data, "read"):
         yield data  # type: ignore[misc]
     else:
-        yield iter(data)  # type: ignore[arg-type]
+        yield iter(data)
 
 
 RecordFn = Callable[[Artifact], Awaitable[None]]

@@ -78,6 +78,8 @@ class AttemptEnd:
     traceback: str = ""
     # What the handler returned, for a SUCCEEDED attempt (a JSON object); else None.
     result: dict[str, Any] | None = None
+    # Set instead of `result` when the result was too large for the row: its object key.
+    result_ref: str | None = None
 
     @property
     def record(self) -> Attempt:

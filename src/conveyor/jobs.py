@@ -31,6 +31,7 @@ MAX_PRIORITY = 9
 MAX_ATTEMPTS_LIMIT = 100
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_DELAY_MS = 366 * 24 * 3600 * 1000
+MAX_RETENTION_MS = 10 * 366 * 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY = 256
 MAX_BULK = 1000
 
@@ -102,6 +103,8 @@ class JobDefaults:
     max_attempts: int
     timeout_ms: int
     retry: RetryPolicy
+    # None: kept forever (see conveyor.retention).
+    retention_ms: int | None = None
 
 
 FALLBACK_RETRY = RetryPolicy(initial_ms=1000, max_ms=300_000)
@@ -138,6 +141,8 @@ class Job:
     # The API key that submitted it, and that key's cap on running jobs per queue then.
     key_id: str = ""
     key_cap: int = 0
+    # How long the job is kept once finished (None: forever); resolved at submit.
+    retention_ms: int | None = None
     # Why a waiting job is not running (computed on read, never stored).
     blocked_reason: str = ""
 
@@ -168,6 +173,10 @@ class Job:
         if self.finish_time is not None:
             msg.finish_time.FromMilliseconds(self.finish_time)
         msg.timeout.FromMilliseconds(self.timeout_ms)
+        if self.retention_ms is not None:
+            msg.retention.FromMilliseconds(self.retention_ms)
+            if self.finish_time is not None and self.state.terminal:
+                msg.expire_time.FromMilliseconds(self.finish_time + self.retention_ms)
         return msg
 
     # -- Redis hot state ------------------------------------------------------------------
@@ -194,7 +203,7 @@ class Job:
             "key_id": self.key_id,
             "key_cap": self.key_cap,
         }
-        for name in ("idempotency_key", "start_time", "finish_time"):
+        for name in ("idempotency_key", "start_time", "finish_time", "retention_ms"):
             value = getattr(self, name)
             if value is not None:
                 hot[name] = value
@@ -228,6 +237,7 @@ class Job:
             fence=int(hot.get("fence", 0)),
             key_id=str(hot.get("key_id", "")),
             key_cap=int(hot.get("key_cap", 0)),
+            retention_ms=_opt_int(hot.get("retention_ms")),
         )
 
 
@@ -255,6 +265,7 @@ class JobSpec:
     max_attempts: int = 0
     timeout_ms: int = 0
     retry: RetryOverrides = NO_OVERRIDES
+    retention_ms: int = 0  # 0: the type's or the server's
 
     def request_hash(self) -> str:
         """Fingerprint of the request, compared when an idempotency key is reused."""
@@ -266,6 +277,7 @@ class JobSpec:
             self.run_at,
             self.max_attempts,
             *([self.delay_ms] if self.delay_ms else []),  # hashes of undelayed jobs unchanged
+            *([["retention", self.retention_ms]] if self.retention_ms else []),
             self.timeout_ms,
             [self.retry.initial_ms, self.retry.max_ms, self.retry.multiplier, self.retry.jitter],
         ]
@@ -291,6 +303,7 @@ class JobSpec:
             # Only compared when a key is reused, so only computed when there is a key.
             request_hash=self.request_hash() if self.idempotency_key else "",
             retry=self.retry.over(defaults.retry),
+            retention_ms=self.retention_ms or defaults.retention_ms,
         )
 
 
@@ -329,6 +342,9 @@ def spec_from_proto(
         violation("delay", "must be a valid duration, not negative and at most a year")
     elif delay_ms and req.HasField("run_at"):
         violation("delay", "set run_at or delay, not both")
+    retention_ms = duration_ms(req.retention) if req.HasField("retention") else 0
+    if retention_ms is None or not 0 <= retention_ms <= MAX_RETENTION_MS:
+        violation("retention", "must be a valid duration, not negative and at most 10 years")
     payload = _payload(req.payload, max_payload_bytes, violation) if req.HasField("payload") else {}
     try:
         retry = RetryOverrides.from_proto(req.retry) if req.HasField("retry") else NO_OVERRIDES
@@ -349,6 +365,7 @@ def spec_from_proto(
         max_attempts=req.max_attempts,
         timeout_ms=timeout_ms or 0,
         retry=retry,
+        retention_ms=retention_ms or 0,
     )
 
 

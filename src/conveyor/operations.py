@@ -45,6 +45,7 @@ from conveyor.pagetokens import PageTokens, page_limit
 from conveyor.queue import EventHub, QueueKeys, RedisQueue
 from conveyor.queue.workers import WorkerInfo, WorkerRegistry
 from conveyor.ratelimit import Kind, Limit, RateLimiter
+from conveyor.retention import resolve_retention_ms
 from conveyor.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,16 @@ class JobOperations:
         if found is not None:
             return found
         settings = self.settings
+        spec = self.registry.get(job_type)
+        retention = resolve_retention_ms(
+            None, spec.retention_seconds if spec else None, settings.retention_seconds
+        )
         found = JobDefaults(
             max_attempts=settings.default_max_attempts,
             timeout_ms=int(settings.default_timeout_seconds * 1000),
             retry=settings.retry_policy,
+            retention_ms=retention,
         )
-        spec = self.registry.get(job_type)
         if spec is not None:
             found = JobDefaults(
                 max_attempts=spec.max_attempts or found.max_attempts,
@@ -126,6 +131,7 @@ class JobOperations:
                 if spec.timeout_seconds
                 else found.timeout_ms,
                 retry=spec.retry.over(found.retry) if spec.retry else found.retry,
+                retention_ms=retention,
             )
         if len(self._defaults) < 10_000:  # job types are few; never grow without bound
             self._defaults[job_type] = found
@@ -142,8 +148,21 @@ class JobOperations:
         job.key_id, job.key_cap = principal.key_id, principal.max_running
         return job
 
+    def check_payloads(self, specs: Sequence[JobSpec], *, bulk: bool = False) -> None:
+        """Refuse payloads their type's model rejects (types this process knows), before
+        anything is charged or stored: INVALID_ARGUMENT with a violation per field."""
+        violations: list[FieldViolation] = []
+        for index, spec in enumerate(specs):
+            handler = self.registry.get(spec.type)
+            if handler is not None:
+                prefix = f"requests[{index}].payload" if bulk else "payload"
+                violations += handler.violations(spec.payload, prefix)
+        if violations:
+            raise InvalidArgument(violations)
+
     async def submit(self, principal: Principal, spec: JobSpec) -> Job:
         """Commit one job (group-committed with concurrent submits), then enqueue it."""
+        self.check_payloads([spec])
         await self.charge(principal, Kind.SUBMIT)
         result = await self._submits.submit(self._new_job(principal, spec, now_ms()))
         if isinstance(result, ConveyorError):
@@ -152,6 +171,7 @@ class JobOperations:
 
     async def submit_many(self, principal: Principal, specs: Sequence[JobSpec]) -> list[Job]:
         """Commit a bulk request in its own transaction: all jobs or, on a conflict, none."""
+        self.check_payloads(specs, bulk=True)
         await self.charge(principal, Kind.SUBMIT, len(specs))
         now = now_ms()
         jobs = [self._new_job(principal, spec, now) for spec in specs]
@@ -232,15 +252,19 @@ class JobOperations:
             self._workers_seen = (now, workers)
         return workers
 
-    async def result(self, principal: Principal, job_id: str) -> tuple[Job, dict[str, Any] | None]:
-        """A SUCCEEDED job and what its handler returned."""
+    async def result(
+        self, principal: Principal, job_id: str
+    ) -> tuple[Job, dict[str, Any] | None, str | None]:
+        """A SUCCEEDED job, what its handler returned, and the object key of a result kept
+        in the object store instead (see conveyor.results)."""
         await self.charge(principal, Kind.READ)
         job = await self._get_visible(principal, job_id)
         if job.state is not JobState.SUCCEEDED:
             raise FailedPrecondition(
                 f"job {job_id} has no result: it is {job.state.name}, not SUCCEEDED"
             )
-        return job, await self.store.result(job_id)
+        document, ref = await self.store.result(job_id)
+        return job, document, ref
 
     async def attempts(self, principal: Principal, job_id: str) -> list[Attempt]:
         """The job's recorded attempts, oldest first."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import io
 import json
 import logging
 import os
@@ -26,8 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from conveyor.artifacts import Artifacts, result_key
 from conveyor.attempts import AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
 from conveyor.errors import Unavailable
@@ -39,7 +42,9 @@ from conveyor.queue.events import Subscription
 from conveyor.queue.keys import CANCEL_CHANNEL
 from conveyor.queue.workers import WorkerInfo, WorkerRegistry
 from conveyor.recording import AttemptRecorder
+from conveyor.storage import ObjectStore
 from conveyor.store import JobStore
+from conveyor.store.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,7 @@ class Ending:
     error: str = ""
     traceback: str = ""
     result: dict[str, Any] | None = None
+    result_ref: str | None = None
 
 
 def default_worker_id() -> str:
@@ -105,8 +111,14 @@ class Worker:
         hub: EventHub,
         store: JobStore,
         registry: Registry,
+        objects: ObjectStore | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.settings = settings
+        # Where artifacts and large results go; without them a handler that puts an
+        # artifact fails (in-process tests that need neither leave them out).
+        self.objects = objects
+        self.artifacts = artifacts
         self.queue = queue
         self.blocking = blocking
         self.hub = hub
@@ -302,14 +314,28 @@ class Worker:
         async def claim_effect(key: str) -> bool:
             return await self.store.claim_effect(job.id, key, job.attempt, job.fence)
 
+        loop = asyncio.get_running_loop()
+        artifacts = None
+        if self.objects is not None and self.artifacts is not None:
+            artifacts = Artifacts(
+                job_id=job.id,
+                owner=job.owner,
+                store=self.objects,
+                record=self.artifacts.record,
+                find=self.artifacts.find,
+                loop=loop,
+            )
         ctx = context(
             job_id=job.id,
             job_type=job.type,
             attempt=job.attempt,
             max_attempts=job.max_attempts,
-            loop=asyncio.get_running_loop(),
+            loop=loop,
             on_progress=lambda: self._start_pump(job.id),
             claim_effect=claim_effect,
+            owner=job.owner,
+            settings=self.settings,
+            artifacts=artifacts,
         )
         running = Running(claim, ctx)
         self.running[job.id] = running
@@ -372,12 +398,13 @@ class Worker:
         timeout = job.timeout_ms / 1000
         try:
             async with asyncio.timeout(timeout):
+                payload = spec.parse(job.payload)
                 if spec.is_async:
-                    returned = await spec.fn(job.payload, running.ctx)
+                    returned = await spec.fn(payload, running.ctx)
                 else:
                     loop = asyncio.get_running_loop()
                     returned = await loop.run_in_executor(
-                        self._executor, spec.fn, job.payload, running.ctx
+                        self._executor, spec.fn, payload, running.ctx
                     )
         except TimeoutError:
             running.ctx.cancel()
@@ -389,24 +416,41 @@ class Worker:
         except Exception as exc:
             log.info("job %s attempt %d failed: %s", job.id, job.attempt, exc)
             return Ending(JobState.RETRYING, AttemptOutcome.FAILED, _describe(exc), _traceback(exc))
-        return self._success(returned)
+        try:
+            return await self._success(job, returned)
+        except Exception as exc:  # the object store failed: the attempt did not finish
+            log.warning("job %s: could not store its result: %s", job.id, exc)
+            return Ending(JobState.RETRYING, AttemptOutcome.FAILED, _describe(exc))
 
-    def _success(self, returned: object) -> Ending:
+    async def _success(self, job: Job, returned: object) -> Ending:
         """A handler's return value as the job's result: a JSON object (any other JSON
-        value is wrapped as {"value": …}), at most CONVEYOR_MAX_RESULT_BYTES. One that is
-        not JSON, or too large, makes the job DEAD: running it again would not help."""
+        value is wrapped as {"value": …}). Up to CONVEYOR_MAX_RESULT_BYTES it is stored in
+        the job's row; larger, up to CONVEYOR_MAX_STORED_RESULT_BYTES, in the object store
+        by reference. One that is not JSON, or too large, makes the job DEAD: running it
+        again would not help."""
         result = job_result(returned)
         if isinstance(result, str):
             return Ending(JobState.DEAD, AttemptOutcome.FAILED, result)
-        size = len(json.dumps(result, separators=(",", ":"))) if result is not None else 0
-        if size > self.settings.max_result_bytes:
+        if result is None:
+            return Ending(JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED)
+        data = json.dumps(result, separators=(",", ":")).encode()
+        limit = self.settings.max_stored_result_bytes if self.objects else 0
+        limit = max(limit, self.settings.max_result_bytes)
+        if len(data) > limit:
             return Ending(
                 JobState.DEAD,
                 AttemptOutcome.FAILED,
-                f"the handler returned a result of {size} bytes; the limit is "
-                f"{self.settings.max_result_bytes} (CONVEYOR_MAX_RESULT_BYTES)",
+                f"the handler returned a result of {len(data)} bytes; the limit is {limit} "
+                "(CONVEYOR_MAX_STORED_RESULT_BYTES)",
             )
-        return Ending(JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=result)
+        if len(data) <= self.settings.max_result_bytes or self.objects is None:
+            return Ending(JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=result)
+        key = result_key(job.id)
+        stream = io.BytesIO(data)
+        await asyncio.to_thread(
+            self.objects.put, key, stream, length=len(data), content_type="application/json"
+        )
+        return Ending(JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED, result_ref=key)
 
     def _end(self, claim: Claim, ending: Ending, progress: float) -> AttemptEnd:
         """The attempt's end as written: a failure with attempts left becomes RETRYING at a
@@ -438,6 +482,7 @@ class Worker:
             ended=now,
             traceback=ending.traceback,
             result=ending.result,
+            result_ref=ending.result_ref,
         )
 
     # -- progress --------------------------------------------------------------------------
@@ -531,6 +576,8 @@ def job_result(returned: object) -> dict[str, Any] | str | None:
     """A handler's return value as a result document, or why it cannot be one."""
     if returned is None:
         return None
+    if isinstance(returned, BaseModel):
+        returned = returned.model_dump(mode="json")
     document = returned if isinstance(returned, dict) else {"value": returned}
     try:
         # Through JSON once: what is stored is exactly what clients will read back.

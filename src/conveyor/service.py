@@ -4,7 +4,9 @@ that runs a service's `serve()` on uvloop."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +16,12 @@ from redis.asyncio import Redis
 from conveyor.config import ConfigurationError, Settings, configuration_failure
 from conveyor.grpcserver import run
 from conveyor.queue import EventHub, RedisQueue, connect
+from conveyor.storage import ObjectStore, open_store
 from conveyor.store import Database, JobStore
+from conveyor.store.artifacts import ArtifactStore
 from conveyor.telemetry import configure_logging
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,8 @@ class Connections:
     redis: Redis
     queue: RedisQueue
     hub: EventHub
+    objects: ObjectStore
+    artifacts: ArtifactStore
 
     async def checks(self) -> bool:
         """Health: both dependencies answer."""
@@ -43,7 +51,10 @@ async def connections(settings: Settings, *, pool_size: int = 10) -> AsyncIterat
         redis=redis,
         queue=RedisQueue(redis, settings),
         hub=EventHub(redis),
+        objects=open_store(settings),
+        artifacts=ArtifactStore(db),
     )
+    await _prepare_objects(conns.objects)
     try:
         yield conns
     finally:
@@ -51,6 +62,15 @@ async def connections(settings: Settings, *, pool_size: int = 10) -> AsyncIterat
         await redis.aclose()
         await conns.store.close()
         await db.close()
+
+
+async def _prepare_objects(objects: ObjectStore) -> None:
+    """Make the bucket if it is missing. An object store that cannot be reached now is no
+    reason not to start: jobs that need it fail their attempt and are retried."""
+    try:
+        await asyncio.to_thread(objects.ensure_ready)
+    except Exception as exc:
+        log.warning("object store not ready (artifacts will fail until it is): %s", exc)
 
 
 def service_main(

@@ -11,8 +11,12 @@ from conveyor.grpcserver import Server, wait_for_signal
 from conveyor.handlers import default_registry, load_modules
 from conveyor.operations import JobOperations
 from conveyor.queue_admin import QueueAdmin
+from conveyor.results import Results
 from conveyor.schedule_operations import ScheduleOperations
 from conveyor.service import connections, service_main
+from conveyor.storage import ObjectStore
+from conveyor.storage.downloads import DownloadServer
+from conveyor.storage.local import LocalStore
 from conveyor.store import KeyStore
 from conveyor.store.queues import QueueStore
 from conveyor.store.schedules import ScheduleStore
@@ -46,7 +50,10 @@ async def serve(settings: Settings) -> None:
         # One per process: one cache, one stream guard.
         auth = Authenticator(keys, max_streams_per_owner=settings.max_streams_per_owner)
         queues = QueueAdmin(QueueStore(conns.db), conns.queue)
-        servicer = JobServicer(ops, queues, auth, settings)
+        results = Results(
+            ops, conns.artifacts, conns.objects, link_seconds=settings.artifact_url_seconds
+        )
+        servicer = JobServicer(ops, queues, auth, settings, results)
         server = Server.from_settings(
             settings.api_addr,
             settings,
@@ -64,11 +71,29 @@ async def serve(settings: Settings) -> None:
         )
         port = await server.start()
         log.info("api serving JobService on %s (port %d)", settings.api_addr, port)
+        downloads = _download_server(conns.objects, settings)
         try:
             await wait_for_signal()
             log.info("api shutting down")
         finally:
             await server.stop(settings.shutdown_grace_seconds)
+            if downloads is not None:
+                downloads.stop()
+
+
+def _download_server(objects: ObjectStore, settings: Settings) -> DownloadServer | None:
+    """A folder store's links are served by the API itself (S3 serves its own)."""
+    if not isinstance(objects, LocalStore):
+        return None
+    try:
+        downloads = DownloadServer(objects, settings.download_addr)
+    except OSError as exc:
+        # Another API process on this machine serves the same folder there already: its
+        # links are as good as ours (same folder, same signing key).
+        log.warning("downloads not served here (%s): %s", settings.download_addr, exc)
+        return None
+    downloads.start()
+    return downloads
 
 
 def main(settings: Settings | None = None) -> None:

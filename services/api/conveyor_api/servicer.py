@@ -11,15 +11,22 @@ from conveyor.grpcserver import streaming, unary
 from conveyor.jobs import MAX_BULK, JobSpec, JobState, spec_from_proto
 from conveyor.operations import JobOperations, ListFilter
 from conveyor.queue_admin import QueueAdmin
+from conveyor.results import Results
 from conveyor.v1 import job_pb2, job_service_pb2_grpc
 from conveyor.v1 import job_service_pb2 as pb
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     def __init__(
-        self, ops: JobOperations, queues: QueueAdmin, auth: Authenticator, settings: Settings
+        self,
+        ops: JobOperations,
+        queues: QueueAdmin,
+        auth: Authenticator,
+        settings: Settings,
+        results: Results,
     ) -> None:
         self.ops = ops
+        self.results = results
         self.queues = queues
         self.auth = auth
         self.max_payload = settings.max_payload_bytes
@@ -118,10 +125,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def GetJobResult(
         self, request: pb.GetJobResultRequest, principal: Principal
     ) -> pb.GetJobResultResponse:
-        job, result = await self.ops.result(principal, request.id)
-        response = pb.GetJobResultResponse(job=job.to_proto())
-        if result is not None:
-            response.result.update(result)
+        found = await self.results.get(principal, request.id)
+        response = pb.GetJobResultResponse(
+            job=found.job.to_proto(), artifacts=[link.to_proto() for link in found.artifacts]
+        )
+        if found.document is not None:
+            response.result.update(found.document)
         return response
 
     # -- queues and workers (admin) --------------------------------------------------------

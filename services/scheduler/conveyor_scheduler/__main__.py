@@ -1,7 +1,8 @@
 """`conveyor scheduler` / `python -m conveyor_scheduler`: the emitter (each due bucket of
 each schedule becomes one job; see `conveyor.emitter`), the reconciler (see
-`conveyor.reconciler`) and gRPC health. Safe to run as several replicas: emitters race
-on idempotency keys, reconcilers take turns."""
+`conveyor.reconciler`), the retention sweeper (see `conveyor.retention`) and gRPC health.
+Safe to run as several replicas: emitters race on idempotency keys, reconcilers and
+sweepers take turns."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from conveyor.grpcserver import Server, wait_for_signal
 from conveyor.handlers import default_registry, load_modules
 from conveyor.operations import JobOperations
 from conveyor.reconciler import Reconciler
+from conveyor.retention import Sweeper
 from conveyor.service import connections, service_main
 from conveyor.store.queues import QueueStore
 from conveyor.store.schedules import ScheduleStore
@@ -42,8 +44,18 @@ async def serve(settings: Settings) -> None:
             asyncio.create_task(
                 Emitter(ScheduleStore(conns.db), jobs, conns.hub, settings).run(), name="emitter"
             ),
+            asyncio.create_task(
+                Sweeper(
+                    conns.artifacts,
+                    conns.objects,
+                    conns.queue,
+                    batch=settings.sweep_batch,
+                    interval=settings.sweep_interval_seconds,
+                ).run(),
+                name="sweeper",
+            ),
         ]
-        log.info("scheduler: emitting schedules and reconciling; health on port %d", port)
+        log.info("scheduler: emitting, reconciling and sweeping; health on port %d", port)
         try:
             await wait_for_signal()
         finally:

@@ -30,6 +30,8 @@ async def serve(settings: Settings) -> None:
             hub=conns.hub,
             store=conns.store,
             registry=default_registry,
+            objects=conns.objects,
+            artifacts=conns.artifacts,
         )
         service = worker_control_pb2.DESCRIPTOR.services_by_name["WorkerControl"].full_name
         server = Server.from_settings(

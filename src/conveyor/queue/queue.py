@@ -353,6 +353,18 @@ class RedisQueue:
             )
         return bool(done)
 
+    async def forget(self, jobs: Sequence[tuple[str, str]]) -> None:
+        """Drop finished jobs' hot state and event streams at once: (id, queue) pairs. The
+        retention sweeper calls this when it deletes their rows, so GetJob cannot serve a
+        copy of a job the database no longer has."""
+        if not jobs:
+            return
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for job_id, queue in jobs:
+                k = QueueKeys(queue)
+                pipe.delete(k.job(job_id), k.events(job_id))
+            await pipe.execute()
+
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())

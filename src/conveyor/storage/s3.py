@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
-from typing import IO, TYPE_CHECKING, cast
+from typing import IO, TYPE_CHECKING, BinaryIO, cast
 from urllib.parse import quote
 
 from minio import Minio
@@ -89,7 +89,7 @@ class S3Store(ObjectStore):
         self.client.put_object(
             self.bucket,
             key,
-            data,
+            cast(BinaryIO, data),
             length,
             content_type=content_type,
             part_size=PART_SIZE if length < 0 else 0,

@@ -35,15 +35,16 @@ from conveyor.store.rows import RolledBack, job_from_row, resolve_conflicts
 _INSERT = """
 INSERT INTO jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
                   timeout_ms, progress, progress_message, error, idempotency_key,
-                  request_hash, run_at, create_time, fence, retry, key_id, key_cap)
+                  request_hash, run_at, create_time, fence, retry, key_id, key_cap,
+                  retention_ms)
 SELECT id, owner, type, queue, state, priority, payload, 0, max_attempts, timeout_ms,
        0, '', '', idempotency_key, request_hash, run_at, create_time, 0, retry, key_id,
-       key_cap
+       key_cap, retention_ms
 FROM jsonb_to_recordset(%s::jsonb)
   AS v(id text, owner text, type text, queue text, state smallint, priority smallint,
        payload jsonb, max_attempts smallint, timeout_ms bigint, idempotency_key text,
        request_hash text, run_at bigint, create_time bigint, retry jsonb, key_id text,
-       key_cap integer)
+       key_cap integer, retention_ms bigint)
 ON CONFLICT (owner, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -63,12 +64,14 @@ WITH v AS (
   SELECT * FROM jsonb_to_recordset(%s::jsonb)
     AS v(id text, state smallint, attempt smallint, fence int, error text, progress float8,
          progress_message text, start_time bigint, finish_time bigint, run_at bigint,
-         outcome smallint, worker_id text, ended bigint, traceback text, result jsonb)
+         outcome smallint, worker_id text, ended bigint, traceback text, result jsonb,
+         result_ref text)
 ), applied AS (
   UPDATE jobs SET state = v.state, attempt = v.attempt, error = v.error,
          progress = v.progress, progress_message = v.progress_message,
          start_time = v.start_time, finish_time = v.finish_time,
-         run_at = COALESCE(v.run_at, jobs.run_at), result = v.result
+         run_at = COALESCE(v.run_at, jobs.run_at), result = v.result,
+         result_ref = v.result_ref
   FROM v
   WHERE jobs.id = v.id AND jobs.fence = v.fence AND jobs.attempt < v.attempt
     AND jobs.state NOT IN (4, 6, 7)
@@ -169,7 +172,7 @@ class BulkStatements:
                 "max_attempts": j.max_attempts, "timeout_ms": j.timeout_ms,
                 "idempotency_key": j.idempotency_key, "request_hash": j.request_hash,
                 "run_at": j.run_at, "create_time": j.create_time, "retry": j.retry.to_doc(),
-                "key_id": j.key_id, "key_cap": j.key_cap,
+                "key_id": j.key_id, "key_cap": j.key_cap, "retention_ms": j.retention_ms,
             }
             for j in sorted(jobs, key=_key_order)
         ]  # fmt: skip
@@ -199,7 +202,7 @@ class BulkStatements:
                 "error": w.error, "progress": w.progress, "progress_message": w.progress_message,
                 "start_time": w.start_time, "finish_time": w.finish_time, "run_at": w.run_at,
                 "outcome": int(w.outcome), "worker_id": w.worker_id, "ended": w.ended,
-                "traceback": w.traceback, "result": w.result,
+                "traceback": w.traceback, "result": w.result, "result_ref": w.result_ref,
             }
             for w in writes
         ]  # fmt: skip

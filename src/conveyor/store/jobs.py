@@ -136,12 +136,15 @@ class JobStore:
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             return [job_from_row(r._mapping) for r in await conn.execute(stmt)]
 
-    async def result(self, job_id: str) -> dict[str, Any] | None:
-        """What the job's handler returned (None: nothing, or not yet)."""
-        stmt = select(_JOBS.c.result).where(_JOBS.c.id == job_id)
+    async def result(self, job_id: str) -> tuple[dict[str, Any] | None, str | None]:
+        """What the job's handler returned (None: nothing, or not yet), or the object key
+        of a result too large for the row."""
+        stmt = select(_JOBS.c.result, _JOBS.c.result_ref).where(_JOBS.c.id == job_id)
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
-            value = (await conn.execute(stmt)).scalar()
-        return cast(dict[str, Any] | None, value)
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            return None, None
+        return cast(dict[str, Any] | None, row.result), row.result_ref
 
     async def write_outcomes(self, writes: Sequence[AttemptEnd]) -> list[WriteResult]:
         """Record attempt outcomes at once, each fenced (see `AttemptEnd`), with their
@@ -175,6 +178,7 @@ class JobStore:
                     "start_time": w.start_time,
                     "finish_time": w.finish_time,
                     "result": w.result,
+                    "result_ref": w.result_ref,
                 }
                 if w.run_at is not None:
                     values["run_at"] = w.run_at

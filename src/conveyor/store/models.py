@@ -71,6 +71,26 @@ class JobRow(Base):
     # What the handler returned (a JSON object), once the job SUCCEEDED; read by
     # GetJobResult only, never with the rest of the row (it may be large).
     result: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    # A result too large for the row lives in the object store under this key.
+    result_ref: Mapped[str | None] = mapped_column(String(256))
+    # How long the job is kept once finished (None: forever); see conveyor.retention.
+    retention_ms: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ArtifactRow(Base):
+    """A file a job made, kept in the object store under `object_key`."""
+
+    __tablename__ = "job_artifacts"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    object_key: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    create_time: Mapped[int] = mapped_column(BigInteger)
 
 
 class AttemptRow(Base):

@@ -64,6 +64,7 @@ def job_from_row(values: Mapping[Any, Any]) -> Job:
     fields = dict(values)
     fields["state"] = JobState(fields["state"])
     fields.pop("result", None)  # read on its own (JobStore.result): it may be large
+    fields.pop("result_ref", None)
     retry = fields.pop("retry", None)
     job = Job(**fields)
     if retry:
@@ -96,4 +97,5 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "retry": job.retry.to_doc(),
         "key_id": job.key_id,
         "key_cap": job.key_cap,
+        "retention_ms": job.retention_ms,
     }

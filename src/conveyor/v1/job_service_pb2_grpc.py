@@ -171,7 +171,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJobResult(self, request, context):
-        """Returns what a SUCCEEDED job's handler returned; any other state is FAILED_PRECONDITION.
+        """Returns what a SUCCEEDED job's handler returned and the files it made, with download
+        links that expire; any other state is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,128 @@
+"""ArtifactStore: the `job_artifacts` rows (what each job made, and where it is kept) and
+the deletion of expired jobs that the retention sweeper drives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from conveyor.artifacts import Artifact
+from conveyor.jobs import TERMINAL_STATES
+from conveyor.store.database import Database
+from conveyor.store.jobs import unavailable_on_db_errors
+from conveyor.store.models import ArtifactRow, JobRow
+
+_ARTIFACTS = cast(Table, ArtifactRow.__table__)
+_JOBS = cast(Table, JobRow.__table__)
+_TERMINAL = [int(s) for s in TERMINAL_STATES]
+
+
+def _artifact(row: Any) -> Artifact:
+    return Artifact(
+        job_id=row.job_id,
+        name=row.name,
+        key=row.object_key,
+        size=row.size,
+        content_type=row.content_type,
+        sha256=row.sha256,
+        create_time=row.create_time,
+    )
+
+
+class ArtifactStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def record(self, artifact: Artifact) -> None:
+        """Remember an artifact (replacing one of the same job and name)."""
+        values = {
+            "job_id": artifact.job_id,
+            "name": artifact.name,
+            "object_key": artifact.key,
+            "size": artifact.size,
+            "content_type": artifact.content_type,
+            "sha256": artifact.sha256,
+            "create_time": artifact.create_time,
+        }
+        dialect = sqlite if self.db.is_sqlite else postgresql
+        stmt = dialect.insert(_ARTIFACTS).values(**values)
+        changed = {k: v for k, v in values.items() if k not in ("job_id", "name")}
+        stmt = stmt.on_conflict_do_update(index_elements=["job_id", "name"], set_=changed)
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def find(self, owner: str, job_id: str, name: str) -> Artifact | None:
+        """An artifact of `owner`'s job (None: no such artifact, or another owner's job)."""
+        stmt = (
+            select(_ARTIFACTS)
+            .join(_JOBS, _JOBS.c.id == _ARTIFACTS.c.job_id)
+            .where(
+                _ARTIFACTS.c.job_id == job_id,
+                _ARTIFACTS.c.name == name,
+                _JOBS.c.owner == owner,
+            )
+        )
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return _artifact(row) if row is not None else None
+
+    async def of_job(self, job_id: str) -> list[Artifact]:
+        """A job's artifacts by name."""
+        stmt = select(_ARTIFACTS).where(_ARTIFACTS.c.job_id == job_id).order_by(_ARTIFACTS.c.name)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            return [_artifact(r) for r in await conn.execute(stmt)]
+
+    async def result_ref(self, job_id: str) -> str | None:
+        stmt = select(_JOBS.c.result_ref).where(_JOBS.c.id == job_id)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            return cast(str | None, (await conn.execute(stmt)).scalar())
+
+    # -- retention -------------------------------------------------------------------------
+    async def expired(self, now: int, limit: int) -> list[tuple[str, str, list[str]]]:
+        """Finished jobs past their retention, oldest expiry first: (id, queue, the object
+        keys they hold: artifacts and a stored result)."""
+        expiry = _JOBS.c.finish_time + _JOBS.c.retention_ms
+        stmt = (
+            select(_JOBS.c.id, _JOBS.c.queue, _JOBS.c.result_ref)
+            .where(
+                _JOBS.c.finish_time.is_not(None),
+                _JOBS.c.retention_ms.is_not(None),
+                expiry <= now,
+                _JOBS.c.state.in_(_TERMINAL),
+            )
+            .order_by(expiry)
+            .limit(limit)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            jobs = (await conn.execute(stmt)).all()
+            if not jobs:
+                return []
+            ids = [j.id for j in jobs]
+            keys: dict[str, list[str]] = {j.id: [j.result_ref] if j.result_ref else [] for j in jobs}
+            found = select(_ARTIFACTS.c.job_id, _ARTIFACTS.c.object_key).where(
+                _ARTIFACTS.c.job_id.in_(ids)
+            )
+            for row in await conn.execute(found):
+                keys[row.job_id].append(row.object_key)
+        return [(j.id, j.queue, keys[j.id]) for j in jobs]
+
+    async def delete_jobs(self, ids: Sequence[str], now: int) -> int:
+        """Delete these jobs (their attempts, once-markers and artifact rows go with them),
+        unless one was replayed since it was found: only still-expired rows go."""
+        if not ids:
+            return 0
+        expiry = _JOBS.c.finish_time + _JOBS.c.retention_ms
+        stmt = delete(_JOBS).where(
+            and_(
+                _JOBS.c.id.in_(list(ids)),
+                _JOBS.c.finish_time.is_not(None),
+                expiry <= now,
+                _JOBS.c.state.in_(_TERMINAL),
+            )
+        )
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            result = await conn.execute(stmt)
+        return int(result.rowcount or 0)
