@@ -21,6 +21,7 @@ from conveyor.config import Settings
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
 from conveyor.storage.s3 import S3Store
 from conveyor.store import Database, migrate, sync_url
+from tests.mailbox import Mailbox
 from tests.objectstores import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.processes import Keys, Stack, fresh_database, make_env
 
@@ -108,12 +109,41 @@ def venv_bin() -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def mailbox() -> Iterator[Mailbox]:
+    """The SMTP server the e2e stack's workers send `email.send` jobs to."""
+    box = Mailbox()
+    box.start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="session")
+def export_database_url(database_url: str) -> str:
+    """A database of its own that `csv.export` queries read (tests fill it)."""
+    return fresh_database(database_url, "conveyor_export")
+
+
+@pytest.fixture(scope="session")
+def stack(
+    database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_server: S3Server,
+    mailbox: Mailbox,
+    export_database_url: str,
+) -> Iterator[Stack]:
     redis = EmbeddedRedis(tmp_path_factory.mktemp("e2e-redis"))
     redis.start()
     url = fresh_database(database_url, "conveyor_e2e")
     migrate(url)
-    stack = Stack(make_env(redis.url, url), tmp_path_factory.mktemp("e2e-logs"))
+    env = make_env(redis.url, url)
+    env.update(s3_server.env("conveyor-e2e"))
+    env.update(mailbox.env)
+    env.update(
+        CONVEYOR_EXPORT_DATABASE_URL=export_database_url,
+        CONVEYOR_HTTP_ALLOW_PRIVATE="true",  # webhooks to the tests' own server on 127.0.0.1
+        CONVEYOR_WEBHOOK_SECRET="e2e-webhook-secret",
+    )
+    stack = Stack(env, tmp_path_factory.mktemp("e2e-logs"))
     stack.start("api")
     stack.start("worker", "--concurrency", "4")
     yield stack

@@ -94,3 +94,14 @@ async def result(payload: dict[str, Any], ctx: JobContext) -> object:
     if "bytes" in payload:
         return {"text": "x" * int(payload["bytes"])}
     return payload.get("value")
+
+
+@handler("test.artifact")
+def artifact(payload: dict[str, Any], ctx: SyncJobContext) -> dict[str, int]:
+    """Puts `count` artifacts `a<i>.txt`, each `size` bytes of a pattern (streamed in chunks)."""
+    size = int(payload.get("size", 1000))
+    for i in range(int(payload.get("count", 1))):
+        pattern = f"artifact {i} ".encode()
+        chunks = (pattern * (size // len(pattern) + 1))[:size]
+        ctx.artifacts.put(f"a{i}.txt", [chunks[n : n + 65536] for n in range(0, size, 65536)])
+    return {"count": int(payload.get("count", 1))}

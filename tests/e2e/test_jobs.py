@@ -267,7 +267,7 @@ async def test_a_handlers_return_value_is_the_jobs_result(
 ) -> None:
     """Guards GetJobResult: an object comes back as it was returned, any other JSON value
     as {"value": ...}, nothing as no result; only the owner reads it, and only once the
-    job SUCCEEDED. A result that is not JSON, or over CONVEYOR_MAX_RESULT_BYTES, makes the
+    job SUCCEEDED. A result that is not JSON, or over CONVEYOR_MAX_STORED_RESULT_BYTES, makes the
     job DEAD with an error that says so (running it again would not help)."""
     cases: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
         "object": ({"value": {"rows": 3, "ok": True}}, {"rows": 3.0, "ok": True}),
@@ -288,7 +288,7 @@ async def test_a_handlers_return_value_is_the_jobs_result(
         await alice.result(parked.id)
     failing: list[tuple[dict[str, Any], str]] = [
         ({"unjsonable": True}, "not JSON"),
-        ({"bytes": 2_000_000}, "bytes"),
+        ({"bytes": 9_000_000}, "bytes"),
     ]
     for payload, why in failing:
         job = await alice.submit("test.result", payload, max_attempts=3)

@@ -431,6 +431,14 @@ def test_an_untrusted_certificate_is_refused_before_the_password_is_sent(
     assert starttls.mailbox.received == []
 
 
+def test_a_server_without_starttls_is_refused_when_it_is_required(smtp: Server) -> None:
+    """CONVEYOR_SMTP_STARTTLS=true never falls back to clear text: a server that does not
+    offer STARTTLS fails the job permanently and receives nothing."""
+    with pytest.raises(PermanentError, match="STARTTLS extension not supported"):
+        run_handler("email.send", dict(MAIL), settings=smtp.settings(smtp_starttls=True))
+    assert smtp.mailbox.received == []
+
+
 def test_implicit_tls(server_tls: ssl.SSLContext, client_tls: ssl.SSLContext) -> None:
     """CONVEYOR_SMTP_SSL connects with TLS from the first byte (port 465 style)."""
     for server in _serve(ssl_context=server_tls):
@@ -589,7 +597,7 @@ def test_template_failures_are_permanent(smtp: Server, templates: Path) -> None:
     """An unknown template, one missing its subject, or a variable the context lacks would
     fail on every attempt: permanent, with what is wrong."""
     settings = _with_templates(smtp, templates)
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"template": "nope"}, "no template 'nope'"),
         ({"template": "note", "context": {"body": "x"}}, "the subject is empty"),
         ({"template": "welcome", "context": {"plan": "pro"}}, "'user' is undefined"),

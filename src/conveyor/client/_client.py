@@ -35,6 +35,7 @@ def submit_request(
     max_attempts: int = 0,
     timeout: timedelta | None = None,
     retry: job_pb2.RetryPolicy | None = None,
+    retention: timedelta | None = None,
 ) -> pb.SubmitJobRequest:
     """Build a SubmitJobRequest (also the items of `submit_many`)."""
     request = pb.SubmitJobRequest(
@@ -52,6 +53,8 @@ def submit_request(
         request.timeout.FromTimedelta(timeout)
     if retry is not None:
         request.retry.CopyFrom(retry)
+    if retention is not None:
+        request.retention.FromTimedelta(retention)
     return request
 
 

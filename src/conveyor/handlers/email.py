@@ -19,10 +19,12 @@ Payload (checked at submit; a bad one is INVALID_ARGUMENT naming each bad field)
     headers      at most 20 extra headers ({"List-Unsubscribe": "<...>"}); they cannot
                  replace From, To, Subject, Message-ID, Date, Content-* or other structure
 
-An address is `user@example.com` or `Ada <ada@example.com>`, ASCII only. The payload needs a
-subject or a template, and a text, an html or a template. Templates run in Jinja2's sandbox
-with strict variables: a variable the context lacks fails the job (permanently) with its
-name. HTML is autoescaped; text and subject are not. Templates cannot include others.
+An address is `user@example.com` or `Ada <ada@example.com>`; the address itself must be
+ASCII (an international domain in its xn-- form), the display name may be any text. The
+payload needs a subject or a template, and a text, an html or a template. Templates run
+in Jinja2's sandbox with strict variables: a variable the context lacks fails the job
+(permanently) with its name. HTML is autoescaped; text and subject are not. Templates
+cannot include others.
 
 Result: `{"message_id": "<job id@sender's domain>", "accepted": [addresses],
 "refused": {address: {"code": 550, "message": "..."}}}`: a mail the server took for some
@@ -85,6 +87,7 @@ from conveyor.errors import InvalidArgument, NotFound
 from conveyor.handlers.context import JobContext
 from conveyor.handlers.registry import PermanentError, handler, payload_violations
 from conveyor.retry import retry
+from conveyor.storage import ObjectNotFound
 
 MAX_RECIPIENTS = 100
 MAX_ATTACHMENTS = 20
@@ -415,8 +418,6 @@ async def _locate_file(attachment: Attachment, path: str, ctx: JobContext) -> Lo
         raise PermanentError(f"attachment: you have no file {path!r}")
 
     async def read() -> bytes:
-        from conveyor.storage import ObjectNotFound
-
         try:
             return await asyncio.to_thread(store.read, key)
         except ObjectNotFound:
@@ -568,8 +569,10 @@ def classify(exc: Exception) -> Exception:
         if _refused([exc.code]):
             return PermanentError(f"{type(exc).__name__}: {exc.code} {exc.message}")
         return exc
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
-        return PermanentError(f"the SMTP server does not support it: {exc.message}")
+    # aiosmtplib raises the bare base class only for what the server lacks (STARTTLS, AUTH)
+    # or the settings get wrong: no later attempt would find it otherwise.
+    if isinstance(exc, aiosmtplib.SMTPNotSupported) or type(exc) is aiosmtplib.SMTPException:
+        return PermanentError(f"SMTP: {exc.message}")
     return exc
 
 

@@ -28,7 +28,7 @@ from conveyor.retry import RetryOverrides
 HandlerFn = Callable[..., Any]
 F = TypeVar("F", bound=HandlerFn)
 
-BUILTIN_MODULES = ("conveyor.handlers.builtins",)
+BUILTIN_MODULES = ("conveyor.handlers.builtins", "conveyor.handlers.webhook")
 
 
 class PermanentError(Exception):
