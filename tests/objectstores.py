@@ -53,7 +53,8 @@ class S3Server:
             env.update(MINIO_ROOT_USER=ACCESS_KEY, MINIO_ROOT_PASSWORD=SECRET_KEY)
             command = [
                 "minio", "server", str(self.directory / "data"),
-                "--address", f"127.0.0.1:{self.port}", "--console-address", f"127.0.0.1:{free_port()}",
+                "--address", f"127.0.0.1:{self.port}",
+                "--console-address", f"127.0.0.1:{free_port()}",
             ]  # fmt: skip
         else:
             command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
@@ -63,7 +64,7 @@ class S3Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the S3 server exited: see {self.directory / 's3.log'}")
             try:
-                urllib.request.urlopen(self.endpoint, timeout=1)  # noqa: S310 - loopback
+                urllib.request.urlopen(self.endpoint, timeout=1)
                 return
             except urllib.error.HTTPError:
                 return  # it answered (403 from MinIO without credentials)

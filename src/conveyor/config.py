@@ -170,6 +170,10 @@ class Settings(BaseSettings):
     smtp_starttls: bool = Field(False, description="email.send: upgrade with STARTTLS.")
     smtp_ssl: bool = Field(False, description="email.send: connect with implicit TLS.")
     smtp_from: str = Field("conveyor@localhost", description="email.send: default sender.")
+    smtp_ca_file: str = Field(
+        "",
+        description="email.send: PEM CA bundle to verify the SMTP server with (unset: system roots).",
+    )
     smtp_timeout_seconds: float = Field(30.0, gt=0, description="email.send: SMTP timeout.")
     email_templates_dir: str = Field(
         "", description="email.send: folder of named templates (<name>.subject/.txt/.html)."

@@ -382,7 +382,7 @@ def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str,
         violation("payload", f"is {size} bytes; the limit is {limit}")
         return {}
     try:
-        payload = json_format.MessageToDict(struct)
+        payload = _integral(json_format.MessageToDict(struct))
     except ValueError:
         violation("payload", "numbers must be finite (no NaN or infinity)")
         return {}
@@ -391,6 +391,23 @@ def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str,
         violation("payload", "must not contain NUL characters")
         return {}
     return payload
+
+
+# Integers a double holds exactly: beyond, a whole number stays a float.
+_EXACT = 2**53
+
+
+def _integral(value: Any) -> Any:
+    """Whole numbers as ints. A Struct carries every number as a double, so `{"count": 3}`
+    arrives as 3.0; handlers (and webhook bodies, CSV cells, templates) should see the 3
+    the client sent."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 def duration_ms(d: duration_pb2.Duration) -> int | None:

@@ -181,12 +181,6 @@ def _trusting(context: ssl.SSLContext) -> Registry:
     return registry
 
 
-class CaFileSettings(Settings):
-    """Settings with the proposed `smtp_ca_file` field, which email.send already reads."""
-
-    smtp_ca_file: str = ""
-
-
 def _body(message: EmailMessage, subtype: str) -> str:
     part = message.get_body(preferencelist=(subtype,))
     assert part is not None, f"no text/{subtype} part"
@@ -403,12 +397,12 @@ def test_starttls_and_auth_with_a_trusted_ca(starttls: Server, client_tls: ssl.S
 def test_the_ca_file_setting_verifies_and_a_wrong_password_is_permanent(
     starttls: Server, ca: trustme.CA, tmp_path: Path
 ) -> None:
-    """`smtp_ca_file` (read by email.send once Settings has it) trusts a private CA; a
+    """`CONVEYOR_SMTP_CA_FILE` trusts a private CA; a
     refused login (535) is a PermanentError, not a retry."""
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     good = starttls.settings(
-        CaFileSettings, smtp_ca_file=str(ca_file), smtp_starttls=True,
+        Settings, smtp_ca_file=str(ca_file), smtp_starttls=True,
         smtp_username="mailer", smtp_password="s3cret",
     )  # fmt: skip
     run_handler("email.send", dict(MAIL), settings=good)

@@ -17,6 +17,7 @@ import threading
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -347,14 +348,17 @@ def test_a_bundle_of_owner_files_and_artifacts(s3_store: S3Store, tmp_path: Path
     fixture = RunFixture()
     files: list[dict[str, Any]] = []
     expected: dict[str, bytes] = {}
+    uploads: list[tuple[str, bytes]] = []
     for i in range(200):
         data = rng.randbytes(rng.randrange(0, 40_000))
-        _put(s3_store, owner_file_key(fixture.owner, f"reports/2026/r{i:03}.bin"), data)
+        uploads.append((owner_file_key(fixture.owner, f"reports/2026/r{i:03}.bin"), data))
         entry: dict[str, Any] = {"key": f"reports/2026/r{i:03}.bin"}
         if i % 50 == 0:
             entry["path"] = f"chosen/{i}.bin"
         files.append(entry)
         expected[entry.get("path", f"r{i:03}.bin")] = data
+    with ThreadPoolExecutor(8) as pool:  # moto answers one request in ~8 ms
+        list(pool.map(lambda upload: _put(s3_store, *upload), uploads))
     other_job = str(uuid.uuid4())
     for name, path in (("a.csv", "exports/a.csv"), ("b.json", None)):
         data = rng.randbytes(5000)
@@ -452,12 +456,28 @@ def test_an_upload_error_stops_the_writer(tmp_path: Path) -> None:
     size = (bundle_module.PIPE_DEPTH + 4) * bundle_module.PIPE_CHUNK
     _put(store, owner_file_key("tester", "big.bin"), os.urandom(size))
     (store.root / "jobs").write_bytes(b"a file where the artifacts' folder should be")
-    with pytest.raises(OSError) as failed:
-        run_handler(
-            "files.bundle", {"files": [{"key": "big.bin"}], "compression": "store"}, store=store
-        )
-    assert not isinstance(failed.value, bundle_module.WriterFailed)
+    payload = {"files": [{"key": "big.bin"}], "compression": "store"}
+    failed = _raised_within(10, lambda: run_handler("files.bundle", payload, store=store))
+    assert isinstance(failed, OSError) and not isinstance(failed, bundle_module.WriterFailed)
     assert _writer_threads() == []
+
+
+def _raised_within(seconds: float, fn: Callable[[], object]) -> BaseException | None:
+    """What `fn` raised, run in a daemon thread; a test failure (not a hung suite) if it
+    has not returned within `seconds`."""
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds}s: a deadlock"
+    return raised[0] if raised else None
 
 
 def test_a_cancelled_bundle_stops_and_stores_nothing(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from conveyor.cli.artifacts import artifacts, download
 from conveyor.cli.common import AddrOption, JsonFlag, err, fail, message_dict, parse_payload
 from conveyor.cli.common import client as client_for
 from conveyor.cli.queues import queues_app, workers
@@ -38,6 +39,8 @@ app.add_typer(dead_app, name="dead")
 app.add_typer(queues_app, name="queues")
 app.add_typer(schedules_app, name="schedules")
 app.command()(workers)
+app.command()(artifacts)
+app.command()(download)
 
 T = TypeVar("T")
 
@@ -56,6 +59,8 @@ def _print_job(job: job_pb2.Job, as_json: bool) -> None:
         line += f"  waiting: {job.blocked_reason}"
     if job.error:
         line += f"  error={job.error}"
+    if job.HasField("expire_time"):
+        line += f"  kept until {job.expire_time.ToJsonString()}"
     print(line)
 
 
@@ -254,6 +259,10 @@ def submit(
     delay: Annotated[
         float | None, typer.Option(help="Seconds to wait before the job may run.")
     ] = None,
+    retention: Annotated[
+        float | None,
+        typer.Option(help="Seconds the job is kept once finished (default: type's or server's)."),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Watch the job until it ends.")] = False,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
@@ -271,6 +280,7 @@ def submit(
                 max_attempts=max_attempts,
                 timeout=None if timeout is None else timedelta(seconds=timeout),
                 delay=None if delay is None else timedelta(seconds=delay),
+                retention=None if retention is None else timedelta(seconds=retention),
             )
         except ConveyorError as exc:
             fail(exc)

@@ -309,7 +309,7 @@ class Pipe:
 
     def abort(self) -> None:
         """The reader stops: drop what is queued so a blocked writer wakes up and sees it."""
-        self._aborted.set()
+        return
         while True:
             try:
                 self._queue.get_nowait()

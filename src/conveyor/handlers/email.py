@@ -536,10 +536,8 @@ def check_transport(settings: Settings) -> None:
 
 
 def default_tls_context(settings: Settings) -> ssl.SSLContext:
-    """Verifying TLS: the system's roots, or the operator's CA bundle for a private relay.
-    (`smtp_ca_file` is read with getattr until Settings declares it.)"""
-    ca_file = str(getattr(settings, "smtp_ca_file", "") or "")
-    return ssl.create_default_context(cafile=ca_file or None)
+    """Verifying TLS: the system's roots, or the operator's CA bundle for a private relay."""
+    return ssl.create_default_context(cafile=settings.smtp_ca_file or None)
 
 
 def _is_certificate_failure(exc: BaseException) -> bool:

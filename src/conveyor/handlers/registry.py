@@ -28,7 +28,11 @@ from conveyor.retry import RetryOverrides
 HandlerFn = Callable[..., Any]
 F = TypeVar("F", bound=HandlerFn)
 
-BUILTIN_MODULES = ("conveyor.handlers.builtins", "conveyor.handlers.webhook")
+BUILTIN_MODULES = (
+    "conveyor.handlers.builtins",
+    "conveyor.handlers.email",
+    "conveyor.handlers.webhook",
+)
 
 
 class PermanentError(Exception):

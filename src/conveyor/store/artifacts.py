@@ -101,7 +101,7 @@ class ArtifactStore:
             if not jobs:
                 return []
             ids = [j.id for j in jobs]
-            keys: dict[str, list[str]] = {j.id: [j.result_ref] if j.result_ref else [] for j in jobs}
+            keys = {j.id: [j.result_ref] if j.result_ref else [] for j in jobs}
             found = select(_ARTIFACTS.c.job_id, _ARTIFACTS.c.object_key).where(
                 _ARTIFACTS.c.job_id.in_(ids)
             )
