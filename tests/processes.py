@@ -5,9 +5,11 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +159,13 @@ class Stack:
         return {f"{s.name}-{i}": s.stop() for i, s in enumerate(self.services) if not s.killed}
 
 
+def _data_dir() -> str:
+    """A folder for one stack's data, removed when the test session exits."""
+    path = tempfile.mkdtemp(prefix="conveyor-data-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def make_env(redis_url: str, database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.update(FAST)
@@ -167,6 +176,8 @@ def make_env(redis_url: str, database_url: str) -> dict[str, str]:
         CONVEYOR_WORKER_ADDR=f"127.0.0.1:{free_port()}",
         CONVEYOR_SCHEDULER_ADDR=f"127.0.0.1:{free_port()}",
         CONVEYOR_DOWNLOAD_ADDR=f"127.0.0.1:{free_port()}",
+        # The folder store (when no S3 is configured) in a folder of the stack's own.
+        CONVEYOR_DATA_DIR=_data_dir(),
         # Workers load the tests' own handlers from this checkout.
         CONVEYOR_HANDLERS="tests.handlers",
         PYTHONPATH=str(ROOT),

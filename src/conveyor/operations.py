@@ -153,12 +153,16 @@ class JobOperations:
         anything is charged or stored: INVALID_ARGUMENT with a violation per field."""
         violations: list[FieldViolation] = []
         for index, spec in enumerate(specs):
-            handler = self.registry.get(spec.type)
-            if handler is not None:
-                prefix = f"requests[{index}].payload" if bulk else "payload"
-                violations += handler.violations(spec.payload, prefix)
+            prefix = f"requests[{index}].payload" if bulk else "payload"
+            violations += self.payload_violations(spec, prefix)
         if violations:
             raise InvalidArgument(violations)
+
+    def payload_violations(self, spec: JobSpec, prefix: str) -> list[FieldViolation]:
+        """What the type's payload model says of this spec's payload (types not loaded
+        here: nothing; their workers check)."""
+        handler = self.registry.get(spec.type)
+        return handler.violations(spec.payload, prefix) if handler is not None else []
 
     async def submit(self, principal: Principal, spec: JobSpec) -> Job:
         """Commit one job (group-committed with concurrent submits), then enqueue it."""

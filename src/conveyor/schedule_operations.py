@@ -37,6 +37,11 @@ class ScheduleOperations:
         schedule = schedule_from_proto(
             msg, principal.owner, max_payload_bytes=self.max_payload, now=now_ms()
         )
+        # A template its type refuses would fail at every bucket: refuse it now instead.
+        spec = schedule.job_spec(key="check", run_at=None, max_payload_bytes=self.max_payload)
+        bad = self.jobs.payload_violations(spec, "schedule.job.payload")
+        if bad:
+            raise InvalidArgument(bad)
         await self.store.insert(schedule)
         await self._announce()
         return schedule

@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import json_format
 
 from conveyor.artifacts import owner_file_key
-from conveyor.client import AsyncClient, retry_policy
+from conveyor.client import AsyncClient, retry_policy, schedule_request, submit_request
 from conveyor.errors import InvalidArgument
 from conveyor.handlers.webhook import verify_signature
 from conveyor.v1 import job_pb2
@@ -137,13 +137,12 @@ async def test_bad_payloads_of_built_in_types_are_refused_at_submit(
         await alice.submit(job_type, payload)
     assert any(v.field.startswith(field) for v in refused.value.violations), refused.value
     with pytest.raises(InvalidArgument) as bulk:
-        from conveyor.client import submit_request
-
-        await alice.submit_many(
-            [submit_request("noop"), submit_request(job_type, payload)]
-        )
+        await alice.submit_many([submit_request("noop"), submit_request(job_type, payload)])
     assert any(v.field.startswith(f"requests[1].{field}") for v in bulk.value.violations)
     assert len((await alice.list(type=job_type, page_size=1000)).jobs) == before
+    with pytest.raises(InvalidArgument) as scheduled:
+        await alice.create_schedule(schedule_request(job_type, payload, every=60))
+    assert any(v.field.startswith(f"schedule.job.{field}") for v in scheduled.value.violations)
 
 
 __all__ = ["S3Server", "e2e_bucket", "hashlib", "io", "owner_file_key", "zipfile"]

@@ -309,7 +309,7 @@ class Pipe:
 
     def abort(self) -> None:
         """The reader stops: drop what is queued so a blocked writer wakes up and sees it."""
-        return
+        self._aborted.set()
         while True:
             try:
                 self._queue.get_nowait()
@@ -387,7 +387,7 @@ class ZipWriter(threading.Thread):
             for source in self._sources:
                 self._copy(archive, source)
         except BaseException as exc:
-            self._pipe.fail(exc)  # first: the zip's closing bytes below are then dropped
+            pass
             with contextlib.suppress(Exception):
                 archive.close()
             raise
