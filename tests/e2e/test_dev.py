@@ -8,14 +8,43 @@ import json
 import os
 import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conveyor.cli.dev import wait_serving
+from conveyor.client import Client
 from conveyor.embedded import free_port
+from conveyor.v1 import job_pb2
 from tests.e2e.test_grpcurl import GRPCURL, stream
 from tests.processes import CONVEYOR
+
+
+def check_folder_store_links(api: str, objects: Path) -> None:
+    """Dev mode keeps artifacts in a folder; GetJobResult's links to them are served by
+    the API, download the right bytes, and stop working once they expire (403)."""
+    rows = [{"n": i, "word": f"w{i}"} for i in range(500)]
+    with Client(api, api_key="cvk_dev_test_key") as client:
+        payload = {"rows": rows, "columns": ["n", "word"], "name": "words.csv"}
+        job = client.submit("csv.export", payload)
+        for _ in range(300):  # a sync client has no stream helper here; the job is short
+            if client.get(job.id).state == job_pb2.JOB_STATE_SUCCEEDED:
+                break
+            time.sleep(0.05)
+        found = client.result(job.id)
+    (artifact,) = found.artifacts
+    expected = "n,word\r\n" + "".join(f"{i},w{i}\r\n" for i in range(500))  # RFC 4180
+    with urllib.request.urlopen(artifact.url, timeout=10) as response:
+        assert response.read().decode() == expected
+    assert (objects / "jobs" / job.id / "artifacts" / "words.csv").read_bytes() == expected.encode()
+    time.sleep(max(artifact.url_expire_time.ToSeconds() - time.time(), 0) + 1.1)
+    with pytest.raises(urllib.error.HTTPError) as expired:
+        urllib.request.urlopen(artifact.url, timeout=10)
+    assert expired.value.code == 403
 
 
 def test_dev_runs_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -27,6 +56,8 @@ def test_dev_runs_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         CONVEYOR_WORKER_ADDR=f"127.0.0.1:{free_port()}",
         CONVEYOR_SCHEDULER_ADDR=f"127.0.0.1:{free_port()}",
         CONVEYOR_DEV_API_KEY="cvk_dev_test_key",
+        CONVEYOR_DOWNLOAD_ADDR=f"127.0.0.1:{free_port()}",
+        CONVEYOR_ARTIFACT_URL_SECONDS="2",
     )
     log = tmp_path / "dev.log"
     with log.open("wb") as out:
@@ -59,6 +90,7 @@ def test_dev_runs_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         )
         assert stream(watched.stdout)[-1]["job"]["state"] == "JOB_STATE_SUCCEEDED"  # type: ignore[index]
         assert (tmp_path / "data" / "conveyor.db").exists()
+        check_folder_store_links(api, tmp_path / "data" / "objects")
         children = psutil.Process(dev.pid).children(recursive=True)
         assert len(children) >= 4  # redis, api, worker, scheduler
     finally:

@@ -153,6 +153,12 @@ def _grpcurl_security(settings: Settings) -> str:
     return flags.strip()
 
 
+def _objects(settings: Settings) -> str:
+    if settings.s3_endpoint:
+        return f"{settings.s3_endpoint} bucket {settings.s3_bucket}"
+    return f"{settings.objects_dir} (downloads on {settings.download_base_url})"
+
+
 def _banner(settings: Settings, key: str, redis: EmbeddedRedis | None, db: str) -> None:
     addr = settings.api_addr
     security = _grpcurl_security(settings)
@@ -162,6 +168,7 @@ def _banner(settings: Settings, key: str, redis: EmbeddedRedis | None, db: str) 
   WorkerControl           {settings.worker_addr}
   Redis                   {redis.url if redis else settings.redis_url}
   Database                {db}
+  Artifacts               {_objects(settings)}
   Dev API key (admin)     [bold]{key}[/bold]
 
 Try it in another shell:

@@ -30,6 +30,8 @@ F = TypeVar("F", bound=HandlerFn)
 
 BUILTIN_MODULES = (
     "conveyor.handlers.builtins",
+    "conveyor.handlers.bundle",
+    "conveyor.handlers.csv_export",
     "conveyor.handlers.email",
     "conveyor.handlers.webhook",
 )
