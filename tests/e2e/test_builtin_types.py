@@ -10,7 +10,7 @@ import io
 import threading
 import zipfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from google.protobuf import json_format
@@ -66,7 +66,7 @@ async def test_an_email_arrives_with_its_attachment(
 class Flaky(http.server.BaseHTTPRequestHandler):
     """Answers 503 to the first request of each path, then 200; keeps what it was sent."""
 
-    seen: list[tuple[str, dict[str, str], bytes]] = []
+    seen: ClassVar[list[tuple[str, dict[str, str], bytes]]] = []
     lock = threading.Lock()
 
     def do_POST(self) -> None:

@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import random
-import re
 import sqlite3
 import subprocess
 import threading
@@ -20,7 +19,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from pydantic import BaseModel
@@ -41,6 +40,7 @@ from conveyor.store import sync_url
 from conveyor.testing import HandlerRun, RunFixture, run_handler
 
 PG_ROWS = 20_000
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -444,9 +444,8 @@ def test_a_writer_error_ends_the_upload_and_is_the_one_reported(s3_store: S3Stor
         delete_second,
     )  # fmt: skip
     payload = {"files": [{"key": "first.bin"}, {"key": "second.bin"}], "compression": "store"}
-    failed = _raised_within(30, lambda: run_handler(spec, payload, store=s3_store))
-    assert isinstance(failed, PermanentError)
-    assert re.search(r"files\[1\] .*gone from the store", str(failed))
+    with pytest.raises(PermanentError, match=r"files\[1\] .*gone from the store"):
+        _within(30, lambda: run_handler(spec, payload, store=s3_store))
     assert list(s3_store.client.list_objects(s3_store.bucket, prefix="jobs/")) == []
     assert _writer_threads() == []
 
@@ -459,19 +458,21 @@ def test_an_upload_error_stops_the_writer(tmp_path: Path) -> None:
     _put(store, owner_file_key("tester", "big.bin"), os.urandom(size))
     (store.root / "jobs").write_bytes(b"a file where the artifacts' folder should be")
     payload = {"files": [{"key": "big.bin"}], "compression": "store"}
-    failed = _raised_within(30, lambda: run_handler("files.bundle", payload, store=store))
-    assert isinstance(failed, OSError) and not isinstance(failed, bundle_module.WriterFailed)
+    with pytest.raises(OSError) as failed:
+        _within(30, lambda: run_handler("files.bundle", payload, store=store))
+    assert not isinstance(failed.value, bundle_module.WriterFailed)
     assert _writer_threads() == []
 
 
-def _raised_within(seconds: float, fn: Callable[[], object]) -> BaseException | None:
-    """What `fn` raised, run in a daemon thread; a test failure (not a hung suite) if it
-    has not returned within `seconds`."""
+def _within(seconds: float, fn: Callable[[], T]) -> T:
+    """`fn()` run in a daemon thread: its result, or its exception re-raised here; a test
+    failure (instead of a hung suite) if it has not ended within `seconds`."""
+    outcome: list[T] = []
     raised: list[BaseException] = []
 
     def call() -> None:
         try:
-            fn()
+            outcome.append(fn())
         except BaseException as exc:
             raised.append(exc)
 
@@ -479,7 +480,9 @@ def _raised_within(seconds: float, fn: Callable[[], object]) -> BaseException | 
     thread.start()
     thread.join(seconds)
     assert not thread.is_alive(), f"still running after {seconds}s: a deadlock"
-    return raised[0] if raised else None
+    if raised:
+        raise raised[0]
+    return outcome[0]
 
 
 def test_a_cancelled_bundle_stops_and_stores_nothing(tmp_path: Path) -> None:
@@ -493,7 +496,7 @@ def test_a_cancelled_bundle_stops_and_stores_nothing(tmp_path: Path) -> None:
         _cancel_at(30),
     )  # fmt: skip
     payload = {"files": [{"key": f"f{i}.bin"} for i in range(10)]}
-    run = run_handler(spec, payload, store=store)
+    run = _within(30, lambda: run_handler(spec, payload, store=store))
     assert run.result is None and run.artifacts == {}
     assert store.stat(artifact_key(run.job_id, "bundle.zip")) is None
     assert max(percent for percent, _ in run.progress) < 50

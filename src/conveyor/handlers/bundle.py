@@ -387,7 +387,7 @@ class ZipWriter(threading.Thread):
             for source in self._sources:
                 self._copy(archive, source)
         except BaseException as exc:
-            pass
+            self._pipe.fail(exc)  # first: the zip's closing bytes below are then dropped
             with contextlib.suppress(Exception):
                 archive.close()
             raise
