@@ -29,6 +29,7 @@ import psycopg
 from redis import Redis
 from sqlalchemy import text
 
+from bench.bundle import bundle_rss
 from bench.handlers import STAMPS
 from conveyor.client import AsyncClient, schedule_request, submit_request
 from conveyor.config import Settings
@@ -531,6 +532,20 @@ class Bench:
             seconds=round(elapsed, 2),
         )
 
+    async def bundle_memory(self) -> None:
+        """files.bundle of 1 GiB (scaled) from S3 to S3: the worker's peak RSS."""
+        found = await bundle_rss(
+            self.stack.env, self.stack.logs / "bundle", self.key, max(int(1024 * self.scale), 64)
+        )
+        emit(
+            "bundle_1gib_worker_peak_rss",
+            found["rss_peak_mib"],
+            "MiB",
+            256,
+            higher_is_better=False,
+            **found,
+        )
+
     async def idle_cpu(self, seconds: float = 5.0) -> None:
         """CPU of every service process with empty queues (no polling: all should sleep)."""
         extra = [
@@ -607,6 +622,7 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
             "scheduler_overhead",
             "watch_fanout",
             "reconcile_pass",
+            "bundle_memory",
             "idle_cpu",
         ]:
             if wanted and name not in wanted:
