@@ -31,10 +31,9 @@ class Mailbox:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)  # what the default policy makes
         with self._arrived:
-            self.received.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), message)  # type: ignore[arg-type]
-            )
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message))
             self._arrived.notify_all()
         return "250 OK"
 

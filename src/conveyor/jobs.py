@@ -382,7 +382,7 @@ def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str,
         violation("payload", f"is {size} bytes; the limit is {limit}")
         return {}
     try:
-        payload = _integral(json_format.MessageToDict(struct))
+        payload: dict[str, Any] = _integral(json_format.MessageToDict(struct))
     except ValueError:
         violation("payload", "numbers must be finite (no NaN or infinity)")
         return {}
@@ -398,13 +398,15 @@ _EXACT = 2**53
 
 
 def _integral(value: Any) -> Any:
-    """Whole numbers as ints. A Struct carries every number as a double, so `{"count": 3}`
-    arrives as 3.0; handlers (and webhook bodies, CSV cells, templates) should see the 3
-    the client sent."""
+    """Whole numbers as ints, and object keys in sorted order. A Struct carries every number
+    as a double, so `{"count": 3}` arrives as 3.0: handlers (and webhook bodies, CSV cells,
+    templates) should see the 3 the client sent. And a Struct keeps no key order (its map
+    iterates in hash order), so keys are sorted: the same payload reads the same in every
+    process and every attempt."""
     if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT:
         return int(value)
     if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
+        return {k: _integral(value[k]) for k in sorted(value)}
     if isinstance(value, list):
         return [_integral(v) for v in value]
     return value

@@ -4,9 +4,11 @@ and files.bundle from a real S3-speaking server, each checked by what arrives.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.server
 import io
+import os
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -14,11 +16,13 @@ from typing import Any, ClassVar
 
 import pytest
 from google.protobuf import json_format
+from sqlalchemy import create_engine, text
 
 from conveyor.artifacts import owner_file_key
 from conveyor.client import AsyncClient, retry_policy, schedule_request, submit_request
-from conveyor.errors import InvalidArgument
+from conveyor.errors import InvalidArgument, NotFound
 from conveyor.handlers.webhook import verify_signature
+from conveyor.store import sync_url
 from conveyor.v1 import job_pb2
 from tests.e2e.test_artifacts import download, e2e_bucket
 from tests.e2e.test_jobs import watch_all
@@ -118,11 +122,99 @@ async def test_a_webhook_answered_503_is_retried_then_succeeds(
     assert result["status"] == 200
 
 
+def _orders(url: str, count: int) -> None:
+    """A table of `count` orders in the export database (made once per session)."""
+    engine = create_engine(sync_url(url))
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS orders"))
+        conn.execute(
+            text("CREATE TABLE orders (id int PRIMARY KEY, customer text, amount numeric(10,2))")
+        )
+        conn.execute(
+            text(
+                "INSERT INTO orders SELECT i, 'c' || (i % 97), (i % 1000) / 100.0 "
+                "FROM generate_series(1, :n) AS i"
+            ),
+            {"n": count},
+        )
+    engine.dispose()
+
+
+async def test_a_100000_row_export_streams_to_a_csv_artifact_with_progress(
+    alice: AsyncClient, export_database_url: str
+) -> None:
+    """Guards csv.export: a query read through a server-side cursor becomes a CSV artifact
+    whose downloaded bytes are exactly the rows, with progress reported by rows on the way
+    and the artifact's SHA-256 matching what was downloaded."""
+    count = 100_000
+    await asyncio.to_thread(_orders, export_database_url, count)
+    job = await alice.submit(
+        "csv.export",
+        {"query": "SELECT id, customer, amount FROM orders ORDER BY id", "name": "orders.csv"},
+    )
+    updates = await watch_all(alice, job.id)
+    final = updates[-1].job
+    assert final.state == S.JOB_STATE_SUCCEEDED, final.error
+    progress = [u.job.progress for u in updates if u.job.state == S.JOB_STATE_RUNNING]
+    assert any(0 < p < 100 for p in progress), progress
+    assert progress == sorted(progress)
+    assert any("of 100000 rows" in u.job.progress_message for u in updates)
+    found = await alice.result(job.id)
+    (artifact,) = found.artifacts
+    status, body = download(artifact.url)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == artifact.sha256
+    expected = "id,customer,amount\r\n" + "".join(
+        f"{i},c{i % 97},{(i % 1000) / 100:.2f}\r\n" for i in range(1, count + 1)
+    )
+    assert body == expected.encode()
+    result = json_format.MessageToDict(found.result)
+    assert result["rows"] == count and result["bytes"] == len(body)
+
+
+async def test_a_bundle_of_200_objects_downloads_as_the_right_zip(
+    alice: AsyncClient, bob: AsyncClient, s3_server: S3Server
+) -> None:
+    """Guards files.bundle, the bulk-download case: 200 of the owner's files become one zip
+    artifact, progress by bytes; its presigned link downloads a valid zip holding exactly
+    those files; another owner gets no result and no link."""
+    bucket = e2e_bucket(s3_server)
+    files = {f"photos/{i:03d}.jpg": os.urandom(1000 + i) for i in range(200)}
+    for path, data in files.items():
+        bucket.put(owner_file_key("alice", path), io.BytesIO(data), length=len(data))
+    job = await alice.submit(
+        "files.bundle", {"files": [{"key": path} for path in files], "name": "photos.zip"}
+    )
+    updates = await watch_all(alice, job.id)
+    assert updates[-1].job.state == S.JOB_STATE_SUCCEEDED, updates[-1].job.error
+    assert any("bytes" in u.job.progress_message for u in updates)
+    (artifact,) = (await alice.result(job.id)).artifacts
+    assert artifact.name == "photos.zip" and artifact.content_type == "application/zip"
+    assert "X-Amz-Expires=900" in artifact.url
+    status, body = download(artifact.url)
+    assert status == 200 and len(body) == artifact.size
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        assert archive.testzip() is None
+        assert sorted(archive.namelist()) == sorted(p.split("/")[-1] for p in files)
+        for path, data in files.items():
+            assert archive.read(path.split("/")[-1]) == data
+    with pytest.raises(NotFound):
+        await bob.result(job.id)
+    stolen = await bob.submit(
+        "files.bundle", {"files": [{"job_id": job.id, "artifact": "photos.zip"}]}
+    )
+    refused = (await watch_all(bob, stolen.id))[-1].job
+    assert refused.state == S.JOB_STATE_DEAD and "photos.zip" in refused.error
+
+
 BAD_PAYLOADS: list[tuple[str, dict[str, Any], str]] = [
     ("email.send", {"to": ["not an address"], "subject": "s", "text": "t"}, "payload.to[0]"),
     ("email.send", {"to": "a@example.com", "text": "no subject"}, "payload"),
     ("http.request", {"url": "ftp://example.com/x"}, "payload.url"),
     ("http.request", {"url": "https://example.com", "json": {}, "body": "x"}, "payload"),
+    ("csv.export", {"rows": [{"a": 1}], "query": "SELECT 1"}, "payload"),
+    ("csv.export", {"query": "SELECT 1", "name": "../x.csv"}, "payload.name"),
+    ("files.bundle", {"files": []}, "payload.files"),
+    ("files.bundle", {"files": [{"key": "../../bob/secret.pdf"}]}, "payload.files[0]"),
 ]
 
 
@@ -144,5 +236,3 @@ async def test_bad_payloads_of_built_in_types_are_refused_at_submit(
         await alice.create_schedule(schedule_request(job_type, payload, every=60))
     assert any(v.field.startswith(f"schedule.job.{field}") for v in scheduled.value.violations)
 
-
-__all__ = ["S3Server", "e2e_bucket", "hashlib", "io", "owner_file_key", "zipfile"]
