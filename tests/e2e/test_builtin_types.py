@@ -37,9 +37,7 @@ async def finished(client: AsyncClient, job_id: str) -> job_pb2.Job:
     return (await watch_all(client, job_id))[-1].job
 
 
-async def test_an_email_arrives_with_its_attachment(
-    alice: AsyncClient, mailbox: Mailbox
-) -> None:
+async def test_an_email_arrives_with_its_attachment(alice: AsyncClient, mailbox: Mailbox) -> None:
     """Guards email.send: templates rendered, the attachment (another job's artifact of
     the same owner) arrives byte for byte, and the Message-ID names the job."""
     made = await alice.submit("test.artifact", {"count": 1, "size": 50_000})
@@ -235,4 +233,3 @@ async def test_bad_payloads_of_built_in_types_are_refused_at_submit(
     with pytest.raises(InvalidArgument) as scheduled:
         await alice.create_schedule(schedule_request(job_type, payload, every=60))
     assert any(v.field.startswith(f"schedule.job.{field}") for v in scheduled.value.violations)
-

@@ -67,4 +67,3 @@ def download(
         raise typer.Exit(1)
     if str(target) != "-":
         err.print(f"{name}: {match.size:,} bytes written to {target}")
-
