@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     smtp_from: str = Field("conveyor@localhost", description="email.send: default sender.")
     smtp_ca_file: str = Field(
         "",
-        description="email.send: PEM CA bundle to verify the SMTP server with (unset: system roots).",
+        description="email.send: PEM CA bundle to verify the SMTP server with (unset: system).",
     )
     smtp_timeout_seconds: float = Field(30.0, gt=0, description="email.send: SMTP timeout.")
     email_templates_dir: str = Field(
