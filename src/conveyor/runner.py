@@ -336,6 +336,7 @@ class Worker:
             owner=job.owner,
             settings=self.settings,
             artifacts=artifacts,
+            timeout_seconds=job.timeout_ms / 1000,
         )
         running = Running(claim, ctx)
         self.running[job.id] = running

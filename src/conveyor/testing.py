@@ -161,6 +161,7 @@ async def run_handler_async(
         owner=fixture.owner,
         settings=settings or Settings(),
         artifacts=artifacts,
+        timeout_seconds=spec.timeout_seconds,
     )
     parsed = spec.parse(payload)
     if spec.is_async:

@@ -64,6 +64,7 @@ class BaseContext:
         owner: str = "",
         settings: Settings | None = None,
         artifacts: Artifacts | None = None,
+        timeout_seconds: float | None = None,
     ) -> None:
         self.job_id = job_id
         self.job_type = job_type
@@ -72,6 +73,9 @@ class BaseContext:
         # settings here); None only in contexts made by hand without one.
         self.settings = settings
         self._artifacts = artifacts
+        # This attempt's time limit (the job's timeout), for handlers that pass it on, such
+        # as a statement timeout; None when the context was made without one.
+        self.timeout_seconds = timeout_seconds
         self.attempt = attempt
         self.max_attempts = max_attempts
         self._loop = loop

@@ -28,7 +28,7 @@ Safety of `query`: a cheap textual check refuses anything but a single SELECT/WI
 statement at submit, but that check is only a first line (SQL is too rich to vet by eye).
 The real guard is the transaction: on PostgreSQL `SET TRANSACTION READ ONLY` (and
 REPEATABLE READ, so the count and the rows see one snapshot) with a `statement_timeout` of
-the job type's timeout; on SQLite every connection has `PRAGMA query_only=ON`. Point the
+the attempt's own time limit (the job's timeout); on SQLite every connection has `PRAGMA query_only=ON`. Point the
 setting at a read-only role or replica all the same.
 
 Retries: a bad query (syntax, unknown table or column, a write refused by the read-only
@@ -363,7 +363,7 @@ def dispose_engines() -> None:
         engine.dispose()
 
 
-def _begin_read_only(conn: Connection) -> None:
+def _begin_read_only(conn: Connection, seconds: float) -> None:
     """Make this transaction unable to write, and bounded in time (PostgreSQL); SQLite
     connections are read-only from the moment they connect."""
     if conn.dialect.name != "postgresql":
@@ -371,7 +371,7 @@ def _begin_read_only(conn: Connection) -> None:
     conn.exec_driver_sql("SET TRANSACTION READ ONLY, ISOLATION LEVEL REPEATABLE READ")
     conn.execute(
         text("SELECT set_config('statement_timeout', :ms, true)"),
-        {"ms": f"{TIMEOUT_SECONDS * 1000}"},
+        {"ms": f"{int(seconds * 1000)}"},
     )
 
 
@@ -400,7 +400,7 @@ def _export_query(ctx: SyncJobContext, payload: CsvExportPayload) -> tuple[Artif
     counting = text(f"SELECT count(*) FROM (\n{query}\n) AS q")
     try:
         with engine.connect() as conn:
-            _begin_read_only(conn)
+            _begin_read_only(conn, ctx.timeout_seconds or TIMEOUT_SECONDS)
             total = int(conn.execute(counting, payload.params).scalar_one())
             streaming = conn.execution_options(stream_results=True, yield_per=BATCH_ROWS)
             result = streaming.execute(text(query), payload.params)
