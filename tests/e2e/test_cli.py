@@ -159,3 +159,26 @@ def test_configuration_errors_name_the_variable_without_a_traceback(tmp_path: Pa
         assert done.returncode == 2, (command, done.stderr)
         assert done.stderr.startswith(f"conveyor: configuration error: {variable}:"), done.stderr
         assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
+
+
+def test_artifacts_are_listed_and_downloaded_and_retention_shown(
+    stack: Stack, keys: Keys, tmp_path: Path
+) -> None:
+    """Guards `conveyor artifacts`, `conveyor download` (bytes checked against the
+    artifact's SHA-256) and what `conveyor get` says is kept."""
+    out = stack.cli(
+        "submit", "test.artifact", "--payload", '{"count": 2, "size": 70000}',
+        "--retention", "3600", "--wait", "--json", key=keys.alice,
+    )  # fmt: skip
+    job_id = json.loads(out.stdout.splitlines()[0])["id"]
+    listed = json.loads(stack.cli("artifacts", job_id, "--json", key=keys.alice).stdout)
+    assert [(a["name"], a["size"]) for a in listed] == [("a0.txt", "70000"), ("a1.txt", "70000")]
+    target = tmp_path / "first.txt"
+    stack.cli("download", job_id, "a0.txt", "-o", str(target), key=keys.alice)
+    assert target.read_bytes().startswith(b"artifact 0 ") and target.stat().st_size == 70000
+    human = stack.cli("get", job_id, key=keys.alice).stdout
+    assert "kept until" in human
+    missing = stack.cli("download", job_id, "nope.txt", key=keys.alice, check=False)
+    assert missing.returncode == 2 and "no artifact 'nope.txt'" in missing.stderr
+    other = stack.cli("artifacts", job_id, key=keys.bob, check=False)
+    assert other.returncode == 2 and "NOT_FOUND" in other.stderr
