@@ -28,8 +28,8 @@ Safety of `query`: a cheap textual check refuses anything but a single SELECT/WI
 statement at submit, but that check is only a first line (SQL is too rich to vet by eye).
 The real guard is the transaction: on PostgreSQL `SET TRANSACTION READ ONLY` (and
 REPEATABLE READ, so the count and the rows see one snapshot) with a `statement_timeout` of
-the attempt's own time limit (the job's timeout); on SQLite every connection has `PRAGMA query_only=ON`. Point the
-setting at a read-only role or replica all the same.
+the attempt's own time limit (the job's timeout); on SQLite every connection has
+`PRAGMA query_only=ON`. Point the setting at a read-only role or replica all the same.
 
 Retries: a bad query (syntax, unknown table or column, a write refused by the read-only
 transaction, a missing bind parameter), an unknown column in `columns`, or an unset export
