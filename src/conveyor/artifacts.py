@@ -21,7 +21,9 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any
+
+from pydantic import AfterValidator
 
 from conveyor.errors import FieldViolation, InvalidArgument, NotFound
 from conveyor.jobs import now_ms
@@ -37,6 +39,17 @@ FILES_PREFIX = "files"
 
 def valid_artifact_name(name: str) -> bool:
     return bool(_NAME.fullmatch(name))
+
+
+def checked_artifact_name(name: str) -> str:
+    """`name` if it is an artifact name, else the ValueError a payload model reports."""
+    if not valid_artifact_name(name):
+        raise ValueError("must be 1-200 letters, digits, '.', '_' or '-', not starting with .")
+    return name
+
+
+# An artifact name in a payload model (checked at submit like every other field).
+ArtifactName = Annotated[str, AfterValidator(checked_artifact_name)]
 
 
 def artifact_key(job_id: str, name: str) -> str:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from conveyor.artifacts import Artifact, Artifacts, artifact_key
 from conveyor.config import Settings
@@ -31,6 +32,9 @@ from conveyor.handlers.registry import HandlerSpec, Registry, default_registry, 
 from conveyor.jobs import new_job_id, now_ms
 from conveyor.storage import ObjectStore
 from conveyor.storage.local import LocalStore
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass
@@ -75,32 +79,6 @@ def _spec(handler: str | HandlerSpec, registry: Registry) -> HandlerSpec:
     return spec
 
 
-def run_handler(
-    handler: str | HandlerSpec,
-    payload: dict[str, Any] | None = None,
-    *,
-    store: ObjectStore | None = None,
-    objects: Path | None = None,
-    settings: Settings | None = None,
-    fixture: RunFixture | None = None,
-    attempt: int = 1,
-    registry: Registry | None = None,
-) -> HandlerRun:
-    """Run the handler of a job type (or a spec) once, in a fresh event loop."""
-    return asyncio.run(
-        run_handler_async(
-            handler,
-            payload,
-            store=store,
-            objects=objects,
-            settings=settings,
-            fixture=fixture,
-            attempt=attempt,
-            registry=registry,
-        )
-    )
-
-
 async def run_handler_async(
     handler: str | HandlerSpec,
     payload: dict[str, Any] | None = None,
@@ -112,7 +90,8 @@ async def run_handler_async(
     attempt: int = 1,
     registry: Registry | None = None,
 ) -> HandlerRun:
-    """`run_handler` for tests that already run an event loop."""
+    """Run the handler of a job type (or a spec) once with a real context; see the module
+    docstring. `run_handler` is the same for tests without an event loop of their own."""
     spec = _spec(handler, registry or default_registry)
     payload = payload or {}
     violations = spec.violations(payload)
@@ -171,3 +150,15 @@ async def run_handler_async(
     await asyncio.sleep(0)  # deliver progress reported from the handler's thread
     on_progress()
     return HandlerRun(result, job_id, progress, {a.name: a for a in artifacts.made}, store)
+
+
+def _blocking(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return asyncio.run(fn(*args, **kwargs))
+
+    return run
+
+
+run_handler = _blocking(run_handler_async)
+run_handler.__doc__ = """Run the handler of a job type (or a spec) once, in a fresh event loop:
+`run_handler_async` for plain (non-async) tests."""

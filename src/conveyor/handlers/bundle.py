@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from conveyor.artifacts import owner_file_key, valid_artifact_name
+from conveyor.artifacts import ArtifactName, owner_file_key
 from conveyor.errors import InvalidArgument, NotFound
 from conveyor.handlers.context import SyncJobContext
 from conveyor.handlers.registry import PermanentError, handler
@@ -89,7 +89,7 @@ class BundleFile(BaseModel):
 
     key: str | None = None
     job_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    artifact: str | None = None
+    artifact: ArtifactName | None = None
     path: str | None = None
 
     @field_validator("key", "path")
@@ -97,12 +97,6 @@ class BundleFile(BaseModel):
     def _relative(cls, value: str | None) -> str | None:
         return None if value is None else relative_path(value)
 
-    @field_validator("artifact")
-    @classmethod
-    def _artifact_name(cls, name: str | None) -> str | None:
-        if name is not None and not valid_artifact_name(name):
-            raise ValueError("is not an artifact name (letters, digits, '.', '_', '-')")
-        return name
 
     @model_validator(mode="after")
     def _one_source(self) -> BundleFile:
@@ -128,7 +122,7 @@ class BundlePayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     files: list[BundleFile] = Field(min_length=1, max_length=MAX_FILES)
-    name: str = "bundle.zip"
+    name: ArtifactName = "bundle.zip"
     compression: Literal["deflate", "store"] = "deflate"
 
     @field_validator("files")
@@ -155,12 +149,6 @@ class BundlePayload(BaseModel):
                     )
         return files
 
-    @field_validator("name")
-    @classmethod
-    def _artifact_name(cls, name: str) -> str:
-        if not valid_artifact_name(name):
-            raise ValueError("must be 1-200 letters, digits, '.', '_' or '-', not starting with .")
-        return name
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,7 @@ from sqlalchemy.exc import (
     StatementError,
 )
 
-from conveyor.artifacts import Artifact, valid_artifact_name
+from conveyor.artifacts import Artifact, ArtifactName
 from conveyor.handlers.context import SyncJobContext
 from conveyor.handlers.registry import PermanentError, handler
 from conveyor.store.database import sync_url
@@ -100,7 +100,7 @@ class CsvExportPayload(BaseModel):
     query: str | None = Field(None, validate_default=True)
     params: dict[str, JsonValue] = Field(default_factory=dict, max_length=MAX_PARAMS)
     header: bool = True
-    name: str = "export.csv"
+    name: ArtifactName = "export.csv"
     delimiter: str = Field(",", min_length=1, max_length=1)
     null: str = Field("", max_length=64)
 
@@ -160,12 +160,6 @@ class CsvExportPayload(BaseModel):
                 raise ValueError(f"{name!r} is not a parameter name (letters, digits, _)")
         return params
 
-    @field_validator("name")
-    @classmethod
-    def _artifact_name(cls, name: str) -> str:
-        if not valid_artifact_name(name):
-            raise ValueError("must be 1-200 letters, digits, '.', '_' or '-', not starting with .")
-        return name
 
     @field_validator("delimiter")
     @classmethod

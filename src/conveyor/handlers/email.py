@@ -81,7 +81,7 @@ from pydantic import (
     model_validator,
 )
 
-from conveyor.artifacts import guess_type, owner_file_key, valid_artifact_name
+from conveyor.artifacts import ArtifactName, guess_type, owner_file_key
 from conveyor.config import Settings
 from conveyor.errors import InvalidArgument, NotFound
 from conveyor.handlers.context import JobContext
@@ -174,17 +174,11 @@ class Attachment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str | None = Field(None, pattern=_JOB_ID)
-    artifact: str | None = None
+    artifact: ArtifactName | None = None
     key: str | None = None
     filename: str | None = Field(None, min_length=1, max_length=255)
     content_type: str | None = Field(None, pattern=_CONTENT_TYPE)
 
-    @field_validator("artifact")
-    @classmethod
-    def _artifact_name(cls, value: str | None) -> str | None:
-        if value is not None and not valid_artifact_name(value):
-            raise ValueError("must be an artifact name: letters, digits, '.', '_', '-'")
-        return value
 
     @field_validator("key")
     @classmethod
