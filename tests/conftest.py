@@ -56,7 +56,9 @@ def database_url(pg_server: EmbeddedPostgres | None) -> str:
 def truncate(url: str) -> None:
     engine = create_engine(sync_url(url))
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, job_attempts, job_effects, job_artifacts, api_keys"))
+        conn.execute(
+            text("TRUNCATE jobs, job_attempts, job_effects, job_artifacts, job_expiry, api_keys")
+        )
     engine.dispose()
 
 

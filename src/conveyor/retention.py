@@ -4,7 +4,10 @@ Each job carries its retention from submit on (`Job.retention_ms`): the request'
 `retention`, else its type's (`@handler(..., retention=...)`), else
 `CONVEYOR_RETENTION_SECONDS` (7 days; 0 keeps jobs forever). Once the job is SUCCEEDED,
 DEAD or CANCELLED, it expires at `finish_time + retention`, and GetJob shows that time as
-`expire_time`. A job replayed with RetryJob is unfinished again and so not expired.
+`expire_time`. The statement that finishes the job also records that time in
+`job_expiry` (a table of its own, so outcome updates keep PostgreSQL's in-place HOT
+update; see migration 0005). A job replayed with RetryJob is unfinished again: its expiry
+row goes, and it gets a new one when it ends.
 
 The sweeper runs in the scheduler (every `CONVEYOR_SWEEP_INTERVAL_SECONDS`; with several
 replicas, each takes turns through a Redis lock, and a double sweep would be harmless

@@ -97,7 +97,6 @@ class BundleFile(BaseModel):
     def _relative(cls, value: str | None) -> str | None:
         return None if value is None else relative_path(value)
 
-
     @model_validator(mode="after")
     def _one_source(self) -> BundleFile:
         by_key = self.key is not None
@@ -148,7 +147,6 @@ class BundlePayload(BaseModel):
                         "needs as a folder"
                     )
         return files
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,7 +160,6 @@ class CsvExportPayload(BaseModel):
                 raise ValueError(f"{name!r} is not a parameter name (letters, digits, _)")
         return params
 
-
     @field_validator("delimiter")
     @classmethod
     def _usable_delimiter(cls, delimiter: str) -> str:

@@ -179,7 +179,6 @@ class Attachment(BaseModel):
     filename: str | None = Field(None, min_length=1, max_length=255)
     content_type: str | None = Field(None, pattern=_CONTENT_TYPE)
 
-
     @field_validator("key")
     @classmethod
     def _file_key(cls, value: str | None) -> str | None:

@@ -13,10 +13,11 @@ from conveyor.artifacts import Artifact
 from conveyor.jobs import TERMINAL_STATES
 from conveyor.store.database import Database
 from conveyor.store.jobs import unavailable_on_db_errors
-from conveyor.store.models import ArtifactRow, JobRow
+from conveyor.store.models import ArtifactRow, ExpiryRow, JobRow
 
 _ARTIFACTS = cast(Table, ArtifactRow.__table__)
 _JOBS = cast(Table, JobRow.__table__)
+_EXPIRY = cast(Table, ExpiryRow.__table__)
 _TERMINAL = [int(s) for s in TERMINAL_STATES]
 
 
@@ -83,17 +84,13 @@ class ArtifactStore:
     # -- retention -------------------------------------------------------------------------
     async def expired(self, now: int, limit: int) -> list[tuple[str, str, list[str]]]:
         """Finished jobs past their retention, oldest expiry first: (id, queue, the object
-        keys they hold: artifacts and a stored result)."""
-        expiry = _JOBS.c.finish_time + _JOBS.c.retention_ms
+        keys they hold: artifacts and a stored result). Read through `job_expiry`'s index,
+        so a sweep reads only what it deletes."""
         stmt = (
             select(_JOBS.c.id, _JOBS.c.queue, _JOBS.c.result_ref)
-            .where(
-                _JOBS.c.finish_time.is_not(None),
-                _JOBS.c.retention_ms.is_not(None),
-                expiry <= now,
-                _JOBS.c.state.in_(_TERMINAL),
-            )
-            .order_by(expiry)
+            .join(_EXPIRY, _EXPIRY.c.job_id == _JOBS.c.id)
+            .where(_EXPIRY.c.expire_time <= now, _JOBS.c.state.in_(_TERMINAL))
+            .order_by(_EXPIRY.c.expire_time)
             .limit(limit)
         )
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
@@ -114,14 +111,11 @@ class ArtifactStore:
         unless one was replayed since it was found: only still-expired rows go."""
         if not ids:
             return 0
-        expiry = _JOBS.c.finish_time + _JOBS.c.retention_ms
+        still_expired = select(_EXPIRY.c.job_id).where(
+            _EXPIRY.c.job_id.in_(list(ids)), _EXPIRY.c.expire_time <= now
+        )
         stmt = delete(_JOBS).where(
-            and_(
-                _JOBS.c.id.in_(list(ids)),
-                _JOBS.c.finish_time.is_not(None),
-                expiry <= now,
-                _JOBS.c.state.in_(_TERMINAL),
-            )
+            and_(_JOBS.c.id.in_(still_expired), _JOBS.c.state.in_(_TERMINAL))
         )
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             result = await conn.execute(stmt)

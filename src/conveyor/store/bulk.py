@@ -58,7 +58,8 @@ JOIN unnest(%s::text[], %s::text[]) AS k(owner, idempotency_key)
 # An outcome applies only while the job is unfinished, its fence is the one the attempt
 # was handed, and no later attempt has been recorded: a worker that froze past its lease
 # cannot overwrite what the attempt that replaced it wrote. The attempt's record is
-# inserted by the same statement, for exactly the outcomes that applied.
+# inserted by the same statement, for exactly the outcomes that applied, and so is the
+# expiry of each job it finished (see conveyor.retention).
 _OUTCOMES = """
 WITH v AS (
   SELECT * FROM jsonb_to_recordset(%s::jsonb)
@@ -75,13 +76,19 @@ WITH v AS (
   FROM v
   WHERE jobs.id = v.id AND jobs.fence = v.fence AND jobs.attempt < v.attempt
     AND jobs.state NOT IN (4, 6, 7)
-  RETURNING jobs.id
+  RETURNING jobs.id, jobs.retention_ms
 ), recorded AS (
   INSERT INTO job_attempts (job_id, attempt, outcome, worker_id, start_time, finish_time,
                             error, traceback)
   SELECT v.id, v.attempt, v.outcome, v.worker_id, v.start_time, v.ended, v.error, v.traceback
   FROM v JOIN applied ON applied.id = v.id
   ON CONFLICT DO NOTHING
+), expiring AS (
+  INSERT INTO job_expiry (job_id, expire_time)
+  SELECT v.id, v.finish_time + applied.retention_ms
+  FROM v JOIN applied ON applied.id = v.id
+  WHERE v.finish_time IS NOT NULL AND applied.retention_ms IS NOT NULL
+  ON CONFLICT (job_id) DO UPDATE SET expire_time = EXCLUDED.expire_time
 )
 SELECT id FROM applied
 """

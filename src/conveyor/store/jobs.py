@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, exists, literal, select, tuple_, update
+from sqlalchemy import Table, delete, exists, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -16,7 +16,7 @@ from conveyor.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.errors import ConveyorError, FailedPrecondition, NotFound, outage
 from conveyor.jobs import TERMINAL_STATES, Job, JobState, now_ms
 from conveyor.store.database import Database
-from conveyor.store.models import AttemptRow, EffectRow, JobRow
+from conveyor.store.models import AttemptRow, EffectRow, ExpiryRow, JobRow
 from conveyor.store.rows import (
     RolledBack,
     WriteResult,
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 _JOBS = cast(Table, JobRow.__table__)
 _ATTEMPTS = cast(Table, AttemptRow.__table__)
 _EFFECTS = cast(Table, EffectRow.__table__)
+_EXPIRY = cast(Table, ExpiryRow.__table__)
 _TERMINAL = [int(s) for s in TERMINAL_STATES]
 MAX_ATTEMPTS_LISTED = 1000
 
@@ -191,12 +192,29 @@ class JobStore:
                         _JOBS.c.state.not_in(_TERMINAL),
                     )
                     .values(**values)
-                    .returning(_JOBS.c.id)
+                    .returning(_JOBS.c.id, _JOBS.c.retention_ms)
                 )
-                if (await conn.execute(stmt)).first() is not None:
+                row = (await conn.execute(stmt)).first()
+                if row is not None:
                     applied.add(w.id)
                     await conn.execute(self._upsert(_ATTEMPTS), [_attempt_row(w.record)])
+                    await self._expires(conn, w.id, w.finish_time, row.retention_ms)
         return applied
+
+    async def _expires(
+        self, conn: AsyncConnection, job_id: str, finish_time: int | None, retention: int | None
+    ) -> None:
+        """Record when a job that just finished expires (nothing while it is unfinished or
+        kept forever); the statement that finished it is still open."""
+        if finish_time is None or retention is None:
+            return
+        dialect = sqlite if self.db.is_sqlite else postgresql
+        values = {"job_id": job_id, "expire_time": finish_time + retention}
+        stmt = dialect.insert(_EXPIRY).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["job_id"], set_={"expire_time": values["expire_time"]}
+        )
+        await conn.execute(stmt)
 
     async def fence(self, job_id: str, lost: Sequence[Attempt]) -> int | None:
         """Take over a job whose previous attempts were lost: bump its fence (so their
@@ -293,6 +311,7 @@ class JobStore:
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             row = (await conn.execute(stmt)).first()
             if row is not None:
+                await self._expires(conn, job_id, now, row.retention_ms)
                 return job_from_row(row._mapping)
             current = (await conn.execute(select(_JOBS).where(_JOBS.c.id == job_id))).first()
         if current is None or (owner is not None and current.owner != owner):
@@ -331,6 +350,8 @@ class JobStore:
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             row = (await conn.execute(stmt)).first()
             if row is not None:
+                # Unfinished again: not to be swept (it gets a new expiry when it ends).
+                await conn.execute(delete(_EXPIRY).where(_EXPIRY.c.job_id == job_id))
                 return job_from_row(row._mapping)
             current = (await conn.execute(select(_JOBS).where(*conditions))).first()
         if current is None:

@@ -77,6 +77,19 @@ class JobRow(Base):
     retention_ms: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class ExpiryRow(Base):
+    """When a finished job expires (finish_time + retention); see migration 0005 for why
+    this is a table of its own. Written by the statement that finishes the job."""
+
+    __tablename__ = "job_expiry"
+    __table_args__ = (Index("ix_job_expiry_expire_time", "expire_time"),)
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    expire_time: Mapped[int] = mapped_column(BigInteger)
+
+
 class ArtifactRow(Base):
     """A file a job made, kept in the object store under `object_key`."""
 

@@ -1,8 +1,12 @@
 """Artifacts and retention: the files a job made (`job_artifacts`), results kept in the
-object store (`jobs.result_ref`), and how long a finished job is kept (`jobs.retention_ms`).
+object store (`jobs.result_ref`), how long a finished job is kept (`jobs.retention_ms`),
+and when each finished job expires (`job_expiry`).
 
-The sweeper finds expired jobs through an expression index on `finish_time + retention_ms`,
-partial on both being set, so a sweep reads only what it deletes.
+The expiry times live in a table of their own, inserted by the statement that finishes a
+job, rather than in an index on `jobs`: an index over `finish_time` would make every
+outcome update touch an index and lose PostgreSQL's in-place (HOT) update, the cheapest
+write on the hot path. The sweeper reads `job_expiry` by time, so a sweep reads only what
+it deletes.
 
 Revision ID: 0005
 Revises: 0004
@@ -24,13 +28,17 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("retention_ms", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("result_ref", sa.String(256), nullable=True))
-    op.create_index(
-        "ix_jobs_expiry",
-        "jobs",
-        [sa.text("(finish_time + retention_ms)")],
-        postgresql_where=sa.text("finish_time IS NOT NULL AND retention_ms IS NOT NULL"),
-        sqlite_where=sa.text("finish_time IS NOT NULL AND retention_ms IS NOT NULL"),
+    op.create_table(
+        "job_expiry",
+        sa.Column(
+            "job_id",
+            sa.String(36),
+            sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("expire_time", sa.BigInteger(), nullable=False),
     )
+    op.create_index("ix_job_expiry_expire_time", "job_expiry", ["expire_time"])
     op.create_table(
         "job_artifacts",
         sa.Column(
@@ -50,7 +58,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("job_artifacts")
-    op.drop_index("ix_jobs_expiry", table_name="jobs")
+    op.drop_table("job_expiry")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("result_ref")
         batch.drop_column("retention_ms")
