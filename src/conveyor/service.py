@@ -54,10 +54,12 @@ async def connections(settings: Settings, *, pool_size: int = 10) -> AsyncIterat
         objects=open_store(settings),
         artifacts=ArtifactStore(db),
     )
-    await _prepare_objects(conns.objects)
+    # In the background: an object store that is slow to answer must not hold up start-up.
+    preparing = asyncio.create_task(_prepare_objects(conns.objects), name="objects")
     try:
         yield conns
     finally:
+        preparing.cancel()
         await conns.hub.close()
         await redis.aclose()
         await conns.store.close()

@@ -102,3 +102,17 @@ def test_folder_store_keys_cannot_leave_the_folder(tmp_path: Path) -> None:
     for key in ("../outside", "jobs/../../outside", "/etc/passwd", ".download-key"):
         with pytest.raises(ObjectNotFound), store.open(key):
             pass
+
+
+def test_an_unreachable_s3_fails_fast_instead_of_holding_the_caller() -> None:
+    """minio's default client waits minutes to connect; ours gives up within seconds, so
+    an attempt that needs a store that is down fails (and is retried) promptly."""
+    from conveyor.embedded import free_port
+
+    store = S3Store(
+        endpoint=f"http://127.0.0.1:{free_port()}", access_key="a", secret_key="b", bucket="bkt"
+    )
+    started = time.monotonic()
+    with pytest.raises(Exception):  # noqa: B017 - urllib3's error after its retries
+        store.stat("jobs/x")
+    assert time.monotonic() - started < 15

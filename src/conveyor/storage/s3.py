@@ -9,11 +9,14 @@ outside one and links are signed for it.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import IO, TYPE_CHECKING, BinaryIO, cast
 from urllib.parse import quote
 
+import certifi
+import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
@@ -34,6 +37,18 @@ def _endpoint(url: str) -> tuple[str, bool]:
     return url.removeprefix("https://").rstrip("/"), True
 
 
+def _http_client() -> urllib3.PoolManager:
+    """minio's own default waits up to five minutes to connect; a store that cannot be
+    reached should fail an attempt (to be retried) in seconds, not hold a worker slot."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=10, read=120),
+        maxsize=16,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),  # as minio does
+        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+
+
 class S3Store(ObjectStore):
     def __init__(
         self,
@@ -48,7 +63,12 @@ class S3Store(ObjectStore):
         host, secure = _endpoint(endpoint)
         self.bucket = bucket
         self.client = Minio(
-            host, access_key=access_key, secret_key=secret_key, secure=secure, region=region
+            host,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=_http_client(),
         )
         self.signer = self.client
         if public_endpoint:
