@@ -116,3 +116,22 @@ def test_an_unreachable_s3_fails_fast_instead_of_holding_the_caller() -> None:
     with pytest.raises(Exception):  # noqa: B017 - urllib3's error after its retries
         store.stat("jobs/x")
     assert time.monotonic() - started < 15
+
+
+def test_links_are_signed_for_the_public_endpoint_without_asking_it(s3_store: S3Store) -> None:
+    """Compose and Kubernetes reach MinIO as `minio:9000` while clients download from
+    `localhost:9000`: links name the public endpoint, and making them needs no round trip
+    (nothing listens on the public port here: the link is made without connecting)."""
+    from conveyor.embedded import free_port
+
+    closed = free_port()
+    public = S3Store(
+        endpoint=s3_store.endpoint,
+        access_key="k",
+        secret_key="s",
+        bucket=s3_store.bucket,
+        public_endpoint=f"http://127.0.0.1:{closed}",
+    )
+    url = public.url("jobs/j/artifacts/a.txt", expires=timedelta(minutes=1), filename="a.txt")
+    assert url.startswith(f"http://127.0.0.1:{closed}/{s3_store.bucket}/jobs/j/artifacts/a.txt?")
+    assert "X-Amz-Expires=60" in url and "response-content-disposition=" in url

@@ -60,27 +60,22 @@ class S3Store(ObjectStore):
         region: str = "us-east-1",
         public_endpoint: str = "",
     ) -> None:
-        host, secure = _endpoint(endpoint)
         self.bucket = bucket
-        self.client = Minio(
-            host,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=secure,
-            region=region,
-            http_client=_http_client(),
-        )
-        self.signer = self.client
-        if public_endpoint:
-            public_host, public_secure = _endpoint(public_endpoint)
-            # Region set: signing never asks the (maybe unreachable) public address anything.
-            self.signer = Minio(
-                public_host,
+        self.endpoint = endpoint
+
+        def client(url: str) -> Minio:
+            host, secure = _endpoint(url)
+            return Minio(
+                host,
                 access_key=access_key,
                 secret_key=secret_key,
-                secure=public_secure,
-                region=region,
+                secure=secure,
+                region=region,  # set: signing never asks the store (or the public address)
+                http_client=_http_client(),
             )
+
+        self.client = client(endpoint)
+        self.signer = client(public_endpoint) if public_endpoint else self.client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
