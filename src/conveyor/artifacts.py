@@ -183,12 +183,18 @@ class Artifacts:
         self.made.append(artifact)
         return artifact
 
-    def find(self, name: str, *, job_id: str = "") -> Artifact:
-        """An artifact of this job, or of another job of the same owner; NotFound else."""
-        found = self._await(self._find(self.owner, job_id or self.job_id, name))
+    async def lookup(self, name: str, *, job_id: str = "") -> Artifact:
+        """An artifact of this job, or of another job of the same owner; NotFound else (an
+        artifact of another owner's job reads as missing). Runs on the event loop."""
+        of_job = job_id or self.job_id
+        found = await self._find(self.owner, of_job, name)
         if found is None:
-            raise NotFound(f"job {job_id or self.job_id} has no artifact {name!r}")
-        return found  # type: ignore[no-any-return]
+            raise NotFound(f"job {of_job} has no artifact {name!r}")
+        return found
+
+    def find(self, name: str, *, job_id: str = "") -> Artifact:
+        """`lookup` for sync code (a handler's thread)."""
+        return self._await(self.lookup(name, job_id=job_id))  # type: ignore[no-any-return]
 
     def open(self, name: str, *, job_id: str = "") -> contextlib.AbstractContextManager[IO[bytes]]:
         """A stream of an artifact's bytes (see `find` for which artifacts)."""
@@ -213,10 +219,7 @@ class AsyncArtifacts:
         return await asyncio.to_thread(self.sync.put, name, data, content_type=content_type)
 
     async def find(self, name: str, *, job_id: str = "") -> Artifact:
-        found = await self.sync._find(self.sync.owner, job_id or self.sync.job_id, name)
-        if found is None:
-            raise NotFound(f"job {job_id or self.sync.job_id} has no artifact {name!r}")
-        return found
+        return await self.sync.lookup(name, job_id=job_id)
 
     async def read(self, name: str, *, job_id: str = "") -> bytes:
         artifact = await self.find(name, job_id=job_id)
