@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from conveyor.artifacts import Artifact
 from conveyor.jobs import TERMINAL_STATES
@@ -48,10 +47,7 @@ class ArtifactStore:
             "sha256": artifact.sha256,
             "create_time": artifact.create_time,
         }
-        dialect = sqlite if self.db.is_sqlite else postgresql
-        stmt = dialect.insert(_ARTIFACTS).values(**values)
-        changed = {k: v for k, v in values.items() if k not in ("job_id", "name")}
-        stmt = stmt.on_conflict_do_update(index_elements=["job_id", "name"], set_=changed)
+        stmt = self.db.upsert(_ARTIFACTS, values, ["job_id", "name"])
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             await conn.execute(stmt)
 

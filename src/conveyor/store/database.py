@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -48,6 +50,16 @@ class Database:
         except Exception:
             return False
         return True
+
+    def insert(self, table: Table) -> Any:
+        """INSERT in this database's dialect (for its ON CONFLICT clauses)."""
+        return (sqlite if self.is_sqlite else postgresql).insert(table)
+
+    def upsert(self, table: Table, values: dict[str, Any], keys: Sequence[str]) -> Any:
+        """INSERT `values`, or on a conflict of `keys` UPDATE the other columns to them."""
+        changed = {k: v for k, v in values.items() if k not in keys}
+        stmt = self.insert(table).values(**values)
+        return stmt.on_conflict_do_update(index_elements=list(keys), set_=changed)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, delete, exists, literal, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -70,8 +69,7 @@ class JobStore:
 
     def _upsert(self, table: Table) -> Any:
         """INSERT … ON CONFLICT DO NOTHING in this database's dialect."""
-        dialect = sqlite if self.db.is_sqlite else postgresql
-        return dialect.insert(table).on_conflict_do_nothing()
+        return self.db.insert(table).on_conflict_do_nothing()
 
     async def insert(
         self, jobs: Sequence[Job], *, all_or_nothing: bool = False
@@ -208,13 +206,8 @@ class JobStore:
         kept forever); the statement that finished it is still open."""
         if finish_time is None or retention is None:
             return
-        dialect = sqlite if self.db.is_sqlite else postgresql
         values = {"job_id": job_id, "expire_time": finish_time + retention}
-        stmt = dialect.insert(_EXPIRY).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["job_id"], set_={"expire_time": values["expire_time"]}
-        )
-        await conn.execute(stmt)
+        await conn.execute(self.db.upsert(_EXPIRY, values, ["job_id"]))
 
     async def fence(self, job_id: str, lost: Sequence[Attempt]) -> int | None:
         """Take over a job whose previous attempts were lost: bump its fence (so their

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, cast
 
 from sqlalchemy import Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from conveyor.jobs import now_ms
 from conveyor.queues import QueueSettings
@@ -54,12 +53,7 @@ class QueueStore:
             "max_running_per_owner": settings.max_running_per_owner,
             "update_time": now_ms(),
         }
-        dialect = sqlite if self.db.is_sqlite else postgresql
-        stmt = (
-            dialect.insert(_QUEUES)
-            .values(name=settings.name, **values)
-            .on_conflict_do_update(index_elements=[_QUEUES.c.name], set_=values)
-        )
+        stmt = self.db.upsert(_QUEUES, {"name": settings.name, **values}, ["name"])
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             await conn.execute(stmt)
         return settings
