@@ -57,6 +57,8 @@ class Service:
     proc: subprocess.Popen[bytes]
     log: Path
     addr: str
+    # Where its Prometheus /metrics is served (see tests/observability.py to read it).
+    metrics_addr: str = ""
     killed: bool = False
 
     def tail(self, lines: int = 40) -> str:
@@ -118,7 +120,8 @@ class Stack:
 
     def spawn(self, command: str, *args: str, env: Mapping[str, str] | None = None) -> Service:
         """Run `conveyor <command>` without waiting for it to be ready."""
-        merged = {**self.env, **(env or {})}
+        # Each process its own metrics port (they share the stack's environment).
+        merged = {"CONVEYOR_METRICS_ADDR": f"127.0.0.1:{free_port()}", **self.env, **(env or {})}
         addr = {
             "api": merged["CONVEYOR_API_ADDR"],
             "worker": merged["CONVEYOR_WORKER_ADDR"],
@@ -130,7 +133,7 @@ class Stack:
                 [CONVEYOR, command, *args], env=merged, stdout=out, stderr=subprocess.STDOUT
             )
         _SPAWNED.append(proc)
-        service = Service(command, proc, log, addr)
+        service = Service(command, proc, log, addr, merged["CONVEYOR_METRICS_ADDR"])
         self.services.append(service)
         return service
 

@@ -192,6 +192,11 @@ class Settings(BaseSettings):
     )
     log_format: str = Field("json", description="json or console.")
     log_level: str = Field("INFO", description="Python logging level.")
+    metrics_addr: str = Field(
+        "",
+        description="Where Prometheus /metrics is served (host:port); empty: the service's "
+        "own (api 127.0.0.1:9464, worker :9465, scheduler :9466); off: not served.",
+    )
 
     # TLS: servers (api, worker, scheduler) serve TLS when tls_cert and tls_key are set, and
     # require client certificates when tls_client_ca is set too. Clients (CLI, Python client)

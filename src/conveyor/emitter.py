@@ -35,6 +35,7 @@ from conveyor.queue import EventHub
 from conveyor.queue.keys import SCHEDULES_CHANNEL
 from conveyor.schedules import Schedule
 from conveyor.store.schedules import Advance, ScheduleStore
+from conveyor.telemetry import tracing
 from conveyor.timetable import due
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,9 @@ class Emitter:
             spec = schedule.job_spec(
                 key=schedule.bucket_key(bucket), run_at=bucket, max_payload_bytes=self.max_payload
             )
-            job = await self.jobs.submit(owner, spec)
+            # The bucket's job starts a trace of its own (when tracing).
+            with tracing.span("schedule.fire", {"conveyor.schedule.id": schedule.id}):
+                job = await self.jobs.submit(owner, spec)
         except AlreadyExists:
             return None, ""  # made by an earlier version of the template: the bucket has one
         except InvalidArgument as exc:

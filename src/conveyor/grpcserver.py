@@ -38,6 +38,7 @@ from conveyor.errors import (
     internal_status,
     to_status,
 )
+from conveyor.telemetry import tracing
 from conveyor.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,9 @@ class Server:
         self.checks = list(checks)
         # Calls beyond `max_concurrent_rpcs` are refused with RESOURCE_EXHAUSTED at once.
         self.grpc = grpc.aio.server(
-            options=server_options(max_message_bytes), maximum_concurrent_rpcs=max_concurrent_rpcs
+            options=server_options(max_message_bytes),
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
+            interceptors=tracing.server_interceptors(),
         )
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

@@ -143,6 +143,9 @@ class Job:
     key_cap: int = 0
     # How long the job is kept once finished (None: forever); resolved at submit.
     retention_ms: int | None = None
+    # The W3C traceparent of the call that submitted it ("" when not tracing): its
+    # attempts' spans join that trace (see conveyor.telemetry.tracing).
+    trace_parent: str = ""
     # Why a waiting job is not running (computed on read, never stored).
     blocked_reason: str = ""
 
@@ -207,6 +210,8 @@ class Job:
             value = getattr(self, name)
             if value is not None:
                 hot[name] = value
+        if self.trace_parent:
+            hot["trace_parent"] = self.trace_parent
         return hot
 
     @classmethod
@@ -238,6 +243,7 @@ class Job:
             key_id=str(hot.get("key_id", "")),
             key_cap=int(hot.get("key_cap", 0)),
             retention_ms=_opt_int(hot.get("retention_ms")),
+            trace_parent=str(hot.get("trace_parent", "")),
         )
 
 

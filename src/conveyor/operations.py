@@ -26,6 +26,7 @@ from conveyor.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from conveyor.handlers import Registry
@@ -47,6 +48,8 @@ from conveyor.queue.workers import WorkerInfo, WorkerRegistry
 from conveyor.ratelimit import Kind, Limit, RateLimiter
 from conveyor.retention import resolve_retention_ms
 from conveyor.store import JobStore
+from conveyor.telemetry import tracing
+from conveyor.telemetry.metrics import ApiMetrics
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,11 @@ class JobOperations:
         hub: EventHub,
         settings: Settings,
         registry: Registry | None = None,
+        *,
+        metrics: ApiMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or ApiMetrics()
         self.queue = queue
         self.hub = hub
         self.settings = settings
@@ -141,11 +147,16 @@ class JobOperations:
         """Charge the call to the owner's rate limit (the key's own, else the default)."""
         own = principal.submit_limit if kind is Kind.SUBMIT else principal.read_limit
         limit = Limit(*own) if own is not None else self._default_limits[kind]
-        await self.limiter.take(principal.owner, kind, limit, cost)
+        try:
+            await self.limiter.take(principal.owner, kind, limit, cost)
+        except ResourceExhausted:
+            self.metrics.rate_limited.labels(kind.value).inc()
+            raise
 
     def _new_job(self, principal: Principal, spec: JobSpec, now: int) -> Job:
         job = spec.new_job(principal.owner, defaults=self.defaults(spec.type), now=now)
         job.key_id, job.key_cap = principal.key_id, principal.max_running
+        job.trace_parent = tracing.current_traceparent()
         return job
 
     def check_payloads(self, specs: Sequence[JobSpec], *, bulk: bool = False) -> None:
@@ -168,7 +179,9 @@ class JobOperations:
         """Commit one job (group-committed with concurrent submits), then enqueue it."""
         self.check_payloads([spec])
         await self.charge(principal, Kind.SUBMIT)
-        result = await self._submits.submit(self._new_job(principal, spec, now_ms()))
+        job = self._new_job(principal, spec, now_ms())
+        tracing.annotate(**tracing.job_attributes(job.id, job.type, job.queue))
+        result = await self._submits.submit(job)
         if isinstance(result, ConveyorError):
             raise result
         return result
@@ -201,6 +214,7 @@ class JobOperations:
             return
         for job in new:
             self._remember(job.id, job.queue)
+            self.metrics.submitted.labels(job.queue, job.type).inc()
         try:
             await self.queue.enqueue(new)
         except Unavailable:
@@ -348,6 +362,8 @@ class JobOperations:
         """CANCELLED in the database first (the truth), then in Redis, which stops the handler."""
         _check_id(job_id)
         job = await self.store.cancel(job_id, None if principal.is_admin else principal.owner)
+        # The cancel is this write (a running handler is stopped and writes nothing).
+        self.metrics.outcomes.labels(job.queue, job.type, "cancelled").inc()
         try:
             await self.queue.cancel(job.queue, job.id, job.finish_time or now_ms())
         except Unavailable:

@@ -75,6 +75,10 @@ class QueueAdmin:
         principal.require_admin()
         if name:
             return [await self.queue.queue_stats(check_queue_name(name))]
+        return await self.all_stats()
+
+    async def all_stats(self) -> list[QueueStats]:
+        """Every known queue's numbers (enqueued to, or with settings), by name."""
         names = await self.queue.known_queues()
         names |= {s.name for s in await self.store.all()}
         return [await self.queue.queue_stats(n) for n in sorted(names)]

@@ -47,8 +47,15 @@ class RecorderStats:
 
 
 class AttemptRecorder:
-    def __init__(self, store: JobStore, queue: RedisQueue, closing: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        queue: RedisQueue,
+        closing: Callable[[], bool],
+        on_stale: Callable[[], None] = lambda: None,
+    ) -> None:
         self.store = store
+        self.on_stale = on_stale
         self.queue = queue
         self.stats = RecorderStats()
         self._closing = closing
@@ -80,17 +87,20 @@ class AttemptRecorder:
             await self._converge(claim, current)
         return False
 
-    async def record(self, claim: Claim, end: AttemptEnd) -> None:
-        """Write an attempt's end: the database, then Redis (see the module docstring)."""
+    async def record(self, claim: Claim, end: AttemptEnd) -> bool:
+        """Write an attempt's end: the database, then Redis (see the module docstring).
+        True when the database took it; False when refused as stale, or given up on
+        because the worker is closing."""
         result = await self._until_done(claim.job, lambda: self._db.submit(end))
         if result is None:
-            return
+            return False
         if result.applied:
             await self._until_done(
                 claim.job, lambda: self._redis.submit((claim.job, claim.lease, end))
             )
-            return
+            return True
         self.stats.stale_writes += 1
+        self.on_stale()
         current = result.current
         log.warning(
             "job %s: stale outcome of attempt %d refused (fence %d); the database holds %s",
@@ -103,6 +113,7 @@ class AttemptRecorder:
         )
         if current is not None:
             await self._converge(claim, current)
+        return False
 
     async def _converge(self, claim: Claim, current: Job) -> None:
         """Bring Redis to the database's state for this job, if this claim's lease still

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import io
 import json
@@ -22,6 +23,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +47,8 @@ from conveyor.recording import AttemptRecorder
 from conveyor.storage import ObjectStore
 from conveyor.store import JobStore
 from conveyor.store.artifacts import ArtifactStore
+from conveyor.telemetry import bind_job, tracing
+from conveyor.telemetry.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,13 @@ TRACEBACK_FRAMES = 8
 # enough to keep the database and Redis writes of short jobs in flight back to back (at 2,
 # the drain of no-op jobs waited on them), few enough to bound memory in an outage.
 MAX_RECORDING = 4
+# How a written outcome is counted (conveyor_job_outcomes_total{outcome}).
+OUTCOME_LABELS = {
+    JobState.SUCCEEDED: "succeeded",
+    JobState.RETRYING: "retried",
+    JobState.DEAD: "dead",
+    JobState.CANCELLED: "cancelled",
+}
 
 
 class WorkerState(enum.IntEnum):
@@ -76,6 +87,7 @@ class Running:
     abandoned: bool = False
     progress: float = 0.0
     pump: asyncio.Task[None] | None = None
+    claimed_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -113,8 +125,10 @@ class Worker:
         registry: Registry,
         objects: ObjectStore | None = None,
         artifacts: ArtifactStore | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
         # Where artifacts and large results go; without them a handler that puts an
         # artifact fails (in-process tests that need neither leave them out).
         self.objects = objects
@@ -147,9 +161,13 @@ class Worker:
         # Set by stop(): loops end at their next turn even if a library swallowed the
         # cancellation (redis-py may turn a cancelled blocking read into a connection error).
         self._closing = False
-        self.recorder = AttemptRecorder(store, queue, lambda: self._closing)
+        self.recorder = AttemptRecorder(
+            store, queue, lambda: self._closing, on_stale=self.metrics.stale_writes.inc
+        )
         self.registry_entry = WorkerRegistry(queue.redis)
         self._started = now_ms()
+        self.metrics.concurrency.set(self.concurrency)
+        self.metrics.running.set_function(lambda: len(self.running))
 
     # -- control ---------------------------------------------------------------------------
     def _set_state(self, state: WorkerState) -> None:
@@ -338,20 +356,42 @@ class Worker:
             artifacts=artifacts,
             timeout_seconds=job.timeout_ms / 1000,
         )
-        running = Running(claim, ctx)
+        running = Running(claim, ctx, claimed_ms=now_ms())
+        if claim.lost:
+            self.metrics.reclaimed.labels(job.queue).inc()
+        else:
+            waited = running.claimed_ms - _ready_ms(job)
+            self.metrics.wait.labels(job.queue, job.type).observe(max(waited, 0) / 1000)
         self.running[job.id] = running
         running.task = asyncio.create_task(self._run(running), name=f"job-{job.id}")
         self.notify()
 
     async def _run(self, running: Running) -> None:
+        job = running.claim.job
+        bind_job(job.id, job.attempt, job.type, job.queue)
+        with tracing.attempt_span(
+            job.trace_parent,
+            tracing.job_attributes(job.id, job.type, job.queue, job.attempt),
+            ready_ms=None if running.claim.lost else _ready_ms(job),
+            claimed_ms=running.claimed_ms,
+        ) as span:
+            outcome, error = await self._run_and_record(running)
+            tracing.set_outcome(span, outcome, error)
+
+    async def _run_and_record(self, running: Running) -> tuple[str, str]:
+        """Run the attempt and write its outcome; returns the outcome's metric label
+        (succeeded, retried, dead), or why none was written (abandoned, stale), and the
+        attempt's error."""
         claim = running.claim
         job = claim.job
         ending: Ending | None = None
+        started = time.monotonic()
         try:
             if not claim.lost or await self.recorder.take_over(claim):
                 ending = await self._attempt(running)
         except asyncio.CancelledError:
             running.abandoned = True
+        ran = time.monotonic() - started
         self.running.pop(job.id, None)
         self.recording[job.id] = running
         if ending is not None:
@@ -360,10 +400,17 @@ class Worker:
                 self.stats.failed += 1
         self._slot_freed.set()
         self.notify()
+        outcome, error = "abandoned", ""
         try:
             if ending is not None and not running.abandoned:
                 await self._flush_progress(running)
-                await self.recorder.record(claim, self._end(claim, ending, running.progress))
+                end = self._end(claim, ending, running.progress)
+                outcome, error = OUTCOME_LABELS[end.state], end.error
+                if await self.recorder.record(claim, end):
+                    self.metrics.outcomes.labels(job.queue, job.type, outcome).inc()
+                    self.metrics.run.labels(job.queue, job.type, outcome).observe(ran)
+                else:
+                    outcome = "stale"
         finally:
             if running.pump is not None:
                 running.pump.cancel()
@@ -372,6 +419,7 @@ class Worker:
             self._slot_freed.set()
             if self.state is WorkerState.DRAINING and self._idle:
                 self._stopped.set()
+        return outcome, error
 
     @property
     def _idle(self) -> bool:
@@ -403,9 +451,11 @@ class Worker:
                 if spec.is_async:
                     returned = await spec.fn(payload, running.ctx)
                 else:
-                    loop = asyncio.get_running_loop()
-                    returned = await loop.run_in_executor(
-                        self._executor, spec.fn, payload, running.ctx
+                    # In the job's context, so the handler's logs name it and its spans
+                    # are children of the attempt's.
+                    call = contextvars.copy_context().run
+                    returned = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, call, spec.fn, payload, running.ctx
                     )
         except TimeoutError:
             running.ctx.cancel()
@@ -571,6 +621,11 @@ class Worker:
         running.ctx.cancel()
         if running.task is not None:
             running.task.cancel()
+
+
+def _ready_ms(job: Job) -> int:
+    """When the job could first run this time: submitted, due, or its retry time."""
+    return max(job.create_time, job.run_at)
 
 
 def job_result(returned: object) -> dict[str, Any] | str | None:

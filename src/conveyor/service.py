@@ -1,16 +1,17 @@
 """What every service process shares: settings from the environment, logging, the
 connections to PostgreSQL and Redis (opened and closed in one place), and the entry point
-that runs a service's `serve()` on uvloop."""
+that runs a service's `serve()` on uvloop, with its Prometheus metrics served beside it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from conveyor.config import ConfigurationError, Settings, configuration_failure
@@ -19,7 +20,8 @@ from conveyor.queue import EventHub, RedisQueue, connect
 from conveyor.storage import ObjectStore, open_store
 from conveyor.store import Database, JobStore
 from conveyor.store.artifacts import ArtifactStore
-from conveyor.telemetry import configure_logging
+from conveyor.telemetry import configure_logging, configure_tracing
+from conveyor.telemetry.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +77,30 @@ async def _prepare_objects(objects: ObjectStore) -> None:
         log.warning("object store not ready (artifacts will fail until it is): %s", exc)
 
 
+@contextlib.contextmanager
+def metrics_served(registry: CollectorRegistry, settings: Settings, service: str) -> Iterator[None]:
+    """Serve a service's metrics (CONVEYOR_METRICS_ADDR) for as long as the block runs."""
+    server = serve_metrics(registry, settings.metrics_addr, service)
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.stop()
+
+
 def service_main(
-    serve: Callable[[Settings], Coroutine[Any, Any, None]], settings: Settings | None = None
+    name: str,
+    serve: Callable[[Settings], Coroutine[Any, Any, None]],
+    settings: Settings | None = None,
 ) -> None:
-    """A service's entry point: read the environment, set up logging, run `serve`. A
+    """A service's entry point: read the environment, set up logging and tracing (as
+    `conveyor-<name>` unless OTEL_SERVICE_NAME says otherwise), run `serve`. A
     configuration error (a bad variable, a TLS file that is not what it should be) ends the
     process with its message and exit code 2, not a traceback."""
     try:
         settings = settings or Settings.from_env()
         configure_logging(settings.log_level, settings.log_format)
+        configure_tracing(f"conveyor-{name}")
         run(lambda: serve(settings))
     except ConfigurationError as exc:
         raise SystemExit(configuration_failure(exc)) from None

@@ -197,13 +197,21 @@ def open_channel(
 
 
 def open_aio_channel(
-    target: str, tls: ClientTls = None, *, options: Sequence[tuple[str, Any]] = ()
+    target: str,
+    tls: ClientTls = None,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """A grpc.aio channel to `target`: secure when `tls` resolves to TLS, else plaintext."""
     resolved = resolve_client_tls(tls)
     options = [*CLIENT_OPTIONS, *options]
+    given = list(interceptors) or None
     if resolved is None:
-        return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=given)
     return grpc.aio.secure_channel(
-        target, resolved.credentials(), options=[*options, *resolved.channel_options()]
+        target,
+        resolved.credentials(),
+        options=[*options, *resolved.channel_options()],
+        interceptors=given,
     )

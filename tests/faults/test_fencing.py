@@ -19,6 +19,7 @@ from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
 from tests.handlers import lines
+from tests.observability import scrape, value
 from tests.processes import Keys, Service, Stack
 
 QUEUE = "frozen"
@@ -52,6 +53,8 @@ async def test_a_worker_frozen_past_its_lease_cannot_overwrite_the_newer_attempt
         async with asyncio.timeout(30):
             final = [u async for u in alice.watch(job.id)][-1].job
         assert final.state == job_pb2.JOB_STATE_SUCCEEDED and final.attempt == 2
+        reclaimed = scrape(rescuer)
+        assert value(reclaimed, "conveyor_leases_reclaimed_total", queue=QUEUE) == 1
     finally:
         os.kill(frozen.proc.pid, signal.SIGCONT)
 

@@ -19,6 +19,7 @@ from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, n
 from conveyor.queue import Claim, RedisQueue, connect
 from conveyor.recording import AttemptRecorder
 from conveyor.store import Database, JobStore
+from conveyor.telemetry.metrics import WorkerMetrics
 from tests.builders import ended
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -31,8 +32,9 @@ class Parts:
     store: JobStore
     queue: RedisQueue
 
-    def recorder(self) -> AttemptRecorder:
-        return AttemptRecorder(self.store, self.queue, lambda: False)
+    def recorder(self, metrics: WorkerMetrics | None = None) -> AttemptRecorder:
+        on_stale = metrics.stale_writes.inc if metrics else lambda: None
+        return AttemptRecorder(self.store, self.queue, lambda: False, on_stale=on_stale)
 
     async def submit(self, max_attempts: int = 3) -> Job:
         job = JobSpec(type="noop").new_job(
@@ -77,7 +79,8 @@ async def test_a_stale_outcome_after_a_takeover_is_refused_and_counted(parts: Pa
     assert [(x.attempt, x.worker_id) for x in fresh.lost] == [(1, "worker-a")]
     assert fresh.job.attempt == 2
 
-    b, a = parts.recorder(), parts.recorder()
+    metrics = WorkerMetrics()
+    b, a = parts.recorder(), parts.recorder(metrics)
     assert await b.take_over(fresh)
     assert fresh.job.fence == 1
     await b.record(fresh, ended(job.id, JobState.SUCCEEDED, 2, fence=1, worker_id="worker-b"))
@@ -85,6 +88,7 @@ async def test_a_stale_outcome_after_a_takeover_is_refused_and_counted(parts: Pa
     await a.record(stale, ended(job.id, JobState.DEAD, 1, fence=0, error="stale outcome"))
 
     assert a.stats.stale_writes == 1 and b.stats.stale_writes == 0
+    assert metrics.registry.get_sample_value("conveyor_stale_writes_refused_total") == 1
     stored = await parts.store.get(job.id)
     assert stored is not None
     assert (stored.state, stored.attempt, stored.error) == (JobState.SUCCEEDED, 2, "")

@@ -3,6 +3,7 @@ ScheduleService until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from conveyor.auth import Authenticator
@@ -13,13 +14,14 @@ from conveyor.operations import JobOperations
 from conveyor.queue_admin import QueueAdmin
 from conveyor.results import Results
 from conveyor.schedule_operations import ScheduleOperations
-from conveyor.service import connections, service_main
+from conveyor.service import connections, metrics_served, service_main
 from conveyor.storage import ObjectStore
 from conveyor.storage.downloads import DownloadServer
 from conveyor.storage.local import LocalStore
 from conveyor.store import KeyStore
 from conveyor.store.queues import QueueStore
 from conveyor.store.schedules import ScheduleStore
+from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.v1 import (
     api_key_service_pb2,
     api_key_service_pb2_grpc,
@@ -44,16 +46,20 @@ SERVICE_NAMES = [
 async def serve(settings: Settings) -> None:
     # The same handler modules as the workers, for the job types' default policies.
     load_modules(settings.handler_modules)
+    metrics = ApiMetrics()
     async with connections(settings) as conns:
-        ops = JobOperations(conns.store, conns.queue, conns.hub, settings, default_registry)
+        ops = JobOperations(
+            conns.store, conns.queue, conns.hub, settings, default_registry, metrics=metrics
+        )
         keys = KeyStore(conns.db)
         # One per process: one cache, one stream guard.
         auth = Authenticator(keys, max_streams_per_owner=settings.max_streams_per_owner)
         queues = QueueAdmin(QueueStore(conns.db), conns.queue)
+        metrics.watch_queues(queues.all_stats, asyncio.get_running_loop())
         results = Results(
             ops, conns.artifacts, conns.objects, link_seconds=settings.artifact_url_seconds
         )
-        servicer = JobServicer(ops, queues, auth, settings, results)
+        servicer = JobServicer(ops, queues, auth, settings, results, metrics=metrics)
         server = Server.from_settings(
             settings.api_addr,
             settings,
@@ -73,8 +79,9 @@ async def serve(settings: Settings) -> None:
         log.info("api serving JobService on %s (port %d)", settings.api_addr, port)
         downloads = _download_server(conns.objects, settings)
         try:
-            await wait_for_signal()
-            log.info("api shutting down")
+            with metrics_served(metrics.registry, settings, "api"):
+                await wait_for_signal()
+                log.info("api shutting down")
         finally:
             await server.stop(settings.shutdown_grace_seconds)
             if downloads is not None:
@@ -97,7 +104,7 @@ def _download_server(objects: ObjectStore, settings: Settings) -> DownloadServer
 
 
 def main(settings: Settings | None = None) -> None:
-    service_main(serve, settings)
+    service_main("api", serve, settings)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from conveyor.jobs import MAX_BULK, JobSpec, JobState, spec_from_proto
 from conveyor.operations import JobOperations, ListFilter
 from conveyor.queue_admin import QueueAdmin
 from conveyor.results import Results
+from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.v1 import job_pb2, job_service_pb2_grpc
 from conveyor.v1 import job_service_pb2 as pb
 
@@ -24,8 +25,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         auth: Authenticator,
         settings: Settings,
         results: Results,
+        *,
+        metrics: ApiMetrics | None = None,
     ) -> None:
         self.ops = ops
+        self.metrics = metrics or ApiMetrics()
         self.results = results
         self.queues = queues
         self.auth = auth
@@ -97,8 +101,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, principal: Principal
     ) -> AsyncIterator[pb.WatchJobResponse]:
-        async for sequence, job in self.ops.watch(principal, request.id, request.after_sequence):
-            yield pb.WatchJobResponse(sequence=sequence, job=job.to_proto())
+        with self.metrics.watch_streams.track_inprogress():
+            changes = self.ops.watch(principal, request.id, request.after_sequence)
+            async for sequence, job in changes:
+                yield pb.WatchJobResponse(sequence=sequence, job=job.to_proto())
 
     @unary
     async def CancelJob(

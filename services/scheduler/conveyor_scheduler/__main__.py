@@ -16,9 +16,10 @@ from conveyor.handlers import default_registry, load_modules
 from conveyor.operations import JobOperations
 from conveyor.reconciler import Reconciler
 from conveyor.retention import Sweeper
-from conveyor.service import connections, service_main
+from conveyor.service import connections, metrics_served, service_main
 from conveyor.store.queues import QueueStore
 from conveyor.store.schedules import ScheduleStore
+from conveyor.telemetry.metrics import SchedulerMetrics
 
 log = logging.getLogger("conveyor.scheduler")
 STOP_SECONDS = 5.0
@@ -36,28 +37,25 @@ async def serve(settings: Settings) -> None:
         )
         port = await server.start()
         jobs = JobOperations(conns.store, conns.queue, conns.hub, settings, default_registry)
+        emitter = Emitter(ScheduleStore(conns.db), jobs, conns.hub, settings)
+        sweeper = Sweeper(
+            conns.artifacts,
+            conns.objects,
+            conns.queue,
+            batch=settings.sweep_batch,
+            interval=settings.sweep_interval_seconds,
+        )
+        reconciler = Reconciler(conns.store, conns.queue, settings, QueueStore(conns.db))
+        metrics = _metrics(emitter, sweeper)
         tasks = [
-            asyncio.create_task(
-                Reconciler(conns.store, conns.queue, settings, QueueStore(conns.db)).run(),
-                name="reconciler",
-            ),
-            asyncio.create_task(
-                Emitter(ScheduleStore(conns.db), jobs, conns.hub, settings).run(), name="emitter"
-            ),
-            asyncio.create_task(
-                Sweeper(
-                    conns.artifacts,
-                    conns.objects,
-                    conns.queue,
-                    batch=settings.sweep_batch,
-                    interval=settings.sweep_interval_seconds,
-                ).run(),
-                name="sweeper",
-            ),
+            asyncio.create_task(reconciler.run(), name="reconciler"),
+            asyncio.create_task(emitter.run(), name="emitter"),
+            asyncio.create_task(sweeper.run(), name="sweeper"),
         ]
         log.info("scheduler: emitting, reconciling and sweeping; health on port %d", port)
         try:
-            await wait_for_signal()
+            with metrics_served(metrics.registry, settings, "scheduler"):
+                await wait_for_signal()
         finally:
             for task in tasks:
                 task.cancel()
@@ -69,8 +67,23 @@ async def serve(settings: Settings) -> None:
             await server.stop(1.0)
 
 
+def _metrics(emitter: Emitter, sweeper: Sweeper) -> SchedulerMetrics:
+    metrics = SchedulerMetrics()
+    metrics.count(
+        "conveyor_schedule_fires",
+        "Schedule buckets that became a job here.",
+        lambda: emitter.stats.emitted,
+    )
+    metrics.count(
+        "conveyor_retention_deleted_jobs",
+        "Expired jobs deleted by this sweeper.",
+        lambda: sweeper.stats.jobs,
+    )
+    return metrics
+
+
 def main(settings: Settings | None = None) -> None:
-    service_main(serve, settings)
+    service_main("scheduler", serve, settings)
 
 
 if __name__ == "__main__":

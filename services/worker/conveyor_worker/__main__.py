@@ -11,8 +11,9 @@ from conveyor.grpcserver import Server, wait_for_signal
 from conveyor.handlers import default_registry, load_modules
 from conveyor.queue import connect
 from conveyor.runner import Worker
-from conveyor.service import connections, service_main
+from conveyor.service import connections, metrics_served, service_main
 from conveyor.store import KeyStore
+from conveyor.telemetry.metrics import WorkerMetrics
 from conveyor.v1 import worker_control_pb2, worker_control_pb2_grpc
 from conveyor_worker.control import WorkerControlServicer
 
@@ -21,6 +22,7 @@ log = logging.getLogger("conveyor.worker")
 
 async def serve(settings: Settings) -> None:
     load_modules(settings.handler_modules)
+    metrics = WorkerMetrics()
     async with connections(settings, pool_size=4) as conns:
         blocking = connect(settings.redis_url, blocking=True)
         worker = Worker(
@@ -32,6 +34,7 @@ async def serve(settings: Settings) -> None:
             registry=default_registry,
             objects=conns.objects,
             artifacts=conns.artifacts,
+            metrics=metrics,
         )
         service = worker_control_pb2.DESCRIPTOR.services_by_name["WorkerControl"].full_name
         server = Server.from_settings(
@@ -48,8 +51,9 @@ async def serve(settings: Settings) -> None:
         signalled = asyncio.create_task(wait_for_signal())
         drained = asyncio.create_task(worker.wait_stopped())
         try:
-            await asyncio.wait([signalled, drained], return_when=asyncio.FIRST_COMPLETED)
-            log.info("worker %s stopping", worker.worker_id)
+            with metrics_served(metrics.registry, settings, "worker"):
+                await asyncio.wait([signalled, drained], return_when=asyncio.FIRST_COMPLETED)
+                log.info("worker %s stopping", worker.worker_id)
         finally:
             signalled.cancel()
             drained.cancel()
@@ -60,7 +64,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main(settings: Settings | None = None) -> None:
-    service_main(serve, settings)
+    service_main("worker", serve, settings)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from conveyor.cli.queues import queues_app, workers
 from conveyor.cli.schedules import schedules_app
 from conveyor.config import ConfigurationError, Settings, configuration_failure
 from conveyor.errors import ConveyorError
+from conveyor.telemetry import tracing
 from conveyor.v1 import job_pb2
 
 app = typer.Typer(
@@ -31,6 +32,20 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Manage API keys (needs CONVEYOR_DATABASE_URL).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+# Commands that run a service set up its tracing themselves (as conveyor-api, …).
+SERVICE_COMMANDS = {"dev", "api", "worker", "scheduler", "migrate"}
+
+
+@app.callback()
+def _trace_command(ctx: typer.Context) -> None:
+    """With OTEL_* set, a client command is one trace: `conveyor submit` and every call it
+    makes, on to the API and the worker's attempts."""
+    command = ctx.invoked_subcommand
+    if command in SERVICE_COMMANDS or not tracing.configure_tracing("conveyor-cli"):
+        return
+    ctx.call_on_close(tracing.start_root(f"conveyor {command}"))
+
+
 dead_app = typer.Typer(
     help="The dead-letter queue: jobs that used up their attempts or failed for good.",
     no_args_is_help=True,

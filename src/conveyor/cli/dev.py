@@ -25,6 +25,7 @@ from conveyor.auth import Authenticator, Role, random_dev_key
 from conveyor.config import Settings
 from conveyor.embedded import EmbeddedRedis
 from conveyor.store import Database, KeyStore, migrate
+from conveyor.telemetry.metrics import DEFAULT_ADDRS as DEFAULT_METRICS_ADDRS
 from conveyor.tls import ClientTls, TlsOptions, open_channel
 
 console = Console(stderr=True)
@@ -89,9 +90,10 @@ def run_dev(settings: Settings, *, workers: int = 1) -> int:
     host = settings.worker_addr.rsplit(":", 1)[0]
     for i in range(workers):
         port = worker_port if i == 0 else 0
-        children.append(
-            _spawn("conveyor_worker", {**env, "CONVEYOR_WORKER_ADDR": f"{host}:{port}"})
-        )
+        extra = {"CONVEYOR_WORKER_ADDR": f"{host}:{port}"}
+        if i:  # the first worker takes the metrics port; the others any free one
+            extra["CONVEYOR_METRICS_ADDR"] = f"{host}:0"
+        children.append(_spawn("conveyor_worker", {**env, **extra}))
     children.append(_spawn("conveyor_scheduler", env))
 
     stop = threading.Event()
@@ -159,6 +161,16 @@ def _objects(settings: Settings) -> str:
     return f"{settings.objects_dir} (downloads on {settings.download_base_url})"
 
 
+def _metrics(settings: Settings) -> str:
+    if settings.metrics_addr.strip().lower() == "off":
+        return "off (CONVEYOR_METRICS_ADDR=off)"
+    if settings.metrics_addr:
+        return f"http://{settings.metrics_addr}/metrics (whichever service binds it first)"
+    return ", ".join(
+        f"{name} http://{addr}/metrics" for name, addr in DEFAULT_METRICS_ADDRS.items()
+    )
+
+
 def _banner(settings: Settings, key: str, redis: EmbeddedRedis | None, db: str) -> None:
     addr = settings.api_addr
     security = _grpcurl_security(settings)
@@ -169,6 +181,7 @@ def _banner(settings: Settings, key: str, redis: EmbeddedRedis | None, db: str) 
   Redis                   {redis.url if redis else settings.redis_url}
   Database                {db}
   Artifacts               {_objects(settings)}
+  Metrics                 {_metrics(settings)}
   Dev API key (admin)     [bold]{key}[/bold]
 
 Try it in another shell:

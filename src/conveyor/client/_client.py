@@ -10,6 +10,7 @@ import grpc
 
 from conveyor.config import Settings
 from conveyor.errors import from_rpc_error
+from conveyor.telemetry import tracing
 from conveyor.tls import ClientTls, open_aio_channel, open_channel
 from conveyor.v1 import job_pb2, queue_pb2
 from conveyor.v1 import job_service_pb2 as pb
@@ -185,7 +186,9 @@ class AsyncClient:
         tls: ClientTls = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        self._channel = channel or open_aio_channel(_target(target), tls)
+        self._channel = channel or open_aio_channel(
+            _target(target), tls, interceptors=tracing.aio_client_interceptors()
+        )
         self._stub = JobServiceStub(self._channel)
         self._schedules = ScheduleServiceStub(self._channel)
         self._metadata = _metadata(api_key)
@@ -370,8 +373,10 @@ class Client:
         channel: grpc.Channel | None = None,
     ) -> None:
         self._channel = channel or open_channel(_target(target), tls)
-        self._stub = JobServiceStub(self._channel)
-        self._schedules = ScheduleServiceStub(self._channel)
+        traced = tracing.traced_channel(self._channel)  # the same channel when not tracing
+        self._stub = JobServiceStub(traced)
+        self._streams = JobServiceStub(self._channel)  # see tracing.client_stream_span
+        self._schedules = ScheduleServiceStub(traced)
         self._metadata = _metadata(api_key)
         self._timeout = timeout
 
@@ -480,12 +485,12 @@ class Client:
         return self._schedule_call("TriggerSchedule", request).job  # type: ignore[no-any-return]
 
     def watch(self, job_id: str, after_sequence: int = 0) -> Iterator[pb.WatchJobResponse]:
-        call = self._stub.WatchJob(
-            pb.WatchJobRequest(id=job_id, after_sequence=after_sequence), metadata=self._metadata
-        )
-        try:
-            yield from call
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        finally:
-            call.cancel()
+        request = pb.WatchJobRequest(id=job_id, after_sequence=after_sequence)
+        with tracing.client_stream_span("/conveyor.v1.JobService/WatchJob") as traced:
+            call = self._streams.WatchJob(request, metadata=[*self._metadata, *traced])
+            try:
+                yield from call
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from None
+            finally:
+                call.cancel()

@@ -75,6 +75,9 @@ class JobRow(Base):
     result_ref: Mapped[str | None] = mapped_column(String(256))
     # How long the job is kept once finished (None: forever); see conveyor.retention.
     retention_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # The W3C traceparent of the submitting call ("" when not tracing); see
+    # conveyor.telemetry.tracing.
+    trace_parent: Mapped[str] = mapped_column(String(64), default="")
 
 
 class ExpiryRow(Base):

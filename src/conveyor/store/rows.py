@@ -98,4 +98,5 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "key_id": job.key_id,
         "key_cap": job.key_cap,
         "retention_ms": job.retention_ms,
+        "trace_parent": job.trace_parent,
     }

@@ -1,0 +1,66 @@
+"""Logs: one JSON object a line (for collectors), or a readable console format in dev mode.
+
+Every line carries what it happened to: the worker binds `job_id`, `attempt`, `job_type` and
+`queue` for the time an attempt runs (`bind_job`; contextvars, so each job's task has its
+own), and lines written inside a traced span carry `trace_id` and `span_id`, which find
+the trace in Jaeger. Stdlib `logging` calls go through the same formatter, so library
+logs are JSON too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+
+from conveyor.telemetry import tracing
+
+
+def _trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Add the current span's ids (W3C hex, as Jaeger and Tempo show them)."""
+    if tracing.enabled():
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            event["trace_id"] = format(context.trace_id, "032x")
+            event["span_id"] = format(context.span_id, "016x")
+    return event
+
+
+def bind_job(job_id: str, attempt: int, job_type: str, queue: str) -> None:
+    """Name the job in every line logged from this context on (a task's own copy)."""
+    structlog.contextvars.bind_contextvars(
+        job_id=job_id, attempt=attempt, job_type=job_type, queue=queue
+    )
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Route stdlib logging through structlog's formatter, once per process."""
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),
+            _trace_ids,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

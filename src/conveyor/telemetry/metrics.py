@@ -1,0 +1,263 @@
+"""Metrics for Prometheus: each service serves its own on `/metrics` (CONVEYOR_METRICS_ADDR).
+
+Each process has its own registry (process CPU, memory and GC come with it) holding only
+the metrics its part can know, so a worker does not show an api's zeros:
+
+- **api**: `conveyor_jobs_submitted_total{queue,type}`, `conveyor_rate_limited_total{kind}`,
+  `conveyor_watch_streams`, `conveyor_job_outcomes_total{queue,type,outcome="cancelled"}`
+  (a cancel is the api's write; a running handler it stops writes nothing), and the queue
+  gauges, read from Redis when scraped:
+  `conveyor_queue_depth`, `conveyor_queue_scheduled`, `conveyor_queue_running`,
+  `conveyor_queue_oldest_age_seconds`, `conveyor_queue_paused` (all `{queue}`). Every api
+  replica reports the same queue gauges: aggregate them with `max by (queue)`.
+- **worker**: `conveyor_job_wait_seconds{queue,type}` (ready → claimed),
+  `conveyor_job_run_seconds{queue,type,outcome}`,
+  `conveyor_job_outcomes_total{queue,type,outcome}` (succeeded, retried, dead; counted
+  once the database took the outcome), `conveyor_leases_reclaimed_total{queue}`,
+  `conveyor_stale_writes_refused_total`, `conveyor_worker_running_jobs`,
+  `conveyor_worker_concurrency`.
+- **scheduler**: `conveyor_schedule_fires_total`, `conveyor_retention_deleted_jobs_total`.
+
+Counters and histograms are updated where the event happens (a dict lookup and a lock);
+gauges that mirror state are computed at scrape time, so an idle process does no work for
+them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from conveyor.queues import QueueStats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDRS = {
+    "api": "127.0.0.1:9464",
+    "worker": "127.0.0.1:9465",
+    "scheduler": "127.0.0.1:9466",
+}
+SCRAPE_TIMEOUT_SECONDS = 5.0
+# Seconds: from a millisecond handler to a long export.
+RUN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 3600)
+OUTCOMES = ("succeeded", "retried", "dead", "cancelled")
+
+
+def _registry() -> CollectorRegistry:
+    """A process's registry: the default process, platform and GC collectors included."""
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    return registry
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = _registry()
+
+
+def _outcomes(registry: CollectorRegistry) -> Counter:
+    return Counter(
+        "conveyor_job_outcomes",
+        "Outcomes written: succeeded, retried, dead (workers), cancelled (api).",
+        ["queue", "type", "outcome"],
+        registry=registry,
+    )
+
+
+class ApiMetrics(_Metrics):
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
+        self.submitted = Counter(
+            "conveyor_jobs_submitted",
+            "Jobs accepted (new, not idempotent repeats).",
+            ["queue", "type"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "conveyor_rate_limited",
+            "Calls refused by an owner's rate limit.",
+            ["kind"],
+            registry=r,
+        )
+        self.watch_streams = Gauge(
+            "conveyor_watch_streams", "WatchJob streams open now.", registry=r
+        )
+        self.outcomes = _outcomes(r)
+
+    def watch_queues(
+        self,
+        stats: Callable[[], Awaitable[Sequence[QueueStats]]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Serve the queue gauges, read through `stats` on `loop` at each scrape."""
+        self.registry.register(QueueCollector(stats, loop))
+
+
+class WorkerMetrics(_Metrics):
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
+        self.wait = Histogram(
+            "conveyor_job_wait_seconds",
+            "From ready (submitted, due or retry time) to claimed.",
+            ["queue", "type"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.run = Histogram(
+            "conveyor_job_run_seconds",
+            "How long attempts ran, by outcome.",
+            ["queue", "type", "outcome"],
+            buckets=RUN_BUCKETS,
+            registry=r,
+        )
+        self.outcomes = _outcomes(r)
+        self.reclaimed = Counter(
+            "conveyor_leases_reclaimed",
+            "Jobs claimed again after their lease expired.",
+            ["queue"],
+            registry=r,
+        )
+        self.stale_writes = Counter(
+            "conveyor_stale_writes_refused",
+            "Outcomes of lost attempts that the database's fence refused.",
+            registry=r,
+        )
+        self.running = Gauge("conveyor_worker_running_jobs", "Handlers running now.", registry=r)
+        self.concurrency = Gauge(
+            "conveyor_worker_concurrency", "Handlers this worker runs at once.", registry=r
+        )
+
+
+class SchedulerMetrics(_Metrics):
+    """Counters the emitter and sweeper already keep, read at scrape time."""
+
+    def count(self, name: str, text: str, read: Callable[[], int]) -> None:
+        self.registry.register(_CountCollector(name, text, read))
+
+
+class _CountCollector(Collector):
+    def __init__(self, name: str, text: str, read: Callable[[], int]) -> None:
+        self._name, self._text, self._read = name, text, read
+
+    def collect(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self._name, self._text, value=self._read())]
+
+
+class QueueCollector(Collector):
+    """The queue gauges, read from Redis when Prometheus scrapes.
+
+    The scrape runs on the metrics server's thread; the read runs on the service's event
+    loop (its connection pool), and a scrape that cannot get an answer in time reports no
+    queue gauges rather than stale ones.
+    """
+
+    def __init__(
+        self,
+        stats: Callable[[], Awaitable[Sequence[QueueStats]]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._stats = stats
+        self._loop = loop
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        families = self._families()
+        try:
+            found = asyncio.run_coroutine_threadsafe(self._read(), self._loop).result(
+                SCRAPE_TIMEOUT_SECONDS
+            )
+        except Exception as exc:
+            log.warning("metrics: queue gauges unavailable: %s", exc)
+            return []
+        depth, scheduled, running, oldest, paused = families
+        for stats in found:
+            name = [stats.settings.name]
+            depth.add_metric(name, stats.queued)
+            scheduled.add_metric(name, stats.scheduled + stats.retrying)
+            running.add_metric(name, stats.running)
+            oldest.add_metric(name, (stats.oldest_wait_ms or 0) / 1000)
+            paused.add_metric(name, 1.0 if stats.settings.paused else 0.0)
+        return families
+
+    async def _read(self) -> Sequence[QueueStats]:
+        return await self._stats()
+
+    @staticmethod
+    def _families() -> list[GaugeMetricFamily]:
+        def gauge(name: str, text: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=["queue"])
+
+        return [
+            gauge("conveyor_queue_depth", "Jobs ready to run, waiting for a worker."),
+            gauge("conveyor_queue_scheduled", "Jobs waiting for their run or retry time."),
+            gauge("conveyor_queue_running", "Jobs running now (leased)."),
+            gauge("conveyor_queue_oldest_age_seconds", "How long the oldest ready job waited."),
+            gauge("conveyor_queue_paused", "1 while the queue is paused."),
+        ]
+
+
+class MetricsServer:
+    """Prometheus text on http://addr/metrics, served from a thread."""
+
+    def __init__(self, registry: CollectorRegistry, addr: str) -> None:
+        host, _, port = addr.rpartition(":")
+        self.host = host.strip("[]") or "0.0.0.0"
+        self.server, self._thread = start_http_server(int(port), self.host, registry=registry)
+        self.port: int = self.server.server_port
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_metrics(registry: CollectorRegistry, addr: str, service: str) -> MetricsServer | None:
+    """Serve `registry` where CONVEYOR_METRICS_ADDR says (see `DEFAULT_ADDRS`); None when
+    it is `off`, or when the port is taken: metrics are worth a warning, not an outage."""
+    if addr.strip().lower() == "off":
+        return None
+    where = addr.strip() or DEFAULT_ADDRS[service]
+    try:
+        server = MetricsServer(registry, where)
+    except (OSError, ValueError) as exc:
+        log.warning("metrics not served on %s: %s", where, exc)
+        return None
+    log.info("%s metrics on http://%s:%d/metrics", service, server.host, server.port)
+    return server
+
+
+def metric_names(registry: CollectorRegistry) -> set[str]:
+    """The names a registry exposes (Prometheus adds _total, _bucket and so on to these)."""
+    return {metric.name for metric in registry.collect()}
+
+
+__all__ = [
+    "ApiMetrics",
+    "MetricsServer",
+    "SchedulerMetrics",
+    "WorkerMetrics",
+    "metric_names",
+    "serve_metrics",
+]
