@@ -361,7 +361,7 @@ class Worker:
             self.metrics.reclaimed.labels(job.queue).inc()
         else:
             waited = running.claimed_ms - _ready_ms(job)
-            self.metrics.wait.labels(job.queue, job.type).observe(max(waited, 0) / 1000)
+            self.metrics.claimed(job.queue, job.type, max(waited, 0) / 1000)
         self.running[job.id] = running
         running.task = asyncio.create_task(self._run(running), name=f"job-{job.id}")
         self.notify()
@@ -369,6 +369,9 @@ class Worker:
     async def _run(self, running: Running) -> None:
         job = running.claim.job
         bind_job(job.id, job.attempt, job.type, job.queue)
+        if not (job.trace_parent and tracing.enabled()):
+            await self._run_and_record(running)
+            return
         with tracing.attempt_span(
             job.trace_parent,
             tracing.job_attributes(job.id, job.type, job.queue, job.attempt),
@@ -407,8 +410,7 @@ class Worker:
                 end = self._end(claim, ending, running.progress)
                 outcome, error = OUTCOME_LABELS[end.state], end.error
                 if await self.recorder.record(claim, end):
-                    self.metrics.outcomes.labels(job.queue, job.type, outcome).inc()
-                    self.metrics.run.labels(job.queue, job.type, outcome).observe(ran)
+                    self.metrics.ended(job.queue, job.type, outcome, ran)
                 else:
                     outcome = "stale"
         finally:

@@ -51,7 +51,8 @@ def test_reflection_lists_services(stack: Stack) -> None:
 
 
 def test_submit_and_watch_with_grpcurl(stack: Stack, keys: Keys) -> None:
-    body = json.dumps({"type": "sleep", "payload": {"seconds": 0.3, "steps": 3}})
+    # Long enough that grpcurl (a process start) attaches while the job still runs.
+    body = json.dumps({"type": "sleep", "payload": {"seconds": 2, "steps": 4}})
     out = grpcurl(
         stack, "-d", body, stack.api_addr, "conveyor.v1.JobService/SubmitJob", key=keys.alice
     )

@@ -97,6 +97,7 @@ def make_job() -> Job:
 def test_hot_state_round_trip_keeps_every_field() -> None:
     job = make_job()
     job.attempt, job.progress, job.progress_message, job.error = 2, 42.5, "half", "boom"
+    job.trace_parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     hot = {k: str(v) for k, v in job.to_hot().items()}
     back = Job.from_hot(hot)
     job.request_hash = ""

@@ -146,6 +146,29 @@ class WorkerMetrics(_Metrics):
         self.concurrency = Gauge(
             "conveyor_worker_concurrency", "Handlers this worker runs at once.", registry=r
         )
+        # Labelled children by labels: prometheus_client's labels() takes a lock and checks
+        # its arguments on every call, which is most of the cost per job.
+        self._waits: dict[tuple[str, str], Histogram] = {}
+        self._ends: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def claimed(self, queue: str, job_type: str, waited_seconds: float) -> None:
+        key = (queue, job_type)
+        child = self._waits.get(key)
+        if child is None:
+            child = self._waits[key] = self.wait.labels(queue, job_type)
+        child.observe(waited_seconds)
+
+    def ended(self, queue: str, job_type: str, outcome: str, ran_seconds: float) -> None:
+        """An attempt's outcome was written."""
+        key = (queue, job_type, outcome)
+        children = self._ends.get(key)
+        if children is None:
+            children = self._ends[key] = (
+                self.outcomes.labels(*key),
+                self.run.labels(*key),
+            )
+        children[0].inc()
+        children[1].observe(ran_seconds)
 
 
 class SchedulerMetrics(_Metrics):

@@ -34,7 +34,9 @@ from conveyor.config import ConfigurationError
 
 TRACER_NAME = "conveyor"
 _PROPAGATOR = TraceContextTextMapPropagator()
-_enabled = False
+# The SDK provider once configured (None: tracing is off). Conveyor's own spans and its
+# interceptors use it directly; it is also installed globally for handlers' own spans.
+_provider: trace.TracerProvider | None = None
 
 # Span attributes: messaging conventions where they fit, conveyor.* for the rest.
 JOB_ID = "messaging.message.id"
@@ -48,7 +50,7 @@ OWNER = "conveyor.job.owner"
 
 def enabled() -> bool:
     """Whether this process traces (see the module docstring)."""
-    return _enabled
+    return _provider is not None
 
 
 def _wanted() -> str | None:
@@ -71,7 +73,7 @@ def _wanted() -> str | None:
 def configure_tracing(service_name: str) -> bool:
     """Install the SDK's tracer provider if the environment asks for an exporter; returns
     whether tracing is on. `service_name` applies unless OTEL_SERVICE_NAME says otherwise."""
-    global _enabled
+    global _provider
     wanted = _wanted()
     if wanted is None:
         return False
@@ -104,20 +106,19 @@ def configure_tracing(service_name: str) -> bool:
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    _enabled = True
+    _provider = provider
     return True
 
 
 def shutdown_tracing() -> None:
     """Export what is still buffered (the SDK also does this at exit)."""
-    provider = trace.get_tracer_provider()
-    shutdown = getattr(provider, "shutdown", None)
+    shutdown = getattr(_provider, "shutdown", None)
     if callable(shutdown):
         shutdown()
 
 
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    return (_provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME)
 
 
 # -- the job's trace context --------------------------------------------------------------
@@ -125,7 +126,7 @@ def tracer() -> trace.Tracer:
 
 def current_traceparent() -> str:
     """The W3C traceparent of the current span ("" when not tracing or no span)."""
-    if not _enabled:
+    if _provider is None:
         return ""
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
@@ -134,7 +135,7 @@ def current_traceparent() -> str:
 
 def job_context(trace_parent: str) -> otel_context.Context | None:
     """The context a job's spans are children of (None: the job carries none)."""
-    if not _enabled or not trace_parent:
+    if _provider is None or not trace_parent:
         return None
     return _PROPAGATOR.extract({"traceparent": trace_parent})
 
@@ -197,14 +198,14 @@ def set_outcome(span: Span | None, outcome: str, error: str = "") -> None:
 
 def annotate(**attributes: Any) -> None:
     """Add attributes to the current span (the API's call span), when tracing."""
-    if _enabled:
+    if _provider is not None:
         trace.get_current_span().set_attributes(attributes)
 
 
 @contextlib.contextmanager
 def span(name: str, attributes: dict[str, Any] | None = None) -> Iterator[None]:
     """An internal span around a block, when tracing (a no-op otherwise)."""
-    if not _enabled:
+    if _provider is None:
         yield
         return
     with tracer().start_as_current_span(name, attributes=attributes):
@@ -214,7 +215,7 @@ def span(name: str, attributes: dict[str, Any] | None = None) -> Iterator[None]:
 def start_root(name: str) -> Callable[[], None]:
     """Start `name` as the current span for what follows (a CLI command, whose calls
     become its children); returns what ends it. A no-op when not tracing."""
-    if not _enabled:
+    if _provider is None:
         return lambda: None
     root = tracer().start_span(name, kind=SpanKind.INTERNAL)
     token = otel_context.attach(trace.set_span_in_context(root))
@@ -243,11 +244,11 @@ def _not_probes() -> Any:
 def server_interceptors() -> Sequence[grpc.aio.ServerInterceptor[Any, Any]]:
     """The OpenTelemetry server interceptor when tracing (a span per call, continuing the
     client's trace from the call's `traceparent` metadata)."""
-    if not _enabled:
+    if _provider is None:
         return ()
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return (aio_server_interceptor(filter_=_not_probes()),)  # type: ignore[no-untyped-call]
+    return (aio_server_interceptor(_provider, filter_=_not_probes()),)  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager
@@ -256,7 +257,7 @@ def client_stream_span(method: str) -> Iterator[list[tuple[str, str]]]:
     interceptor (which turns such a call into a plain generator that cannot be cancelled);
     yields the metadata that carries its context. Not made current: the caller's code runs
     between the stream's messages."""
-    if not _enabled:
+    if _provider is None:
         yield []
         return
     service, _, name = method.strip("/").rpartition("/")
@@ -280,19 +281,19 @@ def client_stream_span(method: str) -> Iterator[list[tuple[str, str]]]:
 def traced_channel(channel: grpc.Channel) -> grpc.Channel:
     """A blocking channel whose unary calls are client spans carrying the trace context
     (server streams: `client_stream_span`)."""
-    if not _enabled:
+    if _provider is None:
         return channel
     from opentelemetry.instrumentation.grpc import client_interceptor
     from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 
-    interceptor = client_interceptor(filter_=_not_probes())  # type: ignore[no-untyped-call]
+    interceptor = client_interceptor(_provider, filter_=_not_probes())  # type: ignore[no-untyped-call]
     return intercept_channel(channel, interceptor)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def aio_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """Interceptors for a grpc.aio channel (given when the channel is made)."""
-    if not _enabled:
+    if _provider is None:
         return []
     from opentelemetry.instrumentation.grpc import aio_client_interceptors as interceptors
 
-    return list(interceptors(filter_=_not_probes()))  # type: ignore[no-untyped-call]
+    return list(interceptors(_provider, filter_=_not_probes()))  # type: ignore[no-untyped-call]
