@@ -96,8 +96,7 @@ def _get(url: str) -> str:
 
 
 def test_each_service_exposes_only_its_own_metrics() -> None:
-    api, worker, scheduler = ApiMetrics(), WorkerMetrics(), SchedulerMetrics()
-    scheduler.count("conveyor_schedule_fires", "fires", lambda: 3)
+    api, worker, scheduler = ApiMetrics(), WorkerMetrics(), SchedulerMetrics(fires=lambda: 3)
     assert {"conveyor_jobs_submitted", "conveyor_watch_streams"} <= metric_names(api.registry)
     assert "conveyor_job_run_seconds" not in metric_names(api.registry)
     assert {"conveyor_job_run_seconds", "conveyor_stale_writes_refused"} <= metric_names(

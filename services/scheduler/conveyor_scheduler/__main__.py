@@ -46,7 +46,9 @@ async def serve(settings: Settings) -> None:
             interval=settings.sweep_interval_seconds,
         )
         reconciler = Reconciler(conns.store, conns.queue, settings, QueueStore(conns.db))
-        metrics = _metrics(emitter, sweeper)
+        metrics = SchedulerMetrics(
+            fires=lambda: emitter.stats.emitted, deleted=lambda: sweeper.stats.jobs
+        )
         tasks = [
             asyncio.create_task(reconciler.run(), name="reconciler"),
             asyncio.create_task(emitter.run(), name="emitter"),
@@ -65,21 +67,6 @@ async def serve(settings: Settings) -> None:
             for task in stuck:
                 log.warning("scheduler: %s did not stop within %ss", task.get_name(), STOP_SECONDS)
             await server.stop(1.0)
-
-
-def _metrics(emitter: Emitter, sweeper: Sweeper) -> SchedulerMetrics:
-    metrics = SchedulerMetrics()
-    metrics.count(
-        "conveyor_schedule_fires",
-        "Schedule buckets that became a job here.",
-        lambda: emitter.stats.emitted,
-    )
-    metrics.count(
-        "conveyor_retention_deleted_jobs",
-        "Expired jobs deleted by this sweeper.",
-        lambda: sweeper.stats.jobs,
-    )
-    return metrics
 
 
 def main(settings: Settings | None = None) -> None:

@@ -174,8 +174,19 @@ class WorkerMetrics(_Metrics):
 class SchedulerMetrics(_Metrics):
     """Counters the emitter and sweeper already keep, read at scrape time."""
 
-    def count(self, name: str, text: str, read: Callable[[], int]) -> None:
-        self.registry.register(_CountCollector(name, text, read))
+    def __init__(
+        self, fires: Callable[[], int] = lambda: 0, deleted: Callable[[], int] = lambda: 0
+    ) -> None:
+        super().__init__()
+        for collector in (
+            _CountCollector(
+                "conveyor_schedule_fires", "Schedule buckets that became a job here.", fires
+            ),
+            _CountCollector(
+                "conveyor_retention_deleted_jobs", "Expired jobs deleted by this sweeper.", deleted
+            ),
+        ):
+            self.registry.register(collector)
 
 
 class _CountCollector(Collector):
@@ -269,6 +280,23 @@ def serve_metrics(registry: CollectorRegistry, addr: str, service: str) -> Metri
         return None
     log.info("%s metrics on http://%s:%d/metrics", service, server.host, server.port)
     return server
+
+
+def catalogue() -> dict[str, str]:
+    """Every Conveyor series any service exposes, by the name PromQL uses (`_total` for
+    counters; histograms by family), with its type: what dashboards and scalers may query."""
+    api = ApiMetrics()
+    families = [
+        *api.registry.collect(),
+        *QueueCollector._families(),
+        *WorkerMetrics().registry.collect(),
+        *SchedulerMetrics().registry.collect(),
+    ]
+    return {
+        f"{m.name}_total" if m.type == "counter" else m.name: m.type
+        for m in families
+        if m.name.startswith("conveyor_")
+    }
 
 
 def metric_names(registry: CollectorRegistry) -> set[str]:
