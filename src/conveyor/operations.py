@@ -150,7 +150,7 @@ class JobOperations:
         try:
             await self.limiter.take(principal.owner, kind, limit, cost)
         except ResourceExhausted:
-            self.metrics.rate_limited.labels(kind.value).inc()
+            self.metrics.rate_limited.inc(kind.value)
             raise
 
     def _new_job(self, principal: Principal, spec: JobSpec, now: int) -> Job:
@@ -214,7 +214,7 @@ class JobOperations:
             return
         for job in new:
             self._remember(job.id, job.queue)
-            self.metrics.submitted.labels(job.queue, job.type).inc()
+            self.metrics.submitted.inc(job.queue, job.type)
         try:
             await self.queue.enqueue(new)
         except Unavailable:
@@ -363,7 +363,7 @@ class JobOperations:
         _check_id(job_id)
         job = await self.store.cancel(job_id, None if principal.is_admin else principal.owner)
         # The cancel is this write (a running handler is stopped and writes nothing).
-        self.metrics.outcomes.labels(job.queue, job.type, "cancelled").inc()
+        self.metrics.outcomes.inc(job.queue, job.type, "cancelled")
         try:
             await self.queue.cancel(job.queue, job.id, job.finish_time or now_ms())
         except Unavailable:

@@ -358,7 +358,7 @@ class Worker:
         )
         running = Running(claim, ctx, claimed_ms=now_ms())
         if claim.lost:
-            self.metrics.reclaimed.labels(job.queue).inc()
+            self.metrics.reclaimed.inc(job.queue)
         else:
             waited = running.claimed_ms - _ready_ms(job)
             self.metrics.claimed(job.queue, job.type, max(waited, 0) / 1000)

@@ -13,12 +13,15 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from conveyor.config import ConfigurationError
 from conveyor.queues import QueueStats
 from conveyor.telemetry import bind_job, configure_logging, tracing
 from conveyor.telemetry.metrics import (
     ApiMetrics,
+    Counts,
+    Histograms,
     QueueCollector,
     SchedulerMetrics,
     WorkerMetrics,
@@ -105,6 +108,36 @@ def test_each_service_exposes_only_its_own_metrics() -> None:
     assert scheduler.registry.get_sample_value("conveyor_schedule_fires_total") == 3
     for metrics in (api, worker, scheduler):
         assert "process_resident_memory_bytes" in metric_names(metrics.registry)
+
+
+def test_lock_free_histograms_and_counts_expose_what_prometheus_client_would() -> None:
+    """Counts and Histograms replace prometheus_client's locked metrics on the hot path:
+    their exposition must be the same, bucket for bucket."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    bounds = (0.01, 0.1, 1.0)
+    histogram = Histograms("t_seconds", "t", ["queue"], bounds)
+    counts = Counts("t_events", "e", ["queue"])
+    ours.register(histogram)
+    ours.register(counts)
+    reference = Histogram("t_seconds", "t", ["queue"], buckets=bounds, registry=theirs)
+    reference_counts = Counter("t_events", "e", ["queue"], registry=theirs)
+    for value in (0.0, 0.01, 0.05, 0.1, 0.5, 1.0, 7.0, 0.003):
+        queue = "a" if value < 0.5 else "b"
+        histogram.observe((queue,), value)
+        reference.labels(queue).observe(value)
+        counts.inc(queue)
+        reference_counts.labels(queue).inc()
+
+    def samples(registry: CollectorRegistry) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return {
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert samples(ours) == samples(theirs)
+    assert ("t_seconds_bucket", (("le", "0.01"), ("queue", "a")), 3.0) in samples(ours)
 
 
 def test_metrics_are_served_and_a_taken_port_is_only_a_warning(
