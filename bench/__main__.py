@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,27 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 STREAMS_PER_CHANNEL = 500
 
 
+@dataclass
+class Figure:
+    """One measured figure of one run of a workload."""
+
+    name: str
+    value: float
+    unit: str
+    target: float | None
+    higher_is_better: bool
+    details: dict[str, Any]
+
+    def meets(self, value: float) -> bool | None:
+        if self.target is None:
+            return None
+        return value >= self.target if self.higher_is_better else value <= self.target
+
+
+# What the workload running now has measured (see `run_workload`).
+FIGURES: list[Figure] = []
+
+
 def emit(
     name: str,
     value: float,
@@ -58,18 +80,93 @@ def emit(
     higher_is_better: bool = True,
     **details: Any,
 ) -> None:
-    meets = None
-    if target is not None:
-        meets = value >= target if higher_is_better else value <= target
-    line = {
-        "bench": name,
-        "value": round(value, 3),
-        "unit": unit,
-        "target": target,
-        "meets": meets,
-        **details,
-    }
-    print(json.dumps(line), flush=True)
+    """Record a figure of the current run; `report` prints it once all runs are in."""
+    FIGURES.append(Figure(name, value, unit, target, higher_is_better, details))
+
+
+class ProcessSampler:
+    """CPU seconds and peak RSS of every service process of the stack while a run lasts
+    (processes the workload starts included), sampled every 50 ms."""
+
+    INTERVAL = 0.05
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.first_cpu: dict[str, float] = {}
+        self.last_cpu: dict[str, float] = {}
+        self.peak_rss: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def _sample(self) -> None:
+        for index, service in enumerate(self.stack.services):
+            if service.proc.poll() is not None:
+                continue
+            name = f"{service.name}-{index}"
+            try:
+                proc = psutil.Process(service.proc.pid)
+                times, rss = proc.cpu_times(), proc.memory_info().rss
+            except psutil.Error:
+                continue
+            cpu = times.user + times.system
+            self.first_cpu.setdefault(name, cpu)
+            self.last_cpu[name] = cpu
+            self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
+
+    async def _loop(self) -> None:
+        while True:
+            self._sample()
+            await asyncio.sleep(self.INTERVAL)
+
+    def __enter__(self) -> ProcessSampler:
+        self._sample()
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._sample()
+
+    def report(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {
+                "cpu_s": round(self.last_cpu[name] - self.first_cpu[name], 2),
+                "peak_rss_mib": round(self.peak_rss[name] / 2**20, 1),
+            }
+            for name in sorted(self.peak_rss)
+        }
+
+
+def report(runs: list[list[Figure]], processes: list[dict[str, dict[str, float]]]) -> None:
+    """One JSON line per figure: the median over the runs, with min, max and every run's
+    value, whether the median meets the target, the median run's details, and per process
+    the median CPU seconds and the highest peak RSS."""
+    names = list(dict.fromkeys(f.name for figures in runs for f in figures))
+    for name in names:
+        found = [(f, i) for i, figures in enumerate(runs) for f in figures if f.name == name]
+        values = [f.value for f, _ in found]
+        middle = statistics.median(values)
+        figure, _ = min(found, key=lambda item: abs(item[0].value - middle))
+        per_process: dict[str, dict[str, float]] = {}
+        for proc in {p for _, i in found for p in processes[i]}:
+            seen = [processes[i][proc] for _, i in found if proc in processes[i]]
+            per_process[proc] = {
+                "cpu_s": statistics.median(s["cpu_s"] for s in seen),
+                "peak_rss_mib": max(s["peak_rss_mib"] for s in seen),
+            }
+        line = {
+            "bench": name,
+            "value": round(middle, 3),
+            "min": round(min(values), 3),
+            "max": round(max(values), 3),
+            "runs": [round(v, 3) for v in values],
+            "unit": figure.unit,
+            "target": figure.target,
+            "meets": figure.meets(middle),
+            **figure.details,
+            "processes": dict(sorted(per_process.items())),
+        }
+        print(json.dumps(line), flush=True)
 
 
 def cpu_share(proc: psutil.Process, before: Any, seconds: float) -> float:
@@ -110,6 +207,7 @@ class Bench:
         self.admin = admin
         self.redis = redis
         self.scale = scale
+        self.soak_seconds = 600.0
 
     def n(self, count: int) -> int:
         return max(int(count * self.scale), 10)
@@ -162,16 +260,40 @@ class Bench:
                 await client.submit_many(batch)
 
     async def drain(self, workers: int, target: float) -> None:
-        queue = f"drain{workers}"
-        count = self.n(20000) // 1000 * 1000 or 1000
+        rate, cpu = await self.drained(workers, "noop", self.n(20000))
+        emit(
+            f"drain_noop_{workers}_worker",
+            rate,
+            "jobs/s",
+            target,
+            jobs=self.n(20000) // 1000 * 1000 or 1000,
+            worker_cpu_s=cpu,
+        )
+
+    async def drained(
+        self, workers: int, job_type: str, count: int, spin_ms: float = 0.0
+    ) -> tuple[float, list[float]]:
+        """Fill a queue with `count` jobs (whole thousands) while `workers` paused worker
+        processes wait, resume them, and time the drain: jobs/s and each worker's CPU
+        seconds."""
+        queue = f"drain{workers}-{job_type}"
+        count = count // 1000 * 1000 or 1000
+        env = {**self.stack.worker_env(), "BENCH_SPIN_MS": str(spin_ms)}
         services = [
             self.stack.start(
-                "worker", "--queues", queue, "--concurrency", "64", env=self.stack.worker_env()
+                "worker",
+                "--queues",
+                queue,
+                "--concurrency",
+                "64",
+                "--handlers",
+                "bench.handlers",
+                env=env,
             )
             for _ in range(workers)
         ]
         await self.control(services, "PauseWorker")
-        await self.fill(queue, count)
+        await self.fill(queue, count, job_type)
         start = time.perf_counter()
         await self.control(services, "ResumeWorker")
         ready, leases = f"cv:{{{queue}}}:ready", f"cv:{{{queue}}}:leases"
@@ -185,16 +307,88 @@ class Bench:
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - start
         cpu = [psutil.Process(s.proc.pid).cpu_times() for s in services]
-        emit(
-            f"drain_noop_{workers}_worker",
-            count / elapsed,
-            "jobs/s",
-            target,
-            jobs=count,
-            worker_cpu_s=[round(c.user + c.system, 2) for c in cpu],
-        )
         for service in services:
             service.stop()
+        return count / elapsed, [round(c.user + c.system, 2) for c in cpu]
+
+    async def drain_cpu(self, spin_ms: float = 1.0) -> None:
+        """Jobs whose handler is CPU-bound (a 1 ms busy loop, `bench.spin`), drained by 1
+        and then 2 worker processes: the workers share nothing but Redis and PostgreSQL,
+        so the second should nearly double the rate (target at least 1.6 times)."""
+        count = self.n(5000)
+        one, cpu_one = await self.drained(1, "bench.spin", count, spin_ms)
+        two, cpu_two = await self.drained(2, "bench.spin", count, spin_ms)
+        emit("drain_cpu_1_worker", one, "jobs/s", None, spin_ms=spin_ms, worker_cpu_s=cpu_one)
+        emit("drain_cpu_2_workers", two, "jobs/s", None, spin_ms=spin_ms, worker_cpu_s=cpu_two)
+        emit("drain_cpu_scaling", two / one, "x", 1.6, spin_ms=spin_ms, jobs=count)
+
+    async def backlog_memory(self) -> None:
+        """A backlog of 1,000,000 queued jobs (scaled) in a queue no worker serves: Redis
+        memory per queued job (hot-state hash, ready-set entry, first event)."""
+        count = self.n(1_000_000) // 1000 * 1000 or 1000
+        before = int(self.redis.info("memory")["used_memory"])
+        batch = [submit_request("noop", queue="backlog") for _ in range(1000)]
+        async with self.client() as client:
+            calls = iter(range(count // 1000))
+
+            async def loop() -> None:
+                for _ in calls:
+                    await client.submit_many(batch)
+
+            start = time.perf_counter()
+            await asyncio.gather(*(loop() for _ in range(4)))
+            elapsed = time.perf_counter() - start
+        after = int(self.redis.info("memory")["used_memory"])
+        emit(
+            "backlog_bytes_per_queued_job",
+            (after - before) / count,
+            "bytes",
+            None,
+            higher_is_better=False,
+            jobs=count,
+            redis_used_mib=round(after / 2**20, 1),
+            submit_jobs_per_s=round(count / elapsed),
+        )
+
+    async def soak(self, rate: float = 500.0) -> None:
+        """`--soak-seconds` (600) of steady load, 500 jobs/s submitted in batches of 10
+        every 20 ms and run by one worker: the api's and the worker's RSS each minute, and
+        how much it grew between the first and the last minute (flat is the target)."""
+        seconds = self.soak_seconds
+        worker = self.stack.start(
+            "worker", "--queues", "soak", "--concurrency", "64", env=self.stack.worker_env()
+        )
+        api = next(s for s in self.stack.services if s.name == "api")
+        procs = {"api": psutil.Process(api.proc.pid), "worker": psutil.Process(worker.proc.pid)}
+        samples: dict[str, list[float]] = {name: [] for name in procs}
+        batch = [submit_request("noop", queue="soak") for _ in range(10)]
+        tick = len(batch) / rate
+        submitted = 0
+        async with self.client() as client:
+            start = time.perf_counter()
+            next_sample = start + 60
+            while (now := time.perf_counter()) - start < seconds:
+                await client.submit_many(batch)
+                submitted += len(batch)
+                if now >= next_sample:
+                    for name, proc in procs.items():
+                        samples[name].append(round(proc.memory_info().rss / 2**20, 1))
+                    next_sample += 60
+                await asyncio.sleep(max(start + submitted / rate - time.perf_counter(), 0))
+            elapsed = time.perf_counter() - start
+        worker.stop()
+        for name, rss in samples.items():
+            emit(
+                f"soak_{name}_rss_growth",
+                rss[-1] - rss[0] if len(rss) > 1 else 0.0,
+                "MiB",
+                None,
+                higher_is_better=False,
+                rss_per_minute_mib=rss,
+                seconds=round(elapsed),
+                jobs_per_s=round(submitted / elapsed, 1),
+                tick_s=tick,
+            )
 
     async def delayed_promotion(self) -> None:
         """20,000 no-op jobs submitted with one run_at a few seconds ahead into a queue
@@ -559,11 +753,12 @@ class Bench:
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(3.0)
-        procs = {
-            s.name + str(i): psutil.Process(s.proc.pid)
-            for i, s in enumerate(self.stack.services)
-            if s.proc.poll() is None
-        }
+        alive = [s for s in self.stack.services if s.proc.poll() is None]
+        # By role (api, worker, scheduler), so that runs line up; a second of a role by index.
+        procs: dict[str, psutil.Process] = {}
+        for i, service in enumerate(alive):
+            name = service.name if service.name not in procs else f"{service.name}{i}"
+            procs[name] = psutil.Process(service.proc.pid)
         before = {n: p.cpu_times() for n, p in procs.items()}
         await asyncio.sleep(seconds)
         for name, proc in procs.items():
@@ -577,6 +772,46 @@ class Bench:
             )
         for service in extra:
             service.stop()
+
+
+# Every workload, in the order they run. The backlog (a million jobs left in Redis and the
+# database) goes last, so it weighs on no other figure; the soak only runs when asked for.
+WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
+    "submit_sequential": Bench.submit_sequential,
+    "submit_concurrent": Bench.submit_concurrent,
+    "submit_bulk": Bench.submit_bulk,
+    "drain1": lambda b: b.drain(1, 7000),
+    "drain2": lambda b: b.drain(2, 8000),
+    "drain_cpu": Bench.drain_cpu,
+    "start_latency": Bench.start_latency,
+    "get_polling": Bench.get_polling,
+    "noisy_neighbour": Bench.noisy_neighbour,
+    "delayed_promotion": Bench.delayed_promotion,
+    "scheduler_overhead": Bench.scheduler_overhead,
+    "watch_fanout": Bench.watch_fanout,
+    "reconcile_pass": Bench.reconcile_pass,
+    "bundle_memory": Bench.bundle_memory,
+    "idle_cpu": Bench.idle_cpu,
+    "backlog_memory": Bench.backlog_memory,
+    "soak": Bench.soak,
+}
+DEFAULT_WORKLOADS = [name for name in WORKLOADS if name != "soak"]
+# Deterministic sizes, or too long to repeat: measured once.
+SINGLE_RUN = {"backlog_memory", "soak"}
+
+
+async def run_workload(bench: Bench, name: str, runs: int) -> None:
+    """Run a workload `runs` times, sampling every service process meanwhile; then print
+    its figures (see `report`)."""
+    figures: list[list[Figure]] = []
+    processes: list[dict[str, dict[str, float]]] = []
+    for _ in range(runs):
+        FIGURES.clear()
+        with ProcessSampler(bench.stack) as sampler:
+            await WORKLOADS[name](bench)
+        figures.append(list(FIGURES))
+        processes.append(sampler.report())
+    report(figures, processes)
 
 
 async def run(args: argparse.Namespace, folder: Path) -> None:
@@ -608,31 +843,13 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
             Redis.from_url(redis_server.url, decode_responses=True),
             args.scale,
         )
-        wanted = args.only.split(",") if args.only else None
-        for name in [
-            "submit_sequential",
-            "submit_concurrent",
-            "submit_bulk",
-            "drain1",
-            "drain2",
-            "start_latency",
-            "get_polling",
-            "noisy_neighbour",
-            "delayed_promotion",
-            "scheduler_overhead",
-            "watch_fanout",
-            "reconcile_pass",
-            "bundle_memory",
-            "idle_cpu",
-        ]:
-            if wanted and name not in wanted:
-                continue
-            if name == "drain1":
-                await bench.drain(1, 7000)
-            elif name == "drain2":
-                await bench.drain(2, 8000)
-            else:
-                await getattr(bench, name)()
+        bench.soak_seconds = args.soak_seconds
+        wanted = args.only.split(",") if args.only else list(DEFAULT_WORKLOADS)
+        unknown = set(wanted) - set(WORKLOADS)
+        if unknown:
+            raise SystemExit(f"unknown workloads: {sorted(unknown)}; known: {list(WORKLOADS)}")
+        for name in [w for w in WORKLOADS if w in wanted]:
+            await run_workload(bench, name, args.runs if name not in SINGLE_RUN else 1)
     finally:
         stack.stop_all()
         redis_server.stop()
@@ -643,6 +860,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=float, default=1.0, help="Multiply every job count.")
     parser.add_argument("--only", default="", help="Comma-separated workloads to run.")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="Runs of each workload (median, min and max)."
+    )
+    parser.add_argument(
+        "--soak-seconds", type=float, default=600.0, help="How long `--only soak` runs."
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
         asyncio.run(run(args, Path(tmp)))

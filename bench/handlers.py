@@ -22,3 +22,12 @@ async def stamp(payload: dict[str, Any], ctx: JobContext) -> None:
     if _redis is None:
         _redis = Redis.from_url(os.environ["CONVEYOR_REDIS_URL"], decode_responses=True)
     await _redis.hset(STAMPS, ctx.job_id, started)
+
+
+@handler("bench.spin")
+async def spin(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Busy for BENCH_SPIN_MS milliseconds on the worker's loop: a CPU-bound handler, for
+    the scaling bench (a process's handlers then compete for its one core)."""
+    end = time.perf_counter() + float(os.environ.get("BENCH_SPIN_MS", "1")) / 1000
+    while time.perf_counter() < end:
+        pass
