@@ -278,7 +278,6 @@ class Bench:
         seconds."""
         queue = f"drain{workers}-{job_type}"
         count = count // 1000 * 1000 or 1000
-        env = {**self.stack.worker_env(), "BENCH_SPIN_MS": str(spin_ms)}
         services = [
             self.stack.start(
                 "worker",
@@ -288,7 +287,7 @@ class Bench:
                 "64",
                 "--handlers",
                 "bench.handlers",
-                env=env,
+                env={**self.stack.worker_env(), "BENCH_SPIN_MS": str(spin_ms)},
             )
             for _ in range(workers)
         ]
@@ -306,6 +305,9 @@ class Bench:
                 break
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - start
+        for service in services:
+            if service.proc.poll() is not None:
+                raise RuntimeError(f"a worker exited during the drain:\n{service.tail()}")
         cpu = [psutil.Process(s.proc.pid).cpu_times() for s in services]
         for service in services:
             service.stop()
