@@ -18,7 +18,10 @@ local PRIVATE = {payload = true, lease = true, worker = true, lost = true, exhau
 -- Record a change of the job: bump its sequence, append the job (less its payload and the
 -- workers' fields) to its event stream and publish the same JSON to live watchers. Returns
 -- the job's whole hash (flat field/value list) as it now stands.
-local function emit(jobkey, evkey, channel, maxlen)
+-- `publish_only`: publish without appending to the job's event stream. The enqueue event
+-- is sent so: a watcher resuming from sequence 0 gets the job's snapshot, never event 1,
+-- and a job's first XADD preallocates a 4 KB stream node, 90 % of a queued job's memory.
+local function emit(jobkey, evkey, channel, maxlen, publish_only)
   redis.call('HINCRBY', jobkey, 'seq', 1)
   local flat = redis.call('HGETALL', jobkey)
   local ev = {}
@@ -27,7 +30,9 @@ local function emit(jobkey, evkey, channel, maxlen)
     if not PRIVATE[k] then ev[k] = flat[i + 1] end
   end
   local json = cjson.encode(ev)
-  redis.call('XADD', evkey, 'MAXLEN', '~', maxlen, ev['seq'] .. '-1', 'j', json)
+  if not publish_only then
+    redis.call('XADD', evkey, 'MAXLEN', '~', maxlen, ev['seq'] .. '-1', 'j', json)
+  end
   redis.call('PUBLISH', channel, json)
   return flat
 end

@@ -1,5 +1,6 @@
 -- Put committed jobs of one queue into Redis: each job's hot state, its first event, and
--- its place in the ready or delayed set; one call for a whole batch.
+-- its place in the ready or delayed set; one call for a whole batch. (The first event is
+-- published only: see `emit`.)
 -- Idempotent per job: a job already present is left alone.
 -- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: job_prefix, events_prefix, channel_prefix, maxlen, jobs_json
@@ -12,7 +13,7 @@ for _, job in ipairs(cjson.decode(ARGV[5])) do
   local jobkey = jp .. id
   if redis.call('EXISTS', jobkey) == 0 then
     place(jobkey, job, q)
-    emit(jobkey, ep .. id, cp .. id, maxlen)
+    emit(jobkey, ep .. id, cp .. id, maxlen, true)  -- event 1 is published, not kept
     added = added + 1
   end
 end
