@@ -1,9 +1,18 @@
-"""Small constructors for test data that the code under test would otherwise make."""
+"""Small constructors for test data that the code under test would otherwise make, and
+the in-process worker (real Redis and database) that integration tests run jobs on."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from conveyor.attempts import AttemptEnd, AttemptOutcome
+from conveyor.config import Settings
+from conveyor.handlers import Registry
 from conveyor.jobs import JobState, now_ms
+from conveyor.queue import EventHub, RedisQueue, connect
+from conveyor.runner import Worker
+from conveyor.store import Database, JobStore
 
 _OUTCOMES = {
     JobState.SUCCEEDED: AttemptOutcome.SUCCEEDED,
@@ -37,3 +46,29 @@ def ended(
         worker_id=worker_id,
         ended=now,
     )
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    settings: Settings, registry: Registry
+) -> AsyncIterator[tuple[Worker, JobStore, RedisQueue]]:
+    """A started Worker for `registry`'s handlers, with its store and queue; stopped and
+    every connection closed on exit."""
+    db = Database(settings.database_url)
+    store = JobStore(db)
+    redis, blocking = connect(settings.redis_url), connect(settings.redis_url, blocking=True)
+    queue = RedisQueue(redis, settings)
+    hub = EventHub(redis)
+    worker = Worker(
+        settings, queue=queue, blocking=blocking, hub=hub, store=store, registry=registry
+    )
+    await worker.start()
+    try:
+        yield worker, store, queue
+    finally:
+        await worker.stop(2.0)
+        await hub.close()
+        await blocking.aclose()
+        await redis.aclose()
+        await store.close()
+        await db.close()

@@ -180,7 +180,8 @@ class JobOperations:
         self.check_payloads([spec])
         await self.charge(principal, Kind.SUBMIT)
         job = self._new_job(principal, spec, now_ms())
-        tracing.annotate(**tracing.job_attributes(job.id, job.type, job.queue))
+        if tracing.enabled():  # the attributes are not even built otherwise
+            tracing.annotate(**tracing.job_attributes(job.id, job.type, job.queue))
         result = await self._submits.submit(job)
         if isinstance(result, ConveyorError):
             raise result

@@ -12,10 +12,10 @@ import pytest
 from conveyor.config import Settings
 from conveyor.handlers import JobContext, Registry
 from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.queue import EventHub, RedisQueue, connect
+from conveyor.queue import RedisQueue
 from conveyor.runner import Worker
-from conveyor.store import Database, JobStore
-from tests.builders import ended
+from conveyor.store import JobStore
+from tests.builders import ended, running_worker
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -34,26 +34,14 @@ class Gate:
 
 @pytest.fixture
 async def parts(settings: Settings) -> AsyncIterator[tuple[Worker, JobStore, RedisQueue, Gate]]:
-    db = Database(settings.database_url)
-    store = JobStore(db)
-    redis, blocking = connect(settings.redis_url), connect(settings.redis_url, blocking=True)
-    queue = RedisQueue(redis, settings)
-    hub = EventHub(redis)
     gate = Gate()
     registry = Registry()
     registry.register("gate", gate)
-    worker = Worker(
-        settings, queue=queue, blocking=blocking, hub=hub, store=store, registry=registry
-    )
-    await worker.start()
-    yield worker, store, queue, gate
-    gate.release.set()
-    await worker.stop(2.0)
-    await hub.close()
-    await blocking.aclose()
-    await redis.aclose()
-    await store.close()
-    await db.close()
+    async with running_worker(settings, registry) as (worker, store, queue):
+        try:
+            yield worker, store, queue, gate
+        finally:
+            gate.release.set()
 
 
 async def submit(store: JobStore, queue: RedisQueue) -> Job:

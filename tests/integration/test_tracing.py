@@ -16,10 +16,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from conveyor.config import Settings
 from conveyor.handlers import JobContext, Registry, SyncJobContext
 from conveyor.jobs import FALLBACK_RETRY, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.queue import EventHub, RedisQueue, connect
+from conveyor.queue import RedisQueue
 from conveyor.runner import Worker
-from conveyor.store import Database, JobStore
+from conveyor.store import JobStore
 from conveyor.telemetry import tracing
+from tests.builders import running_worker
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -62,25 +63,11 @@ def traced_sync(payload: dict[str, Any], ctx: SyncJobContext) -> None:
 
 @pytest.fixture
 async def worker(settings: Settings) -> AsyncIterator[tuple[Worker, JobStore, RedisQueue]]:
-    db = Database(settings.database_url)
-    store = JobStore(db)
-    redis, blocking = connect(settings.redis_url), connect(settings.redis_url, blocking=True)
-    queue = RedisQueue(redis, settings)
-    hub = EventHub(redis)
     registry = Registry()
     registry.register("traced.async", traced_async)
     registry.register("traced.sync", traced_sync)
-    worker = Worker(
-        settings, queue=queue, blocking=blocking, hub=hub, store=store, registry=registry
-    )
-    await worker.start()
-    yield worker, store, queue
-    await worker.stop(2.0)
-    await hub.close()
-    await blocking.aclose()
-    await redis.aclose()
-    await store.close()
-    await db.close()
+    async with running_worker(settings, registry) as parts:
+        yield parts
 
 
 def _named(spans: tuple[ReadableSpan, ...], name: str) -> ReadableSpan:

@@ -63,7 +63,6 @@ SCRAPE_TIMEOUT_SECONDS = 5.0
 # Seconds: from a millisecond handler to a long export.
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 3600)
-OUTCOMES = ("succeeded", "retried", "dead", "cancelled")
 
 
 def _registry() -> CollectorRegistry:

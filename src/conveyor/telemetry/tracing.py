@@ -45,7 +45,6 @@ SYSTEM = "messaging.system"
 JOB_TYPE = "conveyor.job.type"
 ATTEMPT = "conveyor.job.attempt"
 OUTCOME = "conveyor.job.outcome"
-OWNER = "conveyor.job.owner"
 
 
 def enabled() -> bool:
@@ -108,13 +107,6 @@ def configure_tracing(service_name: str) -> bool:
     trace.set_tracer_provider(provider)
     _provider = provider
     return True
-
-
-def shutdown_tracing() -> None:
-    """Export what is still buffered (the SDK also does this at exit)."""
-    shutdown = getattr(_provider, "shutdown", None)
-    if callable(shutdown):
-        shutdown()
 
 
 def tracer() -> trace.Tracer:
