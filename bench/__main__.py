@@ -354,15 +354,17 @@ class Bench:
 
     async def soak(self, rate: float = 500.0) -> None:
         """`--soak-seconds` (600) of steady load, 500 jobs/s submitted in batches of 10
-        every 20 ms and run by one worker: the api's and the worker's RSS each minute, and
-        how much it grew between the first and the last minute (flat is the target)."""
+        every 20 ms and run by one worker: the api's and the worker's RSS and Redis's
+        used_memory each minute, and how much each grew between the first and the last
+        minute (flat is the target for the processes; Redis keeps every finished job's hot
+        state for CONVEYOR_HOT_STATE_TTL_SECONDS, so it grows by that much per job)."""
         seconds = self.soak_seconds
         worker = self.stack.start(
             "worker", "--queues", "soak", "--concurrency", "64", env=self.stack.worker_env()
         )
         api = next(s for s in self.stack.services if s.name == "api")
         procs = {"api": psutil.Process(api.proc.pid), "worker": psutil.Process(worker.proc.pid)}
-        samples: dict[str, list[float]] = {name: [] for name in procs}
+        samples: dict[str, list[float]] = {name: [] for name in [*procs, "redis"]}
         batch = [submit_request("noop", queue="soak") for _ in range(10)]
         tick = len(batch) / rate
         submitted = 0
@@ -375,13 +377,15 @@ class Bench:
                 if now >= next_sample:
                     for name, proc in procs.items():
                         samples[name].append(round(proc.memory_info().rss / 2**20, 1))
+                    used = self.redis.info("memory")["used_memory"]
+                    samples["redis"].append(round(used / 2**20, 1))
                     next_sample += 60
                 await asyncio.sleep(max(start + submitted / rate - time.perf_counter(), 0))
             elapsed = time.perf_counter() - start
         worker.stop()
         for name, rss in samples.items():
             emit(
-                f"soak_{name}_rss_growth",
+                f"soak_{name}_rss_growth" if name != "redis" else "soak_redis_used_memory_growth",
                 rss[-1] - rss[0] if len(rss) > 1 else 0.0,
                 "MiB",
                 None,

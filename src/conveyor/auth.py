@@ -129,6 +129,9 @@ class Authenticator:
         self.max_streams_per_owner = max_streams_per_owner
         # Keyed by a digest of the token, never the token itself.
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # At most one lookup per key at a time: when a busy key's verdict expires, the
+        # calls that arrive meanwhile wait for the one lookup instead of each making theirs.
+        self._looking: dict[str, asyncio.Future[Principal | None]] = {}
         self.guard = StreamGuard(self)
 
     async def authenticate(self, metadata: Iterable[tuple[str, Any]] | None) -> Principal:
@@ -145,7 +148,7 @@ class Authenticator:
         if cached is not None and now - cached[0] < self.cache_seconds:
             return cached[1]
         try:
-            principal = await self._lookup(token)
+            principal = await self._lookup_once(cache_key, token)
         except Unavailable:
             if cached is None or now - cached[0] > OUTAGE_GRACE_SECONDS:
                 raise
@@ -154,6 +157,14 @@ class Authenticator:
             self._cache.clear()
         self._cache[cache_key] = (now, principal)
         return principal
+
+    async def _lookup_once(self, cache_key: str, token: str) -> Principal | None:
+        looking = self._looking.get(cache_key)
+        if looking is None:
+            looking = asyncio.ensure_future(self._lookup(token))
+            self._looking[cache_key] = looking
+            looking.add_done_callback(lambda _: self._looking.pop(cache_key, None))
+        return await asyncio.shield(looking)
 
     async def _lookup(self, token: str) -> Principal | None:
         match = _TOKEN_RE.match(token)

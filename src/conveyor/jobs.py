@@ -21,6 +21,7 @@ from typing import Any
 import uuid_utils
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
+from conveyor import compact_json
 from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.retry import RetryOverrides, RetryPolicy
 from conveyor.v1 import job_pb2, job_service_pb2
@@ -192,7 +193,7 @@ class Job:
             "queue": self.queue,
             "state": int(self.state),
             "priority": self.priority,
-            "payload": json.dumps(self.payload, separators=(",", ":")),
+            "payload": compact_json.dumps(self.payload),
             "max_attempts": self.max_attempts,
             "timeout_ms": self.timeout_ms,
             "create_time": self.create_time,
@@ -201,7 +202,7 @@ class Job:
             "progress": self.progress,
             "progress_message": self.progress_message,
             "error": self.error,
-            "retry": json.dumps(self.retry.to_doc(), separators=(",", ":")),
+            "retry": compact_json.dumps(self.retry.to_doc()),
             "fence": self.fence,
             "key_id": self.key_id,
             "key_cap": self.key_cap,
@@ -226,7 +227,7 @@ class Job:
             queue=hot["queue"],
             state=JobState(int(hot["state"])),
             priority=int(hot["priority"]),
-            payload=json.loads(payload) if payload else {},
+            payload=compact_json.loads(payload) if payload else {},
             max_attempts=int(hot["max_attempts"]),
             timeout_ms=int(hot["timeout_ms"]),
             create_time=int(hot["create_time"]),
@@ -250,7 +251,7 @@ class Job:
 @functools.lru_cache(maxsize=256)
 def _policy(doc: str) -> RetryPolicy:
     """Jobs of a type share a policy: decode each distinct one once."""
-    return RetryPolicy.from_doc(json.loads(doc))
+    return RetryPolicy.from_doc(compact_json.loads(doc))
 
 
 def _opt_int(value: str | int | None) -> int | None:

@@ -13,6 +13,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from conveyor import compact_json
 from conveyor.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
 from conveyor.errors import outage
@@ -123,7 +124,7 @@ class RedisQueue:
                         k.events_prefix,
                         k.channel_prefix,
                         self._maxlen,
-                        json.dumps(docs, separators=(",", ":")),
+                        compact_json.dumps(docs),
                     ],
                 )
             await self.scripts.execute(pipe)
@@ -162,7 +163,7 @@ class RedisQueue:
             entries = await self.redis.xrange(
                 QueueKeys(queue).events(job_id), min=f"({after_seq}-1", max="+"
             )
-        return [json.loads(fields["j"]) for _, fields in cast(list[Any], entries)]
+        return [compact_json.loads(fields["j"]) for _, fields in cast(list[Any], entries)]
 
     # -- workers ---------------------------------------------------------------------------
     async def claim(
@@ -273,7 +274,7 @@ class RedisQueue:
                         k.events_prefix,
                         k.channel_prefix,
                         self._maxlen,
-                        json.dumps(docs, separators=(",", ":")),
+                        compact_json.dumps(docs),
                     ],
                 )
             totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]

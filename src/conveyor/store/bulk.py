@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
 from sqlalchemy.engine import make_url
 
+from conveyor import compact_json
 from conveyor.attempts import AttemptEnd
 from conveyor.errors import ConveyorError, outage
 from conveyor.jobs import Job
@@ -114,7 +114,7 @@ def _key_order(job: Job) -> tuple[str, str]:
 
 def _records(rows: list[dict[str, Any]]) -> list[str]:
     """The statement parameter for `jsonb_to_recordset`: the rows as one JSON array."""
-    return [json.dumps(rows, separators=(",", ":"))]
+    return [compact_json.dumps(rows)]
 
 
 class BulkStatements:
