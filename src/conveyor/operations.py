@@ -45,6 +45,7 @@ from conveyor.jobs import (
 from conveyor.pagetokens import PageTokens, page_limit
 from conveyor.queue import EventHub, QueueKeys, RedisQueue
 from conveyor.queue.workers import WorkerInfo, WorkerRegistry
+from conveyor.queues import Waiting
 from conveyor.ratelimit import Kind, Limit, RateLimiter
 from conveyor.retention import resolve_retention_ms
 from conveyor.store import JobStore
@@ -228,13 +229,29 @@ class JobOperations:
         """The job as it stands: Redis hot state when present, else the database row; a
         waiting job says why it waits."""
         await self.charge(principal, Kind.READ)
-        job = await self._get_visible(principal, job_id)
+        job, waiting = await self._look(job_id)
+        if job is None or not _visible(principal, job):
+            raise NotFound(f"job {job_id} not found")
         if job.state in (JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING):
             try:
-                job.blocked_reason = await self._blocked_reason(job)
+                job.blocked_reason = await self._blocked_reason(job, waiting)
             except Unavailable:
                 job.blocked_reason = "the queue (redis) cannot be reached"
         return job
+
+    async def _look(self, job_id: str) -> tuple[Job | None, Waiting | None]:
+        """The job and, if it waits in line, why: one Redis round trip for a job whose
+        queue this process knows (the usual poll of a job submitted here), else `_load`."""
+        _check_id(job_id)
+        queue = self._queues.get(job_id)
+        if queue is not None:
+            try:
+                hot, waiting = await self.queue.look(queue, job_id)
+            except Unavailable:
+                hot, waiting = None, None
+            if hot is not None:
+                return Job.from_hot(hot), waiting
+        return await self._load(job_id), None
 
     async def _get_visible(self, principal: Principal, job_id: str) -> Job:
         job = await self._load(job_id)
@@ -242,7 +259,7 @@ class JobOperations:
             raise NotFound(f"job {job_id} not found")
         return job
 
-    async def _blocked_reason(self, job: Job) -> str:
+    async def _blocked_reason(self, job: Job, waiting: Waiting | None = None) -> str:
         if job.state is JobState.SCHEDULED:
             return f"scheduled for {format_time(job.run_at)}"
         if job.state is JobState.RETRYING:
@@ -250,7 +267,8 @@ class JobOperations:
                 f"waiting for backoff until {format_time(job.run_at)} after attempt "
                 f"{job.attempt} of {job.max_attempts} failed"
             )
-        waiting = await self.queue.waiting(job.queue, job.id)
+        if waiting is None:
+            waiting = await self.queue.waiting(job.queue, job.id)
         held = waiting.reason(job.queue)
         if held:
             return held

@@ -217,3 +217,18 @@ async def test_parked_jobs_are_queued_cancellable_and_released_with_the_cap(
     await queue.configure(QueueSettings("default"))  # the cap is lifted
     assert [j.id for j in await claim(queue, count=5)] == [mine[2].id]
     assert (await queue.queue_stats("default")).queued == 0
+
+
+async def test_look_reads_hot_state_and_why_a_queued_job_waits_in_one_call(
+    queue: RedisQueue,
+) -> None:
+    first, second = new(), new()
+    await queue.enqueue([first, second])
+    hot, waiting = await queue.look("default", second.id)
+    assert hot is not None and hot["id"] == second.id
+    assert waiting is not None and waiting.ahead == 1  # `first` is ahead of it
+    await claim(queue, count=2)
+    hot, waiting = await queue.look("default", second.id)
+    assert hot is not None and hot["state"] == str(int(JobState.RUNNING))
+    assert waiting is None  # a running job does not wait
+    assert await queue.look("default", new().id) == (None, None)

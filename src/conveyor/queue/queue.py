@@ -324,6 +324,16 @@ class RedisQueue:
             out = await self.scripts.waiting(self.redis, k.all, [job_id, k.job(job_id)])
         return Waiting.from_script(out)
 
+    async def look(self, queue: str, job_id: str) -> tuple[dict[str, str] | None, Waiting | None]:
+        """GetJob's read in one round trip: the job's hot state (None if Redis lacks it)
+        and, when it waits in line, what holds it back (see `waiting`)."""
+        k = QueueKeys(queue)
+        async with unavailable_on_redis_errors():
+            flat, waits = await self.scripts.look(self.redis, k.all, [job_id, k.job(job_id)])
+        fields = _pairs(flat)
+        hot = fields if fields.get("id") else None
+        return hot, Waiting.from_script(waits) if hot is not None and waits else None
+
     async def epoch(self) -> str | None:
         async with unavailable_on_redis_errors():
             value = await self.redis.get(EPOCH_KEY)

@@ -31,6 +31,7 @@ NAMES = (
     "configure",
     "queue_stats",
     "waiting",
+    "look",
 )
 
 
@@ -86,6 +87,7 @@ class Scripts:
     configure: Script
     queue_stats: Script
     waiting: Script
+    look: Script
 
     def all(self) -> list[Script]:
         return [getattr(self, name) for name in NAMES]
