@@ -244,14 +244,15 @@ class JobOperations:
         queue this process knows (the usual poll of a job submitted here), else `_load`."""
         _check_id(job_id)
         queue = self._queues.get(job_id)
-        if queue is not None:
-            try:
-                hot, waiting = await self.queue.look(queue, job_id)
-            except Unavailable:
-                hot, waiting = None, None
-            if hot is not None:
-                return Job.from_hot(hot), waiting
-        return await self._load(job_id), None
+        if queue is None:
+            return await self._stored(job_id, hot_read=False), None
+        try:
+            hot, waiting = await self.queue.look(queue, job_id)
+        except Unavailable:
+            hot, waiting = None, None
+        if hot is not None:
+            return Job.from_hot(hot), waiting
+        return await self._stored(job_id, hot_read=True), None
 
     async def _get_visible(self, principal: Principal, job_id: str) -> Job:
         job = await self._load(job_id)
@@ -335,11 +336,16 @@ class JobOperations:
             hot = await self._hot(queue, job_id)
             if hot is not None:
                 return Job.from_hot(hot)
+        return await self._stored(job_id, hot_read=queue is not None)
+
+    async def _stored(self, job_id: str, *, hot_read: bool) -> Job | None:
+        """The job from its database row, remembered; then from Redis's hot state if it is
+        there, unless the caller has just read that and found nothing."""
         job = await self.store.get(job_id)
         if job is None:
             return None
         self._remember(job.id, job.queue)
-        hot = await self._hot(job.queue, job_id) if queue is None else None
+        hot = None if hot_read else await self._hot(job.queue, job_id)
         return Job.from_hot(hot) if hot is not None else job
 
     async def _hot(self, queue: str, job_id: str) -> dict[str, str] | None:
