@@ -176,9 +176,25 @@ def cpu_share(proc: psutil.Process, before: Any, seconds: float) -> float:
     return 100 * used / seconds
 
 
+async def settled(proc: psutil.Process, limit: float = 1.0, patience: float = 120.0) -> None:
+    """Return once `proc` uses under `limit` % of a core over a second (its start-up work,
+    such as a first reconcile pass, is done), or after `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        before = proc.cpu_times()
+        await asyncio.sleep(1.0)
+        if cpu_share(proc, before, 1.0) < limit:
+            return
+
+
 def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def growth(samples: Sequence[float]) -> float:
+    """Last sample less the first (0 with fewer than two)."""
+    return round(samples[-1] - samples[0], 1) if len(samples) > 1 else 0.0
 
 
 async def timed_loop(call: Callable[[], Awaitable[Any]], count: int) -> tuple[float, list[float]]:
@@ -208,6 +224,7 @@ class Bench:
         self.redis = redis
         self.scale = scale
         self.soak_seconds = 600.0
+        self.soak_hot_ttl = 180.0
 
     def n(self, count: int) -> int:
         return max(int(count * self.scale), 10)
@@ -356,17 +373,20 @@ class Bench:
         """`--soak-seconds` (600) of steady load, 500 jobs/s submitted in batches of 10
         every 20 ms and run by one worker: the api's and the worker's RSS and Redis's
         used_memory each minute, and how much each grew between the first and the last
-        minute (flat is the target for the processes; Redis keeps every finished job's hot
-        state for CONVEYOR_HOT_STATE_TTL_SECONDS, so it grows by that much per job)."""
-        seconds = self.soak_seconds
-        worker = self.stack.start(
-            "worker", "--queues", "soak", "--concurrency", "64", env=self.stack.worker_env()
-        )
+        minute (flat is the target for the processes).
+
+        Redis keeps each finished job's hot state for CONVEYOR_HOT_STATE_TTL_SECONDS, so it
+        grows by rate x bytes per job until the first jobs expire, then stays flat. The
+        worker runs with `--soak-hot-ttl` (180 s) so that the soak shows both: the bytes
+        per finished job from the growth before the TTL, and Redis flat after it."""
+        seconds, ttl = self.soak_seconds, self.soak_hot_ttl
+        worker_env = {**self.stack.worker_env(), "CONVEYOR_HOT_STATE_TTL_SECONDS": str(ttl)}
+        worker = self.stack.start("worker", "--queues", "soak", "--concurrency", "64",
+                                  env=worker_env)  # fmt: skip
         api = next(s for s in self.stack.services if s.name == "api")
         procs = {"api": psutil.Process(api.proc.pid), "worker": psutil.Process(worker.proc.pid)}
         samples: dict[str, list[float]] = {name: [] for name in [*procs, "redis"]}
         batch = [submit_request("noop", queue="soak") for _ in range(10)]
-        tick = len(batch) / rate
         submitted = 0
         async with self.client() as client:
             start = time.perf_counter()
@@ -383,18 +403,25 @@ class Bench:
                 await asyncio.sleep(max(start + submitted / rate - time.perf_counter(), 0))
             elapsed = time.perf_counter() - start
         worker.stop()
-        for name, rss in samples.items():
-            emit(
-                f"soak_{name}_rss_growth" if name != "redis" else "soak_redis_used_memory_growth",
-                rss[-1] - rss[0] if len(rss) > 1 else 0.0,
-                "MiB",
-                None,
-                higher_is_better=False,
-                rss_per_minute_mib=rss,
-                seconds=round(elapsed),
-                jobs_per_s=round(submitted / elapsed, 1),
-                tick_s=tick,
-            )
+        for name in procs:
+            rss = samples[name]
+            emit(f"soak_{name}_rss_growth", growth(rss), "MiB", None, higher_is_better=False,
+                 rss_per_minute_mib=rss, seconds=round(elapsed),
+                 jobs_per_s=round(submitted / elapsed, 1))  # fmt: skip
+        self._soak_redis(samples["redis"], submitted / elapsed, ttl)
+
+    @staticmethod
+    def _soak_redis(used: list[float], rate: float, ttl: float) -> None:
+        """Redis's growth after the TTL (from the second sample past it; expiry is lazy and
+        sampled, so the first minute past it still settles), and the bytes per finished job
+        from the growth before it."""
+        expired_from = int(ttl // 60) + 1  # index of the second sample past the TTL
+        before = used[: max(int(ttl // 60), 1)]
+        per_job = (before[-1] - before[0]) * 2**20 / (rate * 60 * (len(before) - 1)) \
+            if len(before) > 1 else None  # fmt: skip
+        emit("soak_redis_used_memory_growth", growth(used[expired_from:]), "MiB", None,
+             higher_is_better=False, used_memory_per_minute_mib=used, hot_state_ttl_s=ttl,
+             bytes_per_finished_job=round(per_job) if per_job else None)  # fmt: skip
 
     async def delayed_promotion(self) -> None:
         """20,000 no-op jobs submitted with one run_at a few seconds ahead into a queue
@@ -758,13 +785,14 @@ class Bench:
             if self.redis.exists(EPOCH_KEY):
                 break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(3.0)
         alive = [s for s in self.stack.services if s.proc.poll() is None]
         # By role (api, worker, scheduler), so that runs line up; a second of a role by index.
         procs: dict[str, psutil.Process] = {}
         for i, service in enumerate(alive):
             name = service.name if service.name not in procs else f"{service.name}{i}"
             procs[name] = psutil.Process(service.proc.pid)
+        for proc in procs.values():  # that pass, and each process's start-up, are over
+            await settled(proc)
         before = {n: p.cpu_times() for n, p in procs.items()}
         await asyncio.sleep(seconds)
         for name, proc in procs.items():
@@ -850,6 +878,7 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
             args.scale,
         )
         bench.soak_seconds = args.soak_seconds
+        bench.soak_hot_ttl = args.soak_hot_ttl
         wanted = args.only.split(",") if args.only else list(DEFAULT_WORKLOADS)
         unknown = set(wanted) - set(WORKLOADS)
         if unknown:
@@ -871,6 +900,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--soak-seconds", type=float, default=600.0, help="How long `--only soak` runs."
+    )
+    parser.add_argument(
+        "--soak-hot-ttl",
+        type=float,
+        default=180.0,
+        help="CONVEYOR_HOT_STATE_TTL_SECONDS for the soak's worker (Redis is flat after it).",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:

@@ -85,7 +85,10 @@ class Settings(BaseSettings):
         0.0, description="Added to a scheduler's clock; for testing clock skew only."
     )
     hot_state_ttl_seconds: int = Field(
-        86_400, ge=1, description="How long Redis keeps a finished job's hot state and events."
+        3_600,
+        ge=1,
+        description="How long Redis keeps a finished job's hot state and events (PostgreSQL "
+        "answers after it).",
     )
     event_stream_maxlen: int = Field(1000, ge=10, description="Events kept per job for resumes.")
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="SIGTERM drain time.")

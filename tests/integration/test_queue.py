@@ -128,6 +128,34 @@ async def test_every_change_is_an_event_with_the_next_sequence(queue: RedisQueue
     assert [int(e["seq"]) for e in await queue.events_after("default", job.id, 2)] == [3]
 
 
+async def test_an_ended_job_keeps_its_events_for_the_ttl_in_a_compacted_stream(
+    queue: RedisQueue, settings: Settings
+) -> None:
+    """An ended job's stream is rewritten to fit (no 4 KB preallocated node) and expires with
+    its hash; a resume still reads every retained event, and a cancelled job's likewise."""
+    done, cancelled = new(), new()
+    await queue.enqueue([done, cancelled])
+    claims = {c.job.id: c for c in (await queue.claim("default", 2, worker_id="w", token="t",
+                                                      lease_ms=10_000))[0]}  # fmt: skip
+    await queue.progress(done, claims[done.id].lease, 50, "half")
+    keys = QueueKeys("default")
+    running_bytes = await queue.redis.memory_usage(keys.events(done.id))
+    end = ended(done.id, JobState.SUCCEEDED)
+    assert await queue.finish_many([(done, claims[done.id].lease, end)]) == [True]
+    await queue.cancel("default", cancelled.id, now_ms())
+    assert [int(e["seq"]) for e in await queue.events_after("default", done.id, 0)] == [2, 3, 4]
+    assert [e["state"] for e in await queue.events_after("default", cancelled.id, 1)] == [
+        "3",
+        str(int(JobState.CANCELLED)),
+    ]
+    ended_bytes = await queue.redis.memory_usage(keys.events(done.id))
+    assert ended_bytes < running_bytes / 2, (running_bytes, ended_bytes)
+    for job in (done, cancelled):
+        for key in (keys.job(job.id), keys.events(job.id)):
+            ttl = await queue.redis.ttl(key)
+            assert settings.hot_state_ttl_seconds - 5 <= ttl <= settings.hot_state_ttl_seconds
+
+
 async def test_scripts_are_reloaded_after_redis_forgets_them(queue: RedisQueue) -> None:
     await queue.redis.script_flush()
     await queue.enqueue([new(), new()])  # a pipeline of EVALSHA answered with NOSCRIPT

@@ -37,6 +37,18 @@ local function emit(jobkey, evkey, channel, maxlen, publish_only)
   return flat
 end
 
+-- A job has ended: Redis keeps its hash and event stream `ttl` seconds more (GetJob and
+-- WatchJob resumes are served from them until then, from PostgreSQL after). The stream is
+-- rewritten on the way (DUMP, then RESTORE with the expiry): Redis preallocates 4 KB for a
+-- stream's last node so that XADDs append in place, and an ended job takes no more, so the
+-- restored copy, sized to fit, holds the same entries in less than half the memory (a
+-- three-event job: 4,700 -> 2,000 bytes, for about 8 us of Redis time).
+local function retire(jobkey, evkey, ttl)
+  redis.call('EXPIRE', jobkey, ttl)
+  local dumped = redis.call('DUMP', evkey)
+  if dumped then redis.call('RESTORE', evkey, tonumber(ttl) * 1000, dumped, 'REPLACE') end
+end
+
 local function wake_one(wakekey)
   if redis.call('LLEN', wakekey) < 64 then redis.call('LPUSH', wakekey, '1') end
 end

@@ -16,8 +16,7 @@ if freed then lease_ended(q, jobkey) end
 redis.call('HDEL', jobkey, 'lease', 'worker')
 redis.call('HSET', jobkey, 'state', 7, 'finish_time', ARGV[2])
 emit(jobkey, evkey, ARGV[7] .. id, ARGV[4])
-redis.call('EXPIRE', jobkey, ARGV[3])
-redis.call('EXPIRE', evkey, ARGV[3])
+retire(jobkey, evkey, ARGV[3])
 tally(ARGV[9], now_ms(), 'c')
 if freed and redis.call('ZCARD', q.ready) > 0 then wake_one(q.wake) end
 if state == 3 then redis.call('PUBLISH', ARGV[8], id) end

@@ -33,10 +33,7 @@ for i = 7, #ARGV, 7 do
       if state == 4 then redis.call('HSET', jobkey, 'progress', 100) end
     end
     emit(jobkey, evkey, cp .. id, maxlen)
-    if state ~= 5 then
-      redis.call('EXPIRE', jobkey, ttl)
-      redis.call('EXPIRE', evkey, ttl)
-    end
+    if state ~= 5 then retire(jobkey, evkey, ttl) end
     if OUTCOME[state] then tally(sp, now, OUTCOME[state]) end
     out[#out + 1] = 1
   end
