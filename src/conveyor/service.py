@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from conveyor.telemetry import configure_logging, configure_tracing
 from conveyor.telemetry.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
+
+YOUNG_COLLECTION_ALLOCATIONS = 20_000
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,28 @@ def service_main(
         settings = settings or Settings.from_env()
         configure_logging(settings.log_level, settings.log_format)
         configure_tracing(f"conveyor-{name}")
+        tune_collector()
         run(lambda: serve(settings))
     except ConfigurationError as exc:
         raise SystemExit(configuration_failure(exc)) from None
+
+
+def tune_collector() -> None:
+    """Keep the cyclic garbage collector out of the way of a service's loop.
+
+    - **Start-up's heap is frozen** (`gc.freeze`): modules, classes, protobuf descriptors,
+      SQLAlchemy and pydantic metadata, about 130,000 objects that are never garbage, are
+      left out of every later pass. It is collected first, so no cycle that is already
+      garbage is kept for good.
+    - **Young collections run every 20,000 allocations, not 700.** At 700, the objects of
+      calls in flight outlive two young passes and are promoted, and the old generation
+      then grows fast enough to be swept in full every few seconds.
+
+    Measured with `python -m bench --only watch_fanout` (2,000 open streams, 8 runs each): the
+    api's full passes took 100-240 ms each, and they were the whole tail of the events'
+    p99. With start-up frozen alone, 4 of 8 runs were still over 50 ms (median 43 ms).
+    With both, no full pass ran during the workload, and 1 of 8 was over (median 23 ms).
+    GetJob and SubmitJob with 16 clients were no slower."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, 10, 10)
