@@ -149,7 +149,10 @@ async def test_an_ended_job_keeps_its_events_for_the_ttl_in_a_compacted_stream(
         str(int(JobState.CANCELLED)),
     ]
     ended_bytes = await queue.redis.memory_usage(keys.events(done.id))
-    assert ended_bytes < running_bytes / 2, (running_bytes, ended_bytes)
+    assert running_bytes and ended_bytes and ended_bytes < running_bytes / 2, (
+        running_bytes,
+        ended_bytes,
+    )
     for job in (done, cancelled):
         for key in (keys.job(job.id), keys.events(job.id)):
             ttl = await queue.redis.ttl(key)
