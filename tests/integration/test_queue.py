@@ -159,6 +159,33 @@ async def test_an_ended_job_keeps_its_events_for_the_ttl_in_a_compacted_stream(
             assert settings.hot_state_ttl_seconds - 5 <= ttl <= settings.hot_state_ttl_seconds
 
 
+async def test_a_redis_that_denies_dump_and_restore_still_ends_jobs(
+    queue: RedisQueue, settings: Settings
+) -> None:
+    """Managed Redis often denies @dangerous commands: the ended job's stream is then kept
+    as it was, with its expiry, and the job ends as anywhere else."""
+    user, password = "conveyor-no-restore", "s3cret-test-only"
+    await queue.redis.execute_command(
+        "ACL", "SETUSER", user, "reset", "on", f">{password}", "~*", "+@all", "-dump", "-restore"
+    )
+    url = settings.redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+    limited = connect(url)
+    try:
+        denied = RedisQueue(limited, settings)
+        job = new()
+        await denied.enqueue([job])
+        claims, _ = await denied.claim("default", 1, worker_id="w", token="t", lease_ms=10_000)
+        end = ended(job.id, JobState.SUCCEEDED)
+        assert await denied.finish_many([(job, claims[0].lease, end)]) == [True]
+        hot = await denied.hot("default", job.id)
+        assert hot is not None and hot["state"] == str(int(JobState.SUCCEEDED))
+        assert [int(e["seq"]) for e in await denied.events_after("default", job.id, 0)] == [2, 3]
+        assert await limited.ttl(QueueKeys("default").events(job.id)) > 0
+    finally:
+        await limited.aclose()
+        await queue.redis.execute_command("ACL", "DELUSER", user)
+
+
 async def test_scripts_are_reloaded_after_redis_forgets_them(queue: RedisQueue) -> None:
     await queue.redis.script_flush()
     await queue.enqueue([new(), new()])  # a pipeline of EVALSHA answered with NOSCRIPT
