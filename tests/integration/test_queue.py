@@ -165,9 +165,8 @@ async def test_a_redis_that_denies_dump_and_restore_still_ends_jobs(
     """Managed Redis often denies @dangerous commands: the ended job's stream is then kept
     as it was, with its expiry, and the job ends as anywhere else."""
     user, password = "conveyor-no-restore", "s3cret-test-only"
-    await queue.redis.execute_command(
-        "ACL", "SETUSER", user, "reset", "on", f">{password}", "~*", "+@all", "-dump", "-restore"
-    )
+    await queue.redis.acl_setuser(user, enabled=True, reset=True, passwords=[f"+{password}"],
+                                  keys=["*"], commands=["+@all", "-dump", "-restore"])  # fmt: skip
     url = settings.redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
     limited = connect(url)
     try:
@@ -183,7 +182,7 @@ async def test_a_redis_that_denies_dump_and_restore_still_ends_jobs(
         assert await limited.ttl(QueueKeys("default").events(job.id)) > 0
     finally:
         await limited.aclose()
-        await queue.redis.execute_command("ACL", "DELUSER", user)
+        await queue.redis.acl_deluser(user)
 
 
 async def test_scripts_are_reloaded_after_redis_forgets_them(queue: RedisQueue) -> None:
