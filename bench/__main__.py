@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -49,6 +50,7 @@ from tests.processes import Service, Stack, make_env
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 STREAMS_PER_CHANNEL = 500
+STREAMS_PER_OWNER = 1000
 
 
 @dataclass
@@ -225,6 +227,7 @@ class Bench:
         self.scale = scale
         self.soak_seconds = 600.0
         self.soak_hot_ttl = 180.0
+        self._watch_keys: list[str] = []
 
     def n(self, count: int) -> int:
         return max(int(count * self.scale), 10)
@@ -650,38 +653,57 @@ class Bench:
             noisy_refused_per_s=round(counts["refused"] / (rounds * (seconds + 1)), 1),
         )
 
+    def watch_keys(self, owners: int) -> list[str]:
+        """API keys of `owners` owners of their own, made once per bench."""
+        while len(self._watch_keys) < owners:
+            self._watch_keys.append(self.stack.create_key(f"watcher{len(self._watch_keys)}"))
+        return self._watch_keys[:owners]
+
     async def watch_fanout(self) -> None:
         """Many WatchJob streams on one API process: its memory, and how fast a change
-        reaches every stream (each of 100 jobs has streams/100 watchers; all are cancelled
-        at once and the time to each stream's final message is measured)."""
-        streams = self.n(2000)
+        reaches every stream. Each of 100 jobs has streams/100 watchers; all are cancelled
+        at once and the time to each stream's final message is measured. The streams are
+        spread over one owner per STREAMS_PER_OWNER, as many users' would be (an owner may
+        hold CONVEYOR_MAX_STREAMS_PER_OWNER, 2,000, on one api process)."""
+        streams = self.n(10000)
+        owners = -(-streams // STREAMS_PER_OWNER)
+        keys = self.watch_keys(owners)
         api = next(s for s in self.stack.services if s.name == "api")
         proc = psutil.Process(api.proc.pid)
-        async with self.client() as client:
-            jobs = [(await client.submit("noop", queue="parked")).id for _ in range(100)]
+        owned = [AsyncClient(self.stack.api_addr, api_key=key) for key in keys]
+        async with contextlib.AsyncExitStack() as stack:
+            for client in owned:
+                await stack.enter_async_context(client)
+            jobs = [(await owned[i % owners].submit("noop", queue="parked")).id for i in range(100)]
             rss_before = proc.memory_info().rss
             opened = 0
             all_open = asyncio.Event()
             cancelled_at: dict[str, float] = {}
             latencies: list[float] = []
 
-            # Many clients, as in real use: each its own connection with 500 streams.
+            # Many clients, as in real use: each its own connection with up to 500 streams,
+            # for one owner. Stream i watches job i % 100, of owner (i % 100) % owners.
+            per_owner = -(-STREAMS_PER_OWNER // STREAMS_PER_CHANNEL)
             channels = [
                 AsyncClient(
-                    api_key=self.key,
+                    api_key=keys[index // per_owner],
                     channel=grpc.aio.insecure_channel(
                         self.stack.api_addr, options=[("grpc.use_local_subchannel_pool", 1)]
                     ),
                 )
-                for _ in range(-(-streams // STREAMS_PER_CHANNEL))
+                for index in range(owners * per_owner)
             ]
+
+            def channel_of(i: int) -> AsyncClient:
+                owner = (i % 100) % owners
+                return channels[owner * per_owner + (i // 100) % per_owner]
 
             failed: list[str] = []
 
             async def watch(index: int, job_id: str) -> None:
                 nonlocal opened
                 try:
-                    async for update in channels[index // STREAMS_PER_CHANNEL].watch(job_id):
+                    async for update in channel_of(index).watch(job_id):
                         if update.job.state == job_pb2.JOB_STATE_QUEUED:
                             opened += 1
                         elif update.job.state == job_pb2.JOB_STATE_CANCELLED:
@@ -702,9 +724,9 @@ class Bench:
                     await asyncio.sleep(0.05)
             await asyncio.wait_for(all_open.wait(), 300)
             rss_open = proc.memory_info().rss
-            for job_id in jobs:
+            for i, job_id in enumerate(jobs):
                 cancelled_at[job_id] = time.perf_counter()
-                await client.cancel(job_id)
+                await owned[i % owners].cancel(job_id)
             await asyncio.wait_for(asyncio.gather(*tasks), 120)
             for channel in channels:
                 await channel.close()
