@@ -135,13 +135,13 @@ async def test_an_ended_job_keeps_its_events_for_the_ttl_in_a_compacted_stream(
     its hash; a resume still reads every retained event, and a cancelled job's likewise."""
     done, cancelled = new(), new()
     await queue.enqueue([done, cancelled])
-    claims = {c.job.id: c for c in (await queue.claim("default", 2, worker_id="w", token="t",
-                                                      lease_ms=10_000))[0]}  # fmt: skip
-    await queue.progress(done, claims[done.id].lease, 50, "half")
+    claims, _ = await queue.claim("default", 2, worker_id="w", token="t", lease_ms=10_000)
+    leases = {c.job.id: c.lease for c in claims}
+    await queue.progress(done, leases[done.id], 50, "half")
     keys = QueueKeys("default")
     running_bytes = await queue.redis.memory_usage(keys.events(done.id))
     end = ended(done.id, JobState.SUCCEEDED)
-    assert await queue.finish_many([(done, claims[done.id].lease, end)]) == [True]
+    assert await queue.finish_many([(done, leases[done.id], end)]) == [True]
     await queue.cancel("default", cancelled.id, now_ms())
     assert [int(e["seq"]) for e in await queue.events_after("default", done.id, 0)] == [2, 3, 4]
     assert [e["state"] for e in await queue.events_after("default", cancelled.id, 1)] == [
