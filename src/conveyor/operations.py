@@ -241,7 +241,8 @@ class JobOperations:
 
     async def _look(self, job_id: str) -> tuple[Job | None, Waiting | None]:
         """The job and, if it waits in line, why: one Redis round trip for a job whose
-        queue this process knows (the usual poll of a job submitted here), else `_load`."""
+        queue this process knows (the usual poll of a job submitted here), else the
+        database row (`_stored`)."""
         _check_id(job_id)
         queue = self._queues.get(job_id)
         if queue is None:
