@@ -45,6 +45,9 @@ FAST = {
     "CONVEYOR_BACKOFF_BASE_SECONDS": "0.05",
     "CONVEYOR_BACKOFF_MAX_SECONDS": "0.2",
     "CONVEYOR_SHUTDOWN_GRACE_SECONDS": "3",
+    # No children forked ahead of need: the fork server starts at a worker's first
+    # process-isolated attempt, so the many workers that never run one cost nothing.
+    "CONVEYOR_PROCESS_POOL_SIZE": "0",
     "CONVEYOR_LOG_FORMAT": "console",
 }
 

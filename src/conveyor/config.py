@@ -48,6 +48,19 @@ class Settings(BaseSettings):
     dev_api_key: str = Field("", description="The key `conveyor dev` accepts (random if unset).")
     api_key: str = Field("", description="The key the CLI and client send.")
     worker_concurrency: int = Field(10, ge=1, le=10_000, description="Jobs a worker runs at once.")
+    process_pool_size: int = Field(
+        -1,
+        ge=-1,
+        le=10_000,
+        description="Children a worker keeps forked ahead of need for process-isolated "
+        "handlers (-1: as many as its concurrency, up to 4).",
+    )
+    kill_grace_seconds: float = Field(
+        0.5,
+        ge=0,
+        description="How long a process-isolated attempt has after SIGTERM (cancel, timeout) "
+        "before SIGKILL.",
+    )
     worker_queues: str = Field(
         "default",
         description="Queues a worker serves: `a,b` in strict order, or `a:3,b:1` by weight.",
@@ -279,6 +292,14 @@ class Settings(BaseSettings):
     @property
     def download_base_url(self) -> str:
         return self.download_url or f"http://{self.download_addr}"
+
+    @property
+    def effective_process_pool_size(self) -> int:
+        """Children kept forked ahead of need: explicit, or the concurrency up to 4 (a
+        child costs about 20 MiB of its own while it waits)."""
+        if self.process_pool_size >= 0:
+            return self.process_pool_size
+        return min(self.worker_concurrency, 4)
 
     @property
     def queue_choice(self) -> QueueChoice:

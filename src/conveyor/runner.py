@@ -6,6 +6,14 @@ cancellations, and each job runs as its own task. Outcomes are written by the
 `AttemptRecorder` (fenced, grouped, database first). A job keeps its lease until its outcome
 is durably written, so a database outage delays results but never loses them.
 
+A sync handler runs in the worker's thread pool, and a thread cannot be stopped: one that
+runs on past its timeout or its cancel keeps its thread. Such overrunning handlers are
+counted (`overrunning`, in WorkerStatus and `conveyor_worker_overrunning_handlers`) and
+keep their slot until they return, so the worker claims only what it has threads for
+and, when every slot is held by one, stops claiming instead of losing capacity silently.
+Handlers registered with `isolation="process"` run in a child process instead
+(`conveyor.isolation`), which cancel and timeout kill.
+
 Draining (SIGTERM or DrainWorker) stops claiming, lets running jobs finish within the grace
 period, then stops the rest and releases their leases, so other workers run them at once
 instead of after the lease runs out; a released attempt is not counted.
@@ -25,19 +33,21 @@ import secrets
 import socket
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from conveyor.artifacts import Artifacts, result_key
+from conveyor.artifacts import Artifact, Artifacts, artifact_key, result_key
 from conveyor.attempts import AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
 from conveyor.errors import Unavailable
 from conveyor.handlers import BaseContext, JobContext, PermanentError, Registry, SyncJobContext
 from conveyor.handlers.context import PROGRESS_INTERVAL
+from conveyor.handlers.registry import HandlerSpec
+from conveyor.isolation import Attempt, Call, Outcome, ProcessPool, Progress, Setup
 from conveyor.jobs import Job, JobState, now_ms
 from conveyor.queue import Claim, EventHub, RedisQueue
 from conveyor.queue.events import Subscription
@@ -153,6 +163,11 @@ class Worker:
         self._token = secrets.token_hex(8)
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="handler")
+        # Sync handlers still running in a thread after their attempt ended (timeout,
+        # cancel): each holds its slot until it returns.
+        self.overrunning = 0
+        # Children for process-isolated handlers; made at start() if a handler needs them.
+        self.processes: ProcessPool | None = None
         self._changed = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -168,6 +183,7 @@ class Worker:
         self._started = now_ms()
         self.metrics.concurrency.set(self.concurrency)
         self.metrics.running.set_function(lambda: len(self.running))
+        self.metrics.overrunning.set_function(lambda: self.overrunning)
 
     # -- control ---------------------------------------------------------------------------
     def _set_state(self, state: WorkerState) -> None:
@@ -237,6 +253,7 @@ class Worker:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        self._start_processes()
         cancel_sub = await self.hub.subscribe(CANCEL_CHANNEL)
         with contextlib.suppress(Unavailable):
             await self._announce()
@@ -251,6 +268,23 @@ class Worker:
             ",".join(self.queues),
             self.concurrency,
         )
+
+    def _start_processes(self) -> None:
+        """Start the fork server and the first children, if any handler runs isolated."""
+        isolated = [s for s in map(self.registry.get, self.registry.names()) if s is not None
+                    and s.isolation == "process"]  # fmt: skip
+        if not isolated:
+            return
+        with_objects = self.objects is not None and self.artifacts is not None
+        self.processes = ProcessPool(
+            Setup(self.settings, with_objects),
+            size=self.settings.effective_process_pool_size,
+            preload=[*dict.fromkeys(spec.fn.__module__ for spec in isolated)],
+            kill_grace=self.settings.kill_grace_seconds,
+        )
+        self.processes.start()
+        stats = self.processes.stats
+        self.metrics.watch_processes(lambda: stats.started, lambda: stats.killed)
 
     async def stop(self, grace: float) -> None:
         """Stop claiming, give running jobs `grace` seconds, then stop them and release
@@ -275,6 +309,8 @@ class Worker:
         log.debug("waiting for %d tasks to end", len(pending))
         await asyncio.gather(*pending, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.processes is not None:
+            await self.processes.close()
         with contextlib.suppress(Unavailable):
             await self.registry_entry.forget(self.worker_id)
         self._set_state(WorkerState.STOPPED)
@@ -295,7 +331,7 @@ class Worker:
         if self.state is not WorkerState.RUNNING:
             await self.changed()
             return
-        free = self.concurrency - len(self.running)
+        free = self.concurrency - len(self.running) - self.overrunning
         if free <= 0 or len(self.recording) >= MAX_RECORDING * self.concurrency:
             self._slot_freed.clear()
             await self._slot_freed.wait()
@@ -450,15 +486,18 @@ class Worker:
         try:
             async with asyncio.timeout(timeout):
                 payload = spec.parse(job.payload)
-                if spec.is_async:
+                if spec.isolation == "process":
+                    outcome = await self._in_process(spec, payload, running)
+                    if outcome.failed:
+                        state = JobState.DEAD if outcome.permanent else JobState.RETRYING
+                        return Ending(
+                            state, AttemptOutcome.FAILED, outcome.error, outcome.traceback
+                        )
+                    returned = outcome.result
+                elif spec.is_async:
                     returned = await spec.fn(payload, running.ctx)
                 else:
-                    # In the job's context, so the handler's logs name it and its spans
-                    # are children of the attempt's.
-                    call = contextvars.copy_context().run
-                    returned = await asyncio.get_running_loop().run_in_executor(
-                        self._executor, call, spec.fn, payload, running.ctx
-                    )
+                    returned = await self._in_thread(spec, payload, running.ctx)
         except TimeoutError:
             running.ctx.cancel()
             return Ending(
@@ -474,6 +513,88 @@ class Worker:
         except Exception as exc:  # the object store failed: the attempt did not finish
             log.warning("job %s: could not store its result: %s", job.id, exc)
             return Ending(JobState.RETRYING, AttemptOutcome.FAILED, _describe(exc))
+
+    async def _in_thread(self, spec: HandlerSpec, payload: Any, ctx: BaseContext) -> Any:
+        """Run a sync handler in the pool, in the job's context (so its logs name the job
+        and its spans are children of the attempt's). If the attempt ends first (timeout,
+        cancel), the thread runs on: it is counted as overrunning until it returns."""
+        call = contextvars.copy_context().run
+        future = self._executor.submit(call, spec.fn, payload, ctx)
+        try:
+            return await asyncio.wrap_future(future)
+        except BaseException:
+            if not future.cancel() and not future.done():
+                self._overran(ctx, future)
+            raise
+
+    def _overran(self, ctx: BaseContext, future: Future[Any]) -> None:
+        self.overrunning += 1
+        self.metrics.overruns.inc()
+        log.warning(
+            "job %s: its handler runs on past its attempt's end and holds a slot until it "
+            "returns (%d such); register the type with isolation='process' to have it killed",
+            ctx.job_id,
+            self.overrunning,
+        )
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._overrun_ended))
+
+    def _overrun_ended(self) -> None:
+        self.overrunning -= 1
+        self._slot_freed.set()
+        self.notify()
+
+    async def _in_process(self, spec: HandlerSpec, payload: Any, running: Running) -> Outcome:
+        """Run the attempt in a child of its own (`conveyor.isolation`); cancelling this
+        call (cancel, timeout, stop) kills the child."""
+        if self.processes is None:
+            raise RuntimeError("process isolation was not started (Worker.start)")
+        job = running.claim.job
+        attempt = Attempt(
+            module=spec.fn.__module__,
+            qualname=spec.fn.__qualname__,
+            is_async=spec.is_async,
+            payload=payload,
+            job_id=job.id,
+            job_type=job.type,
+            owner=job.owner,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            timeout_seconds=job.timeout_ms / 1000,
+            memory_limit_mb=spec.memory_limit_mb,
+            log={"queue": job.queue},
+        )
+
+        async def serve(call: Call) -> Any:
+            return await self._serve_child(running, call)
+
+        def progress(report: Progress) -> None:
+            running.ctx.progress(report.percent, report.message)
+
+        return await self.processes.run(attempt, serve, progress)
+
+    async def _serve_child(self, running: Running, call: Call) -> Any:
+        """What a child asks of its worker: `once`, and recording or finding artifacts,
+        each for its own job and owner only."""
+        job = running.claim.job
+        if call.op == "once":
+            return await running.ctx._once(str(call.args[0]))
+        if self.artifacts is None:
+            raise RuntimeError("this worker has no artifact store")
+        if call.op == "record":
+            artifact = call.args[0]
+            if (
+                not isinstance(artifact, Artifact)
+                or artifact.job_id != job.id
+                or (artifact.key != artifact_key(job.id, artifact.name))
+            ):
+                raise ValueError("a child may record artifacts of its own job only")
+            await self.artifacts.record(artifact)
+            return None
+        if call.op == "find":
+            job_id, name = str(call.args[0]), str(call.args[1])
+            return await self.artifacts.find(job.owner, job_id or job.id, name)
+        raise ValueError(f"unknown call {call.op!r}")
 
     async def _success(self, job: Job, returned: object) -> Ending:
         """A handler's return value as the job's result: a JSON object (any other JSON

@@ -926,7 +926,7 @@ def probes(draws: Draws, keys: dict[str, str]) -> st.SearchStrategy[Probe]:
                 attempts = draw(st.one_of(st.integers(0, 100), int32s()))
                 request = pb.RetryJobRequest(id=job_id, max_attempts=attempts)
             else:
-                request = REQUEST_TYPES[rpc](id=job_id)
+                request = REQUEST_TYPES[rpc](id=job_id)  # type: ignore[call-arg,unused-ignore]
         expected = None if intruder else expected_for(rpc, tags)
         return make_probe(
             rpc, request, caller, metadata, tags, expected, may_stay_silent=silent, raw=False
@@ -1008,7 +1008,7 @@ def raw_probes(draw: st.DrawFn, draws: Draws, keys: dict[str, str]) -> Probe:
         "ListJobs": pb.ListJobsRequest(queue="raw", page_size=2),
         "WatchJob": pb.WatchJobRequest(id=own),
         "RetryJob": pb.RetryJobRequest(id=own),
-    }.get(rpc) or REQUEST_TYPES[rpc](id=own)
+    }.get(rpc) or REQUEST_TYPES[rpc](id=own)  # type: ignore[call-arg,unused-ignore]
     base = valid.SerializeToString()
     field_number = STRING_FIELD[rpc] or 1
     kind = draw(

@@ -35,6 +35,7 @@ def status_proto(worker: Worker) -> pb.WorkerStatus:
         queues=worker.queues,
         host=socket.gethostname(),
         stale_writes=worker.recorder.stats.stale_writes,
+        overrunning_handlers=worker.overrunning,
     )
 
 

@@ -4,6 +4,12 @@ A handler is `fn(payload, ctx)`, sync or async. Async handlers run on the worker
 loop; sync ones in its thread pool (so they must poll `ctx.cancelled` to stop early).
 Raising `PermanentError` skips the remaining attempts: the job goes straight to DEAD.
 
+`isolation="process"` runs each attempt in a child process instead (`conveyor.isolation`):
+it can be killed on cancel and on timeout, and `memory_limit_mb` caps what it may
+allocate. It costs a forked process per attempt (from a pool forked ahead of need), so it
+is for handlers that run untrusted input (templates, queries) or may misbehave; such a
+handler must be a module-level function, which the child imports by name.
+
 The payload is a plain dict, unless the type declares a pydantic model: either
 `@handler("t", payload=Model)` or an annotation `def fn(payload: Model, ctx)`. Then the API
 validates payloads of that type at submit (a bad one is INVALID_ARGUMENT with a violation
@@ -18,7 +24,7 @@ import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -27,6 +33,7 @@ from conveyor.retry import RetryOverrides
 
 HandlerFn = Callable[..., Any]
 F = TypeVar("F", bound=HandlerFn)
+Isolation = Literal["thread", "process"]
 
 BUILTIN_MODULES = (
     "conveyor.handlers.builtins",
@@ -52,6 +59,10 @@ class HandlerSpec:
     payload_model: type[BaseModel] | None = None
     # How long a finished job of this type is kept (None: the server's default; 0: forever).
     retention_seconds: float | None = None
+    # "thread" (the worker's thread pool or event loop) or "process" (a child of its own).
+    isolation: Isolation = "thread"
+    # A process-isolated attempt's allowance of memory (address space), in MiB.
+    memory_limit_mb: int | None = None
 
     def violations(self, payload: dict[str, Any], prefix: str = "payload") -> list[FieldViolation]:
         """What is wrong with a payload of this type (nothing when it declares no model)."""
@@ -98,10 +109,13 @@ class Registry:
         retry: RetryOverrides | None = None,
         payload: type[BaseModel] | None = None,
         retention_seconds: float | None = None,
+        isolation: Isolation = "thread",
+        memory_limit_mb: int | None = None,
     ) -> HandlerSpec:
         existing = self._handlers.get(name)
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"job type {name!r} is already registered to {existing.fn!r}")
+        _check_isolation(name, fn, isolation, memory_limit_mb)
         spec = HandlerSpec(
             name,
             fn,
@@ -111,6 +125,8 @@ class Registry:
             retry,
             payload or _annotated_model(fn),
             retention_seconds,
+            isolation,
+            memory_limit_mb,
         )
         self._handlers[name] = spec
         return spec
@@ -120,6 +136,21 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._handlers)
+
+
+def _check_isolation(name: str, fn: HandlerFn, isolation: str, memory_limit_mb: int | None) -> None:
+    """Refuse at registration what could only fail at run time."""
+    if isolation not in ("thread", "process"):
+        raise ValueError(f"job type {name!r}: isolation must be 'thread' or 'process'")
+    if memory_limit_mb is not None and isolation != "process":
+        raise ValueError(f"job type {name!r}: memory_limit_mb needs isolation='process'")
+    if memory_limit_mb is not None and memory_limit_mb < 16:
+        raise ValueError(f"job type {name!r}: memory_limit_mb must be at least 16")
+    if isolation == "process" and "<locals>" in getattr(fn, "__qualname__", "<locals>"):
+        raise ValueError(
+            f"job type {name!r}: a process-isolated handler must be a module-level function "
+            "(its child process imports it by name)"
+        )
 
 
 def _annotated_model(fn: HandlerFn) -> type[BaseModel] | None:
@@ -158,6 +189,8 @@ def handler(
     retry: RetryOverrides | None = None,
     payload: type[BaseModel] | None = None,
     retention: float | timedelta | None = None,
+    isolation: Isolation = "thread",
+    memory_limit_mb: int | None = None,
     timeout_seconds: float | None = None,
     registry: Registry | None = None,
 ) -> Callable[[F], F]:
@@ -169,7 +202,9 @@ def handler(
     pydantic model its payloads must match (else taken from the first parameter's
     annotation). The API applies all of them at submit when it loads the same handler
     modules (`CONVEYOR_HANDLERS`); a type it does not know gets the server's defaults and
-    its payloads are checked by the worker only. `timeout_seconds` is the older spelling of
+    its payloads are checked by the worker only. `isolation="process"` runs each attempt
+    in a child process that cancel and timeout kill, with `memory_limit_mb` MiB to
+    allocate (see the module docstring). `timeout_seconds` is the older spelling of
     `timeout`.
     """
 
@@ -182,6 +217,8 @@ def handler(
             retry=retry,
             payload=payload,
             retention_seconds=_seconds(retention),
+            isolation=isolation,
+            memory_limit_mb=memory_limit_mb,
         )
         return fn
 

@@ -219,6 +219,33 @@ class WorkerMetrics(_Metrics):
             "Handlers this worker runs at once.",
             registry=self.registry,
         )
+        self.overruns = self._add(
+            Counts(
+                "conveyor_handler_overruns",
+                "Thread-mode handlers that ran on past their attempt's timeout or cancel.",
+            )
+        )
+        self.overrunning = Gauge(
+            "conveyor_worker_overrunning_handlers",
+            "Thread-mode handlers running past their attempt's end now; each holds a slot.",
+            registry=self.registry,
+        )
+
+    def watch_processes(self, started: Callable[[], int], killed: Callable[[], int]) -> None:
+        """Count the children of process isolation, read at each scrape."""
+        for collector in (
+            _CountCollector(
+                "conveyor_isolated_processes_started",
+                "Children forked for process-isolated attempts.",
+                started,
+            ),
+            _CountCollector(
+                "conveyor_isolated_processes_killed",
+                "Process-isolated attempts whose child was killed or died before reporting.",
+                killed,
+            ),
+        ):
+            self.registry.register(collector)
 
     def claimed(self, queue: str, job_type: str, waited_seconds: float) -> None:
         self.wait.observe((queue, job_type), waited_seconds)

@@ -25,39 +25,39 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n conveyor/v1/worker_control.proto\x12\x0b\x63onveyor.v1\x1a\x1egoogle/protobuf/duration.proto\"<\n\nRunningJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\x01\"\xe5\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.conveyor.v1.WorkerState\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\x12-\n\x0crunning_jobs\x18\x04 \x03(\x0b\x32\x17.conveyor.v1.RunningJob\x12\x11\n\tprocessed\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\x12\x0e\n\x06queues\x18\x07 \x03(\t\x12\x0c\n\x04host\x18\x08 \x01(\t\x12\x14\n\x0cstale_writes\x18\t \x01(\x03\"\x18\n\x16GetWorkerStatusRequest\"D\n\x17GetWorkerStatusResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.conveyor.v1.WorkerStatus\"\x1a\n\x18WatchWorkerStatusRequest\"F\n\x19WatchWorkerStatusResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.conveyor.v1.WorkerStatus\"\x14\n\x12PauseWorkerRequest\"@\n\x13PauseWorkerResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.conveyor.v1.WorkerStatus\"\x15\n\x13ResumeWorkerRequest\"A\n\x14ResumeWorkerResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.conveyor.v1.WorkerStatus\">\n\x12\x44rainWorkerRequest\x12(\n\x05grace\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"@\n\x13\x44rainWorkerResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.conveyor.v1.WorkerStatus*\x93\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14WORKER_STATE_RUNNING\x10\x01\x12\x17\n\x13WORKER_STATE_PAUSED\x10\x02\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x03\x12\x18\n\x14WORKER_STATE_STOPPED\x10\x04\x32\xcc\x03\n\rWorkerControl\x12\\\n\x0fGetWorkerStatus\x12#.conveyor.v1.GetWorkerStatusRequest\x1a$.conveyor.v1.GetWorkerStatusResponse\x12\x64\n\x11WatchWorkerStatus\x12%.conveyor.v1.WatchWorkerStatusRequest\x1a&.conveyor.v1.WatchWorkerStatusResponse0\x01\x12P\n\x0bPauseWorker\x12\x1f.conveyor.v1.PauseWorkerRequest\x1a .conveyor.v1.PauseWorkerResponse\x12S\n\x0cResumeWorker\x12 .conveyor.v1.ResumeWorkerRequest\x1a!.conveyor.v1.ResumeWorkerResponse\x12P\n\x0b\x44rainWorker\x12\x1f.conveyor.v1.DrainWorkerRequest\x1a .conveyor.v1.DrainWorkerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n conveyor/v1/worker_control.proto\x12\x0b\x63onveyor.v1\x1a\x1egoogle/protobuf/duration.proto\"<\n\nRunningJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\x01\"\x83\x02\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.conveyor.v1.WorkerState\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\x12-\n\x0crunning_jobs\x18\x04 \x03(\x0b\x32\x17.conveyor.v1.RunningJob\x12\x11\n\tprocessed\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\x12\x0e\n\x06queues\x18\x07 \x03(\t\x12\x0c\n\x04host\x18\x08 \x01(\t\x12\x14\n\x0cstale_writes\x18\t \x01(\x03\x12\x1c\n\x14overrunning_handlers\x18\n \x01(\x05\"\x18\n\x16GetWorkerStatusRequest\"D\n\x17GetWorkerStatusResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.conveyor.v1.WorkerStatus\"\x1a\n\x18WatchWorkerStatusRequest\"F\n\x19WatchWorkerStatusResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.conveyor.v1.WorkerStatus\"\x14\n\x12PauseWorkerRequest\"@\n\x13PauseWorkerResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.conveyor.v1.WorkerStatus\"\x15\n\x13ResumeWorkerRequest\"A\n\x14ResumeWorkerResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.conveyor.v1.WorkerStatus\">\n\x12\x44rainWorkerRequest\x12(\n\x05grace\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"@\n\x13\x44rainWorkerResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.conveyor.v1.WorkerStatus*\x93\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14WORKER_STATE_RUNNING\x10\x01\x12\x17\n\x13WORKER_STATE_PAUSED\x10\x02\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x03\x12\x18\n\x14WORKER_STATE_STOPPED\x10\x04\x32\xcc\x03\n\rWorkerControl\x12\\\n\x0fGetWorkerStatus\x12#.conveyor.v1.GetWorkerStatusRequest\x1a$.conveyor.v1.GetWorkerStatusResponse\x12\x64\n\x11WatchWorkerStatus\x12%.conveyor.v1.WatchWorkerStatusRequest\x1a&.conveyor.v1.WatchWorkerStatusResponse0\x01\x12P\n\x0bPauseWorker\x12\x1f.conveyor.v1.PauseWorkerRequest\x1a .conveyor.v1.PauseWorkerResponse\x12S\n\x0cResumeWorker\x12 .conveyor.v1.ResumeWorkerRequest\x1a!.conveyor.v1.ResumeWorkerResponse\x12P\n\x0b\x44rainWorker\x12\x1f.conveyor.v1.DrainWorkerRequest\x1a .conveyor.v1.DrainWorkerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.worker_control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKERSTATE']._serialized_start=880
-  _globals['_WORKERSTATE']._serialized_end=1027
+  _globals['_WORKERSTATE']._serialized_start=910
+  _globals['_WORKERSTATE']._serialized_end=1057
   _globals['_RUNNINGJOB']._serialized_start=81
   _globals['_RUNNINGJOB']._serialized_end=141
   _globals['_WORKERSTATUS']._serialized_start=144
-  _globals['_WORKERSTATUS']._serialized_end=373
-  _globals['_GETWORKERSTATUSREQUEST']._serialized_start=375
-  _globals['_GETWORKERSTATUSREQUEST']._serialized_end=399
-  _globals['_GETWORKERSTATUSRESPONSE']._serialized_start=401
-  _globals['_GETWORKERSTATUSRESPONSE']._serialized_end=469
-  _globals['_WATCHWORKERSTATUSREQUEST']._serialized_start=471
-  _globals['_WATCHWORKERSTATUSREQUEST']._serialized_end=497
-  _globals['_WATCHWORKERSTATUSRESPONSE']._serialized_start=499
-  _globals['_WATCHWORKERSTATUSRESPONSE']._serialized_end=569
-  _globals['_PAUSEWORKERREQUEST']._serialized_start=571
-  _globals['_PAUSEWORKERREQUEST']._serialized_end=591
-  _globals['_PAUSEWORKERRESPONSE']._serialized_start=593
-  _globals['_PAUSEWORKERRESPONSE']._serialized_end=657
-  _globals['_RESUMEWORKERREQUEST']._serialized_start=659
-  _globals['_RESUMEWORKERREQUEST']._serialized_end=680
-  _globals['_RESUMEWORKERRESPONSE']._serialized_start=682
-  _globals['_RESUMEWORKERRESPONSE']._serialized_end=747
-  _globals['_DRAINWORKERREQUEST']._serialized_start=749
-  _globals['_DRAINWORKERREQUEST']._serialized_end=811
-  _globals['_DRAINWORKERRESPONSE']._serialized_start=813
-  _globals['_DRAINWORKERRESPONSE']._serialized_end=877
-  _globals['_WORKERCONTROL']._serialized_start=1030
-  _globals['_WORKERCONTROL']._serialized_end=1490
+  _globals['_WORKERSTATUS']._serialized_end=403
+  _globals['_GETWORKERSTATUSREQUEST']._serialized_start=405
+  _globals['_GETWORKERSTATUSREQUEST']._serialized_end=429
+  _globals['_GETWORKERSTATUSRESPONSE']._serialized_start=431
+  _globals['_GETWORKERSTATUSRESPONSE']._serialized_end=499
+  _globals['_WATCHWORKERSTATUSREQUEST']._serialized_start=501
+  _globals['_WATCHWORKERSTATUSREQUEST']._serialized_end=527
+  _globals['_WATCHWORKERSTATUSRESPONSE']._serialized_start=529
+  _globals['_WATCHWORKERSTATUSRESPONSE']._serialized_end=599
+  _globals['_PAUSEWORKERREQUEST']._serialized_start=601
+  _globals['_PAUSEWORKERREQUEST']._serialized_end=621
+  _globals['_PAUSEWORKERRESPONSE']._serialized_start=623
+  _globals['_PAUSEWORKERRESPONSE']._serialized_end=687
+  _globals['_RESUMEWORKERREQUEST']._serialized_start=689
+  _globals['_RESUMEWORKERREQUEST']._serialized_end=710
+  _globals['_RESUMEWORKERRESPONSE']._serialized_start=712
+  _globals['_RESUMEWORKERRESPONSE']._serialized_end=777
+  _globals['_DRAINWORKERREQUEST']._serialized_start=779
+  _globals['_DRAINWORKERREQUEST']._serialized_end=841
+  _globals['_DRAINWORKERRESPONSE']._serialized_start=843
+  _globals['_DRAINWORKERRESPONSE']._serialized_end=907
+  _globals['_WORKERCONTROL']._serialized_start=1060
+  _globals['_WORKERCONTROL']._serialized_end=1520
 # @@protoc_insertion_point(module_scope)

@@ -34,7 +34,7 @@ class RunningJob(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., type: _Optional[str] = ..., progress: _Optional[float] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "state", "concurrency", "running_jobs", "processed", "failed", "queues", "host", "stale_writes")
+    __slots__ = ("worker_id", "state", "concurrency", "running_jobs", "processed", "failed", "queues", "host", "stale_writes", "overrunning_handlers")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class WorkerStatus(_message.Message):
     QUEUES_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     STALE_WRITES_FIELD_NUMBER: _ClassVar[int]
+    OVERRUNNING_HANDLERS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     state: WorkerState
     concurrency: int
@@ -53,7 +54,8 @@ class WorkerStatus(_message.Message):
     queues: _containers.RepeatedScalarFieldContainer[str]
     host: str
     stale_writes: int
-    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., concurrency: _Optional[int] = ..., running_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., processed: _Optional[int] = ..., failed: _Optional[int] = ..., queues: _Optional[_Iterable[str]] = ..., host: _Optional[str] = ..., stale_writes: _Optional[int] = ...) -> None: ...
+    overrunning_handlers: int
+    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., concurrency: _Optional[int] = ..., running_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., processed: _Optional[int] = ..., failed: _Optional[int] = ..., queues: _Optional[_Iterable[str]] = ..., host: _Optional[str] = ..., stale_writes: _Optional[int] = ..., overrunning_handlers: _Optional[int] = ...) -> None: ...
 
 class GetWorkerStatusRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,277 @@
+"""The child side of process isolation: run one attempt, report, exit.
+
+A child is forked by the worker's fork server before any job needs it (so it starts with
+the handler modules already imported), waits for one `Attempt`, runs it and exits. One
+attempt per child: nothing one owner's handler leaves behind (globals, threads, a
+corrupted heap, a huge allocation) reaches the next job.
+
+What the child sets up before the handler runs:
+- **Its memory limit** (`RLIMIT_AS`): the address space it has now plus the handler's
+  `memory_limit_mb`. An allocation past it raises MemoryError, and the child exits with
+  `MEMORY_EXIT` at once, whatever the handler was doing, rather than try to report
+  (reporting needs memory too).
+- **SIGTERM stops the handler**: a `Terminated` exception is raised in the main thread
+  (Python runs signal handlers between bytecodes, so a busy loop is interrupted), its
+  `finally` blocks run, and the child exits. The worker sends SIGKILL after a grace.
+- **It dies with its worker**: `PR_SET_PDEATHSIG` kills it when its parent (the fork
+  server, which itself exits when the worker does) goes away, so a worker killed with -9
+  leaves no handler running for a job that another worker will now run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import os
+import resource
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any, NoReturn
+
+from conveyor.artifacts import Artifact, Artifacts
+from conveyor.handlers.context import PROGRESS_INTERVAL, BaseContext, JobContext, SyncJobContext
+from conveyor.handlers.registry import PermanentError
+from conveyor.isolation.wire import (
+    MEMORY_EXIT,
+    TERMINATED_EXIT,
+    Attempt,
+    Call,
+    Outcome,
+    Progress,
+    Reply,
+    Setup,
+)
+from conveyor.runner import _describe as describe_failure
+from conveyor.runner import _traceback as format_traceback
+from conveyor.runner import job_result
+from conveyor.storage import ObjectStore
+from conveyor.telemetry.logs import bind_job, configure_logging
+
+PR_SET_PDEATHSIG = 1
+
+
+class Terminated(BaseException):
+    """Raised in the handler by SIGTERM: the worker cancelled the attempt or timed it out.
+    A BaseException, so a handler's `except Exception` does not swallow it."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the line above took effect
+        os._exit(TERMINATED_EXIT)
+
+
+class Worker:
+    """The child's line to its worker: progress, and calls that wait for a reply.
+
+    The handler's thread, the progress pump and artifact calls may all use it, so sends
+    are serialised, and a call holds the line until its reply has come."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._send_lock = threading.Lock()
+        self._call_lock = threading.Lock()
+
+    def send(self, message: object) -> None:
+        with self._send_lock:
+            self._conn.send(message)
+
+    def call(self, op: str, *args: Any) -> Any:
+        with self._call_lock:
+            self.send(Call(op, args))
+            reply: Reply = self._conn.recv()
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+
+def serve(conn: Connection, setup: Setup) -> None:
+    """A pooled child's life: prepare, wait for an attempt (or EOF: the pool closed), run
+    it, exit."""
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which decides
+    try:
+        configure_logging(setup.settings.log_level, setup.settings.log_format)
+        prepared = _Prepared(setup)
+        attempt = conn.recv()
+    except (EOFError, OSError, Terminated):
+        os._exit(0)
+    try:
+        outcome = _run(attempt, prepared, Worker(conn))
+    except MemoryError:
+        os._exit(MEMORY_EXIT)
+    except Terminated:
+        os._exit(TERMINATED_EXIT)
+    try:
+        conn.send(outcome)
+    except MemoryError:
+        os._exit(MEMORY_EXIT)
+    except (OSError, Terminated):
+        os._exit(TERMINATED_EXIT)
+    _exit(0)
+
+
+def _exit(code: int) -> NoReturn:
+    """Leave without the interpreter's teardown (the handler's threads may still run)."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _run(attempt: Attempt, prepared: _Prepared, worker: Worker) -> Outcome:
+    bind_job(attempt.job_id, attempt.attempt, attempt.job_type, str(attempt.log.get("queue", "")))
+    fn = _resolve(attempt.module, attempt.qualname)
+    helper = prepared.helper
+    ctx = _context(attempt, prepared, worker)
+    _limit_memory(attempt.memory_limit_mb)
+    try:
+        if attempt.is_async:
+            returned = asyncio.run(fn(attempt.payload, ctx))
+        else:
+            returned = fn(attempt.payload, ctx)
+    except (MemoryError, Terminated):
+        raise
+    except PermanentError as exc:
+        return Outcome(
+            error=describe_failure(exc),
+            traceback=format_traceback(exc),
+            permanent=True,
+            failed=True,
+        )
+    except Exception as exc:
+        return Outcome(error=describe_failure(exc), traceback=format_traceback(exc), failed=True)
+    finally:
+        helper.flush(ctx, worker)
+    result = job_result(returned)
+    if isinstance(result, str):
+        return Outcome(error=result, permanent=True, failed=True)
+    return Outcome(result=result)
+
+
+def _resolve(module: str, qualname: str) -> Any:
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _limit_memory(limit_mb: int | None) -> None:
+    """Cap the address space at what the child maps now plus the handler's allowance."""
+    if not limit_mb:
+        return
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    soft = mapped + limit_mb * (1 << 20)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+class _HelperLoop:
+    """An event loop on a thread of its own, for what a context does off the handler's
+    thread: sending coalesced progress, and the artifact and `once` calls that a sync
+    context makes with `run_coroutine_threadsafe`. Its one executor thread is started
+    before the memory limit is set, so no later thread has to map a stack under it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-child")
+        self.executor.submit(lambda: None).result()
+        self.loop.set_default_executor(self.executor)
+        self._pump: asyncio.Task[None] | None = None
+        threading.Thread(
+            target=self.loop.run_forever, name="conveyor-child-loop", daemon=True
+        ).start()
+
+    def progressed(self, ctx: BaseContext, worker: Worker) -> None:
+        """Called on the loop's thread when a first unsent report is waiting."""
+        if self._pump is None or self._pump.done():
+            self._pump = self.loop.create_task(self._send_progress(ctx, worker))
+
+    async def _send_progress(self, ctx: BaseContext, worker: Worker) -> None:
+        while (value := ctx.take_progress()) is not None:
+            await self.loop.run_in_executor(self.executor, worker.send, Progress(*value))
+            await asyncio.sleep(PROGRESS_INTERVAL)
+
+    def flush(self, ctx: BaseContext, worker: Worker) -> None:
+        """Send the last report the pump has not sent yet, before the outcome."""
+        value = ctx.take_progress()
+        if value is not None:
+            worker.send(Progress(*value))
+
+
+class _Prepared:
+    """What a waiting child sets up before its attempt comes."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.settings = setup.settings
+        self.helper = _HelperLoop()
+        self.store: ObjectStore | None = None
+        if setup.with_objects:
+            from conveyor.storage import open_store
+
+            self.store = open_store(setup.settings)
+
+
+def _context(attempt: Attempt, prepared: _Prepared, worker: Worker) -> BaseContext:
+    helper = prepared.helper
+    loop = helper.loop
+
+    async def call(op: str, *args: Any) -> Any:
+        running = asyncio.get_running_loop()
+        return await running.run_in_executor(helper.executor, worker.call, op, *args)
+
+    async def claim_effect(key: str) -> bool:
+        return bool(await call("once", key))
+
+    async def record(artifact: Artifact) -> None:
+        await call("record", artifact)
+
+    async def find(owner: str, job_id: str, name: str) -> Artifact | None:
+        found: Artifact | None = await call("find", job_id, name)
+        return found
+
+    artifacts = None
+    if prepared.store is not None:
+        artifacts = Artifacts(
+            job_id=attempt.job_id,
+            owner=attempt.owner,
+            store=prepared.store,
+            record=record,
+            find=find,
+            loop=loop,
+        )
+    kind = JobContext if attempt.is_async else SyncJobContext
+    ctx: BaseContext
+
+    def progressed() -> None:
+        helper.progressed(ctx, worker)
+
+    ctx = kind(
+        job_id=attempt.job_id,
+        job_type=attempt.job_type,
+        attempt=attempt.attempt,
+        max_attempts=attempt.max_attempts,
+        loop=loop,
+        on_progress=progressed,
+        claim_effect=claim_effect,
+        owner=attempt.owner,
+        settings=prepared.settings,
+        artifacts=artifacts,
+        timeout_seconds=attempt.timeout_seconds,
+    )
+    return ctx
