@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     dev_api_key: str = Field("", description="The key `conveyor dev` accepts (random if unset).")
     api_key: str = Field("", description="The key the CLI and client send.")
     worker_concurrency: int = Field(10, ge=1, le=10_000, description="Jobs a worker runs at once.")
+    default_max_running_per_owner: int = Field(
+        100,
+        ge=0,
+        description="Jobs one owner may run at once in a queue whose limits set no "
+        "per-owner cap (0: none).",
+    )
     process_pool_size: int = Field(
         -1,
         ge=-1,

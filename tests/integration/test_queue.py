@@ -289,3 +289,25 @@ async def test_look_reads_hot_state_and_why_a_queued_job_waits_in_one_call(
     assert hot is not None and hot["state"] == str(int(JobState.RUNNING))
     assert waiting is None  # a running job does not wait
     assert await queue.look("default", new().id) == (None, None)
+
+
+async def test_every_owner_has_a_default_cap_a_queue_limit_overrides(settings: Settings) -> None:
+    """Guards CONVEYOR_DEFAULT_MAX_RUNNING_PER_OWNER: in a queue whose limits set no
+    per-owner cap, one owner runs at most the workers' default at once, so a flood leaves
+    other owners' jobs a slot; the queue's own max_running_per_owner wins over it."""
+    client = connect(settings.redis_url)
+    capped = RedisQueue(client, settings.model_copy(update={"default_max_running_per_owner": 2}))
+    try:
+        flood = [new() for _ in range(6)]
+        quiet = new(owner="bob")
+        await capped.enqueue([*flood, quiet])
+        first = await claim(capped, count=4)
+        assert [j.id for j in first] == [flood[0].id, flood[1].id, quiet.id]
+        waiting = await capped.waiting("default", flood[2].id)
+        assert waiting.reason("default") == (
+            "owner 'alice' is at its concurrency limit in queue 'default' (2 of 2 running)"
+        )
+        await capped.configure(QueueSettings("default", max_running_per_owner=3))
+        assert [j.id for j in await claim(capped, count=4)] == [flood[2].id]
+    finally:
+        await client.aclose()

@@ -103,6 +103,7 @@ class RedisQueue:
         self.settings = settings
         self.scripts = Scripts()
         self._maxlen = settings.event_stream_maxlen
+        self._owner_default = settings.default_max_running_per_owner
         self._ttl = settings.hot_state_ttl_seconds
 
     # -- producers -------------------------------------------------------------------------
@@ -184,6 +185,7 @@ class RedisQueue:
                     k.events_prefix,
                     k.channel_prefix,
                     self._maxlen,
+                    self._owner_default,
                 ],
             )
         return [Claim.from_hash(_pairs(flat)) for flat in out[1:]], int(out[0])

@@ -66,15 +66,20 @@ local function queue_keys()
           parked_prefix = string.sub(KEYS[1], 1, -6) .. 'parked:'}
 end
 
--- Concurrency caps within a queue, per owner (conf `owner_max`) and per API key (the
--- job's `key_cap`, set from the key that submitted it): leased jobs are counted per group
+-- Concurrency caps within a queue, per owner (conf `owner_max`, else the workers' default
+-- `owner_default`, CONVEYOR_DEFAULT_MAX_RUNNING_PER_OWNER, which claims keep in the conf)
+-- and per API key (the job's `key_cap`, set from the key that submitted it): leased jobs
+-- are counted per group
 -- in q.running (fields `o:<owner>` and `k:<key id>`, a key's cap kept in q.caps). A
 -- ready job whose group is at its cap when a claim reaches it is parked (moved, with
 -- its score, to the group's parked set) so that claims look past it to other jobs, and
 -- when one of the group's leases ends its best parked jobs go back in line.
 local function group_cap(q, group)
   if string.sub(group, 1, 2) == 'o:' then
-    return tonumber(redis.call('HGET', q.conf, 'owner_max') or '0')
+    local caps = redis.call('HMGET', q.conf, 'owner_max', 'owner_default')
+    local cap = tonumber(caps[1] or '0')
+    if cap > 0 then return cap end
+    return tonumber(caps[2] or '0')
   end
   return tonumber(redis.call('HGET', q.caps, group) or '0')
 end
