@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +41,10 @@ from conveyor.jobs import (
     valid_queue,
     valid_type,
 )
+from conveyor.known_names import KnownNames, NameCache
 from conveyor.pagetokens import PageTokens, page_limit
 from conveyor.queue import EventHub, QueueKeys, RedisQueue
-from conveyor.queue.workers import WorkerInfo, WorkerRegistry
+from conveyor.queue.workers import WorkerRegistry
 from conveyor.queues import Waiting
 from conveyor.ratelimit import Kind, Limit, RateLimiter
 from conveyor.retention import resolve_retention_ms
@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 WATCH_RECHECK_SECONDS = 15.0
 # Job id -> queue entries remembered per API process (about 100 bytes each).
 QUEUE_MAP_SIZE = 200_000
-# How long the live-worker list behind blocked reasons is reused.
-WORKERS_CACHE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +87,8 @@ class JobOperations:
         self.settings = settings
         self.registry = registry or Registry()
         self.workers = WorkerRegistry(queue.redis)
+        # Existing queues, known types and live workers (checks, labels, blocked reasons).
+        self.names = NameCache(queue, self.workers, self.registry)
         self.limiter = RateLimiter(
             queue.redis, queue.scripts, hold=settings.rate_limit_hold_seconds
         )
@@ -97,7 +97,6 @@ class JobOperations:
             Kind.SUBMIT: Limit(settings.submit_rate, settings.submit_burst),
             Kind.READ: Limit(settings.read_rate, settings.read_burst),
         }
-        self._workers_seen: tuple[float, list[WorkerInfo]] = (0.0, [])
         self._defaults: dict[str, JobDefaults] = {}
         # New jobs are independent, so two flushes may overlap (see conveyor.batching).
         self._submits: Batcher[Job, Job | ConveyorError] = Batcher(
@@ -160,15 +159,26 @@ class JobOperations:
         job.trace_parent = tracing.current_traceparent()
         return job
 
-    def check_payloads(self, specs: Sequence[JobSpec], *, bulk: bool = False) -> None:
-        """Refuse payloads their type's model rejects (types this process knows), before
-        anything is charged or stored: INVALID_ARGUMENT with a violation per field."""
+    async def check(self, specs: Sequence[JobSpec], *, bulk: bool = False) -> None:
+        """Refuse, before anything is charged or stored, jobs of a type no one knows (see
+        `conveyor.known_names`) and payloads their type's model rejects (types this process
+        loaded): INVALID_ARGUMENT with a violation per field, per request in a bulk."""
+        known = await self.names.get()
         violations: list[FieldViolation] = []
         for index, spec in enumerate(specs):
-            prefix = f"requests[{index}].payload" if bulk else "payload"
-            violations += self.payload_violations(spec, prefix)
+            prefix = f"requests[{index}]." if bulk else ""
+            unknown = known.type_violation(spec.queue, spec.type, f"{prefix}type")
+            if unknown is not None:
+                violations.append(unknown)
+                continue
+            violations += self.payload_violations(spec, f"{prefix}payload")
         if violations:
             raise InvalidArgument(violations)
+
+    async def type_violations(self, spec: JobSpec, field: str) -> list[FieldViolation]:
+        """What the known names say of this spec's type (nothing: known, or not knowable)."""
+        unknown = (await self.names.get()).type_violation(spec.queue, spec.type, field)
+        return [unknown] if unknown is not None else []
 
     def payload_violations(self, spec: JobSpec, prefix: str) -> list[FieldViolation]:
         """What the type's payload model says of this spec's payload (types not loaded
@@ -178,7 +188,7 @@ class JobOperations:
 
     async def submit(self, principal: Principal, spec: JobSpec) -> Job:
         """Commit one job (group-committed with concurrent submits), then enqueue it."""
-        self.check_payloads([spec])
+        await self.check([spec])
         await self.charge(principal, Kind.SUBMIT)
         job = self._new_job(principal, spec, now_ms())
         if tracing.enabled():  # the attributes are not even built otherwise
@@ -190,7 +200,7 @@ class JobOperations:
 
     async def submit_many(self, principal: Principal, specs: Sequence[JobSpec]) -> list[Job]:
         """Commit a bulk request in its own transaction: all jobs or, on a conflict, none."""
-        self.check_payloads(specs, bulk=True)
+        await self.check(specs, bulk=True)
         await self.charge(principal, Kind.SUBMIT, len(specs))
         now = now_ms()
         jobs = [self._new_job(principal, spec, now) for spec in specs]
@@ -214,9 +224,10 @@ class JobOperations:
         new = [job for job, result in zip(made, results, strict=True) if result is job]
         if not new:
             return
+        known = self.names.latest  # read by the submit's own check
         for job in new:
             self._remember(job.id, job.queue)
-            self.metrics.submitted.inc(job.queue, job.type)
+            self.metrics.submitted.inc(known.queue_label(job.queue), known.type_label(job.type))
         try:
             await self.queue.enqueue(new)
         except Unavailable:
@@ -274,22 +285,7 @@ class JobOperations:
         held = waiting.reason(job.queue)
         if held:
             return held
-        workers = [w for w in await self._live_workers() if job.queue in w.queues]
-        if not workers:
-            return f"no live worker serves queue {job.queue!r}"
-        if not any(job.type in w.types for w in workers):
-            return f"no live worker on queue {job.queue!r} handles job type {job.type!r}"
-        if waiting.ahead < 0:
-            return "waiting for a worker"
-        return f"waiting for a worker slot ({waiting.ahead} job(s) ahead in queue {job.queue!r})"
-
-    async def _live_workers(self) -> list[WorkerInfo]:
-        seen, workers = self._workers_seen
-        now = time.monotonic()
-        if now - seen > WORKERS_CACHE_SECONDS:
-            workers = await self.workers.live()
-            self._workers_seen = (now, workers)
-        return workers
+        return _unserved(job, await self.names.get()) or _in_line(job, waiting)
 
     async def result(
         self, principal: Principal, job_id: str
@@ -389,7 +385,9 @@ class JobOperations:
         _check_id(job_id)
         job = await self.store.cancel(job_id, None if principal.is_admin else principal.owner)
         # The cancel is this write (a running handler is stopped and writes nothing).
-        self.metrics.outcomes.inc(job.queue, job.type, "cancelled")
+        known = await self.names.get()
+        labels = known.queue_label(job.queue), known.type_label(job.type)
+        self.metrics.outcomes.inc(*labels, "cancelled")
         try:
             await self.queue.cancel(job.queue, job.id, job.finish_time or now_ms())
         except Unavailable:
@@ -459,6 +457,34 @@ class JobOperations:
                         return
         finally:
             await self.hub.unsubscribe(sub)
+
+
+def _unserved(job: Job, known: KnownNames) -> str:
+    """Why no worker will take the job now ("" when one will): its queue was never
+    served, no live worker serves it, or none of those handles its type."""
+    if job.queue not in known.queues:
+        return (
+            f"no worker has ever served queue {job.queue!r} and no admin configured it: "
+            "the job waits until a worker serves that queue"
+        )
+    workers = known.serving(job.queue)
+    if not workers:
+        reason = f"no live worker serves queue {job.queue!r}"
+        if job.type not in known.types:
+            reason += (
+                f", and job type {job.type!r} cannot be checked until one does "
+                "(the API does not load it and no live worker announces it)"
+            )
+        return reason
+    if not any(job.type in w.types for w in workers):
+        return f"no live worker on queue {job.queue!r} handles job type {job.type!r}"
+    return ""
+
+
+def _in_line(job: Job, waiting: Waiting) -> str:
+    if waiting.ahead < 0:
+        return "waiting for a worker"
+    return f"waiting for a worker slot ({waiting.ahead} job(s) ahead in queue {job.queue!r})"
 
 
 def _visible(principal: Principal, job: Job) -> bool:

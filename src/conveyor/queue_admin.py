@@ -12,6 +12,7 @@ import logging
 from dataclasses import replace
 
 from conveyor.auth import Principal
+from conveyor.known_names import NameCache
 from conveyor.queue import RedisQueue
 from conveyor.queue.workers import WorkerInfo, WorkerRegistry
 from conveyor.queues import QueueSettings, QueueStats, check_queue_name
@@ -21,10 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class QueueAdmin:
-    def __init__(self, store: QueueStore, queue: RedisQueue) -> None:
+    def __init__(
+        self, store: QueueStore, queue: RedisQueue, names: NameCache | None = None
+    ) -> None:
         self.store = store
         self.queue = queue
         self.workers = WorkerRegistry(queue.redis)
+        # The submit path's reading of existing queues, read again once a change lands.
+        self.names = names
 
     async def pause(self, principal: Principal, name: str) -> QueueStats:
         return await self._change(principal, name, paused=True)
@@ -60,6 +65,8 @@ class QueueAdmin:
     async def _apply(self, settings: QueueSettings) -> QueueStats:
         await self.store.put(settings)
         await self.queue.configure(settings)
+        if self.names is not None:
+            self.names.forget()
         log.info(
             "queue %s: paused=%s max_running=%d rate=%d/%dms",
             settings.name,
@@ -71,15 +78,18 @@ class QueueAdmin:
         return await self.queue.queue_stats(settings.name)
 
     async def stats(self, principal: Principal, name: str = "") -> list[QueueStats]:
-        """One queue's numbers, or every known queue's (enqueued to, or with settings)."""
+        """One queue's numbers (any name), or every existing queue's."""
         principal.require_admin()
         if name:
             return [await self.queue.queue_stats(check_queue_name(name))]
         return await self.all_stats()
 
     async def all_stats(self) -> list[QueueStats]:
-        """Every known queue's numbers (enqueued to, or with settings), by name."""
-        names = await self.queue.known_queues()
+        """Every existing queue's numbers, by name: the default queue, those workers serve
+        or served and those with settings (see `conveyor.known_names`). A queue only
+        submits named is left out, so this reads as many queues as the operator set up
+        however many names users make up (it feeds the queue gauges at every scrape)."""
+        names = await self.queue.existing_queues()
         names |= {s.name for s in await self.store.all()}
         return [await self.queue.queue_stats(n) for n in sorted(names)]
 

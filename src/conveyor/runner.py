@@ -58,7 +58,7 @@ from conveyor.storage import ObjectStore
 from conveyor.store import JobStore
 from conveyor.store.artifacts import ArtifactStore
 from conveyor.telemetry import bind_job, tracing
-from conveyor.telemetry.metrics import WorkerMetrics
+from conveyor.telemetry.metrics import OTHER, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -397,10 +397,16 @@ class Worker:
             self.metrics.reclaimed.inc(job.queue)
         else:
             waited = running.claimed_ms - _ready_ms(job)
-            self.metrics.claimed(job.queue, job.type, max(waited, 0) / 1000)
+            self.metrics.claimed(job.queue, self._type_label(job), max(waited, 0) / 1000)
         self.running[job.id] = running
         running.task = asyncio.create_task(self._run(running), name=f"job-{job.id}")
         self.notify()
+
+    def _type_label(self, job: Job) -> str:
+        """A job's type as metrics label it: a type this worker has a handler for, else
+        `other` (a user picks the string; see `conveyor.known_names`). The queue label needs
+        no folding: a worker claims only from the queues it was told to serve."""
+        return job.type if self.registry.get(job.type) is not None else OTHER
 
     async def _run(self, running: Running) -> None:
         job = running.claim.job
@@ -446,7 +452,7 @@ class Worker:
                 end = self._end(claim, ending, running.progress)
                 outcome, error = OUTCOME_LABELS[end.state], end.error
                 if await self.recorder.record(claim, end):
-                    self.metrics.ended(job.queue, job.type, outcome, ran)
+                    self.metrics.ended(job.queue, self._type_label(job), outcome, ran)
                 else:
                     outcome = "stale"
         finally:

@@ -39,7 +39,8 @@ class ScheduleOperations:
         )
         # A template its type refuses would fail at every bucket: refuse it now instead.
         spec = schedule.job_spec(key="check", run_at=None, max_payload_bytes=self.max_payload)
-        bad = self.jobs.payload_violations(spec, "schedule.job.payload")
+        bad = await self.jobs.type_violations(spec, "schedule.job.type")
+        bad = bad or self.jobs.payload_violations(spec, "schedule.job.payload")
         if bad:
             raise InvalidArgument(bad)
         await self.store.insert(schedule)

@@ -54,7 +54,7 @@ async def serve(settings: Settings) -> None:
         keys = KeyStore(conns.db)
         # One per process: one cache, one stream guard.
         auth = Authenticator(keys, max_streams_per_owner=settings.max_streams_per_owner)
-        queues = QueueAdmin(QueueStore(conns.db), conns.queue)
+        queues = QueueAdmin(QueueStore(conns.db), conns.queue, ops.names)
         metrics.watch_queues(queues.all_stats, asyncio.get_running_loop())
         results = Results(
             ops, conns.artifacts, conns.objects, link_seconds=settings.artifact_url_seconds

@@ -26,7 +26,10 @@ it in a bounded in-process map (see `conveyor.operations`).
     cv:epoch              string  set by the reconciler; its absence means Redis lost its data
     cv:reconcile:lock     string  the reconciler replica whose turn it is (SET NX PX)
     cv:rl:{<owner>}:<kind>  hash  an owner's token bucket for submits or reads
-    cv:queues             set   every queue a job was ever enqueued to (GetQueueStats)
+    cv:queues:existing    set   the queues that exist: served by a worker (each heartbeat
+                                adds its queues) or configured by an admin (`configure`;
+                                the reconciler re-applies every configured queue). Never
+                                a name only a submit used (see `conveyor.known_names`)
     cv:schedules          pub/sub channel: a schedule changed; schedulers look again
 """
 
@@ -38,7 +41,7 @@ PREFIX = "cv"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
 EPOCH_KEY = f"{PREFIX}:epoch"
 RECONCILE_LOCK = f"{PREFIX}:reconcile:lock"
-QUEUES_KEY = f"{PREFIX}:queues"
+EXISTING_QUEUES_KEY = f"{PREFIX}:queues:existing"
 SCHEDULES_CHANNEL = f"{PREFIX}:schedules"
 
 

@@ -17,8 +17,8 @@ from conveyor import compact_json
 from conveyor.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
 from conveyor.errors import outage
-from conveyor.jobs import Job, JobState
-from conveyor.queue.keys import CANCEL_CHANNEL, EPOCH_KEY, QUEUES_KEY, QueueKeys
+from conveyor.jobs import DEFAULT_QUEUE, Job, JobState
+from conveyor.queue.keys import CANCEL_CHANNEL, EPOCH_KEY, EXISTING_QUEUES_KEY, QueueKeys
 from conveyor.queue.scripts import Scripts
 from conveyor.queues import QueueSettings, QueueStats, Waiting
 
@@ -116,7 +116,6 @@ class RedisQueue:
         async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
             for queue, docs in by_queue.items():
                 k = QueueKeys(queue)
-                pipe.sadd(QUEUES_KEY, queue)
                 self.scripts.enqueue.queue(
                     pipe,
                     k.all,
@@ -292,11 +291,12 @@ class RedisQueue:
             return int(await self.scripts.release(self.redis, k.all, args))
 
     async def configure(self, settings: QueueSettings) -> None:
-        """Put a queue's settings where claims read them; wakes workers if jobs may start."""
+        """Put a queue's settings where claims read them; wakes workers if jobs may start.
+        A configured queue exists (see `existing_queues`)."""
         k = QueueKeys(settings.name)
-        async with unavailable_on_redis_errors():
-            await self.scripts.configure(
-                self.redis,
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            self.scripts.configure.queue(
+                pipe,
                 k.all,
                 [
                     int(settings.paused),
@@ -306,6 +306,8 @@ class RedisQueue:
                     settings.max_running_per_owner,
                 ],
             )
+            pipe.sadd(EXISTING_QUEUES_KEY, settings.name)
+            await self.scripts.execute(pipe)
 
     async def queue_stats(self, queue: str) -> QueueStats:
         k = QueueKeys(queue)
@@ -313,11 +315,13 @@ class RedisQueue:
             out = await self.scripts.queue_stats(self.redis, k.all, [k.job_prefix, k.stats_prefix])
         return QueueStats.from_script(queue, [int(v) for v in out])
 
-    async def known_queues(self) -> set[str]:
-        """Every queue a job was enqueued to."""
+    async def existing_queues(self) -> set[str]:
+        """The queues that exist: the default queue, those a worker serves or has served
+        (announced on every heartbeat) and those an admin configured. A name that only
+        submits used is not among them, so this stays as small as the operator's setup."""
         async with unavailable_on_redis_errors():
-            names = await self.redis.smembers(QUEUES_KEY)
-        return {str(name) for name in names}
+            names = await self.redis.smembers(EXISTING_QUEUES_KEY)
+        return {DEFAULT_QUEUE, *(str(name) for name in names)}
 
     async def waiting(self, queue: str, job_id: str) -> Waiting:
         """Why a ready job waits: its place in line and what the queue's settings hold back."""

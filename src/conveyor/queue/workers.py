@@ -4,6 +4,10 @@ Each worker announces itself on every heartbeat: a JSON document under `cv:worke
 expires after a few missed heartbeats, and its id in the `cv:workers` sorted set. A worker
 that dies simply stops announcing; its document expires and the next reader drops it from the
 set, so the registry forgets dead workers without anyone having to notice the death.
+
+A worker's queues also go into the set of existing queues (`cv:queues:existing`, which
+`RedisQueue.existing_queues` reads) on every heartbeat, so a Redis that lost its data has
+them back within one heartbeat of each live worker.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
 
-from conveyor.queue.keys import PREFIX
+from conveyor.queue.keys import EXISTING_QUEUES_KEY, PREFIX
 from conveyor.queue.queue import unavailable_on_redis_errors
 from conveyor.v1 import queue_pb2
 
@@ -58,6 +62,8 @@ class WorkerRegistry:
         async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
             pipe.set(_info_key(info.worker_id), doc, px=ttl_ms)
             pipe.zadd(WORKERS_KEY, {info.worker_id: info.last_seen})
+            if info.queues:
+                pipe.sadd(EXISTING_QUEUES_KEY, *info.queues)
             await pipe.execute()
 
     async def forget(self, worker_id: str) -> None:

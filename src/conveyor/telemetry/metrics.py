@@ -18,6 +18,13 @@ the metrics its part can know, so a worker does not show an api's zeros:
   `conveyor_worker_concurrency`.
 - **scheduler**: `conveyor_schedule_fires_total`, `conveyor_retention_deleted_jobs_total`.
 
+Users choose queue and type names, so labels are bounded by what the operator set up, not
+by what users submit: `queue` is an existing queue (the default, one a worker serves or
+served, one an admin configured) and `type` a known type (api: its own registry or one a
+live worker announces; worker: one it has a handler for); any other name is counted under
+`other` (`OTHER`, see `conveyor.known_names`). The queue gauges read existing queues only,
+so a scrape costs the same however many names users made up.
+
 Counters and histograms are updated where the event happens, on the event loop's thread,
 without locks (`Counts`, `Histograms`); gauges that mirror state are computed at scrape
 time, so an idle process does no work for them.
@@ -54,6 +61,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The label value of every queue or type name that does not exist.
+OTHER = "other"
 DEFAULT_ADDRS = {
     "api": "127.0.0.1:9464",
     "worker": "127.0.0.1:9465",
@@ -391,6 +400,7 @@ def metric_names(registry: CollectorRegistry) -> set[str]:
 
 
 __all__ = [
+    "OTHER",
     "ApiMetrics",
     "MetricsServer",
     "SchedulerMetrics",
