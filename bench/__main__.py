@@ -189,6 +189,21 @@ async def settled(proc: psutil.Process, limit: float = 1.0, patience: float = 12
             return
 
 
+def _forkserver_pid() -> int:
+    from multiprocessing import forkserver
+
+    return int(forkserver._forkserver._forkserver_pid or 0)  # type: ignore[attr-defined]
+
+
+def _cpu(*procs: psutil.Process) -> float:
+    """CPU seconds of these processes and of the children they have reaped."""
+    total = 0.0
+    for proc in procs:
+        times = proc.cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
@@ -291,7 +306,12 @@ class Bench:
         )
 
     async def drained(
-        self, workers: int, job_type: str, count: int, spin_ms: float = 0.0
+        self,
+        workers: int,
+        job_type: str,
+        count: int,
+        spin_ms: float = 0.0,
+        env: dict[str, str] | None = None,
     ) -> tuple[float, list[float]]:
         """Fill a queue with `count` jobs (whole thousands) while `workers` paused worker
         processes wait, resume them, and time the drain: jobs/s and each worker's CPU
@@ -307,7 +327,7 @@ class Bench:
                 "64",
                 "--handlers",
                 "bench.handlers",
-                env={**self.stack.worker_env(), "BENCH_SPIN_MS": str(spin_ms)},
+                env={**self.stack.worker_env(), "BENCH_SPIN_MS": str(spin_ms), **(env or {})},
             )
             for _ in range(workers)
         ]
@@ -343,6 +363,56 @@ class Bench:
         emit("drain_cpu_1_worker", one, "jobs/s", None, spin_ms=spin_ms, worker_cpu_s=cpu_one)
         emit("drain_cpu_2_workers", two, "jobs/s", None, spin_ms=spin_ms, worker_cpu_s=cpu_two)
         emit("drain_cpu_scaling", two / one, "x", 1.6, spin_ms=spin_ms, jobs=count)
+
+    async def isolation(self, attempts: int = 200) -> None:
+        """What `isolation="process"` costs (issue 18): starting the pool (the fork
+        server, which imports the handler modules, and its first children), forking one
+        child, and one no-op attempt taken from a warm pool, handed over and reported
+        back, measured in this process with a pool of its own; CPU per attempt counts this
+        process, the fork server and the children it reaped. Then a worker process drains
+        no-op jobs that each run in a child (8 forked ahead)."""
+        from conveyor.isolation import Attempt, Call, ProcessPool, Progress, Setup
+
+        settings = Settings(redis_url="redis://unused", database_url="sqlite:///unused")
+        pool = ProcessPool(Setup(settings, False), size=4, preload=["bench.handlers"],
+                           kill_grace=0.5)  # fmt: skip
+        started = time.perf_counter()
+        await pool.ready()
+        start_seconds = time.perf_counter() - started
+        forkserver = psutil.Process(_forkserver_pid())
+        before_cpu = _cpu(psutil.Process(), forkserver)
+
+        async def serve(call: Call) -> None:
+            return None
+
+        def progress(report: Progress) -> None:
+            return None
+
+        latencies = []
+        for i in range(self.n(attempts)):
+            await pool.ready()  # a warm child, as in steady state
+            attempt = Attempt("bench.handlers", "isolated_noop", False, {}, f"bench-{i}",
+                              "bench.isolated_noop", "bench", 1, 1, 60.0)  # fmt: skip
+            began = time.perf_counter()
+            outcome = await pool.run(attempt, serve, progress)
+            latencies.append((time.perf_counter() - began) * 1000)
+            assert not outcome.failed, outcome.error
+        await pool.ready()
+        cpu = _cpu(psutil.Process(), forkserver) - before_cpu
+        forks = pool.stats
+        await pool.close()
+        emit("isolation_pool_start", start_seconds, "s", None, higher_is_better=False,
+             children=4)  # fmt: skip
+        emit("isolation_fork_child", forks.start_seconds / forks.started * 1000, "ms", None,
+             higher_is_better=False)  # fmt: skip
+        emit("isolation_attempt_p50", pct(latencies, 0.5), "ms", 2.0, higher_is_better=False,
+             p99_ms=round(pct(latencies, 0.99), 2), attempts=len(latencies),
+             cpu_us_per_attempt=round(cpu / len(latencies) * 1e6))  # fmt: skip
+        rate, worker_cpu = await self.drained(
+            1, "bench.isolated_noop", self.n(2000), env={"CONVEYOR_PROCESS_POOL_SIZE": "8"}
+        )
+        emit("drain_isolated_1_worker", rate, "jobs/s", None, worker_cpu_s=worker_cpu,
+             jobs=self.n(2000) // 1000 * 1000 or 1000)  # fmt: skip
 
     async def backlog_memory(self) -> None:
         """A backlog of 1,000,000 queued jobs (scaled) in a queue no worker serves: Redis
@@ -847,6 +917,7 @@ WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "watch_fanout": Bench.watch_fanout,
     "reconcile_pass": Bench.reconcile_pass,
     "bundle_memory": Bench.bundle_memory,
+    "isolation": Bench.isolation,
     "idle_cpu": Bench.idle_cpu,
     "backlog_memory": Bench.backlog_memory,
     "soak": Bench.soak,

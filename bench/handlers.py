@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from conveyor.handlers import JobContext, handler
+from conveyor.handlers import JobContext, SyncJobContext, handler
 
 STAMPS = "bench:stamps"
 _redis: Redis | None = None
@@ -31,3 +31,8 @@ async def spin(payload: dict[str, Any], ctx: JobContext) -> None:
     end = time.perf_counter() + float(os.environ.get("BENCH_SPIN_MS", "1")) / 1000
     while time.perf_counter() < end:
         pass
+
+
+@handler("bench.isolated_noop", isolation="process")
+def isolated_noop(payload: dict[str, Any], ctx: SyncJobContext) -> None:
+    """Nothing, in a child process of its own: what process isolation costs an attempt."""
