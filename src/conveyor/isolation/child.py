@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import importlib
 import os
 import resource
@@ -100,6 +101,10 @@ def serve(conn: Connection, setup: Setup) -> None:
     """A pooled child's life: prepare, wait for an attempt (or EOF: the pool closed), run
     it, exit."""
     _die_with_parent()
+    # What the fork server imported is never garbage: keep the collector off it, so the
+    # child's collections do not write to (and so copy) the pages it shares with its
+    # siblings. A list splice, not a walk of the heap.
+    gc.freeze()
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which decides
     try:
