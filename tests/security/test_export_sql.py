@@ -11,9 +11,11 @@ CONVEYOR_EXPORT_DATABASE_URL names Conveyor's own database or a role that can wr
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,12 +24,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from conveyor.client import AsyncClient
-from conveyor.config import Settings
+from conveyor.config import ConfigurationError, Settings
 from conveyor.errors import InvalidArgument
 from conveyor.handlers import PermanentError, SyncJobContext
 from conveyor.handlers import csv_export as csv_module
 from conveyor.handlers.csv_export import CsvExportPayload
-from conveyor.handlers.export_database import dispose_engines, export_engine
+from conveyor.handlers.export_database import (
+    check_export_database,
+    dispose_engines,
+    export_engine,
+)
 from conveyor.handlers.export_sql import ExportStatement
 from conveyor.handlers.registry import HandlerSpec
 from conveyor.store import migrate
@@ -150,6 +156,32 @@ def test_the_session_itself_is_read_only(victim_url: str, writer_url: str) -> No
     assert _role_of(victim_url, "alice") == "user"
 
 
+def test_sqlite_runs_one_statement_per_call(tmp_path: Path) -> None:
+    """Guards dev mode: on a SQLite export database, a multi-statement text (checks
+    bypassed) is refused by sqlite3 itself, and the connection is query_only besides."""
+    path = tmp_path / "export.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE api_keys (owner TEXT, role TEXT)")
+        db.execute("INSERT INTO api_keys VALUES ('alice', 'user')")
+    db.close()
+    engine = export_engine(f"sqlite:///{path}")
+    # Balanced for the count's wrapping, as the issue's payload was.
+    text = "SELECT 1) AS z; UPDATE api_keys SET role = 'admin'; SELECT * FROM (SELECT 1"
+    statement = ExportStatement(body=text, placeholders=())
+
+    def body(ctx: SyncJobContext) -> Any:
+        with engine.connect() as conn:
+            return csv_module.stream_rows(conn, ctx, _unchecked(text), statement, 30, {})
+
+    with pytest.raises(DBAPIError, match="one statement at a time"):
+        run_handler(_runtime_spec(body), {})
+    with pytest.raises(DBAPIError, match="readonly"), engine.connect() as conn:
+        conn.exec_driver_sql("UPDATE api_keys SET role = 'admin'")
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT role FROM api_keys").fetchall() == [("user",)]
+    db.close()
+
+
 # -- time ----------------------------------------------------------------------------------
 
 
@@ -233,6 +265,16 @@ def test_row_level_security_keyed_on_conveyor_owner(
 
 
 # -- the start-up check --------------------------------------------------------------------
+
+
+def test_a_sqlite_export_database_must_not_be_the_main_one(tmp_path: Path) -> None:
+    """Guards dev mode's start-up check: the main SQLite file (however spelled) is
+    refused, naming the setting; another file passes."""
+    main = f"sqlite:///{tmp_path / 'conveyor.db'}"
+    same = f"sqlite:///{tmp_path / 'x' / '..' / 'conveyor.db'}"
+    with pytest.raises(ConfigurationError, match=f"{SETTING}: names Conveyor's own database"):
+        check_export_database(same, main)
+    check_export_database(f"sqlite:///{tmp_path / 'export.db'}", main)
 
 
 def _refused(stack: Stack, export_url: str) -> str:
