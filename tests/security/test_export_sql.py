@@ -119,6 +119,16 @@ async def test_the_issue_exploit_is_refused_at_submit(stack: Stack, alice: Async
     assert _role_of(stack.env["CONVEYOR_DATABASE_URL"], "alice") == "user"
 
 
+def test_the_exploit_through_the_handler_changes_nothing(victim_url: str, writer_url: str) -> None:
+    """Guards the issue's scenario in-process: csv.export run on the exploit with an
+    export role that could write fails (here at the payload check) and alice stays a
+    user (the old code committed the UPDATE, then failed on a syntax error)."""
+    settings = Settings(export_database_url=writer_url)
+    with pytest.raises((InvalidArgument, PermanentError)):
+        run_handler("csv.export", {"query": EXPLOIT}, settings=settings)
+    assert _role_of(victim_url, "alice") == "user"
+
+
 def test_the_worker_refuses_the_exploit_without_the_api(victim_url: str, writer_url: str) -> None:
     """Guards the run-time check: handed the exploit unvalidated, with a role that could
     write, the worker's query path fails permanently and alice stays a user."""

@@ -51,6 +51,8 @@ SETTING = "CONVEYOR_EXPORT_DATABASE_URL"
 # The session's own cap on any statement, whatever a job's timeout says.
 SESSION_TIMEOUT_MS = 3_600_000
 OWNER_SETTING = "conveyor.owner"
+# How long the start-up check waits for each database before it gives up (and refuses).
+CHECK_CONNECT_SECONDS = 10
 # How often the watchdog looks at the job's cancellation flag.
 WATCH_SECONDS = 0.2
 
@@ -257,7 +259,9 @@ def _role_problem(export: URL, main: URL | None) -> str:
 @contextmanager
 def _checking(url: URL) -> Iterator[Connection]:
     engine = create_engine(
-        url.set(drivername="postgresql+psycopg"), poolclass=NullPool, connect_args={}
+        url.set(drivername="postgresql+psycopg"),
+        poolclass=NullPool,
+        connect_args={"connect_timeout": CHECK_CONNECT_SECONDS},
     )
     try:
         with engine.connect() as conn:
