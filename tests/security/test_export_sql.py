@@ -105,6 +105,59 @@ def _unchecked(query: str) -> CsvExportPayload:
     return CsvExportPayload.model_construct(query=query, params={})
 
 
+# -- what the parser accepts -----------------------------------------------------------------
+
+REFUSED = [
+    EXPLOIT,
+    SLEEPER,
+    "COMMIT; SELECT pg_sleep(45)",
+    "SELECT 1; SELECT 2",
+    "SELECT E'\\'' ; DELETE FROM t; --'",
+    "UPDATE api_keys SET role = 'admin'",
+    "WITH gone AS (DELETE FROM t RETURNING id) SELECT * FROM gone",
+    "WITH m AS (MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE) SELECT 1",
+    "SELECT * INTO copy FROM t",
+    "SELECT * FROM t FOR UPDATE",
+    "SELECT 1 UNION ALL (SELECT 2 FOR SHARE)",
+    "SELECT pg_catalog.set_config('conveyor.owner', 'bob', false)",
+    "SELECT * FROM t WHERE (SELECT query_to_xml('SELECT 1', true, false, '')) IS NULL",
+    "SELECT * FROM dblink('dbname=conveyor', 'SELECT 1') AS x(a int)",
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT pg_advisory_lock(1)",
+    "SELECT $1",
+    "SELECT 1 /* unterminated",
+]
+
+
+@pytest.mark.parametrize("query", REFUSED)
+def test_the_parser_refuses(query: str) -> None:
+    """Guards the submit check: each is INVALID_ARGUMENT on payload.query."""
+    with pytest.raises(InvalidArgument) as refused:
+        run_handler("csv.export", {"query": query})
+    assert [v.field for v in refused.value.violations] == ["payload.query"]
+
+
+def test_what_the_parser_accepts_runs_as_written(export_reader_url: str) -> None:
+    """Guards the placeholders: `%`, `::` casts, array slices, and `:x` inside strings,
+    quoted names and comments reach PostgreSQL unchanged; only code `:name` is bound."""
+    query = """
+        -- a leading comment with :nothing in it
+        WITH v AS (VALUES (7, 'a%b:c'))
+        SELECT column1 % 4 AS m, column2 LIKE 'a%%' AS l, ':x' AS s, '12'::int AS c,
+               (ARRAY[1, 2, 3])[2:3] AS sl, $$:y$$ AS d, :n AS n, 1 AS ":z"
+        FROM v /* :w */;
+    """
+    run = run_handler(
+        "csv.export",
+        {"query": query, "params": {"n": "bound"}},
+        settings=Settings(export_database_url=export_reader_url),
+    )
+    assert run.store.read(run.artifacts["export.csv"].key) == (
+        b'm,l,s,c,sl,d,n,:z\r\n3,true,:x,12,"[2,3]",:y,bound,1\r\n'
+    )
+
+
 # -- the exploit ---------------------------------------------------------------------------
 
 
