@@ -60,14 +60,16 @@ shared tables per owner grants the export role SELECT and adds row-level securit
 Tables without a policy are readable by every owner's exports alike: grant the export
 role only what every user may read, or views and tables guarded this way.
 
-Retries: a bad query (syntax, unknown table or column, a write refused by the read-only
-transaction, a missing bind parameter), an unknown column in `columns`, or an unset export
-database are permanent failures (PermanentError: the job goes straight to DEAD); a lost
-connection, a timeout or a store error is retried with backoff. A retried attempt writes
+Retries: a bad query (refused by the worker's own check, syntax, unknown table or column,
+a write refused by the read-only transaction, a missing bind parameter), an unknown
+column in `columns`, or an unset export database are permanent failures (PermanentError:
+the job goes straight to DEAD); a lost connection, a timeout or a store error is retried
+with backoff. A retried attempt writes
 the artifact again from the start (same name: it replaces whatever a failed one left).
 
-Cancellation: the handler checks `ctx.cancelled` every 1,000 rows; once set, it stops,
-stores nothing (the unfinished upload is aborted) and returns None.
+Cancellation: the handler checks `ctx.cancelled` every 1,000 rows, and the watchdog
+cancels a statement still running; once set, it stops, stores nothing (the unfinished
+upload is aborted) and returns None.
 """
 
 from __future__ import annotations
