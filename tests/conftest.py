@@ -23,7 +23,7 @@ from conveyor.storage.s3 import S3Store
 from conveyor.store import Database, migrate, sync_url
 from tests.mailbox import Mailbox
 from tests.objectstores import ACCESS_KEY, SECRET_KEY, S3Server
-from tests.processes import Keys, Stack, fresh_database, make_env
+from tests.processes import Keys, Stack, fresh_database, make_env, read_only_role
 
 
 @pytest.fixture(scope="session")
@@ -121,8 +121,15 @@ def mailbox() -> Iterator[Mailbox]:
 
 @pytest.fixture(scope="session")
 def export_database_url(database_url: str) -> str:
-    """A database of its own that `csv.export` queries read (tests fill it)."""
+    """A database of its own that `csv.export` queries read (tests fill it, as its owner)."""
     return fresh_database(database_url, "conveyor_export")
+
+
+@pytest.fixture(scope="session")
+def export_reader_url(export_database_url: str) -> str:
+    """The export database as a read-only role (SELECT on every table the tests make
+    there): what CONVEYOR_EXPORT_DATABASE_URL must be for a worker to start."""
+    return read_only_role(export_database_url)
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +138,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
     s3_server: S3Server,
     mailbox: Mailbox,
-    export_database_url: str,
+    export_reader_url: str,
 ) -> Iterator[Stack]:
     redis = EmbeddedRedis(tmp_path_factory.mktemp("e2e-redis"))
     redis.start()
@@ -141,7 +148,7 @@ def stack(
     env.update(s3_server.env("conveyor-e2e"))
     env.update(mailbox.env)
     env.update(
-        CONVEYOR_EXPORT_DATABASE_URL=export_database_url,
+        CONVEYOR_EXPORT_DATABASE_URL=export_reader_url,
         CONVEYOR_HTTP_ALLOW_PRIVATE="true",  # webhooks to the tests' own server on 127.0.0.1
         CONVEYOR_WEBHOOK_SECRET="e2e-webhook-secret",
     )

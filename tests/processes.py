@@ -201,6 +201,35 @@ def fresh_database(url: str, name: str) -> str:
     return parsed.set(database=name).render_as_string(hide_password=False)
 
 
+def login_role(url: str, role: str, *grants: str, password: str = "role-pw") -> str:
+    """Create login role `role` (not a superuser) if the cluster lacks it, run `grants` (SQL
+    with `{role}` for its quoted name) in the database at `url` as `url`'s user; the URL of
+    that database as `role`."""
+    parsed = make_url(url)
+    admin = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    quoted = f'"{role}"'
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+        if exists is None:
+            conn.execute(f"CREATE ROLE {quoted} LOGIN PASSWORD '{password}'")
+        for grant in grants:
+            conn.execute(grant.format(role=quoted))
+    return parsed.set(username=role, password=password).render_as_string(hide_password=False)
+
+
+def read_only_role(url: str, role: str = "conveyor_export_reader") -> str:
+    """`role` reading every table of the public schema of the database at `url`, now and
+    those `url`'s user makes later, and writing none: what a worker's export check accepts.
+    Its URL."""
+    return login_role(
+        url,
+        role,
+        "GRANT USAGE ON SCHEMA public TO {role}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role}",
+    )
+
+
 @dataclass
 class Keys:
     """API keys of the shared e2e stack: one admin and two users."""

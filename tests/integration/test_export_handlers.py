@@ -32,6 +32,7 @@ from conveyor.errors import InvalidArgument
 from conveyor.handlers import PermanentError, SyncJobContext
 from conveyor.handlers import bundle as bundle_module
 from conveyor.handlers import csv_export as csv_module
+from conveyor.handlers.export_database import dispose_engines, export_engine
 from conveyor.handlers.registry import HandlerSpec
 from conveyor.storage import PART_SIZE, ObjectStore
 from conveyor.storage.local import LocalStore
@@ -46,14 +47,15 @@ T = TypeVar("T")
 @pytest.fixture(autouse=True)
 def _close_export_engines() -> Iterator[None]:
     yield
-    csv_module.dispose_engines()
+    dispose_engines()
 
 
 @pytest.fixture
-def pg_table(database_url: str) -> Iterator[str]:
-    """A table of PG_ROWS rows of every kind of value, with a unique name; dropped after."""
+def pg_table(export_database_url: str, export_reader_url: str) -> Iterator[str]:
+    """A table of PG_ROWS rows of every kind of value, with a unique name, in the export
+    database (which `export_reader_url` reads); dropped after."""
     table = f"export_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(sync_url(database_url))
+    engine = create_engine(sync_url(export_database_url))
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -201,7 +203,7 @@ def test_columns_choose_and_order_object_rows_and_name_list_rows() -> None:
 # -- csv.export from a query ---------------------------------------------------------------
 
 
-def test_query_on_postgresql_streams_every_row(database_url: str, pg_table: str) -> None:
+def test_query_on_postgresql_streams_every_row(export_reader_url: str, pg_table: str) -> None:
     """20,000 rows through a server-side cursor: count, header, the value formats of
     PostgreSQL's types, progress by rows up to 100, and a sha256 of the stored bytes."""
     query = f"""
@@ -212,7 +214,7 @@ def test_query_on_postgresql_streams_every_row(database_url: str, pg_table: str)
     run = run_handler(
         "csv.export",
         {"query": query, "params": {"last": PG_ROWS}},
-        settings=Settings(export_database_url=database_url),
+        settings=Settings(export_database_url=export_reader_url),
     )
     data = _stored(run, "export.csv")
     lines = data.split(b"\r\n")
@@ -235,43 +237,48 @@ def test_query_on_postgresql_streams_every_row(database_url: str, pg_table: str)
     assert len(run.progress) > 2, "progress should be reported while streaming"
 
 
-def test_query_runs_in_a_read_only_bounded_transaction(database_url: str) -> None:
+def test_query_runs_in_a_read_only_bounded_transaction(export_reader_url: str) -> None:
     """The export query sees a read-only REPEATABLE READ transaction with the job type's
-    statement timeout (one hour)."""
+    statement timeout (one hour), in a session whose default is read-only too."""
     query = (
         "SELECT current_setting('transaction_read_only') AS ro, "
         "current_setting('transaction_isolation') AS iso, "
-        "current_setting('statement_timeout') AS timeout"
+        "current_setting('statement_timeout') AS timeout, "
+        "current_setting('default_transaction_read_only') AS session_ro"
     )
     run = run_handler(
-        "csv.export", {"query": query}, settings=Settings(export_database_url=database_url)
+        "csv.export", {"query": query}, settings=Settings(export_database_url=export_reader_url)
     )
-    assert _stored(run, "export.csv") == b"ro,iso,timeout\r\non,repeatable read,1h\r\n"
+    assert _stored(run, "export.csv") == (
+        b"ro,iso,timeout,session_ro\r\non,repeatable read,1h,on\r\n"
+    )
 
 
-def test_writes_through_a_query_fail_and_change_nothing(database_url: str, pg_table: str) -> None:
-    """A plain write is refused at submit; writes that pass the textual check (a
-    data-modifying WITH, a function that writes) fail permanently in the read-only
-    transaction, and the table and sequence are untouched."""
-    settings = Settings(export_database_url=database_url)
-    for statement in (f"DELETE FROM {pg_table}", f"SELECT 1; DELETE FROM {pg_table}"):
+def test_writes_through_a_query_fail_and_change_nothing(
+    export_database_url: str, export_reader_url: str, pg_table: str
+) -> None:
+    """A plain write, a second statement and a data-modifying WITH are refused at submit;
+    a function that writes (nextval) passes the parser but fails permanently (read-only
+    transaction, read-only role), and the table and sequence are untouched."""
+    settings = Settings(export_database_url=export_reader_url)
+    refused_at_submit = (
+        f"DELETE FROM {pg_table}",
+        f"SELECT 1; DELETE FROM {pg_table}",
+        f"WITH gone AS (DELETE FROM {pg_table} RETURNING id) SELECT count(*) FROM gone",
+    )
+    for statement in refused_at_submit:
         with pytest.raises(InvalidArgument) as refused:
             run_handler("csv.export", {"query": statement}, settings=settings)
         assert [v.field for v in refused.value.violations] == ["payload.query"]
-    sneaky = [
-        f"WITH gone AS (DELETE FROM {pg_table} RETURNING id) SELECT count(*) FROM gone",
-        f"SELECT nextval('{pg_table}_seq')",
-    ]
-    for statement in sneaky:
-        with pytest.raises(PermanentError, match="the query failed"):
-            run_handler("csv.export", {"query": statement}, settings=settings)
-    assert _pg_scalar(database_url, f"SELECT count(*) FROM {pg_table}") == PG_ROWS
-    assert _pg_scalar(database_url, f"SELECT is_called FROM {pg_table}_seq") is False
+    with pytest.raises(PermanentError, match="the query failed"):
+        run_handler("csv.export", {"query": f"SELECT nextval('{pg_table}_seq')"}, settings=settings)
+    assert _pg_scalar(export_database_url, f"SELECT count(*) FROM {pg_table}") == PG_ROWS
+    assert _pg_scalar(export_database_url, f"SELECT is_called FROM {pg_table}_seq") is False
 
 
-def test_query_errors_are_permanent(database_url: str, pg_table: str) -> None:
+def test_query_errors_are_permanent(export_reader_url: str, pg_table: str) -> None:
     """Mistakes in the query or its columns cannot be fixed by a retry, and say why."""
-    settings = Settings(export_database_url=database_url)
+    settings = Settings(export_database_url=export_reader_url)
     cases: list[tuple[dict[str, Any], str]] = [
         ({"query": "SELECT * FROM no_such_table_here"}, "no_such_table_here"),
         ({"query": f"SELECT id FROM {pg_table} WHERE id = :id"}, "bind parameter"),
@@ -301,7 +308,7 @@ def test_query_on_sqlite(sqlite_url: str) -> None:
 
     with (
         pytest.raises(OperationalError, match="readonly"),
-        csv_module.export_engine(sqlite_url).connect() as conn,
+        export_engine(sqlite_url).connect() as conn,
     ):
         conn.exec_driver_sql("DELETE FROM t")
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:

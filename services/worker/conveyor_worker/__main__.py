@@ -9,6 +9,7 @@ from conveyor.auth import Authenticator
 from conveyor.config import Settings
 from conveyor.grpcserver import Server, wait_for_signal
 from conveyor.handlers import default_registry, load_modules
+from conveyor.handlers.export_database import check_export_database
 from conveyor.queue import connect
 from conveyor.runner import Worker
 from conveyor.service import connections, metrics_served, service_main
@@ -22,6 +23,11 @@ log = logging.getLogger("conveyor.worker")
 
 async def serve(settings: Settings) -> None:
     load_modules(settings.handler_modules)
+    # Before anything is served: an export database that can be written (or that is
+    # Conveyor's own) would let any user's csv.export query change or read it all.
+    await asyncio.to_thread(
+        check_export_database, settings.export_database_url, settings.database_url
+    )
     metrics = WorkerMetrics()
     async with connections(settings, pool_size=4) as conns:
         blocking = connect(settings.redis_url, blocking=True)

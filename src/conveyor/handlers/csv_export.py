@@ -24,21 +24,52 @@ Memory stays bounded whatever the row count: a query's rows come through a serve
 cursor (`stream_results`, 1,000 at a time), the CSV is made in ~64 KiB chunks, and the
 artifact is uploaded in parts as the chunks come.
 
-Safety of `query`: a cheap textual check refuses anything but a single SELECT/WITH
-statement at submit, but that check is only a first line (SQL is too rich to vet by eye).
-The real guard is the transaction: on PostgreSQL `SET TRANSACTION READ ONLY` (and
-REPEATABLE READ, so the count and the rows see one snapshot) with a `statement_timeout` of
-the attempt's own time limit (the job's timeout); on SQLite every connection has
-`PRAGMA query_only=ON`. Point the setting at a read-only role or replica all the same.
+Safety of `query` (defence in depth; each layer holds without the others):
+- **Parsed, not guessed.** PostgreSQL's own parser (`pglast`) must read the query as one
+  plain SELECT: no second statement, no data-modifying WITH, no SELECT INTO, no FOR
+  UPDATE, no function that runs SQL text or changes the session (`set_config`,
+  `query_to_xml`, `dblink`, ...; see `conveyor.handlers.export_sql`). Checked at submit
+  (INVALID_ARGUMENT on `payload.query`) and again by the worker before it sends the text.
+  SQLite exports (dev mode) are checked with the same grammar, so write them in the
+  common subset.
+- **One statement per message.** The count and the rows both go through psycopg's
+  server-side cursors, which always use the extended protocol with bound parameters, so a
+  `;` in the text can never start a second statement (sqlite3 runs one per call too).
+- **The session, not the query, is read-only and bounded.** Export connections start
+  with `default_transaction_read_only=on` and a one-hour `statement_timeout`; each job's
+  transaction is `READ ONLY, REPEATABLE READ` (one snapshot for the count and the rows)
+  with `statement_timeout` = the job's timeout, and a watchdog cancels the statement at
+  the job's deadline or on CancelJob. SQLite connections are `PRAGMA query_only=ON`.
+- **The role.** The worker refuses to start when CONVEYOR_EXPORT_DATABASE_URL names
+  Conveyor's own database, or a role that is a superuser, can create roles, bypasses
+  row-level security, can write any table it sees, or belongs to `pg_write_all_data`,
+  `pg_read_server_files` and the like (`conveyor.handlers.export_database`).
 
-Retries: a bad query (syntax, unknown table or column, a write refused by the read-only
-transaction, a missing bind parameter), an unknown column in `columns`, or an unset export
-database are permanent failures (PermanentError: the job goes straight to DEAD); a lost
-connection, a timeout or a store error is retried with backoff. A retried attempt writes
+Per-owner views: before the query runs, the worker sets `conveyor.owner` to the job's
+owner for the transaction (`set_config('conveyor.owner', <owner>, true)`, a bound
+parameter; queries cannot call `set_config` to change it). An operator who exports
+shared tables per owner grants the export role SELECT and adds row-level security:
+
+    CREATE ROLE conveyor_export LOGIN PASSWORD '...';   -- not a superuser, no BYPASSRLS
+    GRANT SELECT ON orders TO conveyor_export;
+    ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY orders_by_owner ON orders FOR SELECT TO conveyor_export
+        USING (owner = current_setting('conveyor.owner', true));
+
+(`true`: missing_ok, so a session without the setting sees no rows instead of an error.)
+Tables without a policy are readable by every owner's exports alike: grant the export
+role only what every user may read, or views and tables guarded this way.
+
+Retries: a bad query (refused by the worker's own check, syntax, unknown table or column,
+a write refused by the read-only transaction, a missing bind parameter), an unknown
+column in `columns`, or an unset export database are permanent failures (PermanentError:
+the job goes straight to DEAD); a lost connection, a timeout or a store error is retried
+with backoff. A retried attempt writes
 the artifact again from the start (same name: it replaces whatever a failed one left).
 
-Cancellation: the handler checks `ctx.cancelled` every 1,000 rows; once set, it stops,
-stores nothing (the unfinished upload is aborted) and returns None.
+Cancellation: the handler checks `ctx.cancelled` every 1,000 rows, and the watchdog
+cancels a statement still running; once set, it stops, stores nothing (the unfinished
+upload is aborted) and returns None.
 """
 
 from __future__ import annotations
@@ -50,26 +81,27 @@ import decimal
 import io
 import json
 import re
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
-from sqlalchemy import Connection, CursorResult, Engine, create_engine, event, text
+from sqlalchemy import Connection, CursorResult, Engine
 from sqlalchemy.exc import (
     ArgumentError,
     DataError,
     DBAPIError,
     IntegrityError,
     NotSupportedError,
+    OperationalError,
     ProgrammingError,
     StatementError,
 )
 
 from conveyor.artifacts import Artifact, ArtifactName
 from conveyor.handlers.context import SyncJobContext
+from conveyor.handlers.export_database import begin_job, export_engine, watchdog
+from conveyor.handlers.export_sql import ExportStatement, RefusedQuery, export_statement
 from conveyor.handlers.registry import PermanentError, handler
-from conveyor.store.database import sync_url
 
 TIMEOUT_SECONDS = 3600
 MAX_ROWS = 100_000
@@ -81,7 +113,6 @@ CHUNK_BYTES = 64 << 10
 BATCH_ROWS = 1000
 
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_FIRST_WORD = re.compile(r"(?i)(select|with)\b")
 # SQLite errors that another attempt may not meet (anything else is the query's fault).
 _SQLITE_TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_NOMEM")
 # PostgreSQL SQLSTATEs that running the same query again cannot fix: syntax and access
@@ -168,44 +199,13 @@ class CsvExportPayload(BaseModel):
         return delimiter
 
 
-# -- the textual check --------------------------------------------------------------------
-
-
-def _code_only(query: str) -> str:
-    """The query with the insides of string literals, quoted names and comments blanked
-    out (same length), so a keyword or `;` found in what is left is really code."""
-    out = list(query)
-    i, n = 0, len(query)
-    while i < n:
-        two = query[i : i + 2]
-        if query[i] in "'\"":
-            end = query.find(query[i], i + 1)
-            end = n if end < 0 else end
-            out[i + 1 : end] = " " * (end - i - 1)
-            i = end + 1
-        elif two in ("--", "/*"):
-            end = query.find("\n" if two == "--" else "*/", i + 2)
-            end = n if end < 0 else end + (0 if two == "--" else 2)
-            out[i:end] = " " * (end - i)
-            i = end
-        else:
-            i += 1
-    return "".join(out)
+# -- the query check ----------------------------------------------------------------------
 
 
 def single_select(query: str) -> str:
-    """The query without trailing `;`, if it reads as one SELECT/WITH; ValueError else.
-
-    This is a first line only (it refuses obvious writes at submit, with a clear message);
-    the read-only transaction the query runs in is what actually stops writes.
-    """
-    code = _code_only(query)
-    if not _FIRST_WORD.match(code.lstrip()):
-        raise ValueError("must be a single SELECT (or WITH ... SELECT) statement")
-    body = code.rstrip(" \t\r\n;")
-    if ";" in body:
-        raise ValueError("must be a single statement (no `;` between statements)")
-    return query[: len(body)]
+    """The query without trailing `;` and comments, if PostgreSQL's parser reads it as one
+    plain SELECT (see `conveyor.handlers.export_sql`); ValueError saying why otherwise."""
+    return export_statement(query).body
 
 
 # -- values -------------------------------------------------------------------------------
@@ -311,62 +311,6 @@ def _inline(payload: CsvExportPayload) -> tuple[list[str], Iterable[Sequence[Any
 
 # -- rows from a query --------------------------------------------------------------------
 
-_ENGINES: dict[str, Engine] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-def export_engine(url: str) -> Engine:
-    """The engine for an export database, made once per URL and kept for the process.
-
-    Jobs check a connection out of its small pool instead of each opening (and tearing
-    down) a pool of their own; a deployment uses one or a few URLs, so the dict stays tiny.
-    `dispose_engines` closes them (tests, shutdown).
-    """
-    sync = sync_url(url)
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(sync)
-        if engine is None:
-            engine = _make_engine(sync)
-            _ENGINES[sync] = engine
-        return engine
-
-
-def _make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url)
-        event.listen(engine, "connect", _sqlite_read_only)
-        return engine
-    return create_engine(url, pool_size=2, max_overflow=8, pool_pre_ping=True)
-
-
-def _sqlite_read_only(dbapi_conn: Any, _record: Any) -> None:
-    """Every connection of an export engine refuses writes, for as long as it lives."""
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA query_only=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
-
-
-def dispose_engines() -> None:
-    """Close every cached export engine (their pooled connections)."""
-    with _ENGINES_LOCK:
-        engines = list(_ENGINES.values())
-        _ENGINES.clear()
-    for engine in engines:
-        engine.dispose()
-
-
-def _begin_read_only(conn: Connection, seconds: float) -> None:
-    """Make this transaction unable to write, and bounded in time (PostgreSQL); SQLite
-    connections are read-only from the moment they connect."""
-    if conn.dialect.name != "postgresql":
-        return
-    conn.exec_driver_sql("SET TRANSACTION READ ONLY, ISOLATION LEVEL REPEATABLE READ")
-    conn.execute(
-        text("SELECT set_config('statement_timeout', :ms, true)"),
-        {"ms": f"{int(seconds * 1000)}"},
-    )
-
 
 def _query_columns(result: CursorResult[Any], columns: list[str] | None) -> list[int]:
     """Positions of the chosen columns in the query's rows; an unknown name is permanent."""
@@ -389,23 +333,61 @@ def _export_query(ctx: SyncJobContext, payload: CsvExportPayload) -> tuple[Artif
         engine = export_engine(url)
     except ArgumentError:
         raise PermanentError("CONVEYOR_EXPORT_DATABASE_URL is not a database URL") from None
-    query = payload.query or ""
-    counting = text(f"SELECT count(*) FROM (\n{query}\n) AS q")
+    return run_query(engine, ctx, payload)
+
+
+def run_query(
+    engine: Engine, ctx: SyncJobContext, payload: CsvExportPayload
+) -> tuple[Artifact, int]:
+    """Check the query again (the worker does not trust that the API did), then count and
+    stream its rows inside the job's guarded transaction (`begin_job`, `watchdog`)."""
     try:
-        with engine.connect() as conn:
-            _begin_read_only(conn, ctx.timeout_seconds or TIMEOUT_SECONDS)
-            total = int(conn.execute(counting, payload.params).scalar_one())
-            streaming = conn.execution_options(stream_results=True, yield_per=BATCH_ROWS)
-            result = streaming.execute(text(query), payload.params)
-            picked = _query_columns(result, payload.columns)
-            names = list(result.keys())
-            rows = (tuple(row[i] for i in picked) for row in result)
-            return _write(ctx, payload, [names[i] for i in picked], rows, total)
+        statement = export_statement(payload.query or "")
+    except RefusedQuery as exc:
+        raise PermanentError(f"query: {exc}") from None
+    missing = sorted(statement.names - payload.params.keys())
+    if missing:
+        raise PermanentError(f"the query failed: no value for bind parameter {missing[0]!r}")
+    seconds = ctx.timeout_seconds or TIMEOUT_SECONDS
+    params = dict(payload.params)
+    try:
+        with engine.connect() as conn, watchdog(conn, seconds, lambda: ctx.cancelled) as fired:
+            try:
+                return stream_rows(conn, ctx, payload, statement, seconds, params)
+            except OperationalError:
+                if fired.is_set() and ctx.cancelled:
+                    raise _Stopped from None
+                raise
     except StatementError as exc:
         if _permanent(exc):
             why = str(exc.orig or exc).strip().splitlines()[0][:500]
             raise PermanentError(f"the query failed: {why}") from exc
         raise
+
+
+def stream_rows(
+    conn: Connection,
+    ctx: SyncJobContext,
+    payload: CsvExportPayload,
+    statement: ExportStatement,
+    seconds: float,
+    params: dict[str, Any],
+) -> tuple[Artifact, int]:
+    """Count, then stream, through server-side cursors (psycopg's always use the extended
+    protocol: one statement per message). No check of its own: `run_query` checks the
+    statement first (tests call this directly to show the protocol holds without it)."""
+    sqlite = conn.dialect.name == "sqlite"
+    begin_job(conn, seconds, ctx.owner)
+    streaming = conn.execution_options(stream_results=True, yield_per=BATCH_ROWS)
+    count = statement.sqlite(counting=True) if sqlite else statement.psycopg(counting=True)
+    total = int(streaming.exec_driver_sql(count, params).scalar_one())
+    result = streaming.exec_driver_sql(
+        statement.sqlite() if sqlite else statement.psycopg(), params
+    )
+    picked = _query_columns(result, payload.columns)
+    names = list(result.keys())
+    rows = (tuple(row[i] for i in picked) for row in result)
+    return _write(ctx, payload, [names[i] for i in picked], rows, total)
 
 
 def _permanent(exc: StatementError) -> bool:
