@@ -4,8 +4,10 @@ the download server), against a real S3-speaking server and a real folder."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,12 +26,22 @@ from tests.objectstores import S3Server
 
 @pytest.fixture
 def local_store(tmp_path: Path) -> Iterator[tuple[LocalStore, DownloadServer]]:
+    """The folder store with its download server on an event loop of its own (in a
+    thread, as the API's loop is to these blocking tests)."""
     store = LocalStore(tmp_path / "objects", base_url="http://placeholder")
     server = DownloadServer(store, "127.0.0.1:0")
-    store.base_url = f"http://127.0.0.1:{server.port}"
-    server.start()
-    yield store, server
-    server.stop()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="downloads", daemon=True)
+    thread.start()
+    try:
+        port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+        store.base_url = f"http://127.0.0.1:{port}"
+        yield store, server
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 @pytest.fixture(params=["s3", "local"])
