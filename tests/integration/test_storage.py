@@ -109,6 +109,34 @@ def test_folder_store_links_fail_after_expiry_and_when_altered(
     assert (status, body) == (403, b"link expired\n")
 
 
+def test_folder_store_links_answer_head_and_refuse_other_methods(
+    local_store: tuple[LocalStore, DownloadServer],
+) -> None:
+    """The download server's HTTP contract: HEAD gives GET's headers and no body, any other
+    method is 405 naming the allowed ones, a path outside /objects/ is 404, and a link to
+    an object deleted since is 404."""
+    store, _ = local_store
+    store.put("jobs/j6/artifacts/r.csv", io.BytesIO(b"a,b\n"), content_type="text/csv")
+    url = store.url(
+        "jobs/j6/artifacts/r.csv",
+        expires=timedelta(minutes=5),
+        filename="r é.csv",
+        content_type="text/csv",
+    )
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10) as head:
+        assert (head.status, head.read()) == (200, b"")
+        assert head.headers["Content-Length"] == "4"
+        assert head.headers["Content-Type"] == "text/csv"
+        assert head.headers["Content-Disposition"] == "attachment; filename*=UTF-8''r%20%C3%A9.csv"
+    post = urllib.request.Request(url, data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(post, timeout=10)
+    assert (refused.value.code, refused.value.headers["Allow"]) == (405, "GET, HEAD")
+    assert _download(url.replace("/objects/", "/other/"))[0] == 404
+    store.delete(["jobs/j6/artifacts/r.csv"])
+    assert _download(url)[:2] == (404, b"no such object\n")
+
+
 def test_folder_store_keys_cannot_leave_the_folder(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "objects", base_url="http://x")
     (tmp_path / "outside").write_text("no")

@@ -337,7 +337,7 @@ def _head_and_text(conn: h11.Connection, answer: _Answer, *, body: bool) -> list
         ("Content-Type", "text/plain; charset=utf-8"),
         *answer.headers,
     ]
-    sent = [conn.send(_response(answer.status, headers))]
+    sent: list[bytes | None] = [conn.send(_response(answer.status, headers))]
     if body:
         sent.append(conn.send(h11.Data(data=data)))
     sent.append(conn.send(h11.EndOfMessage()))
