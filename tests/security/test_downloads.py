@@ -294,7 +294,7 @@ def test_garbage_and_resets_cost_one_log_line_each(folder_stack: Stack, links: L
     """Guards the logging of a connection's failure: garbage bytes (a TLS hello) and an
     oversized head are answered 400/431 and closed; a client that resets before its
     request or in the middle of a 16 MB answer is dropped. Each is one JSON record naming
-    the peer, never a traceback, and the server goes on serving."""
+    the peer, never a traceback; the server goes on serving, and no link is logged."""
     addr = addr_of(links.big)
     api = api_of(folder_stack)
 
@@ -323,6 +323,7 @@ def test_garbage_and_resets_cost_one_log_line_each(folder_stack: Stack, links: L
         assert len(records) == 1, records
         assert records[0]["level"] in ("debug", "info"), records
     assert download(links.small)[0] == 200
+    assert "signature=" not in api.log.read_text(), "a link is a secret: never logged"
 
 
 def test_past_the_connection_cap_the_server_answers_503_and_keeps_serving(

@@ -58,6 +58,7 @@ WARN_EVERY = 60.0  # seconds between warnings that the cap was reached
 LINGER = 1.0  # seconds to wait for the client to close after the answer (see _close)
 MAX_REFUSING = 64  # 503s in flight past the cap; beyond them a newcomer is closed at once
 SERVER = "conveyor-downloads"
+MAX_REASON = 200  # characters of a dropped connection's reason (h11 quotes what it got)
 
 
 class _Dropped(Exception):
@@ -81,7 +82,7 @@ class _Connection:
     writer: asyncio.StreamWriter
     peer: str
     task: asyncio.Task[None]
-    h11: h11.Connection
+    parser: h11.Connection
     # Set when the server ends the connection itself (cap or shutdown): the log's reason.
     ended: str = ""
 
@@ -109,7 +110,8 @@ class DownloadServer:
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self._server: asyncio.Server | None = None
-        self._open: set[_Connection] = set()
+        self._live: set[_Connection] = set()  # every connection, for stop()
+        self._open: set[_Connection] = set()  # the ones counted against the cap
         # Connections still reading their request, oldest first (the ones to drop at the cap).
         self._waiting: dict[_Connection, None] = {}
         self._refusing = 0
@@ -145,10 +147,11 @@ class DownloadServer:
         if self._server is None:
             return
         self._server.close()
-        for conn in list(self._open):
+        live = list(self._live)
+        for conn in live:
             conn.ended = "server stopping"
             conn.task.cancel()
-        await asyncio.gather(*(c.task for c in self._open), return_exceptions=True)
+        await asyncio.gather(*(c.task for c in live), return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
 
@@ -158,6 +161,7 @@ class DownloadServer:
         conn = _Connection(
             reader, writer, _peer(writer), task, h11.Connection(h11.SERVER, MAX_HEAD)
         )
+        self._live.add(conn)
         try:
             if self._make_room():
                 await self._serve_counted(conn)
@@ -172,6 +176,7 @@ class DownloadServer:
         except Exception:
             log.error("download failed", extra={"peer": conn.peer}, exc_info=True)
         finally:
+            self._live.discard(conn)
             writer.transport.abort()  # a no-op once closed; else what a failure left open
 
     async def _serve_counted(self, conn: _Connection) -> None:
@@ -243,7 +248,12 @@ class DownloadServer:
                 answer.stream.close()
         log.debug(
             "download answered",
-            extra={"peer": conn.peer, "status": answer.status, "target": _target(request)},
+            # The path only: the query's signature is as good as the link to whoever reads logs.
+            extra={
+                "peer": conn.peer,
+                "status": answer.status,
+                "path": urlsplit(_target(request)).path,
+            },
         )
         await self._close(conn)
 
@@ -267,9 +277,9 @@ class DownloadServer:
 
     async def _request(self, conn: _Connection) -> h11.Request:
         while True:
-            event = conn.h11.next_event()
+            event = conn.parser.next_event()
             if event is h11.NEED_DATA:
-                conn.h11.receive_data(await conn.reader.read(RECEIVE))
+                conn.parser.receive_data(await conn.reader.read(RECEIVE))
             elif isinstance(event, h11.Request):
                 return event
             else:  # ConnectionClosed: nothing else comes before a request
@@ -306,14 +316,14 @@ class DownloadServer:
 
     async def _send(self, conn: _Connection, answer: _Answer, body: bool) -> None:
         if answer.stream is None:
-            for data in _head_and_text(conn.h11, answer, body=body):
+            for data in _head_and_text(conn.parser, answer, body=body):
                 await self._write(conn, data)
             return
         headers = [*_common(answer.size), *answer.headers]
-        await self._write(conn, conn.h11.send(_response(answer.status, headers)))
+        await self._write(conn, conn.parser.send(_response(answer.status, headers)))
         while body and (chunk := await asyncio.to_thread(answer.stream.read, CHUNK)):
-            await self._write(conn, conn.h11.send(h11.Data(data=chunk)))
-        await self._write(conn, conn.h11.send(h11.EndOfMessage()))
+            await self._write(conn, conn.parser.send(h11.Data(data=chunk)))
+        await self._write(conn, conn.parser.send(h11.EndOfMessage()))
 
     async def _write(self, conn: _Connection, data: bytes | None) -> None:
         """Write and wait until the client takes it, for at most the idle timeout."""
@@ -374,6 +384,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _dropped(conn: _Connection, reason: str) -> None:
+    reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "…"
     log.debug("download connection dropped", extra={"peer": conn.peer, "reason": reason})
 
 
@@ -392,6 +403,7 @@ def fit_open_files(wanted: int) -> int:
     raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        log.info("open-file limit raised from %d to %d for download connections", soft, raised)
         soft = raised
     if soft >= needed:
         return wanted
