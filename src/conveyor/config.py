@@ -167,6 +167,18 @@ class Settings(BaseSettings):
     download_url: str = Field(
         "", description="Public base of folder-store links (default http://DOWNLOAD_ADDR)."
     )
+    download_header_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="A download connection's request must arrive within this, else it is closed.",
+    )
+    download_idle_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="A download whose client takes nothing this long ends."
+    )
+    download_max_connections: int = Field(
+        2048, ge=1, le=100_000, description="Download connections open at once, at most."
+    )
     artifact_url_seconds: int = Field(
         900, ge=1, le=7 * 86_400, description="How long a download link works."
     )

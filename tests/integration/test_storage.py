@@ -4,8 +4,10 @@ the download server), against a real S3-speaking server and a real folder."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,12 +26,22 @@ from tests.objectstores import S3Server
 
 @pytest.fixture
 def local_store(tmp_path: Path) -> Iterator[tuple[LocalStore, DownloadServer]]:
+    """The folder store with its download server on an event loop of its own (in a
+    thread, as the API's loop is to these blocking tests)."""
     store = LocalStore(tmp_path / "objects", base_url="http://placeholder")
     server = DownloadServer(store, "127.0.0.1:0")
-    store.base_url = f"http://127.0.0.1:{server.port}"
-    server.start()
-    yield store, server
-    server.stop()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="downloads", daemon=True)
+    thread.start()
+    try:
+        port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+        store.base_url = f"http://127.0.0.1:{port}"
+        yield store, server
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -95,6 +107,34 @@ def test_folder_store_links_fail_after_expiry_and_when_altered(
     time.sleep(1.2)  # the link's lifetime is what is under test: it must run out
     status, body, _ = _download(url)
     assert (status, body) == (403, b"link expired\n")
+
+
+def test_folder_store_links_answer_head_and_refuse_other_methods(
+    local_store: tuple[LocalStore, DownloadServer],
+) -> None:
+    """The download server's HTTP contract: HEAD gives GET's headers and no body, any other
+    method is 405 naming the allowed ones, a path outside /objects/ is 404, and a link to
+    an object deleted since is 404."""
+    store, _ = local_store
+    store.put("jobs/j6/artifacts/r.csv", io.BytesIO(b"a,b\n"), content_type="text/csv")
+    url = store.url(
+        "jobs/j6/artifacts/r.csv",
+        expires=timedelta(minutes=5),
+        filename="r é.csv",
+        content_type="text/csv",
+    )
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10) as head:
+        assert (head.status, head.read()) == (200, b"")
+        assert head.headers["Content-Length"] == "4"
+        assert head.headers["Content-Type"] == "text/csv"
+        assert head.headers["Content-Disposition"] == "attachment; filename*=UTF-8''r%20%C3%A9.csv"
+    post = urllib.request.Request(url, data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(post, timeout=10)
+    assert (refused.value.code, refused.value.headers["Allow"]) == (405, "GET, HEAD")
+    assert _download(url.replace("/objects/", "/other/"))[0] == 404
+    store.delete(["jobs/j6/artifacts/r.csv"])
+    assert _download(url)[:2] == (404, b"no such object\n")
 
 
 def test_folder_store_keys_cannot_leave_the_folder(tmp_path: Path) -> None:

@@ -75,31 +75,34 @@ async def serve(settings: Settings) -> None:
             schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server,
             ScheduleServicer(ScheduleOperations(ScheduleStore(conns.db), ops), auth),
         )
-        port = await server.start()
-        log.info("api serving JobService on %s (port %d)", settings.api_addr, port)
-        downloads = _download_server(conns.objects, settings)
+        # Before gRPC: once health says SERVING, the folder store's links work too.
+        downloads = await _download_server(conns.objects, settings)
         try:
-            with metrics_served(metrics.registry, settings, "api"):
-                await wait_for_signal()
-                log.info("api shutting down")
+            port = await server.start()
+            log.info("api serving JobService on %s (port %d)", settings.api_addr, port)
+            try:
+                with metrics_served(metrics.registry, settings, "api"):
+                    await wait_for_signal()
+                    log.info("api shutting down")
+            finally:
+                await server.stop(settings.shutdown_grace_seconds)
         finally:
-            await server.stop(settings.shutdown_grace_seconds)
             if downloads is not None:
-                downloads.stop()
+                await downloads.stop()
 
 
-def _download_server(objects: ObjectStore, settings: Settings) -> DownloadServer | None:
-    """A folder store's links are served by the API itself (S3 serves its own)."""
+async def _download_server(objects: ObjectStore, settings: Settings) -> DownloadServer | None:
+    """A folder store's links are served by the API itself, on its loop (S3 serves its own)."""
     if not isinstance(objects, LocalStore):
         return None
+    downloads = DownloadServer.from_settings(objects, settings)
     try:
-        downloads = DownloadServer(objects, settings.download_addr)
+        await downloads.start()
     except OSError as exc:
         # Another API process on this machine serves the same folder there already: its
         # links are as good as ours (same folder, same signing key).
         log.warning("downloads not served here (%s): %s", settings.download_addr, exc)
         return None
-    downloads.start()
     return downloads
 
 
