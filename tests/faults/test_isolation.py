@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from conveyor.client import AsyncClient
+from conveyor.handlers import default_registry, load_modules
 from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
@@ -209,3 +210,13 @@ async def test_the_worker_survived_every_one_of_these(worker: Service, alice: As
     job = await alice.submit("isolated.noop", {}, queue=QUEUE)
     assert (await finished(alice, job.id)).state == job_pb2.JOB_STATE_SUCCEEDED
     assert psutil.pid_exists(worker.proc.pid)
+
+
+def test_built_ins_that_run_what_a_user_wrote_are_isolated() -> None:
+    """csv.export runs a user's query and email.send a user's templates: each attempt in
+    a child the worker can kill, with its memory capped."""
+    load_modules([])
+    for name in ("csv.export", "email.send"):
+        spec = default_registry.get(name)
+        assert spec is not None and spec.isolation == "process", name
+        assert spec.memory_limit_mb, name

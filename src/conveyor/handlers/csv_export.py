@@ -407,7 +407,15 @@ def _permanent(exc: StatementError) -> bool:
     return False
 
 
-@handler("csv.export", payload=CsvExportPayload, timeout=TIMEOUT_SECONDS)
+# A query is a user's text: its run is isolated (killed on cancel and timeout, its memory
+# capped), whatever the database lets it do. Rows stream, so 512 MiB is ample.
+@handler(
+    "csv.export",
+    payload=CsvExportPayload,
+    timeout=TIMEOUT_SECONDS,
+    isolation="process",
+    memory_limit_mb=512,
+)
 def csv_export(payload: CsvExportPayload, ctx: SyncJobContext) -> dict[str, Any] | None:
     """Write the rows (or the query's rows) as one CSV artifact; None if cancelled."""
     try:

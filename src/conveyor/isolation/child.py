@@ -54,6 +54,7 @@ from conveyor.storage import ObjectStore
 from conveyor.telemetry.logs import bind_job, configure_logging
 
 PR_SET_PDEATHSIG = 1
+M_ARENA_MAX = -8  # mallopt's parameter number (glibc's malloc.h)
 
 
 class Terminated(BaseException):
@@ -174,9 +175,15 @@ def _resolve(module: str, qualname: str) -> Any:
 
 
 def _limit_memory(limit_mb: int | None) -> None:
-    """Cap the address space at what the child maps now plus the handler's allowance."""
+    """Cap the address space at what the child maps now plus the handler's allowance.
+
+    glibc reserves 64 MiB of address space for each thread's malloc arena; a handler that
+    starts a few threads would spend its allowance on reservations, so arenas are first
+    limited to two."""
     if not limit_mb:
         return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
     with open("/proc/self/statm") as statm:
         mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
