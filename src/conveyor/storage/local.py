@@ -10,9 +10,9 @@ from an open descriptor of the folder, each folder opened with `O_NOFOLLOW | O_D
 and the file itself with `O_NOFOLLOW` (`openat`), so a symlink anywhere in the key, even
 one swapped in while the key is being opened, is refused (ObjectNotFound to a reader, an
 OSError to a writer) instead of being a way to read or write another object or a file
-outside the folder; a write over a symlink replaces the link, never its target. `path()` can only check (with
-`lstat`), so read through `open()`, which is what the race-free walk serves. The folder's
-own path (CONVEYOR_DATA_DIR) may itself go through symlinks: it is the operator's choice.
+outside the folder; a write over a symlink replaces the link, never its target. `path()`
+can only check (with `lstat`), so read through `open()`, which the race-free walk serves.
+The folder's own path (CONVEYOR_DATA_DIR) may go through symlinks: the operator's choice.
 """
 
 from __future__ import annotations
