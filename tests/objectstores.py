@@ -9,17 +9,23 @@ checked by Conveyor itself, are tested everywhere).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from conveyor.embedded import free_port
+from conveyor.storage.downloads import DownloadServer
+from conveyor.storage.local import LocalStore
 
 ACCESS_KEY = "conveyor-test"
 SECRET_KEY = "conveyor-test-secret"
@@ -80,3 +86,22 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@contextlib.contextmanager
+def serving_downloads(store: LocalStore) -> Iterator[DownloadServer]:
+    """The folder store's download server on an event loop of its own (in a thread, as
+    the API's loop is to blocking tests); the store's links point at it meanwhile."""
+    server = DownloadServer(store, "127.0.0.1:0")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="downloads", daemon=True)
+    thread.start()
+    try:
+        port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+        store.base_url = f"http://127.0.0.1:{port}"
+        yield server
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

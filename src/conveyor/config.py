@@ -131,6 +131,11 @@ class Settings(BaseSettings):
         ge=0,
         description="WatchJob streams one owner may hold open per API process (0: no cap).",
     )
+    max_schedules_per_owner: int = Field(
+        1_000,
+        ge=0,
+        description="Schedules one owner may have; beyond: RESOURCE_EXHAUSTED (0: no cap).",
+    )
     secret_key: str = Field(
         "", description="Signs page tokens; unset: a random key kept in Redis for all replicas."
     )

@@ -8,6 +8,7 @@
      ├── Unauthenticated      UNAUTHENTICATED
      ├── PermissionDenied     PERMISSION_DENIED
      ├── ResourceExhausted    RESOURCE_EXHAUSTED + google.rpc.RetryInfo
+     │    └── QuotaExceeded   RESOURCE_EXHAUSTED + google.rpc.QuotaFailure (a count at its cap)
      └── Unavailable          UNAVAILABLE        (Redis or the database unreachable)
 
 Servers raise these from the domain and `to_status()` turns them into a rich status at the
@@ -102,6 +103,23 @@ class ResourceExhausted(ConveyorError):
         delay.FromNanoseconds(int(self.retry_after_seconds * 1e9))
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return [detail]
+
+
+class QuotaExceeded(ResourceExhausted):
+    """An owner holds as many of something as it may (e.g. schedules): retrying later
+    does not help until some are deleted, so it carries a QuotaFailure, not a RetryInfo."""
+
+    def __init__(self, message: str, subject: str) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+    def details(self) -> list[any_pb2.Any]:
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=self.subject, description=self.message
+        )
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.QuotaFailure(violations=[violation]))
         return [detail]
 
 

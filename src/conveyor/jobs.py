@@ -151,7 +151,9 @@ class Job:
     blocked_reason: str = ""
 
     # -- wire ---------------------------------------------------------------------------
-    def to_proto(self) -> job_pb2.Job:
+    def to_proto(self, *, payload: bool = True) -> job_pb2.Job:
+        """The job as the API shows it; without its payload for `payload=False` (the
+        basic view of a bulk submit, whose caller sent the payloads)."""
         msg = job_pb2.Job(
             id=self.id,
             owner=self.owner,
@@ -168,7 +170,7 @@ class Job:
             retry=self.retry.to_proto(),
             blocked_reason=self.blocked_reason,
         )
-        if self.payload:
+        if payload and self.payload:
             msg.payload.update(self.payload)
         msg.run_at.FromMilliseconds(self.run_at)
         msg.create_time.FromMilliseconds(self.create_time)

@@ -103,12 +103,12 @@ class JobOperations:
             self._commit_and_enqueue, concurrency=2
         )
         # A job's hot state lives under its queue's hash tag, so reading it takes the queue.
-        # Jobs submitted here, or read once from the database, are remembered (oldest
-        # forgotten first); any other id costs one primary-key read first.
-        self._queues: dict[str, str] = {}
+        # Jobs submitted here, or read once from the database, are remembered with their
+        # owner (oldest forgotten first); any other id costs one primary-key read first.
+        self._queues: dict[str, tuple[str, str]] = {}
 
-    def _remember(self, job_id: str, queue: str) -> None:
-        self._queues[job_id] = queue
+    def _remember(self, job: Job) -> None:
+        self._queues[job.id] = (job.queue, job.owner)
         if len(self._queues) > QUEUE_MAP_SIZE:
             del self._queues[next(iter(self._queues))]
 
@@ -226,7 +226,7 @@ class JobOperations:
             return
         known = self.names.latest  # read by the submit's own check
         for job in new:
-            self._remember(job.id, job.queue)
+            self._remember(job)
             self.metrics.submitted.inc(known.queue_label(job.queue), known.type_label(job.type))
         try:
             await self.queue.enqueue(new)
@@ -240,8 +240,8 @@ class JobOperations:
         """The job as it stands: Redis hot state when present, else the database row; a
         waiting job says why it waits."""
         await self.charge(principal, Kind.READ)
-        job, waiting = await self._look(job_id)
-        if job is None or not _visible(principal, job):
+        job, waiting = await self._look(principal, job_id)
+        if job is None:
             raise NotFound(f"job {job_id} not found")
         if job.state in (JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING):
             try:
@@ -250,25 +250,29 @@ class JobOperations:
                 job.blocked_reason = "the queue (redis) cannot be reached"
         return job
 
-    async def _look(self, job_id: str) -> tuple[Job | None, Waiting | None]:
-        """The job and, if it waits in line, why: one Redis round trip for a job whose
-        queue this process knows (the usual poll of a job submitted here), else the
-        database row (`_stored`)."""
+    async def _look(self, principal: Principal, job_id: str) -> tuple[Job | None, Waiting | None]:
+        """The job if `principal` may see it and, if it waits in line, why: one Redis round
+        trip for a job whose queue this process knows (the usual poll of a job submitted
+        here), else the database row (`_stored`).
+
+        Another owner's job takes exactly the path of a missing id (one database read,
+        scoped to the caller, that finds nothing), so neither the answer nor its timing
+        tells a caller whether an id exists."""
         _check_id(job_id)
-        queue = self._queues.get(job_id)
-        if queue is None:
-            return await self._stored(job_id, hot_read=False), None
+        known = self._queues.get(job_id)
+        if known is None or not _may_see(principal, known[1]):
+            return await self._stored(principal, job_id, hot_read=False), None
         try:
-            hot, waiting = await self.queue.look(queue, job_id)
+            hot, waiting = await self.queue.look(known[0], job_id)
         except Unavailable:
             hot, waiting = None, None
         if hot is not None:
             return Job.from_hot(hot), waiting
-        return await self._stored(job_id, hot_read=True), None
+        return await self._stored(principal, job_id, hot_read=True), None
 
     async def _get_visible(self, principal: Principal, job_id: str) -> Job:
-        job = await self._load(job_id)
-        if job is None or not _visible(principal, job):
+        job = await self._load(principal, job_id)
+        if job is None:
             raise NotFound(f"job {job_id} not found")
         return job
 
@@ -326,22 +330,27 @@ class JobOperations:
         hot = await self._hot(job.queue, job.id)
         return Job.from_hot(hot) if hot is not None else job
 
-    async def _load(self, job_id: str) -> Job | None:
+    async def _load(self, principal: Principal, job_id: str) -> Job | None:
+        """The job if `principal` may see it; as in `_look`, another owner's job takes the
+        path of a missing id."""
         _check_id(job_id)
-        queue = self._queues.get(job_id)
-        if queue is not None:
-            hot = await self._hot(queue, job_id)
+        known = self._queues.get(job_id)
+        if known is not None and _may_see(principal, known[1]):
+            hot = await self._hot(known[0], job_id)
             if hot is not None:
                 return Job.from_hot(hot)
-        return await self._stored(job_id, hot_read=queue is not None)
+            return await self._stored(principal, job_id, hot_read=True)
+        return await self._stored(principal, job_id, hot_read=False)
 
-    async def _stored(self, job_id: str, *, hot_read: bool) -> Job | None:
-        """The job from its database row, remembered; then from Redis's hot state if it is
-        there, unless the caller has just read that and found nothing."""
-        job = await self.store.get(job_id)
+    async def _stored(self, principal: Principal, job_id: str, *, hot_read: bool) -> Job | None:
+        """The job from its database row if `principal` may see it (the read is scoped to a
+        user's owner, so another owner's row is not even fetched), remembered; then from
+        Redis's hot state if it is there, unless the caller has just read that and found
+        nothing."""
+        job = await self.store.get(job_id, owner=None if principal.is_admin else principal.owner)
         if job is None:
             return None
-        self._remember(job.id, job.queue)
+        self._remember(job)
         hot = None if hot_read else await self._hot(job.queue, job_id)
         return Job.from_hot(hot) if hot is not None else job
 
@@ -487,8 +496,8 @@ def _in_line(job: Job, waiting: Waiting) -> str:
     return f"waiting for a worker slot ({waiting.ahead} job(s) ahead in queue {job.queue!r})"
 
 
-def _visible(principal: Principal, job: Job) -> bool:
-    return principal.is_admin or job.owner == principal.owner
+def _may_see(principal: Principal, owner: str) -> bool:
+    return principal.is_admin or owner == principal.owner
 
 
 def _check_filter(filt: ListFilter) -> None:

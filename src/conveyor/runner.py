@@ -32,7 +32,6 @@ import os
 import secrets
 import socket
 import time
-import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -44,6 +43,8 @@ from conveyor.artifacts import Artifact, Artifacts, artifact_key, result_key
 from conveyor.attempts import AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
 from conveyor.errors import Unavailable
+from conveyor.failures import describe as _describe
+from conveyor.failures import format_traceback as _traceback
 from conveyor.handlers import BaseContext, JobContext, PermanentError, Registry, SyncJobContext
 from conveyor.handlers.context import PROGRESS_INTERVAL
 from conveyor.handlers.registry import HandlerSpec
@@ -62,9 +63,6 @@ from conveyor.telemetry.metrics import OTHER, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR_CHARS = 4000
-MAX_TRACEBACK_CHARS = 8000
-TRACEBACK_FRAMES = 8
 # Claiming pauses while more than this many times `concurrency` outcomes await writing:
 # enough to keep the database and Redis writes of short jobs in flight back to back (at 2,
 # the drain of no-op jobs waited on them), few enough to bound memory in an outage.
@@ -770,17 +768,3 @@ def job_result(returned: object) -> dict[str, Any] | str | None:
     except (TypeError, ValueError) as exc:
         return f"the handler returned a result that is not JSON: {exc}"
     return cast(dict[str, Any], parsed)
-
-
-def _traceback(exc: BaseException) -> str:
-    """The last frames of the traceback, for the attempt's record."""
-    lines = traceback.format_exception(exc, limit=-TRACEBACK_FRAMES)
-    return "".join(lines)[-MAX_TRACEBACK_CHARS:]
-
-
-def _describe(exc: BaseException) -> str:
-    """The error text kept on the job: type, message and the innermost frame."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    text = f"{type(exc).__name__}: {exc}{where}"
-    return text[:MAX_ERROR_CHARS]

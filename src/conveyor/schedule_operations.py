@@ -2,6 +2,11 @@
 scheduler side): create, read, list, delete, pause, resume and trigger, each for the
 schedule's owner or an admin (anyone else gets NOT_FOUND, as for jobs).
 
+An owner may have up to CONVEYOR_MAX_SCHEDULES_PER_OWNER schedules: a schedule is a
+standing claim on the schedulers' work and the database, so one owner cannot make them
+without bound. Past the cap CreateSchedule is RESOURCE_EXHAUSTED with a QuotaFailure (the
+code AIP-193 gives an exhausted per-owner quota; no RetryInfo, as only deleting helps).
+
 A change that can bring a bucket closer (create, resume) is announced on
 `cv:schedules`, so sleeping schedulers look again at once instead of at their next due
 time.
@@ -14,7 +19,7 @@ import uuid
 from dataclasses import replace
 
 from conveyor.auth import Principal, Role
-from conveyor.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from conveyor.errors import FieldViolation, InvalidArgument, NotFound, QuotaExceeded, Unavailable
 from conveyor.jobs import Job, now_ms, valid_job_id
 from conveyor.operations import JobOperations, list_owner
 from conveyor.pagetokens import page_limit
@@ -43,7 +48,13 @@ class ScheduleOperations:
         bad = bad or self.jobs.payload_violations(spec, "schedule.job.payload")
         if bad:
             raise InvalidArgument(bad)
-        await self.store.insert(schedule)
+        cap = self.jobs.settings.max_schedules_per_owner
+        if not await self.store.insert(schedule, owner_cap=cap):
+            raise QuotaExceeded(
+                f"owner {schedule.owner!r} already has {cap} schedules, the most "
+                "CONVEYOR_MAX_SCHEDULES_PER_OWNER allows: delete one first",
+                subject=f"owner:{schedule.owner}",
+            )
         await self._announce()
         return schedule
 

@@ -122,7 +122,8 @@ async def test_delayed_job_waits_for_run_at(alice: AsyncClient) -> None:
 
 
 async def test_bulk_submit_runs_every_job(alice: AsyncClient) -> None:
-    jobs = await alice.submit_many([submit_request("noop", {"i": i}) for i in range(100)])
+    requests = [submit_request("noop", {"i": i}) for i in range(100)]
+    jobs = await alice.submit_many(requests, view=pb.JOB_VIEW_FULL)
     assert len({j.id for j in jobs}) == 100
     assert [dict(j.payload)["i"] for j in jobs] == list(range(100))
     for job in jobs[-5:]:

@@ -4,10 +4,8 @@ the download server), against a real S3-speaking server and a real folder."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,27 +19,15 @@ from conveyor.storage import PART_SIZE, ObjectNotFound, ObjectStore
 from conveyor.storage.downloads import DownloadServer
 from conveyor.storage.local import LocalStore
 from conveyor.storage.s3 import S3Store
-from tests.objectstores import S3Server
+from tests.objectstores import S3Server, serving_downloads
 
 
 @pytest.fixture
 def local_store(tmp_path: Path) -> Iterator[tuple[LocalStore, DownloadServer]]:
-    """The folder store with its download server on an event loop of its own (in a
-    thread, as the API's loop is to these blocking tests)."""
+    """The folder store with its download server running."""
     store = LocalStore(tmp_path / "objects", base_url="http://placeholder")
-    server = DownloadServer(store, "127.0.0.1:0")
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="downloads", daemon=True)
-    thread.start()
-    try:
-        port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
-        store.base_url = f"http://127.0.0.1:{port}"
+    with serving_downloads(store) as server:
         yield store, server
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 @pytest.fixture(params=["s3", "local"])

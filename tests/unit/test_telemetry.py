@@ -214,3 +214,27 @@ def test_json_log_lines_name_the_job_they_are_about(
     )
     assert first["level"] == "info" and first["logger"] == "conveyor.job.report.build"
     assert "job_id" not in second
+
+
+def test_an_answer_grpc_could_not_send_is_one_line_without_a_traceback(
+    root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """grpc logs ExecuteBatchError with a traceback when a client leaves (or refuses an
+    answer over its size limit) before grpc noticed; that is one INFO line instead."""
+    from grpc._cython import cygrpc  # type: ignore[attr-defined]  # untyped private module
+
+    configure_logging("INFO", "json")
+    method = "/conveyor.v1.JobService/SubmitJobs"
+    try:
+        raise cygrpc.ExecuteBatchError('Failed "execute_batch"')
+    except Exception:
+        logging.getLogger("grpc._cython.cygrpc").exception(
+            "ExecuteBatchError raised in core by servicer method [%s]", method
+        )
+    [line] = capsys.readouterr().err.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "info" and "exception" not in record
+    assert record["event"] == (
+        f"ExecuteBatchError raised in core by servicer method [{method}]: "
+        "the client went away before its answer was sent"
+    )

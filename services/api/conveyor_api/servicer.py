@@ -55,6 +55,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             )
         specs: list[JobSpec] = []
         violations: list[FieldViolation] = []
+        if request.view not in pb.JobView.values():
+            violations.append(FieldViolation("view", "must be a JobView"))
         for i, item in enumerate(request.requests):
             try:
                 specs.append(
@@ -67,7 +69,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if violations:
             raise InvalidArgument(violations)
         jobs = await self.ops.submit_many(principal, specs)
-        return pb.SubmitJobsResponse(jobs=[job.to_proto() for job in jobs])
+        payloads = request.view != pb.JOB_VIEW_BASIC
+        return pb.SubmitJobsResponse(jobs=[job.to_proto(payload=payloads) for job in jobs])
 
     @unary
     async def GetJob(self, request: pb.GetJobRequest, principal: Principal) -> pb.GetJobResponse:

@@ -35,6 +35,8 @@ from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
 from conveyor.artifacts import Artifact, Artifacts
+from conveyor.failures import describe as describe_failure
+from conveyor.failures import format_traceback
 from conveyor.handlers.context import PROGRESS_INTERVAL, BaseContext, JobContext, SyncJobContext
 from conveyor.handlers.registry import PermanentError
 from conveyor.isolation.wire import (
@@ -47,8 +49,6 @@ from conveyor.isolation.wire import (
     Reply,
     Setup,
 )
-from conveyor.runner import _describe as describe_failure
-from conveyor.runner import _traceback as format_traceback
 from conveyor.runner import job_result
 from conveyor.storage import ObjectStore
 from conveyor.telemetry.logs import bind_job, configure_logging

@@ -103,9 +103,14 @@ class JobStore:
         found = [job_from_row(r._mapping) for r in await conn.execute(stmt)]
         return {(j.owner, j.idempotency_key or ""): j for j in found}
 
-    async def get(self, job_id: str) -> Job | None:
+    async def get(self, job_id: str, *, owner: str | None = None) -> Job | None:
+        """The job, or None; with `owner`, None also when it is another owner's (the same
+        statement either way, so both answers cost the same)."""
+        stmt = select(_JOBS).where(_JOBS.c.id == job_id)
+        if owner is not None:
+            stmt = stmt.where(_JOBS.c.owner == owner)
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
-            row = (await conn.execute(select(_JOBS).where(_JOBS.c.id == job_id))).first()
+            row = (await conn.execute(stmt)).first()
         return job_from_row(row._mapping) if row is not None else None
 
     async def list_jobs(

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conveyor.jobs import now_ms
 from conveyor.schedules import Schedule
@@ -39,6 +40,12 @@ FROM jsonb_to_recordset(CAST(:rows AS jsonb))
 WHERE s.id = v.id AND s.next_run = v.expected
 RETURNING s.id
 """)
+
+
+# Serializes one owner's schedule creations (PostgreSQL): the advisory lock's first key
+# names this use ("schd"), the second is the owner's hash (a collision only serializes
+# two owners' creations).
+_OWNER_LOCK = text("SELECT pg_advisory_xact_lock(1935894628, hashtext(:owner))")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +88,15 @@ class ScheduleStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def insert(self, schedule: Schedule) -> Schedule:
+    async def insert(self, schedule: Schedule, *, owner_cap: int = 0) -> bool:
+        """Store a new schedule, unless its owner already has `owner_cap` of them (0: no
+        cap); whether it was stored.
+
+        Concurrent inserts for one owner cannot both pass the cap: the row is inserted,
+        then the owner's rows are counted in the same transaction, and rolled back when
+        over. SQLite holds its single write lock from the insert to the commit; PostgreSQL
+        takes a transaction-scoped advisory lock on the owner first (an insert alone does
+        not make a concurrent transaction's count see it)."""
         tt = schedule.timetable
         values = {
             "id": schedule.id,
@@ -100,9 +115,22 @@ class ScheduleStore:
             "create_time": schedule.create_time,
             "update_time": schedule.create_time,
         }
-        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+        async with (
+            unavailable_on_db_errors(),
+            self.db.engine.connect() as conn,
+            conn.begin() as transaction,
+        ):
+            if owner_cap and not self.db.is_sqlite:
+                await conn.execute(_OWNER_LOCK, {"owner": schedule.owner})
             await conn.execute(_SCHEDULES.insert().values(**values))
-        return schedule
+            if owner_cap and await self._count(conn, schedule.owner) > owner_cap:
+                await transaction.rollback()
+                return False
+        return True
+
+    async def _count(self, conn: AsyncConnection, owner: str) -> int:
+        stmt = select(func.count()).select_from(_SCHEDULES).where(_SCHEDULES.c.owner == owner)
+        return int((await conn.execute(stmt)).scalar_one())
 
     async def get(self, schedule_id: str) -> Schedule | None:
         stmt = select(_SCHEDULES).where(_SCHEDULES.c.id == schedule_id)

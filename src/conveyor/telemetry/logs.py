@@ -52,6 +52,25 @@ def _job_fields(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapp
     return event
 
 
+class _UnsentAnswers(logging.Filter):
+    """grpc logs an error with a traceback when it cannot send an answer because the client
+    has gone (cancelled, timed out, or refused an answer over its size limit, as a large
+    SubmitJobs answer can be) before grpc noticed. That is the client's doing, not a fault
+    of the server: keep it as one line at INFO, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if type(error).__name__ == "ExecuteBatchError":  # grpc._cython.cygrpc's, untyped
+            record.msg = f"{record.getMessage()}: the client went away before its answer was sent"
+            record.args = ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_UNSENT_ANSWERS = _UnsentAnswers()
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Route stdlib logging through structlog's formatter, once per process."""
     renderer: structlog.types.Processor = (
@@ -80,3 +99,4 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_UNSENT_ANSWERS)
