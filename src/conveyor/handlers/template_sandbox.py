@@ -8,9 +8,12 @@ failing the render with `LimitExceeded` naming it:
 
 - Steps (MAX_STEPS). Every time a statement list runs (the template itself, each loop
   iteration, each macro or call-block call, each branch taken) it is charged its size in
-  nodes plus its literal text, at least 1, before it runs. Only repeated bodies can run
-  more than once, so the steps charged bound the template code executed, whatever the
-  nesting, recursion (`loop(...)`, macros calling themselves) or data looped over.
+  nodes, at least 1, before it runs. Only repeated bodies can run more than once, so the
+  steps charged bound the template code executed, whatever the nesting, recursion
+  (`loop(...)`, macros calling themselves) or data looped over. Work inside one node that
+  grows with the data is charged by its size too: a filter a step per item of a list (4
+  with an `attribute=`, 8 for `groupby`) or per 4 characters of a string, a comparison or
+  a call per 64 items or characters it may scan.
 - Values (MAX_VALUE characters, MAX_ITEMS items, MAX_INT_BITS bits). No operator, filter,
   call, `~` or output may make a bigger value. Where the result could outgrow the inputs
   (repetition, powers, padding to a width, replacing, joining, printf and str.format
@@ -21,15 +24,21 @@ failing the render with `LimitExceeded` naming it:
   `|tojson`, `|join`...) measures it first, counting shared references each time, so a
   list nested inside itself twenty times cannot print to a gigabyte.
 - Produced data (MAX_PRODUCED characters or items in all). Every value those checks see
-  is charged, as is every output written (also into macro and `{% set %}` buffers), so
-  copying large values around in a loop runs out instead of running on.
+  is charged, as is every output written (also into macro and `{% set %}` buffers, and
+  literal text), so copying large values around in a loop runs out instead of running on.
 
 The wall-clock deadline (`seconds`) is checked at every step as a last line: whatever work
 an operation does between two steps is bounded by the value limits above.
 
-Also: lists and dicts cannot be changed in place (the immutable sandbox), `range` stops at
-MAX_RANGE items, and `lipsum` is not offered. Deep recursion ends in Python's
-RecursionError, which callers report like any other template error.
+Also: a template's source may hold MAX_TOKENS tokens (parsing and compiling happen before
+any step can be counted), lists and dicts cannot be changed in place (the immutable
+sandbox), `range` stops at MAX_RANGE items, and `lipsum` is not offered. Deep recursion
+ends in Python's RecursionError, which callers report like any other template error.
+
+Memory: no value a template holds is over MAX_VALUE characters (or MAX_ITEMS items), and
+one operation on such values may briefly make at most _EXPANSION times that (escaping,
+JSON) before its result is checked; all the values made in a render are at most
+MAX_PRODUCED.
 """
 
 from __future__ import annotations
@@ -56,9 +65,9 @@ from jinja2.utils import Cycler, Joiner, Namespace, _PassArg
 from markupsafe import Markup
 
 # Why these numbers: a legitimate email template (a greeting, a table of a thousand order
-# lines with a few fields each, a footer) renders in a few thousand steps and well under a
-# megabyte. The limits leave ample room for that and cap the worst template at a fraction
-# of a second of CPU and a few megabytes.
+# lines with half a dozen fields each, a footer) renders in about 60,000 steps and makes
+# well under a megabyte. The limits leave ample room for that and cap the worst template at
+# a fraction of a second of CPU.
 MAX_STEPS = 200_000  # template nodes executed: under 0.3 s of CPU at the very worst
 MAX_VALUE = 2_000_000  # characters of any one value: as much as a whole rendered part
 MAX_ITEMS = 100_000  # items of any one list, tuple, dict or range made by a template
@@ -71,6 +80,11 @@ MAX_TOKENS = 20_000  # of a template's source: a big HTML email has a few thousa
 # How much larger than its input a size-neutral operation's result may be: escaping turns
 # '"' into '&#34;', JSON '\U0001F600' into a twelve-character surrogate pair.
 _EXPANSION = 12
+
+
+# A call (a macro's above all: arguments, a new frame, a buffer) costs several nodes' time.
+_CALL_STEPS = 3
+_SIZES = f"{MAX_VALUE} characters, {MAX_ITEMS} items, {MAX_INT_BITS}-bit integers"
 
 
 class LimitExceeded(SecurityError):
@@ -253,24 +267,28 @@ def method_size(method: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> 
 
 def binop_size(operator: str, left: Any, right: Any) -> int:
     """An upper bound on the size of `left <operator> right` for the operations that can
-    outgrow their operands (repetition, big-integer products and powers, printf), in
-    characters, items or (for integers) bits scaled to MAX_VALUE's units; 0 otherwise."""
-    sized = (str, bytes, list, tuple)
+    outgrow their operands (repetition, concatenation, big-integer products and powers,
+    printf), in the units of MAX_VALUE (items and bits scaled to them); 0 otherwise."""
     if operator == "*":
-        if isinstance(left, sized) and isinstance(right, int):
-            return len(left) * max(right, 0)
-        if isinstance(right, sized) and isinstance(left, int):
-            return len(right) * max(left, 0)
+        if isinstance(right, (str, bytes, list, tuple)):
+            left, right = right, left
+        if isinstance(left, (str, bytes, list, tuple)) and isinstance(right, int):
+            return _sequence_size(left, len(left) * max(right, 0))
         if isinstance(left, int) and isinstance(right, int):
             return _bits_as_size(left.bit_length() + right.bit_length())
     if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
         return _bits_as_size(left.bit_length() * max(right, 0))
-    if operator == "+" and isinstance(left, sized) and isinstance(right, sized):
-        return len(left) + len(right)
+    if operator == "+" and isinstance(left, (str, bytes, list, tuple)):
+        return _sequence_size(left, len(left) + shallow_size(right))
     if operator == "%" and isinstance(left, (str, bytes)):
         text = left if isinstance(left, str) else left.decode("latin-1")
         return printf_size(text, right)
     return 0
+
+
+def _sequence_size(kind: Any, length: int) -> int:
+    """A length in the units the value limit uses: characters, or items held to MAX_ITEMS."""
+    return length if isinstance(kind, (str, bytes)) else _items_as_size(length)
 
 
 def _bits_as_size(bits: int) -> int:
@@ -351,6 +369,28 @@ _STRUCTURAL_FILTERS = frozenset(
      "list", "items", "default", "d", "attr", "batch", "slice", "sum", "abs", "int",
      "float", "round", "filesizeformat"}
 )  # fmt: skip
+# Filters that take the same time whatever their input's size; every other filter is
+# charged a step per item of a container (each may cost a Python call, as `groupby`'s
+# attribute lookups do) and per 4 characters of a string (`title` and `striptags` work
+# word by word in Python), and `urlize` (regular expressions per word) per character.
+_CONSTANT_FILTERS = frozenset(
+    {"length", "count", "first", "last", "random", "default", "d", "attr", "safe", "abs",
+     "int", "float", "round", "filesizeformat"}
+)  # fmt: skip
+# `groupby` looks up an attribute and builds a group per item: about 8 steps' worth.
+_CHARS_PER_STEP = {"urlize": 1}
+_STEPS_PER_ITEM = {"groupby": 8}
+
+
+def filter_cost(name: str, value: Any, kwargs: Mapping[str, Any]) -> int:
+    """The steps a filter is charged before it runs on `value`; looking up an attribute
+    of every item (`sort(attribute=...)`, `map(attribute=...)`) costs 4 steps an item."""
+    if name in _CONSTANT_FILTERS:
+        return 1
+    if isinstance(value, (str, bytes)):
+        return 1 + len(value) // _CHARS_PER_STEP.get(name, 4)
+    per_item = _STEPS_PER_ITEM.get(name, 4 if "attribute" in kwargs else 1)
+    return 1 + shallow_size(value) * per_item
 
 
 # -- the environment ---------------------------------------------------------------------
@@ -367,8 +407,12 @@ class Budget:
         self.steps = MAX_STEPS
         self.produced = MAX_PRODUCED
 
-    def step(self, cost: int) -> None:
+    def step(self, cost: int, chars: int = 0) -> None:
+        """Charge `cost` steps and `chars` characters of literal text (as produced data:
+        writing a constant is cheap, holding it in a buffer is not)."""
         self.steps -= cost
+        if chars:
+            self.allow(chars, "literal text")
         if self.steps < 0:
             raise LimitExceeded(f"the template ran over its budget of {MAX_STEPS} steps")
         if time.monotonic() > self.deadline:
@@ -377,7 +421,7 @@ class Budget:
     def allow(self, size: int, what: str) -> None:
         """Refuse a value of `size` before it is made, and charge it when it may be."""
         if size > MAX_VALUE:
-            raise LimitExceeded(f"{what} would be larger than the limit of {MAX_VALUE}")
+            raise LimitExceeded(f"{what} would be over the size limit ({_SIZES})")
         self.produced -= size
         if self.produced < 0:
             raise LimitExceeded(f"the template made over {MAX_PRODUCED} characters in all")
@@ -397,18 +441,18 @@ class Budget:
         return value
 
 
-def _static_cost(body: Iterable[nodes.Node]) -> int:
-    """The nodes and literal characters of a statement list, not counting the statement
-    lists nested in it (each charges its own as it runs)."""
-    cost = 0
+def _static_cost(body: Iterable[nodes.Node]) -> tuple[int, int]:
+    """The nodes (at least 1) and literal characters of a statement list, not counting
+    the statement lists nested in it: each charges its own as it runs."""
+    count = chars = 0
     stack = list(body)
     while stack:
         node = stack.pop()
-        cost += 1
+        count += 1
         if isinstance(node, nodes.TemplateData):
-            cost += len(node.data)
+            chars += len(node.data)
         elif isinstance(node, nodes.Const) and isinstance(node.value, (str, bytes)):
-            cost += len(node.value)
+            chars += len(node.value)
         for field, value in node.iter_fields():
             if isinstance(node, nodes.Stmt) and field in ("body", "else_"):
                 continue
@@ -416,7 +460,7 @@ def _static_cost(body: Iterable[nodes.Node]) -> int:
                 stack.append(value)
             elif isinstance(value, list):
                 stack.extend(v for v in value if isinstance(v, nodes.Node))
-    return max(cost, 1)
+    return max(count, 1), chars
 
 
 class BoundedCodeGenerator(CodeGenerator):
@@ -425,7 +469,11 @@ class BoundedCodeGenerator(CodeGenerator):
 
     def blockvisit(self, nodes: Iterable[nodes.Node], frame: Frame) -> None:
         body = list(nodes)
-        self.writeline(f"environment.budget.step({_static_cost(body)})")
+        count, chars = _static_cost(body)
+        if chars:
+            self.writeline(f"environment.budget.step({count}, {chars})")
+        else:
+            self.writeline(f"environment.budget.step({count})")
         super().blockvisit(body, frame)
 
     @optimizeconst
@@ -467,7 +515,7 @@ class _BoundedFormatter(SandboxedFormatter):
         widths = sum(int(n) for n in _SPEC_NUMBERS.findall(format_spec))
         self._size += widths + printed_size(value)
         if self._size > MAX_VALUE:
-            raise LimitExceeded(f"str.format would be larger than the limit of {MAX_VALUE}")
+            raise LimitExceeded(f"str.format would be over the size limit ({_SIZES})")
         return super().format_field(value, format_spec)
 
 
@@ -543,7 +591,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         **kwargs: Any,
     ) -> Any:
         budget = __self.budget
-        budget.step(1 + shallow_size(getattr(__obj, "__self__", None)) // 64)
+        budget.step(_CALL_STEPS + shallow_size(getattr(__obj, "__self__", None)) // 64)
         what = f"a call of {getattr(__obj, '__name__', type(__obj).__name__)}"
         budget.allow(method_size(__obj, args, kwargs), what)
         return budget.made(super().call(__context, __obj, *args, **kwargs), what)
@@ -593,7 +641,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
                 value = budget.made(value, what)
                 given = (value, *given[1:])
                 args = (*args[:passes], *given)
-            budget.step(1 + shallow_size(value) // 64)
+            budget.step(filter_cost(name, value, kwargs))
             if not structural and not isinstance(value, str):
                 budget.allow(printed_size(value) * _EXPANSION, what)
             if bound is not None:
