@@ -240,9 +240,8 @@ async def test_template_bombs_do_not_hold_up_another_owners_mail(
 ) -> None:
     """Guards issue 18's "no tenant can hurt another" for email.send: alice submits more
     template bombs (a memory bomb, CPU-only loops, runaway recursion) than the worker runs
-    at once, then bob
-    sends a normal email to the same queue. Bob's job succeeds within 5 s and his mail
-    arrives; every bomb ends DEAD at its first attempt, naming the limit it hit."""
+    at once, then bob sends a normal email to the same queue. Bob's job succeeds within
+    5 s and his mail arrives; every bomb ends DEAD at its first attempt, naming its limit."""
     alice, bob = owners
     bombs = [
         await alice.submit(
