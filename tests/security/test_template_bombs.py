@@ -86,16 +86,25 @@ BOMBS = [
     bomb("self_nesting_list", "text", f"an output {LARGER}",
          "{% set ns = namespace(l=['x' * 1000]) %}{% for i in range(40) %}"
          "{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ ns.l }}"),
+    bomb("values_view", "text", f"an output {LARGER}",
+         "{% set ns = namespace(l=['x' * 1000]) %}{% for i in range(40) %}"
+         "{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ dict(a=ns.l).values() }}"),
+    bomb("sum_of_lists", "text", "the sum filter adds numbers only",
+         "{% set l = range(10000)|list %}{{ [l, l, l, l, l]|sum(start=[]) }}"),
+    bomb("split_words", "text", f"a call of split {LARGER}",
+         "{{ ('a ' * 999999).split()|length }}"),
+    bomb("list_of_chars", "text", f"the list filter {LARGER}",
+         "{{ ('x' * 500000)|list|length }}"),
     # Output kept in a buffer (a macro's, a set block's) never reaches the output check.
     bomb("macro_buffer", "text", "the template made over 8000000 characters in all",
          "{% macro m() %}{% for i in range(10000) %}{{ 'x' * 100000 }}{% endfor %}"
          "{% endmacro %}{% set x = m() %}"),
-    bomb("macro_recursion", "text", "macros or recursive loops nest too deeply",
+    bomb("macro_recursion", "text", "the template nests too deeply",
          "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}"),
     bomb("macro_fanout", "html", STEPS,
          "{% macro m(n) %}{% if n %}{{ m(n-1) }}{{ m(n-1) }}{% endif %}{% endmacro %}"
          "{{ m(60) }}"),
-    bomb("loop_recursion", "text", "macros or recursive loops nest too deeply",
+    bomb("loop_recursion", "text", "the template nests too deeply",
          "{% for x in [[1]] recursive %}{{ loop([x, x]) }}{% endfor %}"),
     # `in` scans its right side: charged by its size, not as one step.
     bomb("in_scan", "text", STEPS,
@@ -196,7 +205,7 @@ E2E_BOMBS = [  # (template, what its job's error names)
     ('{{ "a" * 400000000 }}', f"the result of * {LARGER}"),
     ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
      "range() of 100000 items is over the limit of 10000"),
-    ("{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}", "nest too deeply"),
+    ("{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}", "the template nests too deeply"),
     *[(LOOPS, STEPS)] * 4,
 ]  # fmt: skip
 

@@ -334,7 +334,9 @@ def _render_one(source: str, context: dict[str, Any], part: str) -> str:
     except LimitExceeded as exc:
         raise PermanentError(f"{part}: {exc}") from None
     except RecursionError:
-        raise PermanentError(f"{part}: macros or recursive loops nest too deeply") from None
+        raise PermanentError(
+            f"{part}: the template nests too deeply (macro calls, recursive loops or values)"
+        ) from None
     except jinja2.TemplateSyntaxError as exc:
         raise PermanentError(f"{part}: syntax error on line {exc.lineno}: {exc.message}") from None
     except jinja2.UndefinedError as exc:

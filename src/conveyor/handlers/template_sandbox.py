@@ -48,7 +48,6 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from typing import Any
 
 import jinja2
@@ -106,8 +105,8 @@ def _items(value: Any) -> Iterable[Any] | None:
     """What a container shows when printed, or None for a leaf."""
     if isinstance(value, Mapping):
         return itertools.chain.from_iterable(value.items())
-    if isinstance(value, (list, tuple, AbstractSet)):
-        return value
+    if isinstance(value, Collection) and not isinstance(value, (str, bytes, range)):
+        return value  # lists, tuples, sets, and dict views (printed with every item)
     if isinstance(value, Namespace):
         # Printed as <Namespace {...}> with every attribute (held under a mangled name).
         attrs: dict[str, Any] = object.__getattribute__(value, "_Namespace__attrs")
@@ -237,6 +236,24 @@ def _translated_size(text: str, table: Any) -> int:
     return len(text)
 
 
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits at
+
+
+def _pieces(text: str | bytes, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
+    """An upper bound on the items split/rsplit/splitlines return."""
+    sep = _str_arg(args, kwargs, 0, "sep")
+    limit = _str_arg(args, kwargs, 1, "maxsplit")
+    if isinstance(text, bytes):  # counted the same way as text
+        text = text.decode("latin-1")
+        sep = sep.decode("latin-1") if isinstance(sep, bytes) else None
+    if name == "splitlines":
+        return sum(text.count(c) for c in _LINE_BREAKS) + 1
+    found = text.count(sep) if isinstance(sep, str) and sep else len(text) // 2
+    if isinstance(limit, int) and limit >= 0:
+        found = min(found, limit)
+    return found + 1
+
+
 def method_size(method: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
     """An upper bound on the size of what a builtin method returns, for the methods whose
     result can outgrow their inputs; 0 for every other callable (checked on its result).
@@ -258,6 +275,8 @@ def method_size(method: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> 
     if name == "replace" and isinstance(receiver, str):
         old, new = _str_arg(args, kwargs, 0, "old"), _str_arg(args, kwargs, 1, "new")
         return _replaced_size(receiver, old, new, _str_arg(args, kwargs, 2, "count"))
+    if name in ("split", "rsplit", "splitlines"):
+        return _items_as_size(_pieces(receiver, name, args, kwargs))
     if name == "join" and args:
         return _joined_size(receiver, args[0])
     if name == "translate" and args and isinstance(receiver, str):
@@ -351,7 +370,22 @@ def _center_size(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
     return _int_arg(args, kwargs, 1, "width") + (shallow_size(args[0]) if args else 0)
 
 
+def _sum_size(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
+    """`sum` adds numbers: a list `start` would make it concatenate lists (in quadratic
+    time, to the product of the sizes), so it is refused."""
+    start = _str_arg(args, kwargs, 2, "start")
+    if start is not None and not isinstance(start, (int, float)):
+        raise LimitExceeded("the sum filter adds numbers only (start must be a number)")
+    return 0
+
+
+def _list_size(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
+    return _items_as_size(shallow_size(args[0]) if args else 0)
+
+
 _FILTER_SIZES: dict[str, Callable[[Sequence[Any], Mapping[str, Any]], int]] = {
+    "sum": _sum_size,
+    "list": _list_size,
     "center": _center_size,
     "indent": _indent_size,
     "wordwrap": _wordwrap_size,
