@@ -106,6 +106,13 @@ BOMBS = [
          "{{ m(60) }}"),
     bomb("loop_recursion", "text", "the template nests too deeply",
          "{% for x in [[1]] recursive %}{{ loop([x, x]) }}{% endfor %}"),
+    # A loop's `if` runs for items whose body never runs.
+    bomb("loop_filter", "text", STEPS,
+         "{% set l = range(10000)|list %}{% for a in range(10000) %}"
+         "{% for b in l if b.imag %}{% endfor %}{% endfor %}"),
+    bomb("spread_arguments", "text", STEPS,
+         "{% macro m() %}{{ varargs|length }}{% endmacro %}{% set l = range(10000)|list %}"
+         "{% for a in range(10000) %}{{ m(*l) }}{% endfor %}"),
     # `in` scans its right side: charged by its size, not as one step.
     bomb("in_scan", "text", STEPS,
          "{% set l = range(10000)|list %}{% for i in range(10000) %}{% if -1 in l %}{% endif %}"
