@@ -113,6 +113,10 @@ BOMBS = [
     bomb("spread_arguments", "text", STEPS,
          "{% macro m() %}{{ varargs|length }}{% endmacro %}{% set l = range(10000)|list %}"
          "{% for a in range(10000) %}{{ m(*l) }}{% endfor %}"),
+    # Jinja copies slices with plain Python slicing, outside the sandbox.
+    bomb("slice_copies", "text", "the template made over 8000000 characters in all",
+         "{% set l = range(10000)|list %}{% for i in range(10000) %}{{ l[::1]|length }}"
+         "{% endfor %}"),
     # `in` scans its right side: charged by its size, not as one step.
     bomb("in_scan", "text", STEPS,
          "{% set l = range(10000)|list %}{% for i in range(10000) %}{% if -1 in l %}{% endif %}"

@@ -543,6 +543,24 @@ class BoundedCodeGenerator(CodeGenerator):
             self.write(", ")
         self.write("))")
 
+    @optimizeconst
+    def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
+        """Jinja writes slices as Python slicing, past the sandbox: here they go through
+        `environment.sliced`, which charges the copy a slice makes."""
+        if not isinstance(node.arg, nodes.Slice):
+            super().visit_Getitem(node, frame)
+            return
+        self.write("environment.sliced(")
+        self.visit(node.node, frame)
+        self.write(", slice(")
+        for i, part in enumerate((node.arg.start, node.arg.stop, node.arg.step)):
+            self.write(", " if i else "")
+            if part is None:
+                self.write("None")
+            else:
+                self.visit(part, frame)
+        self.write("))")
+
     def visit_Operand(self, node: nodes.Operand, frame: Frame) -> None:
         self.write(f" {operators[node.op]} environment.scanned(")
         self.visit(node.expr, frame)
@@ -657,11 +675,9 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         budget.allow(method_size(__obj, args, kwargs), what)
         return budget.made(super().call(__context, __obj, *args, **kwargs), what)
 
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        value = super().getitem(obj, argument)
-        if isinstance(argument, slice):
-            return self.budget.made(value, "a slice")
-        return value
+    def sliced(self, obj: Any, part: slice) -> Any:
+        self.budget.step(1)
+        return self.budget.made(obj[part], "a slice")
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         """The sandbox's str.format wrapper, with formatters that count field widths."""
