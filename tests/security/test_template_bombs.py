@@ -73,6 +73,8 @@ BOMBS = [
          "{% set s = 'a' * 2000 %}{{ s|replace('', s) }}"),
     bomb("wordwrap_string", "text", f"the wordwrap filter {LARGER}",
          "{{ ('a ' * 10000)|wordwrap(1, wrapstring='x' * 100000) }}"),
+    bomb("tojson_indent", "text", "the tojson filter's indent is over 8",
+         "{{ (range(10000)|list)|tojson(indent=1000000) }}"),
     bomb("batch_fill", "text", f"the batch filter {LARGER}",
          "{{ [1]|batch(1000000000, 'x')|list }}"),
     bomb("join_separator", "text", f"the join filter {LARGER}",

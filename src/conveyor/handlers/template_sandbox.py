@@ -383,7 +383,19 @@ def _list_size(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
     return _items_as_size(shallow_size(args[0]) if args else 0)
 
 
+MAX_INDENT = 8  # for |tojson(indent=...): every line of the JSON gets it once per level
+
+
+def _tojson_size(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
+    indent = _str_arg(args, kwargs, 1, "indent")
+    width = len(indent) if isinstance(indent, str) else indent if isinstance(indent, int) else 0
+    if width > MAX_INDENT:
+        raise LimitExceeded(f"the tojson filter's indent is over {MAX_INDENT}")
+    return 0
+
+
 _FILTER_SIZES: dict[str, Callable[[Sequence[Any], Mapping[str, Any]], int]] = {
+    "tojson": _tojson_size,
     "sum": _sum_size,
     "list": _list_size,
     "center": _center_size,
