@@ -24,7 +24,9 @@ ASCII (an international domain in its xn-- form), the display name may be any te
 payload needs a subject or a template, and a text, an html or a template. Templates run
 in Jinja2's sandbox with strict variables: a variable the context lacks fails the job
 (permanently) with its name. HTML is autoescaped; text and subject are not. Templates
-cannot include others.
+cannot include others. Each render is bounded (conveyor.handlers.template_sandbox): at
+most 20,000 tokens of source, 200,000 steps, values of 2,000,000 characters or 100,000
+items, 10 s; a template over a limit fails the job (permanently) naming the limit.
 
 Result: `{"message_id": "<job id@sender's domain>", "accepted": [addresses],
 "refused": {address: {"code": 550, "message": "..."}}}`: a mail the server took for some
@@ -58,7 +60,6 @@ import email.utils
 import ipaddress
 import re
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,7 +70,6 @@ from typing import Annotated, Any, Self
 
 import aiosmtplib
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -86,6 +86,7 @@ from conveyor.config import Settings
 from conveyor.errors import InvalidArgument, NotFound
 from conveyor.handlers.context import JobContext
 from conveyor.handlers.registry import PermanentError, handler, payload_violations
+from conveyor.handlers.template_sandbox import LimitExceeded, check_syntax, render_bounded
 from conveyor.retry import retry
 from conveyor.storage import ObjectNotFound
 
@@ -96,7 +97,7 @@ MAX_SUBJECT = 998  # RFC 5322's longest line
 MAX_BODY = 500_000  # characters of a text or html template in the payload
 MAX_TEMPLATE_FILE = 1 << 20  # bytes of one template file
 MAX_RENDERED = 2_000_000  # characters a rendered part may grow to
-RENDER_SECONDS = 10.0  # longest a render may take (checked as its output grows)
+RENDER_SECONDS = 10.0  # longest a render may take (checked at every step of the template)
 
 # One address: a dot-atom local part and a host name (one label allowed: user@localhost).
 _LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
@@ -146,22 +147,17 @@ AddressList = Annotated[
     list[EmailAddress], BeforeValidator(_one_or_many), Field(max_length=MAX_RECIPIENTS)
 ]
 
-# Templates are checked for syntax at submit and rendered at run time by these. The sandbox
-# keeps templates from reaching Python internals; StrictUndefined makes a missing variable an
-# error instead of an empty string in someone's inbox.
-_TEXT_ENV = SandboxedEnvironment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
-)
-_HTML_ENV = SandboxedEnvironment(
-    undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=True
-)
+# Templates are checked for syntax at submit and rendered at run time in a bounded sandbox
+# (template_sandbox): it keeps templates from reaching Python internals and from spending
+# more than a small, fixed amount of CPU and memory; its StrictUndefined makes a missing
+# variable an error instead of an empty string in someone's inbox.
 
 
 def _check_syntax(source: str | None) -> str | None:
     """A template that cannot parse is refused at submit rather than failing every attempt."""
     if source is not None:
         try:
-            _TEXT_ENV.parse(source)
+            check_syntax(source)
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
     return source
@@ -319,23 +315,28 @@ def _template_files(name: str, settings: Settings) -> dict[str, str]:
     return parts
 
 
-def _render_one(env: SandboxedEnvironment, source: str, context: dict[str, Any], part: str) -> str:
+def _render_one(source: str, context: dict[str, Any], part: str) -> str:
     """Render one part. Everything a template can do wrong is the payload's fault and would
-    fail again, so it is permanent. The output is produced in chunks so that a template that
-    loops to build a huge body is stopped by size or time instead of exhausting the worker."""
-    deadline = time.monotonic() + RENDER_SECONDS
+    fail again, so it is permanent. The sandbox bounds the work and every value; the output
+    is also checked in chunks, as it grows, against the size a part may have."""
     chunks: list[str] = []
     size = 0
     try:
-        for chunk in env.from_string(source).generate(context):
+        for chunk in render_bounded(
+            source, context, autoescape=part == "html", seconds=RENDER_SECONDS
+        ):
             size += len(chunk)
             if size > MAX_RENDERED:
                 raise PermanentError(f"{part}: renders to more than {MAX_RENDERED} characters")
-            if time.monotonic() > deadline:
-                raise PermanentError(f"{part}: rendering took over {RENDER_SECONDS:g}s")
             chunks.append(chunk)
     except PermanentError:
         raise
+    except LimitExceeded as exc:
+        raise PermanentError(f"{part}: {exc}") from None
+    except RecursionError:
+        raise PermanentError(
+            f"{part}: the template nests too deeply (macro calls, recursive loops or values)"
+        ) from None
     except jinja2.TemplateSyntaxError as exc:
         raise PermanentError(f"{part}: syntax error on line {exc.lineno}: {exc.message}") from None
     except jinja2.UndefinedError as exc:
@@ -353,10 +354,7 @@ def render(payload: EmailPayload, settings: Settings) -> Rendered:
         given = getattr(payload, part)
         if given is not None:
             sources[part] = given
-    done = {
-        part: _render_one(_HTML_ENV if part == "html" else _TEXT_ENV, src, payload.context, part)
-        for part, src in sources.items()
-    }
+    done = {part: _render_one(src, payload.context, part) for part, src in sources.items()}
     # A subject is one line: a template file's trailing newline, or a value with line breaks,
     # becomes spaces rather than a second header line.
     subject = " ".join(_CONTROL.sub(" ", done.get("subject", "")).split())
