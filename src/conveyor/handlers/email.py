@@ -660,12 +660,18 @@ async def send_email(
     }
 
 
+# Templates are a user's text: besides the bounded sandbox, each attempt runs in a child
+# of its own (killed on cancel and timeout, its memory capped), so nothing a template
+# does can reach the worker or another owner's mail. 256 MiB holds the largest rendered
+# parts and 25 MiB of attachments several times over.
 @handler(
     "email.send",
     payload=EmailPayload,
     timeout=timedelta(minutes=5),
     max_attempts=5,
     retry=retry(initial=60, maximum=1800, multiplier=3),
+    isolation="process",
+    memory_limit_mb=256,
 )
 async def email_send(payload: EmailPayload, ctx: JobContext) -> dict[str, Any]:
     """Render and send one email; see the module docstring."""
