@@ -371,6 +371,7 @@ class Bench:
         back, measured in this process with a pool of its own; CPU per attempt counts this
         process, the fork server and the children it reaped. Then a worker process drains
         no-op jobs that each run in a child (8 forked ahead)."""
+        from conveyor.handlers.context import AttemptFacts
         from conveyor.isolation import Attempt, Call, ProcessPool, Progress, Setup
 
         settings = Settings(redis_url="redis://unused", database_url="sqlite:///unused")
@@ -391,8 +392,8 @@ class Bench:
         latencies = []
         for i in range(self.n(attempts)):
             await pool.ready()  # a warm child, as in steady state
-            attempt = Attempt("bench.handlers", "isolated_noop", False, {}, f"bench-{i}",
-                              "bench.isolated_noop", "bench", 1, 1, 60.0)  # fmt: skip
+            facts = AttemptFacts(f"bench-{i}", "bench.isolated_noop", "bench", 1, 1, 60.0)
+            attempt = Attempt("bench.handlers", "isolated_noop", False, {}, facts, "bench")
             began = time.perf_counter()
             outcome = await pool.run(attempt, serve, progress)
             latencies.append((time.perf_counter() - began) * 1000)

@@ -39,14 +39,19 @@ from typing import Any, cast
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from conveyor.artifacts import Artifact, Artifacts, artifact_key, result_key
+from conveyor.artifacts import Artifact, artifact_key, result_key
 from conveyor.attempts import AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
 from conveyor.errors import Unavailable
 from conveyor.failures import describe as _describe
 from conveyor.failures import format_traceback as _traceback
-from conveyor.handlers import BaseContext, JobContext, PermanentError, Registry, SyncJobContext
-from conveyor.handlers.context import PROGRESS_INTERVAL
+from conveyor.handlers import BaseContext, PermanentError, Registry
+from conveyor.handlers.context import (
+    PROGRESS_INTERVAL,
+    ArtifactStores,
+    AttemptFacts,
+    new_context,
+)
 from conveyor.handlers.registry import HandlerSpec
 from conveyor.isolation import Attempt, Call, Outcome, ProcessPool, Progress, Setup
 from conveyor.jobs import Job, JobState, now_ms
@@ -183,6 +188,13 @@ class Worker:
         self.metrics.running.set_function(lambda: len(self.running))
         self.metrics.overrunning.set_function(lambda: self.overrunning)
 
+    @property
+    def _stores(self) -> ArtifactStores | None:
+        """Where handlers' artifacts go (None: this worker was made without a store)."""
+        if self.objects is None or self.artifacts is None:
+            return None
+        return ArtifactStores(self.objects, self.artifacts.record, self.artifacts.find)
+
     # -- control ---------------------------------------------------------------------------
     def _set_state(self, state: WorkerState) -> None:
         self.state = state
@@ -273,7 +285,7 @@ class Worker:
                     and s.isolation == "process"]  # fmt: skip
         if not isolated:
             return
-        with_objects = self.objects is not None and self.artifacts is not None
+        with_objects = self._stores is not None
         self.processes = ProcessPool(
             Setup(self.settings, with_objects),
             size=self.settings.effective_process_pool_size,
@@ -361,34 +373,18 @@ class Worker:
     def _start(self, claim: Claim) -> None:
         job = claim.job
         spec = self.registry.get(job.type)
-        context = SyncJobContext if spec is not None and not spec.is_async else JobContext
 
         async def claim_effect(key: str) -> bool:
             return await self.store.claim_effect(job.id, key, job.attempt, job.fence)
 
-        loop = asyncio.get_running_loop()
-        artifacts = None
-        if self.objects is not None and self.artifacts is not None:
-            artifacts = Artifacts(
-                job_id=job.id,
-                owner=job.owner,
-                store=self.objects,
-                record=self.artifacts.record,
-                find=self.artifacts.find,
-                loop=loop,
-            )
-        ctx = context(
-            job_id=job.id,
-            job_type=job.type,
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            loop=loop,
+        ctx = new_context(
+            _facts(job),
+            is_async=spec is None or spec.is_async,
+            loop=asyncio.get_running_loop(),
             on_progress=lambda: self._start_pump(job.id),
             claim_effect=claim_effect,
-            owner=job.owner,
             settings=self.settings,
-            artifacts=artifacts,
-            timeout_seconds=job.timeout_ms / 1000,
+            stores=self._stores,
         )
         running = Running(claim, ctx, claimed_ms=now_ms())
         if claim.lost:
@@ -559,14 +555,9 @@ class Worker:
             qualname=spec.fn.__qualname__,
             is_async=spec.is_async,
             payload=payload,
-            job_id=job.id,
-            job_type=job.type,
-            owner=job.owner,
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            timeout_seconds=job.timeout_ms / 1000,
+            facts=_facts(job),
+            queue=job.queue,
             memory_limit_mb=spec.memory_limit_mb,
-            log={"queue": job.queue},
         )
 
         async def serve(call: Call) -> Any:
@@ -748,6 +739,12 @@ class Worker:
         running.ctx.cancel()
         if running.task is not None:
             running.task.cancel()
+
+
+def _facts(job: Job) -> AttemptFacts:
+    return AttemptFacts(
+        job.id, job.type, job.owner, job.attempt, job.max_attempts, job.timeout_ms / 1000
+    )
 
 
 def _ready_ms(job: Job) -> int:

@@ -30,13 +30,15 @@ import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from conveyor.artifacts import Artifacts, AsyncArtifacts
+from conveyor.artifacts import Artifacts, AsyncArtifacts, FindFn, RecordFn
 from conveyor.errors import FieldViolation, InvalidArgument
 
 if TYPE_CHECKING:
     from conveyor.config import Settings
+    from conveyor.storage import ObjectStore
 
 PROGRESS_INTERVAL = 0.1
 MAX_ONCE_KEY = 256
@@ -163,3 +165,64 @@ class SyncJobContext(BaseContext):
     def once(self, key: str) -> bool:
         """True the first time any attempt of this job asks for `key`, else False."""
         return asyncio.run_coroutine_threadsafe(self._once(key), self._loop).result()
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFacts:
+    """Which attempt of which job a context is for (a worker's claim, or a child's
+    hand-over in process isolation)."""
+
+    job_id: str
+    job_type: str
+    owner: str
+    attempt: int
+    max_attempts: int
+    timeout_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactStores:
+    """Where a context's artifacts go: the object store for their bytes, and how their
+    records are written and found."""
+
+    store: ObjectStore
+    record: RecordFn
+    find: FindFn
+
+
+def new_context(
+    facts: AttemptFacts,
+    *,
+    is_async: bool,
+    loop: asyncio.AbstractEventLoop,
+    on_progress: Callable[[], None],
+    claim_effect: ClaimEffect,
+    settings: Settings | None,
+    stores: ArtifactStores | None,
+) -> BaseContext:
+    """The context a handler gets: JobContext for async handlers, SyncJobContext for sync
+    ones, with artifacts when there is somewhere to keep them."""
+    artifacts = None
+    if stores is not None:
+        artifacts = Artifacts(
+            job_id=facts.job_id,
+            owner=facts.owner,
+            store=stores.store,
+            record=stores.record,
+            find=stores.find,
+            loop=loop,
+        )
+    kind = JobContext if is_async else SyncJobContext
+    return kind(
+        job_id=facts.job_id,
+        job_type=facts.job_type,
+        attempt=facts.attempt,
+        max_attempts=facts.max_attempts,
+        loop=loop,
+        on_progress=on_progress,
+        claim_effect=claim_effect,
+        owner=facts.owner,
+        settings=settings,
+        artifacts=artifacts,
+        timeout_seconds=facts.timeout_seconds,
+    )

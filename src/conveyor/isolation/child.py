@@ -34,10 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
-from conveyor.artifacts import Artifact, Artifacts
+from conveyor.artifacts import Artifact
 from conveyor.failures import describe as describe_failure
 from conveyor.failures import format_traceback
-from conveyor.handlers.context import PROGRESS_INTERVAL, BaseContext, JobContext, SyncJobContext
+from conveyor.handlers.context import PROGRESS_INTERVAL, ArtifactStores, BaseContext, new_context
 from conveyor.handlers.registry import PermanentError
 from conveyor.isolation.wire import (
     MEMORY_EXIT,
@@ -138,7 +138,8 @@ def _exit(code: int) -> NoReturn:
 
 
 def _run(attempt: Attempt, prepared: _Prepared, worker: Worker) -> Outcome:
-    bind_job(attempt.job_id, attempt.attempt, attempt.job_type, str(attempt.log.get("queue", "")))
+    facts = attempt.facts
+    bind_job(facts.job_id, facts.attempt, facts.job_type, attempt.queue)
     fn = _resolve(attempt.module, attempt.qualname)
     helper = prepared.helper
     ctx = _context(attempt, prepared, worker)
@@ -241,7 +242,6 @@ class _Prepared:
 
 def _context(attempt: Attempt, prepared: _Prepared, worker: Worker) -> BaseContext:
     helper = prepared.helper
-    loop = helper.loop
 
     async def call(op: str, *args: Any) -> Any:
         running = asyncio.get_running_loop()
@@ -257,33 +257,21 @@ def _context(attempt: Attempt, prepared: _Prepared, worker: Worker) -> BaseConte
         found: Artifact | None = await call("find", job_id, name)
         return found
 
-    artifacts = None
+    stores = None
     if prepared.store is not None:
-        artifacts = Artifacts(
-            job_id=attempt.job_id,
-            owner=attempt.owner,
-            store=prepared.store,
-            record=record,
-            find=find,
-            loop=loop,
-        )
-    kind = JobContext if attempt.is_async else SyncJobContext
+        stores = ArtifactStores(prepared.store, record, find)
     ctx: BaseContext
 
     def progressed() -> None:
         helper.progressed(ctx, worker)
 
-    ctx = kind(
-        job_id=attempt.job_id,
-        job_type=attempt.job_type,
-        attempt=attempt.attempt,
-        max_attempts=attempt.max_attempts,
-        loop=loop,
+    ctx = new_context(
+        attempt.facts,
+        is_async=attempt.is_async,
+        loop=helper.loop,
         on_progress=progressed,
         claim_effect=claim_effect,
-        owner=attempt.owner,
         settings=prepared.settings,
-        artifacts=artifacts,
-        timeout_seconds=attempt.timeout_seconds,
+        stores=stores,
     )
     return ctx

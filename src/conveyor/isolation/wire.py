@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import pickle
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from conveyor.config import Settings
+from conveyor.handlers.context import AttemptFacts
 
 # The exit code of a child whose attempt ran past its memory limit (a MemoryError under
 # RLIMIT_AS): the worker names the limit in the attempt's error.
@@ -43,14 +44,9 @@ class Attempt:
     qualname: str  # ... and its name there (handlers are module-level functions)
     is_async: bool
     payload: Any  # as the handler takes it: the parsed model or the dict
-    job_id: str
-    job_type: str
-    owner: str
-    attempt: int
-    max_attempts: int
-    timeout_seconds: float
+    facts: AttemptFacts
+    queue: str  # for the child's log lines
     memory_limit_mb: int | None = None
-    log: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
