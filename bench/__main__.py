@@ -375,7 +375,7 @@ class Bench:
         from conveyor.isolation import Attempt, Call, ProcessPool, Progress, Setup
 
         settings = Settings(redis_url="redis://unused", database_url="sqlite:///unused")
-        pool = ProcessPool(Setup(settings, False), size=4, preload=["bench.handlers"],
+        pool = ProcessPool(Setup(settings, False, os.getpid()), size=4, preload=["bench.handlers"],
                            kill_grace=0.5)  # fmt: skip
         started = time.perf_counter()
         await pool.ready()

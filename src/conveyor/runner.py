@@ -287,7 +287,7 @@ class Worker:
             return
         with_objects = self._stores is not None
         self.processes = ProcessPool(
-            Setup(self.settings, with_objects),
+            Setup(self.settings, with_objects, os.getpid()),
             size=self.settings.effective_process_pool_size,
             preload=[*dict.fromkeys(spec.fn.__module__ for spec in isolated)],
             kill_grace=self.settings.kill_grace_seconds,

@@ -223,3 +223,24 @@ def test_built_ins_that_run_what_a_user_wrote_are_isolated() -> None:
         spec = default_registry.get(name)
         assert spec is not None and spec.isolation == "process", name
         assert spec.memory_limit_mb, name
+
+
+async def test_a_child_dies_with_its_worker(
+    stack: Stack, alice: AsyncClient, tmp_path: Path
+) -> None:
+    """A worker killed with -9 leaves no handler running on: its job will run again
+    elsewhere once the lease lapses, and a child still spinning would run it twice."""
+    doomed = stack.start(
+        "worker",
+        "--queues",
+        "isolated-doomed",
+        env={**stack.worker_env(), "CONVEYOR_HANDLERS": "tests.handlers,tests.isolated_handlers"},
+    )
+    pidfile = tmp_path / "pid"
+    await alice.submit("isolated.spin", {"pidfile": str(pidfile)}, queue="isolated-doomed")
+    await wait_for(lambda: pidfile.exists() and pidfile.read_text() != "", 60)
+    pid = int(pidfile.read_text())
+    doomed.kill()
+    await wait_for(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 5
+    )

@@ -13,9 +13,12 @@ What the child sets up before the handler runs:
 - **SIGTERM stops the handler**: a `Terminated` exception is raised in the main thread
   (Python runs signal handlers between bytecodes, so a busy loop is interrupted), its
   `finally` blocks run, and the child exits. The worker sends SIGKILL after a grace.
-- **It dies with its worker**: `PR_SET_PDEATHSIG` kills it when its parent (the fork
-  server, which itself exits when the worker does) goes away, so a worker killed with -9
-  leaves no handler running for a job that another worker will now run again.
+- **It dies with its worker**, so a worker killed with -9 leaves no handler running for a
+  job that another worker will now run again. Its parent is the fork server, which lives
+  on while any child holds its "alive" pipe (every child does), so the child watches the
+  worker itself: a pidfd of the worker's process, readable once it is gone, on the helper
+  loop (or a check every second where pidfds are missing). `PR_SET_PDEATHSIG` covers the
+  fork server's own death.
 """
 
 from __future__ import annotations
@@ -233,11 +236,32 @@ class _Prepared:
     def __init__(self, setup: Setup) -> None:
         self.settings = setup.settings
         self.helper = _HelperLoop()
+        self.helper.loop.call_soon_threadsafe(_watch_worker, self.helper.loop, setup.worker_pid)
         self.store: ObjectStore | None = None
         if setup.with_objects:
             from conveyor.storage import open_store
 
             self.store = open_store(setup.settings)
+
+
+def _watch_worker(loop: asyncio.AbstractEventLoop, pid: int) -> None:
+    """Exit at once when the worker's process is gone (runs on the helper loop)."""
+    try:
+        gone = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(TERMINATED_EXIT)
+    except (OSError, AttributeError):  # no pidfds here: look every second instead
+        _check_worker(loop, pid)
+        return
+    loop.add_reader(gone, os._exit, TERMINATED_EXIT)
+
+
+def _check_worker(loop: asyncio.AbstractEventLoop, pid: int) -> None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        os._exit(TERMINATED_EXIT)
+    loop.call_later(1.0, _check_worker, loop, pid)
 
 
 def _context(attempt: Attempt, prepared: _Prepared, worker: Worker) -> BaseContext:

@@ -57,6 +57,8 @@ class Setup:
     settings: Settings
     # Whether the worker has an object store (the child opens its own from `settings`).
     with_objects: bool
+    # The worker's process: a child exits as soon as it is gone.
+    worker_pid: int
 
 
 @dataclass(frozen=True, slots=True)
