@@ -44,6 +44,7 @@ from conveyor.handlers.context import PROGRESS_INTERVAL, ArtifactStores, BaseCon
 from conveyor.handlers.registry import PermanentError
 from conveyor.isolation.wire import (
     MEMORY_EXIT,
+    READY,
     TERMINATED_EXIT,
     Attempt,
     Call,
@@ -114,6 +115,7 @@ def serve(conn: Connection, setup: Setup) -> None:
     try:
         configure_logging(setup.settings.log_level, setup.settings.log_format)
         prepared = _Prepared(setup)
+        conn.send(READY)
         attempt = conn.recv()
     except (EOFError, OSError, Terminated):
         os._exit(0)

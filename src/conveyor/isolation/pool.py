@@ -33,6 +33,7 @@ from typing import Any
 
 from conveyor.isolation.wire import (
     MEMORY_EXIT,
+    READY,
     TERMINATED_EXIT,
     Attempt,
     Call,
@@ -55,7 +56,7 @@ class PoolStats:
     """What isolation has cost so far (WorkerStatus, metrics and the bench read it)."""
 
     started: int = 0
-    start_seconds: float = 0.0  # forking and handing over, summed over `started`
+    start_seconds: float = 0.0  # forking until READY, summed over `started`
     killed: int = 0
 
 
@@ -75,6 +76,16 @@ class Child:
         conn.close()
         reader, writer = await asyncio.open_connection(sock=sock)
         return cls(proc, reader, writer)
+
+    async def ready(self) -> None:
+        """Wait for the child to finish preparing (it says READY), so a waiting child is
+        one an attempt can start in at once; ConnectionError if it died first."""
+        try:
+            said = await read_frame(self._reader)
+        except asyncio.IncompleteReadError:
+            raise ConnectionError("the child exited before it was ready") from None
+        if said != READY:
+            raise ConnectionError(f"the child said {said!r} before it was ready")
 
     @property
     def pid(self) -> int:
@@ -269,6 +280,11 @@ class ProcessPool:
         started = time.perf_counter()
         proc, conn = await asyncio.to_thread(self._start_process)
         child = await Child.connect(proc, conn)
+        try:
+            await child.ready()
+        except BaseException:
+            await asyncio.shield(self._end(child, 0))
+            raise
         self.stats.started += 1
         self.stats.start_seconds += time.perf_counter() - started
         return child

@@ -4,7 +4,8 @@ One `multiprocessing.Pipe` (a Unix socket pair) joins them. The child uses the p
 `Connection` (blocking, pickle frames); the worker reads the same frames on its event loop
 (`read_frame`/`write_frame`), so waiting for a child never takes one of its threads.
 
-A child is forked with a `Setup`. The conversation of one attempt:
+A child is forked with a `Setup`, prepares, and says READY; a pool counts a child as
+waiting only from then on. The conversation of one attempt:
 
     worker -> child   Attempt                       once, right after the child is taken
     child  -> worker  Progress                      any number, coalesced by the child
@@ -31,6 +32,9 @@ from conveyor.handlers.context import AttemptFacts
 MEMORY_EXIT = 86
 # The exit code of a child stopped by SIGTERM (the worker's cancel or timeout).
 TERMINATED_EXIT = 143
+
+# What a child sends once it is prepared and waits for its attempt.
+READY = "ready"
 
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
