@@ -281,13 +281,11 @@ class Worker:
 
     def _start_processes(self) -> None:
         """Start the fork server and the first children, if any handler runs isolated."""
-        isolated = [s for s in map(self.registry.get, self.registry.names()) if s is not None
-                    and s.isolation == "process"]  # fmt: skip
+        isolated = [spec for spec in self.registry.specs() if spec.isolation == "process"]
         if not isolated:
             return
-        with_objects = self._stores is not None
         self.processes = ProcessPool(
-            Setup(self.settings, with_objects, os.getpid()),
+            Setup(self.settings, self._stores is not None, os.getpid()),
             size=self.settings.effective_process_pool_size,
             preload=[*dict.fromkeys(spec.fn.__module__ for spec in isolated)],
             kill_grace=self.settings.kill_grace_seconds,
@@ -537,7 +535,12 @@ class Worker:
             self.overrunning,
         )
         loop = asyncio.get_running_loop()
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._overrun_ended))
+
+        def returned(_: Future[Any]) -> None:  # on the handler's thread
+            with contextlib.suppress(RuntimeError):  # the worker's loop has closed since
+                loop.call_soon_threadsafe(self._overrun_ended)
+
+        future.add_done_callback(returned)
 
     def _overrun_ended(self) -> None:
         self.overrunning -= 1
@@ -581,7 +584,7 @@ class Worker:
             if (
                 not isinstance(artifact, Artifact)
                 or artifact.job_id != job.id
-                or (artifact.key != artifact_key(job.id, artifact.name))
+                or artifact.key != artifact_key(job.id, artifact.name)
             ):
                 raise ValueError("a child may record artifacts of its own job only")
             await self.artifacts.record(artifact)

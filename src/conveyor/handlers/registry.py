@@ -137,6 +137,10 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._handlers)
 
+    def specs(self) -> list[HandlerSpec]:
+        """Every registered type, by name."""
+        return [self._handlers[name] for name in self.names()]
+
 
 def _check_isolation(name: str, fn: HandlerFn, isolation: str, memory_limit_mb: int | None) -> None:
     """Refuse at registration what could only fail at run time."""

@@ -48,10 +48,12 @@ from conveyor.isolation.wire import (
     TERMINATED_EXIT,
     Attempt,
     Call,
+    ChildMessage,
     Outcome,
     Progress,
     Reply,
     Setup,
+    encode,
 )
 from conveyor.runner import job_result
 from conveyor.storage import ObjectStore
@@ -89,9 +91,9 @@ class Worker:
         self._send_lock = threading.Lock()
         self._call_lock = threading.Lock()
 
-    def send(self, message: object) -> None:
+    def send(self, message: ChildMessage) -> None:
         with self._send_lock:
-            self._conn.send(message)
+            self._conn.send_bytes(encode(message))
 
     def call(self, op: str, *args: Any) -> Any:
         with self._call_lock:
@@ -115,7 +117,7 @@ def serve(conn: Connection, setup: Setup) -> None:
     try:
         configure_logging(setup.settings.log_level, setup.settings.log_format)
         prepared = _Prepared(setup)
-        conn.send(READY)
+        conn.send_bytes(encode(READY))
         attempt = conn.recv()
     except (EOFError, OSError, Terminated):
         os._exit(0)
@@ -126,7 +128,7 @@ def serve(conn: Connection, setup: Setup) -> None:
     except Terminated:
         os._exit(TERMINATED_EXIT)
     try:
-        conn.send(outcome)
+        conn.send_bytes(encode(outcome))
     except MemoryError:
         os._exit(MEMORY_EXIT)
     except (OSError, Terminated):

@@ -41,7 +41,7 @@ from conveyor.isolation.wire import (
     Progress,
     Reply,
     Setup,
-    read_frame,
+    read_child,
     write_frame,
 )
 
@@ -81,7 +81,7 @@ class Child:
         """Wait for the child to finish preparing (it says READY), so a waiting child is
         one an attempt can start in at once; ConnectionError if it died first."""
         try:
-            said = await read_frame(self._reader)
+            said = await read_child(self._reader)
         except asyncio.IncompleteReadError:
             raise ConnectionError("the child exited before it was ready") from None
         if said != READY:
@@ -98,7 +98,7 @@ class Child:
         await writer.drain()
         while True:
             try:
-                message = await read_frame(reader)
+                message = await read_child(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 return None
             if isinstance(message, Outcome):
