@@ -73,6 +73,7 @@ def _terminate(_signum: int, _frame: Any) -> None:
 
 
 def _die_with_parent() -> None:
+    """SIGKILL when the fork server (this child's parent) dies."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -80,7 +81,7 @@ def _die_with_parent() -> None:
         os._exit(TERMINATED_EXIT)
 
 
-class Worker:
+class WorkerLine:
     """The child's line to its worker: progress, and calls that wait for a reply.
 
     The handler's thread, the progress pump and artifact calls may all use it, so sends
@@ -122,7 +123,7 @@ def serve(conn: Connection, setup: Setup) -> None:
     except (EOFError, OSError, Terminated):
         os._exit(0)
     try:
-        outcome = _run(attempt, prepared, Worker(conn))
+        outcome = _run(attempt, prepared, WorkerLine(conn))
     except MemoryError:
         os._exit(MEMORY_EXIT)
     except Terminated:
@@ -144,7 +145,7 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _run(attempt: Attempt, prepared: _Prepared, worker: Worker) -> Outcome:
+def _run(attempt: Attempt, prepared: _Prepared, worker: WorkerLine) -> Outcome:
     facts = attempt.facts
     bind_job(facts.job_id, facts.attempt, facts.job_type, attempt.queue)
     fn = _resolve(attempt.module, attempt.qualname)
@@ -217,17 +218,17 @@ class _HelperLoop:
             target=self.loop.run_forever, name="conveyor-child-loop", daemon=True
         ).start()
 
-    def progressed(self, ctx: BaseContext, worker: Worker) -> None:
+    def progressed(self, ctx: BaseContext, worker: WorkerLine) -> None:
         """Called on the loop's thread when a first unsent report is waiting."""
         if self._pump is None or self._pump.done():
             self._pump = self.loop.create_task(self._send_progress(ctx, worker))
 
-    async def _send_progress(self, ctx: BaseContext, worker: Worker) -> None:
+    async def _send_progress(self, ctx: BaseContext, worker: WorkerLine) -> None:
         while (value := ctx.take_progress()) is not None:
             await self.loop.run_in_executor(self.executor, worker.send, Progress(*value))
             await asyncio.sleep(PROGRESS_INTERVAL)
 
-    def flush(self, ctx: BaseContext, worker: Worker) -> None:
+    def flush(self, ctx: BaseContext, worker: WorkerLine) -> None:
         """Send the last report the pump has not sent yet, before the outcome."""
         value = ctx.take_progress()
         if value is not None:
@@ -268,7 +269,7 @@ def _check_worker(loop: asyncio.AbstractEventLoop, pid: int) -> None:
     loop.call_later(1.0, _check_worker, loop, pid)
 
 
-def _context(attempt: Attempt, prepared: _Prepared, worker: Worker) -> BaseContext:
+def _context(attempt: Attempt, prepared: _Prepared, worker: WorkerLine) -> BaseContext:
     helper = prepared.helper
 
     async def call(op: str, *args: Any) -> Any:
