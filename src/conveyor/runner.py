@@ -101,6 +101,10 @@ class Running:
     progress: float = 0.0
     pump: asyncio.Task[None] | None = None
     claimed_ms: int = 0
+    # time.monotonic() when the claim was asked for: its lease runs at least from then.
+    asked: float = 0.0
+    # Set when the claim was dropped before its handler started (`_still_held`).
+    dropped: bool = False
 
 
 @dataclass(slots=True)
@@ -346,6 +350,7 @@ class Worker:
             return
         claimed, next_wake = 0, -1
         for name in self.choice.order():
+            asked = time.monotonic()
             claims, due = await self.queue.claim(
                 name,
                 free - claimed,
@@ -354,7 +359,7 @@ class Worker:
                 lease_ms=self._lease_ms,
             )
             for claim in claims:
-                self._start(claim)
+                self._start(claim, asked)
             claimed += len(claims)
             if due >= 0 and (next_wake < 0 or due < next_wake):
                 next_wake = due
@@ -368,7 +373,7 @@ class Worker:
         await self.queue.wait_for_work(self.blocking, self.queues, timeout)
 
     # -- running ---------------------------------------------------------------------------
-    def _start(self, claim: Claim) -> None:
+    def _start(self, claim: Claim, asked: float) -> None:
         job = claim.job
         spec = self.registry.get(job.type)
 
@@ -384,7 +389,7 @@ class Worker:
             settings=self.settings,
             stores=self._stores,
         )
-        running = Running(claim, ctx, claimed_ms=now_ms())
+        running = Running(claim, ctx, claimed_ms=now_ms(), asked=asked)
         if claim.lost:
             self.metrics.reclaimed.inc(job.queue)
         else:
@@ -437,7 +442,7 @@ class Worker:
                 self.stats.failed += 1
         self._slot_freed.set()
         self.notify()
-        outcome, error = "abandoned", ""
+        outcome, error = "dropped" if running.dropped else "abandoned", ""
         try:
             if ending is not None and not running.abandoned:
                 await self._flush_progress(running)
@@ -462,8 +467,9 @@ class Worker:
         """No handler running and no outcome waiting to be written."""
         return not self.running and not self.recording
 
-    async def _attempt(self, running: Running) -> Ending:
-        """Run the handler once (or not at all, if no attempt is left)."""
+    async def _attempt(self, running: Running) -> Ending | None:
+        """Run the handler once (or not at all, if no attempt is left). None: the claim
+        was dropped before the handler started (`_still_held`), so nothing is written."""
         claim = running.claim
         job = claim.job
         if claim.exhausted:
@@ -480,6 +486,8 @@ class Worker:
                 AttemptOutcome.FAILED,
                 f"worker {self.worker_id} has no handler for job type {job.type!r}",
             )
+        if not await self._still_held(running):
+            return None
         timeout = job.timeout_ms / 1000
         try:
             async with asyncio.timeout(timeout):
@@ -511,6 +519,43 @@ class Worker:
         except Exception as exc:  # the object store failed: the attempt did not finish
             log.warning("job %s: could not store its result: %s", job.id, exc)
             return Ending(JobState.RETRYING, AttemptOutcome.FAILED, _describe(exc))
+
+    async def _still_held(self, running: Running) -> bool:
+        """Whether the claim's lease still holds, checked just before its handler starts.
+
+        A worker frozen (SIGSTOP, a VM pause, a starved host) between its claim and the
+        handler's start wakes with a claim whose lease may have run out: another worker
+        may have run the job meanwhile, and starting it now would repeat its side effects.
+        The lease runs at least from when the claim was asked for, and the monotonic clock
+        counts time frozen too, so no clock shared with Redis is needed: within a heartbeat
+        interval of the ask the lease is fresh and the heartbeat renews it in time (the
+        usual case, no round trip). Later, Redis decides by renewing the lease now, which
+        succeeds only while the job still carries this claim's lease token (no other
+        worker has claimed it). A dropped claim writes nothing; if its lease is merely
+        late, it lapses and the job is reclaimed as usual."""
+        stalled = time.monotonic() - running.asked
+        if stalled < self.settings.effective_heartbeat_seconds:
+            return True
+        job = running.claim.job
+        try:
+            lost = await self.queue.heartbeat(
+                job.queue, {job.id: running.claim.lease}, self._lease_ms
+            )
+        except Unavailable:
+            lost = [job.id]  # unknown: not starting is the side that cannot repeat work
+        if not lost:
+            return True
+        running.dropped = True
+        self.metrics.stale_claims.inc(job.queue)
+        log.warning(
+            "job %s: claim of attempt %d dropped before its handler started: this worker "
+            "stalled %.1f s after claiming it, and its lease (%g s) is no longer held",
+            job.id,
+            job.attempt,
+            stalled,
+            self._lease_ms / 1000,
+        )
+        return False
 
     async def _in_thread(self, spec: HandlerSpec, payload: Any, ctx: BaseContext) -> Any:
         """Run a sync handler in the pool, in the job's context (so its logs name the job

@@ -220,6 +220,14 @@ class WorkerMetrics(_Metrics):
                 "Outcomes of lost attempts that the database's fence refused.",
             )
         )
+        self.stale_claims = self._add(
+            Counts(
+                "conveyor_stale_claims_dropped",
+                "Claims dropped before their handler started: their lease had run out "
+                "while the worker stalled (frozen, paused, starved).",
+                ["queue"],
+            )
+        )
         self.running = Gauge(
             "conveyor_worker_running_jobs", "Handlers running now.", registry=self.registry
         )
