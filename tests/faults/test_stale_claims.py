@@ -72,10 +72,7 @@ def wait_until(predicate: Callable[[], bool], what: str, within: float = 15.0) -
 def claim_waiting_in_redis(redis: Redis) -> bool:
     """A client whose script call waits on the pause (the worker's claim; the API is idle
     and an idle worker renews no lease)."""
-    return any(
-        "b" in c["flags"] and c["cmd"] == "evalsha"
-        for c in redis.client_list()  # type: ignore[union-attr]
-    )
+    return any("b" in c["flags"] and c["cmd"] == "evalsha" for c in redis.client_list())
 
 
 async def freeze_on_a_fresh_claim(
@@ -93,12 +90,12 @@ async def freeze_on_a_fresh_claim(
             delay=timedelta(seconds=1),
             max_attempts=5,
         )
-        redis.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+        redis.client_pause(30_000, all=False)  # writes (and every script) wait
         try:
             wait_until(lambda: claim_waiting_in_redis(redis), "the worker's claim")
             os.kill(frozen.proc.pid, signal.SIGSTOP)
         finally:
-            redis.execute_command("CLIENT", "UNPAUSE")
+            redis.client_unpause()
         job_key = QueueKeys(QUEUE).job_prefix + job.id
         wait_until(lambda: redis.hget(job_key, "state") == "3", "the claim to execute")
     finally:
