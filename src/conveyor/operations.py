@@ -390,7 +390,12 @@ class JobOperations:
 
     # -- cancel ----------------------------------------------------------------------------
     async def cancel(self, principal: Principal, job_id: str) -> Job:
-        """CANCELLED in the database first (the truth), then in Redis, which stops the handler."""
+        """CANCELLED in the database first (the truth), then in Redis, which stops the handler.
+
+        The cancel is final: once committed, an outcome the handler reaches later is
+        refused. When Redis says the job was running, the attempt the cancel stopped is
+        recorded (CANCELLED, its start, the cancel's time), so the job's history shows it
+        ran; its worker, if the handler had already returned, says so in that record."""
         _check_id(job_id)
         job = await self.store.cancel(job_id, None if principal.is_admin else principal.owner)
         # The cancel is this write (a running handler is stopped and writes nothing).
@@ -398,11 +403,25 @@ class JobOperations:
         labels = known.queue_label(job.queue), known.type_label(job.type)
         self.metrics.outcomes.inc(*labels, "cancelled")
         try:
-            await self.queue.cancel(job.queue, job.id, job.finish_time or now_ms())
+            found = await self.queue.cancel(job.queue, job.id, job.finish_time or now_ms())
         except Unavailable:
             log.warning("job %s cancelled in the database; redis unreachable", job.id)
+        else:
+            if found.stopped is not None:
+                await self._record_stopped(found.stopped)
         hot = await self._hot(job.queue, job_id)
         return Job.from_hot(hot) if hot is not None else job
+
+    async def _record_stopped(self, stopped: Attempt) -> None:
+        try:
+            await self.store.record_cancelled(stopped)
+        except Unavailable:  # the cancel itself is committed: it stands
+            log.warning(
+                "job %s cancelled; its stopped attempt %d could not be recorded (database "
+                "unreachable)",
+                stopped.job_id,
+                stopped.attempt,
+            )
 
     # -- watch -----------------------------------------------------------------------------
     async def watch(

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from conveyor.attempts import AttemptEnd, AttemptOutcome
+from conveyor.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.batching import Batcher
 from conveyor.errors import Unavailable
 from conveyor.jobs import Job, JobState, now_ms
@@ -99,9 +99,12 @@ class AttemptRecorder:
                 claim.job, lambda: self._redis.submit((claim.job, claim.lease, end))
             )
             return True
+        current = result.current
+        if current is not None and _cancelled_under(end, current):
+            await self._say_cancelled_late(claim, end)
+            return False
         self.stats.stale_writes += 1
         self.on_stale()
-        current = result.current
         log.warning(
             "job %s: stale outcome of attempt %d refused (fence %d); the database holds %s",
             end.id,
@@ -114,6 +117,26 @@ class AttemptRecorder:
         if current is not None:
             await self._converge(claim, current)
         return False
+
+    async def _say_cancelled_late(self, claim: Claim, end: AttemptEnd) -> None:
+        """The job was cancelled after this attempt's handler had returned: the cancel is
+        final, so the outcome is discarded, and the attempt's record says so (replacing
+        the API's "cancelled while running", which could not know)."""
+        outcome = end.outcome.name.lower().replace("_", " ")
+        stopped = Attempt(
+            job_id=end.id,
+            attempt=end.attempt,
+            outcome=AttemptOutcome.CANCELLED,
+            worker_id=end.worker_id,
+            start_time=end.start_time,
+            finish_time=end.ended,
+            error=f"cancelled after its handler had ended ({outcome}): "
+            + ("its result was discarded" if not end.error else f"discarded: {end.error}"),
+        )
+        log.info("job %s: cancelled after attempt %d had ended (%s)", end.id, end.attempt, outcome)
+        await self._until_done(
+            claim.job, lambda: self.store.record_cancelled(stopped, replace=True)
+        )
 
     async def _converge(self, claim: Claim, current: Job) -> None:
         """Bring Redis to the database's state for this job, if this claim's lease still
@@ -152,3 +175,13 @@ class AttemptRecorder:
                 log.log(level, "job %s: not recorded yet (%s); retrying every %gs", job.id, exc,
                         RETRY_SECONDS)  # fmt: skip
                 await asyncio.sleep(RETRY_SECONDS)
+
+
+def _cancelled_under(end: AttemptEnd, current: Job) -> bool:
+    """Whether the outcome was refused because a cancel of this very attempt committed
+    first (not because a newer attempt took the job)."""
+    return (
+        current.state is JobState.CANCELLED
+        and current.fence == end.fence
+        and current.attempt <= end.attempt
+    )

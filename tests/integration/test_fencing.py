@@ -189,3 +189,64 @@ async def test_lost_attempts_pass_on_until_one_is_recorded(parts: Parts) -> None
     ]
     hot = await parts.queue.hot("default", job.id)
     assert hot is not None and "lost" not in hot, "recorded, so no longer passed on"
+
+
+async def cancel_as_the_api(parts: Parts, job: Job) -> None:
+    """What JobOperations.cancel does: the database, then Redis, then the stopped attempt."""
+    cancelled = await parts.store.cancel(job.id, None)
+    found = await parts.queue.cancel(job.queue, job.id, cancelled.finish_time or now_ms())
+    if found.stopped is not None:
+        await parts.store.record_cancelled(found.stopped)
+
+
+async def test_a_cancel_of_a_running_attempt_is_on_record(parts: Parts) -> None:
+    """Guards the history of a cancelled running job: the attempt the cancel stopped is
+    recorded as CANCELLED with its worker, start and end, and the job says attempt 1 (before:
+    attempt 0 and no record, as if it had never run)."""
+    job = await parts.submit()
+    claim = await parts.claim("worker-a")
+    await cancel_as_the_api(parts, job)
+
+    stored = await parts.store.get(job.id)
+    assert stored is not None and (stored.state, stored.attempt) == (JobState.CANCELLED, 1)
+    assert stored.start_time == claim.job.start_time
+    [record] = await parts.store.attempts(job.id)
+    assert (record.attempt, record.outcome, record.worker_id) == (
+        1,
+        AttemptOutcome.CANCELLED,
+        "worker-a",
+    )
+    assert record.error == "cancelled while running on worker worker-a"
+    assert record.start_time is not None and record.start_time <= record.finish_time
+
+
+@pytest.mark.parametrize("worker_first", [False, True], ids=["api-first", "worker-first"])
+async def test_a_cancel_after_the_handler_returned_says_its_result_was_discarded(
+    parts: Parts, worker_first: bool
+) -> None:
+    """Guards the cancel that commits after the handler returned but before its outcome
+    was written: the cancel is final (the job stays CANCELLED, the outcome is refused), and
+    the attempt's record says the handler had succeeded and its result was discarded,
+    whichever of the API and the worker records the attempt first."""
+    job = await parts.submit()
+    claim = await parts.claim("worker-a")
+    recorder = parts.recorder()
+    success = ended(job.id, JobState.SUCCEEDED, 1, worker_id="worker-a")
+
+    cancelled = await parts.store.cancel(job.id, None)
+    if worker_first:
+        assert not await recorder.record(claim, success)
+    found = await parts.queue.cancel(job.queue, job.id, cancelled.finish_time or now_ms())
+    assert found.stopped is not None
+    await parts.store.record_cancelled(found.stopped)
+    if not worker_first:
+        assert not await recorder.record(claim, success)
+
+    assert recorder.stats.stale_writes == 0, "a cancel is not a lost attempt"
+    stored = await parts.store.get(job.id)
+    assert stored is not None and (stored.state, stored.attempt) == (JobState.CANCELLED, 1)
+    [record] = await parts.store.attempts(job.id)
+    assert (record.outcome, record.worker_id) == (AttemptOutcome.CANCELLED, "worker-a")
+    assert record.error == (
+        "cancelled after its handler had ended (succeeded): its result was discarded"
+    )

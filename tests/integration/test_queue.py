@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from conveyor.config import Settings
 from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.queue import QueueKeys, RedisQueue, connect
+from conveyor.queue import Cancelled, QueueKeys, RedisQueue, connect
 from conveyor.queues import QueueSettings
 from tests.builders import ended
 
@@ -105,9 +105,9 @@ async def test_heartbeat_renews_held_leases_and_reports_lost_ones(queue: RedisQu
 async def test_cancel_takes_a_queued_job_out_of_line(queue: RedisQueue) -> None:
     job = new()
     await queue.enqueue([job])
-    assert await queue.cancel("default", job.id, now_ms()) is JobState.QUEUED
+    assert await queue.cancel("default", job.id, now_ms()) == Cancelled(JobState.QUEUED)
     assert await claim(queue) == []
-    assert await queue.cancel("default", job.id, now_ms()) is JobState.CANCELLED
+    assert await queue.cancel("default", job.id, now_ms()) == Cancelled(JobState.CANCELLED)
 
 
 async def test_every_change_is_an_event_with_the_next_sequence(queue: RedisQueue) -> None:
@@ -264,7 +264,7 @@ async def test_parked_jobs_are_queued_cancellable_and_released_with_the_cap(
     assert waiting.reason("default") == (
         "owner 'alice' is at its concurrency limit in queue 'default' (1 of 1 running)"
     )
-    assert await queue.cancel("default", mine[3].id, now_ms()) == JobState.QUEUED
+    assert await queue.cancel("default", mine[3].id, now_ms()) == Cancelled(JobState.QUEUED)
     assert (await queue.queue_stats("default")).queued == 2
     lease = (await queue.hot("default", mine[0].id) or {})["lease"]
     done = ended(first[0].id, JobState.SUCCEEDED)

@@ -2,6 +2,6 @@
 
 from conveyor.queue.events import EventHub
 from conveyor.queue.keys import QueueKeys
-from conveyor.queue.queue import Claim, RedisQueue, connect
+from conveyor.queue.queue import Cancelled, Claim, RedisQueue, connect
 
-__all__ = ["Claim", "EventHub", "QueueKeys", "RedisQueue", "connect"]
+__all__ = ["Cancelled", "Claim", "EventHub", "QueueKeys", "RedisQueue", "connect"]

@@ -84,6 +84,15 @@ class Claim:
         return cls(job, fields["lease"], lost, fields.get("exhausted") == "1")
 
 
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """What a cancel found in Redis: the job's state there (UNSPECIFIED: Redis lacked it)
+    and, when it was RUNNING, the attempt the cancel stopped, to be recorded."""
+
+    state: JobState
+    stopped: Attempt | None = None
+
+
 def _docs_by_queue(jobs: Iterable[Job]) -> dict[str, list[dict[str, str]]]:
     """Jobs as hot-state documents (all values strings, as Lua reads them) per queue."""
     by_queue: dict[str, list[dict[str, str]]] = {}
@@ -129,11 +138,12 @@ class RedisQueue:
                 )
             await self.scripts.execute(pipe)
 
-    async def cancel(self, queue: str, job_id: str, finish_time: int) -> JobState:
-        """Cancel in Redis; returns the state the job had there (UNSPECIFIED: not present)."""
+    async def cancel(self, queue: str, job_id: str, finish_time: int) -> Cancelled:
+        """Cancel in Redis; returns the state the job had there (UNSPECIFIED: not present)
+        and, if it was running, the attempt the cancel stopped."""
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
-            state = await self.scripts.cancel(
+            out = await self.scripts.cancel(
                 self.redis,
                 k.all,
                 [
@@ -148,7 +158,20 @@ class RedisQueue:
                     k.stats_prefix,
                 ],
             )
-        return JobState(int(state))
+        state = JobState(int(out[0]))
+        if state is not JobState.RUNNING:
+            return Cancelled(state)
+        attempt, start, worker = int(out[1]), int(out[2]) or None, str(out[3])
+        stopped = Attempt(
+            job_id=job_id,
+            attempt=attempt,
+            outcome=AttemptOutcome.CANCELLED,
+            worker_id=worker,
+            start_time=start,
+            finish_time=int(out[4]),
+            error=f"cancelled while running on worker {worker}",
+        )
+        return Cancelled(state, stopped)
 
     # -- readers ---------------------------------------------------------------------------
     async def hot(self, queue: str, job_id: str) -> dict[str, str] | None:

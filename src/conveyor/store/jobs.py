@@ -318,6 +318,34 @@ class JobStore:
             f"job {job_id} is already {JobState(current.state).label} and cannot be cancelled"
         )
 
+    async def record_cancelled(self, stopped: Attempt, *, replace: bool = False) -> None:
+        """Record the attempt a cancel stopped (outcome CANCELLED), once the cancel is
+        committed, and make the job's row say that attempt ran (its number and start).
+
+        Two writers may know of it: the API, which learns from Redis that the cancel
+        stopped a running attempt, and the attempt's worker, when its handler had already
+        returned and its outcome was refused (`replace`: its record, which says so, wins
+        over the API's; the API's never replaces one). Only a job still CANCELLED whose row
+        records no later attempt is touched, so a replay that ran since is left alone."""
+        job = (
+            update(_JOBS)
+            .where(
+                _JOBS.c.id == stopped.job_id,
+                _JOBS.c.state == int(JobState.CANCELLED),
+                _JOBS.c.attempt <= stopped.attempt,
+            )
+            .values(attempt=stopped.attempt, start_time=stopped.start_time)
+            .returning(_JOBS.c.id)
+        )
+        row = _attempt_row(stopped)
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            if (await conn.execute(job)).first() is None:
+                return
+            if replace:
+                await conn.execute(self.db.upsert(_ATTEMPTS, row, ["job_id", "attempt"]))
+            else:
+                await conn.execute(self._upsert(_ATTEMPTS), [row])
+
     async def replay(self, job_id: str, owner: str | None, max_attempts: int) -> Job:
         """Make a DEAD or CANCELLED job QUEUED again with `max_attempts` more attempts.
 

@@ -1,6 +1,8 @@
 -- Cancel a job that has not ended (the database already says CANCELLED): take it out of
 -- every set, drop its lease so its worker's late writes are refused, and tell the workers
--- to stop its handler. Returns the state it had (0: not in Redis).
+-- to stop its handler. Returns the state it had (0: not in Redis) and, for a job that was
+-- RUNNING, the attempt it stopped: its number, start time and worker, and the time it was
+-- stopped (now: the job may have started after the database's cancel, on a claim that raced it).
 -- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: id, finish_time, ttl_seconds, maxlen, job_prefix, events_prefix, channel_prefix,
 --       cancel_channel, stats_prefix
@@ -8,7 +10,8 @@ local q = queue_keys()
 local id = ARGV[1]
 local jobkey, evkey = ARGV[5] .. id, ARGV[6] .. id
 local state = tonumber(redis.call('HGET', jobkey, 'state') or '0')
-if state == 0 or state == 4 or state == 6 or state == 7 then return state end
+if state == 0 or state == 4 or state == 6 or state == 7 then return {state} end
+local running = redis.call('HMGET', jobkey, 'attempt', 'start_time', 'worker')
 for _, set in ipairs({q.ready, q.delayed, q.retry}) do redis.call('ZREM', set, id) end
 unpark_one(q, jobkey, id)
 local freed = redis.call('ZREM', q.leases, id) == 1
@@ -19,5 +22,6 @@ emit(jobkey, evkey, ARGV[7] .. id, ARGV[4])
 retire(jobkey, evkey, ARGV[3])
 tally(ARGV[9], now_ms(), 'c')
 if freed and redis.call('ZCARD', q.ready) > 0 then wake_one(q.wake) end
-if state == 3 then redis.call('PUBLISH', ARGV[8], id) end
-return state
+if state ~= 3 then return {state} end
+redis.call('PUBLISH', ARGV[8], id)
+return {state, running[1] or '0', running[2] or '0', running[3] or '', now_ms()}
