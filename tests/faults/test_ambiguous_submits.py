@@ -63,7 +63,8 @@ def own_api(stack: Stack) -> Iterator[OwnApi]:
     api.start()
     yield api
     api.resume()
-    assert api.running.stop() == 0
+    if api.running.proc.poll() is None:  # not killed by the test (or a failure of it)
+        assert api.running.stop() == 0
 
 
 def rows(stack: Stack, queue: str) -> list[tuple[str, int, str]]:
@@ -283,4 +284,3 @@ async def test_retries_stop_at_the_budget(own_api: OwnApi, keys: Keys) -> None:
             await client.submit("noop", queue="ambiguous")
         assert failed.value.code.name == "UNAVAILABLE"
         assert client.absorbed == {"UNAVAILABLE": 2}
-    own_api.start()  # for the fixture's graceful stop

@@ -55,7 +55,7 @@ class SubmitRetry:
     seconds, the fraction `jitter` of it random (so clients that failed together do not come
     back together), and is at least the server's `google.rpc.RetryInfo` delay when the
     answer carries one. The defaults ride out an API restart (a few seconds, plus gRPC's
-    redial backoff) and give up within about 10 seconds when the API stays away.
+    redial backoff) and give up after 5 to 11 seconds of tries when the API stays away.
     """
 
     attempts: int = 10
