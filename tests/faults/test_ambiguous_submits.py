@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import psycopg
 import pytest
 
-from conveyor.client import AsyncClient, SubmitRetry, submit_request
+from conveyor.client import AsyncClient, Client, SubmitRetry, submit_request
 from conveyor.embedded import free_port
 from conveyor.errors import ConveyorError, InvalidArgument
 from conveyor.store.bulk import psycopg_dsn
@@ -237,7 +237,7 @@ async def test_deadline_exceeded_is_retried_with_the_same_key(
     queue = f"ambiguous-{uuid.uuid4().hex[:8]}"
     own_api.pause()
     try:
-        submit = asyncio.create_task(impatient.submit("noop", {"n": 1}, queue=queue))
+        submit = asyncio.ensure_future(impatient.submit("noop", {"n": 1}, queue=queue))
         await until(lambda: impatient.absorbed["DEADLINE_EXCEEDED"] >= 1)
     finally:
         own_api.resume()
@@ -245,6 +245,26 @@ async def test_deadline_exceeded_is_retried_with_the_same_key(
     stored = rows(stack, queue)
     print(f"\ndeadline: absorbed {dict(impatient.absorbed)}, {len(stored)} job(s) stored")
     assert [(i, k) for i, _, k in stored] == [(job.id, job.idempotency_key)]
+
+
+async def test_the_blocking_client_retries_with_the_same_key(
+    stack: Stack, keys: Keys, own_api: OwnApi
+) -> None:
+    """`Client` (the CLI's) retries the same way: a bulk whose first try timed out on a
+    stalled API makes its jobs once."""
+    queue = f"ambiguous-{uuid.uuid4().hex[:8]}"
+    batch = [submit_request("noop", {"n": n}, queue=queue) for n in range(3)]
+    with Client(own_api.addr, api_key=keys.alice, timeout=0.5) as client:
+        own_api.pause()
+        try:
+            submit = asyncio.ensure_future(asyncio.to_thread(client.submit_many, batch))
+            await until(lambda: client.absorbed["DEADLINE_EXCEEDED"] >= 1)
+        finally:
+            own_api.resume()
+        jobs = await submit
+    stored = rows(stack, queue)
+    print(f"\nblocking: absorbed {dict(client.absorbed)}, {len(stored)} job(s) stored")
+    assert sorted((i, n) for i, n, _ in stored) == sorted((job.id, n) for n, job in enumerate(jobs))
 
 
 async def test_a_submit_without_a_key_is_not_retried(

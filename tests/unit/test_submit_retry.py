@@ -26,7 +26,7 @@ def failure(code: grpc.StatusCode, retry_after: float | None = None) -> grpc.aio
         detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         status = status_pb2.Status(code=code.value[0], message="later", details=[detail])
         trailing.add("grpc-status-details-bin", status.SerializeToString())
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, "later")
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, "later", "")
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
