@@ -84,3 +84,11 @@ def test_a_bulk_keys_its_copies_once_and_leaves_the_callers_requests() -> None:
     assert [item.idempotency_key for item in given] == ["", "", "mine"]
     unkeyed = bulk_request(given, pb.JOB_VIEW_BASIC, idempotency_keys=False)
     assert [item.idempotency_key for item in unkeyed.requests] == ["", "", "mine"]
+
+
+@pytest.mark.parametrize(
+    "bad", [{"attempts": 0}, {"initial": -1.0}, {"multiplier": 0.5}, {"jitter": 2.0}]
+)
+def test_a_policy_that_cannot_work_is_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        SubmitRetry(**bad)  # type: ignore[arg-type]

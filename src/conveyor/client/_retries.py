@@ -18,8 +18,8 @@ them here).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 
@@ -40,9 +40,11 @@ AMBIGUOUS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
 
 
 def new_idempotency_key() -> str:
-    """A key for one logical submit: random, so no two calls share it (36 characters,
-    well within the server's 256 printable ones)."""
-    return KEY_PREFIX + uuid.uuid4().hex
+    """A key for one logical submit: 128 random bits, so no two calls share it (36
+    characters, well within the server's 256 printable ones). `secrets` rather than
+    `uuid4`: the same randomness at a fifth of the cost, which a bulk of 1,000 pays 1,000
+    times."""
+    return KEY_PREFIX + secrets.token_hex(16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,12 @@ class SubmitRetry:
     multiplier: float = 2.0
     jitter: float = 0.5
     total: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or min(self.initial, self.maximum, self.total) < 0:
+            raise ValueError("SubmitRetry needs attempts >= 1 and no negative time")
+        if self.multiplier < 1 or not 0 <= self.jitter <= 1:
+            raise ValueError("SubmitRetry needs multiplier >= 1 and jitter in [0, 1]")
 
     def _backoff(self) -> RetryPolicy:
         return RetryPolicy(
