@@ -60,7 +60,8 @@ async def test_health_and_submissions_follow_the_dependencies(
     stack = Stack(make_env(redis.url, pg.url), tmp_path)
     api = stack.start("api")
     key = stack.create_key("outage")
-    async with AsyncClient(stack.api_addr, api_key=key) as client:
+    # No SDK retries: each refusal is the server's own answer, seen at once.
+    async with AsyncClient(stack.api_addr, api_key=key, submit_retry=None) as client:
         redis.stop()
         await until_health(api.addr, NOT_SERVING)
         redis.start()

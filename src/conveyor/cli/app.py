@@ -264,7 +264,9 @@ def submit(
     payload: Annotated[str, typer.Option(help="Payload as a JSON object.")] = "{}",
     queue: Annotated[str, typer.Option(help="Queue name.")] = "",
     priority: Annotated[int | None, typer.Option(help="0-9, higher first (default 5).")] = None,
-    idempotency_key: Annotated[str, typer.Option(help="Same key, same job.")] = "",
+    idempotency_key: Annotated[
+        str, typer.Option(help="Same key, same job (default: a fresh one, kept across retries).")
+    ] = "",
     max_attempts: Annotated[
         int, typer.Option(help="Attempts before the job is DEAD (0: default).")
     ] = 0,

@@ -6,6 +6,8 @@
         for update in client.watch(job.id):
             print(update.job.state, update.job.progress)
 
+Submits are safe to retry: every job gets an idempotency key unless the caller gave one,
+and an UNAVAILABLE or DEADLINE_EXCEEDED answer is retried with the same keys (`SubmitRetry`).
 Failed calls raise `conveyor.errors.ConveyorError` subclasses, never `grpc.RpcError`.
 """
 
@@ -17,10 +19,12 @@ from conveyor.client._client import (
     schedule_request,
     submit_request,
 )
+from conveyor.client._retries import SubmitRetry
 
 __all__ = [
     "AsyncClient",
     "Client",
+    "SubmitRetry",
     "limits_request",
     "retry_policy",
     "schedule_request",

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 import builtins
 import functools
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
+from conveyor.client._retries import Attempts, SubmitRetry, new_idempotency_key
 from conveyor.config import Settings
 from conveyor.errors import from_rpc_error
 from conveyor.telemetry import tracing
@@ -38,7 +42,8 @@ def submit_request(
     retry: job_pb2.RetryPolicy | None = None,
     retention: timedelta | None = None,
 ) -> pb.SubmitJobRequest:
-    """Build a SubmitJobRequest (also the items of `submit_many`)."""
+    """Build a SubmitJobRequest (also the items of `submit_many`). An empty
+    `idempotency_key` is left for `submit`/`submit_many` to fill in when they send it."""
     request = pb.SubmitJobRequest(
         type=type, queue=queue, idempotency_key=idempotency_key, max_attempts=max_attempts
     )
@@ -137,6 +142,35 @@ def schedule_request(
     return schedule
 
 
+def _keyed(options: dict[str, Any]) -> dict[str, Any]:
+    """`submit`'s options with the idempotency key it sends: the caller's, else a fresh one;
+    an explicit None sends none."""
+    key = options.get("idempotency_key", "")
+    if key is None:
+        return {**options, "idempotency_key": ""}
+    return options if key else {**options, "idempotency_key": new_idempotency_key()}
+
+
+def bulk_request(
+    requests: Sequence[pb.SubmitJobRequest],
+    view: pb.JobView,
+    idempotency_keys: bool,
+) -> pb.SubmitJobsRequest:
+    """`submit_many`'s request: copies of `requests` (the caller's are left as they are),
+    each without a key given one of its own when `idempotency_keys`."""
+    request = pb.SubmitJobsRequest(requests=requests, view=view)
+    if idempotency_keys:
+        for item in request.requests:
+            if not item.idempotency_key:
+                item.idempotency_key = new_idempotency_key()
+    return request
+
+
+def _retry_safe(request: pb.SubmitJobsRequest) -> bool:
+    """A bulk may be sent again only if every job in it carries a key."""
+    return all(item.idempotency_key for item in request.requests)
+
+
 def _metadata(api_key: str | None) -> Metadata:
     key = api_key if api_key is not None else Settings.from_env().api_key
     return (("authorization", f"Bearer {key}"),) if key else ()
@@ -175,6 +209,12 @@ class AsyncClient:
     plaintext, True is TLS, a `conveyor.tls.TlsOptions` says whom to trust and which client
     certificate to present (mutual TLS). A refused handshake raises `Unavailable`.
     `channel` replaces all of that with a channel of your own.
+
+    `submit` and `submit_many` are safe to retry: each job gets an idempotency key unless
+    the caller gave one, and an UNAVAILABLE or DEADLINE_EXCEEDED answer (which may come
+    after the server committed the jobs) is retried with the same keys as `submit_retry`
+    says (`SubmitRetry()`; None: never). `timeout` is per try. `absorbed` counts the
+    answers retried, by status code name.
     """
 
     def __init__(
@@ -185,6 +225,7 @@ class AsyncClient:
         timeout: float = 30.0,
         tls: ClientTls = None,
         channel: grpc.aio.Channel | None = None,
+        submit_retry: SubmitRetry | None = SubmitRetry(),
     ) -> None:
         self._channel = channel or open_aio_channel(
             _target(target), tls, interceptors=tracing.aio_client_interceptors()
@@ -193,6 +234,8 @@ class AsyncClient:
         self._schedules = ScheduleServiceStub(self._channel)
         self._metadata = _metadata(api_key)
         self._timeout = timeout
+        self._submit_retry = submit_retry
+        self.absorbed: Counter[str] = Counter()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -203,30 +246,55 @@ class AsyncClient:
     async def close(self) -> None:
         await self._channel.close(None)
 
+    async def _send(self, method: str, request: Any, *, retry_safe: bool) -> Any:
+        """One logical call: the same request again after an ambiguous answer, while the
+        retry policy allows (never unless `retry_safe`)."""
+        call = getattr(self._stub, method)
+        tries = Attempts(self._submit_retry if retry_safe else None, self._timeout, self.absorbed)
+        while True:
+            try:
+                return await call(request, metadata=self._metadata, timeout=tries.next_timeout())
+            except grpc.RpcError as error:
+                wait = tries.after(error, method)
+                if wait is None:
+                    raise
+            await asyncio.sleep(wait)
+
     @_mapped_async
     async def submit(
         self, type: str, payload: Mapping[str, Any] | None = None, **options: Any
     ) -> job_pb2.Job:
-        request = submit_request(type, payload, **options)
-        response = await self._stub.SubmitJob(
-            request, metadata=self._metadata, timeout=self._timeout
-        )
+        """Submit one job (`options` as `submit_request` takes them).
+
+        `idempotency_key`: yours wins; unset (or "") the SDK makes one for this call
+        (`sdk-…`, on `job.idempotency_key`) and sends it on every retry, so a retried submit
+        makes one job; None sends no key, and then an ambiguous answer is raised, not
+        retried."""
+        request = submit_request(type, payload, **_keyed(options))
+        response = await self._send("SubmitJob", request, retry_safe=bool(request.idempotency_key))
         return response.job  # type: ignore[no-any-return]
 
     @_mapped_async
     async def submit_many(
-        self, requests: Sequence[pb.SubmitJobRequest], *, view: pb.JobView = pb.JOB_VIEW_BASIC
+        self,
+        requests: Sequence[pb.SubmitJobRequest],
+        *,
+        view: pb.JobView = pb.JOB_VIEW_BASIC,
+        idempotency_keys: bool = True,
     ) -> list[job_pb2.Job]:
         """Submit up to 1,000 jobs at once, all or none; the jobs in request order.
+
+        Each job without an idempotency key gets one of its own (`requests` themselves are
+        not changed), fixed before the first try: a bulk retried after an ambiguous answer
+        returns the jobs the first try made. `idempotency_keys=False` sends none (and does
+        not retry, unless every request carries your key).
 
         By default (`JOB_VIEW_BASIC`) each job has every field but `payload` (the payloads
         were sent with the requests), so the answer stays about 200 bytes a job however
         large the payloads: 1,000 payloads of 5 KB would otherwise come back as 5 MB, past
         what a stock gRPC client accepts. `view=JOB_VIEW_FULL` echoes the payloads too."""
-        request = pb.SubmitJobsRequest(requests=requests, view=view)
-        response = await self._stub.SubmitJobs(
-            request, metadata=self._metadata, timeout=self._timeout
-        )
+        request = bulk_request(requests, view, idempotency_keys)
+        response = await self._send("SubmitJobs", request, retry_safe=_retry_safe(request))
         return list(response.jobs)
 
     @_mapped_async
@@ -369,8 +437,8 @@ class AsyncClient:
 
 
 class Client:
-    """JobService over a blocking channel, for scripts and the CLI (`tls` and `channel` as
-    for `AsyncClient`)."""
+    """JobService over a blocking channel, for scripts and the CLI (`tls`, `channel`,
+    `submit_retry` and `absorbed` as for `AsyncClient`)."""
 
     def __init__(
         self,
@@ -380,6 +448,7 @@ class Client:
         timeout: float = 30.0,
         tls: ClientTls = None,
         channel: grpc.Channel | None = None,
+        submit_retry: SubmitRetry | None = SubmitRetry(),
     ) -> None:
         self._channel = channel or open_channel(_target(target), tls)
         traced = tracing.traced_channel(self._channel)  # the same channel when not tracing
@@ -388,6 +457,8 @@ class Client:
         self._schedules = ScheduleServiceStub(traced)
         self._metadata = _metadata(api_key)
         self._timeout = timeout
+        self._submit_retry = submit_retry
+        self.absorbed: Counter[str] = Counter()
 
     def __enter__(self) -> Client:
         return self
@@ -401,20 +472,39 @@ class Client:
     def _call(self, method: str, request: Any) -> Any:
         return getattr(self._stub, method)(request, metadata=self._metadata, timeout=self._timeout)
 
+    def _send(self, method: str, request: Any, *, retry_safe: bool) -> Any:
+        """`AsyncClient._send`, blocking."""
+        call = getattr(self._stub, method)
+        tries = Attempts(self._submit_retry if retry_safe else None, self._timeout, self.absorbed)
+        while True:
+            try:
+                return call(request, metadata=self._metadata, timeout=tries.next_timeout())
+            except grpc.RpcError as error:
+                wait = tries.after(error, method)
+                if wait is None:
+                    raise
+            time.sleep(wait)
+
     @_mapped
     def submit(
         self, type: str, payload: Mapping[str, Any] | None = None, **options: Any
     ) -> job_pb2.Job:
-        return self._call("SubmitJob", submit_request(type, payload, **options)).job  # type: ignore[no-any-return]
+        """`AsyncClient.submit`: a key of its own unless given (None: none), retried."""
+        request = submit_request(type, payload, **_keyed(options))
+        return self._send("SubmitJob", request, retry_safe=bool(request.idempotency_key)).job  # type: ignore[no-any-return]
 
     @_mapped
     def submit_many(
-        self, requests: Sequence[pb.SubmitJobRequest], *, view: pb.JobView = pb.JOB_VIEW_BASIC
+        self,
+        requests: Sequence[pb.SubmitJobRequest],
+        *,
+        view: pb.JobView = pb.JOB_VIEW_BASIC,
+        idempotency_keys: bool = True,
     ) -> builtins.list[job_pb2.Job]:
-        """`AsyncClient.submit_many`: jobs without their payloads unless `view` is
-        `JOB_VIEW_FULL`."""
-        request = pb.SubmitJobsRequest(requests=requests, view=view)
-        return list(self._call("SubmitJobs", request).jobs)
+        """`AsyncClient.submit_many`: a key per job unless given, retried; jobs without
+        their payloads unless `view` is `JOB_VIEW_FULL`."""
+        request = bulk_request(requests, view, idempotency_keys)
+        return list(self._send("SubmitJobs", request, retry_safe=_retry_safe(request)).jobs)
 
     @_mapped
     def get(self, job_id: str) -> job_pb2.Job:
