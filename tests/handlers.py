@@ -82,6 +82,32 @@ async def touch(payload: dict[str, Any], ctx: JobContext) -> None:
     _append(str(payload["log"]), f"{ctx.job_id} {ctx.attempt}")
 
 
+def _exists(path: str) -> bool:
+    return os.path.exists(path)  # a stat of a local file: too quick to need a thread
+
+
+async def _wait_for_file(path: str) -> None:
+    """Until `path` exists (a test's gate: a file the test makes); cancel ends the wait."""
+    while True:
+        if _exists(path):
+            return
+        await asyncio.sleep(0.02)
+
+
+@handler("test.hold")
+async def hold(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Logs `started <id> <attempt>`; its first `hold_attempts` attempts (default 1) then
+    hold until the file `gate` exists (never, if the test does not make it), as a long job
+    would; then logs `done <id> <attempt>`. A worker holding it can be killed or frozen
+    mid-job at a moment the test picks."""
+    log = str(payload["log"])
+    _append(log, f"started {ctx.job_id} {ctx.attempt}")
+    if ctx.attempt <= int(payload.get("hold_attempts", 1)):
+        ctx.progress(50, "holding")
+        await _wait_for_file(str(payload["gate"]))
+    _append(log, f"done {ctx.job_id} {ctx.attempt}")
+
+
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 

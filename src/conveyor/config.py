@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(
         0.0, ge=0, description="Lease renewal interval (0: a third of the lease)."
     )
+    worker_announce_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often a worker announces itself in the registry; one silent for "
+        "three intervals is dead and its leases are released at once.",
+    )
     claim_wait_seconds: float = Field(
         5.0, gt=0, description="Longest a worker blocks waiting for work before checking again."
     )

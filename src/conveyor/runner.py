@@ -1,7 +1,8 @@
 """The worker engine: claim jobs from Redis, run their handlers, renew leases, record outcomes.
 
 One asyncio task claims (blocking on Redis, never polling), one renews every held lease in a
-single script call per queue (and announces the worker in the registry), one listens for
+single script call per queue, one announces the worker in the registry every second and
+releases the leases of workers it finds dead (`conveyor.queue.workers`), one listens for
 cancellations, and each job runs as its own task. Outcomes are written by the
 `AttemptRecorder` (fenced, grouped, database first). A job keeps its lease until its outcome
 is durably written, so a database outage delays results but never loses them.
@@ -58,7 +59,7 @@ from conveyor.jobs import Job, JobState, now_ms
 from conveyor.queue import Claim, EventHub, RedisQueue
 from conveyor.queue.events import Subscription
 from conveyor.queue.keys import CANCEL_CHANNEL
-from conveyor.queue.workers import WorkerInfo, WorkerRegistry
+from conveyor.queue.workers import WorkerInfo, WorkerRegistry, announcement_ttl_ms
 from conveyor.recording import AttemptRecorder
 from conveyor.storage import ObjectStore
 from conveyor.store import JobStore
@@ -186,7 +187,11 @@ class Worker:
         self.recorder = AttemptRecorder(
             store, queue, lambda: self._closing, on_stale=self.metrics.stale_writes.inc
         )
-        self.registry_entry = WorkerRegistry(queue.redis)
+        self.registry_entry = WorkerRegistry(queue.redis, queue.scripts)
+        self._announce_ttl_ms = announcement_ttl_ms(settings.worker_announce_seconds)
+        # When this worker's view of the registry is fresh enough to find others dead (see
+        # `_announce`): not before it has announced for a whole announcement lifetime.
+        self._judge_from = float("inf")
         self._started = now_ms()
         self.metrics.concurrency.set(self.concurrency)
         self.metrics.running.set_function(lambda: len(self.running))
@@ -274,6 +279,7 @@ class Worker:
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._announce_loop(), name="announce"),
             asyncio.create_task(self._cancel_loop(cancel_sub), name="cancel-listener"),
         ]
         log.info(
@@ -740,9 +746,28 @@ class Worker:
             except Unavailable:
                 log.warning("redis unavailable; leases not renewed")
 
+    async def _announce_loop(self) -> None:
+        """Announce every interval, measured from one announcement's start to the next, so
+        the round trips do not add up towards the three missed intervals that mean dead."""
+        interval = self.settings.worker_announce_seconds
+        while not self._closing:
+            await asyncio.sleep(interval)
+            started = time.monotonic()
+            try:
+                await self._announce()
+            except Unavailable:
+                log.warning("redis unavailable; not announced")
+            interval = max(self.settings.worker_announce_seconds - (time.monotonic() - started), 0)
+
     async def _announce(self) -> None:
-        """Tell the worker registry (ListWorkers, blocked reasons) this worker is alive."""
-        await self.registry_entry.announce(
+        """Tell the worker registry (ListWorkers, blocked reasons, other workers' sweeps)
+        this worker is alive, then release the leases of workers it finds dead.
+
+        A worker whose own previous announcement had expired (new, frozen, cut off from
+        Redis, or a Redis that restarted after the announcements' lifetime) judges no one
+        for one announcement lifetime: whatever silenced it may have silenced the others
+        too, and they need a turn to announce again before their jobs are taken away."""
+        announced = await self.registry_entry.announce(
             WorkerInfo(
                 worker_id=self.worker_id,
                 host=socket.gethostname(),
@@ -753,11 +778,17 @@ class Worker:
                 started=self._started,
                 last_seen=now_ms(),
             ),
-            ttl_ms=int(3 * self.settings.effective_heartbeat_seconds * 1000) + 1000,
+            ttl_ms=self._announce_ttl_ms,
         )
+        now = time.monotonic()
+        if not announced.was_alive:
+            self._judge_from = now + self._announce_ttl_ms / 1000
+        elif announced.stale and now >= self._judge_from:
+            await self.registry_entry.sweep(self.queue, announced.stale, self.worker_id)
 
     async def _heartbeat(self) -> None:
-        await self._announce()
+        """Renew the leases of every job this worker holds; stop the handlers whose
+        lease is gone (reclaimed after it lapsed or was released, or cancelled)."""
         by_queue: dict[str, dict[str, str]] = {}
         for job_id, running in [*self.running.items(), *self.recording.items()]:
             by_queue.setdefault(running.claim.job.queue, {})[job_id] = running.claim.lease

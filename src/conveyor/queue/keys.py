@@ -26,10 +26,17 @@ it in a bounded in-process map (see `conveyor.operations`).
     cv:epoch              string  set by the reconciler; its absence means Redis lost its data
     cv:reconcile:lock     string  the reconciler replica whose turn it is (SET NX PX)
     cv:rl:{<owner>}:<kind>  hash  an owner's token bucket for submits or reads
-    cv:queues:existing    set   the queues that exist: served by a worker (each heartbeat
+    cv:queues:existing    set   the queues that exist: served by a worker (each announcement
                                 adds its queues) or configured by an admin (`configure`;
                                 the reconciler re-applies every configured queue). Never
                                 a name only a submit used (see `conveyor.known_names`)
+    cv:worker:<id>        string  a worker's announcement (JSON), expiring after three missed
+    cv:workers            zset  worker ids by their last announcement (Redis clock); a dead
+                                one stays until a sweep has released its leases
+    cv:workers:queues     hash  worker id -> the queues it serves (JSON), kept past its
+                                announcement for that sweep
+    cv:worker:<id>:sweep  string  the worker sweeping a dead one's leases (SET NX PX)
+    (the registry's keys are in conveyor.queue.workers)
     cv:schedules          pub/sub channel: a schedule changed; schedulers look again
 """
 

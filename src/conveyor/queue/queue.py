@@ -77,7 +77,7 @@ class Claim:
                 worker_id=str(entry["w"]),
                 start_time=int(entry["s"]) or None,
                 finish_time=int(entry["t"]),
-                error=f"lease expired: worker {entry['w']} stopped renewing it",
+                error=lost_error(entry),
             )
             for entry in (json.loads(fields["lost"]) if fields.get("lost") else [])
         )
@@ -91,6 +91,16 @@ class Cancelled:
 
     state: JobState
     stopped: Attempt | None = None
+
+
+def lost_error(entry: dict[str, Any]) -> str:
+    """Why an attempt was lost, from its entry in a job's `lost` list (the same text
+    claim.lua gives the job's `error`): its lease lapsed, or it was released early because
+    the worker registry found its worker dead (`g`, see release_worker.lua)."""
+    worker = entry["w"] or "?"
+    if entry.get("g"):
+        return f"lease released: worker {worker} stopped announcing itself"
+    return f"lease expired: worker {worker} stopped renewing it"
 
 
 def _docs_by_queue(jobs: Iterable[Job]) -> dict[str, list[dict[str, str]]]:
@@ -312,6 +322,16 @@ class RedisQueue:
             args += [job.id, lease, job.fence]
         async with unavailable_on_redis_errors():
             return int(await self.scripts.release(self.redis, k.all, args))
+
+    async def release_worker(self, queue: str, worker_id: str) -> int:
+        """Make the leases a dead worker holds in `queue` due now, so the next claim
+        reclaims them; returns how many (see release_worker.lua)."""
+        k = QueueKeys(queue)
+        async with unavailable_on_redis_errors():
+            released = await self.scripts.release_worker(
+                self.redis, k.all, [k.job_prefix, worker_id]
+            )
+        return int(released)
 
     async def configure(self, settings: QueueSettings) -> None:
         """Put a queue's settings where claims read them; wakes workers if jobs may start.

@@ -32,6 +32,8 @@ NAMES = (
     "queue_stats",
     "waiting",
     "look",
+    "announce",
+    "release_worker",
 )
 
 
@@ -88,6 +90,8 @@ class Scripts:
     queue_stats: Script
     waiting: Script
     look: Script
+    announce: Script
+    release_worker: Script
 
     def all(self) -> list[Script]:
         return [getattr(self, name) for name in NAMES]

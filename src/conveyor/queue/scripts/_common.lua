@@ -13,7 +13,8 @@ local function ready_score(seqkey, priority)
 end
 
 -- Hash fields that are the workers' business, not the watchers'.
-local PRIVATE = {payload = true, lease = true, worker = true, lost = true, exhausted = true}
+local PRIVATE = {payload = true, lease = true, worker = true, lost = true, exhausted = true,
+                 gone = true}
 
 -- Record a change of the job: bump its sequence, append the job (less its payload and the
 -- workers' fields) to its event stream and publish the same JSON to live watchers. Returns
@@ -51,6 +52,15 @@ local function retire(jobkey, evkey, ttl)
   if type(dumped) == 'string' then
     redis.pcall('RESTORE', evkey, tonumber(ttl) * 1000, dumped, 'REPLACE')
   end
+end
+
+-- Why an attempt was lost (entry: claim.lua's `lost` entry). Claim.from_hash says the same.
+local function lost_error(entry)
+  local worker = entry['w'] ~= '' and entry['w'] or '?'
+  if entry['g'] then
+    return 'lease released: worker ' .. worker .. ' stopped announcing itself'
+  end
+  return 'lease expired: worker ' .. worker .. ' stopped renewing it'
 end
 
 local function wake_one(wakekey)

@@ -29,7 +29,7 @@ local function requeue(id)
   local pr = redis.call('HGET', jobkey, 'priority')
   if not pr then return end
   redis.call('HSET', jobkey, 'state', 2)
-  redis.call('HDEL', jobkey, 'lease', 'worker')
+  redis.call('HDEL', jobkey, 'lease', 'worker', 'gone')
   redis.call('ZADD', q.ready, ready_score(q.seq, pr), id)
   emit(jobkey, ep .. id, cp .. id, maxlen)
 end
@@ -46,12 +46,13 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.leases, '-inf', now, 'LIMIT', 
   local jobkey = jp .. id
   lease_ended(q, jobkey)
   if redis.call('HGET', jobkey, 'state') == '3' then
-    local held = redis.call('HMGET', jobkey, 'attempt', 'worker', 'start_time', 'lost')
+    local held = redis.call('HMGET', jobkey, 'attempt', 'worker', 'start_time', 'lost', 'gone')
     local lost = held[4] and cjson.decode(held[4]) or {}
-    lost[#lost + 1] = {a = tonumber(held[1]) or 0, w = held[2] or '', s = tonumber(held[3]) or 0,
-                       t = now}
-    redis.call('HSET', jobkey, 'lost', cjson.encode(lost),
-      'error', 'lease expired: worker ' .. (held[2] or '?') .. ' stopped renewing it')
+    local entry = {a = tonumber(held[1]) or 0, w = held[2] or '', s = tonumber(held[3]) or 0,
+                   t = now}
+    if held[5] then entry['g'] = 1 end  -- made due by release_worker.lua: found dead
+    lost[#lost + 1] = entry
+    redis.call('HSET', jobkey, 'lost', cjson.encode(lost), 'error', lost_error(entry))
     requeue(id)
   end
 end
@@ -81,7 +82,7 @@ local function lease(id)
   lease_started(q, jobkey)
   if limited and limited ~= '0' then redis.call('ZADD', q.starts, now, id .. ':' .. attempt) end
   out[#out + 1] = emit(jobkey, ep .. id, cp .. id, maxlen)
-  redis.call('HDEL', jobkey, 'exhausted')
+  redis.call('HDEL', jobkey, 'exhausted', 'gone')
   leased = leased + 1
 end
 -- Pop the best ready jobs; park the jobs whose owner or key is at its cap (looking at

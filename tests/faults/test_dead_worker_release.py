@@ -1,0 +1,179 @@
+"""A dead worker's jobs come back within seconds, not after their lease.
+
+Real processes with the default lease (30 s) and the default announcement interval (1 s):
+a worker holding several jobs mid-run is killed with kill -9 (or frozen with SIGSTOP), and
+another worker on the same queue, idle, must run every one of them again and finish it
+within 5 s: the registry finds the silent worker dead after three missed announcements and
+a live worker releases its leases (before: the jobs waited out the 30 s lease). A frozen
+worker that wakes afterwards is fenced off as after an expired lease: its heartbeat tells it
+the leases are gone, and nothing it still does reaches the jobs.
+
+Run with `pytest -s` to see the counts and the seconds measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+
+from conveyor.client import AsyncClient
+from conveyor.v1 import job_pb2
+from conveyor.v1 import worker_control_pb2 as wc
+from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
+from tests.handlers import lines
+from tests.processes import Keys, Service, Stack
+
+# The shipped timings, over the test stack's short ones (2 s lease): heartbeat a third of
+# the lease, announcements every second.
+DEFAULT_LEASE = {"CONVEYOR_LEASE_SECONDS": "30", "CONVEYOR_HEARTBEAT_SECONDS": "0"}
+BOUND = 5.0  # seconds from the death to every job done elsewhere
+JOBS = 6
+
+
+def worker(stack: Stack, queue: str, **env: str) -> Service:
+    return stack.start(
+        "worker", "--queues", queue, "--concurrency", "8",
+        env={**stack.worker_env(), **DEFAULT_LEASE, **env},
+    )  # fmt: skip
+
+
+async def status(service: Service, key: str) -> wc.WorkerStatus:
+    async with grpc.aio.insecure_channel(service.addr) as channel:
+        reply = await WorkerControlStub(channel).GetWorkerStatus(
+            wc.GetWorkerStatusRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=5
+        )
+    return reply.status  # type: ignore[no-any-return]
+
+
+async def hold_jobs(
+    alice: AsyncClient, queue: str, log: Path, gates: Sequence[Path]
+) -> list[job_pb2.Job]:
+    """Submit one `test.hold` job per gate and wait until every one has started."""
+    jobs = [
+        await alice.submit("test.hold", {"log": str(log), "gate": str(gate)}, queue=queue)
+        for gate in gates
+    ]
+    wanted = {f"started {job.id} 1" for job in jobs}
+    deadline = time.monotonic() + 20
+    while not wanted <= set(lines(log)):  # the handlers' own log: nothing to wait on but it
+        assert time.monotonic() < deadline, "the jobs did not all start"
+        await asyncio.sleep(0.02)
+    return jobs
+
+
+async def ended(alice: AsyncClient, job_id: str, since: float) -> tuple[job_pb2.Job, float]:
+    """The job once it has ended, and how long after `since` that was."""
+    final = [u async for u in alice.watch(job_id)][-1].job
+    return final, time.monotonic() - since
+
+
+async def all_ended(
+    alice: AsyncClient, jobs: Sequence[job_pb2.Job], since: float, what: str
+) -> list[tuple[job_pb2.Job, float]]:
+    try:
+        async with asyncio.timeout(BOUND):
+            return list(await asyncio.gather(*(ended(alice, j.id, since) for j in jobs)))
+    except TimeoutError:
+        states = [job_pb2.JobState.Name((await alice.get(j.id)).state) for j in jobs]
+        pytest.fail(f"{what}: not every job done elsewhere within {BOUND} s: {states}")
+
+
+async def assert_taken_over(
+    alice: AsyncClient, jobs: Sequence[job_pb2.Job], lost_by: str, run_by: str
+) -> None:
+    """Each job ended SUCCEEDED on `run_by` as attempt 2, `lost_by`'s attempt on record as
+    LOST because the worker stopped announcing itself."""
+    for job in jobs:
+        final = await alice.get(job.id)
+        assert (final.state, final.attempt) == (job_pb2.JOB_STATE_SUCCEEDED, 2)
+        attempts = await alice.attempts(job.id)
+        assert [(a.attempt, a.outcome, a.worker_id) for a in attempts] == [
+            (1, job_pb2.ATTEMPT_OUTCOME_LOST, lost_by),
+            (2, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED, run_by),
+        ]
+        assert attempts[0].error == f"lease released: worker {lost_by} stopped announcing itself"
+
+
+async def test_a_kill_9d_workers_jobs_run_again_elsewhere_within_5_s(
+    stack: Stack, keys: Keys, alice: AsyncClient, tmp_path: Path
+) -> None:
+    """Guards the release of a dead worker's leases: with the default 30 s lease, every job
+    a kill -9'd worker held is run again by an idle worker and SUCCEEDS within 5 s."""
+    queue, log = "dead-kill9", tmp_path / "runs.log"
+    doomed = worker(stack, queue)
+    doomed_id = (await status(doomed, keys.admin)).worker_id
+    jobs = await hold_jobs(alice, queue, log, [tmp_path / "never"] * JOBS)
+    rescuer = worker(stack, queue)
+    rescuer_id = (await status(rescuer, keys.admin)).worker_id
+
+    killed = time.monotonic()
+    doomed.kill()
+    done = await all_ended(alice, jobs, killed, "kill -9")
+
+    await assert_taken_over(alice, jobs, doomed_id, rescuer_id)
+    seconds = [s for _, s in done]
+    last, median = max(seconds), statistics.median(seconds)
+    reruns = sum(line.startswith("started") and line.endswith(" 2") for line in lines(log))
+    print(
+        f"\nkill -9 of a worker holding {len(jobs)} jobs (lease 30 s): {reruns} run again, "
+        f"{sum(j.state == job_pb2.JOB_STATE_SUCCEEDED for j, _ in done)} succeeded, "
+        f"{last:.2f} s after the kill for the last (median {median:.2f} s)"
+    )
+    assert reruns == len(jobs)
+    assert rescuer.stop() == 0
+
+
+async def test_a_worker_frozen_past_its_announcements_is_fenced_off_when_it_wakes(
+    stack: Stack, keys: Keys, alice: AsyncClient, tmp_path: Path
+) -> None:
+    """Guards the fencing of a worker found dead while only frozen: its jobs run again
+    elsewhere within 5 s (lease 30 s), and when SIGCONT wakes it its heartbeat finds the
+    leases gone and stops its handlers, or its late outcome is refused: the jobs keep the
+    newer attempt's outcome."""
+    queue, log = "dead-frozen", tmp_path / "runs.log"
+    opened, never = tmp_path / "opened", tmp_path / "never"
+    # A heartbeat every second (the lease still 30 s), so the woken worker learns at once.
+    frozen = worker(stack, queue, CONVEYOR_HEARTBEAT_SECONDS="1")
+    frozen_id = (await status(frozen, keys.admin)).worker_id
+    finishing, holding = await hold_jobs(alice, queue, log, [opened, never])
+    rescuer = worker(stack, queue)
+    rescuer_id = (await status(rescuer, keys.admin)).worker_id
+
+    stopped = time.monotonic()
+    os.kill(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        done = await all_ended(alice, [finishing, holding], stopped, "SIGSTOP")
+        opened.touch()  # the woken worker's first handler finishes and tries to record
+    finally:
+        os.kill(frozen.proc.pid, signal.SIGCONT)
+
+    deadline = time.monotonic() + 10
+    while (await status(frozen, keys.admin)).running_jobs:  # WorkerStatus, polled
+        assert time.monotonic() < deadline, "the woken worker still runs the lost jobs"
+        await asyncio.sleep(0.05)
+    assert frozen.stop() == 0  # a graceful stop waits for its pending writes
+    text = frozen.log.read_text()
+    assert f"job {holding.id}: lease lost; stopping its handler" in text, "heartbeat told it"
+    assert (
+        f"job {finishing.id}: lease lost; stopping its handler" in text
+        or f"job {finishing.id}: stale outcome of attempt 1 refused" in text
+    )
+    await assert_taken_over(alice, [finishing, holding], frozen_id, rescuer_id)
+    for job in (finishing, holding):
+        after = await alice.get(job.id)
+        assert (after.progress, after.error) == (100.0, "")
+    print(
+        f"\nSIGSTOP of a worker holding 2 jobs (lease 30 s): done elsewhere "
+        f"{max(s for _, s in done):.2f} s after the freeze; woken worker fenced off "
+        f"(heartbeat stops {text.count('lease lost; stopping')}, "
+        f"late outcomes refused {text.count('stale outcome')})"
+    )
+    assert rescuer.stop() == 0
