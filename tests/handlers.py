@@ -108,6 +108,17 @@ async def hold(payload: dict[str, Any], ctx: JobContext) -> None:
     _append(log, f"done {ctx.job_id} {ctx.attempt}")
 
 
+@handler("test.block_loop")
+async def block_loop(payload: dict[str, Any], ctx: JobContext) -> None:
+    """An `async def` handler that blocks its worker's event loop for `seconds` (a
+    blocking library called from a coroutine: a common mistake), logging `started` and
+    `done <id> <attempt>`."""
+    log = str(payload["log"])
+    _append(log, f"started {ctx.job_id} {ctx.attempt}")
+    time.sleep(float(payload["seconds"]))  # noqa: ASYNC251 (the mistake this test makes on purpose)
+    _append(log, f"done {ctx.job_id} {ctx.attempt}")
+
+
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 

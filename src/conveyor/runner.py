@@ -1,11 +1,11 @@
 """The worker engine: claim jobs from Redis, run their handlers, renew leases, record outcomes.
 
 One asyncio task claims (blocking on Redis, never polling), one renews every held lease in a
-single script call per queue, one announces the worker in the registry every second and
-releases the leases of workers it finds dead (`conveyor.queue.workers`), one listens for
-cancellations, and each job runs as its own task. Outcomes are written by the
-`AttemptRecorder` (fenced, grouped, database first). A job keeps its lease until its outcome
-is durably written, so a database outage delays results but never loses them.
+single script call per queue, one listens for cancellations, and each job runs as its own
+task; the `Announcer` tells the worker registry this process is alive, from a thread of its
+own. Outcomes are written by the `AttemptRecorder` (fenced, grouped, database first). A job
+keeps its lease until its outcome is durably written, so a database outage delays results
+but never loses them.
 
 A sync handler runs in the worker's thread pool, and a thread cannot be stopped: one that
 runs on past its timeout or its cancel keeps its thread. Such overrunning handlers are
@@ -40,6 +40,7 @@ from typing import Any, cast
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from conveyor.announcer import Announcer
 from conveyor.artifacts import Artifact, artifact_key, result_key
 from conveyor.attempts import AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
@@ -59,7 +60,7 @@ from conveyor.jobs import Job, JobState, now_ms
 from conveyor.queue import Claim, EventHub, RedisQueue
 from conveyor.queue.events import Subscription
 from conveyor.queue.keys import CANCEL_CHANNEL
-from conveyor.queue.workers import WorkerInfo, WorkerRegistry, announcement_ttl_ms
+from conveyor.queue.workers import WorkerInfo
 from conveyor.recording import AttemptRecorder
 from conveyor.storage import ObjectStore
 from conveyor.store import JobStore
@@ -187,11 +188,8 @@ class Worker:
         self.recorder = AttemptRecorder(
             store, queue, lambda: self._closing, on_stale=self.metrics.stale_writes.inc
         )
-        self.registry_entry = WorkerRegistry(queue.redis, queue.scripts)
-        self._announce_ttl_ms = announcement_ttl_ms(settings.worker_announce_seconds)
-        # When this worker's view of the registry is fresh enough to find others dead (see
-        # `_announce`): not before it has announced for a whole announcement lifetime.
-        self._judge_from = float("inf")
+        self.announcer = Announcer(settings, self._describe)
+        self._host = socket.gethostname()
         self._started = now_ms()
         self.metrics.concurrency.set(self.concurrency)
         self.metrics.running.set_function(lambda: len(self.running))
@@ -274,12 +272,10 @@ class Worker:
     async def start(self) -> None:
         self._start_processes()
         cancel_sub = await self.hub.subscribe(CANCEL_CHANNEL)
-        with contextlib.suppress(Unavailable):
-            await self._announce()
+        await self.announcer.start()
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self._announce_loop(), name="announce"),
             asyncio.create_task(self._cancel_loop(cancel_sub), name="cancel-listener"),
         ]
         log.info(
@@ -329,8 +325,7 @@ class Worker:
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self.processes is not None:
             await self.processes.close()
-        with contextlib.suppress(Unavailable):
-            await self.registry_entry.forget(self.worker_id)
+        await self.announcer.stop()
         self._set_state(WorkerState.STOPPED)
         self._stopped.set()
 
@@ -746,45 +741,18 @@ class Worker:
             except Unavailable:
                 log.warning("redis unavailable; leases not renewed")
 
-    async def _announce_loop(self) -> None:
-        """Announce every interval, measured from one announcement's start to the next, so
-        the round trips do not add up towards the three missed intervals that mean dead."""
-        interval = self.settings.worker_announce_seconds
-        while not self._closing:
-            await asyncio.sleep(interval)
-            started = time.monotonic()
-            try:
-                await self._announce()
-            except Unavailable:
-                log.warning("redis unavailable; not announced")
-            interval = max(self.settings.worker_announce_seconds - (time.monotonic() - started), 0)
-
-    async def _announce(self) -> None:
-        """Tell the worker registry (ListWorkers, blocked reasons, other workers' sweeps)
-        this worker is alive, then release the leases of workers it finds dead.
-
-        A worker whose own previous announcement had expired (new, frozen, cut off from
-        Redis, or a Redis that restarted after the announcements' lifetime) judges no one
-        for one announcement lifetime: whatever silenced it may have silenced the others
-        too, and they need a turn to announce again before their jobs are taken away."""
-        announced = await self.registry_entry.announce(
-            WorkerInfo(
-                worker_id=self.worker_id,
-                host=socket.gethostname(),
-                queues=self.queues,
-                types=self.registry.names(),
-                concurrency=self.concurrency,
-                running=len(self.running),
-                started=self._started,
-                last_seen=now_ms(),
-            ),
-            ttl_ms=self._announce_ttl_ms,
+    def _describe(self) -> WorkerInfo:
+        """This worker as the registry lists it (read by the announcer's thread)."""
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            host=self._host,
+            queues=self.queues,
+            types=self.registry.names(),
+            concurrency=self.concurrency,
+            running=len(self.running),
+            started=self._started,
+            last_seen=now_ms(),
         )
-        now = time.monotonic()
-        if not announced.was_alive:
-            self._judge_from = now + self._announce_ttl_ms / 1000
-        elif announced.stale and now >= self._judge_from:
-            await self.registry_entry.sweep(self.queue, announced.stale, self.worker_id)
 
     async def _heartbeat(self) -> None:
         """Renew the leases of every job this worker holds; stop the handlers whose
