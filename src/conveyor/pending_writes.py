@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 # The health service name that reports whether Redis takes writes (see the module).
 REDIS_WRITES_HEALTH = "conveyor.redis.writes"
 FIRST_DELAY_SECONDS = 0.1
+UNREACHABLE = "redis could not be reached"
+CANCELLED = "cancelled"
 # Rows read per retry (one `IN (...)` query, then one restore call per queue).
 BATCH = 1000
 
@@ -68,7 +70,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, RedisRefused):
         return f"redis refused it ({exc.reason})"
     if isinstance(exc, Unavailable):
-        return "redis could not be reached"
+        return UNREACHABLE
     return f"redis failed ({type(exc).__name__})"
 
 
@@ -127,7 +129,7 @@ class PendingWrites:
         """Remember a cancel committed in the database whose Redis step failed with `exc`
         (None: it did not fail, but an owed enqueue could still put the job in line)."""
         if len(self) < self.limit or job.id in self._owed:
-            self._owed[job.id] = "cancelled"
+            self._owed[job.id] = CANCELLED
             self._changed()
         if exc is not None:
             log.warning(
@@ -144,9 +146,13 @@ class PendingWrites:
         return job_id in self._owed
 
     def waiting_reason(self, job_id: str) -> str | None:
-        """The `blocked_reason` of a committed job this process has yet to enqueue."""
+        """The `blocked_reason` of a committed job this process has yet to enqueue because
+        Redis refused it (None otherwise: an unreachable Redis is reported by GetJob's own
+        read, as "the queue (redis) cannot be reached")."""
         why = self._owed.get(job_id)
-        return None if why is None else f"committed; waiting to be enqueued: {why}"
+        if why is None or why in (UNREACHABLE, CANCELLED):
+            return None
+        return f"committed; waiting to be enqueued: {why}"
 
     def _changed(self) -> None:
         self.metrics.enqueue_pending.set(len(self._owed))
