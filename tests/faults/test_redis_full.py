@@ -257,3 +257,34 @@ async def test_a_refusal_before_any_commit_is_unavailable_with_details(
         assert await queue.refused_writes() is None
     finally:
         await client.aclose()
+
+
+async def until_logged(service: Service, text: str) -> None:
+    """Poll a service's log for `text` (what it says when it meets the condition)."""
+    deadline = time.monotonic() + 10
+    while text not in service.log.read_text(errors="replace"):
+        assert service.proc.poll() is None, f"{service.name} died:\n{service.tail()}"
+        assert time.monotonic() < deadline, f"{service.name} never said {text!r}:\n{service.tail()}"
+        await asyncio.sleep(0.1)
+
+
+async def test_worker_and_reconciler_ride_out_a_full_redis(
+    full_redis: FullRedis, full_stack: tuple[Stack, str]
+) -> None:
+    """A worker's heartbeats and the scheduler's reconciler meet Redis refusing
+    their scripts, back off as from an outage, and work again once it has room (before: the
+    refusal was no outage, so it ended the loop that met it)."""
+    stack, database_url = full_stack
+    env = {"CONVEYOR_RECONCILE_INTERVAL_SECONDS": "0.3", "CONVEYOR_REDIS_CHECK_SECONDS": "0.1"}
+    stack.start("api")
+    worker = stack.start("worker")
+    scheduler = stack.start("scheduler", env=env)
+    full_redis.fill()
+    await until_logged(scheduler, "reconciler: redis refused the write (out of memory)")
+    await until_logged(worker, "redis unavailable; leases not renewed")
+    full_redis.free()
+    async with AsyncClient(stack.api_addr, api_key=stack.create_key(OWNER)) as client:
+        job = await client.submit("noop")
+        seconds = await until_settled(database_url, {job.id: JobState.SUCCEEDED})
+    print(f"\nredis full then freed: a job submitted after ran in {seconds:.2f} s")
+    assert stack.stop_all() == {"api-0": 0, "worker-1": 0, "scheduler-2": 0}
