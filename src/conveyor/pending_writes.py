@@ -88,8 +88,10 @@ class PendingWrites:
         self.limit = settings.enqueue_retry_limit
         self.max_delay = settings.enqueue_retry_max_seconds
         self.reconcile_seconds = settings.reconcile_interval_seconds
-        # Job id -> why Redis lacks its latest change (for a waiting job's blocked_reason).
-        self._owed: dict[str, str] = {}
+        # Job id -> why Redis lacks its latest change (for a waiting job's blocked_reason),
+        # and when it was owed: a change owed while a retry runs is kept for the next.
+        self._owed: dict[str, tuple[str, int]] = {}
+        self._ticks = itertools.count()
         self._work = asyncio.Event()  # something is owed
         self._writable = asyncio.Event()  # the probe saw Redis take writes again
         self._refused: str | None = None  # the probe's last finding
@@ -105,7 +107,7 @@ class PendingWrites:
         why = describe(exc)
         room = max(self.limit - len(self), 0)
         for job in jobs[:room]:
-            self._owed[job.id] = why
+            self._owed[job.id] = (why, next(self._ticks))
         self._changed()
         them = "it" if len(jobs) == 1 else "them"
         left = len(jobs) - min(room, len(jobs))
@@ -128,18 +130,22 @@ class PendingWrites:
     def cancel_later(self, job: Job, exc: BaseException | None) -> None:
         """Remember a cancel committed in the database whose Redis step failed with `exc`
         (None: it did not fail, but an owed enqueue could still put the job in line)."""
-        if len(self) < self.limit or job.id in self._owed:
-            self._owed[job.id] = CANCELLED
+        kept = len(self) < self.limit or job.id in self._owed
+        if kept:
+            self._owed[job.id] = (CANCELLED, next(self._ticks))
             self._changed()
-        if exc is not None:
-            log.warning(
-                "cancelled job %s in the database but not in redis: %s; this process "
-                "retries every %g to %g s until redis takes it",
-                job.id,
-                describe(exc),
-                FIRST_DELAY_SECONDS,
-                self.max_delay,
-            )
+        if exc is None:
+            return
+        then = (
+            f"this process retries every {FIRST_DELAY_SECONDS:g} to {self.max_delay:g} s "
+            "until redis takes it"
+            if kept
+            else "it is past this process's retry limit, so redis's copy may still run once "
+            "(its outcome is then refused)"
+        )
+        log.warning(
+            "cancelled job %s in the database but not in redis: %s; %s", job.id, describe(exc), then
+        )
 
     def owes(self, job_id: str) -> bool:
         """Whether Redis's copy of the job may be older than its row (read the row)."""
@@ -149,8 +155,8 @@ class PendingWrites:
         """The `blocked_reason` of a committed job this process has yet to enqueue because
         Redis refused it (None otherwise: an unreachable Redis is reported by GetJob's own
         read, as "the queue (redis) cannot be reached")."""
-        why = self._owed.get(job_id)
-        if why is None or why in (UNREACHABLE, CANCELLED):
+        why, _ = self._owed.get(job_id, (UNREACHABLE, 0))
+        if why in (UNREACHABLE, CANCELLED):
             return None
         return f"committed; waiting to be enqueued: {why}"
 
@@ -222,23 +228,24 @@ class PendingWrites:
     async def _nap(self, delay: float) -> None:
         """Sleep about `delay` (jittered by up to half, so replicas do not retry in step),
         or less if the probe sees Redis take writes again meanwhile."""
-        self._writable.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._writable.wait(), delay * random.uniform(0.5, 1.0))
+        self._writable.clear()
 
     async def _flush(self) -> None:
         """Bring Redis to the owed jobs' rows: unfinished ones in line, cancelled ones
         cancelled (finished ones are left alone: their worker wrote Redis already)."""
         while self._owed:
-            ids = list(itertools.islice(self._owed, BATCH))
-            rows = await self.store.get_many(ids)
+            owed = dict(itertools.islice(self._owed.items(), BATCH))
+            rows = await self.store.get_many(list(owed))
             waiting = [job for job in rows if not job.state.terminal]
             restored, _ = await self.queue.restore(waiting)
             for job in rows:
                 if job.state is JobState.CANCELLED:
                     await self.queue.cancel(job.queue, job.id, job.finish_time or now_ms())
-            for job_id in ids:
-                self._owed.pop(job_id, None)
+            for job_id, entry in owed.items():
+                if self._owed.get(job_id) == entry:  # not owed again since it was read
+                    del self._owed[job_id]
             self.enqueued += len(waiting)
             self._changed()
             if waiting:

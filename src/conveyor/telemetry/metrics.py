@@ -188,7 +188,7 @@ class ApiMetrics(_Metrics):
         self.redis_writable.set(1)
         self.enqueue_pending = Gauge(
             "conveyor_enqueue_pending",
-            "Committed jobs this api retries putting in Redis (Redis refused them).",
+            "Jobs whose committed change (submit, replay, cancel) this api still owes Redis.",
             registry=self.registry,
         )
 
