@@ -65,10 +65,11 @@ CANCELLED = "cancelled"
 BATCH = 1000
 
 
-def describe(exc: BaseException) -> str:
-    """A failed Redis write in a few words, for a log line and a `blocked_reason`."""
+def describe(exc: BaseException, them: str = "it") -> str:
+    """A failed Redis write of `them` in a few words, for a log line and a
+    `blocked_reason`."""
     if isinstance(exc, RedisRefused):
-        return f"redis refused it ({exc.reason})"
+        return f"redis refused {them} ({exc.reason})"
     if isinstance(exc, Unavailable):
         return UNREACHABLE
     return f"redis failed ({type(exc).__name__})"
@@ -104,7 +105,7 @@ class PendingWrites:
     def enqueue_later(self, jobs: Sequence[Job], exc: BaseException) -> None:
         """Remember committed jobs whose enqueue failed with `exc`, and say so in one
         WARNING line: how many, why, and when they will be enqueued."""
-        why = describe(exc)
+        why = describe(exc)  # of each job, for its blocked_reason
         room = max(self.limit - len(self), 0)
         for job in jobs[:room]:
             self._owed[job.id] = (why, next(self._ticks))
@@ -124,7 +125,11 @@ class PendingWrites:
                 f"{self.reconcile_seconds:g} s, if this process stops first)"
             )
         log.warning(
-            "committed %s but could not enqueue %s: %s; %s", _jobs(len(jobs)), them, why, then
+            "committed %s but could not enqueue %s: %s; %s",
+            _jobs(len(jobs)),
+            them,
+            describe(exc, them),
+            then,
         )
 
     def cancel_later(self, job: Job, exc: BaseException | None) -> None:
@@ -178,10 +183,8 @@ class PendingWrites:
                     refused,
                 )
             else:
-                log.warning(
-                    "redis takes writes again; %s owed by this process go in line now",
-                    _jobs(len(self._owed)),
-                )
+                owed = f"; {_jobs(len(self))} owed by this process go in line now" if self else ""
+                log.warning("redis takes writes again%s", owed)
                 self._writable.set()
             self._refused = refused
         self.metrics.redis_writable.set(0 if refused else 1)

@@ -47,7 +47,8 @@ FILLER = "filler"
 FILLER_BYTES = 16 << 20
 OOM_REASON = "committed; waiting to be enqueued: redis refused it (out of memory)"
 WARNING_RE = re.compile(
-    r"committed \d+ jobs? but could not enqueue (it|them): redis refused it \(out of memory\); "
+    r"committed \d+ jobs? but could not enqueue (it|them): redis refused (it|them) "
+    r"\(out of memory\); "
     r"this process retries every 0\.1 to 2 s until redis takes (it|them) \(the reconciler's "
     r"pass, within 600 s, if this process stops first\)"
 )
