@@ -95,6 +95,17 @@ class Settings(BaseSettings):
     backoff_jitter: float = Field(
         0.5, ge=0, le=1, description="Random fraction of each retry delay."
     )
+    enqueue_retry_max_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="Longest wait between an API's retries of enqueues Redis refused.",
+    )
+    enqueue_retry_limit: int = Field(
+        100_000,
+        ge=0,
+        description="Jobs an API process retries enqueueing at most; more wait for the reconciler.",
+    )
     reconcile_interval_seconds: float = Field(
         60.0, gt=0, description="How often the scheduler checks every unfinished job's Redis state."
     )

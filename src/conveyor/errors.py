@@ -10,6 +10,9 @@
      ├── ResourceExhausted    RESOURCE_EXHAUSTED + google.rpc.RetryInfo
      │    └── QuotaExceeded   RESOURCE_EXHAUSTED + google.rpc.QuotaFailure (a count at its cap)
      └── Unavailable          UNAVAILABLE        (Redis or the database unreachable)
+          └── RedisRefused    UNAVAILABLE        + google.rpc.ErrorInfo + RetryInfo (Redis
+                                                 answers but refuses the write: out of memory,
+                                                 a read-only replica, loading its data, ...)
 
 Servers raise these from the domain and `to_status()` turns them into a rich status at the
 gRPC boundary; the client turns a status back into the same class with `from_rpc_error()`,
@@ -125,6 +128,31 @@ class QuotaExceeded(ResourceExhausted):
 
 class Unavailable(ConveyorError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class RedisRefused(Unavailable):
+    """Redis answered but refused a write (`reason` in a few words, e.g. "out of memory").
+    Nothing was written, and the same call is likely to succeed once Redis has room or a
+    primary again, so the client is told what happened and when to try again."""
+
+    RETRY_AFTER_SECONDS = 1.0
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"redis refused the write ({reason}); nothing was stored, try again")
+        self.reason = reason
+
+    def details(self) -> list[any_pb2.Any]:
+        info = any_pb2.Any()
+        info.Pack(
+            error_details_pb2.ErrorInfo(
+                reason="REDIS_REFUSED", domain="conveyor", metadata={"redis": self.reason}
+            )
+        )
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(self.RETRY_AFTER_SECONDS * 1e9))
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return [info, retry]
 
 
 _BY_CODE: dict[grpc.StatusCode, type[ConveyorError]] = {

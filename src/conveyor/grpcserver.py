@@ -19,7 +19,15 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -196,6 +204,10 @@ HealthCheck = Callable[[], Awaitable[bool]]
 class Server:
     """A grpc.aio server with health (driven by `checks`) and reflection for `service_names`.
 
+    `conditions` are health checks reported under their own names only (e.g. whether Redis
+    takes writes, `conveyor.pending_writes`): a degraded part the server still serves
+    around, which a probe can ask about by name without it turning the server NOT_SERVING.
+
     With `credentials` (see `conveyor.tls.server_credentials`) the port speaks only TLS, and
     mutual TLS when they require client certificates; without, plaintext.
     """
@@ -206,6 +218,7 @@ class Server:
         *,
         service_names: Sequence[str],
         checks: Iterable[HealthCheck],
+        conditions: Mapping[str, HealthCheck] | None = None,
         max_message_bytes: int,
         credentials: grpc.ServerCredentials | None = None,
         max_concurrent_rpcs: int | None = None,
@@ -214,6 +227,7 @@ class Server:
         self.credentials = credentials
         self.service_names = list(service_names)
         self.checks = list(checks)
+        self.conditions = dict(conditions or {})
         # Calls beyond `max_concurrent_rpcs` are refused with RESOURCE_EXHAUSTED at once.
         self.grpc = grpc.aio.server(
             options=server_options(max_message_bytes),
@@ -244,12 +258,14 @@ class Server:
         *,
         service_names: Sequence[str],
         checks: Iterable[HealthCheck],
+        conditions: Mapping[str, HealthCheck] | None = None,
     ) -> Server:
         """A server with the limits and TLS that `settings` configure."""
         return cls(
             address,
             service_names=service_names,
             checks=checks,
+            conditions=conditions,
             max_message_bytes=settings.max_message_bytes,
             credentials=server_credentials(settings),
             max_concurrent_rpcs=settings.max_concurrent_rpcs or None,
@@ -276,18 +292,17 @@ class Server:
         return self.port
 
     async def _probe_once(self) -> None:
-        results = await asyncio.gather(*(check() for check in self.checks), return_exceptions=True)
-        ok = all(r is True for r in results)
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ok
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        checks = [*self.checks, *self.conditions.values()]
+        results = await asyncio.gather(*(check() for check in checks), return_exceptions=True)
+        status = _serving(all(r is True for r in results[: len(self.checks)]))
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
+        for name, result in zip(self.conditions, results[len(self.checks) :], strict=True):
+            await self.health.set(name, _serving(result is True))
 
     async def _probe_loop(self) -> None:
-        """NOT_SERVING while a dependency (Redis, the database) cannot be reached."""
+        """NOT_SERVING while a dependency (Redis, the database) cannot be reached; each
+        condition under its own name."""
         while True:
             await asyncio.sleep(HEALTH_PROBE_SECONDS)
             await self._probe_once()
@@ -298,6 +313,12 @@ class Server:
             self._probe.cancel()
         await self.health.enter_graceful_shutdown()
         await self.grpc.stop(grace)
+
+
+def _serving(ok: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    return (
+        health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
 
 
 async def wait_for_signal() -> None:

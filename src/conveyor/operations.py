@@ -3,7 +3,10 @@ from the store (truth) and the queue (hot state). Servicers only decode, call th
 
 Submission order is the durability contract: the job row is committed first, then the job is
 enqueued in Redis. A failure between the two leaves a committed job that Redis lacks; it is
-still accepted (the client gets it), and the reconciler puts it back in line (DESIGN.md §2).
+still accepted (the client gets it, OK, whatever Redis said), this process retries the
+enqueue within seconds (`conveyor.pending_writes`), and the reconciler puts it back in line
+if this process cannot (DESIGN.md §2). Redis failures before the commit (the rate limit's
+bucket) never pass for a failed submit of a committed job: nothing was committed yet.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from conveyor.attempts import Attempt
 from conveyor.auth import Principal
@@ -43,6 +48,7 @@ from conveyor.jobs import (
 )
 from conveyor.known_names import KnownNames, NameCache
 from conveyor.pagetokens import PageTokens, page_limit
+from conveyor.pending_writes import PendingWrites
 from conveyor.queue import EventHub, QueueKeys, RedisQueue
 from conveyor.queue.workers import WorkerRegistry
 from conveyor.queues import Waiting
@@ -93,6 +99,8 @@ class JobOperations:
             queue.redis, queue.scripts, hold=settings.rate_limit_hold_seconds
         )
         self.page_tokens = PageTokens(queue.redis, settings.secret_key)
+        # Redis writes owed for committed changes (run with `pending.running()`).
+        self.pending = PendingWrites(store, queue, settings, self.metrics)
         self._default_limits = {
             Kind.SUBMIT: Limit(settings.submit_rate, settings.submit_burst),
             Kind.READ: Limit(settings.read_rate, settings.read_burst),
@@ -230,10 +238,10 @@ class JobOperations:
             self.metrics.submitted.inc(known.queue_label(job.queue), known.type_label(job.type))
         try:
             await self.queue.enqueue(new)
-        except Unavailable:
-            log.warning(
-                "committed %d job(s) but could not enqueue them; the reconciler will", len(new)
-            )
+        except Exception as exc:  # committed, so accepted whatever failed (see the module)
+            if not isinstance(exc, Unavailable | RedisError):
+                log.exception("enqueueing committed jobs failed unexpectedly", exc_info=exc)
+            self.pending.enqueue_later(new, exc)
 
     # -- read ------------------------------------------------------------------------------
     async def get(self, principal: Principal, job_id: str) -> Job:
@@ -262,6 +270,8 @@ class JobOperations:
         known = self._queues.get(job_id)
         if known is None or not _may_see(principal, known[1]):
             return await self._stored(principal, job_id, hot_read=False), None
+        if self.pending.owes(job_id):  # Redis lacks its latest change: the row is the truth
+            return await self._stored(principal, job_id, hot_read=True), None
         try:
             hot, waiting = await self.queue.look(known[0], job_id)
         except Unavailable:
@@ -277,6 +287,9 @@ class JobOperations:
         return job
 
     async def _blocked_reason(self, job: Job, waiting: Waiting | None = None) -> str:
+        owed = self.pending.waiting_reason(job.id)
+        if owed is not None:
+            return owed
         if job.state is JobState.SCHEDULED:
             return f"scheduled for {format_time(job.run_at)}"
         if job.state is JobState.RETRYING:
@@ -324,8 +337,10 @@ class JobOperations:
         job = await self.store.replay(job_id, owner, budget)
         try:
             await self.queue.restore([job])
-        except Unavailable:
-            log.warning("job %s replayed in the database; the reconciler will enqueue it", job.id)
+        except Exception as exc:  # committed: the replay is done (see `_enqueue_new`)
+            if not isinstance(exc, Unavailable | RedisError):
+                log.exception("enqueueing a replayed job failed unexpectedly", exc_info=exc)
+            self.pending.enqueue_later([job], exc)
             return job
         hot = await self._hot(job.queue, job.id)
         return Job.from_hot(hot) if hot is not None else job
@@ -402,13 +417,18 @@ class JobOperations:
         known = await self.names.get()
         labels = known.queue_label(job.queue), known.type_label(job.type)
         self.metrics.outcomes.inc(*labels, "cancelled")
+        finish_time = job.finish_time or now_ms()
         try:
-            found = await self.queue.cancel(job.queue, job.id, job.finish_time or now_ms())
-        except Unavailable:
-            log.warning("job %s cancelled in the database; redis unreachable", job.id)
-        else:
-            if found.stopped is not None:
-                await self._record_stopped(found.stopped)
+            found = await self.queue.cancel(job.queue, job.id, finish_time)
+        except Exception as exc:  # committed: the job is cancelled; Redis's copy is stale
+            if not isinstance(exc, Unavailable | RedisError):
+                log.exception("cancelling a job in redis failed unexpectedly", exc_info=exc)
+            self.pending.cancel_later(job, exc)
+            return job
+        if found.stopped is not None:
+            await self._record_stopped(found.stopped)
+        if self.pending.owes(job.id):  # a retry in flight may put it in line again
+            self.pending.cancel_later(job, None)
         hot = await self._hot(job.queue, job_id)
         return Job.from_hot(hot) if hot is not None else job
 

@@ -15,8 +15,10 @@ below `1 / LEASE_SECONDS` per second leases single tokens, i.e. asks Redis on ev
 
 Limits come from the caller's key (`ApiKeyService.UpdateApiKeyLimits`, or `conveyor keys
 limits`) and default to the server's settings; they take effect within the authenticator's
-cache time (plus one lease). A Redis outage does not block calls on the limiter: the call
-then proceeds to its own Redis or database work, which reports the outage itself.
+cache time (plus one lease). A Redis outage does not block calls on the limiter, and neither
+does a Redis that answers but refuses writes (out of memory, a read-only replica): the call
+then proceeds to its own Redis or database work, which reports the outage itself (a submit
+is committed and answered OK; see `conveyor.pending_writes`).
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ class RateLimiter:
         self._asking[bucket] = done
         try:
             granted, wait_ms = await self._ask(bucket, limit, cost)
-        except Unavailable:
-            log.debug("rate limiter unavailable; not limiting %s", owner)
+        except Unavailable as exc:  # unreachable, or refusing writes (RedisRefused)
+            log.debug("rate limiter unavailable (%s); not limiting %s", exc, owner)
             return
         finally:
             del self._asking[bucket]

@@ -11,6 +11,7 @@ from conveyor.config import Settings
 from conveyor.grpcserver import Server, wait_for_signal
 from conveyor.handlers import default_registry, load_modules
 from conveyor.operations import JobOperations
+from conveyor.pending_writes import REDIS_WRITES_HEALTH
 from conveyor.queue_admin import QueueAdmin
 from conveyor.results import Results
 from conveyor.schedule_operations import ScheduleOperations
@@ -65,6 +66,7 @@ async def serve(settings: Settings) -> None:
             settings,
             service_names=SERVICE_NAMES,
             checks=[conns.checks],
+            conditions={REDIS_WRITES_HEALTH: ops.pending.probe},
         )
         server.add(job_service_pb2_grpc.add_JobServiceServicer_to_server, servicer)
         server.add(
@@ -77,15 +79,17 @@ async def serve(settings: Settings) -> None:
         )
         # Before gRPC: once health says SERVING, the folder store's links work too.
         downloads = await _download_server(conns.objects, settings)
+        # Retries Redis writes owed for committed jobs until the last call has ended.
         try:
-            port = await server.start()
-            log.info("api serving JobService on %s (port %d)", settings.api_addr, port)
-            try:
-                with metrics_served(metrics.registry, settings, "api"):
-                    await wait_for_signal()
-                    log.info("api shutting down")
-            finally:
-                await server.stop(settings.shutdown_grace_seconds)
+            async with ops.pending.running():
+                port = await server.start()
+                log.info("api serving JobService on %s (port %d)", settings.api_addr, port)
+                try:
+                    with metrics_served(metrics.registry, settings, "api"):
+                        await wait_for_signal()
+                        log.info("api shutting down")
+                finally:
+                    await server.stop(settings.shutdown_grace_seconds)
         finally:
             if downloads is not None:
                 await downloads.stop()

@@ -53,6 +53,8 @@ async def serve(settings: Settings) -> None:
             asyncio.create_task(reconciler.run(), name="reconciler"),
             asyncio.create_task(emitter.run(), name="emitter"),
             asyncio.create_task(sweeper.run(), name="sweeper"),
+            # Enqueues of emitted jobs that Redis refused after their commit, retried.
+            asyncio.create_task(jobs.pending.run(), name="pending-writes"),
         ]
         log.info("scheduler: emitting, reconciling and sweeping; health on port %d", port)
         try:

@@ -25,6 +25,7 @@ it in a bounded in-process map (see `conveyor.operations`).
     cv:cancel             pub/sub channel: ids of running jobs to stop at once
     cv:epoch              string  set by the reconciler; its absence means Redis lost its data
     cv:reconcile:lock     string  the reconciler replica whose turn it is (SET NX PX)
+    cv:probe:write        string  an API's health probe of Redis writes (SET PX, expires)
     cv:rl:{<owner>}:<kind>  hash  an owner's token bucket for submits or reads
     cv:queues:existing    set   the queues that exist: served by a worker (each announcement
                                 adds its queues) or configured by an admin (`configure`;
@@ -48,6 +49,7 @@ PREFIX = "cv"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
 EPOCH_KEY = f"{PREFIX}:epoch"
 RECONCILE_LOCK = f"{PREFIX}:reconcile:lock"
+WRITE_PROBE_KEY = f"{PREFIX}:probe:write"
 EXISTING_QUEUES_KEY = f"{PREFIX}:queues:existing"
 SCHEDULES_CHANNEL = f"{PREFIX}:schedules"
 

@@ -10,15 +10,29 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor import compact_json
 from conveyor.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
-from conveyor.errors import outage
+from conveyor.errors import RedisRefused, Unavailable, outage
 from conveyor.jobs import DEFAULT_QUEUE, Job, JobState
-from conveyor.queue.keys import CANCEL_CHANNEL, EPOCH_KEY, EXISTING_QUEUES_KEY, QueueKeys
+from conveyor.queue.keys import (
+    CANCEL_CHANNEL,
+    EPOCH_KEY,
+    EXISTING_QUEUES_KEY,
+    WRITE_PROBE_KEY,
+    QueueKeys,
+)
 from conveyor.queue.scripts import Scripts
 from conveyor.queues import QueueSettings, QueueStats, Waiting
 
@@ -26,6 +40,31 @@ from conveyor.queues import QueueSettings, QueueStats, Waiting
 # (up to POOL_WAIT_SECONDS) instead of opening sockets without bound under a burst.
 POOL_SIZE = 64
 POOL_WAIT_SECONDS = 5.0
+# How long the health probe's key lives (it is rewritten every probe).
+WRITE_PROBE_TTL_MS = 10_000
+
+# Refusals: Redis answered, but will not run the command now. redis-py gives direct replies
+# with these codes their own classes (the code stripped from the text); an error a Lua
+# script met comes back as a plain ResponseError with the code inside its text
+# ("... @user_script:1: -OOM command not allowed ..."), so codes are also looked for there.
+_REFUSED_CLASSES: tuple[tuple[type[ResponseError], str], ...] = (
+    (OutOfMemoryError, "out of memory"),
+    (ReadOnlyError, "read-only replica"),
+    (MasterDownError, "its primary is down"),
+    (ClusterDownError, "the cluster is down"),
+    (TryAgainError, "the cluster is moving keys"),
+)
+_REFUSED_CODES = (
+    ("OOM", "out of memory"),
+    ("READONLY", "read-only replica"),
+    ("LOADING", "loading its data"),
+    ("BUSY", "busy running a script"),
+    ("MISCONF", "cannot persist to disk"),
+    ("MASTERDOWN", "its primary is down"),
+    ("NOREPLICAS", "not enough replicas"),
+    ("CLUSTERDOWN", "the cluster is down"),
+    ("TRYAGAIN", "the cluster is moving keys"),
+)
 
 
 def connect(url: str, *, blocking: bool = False) -> Redis:
@@ -43,12 +82,36 @@ def connect(url: str, *, blocking: bool = False) -> Redis:
     return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
+def refusal(exc: BaseException) -> str | None:
+    """Why Redis refused a command, in a few words ("out of memory"), or None when `exc`
+    is no refusal: a script's own error or a wrong type is a bug, not a condition to wait
+    out, and must not pass for one."""
+    for cls, words in _REFUSED_CLASSES:
+        if isinstance(exc, cls):
+            return words
+    if not isinstance(exc, ResponseError):
+        return None
+    text = str(exc)
+    for code, words in _REFUSED_CODES:
+        if text.startswith(f"{code} ") or f"-{code} " in text:
+            return words
+    return None
+
+
 @contextlib.asynccontextmanager
 async def unavailable_on_redis_errors() -> AsyncIterator[None]:
+    """Redis errors as the client should hear them: UNAVAILABLE when Redis cannot be
+    reached, and `RedisRefused` (UNAVAILABLE, with why and when to try again) when it
+    answers but refuses (see `refusal`). Anything else is a bug and stays what it is."""
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise outage("redis") from exc
+    except ResponseError as exc:
+        reason = refusal(exc)
+        if reason is None:
+            raise
+        raise RedisRefused(reason) from exc
 
 
 @dataclass(slots=True)
@@ -424,6 +487,20 @@ class RedisQueue:
                 k = QueueKeys(queue)
                 pipe.delete(k.job(job_id), k.events(job_id))
             await pipe.execute()
+
+    async def refused_writes(self) -> str | None:
+        """Why Redis refuses writes now, in a few words ("unreachable" when it cannot be
+        reached), or None when it takes them. One small SET that expires: it meets the
+        same checks as an enqueue (memory, a replica's role, failed persistence), which a
+        PING does not."""
+        try:
+            async with unavailable_on_redis_errors():
+                await self.redis.set(WRITE_PROBE_KEY, "1", px=WRITE_PROBE_TTL_MS)
+        except RedisRefused as exc:
+            return exc.reason
+        except Unavailable:
+            return "unreachable"
+        return None
 
     async def ping(self) -> bool:
         try:

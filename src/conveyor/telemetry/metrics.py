@@ -5,7 +5,9 @@ the metrics its part can know, so a worker does not show an api's zeros:
 
 - **api**: `conveyor_jobs_submitted_total{queue,type}`, `conveyor_rate_limited_total{kind}`,
   `conveyor_watch_streams`, `conveyor_job_outcomes_total{queue,type,outcome="cancelled"}`
-  (a cancel is the api's write; a running handler it stops writes nothing), and the queue
+  (a cancel is the api's write; a running handler it stops writes nothing),
+  `conveyor_redis_writable` and `conveyor_enqueue_pending` (see `conveyor.pending_writes`),
+  and the queue
   gauges, read from Redis when scraped:
   `conveyor_queue_depth`, `conveyor_queue_scheduled`, `conveyor_queue_running`,
   `conveyor_queue_oldest_age_seconds`, `conveyor_queue_paused` (all `{queue}`). Every api
@@ -177,6 +179,18 @@ class ApiMetrics(_Metrics):
             "conveyor_watch_streams", "WatchJob streams open now.", registry=self.registry
         )
         self.outcomes = self._add(_outcomes())
+        self.redis_writable = Gauge(
+            "conveyor_redis_writable",
+            "1 while Redis takes writes; 0 while it refuses them (out of memory, a read-only "
+            "replica) or cannot be reached, as the health probe saw it.",
+            registry=self.registry,
+        )
+        self.redis_writable.set(1)
+        self.enqueue_pending = Gauge(
+            "conveyor_enqueue_pending",
+            "Jobs whose committed change (submit, replay, cancel) this api still owes Redis.",
+            registry=self.registry,
+        )
 
     def watch_queues(
         self,
