@@ -94,8 +94,8 @@ class Announcer:
     async def _beat(self, registry: WorkerRegistry, queue: RedisQueue) -> None:
         try:
             await self._announce(registry, queue)
-        except Unavailable:
-            log.warning("redis unavailable; not announced")
+        except Unavailable as exc:  # unreachable, or refusing writes (RedisRefused)
+            log.warning("not announced: %s", exc)
         except Exception:  # the thread must outlive anything one announcement meets
             log.exception("announcing this worker failed; trying again")
 

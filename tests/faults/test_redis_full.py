@@ -272,7 +272,7 @@ async def until_logged(service: Service, text: str) -> None:
 async def test_worker_and_reconciler_ride_out_a_full_redis(
     full_redis: FullRedis, full_stack: tuple[Stack, str]
 ) -> None:
-    """A worker's heartbeats and the scheduler's reconciler meet Redis refusing
+    """A worker's announcements and the scheduler's reconciler meet Redis refusing
     their scripts, back off as from an outage, and work again once it has room (before: the
     refusal was no outage, so it ended the loop that met it)."""
     stack, database_url = full_stack
@@ -282,7 +282,7 @@ async def test_worker_and_reconciler_ride_out_a_full_redis(
     scheduler = stack.start("scheduler", env=env)
     full_redis.fill()
     await until_logged(scheduler, "reconciler: redis refused the write (out of memory)")
-    await until_logged(worker, "redis unavailable; leases not renewed")
+    await until_logged(worker, "not announced: redis refused the write (out of memory)")
     full_redis.free()
     async with AsyncClient(stack.api_addr, api_key=stack.create_key(OWNER)) as client:
         job = await client.submit("noop")
