@@ -30,6 +30,13 @@ from conveyor.tls import ClientTls, TlsOptions, open_channel
 
 console = Console(stderr=True)
 READY_TIMEOUT = 30.0
+# The readiness probe reconnects every 20-100 ms while the server is not up yet, so that
+# "ready" is seen as soon as it listens, not at the next step of a client's backoff.
+PROBE_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 100),
+)
+PROBE_INTERVAL_SECONDS = 0.02
 
 
 def _ensure_dev_key(database_url: str, key: str) -> None:
@@ -50,7 +57,7 @@ def wait_serving(addr: str, timeout: float = READY_TIMEOUT, *, tls: ClientTls = 
     `TlsOptions` (a TLS server's health is only reachable over TLS).
     """
     deadline = time.monotonic() + timeout
-    with open_channel(addr, tls) as channel:
+    with open_channel(addr, tls, options=PROBE_OPTIONS) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -59,7 +66,7 @@ def wait_serving(addr: str, timeout: float = READY_TIMEOUT, *, tls: ClientTls = 
                     return True
             except grpc.RpcError:
                 pass
-            time.sleep(0.1)
+            time.sleep(PROBE_INTERVAL_SECONDS)
     return False
 
 
