@@ -133,7 +133,7 @@ def tune_collector() -> None:
     GetJob and SubmitJob with 16 clients were no slower.
 
     The collector is (re-)enabled here: the `conveyor` command turns it off while a service
-    imports its modules (see `conveyor.cli.app._pause_collector`)."""
+    imports its modules (see `conveyor.cli.main`)."""
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, 10, 10)
     gc.enable()
