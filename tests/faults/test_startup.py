@@ -167,7 +167,7 @@ async def test_clients_that_waited_through_an_outage_see_the_api_back_within_a_s
             lags = [when - serving for when in await asyncio.gather(*answered)]
     finally:
         for opened in channels:
-            await opened.close()
+            await opened.close(None)
     assert fresh.services[-1].stop() == 0
     print(
         f"\nafter a {OUTAGE_SECONDS:.0f}s outage: {WAITING_CLIENTS} waiting clients answered "
