@@ -8,10 +8,14 @@ STAMP  := $(VENV)/.install-stamp
 
 install: $(STAMP)
 
+# compileall: bytecode for the editable sources, as a wheel install has. With
+# PYTHONDONTWRITEBYTECODE set, every service start would otherwise compile ~80 modules
+# again (~0.1 s of CPU of its start-up).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m compileall -q src services tests > /dev/null
 	touch $(STAMP)
 
 dev: install

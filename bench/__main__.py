@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from sqlalchemy import text
 
 from bench.bundle import bundle_rss
 from bench.handlers import STAMPS
+from conveyor.cli.dev import wait_serving
 from conveyor.client import AsyncClient, schedule_request, submit_request
 from conveyor.config import Settings
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -866,6 +868,50 @@ class Bench:
             **found,
         )
 
+    async def startup(self, starts: int = 5) -> None:
+        """Start-up (issue 19): a cold import of the api's modules in a new interpreter, and
+        `conveyor api` spawned → health SERVING (the readiness probe of `conveyor dev`) →
+        a SubmitJob answered; the median of `starts` of each, beside the running stack."""
+        imports = [await asyncio.to_thread(_cold_import_seconds) for _ in range(starts)]
+        serving, submitted, cpu = [], [], []
+        for _ in range(starts):
+            port = free_port()
+            started = time.monotonic()
+            api = self.stack.spawn(
+                "api",
+                env={
+                    "CONVEYOR_API_ADDR": f"127.0.0.1:{port}",
+                    "CONVEYOR_DOWNLOAD_ADDR": f"127.0.0.1:{free_port()}",
+                },
+            )
+            if not await asyncio.to_thread(wait_serving, api.addr, 30, tls=False):
+                raise RuntimeError(f"the api did not start:\n{api.tail()}")
+            serving.append(time.monotonic() - started)
+            times = psutil.Process(api.proc.pid).cpu_times()
+            cpu.append(times.user + times.system)
+            async with AsyncClient(api.addr, api_key=self.key, tls=False) as client:
+                await client.submit("noop", queue="parked")
+            submitted.append(time.monotonic() - started)
+            api.stop()
+        emit(
+            "startup_cold_import",
+            statistics.median(imports),
+            "s",
+            None,
+            higher_is_better=False,
+            each=[round(x, 3) for x in imports],
+        )
+        emit(
+            "startup_api_serving",
+            statistics.median(serving),
+            "s",
+            1.5,
+            higher_is_better=False,
+            each=[round(x, 3) for x in serving],
+            submit_answered_s=round(statistics.median(submitted), 3),
+            cpu_s_at_serving=round(statistics.median(cpu), 3),
+        )
+
     async def idle_cpu(self, seconds: float = 5.0) -> None:
         """CPU of every service process with empty queues (no polling: all should sleep)."""
         extra = [
@@ -901,6 +947,22 @@ class Bench:
             service.stop()
 
 
+def _cold_import_seconds() -> float:
+    """Seconds for a new interpreter to import what `conveyor api` imports before it serves
+    (the `conveyor` command, the api's modules and the built-in handlers), with the
+    collector paused as `conveyor api` has it. It exits at once (`os._exit`): tearing
+    those modules down again is no part of a start."""
+    probe = (
+        "import gc; gc.disable()\n"
+        "import conveyor.cli.app, conveyor_api.__main__\n"
+        "from conveyor.handlers import load_modules; load_modules([])\n"
+        "import os; os._exit(0)\n"
+    )
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+    return time.monotonic() - started
+
+
 # Every workload, in the order they run. The backlog (a million jobs left in Redis and the
 # database) goes last, so it weighs on no other figure; the soak only runs when asked for.
 WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
@@ -919,6 +981,7 @@ WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "reconcile_pass": Bench.reconcile_pass,
     "bundle_memory": Bench.bundle_memory,
     "isolation": Bench.isolation,
+    "startup": Bench.startup,
     "idle_cpu": Bench.idle_cpu,
     "backlog_memory": Bench.backlog_memory,
     "soak": Bench.soak,

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import signal
+import socket
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -56,7 +58,60 @@ Resp = TypeVar("Resp")
 S = TypeVar("S", bound="HasAuth")
 
 HEALTH_PROBE_SECONDS = 1.0
+# A dependency that has not answered a health check within this long counts as down: a
+# database that accepts connections but never answers must not keep the last status.
+HEALTH_CHECK_TIMEOUT_SECONDS = 2.0
 RESPONSE_HEADROOM_BYTES = 1 << 20
+
+
+class CannotListen(OSError):
+    """A server cannot listen on its address (in use, not this host's, not allowed).
+
+    The message is the one line an operator needs: the address, the variable that set it
+    and the reason, e.g. "cannot listen on 127.0.0.1:50052 (CONVEYOR_WORKER_ADDR): address
+    already in use". `conveyor.service.service_main` logs it and exits 1, no traceback."""
+
+    def __init__(self, address: str, variable: str, reason: str) -> None:
+        where = f"{address} ({variable})" if variable else address
+        super().__init__(f"cannot listen on {where}: {reason}")
+
+
+def _tcp_address(address: str) -> tuple[str | None, int] | None:
+    """(host, port) of a "host:port" or "[v6]:port" address; None for other forms (unix:)
+    and for port 0, which gRPC binds anywhere."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) == 0 or host.startswith("unix"):
+        return None
+    return host.strip("[]") or None, int(port)
+
+
+def check_can_listen(address: str, variable: str = "") -> None:
+    """Raise `CannotListen` with the system's reason when `address` cannot be bound.
+
+    gRPC only says "Failed to bind" (after logging a line of its own), so the address is
+    tried with a plain socket first, the way gRPC binds it: SO_REUSEADDR (a port that a
+    killed server left in TIME_WAIT is free at once), every address the host resolves to,
+    and it is enough that one of them binds."""
+    parsed = _tcp_address(address)
+    if parsed is None:
+        return
+    host, port = parsed
+    try:
+        resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CannotListen(address, variable, str(exc.strerror).lower()) from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in resolved:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                failures.append(exc)
+                continue
+        return
+    first = failures[0] if failures else OSError(errno.EADDRNOTAVAIL, "no address")
+    raise CannotListen(address, variable, (first.strerror or str(first)).lower())
 
 
 class HasAuth(Protocol):
@@ -222,8 +277,11 @@ class Server:
         max_message_bytes: int,
         credentials: grpc.ServerCredentials | None = None,
         max_concurrent_rpcs: int | None = None,
+        variable: str = "",
     ) -> None:
         self.address = address
+        # The setting `address` came from (CONVEYOR_API_ADDR, ...), for the bind error.
+        self.variable = variable
         self.credentials = credentials
         self.service_names = list(service_names)
         self.checks = list(checks)
@@ -259,10 +317,13 @@ class Server:
         service_names: Sequence[str],
         checks: Iterable[HealthCheck],
         conditions: Mapping[str, HealthCheck] | None = None,
+        variable: str = "",
     ) -> Server:
-        """A server with the limits and TLS that `settings` configure."""
+        """A server with the limits and TLS that `settings` configure; `variable` names the
+        setting `address` came from (for the one-line error when it cannot be bound)."""
         return cls(
             address,
+            variable=variable,
             service_names=service_names,
             checks=checks,
             conditions=conditions,
@@ -272,33 +333,54 @@ class Server:
         )
 
     async def start(self) -> int:
-        """Bind and start; returns the bound port (useful with port 0)."""
-        if self.credentials is None:
-            self.port = self.grpc.add_insecure_port(self.address)
-        else:
-            try:
-                self.port = self.grpc.add_secure_port(self.address, self.credentials)
-            except RuntimeError as exc:  # gRPC says only "Failed to bind"
-                raise OSError(
-                    f"cannot serve TLS on {self.address}: the address is taken, or gRPC refused "
-                    "the certificate and key (CONVEYOR_TLS_CERT, CONVEYOR_TLS_KEY: does the key "
-                    "belong to the certificate?)"
-                ) from exc
-        if self.port == 0:
-            raise OSError(f"cannot bind {self.address}")
+        """Bind and start; returns the bound port (useful with port 0). `CannotListen`
+        when the address cannot be bound.
+
+        Health says NOT_SERVING from the moment the port listens until the checks have
+        passed (grpc's health servicer starts out SERVING): a load balancer or `conveyor
+        dev` that sees SERVING can rely on Redis and the database having answered."""
+        check_can_listen(self.address, self.variable)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self._bind()
         await self.grpc.start()
         await self._probe_once()
         self._probe = asyncio.create_task(self._probe_loop(), name="health-probe")
         return self.port
 
+    def _bind(self) -> int:
+        try:
+            if self.credentials is None:
+                port = self.grpc.add_insecure_port(self.address)
+            else:
+                port = self.grpc.add_secure_port(self.address, self.credentials)
+        except RuntimeError:  # gRPC says only "Failed to bind"
+            if self.credentials is None:
+                raise CannotListen(self.address, self.variable, "gRPC could not bind it") from None
+            raise CannotListen(
+                self.address,
+                self.variable,
+                "gRPC refused the certificate and key (CONVEYOR_TLS_CERT, CONVEYOR_TLS_KEY: "
+                "does the key belong to the certificate?)",
+            ) from None
+        if port == 0:
+            raise CannotListen(self.address, self.variable, "gRPC could not bind it")
+        return port
+
     async def _probe_once(self) -> None:
         checks = [*self.checks, *self.conditions.values()]
-        results = await asyncio.gather(*(check() for check in checks), return_exceptions=True)
-        status = _serving(all(r is True for r in results[: len(self.checks)]))
-        for name in ["", *self.service_names]:
-            await self.health.set(name, status)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(check(), HEALTH_CHECK_TIMEOUT_SECONDS) for check in checks),
+            return_exceptions=True,
+        )
+        await self._set_health(_serving(all(r is True for r in results[: len(self.checks)])))
         for name, result in zip(self.conditions, results[len(self.checks) :], strict=True):
             await self.health.set(name, _serving(result is True))
+
+    async def _set_health(
+        self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
 
     async def _probe_loop(self) -> None:
         """NOT_SERVING while a dependency (Redis, the database) cannot be reached; each

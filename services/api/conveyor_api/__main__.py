@@ -64,6 +64,7 @@ async def serve(settings: Settings) -> None:
         server = Server.from_settings(
             settings.api_addr,
             settings,
+            variable="CONVEYOR_API_ADDR",
             service_names=SERVICE_NAMES,
             checks=[conns.checks],
             conditions={REDIS_WRITES_HEALTH: ops.pending.probe},
@@ -105,7 +106,11 @@ async def _download_server(objects: ObjectStore, settings: Settings) -> Download
     except OSError as exc:
         # Another API process on this machine serves the same folder there already: its
         # links are as good as ours (same folder, same signing key).
-        log.warning("downloads not served here (%s): %s", settings.download_addr, exc)
+        log.warning(
+            "downloads not served here: cannot listen on %s (CONVEYOR_DOWNLOAD_ADDR): %s",
+            settings.download_addr,
+            (exc.strerror or str(exc)).lower(),
+        )
         return None
     return downloads
 

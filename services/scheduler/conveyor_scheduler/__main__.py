@@ -32,6 +32,7 @@ async def serve(settings: Settings) -> None:
         server = Server.from_settings(
             settings.scheduler_addr,
             settings,
+            variable="CONVEYOR_SCHEDULER_ADDR",
             service_names=[],
             checks=[conns.checks],
         )

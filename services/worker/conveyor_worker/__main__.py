@@ -46,6 +46,7 @@ async def serve(settings: Settings) -> None:
         server = Server.from_settings(
             settings.worker_addr,
             settings,
+            variable="CONVEYOR_WORKER_ADDR",
             service_names=[service],
             checks=[conns.checks],
         )

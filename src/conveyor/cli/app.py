@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from conveyor.cli.artifacts import artifacts, download
 from conveyor.cli.common import AddrOption, JsonFlag, err, fail, message_dict, parse_payload
@@ -455,6 +454,9 @@ def _follow(client: Any, job_id: str, as_json: bool) -> int:
 
 
 def _follow_with_bar(client: Any, job_id: str) -> job_pb2.Job | None:
+    # Imported here: every `conveyor` command, services included, would pay ~20 ms for it.
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     last = None
     columns = (
         TextColumn("{task.description}"),

@@ -30,6 +30,13 @@ from conveyor.tls import ClientTls, TlsOptions, open_channel
 
 console = Console(stderr=True)
 READY_TIMEOUT = 30.0
+# The readiness probe reconnects every 20-100 ms while the server is not up yet, so that
+# "ready" is seen as soon as it listens, not at the next step of a client's backoff.
+PROBE_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 100),
+)
+PROBE_INTERVAL_SECONDS = 0.02
 
 
 def _ensure_dev_key(database_url: str, key: str) -> None:
@@ -50,7 +57,7 @@ def wait_serving(addr: str, timeout: float = READY_TIMEOUT, *, tls: ClientTls = 
     `TlsOptions` (a TLS server's health is only reachable over TLS).
     """
     deadline = time.monotonic() + timeout
-    with open_channel(addr, tls) as channel:
+    with open_channel(addr, tls, options=PROBE_OPTIONS) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -59,12 +66,14 @@ def wait_serving(addr: str, timeout: float = READY_TIMEOUT, *, tls: ClientTls = 
                     return True
             except grpc.RpcError:
                 pass
-            time.sleep(0.1)
+            time.sleep(PROBE_INTERVAL_SECONDS)
     return False
 
 
-def _spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", module], env=env)
+def _spawn(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`conveyor <command>` with this interpreter (the path that starts services fastest:
+    see `conveyor.cli.main`)."""
+    return subprocess.Popen([sys.executable, "-m", "conveyor.cli", command], env=env)
 
 
 def run_dev(settings: Settings, *, workers: int = 1) -> int:
@@ -85,7 +94,7 @@ def run_dev(settings: Settings, *, workers: int = 1) -> int:
     key = settings.dev_api_key or random_dev_key()
     _ensure_dev_key(database_url, key)
 
-    children: list[subprocess.Popen[bytes]] = [_spawn("conveyor_api", env)]
+    children: list[subprocess.Popen[bytes]] = [_spawn("api", env)]
     worker_port = int(settings.worker_addr.rsplit(":", 1)[1])
     host = settings.worker_addr.rsplit(":", 1)[0]
     for i in range(workers):
@@ -93,8 +102,8 @@ def run_dev(settings: Settings, *, workers: int = 1) -> int:
         extra = {"CONVEYOR_WORKER_ADDR": f"{host}:{port}"}
         if i:  # the first worker takes the metrics port; the others any free one
             extra["CONVEYOR_METRICS_ADDR"] = f"{host}:0"
-        children.append(_spawn("conveyor_worker", {**env, **extra}))
-    children.append(_spawn("conveyor_scheduler", env))
+        children.append(_spawn("worker", {**env, **extra}))
+    children.append(_spawn("scheduler", env))
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -393,7 +393,12 @@ def serve_metrics(registry: CollectorRegistry, addr: str, service: str) -> Metri
     try:
         server = MetricsServer(registry, where)
     except (OSError, ValueError) as exc:
-        log.warning("metrics not served on %s: %s", where, exc)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        log.warning(
+            "metrics not served: cannot listen on %s (CONVEYOR_METRICS_ADDR): %s",
+            where,
+            reason.lower(),
+        )
         return None
     log.info("%s metrics on http://%s:%d/metrics", service, server.host, server.port)
     return server
