@@ -180,16 +180,14 @@ async def test_a_worker_frozen_past_its_announcements_is_fenced_off_when_it_wake
 
 
 async def test_a_worker_whose_event_loop_is_blocked_is_not_taken_for_dead(
-    stack: Stack, keys: Keys, alice: AsyncClient, tmp_path: Path
+    stack: Stack, alice: AsyncClient, tmp_path: Path
 ) -> None:
     """Guards announcing from a thread of its own: an `async def` handler that blocks its
     worker's event loop for 5 s (longer than the 3.25 s that makes a silent worker dead)
     does not get its job run again by the idle worker beside it; the process is alive, and
     only its leases (30 s) would say otherwise."""
     queue, log = "dead-blocked-loop", tmp_path / "runs.log"
-    busy = worker(stack, queue)
-    busy_id = (await status(busy, keys.admin)).worker_id
-    idle = worker(stack, queue)
+    busy, idle = worker(stack, queue), worker(stack, queue)  # either may take the job
     job = await alice.submit("test.block_loop", {"log": str(log), "seconds": 5}, queue=queue)
     async with asyncio.timeout(20):
         final = [u async for u in alice.watch(job.id)][-1].job
@@ -197,8 +195,6 @@ async def test_a_worker_whose_event_loop_is_blocked_is_not_taken_for_dead(
     runs = [line for line in lines(log) if line.startswith("started")]
     print(f"\nevent loop blocked 5 s: the job ran {len(runs)} time(s), {len(attempts)} attempt(s)")
     assert (final.state, final.attempt) == (job_pb2.JOB_STATE_SUCCEEDED, 1)
-    assert [(a.attempt, a.outcome, a.worker_id) for a in attempts] == [
-        (1, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED, busy_id)
-    ]
+    assert [(a.attempt, a.outcome) for a in attempts] == [(1, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED)]
     assert runs == [f"started {job.id} 1"]
     assert busy.stop() == 0 and idle.stop() == 0
