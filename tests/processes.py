@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -10,16 +11,20 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import psycopg
 from sqlalchemy.engine import make_url
 
 from conveyor.cli.dev import wait_serving
-from conveyor.embedded import free_port
+from conveyor.embedded import EmbeddedRedis, free_port
+from conveyor.store.migrate import migrate
 from conveyor.tls import TlsOptions
+from conveyor.v1 import worker_control_pb2 as wc
+from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
 
 BIN = Path(sys.executable).parent
 # Every service process a test started: whatever a failed test left running is killed when
@@ -191,6 +196,25 @@ def make_env(redis_url: str, database_url: str) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def own_stack(database_url: str, folder: Path, name: str, **env: str) -> Iterator[Stack]:
+    """A stack with a Redis and a database of its own (named `name`, beside `database_url`),
+    for tests that do to them what others must not see (pause, fill, flood). No service is
+    started; on the way out every service still running must stop cleanly."""
+    redis = EmbeddedRedis(folder / "redis")
+    redis.start()
+    url = fresh_database(database_url, name)
+    migrate(url)
+    stack = Stack({**make_env(redis.url, url), **env}, folder / "logs")
+    stack.logs.mkdir(parents=True, exist_ok=True)
+    try:
+        yield stack
+    finally:
+        codes = stack.stop_all()
+        redis.stop()
+    assert all(code == 0 for code in codes.values()), f"unclean shutdown: {codes}"
+
+
 def fresh_database(url: str, name: str) -> str:
     """Create (or recreate) database `name` beside the one at `url`; its URL."""
     parsed = make_url(url)
@@ -237,3 +261,12 @@ class Keys:
     admin: str
     alice: str
     bob: str
+
+
+async def worker_status(worker: Service, key: str) -> wc.WorkerStatus:
+    """A worker process's own account of itself (WorkerControl, with an admin `key`)."""
+    async with grpc.aio.insecure_channel(worker.addr) as channel:
+        reply = await WorkerControlStub(channel).GetWorkerStatus(
+            wc.GetWorkerStatusRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=10
+        )
+    return reply.status  # type: ignore[no-any-return]

@@ -21,15 +21,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
 import pytest
 
 from conveyor.client import AsyncClient
 from conveyor.v1 import job_pb2
-from conveyor.v1 import worker_control_pb2 as wc
-from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
 from tests.handlers import lines
-from tests.processes import Keys, Service, Stack
+from tests.processes import Keys, Service, Stack, worker_status
 
 # The shipped timings, over the test stack's short ones (2 s lease): heartbeat a third of
 # the lease, announcements every second.
@@ -43,14 +40,6 @@ def worker(stack: Stack, queue: str, **env: str) -> Service:
         "worker", "--queues", queue, "--concurrency", "8",
         env={**stack.worker_env(), **DEFAULT_LEASE, **env},
     )  # fmt: skip
-
-
-async def status(service: Service, key: str) -> wc.WorkerStatus:
-    async with grpc.aio.insecure_channel(service.addr) as channel:
-        reply = await WorkerControlStub(channel).GetWorkerStatus(
-            wc.GetWorkerStatusRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=5
-        )
-    return reply.status  # type: ignore[no-any-return]
 
 
 async def hold_jobs(
@@ -109,10 +98,10 @@ async def test_a_kill_9d_workers_jobs_run_again_elsewhere_within_5_s(
     a kill -9'd worker held is run again by an idle worker and SUCCEEDS within 5 s."""
     queue, log = "dead-kill9", tmp_path / "runs.log"
     doomed = worker(stack, queue)
-    doomed_id = (await status(doomed, keys.admin)).worker_id
+    doomed_id = (await worker_status(doomed, keys.admin)).worker_id
     jobs = await hold_jobs(alice, queue, log, [tmp_path / "never"] * JOBS)
     rescuer = worker(stack, queue)
-    rescuer_id = (await status(rescuer, keys.admin)).worker_id
+    rescuer_id = (await worker_status(rescuer, keys.admin)).worker_id
 
     killed = time.monotonic()
     doomed.kill()
@@ -142,10 +131,10 @@ async def test_a_worker_frozen_past_its_announcements_is_fenced_off_when_it_wake
     opened, never = tmp_path / "opened", tmp_path / "never"
     # A heartbeat every second (the lease still 30 s), so the woken worker learns at once.
     frozen = worker(stack, queue, CONVEYOR_HEARTBEAT_SECONDS="1")
-    frozen_id = (await status(frozen, keys.admin)).worker_id
+    frozen_id = (await worker_status(frozen, keys.admin)).worker_id
     finishing, holding = await hold_jobs(alice, queue, log, [opened, never])
     rescuer = worker(stack, queue)
-    rescuer_id = (await status(rescuer, keys.admin)).worker_id
+    rescuer_id = (await worker_status(rescuer, keys.admin)).worker_id
 
     stopped = time.monotonic()
     os.kill(frozen.proc.pid, signal.SIGSTOP)
@@ -156,7 +145,7 @@ async def test_a_worker_frozen_past_its_announcements_is_fenced_off_when_it_wake
         os.kill(frozen.proc.pid, signal.SIGCONT)
 
     deadline = time.monotonic() + 10
-    while (await status(frozen, keys.admin)).running_jobs:  # WorkerStatus, polled
+    while (await worker_status(frozen, keys.admin)).running_jobs:  # WorkerStatus, polled
         assert time.monotonic() < deadline, "the woken worker still runs the lost jobs"
         await asyncio.sleep(0.05)
     assert frozen.stop() == 0  # a graceful stop waits for its pending writes

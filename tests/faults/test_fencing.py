@@ -12,25 +12,13 @@ import os
 import signal
 from pathlib import Path
 
-import grpc
-
 from conveyor.client import AsyncClient
 from conveyor.v1 import job_pb2
-from conveyor.v1 import worker_control_pb2 as wc
-from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
 from tests.handlers import lines
 from tests.observability import scrape, value
-from tests.processes import Keys, Service, Stack
+from tests.processes import Keys, Stack, worker_status
 
 QUEUE = "frozen"
-
-
-async def status(worker: Service, key: str) -> wc.WorkerStatus:
-    async with grpc.aio.insecure_channel(worker.addr) as channel:
-        reply = await WorkerControlStub(channel).GetWorkerStatus(
-            wc.GetWorkerStatusRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=5
-        )
-    return reply.status  # type: ignore[no-any-return]
 
 
 async def test_a_worker_frozen_past_its_lease_cannot_overwrite_the_newer_attempt(
@@ -38,7 +26,7 @@ async def test_a_worker_frozen_past_its_lease_cannot_overwrite_the_newer_attempt
 ) -> None:
     log = tmp_path / "effects.log"
     frozen = stack.start("worker", "--queues", QUEUE, "--concurrency", "1", env=stack.worker_env())
-    frozen_id = (await status(frozen, keys.admin)).worker_id
+    frozen_id = (await worker_status(frozen, keys.admin)).worker_id
     job = await alice.submit(
         "test.effect", {"log": str(log), "seconds": 1.5, "key": "k"}, queue=QUEUE, max_attempts=5
     )
@@ -49,7 +37,7 @@ async def test_a_worker_frozen_past_its_lease_cannot_overwrite_the_newer_attempt
     os.kill(frozen.proc.pid, signal.SIGSTOP)
     try:
         rescuer = stack.start("worker", "--queues", QUEUE, env=stack.worker_env())
-        rescuer_id = (await status(rescuer, keys.admin)).worker_id
+        rescuer_id = (await worker_status(rescuer, keys.admin)).worker_id
         async with asyncio.timeout(30):
             final = [u async for u in alice.watch(job.id)][-1].job
         assert final.state == job_pb2.JOB_STATE_SUCCEEDED and final.attempt == 2
@@ -61,7 +49,7 @@ async def test_a_worker_frozen_past_its_lease_cannot_overwrite_the_newer_attempt
     # The woken worker finishes its handler or notices its lost lease, and whatever it
     # tries to write is refused. A graceful stop waits for its pending writes, so once it
     # has exited every late write has been tried.
-    woke = await status(frozen, keys.admin)
+    woke = await worker_status(frozen, keys.admin)
     assert frozen.stop() == 0
     refused = frozen.log.read_text().count("stale outcome")
     after = await alice.get(job.id)

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import psycopg
 import pytest
 from psycopg.rows import TupleRow
@@ -32,9 +31,7 @@ from conveyor.client import AsyncClient, submit_request
 from conveyor.embedded import EmbeddedRedis
 from conveyor.store import migrate
 from conveyor.store.bulk import psycopg_dsn
-from conveyor.v1 import worker_control_pb2 as wc
-from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
-from tests.processes import CONVEYOR, Service, Stack, fresh_database, make_env
+from tests.processes import CONVEYOR, Service, Stack, fresh_database, make_env, worker_status
 
 QUEUE = "kill9"
 JOBS = 2000
@@ -120,14 +117,6 @@ def _spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def status(worker: Service, key: str) -> wc.WorkerStatus:
-    async with grpc.aio.insecure_channel(worker.addr) as channel:
-        reply = await WorkerControlStub(channel).GetWorkerStatus(
-            wc.GetWorkerStatusRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=10
-        )
-    return reply.status  # type: ignore[no-any-return]
-
-
 async def unfinished(conn: psycopg.AsyncConnection[TupleRow]) -> int:
     cur = await conn.execute("SELECT count(*) FROM jobs WHERE state <> ALL(%s)", (list(FINISHED),))
     row = await cur.fetchone()
@@ -168,7 +157,7 @@ async def test_no_job_lost_across_100_kill_9_of_workers(soak_stack: Stack, tmp_p
         deadline = time.monotonic() + VICTIM_SECONDS
         while True:
             for worker in pool.live:
-                if (await status(worker, admin)).running_jobs:
+                if (await worker_status(worker, admin)).running_jobs:
                     return worker
             assert time.monotonic() < deadline, (
                 f"no live worker ran a job for {VICTIM_SECONDS} s before kill {kills + 1}"

@@ -22,12 +22,10 @@ import pytest
 from redis import Redis
 
 from conveyor.client import AsyncClient
-from conveyor.embedded import EmbeddedRedis
 from conveyor.queue.keys import QueueKeys
-from conveyor.store.migrate import migrate
 from conveyor.v1 import job_pb2
 from tests.handlers import lines
-from tests.processes import Service, Stack, fresh_database, make_env
+from tests.processes import Service, Stack, own_stack
 
 QUEUE = "stalled"
 LEASE = 2.0  # seconds (the FAST settings'), heartbeat 0.4 s
@@ -37,18 +35,10 @@ DROPPED = "dropped before its handler started"
 @pytest.fixture(scope="module")
 def paused_stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """An API on a Redis of its own (this module pauses it)."""
-    redis = EmbeddedRedis(tmp_path_factory.mktemp("stale-claims-redis"))
-    redis.start()
-    url = fresh_database(database_url, "conveyor_stale_claims")
-    migrate(url)
-    stack = Stack(make_env(redis.url, url), tmp_path_factory.mktemp("stale-claims-logs"))
-    try:
+    folder = tmp_path_factory.mktemp("stale-claims")
+    with own_stack(database_url, folder, "conveyor_stale_claims") as stack:
         stack.start("api")
         yield stack
-    finally:
-        codes = stack.stop_all()
-        redis.stop()
-    assert all(code == 0 for code in codes.values()), f"unclean shutdown: {codes}"
 
 
 @pytest.fixture

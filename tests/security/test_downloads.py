@@ -32,11 +32,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor.cli.dev import wait_serving
 from conveyor.client import AsyncClient
-from conveyor.embedded import EmbeddedRedis, free_port
-from conveyor.store import migrate
+from conveyor.embedded import free_port
 from conveyor.v1 import job_pb2
 from tests.e2e.test_jobs import watch_all
-from tests.processes import Service, Stack, fresh_database, make_env
+from tests.processes import Service, Stack, own_stack
 
 HALF_OPEN = 1_000
 HEADER_TIMEOUT = 4.0
@@ -76,25 +75,16 @@ def folder_stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) ->
     """An API with the folder store, logging JSON at DEBUG (one-line records to check),
     started with the open-file limits systemd and containerd give a service: soft 1,024
     under a higher hard limit."""
-    redis = EmbeddedRedis(tmp_path_factory.mktemp("downloads-redis"))
-    redis.start()
-    url = fresh_database(database_url, "conveyor_downloads")
-    migrate(url)
-    env = make_env(redis.url, url)
-    env.update(
-        CONVEYOR_LOG_FORMAT="json",
-        CONVEYOR_LOG_LEVEL="DEBUG",
-        CONVEYOR_DOWNLOAD_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
-    )
-    stack = Stack(env, tmp_path_factory.mktemp("downloads-logs"))
-    try:
+    env = {
+        "CONVEYOR_LOG_FORMAT": "json",
+        "CONVEYOR_LOG_LEVEL": "DEBUG",
+        "CONVEYOR_DOWNLOAD_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+    }
+    folder = tmp_path_factory.mktemp("downloads")
+    with own_stack(database_url, folder, "conveyor_downloads", **env) as stack:
         with open_file_limit(SERVICE_SOFT_LIMIT):  # inherited by the API process
             stack.start("api")
         yield stack
-    finally:
-        codes = stack.stop_all()
-        redis.stop()
-    assert all(code == 0 for code in codes.values()), f"unclean shutdown: {codes}"
 
 
 @pytest.fixture(scope="module")
