@@ -299,6 +299,7 @@ class Server:
         )
         self.port = 0
         self._probe: asyncio.Task[None] | None = None
+        self._checks_running: dict[int, asyncio.Future[bool]] = {}
 
     def add(self, register: Callable[[Any, Any], None], servicer: object) -> None:
         """Add `servicer` through its generated `add_*Servicer_to_server` function, with
@@ -368,13 +369,24 @@ class Server:
 
     async def _probe_once(self) -> None:
         checks = [*self.checks, *self.conditions.values()]
-        results = await asyncio.gather(
-            *(asyncio.wait_for(check(), HEALTH_CHECK_TIMEOUT_SECONDS) for check in checks),
-            return_exceptions=True,
-        )
-        await self._set_health(_serving(all(r is True for r in results[: len(self.checks)])))
+        results = await asyncio.gather(*(self._checked(i, c) for i, c in enumerate(checks)))
+        await self._set_health(_serving(all(results[: len(self.checks)])))
         for name, result in zip(self.conditions, results[len(self.checks) :], strict=True):
-            await self.health.set(name, _serving(result is True))
+            await self.health.set(name, _serving(result))
+
+    async def _checked(self, index: int, check: HealthCheck) -> bool:
+        """Whether `check` passed within HEALTH_CHECK_TIMEOUT_SECONDS. A check past that
+        counts as failed but is left to finish, never cancelled: cancelling a database
+        call mid-flight can leave its connection inside a transaction. Until it finishes,
+        no second one of it starts, and it keeps counting as failed."""
+        running = self._checks_running.get(index)
+        if running is None or running.done():
+            running = asyncio.ensure_future(check())
+            self._checks_running[index] = running
+        await asyncio.wait({running}, timeout=HEALTH_CHECK_TIMEOUT_SECONDS)
+        if not running.done() or running.cancelled():
+            return False
+        return running.exception() is None and running.result() is True
 
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
@@ -393,6 +405,8 @@ class Server:
         """Say NOT_SERVING first (load balancers stop sending), then finish calls in `grace`."""
         if self._probe is not None:
             self._probe.cancel()
+        for running in self._checks_running.values():
+            running.cancel()  # the connections are closed next anyway
         await self.health.enter_graceful_shutdown()
         await self.grpc.stop(grace)
 

@@ -1353,12 +1353,14 @@ def partial_records(fuzz: FuzzStack) -> list[str]:
     with psycopg.connect(psycopg_dsn(fuzz.database_url)) as conn:
         rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs").fetchall()
         attempts = conn.execute("SELECT count(*) FROM job_attempts").fetchone()
-        # No call is in flight now, so a connection inside a transaction was left there, and
-        # nothing it writes from now on is ever committed.
+        # No call is in flight now, so a connection inside a transaction for seconds was
+        # left there, and nothing it writes from now on is ever committed. (A health check's
+        # `SELECT 1` is inside its transaction for a millisecond, once a second.)
         stuck = conn.execute(
             "SELECT pid, xact_start, left(query, 80) "
             "FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+            "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%' "
+            "AND xact_start < now() - interval '3 seconds'"
         ).fetchall()
     stored: dict[str, tuple[Any, ...]] = {row[0]: row for row in rows}
     accepted = fuzz.ledger.jobs
