@@ -37,14 +37,14 @@ from bench.handlers import STAMPS
 from conveyor.cli.dev import wait_serving
 from conveyor.client import AsyncClient, schedule_request, submit_request
 from conveyor.config import Settings
+from conveyor.db import Database, JobStore, migrate
+from conveyor.db.bulk import psycopg_dsn
+from conveyor.db.queues import QueueStore
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from conveyor.errors import ConveyorError
-from conveyor.queue import RedisQueue, connect
-from conveyor.queue.keys import EPOCH_KEY
-from conveyor.reconciler import Reconciler
-from conveyor.store import Database, JobStore, migrate
-from conveyor.store.bulk import psycopg_dsn
-from conveyor.store.queues import QueueStore
+from conveyor.redis import RedisQueue, connect
+from conveyor.redis.keys import EPOCH_KEY
+from conveyor.scheduling.reconciler import Reconciler
 from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
@@ -374,7 +374,7 @@ class Bench:
         process, the fork server and the children it reaped. Then a worker process drains
         no-op jobs that each run in a child (8 forked ahead)."""
         from conveyor.handlers.context import AttemptFacts
-        from conveyor.isolation import Attempt, Call, ProcessPool, Progress, Setup
+        from conveyor.worker.isolation import Attempt, Call, ProcessPool, Progress, Setup
 
         settings = Settings(redis_url="redis://unused", database_url="sqlite:///unused")
         pool = ProcessPool(Setup(settings, False, os.getpid()), size=4, preload=["bench.handlers"],

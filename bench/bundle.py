@@ -15,10 +15,10 @@ from typing import Any
 
 import psutil
 
-from conveyor.artifacts import owner_file_key
 from conveyor.client import AsyncClient
 from conveyor.embedded import free_port
-from conveyor.storage.s3 import S3Store
+from conveyor.jobs.artifacts import owner_file_key
+from conveyor.objects.s3 import S3Store
 from conveyor.v1 import job_pb2
 from tests.objectstores import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.processes import Stack

@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from conveyor.attempts import AttemptEnd, AttemptOutcome
 from conveyor.config import Settings
+from conveyor.db import Database, JobStore
 from conveyor.handlers import Registry
-from conveyor.jobs import JobState, now_ms
-from conveyor.queue import EventHub, RedisQueue, connect
-from conveyor.runner import Worker
-from conveyor.store import Database, JobStore
+from conveyor.jobs.attempts import AttemptEnd, AttemptOutcome
+from conveyor.jobs.model import JobState, now_ms
+from conveyor.redis import EventHub, RedisQueue, connect
+from conveyor.worker.runner import Worker
 
 _OUTCOMES = {
     JobState.SUCCEEDED: AttemptOutcome.SUCCEEDED,

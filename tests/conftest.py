@@ -18,9 +18,9 @@ from sqlalchemy import create_engine, text
 
 from conveyor.client import AsyncClient
 from conveyor.config import Settings
+from conveyor.db import Database, migrate, sync_url
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
-from conveyor.storage.s3 import S3Store
-from conveyor.store import Database, migrate, sync_url
+from conveyor.objects.s3 import S3Store
 from tests.mailbox import Mailbox
 from tests.objectstores import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.processes import Keys, Stack, fresh_database, make_env, read_only_role

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from conveyor.embedded import free_port
-from conveyor.storage.downloads import DownloadServer
-from conveyor.storage.local import LocalStore
+from conveyor.objects.downloads import DownloadServer
+from conveyor.objects.local import LocalStore
 
 ACCESS_KEY = "conveyor-test"
 SECRET_KEY = "conveyor-test-secret"

@@ -1,6 +1,6 @@
 """A handler only some test workers load (`CONVEYOR_HANDLERS=tests.handlers,
 tests.worker_only_handlers`) and the test API does not: a type the API learns of only from
-the live workers that announce it (see `conveyor.known_names`)."""
+the live workers that announce it (see `conveyor.api.known_names`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Compact JSON text for the hot path: job hashes and scripts' arguments in Redis, and the
-one-document statement parameters of `conveyor.store.bulk`.
+one-document statement parameters of `conveyor.db.bulk`.
 
 orjson encodes and decodes several times faster than the standard library, which matters
 where every job of a 1,000-job bulk submit or of a drained batch is encoded twice (its hot

@@ -15,8 +15,8 @@ from typing import Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from conveyor.queues import QueueChoice
-from conveyor.retry import RetryPolicy
+from conveyor.jobs.queues import QueueChoice
+from conveyor.jobs.retry import RetryPolicy
 
 
 class ConfigurationError(ValueError):

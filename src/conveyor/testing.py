@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from conveyor.artifacts import Artifact, Artifacts, artifact_key
 from conveyor.config import Settings
 from conveyor.errors import InvalidArgument
 from conveyor.handlers.context import BaseContext, JobContext, SyncJobContext
 from conveyor.handlers.registry import HandlerSpec, Registry, default_registry, load_modules
-from conveyor.jobs import new_job_id, now_ms
-from conveyor.storage import ObjectStore
-from conveyor.storage.local import LocalStore
+from conveyor.jobs.artifacts import Artifact, Artifacts, artifact_key
+from conveyor.jobs.model import new_job_id, now_ms
+from conveyor.objects import ObjectStore
+from conveyor.objects.local import LocalStore
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -15,9 +15,9 @@ from google.protobuf import json_format
 from sqlalchemy import create_engine, text
 
 from conveyor.client import AsyncClient
+from conveyor.db import sync_url
 from conveyor.errors import NotFound
-from conveyor.storage.s3 import S3Store
-from conveyor.store import sync_url
+from conveyor.objects.s3 import S3Store
 from conveyor.v1 import job_pb2
 from tests.e2e.test_jobs import watch_all
 from tests.objectstores import ACCESS_KEY, SECRET_KEY, S3Server

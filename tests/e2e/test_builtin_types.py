@@ -18,11 +18,11 @@ import pytest
 from google.protobuf import json_format
 from sqlalchemy import create_engine, text
 
-from conveyor.artifacts import owner_file_key
+from conveyor.builtins.webhook import verify_signature
 from conveyor.client import AsyncClient, retry_policy, schedule_request, submit_request
+from conveyor.db import sync_url
 from conveyor.errors import InvalidArgument, NotFound
-from conveyor.handlers.webhook import verify_signature
-from conveyor.store import sync_url
+from conveyor.jobs.artifacts import owner_file_key
 from conveyor.v1 import job_pb2
 from tests.e2e.test_artifacts import download, e2e_bucket
 from tests.e2e.test_jobs import watch_all

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from conveyor.client import AsyncClient, schedule_request
+from conveyor.db import migrate
 from conveyor.embedded import EmbeddedRedis
 from conveyor.errors import ResourceExhausted
-from conveyor.store import migrate
 from conveyor.v1 import job_pb2
 from tests.observability import ExportedSpan, Sample, SpanCollector, scrape, spans_collector, value
 from tests.processes import Service, Stack, fresh_database, make_env

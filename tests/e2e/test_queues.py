@@ -20,8 +20,8 @@ import psycopg
 import pytest
 
 from conveyor.client import AsyncClient, submit_request
+from conveyor.db.bulk import psycopg_dsn
 from conveyor.errors import InvalidArgument, PermissionDenied
-from conveyor.store.bulk import psycopg_dsn
 from conveyor.v1 import api_key_service_pb2 as kpb
 from conveyor.v1 import job_pb2
 from conveyor.v1.api_key_service_pb2_grpc import ApiKeyServiceStub

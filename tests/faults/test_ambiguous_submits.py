@@ -21,9 +21,9 @@ import psycopg
 import pytest
 
 from conveyor.client import AsyncClient, Client, SubmitRetry, submit_request
+from conveyor.db.bulk import psycopg_dsn
 from conveyor.embedded import free_port
 from conveyor.errors import ConveyorError, InvalidArgument
-from conveyor.store.bulk import psycopg_dsn
 from conveyor.v1 import job_pb2
 from tests.processes import Keys, Service, Stack
 

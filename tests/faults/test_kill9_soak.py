@@ -28,9 +28,9 @@ from psycopg.rows import TupleRow
 
 from conveyor.cli.dev import wait_serving
 from conveyor.client import AsyncClient, submit_request
+from conveyor.db import migrate
+from conveyor.db.bulk import psycopg_dsn
 from conveyor.embedded import EmbeddedRedis
-from conveyor.store import migrate
-from conveyor.store.bulk import psycopg_dsn
 from tests.processes import CONVEYOR, Service, Stack, fresh_database, make_env, worker_status
 
 QUEUE = "kill9"

@@ -13,9 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor.client import AsyncClient
+from conveyor.db import migrate
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
 from conveyor.errors import Unavailable
-from conveyor.store import migrate
 from conveyor.v1 import job_pb2
 from tests.processes import Stack, make_env
 

@@ -3,7 +3,7 @@
 A committed job is accepted whatever Redis says afterwards: SubmitJob answers OK (a client
 told otherwise resubmits and makes a duplicate), GetJob says why the job waits, the API
 retries the enqueue within seconds (not at the reconciler's next pass), and its health
-reports the condition without taking the API out of service (see `conveyor.pending_writes`).
+reports the condition without taking the API out of service (see `conveyor.api.pending_writes`).
 Before a commit, a refusal is UNAVAILABLE with an ErrorInfo and a RetryInfo, never INTERNAL.
 
 Each test starts a Redis of its own, filled with one big key and then capped below what it
@@ -26,16 +26,16 @@ import redis
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from conveyor.api.pending_writes import REDIS_WRITES_HEALTH
+from conveyor.api.ratelimit import Kind, Limit, RateLimiter
 from conveyor.client import AsyncClient, submit_request
 from conveyor.config import Settings
+from conveyor.db import migrate
+from conveyor.db.bulk import psycopg_dsn
 from conveyor.embedded import EmbeddedRedis
 from conveyor.errors import RedisRefused
-from conveyor.jobs import FALLBACK_RETRY, JobDefaults, JobSpec, JobState
-from conveyor.pending_writes import REDIS_WRITES_HEALTH
-from conveyor.queue import RedisQueue, connect
-from conveyor.ratelimit import Kind, Limit, RateLimiter
-from conveyor.store import migrate
-from conveyor.store.bulk import psycopg_dsn
+from conveyor.jobs.model import FALLBACK_RETRY, JobDefaults, JobSpec, JobState
+from conveyor.redis import RedisQueue, connect
 from conveyor.v1 import job_pb2
 from tests.observability import scrape, value
 from tests.processes import Service, Stack, fresh_database, make_env

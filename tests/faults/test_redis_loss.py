@@ -1,7 +1,8 @@
 """Redis loses its data; PostgreSQL does not, and no job is lost.
 
 PostgreSQL is the source of truth and Redis only the hot copy, so whatever Redis forgets the
-reconciler (in `conveyor scheduler`) puts back from the database (see `conveyor.reconciler`).
+reconciler (in `conveyor scheduler`) puts back from the database (see
+`conveyor.scheduling.reconciler`).
 Each test builds a stack of its own (Redis, a database, real api/worker/scheduler processes)
 and checks the outcome in the database, where it is durable:
 
@@ -36,11 +37,11 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor.client import AsyncClient, submit_request
+from conveyor.db import Database, JobStore, migrate
+from conveyor.db.bulk import psycopg_dsn
 from conveyor.embedded import EmbeddedRedis, free_port
-from conveyor.jobs import FALLBACK_RETRY, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.queue.keys import EPOCH_KEY, RECONCILE_LOCK, QueueKeys
-from conveyor.store import Database, JobStore, migrate
-from conveyor.store.bulk import psycopg_dsn
+from conveyor.jobs.model import FALLBACK_RETRY, JobDefaults, JobSpec, JobState, now_ms
+from conveyor.redis.keys import EPOCH_KEY, RECONCILE_LOCK, QueueKeys
 from tests.handlers import lines
 from tests.processes import Service, Stack, fresh_database, make_env
 

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from conveyor.client import AsyncClient, schedule_request
+from conveyor.db.bulk import psycopg_dsn
 from conveyor.embedded import free_port
-from conveyor.store.bulk import psycopg_dsn
 from tests.processes import Service, Stack
 
 

@@ -22,7 +22,7 @@ import pytest
 from redis import Redis
 
 from conveyor.client import AsyncClient
-from conveyor.queue.keys import QueueKeys
+from conveyor.redis.keys import QueueKeys
 from conveyor.v1 import job_pb2
 from tests.handlers import lines
 from tests.processes import Service, Stack, own_stack

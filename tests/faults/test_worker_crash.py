@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from conveyor.client import AsyncClient
-from conveyor.store import Database, JobStore
+from conveyor.db import Database, JobStore
 from conveyor.v1 import job_pb2
 from tests.processes import Keys, Stack
 

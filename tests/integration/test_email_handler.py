@@ -22,14 +22,14 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from conveyor.artifacts import owner_file_key
+from conveyor.builtins.email import EmailPayload, check_transport, send_email  # registers it
 from conveyor.config import Settings
 from conveyor.embedded import free_port
 from conveyor.errors import InvalidArgument
 from conveyor.handlers import JobContext, PermanentError, Registry
-from conveyor.handlers.email import EmailPayload, check_transport, send_email  # registers it
-from conveyor.storage import ObjectStore
-from conveyor.storage.local import LocalStore
+from conveyor.jobs.artifacts import owner_file_key
+from conveyor.objects import ObjectStore
+from conveyor.objects.local import LocalStore
 from conveyor.testing import RunFixture, run_handler
 
 # -- a real SMTP server --------------------------------------------------------------------

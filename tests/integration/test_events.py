@@ -8,8 +8,8 @@ import asyncio
 from redis.asyncio import Redis
 
 from conveyor.config import Settings
-from conveyor.queue import EventHub, connect
-from conveyor.queue.events import BUFFER
+from conveyor.redis import EventHub, connect
+from conveyor.redis.events import BUFFER
 
 
 async def test_many_subscribers_share_one_connection(settings: Settings) -> None:

@@ -26,18 +26,18 @@ from pydantic import BaseModel
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from conveyor.artifacts import artifact_key, owner_file_key
+from conveyor.builtins import bundle as bundle_module
+from conveyor.builtins import csv_export as csv_module
+from conveyor.builtins.export_database import dispose_engines, export_engine
 from conveyor.config import Settings
+from conveyor.db import sync_url
 from conveyor.errors import InvalidArgument
 from conveyor.handlers import PermanentError, SyncJobContext
-from conveyor.handlers import bundle as bundle_module
-from conveyor.handlers import csv_export as csv_module
-from conveyor.handlers.export_database import dispose_engines, export_engine
 from conveyor.handlers.registry import HandlerSpec
-from conveyor.storage import PART_SIZE, ObjectStore
-from conveyor.storage.local import LocalStore
-from conveyor.storage.s3 import S3Store
-from conveyor.store import sync_url
+from conveyor.jobs.artifacts import artifact_key, owner_file_key
+from conveyor.objects import PART_SIZE, ObjectStore
+from conveyor.objects.local import LocalStore
+from conveyor.objects.s3 import S3Store
 from conveyor.testing import HandlerRun, RunFixture, run_handler
 
 PG_ROWS = 20_000

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from conveyor.attempts import AttemptOutcome
 from conveyor.config import Settings
-from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.queue import Claim, RedisQueue, connect
-from conveyor.recording import AttemptRecorder
-from conveyor.store import Database, JobStore
+from conveyor.db import Database, JobStore
+from conveyor.jobs.attempts import AttemptOutcome
+from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
+from conveyor.redis import Claim, RedisQueue, connect
 from conveyor.telemetry.metrics import WorkerMetrics
+from conveyor.worker.recording import AttemptRecorder
 from tests.builders import ended
 
 pytestmark = pytest.mark.usefixtures("clean")

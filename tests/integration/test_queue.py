@@ -9,9 +9,9 @@ import pytest
 from redis.asyncio import Redis
 
 from conveyor.config import Settings
-from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.queue import Cancelled, QueueKeys, RedisQueue, connect
-from conveyor.queues import QueueSettings
+from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
+from conveyor.jobs.queues import QueueSettings
+from conveyor.redis import Cancelled, QueueKeys, RedisQueue, connect
 from tests.builders import ended
 
 pytestmark = pytest.mark.usefixtures("clean")

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from conveyor.api.ratelimit import LEASE_SECONDS, Kind, Limit, RateLimiter
 from conveyor.errors import ResourceExhausted
-from conveyor.queue import connect
-from conveyor.queue.keys import rate_bucket
-from conveyor.queue.scripts import Scripts
-from conveyor.ratelimit import LEASE_SECONDS, Kind, Limit, RateLimiter
+from conveyor.redis import connect
+from conveyor.redis.keys import rate_bucket
+from conveyor.redis.scripts import Scripts
 
 pytestmark = pytest.mark.usefixtures("clean")
 

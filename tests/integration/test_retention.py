@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.artifacts import Artifact, artifact_key
 from conveyor.config import Settings
-from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.queue import RedisQueue, connect
-from conveyor.retention import Sweeper, resolve_retention_ms
-from conveyor.storage.local import LocalStore
-from conveyor.store import Database, JobStore
-from conveyor.store.artifacts import ArtifactStore
+from conveyor.db import Database, JobStore
+from conveyor.db.artifacts import ArtifactStore
+from conveyor.jobs.artifacts import Artifact, artifact_key
+from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
+from conveyor.jobs.retention import Sweeper, resolve_retention_ms
+from conveyor.objects.local import LocalStore
+from conveyor.redis import RedisQueue, connect
 from tests.builders import ended
 
 pytestmark = pytest.mark.usefixtures("clean")

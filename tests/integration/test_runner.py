@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from conveyor.config import Settings
+from conveyor.db import JobStore
 from conveyor.handlers import JobContext, Registry
-from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.queue import RedisQueue
-from conveyor.runner import Worker
-from conveyor.store import JobStore
+from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
+from conveyor.redis import RedisQueue
+from conveyor.worker.runner import Worker
 from tests.builders import ended, running_worker
 
 pytestmark = pytest.mark.usefixtures("clean")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.storage import PART_SIZE, ObjectNotFound, ObjectStore
-from conveyor.storage.downloads import DownloadServer
-from conveyor.storage.local import LocalStore
-from conveyor.storage.s3 import S3Store
+from conveyor.objects import PART_SIZE, ObjectNotFound, ObjectStore
+from conveyor.objects.downloads import DownloadServer
+from conveyor.objects.local import LocalStore
+from conveyor.objects.s3 import S3Store
 from tests.objectstores import S3Server, serving_downloads
 
 

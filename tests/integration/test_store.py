@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from conveyor.db import Database, JobStore
 from conveyor.errors import AlreadyExists, FailedPrecondition, NotFound
-from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.store import Database, JobStore
+from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
 from tests.builders import ended
 
 pytestmark = pytest.mark.usefixtures("clean")

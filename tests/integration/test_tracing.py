@@ -14,12 +14,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from conveyor.config import Settings
+from conveyor.db import JobStore
 from conveyor.handlers import JobContext, Registry, SyncJobContext
-from conveyor.jobs import FALLBACK_RETRY, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.queue import RedisQueue
-from conveyor.runner import Worker
-from conveyor.store import JobStore
+from conveyor.jobs.model import FALLBACK_RETRY, JobDefaults, JobSpec, JobState, now_ms
+from conveyor.redis import RedisQueue
 from conveyor.telemetry import tracing
+from conveyor.worker.runner import Worker
 from tests.builders import running_worker
 
 pytestmark = pytest.mark.usefixtures("clean")

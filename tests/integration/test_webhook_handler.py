@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import trustme
 
-import conveyor.handlers.webhook  # noqa: F401 - registers http.request
+import conveyor.builtins.webhook  # noqa: F401 - registers http.request
+from conveyor.builtins.webhook import WebhookRetry, sign, verify_signature, why_refused
 from conveyor.config import Settings
 from conveyor.embedded import free_port
 from conveyor.errors import InvalidArgument
 from conveyor.handlers import PermanentError
-from conveyor.handlers.webhook import WebhookRetry, sign, verify_signature, why_refused
 from conveyor.testing import HandlerRun, run_handler
 
 SECRET = "test-webhook-secret"

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from conveyor.config import Settings
-from conveyor.jobs import FALLBACK_RETRY, Job, JobDefaults, JobSpec, now_ms
-from conveyor.queue import Claim, QueueKeys, RedisQueue, connect
-from conveyor.queue.workers import SERVED_KEY, WORKERS_KEY, WorkerInfo, WorkerRegistry
+from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, now_ms
+from conveyor.redis import Claim, QueueKeys, RedisQueue, connect
+from conveyor.redis.workers import SERVED_KEY, WORKERS_KEY, WorkerInfo, WorkerRegistry
 
 pytestmark = pytest.mark.usefixtures("clean")
 QUEUE = "default"

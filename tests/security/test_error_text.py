@@ -17,10 +17,10 @@ from sqlalchemy import create_engine, text
 
 from conveyor.client import AsyncClient
 from conveyor.config import Settings
+from conveyor.db import JobStore, sync_url
 from conveyor.handlers import PermanentError, Registry, SyncJobContext
-from conveyor.jobs import FALLBACK_RETRY, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.queue import RedisQueue
-from conveyor.store import JobStore, sync_url
+from conveyor.jobs.model import FALLBACK_RETRY, JobDefaults, JobSpec, JobState, now_ms
+from conveyor.redis import RedisQueue
 from conveyor.v1 import job_pb2
 from tests.builders import running_worker
 from tests.e2e.test_jobs import watch_all
@@ -130,5 +130,5 @@ async def test_a_failed_csv_export_shows_its_owner_no_paths_and_no_sql(
     assert done.state == job_pb2.JOB_STATE_DEAD
     attempts = await alice.attempts(job.id)
     _assert_no_leak(done.error, *(a.traceback for a in attempts))
-    assert "conveyor/handlers/csv_export.py:" in done.error, done.error
+    assert "conveyor/builtins/csv_export.py:" in done.error, done.error
     assert '"no_such_table" does not exist' in done.error

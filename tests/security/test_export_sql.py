@@ -23,20 +23,20 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from conveyor.client import AsyncClient
-from conveyor.config import ConfigurationError, Settings
-from conveyor.errors import InvalidArgument
-from conveyor.handlers import PermanentError, SyncJobContext
-from conveyor.handlers import csv_export as csv_module
-from conveyor.handlers.csv_export import CsvExportPayload
-from conveyor.handlers.export_database import (
+from conveyor.builtins import csv_export as csv_module
+from conveyor.builtins.csv_export import CsvExportPayload
+from conveyor.builtins.export_database import (
     check_export_database,
     dispose_engines,
     export_engine,
 )
-from conveyor.handlers.export_sql import ExportStatement
+from conveyor.builtins.export_sql import ExportStatement
+from conveyor.client import AsyncClient
+from conveyor.config import ConfigurationError, Settings
+from conveyor.db import migrate
+from conveyor.errors import InvalidArgument
+from conveyor.handlers import PermanentError, SyncJobContext
 from conveyor.handlers.registry import HandlerSpec
-from conveyor.store import migrate
 from conveyor.testing import RunFixture, run_handler
 from tests.processes import Service, Stack, fresh_database, login_role, read_only_role
 

@@ -59,10 +59,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from conveyor.db import migrate
+from conveyor.db.bulk import psycopg_dsn
 from conveyor.embedded import EmbeddedRedis
-from conveyor.queue.keys import QueueKeys
-from conveyor.store import migrate
-from conveyor.store.bulk import psycopg_dsn
+from conveyor.redis.keys import QueueKeys
 from conveyor.v1 import job_pb2, job_service_pb2_grpc
 from conveyor.v1 import job_service_pb2 as pb
 from tests.processes import ROOT, Service, Stack, fresh_database, make_env

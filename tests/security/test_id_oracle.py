@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from conveyor.auth import Principal, Role
+from conveyor.api.jobs import JobOperations
 from conveyor.client import AsyncClient
 from conveyor.config import Settings
+from conveyor.db import Database, JobStore
 from conveyor.errors import NotFound
-from conveyor.jobs import JobSpec, new_job_id
-from conveyor.operations import JobOperations
-from conveyor.queue import EventHub, RedisQueue, connect
-from conveyor.store import Database, JobStore
+from conveyor.jobs.model import JobSpec, new_job_id
+from conveyor.redis import EventHub, RedisQueue, connect
+from conveyor.server.auth import Principal, Role
 
 pytestmark = pytest.mark.usefixtures("clean")
 

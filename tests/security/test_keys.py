@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from conveyor.auth import digest
 from conveyor.client import AsyncClient
 from conveyor.errors import (
     InvalidArgument,
@@ -21,6 +20,7 @@ from conveyor.errors import (
     Unauthenticated,
     from_rpc_error,
 )
+from conveyor.server.auth import digest
 from conveyor.v1 import api_key_service_pb2 as pb
 from conveyor.v1 import job_pb2
 from conveyor.v1.api_key_service_pb2_grpc import ApiKeyServiceStub

@@ -18,17 +18,17 @@ import pytest
 from google.rpc import error_details_pb2
 from sqlalchemy import event
 
-from conveyor.auth import Principal, Role
+from conveyor.api.jobs import JobOperations
+from conveyor.api.schedules import ScheduleOperations
 from conveyor.client import schedule_request
 from conveyor.config import Settings
+from conveyor.db import Database, JobStore
+from conveyor.db.schedules import ScheduleStore
 from conveyor.errors import QuotaExceeded
-from conveyor.jobs import now_ms
-from conveyor.operations import JobOperations
-from conveyor.queue import EventHub, RedisQueue, connect
-from conveyor.schedule_operations import ScheduleOperations
-from conveyor.schedules import schedule_from_proto
-from conveyor.store import Database, JobStore
-from conveyor.store.schedules import ScheduleStore
+from conveyor.jobs.model import now_ms
+from conveyor.redis import EventHub, RedisQueue, connect
+from conveyor.scheduling.schedules import schedule_from_proto
+from conveyor.server.auth import Principal, Role
 from conveyor.v1 import schedule_service_pb2
 
 CAP = 3

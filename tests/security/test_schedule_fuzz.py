@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conveyor.client import Client
+from conveyor.db.bulk import psycopg_dsn
 from conveyor.errors import ConveyorError, InvalidArgument
-from conveyor.store.bulk import psycopg_dsn
 from conveyor.v1 import job_service_pb2, schedule_service_pb2
 from tests.processes import Stack
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.storage import ObjectNotFound
-from conveyor.storage.local import LocalStore
+from conveyor.objects import ObjectNotFound
+from conveyor.objects.local import LocalStore
 from tests.objectstores import serving_downloads
 
 VICTIM = "jobs/victim/artifacts/secret.txt"

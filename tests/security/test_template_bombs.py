@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from conveyor.builtins.email import EmailPayload, render
 from conveyor.client import AsyncClient
 from conveyor.config import Settings
 from conveyor.errors import InvalidArgument
 from conveyor.handlers import PermanentError
-from conveyor.handlers.email import EmailPayload, render
 from conveyor.v1 import job_pb2
 from tests.mailbox import Mailbox
 from tests.processes import Keys, Service, Stack

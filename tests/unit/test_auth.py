@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from conveyor.auth import KEY_PREFIX, bearer_token, digest, generate_key
 from conveyor.errors import Unauthenticated
+from conveyor.server.auth import KEY_PREFIX, bearer_token, digest, generate_key
 
 
 def test_bearer_token_is_read_from_metadata() -> None:

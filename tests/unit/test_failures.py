@@ -1,4 +1,4 @@
-"""conveyor.failures: how a file is named to a job's owner (within its package, else by
+"""conveyor.jobs.failures: how a file is named to a job's owner (within its package, else by
 base name) and an OSError's file names reduced to base names."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.failures import describe, format_traceback, shown_file
+from conveyor.jobs.failures import describe, format_traceback, shown_file
 
 
 @pytest.mark.parametrize(
     ("filename", "module", "shown"),
     [
-        ("/srv/app/src/conveyor/handlers/csv_export.py", "conveyor.handlers.csv_export",
-         "conveyor/handlers/csv_export.py"),
+        ("/srv/app/src/conveyor/builtins/csv_export.py", "conveyor.builtins.csv_export",
+         "conveyor/builtins/csv_export.py"),
         ("/venv/lib/python3.11/site-packages/mypkg/__init__.py", "mypkg", "mypkg/__init__.py"),
         ("/home/me/jobs.py", "jobs", "jobs.py"),
         ("/home/me/script.py", "__main__", "script.py"),

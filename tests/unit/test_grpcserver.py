@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from conveyor.grpcserver import CannotListen, check_can_listen
+from conveyor.server.grpcserver import CannotListen, check_can_listen
 
 
 def test_a_taken_port_is_named_with_its_variable_and_the_reason() -> None:

@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field
 
 from conveyor.errors import InvalidArgument
 from conveyor.handlers import PermanentError, Registry, SyncJobContext, handler
-from conveyor.runner import job_result
 from conveyor.testing import run_handler
+from conveyor.worker.runner import job_result
 
 
 class Report(BaseModel, extra="forbid"):

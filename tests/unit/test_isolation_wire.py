@@ -9,8 +9,8 @@ import pickle
 
 import pytest
 
-from conveyor.artifacts import Artifact
-from conveyor.isolation.wire import READY, Call, Outcome, Progress, decode, encode
+from conveyor.jobs.artifacts import Artifact
+from conveyor.worker.isolation.wire import READY, Call, Outcome, Progress, decode, encode
 
 MESSAGES = [
     READY,

@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from conveyor.errors import InvalidArgument
-from conveyor.jobs import (
+from conveyor.jobs.model import (
     FALLBACK_RETRY,
     Job,
     JobDefaults,

@@ -1,10 +1,10 @@
-"""The rules of `conveyor.known_names`: which type is refused, how metrics label names, and
+"""The rules of `conveyor.api.known_names`: which type is refused, how metrics label names, and
 how long a refusal's list of known types gets."""
 
 from __future__ import annotations
 
-from conveyor.known_names import NAMED_TYPES, KnownNames
-from conveyor.queue.workers import WorkerInfo
+from conveyor.api.known_names import NAMED_TYPES, KnownNames
+from conveyor.redis.workers import WorkerInfo
 
 
 def worker(queues: list[str], types: list[str]) -> WorkerInfo:

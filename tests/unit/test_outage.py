@@ -1,6 +1,6 @@
 """`conveyor.errors.outage`: a lost connection is UNAVAILABLE, except while the task is
 being cancelled, when it must stay a cancellation (the SIGTERM that a service ignored).
-`conveyor.queue.queue.refusal`: which Redis errors are a Redis refusing writes for now."""
+`conveyor.redis.queue.refusal`: which Redis errors are a Redis refusing writes for now."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 from conveyor.errors import Unavailable, outage
-from conveyor.queue.queue import refusal
+from conveyor.redis.queue import refusal
 
 
 async def test_a_lost_connection_is_unavailable() -> None:

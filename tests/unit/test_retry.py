@@ -8,8 +8,8 @@ import random
 import pytest
 
 from conveyor.errors import InvalidArgument
-from conveyor.jobs import spec_from_proto
-from conveyor.retry import RetryOverrides, RetryPolicy, retry
+from conveyor.jobs.model import spec_from_proto
+from conveyor.jobs.retry import RetryOverrides, RetryPolicy, retry
 from conveyor.v1 import job_pb2, job_service_pb2
 
 

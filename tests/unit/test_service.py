@@ -1,4 +1,4 @@
-"""What every service process sets up before it serves (conveyor.service)."""
+"""What every service process sets up before it serves (conveyor.server.service)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def test_a_service_freezes_its_start_up_heap_and_collects_young_objects_less_oft
     process, so that this test process keeps the collector it had."""
     probe = (
         "import gc, json\n"
-        "from conveyor.service import YOUNG_COLLECTION_ALLOCATIONS, tune_collector\n"
+        "from conveyor.server.service import YOUNG_COLLECTION_ALLOCATIONS, tune_collector\n"
         "before = gc.get_freeze_count()\n"
         "tune_collector()\n"
         "print(json.dumps([before, gc.get_freeze_count(), gc.get_threshold()[0],"

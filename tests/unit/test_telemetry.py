@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from conveyor.config import ConfigurationError
-from conveyor.queues import QueueStats
+from conveyor.jobs.queues import QueueStats
 from conveyor.telemetry import bind_job, configure_logging, tracing
 from conveyor.telemetry.metrics import (
     ApiMetrics,

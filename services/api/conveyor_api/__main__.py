@@ -6,22 +6,22 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from conveyor.auth import Authenticator
+from conveyor.api.jobs import JobOperations
+from conveyor.api.pending_writes import REDIS_WRITES_HEALTH
+from conveyor.api.queues import QueueAdmin
+from conveyor.api.schedules import ScheduleOperations
 from conveyor.config import Settings
-from conveyor.grpcserver import Server, wait_for_signal
+from conveyor.db import KeyStore
+from conveyor.db.queues import QueueStore
+from conveyor.db.schedules import ScheduleStore
 from conveyor.handlers import default_registry, load_modules
-from conveyor.operations import JobOperations
-from conveyor.pending_writes import REDIS_WRITES_HEALTH
-from conveyor.queue_admin import QueueAdmin
-from conveyor.results import Results
-from conveyor.schedule_operations import ScheduleOperations
-from conveyor.service import connections, metrics_served, service_main
-from conveyor.storage import ObjectStore
-from conveyor.storage.downloads import DownloadServer
-from conveyor.storage.local import LocalStore
-from conveyor.store import KeyStore
-from conveyor.store.queues import QueueStore
-from conveyor.store.schedules import ScheduleStore
+from conveyor.jobs.results import Results
+from conveyor.objects import ObjectStore
+from conveyor.objects.downloads import DownloadServer
+from conveyor.objects.local import LocalStore
+from conveyor.server.auth import Authenticator
+from conveyor.server.grpcserver import Server, wait_for_signal
+from conveyor.server.service import connections, metrics_served, service_main
 from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.v1 import (
     api_key_service_pb2,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from conveyor.auth import Authenticator, Principal, Role
+from conveyor.db.keys import KeyStore, StoredKey, parse_key_id
 from conveyor.errors import FieldViolation, InvalidArgument, NotFound
-from conveyor.grpcserver import unary
-from conveyor.store.keys import KeyStore, StoredKey, parse_key_id
+from conveyor.server.auth import Authenticator, Principal, Role
+from conveyor.server.grpcserver import unary
 from conveyor.v1 import api_key_service_pb2 as pb
 from conveyor.v1 import api_key_service_pb2_grpc
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from conveyor.auth import Authenticator, Principal
-from conveyor.grpcserver import unary
-from conveyor.schedule_operations import ScheduleOperations
+from conveyor.api.schedules import ScheduleOperations
+from conveyor.server.auth import Authenticator, Principal
+from conveyor.server.grpcserver import unary
 from conveyor.v1 import schedule_service_pb2 as pb
 from conveyor.v1 import schedule_service_pb2_grpc
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from conveyor.auth import Authenticator, Principal
+from conveyor.api.jobs import JobOperations, ListFilter
+from conveyor.api.queues import QueueAdmin
 from conveyor.config import Settings
 from conveyor.errors import FieldViolation, InvalidArgument
-from conveyor.grpcserver import streaming, unary
-from conveyor.jobs import MAX_BULK, JobSpec, JobState, spec_from_proto
-from conveyor.operations import JobOperations, ListFilter
-from conveyor.queue_admin import QueueAdmin
-from conveyor.results import Results
+from conveyor.jobs.model import MAX_BULK, JobSpec, JobState, spec_from_proto
+from conveyor.jobs.results import Results
+from conveyor.server.auth import Authenticator, Principal
+from conveyor.server.grpcserver import streaming, unary
 from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.v1 import job_pb2, job_service_pb2_grpc
 from conveyor.v1 import job_service_pb2 as pb

@@ -1,7 +1,7 @@
 """`conveyor scheduler` / `python -m conveyor_scheduler`: the emitter (each due bucket of
-each schedule becomes one job; see `conveyor.emitter`), the reconciler (see
-`conveyor.reconciler`), the retention sweeper (see `conveyor.retention`) and gRPC health.
-Safe to run as several replicas: emitters race on idempotency keys, reconcilers and
+each schedule becomes one job; see `conveyor.scheduling.emitter`), the reconciler (see
+`conveyor.scheduling.reconciler`), the retention sweeper (see `conveyor.jobs.retention`)
+and gRPC health. Safe to run as several replicas: emitters race on idempotency keys, reconcilers and
 sweepers take turns."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from conveyor.api.jobs import JobOperations
 from conveyor.config import Settings
-from conveyor.emitter import Emitter
-from conveyor.grpcserver import Server, wait_for_signal
+from conveyor.db.queues import QueueStore
+from conveyor.db.schedules import ScheduleStore
 from conveyor.handlers import default_registry, load_modules
-from conveyor.operations import JobOperations
-from conveyor.reconciler import Reconciler
-from conveyor.retention import Sweeper
-from conveyor.service import connections, metrics_served, service_main
-from conveyor.store.queues import QueueStore
-from conveyor.store.schedules import ScheduleStore
+from conveyor.jobs.retention import Sweeper
+from conveyor.scheduling.emitter import Emitter
+from conveyor.scheduling.reconciler import Reconciler
+from conveyor.server.grpcserver import Server, wait_for_signal
+from conveyor.server.service import connections, metrics_served, service_main
 from conveyor.telemetry.metrics import SchedulerMetrics
 
 log = logging.getLogger("conveyor.scheduler")

@@ -1,1 +1,2 @@
-"""The worker service: runs `conveyor.runner.Worker` and serves `conveyor.v1.WorkerControl`."""
+"""The worker service: runs `conveyor.worker.runner.Worker` and serves
+`conveyor.v1.WorkerControl`."""

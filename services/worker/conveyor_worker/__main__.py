@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from conveyor.auth import Authenticator
+from conveyor.builtins.export_database import check_export_database
 from conveyor.config import Settings
-from conveyor.grpcserver import Server, wait_for_signal
+from conveyor.db import KeyStore
 from conveyor.handlers import default_registry, load_modules
-from conveyor.handlers.export_database import check_export_database
-from conveyor.queue import connect
-from conveyor.runner import Worker
-from conveyor.service import connections, metrics_served, service_main
-from conveyor.store import KeyStore
+from conveyor.redis import connect
+from conveyor.server.auth import Authenticator
+from conveyor.server.grpcserver import Server, wait_for_signal
+from conveyor.server.service import connections, metrics_served, service_main
 from conveyor.telemetry.metrics import WorkerMetrics
 from conveyor.v1 import worker_control_pb2, worker_control_pb2_grpc
+from conveyor.worker.runner import Worker
 from conveyor_worker.control import WorkerControlServicer
 
 log = logging.getLogger("conveyor.worker")

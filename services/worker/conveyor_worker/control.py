@@ -10,12 +10,12 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 
-from conveyor.auth import Authenticator, Principal
 from conveyor.errors import FieldViolation, InvalidArgument
-from conveyor.grpcserver import streaming, unary
-from conveyor.runner import Worker
+from conveyor.server.auth import Authenticator, Principal
+from conveyor.server.grpcserver import streaming, unary
 from conveyor.v1 import worker_control_pb2 as pb
 from conveyor.v1 import worker_control_pb2_grpc
+from conveyor.worker.runner import Worker
 
 STATUS_INTERVAL = 0.2
 MAX_DRAIN_GRACE_SECONDS = 24 * 3600

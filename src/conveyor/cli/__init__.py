@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 
-# Commands that run a service until it is stopped (see `conveyor.service.service_main`).
+# Commands that run a service until it is stopped (see `conveyor.server.service.service_main`).
 SERVICE_COMMANDS = frozenset({"api", "worker", "scheduler"})
 
 
@@ -15,7 +15,7 @@ def main() -> None:
     For a service command the cyclic garbage collector is off while modules are imported:
     start-up allocates some 140,000 objects that live as long as the process, and
     collecting young objects every 700 allocations among them was about 15 % of the time
-    from spawn to SERVING (~0.2 s). `conveyor.service.tune_collector` freezes what start-up
+    from spawn to SERVING (~0.2 s). `conveyor.server.service.tune_collector` freezes what start-up
     made and turns the collector back on."""
     if sys.argv[1:2] and sys.argv[1] in SERVICE_COMMANDS:
         gc.disable()

@@ -114,7 +114,7 @@ def scheduler() -> None:
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema at CONVEYOR_DATABASE_URL."""
-    from conveyor.store import migrate as run_migrations
+    from conveyor.db import migrate as run_migrations
 
     run_migrations(Settings.from_env().database_url)
     err.print("database schema is up to date")
@@ -139,7 +139,7 @@ def keys_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key; it is printed once and only its digest is stored."""
-    from conveyor.auth import Role
+    from conveyor.server.auth import Role
 
     if role not in ("user", "admin"):
         err.print("--role must be user or admin")
@@ -212,7 +212,7 @@ def keys_limits(
 
 
 def _key_id(text: str) -> str:
-    from conveyor.store.keys import parse_key_id
+    from conveyor.db.keys import parse_key_id
 
     key_id = parse_key_id(text)
     if key_id is None:
@@ -228,8 +228,8 @@ def _key_not_found(key_id: str) -> NoReturn:
 
 def _with_keys(action: Callable[[Any, Any], Awaitable[T]]) -> T:
     """Run `action(authenticator, keystore)` against CONVEYOR_DATABASE_URL."""
-    from conveyor.auth import Authenticator
-    from conveyor.store import Database, KeyStore
+    from conveyor.db import Database, KeyStore
+    from conveyor.server.auth import Authenticator
 
     async def run() -> T:
         db = Database(Settings.from_env().database_url)

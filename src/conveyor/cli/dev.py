@@ -21,12 +21,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
-from conveyor.auth import Authenticator, Role, random_dev_key
 from conveyor.config import Settings
+from conveyor.db import Database, KeyStore, migrate
 from conveyor.embedded import EmbeddedRedis
-from conveyor.store import Database, KeyStore, migrate
+from conveyor.server.auth import Authenticator, Role, random_dev_key
+from conveyor.server.tls import ClientTls, TlsOptions, open_channel
 from conveyor.telemetry.metrics import DEFAULT_ADDRS as DEFAULT_METRICS_ADDRS
-from conveyor.tls import ClientTls, TlsOptions, open_channel
 
 console = Console(stderr=True)
 READY_TIMEOUT = 30.0

@@ -27,7 +27,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from conveyor.retry import RetryPolicy
+from conveyor.jobs.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 

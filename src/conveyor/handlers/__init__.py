@@ -9,7 +9,7 @@ from conveyor.handlers.registry import (
     handler,
     load_modules,
 )
-from conveyor.retry import retry
+from conveyor.jobs.retry import retry
 
 __all__ = [
     "BaseContext",

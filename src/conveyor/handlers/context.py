@@ -33,12 +33,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from conveyor.artifacts import Artifacts, AsyncArtifacts, FindFn, RecordFn
 from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.jobs.artifacts import Artifacts, AsyncArtifacts, FindFn, RecordFn
 
 if TYPE_CHECKING:
     from conveyor.config import Settings
-    from conveyor.storage import ObjectStore
+    from conveyor.objects import ObjectStore
 
 PROGRESS_INTERVAL = 0.1
 MAX_ONCE_KEY = 256

@@ -4,7 +4,7 @@ A handler is `fn(payload, ctx)`, sync or async. Async handlers run on the worker
 loop; sync ones in its thread pool (so they must poll `ctx.cancelled` to stop early).
 Raising `PermanentError` skips the remaining attempts: the job goes straight to DEAD.
 
-`isolation="process"` runs each attempt in a child process instead (`conveyor.isolation`):
+`isolation="process"` runs each attempt in a child process instead (`conveyor.worker.isolation`):
 it can be killed on cancel and on timeout, and `memory_limit_mb` caps what it may
 allocate. It costs a forked process per attempt (from a pool forked ahead of need), so it
 is for handlers that run untrusted input (templates, queries) or may misbehave; such a
@@ -29,18 +29,18 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from conveyor.errors import FieldViolation
-from conveyor.retry import RetryOverrides
+from conveyor.jobs.retry import RetryOverrides
 
 HandlerFn = Callable[..., Any]
 F = TypeVar("F", bound=HandlerFn)
 Isolation = Literal["thread", "process"]
 
 BUILTIN_MODULES = (
-    "conveyor.handlers.builtins",
-    "conveyor.handlers.bundle",
-    "conveyor.handlers.csv_export",
-    "conveyor.handlers.email",
-    "conveyor.handlers.webhook",
+    "conveyor.builtins.basic",
+    "conveyor.builtins.bundle",
+    "conveyor.builtins.csv_export",
+    "conveyor.builtins.email",
+    "conveyor.builtins.webhook",
 )
 
 
@@ -201,7 +201,7 @@ def handler(
     """Register the decorated function as the handler of job type `name`.
 
     `timeout` (seconds or a timedelta), `max_attempts` and `retry` (see
-    `conveyor.retry.retry`) are the type's defaults for jobs whose request leaves them
+    `conveyor.jobs.retry.retry`) are the type's defaults for jobs whose request leaves them
     unset; `retention` how long its finished jobs are kept (0: forever); `payload` a
     pydantic model its payloads must match (else taken from the first parameter's
     annotation). The API applies all of them at submit when it loads the same handler

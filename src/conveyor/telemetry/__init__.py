@@ -1,5 +1,5 @@
 """What Conveyor shows of itself: logs (`logs`), traces (`tracing`) and Prometheus metrics
-(`metrics`). Each service sets all three up once, in `conveyor.service.service_main`."""
+(`metrics`). Each service sets all three up once, in `conveyor.server.service.service_main`."""
 
 from conveyor.telemetry.logs import bind_job, configure_logging
 from conveyor.telemetry.tracing import configure_tracing

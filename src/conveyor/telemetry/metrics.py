@@ -6,7 +6,7 @@ the metrics its part can know, so a worker does not show an api's zeros:
 - **api**: `conveyor_jobs_submitted_total{queue,type}`, `conveyor_rate_limited_total{kind}`,
   `conveyor_watch_streams`, `conveyor_job_outcomes_total{queue,type,outcome="cancelled"}`
   (a cancel is the api's write; a running handler it stops writes nothing),
-  `conveyor_redis_writable` and `conveyor_enqueue_pending` (see `conveyor.pending_writes`),
+  `conveyor_redis_writable` and `conveyor_enqueue_pending` (see `conveyor.api.pending_writes`),
   and the queue
   gauges, read from Redis when scraped:
   `conveyor_queue_depth`, `conveyor_queue_scheduled`, `conveyor_queue_running`,
@@ -24,7 +24,7 @@ Users choose queue and type names, so labels are bounded by what the operator se
 by what users submit: `queue` is an existing queue (the default, one a worker serves or
 served, one an admin configured) and `type` a known type (api: its own registry or one a
 live worker announces; worker: one it has a handler for); any other name is counted under
-`other` (`OTHER`, see `conveyor.known_names`). The queue gauges read existing queues only,
+`other` (`OTHER`, see `conveyor.api.known_names`). The queue gauges read existing queues only,
 so a scrape costs the same however many names users made up.
 
 Counters and histograms are updated where the event happens, on the event loop's thread,
@@ -59,7 +59,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
-    from conveyor.queues import QueueStats
+    from conveyor.jobs.queues import QueueStats
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,572 @@
+"""JobOperations: what the API does with jobs — submit, get, list, watch, cancel — composed
+from the store (truth) and the queue (hot state). Servicers only decode, call this, encode.
+
+Submission order is the durability contract: the job row is committed first, then the job is
+enqueued in Redis. A failure between the two leaves a committed job that Redis lacks; it is
+still accepted (the client gets it, OK, whatever Redis said), this process retries the
+enqueue within seconds (`conveyor.api.pending_writes`), and the reconciler puts it back in line
+if this process cannot (DESIGN.md §2). Redis failures before the commit (the rate limit's
+bucket) never pass for a failed submit of a committed job: nothing was committed yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from conveyor.api.known_names import KnownNames, NameCache
+from conveyor.api.pagetokens import PageTokens, page_limit
+from conveyor.api.pending_writes import PendingWrites
+from conveyor.api.ratelimit import Kind, Limit, RateLimiter
+from conveyor.batching import Batcher
+from conveyor.config import Settings
+from conveyor.db import JobStore
+from conveyor.errors import (
+    ConveyorError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+from conveyor.handlers import Registry
+from conveyor.jobs.attempts import Attempt
+from conveyor.jobs.model import (
+    MAX_ATTEMPTS_LIMIT,
+    Job,
+    JobDefaults,
+    JobSpec,
+    JobState,
+    format_time,
+    now_ms,
+    valid_job_id,
+    valid_queue,
+    valid_type,
+)
+from conveyor.jobs.queues import Waiting
+from conveyor.jobs.retention import resolve_retention_ms
+from conveyor.redis import EventHub, QueueKeys, RedisQueue
+from conveyor.redis.workers import WorkerRegistry
+from conveyor.server.auth import Principal
+from conveyor.telemetry import tracing
+from conveyor.telemetry.metrics import ApiMetrics
+
+log = logging.getLogger(__name__)
+
+# How long a watcher waits for an event before re-reading the job (a safety net only).
+WATCH_RECHECK_SECONDS = 15.0
+# Job id -> queue entries remembered per API process (about 100 bytes each).
+QUEUE_MAP_SIZE = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    state: JobState | None = None
+    queue: str | None = None
+    type: str | None = None
+    # Admins only: another owner's jobs ("" or None: every owner's for admins).
+    owner: str | None = None
+
+
+class JobOperations:
+    def __init__(
+        self,
+        store: JobStore,
+        queue: RedisQueue,
+        hub: EventHub,
+        settings: Settings,
+        registry: Registry | None = None,
+        *,
+        metrics: ApiMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics or ApiMetrics()
+        self.queue = queue
+        self.hub = hub
+        self.settings = settings
+        self.registry = registry or Registry()
+        self.workers = WorkerRegistry(queue.redis)
+        # Existing queues, known types and live workers (checks, labels, blocked reasons).
+        self.names = NameCache(queue, self.workers, self.registry)
+        self.limiter = RateLimiter(
+            queue.redis, queue.scripts, hold=settings.rate_limit_hold_seconds
+        )
+        self.page_tokens = PageTokens(queue.redis, settings.secret_key)
+        # Redis writes owed for committed changes (run with `pending.running()`).
+        self.pending = PendingWrites(store, queue, settings, self.metrics)
+        self._default_limits = {
+            Kind.SUBMIT: Limit(settings.submit_rate, settings.submit_burst),
+            Kind.READ: Limit(settings.read_rate, settings.read_burst),
+        }
+        self._defaults: dict[str, JobDefaults] = {}
+        # New jobs are independent, so two flushes may overlap (see conveyor.batching).
+        self._submits: Batcher[Job, Job | ConveyorError] = Batcher(
+            self._commit_and_enqueue, concurrency=2
+        )
+        # A job's hot state lives under its queue's hash tag, so reading it takes the queue.
+        # Jobs submitted here, or read once from the database, are remembered with their
+        # owner (oldest forgotten first); any other id costs one primary-key read first.
+        self._queues: dict[str, tuple[str, str]] = {}
+
+    def _remember(self, job: Job) -> None:
+        self._queues[job.id] = (job.queue, job.owner)
+        if len(self._queues) > QUEUE_MAP_SIZE:
+            del self._queues[next(iter(self._queues))]
+
+    # -- submit ----------------------------------------------------------------------------
+    def defaults(self, job_type: str) -> JobDefaults:
+        """What a job of this type gets for unset fields: the type's registration (when
+        this process loaded it) over the server's settings."""
+        found = self._defaults.get(job_type)
+        if found is not None:
+            return found
+        settings = self.settings
+        spec = self.registry.get(job_type)
+        retention = resolve_retention_ms(
+            None, spec.retention_seconds if spec else None, settings.retention_seconds
+        )
+        found = JobDefaults(
+            max_attempts=settings.default_max_attempts,
+            timeout_ms=int(settings.default_timeout_seconds * 1000),
+            retry=settings.retry_policy,
+            retention_ms=retention,
+        )
+        if spec is not None:
+            found = JobDefaults(
+                max_attempts=spec.max_attempts or found.max_attempts,
+                timeout_ms=int(spec.timeout_seconds * 1000)
+                if spec.timeout_seconds
+                else found.timeout_ms,
+                retry=spec.retry.over(found.retry) if spec.retry else found.retry,
+                retention_ms=retention,
+            )
+        if len(self._defaults) < 10_000:  # job types are few; never grow without bound
+            self._defaults[job_type] = found
+        return found
+
+    async def charge(self, principal: Principal, kind: Kind, cost: int = 1) -> None:
+        """Charge the call to the owner's rate limit (the key's own, else the default)."""
+        own = principal.submit_limit if kind is Kind.SUBMIT else principal.read_limit
+        limit = Limit(*own) if own is not None else self._default_limits[kind]
+        try:
+            await self.limiter.take(principal.owner, kind, limit, cost)
+        except ResourceExhausted:
+            self.metrics.rate_limited.inc(kind.value)
+            raise
+
+    def _new_job(self, principal: Principal, spec: JobSpec, now: int) -> Job:
+        job = spec.new_job(principal.owner, defaults=self.defaults(spec.type), now=now)
+        job.key_id, job.key_cap = principal.key_id, principal.max_running
+        job.trace_parent = tracing.current_traceparent()
+        return job
+
+    async def check(self, specs: Sequence[JobSpec], *, bulk: bool = False) -> None:
+        """Refuse, before anything is charged or stored, jobs of a type no one knows (see
+        `conveyor.api.known_names`) and payloads their type's model rejects (types this process
+        loaded): INVALID_ARGUMENT with a violation per field, per request in a bulk."""
+        known = await self.names.get()
+        violations: list[FieldViolation] = []
+        for index, spec in enumerate(specs):
+            prefix = f"requests[{index}]." if bulk else ""
+            unknown = known.type_violation(spec.queue, spec.type, f"{prefix}type")
+            if unknown is not None:
+                violations.append(unknown)
+                continue
+            violations += self.payload_violations(spec, f"{prefix}payload")
+        if violations:
+            raise InvalidArgument(violations)
+
+    async def type_violations(self, spec: JobSpec, field: str) -> list[FieldViolation]:
+        """What the known names say of this spec's type (nothing: known, or not knowable)."""
+        unknown = (await self.names.get()).type_violation(spec.queue, spec.type, field)
+        return [unknown] if unknown is not None else []
+
+    def payload_violations(self, spec: JobSpec, prefix: str) -> list[FieldViolation]:
+        """What the type's payload model says of this spec's payload (types not loaded
+        here: nothing; their workers check)."""
+        handler = self.registry.get(spec.type)
+        return handler.violations(spec.payload, prefix) if handler is not None else []
+
+    async def submit(self, principal: Principal, spec: JobSpec) -> Job:
+        """Commit one job (group-committed with concurrent submits), then enqueue it."""
+        await self.check([spec])
+        await self.charge(principal, Kind.SUBMIT)
+        job = self._new_job(principal, spec, now_ms())
+        if tracing.enabled():  # the attributes are not even built otherwise
+            tracing.annotate(**tracing.job_attributes(job.id, job.type, job.queue))
+        result = await self._submits.submit(job)
+        if isinstance(result, ConveyorError):
+            raise result
+        return result
+
+    async def submit_many(self, principal: Principal, specs: Sequence[JobSpec]) -> list[Job]:
+        """Commit a bulk request in its own transaction: all jobs or, on a conflict, none."""
+        await self.check(specs, bulk=True)
+        await self.charge(principal, Kind.SUBMIT, len(specs))
+        now = now_ms()
+        jobs = [self._new_job(principal, spec, now) for spec in specs]
+        results = await self.store.insert(jobs, all_or_nothing=True)
+        errors = [(i, r) for i, r in enumerate(results) if isinstance(r, ConveyorError)]
+        if errors:
+            index, first = errors[0]
+            first.message = f"requests[{index}]: {first.message}"
+            raise first
+        stored = [r for r in results if isinstance(r, Job)]
+        await self._enqueue_new(jobs, stored)
+        return stored
+
+    async def _commit_and_enqueue(self, jobs: list[Job]) -> list[Job | ConveyorError]:
+        results = await self.store.insert(jobs)
+        await self._enqueue_new(jobs, results)
+        return results
+
+    async def _enqueue_new(self, made: Sequence[Job], results: Sequence[object]) -> None:
+        """Enqueue the jobs this call inserted (not the earlier jobs idempotency returned)."""
+        new = [job for job, result in zip(made, results, strict=True) if result is job]
+        if not new:
+            return
+        known = self.names.latest  # read by the submit's own check
+        for job in new:
+            self._remember(job)
+            self.metrics.submitted.inc(known.queue_label(job.queue), known.type_label(job.type))
+        try:
+            await self.queue.enqueue(new)
+        except Exception as exc:  # committed, so accepted whatever failed (see the module)
+            if not isinstance(exc, Unavailable | RedisError):
+                log.exception("enqueueing committed jobs failed unexpectedly", exc_info=exc)
+            self.pending.enqueue_later(new, exc)
+
+    # -- read ------------------------------------------------------------------------------
+    async def get(self, principal: Principal, job_id: str) -> Job:
+        """The job as it stands: Redis hot state when present, else the database row; a
+        waiting job says why it waits."""
+        await self.charge(principal, Kind.READ)
+        job, waiting = await self._look(principal, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        if job.state in (JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING):
+            try:
+                job.blocked_reason = await self._blocked_reason(job, waiting)
+            except Unavailable:
+                job.blocked_reason = "the queue (redis) cannot be reached"
+        return job
+
+    async def _look(self, principal: Principal, job_id: str) -> tuple[Job | None, Waiting | None]:
+        """The job if `principal` may see it and, if it waits in line, why: one Redis round
+        trip for a job whose queue this process knows (the usual poll of a job submitted
+        here), else the database row (`_stored`).
+
+        Another owner's job takes exactly the path of a missing id (one database read,
+        scoped to the caller, that finds nothing), so neither the answer nor its timing
+        tells a caller whether an id exists."""
+        _check_id(job_id)
+        known = self._queues.get(job_id)
+        if known is None or not _may_see(principal, known[1]):
+            return await self._stored(principal, job_id, hot_read=False), None
+        if self.pending.owes(job_id):  # Redis lacks its latest change: the row is the truth
+            return await self._stored(principal, job_id, hot_read=True), None
+        try:
+            hot, waiting = await self.queue.look(known[0], job_id)
+        except Unavailable:
+            hot, waiting = None, None
+        if hot is not None:
+            return Job.from_hot(hot), waiting
+        return await self._stored(principal, job_id, hot_read=True), None
+
+    async def _get_visible(self, principal: Principal, job_id: str) -> Job:
+        job = await self._load(principal, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        return job
+
+    async def _blocked_reason(self, job: Job, waiting: Waiting | None = None) -> str:
+        owed = self.pending.waiting_reason(job.id)
+        if owed is not None:
+            return owed
+        if job.state is JobState.SCHEDULED:
+            return f"scheduled for {format_time(job.run_at)}"
+        if job.state is JobState.RETRYING:
+            return (
+                f"waiting for backoff until {format_time(job.run_at)} after attempt "
+                f"{job.attempt} of {job.max_attempts} failed"
+            )
+        if waiting is None:
+            waiting = await self.queue.waiting(job.queue, job.id)
+        held = waiting.reason(job.queue)
+        if held:
+            return held
+        return _unserved(job, await self.names.get()) or _in_line(job, waiting)
+
+    async def result(
+        self, principal: Principal, job_id: str
+    ) -> tuple[Job, dict[str, Any] | None, str | None]:
+        """A SUCCEEDED job, what its handler returned, and the object key of a result kept
+        in the object store instead (see conveyor.jobs.results)."""
+        await self.charge(principal, Kind.READ)
+        job = await self._get_visible(principal, job_id)
+        if job.state is not JobState.SUCCEEDED:
+            raise FailedPrecondition(
+                f"job {job_id} has no result: it is {job.state.name}, not SUCCEEDED"
+            )
+        document, ref = await self.store.result(job_id)
+        return job, document, ref
+
+    async def attempts(self, principal: Principal, job_id: str) -> list[Attempt]:
+        """The job's recorded attempts, oldest first."""
+        await self.charge(principal, Kind.READ)
+        await self._get_visible(principal, job_id)
+        return await self.store.attempts(job_id)
+
+    async def retry(self, principal: Principal, job_id: str, max_attempts: int) -> Job:
+        """Replay a DEAD or CANCELLED job with a fresh attempt budget: QUEUED in the database
+        (with a new fence), then back in line in Redis (else the reconciler puts it there)."""
+        if not 0 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidArgument(
+                [FieldViolation("max_attempts", f"must be 0 (default) to {MAX_ATTEMPTS_LIMIT}")]
+            )
+        current = await self._get_visible(principal, job_id)
+        budget = max_attempts or self.defaults(current.type).max_attempts
+        owner = None if principal.is_admin else principal.owner
+        job = await self.store.replay(job_id, owner, budget)
+        try:
+            await self.queue.restore([job])
+        except Exception as exc:  # committed: the replay is done (see `_enqueue_new`)
+            if not isinstance(exc, Unavailable | RedisError):
+                log.exception("enqueueing a replayed job failed unexpectedly", exc_info=exc)
+            self.pending.enqueue_later([job], exc)
+            return job
+        hot = await self._hot(job.queue, job.id)
+        return Job.from_hot(hot) if hot is not None else job
+
+    async def _load(self, principal: Principal, job_id: str) -> Job | None:
+        """The job if `principal` may see it; as in `_look`, another owner's job takes the
+        path of a missing id."""
+        _check_id(job_id)
+        known = self._queues.get(job_id)
+        if known is not None and _may_see(principal, known[1]):
+            hot = await self._hot(known[0], job_id)
+            if hot is not None:
+                return Job.from_hot(hot)
+            return await self._stored(principal, job_id, hot_read=True)
+        return await self._stored(principal, job_id, hot_read=False)
+
+    async def _stored(self, principal: Principal, job_id: str, *, hot_read: bool) -> Job | None:
+        """The job from its database row if `principal` may see it (the read is scoped to a
+        user's owner, so another owner's row is not even fetched), remembered; then from
+        Redis's hot state if it is there, unless the caller has just read that and found
+        nothing."""
+        job = await self.store.get(job_id, owner=None if principal.is_admin else principal.owner)
+        if job is None:
+            return None
+        self._remember(job)
+        hot = None if hot_read else await self._hot(job.queue, job_id)
+        return Job.from_hot(hot) if hot is not None else job
+
+    async def _hot(self, queue: str, job_id: str) -> dict[str, str] | None:
+        """Hot state, or None if Redis lacks it or cannot be reached (then the DB answers)."""
+        try:
+            return await self.queue.hot(queue, job_id)
+        except Unavailable:
+            return None
+
+    async def list_jobs(
+        self, principal: Principal, filt: ListFilter, page_size: int, page_token: str
+    ) -> tuple[list[Job], str]:
+        limit = page_limit(page_size)
+        _check_filter(filt)
+        await self.charge(principal, Kind.READ)
+        owner = list_owner(principal, filt.owner)
+
+        async def fetch(count: int, before: str | None) -> list[Job]:
+            return await self.store.list_jobs(
+                owner,
+                state=filt.state,
+                queue=filt.queue,
+                type=filt.type,
+                limit=count,
+                before_id=before,
+            )
+
+        scope = _page_scope(principal, owner, filt)
+        return await self.page_tokens.page(scope, page_token, limit, fetch)
+
+    async def page_token_after(self, principal: Principal, filt: ListFilter, job: Job) -> str:
+        """The token of the page that follows `job` in the listing `filt` (for a caller that
+        cuts a page short, e.g. to keep the response under a size)."""
+        scope = _page_scope(principal, list_owner(principal, filt.owner), filt)
+        return await self.page_tokens.encode(job.id, scope)
+
+    # -- cancel ----------------------------------------------------------------------------
+    async def cancel(self, principal: Principal, job_id: str) -> Job:
+        """CANCELLED in the database first (the truth), then in Redis, which stops the handler.
+
+        The cancel is final: once committed, an outcome the handler reaches later is
+        refused. When Redis says the job was running, the attempt the cancel stopped is
+        recorded (CANCELLED, its start, the cancel's time), so the job's history shows it
+        ran; its worker, if the handler had already returned, says so in that record."""
+        _check_id(job_id)
+        job = await self.store.cancel(job_id, None if principal.is_admin else principal.owner)
+        # The cancel is this write (a running handler is stopped and writes nothing).
+        known = await self.names.get()
+        labels = known.queue_label(job.queue), known.type_label(job.type)
+        self.metrics.outcomes.inc(*labels, "cancelled")
+        finish_time = job.finish_time or now_ms()
+        try:
+            found = await self.queue.cancel(job.queue, job.id, finish_time)
+        except Exception as exc:  # committed: the job is cancelled; Redis's copy is stale
+            if not isinstance(exc, Unavailable | RedisError):
+                log.exception("cancelling a job in redis failed unexpectedly", exc_info=exc)
+            self.pending.cancel_later(job, exc)
+            return job
+        if found.stopped is not None:
+            await self._record_stopped(found.stopped)
+        if self.pending.owes(job.id):  # a retry in flight may put it in line again
+            self.pending.cancel_later(job, None)
+        hot = await self._hot(job.queue, job_id)
+        return Job.from_hot(hot) if hot is not None else job
+
+    async def _record_stopped(self, stopped: Attempt) -> None:
+        try:
+            await self.store.record_cancelled(stopped)
+        except Unavailable:  # the cancel itself is committed: it stands
+            log.warning(
+                "job %s cancelled; its stopped attempt %d could not be recorded (database "
+                "unreachable)",
+                stopped.job_id,
+                stopped.attempt,
+            )
+
+    # -- watch -----------------------------------------------------------------------------
+    async def watch(
+        self, principal: Principal, job_id: str, after_sequence: int
+    ) -> AsyncIterator[tuple[int, Job]]:
+        """The job's snapshot, then each change in order, until it ends.
+
+        The subscription is opened before the snapshot is read; events then arrive with
+        sequence numbers, so one already covered by the snapshot is skipped and a gap (a
+        race, or a subscriber that fell behind) is filled from the job's event stream.
+        """
+        if after_sequence < 0:
+            raise InvalidArgument([FieldViolation("after_sequence", "must not be negative")])
+        job = await self.get(principal, job_id)  # charged as one read
+        keys = QueueKeys(job.queue)
+        sub = await self.hub.subscribe(keys.channel(job_id))
+        try:
+            hot = await self._hot(job.queue, job_id)
+            if hot is None:  # only the database knows it: its state now is all there is
+                yield 0, job
+                if job.state.terminal:
+                    return
+                hot = {}
+            payload = hot.get("payload") or json.dumps(job.payload)
+            seq = int(hot.get("seq", 0))
+            # A resume point beyond the job's sequence is not one this job issued: start over.
+            last = after_sequence if after_sequence <= seq else 0
+            if hot and seq == last and Job.from_hot({**hot, "payload": payload}).state.terminal:
+                return  # the client has already seen the end
+            if seq > last:
+                events = await self.queue.events_after(job.queue, job_id, last) if last else []
+                if not events or int(events[0]["seq"]) != last + 1:
+                    events = [hot]  # resume point no longer retained: start from the snapshot
+                for event in events:
+                    last = int(event["seq"])
+                    current = Job.from_hot({**event, "payload": payload})
+                    yield last, current
+                if current.state.terminal:
+                    return
+            while True:
+                data = await sub.get(WATCH_RECHECK_SECONDS)
+                if data is None:  # lagged, or quiet for long: catch up from the stream
+                    events = await self.queue.events_after(job.queue, job_id, last)
+                else:
+                    event = json.loads(data)
+                    seq = int(event["seq"])
+                    if seq <= last:
+                        continue
+                    if seq > last + 1:
+                        events = await self.queue.events_after(job.queue, job_id, last)
+                    else:
+                        events = [event]
+                for event in events:
+                    seq = int(event["seq"])
+                    if seq <= last:
+                        continue
+                    last = seq
+                    current = Job.from_hot({**event, "payload": payload})
+                    yield last, current
+                    if current.state.terminal:
+                        return
+        finally:
+            await self.hub.unsubscribe(sub)
+
+
+def _unserved(job: Job, known: KnownNames) -> str:
+    """Why no worker will take the job now ("" when one will): its queue was never
+    served, no live worker serves it, or none of those handles its type."""
+    if job.queue not in known.queues:
+        return (
+            f"no worker has ever served queue {job.queue!r} and no admin configured it: "
+            "the job waits until a worker serves that queue"
+        )
+    workers = known.serving(job.queue)
+    if not workers:
+        reason = f"no live worker serves queue {job.queue!r}"
+        if job.type not in known.types:
+            reason += (
+                f", and job type {job.type!r} cannot be checked until one does "
+                "(the API does not load it and no live worker announces it)"
+            )
+        return reason
+    if not any(job.type in w.types for w in workers):
+        return f"no live worker on queue {job.queue!r} handles job type {job.type!r}"
+    return ""
+
+
+def _in_line(job: Job, waiting: Waiting) -> str:
+    if waiting.ahead < 0:
+        return "waiting for a worker"
+    return f"waiting for a worker slot ({waiting.ahead} job(s) ahead in queue {job.queue!r})"
+
+
+def _may_see(principal: Principal, owner: str) -> bool:
+    return principal.is_admin or owner == principal.owner
+
+
+def _check_filter(filt: ListFilter) -> None:
+    """Filters that no job could match (or the database could not compare) are refused."""
+    bad = []
+    if filt.queue and not valid_queue(filt.queue):
+        bad.append(FieldViolation("queue", "is not a queue name"))
+    if filt.type and not valid_type(filt.type):
+        bad.append(FieldViolation("type", "is not a job type"))
+    if filt.owner and (len(filt.owner) > 128 or not filt.owner.isprintable()):
+        bad.append(FieldViolation("owner", "is not an owner name"))
+    if bad:
+        raise InvalidArgument(bad)
+
+
+def _page_scope(principal: Principal, owner: str | None, filt: ListFilter) -> list[str | int]:
+    """What a page token is bound to: who asks, whose jobs, and the filters."""
+    return [principal.owner, owner or "", int(filt.state) if filt.state else 0,
+            filt.queue or "", filt.type or ""]  # fmt: skip
+
+
+def list_owner(principal: Principal, requested: str | None) -> str | None:
+    """Whose jobs a listing shows: a user's own only; an admin's pick, or everyone's."""
+    if principal.is_admin:
+        return requested or None
+    if requested and requested != principal.owner:
+        raise PermissionDenied("listing another owner's jobs needs an admin key")
+    return principal.owner
+
+
+def _check_id(job_id: str) -> None:
+    if not valid_job_id(job_id):
+        raise InvalidArgument([FieldViolation("id", "must be a job id (a UUID)")])

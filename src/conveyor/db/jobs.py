@@ -1,0 +1,401 @@
+"""JobStore: every read and write of job rows. Writes are grouped: one transaction, one commit,
+for many jobs, because the commit (fsync) is what a durable job system pays for."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import Table, delete, exists, literal, select, tuple_, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from conveyor.db.database import Database
+from conveyor.db.models import AttemptRow, EffectRow, ExpiryRow, JobRow
+from conveyor.db.rows import (
+    RolledBack,
+    WriteResult,
+    job_from_row,
+    job_to_row,
+    resolve_conflicts,
+)
+from conveyor.errors import ConveyorError, FailedPrecondition, NotFound, outage
+from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
+from conveyor.jobs.model import TERMINAL_STATES, Job, JobState, now_ms
+
+if TYPE_CHECKING:
+    from conveyor.db.bulk import BulkStatements
+
+_JOBS = cast(Table, JobRow.__table__)
+_ATTEMPTS = cast(Table, AttemptRow.__table__)
+_EFFECTS = cast(Table, EffectRow.__table__)
+_EXPIRY = cast(Table, ExpiryRow.__table__)
+_TERMINAL = [int(s) for s in TERMINAL_STATES]
+MAX_ATTEMPTS_LISTED = 1000
+
+
+@contextlib.asynccontextmanager
+async def unavailable_on_db_errors() -> AsyncIterator[None]:
+    """A database that cannot be reached is UNAVAILABLE to clients, not an internal error."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise outage("database") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise outage("database") from exc
+        raise
+    except OSError as exc:
+        raise outage("database") from exc
+
+
+class JobStore:
+    """Job rows. On PostgreSQL the two hot paths (inserting submit batches, recording
+    attempt outcomes) use `BulkStatements`; everything else, and SQLite, goes through
+    SQLAlchemy Core."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._bulk: BulkStatements | None = None
+        if not db.is_sqlite:
+            from conveyor.db.bulk import BulkStatements
+
+            self._bulk = BulkStatements(db.url)
+
+    async def close(self) -> None:
+        if self._bulk is not None:
+            await self._bulk.close()
+
+    def _upsert(self, table: Table) -> Any:
+        """INSERT … ON CONFLICT DO NOTHING in this database's dialect."""
+        return self.db.insert(table).on_conflict_do_nothing()
+
+    async def insert(
+        self, jobs: Sequence[Job], *, all_or_nothing: bool = False
+    ) -> list[Job | ConveyorError]:
+        """Commit new jobs at once; per job, the job stored or why it was refused.
+
+        A job whose (owner, idempotency_key) already exists is not inserted: it resolves to
+        the existing job when the request fingerprint matches, else to AlreadyExists. With
+        `all_or_nothing`, any AlreadyExists rolls the whole insert back.
+        """
+        if self._bulk is not None:
+            return await self._bulk.insert(jobs, all_or_nothing=all_or_nothing)
+        try:
+            async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+                stmt = self._upsert(_JOBS).returning(_JOBS.c.id)
+                rows = [job_to_row(job) for job in jobs]
+                inserted = {r.id for r in await conn.execute(stmt, rows)}
+                existing = await self._existing(conn, [j for j in jobs if j.id not in inserted])
+                results = resolve_conflicts(jobs, inserted, existing, all_or_nothing=all_or_nothing)
+        except RolledBack as rollback:
+            return rollback.results
+        return results
+
+    async def _existing(
+        self, conn: AsyncConnection, jobs: Sequence[Job]
+    ) -> dict[tuple[str, str], Job]:
+        keys = {(j.owner, j.idempotency_key) for j in jobs if j.idempotency_key}
+        if not keys:
+            return {}
+        stmt = select(_JOBS).where(tuple_(_JOBS.c.owner, _JOBS.c.idempotency_key).in_(keys))
+        found = [job_from_row(r._mapping) for r in await conn.execute(stmt)]
+        return {(j.owner, j.idempotency_key or ""): j for j in found}
+
+    async def get(self, job_id: str, *, owner: str | None = None) -> Job | None:
+        """The job, or None; with `owner`, None also when it is another owner's (the same
+        statement either way, so both answers cost the same)."""
+        stmt = select(_JOBS).where(_JOBS.c.id == job_id)
+        if owner is not None:
+            stmt = stmt.where(_JOBS.c.owner == owner)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return job_from_row(row._mapping) if row is not None else None
+
+    async def list_jobs(
+        self,
+        owner: str | None,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        type: str | None = None,
+        limit: int = 100,
+        before_id: str | None = None,
+    ) -> list[Job]:
+        """An owner's jobs (None: every owner's), newest first (UUIDv7 ids sort by time),
+        after a keyset cursor."""
+        stmt = select(_JOBS)
+        if owner is not None:
+            stmt = stmt.where(_JOBS.c.owner == owner)
+        if state is not None:
+            stmt = stmt.where(_JOBS.c.state == int(state))
+        if queue:
+            stmt = stmt.where(_JOBS.c.queue == queue)
+        if type:
+            stmt = stmt.where(_JOBS.c.type == type)
+        if before_id:
+            stmt = stmt.where(_JOBS.c.id < before_id)
+        stmt = stmt.order_by(_JOBS.c.id.desc()).limit(limit)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            return [job_from_row(r._mapping) for r in await conn.execute(stmt)]
+
+    async def result(self, job_id: str) -> tuple[dict[str, Any] | None, str | None]:
+        """What the job's handler returned (None: nothing, or not yet), or the object key
+        of a result too large for the row."""
+        stmt = select(_JOBS.c.result, _JOBS.c.result_ref).where(_JOBS.c.id == job_id)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            return None, None
+        return cast(dict[str, Any] | None, row.result), row.result_ref
+
+    async def write_outcomes(self, writes: Sequence[AttemptEnd]) -> list[WriteResult]:
+        """Record attempt outcomes at once, each fenced (see `AttemptEnd`), with their
+        attempt records; a refused write comes back with the job's row as it stands."""
+        if self._bulk is not None:
+            done = await self._bulk.write_outcomes(writes)
+        else:
+            done = await self._write_outcomes_one_by_one(writes)
+        missed = [w.id for w in writes if w.id not in done]
+        current: dict[str, Job] = {}
+        if missed:
+            stmt = select(_JOBS).where(_JOBS.c.id.in_(missed))
+            async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+                current = {r.id: job_from_row(r._mapping) for r in await conn.execute(stmt)}
+        return [
+            WriteResult(True) if w.id in done else WriteResult(False, current.get(w.id))
+            for w in writes
+        ]
+
+    async def _write_outcomes_one_by_one(self, writes: Sequence[AttemptEnd]) -> set[str]:
+        """SQLite's path: one fenced UPDATE per write, all in one transaction."""
+        applied: set[str] = set()
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            for w in writes:
+                values: dict[str, Any] = {
+                    "state": int(w.state),
+                    "attempt": w.attempt,
+                    "error": w.error,
+                    "progress": w.progress,
+                    "progress_message": w.progress_message,
+                    "start_time": w.start_time,
+                    "finish_time": w.finish_time,
+                    "result": w.result,
+                    "result_ref": w.result_ref,
+                }
+                if w.run_at is not None:
+                    values["run_at"] = w.run_at
+                stmt = (
+                    update(_JOBS)
+                    .where(
+                        _JOBS.c.id == w.id,
+                        _JOBS.c.fence == w.fence,
+                        _JOBS.c.attempt < w.attempt,
+                        _JOBS.c.state.not_in(_TERMINAL),
+                    )
+                    .values(**values)
+                    .returning(_JOBS.c.id, _JOBS.c.retention_ms)
+                )
+                row = (await conn.execute(stmt)).first()
+                if row is not None:
+                    applied.add(w.id)
+                    await conn.execute(self._upsert(_ATTEMPTS), [_attempt_row(w.record)])
+                    await self._expires(conn, w.id, w.finish_time, row.retention_ms)
+        return applied
+
+    async def _expires(
+        self, conn: AsyncConnection, job_id: str, finish_time: int | None, retention: int | None
+    ) -> None:
+        """Record when a job that just finished expires (nothing while it is unfinished or
+        kept forever); the statement that finished it is still open."""
+        if finish_time is None or retention is None:
+            return
+        values = {"job_id": job_id, "expire_time": finish_time + retention}
+        await conn.execute(self.db.upsert(_EXPIRY, values, ["job_id"]))
+
+    async def fence(self, job_id: str, lost: Sequence[Attempt]) -> int | None:
+        """Take over a job whose previous attempts were lost: bump its fence (so their
+        workers can no longer write) and record them, if the job is unfinished.
+
+        Returns the new fence; None if the job has finished meanwhile (a lost attempt wrote
+        its outcome first) and must not run again.
+        """
+        stmt = (
+            update(_JOBS)
+            .where(_JOBS.c.id == job_id, _JOBS.c.state.not_in(_TERMINAL))
+            .values(fence=_JOBS.c.fence + 1)
+            .returning(_JOBS.c.fence)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                return None
+            records = [_attempt_row(a) for a in lost if a.attempt > 0]
+            if records:
+                await conn.execute(self._upsert(_ATTEMPTS), records)
+        return int(row.fence)
+
+    async def attempts(self, job_id: str) -> list[Attempt]:
+        """A job's recorded attempts, oldest first (the latest MAX_ATTEMPTS_LISTED)."""
+        stmt = (
+            select(_ATTEMPTS)
+            .where(_ATTEMPTS.c.job_id == job_id)
+            .order_by(_ATTEMPTS.c.attempt.desc())
+            .limit(MAX_ATTEMPTS_LISTED)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            rows = list(await conn.execute(stmt))
+        return [
+            Attempt(**{**r._mapping, "outcome": AttemptOutcome(r.outcome)}) for r in reversed(rows)
+        ]
+
+    async def claim_effect(self, job_id: str, key: str, attempt: int, fence: int) -> bool:
+        """Claim side effect `key` of a job for the attempt holding `fence`: True exactly
+        once per (job, key), and never for a stale attempt or a finished job."""
+        current = exists().where(
+            _JOBS.c.id == job_id, _JOBS.c.fence == fence, _JOBS.c.state.not_in(_TERMINAL)
+        )
+        source = select(literal(job_id), literal(key), literal(attempt), literal(now_ms())).where(
+            current
+        )
+        stmt = (
+            self._upsert(_EFFECTS)
+            .from_select(["job_id", "key", "attempt", "create_time"], source)
+            .returning(_EFFECTS.c.job_id)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    async def unfinished(
+        self, after_id: str, limit: int
+    ) -> tuple[list[tuple[str, str, int]], str | None]:
+        """One page of the reconciler's walk over all jobs in id order: the unfinished jobs
+        among the next `limit` ids after `after_id` as (id, queue, fence), and the last id
+        looked at (None: the walk is done).
+
+        A walk by primary key instead of an index on state keeps outcome updates HOT (no
+        index covers the columns they change); the cost is reading finished rows too.
+        """
+        page = (
+            select(_JOBS.c.id, _JOBS.c.state, _JOBS.c.queue, _JOBS.c.fence)
+            .where(_JOBS.c.id > after_id)
+            .order_by(_JOBS.c.id)
+            .limit(limit)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            rows = list(await conn.execute(page))
+        refs = [(r.id, r.queue, r.fence) for r in rows if r.state not in _TERMINAL]
+        return refs, rows[-1].id if len(rows) == limit else None
+
+    async def get_many(self, ids: Sequence[str]) -> list[Job]:
+        if not ids:
+            return []
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            found = await conn.execute(select(_JOBS).where(_JOBS.c.id.in_(ids)))
+            return [job_from_row(r._mapping) for r in found]
+
+    async def cancel(self, job_id: str, owner: str | None) -> Job:
+        """Mark a job CANCELLED if it has not ended; NOT_FOUND for another owner's job.
+        `owner` None: any owner's (an admin's call)."""
+        now = now_ms()
+        mine = [_JOBS.c.id == job_id] + ([_JOBS.c.owner == owner] if owner is not None else [])
+        stmt = (
+            update(_JOBS)
+            .where(*mine, _JOBS.c.state.not_in(_TERMINAL))
+            .values(state=int(JobState.CANCELLED), finish_time=now)
+            .returning(*_JOBS.c)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+            if row is not None:
+                await self._expires(conn, job_id, now, row.retention_ms)
+                return job_from_row(row._mapping)
+            current = (await conn.execute(select(_JOBS).where(_JOBS.c.id == job_id))).first()
+        if current is None or (owner is not None and current.owner != owner):
+            raise NotFound(f"job {job_id} not found")
+        raise FailedPrecondition(
+            f"job {job_id} is already {JobState(current.state).label} and cannot be cancelled"
+        )
+
+    async def record_cancelled(self, stopped: Attempt, *, replace: bool = False) -> None:
+        """Record the attempt a cancel stopped (outcome CANCELLED), once the cancel is
+        committed, and make the job's row say that attempt ran (its number and start).
+
+        Two writers may know of it: the API, which learns from Redis that the cancel
+        stopped a running attempt, and the attempt's worker, when its handler had already
+        returned and its outcome was refused (`replace`: its record, which says so, wins
+        over the API's; the API's never replaces one). Only a job still CANCELLED whose row
+        records no later attempt is touched, so a replay that ran since is left alone."""
+        job = (
+            update(_JOBS)
+            .where(
+                _JOBS.c.id == stopped.job_id,
+                _JOBS.c.state == int(JobState.CANCELLED),
+                _JOBS.c.attempt <= stopped.attempt,
+            )
+            .values(attempt=stopped.attempt, start_time=stopped.start_time)
+            .returning(_JOBS.c.id)
+        )
+        row = _attempt_row(stopped)
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            if (await conn.execute(job)).first() is None:
+                return
+            if replace:
+                await conn.execute(self.db.upsert(_ATTEMPTS, row, ["job_id", "attempt"]))
+            else:
+                await conn.execute(self._upsert(_ATTEMPTS), [row])
+
+    async def replay(self, job_id: str, owner: str | None, max_attempts: int) -> Job:
+        """Make a DEAD or CANCELLED job QUEUED again with `max_attempts` more attempts.
+
+        The fence moves on, so a worker still holding an attempt from before cannot write
+        over the replay. `owner` None: any owner (admin)."""
+        conditions = [_JOBS.c.id == job_id]
+        if owner is not None:
+            conditions.append(_JOBS.c.owner == owner)
+        now = now_ms()
+        stmt = (
+            update(_JOBS)
+            .where(
+                *conditions,
+                _JOBS.c.state.in_([int(JobState.DEAD), int(JobState.CANCELLED)]),
+            )
+            .values(
+                state=int(JobState.QUEUED),
+                fence=_JOBS.c.fence + 1,
+                max_attempts=_JOBS.c.attempt + max_attempts,
+                error="",
+                progress=0.0,
+                progress_message="",
+                run_at=now,
+                finish_time=None,
+            )
+            .returning(*_JOBS.c)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+            if row is not None:
+                # Unfinished again: not to be swept (it gets a new expiry when it ends).
+                await conn.execute(delete(_EXPIRY).where(_EXPIRY.c.job_id == job_id))
+                return job_from_row(row._mapping)
+            current = (await conn.execute(select(_JOBS).where(*conditions))).first()
+        if current is None:
+            raise NotFound(f"job {job_id} not found")
+        raise FailedPrecondition(
+            f"job {job_id} is {JobState(current.state).label}; only DEAD or CANCELLED jobs "
+            "can be retried"
+        )
+
+
+def _attempt_row(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "job_id": attempt.job_id,
+        "attempt": attempt.attempt,
+        "outcome": int(attempt.outcome),
+        "worker_id": attempt.worker_id,
+        "start_time": attempt.start_time,
+        "finish_time": attempt.finish_time,
+        "error": attempt.error,
+        "traceback": attempt.traceback,
+    }

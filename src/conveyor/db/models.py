@@ -1,0 +1,206 @@
+"""SQLAlchemy 2 typed models. The schema itself is made by the Alembic migrations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    """A job. Times are epoch milliseconds (UTC), the same numbers Redis and the wire carry."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # Idempotency is a constraint, not a check-then-insert: concurrent submits cannot race.
+        UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
+        # ListJobs: an owner's jobs newest first (ids are UUIDv7, so id order is time order).
+        # Deliberately no index on state: outcome updates then touch no index (HOT updates),
+        # which halves their cost; see the migration.
+        Index("ix_jobs_owner_id", "owner", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(128))
+    queue: Mapped[str] = mapped_column(String(64))
+    state: Mapped[int] = mapped_column(SmallInteger)
+    priority: Mapped[int] = mapped_column(SmallInteger)
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    attempt: Mapped[int] = mapped_column(SmallInteger, default=0)
+    max_attempts: Mapped[int] = mapped_column(SmallInteger)
+    timeout_ms: Mapped[int] = mapped_column(BigInteger)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    progress_message: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    idempotency_key: Mapped[str | None] = mapped_column(String(256))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    run_at: Mapped[int] = mapped_column(BigInteger)
+    create_time: Mapped[int] = mapped_column(BigInteger)
+    start_time: Mapped[int | None] = mapped_column(BigInteger)
+    finish_time: Mapped[int | None] = mapped_column(BigInteger)
+    # The fencing token: bumped when the job is handed out while an older attempt may still
+    # run; an outcome carrying an older fence is refused (see JobStore.write_outcomes).
+    fence: Mapped[int] = mapped_column(Integer, default=0)
+    # The resolved RetryPolicy as RetryPolicy.to_doc(); None on rows from before 0002.
+    retry: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    # The API key that submitted the job and its concurrency cap then (0: none); "" for
+    # jobs a schedule made.
+    key_id: Mapped[str] = mapped_column(String(36), default="")
+    key_cap: Mapped[int] = mapped_column(Integer, default=0)
+    # What the handler returned (a JSON object), once the job SUCCEEDED; read by
+    # GetJobResult only, never with the rest of the row (it may be large).
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    # A result too large for the row lives in the object store under this key.
+    result_ref: Mapped[str | None] = mapped_column(String(256))
+    # How long the job is kept once finished (None: forever); see conveyor.jobs.retention.
+    retention_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # The W3C traceparent of the submitting call ("" when not tracing); see
+    # conveyor.telemetry.tracing.
+    trace_parent: Mapped[str] = mapped_column(String(64), default="")
+
+
+class ExpiryRow(Base):
+    """When a finished job expires (finish_time + retention); see migration 0005 for why
+    this is a table of its own. Written by the statement that finishes the job."""
+
+    __tablename__ = "job_expiry"
+    __table_args__ = (Index("ix_job_expiry_expire_time", "expire_time"),)
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    expire_time: Mapped[int] = mapped_column(BigInteger)
+
+
+class ArtifactRow(Base):
+    """A file a job made, kept in the object store under `object_key`."""
+
+    __tablename__ = "job_artifacts"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    object_key: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    create_time: Mapped[int] = mapped_column(BigInteger)
+
+
+class AttemptRow(Base):
+    """One attempt of a job and how it ended (AttemptOutcome numbers)."""
+
+    __tablename__ = "job_attempts"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    outcome: Mapped[int] = mapped_column(SmallInteger)
+    worker_id: Mapped[str] = mapped_column(String(128))
+    start_time: Mapped[int | None] = mapped_column(BigInteger)
+    finish_time: Mapped[int] = mapped_column(BigInteger)
+    error: Mapped[str] = mapped_column(Text, default="")
+    traceback: Mapped[str] = mapped_column(Text, default="")
+
+
+class EffectRow(Base):
+    """A side effect a handler claimed with `ctx.once(key)`: at most one per (job, key)."""
+
+    __tablename__ = "job_effects"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    attempt: Mapped[int] = mapped_column(SmallInteger)
+    create_time: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiKeyRow(Base):
+    """An API key, stored as the HMAC-SHA256 digest of its secret (see conveyor.server.auth)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    # Rate limit overrides (None: the server's default); see conveyor.api.ratelimit.
+    submit_per_second: Mapped[float | None] = mapped_column(Float)
+    submit_burst: Mapped[float | None] = mapped_column(Float)
+    read_per_second: Mapped[float | None] = mapped_column(Float)
+    read_burst: Mapped[float | None] = mapped_column(Float)
+    # Jobs submitted with the key that may run at once per queue (0: no cap).
+    max_running: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[int] = mapped_column(BigInteger)
+    revoke_time: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class QueueRow(Base):
+    """A queue's settings (PauseQueue, UpdateQueueLimits); a queue without a row has none.
+    Redis holds a copy where claims read it (cv:{Q}:conf), re-applied by the reconciler."""
+
+    __tablename__ = "queues"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_running: Mapped[int] = mapped_column(Integer, default=0)
+    rate_jobs: Mapped[int] = mapped_column(Integer, default=0)
+    rate_interval_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    max_running_per_owner: Mapped[int] = mapped_column(Integer, default=0)
+    update_time: Mapped[int] = mapped_column(BigInteger)
+
+
+class ScheduleRow(Base):
+    """A recurring job (ScheduleService): when it fires, the job it makes, and how far the
+    schedulers have got (`next_run`: the first bucket not yet handled; None once over)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        Index("ix_schedules_owner_id", "owner", "id"),
+        Index("ix_schedules_next_run", "next_run"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    cron: Mapped[str] = mapped_column(String(256), default="")
+    interval_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # The job template: a SubmitJobRequest as protobuf JSON.
+    template: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    catch_up: Mapped[int] = mapped_column(SmallInteger)
+    catch_up_limit: Mapped[int] = mapped_column(Integer)
+    start_time: Mapped[int | None] = mapped_column(BigInteger)
+    end_time: Mapped[int | None] = mapped_column(BigInteger)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_run: Mapped[int | None] = mapped_column(BigInteger)
+    last_run: Mapped[int | None] = mapped_column(BigInteger)
+    last_job_id: Mapped[str] = mapped_column(String(36), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    create_time: Mapped[int] = mapped_column(BigInteger)
+    update_time: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,59 @@
+"""QueueStore: queue settings (paused, concurrency cap, rate limit) by queue name."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from sqlalchemy import Table, select
+
+from conveyor.db.database import Database
+from conveyor.db.jobs import unavailable_on_db_errors
+from conveyor.db.models import QueueRow
+from conveyor.jobs.model import now_ms
+from conveyor.jobs.queues import QueueSettings
+
+_QUEUES = cast(Table, QueueRow.__table__)
+
+
+def _settings(row: Any) -> QueueSettings:
+    return QueueSettings(
+        name=row.name,
+        paused=bool(row.paused),
+        max_running=row.max_running,
+        rate_jobs=row.rate_jobs,
+        rate_interval_ms=row.rate_interval_ms,
+        max_running_per_owner=row.max_running_per_owner,
+    )
+
+
+class QueueStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, name: str) -> QueueSettings:
+        """The queue's settings; a queue without a row has the defaults (no limits)."""
+        stmt = select(_QUEUES).where(_QUEUES.c.name == name)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return _settings(row) if row is not None else QueueSettings(name)
+
+    async def all(self) -> list[QueueSettings]:
+        """Every queue that has settings, by name."""
+        stmt = select(_QUEUES).order_by(_QUEUES.c.name)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            return [_settings(row) for row in await conn.execute(stmt)]
+
+    async def put(self, settings: QueueSettings) -> QueueSettings:
+        """Store the queue's settings, replacing what it had."""
+        values = {
+            "paused": settings.paused,
+            "max_running": settings.max_running,
+            "rate_jobs": settings.rate_jobs,
+            "rate_interval_ms": settings.rate_interval_ms,
+            "max_running_per_owner": settings.max_running_per_owner,
+            "update_time": now_ms(),
+        }
+        stmt = self.db.upsert(_QUEUES, {"name": settings.name, **values}, ["name"])
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            await conn.execute(stmt)
+        return settings

@@ -1,0 +1,441 @@
+"""The job model: states, the validated submit spec, and conversion to and from the wire.
+
+One `Job` travels through three representations and this module owns all of them:
+the protobuf message (`to_proto`), the Redis hot-state hash and event JSON (`to_hot`,
+`from_hot`), and the database row (in `conveyor.db`, which calls `Job(**row)`).
+Times are integer epoch milliseconds (UTC) everywhere, so no representation has to guess a
+time zone and Lua scripts can compare them with the Redis clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uuid_utils
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+
+from conveyor import compact_json
+from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.jobs.retry import RetryOverrides, RetryPolicy
+from conveyor.v1 import job_pb2, job_service_pb2
+
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 5
+MAX_PRIORITY = 9
+MAX_ATTEMPTS_LIMIT = 100
+MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+MAX_DELAY_MS = 366 * 24 * 3600 * 1000
+MAX_RETENTION_MS = 10 * 366 * 24 * 3600 * 1000
+MAX_IDEMPOTENCY_KEY = 256
+MAX_BULK = 1000
+
+_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# Queue names go inside Redis hash tags, so braces and other punctuation are refused.
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class JobState(enum.IntEnum):
+    """Mirror of the proto enum `conveyor.v1.JobState`, with the same numbers."""
+
+    UNSPECIFIED = 0
+    SCHEDULED = 1
+    QUEUED = 2
+    RUNNING = 3
+    SUCCEEDED = 4
+    RETRYING = 5
+    DEAD = 6
+    CANCELLED = 7
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def label(self) -> str:
+        return job_pb2.JobState.Name(self.value)
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def format_time(ms: int) -> str:
+    """An epoch-millisecond time as RFC 3339 UTC, for messages people read."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000))
+    return f"{stamp}.{ms % 1000:03d}Z"
+
+
+def new_job_id() -> str:
+    """A UUIDv7: time-ordered (index friendly) with 74 random bits (unguessable)."""
+    return str(uuid_utils.uuid7())
+
+
+def valid_queue(name: str) -> bool:
+    return bool(_QUEUE_RE.match(name))
+
+
+def valid_type(name: str) -> bool:
+    return bool(_TYPE_RE.match(name))
+
+
+def valid_job_id(value: str) -> bool:
+    try:
+        uuid_utils.UUID(value)
+    except ValueError:
+        return False
+    return len(value) == 36
+
+
+@dataclass(frozen=True, slots=True)
+class JobDefaults:
+    """What a job gets for each field its request leaves unset: the job type's
+    registration laid over the server's settings (see `conveyor.api.jobs`)."""
+
+    max_attempts: int
+    timeout_ms: int
+    retry: RetryPolicy
+    # None: kept forever (see conveyor.jobs.retention).
+    retention_ms: int | None = None
+
+
+FALLBACK_RETRY = RetryPolicy(initial_ms=1000, max_ms=300_000)
+NO_OVERRIDES = RetryOverrides()
+
+
+@dataclass(slots=True)
+class Job:
+    """A job as it stands. Field names match the proto and the database columns."""
+
+    id: str
+    owner: str
+    type: str
+    queue: str
+    state: JobState
+    priority: int
+    payload: dict[str, Any]
+    max_attempts: int
+    timeout_ms: int
+    create_time: int
+    run_at: int
+    attempt: int = 0
+    progress: float = 0.0
+    progress_message: str = ""
+    error: str = ""
+    idempotency_key: str | None = None
+    start_time: int | None = None
+    finish_time: int | None = None
+    request_hash: str = ""
+    retry: RetryPolicy = FALLBACK_RETRY
+    # Bumped whenever the job is handed out again while an older attempt may still run
+    # (a reclaimed lease, a replay): the database refuses writes that carry an older fence.
+    fence: int = 0
+    # The API key that submitted it, and that key's cap on running jobs per queue then.
+    key_id: str = ""
+    key_cap: int = 0
+    # How long the job is kept once finished (None: forever); resolved at submit.
+    retention_ms: int | None = None
+    # The W3C traceparent of the call that submitted it ("" when not tracing): its
+    # attempts' spans join that trace (see conveyor.telemetry.tracing).
+    trace_parent: str = ""
+    # Why a waiting job is not running (computed on read, never stored).
+    blocked_reason: str = ""
+
+    # -- wire ---------------------------------------------------------------------------
+    def to_proto(self, *, payload: bool = True) -> job_pb2.Job:
+        """The job as the API shows it; without its payload for `payload=False` (the
+        basic view of a bulk submit, whose caller sent the payloads)."""
+        msg = job_pb2.Job(
+            id=self.id,
+            owner=self.owner,
+            type=self.type,
+            queue=self.queue,
+            state=self.state.value,  # type: ignore[arg-type]
+            priority=self.priority,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            progress=self.progress,
+            progress_message=self.progress_message,
+            error=self.error,
+            idempotency_key=self.idempotency_key or "",
+            retry=self.retry.to_proto(),
+            blocked_reason=self.blocked_reason,
+        )
+        if payload and self.payload:
+            msg.payload.update(self.payload)
+        msg.run_at.FromMilliseconds(self.run_at)
+        msg.create_time.FromMilliseconds(self.create_time)
+        if self.start_time is not None:
+            msg.start_time.FromMilliseconds(self.start_time)
+        if self.finish_time is not None:
+            msg.finish_time.FromMilliseconds(self.finish_time)
+        msg.timeout.FromMilliseconds(self.timeout_ms)
+        if self.retention_ms is not None:
+            msg.retention.FromMilliseconds(self.retention_ms)
+            if self.finish_time is not None and self.state.terminal:
+                msg.expire_time.FromMilliseconds(self.finish_time + self.retention_ms)
+        return msg
+
+    # -- Redis hot state ------------------------------------------------------------------
+    def to_hot(self) -> dict[str, str | int | float]:
+        """The Redis hash of a job (see queue/scripts/*.lua for who changes which field)."""
+        hot: dict[str, str | int | float] = {
+            "id": self.id,
+            "owner": self.owner,
+            "type": self.type,
+            "queue": self.queue,
+            "state": int(self.state),
+            "priority": self.priority,
+            "payload": compact_json.dumps(self.payload),
+            "max_attempts": self.max_attempts,
+            "timeout_ms": self.timeout_ms,
+            "create_time": self.create_time,
+            "run_at": self.run_at,
+            "attempt": self.attempt,
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "error": self.error,
+            "retry": compact_json.dumps(self.retry.to_doc()),
+            "fence": self.fence,
+            "key_id": self.key_id,
+            "key_cap": self.key_cap,
+        }
+        for name in ("idempotency_key", "start_time", "finish_time", "retention_ms"):
+            value = getattr(self, name)
+            if value is not None:
+                hot[name] = value
+        if self.trace_parent:
+            hot["trace_parent"] = self.trace_parent
+        return hot
+
+    @classmethod
+    def from_hot(cls, hot: dict[str, str]) -> Job:
+        """Decode a Redis hash (or an event's JSON object) back into a Job."""
+        payload = hot.get("payload")
+        retry = hot.get("retry")
+        return cls(
+            id=hot["id"],
+            owner=hot["owner"],
+            type=hot["type"],
+            queue=hot["queue"],
+            state=JobState(int(hot["state"])),
+            priority=int(hot["priority"]),
+            payload=compact_json.loads(payload) if payload else {},
+            max_attempts=int(hot["max_attempts"]),
+            timeout_ms=int(hot["timeout_ms"]),
+            create_time=int(hot["create_time"]),
+            run_at=int(hot["run_at"]),
+            attempt=int(hot.get("attempt", 0)),
+            progress=float(hot.get("progress", 0.0)),
+            progress_message=str(hot.get("progress_message", "")),
+            error=str(hot.get("error", "")),
+            idempotency_key=hot.get("idempotency_key") or None,
+            start_time=_opt_int(hot.get("start_time")),
+            finish_time=_opt_int(hot.get("finish_time")),
+            retry=_policy(retry) if retry else FALLBACK_RETRY,
+            fence=int(hot.get("fence", 0)),
+            key_id=str(hot.get("key_id", "")),
+            key_cap=int(hot.get("key_cap", 0)),
+            retention_ms=_opt_int(hot.get("retention_ms")),
+            trace_parent=str(hot.get("trace_parent", "")),
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _policy(doc: str) -> RetryPolicy:
+    """Jobs of a type share a policy: decode each distinct one once."""
+    return RetryPolicy.from_doc(compact_json.loads(doc))
+
+
+def _opt_int(value: str | int | None) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A validated submit request: everything the client chose, nothing the server assigns."""
+
+    type: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    idempotency_key: str | None = None
+    run_at: int | None = None
+    delay_ms: int = 0  # run_at = acceptance + delay (exclusive with run_at)
+    max_attempts: int = 0
+    timeout_ms: int = 0
+    retry: RetryOverrides = NO_OVERRIDES
+    retention_ms: int = 0  # 0: the type's or the server's
+
+    def request_hash(self) -> str:
+        """Fingerprint of the request, compared when an idempotency key is reused."""
+        doc = [
+            self.type,
+            self.payload,
+            self.queue,
+            self.priority,
+            self.run_at,
+            self.max_attempts,
+            *([self.delay_ms] if self.delay_ms else []),  # hashes of undelayed jobs unchanged
+            *([["retention", self.retention_ms]] if self.retention_ms else []),
+            self.timeout_ms,
+            [self.retry.initial_ms, self.retry.max_ms, self.retry.multiplier, self.retry.jitter],
+        ]
+        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(raw).hexdigest()
+
+    def new_job(self, owner: str, *, defaults: JobDefaults, now: int) -> Job:
+        """The job this spec makes for `owner`, QUEUED or SCHEDULED by its run_at."""
+        run_at = max(self.run_at or now + self.delay_ms, now)
+        return Job(
+            id=new_job_id(),
+            owner=owner,
+            type=self.type,
+            queue=self.queue,
+            state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
+            priority=self.priority,
+            payload=self.payload,
+            max_attempts=self.max_attempts or defaults.max_attempts,
+            timeout_ms=self.timeout_ms or defaults.timeout_ms,
+            create_time=now,
+            run_at=run_at,
+            idempotency_key=self.idempotency_key,
+            # Only compared when a key is reused, so only computed when there is a key.
+            request_hash=self.request_hash() if self.idempotency_key else "",
+            retry=self.retry.over(defaults.retry),
+            retention_ms=self.retention_ms or defaults.retention_ms,
+        )
+
+
+def spec_from_proto(
+    req: job_service_pb2.SubmitJobRequest, *, max_payload_bytes: int, prefix: str = ""
+) -> JobSpec:
+    """Validate a SubmitJobRequest; every problem is reported at once as a field violation."""
+    bad: list[FieldViolation] = []
+
+    def violation(name: str, why: str) -> None:
+        bad.append(FieldViolation(prefix + name, why))
+
+    if not req.type:
+        violation("type", "required")
+    elif not _TYPE_RE.match(req.type):
+        violation("type", "must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+    queue = req.queue or DEFAULT_QUEUE
+    if not _QUEUE_RE.match(queue):
+        violation("queue", "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    priority = req.priority if req.HasField("priority") else DEFAULT_PRIORITY
+    if not 0 <= priority <= MAX_PRIORITY:
+        violation("priority", f"must be between 0 and {MAX_PRIORITY}")
+    key = req.idempotency_key or None
+    if key is not None and (len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable()):
+        violation("idempotency_key", f"must be printable, at most {MAX_IDEMPOTENCY_KEY} characters")
+    if not 0 <= req.max_attempts <= MAX_ATTEMPTS_LIMIT:
+        violation("max_attempts", f"must be between 0 (default) and {MAX_ATTEMPTS_LIMIT}")
+    timeout_ms = duration_ms(req.timeout) if req.HasField("timeout") else 0
+    if timeout_ms is None or (req.HasField("timeout") and not 0 < timeout_ms <= MAX_TIMEOUT_MS):
+        violation("timeout", "must be a valid duration, positive and at most 7 days")
+    run_at = timestamp_ms(req.run_at) if req.HasField("run_at") else None
+    if req.HasField("run_at") and (run_at is None or run_at > now_ms() + MAX_DELAY_MS):
+        violation("run_at", "must be a valid time within a year")
+    delay_ms = duration_ms(req.delay) if req.HasField("delay") else 0
+    if delay_ms is None or not 0 <= delay_ms <= MAX_DELAY_MS:
+        violation("delay", "must be a valid duration, not negative and at most a year")
+    elif delay_ms and req.HasField("run_at"):
+        violation("delay", "set run_at or delay, not both")
+    retention_ms = duration_ms(req.retention) if req.HasField("retention") else 0
+    if retention_ms is None or not 0 <= retention_ms <= MAX_RETENTION_MS:
+        violation("retention", "must be a valid duration, not negative and at most 10 years")
+    payload = _payload(req.payload, max_payload_bytes, violation) if req.HasField("payload") else {}
+    try:
+        retry = RetryOverrides.from_proto(req.retry) if req.HasField("retry") else NO_OVERRIDES
+    except ValueError:  # a Duration with nanos out of range
+        violation("retry", "holds an invalid duration")
+        retry = NO_OVERRIDES
+    bad += retry.violations(prefix + "retry.")
+    if bad:
+        raise InvalidArgument(bad)
+    return JobSpec(
+        type=req.type,
+        payload=payload,
+        queue=queue,
+        priority=priority,
+        idempotency_key=key,
+        run_at=run_at,
+        delay_ms=delay_ms or 0,
+        max_attempts=req.max_attempts,
+        timeout_ms=timeout_ms or 0,
+        retry=retry,
+        retention_ms=retention_ms or 0,
+    )
+
+
+# A NUL as JSON writes it: `\u0000` after an even run of backslashes (an odd run makes it
+# the text "\\u0000", a backslash and five characters, which PostgreSQL stores fine).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str, Any]:
+    """The payload as a dict, or a violation: too large, a number JSON cannot hold (NaN,
+    infinity), or a NUL character (PostgreSQL's jsonb cannot store one)."""
+    size = struct.ByteSize()
+    if size > limit:
+        violation("payload", f"is {size} bytes; the limit is {limit}")
+        return {}
+    try:
+        payload: dict[str, Any] = _integral(json_format.MessageToDict(struct))
+    except ValueError:
+        violation("payload", "numbers must be finite (no NaN or infinity)")
+        return {}
+    text = json.dumps(payload)
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        violation("payload", "must not contain NUL characters")
+        return {}
+    return payload
+
+
+# Integers a double holds exactly: beyond, a whole number stays a float.
+_EXACT = 2**53
+
+
+def _integral(value: Any) -> Any:
+    """Whole numbers as ints, and object keys in sorted order. A Struct carries every number
+    as a double, so `{"count": 3}` arrives as 3.0: handlers (and webhook bodies, CSV cells,
+    templates) should see the 3 the client sent. And a Struct keeps no key order (its map
+    iterates in hash order), so keys are sorted: the same payload reads the same in every
+    process and every attempt."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def duration_ms(d: duration_pb2.Duration) -> int | None:
+    """The duration in ms, or None if protobuf itself holds it invalid (nanos out of range
+    or of the other sign than seconds, beyond ±10,000 years)."""
+    try:
+        d.ToJsonString()  # the one public check of a Duration's validity
+        return int(d.ToMilliseconds())
+    except ValueError:
+        return None
+
+
+def timestamp_ms(t: timestamp_pb2.Timestamp) -> int | None:
+    """The time in epoch ms, or None if protobuf itself holds it invalid (nanos out of
+    range, outside years 1-9999)."""
+    try:
+        t.ToJsonString()  # the one public check of a Timestamp's validity
+        return int(t.ToMilliseconds())
+    except (ValueError, OverflowError):
+        return None

@@ -1,0 +1,251 @@
+"""Named queues as operators control them: settings (paused, a concurrency cap and a rate
+limit, across every worker) and the numbers GetQueueStats reports.
+
+PostgreSQL holds the settings (`queues` table); Redis holds a copy in `cv:{Q}:conf`, which
+the claim script reads, so a pause or a limit takes effect on every worker's next claim.
+A change is written to the database first, then to Redis; the reconciler re-applies every
+queue's settings on each pass, so a Redis that lost them (or missed a change during an
+outage) converges. Limits are enforced where jobs are claimed (scripts/claim.lua,
+`admissible`): a queue with `max_running` 3 never has a fourth job holding a lease, and
+one with a rate limit of N per interval never starts an N+1th job within any window of
+that interval.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.jobs.model import MAX_PRIORITY, format_time, valid_queue
+from conveyor.v1 import queue_pb2
+
+MAX_RUNNING_LIMIT = 1_000_000
+MAX_RATE_JOBS = 1_000_000
+MAX_RATE_INTERVAL_MS = 24 * 3600 * 1000
+MINUTE_SECONDS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    name: str
+    paused: bool = False
+    max_running: int = 0  # 0: no cap
+    rate_jobs: int = 0  # at most this many starts in any window of rate_interval_ms
+    rate_interval_ms: int = 0
+    max_running_per_owner: int = 0  # 0: no cap
+
+    def with_limits(
+        self, max_running: int, rate_jobs: int, rate_interval_ms: int, max_running_per_owner: int
+    ) -> QueueSettings:
+        """These settings with new limits, validated (INVALID_ARGUMENT naming each bad field)."""
+        bad = []
+        if not 0 <= max_running <= MAX_RUNNING_LIMIT:
+            bad.append(FieldViolation("limits.max_running", f"must be 0-{MAX_RUNNING_LIMIT}"))
+        if not 0 <= max_running_per_owner <= MAX_RUNNING_LIMIT:
+            bad.append(
+                FieldViolation("limits.max_running_per_owner", f"must be 0-{MAX_RUNNING_LIMIT}")
+            )
+        if not 0 <= rate_jobs <= MAX_RATE_JOBS:
+            bad.append(FieldViolation("limits.rate_jobs", f"must be 0-{MAX_RATE_JOBS}"))
+        if rate_jobs and not 1 <= rate_interval_ms <= MAX_RATE_INTERVAL_MS:
+            bad.append(
+                FieldViolation(
+                    "limits.rate_interval", "must be between 1 ms and 24 h when rate_jobs is set"
+                )
+            )
+        if bad:
+            raise InvalidArgument(bad)
+        return replace(
+            self,
+            max_running=max_running,
+            rate_jobs=rate_jobs,
+            rate_interval_ms=rate_interval_ms if rate_jobs else 0,
+            max_running_per_owner=max_running_per_owner,
+        )
+
+    def limits_proto(self) -> queue_pb2.QueueLimits:
+        msg = queue_pb2.QueueLimits(
+            max_running=self.max_running,
+            rate_jobs=self.rate_jobs,
+            max_running_per_owner=self.max_running_per_owner,
+        )
+        if self.rate_jobs:
+            msg.rate_interval.FromMilliseconds(self.rate_interval_ms)
+        return msg
+
+
+def check_queue_name(name: str, field: str = "queue") -> str:
+    if not valid_queue(name):
+        raise InvalidArgument(
+            [FieldViolation(field, "must be a queue name ([A-Za-z0-9_.-], at most 64)")]
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A queue now (from Redis, read in one step) and its last minute."""
+
+    settings: QueueSettings
+    scheduled: int
+    retrying: int
+    running: int
+    queued_by_priority: tuple[int, ...]  # index = priority
+    oldest_wait_ms: int | None
+    succeeded: int  # the counts are attempts that ended in the last minute
+    retried: int
+    dead: int
+    cancelled: int
+
+    @classmethod
+    def from_script(cls, name: str, out: list[int]) -> QueueStats:
+        """From queue_stats.lua's answer (see the script for the order). The settings are
+        the ones in force: Redis's copy, which claims read."""
+        assert len(out) == 12 + MAX_PRIORITY + 2
+        return cls(
+            settings=QueueSettings(name, bool(out[0]), out[1], out[2], out[3], out[22]),
+            scheduled=out[4],
+            retrying=out[5],
+            running=out[6],
+            oldest_wait_ms=out[7] if out[7] >= 0 else None,
+            succeeded=out[8],
+            retried=out[9],
+            dead=out[10],
+            cancelled=out[11],
+            queued_by_priority=tuple(out[12:22]),
+        )
+
+    @property
+    def queued(self) -> int:
+        return sum(self.queued_by_priority)
+
+    @property
+    def throughput_per_second(self) -> float:
+        return (self.succeeded + self.dead + self.cancelled) / MINUTE_SECONDS
+
+    @property
+    def failure_rate(self) -> float:
+        ended = self.succeeded + self.retried + self.dead
+        return (self.retried + self.dead) / ended if ended else 0.0
+
+    def to_proto(self) -> queue_pb2.QueueStats:
+        msg = queue_pb2.QueueStats(
+            queue=self.settings.name,
+            paused=self.settings.paused,
+            limits=self.settings.limits_proto(),
+            scheduled=self.scheduled,
+            queued=self.queued,
+            running=self.running,
+            retrying=self.retrying,
+            queued_by_priority=list(self.queued_by_priority),
+            succeeded_last_minute=self.succeeded,
+            retried_last_minute=self.retried,
+            dead_last_minute=self.dead,
+            cancelled_last_minute=self.cancelled,
+            throughput_per_second=self.throughput_per_second,
+            failure_rate=self.failure_rate,
+        )
+        if self.oldest_wait_ms is not None:
+            msg.oldest_wait.FromMilliseconds(self.oldest_wait_ms)
+        return msg
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """What holds a ready job back (waiting.lua's answer, in its order)."""
+
+    ahead: int  # jobs ahead of it in line; -1: not in line
+    paused: int
+    max_running: int
+    running: int
+    rate_jobs: int
+    rate_ms: int
+    started_in_window: int
+    window_opens: int  # epoch ms when the rate window has room again; -1: it has room
+    group: str  # the cap group holding it back: `o:<owner>`, `k:<key id>`; "": none
+    group_cap: int
+    group_running: int
+
+    @classmethod
+    def from_script(cls, out: list[int | str]) -> Waiting:
+        """From waiting.lua's answer (see the script for the order)."""
+        ahead, paused, max_running, running, rate, window, started, opens = (
+            int(v) for v in out[:8]
+        )
+        return cls(ahead, paused, max_running, running, rate, window, started, opens,
+                   str(out[8]), int(out[9]), int(out[10]))  # fmt: skip
+
+    def reason(self, queue: str) -> str:
+        """The blocked_reason of a job that waits for this, or "" for a free worker slot."""
+        if self.paused:
+            return f"queue {queue!r} is paused"
+        if self.group:
+            kind, _, name = self.group.partition(":")
+            who = f"owner {name!r}" if kind == "o" else f"API key {name}"
+            return (
+                f"{who} is at its concurrency limit in queue {queue!r} "
+                f"({self.group_running} of {self.group_cap} running)"
+            )
+        if self.max_running and self.running >= self.max_running:
+            return (
+                f"queue {queue!r} is at its concurrency limit "
+                f"({self.running} of {self.max_running} running)"
+            )
+        if self.window_opens >= 0:
+            return (
+                f"queue {queue!r} is rate limited ({self.rate_jobs} per {self.rate_ms} ms) "
+                f"until {format_time(self.window_opens)}"
+            )
+        return ""
+
+
+MAX_QUEUE_WEIGHT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class QueueChoice:
+    """The queues a worker claims from (CONVEYOR_WORKER_QUEUES) and in which order.
+
+    `high,default,low` is strict order: a worker with free slots takes from `high` first
+    and from `default` only what `high` cannot fill, so a busy `high` can starve `low`.
+    `high:6,default:3,low:1` is weighted: each claim round visits the queues in a random
+    order where a queue comes first in proportion to its weight (here `high` 60 % of the
+    time), so every queue with a weight makes progress however busy the others are.
+    """
+
+    names: tuple[str, ...]
+    weights: tuple[int, ...] | None = None  # None: strict order
+
+    @classmethod
+    def parse(cls, text: str) -> QueueChoice:
+        """From `a,b,c` or `a:3,b:1`; ValueError saying what is wrong."""
+        names: list[str] = []
+        weights: list[int] = []
+        weighted = False
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            name, sep, weight = part.partition(":")
+            if not valid_queue(name):
+                raise ValueError(f"{name!r} is not a queue name ([A-Za-z0-9_.-], at most 64)")
+            if name in names:
+                raise ValueError(f"queue {name!r} is named twice")
+            if sep:
+                weighted = True
+                if not weight.isdigit() or not 1 <= int(weight) <= MAX_QUEUE_WEIGHT:
+                    raise ValueError(f"the weight of {name!r} must be 1-{MAX_QUEUE_WEIGHT}")
+            names.append(name)
+            weights.append(int(weight) if sep else 1)
+        if not names:
+            raise ValueError("name at least one queue")
+        return cls(tuple(names), tuple(weights) if weighted else None)
+
+    def order(self, rng: random.Random | None = None) -> list[str]:
+        """The queues in the order to claim from this round."""
+        if self.weights is None:
+            return list(self.names)
+        draw = (rng or random).random
+        # Weighted sampling without replacement (Efraimidis-Spirakis): sort by u^(1/w).
+        keyed = [(draw() ** (1 / w), n) for n, w in zip(self.names, self.weights, strict=True)]
+        return [name for _, name in sorted(keyed, reverse=True)]

@@ -1,0 +1,7 @@
+"""Redis: the queue and the hot state (keys, Lua scripts, the queue API, live events)."""
+
+from conveyor.redis.events import EventHub
+from conveyor.redis.keys import QueueKeys
+from conveyor.redis.queue import Cancelled, Claim, RedisQueue, connect
+
+__all__ = ["Cancelled", "Claim", "EventHub", "QueueKeys", "RedisQueue", "connect"]

@@ -1,0 +1,145 @@
+"""Every Redis key and channel Conveyor uses, in one place.
+
+All keys of one queue share the hash tag `{queue}`, so every Lua script touches a single
+Redis Cluster slot. A job's own keys carry its queue's tag too, so finding a job's hot state
+takes its queue: the API learns it from the submit or from the job's database row and keeps
+it in a bounded in-process map (see `conveyor.api.jobs`).
+
+    cv:{Q}:ready          zset  queued job ids; score = (9 - priority) << 40 | sequence
+    cv:{Q}:delayed        zset  SCHEDULED job ids by due time (epoch ms)
+    cv:{Q}:retry          zset  RETRYING job ids by due time (epoch ms)
+    cv:{Q}:leases         zset  RUNNING job ids by lease deadline (epoch ms, Redis clock)
+    cv:{Q}:conf           hash  the queue's settings: paused, max_running, rate_jobs, rate_ms
+                                (a copy of the `queues` row; the reconciler re-applies it)
+    cv:{Q}:starts         zset  leases started in the rate limit's window, by start time
+    cv:{Q}:running        hash  leased jobs per cap group: `o:<owner>`, `k:<key id>`
+    cv:{Q}:caps           hash  each API key's cap (`k:<key id>`), as its jobs carry it
+    cv:{Q}:parked:<group> zset  ready jobs held back by their group's cap, scored as in ready
+    cv:{Q}:parked-groups  set   groups with parked jobs
+    cv:{Q}:stats:<sec>    hash  attempts ended in that second by outcome (kept 2 minutes)
+    cv:{Q}:wake           list  tokens that wake one blocked worker each
+    cv:{Q}:seq            int   FIFO sequence for ready scores
+    cv:{Q}:job:<id>       hash  the job's hot state (see Job.to_hot), plus seq and lease
+    cv:{Q}:events:<id>    stream  the job's changes, entry id "<seq>-1", field j = JSON
+    cv:{Q}:ev:<id>        pub/sub channel carrying the same JSON, for live watchers
+    cv:cancel             pub/sub channel: ids of running jobs to stop at once
+    cv:epoch              string  set by the reconciler; its absence means Redis lost its data
+    cv:reconcile:lock     string  the reconciler replica whose turn it is (SET NX PX)
+    cv:probe:write        string  an API's health probe of Redis writes (SET PX, expires)
+    cv:rl:{<owner>}:<kind>  hash  an owner's token bucket for submits or reads
+    cv:queues:existing    set   the queues that exist: served by a worker (each announcement
+                                adds its queues) or configured by an admin (`configure`;
+                                the reconciler re-applies every configured queue). Never
+                                a name only a submit used (see `conveyor.api.known_names`)
+    cv:worker:<id>        string  a worker's announcement (JSON), expiring after three missed
+    cv:workers            zset  worker ids by their last announcement (Redis clock); a dead
+                                one stays until a sweep has released its leases
+    cv:workers:queues     hash  worker id -> the queues it serves (JSON), kept past its
+                                announcement for that sweep
+    cv:worker:<id>:sweep  string  the worker sweeping a dead one's leases (SET NX PX)
+    (the registry's keys are in conveyor.redis.workers)
+    cv:schedules          pub/sub channel: a schedule changed; schedulers look again
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "cv"
+CANCEL_CHANNEL = f"{PREFIX}:cancel"
+EPOCH_KEY = f"{PREFIX}:epoch"
+RECONCILE_LOCK = f"{PREFIX}:reconcile:lock"
+WRITE_PROBE_KEY = f"{PREFIX}:probe:write"
+EXISTING_QUEUES_KEY = f"{PREFIX}:queues:existing"
+SCHEDULES_CHANNEL = f"{PREFIX}:schedules"
+
+
+def rate_bucket(owner: str, kind: str) -> str:
+    return f"{PREFIX}:rl:{{{owner}}}:{kind}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one named queue."""
+
+    queue: str
+
+    @property
+    def tag(self) -> str:
+        return f"{PREFIX}:{{{self.queue}}}"
+
+    @property
+    def ready(self) -> str:
+        return f"{self.tag}:ready"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.tag}:delayed"
+
+    @property
+    def retry(self) -> str:
+        return f"{self.tag}:retry"
+
+    @property
+    def conf(self) -> str:
+        return f"{self.tag}:conf"
+
+    @property
+    def starts(self) -> str:
+        return f"{self.tag}:starts"
+
+    @property
+    def running(self) -> str:
+        return f"{self.tag}:running"
+
+    @property
+    def parked_groups(self) -> str:
+        return f"{self.tag}:parked-groups"
+
+    @property
+    def caps(self) -> str:
+        return f"{self.tag}:caps"
+
+    @property
+    def stats_prefix(self) -> str:
+        return f"{self.tag}:stats:"
+
+    @property
+    def all(self) -> list[str]:
+        """The keys every queue-level script takes, in the order `queue_keys()` (in
+        scripts/_common.lua) reads them."""
+        return [self.ready, self.delayed, self.retry, self.leases, self.wake, self.seq,
+                self.conf, self.starts, self.running, self.parked_groups, self.caps]  # fmt: skip
+
+    @property
+    def leases(self) -> str:
+        return f"{self.tag}:leases"
+
+    @property
+    def wake(self) -> str:
+        return f"{self.tag}:wake"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.tag}:seq"
+
+    @property
+    def job_prefix(self) -> str:
+        return f"{self.tag}:job:"
+
+    @property
+    def events_prefix(self) -> str:
+        return f"{self.tag}:events:"
+
+    @property
+    def channel_prefix(self) -> str:
+        return f"{self.tag}:ev:"
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+    def events(self, job_id: str) -> str:
+        return self.events_prefix + job_id
+
+    def channel(self, job_id: str) -> str:
+        return self.channel_prefix + job_id

@@ -1,0 +1,509 @@
+"""RedisQueue: the only writer of queue state in Redis. Every multi-key change is one Lua
+script (atomic, one round trip); batches of them go out pipelined."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from conveyor import compact_json
+from conveyor.config import Settings
+from conveyor.errors import RedisRefused, Unavailable, outage
+from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
+from conveyor.jobs.model import DEFAULT_QUEUE, Job, JobState
+from conveyor.jobs.queues import QueueSettings, QueueStats, Waiting
+from conveyor.redis.keys import (
+    CANCEL_CHANNEL,
+    EPOCH_KEY,
+    EXISTING_QUEUES_KEY,
+    WRITE_PROBE_KEY,
+    QueueKeys,
+)
+from conveyor.redis.scripts import Scripts
+
+# Connections one process opens to Redis at most; callers beyond that wait for a free one
+# (up to POOL_WAIT_SECONDS) instead of opening sockets without bound under a burst.
+POOL_SIZE = 64
+POOL_WAIT_SECONDS = 5.0
+# How long the health probe's key lives (it is rewritten every probe).
+WRITE_PROBE_TTL_MS = 10_000
+
+# Refusals: Redis answered, but will not run the command now. redis-py gives direct replies
+# with these codes their own classes (the code stripped from the text); an error a Lua
+# script met comes back as a plain ResponseError with the code inside its text
+# ("... @user_script:1: -OOM command not allowed ..."), so codes are also looked for there.
+_REFUSED_CLASSES: tuple[tuple[type[ResponseError], str], ...] = (
+    (OutOfMemoryError, "out of memory"),
+    (ReadOnlyError, "read-only replica"),
+    (MasterDownError, "its primary is down"),
+    (ClusterDownError, "the cluster is down"),
+    (TryAgainError, "the cluster is moving keys"),
+)
+_REFUSED_CODES = (
+    ("OOM", "out of memory"),
+    ("READONLY", "read-only replica"),
+    ("LOADING", "loading its data"),
+    ("BUSY", "busy running a script"),
+    ("MISCONF", "cannot persist to disk"),
+    ("MASTERDOWN", "its primary is down"),
+    ("NOREPLICAS", "not enough replicas"),
+    ("CLUSTERDOWN", "the cluster is down"),
+    ("TRYAGAIN", "the cluster is moving keys"),
+)
+
+
+def connect(url: str, *, blocking: bool = False) -> Redis:
+    """A client for `url` over a bounded pool. A blocking one (for BLPOP) has a single
+    connection and no socket read timeout."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=1 if blocking else POOL_SIZE,
+        timeout=POOL_WAIT_SECONDS,
+        decode_responses=True,
+        socket_connect_timeout=2.0,
+        socket_timeout=None if blocking else 5.0,
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)  # the client owns the pool and closes it
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why Redis refused a command, in a few words ("out of memory"), or None when `exc`
+    is no refusal: a script's own error or a wrong type is a bug, not a condition to wait
+    out, and must not pass for one."""
+    for cls, words in _REFUSED_CLASSES:
+        if isinstance(exc, cls):
+            return words
+    if not isinstance(exc, ResponseError):
+        return None
+    text = str(exc)
+    for code, words in _REFUSED_CODES:
+        if text.startswith(f"{code} ") or f"-{code} " in text:
+            return words
+    return None
+
+
+@contextlib.asynccontextmanager
+async def unavailable_on_redis_errors() -> AsyncIterator[None]:
+    """Redis errors as the client should hear them: UNAVAILABLE when Redis cannot be
+    reached, and `RedisRefused` (UNAVAILABLE, with why and when to try again) when it
+    answers but refuses (see `refusal`). Anything else is a bug and stays what it is."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise outage("redis") from exc
+    except ResponseError as exc:
+        reason = refusal(exc)
+        if reason is None:
+            raise
+        raise RedisRefused(reason) from exc
+
+
+@dataclass(slots=True)
+class Claim:
+    """A job a worker now runs, and the lease token that fences its Redis writes.
+
+    `lost` holds the attempts lost since the job's last recorded outcome, when this claim
+    reclaimed it from a worker that stopped renewing its lease: the new worker must fence
+    them off (and record them) in the database before it runs the job. `exhausted`: the
+    last lost attempt was the last one allowed.
+    """
+
+    job: Job
+    lease: str
+    lost: tuple[Attempt, ...] = ()
+    exhausted: bool = False
+
+    @classmethod
+    def from_hash(cls, fields: dict[str, str]) -> Claim:
+        job = Job.from_hot(fields)
+        lost = tuple(
+            Attempt(
+                job_id=job.id,
+                attempt=int(entry["a"]),
+                outcome=AttemptOutcome.LOST,
+                worker_id=str(entry["w"]),
+                start_time=int(entry["s"]) or None,
+                finish_time=int(entry["t"]),
+                error=lost_error(entry),
+            )
+            for entry in (json.loads(fields["lost"]) if fields.get("lost") else [])
+        )
+        return cls(job, fields["lease"], lost, fields.get("exhausted") == "1")
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """What a cancel found in Redis: the job's state there (UNSPECIFIED: Redis lacked it)
+    and, when it was RUNNING, the attempt the cancel stopped, to be recorded."""
+
+    state: JobState
+    stopped: Attempt | None = None
+
+
+def lost_error(entry: dict[str, Any]) -> str:
+    """Why an attempt was lost, from its entry in a job's `lost` list (the same text
+    claim.lua gives the job's `error`): its lease lapsed, or it was released early because
+    the worker registry found its worker dead (`g`, see release_worker.lua)."""
+    worker = entry["w"] or "?"
+    if entry.get("g"):
+        return f"lease released: worker {worker} stopped announcing itself"
+    return f"lease expired: worker {worker} stopped renewing it"
+
+
+def _docs_by_queue(jobs: Iterable[Job]) -> dict[str, list[dict[str, str]]]:
+    """Jobs as hot-state documents (all values strings, as Lua reads them) per queue."""
+    by_queue: dict[str, list[dict[str, str]]] = {}
+    for job in jobs:
+        doc = {name: str(value) for name, value in job.to_hot().items()}
+        by_queue.setdefault(job.queue, []).append(doc)
+    return by_queue
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class RedisQueue:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.scripts = Scripts()
+        self._maxlen = settings.event_stream_maxlen
+        self._owner_default = settings.default_max_running_per_owner
+        self._ttl = settings.hot_state_ttl_seconds
+
+    # -- producers -------------------------------------------------------------------------
+    async def enqueue(self, jobs: Iterable[Job]) -> None:
+        """Make committed jobs visible to workers and watchers (idempotent per job).
+
+        One script call per queue carries the whole batch as one JSON array.
+        """
+        by_queue = _docs_by_queue(jobs)
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for queue, docs in by_queue.items():
+                k = QueueKeys(queue)
+                self.scripts.enqueue.queue(
+                    pipe,
+                    k.all,
+                    [
+                        k.job_prefix,
+                        k.events_prefix,
+                        k.channel_prefix,
+                        self._maxlen,
+                        compact_json.dumps(docs),
+                    ],
+                )
+            await self.scripts.execute(pipe)
+
+    async def cancel(self, queue: str, job_id: str, finish_time: int) -> Cancelled:
+        """Cancel in Redis; returns the state the job had there (UNSPECIFIED: not present)
+        and, if it was running, the attempt the cancel stopped."""
+        k = QueueKeys(queue)
+        async with unavailable_on_redis_errors():
+            out = await self.scripts.cancel(
+                self.redis,
+                k.all,
+                [
+                    job_id,
+                    finish_time,
+                    self._ttl,
+                    self._maxlen,
+                    k.job_prefix,
+                    k.events_prefix,
+                    k.channel_prefix,
+                    CANCEL_CHANNEL,
+                    k.stats_prefix,
+                ],
+            )
+        state = JobState(int(out[0]))
+        if state is not JobState.RUNNING:
+            return Cancelled(state)
+        attempt, start, worker = int(out[1]), int(out[2]) or None, str(out[3])
+        stopped = Attempt(
+            job_id=job_id,
+            attempt=attempt,
+            outcome=AttemptOutcome.CANCELLED,
+            worker_id=worker,
+            start_time=start,
+            finish_time=int(out[4]),
+            error=f"cancelled while running on worker {worker}",
+        )
+        return Cancelled(state, stopped)
+
+    # -- readers ---------------------------------------------------------------------------
+    async def hot(self, queue: str, job_id: str) -> dict[str, str] | None:
+        """The job's hot-state hash (with its `seq`), or None if Redis no longer has it."""
+        async with unavailable_on_redis_errors():
+            fields = cast(dict[str, str], await self.redis.hgetall(QueueKeys(queue).job(job_id)))
+        return fields if fields.get("id") else None
+
+    async def events_after(self, queue: str, job_id: str, after_seq: int) -> list[dict[str, str]]:
+        """Retained events with a sequence above `after_seq`, oldest first."""
+        async with unavailable_on_redis_errors():
+            entries = await self.redis.xrange(
+                QueueKeys(queue).events(job_id), min=f"({after_seq}-1", max="+"
+            )
+        return [compact_json.loads(fields["j"]) for _, fields in cast(list[Any], entries)]
+
+    # -- workers ---------------------------------------------------------------------------
+    async def claim(
+        self, queue: str, count: int, *, worker_id: str, token: str, lease_ms: int
+    ) -> tuple[list[Claim], int]:
+        """Claim up to `count` jobs; also returns when the next delayed job or lease is due."""
+        k = QueueKeys(queue)
+        async with unavailable_on_redis_errors():
+            out = await self.scripts.claim(
+                self.redis,
+                k.all,
+                [
+                    count,
+                    lease_ms,
+                    token,
+                    worker_id,
+                    k.job_prefix,
+                    k.events_prefix,
+                    k.channel_prefix,
+                    self._maxlen,
+                    self._owner_default,
+                ],
+            )
+        return [Claim.from_hash(_pairs(flat)) for flat in out[1:]], int(out[0])
+
+    async def wait_for_work(
+        self, blocking: Redis, queues: Sequence[str], wait_seconds: float
+    ) -> bool:
+        """Block (no polling) until a wake token arrives on one of `queues`, or time is up."""
+        keys = [QueueKeys(q).wake for q in queues]
+        async with unavailable_on_redis_errors():
+            got = await blocking.blpop(keys, timeout=max(wait_seconds, 0.01))
+        return got is not None
+
+    async def heartbeat(self, queue: str, leases: dict[str, str], lease_ms: int) -> list[str]:
+        """Renew leases; returns the ids whose lease this worker no longer holds."""
+        if not leases:
+            return []
+        k = QueueKeys(queue)
+        args: list[Any] = [lease_ms, k.job_prefix]
+        for job_id, lease in leases.items():
+            args += [job_id, lease]
+        async with unavailable_on_redis_errors():
+            lost: list[str] = await self.scripts.heartbeat(self.redis, [k.leases], args)
+        return lost
+
+    async def finish_many(self, ends: Sequence[tuple[Job, str, AttemptEnd]]) -> list[bool]:
+        """End attempts in Redis, one script call per queue; per attempt, False if its lease
+        was no longer held."""
+        by_queue: dict[str, list[int]] = {}
+        for index, (job, _, _) in enumerate(ends):
+            by_queue.setdefault(job.queue, []).append(index)
+        if not by_queue:
+            return []
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for queue, indexes in by_queue.items():
+                k = QueueKeys(queue)
+                args: list[Any] = [
+                    k.job_prefix,
+                    k.events_prefix,
+                    k.channel_prefix,
+                    self._ttl,
+                    self._maxlen,
+                    k.stats_prefix,
+                ]
+                for i in indexes:
+                    job, lease, end = ends[i]
+                    args += [
+                        job.id,
+                        lease,
+                        int(end.state),
+                        end.error,
+                        end.finish_time or 0,
+                        end.run_at or 0,
+                        end.fence,
+                    ]
+                self.scripts.finish.queue(pipe, k.all, args)
+            replies = await self.scripts.execute(pipe)
+        done = [False] * len(ends)
+        for indexes, reply in zip(by_queue.values(), replies, strict=True):
+            for i, flag in zip(indexes, reply, strict=True):
+                done[i] = bool(flag)
+        return done
+
+    async def reconcile(self, queue: str, refs: Sequence[tuple[str, int]]) -> tuple[int, list[str]]:
+        """Check unfinished jobs of one queue, given as (id, fence), against Redis: put
+        jobs missing from their set back in it; returns how many were repaired, and the ids
+        Redis lacks (or holds finished under an older fence), to `restore` from their rows."""
+        k = QueueKeys(queue)
+        args: list[Any] = [k.job_prefix]
+        for job_id, fence in refs:
+            args += [job_id, fence]
+        async with unavailable_on_redis_errors():
+            out = await self.scripts.reconcile(self.redis, k.all, args)
+        return int(out[0]), [str(job_id) for job_id in out[1:]]
+
+    async def restore(self, jobs: Sequence[Job]) -> tuple[int, int]:
+        """Put jobs back in Redis from their database rows (see restore.lua); returns how
+        many were restored (Redis lacked them) and replayed (a newer fence)."""
+        totals = [0, 0]
+        for queue, docs in _docs_by_queue(jobs).items():
+            k = QueueKeys(queue)
+            async with unavailable_on_redis_errors():
+                counts = await self.scripts.restore(
+                    self.redis,
+                    k.all,
+                    [
+                        k.job_prefix,
+                        k.events_prefix,
+                        k.channel_prefix,
+                        self._maxlen,
+                        compact_json.dumps(docs),
+                    ],
+                )
+            totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
+        return totals[0], totals[1]
+
+    async def release(self, queue: str, held: Sequence[tuple[Job, str]]) -> int:
+        """Put jobs this worker leases back in line at once, their attempt not counted."""
+        k = QueueKeys(queue)
+        args: list[Any] = [k.job_prefix, k.events_prefix, k.channel_prefix, self._maxlen]
+        for job, lease in held:
+            args += [job.id, lease, job.fence]
+        async with unavailable_on_redis_errors():
+            return int(await self.scripts.release(self.redis, k.all, args))
+
+    async def release_worker(self, queue: str, worker_id: str) -> int:
+        """Make the leases a dead worker holds in `queue` due now, so the next claim
+        reclaims them; returns how many (see release_worker.lua)."""
+        k = QueueKeys(queue)
+        async with unavailable_on_redis_errors():
+            released = await self.scripts.release_worker(
+                self.redis, k.all, [k.job_prefix, worker_id]
+            )
+        return int(released)
+
+    async def configure(self, settings: QueueSettings) -> None:
+        """Put a queue's settings where claims read them; wakes workers if jobs may start.
+        A configured queue exists (see `existing_queues`)."""
+        k = QueueKeys(settings.name)
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            self.scripts.configure.queue(
+                pipe,
+                k.all,
+                [
+                    int(settings.paused),
+                    settings.max_running,
+                    settings.rate_jobs,
+                    settings.rate_interval_ms,
+                    settings.max_running_per_owner,
+                ],
+            )
+            pipe.sadd(EXISTING_QUEUES_KEY, settings.name)
+            await self.scripts.execute(pipe)
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        k = QueueKeys(queue)
+        async with unavailable_on_redis_errors():
+            out = await self.scripts.queue_stats(self.redis, k.all, [k.job_prefix, k.stats_prefix])
+        return QueueStats.from_script(queue, [int(v) for v in out])
+
+    async def existing_queues(self) -> set[str]:
+        """The queues that exist: the default queue, those a worker serves or has served
+        (announced on every heartbeat) and those an admin configured. A name that only
+        submits used is not among them, so this stays as small as the operator's setup."""
+        async with unavailable_on_redis_errors():
+            names = await self.redis.smembers(EXISTING_QUEUES_KEY)
+        return {DEFAULT_QUEUE, *(str(name) for name in names)}
+
+    async def waiting(self, queue: str, job_id: str) -> Waiting:
+        """Why a ready job waits: its place in line and what the queue's settings hold back."""
+        k = QueueKeys(queue)
+        async with unavailable_on_redis_errors():
+            out = await self.scripts.waiting(self.redis, k.all, [job_id, k.job(job_id)])
+        return Waiting.from_script(out)
+
+    async def look(self, queue: str, job_id: str) -> tuple[dict[str, str] | None, Waiting | None]:
+        """GetJob's read in one round trip: the job's hot state (None if Redis lacks it)
+        and, when it waits in line, what holds it back (see `waiting`)."""
+        k = QueueKeys(queue)
+        async with unavailable_on_redis_errors():
+            flat, waits = await self.scripts.look(self.redis, k.all, [job_id, k.job(job_id)])
+        fields = _pairs(flat)
+        hot = fields if fields.get("id") else None
+        return hot, Waiting.from_script(waits) if hot is not None and waits else None
+
+    async def epoch(self) -> str | None:
+        async with unavailable_on_redis_errors():
+            value = await self.redis.get(EPOCH_KEY)
+        return None if value is None else str(value)
+
+    async def set_epoch(self, value: str) -> bool:
+        """Set the epoch marker unless one is there; True if this call set it."""
+        async with unavailable_on_redis_errors():
+            return bool(await self.redis.set(EPOCH_KEY, value, nx=True))
+
+    async def try_lock(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Take (or keep, if `owner` already holds it) a lock that expires after `ttl_ms`."""
+        async with unavailable_on_redis_errors():
+            if await self.redis.set(name, owner, nx=True, px=ttl_ms):
+                return True
+            if await self.redis.get(name) == owner:
+                await self.redis.pexpire(name, ttl_ms)
+                return True
+        return False
+
+    async def progress(self, job: Job, lease: str, percent: float, message: str) -> bool:
+        k = QueueKeys(job.queue)
+        async with unavailable_on_redis_errors():
+            done = await self.scripts.progress(
+                self.redis,
+                [k.job(job.id), k.events(job.id)],
+                [lease, percent, message, self._maxlen, k.channel(job.id)],
+            )
+        return bool(done)
+
+    async def forget(self, jobs: Sequence[tuple[str, str]]) -> None:
+        """Drop finished jobs' hot state and event streams at once: (id, queue) pairs. The
+        retention sweeper calls this when it deletes their rows, so GetJob cannot serve a
+        copy of a job the database no longer has."""
+        if not jobs:
+            return
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for job_id, queue in jobs:
+                k = QueueKeys(queue)
+                pipe.delete(k.job(job_id), k.events(job_id))
+            await pipe.execute()
+
+    async def refused_writes(self) -> str | None:
+        """Why Redis refuses writes now, in a few words ("unreachable" when it cannot be
+        reached), or None when it takes them. One small SET that expires: it meets the
+        same checks as an enqueue (memory, a replica's role, failed persistence), which a
+        PING does not."""
+        try:
+            async with unavailable_on_redis_errors():
+                await self.redis.set(WRITE_PROBE_KEY, "1", px=WRITE_PROBE_TTL_MS)
+        except RedisRefused as exc:
+            return exc.reason
+        except Unavailable:
+            return "unreachable"
+        return None
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return False

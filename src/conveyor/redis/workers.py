@@ -1,0 +1,184 @@
+"""The worker registry in Redis: which workers are alive, what they serve, how busy they are,
+and the release of a dead worker's jobs.
+
+Each worker announces itself every `CONVEYOR_WORKER_ANNOUNCE_SECONDS` (1 s), apart from its
+lease renewals: a JSON document under `cv:worker:<id>` that expires after three missed
+announcements (plus `ANNOUNCE_SLACK_MS`), and its id in the `cv:workers` sorted set, scored
+by the Redis clock at its last announcement. A worker that dies simply stops announcing and
+its document expires.
+
+Every live worker also sweeps as it announces: an id in `cv:workers` that has not announced
+for a whole announcement lifetime and whose document is gone belongs to a dead worker, so
+the leases that worker holds are made due at once (`release_worker.lua`, fenced on the job's
+holder) and the next claim reclaims its jobs, seconds after the death rather than a lease
+later. The id leaves the set only after its leases are released, so a sweeper that dies
+midway leaves the work to the next one; a short lock per dead worker keeps the other live
+workers from repeating the same scan at the same moment (a repeat would change nothing).
+The lease stays the backstop: a worker cut off from Redis, or frozen, is not found dead by
+anyone until it stops renewing its leases too, and its jobs come back when they lapse.
+
+A dead worker's announcement is gone, so the queues it served are kept apart, without an
+expiry, in the `cv:workers:queues` hash (removed with its id): the sweep scans only those
+queues' leases. A worker announced without that record (an older version) is swept in every
+existing queue instead.
+
+A worker's queues also go into the set of existing queues (`cv:queues:existing`, which
+`RedisQueue.existing_queues` reads) on every announcement, so a Redis that lost its data has
+them back within a second of each live worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+from redis.asyncio import Redis
+
+from conveyor.redis.keys import EXISTING_QUEUES_KEY, PREFIX
+from conveyor.redis.queue import RedisQueue, unavailable_on_redis_errors
+from conveyor.redis.scripts import Scripts
+from conveyor.v1 import queue_pb2
+
+log = logging.getLogger(__name__)
+
+WORKERS_KEY = f"{PREFIX}:workers"
+SERVED_KEY = f"{PREFIX}:workers:queues"
+# Added to three announcement intervals before a silent worker counts as dead: room for an
+# announcement's own round trip and a busy event loop, small next to the intervals.
+ANNOUNCE_SLACK_MS = 250
+# Ids looked at per sweep; more wait for the next announcement.
+SWEEP_BATCH = 100
+# How long one sweeper has a dead worker to itself before another may try again.
+SWEEP_LOCK_MS = 10_000
+
+
+def _info_key(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def _sweep_lock(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}:sweep"
+
+
+def announcement_ttl_ms(interval_seconds: float) -> int:
+    """How long an announcement lives: three missed intervals and a little slack."""
+    return int(3 * interval_seconds * 1000) + ANNOUNCE_SLACK_MS
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    worker_id: str
+    host: str
+    queues: list[str]
+    types: list[str]
+    concurrency: int
+    running: int
+    started: int
+    last_seen: int
+
+    def to_proto(self) -> queue_pb2.Worker:
+        msg = queue_pb2.Worker(
+            worker_id=self.worker_id,
+            host=self.host,
+            queues=self.queues,
+            types=self.types,
+            concurrency=self.concurrency,
+            running=self.running,
+        )
+        msg.start_time.FromMilliseconds(self.started)
+        msg.last_heartbeat.FromMilliseconds(self.last_seen)
+        return msg
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """What an announcement learned. `was_alive`: the worker's previous announcement was
+    still there; false for a new worker and for one that others may have taken for dead
+    (frozen, cut off, or a Redis that lost time while down), whose view of the others is
+    as stale as theirs of it. `stale`: workers silent for a whole announcement lifetime,
+    which may be dead (`WorkerRegistry.sweep` checks)."""
+
+    was_alive: bool
+    stale: list[str]
+
+
+class WorkerRegistry:
+    def __init__(self, redis: Redis, scripts: Scripts | None = None) -> None:
+        self.redis = redis
+        self.scripts = scripts or Scripts()
+
+    async def announce(self, info: WorkerInfo, ttl_ms: int) -> Announced:
+        doc = json.dumps(asdict(info), separators=(",", ":"))
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(_info_key(info.worker_id), doc, px=ttl_ms, get=True)
+            self.scripts.announce.queue(pipe, [WORKERS_KEY], [info.worker_id, ttl_ms, SWEEP_BATCH])
+            pipe.hset(SERVED_KEY, info.worker_id, json.dumps(info.queues))
+            if info.queues:
+                pipe.sadd(EXISTING_QUEUES_KEY, *info.queues)
+            replies = await self.scripts.execute(pipe)
+        previous, stale = replies[0], replies[1]
+        return Announced(previous is not None, [str(i) for i in stale])
+
+    async def forget(self, worker_id: str) -> None:
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(_info_key(worker_id))
+            pipe.zrem(WORKERS_KEY, worker_id)
+            pipe.hdel(SERVED_KEY, worker_id)
+            await pipe.execute()
+
+    async def live(self) -> list[WorkerInfo]:
+        """The workers whose announcement has not expired, longest-running first. Dead ids
+        stay in the set for a sweep to release their leases (see `sweep`)."""
+        async with unavailable_on_redis_errors():
+            ids: list[str] = await self.redis.zrange(WORKERS_KEY, 0, -1)  # type: ignore[assignment]
+            if not ids:
+                return []
+            docs: list[str | None] = await self.redis.mget([_info_key(i) for i in ids])  # type: ignore[assignment]
+        infos = [WorkerInfo(**json.loads(doc)) for doc in docs if doc is not None]
+        return sorted(infos, key=lambda w: w.started)
+
+    async def sweep(self, queue: RedisQueue, stale: list[str], sweeper: str) -> dict[str, int]:
+        """Release the leases of the `stale` workers that are dead (their announcement is
+        gone) and drop them from the registry; how many leases each one held. Safe to run
+        from several workers at once."""
+        released: dict[str, int] = {}
+        for worker_id, queues in (await self._dead(stale)).items():
+            async with unavailable_on_redis_errors():
+                locked = await self.redis.set(
+                    _sweep_lock(worker_id), sweeper, nx=True, px=SWEEP_LOCK_MS
+                )
+            if not locked:
+                continue  # another worker is sweeping it now
+            names = sorted(queues) if queues is not None else sorted(await queue.existing_queues())
+            released[worker_id] = sum([await queue.release_worker(n, worker_id) for n in names])
+            async with (
+                unavailable_on_redis_errors(),
+                self.redis.pipeline(transaction=False) as pipe,
+            ):
+                pipe.zrem(WORKERS_KEY, worker_id)
+                pipe.hdel(SERVED_KEY, worker_id)
+                pipe.delete(_sweep_lock(worker_id))
+                await pipe.execute()
+            log.info(
+                "worker %s stopped announcing itself: released its %d lease(s) in %s",
+                worker_id,
+                released[worker_id],
+                ",".join(names),
+            )
+        return released
+
+    async def _dead(self, stale: list[str]) -> dict[str, list[str] | None]:
+        """Which of `stale` have no announcement, with the queues each served (None: not
+        on record)."""
+        if not stale:
+            return {}
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.mget([_info_key(i) for i in stale])
+            pipe.hmget(SERVED_KEY, stale)
+            docs, served = await pipe.execute()
+        return {
+            worker_id: json.loads(queues) if queues is not None else None
+            for worker_id, doc, queues in zip(stale, docs, served, strict=True)
+            if doc is None
+        }
