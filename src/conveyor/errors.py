@@ -29,6 +29,25 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+__all__ = [
+    "AlreadyExists",
+    "ConveyorError",
+    "FailedPrecondition",
+    "FieldViolation",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "QuotaExceeded",
+    "RedisRefused",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "from_rpc_error",
+    "internal_status",
+    "outage",
+    "to_status",
+]
+
 
 @dataclass(frozen=True)
 class FieldViolation:

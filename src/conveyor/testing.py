@@ -33,6 +33,8 @@ from conveyor.jobs.model import new_job_id, now_ms
 from conveyor.objects import ObjectStore
 from conveyor.objects.local import LocalStore
 
+__all__ = ["HandlerRun", "RunFixture", "run_handler", "run_handler_async"]
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
