@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from conveyor.cli.dev import wait_serving
 from conveyor.db.migrate import migrate
 from conveyor.embedded import EmbeddedRedis, free_port
-from conveyor.server.tls import TlsOptions
+from conveyor.tls import TlsOptions
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
 

@@ -24,7 +24,7 @@ from conveyor.cli.dev import wait_serving
 from conveyor.db import Database, KeyStore
 from conveyor.embedded import EmbeddedRedis, free_port
 from conveyor.server.auth import Authenticator, Role, random_dev_key
-from conveyor.server.tls import open_aio_channel
+from conveyor.tls import open_aio_channel
 from conveyor.v1 import job_service_pb2, job_service_pb2_grpc
 from tests.processes import Stack, make_env
 
@@ -33,7 +33,7 @@ STARTS = 3
 # Clients that wait through an outage, and how long it lasts before the API is restarted.
 WAITING_CLIENTS = 20
 OUTAGE_SECONDS = 4.0
-# A waiting client's channel retries at least once a second (conveyor.server.tls.CLIENT_OPTIONS):
+# A waiting client's channel retries at least once a second (conveyor.tls.CLIENT_OPTIONS):
 # with gRPC's 20 % jitter, the 50 ms polling here and a connect and a call on a busy
 # machine, it is answered within 2 s of SERVING (gRPC's default backoff: 4 s and more here).
 CLIENT_LAG_SECONDS = 2.0

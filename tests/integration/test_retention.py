@@ -14,9 +14,10 @@ from conveyor.db import Database, JobStore
 from conveyor.db.artifacts import ArtifactStore
 from conveyor.jobs.artifacts import Artifact, artifact_key
 from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
-from conveyor.jobs.retention import Sweeper, resolve_retention_ms
+from conveyor.jobs.retention import resolve_retention_ms
 from conveyor.objects.local import LocalStore
 from conveyor.redis import RedisQueue, connect
+from conveyor.scheduling.sweeper import Sweeper
 from tests.builders import ended
 
 pytestmark = pytest.mark.usefixtures("clean")

@@ -26,8 +26,8 @@ from conveyor.db import Database, JobStore
 from conveyor.db.schedules import ScheduleStore
 from conveyor.errors import QuotaExceeded
 from conveyor.jobs.model import now_ms
+from conveyor.jobs.schedules import schedule_from_proto
 from conveyor.redis import EventHub, RedisQueue, connect
-from conveyor.scheduling.schedules import schedule_from_proto
 from conveyor.server.auth import Principal, Role
 from conveyor.v1 import schedule_service_pb2
 

@@ -30,7 +30,7 @@ from conveyor.config import Settings
 from conveyor.db import migrate
 from conveyor.embedded import EmbeddedRedis, free_port
 from conveyor.errors import Unauthenticated, Unavailable
-from conveyor.server.tls import TlsConfigError, TlsOptions, open_aio_channel, server_credentials
+from conveyor.tls import TlsConfigError, TlsOptions, open_aio_channel, server_credentials
 from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
@@ -365,7 +365,7 @@ def test_settings_and_files_are_checked(
     ):
         TlsOptions(ca=missing).credentials()
 
-    with caplog.at_level(logging.INFO, logger="conveyor.server.tls"):
+    with caplog.at_level(logging.INFO, logger="conveyor.tls"):
         assert server_credentials(Settings()) is None
         server_credentials(Settings(tls_cert=str(certs.server_cert), tls_key=str(certs.server_key)))
     assert str(certs.server_key) in caplog.text and "PRIVATE KEY" not in caplog.text

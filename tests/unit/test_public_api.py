@@ -48,7 +48,7 @@ PUBLIC = {
         "load_modules",
         "retry",
     ],
-    "conveyor.handlers.webhook": ["verify_signature"],
+    "conveyor.handlers.webhook": ["SIGNATURE_TOLERANCE_SECONDS", "sign", "verify_signature"],
     "conveyor.testing": ["HandlerRun", "RunFixture", "run_handler", "run_handler_async"],
 }
 

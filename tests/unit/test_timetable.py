@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conveyor.scheduling.timetable import MAX_INTERVAL_MS, CatchUp, Due, Timetable, due
+from conveyor.jobs.timetable import MAX_INTERVAL_MS, CatchUp, Due, Timetable, due
 
 BERLIN = "Europe/Berlin"
 NEW_YORK = "America/New_York"

@@ -9,13 +9,13 @@ import logging
 from conveyor.api.jobs import JobOperations
 from conveyor.api.pending_writes import REDIS_WRITES_HEALTH
 from conveyor.api.queues import QueueAdmin
+from conveyor.api.results import Results
 from conveyor.api.schedules import ScheduleOperations
 from conveyor.config import Settings
 from conveyor.db import KeyStore
 from conveyor.db.queues import QueueStore
 from conveyor.db.schedules import ScheduleStore
 from conveyor.handlers import default_registry, load_modules
-from conveyor.jobs.results import Results
 from conveyor.objects import ObjectStore
 from conveyor.objects.downloads import DownloadServer
 from conveyor.objects.local import LocalStore

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 
 from conveyor.api.jobs import JobOperations, ListFilter
 from conveyor.api.queues import QueueAdmin
+from conveyor.api.results import Results
 from conveyor.config import Settings
 from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.jobs.model import MAX_BULK, JobSpec, JobState, spec_from_proto
-from conveyor.jobs.results import Results
 from conveyor.server.auth import Authenticator, Principal
 from conveyor.server.grpcserver import streaming, unary
 from conveyor.telemetry.metrics import ApiMetrics

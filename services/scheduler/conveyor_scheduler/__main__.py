@@ -1,6 +1,6 @@
 """`conveyor scheduler` / `python -m conveyor_scheduler`: the emitter (each due bucket of
 each schedule becomes one job; see `conveyor.scheduling.emitter`), the reconciler (see
-`conveyor.scheduling.reconciler`), the retention sweeper (see `conveyor.jobs.retention`)
+`conveyor.scheduling.reconciler`), the retention sweeper (see `conveyor.scheduling.sweeper`)
 and gRPC health. Safe to run as several replicas: emitters race on idempotency keys, reconcilers and
 sweepers take turns."""
 
@@ -14,9 +14,9 @@ from conveyor.config import Settings
 from conveyor.db.queues import QueueStore
 from conveyor.db.schedules import ScheduleStore
 from conveyor.handlers import default_registry, load_modules
-from conveyor.jobs.retention import Sweeper
 from conveyor.scheduling.emitter import Emitter
 from conveyor.scheduling.reconciler import Reconciler
+from conveyor.scheduling.sweeper import Sweeper
 from conveyor.server.grpcserver import Server, wait_for_signal
 from conveyor.server.service import connections, metrics_served, service_main
 from conveyor.telemetry.metrics import SchedulerMetrics

@@ -308,7 +308,7 @@ class JobOperations:
         self, principal: Principal, job_id: str
     ) -> tuple[Job, dict[str, Any] | None, str | None]:
         """A SUCCEEDED job, what its handler returned, and the object key of a result kept
-        in the object store instead (see conveyor.jobs.results)."""
+        in the object store instead (see conveyor.api.results)."""
         await self.charge(principal, Kind.READ)
         job = await self._get_visible(principal, job_id)
         if job.state is not JobState.SUCCEEDED:

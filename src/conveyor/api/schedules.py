@@ -24,9 +24,9 @@ from conveyor.api.ratelimit import Kind
 from conveyor.db.schedules import ScheduleStore
 from conveyor.errors import FieldViolation, InvalidArgument, NotFound, QuotaExceeded, Unavailable
 from conveyor.jobs.model import Job, now_ms, valid_job_id
+from conveyor.jobs.schedules import Schedule, schedule_from_proto
 from conveyor.redis.keys import SCHEDULES_CHANNEL
 from conveyor.redis.queue import unavailable_on_redis_errors
-from conveyor.scheduling.schedules import Schedule, schedule_from_proto
 from conveyor.server.auth import Principal, Role
 from conveyor.v1 import schedule_service_pb2 as pb
 

@@ -75,8 +75,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import functools
-import hashlib
-import hmac
 import importlib.metadata
 import ipaddress
 import json
@@ -94,6 +92,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from conveyor.handlers.context import JobContext
 from conveyor.handlers.registry import PermanentError, handler
+from conveyor.handlers.webhook import sign, verify_signature
 from conveyor.jobs.retry import retry
 
 __all__ = [
@@ -114,7 +113,6 @@ MAX_TIMEOUT_SECONDS = 300.0
 READ_LIMIT = 1 << 20  # bytes of a response read at most
 KEEP_LIMIT = 64 << 10  # bytes of a response kept in the result
 SNIPPET_CHARS = 200  # of a failed response's body, in the error message
-SIGNATURE_TOLERANCE_SECONDS = 300
 RETRY_STATUSES = frozenset({408, 429})
 RESULT_HEADERS = ("content-type", "content-length", "location")
 # Headers whose values Conveyor sets (or the HTTP library must compute from the body).
@@ -242,55 +240,6 @@ class HttpRequestPayload(BaseModel):
         if self.body is not None:
             return self.body.encode(), "text/plain; charset=utf-8"
         return b"", None
-
-
-# -- signatures --------------------------------------------------------------------------------
-
-
-def _mac(secret: str, timestamp: int, body: bytes) -> str:
-    message = f"{timestamp}.".encode() + body
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The X-Conveyor-Signature value for `body` sent at `timestamp` (default: now).
-
-    The timestamp is inside the MAC so a receiver can refuse old deliveries: an attacker who
-    captured one cannot change its time without the secret."""
-    t = int(time.time()) if timestamp is None else int(timestamp)
-    return f"t={t},v1={_mac(secret, t, body)}"
-
-
-def _parse_signature(header: str) -> tuple[int, list[str]] | None:
-    """The timestamp and the v1 MACs of a signature header, or None if malformed."""
-    timestamp: int | None = None
-    macs: list[str] = []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit() and len(value) <= 12:
-            timestamp = int(value)
-        elif key == "v1" and value:
-            macs.append(value)
-    return (timestamp, macs) if timestamp is not None and macs else None
-
-
-def verify_signature(
-    secret: str, header: str, body: bytes, tolerance_seconds: float = SIGNATURE_TOLERANCE_SECONDS
-) -> bool:
-    """True if `header` (X-Conveyor-Signature) signs `body` with `secret` and its timestamp is
-    within `tolerance_seconds` of this machine's clock.
-
-    `body` must be the raw bytes received: re-serialized JSON would not match. Several v1
-    values are accepted (any one may match), so a sender can sign with an old and a new
-    secret while receivers rotate."""
-    parsed = _parse_signature(header) if secret else None
-    if parsed is None:
-        return False
-    timestamp, macs = parsed
-    if abs(time.time() - timestamp) > tolerance_seconds:
-        return False
-    expected = _mac(secret, timestamp, body)
-    return any(hmac.compare_digest(expected, mac) for mac in macs)
 
 
 # -- the address guard -------------------------------------------------------------------------

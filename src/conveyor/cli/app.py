@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from importlib.metadata import entry_points
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -79,12 +80,20 @@ def _print_job(job: job_pb2.Job, as_json: bool) -> None:
 
 
 # -- services ----------------------------------------------------------------------------
+def service_main(name: str) -> Callable[..., None]:
+    """The composition root of service `name`: the `main` that its `conveyor-<name>`
+    console script runs. The services import the library, never the other way: the
+    library finds them through the package's entry points (pyproject's
+    `[project.scripts]`, the one place they are named), not by importing them."""
+    (entry,) = entry_points(group="console_scripts", name=f"conveyor-{name}")
+    main: Callable[..., None] = entry.load()
+    return main
+
+
 @app.command()
 def api() -> None:
     """Serve JobService (configured by CONVEYOR_* variables)."""
-    from conveyor_api.__main__ import main as api_main
-
-    api_main()
+    service_main("api")()
 
 
 @app.command()
@@ -96,9 +105,7 @@ def worker(
     queues: Annotated[str | None, typer.Option(help="Queues to serve, comma separated.")] = None,
 ) -> None:
     """Run jobs, serving WorkerControl on CONVEYOR_WORKER_ADDR."""
-    from conveyor_worker.__main__ import main as worker_main
-
-    worker_main(
+    service_main("worker")(
         Settings.from_env(handlers=handlers, worker_concurrency=concurrency, worker_queues=queues)
     )
 
@@ -106,9 +113,7 @@ def worker(
 @app.command()
 def scheduler() -> None:
     """Run the scheduler (schedules and the reconciler)."""
-    from conveyor_scheduler.__main__ import main as scheduler_main
-
-    scheduler_main()
+    service_main("scheduler")()
 
 
 @app.command()

@@ -25,8 +25,8 @@ from conveyor.config import Settings
 from conveyor.db import Database, KeyStore, migrate
 from conveyor.embedded import EmbeddedRedis
 from conveyor.server.auth import Authenticator, Role, random_dev_key
-from conveyor.server.tls import ClientTls, TlsOptions, open_channel
 from conveyor.telemetry.metrics import DEFAULT_ADDRS as DEFAULT_METRICS_ADDRS
+from conveyor.tls import ClientTls, TlsOptions, open_channel
 
 console = Console(stderr=True)
 READY_TIMEOUT = 30.0

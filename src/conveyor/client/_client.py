@@ -14,8 +14,8 @@ import grpc
 from conveyor.client._retries import Attempts, SubmitRetry, new_idempotency_key
 from conveyor.config import Settings
 from conveyor.errors import from_rpc_error
-from conveyor.server.tls import ClientTls, open_aio_channel, open_channel
 from conveyor.telemetry import tracing
+from conveyor.tls import ClientTls, open_aio_channel, open_channel
 from conveyor.v1 import job_pb2, queue_pb2
 from conveyor.v1 import job_service_pb2 as pb
 from conveyor.v1 import schedule_service_pb2 as spb
@@ -206,7 +206,7 @@ class AsyncClient:
     """JobService over a grpc.aio channel. Use as `async with AsyncClient(...) as client`.
 
     `tls`: None follows `CONVEYOR_TLS*` (plaintext unless TLS is configured), False is
-    plaintext, True is TLS, a `conveyor.server.tls.TlsOptions` says whom to trust and which client
+    plaintext, True is TLS, a `conveyor.tls.TlsOptions` says whom to trust and which client
     certificate to present (mutual TLS). A refused handshake raises `Unavailable`.
     `channel` replaces all of that with a channel of your own.
 

@@ -20,8 +20,8 @@ from conveyor.db.database import Database
 from conveyor.db.jobs import unavailable_on_db_errors
 from conveyor.db.models import ScheduleRow
 from conveyor.jobs.model import now_ms
-from conveyor.scheduling.schedules import Schedule
-from conveyor.scheduling.timetable import CatchUp, Timetable
+from conveyor.jobs.schedules import Schedule
+from conveyor.jobs.timetable import CatchUp, Timetable
 
 _SCHEDULES = cast(Table, ScheduleRow.__table__)
 

@@ -13,7 +13,7 @@ bucket to the others.
 
 What counts as missed (and so follows the schedule's catch-up policy) is a bucket more
 than `CONVEYOR_SCHEDULE_MISFIRE_SECONDS` old when a replica first looks at it; see
-`conveyor.scheduling.timetable.due`.
+`conveyor.jobs.timetable.due`.
 
 Between looks a replica sleeps until the earliest next bucket of any schedule, or until a
 schedule changes (`cv:schedules`, published by the API), whichever is first: no polling.
@@ -31,10 +31,10 @@ from conveyor.config import Settings
 from conveyor.db.schedules import Advance, ScheduleStore
 from conveyor.errors import AlreadyExists, InvalidArgument, Unavailable
 from conveyor.jobs.model import now_ms
+from conveyor.jobs.schedules import Schedule
+from conveyor.jobs.timetable import due
 from conveyor.redis import EventHub
 from conveyor.redis.keys import SCHEDULES_CHANNEL
-from conveyor.scheduling.schedules import Schedule
-from conveyor.scheduling.timetable import due
 from conveyor.server.auth import Principal, Role
 from conveyor.telemetry import tracing
 

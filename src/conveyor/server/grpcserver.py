@@ -1,5 +1,5 @@
 """What every Conveyor gRPC server shares: the error boundary, authentication, health,
-reflection, message limits, TLS (credentials from `conveyor.server.tls`) and graceful shutdown on
+reflection, message limits, TLS (credentials from `conveyor.tls`) and graceful shutdown on
 SIGTERM/SIGINT.
 
 Servicer methods are written as `async def Method(self, request, principal)`: the `unary` and
@@ -48,8 +48,8 @@ from conveyor.errors import (
     to_status,
 )
 from conveyor.server.auth import Authenticator, Principal, bearer_token
-from conveyor.server.tls import server_credentials
 from conveyor.telemetry import tracing
+from conveyor.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class Server:
     takes writes, `conveyor.api.pending_writes`): a degraded part the server still serves
     around, which a probe can ask about by name without it turning the server NOT_SERVING.
 
-    With `credentials` (see `conveyor.server.tls.server_credentials`) the port speaks only TLS, and
+    With `credentials` (see `conveyor.tls.server_credentials`) the port speaks only TLS, and
     mutual TLS when they require client certificates; without, plaintext.
     """
 

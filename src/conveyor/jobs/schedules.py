@@ -1,6 +1,6 @@
 """Schedules: recurring jobs, as ScheduleService takes them and the scheduler emits them.
 
-A schedule has a timetable (`conveyor.scheduling.timetable`: a cron expression in a time zone, or a
+A schedule has a timetable (`conveyor.jobs.timetable`: a cron expression in a time zone, or a
 fixed interval, within optional start and end times), a job template (a SubmitJobRequest
 without idempotency key and run time) and a catch-up policy for buckets missed while no
 scheduler ran. Each bucket becomes one job, submitted through the same path as any other
@@ -19,7 +19,7 @@ from google.protobuf import json_format
 
 from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.jobs.model import JobSpec, duration_ms, new_job_id, spec_from_proto, timestamp_ms
-from conveyor.scheduling.timetable import CatchUp, Timetable
+from conveyor.jobs.timetable import CatchUp, Timetable
 from conveyor.v1 import job_service_pb2, schedule_service_pb2
 
 DEFAULT_CATCH_UP_LIMIT = 100
