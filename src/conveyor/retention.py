@@ -52,7 +52,6 @@ def resolve_retention_ms(
 class SweepStats:
     jobs: int = 0
     objects: int = 0
-    sweeps: int = 0
 
 
 class Sweeper:
@@ -90,7 +89,6 @@ class Sweeper:
             if len(expired) < self.batch:
                 break
         self.stats.jobs += deleted
-        self.stats.sweeps += 1
         if deleted:
             log.info("retention: deleted %d expired job(s)", deleted)
         return deleted
