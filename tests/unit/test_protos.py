@@ -55,14 +55,12 @@ def test_the_runtime_floors_admit_only_versions_the_generated_code_imports_on() 
         for v in re.findall(r"Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),", path.read_text())
     }
     assert grpc_made and protobuf_made
-    floors = {
-        canonicalize_name(r.name): min(
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors: dict[str, Version] = {
+        str(canonicalize_name(r.name)): min(
             Version(s.version) for s in r.specifier if s.operator == ">="
         )
-        for r in map(
-            Requirement,
-            tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"],
-        )
+        for r in map(Requirement, dependencies)
         if canonicalize_name(r.name) in {"grpcio", "protobuf"}
     }
     assert floors["grpcio"] >= max(grpc_made), f"grpcio>={max(grpc_made)} in pyproject.toml"
