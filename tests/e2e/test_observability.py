@@ -354,4 +354,5 @@ async def test_scheduler_metrics_count_fires(observed: Observed, carol: AsyncCli
         await carol.delete_schedule(made.id)
     samples = scrape(observed.scheduler)
     assert ("conveyor_retention_deleted_jobs_total", ()) in samples
+    assert ("conveyor_schedule_buckets_skipped_total", ()) in samples
     assert value(samples, "process_cpu_seconds_total") > 0

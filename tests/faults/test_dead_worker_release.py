@@ -1,12 +1,13 @@
 """A dead worker's jobs come back within seconds, not after their lease.
 
 Real processes with the default lease (30 s) and the default announcement interval (1 s):
-a worker holding several jobs mid-run is killed with kill -9 (or frozen with SIGSTOP), and
-another worker on the same queue, idle, must run every one of them again and finish it
-within 5 s: the registry finds the silent worker dead after three missed announcements and
-a live worker releases its leases (before: the jobs waited out the 30 s lease). A frozen
-worker that wakes afterwards is fenced off as after an expired lease: its heartbeat tells it
-the leases are gone, and nothing it still does reaches the jobs.
+a worker holding several jobs mid-run is killed with kill -9, and another worker on the same
+queue, idle, must run every one of them again and finish it within 5 s: the registry finds
+the silent worker dead after three missed announcements (its connection to Redis closed
+with it) and a live worker releases its leases (before: the jobs waited out the 30 s lease).
+A worker that is alive but silent (frozen, or its event loop blocked) is not taken for dead:
+its jobs wait for their leases, and a frozen one that wakes is fenced off as after an
+expired lease.
 
 Run with `pytest -s` to see the counts and the seconds measured.
 """
@@ -65,21 +66,25 @@ async def ended(alice: AsyncClient, job_id: str, since: float) -> tuple[job_pb2.
 
 
 async def all_ended(
-    alice: AsyncClient, jobs: Sequence[job_pb2.Job], since: float, what: str
+    alice: AsyncClient, jobs: Sequence[job_pb2.Job], since: float, what: str, bound: float = BOUND
 ) -> list[tuple[job_pb2.Job, float]]:
     try:
-        async with asyncio.timeout(BOUND):
+        async with asyncio.timeout(bound):
             return list(await asyncio.gather(*(ended(alice, j.id, since) for j in jobs)))
     except TimeoutError:
         states = [job_pb2.JobState.Name((await alice.get(j.id)).state) for j in jobs]
-        pytest.fail(f"{what}: not every job done elsewhere within {BOUND} s: {states}")
+        pytest.fail(f"{what}: not every job done elsewhere within {bound} s: {states}")
 
 
 async def assert_taken_over(
-    alice: AsyncClient, jobs: Sequence[job_pb2.Job], lost_by: str, run_by: str
+    alice: AsyncClient,
+    jobs: Sequence[job_pb2.Job],
+    lost_by: str,
+    run_by: str,
+    why: str = "lease released: worker {} stopped announcing itself",
 ) -> None:
     """Each job ended SUCCEEDED on `run_by` as attempt 2, `lost_by`'s attempt on record as
-    LOST because the worker stopped announcing itself."""
+    LOST, for the reason `why` (by default: the worker stopped announcing itself)."""
     for job in jobs:
         final = await alice.get(job.id)
         assert (final.state, final.attempt) == (job_pb2.JOB_STATE_SUCCEEDED, 2)
@@ -88,7 +93,7 @@ async def assert_taken_over(
             (1, job_pb2.ATTEMPT_OUTCOME_LOST, lost_by),
             (2, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED, run_by),
         ]
-        assert attempts[0].error == f"lease released: worker {lost_by} stopped announcing itself"
+        assert attempts[0].error == why.format(lost_by)
 
 
 async def test_a_kill_9d_workers_jobs_run_again_elsewhere_within_5_s(
@@ -120,26 +125,30 @@ async def test_a_kill_9d_workers_jobs_run_again_elsewhere_within_5_s(
     assert rescuer.stop() == 0
 
 
-async def test_a_worker_frozen_past_its_announcements_is_fenced_off_when_it_wakes(
+async def test_a_frozen_worker_is_not_taken_for_dead_and_is_fenced_off_when_it_wakes(
     stack: Stack, keys: Keys, alice: AsyncClient, tmp_path: Path
 ) -> None:
-    """Guards the fencing of a worker found dead while only frozen: its jobs run again
-    elsewhere within 5 s (lease 30 s), and when SIGCONT wakes it its heartbeat finds the
-    leases gone and stops its handlers, or its late outcome is refused: the jobs keep the
-    newer attempt's outcome."""
+    """Guards the liveness check behind a release: a worker frozen with SIGSTOP stops
+    announcing, but its process (and its announcer's connection to Redis) is alive, so no
+    one takes it for dead; its jobs run again elsewhere only once their 6 s lease lapses
+    (the LOST attempts say "lease expired", not "released"), and when SIGCONT wakes it,
+    its heartbeat finds the leases gone and stops its handlers, or its late outcome is
+    refused: the jobs keep the newer attempt's outcome."""
     queue, log = "dead-frozen", tmp_path / "runs.log"
     opened, never = tmp_path / "opened", tmp_path / "never"
-    # A heartbeat every second (the lease still 30 s), so the woken worker learns at once.
-    frozen = worker(stack, queue, CONVEYOR_HEARTBEAT_SECONDS="1")
+    # A heartbeat every second, so the woken worker learns at once; a 6 s lease, well past
+    # the 3.25 s after which a silent worker that had also lost its connection is dead.
+    lease = {"CONVEYOR_HEARTBEAT_SECONDS": "1", "CONVEYOR_LEASE_SECONDS": "6"}
+    frozen = worker(stack, queue, **lease)
     frozen_id = (await worker_status(frozen, keys.admin)).worker_id
     finishing, holding = await hold_jobs(alice, queue, log, [opened, never])
-    rescuer = worker(stack, queue)
+    rescuer = worker(stack, queue, **lease)
     rescuer_id = (await worker_status(rescuer, keys.admin)).worker_id
 
     stopped = time.monotonic()
     os.kill(frozen.proc.pid, signal.SIGSTOP)
     try:
-        done = await all_ended(alice, [finishing, holding], stopped, "SIGSTOP")
+        done = await all_ended(alice, [finishing, holding], stopped, "SIGSTOP", bound=15)
         opened.touch()  # the woken worker's first handler finishes and tries to record
     finally:
         os.kill(frozen.proc.pid, signal.SIGCONT)
@@ -155,16 +164,19 @@ async def test_a_worker_frozen_past_its_announcements_is_fenced_off_when_it_wake
         f"job {finishing.id}: lease lost; stopping its handler" in text
         or f"job {finishing.id}: stale outcome of attempt 1 refused" in text
     )
-    await assert_taken_over(alice, [finishing, holding], frozen_id, rescuer_id)
+    expired = "lease expired: worker {} stopped renewing it"
+    await assert_taken_over(alice, [finishing, holding], frozen_id, rescuer_id, why=expired)
     for job in (finishing, holding):
         after = await alice.get(job.id)
         assert (after.progress, after.error) == (100.0, "")
+    first = min(s for _, s in done)
     print(
-        f"\nSIGSTOP of a worker holding 2 jobs (lease 30 s): done elsewhere "
-        f"{max(s for _, s in done):.2f} s after the freeze; woken worker fenced off "
-        f"(heartbeat stops {text.count('lease lost; stopping')}, "
+        f"\nSIGSTOP of a worker holding 2 jobs (lease 6 s): not taken for dead; done "
+        f"elsewhere {first:.2f} s after the freeze, once the leases lapsed; woken worker "
+        f"fenced off (heartbeat stops {text.count('lease lost; stopping')}, "
         f"late outcomes refused {text.count('stale outcome')})"
     )
+    assert first >= 6.0, "released before the lease: the frozen worker was taken for dead"
     assert rescuer.stop() == 0
 
 

@@ -163,10 +163,14 @@ async def test_a_redis_that_denies_dump_and_restore_still_ends_jobs(
     queue: RedisQueue, settings: Settings
 ) -> None:
     """Managed Redis often denies @dangerous commands: the ended job's stream is then kept
-    as it was, with its expiry, and the job ends as anywhere else."""
+    as it was, with its expiry, and the job ends as anywhere else.
+
+    The user gets every pub/sub channel (`&*`) explicitly: Redis 7 gives a new ACL user none
+    (`acl-pubsub-default resetchannels`), where 6.2 gave all, and the scripts publish."""
     user, password = "conveyor-no-restore", "s3cret-test-only"
     await queue.redis.acl_setuser(user, enabled=True, reset=True, passwords=[f"+{password}"],
-                                  keys=["*"], commands=["+@all", "-dump", "-restore"])  # fmt: skip
+                                  keys=["*"], channels=["*"],
+                                  commands=["+@all", "-dump", "-restore"])  # fmt: skip
     url = settings.redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
     limited = connect(url)
     try:

@@ -48,7 +48,9 @@ async def serve(settings: Settings) -> None:
         )
         reconciler = Reconciler(conns.store, conns.queue, settings, QueueStore(conns.db))
         metrics = SchedulerMetrics(
-            fires=lambda: emitter.stats.emitted, deleted=lambda: sweeper.stats.jobs
+            fires=lambda: emitter.stats.emitted,
+            deleted=lambda: sweeper.stats.jobs,
+            skipped=lambda: emitter.stats.skipped,
         )
         tasks = [
             asyncio.create_task(reconciler.run(), name="reconciler"),

@@ -64,15 +64,6 @@ class Limit:
         return self.per_second <= 0
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    submit: Limit
-    read: Limit
-
-    def of(self, kind: Kind) -> Limit:
-        return self.submit if kind is Kind.SUBMIT else self.read
-
-
 class RateLimiter:
     """Checks buckets in Redis; a refusal is also remembered in-process until the time it
     named, so a client that ignores RetryInfo and keeps calling is refused from memory,

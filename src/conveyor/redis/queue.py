@@ -67,11 +67,12 @@ _REFUSED_CODES = (
 )
 
 
-def connect(url: str, *, blocking: bool = False) -> Redis:
+def connect(url: str, *, blocking: bool = False, name: str | None = None) -> Redis:
     """A client for `url` over a bounded pool. A blocking one (for BLPOP) has a single
-    connection and no socket read timeout."""
+    connection and no socket read timeout. `name`: each connection's CLIENT SETNAME."""
     pool = BlockingConnectionPool.from_url(
         url,
+        client_name=name,
         max_connections=1 if blocking else POOL_SIZE,
         timeout=POOL_WAIT_SECONDS,
         decode_responses=True,

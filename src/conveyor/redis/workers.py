@@ -8,14 +8,16 @@ by the Redis clock at its last announcement. A worker that dies simply stops ann
 its document expires.
 
 Every live worker also sweeps as it announces: an id in `cv:workers` that has not announced
-for a whole announcement lifetime and whose document is gone belongs to a dead worker, so
+for a whole announcement lifetime, whose document is gone, and whose announcer's named
+connection to Redis is closed (`connection_name`: a process that is alive but starved or
+frozen keeps it open; a killed one's closes at once) belongs to a dead worker, so
 the leases that worker holds are made due at once (`release_worker.lua`, fenced on the job's
 holder) and the next claim reclaims its jobs, seconds after the death rather than a lease
 later. The id leaves the set only after its leases are released, so a sweeper that dies
 midway leaves the work to the next one; a short lock per dead worker keeps the other live
 workers from repeating the same scan at the same moment (a repeat would change nothing).
-The lease stays the backstop: a worker cut off from Redis, or frozen, is not found dead by
-anyone until it stops renewing its leases too, and its jobs come back when they lapse.
+The lease stays the backstop: a worker cut off from Redis, or frozen, or starved, is not
+found dead by anyone, and its jobs come back only if it stops renewing its leases too.
 
 A dead worker's announcement is gone, so the queues it served are kept apart, without an
 expiry, in the `cv:workers:queues` hash (removed with its id): the sweep scans only those
@@ -34,6 +36,7 @@ import logging
 from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from conveyor.redis.keys import EXISTING_QUEUES_KEY, PREFIX
 from conveyor.redis.queue import RedisQueue, unavailable_on_redis_errors
@@ -55,6 +58,12 @@ SWEEP_LOCK_MS = 10_000
 
 def _info_key(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
+
+
+def connection_name(worker_id: str) -> str:
+    """The CLIENT SETNAME of a worker's announcer connection (no spaces: Redis refuses
+    them in a name)."""
+    return "conveyor-worker:" + "".join("_" if c.isspace() else c for c in worker_id)
 
 
 def _sweep_lock(worker_id: str) -> str:
@@ -107,6 +116,8 @@ class WorkerRegistry:
     def __init__(self, redis: Redis, scripts: Scripts | None = None) -> None:
         self.redis = redis
         self.scripts = scripts or Scripts()
+        self._warned_client_list = False
+        self._warned_alive: set[str] = set()
 
     async def announce(self, info: WorkerInfo, ttl_ms: int) -> Announced:
         doc = json.dumps(asdict(info), separators=(",", ":"))
@@ -177,8 +188,42 @@ class WorkerRegistry:
             pipe.mget([_info_key(i) for i in stale])
             pipe.hmget(SERVED_KEY, stale)
             docs, served = await pipe.execute()
-        return {
+        silent = {
             worker_id: json.loads(queues) if queues is not None else None
             for worker_id, doc, queues in zip(stale, docs, served, strict=True)
             if doc is None
         }
+        connected = await self._still_connected(list(silent))
+        return {worker_id: q for worker_id, q in silent.items() if worker_id not in connected}
+
+    async def _still_connected(self, ids: list[str]) -> set[str]:
+        """Which of `ids` still hold their announcer's connection to Redis. A process that
+        is alive keeps it however long it goes without announcing (starved of CPU,
+        throttled by its container, frozen); a dead one's closes with it (the kernel
+        closes a killed process's sockets). Those are left to their leases, which they
+        either renew or lose. When Redis refuses CLIENT LIST (an ACL without it), silence
+        alone decides, as the registry's lifetimes say."""
+        if not ids:
+            return set()
+        try:
+            async with unavailable_on_redis_errors():
+                clients = await self.redis.client_list(_type="normal")
+        except ResponseError as exc:
+            if not self._warned_client_list:
+                self._warned_client_list = True
+                log.warning(
+                    "redis refused CLIENT LIST (%s): a worker silent for three announcements "
+                    "counts as dead even if its process is alive",
+                    exc,
+                )
+            return set()
+        names = {str(client.get("name", "")) for client in clients}
+        connected = {i for i in ids if connection_name(i) in names}
+        for worker_id in connected - self._warned_alive:
+            log.warning(
+                "worker %s has not announced itself for three intervals but is still connected "
+                "to redis: its jobs stay with it until their leases lapse",
+                worker_id,
+            )
+        self._warned_alive = connected
+        return connected

@@ -47,10 +47,11 @@ MAX_IDLE_SECONDS = 30.0
 
 @dataclass(slots=True)
 class EmitterStats:
+    """What the scheduler's metrics read (`conveyor_schedule_fires_total`,
+    `conveyor_schedule_buckets_skipped_total`)."""
+
     emitted: int = 0  # jobs this replica's submits created or found (one per bucket)
     skipped: int = 0  # missed buckets the catch-up policy left out
-    advanced: int = 0  # compare-and-sets this replica won
-    lost_races: int = 0  # compare-and-sets another replica won first
 
 
 class Emitter:
@@ -137,8 +138,6 @@ class Emitter:
         buckets = sum(len(plan.emit) for plan in plans)
         skipped = sum(plan.skipped for plan in plans)
         self.stats.skipped += skipped
-        self.stats.advanced += len(moved)
-        self.stats.lost_races += len(found) - len(moved)
         log.info(
             "emitter: %d schedule(s), %d bucket(s) emitted, %d missed skipped, %d moved on "
             "by another scheduler first (%.1f ms)",

@@ -65,7 +65,6 @@ class Reconciler:
         self.queues = queues
         self.settings = settings
         self.replica = secrets.token_hex(8)
-        self.passes = 0
         self._last_pass = float("-inf")
 
     async def run(self) -> None:
@@ -122,7 +121,6 @@ class Reconciler:
             if last is None:
                 break
             after = last
-        self.passes += 1
         level = logging.WARNING if stats.changed else logging.DEBUG
         log.log(
             level,

@@ -32,7 +32,6 @@ SWEEP_LOCK = "cv:sweep:lock"
 class SweepStats:
     jobs: int = 0
     objects: int = 0
-    sweeps: int = 0
 
 
 class Sweeper:
@@ -70,7 +69,6 @@ class Sweeper:
             if len(expired) < self.batch:
                 break
         self.stats.jobs += deleted
-        self.stats.sweeps += 1
         if deleted:
             log.info("retention: deleted %d expired job(s)", deleted)
         return deleted

@@ -18,7 +18,8 @@ the metrics its part can know, so a worker does not show an api's zeros:
   once the database took the outcome), `conveyor_leases_reclaimed_total{queue}`,
   `conveyor_stale_writes_refused_total`, `conveyor_worker_running_jobs`,
   `conveyor_worker_concurrency`.
-- **scheduler**: `conveyor_schedule_fires_total`, `conveyor_retention_deleted_jobs_total`.
+- **scheduler**: `conveyor_schedule_fires_total`, `conveyor_schedule_buckets_skipped_total`,
+  `conveyor_retention_deleted_jobs_total`.
 
 Users choose queue and type names, so labels are bounded by what the operator set up, not
 by what users submit: `queue` is an existing queue (the default, one a worker serves or
@@ -292,12 +293,22 @@ class SchedulerMetrics(_Metrics):
     """Counters the emitter and sweeper already keep, read at scrape time."""
 
     def __init__(
-        self, fires: Callable[[], int] = lambda: 0, deleted: Callable[[], int] = lambda: 0
+        self,
+        fires: Callable[[], int] = lambda: 0,
+        deleted: Callable[[], int] = lambda: 0,
+        skipped: Callable[[], int] = lambda: 0,
     ) -> None:
         super().__init__()
         for collector in (
             _CountCollector(
                 "conveyor_schedule_fires", "Schedule buckets that became a job here.", fires
+            ),
+            # Missed fires dropped on purpose: the footprint of a scheduler outage (or of
+            # schedules paused past their buckets' misfire grace), which no job shows.
+            _CountCollector(
+                "conveyor_schedule_buckets_skipped",
+                "Missed schedule buckets that their catch-up policy left without a job.",
+                skipped,
             ),
             _CountCollector(
                 "conveyor_retention_deleted_jobs", "Expired jobs deleted by this sweeper.", deleted

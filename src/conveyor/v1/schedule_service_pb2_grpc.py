@@ -5,7 +5,7 @@ import warnings
 
 from conveyor.v1 import schedule_service_pb2 as conveyor_dot_v1_dot_schedule__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

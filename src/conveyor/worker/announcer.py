@@ -8,6 +8,10 @@ its jobs run again elsewhere, so the announcements must stop only when the proce
 few seconds: an `async def` handler that calls a blocking library holds the loop, and the
 jobs of a worker whose loop is merely busy must not run twice. A loop that stays blocked
 stops renewing its leases instead, and the lease (30 s by default) is the backstop for that.
+
+Its Redis connection carries the worker's name (`connection_name`), and stays open for as
+long as the process lives: the registry takes a silent worker for dead only once that
+connection is gone too (see `conveyor.redis.workers`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from collections.abc import Callable
 from conveyor.config import Settings
 from conveyor.errors import Unavailable
 from conveyor.redis import RedisQueue, connect
-from conveyor.redis.workers import WorkerInfo, WorkerRegistry, announcement_ttl_ms
+from conveyor.redis.workers import (
+    WorkerInfo,
+    WorkerRegistry,
+    announcement_ttl_ms,
+    connection_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +78,7 @@ class Announcer:
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        redis = connect(self.settings.redis_url)
+        redis = connect(self.settings.redis_url, name=connection_name(self.describe().worker_id))
         queue = RedisQueue(redis, self.settings)
         registry = WorkerRegistry(redis, queue.scripts)
         try:

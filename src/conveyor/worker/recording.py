@@ -43,7 +43,6 @@ RETRY_SECONDS = 1.0
 @dataclass(slots=True)
 class RecorderStats:
     stale_writes: int = 0
-    taken_over: int = 0
 
 
 class AttemptRecorder:
@@ -72,7 +71,6 @@ class AttemptRecorder:
             return False
         if taken is not None:
             job.fence = taken
-            self.stats.taken_over += 1
             log.warning(
                 "job %s: took over from lost attempt %d (worker %s); fence now %d",
                 job.id,
