@@ -201,7 +201,7 @@ def write(root: Path, module: str, source: str) -> None:
                 "conveyor.db.rows": "from conveyor.api import ops\n",
                 "conveyor.api.ops": "from conveyor.jobs.model import Job\n",
             },
-            "packages import each other: conveyor.api, conveyor.db, conveyor.jobs.model",
+            "packages import each other: conveyor.api, conveyor.db, conveyor.jobs",
         ),
     ],
     ids=["library-to-service", "service-to-service", "client-to-store", "cycle"],
