@@ -1499,32 +1499,53 @@ async def seed(engine: Engine, fuzz: FuzzStack) -> None:
 # -- the tests ----------------------------------------------------------------------------
 
 
-async def test_generated_requests_get_the_right_status(fuzz: FuzzStack) -> None:
-    """Guards DESIGN.md §4 ("bad input never crashes a server and never leaves a partial
-    record") over thousands of generated requests: each answer is one its RPC may give
-    (exactly NOT_FOUND for another owner's job, INVALID_ARGUMENT for a page token the caller
-    was not given for those filters, UNAUTHENTICATED for a bad key), the api stays up and
-    the database holds exactly the accepted jobs."""
+@dataclass
+class Run:
+    """One fuzz run's engine (its counts and wrong answers) and how long it took."""
+
+    engine: Engine
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+async def generated(fuzz: FuzzStack) -> Run:
+    """The generated requests, sent once per module whichever test asks first: their own
+    test judges them and the last test counts them, in any order or selection."""
     async with Engine(fuzz, "generated") as engine:
         if not fuzz.ledger.jobs:
             await seed(engine, fuzz)
         seconds = await generate_and_send(
             engine, lambda d: probes(d, fuzz.keys), GENERATED_REQUESTS
         )
-        print(f"\ngenerated {engine.sent} requests in {seconds:.1f}s")
-        await check_survived(fuzz, engine, "fuzz (generated)")
+    return Run(engine, seconds)
 
 
-async def test_malformed_bytes_are_refused(fuzz: FuzzStack) -> None:
-    """Guards the wire boundary: bytes that do not parse as the RPC's request are refused
-    with INVALID_ARGUMENT, before the key is checked, without reaching the database, and
-    bytes that happen to parse are served like any request."""
+@pytest.fixture(scope="module")
+async def malformed(fuzz: FuzzStack) -> Run:
+    """The raw bytes, sent once per module (as `generated`)."""
     async with Engine(fuzz, "raw bytes") as engine:
         if not fuzz.ledger.jobs:
             await seed(engine, fuzz)
         seconds = await generate_and_send(engine, lambda d: raw_probes(d, fuzz.keys), RAW_REQUESTS)
-        print(f"\nsent {engine.raw} raw requests in {seconds:.1f}s")
-        await check_survived(fuzz, engine, "fuzz (raw bytes)")
+    return Run(engine, seconds)
+
+
+async def test_generated_requests_get_the_right_status(fuzz: FuzzStack, generated: Run) -> None:
+    """Guards DESIGN.md §4 ("bad input never crashes a server and never leaves a partial
+    record") over thousands of generated requests: each answer is one its RPC may give
+    (exactly NOT_FOUND for another owner's job, INVALID_ARGUMENT for a page token the caller
+    was not given for those filters, UNAUTHENTICATED for a bad key), the api stays up and
+    the database holds exactly the accepted jobs."""
+    print(f"\ngenerated {generated.engine.sent} requests in {generated.seconds:.1f}s")
+    await check_survived(fuzz, generated.engine, "fuzz (generated)")
+
+
+async def test_malformed_bytes_are_refused(fuzz: FuzzStack, malformed: Run) -> None:
+    """Guards the wire boundary: bytes that do not parse as the RPC's request are refused
+    with INVALID_ARGUMENT, before the key is checked, without reaching the database, and
+    bytes that happen to parse are served like any request."""
+    print(f"\nsent {malformed.engine.raw} raw requests in {malformed.seconds:.1f}s")
+    await check_survived(fuzz, malformed.engine, "fuzz (raw bytes)")
 
 
 async def test_huge_messages(fuzz: FuzzStack) -> None:
@@ -1790,10 +1811,13 @@ async def test_concurrent_bulk_submissions_keep_every_acknowledged_job(fuzz: Fuz
         await check_survived(fuzz, engine, "fuzz (concurrent bulks)")
 
 
-async def test_the_server_survived_and_kept_no_partial_records(fuzz: FuzzStack) -> None:
+async def test_the_server_survived_and_kept_no_partial_records(
+    fuzz: FuzzStack, generated: Run, malformed: Run
+) -> None:
     """Guards issue 5's "done when": at least 10,000 fuzzed requests over this module with
-    0 server crashes and 0 partial records (the totals of the tests above), and after all
-    of it a plain submission is still committed before it is acknowledged."""
+    0 server crashes and 0 partial records (the generated and raw runs, which the fixtures
+    make once whatever runs first, plus whatever other tests of the module ran), and after
+    all of it a plain submission is still committed before it is acknowledged."""
     crashed = fuzz.api.proc.poll() is not None
     async with Engine(fuzz, "afterwards", in_flight=1) as engine:
         plain = pb.SubmitJobRequest(type="noop", queue="afterwards")
