@@ -216,7 +216,7 @@ async def test_a_paused_queue_runs_nothing_until_resumed(
     await until_done(alice, [j.id for j in jobs], within=30)
     took = time.monotonic() - resumed_at
     print(f"\npause: 20 jobs held 1.5 s by a paused queue; all done {took:.2f}s after resume")
-    assert took < 2.0, "resume wakes the blocked workers at once"
+    assert took < 0.5, "resume wakes the blocked workers at once (measured 0.09 s)"
     [after] = await admin.queue_stats("held")
     assert not after.paused and after.queued == 0 and after.succeeded_last_minute == 20
 
@@ -293,7 +293,7 @@ async def test_a_flooding_owner_does_not_starve_another(
         f"alice peaked at {peak} running"
     )
     assert parked.blocked_reason.startswith("owner 'alice' is at its concurrency limit")
-    assert max(bob_waited) < 1500 and alice_left >= 20
+    assert max(bob_waited) < 1000 and alice_left >= 20  # measured 212 ms
     assert peak == 2
 
 
