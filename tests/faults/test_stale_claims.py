@@ -68,7 +68,7 @@ def claim_waiting_in_redis(redis: Redis) -> bool:
 async def freeze_on_a_fresh_claim(
     stack: Stack, client: AsyncClient, effects: Path
 ) -> tuple[Service, job_pb2.Job]:
-    """Submit a job due in 1 s, hold the worker's claim of it in Redis, SIGSTOP the worker,
+    """Submit a job due in 3 s, hold the worker's claim of it in Redis, SIGSTOP the worker,
     and let the claim execute: the worker holds a fresh lease it cannot act on."""
     frozen = stack.start("worker", "--queues", QUEUE, "--concurrency", "1", env=stack.worker_env())
     redis = redis_of(stack)
@@ -77,16 +77,18 @@ async def freeze_on_a_fresh_claim(
             "test.effect",
             {"log": str(effects), "key": "effect"},
             queue=QUEUE,
-            delay=timedelta(seconds=1),
+            # Due in 3 s: time enough to pause Redis first, even on a loaded machine.
+            delay=timedelta(seconds=3),
             max_attempts=5,
         )
         redis.client_pause(30_000, all=False)  # writes (and every script) wait
         try:
+            job_key = QueueKeys(QUEUE).job_prefix + job.id
+            assert redis.hget(job_key, "state") != "3", "claimed before Redis was paused"
             wait_until(lambda: claim_waiting_in_redis(redis), "the worker's claim")
             os.kill(frozen.proc.pid, signal.SIGSTOP)
         finally:
             redis.client_unpause()
-        job_key = QueueKeys(QUEUE).job_prefix + job.id
         wait_until(lambda: redis.hget(job_key, "state") == "3", "the claim to execute")
     finally:
         redis.close()

@@ -8,7 +8,7 @@ import logging
 
 from conveyor.auth import Authenticator
 from conveyor.config import Settings
-from conveyor.grpcserver import Server, wait_for_signal
+from conveyor.grpcserver import Server, StopSignals
 from conveyor.handlers import default_registry, load_modules
 from conveyor.operations import JobOperations
 from conveyor.pending_writes import REDIS_WRITES_HEALTH
@@ -48,6 +48,11 @@ async def serve(settings: Settings) -> None:
     # The same handler modules as the workers, for the job types' default policies.
     load_modules(settings.handler_modules)
     metrics = ApiMetrics()
+    with StopSignals() as stopping:
+        await _serve(settings, metrics, stopping)
+
+
+async def _serve(settings: Settings, metrics: ApiMetrics, stopping: StopSignals) -> None:
     async with connections(settings) as conns:
         ops = JobOperations(
             conns.store, conns.queue, conns.hub, settings, default_registry, metrics=metrics
@@ -87,7 +92,7 @@ async def serve(settings: Settings) -> None:
                 log.info("api serving JobService on %s (port %d)", settings.api_addr, port)
                 try:
                     with metrics_served(metrics.registry, settings, "api"):
-                        await wait_for_signal()
+                        await stopping.wait()
                         log.info("api shutting down")
                 finally:
                     await server.stop(settings.shutdown_grace_seconds)
