@@ -75,6 +75,15 @@ async def until_running(admin: AsyncClient, queue: str, count: int) -> None:
             await asyncio.sleep(0.02)
 
 
+async def until_blocked(client: AsyncClient, job_id: str, reason: str) -> str:
+    """Wait until GetJob says why the job waits, starting with `reason`, and return it.
+    Blocked reasons have no stream to wait on, so this looks every 20 ms, for 10 s at most."""
+    async with asyncio.timeout(10):
+        while not (said := (await client.get(job_id)).blocked_reason).startswith(reason):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    return said
+
+
 def spans(stack: Stack, job_ids: list[str]) -> list[tuple[int, int]]:
     """(start, finish) of each job's last attempt, in ms, from the database, in the
     order of `job_ids`."""
@@ -207,7 +216,7 @@ async def test_a_paused_queue_runs_nothing_until_resumed(
     await until_done(alice, [j.id for j in jobs], within=30)
     took = time.monotonic() - resumed_at
     print(f"\npause: 20 jobs held 1.5 s by a paused queue; all done {took:.2f}s after resume")
-    assert took < 2.0, "resume wakes the blocked workers at once"
+    assert took < 0.5, "resume wakes the blocked workers at once (measured 0.09 s)"
     [after] = await admin.queue_stats("held")
     assert not after.paused and after.queued == 0 and after.succeeded_last_minute == 20
 
@@ -242,9 +251,7 @@ async def test_a_rate_limit_is_not_exceeded(
     start_worker(stack, workers, "rated", 4)
     start_worker(stack, workers, "rated", 4)
     jobs = await alice.submit_many([submit_request("noop", queue="rated") for _ in range(50)])
-    await asyncio.sleep(0.3)
-    held = await alice.get(jobs[-1].id)
-    assert held.blocked_reason.startswith("queue 'rated' is rate limited (5 per 1000 ms) until")
+    await until_blocked(alice, jobs[-1].id, "queue 'rated' is rate limited (5 per 1000 ms) until")
     await until_done(alice, [j.id for j in jobs], within=30)
     starts = [start for start, _ in spans(stack, [j.id for j in jobs])]
     busiest = most_in_window(starts, 1000)
@@ -286,7 +293,7 @@ async def test_a_flooding_owner_does_not_starve_another(
         f"alice peaked at {peak} running"
     )
     assert parked.blocked_reason.startswith("owner 'alice' is at its concurrency limit")
-    assert max(bob_waited) < 1500 and alice_left >= 20
+    assert max(bob_waited) < 1000 and alice_left >= 20  # measured 212 ms
     assert peak == 2
 
 

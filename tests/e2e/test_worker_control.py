@@ -4,6 +4,7 @@ drain (the process exits cleanly once its running jobs end)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -29,6 +30,18 @@ def worker(stack: Stack) -> Iterator[Service]:
 async def control(worker: Service) -> AsyncIterator[WorkerControlStub]:
     async with grpc.aio.insecure_channel(worker.addr) as channel:
         yield WorkerControlStub(channel)
+
+
+async def until_claimable(client: AsyncClient, job_id: str) -> job_pb2.Job:
+    """Wait until the API says the job waits only for a slot of a live worker that
+    handles it (the worker is up, announced and able to claim it), and return the job.
+    Blocked reasons have no stream to wait on, so this looks every 20 ms, for 10 s at most."""
+    async with asyncio.timeout(10):
+        while not (job := await client.get(job_id)).blocked_reason.startswith(  # noqa: ASYNC110
+            "waiting for a worker slot"
+        ):
+            await asyncio.sleep(0.02)
+    return job
 
 
 def auth(key: str) -> tuple[tuple[str, str]]:
@@ -72,10 +85,11 @@ async def test_status_pause_resume_and_drain(
     paused = await control.PauseWorker(wc.PauseWorkerRequest(), metadata=admin)
     assert paused.status.state == wc.WORKER_STATE_PAUSED
     job = await alice.submit("sleep", {"seconds": 0.6, "steps": 3}, queue=QUEUE)
-    await asyncio.sleep(0.5)
-    assert (await alice.get(job.id)).state == job_pb2.JOB_STATE_QUEUED
+    held = await until_claimable(alice, job.id)
+    assert held.state == job_pb2.JOB_STATE_QUEUED, "the paused worker claimed nothing"
 
     stream = control.WatchWorkerStatus(wc.WatchWorkerStatusRequest(), metadata=admin)
+    resume_ms = int(time.time() * 1000)
     resumed = await control.ResumeWorker(wc.ResumeWorkerRequest(), metadata=admin)
     assert resumed.status.state == wc.WORKER_STATE_RUNNING
     seen_running = False
@@ -93,3 +107,5 @@ async def test_status_pause_resume_and_drain(
     assert exit_code == 0
     final = await alice.get(job.id)
     assert final.state == job_pb2.JOB_STATE_SUCCEEDED, "draining let the running job finish"
+    [attempt] = await alice.attempts(job.id)
+    assert attempt.start_time.ToMilliseconds() >= resume_ms, "it started only after the resume"

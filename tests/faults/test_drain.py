@@ -19,7 +19,11 @@ from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
 from tests.processes import Keys, Service, Stack
 
 LEASE_SECONDS = 10.0
-ENV = {"CONVEYOR_LEASE_SECONDS": str(LEASE_SECONDS), "CONVEYOR_SHUTDOWN_GRACE_SECONDS": "1.5"}
+GRACE_SECONDS = 1.5
+ENV = {
+    "CONVEYOR_LEASE_SECONDS": str(LEASE_SECONDS),
+    "CONVEYOR_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS),
+}
 
 
 def worker(stack: Stack, queue: str, concurrency: int = 2) -> Service:
@@ -55,7 +59,8 @@ async def test_sigterm_finishes_what_fits_the_grace_and_hands_the_rest_over_at_o
     moved = await until_running(alice, long.id, after=stopped_at)
     handover = moved.start_time.ToMilliseconds() / 1000 - stopped_at
     print(f"\ndrain (SIGTERM): the cut-off job restarted {handover:.2f}s after SIGTERM")
-    assert handover < LEASE_SECONDS / 2, "released at once, not after the lease"
+    # The grace, then the release and the other worker's claim (measured 0.03-0.5 s).
+    assert handover < GRACE_SECONDS + 2.0, "released after the grace, not after the lease"
     assert moved.attempt == 1, "a released attempt is not counted"
 
     done = await alice.get(short.id)

@@ -98,10 +98,13 @@ async def test_a_busy_loop_is_cancelled_within_2_s_and_its_process_is_gone(
     await wait_for(
         lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 2
     )
-    assert time.monotonic() - cancelled_at < 2.0
+    gone = time.monotonic() - cancelled_at
     while (await status(control, keys)).running_jobs:  # its slot
         assert time.monotonic() - cancelled_at < 1.0, "the slot was not free within a second"
         await asyncio.sleep(0.02)
+    freed = time.monotonic() - cancelled_at
+    print(f"\nisolated cancel: process gone {gone:.2f} s, slot free {freed:.2f} s after it")
+    assert gone < 2.0, "the process was not gone within 2 s"
 
     # Both slots run new jobs at once.
     start = time.monotonic()

@@ -220,7 +220,7 @@ async def test_submits_to_a_full_redis_are_accepted_once_and_run_when_it_has_roo
     expected = {job.id: JobState.SUCCEEDED for job in jobs} | {cancelled: JobState.CANCELLED}
     seconds = await until_settled(database_url, expected)
     print(f"redis full: all {len(expected)} jobs settled {seconds:.2f} s after it had room")
-    assert seconds < 10
+    assert seconds < 2.0, "run at once once Redis has room (measured 0.13-0.72 s)"
     assert states(database_url)[cancelled] == (JobState.CANCELLED, 0)  # it never ran
     await until_health(api.addr, REDIS_WRITES_HEALTH, SERVING)
     assert value(scrape(api), "conveyor_redis_writable") == 1

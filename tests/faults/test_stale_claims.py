@@ -60,33 +60,44 @@ def wait_until(predicate: Callable[[], bool], what: str, within: float = 15.0) -
 
 
 def claim_waiting_in_redis(redis: Redis) -> bool:
-    """A client whose script call waits on the pause (the worker's claim; the API is idle
-    and an idle worker renews no lease)."""
-    return any("b" in c["flags"] and c["cmd"] == "evalsha" for c in redis.client_list())
+    """A client whose script call waits on the pause: the worker's claim (the API is idle,
+    an idle worker renews no lease, and the announcer's connection has a name)."""
+    return any(
+        "b" in c["flags"] and c["cmd"] == "evalsha" and not c.get("name")
+        for c in redis.client_list()
+    )
 
 
 async def freeze_on_a_fresh_claim(
     stack: Stack, client: AsyncClient, effects: Path
 ) -> tuple[Service, job_pb2.Job]:
-    """Submit a job due in 1 s, hold the worker's claim of it in Redis, SIGSTOP the worker,
-    and let the claim execute: the worker holds a fresh lease it cannot act on."""
-    frozen = stack.start("worker", "--queues", QUEUE, "--concurrency", "1", env=stack.worker_env())
+    """Submit a job due in 3 s, hold the worker's claim of it in Redis, SIGSTOP the worker,
+    and let the claim execute: the worker holds a fresh lease it cannot act on.
+
+    The worker claims only when woken or when a job falls due (its periodic claim is 30 s
+    away): the submit's wake token makes it claim at once (nothing is due yet) and learn
+    the due time, so the claim that Redis holds is the one made when the job is due."""
+    env = {**stack.worker_env(), "CONVEYOR_CLAIM_WAIT_SECONDS": "30"}
+    frozen = stack.start("worker", "--queues", QUEUE, "--concurrency", "1", env=env)
     redis = redis_of(stack)
     try:
         job = await client.submit(
             "test.effect",
             {"log": str(effects), "key": "effect"},
             queue=QUEUE,
-            delay=timedelta(seconds=1),
+            delay=timedelta(seconds=3),
             max_attempts=5,
         )
+        # Past the claim the wake token caused (milliseconds), before the due time.
+        await asyncio.sleep(1.5)
         redis.client_pause(30_000, all=False)  # writes (and every script) wait
         try:
+            job_key = QueueKeys(QUEUE).job_prefix + job.id
+            assert redis.hget(job_key, "state") != "3", "claimed before Redis was paused"
             wait_until(lambda: claim_waiting_in_redis(redis), "the worker's claim")
             os.kill(frozen.proc.pid, signal.SIGSTOP)
         finally:
             redis.client_unpause()
-        job_key = QueueKeys(QUEUE).job_prefix + job.id
         wait_until(lambda: redis.hget(job_key, "state") == "3", "the claim to execute")
     finally:
         redis.close()

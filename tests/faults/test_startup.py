@@ -263,3 +263,27 @@ async def test_health_is_not_serving_before_the_database_has_answered(
     print(f"\nhealth against a silent database: {seen.count(SERVING)} SERVING of {len(seen)}")
     assert SERVING not in seen
     assert seen[-1] == NOT_SERVING
+
+
+def listening(addr: str) -> bool:
+    host, port = addr.rsplit(":", 1)
+    with socket.socket() as probe:
+        return probe.connect_ex((host, int(port))) == 0
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "scheduler"])
+def test_a_service_stopped_while_it_starts_stops_gracefully(fresh: Stack, command: str) -> None:
+    """Guards catching SIGTERM from before a service listens: a SIGTERM sent the moment
+    its port accepts connections (start-up not done yet: the worker still starting its
+    announcer, the API its download server) ends it with exit 0, where the default action
+    killed it (-15) with its buffered log lost."""
+    env = fresh.worker_env() if command == "worker" else None
+    service = fresh.spawn(command, env=env)
+    deadline = time.monotonic() + 20
+    while not listening(service.addr):
+        assert service.proc.poll() is None, service.tail()
+        assert time.monotonic() < deadline, f"{command} never listened"
+        time.sleep(0.005)
+    code = service.stop()
+    print(f"\n{command} stopped as soon as it listened: exit {code}")
+    assert code == 0, service.tail()

@@ -30,12 +30,17 @@ async def test_many_subscribers_share_one_connection(settings: Settings) -> None
 
 
 async def test_a_slow_subscriber_is_lagged_not_unbounded(settings: Settings) -> None:
+    """Guards the bound on a subscriber's buffer: one that does not read while three
+    buffers' worth arrives is marked lagged, holding at most BUFFER messages."""
     redis: Redis = connect(settings.redis_url)
     hub = EventHub(redis)
     sub = await hub.subscribe("busy")
+    marker = await hub.subscribe("busy:done")
     for i in range(BUFFER * 3):
         await redis.publish("busy", str(i))
-    await asyncio.sleep(0.2)
+    # One connection delivers in publish order: once the marker is in, so is the flood.
+    await redis.publish("busy:done", "done")
+    assert await marker.get(5) == "done"
     assert sub.lagged and sub._queue.qsize() <= BUFFER
     assert await sub.get(1) is None  # the caller must catch up from the event stream
     await redis.publish("busy", "next")

@@ -53,6 +53,6 @@ async def test_a_ping_flood_gets_a_goaway_not_cpu(stack: Stack, keys: Keys) -> N
     print(f"\nping flood: pings every 20 ms until the GOAWAY cost the api {used:.3f} s of CPU")
     assert flood.returncode == 0, flood.stderr
     assert "ENHANCE_YOUR_CALM" in flood.stderr and "too_many_pings" in flood.stderr
-    assert used < 0.5, "the flood is refused, not served"
+    assert used < 0.1, "the flood is refused, not served (measured 0.01-0.02 s)"
     async with AsyncClient(stack.api_addr, api_key=keys.alice) as alice:
         assert (await alice.list(page_size=1)) is not None

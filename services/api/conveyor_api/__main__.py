@@ -20,7 +20,7 @@ from conveyor.objects import ObjectStore
 from conveyor.objects.downloads import DownloadServer
 from conveyor.objects.local import LocalStore
 from conveyor.server.auth import Authenticator
-from conveyor.server.grpcserver import Server, wait_for_signal
+from conveyor.server.grpcserver import Server, StopSignals
 from conveyor.server.service import connections, metrics_served, service_main
 from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.v1 import (
@@ -48,6 +48,11 @@ async def serve(settings: Settings) -> None:
     # The same handler modules as the workers, for the job types' default policies.
     load_modules(settings.handler_modules)
     metrics = ApiMetrics()
+    with StopSignals() as stopping:
+        await _serve(settings, metrics, stopping)
+
+
+async def _serve(settings: Settings, metrics: ApiMetrics, stopping: StopSignals) -> None:
     async with connections(settings) as conns:
         ops = JobOperations(
             conns.store, conns.queue, conns.hub, settings, default_registry, metrics=metrics
@@ -87,7 +92,7 @@ async def serve(settings: Settings) -> None:
                 log.info("api serving JobService on %s (port %d)", settings.api_addr, port)
                 try:
                     with metrics_served(metrics.registry, settings, "api"):
-                        await wait_for_signal()
+                        await stopping.wait()
                         log.info("api shutting down")
                 finally:
                     await server.stop(settings.shutdown_grace_seconds)

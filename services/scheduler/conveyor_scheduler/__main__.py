@@ -17,7 +17,7 @@ from conveyor.handlers import default_registry, load_modules
 from conveyor.scheduling.emitter import Emitter
 from conveyor.scheduling.reconciler import Reconciler
 from conveyor.scheduling.sweeper import Sweeper
-from conveyor.server.grpcserver import Server, wait_for_signal
+from conveyor.server.grpcserver import Server, StopSignals
 from conveyor.server.service import connections, metrics_served, service_main
 from conveyor.telemetry.metrics import SchedulerMetrics
 
@@ -28,6 +28,11 @@ STOP_SECONDS = 5.0
 async def serve(settings: Settings) -> None:
     # The same handler modules as the api, for the job types' default policies.
     load_modules(settings.handler_modules)
+    with StopSignals() as stopping:
+        await _serve(settings, stopping)
+
+
+async def _serve(settings: Settings, stopping: StopSignals) -> None:
     async with connections(settings, pool_size=2) as conns:
         server = Server.from_settings(
             settings.scheduler_addr,
@@ -62,7 +67,7 @@ async def serve(settings: Settings) -> None:
         log.info("scheduler: emitting, reconciling and sweeping; health on port %d", port)
         try:
             with metrics_served(metrics.registry, settings, "scheduler"):
-                await wait_for_signal()
+                await stopping.wait()
         finally:
             for task in tasks:
                 task.cancel()

@@ -11,7 +11,7 @@ from conveyor.db import KeyStore
 from conveyor.handlers import default_registry, load_modules
 from conveyor.redis import connect
 from conveyor.server.auth import Authenticator
-from conveyor.server.grpcserver import Server, wait_for_signal
+from conveyor.server.grpcserver import Server, StopSignals
 from conveyor.server.service import connections, metrics_served, service_main
 from conveyor.telemetry.metrics import WorkerMetrics
 from conveyor.v1 import worker_control_pb2, worker_control_pb2_grpc
@@ -29,6 +29,11 @@ async def serve(settings: Settings) -> None:
         check_export_database, settings.export_database_url, settings.database_url
     )
     metrics = WorkerMetrics()
+    with StopSignals() as stopping:
+        await _serve(settings, metrics, stopping)
+
+
+async def _serve(settings: Settings, metrics: WorkerMetrics, stopping: StopSignals) -> None:
     async with connections(settings, pool_size=4) as conns:
         blocking = connect(settings.redis_url, blocking=True)
         worker = Worker(
@@ -55,7 +60,7 @@ async def serve(settings: Settings) -> None:
         port = await server.start()
         await worker.start()
         log.info("worker %s: WorkerControl on port %d", worker.worker_id, port)
-        signalled = asyncio.create_task(wait_for_signal())
+        signalled = asyncio.create_task(stopping.wait())
         drained = asyncio.create_task(worker.wait_stopped())
         try:
             with metrics_served(metrics.registry, settings, "worker"):

@@ -417,18 +417,31 @@ def _serving(ok: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType
     )
 
 
-async def wait_for_signal() -> None:
-    """Return on the first SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
+class StopSignals:
+    """SIGTERM and SIGINT, caught from the moment this is entered. A service enters it
+    before it listens: a stop that arrives while it is still starting (a deploy rolling
+    on, a test that stops what it just started) is then a graceful stop once start-up is
+    done, not the default death that loses what the process had buffered."""
+
+    def __init__(self) -> None:
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __enter__(self) -> StopSignals:
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._stop.set)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+                self._loop.remove_signal_handler(sig)
+
+    async def wait(self) -> None:
+        """Return on the first SIGTERM or SIGINT (at once, if one came already)."""
+        await self._stop.wait()
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
