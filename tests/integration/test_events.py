@@ -47,3 +47,27 @@ async def test_a_slow_subscriber_is_lagged_not_unbounded(settings: Settings) -> 
     assert await sub.get(2) == "next"
     await hub.close()
     await redis.aclose()
+
+
+async def test_a_subscription_is_live_when_subscribe_returns(settings: Settings) -> None:
+    """Guards `subscribe` returning only once Redis confirmed the subscription: SUBSCRIBE
+    goes over the hub's pub/sub connection and the caller's next command over another, and
+    Redis may serve the two in either order when they arrive together (a loaded machine).
+    A message published then reached no one, and a watcher of a job that changed no more
+    waited 15 s for its recheck (seen once in a full run under load; an idle machine
+    rarely shows it, so this test passes on the old code too). Every one of 50 fresh
+    channels must get the message published the moment `subscribe` returns."""
+    redis = connect(settings.redis_url)
+    hub = EventHub(redis)
+    try:
+        missed = 0
+        for i in range(50):
+            sub = await hub.subscribe(f"cv:test:live:{i}")
+            await redis.publish(f"cv:test:live:{i}", "x")
+            if await sub.get(1.0) != "x":
+                missed += 1
+            await hub.unsubscribe(sub)
+        assert missed == 0, f"{missed} of 50 messages published right after subscribe were lost"
+    finally:
+        await hub.close()
+        await redis.aclose()

@@ -21,6 +21,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 log = logging.getLogger(__name__)
 
 BUFFER = 64
+# How long `subscribe` waits for Redis to confirm a subscription before it lets the
+# subscriber catch up from the event stream instead.
+CONFIRM_SECONDS = 2.0
 
 
 class Subscription:
@@ -64,18 +67,34 @@ class EventHub:
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # Channels whose SUBSCRIBE Redis has not confirmed yet (see `subscribe`).
+        self._confirmed: dict[str, asyncio.Event] = {}
 
     @property
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
     async def subscribe(self, channel: str) -> Subscription:
+        """A subscription to `channel` that is live in Redis when this returns: SUBSCRIBE
+        goes over the pub/sub connection while the caller's next read (a job's snapshot)
+        goes over another, so Redis may serve that read first, and an event published in
+        between would reach no one (a watcher of a job that then changed no more would
+        wait for its recheck). So this waits for Redis's confirmation; if none comes in
+        time, the subscription starts `lagged` and its first read catches up."""
         sub = Subscription(channel)
         async with self._lock:
             pubsub = await self._ensure_started()
-            if channel not in self._subs:
+            confirmed = self._confirmed.get(channel)
+            if channel not in self._subs and confirmed is None:
+                confirmed = self._confirmed[channel] = asyncio.Event()
                 await pubsub.subscribe(channel)
             self._subs[channel].add(sub)
+        if confirmed is not None:
+            try:
+                await asyncio.wait_for(confirmed.wait(), CONFIRM_SECONDS)
+            except TimeoutError:
+                sub.lagged = True
+                sub._ready.set()
         return sub
 
     async def unsubscribe(self, sub: Subscription) -> None:
@@ -92,7 +111,7 @@ class EventHub:
 
     async def _ensure_started(self) -> PubSub:
         if self._pubsub is None:
-            self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            self._pubsub = self.redis.pubsub()
             # A channel nobody publishes on keeps the connection in subscribe mode while no
             # watcher is open, so the reader never sees an idle, unsubscribed connection.
             await self._pubsub.subscribe("cv:hub:keepalive")
@@ -108,7 +127,14 @@ class EventHub:
                 self._mark_all_lagged()
                 await asyncio.sleep(0.5)
                 continue
-            if message is None or message.get("type") != "message":
+            if message is None:
+                continue
+            if message.get("type") == "subscribe":
+                confirmed = self._confirmed.pop(str(message["channel"]), None)
+                if confirmed is not None:
+                    confirmed.set()
+                continue
+            if message.get("type") != "message":
                 continue
             for sub in tuple(self._subs.get(message["channel"], ())):
                 sub._deliver(message["data"])
