@@ -59,8 +59,9 @@ async def test_sigterm_finishes_what_fits_the_grace_and_hands_the_rest_over_at_o
     moved = await until_running(alice, long.id, after=stopped_at)
     handover = moved.start_time.ToMilliseconds() / 1000 - stopped_at
     print(f"\ndrain (SIGTERM): the cut-off job restarted {handover:.2f}s after SIGTERM")
-    # The grace, then the release and the other worker's claim (measured 0.03-0.5 s).
-    assert handover < GRACE_SECONDS + 2.0, "released after the grace, not after the lease"
+    # The grace, then the release and the other worker's claim (measured 0.03-0.5 s on an
+    # idle machine, 2.3 s in a full run under load): well before the 10 s lease.
+    assert handover < GRACE_SECONDS + 3.0, "released after the grace, not after the lease"
     assert moved.attempt == 1, "a released attempt is not counted"
 
     done = await alice.get(short.id)
