@@ -232,4 +232,6 @@ async def test_bad_payloads_of_built_in_types_are_refused_at_submit(
     assert len((await alice.list(type=job_type, page_size=1000)).jobs) == before
     with pytest.raises(InvalidArgument) as scheduled:
         await alice.create_schedule(schedule_request(job_type, payload, every=60))
-    assert any(v.field.startswith(f"schedule.job.{field}") for v in scheduled.value.violations)
+    assert any(
+        v.field.startswith(f"schedule.job_template.{field}") for v in scheduled.value.violations
+    )

@@ -102,7 +102,7 @@ async def test_an_unknown_type_is_refused_naming_the_known_ones(
 
     with pytest.raises(InvalidArgument) as schedule:
         await alice.create_schedule(schedule_request("slep", every=60))
-    assert [v.field for v in schedule.value.violations] == ["schedule.job.type"]
+    assert [v.field for v in schedule.value.violations] == ["schedule.job_template.type"]
 
     cli = stack.cli("submit", "slep", key=keys.alice, check=False)
     assert cli.returncode == 2  # a refused call (conveyor.cli.common.call)

@@ -97,8 +97,13 @@ def schedules(draw: st.DrawFn) -> schedule_service_pb2.Schedule:
         time_zone=usually(draw, VALID_ZONES, ZONES),
         catch_up=usually(draw, st.integers(0, 3), st.integers(-3, 10)),  # type: ignore[arg-type]
         catch_up_limit=usually(draw, st.integers(0, 1000), st.integers(-10, 5000)),
-        job=draw(templates()),
     )
+    job = draw(templates())
+    carrier = draw(st.sampled_from(["job_template", "job_template", "job", "both"]))
+    if carrier in ("job", "both"):
+        schedule.job.CopyFrom(job)
+    if carrier in ("job_template", "both"):  # the same field numbers, so the same bytes
+        schedule.job_template.MergeFromString(job.SerializeToString())
     timing = draw(st.sampled_from(["cron", "cron", "interval", "interval", "none"]))
     if timing == "cron":
         schedule.cron = usually(draw, VALID_CRONS, CRONS)

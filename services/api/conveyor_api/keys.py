@@ -88,7 +88,7 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         if bad:
             raise InvalidArgument(bad)
         made = await self.auth.create_key(request.owner, _ROLES[request.role], request.description)
-        return pb.CreateApiKeyResponse(key=key_proto(made.stored), secret=made.secret)
+        return pb.CreateApiKeyResponse(key=key_proto(made.stored), secret=made.token)
 
     @unary
     async def ListApiKeys(

@@ -24,7 +24,7 @@ from conveyor.api.ratelimit import Kind
 from conveyor.db.schedules import ScheduleStore
 from conveyor.errors import FieldViolation, InvalidArgument, NotFound, QuotaExceeded, Unavailable
 from conveyor.jobs.model import Job, now_ms, valid_job_id
-from conveyor.jobs.schedules import Schedule, schedule_from_proto
+from conveyor.jobs.schedules import Schedule, schedule_from_proto, template_field
 from conveyor.redis.keys import SCHEDULES_CHANNEL
 from conveyor.redis.queue import unavailable_on_redis_errors
 from conveyor.server.auth import Principal, Role
@@ -44,8 +44,9 @@ class ScheduleOperations:
         )
         # A template its type refuses would fail at every bucket: refuse it now instead.
         spec = schedule.job_spec(key="check", run_at=None, max_payload_bytes=self.max_payload)
-        bad = await self.jobs.type_violations(spec, "schedule.job.type")
-        bad = bad or self.jobs.payload_violations(spec, "schedule.job.payload")
+        field = f"schedule.{template_field(msg)}"
+        bad = await self.jobs.type_violations(spec, f"{field}.type")
+        bad = bad or self.jobs.payload_violations(spec, f"{field}.payload")
         if bad:
             raise InvalidArgument(bad)
         cap = self.jobs.settings.max_schedules_per_owner

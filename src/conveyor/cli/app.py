@@ -151,10 +151,10 @@ def keys_create(
         raise typer.Exit(2)
     made = _with_keys(lambda auth, _: auth.create_key(owner, Role(role), description))
     if as_json:
-        print(json.dumps({"key": made.secret, "id": made.stored.id, "owner": owner,
+        print(json.dumps({"key": made.token, "id": made.stored.id, "owner": owner,
                           "role": role}))  # fmt: skip
     else:
-        print(made.secret)
+        print(made.token)
 
 
 @keys_app.command("list")

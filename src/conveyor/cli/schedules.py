@@ -28,7 +28,7 @@ def _print(schedule: pb.Schedule, as_json: bool) -> None:
     )
     upcoming = ", ".join(t.ToDatetime().isoformat() + "Z" for t in schedule.next_run_times[:3])
     state = "PAUSED" if schedule.paused else f"next: {upcoming or 'none (over)'}"
-    print(f"{schedule.id}  {schedule.job.type:<16} {timing}  {state}")
+    print(f"{schedule.id}  {schedule.job_template.type:<16} {timing}  {state}")
 
 
 def _time(text: str, option: str) -> datetime | None:

@@ -119,11 +119,16 @@ def schedule_request(
     start: datetime | None = None,
     end: datetime | None = None,
     description: str = "",
-    **job: Any,
+    queue: str = "",
+    priority: int | None = None,
+    max_attempts: int = 0,
+    timeout: timedelta | None = None,
+    retry: job_pb2.RetryPolicy | None = None,
+    retention: timedelta | None = None,
 ) -> spb.Schedule:
     """A Schedule for `create_schedule`: `cron` (in `time_zone`) or `every` seconds; the
-    job as `submit` takes it (queue, priority, max_attempts, timeout, retry); `catch_up`
-    one of skip, once, all."""
+    job as `submit` takes it, less what each bucket sets (idempotency key, run time);
+    `catch_up` one of skip, once, all."""
     schedule = spb.Schedule(
         description=description,
         time_zone=time_zone,
@@ -138,7 +143,17 @@ def schedule_request(
         schedule.start_time.FromDatetime(start)
     if end is not None:
         schedule.end_time.FromDatetime(end)
-    schedule.job.CopyFrom(submit_request(type, payload, **job))
+    job = submit_request(
+        type,
+        payload,
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        retry=retry,
+        retention=retention,
+    )
+    schedule.job_template.MergeFromString(job.SerializeToString())  # the same field numbers
     return schedule
 
 

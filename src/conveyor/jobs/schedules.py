@@ -1,13 +1,13 @@
 """Schedules: recurring jobs, as ScheduleService takes them and the scheduler emits them.
 
 A schedule has a timetable (`conveyor.jobs.timetable`: a cron expression in a time zone, or a
-fixed interval, within optional start and end times), a job template (a SubmitJobRequest
-without idempotency key and run time) and a catch-up policy for buckets missed while no
-scheduler ran. Each bucket becomes one job, submitted through the same path as any other
-submit with the idempotency key `schedule:<id>:<bucket ms>` and `run_at` = the bucket: so
-however many schedulers emit the same bucket, and however their clocks disagree, the
-database holds one job for it, and that job does not start before its bucket (the queue's
-Redis clock decides).
+fixed interval, within optional start and end times), a job template (`JobTemplate`: a
+SubmitJobRequest without idempotency key and run time, stored as SubmitJobRequest JSON) and
+a catch-up policy for buckets missed while no scheduler ran. Each bucket becomes one job,
+submitted through the same path as any other submit with the idempotency key
+`schedule:<id>:<bucket ms>` and `run_at` = the bucket: so however many schedulers emit the
+same bucket, and however their clocks disagree, the database holds one job for it, and that
+job does not start before its bucket (the queue's Redis clock decides).
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ class Schedule:
             msg.cron = tt.cron
         else:
             msg.interval.FromMilliseconds(tt.interval_ms)
-        json_format.ParseDict(self.template, msg.job)
+        json_format.ParseDict(self.template, msg.job_template, ignore_unknown_fields=True)
+        msg.job.ParseFromString(msg.job_template.SerializeToString())  # for older clients
         if tt.start_ms is not None:
             msg.start_time.FromMilliseconds(tt.start_ms)
         if tt.end_ms is not None:
@@ -150,23 +151,58 @@ def schedule_from_proto(
     )
 
 
+def template_field(msg: schedule_service_pb2.Schedule) -> str:
+    """The field that carries a request's job template: `job_template`, or the deprecated
+    `job` of clients written before it (so violations name the field the caller set)."""
+    return "job" if msg.HasField("job") and not msg.HasField("job_template") else "job_template"
+
+
 def _template(
     msg: schedule_service_pb2.Schedule, max_payload_bytes: int, bad: list[FieldViolation]
 ) -> dict[str, Any]:
-    """The job template as stored, after checking it as the submits it will make."""
-    job = msg.job
+    """The job template as stored (a SubmitJobRequest as protobuf JSON), after checking it
+    as the submits it will make."""
+    if msg.HasField("job") and msg.HasField("job_template"):
+        bad.append(
+            FieldViolation("schedule.job", "set job_template, or the deprecated job; not both")
+        )
+        return {}
+    field = template_field(msg)
+    if field == "job":
+        job = msg.job
+        bad += _per_bucket_violations(job)
+    else:
+        job = _as_submit_request(msg.job_template)
+    try:
+        spec_from_proto(job, max_payload_bytes=max_payload_bytes, prefix=f"schedule.{field}.")
+    except InvalidArgument as invalid:
+        bad += invalid.violations
+        return {}
+    return json_format.MessageToDict(job)
+
+
+def _as_submit_request(
+    template: schedule_service_pb2.JobTemplate,
+) -> job_service_pb2.SubmitJobRequest:
+    """The template as the SubmitJobRequest it is on the wire (the same field numbers).
+    Fields unknown to JobTemplate are dropped first: a client sending the bytes of a
+    SubmitJobRequest must not smuggle in an idempotency key or run time through them."""
+    known = schedule_service_pb2.JobTemplate()
+    known.CopyFrom(template)
+    known.DiscardUnknownFields()
+    return job_service_pb2.SubmitJobRequest.FromString(known.SerializeToString())
+
+
+def _per_bucket_violations(job: job_service_pb2.SubmitJobRequest) -> list[FieldViolation]:
+    """What a (deprecated) `Schedule.job` sets that the scheduler sets per bucket."""
+    bad = []
     if job.idempotency_key:
         bad.append(FieldViolation("schedule.job.idempotency_key", "is set per bucket; leave it"))
     if job.HasField("run_at"):
         bad.append(FieldViolation("schedule.job.run_at", "is the bucket time; leave it"))
     if job.HasField("delay"):
         bad.append(FieldViolation("schedule.job.delay", "is the bucket time; leave it"))
-    try:
-        spec_from_proto(job, max_payload_bytes=max_payload_bytes, prefix="schedule.job.")
-    except InvalidArgument as invalid:
-        bad += invalid.violations
-        return {}
-    return json_format.MessageToDict(job)
+    return bad
 
 
 def _time_ms(msg: schedule_service_pb2.Schedule, name: str, violation: Any) -> int | None:

@@ -1,7 +1,7 @@
 """API keys, the principal a call runs as, and how keys are checked and revoked.
 
-A key reads `cvk_<key id>_<secret>`: the id (public, 32 hex digits) finds the key's row, and
-the secret (256 random bits) is checked against the stored HMAC-SHA256 digest with a
+A key (the token a caller sends) reads `cvk_<key id>_<secret>`: the id (public, 32 hex
+digits) finds the key's row, and the secret (256 random bits) is checked against the stored HMAC-SHA256 digest with a
 constant-time comparison. Neither the secret nor anything it could be recovered from is
 stored or logged: with 256 bits of entropy a fast keyed hash is as strong as a slow one
 (nobody can search that space), and it keeps every check one primary-key read. Keys given in
@@ -73,10 +73,12 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class NewKey:
-    """A key just made: `secret` is the whole token, shown once."""
+    """A key just made: `token` is the whole key (`cvk_<id>_<secret>`), shown once. (The
+    API's `CreateApiKeyResponse.secret` carries this token: its name predates the rule that
+    "secret" is only the random part.)"""
 
     stored: StoredKey
-    secret: str
+    token: str
 
 
 def digest(secret: str) -> str:

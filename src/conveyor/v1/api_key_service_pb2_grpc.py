@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class ApiKeyServiceStub:
     """ApiKeyService manages the API keys that calls authenticate with. Admin keys only.
-    A key's secret is returned once, by CreateApiKey; only its digest is stored.
+    A key is returned once, by CreateApiKey; only the digest of its secret part is stored.
     """
 
     def __init__(self, channel):
@@ -60,7 +60,7 @@ class ApiKeyServiceStub:
 
 class ApiKeyServiceServicer:
     """ApiKeyService manages the API keys that calls authenticate with. Admin keys only.
-    A key's secret is returned once, by CreateApiKey; only its digest is stored.
+    A key is returned once, by CreateApiKey; only the digest of its secret part is stored.
     """
 
     def CreateApiKey(self, request, context):
@@ -125,7 +125,7 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ApiKeyService:
     """ApiKeyService manages the API keys that calls authenticate with. Admin keys only.
-    A key's secret is returned once, by CreateApiKey; only its digest is stored.
+    A key is returned once, by CreateApiKey; only the digest of its secret part is stored.
     """
 
     @staticmethod

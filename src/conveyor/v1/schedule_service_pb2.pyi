@@ -3,6 +3,7 @@ import datetime
 from conveyor.v1 import job_pb2 as _job_pb2
 from conveyor.v1 import job_service_pb2 as _job_service_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -25,7 +26,7 @@ CATCH_UP_POLICY_RUN_ONCE: CatchUpPolicy
 CATCH_UP_POLICY_RUN_ALL: CatchUpPolicy
 
 class Schedule(_message.Message):
-    __slots__ = ("id", "owner", "description", "cron", "interval", "time_zone", "job", "catch_up", "catch_up_limit", "start_time", "end_time", "paused", "next_run_times", "last_run_time", "last_job_id", "create_time", "last_error")
+    __slots__ = ("id", "owner", "description", "cron", "interval", "time_zone", "job", "catch_up", "catch_up_limit", "start_time", "end_time", "paused", "next_run_times", "last_run_time", "last_job_id", "create_time", "last_error", "job_template")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +44,7 @@ class Schedule(_message.Message):
     LAST_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    JOB_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     description: str
@@ -60,7 +62,28 @@ class Schedule(_message.Message):
     last_job_id: str
     create_time: _timestamp_pb2.Timestamp
     last_error: str
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., description: _Optional[str] = ..., cron: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_zone: _Optional[str] = ..., job: _Optional[_Union[_job_service_pb2.SubmitJobRequest, _Mapping]] = ..., catch_up: _Optional[_Union[CatchUpPolicy, str]] = ..., catch_up_limit: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused: _Optional[bool] = ..., next_run_times: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., last_run_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
+    job_template: JobTemplate
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., description: _Optional[str] = ..., cron: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_zone: _Optional[str] = ..., job: _Optional[_Union[_job_service_pb2.SubmitJobRequest, _Mapping]] = ..., catch_up: _Optional[_Union[CatchUpPolicy, str]] = ..., catch_up_limit: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused: _Optional[bool] = ..., next_run_times: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., last_run_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., job_template: _Optional[_Union[JobTemplate, _Mapping]] = ...) -> None: ...
+
+class JobTemplate(_message.Message):
+    __slots__ = ("type", "payload", "queue", "priority", "max_attempts", "timeout", "retry", "retention")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    payload: _struct_pb2.Struct
+    queue: str
+    priority: int
+    max_attempts: int
+    timeout: _duration_pb2.Duration
+    retry: _job_pb2.RetryPolicy
+    retention: _duration_pb2.Duration
+    def __init__(self, type: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., queue: _Optional[str] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[_job_pb2.RetryPolicy, _Mapping]] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CreateScheduleRequest(_message.Message):
     __slots__ = ("schedule",)
