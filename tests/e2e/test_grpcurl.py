@@ -96,7 +96,7 @@ def test_the_readme_schedule_and_queue_stats_calls(stack: Stack, keys: Keys) -> 
             "schedule": {
                 "cron": "0 3 * * *",
                 "time_zone": "Europe/Berlin",
-                "job": {"type": "noop", "queue": "reports"},
+                "job_template": {"type": "noop", "queue": "reports"},
                 "catch_up": "CATCH_UP_POLICY_RUN_ONCE",
             }
         }
@@ -108,6 +108,7 @@ def test_the_readme_schedule_and_queue_stats_calls(stack: Stack, keys: Keys) -> 
     assert made.returncode == 0, made.stderr
     schedule = json.loads(made.stdout)["schedule"]
     assert schedule["time_zone"] == "Europe/Berlin" and len(schedule["next_run_times"]) == 5
+    assert schedule["job_template"] == {"type": "noop", "queue": "reports"}
     assert all(t.endswith(("T01:00:00Z", "T02:00:00Z")) for t in schedule["next_run_times"])
     stats = grpcurl(
         stack, "-d", '{"queue": "reports"}', stack.api_addr,
