@@ -33,6 +33,8 @@ from redis import Redis
 from sqlalchemy import text
 
 from bench.bundle import bundle_rss
+from bench.cost import ClientCall, CpuMeter, Side, measure, pct, versus_floor
+from bench.floor import floor_server
 from bench.handlers import STAMPS
 from conveyor.cli.dev import wait_serving
 from conveyor.client import AsyncClient, schedule_request, submit_request
@@ -206,42 +208,46 @@ def _cpu(*procs: psutil.Process) -> float:
     return total
 
 
-def pct(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-
-
 def growth(samples: Sequence[float]) -> float:
     """Last sample less the first (0 with fewer than two)."""
     return round(samples[-1] - samples[0], 1) if len(samples) > 1 else 0.0
 
 
-async def timed_loop(call: Callable[[], Awaitable[Any]], count: int) -> tuple[float, list[float]]:
-    latencies = []
-    start = time.perf_counter()
-    for _ in range(count):
-        t0 = time.perf_counter()
-        await call()
-        latencies.append(time.perf_counter() - t0)
-    return time.perf_counter() - start, latencies
+# A realistic payload of seven keys (issue 21): what an export or report job carries.
+PAYLOAD_7_KEYS: dict[str, Any] = {
+    "report": "monthly-sales",
+    "account_id": 184467,
+    "region": "eu-west-1",
+    "format": "csv",
+    "include_archived": False,
+    "columns": ["date", "sku", "quantity", "unit_price"],
+    "notify": "ops@example.com",
+}
 
 
-async def concurrently(
-    calls: list[Callable[[], Awaitable[Any]]], count: int
-) -> tuple[float, list[float]]:
-    """Run each call `count` times, all loops at once; wall time and every latency."""
-    start = time.perf_counter()
-    results = await asyncio.gather(*(timed_loop(call, count) for call in calls))
-    return time.perf_counter() - start, [x for _, lat in results for x in lat]
+@dataclass(frozen=True)
+class Servers:
+    """The processes behind the stack that the bench measures CPU of, and the floor."""
+
+    redis: psutil.Process
+    postgres: psutil.Process
+    floor: psutil.Process
+    floor_addr: str
 
 
 class Bench:
-    def __init__(self, stack: Stack, key: str, admin: str, redis: Redis, scale: float) -> None:
+    def __init__(
+        self, stack: Stack, key: str, admin: str, redis: Redis, scale: float, servers: Servers
+    ) -> None:
         self.stack = stack
         self.key = key
         self.admin = admin
         self.redis = redis
         self.scale = scale
+        self.servers = servers
+        # CPU µs per job of each process during the last `drained` (api, workers, Redis,
+        # PostgreSQL), from resume to empty.
+        self.last_drain_cpu_us: dict[str, float] = {}
         self.soak_seconds = 600.0
         self.soak_hot_ttl = 180.0
         self._watch_keys: list[str] = []
@@ -252,43 +258,83 @@ class Bench:
     def client(self) -> AsyncClient:
         return AsyncClient(self.stack.api_addr, api_key=self.key)
 
+    def processes(self, *workers: Service) -> dict[str, psutil.Process]:
+        """The processes a job passes through: the api, the given workers, Redis and
+        PostgreSQL (with its backends)."""
+        (api,) = [s for s in self.stack.services if s.name == "api" and s.proc.poll() is None]
+        found = {"api": psutil.Process(api.proc.pid)}
+        found |= {f"worker-{i}": psutil.Process(w.proc.pid) for i, w in enumerate(workers)}
+        return found | {"redis": self.servers.redis, "postgres": self.servers.postgres}
+
+    async def versus_floor(
+        self,
+        make_calls: Callable[[AsyncClient], Awaitable[list[ClientCall]]],
+        per_loop: int,
+        jobs_per_call: int = 1,
+    ) -> tuple[Side, Side]:
+        """The same client loops against Conveyor, then against the floor (`bench.floor`):
+        each side's rate, latencies and CPU by process."""
+        async with self.client() as client:
+            conveyor = await measure(
+                await make_calls(client), per_loop, self.processes(), jobs_per_call
+            )
+        floor_procs = {"api": self.servers.floor}
+        async with AsyncClient(self.servers.floor_addr, api_key=self.key) as client:
+            floor = await measure(await make_calls(client), per_loop, floor_procs, jobs_per_call)
+        return conveyor, floor
+
     async def submit_sequential(self) -> None:
         count = self.n(3000)
-        async with self.client() as client:
-            await client.submit("noop", queue="parked")  # warm the channel
-            elapsed, lat = await timed_loop(lambda: client.submit("noop", queue="parked"), count)
-        emit(
-            "submit_one_client",
-            count / elapsed,
-            "jobs/s",
-            3000,
-            jobs=count,
-            p50_ms=pct(lat, 0.5) * 1e3,
-            p99_ms=pct(lat, 0.99) * 1e3,
-        )
+
+        async def one(client: AsyncClient) -> list[ClientCall]:
+            return [lambda: client.submit("noop", queue="parked")]
+
+        conveyor, floor = await self.versus_floor(one, count)
+        emit("submit_one_client", conveyor.rate, "jobs/s", 3000, **versus_floor(conveyor, floor))
 
     async def submit_concurrent(self, clients: int = 16) -> None:
-        per = self.n(1000)
-        async with self.client() as client:
-            elapsed, lat = await concurrently(
-                [lambda: client.submit("noop", queue="parked")] * clients, per
-            )
+        """SubmitJob with `clients` calls in flight on one channel."""
+
+        async def loops(client: AsyncClient) -> list[ClientCall]:
+            return [lambda: client.submit("noop", queue="parked")] * clients
+
+        conveyor, floor = await self.versus_floor(loops, self.n(1000))
+        emit("submit_16_clients", conveyor.rate, "jobs/s", 10000, **versus_floor(conveyor, floor))
+
+    async def submit_payload(self, clients: int = 16) -> None:
+        """SubmitJob with 16 in flight, empty payloads and then a realistic 7-key payload:
+        what the payload adds to the API's CPU per call (target +30 µs), beside what it adds
+        to the floor's."""
+        sides = {}
+        for name, payload in (("empty", None), ("7_keys", PAYLOAD_7_KEYS)):
+
+            async def loops(client: AsyncClient, payload: Any = payload) -> list[ClientCall]:
+                return [lambda: client.submit("noop", payload, queue="parked")] * clients
+
+            sides[name] = await self.versus_floor(loops, self.n(1000))
+        (empty, empty_floor), (full, full_floor) = sides["empty"], sides["7_keys"]
+        emit("submit_payload_7_keys", full.rate, "jobs/s", None, **versus_floor(full, full_floor))
         emit(
-            "submit_16_clients",
-            clients * per / elapsed,
-            "jobs/s",
-            10000,
-            jobs=clients * per,
-            p50_ms=pct(lat, 0.5) * 1e3,
-            p99_ms=pct(lat, 0.99) * 1e3,
+            "submit_payload_extra_api_cpu",
+            full.cpu_us_per_call("api") - empty.cpu_us_per_call("api"),
+            "us/call",
+            30,
+            higher_is_better=False,
+            floor_extra_cpu_us=round(
+                full_floor.cpu_us_per_call("api") - empty_floor.cpu_us_per_call("api"), 1
+            ),
         )
 
     async def submit_bulk(self) -> None:
         calls = max(self.n(30), 3)
         batch = [submit_request("noop", queue="parked") for _ in range(1000)]
-        async with self.client() as client:
-            elapsed, _ = await timed_loop(lambda: client.submit_many(batch), calls)
-        emit("submit_bulk_1000", calls * 1000 / elapsed, "jobs/s", 30000, jobs=calls * 1000)
+
+        async def bulk(client: AsyncClient) -> list[ClientCall]:
+            return [lambda: client.submit_many(batch)]
+
+        conveyor, floor = await self.versus_floor(bulk, calls, jobs_per_call=1000)
+        emit("submit_bulk_1000", conveyor.jobs / conveyor.seconds, "jobs/s", 30000,
+             **versus_floor(conveyor, floor))  # fmt: skip
 
     async def fill(self, queue: str, count: int, type: str = "noop") -> None:
         batch = [submit_request(type, queue=queue) for _ in range(1000)]
@@ -305,6 +351,8 @@ class Bench:
             target,
             jobs=self.n(20000) // 1000 * 1000 or 1000,
             worker_cpu_s=cpu,
+            cpu_us_per_job=self.last_drain_cpu_us,
+            cpu_us_per_job_in_all=round(sum(self.last_drain_cpu_us.values()), 1),
         )
 
     async def drained(
@@ -335,6 +383,7 @@ class Bench:
         ]
         await self.control(services, "PauseWorker")
         await self.fill(queue, count, job_type)
+        meter = CpuMeter(self.processes(*services)).start()
         start = time.perf_counter()
         await self.control(services, "ResumeWorker")
         ready, leases = f"cv:{{{queue}}}:ready", f"cv:{{{queue}}}:leases"
@@ -347,12 +396,14 @@ class Bench:
                 break
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - start
+        used = meter.stop()
         for service in services:
             if service.proc.poll() is not None:
                 raise RuntimeError(f"a worker exited during the drain:\n{service.tail()}")
         cpu = [psutil.Process(s.proc.pid).cpu_times() for s in services]
         for service in services:
             service.stop()
+        self.last_drain_cpu_us = {k: round(v / count * 1e6, 1) for k, v in used.items()}
         return count / elapsed, [round(c.user + c.system, 2) for c in cpu]
 
     async def drain_cpu(self, spin_ms: float = 1.0) -> None:
@@ -651,23 +702,18 @@ class Bench:
         worker.stop()
 
     async def get_polling(self, clients: int = 16) -> None:
-        async with self.client() as client:
+        async def pollers(client: AsyncClient) -> list[ClientCall]:
             jobs = [(await client.submit("noop", queue="parked")).id for _ in range(100)]
-            per = self.n(1000)
 
-            def poller(offset: int) -> Callable[[], Awaitable[Any]]:
+            def poller(offset: int) -> ClientCall:
                 count = itertools.count(offset)
                 return lambda: client.get(jobs[next(count) % len(jobs)])
 
-            elapsed, lat = await concurrently([poller(k) for k in range(clients)], per)
-        emit(
-            "get_job_16_clients",
-            clients * per / elapsed,
-            "calls/s",
-            10000,
-            p99_ms=pct(lat, 0.99) * 1e3,
-            p99_target_ms=5.0,
-        )
+            return [poller(k) for k in range(clients)]
+
+        conveyor, floor = await self.versus_floor(pollers, self.n(1000))
+        emit("get_job_16_clients", conveyor.rate, "calls/s", 10000, p99_target_ms=5.0,
+             **versus_floor(conveyor, floor))  # fmt: skip
 
     async def noisy_neighbour(
         self, rate: float = 100.0, seconds: float = 5.0, rounds: int = 3
@@ -968,6 +1014,7 @@ def _cold_import_seconds() -> float:
 WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "submit_sequential": Bench.submit_sequential,
     "submit_concurrent": Bench.submit_concurrent,
+    "submit_payload": Bench.submit_payload,
     "submit_bulk": Bench.submit_bulk,
     "drain1": lambda b: b.drain(1, 7000),
     "drain2": lambda b: b.drain(2, 8000),
@@ -1025,14 +1072,22 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
         CONVEYOR_HEARTBEAT_SECONDS="0",
     )
     stack = Stack(env, folder)
+    stack_floor = contextlib.ExitStack()
     try:
         stack.start("api")
+        floor, floor_addr = stack_floor.enter_context(floor_server(env))
         bench = Bench(
             stack,
             stack.create_key("bench"),
             stack.create_key("ops", "admin"),
             Redis.from_url(redis_server.url, decode_responses=True),
             args.scale,
+            Servers(
+                redis=psutil.Process(redis_server.pid),
+                postgres=psutil.Process(pg.pid),
+                floor=floor,
+                floor_addr=floor_addr,
+            ),
         )
         bench.soak_seconds = args.soak_seconds
         bench.soak_hot_ttl = args.soak_hot_ttl
@@ -1043,6 +1098,7 @@ async def run(args: argparse.Namespace, folder: Path) -> None:
         for name in [w for w in WORKLOADS if w in wanted]:
             await run_workload(bench, name, args.runs if name not in SINGLE_RUN else 1)
     finally:
+        stack_floor.close()
         stack.stop_all()
         redis_server.stop()
         pg.stop()
