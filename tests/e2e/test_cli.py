@@ -32,8 +32,12 @@ def test_get_cancel_and_list(stack: Stack, keys: Keys) -> None:
     job = json.loads(out.stdout)
     got = json.loads(stack.cli("get", job["id"], "--json", key=keys.alice).stdout)
     assert got["id"] == job["id"] and got["priority"] == 9
+    # Why it waits, as text and as data (no worker ever served `parked`).
+    assert got["blocked"] == {"kind": "BLOCKED_KIND_QUEUE_NEVER_SERVED", "queue": "parked"}
+    assert got["blocked_reason"].startswith("no worker has ever served queue 'parked'")
     cancelled = json.loads(stack.cli("cancel", job["id"], "--json", key=keys.alice).stdout)
     assert cancelled["state"] == "JOB_STATE_CANCELLED"
+    assert "blocked" not in cancelled and "blocked_reason" not in cancelled
     listed = json.loads(stack.cli("list", "--state", "cancelled", "--json", key=keys.alice).stdout)
     assert job["id"] in [j["id"] for j in listed["jobs"]]
 

@@ -18,10 +18,12 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 from conveyor.client import AsyncClient, submit_request
 from conveyor.db.bulk import psycopg_dsn
 from conveyor.errors import InvalidArgument, PermissionDenied
+from conveyor.jobs.model import format_time
 from conveyor.v1 import api_key_service_pb2 as kpb
 from conveyor.v1 import job_pb2
 from conveyor.v1.api_key_service_pb2_grpc import ApiKeyServiceStub
@@ -75,13 +77,13 @@ async def until_running(admin: AsyncClient, queue: str, count: int) -> None:
             await asyncio.sleep(0.02)
 
 
-async def until_blocked(client: AsyncClient, job_id: str, reason: str) -> str:
-    """Wait until GetJob says why the job waits, starting with `reason`, and return it.
+async def until_blocked(client: AsyncClient, job_id: str, reason: str) -> job_pb2.Job:
+    """Wait until GetJob says why the job waits, starting with `reason`, and return the job.
     Blocked reasons have no stream to wait on, so this looks every 20 ms, for 10 s at most."""
     async with asyncio.timeout(10):
-        while not (said := (await client.get(job_id)).blocked_reason).startswith(reason):  # noqa: ASYNC110
+        while not (job := await client.get(job_id)).blocked_reason.startswith(reason):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-    return said
+    return job
 
 
 def spans(stack: Stack, job_ids: list[str]) -> list[tuple[int, int]]:
@@ -208,6 +210,7 @@ async def test_a_paused_queue_runs_nothing_until_resumed(
     assert states == {S.JOB_STATE_QUEUED}
     waiting = await alice.get(jobs[0].id)
     assert waiting.blocked_reason == "queue 'held' is paused"
+    assert waiting.blocked == job_pb2.BlockedReason(kind=job_pb2.BLOCKED_KIND_PAUSED, queue="held")
     [stats] = await admin.queue_stats("held")
     assert stats.paused and stats.queued == 20 and stats.running == 0
     assert stats.queued_by_priority[5] == 20 and stats.HasField("oldest_wait")
@@ -236,6 +239,9 @@ async def test_a_concurrency_limit_holds_across_two_workers(
     await until_running(admin, "capped", 3)
     held = await alice.get(jobs[-1].id)
     assert held.blocked_reason == "queue 'capped' is at its concurrency limit (3 of 3 running)"
+    assert held.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_QUEUE_CONCURRENCY_LIMIT, queue="capped", running=3, limit=3
+    )
     await until_done(alice, [j.id for j in jobs])
     peak = most_at_once(spans(stack, [j.id for j in jobs]))
     print(f"\nconcurrency limit 3 over 2 workers x 4 slots: at most {peak} running at once")
@@ -251,7 +257,16 @@ async def test_a_rate_limit_is_not_exceeded(
     start_worker(stack, workers, "rated", 4)
     start_worker(stack, workers, "rated", 4)
     jobs = await alice.submit_many([submit_request("noop", queue="rated") for _ in range(50)])
-    await until_blocked(alice, jobs[-1].id, "queue 'rated' is rate limited (5 per 1000 ms) until")
+    rated = await until_blocked(alice, jobs[-1].id, "queue 'rated' is rate limited")
+    opens = rated.blocked.until.ToMilliseconds()
+    assert rated.blocked_reason == (
+        f"queue 'rated' is rate limited (5 per 1000 ms) until {format_time(opens)}"
+    )
+    assert rated.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_RATE_LIMITED, queue="rated", rate_jobs=5,
+        rate_interval=Duration(seconds=1), until=rated.blocked.until,
+    )  # fmt: skip
+    assert 0 < opens - rated.create_time.ToMilliseconds() <= 30_000, "the window opens soon"
     await until_done(alice, [j.id for j in jobs], within=30)
     starts = [start for start, _ in spans(stack, [j.id for j in jobs])]
     busiest = most_in_window(starts, 1000)
@@ -292,7 +307,16 @@ async def test_a_flooding_owner_does_not_starve_another(
         f"{max(bob_waited)} ms ({alice_left} of alice's still queued when bob's were done); "
         f"alice peaked at {peak} running"
     )
-    assert parked.blocked_reason.startswith("owner 'alice' is at its concurrency limit")
+    # Her running count may have dropped since the claim parked the job; the cap has not.
+    running = parked.blocked.running
+    assert parked.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_OWNER_CONCURRENCY_LIMIT, queue="fair", owner="alice",
+        running=running, limit=2,
+    )  # fmt: skip
+    assert 0 <= running <= 2
+    assert parked.blocked_reason == (
+        f"owner 'alice' is at its concurrency limit in queue 'fair' ({running} of 2 running)"
+    )
     assert max(bob_waited) < 1000 and alice_left >= 20  # measured 212 ms
     assert peak == 2
 
@@ -330,6 +354,10 @@ async def test_a_keys_concurrency_cap_holds_its_jobs_back_only(
     assert held.blocked_reason == (
         f"API key {made.key.id} is at its concurrency limit in queue 'keycap' (1 of 1 running)"
     )
+    assert held.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_API_KEY_CONCURRENCY_LIMIT, queue="keycap",
+        api_key_id=made.key.id, running=1, limit=1,
+    )  # fmt: skip
     assert peak == 1 and still_queued >= 5
 
 
@@ -342,7 +370,10 @@ async def test_a_delayed_job_waits_for_its_time_then_runs(
     job = await alice.submit("noop", queue="later", delay=timedelta(seconds=0.8))
     assert job.state == S.JOB_STATE_SCHEDULED
     waiting = await alice.get(job.id)
-    assert waiting.blocked_reason.startswith("scheduled for ")
+    assert waiting.blocked_reason == f"scheduled for {format_time(job.run_at.ToMilliseconds())}"
+    assert waiting.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_SCHEDULED, until=job.run_at
+    )
     await until_done(alice, [job.id], within=10)
     [(start, _)] = spans(stack, [job.id])
     late = start - job.run_at.ToMilliseconds()

@@ -147,6 +147,9 @@ async def test_submissions_while_redis_is_down_are_kept_and_run_later(
             stored = await client.get(job.id)
             assert stored.state == job_pb2.JOB_STATE_QUEUED
             assert stored.blocked_reason == "the queue (redis) cannot be reached"
+            assert stored.blocked == job_pb2.BlockedReason(
+                kind=job_pb2.BLOCKED_KIND_QUEUE_UNREACHABLE
+            )
         redis.start()
         await until_health(api.addr, SERVING)
         for job in jobs:

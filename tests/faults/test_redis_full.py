@@ -199,6 +199,9 @@ async def test_submits_to_a_full_redis_are_accepted_once_and_run_when_it_has_roo
         seen = await client.get(job.id)
         assert seen.state == job_pb2.JOB_STATE_QUEUED
         assert seen.blocked_reason == OOM_REASON
+        assert seen.blocked == job_pb2.BlockedReason(
+            kind=job_pb2.BLOCKED_KIND_ENQUEUE_PENDING, cause="redis refused it (out of memory)"
+        )
     # A cancel and a replay are committed too, and answered as the database has them.
     cancelled, replayed = jobs[1].id, jobs[2].id
     assert (await client.cancel(cancelled)).state == job_pb2.JOB_STATE_CANCELLED

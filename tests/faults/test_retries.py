@@ -14,6 +14,7 @@ import pytest
 
 from conveyor.client import AsyncClient, retry_policy
 from conveyor.errors import FailedPrecondition, NotFound
+from conveyor.jobs.model import format_time
 from conveyor.v1 import job_pb2
 from tests.handlers import lines
 from tests.processes import Stack
@@ -91,16 +92,28 @@ async def test_a_waiting_job_shows_retrying_its_next_run_and_why(alice: AsyncCli
     waiting = await alice.get(job.id)
     assert waiting.state == job_pb2.JOB_STATE_RETRYING and waiting.attempt == 1
     assert 55 <= seconds(waiting.run_at) - seconds(waiting.start_time) <= 61
-    assert waiting.blocked_reason.startswith("waiting for backoff until ")
-    assert "after attempt 1 of 3 failed" in waiting.blocked_reason
+    assert waiting.blocked_reason == (
+        f"waiting for backoff until {format_time(waiting.run_at.ToMilliseconds())} "
+        "after attempt 1 of 3 failed"
+    )
+    assert waiting.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_BACKOFF, until=waiting.run_at, attempt=1, max_attempts=3
+    )
     await alice.cancel(job.id)
 
 
 async def test_a_queued_job_says_why_it_waits(stack: Stack, alice: AsyncClient) -> None:
+    """Guards GetJob's blocked_reason and its structured twin `blocked` for a queue never
+    served, a place in line and a type the queue's workers lack; and that a running or a
+    cancelled job has neither."""
     job = await alice.submit("noop", queue="nobody-serves-this")
-    assert (await alice.get(job.id)).blocked_reason == (
+    unserved = await alice.get(job.id)
+    assert unserved.blocked_reason == (
         "no worker has ever served queue 'nobody-serves-this' and no admin configured it: "
         "the job waits until a worker serves that queue"
+    )
+    assert unserved.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_QUEUE_NEVER_SERVED, queue="nobody-serves-this"
     )
     queue = "one-slot"
     # Built-in handlers only: tests.handlers' types are the API's, not this worker's.
@@ -111,17 +124,31 @@ async def test_a_queued_job_says_why_it_waits(stack: Stack, alice: AsyncClient) 
         async for update in alice.watch(busy.id):
             if update.job.state == job_pb2.JOB_STATE_RUNNING:
                 break
+    running = await alice.get(busy.id)
+    assert running.blocked_reason == "" and not running.HasField("blocked")
     behind = await alice.submit("noop", queue=queue)
-    reason = (await alice.get(behind.id)).blocked_reason
-    assert reason == f"waiting for a worker slot (0 job(s) ahead in queue {queue!r})"
+    in_line = await alice.get(behind.id)
+    assert (
+        in_line.blocked_reason == f"waiting for a worker slot (0 job(s) ahead in queue {queue!r})"
+    )
+    assert in_line.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_IN_LINE, queue=queue, jobs_ahead=0
+    )
     # A type the API loads (its CONVEYOR_HANDLERS) that this queue's worker lacks; a type
     # no one loads is refused (tests/security/test_names.py).
     api_only = await alice.submit("test.sync_steps", queue=queue)
-    assert (await alice.get(api_only.id)).blocked_reason == (
+    unhandled = await alice.get(api_only.id)
+    assert unhandled.blocked_reason == (
         f"no live worker on queue {queue!r} handles job type 'test.sync_steps'"
     )
-    for pending in (job, busy, behind, api_only):
+    assert unhandled.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_NO_WORKER_FOR_TYPE, queue=queue, job_type="test.sync_steps"
+    )
+    # The waiting jobs first: cancelling `busy` frees the slot `behind` waits for.
+    for pending in (job, behind, api_only, busy):
         await alice.cancel(pending.id)
+    cancelled = await alice.get(behind.id)
+    assert cancelled.blocked_reason == "" and not cancelled.HasField("blocked")
     assert worker.stop() == 0
 
 

@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from conveyor.config import Settings
+from conveyor.jobs.blocked import Blocked
 from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
 from conveyor.jobs.queues import QueueSettings
 from conveyor.redis import Cancelled, QueueKeys, RedisQueue, connect
@@ -264,8 +265,9 @@ async def test_parked_jobs_are_queued_cancellable_and_released_with_the_cap(
     assert [j.id for j in first] == [mine[0].id, theirs.id]  # alice's others were parked
     stats = await queue.queue_stats("default")
     assert stats.queued == 3 and stats.running == 2 and stats.queued_by_priority[5] == 3
-    waiting = await queue.waiting("default", mine[1].id)
-    assert waiting.reason("default") == (
+    blocked = (await queue.waiting("default", mine[1].id)).blocked("default")
+    assert blocked == Blocked.owner_concurrency_limit("default", "alice", running=1, limit=1)
+    assert blocked.text == (
         "owner 'alice' is at its concurrency limit in queue 'default' (1 of 1 running)"
     )
     assert await queue.cancel("default", mine[3].id, now_ms()) == Cancelled(JobState.QUEUED)
@@ -307,8 +309,9 @@ async def test_every_owner_has_a_default_cap_a_queue_limit_overrides(settings: S
         await capped.enqueue([*flood, quiet])
         first = await claim(capped, count=4)
         assert [j.id for j in first] == [flood[0].id, flood[1].id, quiet.id]
-        waiting = await capped.waiting("default", flood[2].id)
-        assert waiting.reason("default") == (
+        blocked = (await capped.waiting("default", flood[2].id)).blocked("default")
+        assert blocked == Blocked.owner_concurrency_limit("default", "alice", running=2, limit=2)
+        assert blocked.text == (
             "owner 'alice' is at its concurrency limit in queue 'default' (2 of 2 running)"
         )
         await capped.configure(QueueSettings("default", max_running_per_owner=3))

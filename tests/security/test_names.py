@@ -58,12 +58,15 @@ async def final(client: AsyncClient, job_id: str) -> job_pb2.Job:
         return [u async for u in client.watch(job_id)][-1].job
 
 
-async def reason_becomes(client: AsyncClient, job_id: str, wanted: Callable[[str], bool]) -> str:
-    """The job's blocked_reason once `wanted` holds (the API rereads workers every second)."""
+async def reason_becomes(
+    client: AsyncClient, job_id: str, wanted: Callable[[str], bool]
+) -> job_pb2.Job:
+    """The job once `wanted` holds of its blocked_reason (the API rereads workers every
+    second)."""
     async with asyncio.timeout(10):
-        while not wanted(reason := (await client.get(job_id)).blocked_reason):  # noqa: ASYNC110
+        while not wanted((job := await client.get(job_id)).blocked_reason):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-    return reason
+    return job
 
 
 def timed_scrape(service: Service) -> tuple[dict[Sample, float], float]:
@@ -130,12 +133,23 @@ async def test_a_type_only_a_live_worker_announces_is_accepted(
     finally:
         assert worker.stop() == 0
     later = await alice.submit(WORKER_ONLY_TYPE, queue=queue)
-    reason = await reason_becomes(alice, later.id, lambda r: r.startswith("no live worker"))
-    assert reason == (
+    seen = await reason_becomes(alice, later.id, lambda r: r.startswith("no live worker"))
+    assert seen.blocked_reason == (
         f"no live worker serves queue {queue!r}, and job type {WORKER_ONLY_TYPE!r} cannot be "
         "checked until one does (the API does not load it and no live worker announces it)"
     )
+    assert seen.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_NO_WORKER, queue=queue, job_type=WORKER_ONLY_TYPE,
+        type_unverified=True,
+    )  # fmt: skip
+    # A type the API loads is checked, so a queue without workers is all there is to say.
+    known = await alice.get((await alice.submit("noop", queue=queue)).id)
+    assert known.blocked_reason == f"no live worker serves queue {queue!r}"
+    assert known.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_NO_WORKER, queue=queue, job_type="noop"
+    )
     await alice.cancel(later.id)
+    await alice.cancel(known.id)
 
 
 # -- queues ---------------------------------------------------------------------------------
@@ -148,9 +162,13 @@ async def test_a_queue_no_worker_ever_served_says_so_and_runs_once_served(
     that starts serving the queue runs it."""
     queue = unique("names-new")
     job = await alice.submit("noop", queue=queue)
-    assert (await alice.get(job.id)).blocked_reason == (
+    unserved = await alice.get(job.id)
+    assert unserved.blocked_reason == (
         f"no worker has ever served queue {queue!r} and no admin configured it: "
         "the job waits until a worker serves that queue"
+    )
+    assert unserved.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_QUEUE_NEVER_SERVED, queue=queue
     )
     worker = stack.start("worker", "--queues", queue, env=stack.worker_env())
     try:

@@ -38,13 +38,13 @@ from conveyor.errors import (
 )
 from conveyor.handlers import Registry
 from conveyor.jobs.attempts import Attempt
+from conveyor.jobs.blocked import Blocked
 from conveyor.jobs.model import (
     MAX_ATTEMPTS_LIMIT,
     Job,
     JobDefaults,
     JobSpec,
     JobState,
-    format_time,
     now_ms,
     valid_job_id,
     valid_queue,
@@ -253,9 +253,9 @@ class JobOperations:
             raise NotFound(f"job {job_id} not found")
         if job.state in (JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING):
             try:
-                job.blocked_reason = await self._blocked_reason(job, waiting)
+                job.blocked = await self._blocked(job, waiting)
             except Unavailable:
-                job.blocked_reason = "the queue (redis) cannot be reached"
+                job.blocked = Blocked.queue_unreachable()
         return job
 
     async def _look(self, principal: Principal, job_id: str) -> tuple[Job | None, Waiting | None]:
@@ -286,23 +286,25 @@ class JobOperations:
             raise NotFound(f"job {job_id} not found")
         return job
 
-    async def _blocked_reason(self, job: Job, waiting: Waiting | None = None) -> str:
-        owed = self.pending.waiting_reason(job.id)
+    async def _blocked(self, job: Job, waiting: Waiting | None = None) -> Blocked:
+        """Why a waiting job waits: the first cause found, cheapest first (see
+        conveyor.jobs.blocked)."""
+        owed = self.pending.blocked(job.id)
         if owed is not None:
             return owed
         if job.state is JobState.SCHEDULED:
-            return f"scheduled for {format_time(job.run_at)}"
+            return Blocked.scheduled(job.run_at)
         if job.state is JobState.RETRYING:
-            return (
-                f"waiting for backoff until {format_time(job.run_at)} after attempt "
-                f"{job.attempt} of {job.max_attempts} failed"
-            )
+            return Blocked.backoff(job.run_at, job.attempt, job.max_attempts)
         if waiting is None:
             waiting = await self.queue.waiting(job.queue, job.id)
-        held = waiting.reason(job.queue)
-        if held:
+        held = waiting.blocked(job.queue)
+        if held is not None:
             return held
-        return _unserved(job, await self.names.get()) or _in_line(job, waiting)
+        unserved = _unserved(job, await self.names.get())
+        if unserved is not None:
+            return unserved
+        return Blocked.in_line(job.queue, waiting.ahead if waiting.ahead >= 0 else None)
 
     async def result(
         self, principal: Principal, job_id: str
@@ -507,32 +509,17 @@ class JobOperations:
             await self.hub.unsubscribe(sub)
 
 
-def _unserved(job: Job, known: KnownNames) -> str:
-    """Why no worker will take the job now ("" when one will): its queue was never
+def _unserved(job: Job, known: KnownNames) -> Blocked | None:
+    """Why no worker will take the job now (None when one will): its queue was never
     served, no live worker serves it, or none of those handles its type."""
     if job.queue not in known.queues:
-        return (
-            f"no worker has ever served queue {job.queue!r} and no admin configured it: "
-            "the job waits until a worker serves that queue"
-        )
+        return Blocked.queue_never_served(job.queue)
     workers = known.serving(job.queue)
     if not workers:
-        reason = f"no live worker serves queue {job.queue!r}"
-        if job.type not in known.types:
-            reason += (
-                f", and job type {job.type!r} cannot be checked until one does "
-                "(the API does not load it and no live worker announces it)"
-            )
-        return reason
+        return Blocked.no_worker(job.queue, job.type, type_unverified=job.type not in known.types)
     if not any(job.type in w.types for w in workers):
-        return f"no live worker on queue {job.queue!r} handles job type {job.type!r}"
-    return ""
-
-
-def _in_line(job: Job, waiting: Waiting) -> str:
-    if waiting.ahead < 0:
-        return "waiting for a worker"
-    return f"waiting for a worker slot ({waiting.ahead} job(s) ahead in queue {job.queue!r})"
+        return Blocked.no_worker_for_type(job.queue, job.type)
+    return None
 
 
 def _may_see(principal: Principal, owner: str) -> bool:

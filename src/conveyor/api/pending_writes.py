@@ -50,6 +50,7 @@ from redis.exceptions import RedisError
 from conveyor.config import Settings
 from conveyor.db import JobStore
 from conveyor.errors import RedisRefused, Unavailable
+from conveyor.jobs.blocked import Blocked
 from conveyor.jobs.model import Job, JobState, now_ms
 from conveyor.redis import RedisQueue
 from conveyor.telemetry.metrics import ApiMetrics
@@ -66,8 +67,8 @@ BATCH = 1000
 
 
 def describe(exc: BaseException, them: str = "it") -> str:
-    """A failed Redis write of `them` in a few words, for a log line and a
-    `blocked_reason`."""
+    """A failed Redis write of `them` in a few words, for a log line and a waiting job's
+    `Blocked.enqueue_pending` cause."""
     if isinstance(exc, RedisRefused):
         return f"redis refused {them} ({exc.reason})"
     if isinstance(exc, Unavailable):
@@ -89,7 +90,7 @@ class PendingWrites:
         self.limit = settings.enqueue_retry_limit
         self.max_delay = settings.enqueue_retry_max_seconds
         self.reconcile_seconds = settings.reconcile_interval_seconds
-        # Job id -> why Redis lacks its latest change (for a waiting job's blocked_reason),
+        # Job id -> why Redis lacks its latest change (for a waiting job's `blocked`),
         # and when it was owed: a change owed while a retry runs is kept for the next.
         self._owed: dict[str, tuple[str, int]] = {}
         self._ticks = itertools.count()
@@ -105,7 +106,7 @@ class PendingWrites:
     def enqueue_later(self, jobs: Sequence[Job], exc: BaseException) -> None:
         """Remember committed jobs whose enqueue failed with `exc`, and say so in one
         WARNING line: how many, why, and when they will be enqueued."""
-        why = describe(exc)  # of each job, for its blocked_reason
+        why = describe(exc)  # of each job, for its `blocked`
         room = max(self.limit - len(self), 0)
         for job in jobs[:room]:
             self._owed[job.id] = (why, next(self._ticks))
@@ -156,14 +157,14 @@ class PendingWrites:
         """Whether Redis's copy of the job may be older than its row (read the row)."""
         return job_id in self._owed
 
-    def waiting_reason(self, job_id: str) -> str | None:
-        """The `blocked_reason` of a committed job this process has yet to enqueue because
-        Redis refused it (None otherwise: an unreachable Redis is reported by GetJob's own
-        read, as "the queue (redis) cannot be reached")."""
+    def blocked(self, job_id: str) -> Blocked | None:
+        """Why a committed job this process has yet to enqueue waits, when Redis refused it
+        (None otherwise: an unreachable Redis is reported by GetJob's own read, as
+        `Blocked.queue_unreachable`)."""
         why, _ = self._owed.get(job_id, (UNREACHABLE, 0))
         if why in (UNREACHABLE, CANCELLED):
             return None
-        return f"committed; waiting to be enqueued: {why}"
+        return Blocked.enqueue_pending(why)
 
     def _changed(self) -> None:
         self.metrics.enqueue_pending.set(len(self._owed))

@@ -16,7 +16,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uuid_utils
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
@@ -25,6 +25,9 @@ from conveyor import compact_json
 from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.jobs.retry import RetryOverrides, RetryPolicy
 from conveyor.v1 import job_pb2, job_service_pb2
+
+if TYPE_CHECKING:  # conveyor.jobs.blocked imports this module
+    from conveyor.jobs.blocked import Blocked
 
 DEFAULT_QUEUE = "default"
 DEFAULT_PRIORITY = 5
@@ -147,8 +150,9 @@ class Job:
     # The W3C traceparent of the call that submitted it ("" when not tracing): its
     # attempts' spans join that trace (see conveyor.telemetry.tracing).
     trace_parent: str = ""
-    # Why a waiting job is not running (computed on read, never stored).
-    blocked_reason: str = ""
+    # Why a waiting job is not running (computed on read, never stored): the proto's
+    # `blocked` and `blocked_reason` both (see conveyor.jobs.blocked).
+    blocked: Blocked | None = None
 
     # -- wire ---------------------------------------------------------------------------
     def to_proto(self, *, payload: bool = True) -> job_pb2.Job:
@@ -168,8 +172,10 @@ class Job:
             error=self.error,
             idempotency_key=self.idempotency_key or "",
             retry=self.retry.to_proto(),
-            blocked_reason=self.blocked_reason,
         )
+        if self.blocked is not None:
+            msg.blocked_reason = self.blocked.text
+            msg.blocked.CopyFrom(self.blocked.to_proto())
         if payload and self.payload:
             msg.payload.update(self.payload)
         msg.run_at.FromMilliseconds(self.run_at)

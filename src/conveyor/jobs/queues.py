@@ -17,7 +17,8 @@ import random
 from dataclasses import dataclass, replace
 
 from conveyor.errors import FieldViolation, InvalidArgument
-from conveyor.jobs.model import MAX_PRIORITY, format_time, valid_queue
+from conveyor.jobs.blocked import Blocked
+from conveyor.jobs.model import MAX_PRIORITY, valid_queue
 from conveyor.v1 import queue_pb2
 
 MAX_RUNNING_LIMIT = 1_000_000
@@ -176,28 +177,24 @@ class Waiting:
         return cls(ahead, paused, max_running, running, rate, window, started, opens,
                    str(out[8]), int(out[9]), int(out[10]))  # fmt: skip
 
-    def reason(self, queue: str) -> str:
-        """The blocked_reason of a job that waits for this, or "" for a free worker slot."""
+    def blocked(self, queue: str) -> Blocked | None:
+        """What the queue's settings hold the job back by, or None: only a free worker slot."""
         if self.paused:
-            return f"queue {queue!r} is paused"
+            return Blocked.paused(queue)
         if self.group:
             kind, _, name = self.group.partition(":")
-            who = f"owner {name!r}" if kind == "o" else f"API key {name}"
-            return (
-                f"{who} is at its concurrency limit in queue {queue!r} "
-                f"({self.group_running} of {self.group_cap} running)"
+            if kind == "o":
+                return Blocked.owner_concurrency_limit(
+                    queue, name, self.group_running, self.group_cap
+                )
+            return Blocked.api_key_concurrency_limit(
+                queue, name, self.group_running, self.group_cap
             )
         if self.max_running and self.running >= self.max_running:
-            return (
-                f"queue {queue!r} is at its concurrency limit "
-                f"({self.running} of {self.max_running} running)"
-            )
+            return Blocked.queue_concurrency_limit(queue, self.running, self.max_running)
         if self.window_opens >= 0:
-            return (
-                f"queue {queue!r} is rate limited ({self.rate_jobs} per {self.rate_ms} ms) "
-                f"until {format_time(self.window_opens)}"
-            )
-        return ""
+            return Blocked.rate_limited(queue, self.rate_jobs, self.rate_ms, self.window_opens)
+        return None
 
 
 MAX_QUEUE_WEIGHT = 1000

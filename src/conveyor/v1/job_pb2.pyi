@@ -22,6 +22,23 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_DEAD: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
 
+class BlockedKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BLOCKED_KIND_UNSPECIFIED: _ClassVar[BlockedKind]
+    BLOCKED_KIND_SCHEDULED: _ClassVar[BlockedKind]
+    BLOCKED_KIND_BACKOFF: _ClassVar[BlockedKind]
+    BLOCKED_KIND_PAUSED: _ClassVar[BlockedKind]
+    BLOCKED_KIND_QUEUE_CONCURRENCY_LIMIT: _ClassVar[BlockedKind]
+    BLOCKED_KIND_OWNER_CONCURRENCY_LIMIT: _ClassVar[BlockedKind]
+    BLOCKED_KIND_API_KEY_CONCURRENCY_LIMIT: _ClassVar[BlockedKind]
+    BLOCKED_KIND_RATE_LIMITED: _ClassVar[BlockedKind]
+    BLOCKED_KIND_QUEUE_NEVER_SERVED: _ClassVar[BlockedKind]
+    BLOCKED_KIND_NO_WORKER: _ClassVar[BlockedKind]
+    BLOCKED_KIND_NO_WORKER_FOR_TYPE: _ClassVar[BlockedKind]
+    BLOCKED_KIND_IN_LINE: _ClassVar[BlockedKind]
+    BLOCKED_KIND_ENQUEUE_PENDING: _ClassVar[BlockedKind]
+    BLOCKED_KIND_QUEUE_UNREACHABLE: _ClassVar[BlockedKind]
+
 class AttemptOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ATTEMPT_OUTCOME_UNSPECIFIED: _ClassVar[AttemptOutcome]
@@ -38,6 +55,20 @@ JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_RETRYING: JobState
 JOB_STATE_DEAD: JobState
 JOB_STATE_CANCELLED: JobState
+BLOCKED_KIND_UNSPECIFIED: BlockedKind
+BLOCKED_KIND_SCHEDULED: BlockedKind
+BLOCKED_KIND_BACKOFF: BlockedKind
+BLOCKED_KIND_PAUSED: BlockedKind
+BLOCKED_KIND_QUEUE_CONCURRENCY_LIMIT: BlockedKind
+BLOCKED_KIND_OWNER_CONCURRENCY_LIMIT: BlockedKind
+BLOCKED_KIND_API_KEY_CONCURRENCY_LIMIT: BlockedKind
+BLOCKED_KIND_RATE_LIMITED: BlockedKind
+BLOCKED_KIND_QUEUE_NEVER_SERVED: BlockedKind
+BLOCKED_KIND_NO_WORKER: BlockedKind
+BLOCKED_KIND_NO_WORKER_FOR_TYPE: BlockedKind
+BLOCKED_KIND_IN_LINE: BlockedKind
+BLOCKED_KIND_ENQUEUE_PENDING: BlockedKind
+BLOCKED_KIND_QUEUE_UNREACHABLE: BlockedKind
 ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome
 ATTEMPT_OUTCOME_SUCCEEDED: AttemptOutcome
 ATTEMPT_OUTCOME_FAILED: AttemptOutcome
@@ -46,7 +77,7 @@ ATTEMPT_OUTCOME_LOST: AttemptOutcome
 ATTEMPT_OUTCOME_CANCELLED: AttemptOutcome
 
 class Job(_message.Message):
-    __slots__ = ("id", "owner", "type", "queue", "state", "priority", "payload", "attempt", "max_attempts", "progress", "progress_message", "error", "idempotency_key", "run_at", "create_time", "start_time", "finish_time", "timeout", "retry", "blocked_reason", "retention", "expire_time")
+    __slots__ = ("id", "owner", "type", "queue", "state", "priority", "payload", "attempt", "max_attempts", "progress", "progress_message", "error", "idempotency_key", "run_at", "create_time", "start_time", "finish_time", "timeout", "retry", "blocked_reason", "retention", "expire_time", "blocked")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +100,7 @@ class Job(_message.Message):
     BLOCKED_REASON_FIELD_NUMBER: _ClassVar[int]
     RETENTION_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     type: str
@@ -91,7 +123,42 @@ class Job(_message.Message):
     blocked_reason: str
     retention: _duration_pb2.Duration
     expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., priority: _Optional[int] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., error: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., blocked_reason: _Optional[str] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    blocked: BlockedReason
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., priority: _Optional[int] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., error: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., blocked_reason: _Optional[str] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., blocked: _Optional[_Union[BlockedReason, _Mapping]] = ...) -> None: ...
+
+class BlockedReason(_message.Message):
+    __slots__ = ("kind", "queue", "until", "running", "limit", "owner", "api_key_id", "jobs_ahead", "rate_jobs", "rate_interval", "attempt", "max_attempts", "job_type", "type_unverified", "cause")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    JOBS_AHEAD_FIELD_NUMBER: _ClassVar[int]
+    RATE_JOBS_FIELD_NUMBER: _ClassVar[int]
+    RATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    JOB_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_UNVERIFIED_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    kind: BlockedKind
+    queue: str
+    until: _timestamp_pb2.Timestamp
+    running: int
+    limit: int
+    owner: str
+    api_key_id: str
+    jobs_ahead: int
+    rate_jobs: int
+    rate_interval: _duration_pb2.Duration
+    attempt: int
+    max_attempts: int
+    job_type: str
+    type_unverified: bool
+    cause: str
+    def __init__(self, kind: _Optional[_Union[BlockedKind, str]] = ..., queue: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running: _Optional[int] = ..., limit: _Optional[int] = ..., owner: _Optional[str] = ..., api_key_id: _Optional[str] = ..., jobs_ahead: _Optional[int] = ..., rate_jobs: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., job_type: _Optional[str] = ..., type_unverified: _Optional[bool] = ..., cause: _Optional[str] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("initial_backoff", "max_backoff", "multiplier", "jitter")
