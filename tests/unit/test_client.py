@@ -18,6 +18,10 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from conveyor.client import AsyncClient, Client, SubmitRetry, schedule_request, submit_request
 from conveyor.client._calls import Service
@@ -28,6 +32,7 @@ from conveyor.errors import (
     Unavailable,
     to_status,
 )
+from conveyor.telemetry import tracing
 from conveyor.v1 import job_pb2
 from conveyor.v1 import job_service_pb2 as pb
 from conveyor.v1 import schedule_service_pb2 as spb
@@ -96,6 +101,12 @@ class Scripted(JobServiceServicer, ScheduleServiceServicer):
     def __init__(self) -> None:
         self.keys: defaultdict[str, list[str]] = defaultdict(list)  # job type: keys sent
         self.left: defaultdict[str, threading.Event] = defaultdict(threading.Event)
+        self.traced: defaultdict[str, list[str]] = defaultdict(list)  # job id: RPCs traced
+
+    def _saw(self, job_id: str, method: str, context: grpc.ServicerContext) -> None:
+        """Note `method` for `job_id` if the call carried a trace context."""
+        if any(key == "traceparent" for key, _ in context.invocation_metadata()):
+            self.traced[job_id].append(method)
 
     def _job(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> job_pb2.Job:
         key = request.idempotency_key
@@ -119,6 +130,7 @@ class Scripted(JobServiceServicer, ScheduleServiceServicer):
         )
 
     def GetJob(self, request: Any, context: grpc.ServicerContext) -> pb.GetJobResponse:
+        self._saw(request.id, "GetJob", context)
         if request.id == "flaky":
             context.abort(grpc.StatusCode.UNAVAILABLE, "stream removed")
         context.abort_with_status(to_status(NotFound(f"no job {request.id}")))
@@ -126,6 +138,7 @@ class Scripted(JobServiceServicer, ScheduleServiceServicer):
     def WatchJob(
         self, request: Any, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchJobResponse]:
+        self._saw(request.id, "WatchJob", context)
         if request.id == "gone":
             context.abort_with_status(to_status(NotFound("no job gone")))
         if request.id.startswith("endless"):
@@ -199,6 +212,16 @@ class Driver:
         assert isinstance(stream, Generator)  # so the caller can close it
         stream.close()
         return updates
+
+
+@pytest.fixture
+def traced(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    """Tracing on for the clients made after this, its spans kept in memory."""
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    monkeypatch.setattr(tracing, "_provider", provider)
+    return spans
 
 
 @pytest.fixture(params=["AsyncClient", "Client"])
@@ -300,3 +323,21 @@ async def test_a_watch_left_early_cancels_its_call(
     job_id = f"endless-{uuid.uuid4().hex}"
     assert [u.sequence for u in await driver.watch(job_id, take=1)] == [1]
     assert await asyncio.to_thread(scripted[0].left[job_id].wait, 10)
+
+
+async def test_unary_calls_and_watch_carry_the_trace_context(
+    traced: InMemorySpanExporter, driver: Driver, scripted: tuple[Scripted, str]
+) -> None:
+    """With tracing on, each call is a CLIENT span whose context reaches the server: the
+    async client's through its channel's interceptors, the blocking client's unary calls
+    through `traced_channel` and its watch through `client_stream_span`."""
+    job_id = f"traced-{uuid.uuid4().hex}"
+    with pytest.raises(NotFound):
+        await driver.call("get", job_id)
+    assert len(await driver.watch(job_id)) == 3
+    assert scripted[0].traced[job_id] == ["GetJob", "WatchJob"]
+    spans = [(span.name, span.kind) for span in traced.get_finished_spans()]
+    assert spans == [
+        ("/conveyor.v1.JobService/GetJob", SpanKind.CLIENT),
+        ("/conveyor.v1.JobService/WatchJob", SpanKind.CLIENT),
+    ]

@@ -254,8 +254,8 @@ TRIGGER_SCHEDULE = SCHEDULES.rpc(
 
 
 class _Calls:
-    """Every method of both clients, as the call (or stream) it makes; `_awaited`,
-    `_blocking` and the `_stream` wrappers turn each into the method of its name."""
+    """Every method of both clients, as the call (or stream) it makes; `_awaited` and
+    `_blocking` (`_async_stream` and `_blocking_stream`) make each the method of its name."""
 
     @staticmethod
     def submit(
@@ -305,7 +305,7 @@ class _Calls:
 
     @staticmethod
     def cancel(job_id: str) -> Call[job_pb2.Job]:
-        """Cancel the job (a running one's handler is cancelled); the job as it stands."""
+        """Cancel a job that has not finished (a running one's handler is cancelled too)."""
         return CANCEL_JOB.call(pb.CancelJobRequest(id=job_id), lambda answer: answer.job)
 
     @staticmethod
@@ -321,7 +321,7 @@ class _Calls:
 
     @staticmethod
     def attempts(job_id: str) -> Call[builtins.list[job_pb2.JobAttempt]]:
-        """The job's attempts, first first."""
+        """The job's recorded attempts, oldest first."""
         request = pb.ListJobAttemptsRequest(id=job_id)
         return LIST_JOB_ATTEMPTS.call(request, lambda answer: list(answer.attempts))
 
@@ -339,12 +339,12 @@ class _Calls:
 
     @staticmethod
     def pause_queue(queue: str) -> Call[queue_pb2.QueueStats]:
-        """Stop workers claiming the queue's jobs; its stats."""
+        """Stop every worker starting the queue's jobs (running ones go on); its stats."""
         return PAUSE_QUEUE.call(pb.PauseQueueRequest(queue=queue), lambda answer: answer.queue)
 
     @staticmethod
     def resume_queue(queue: str) -> Call[queue_pb2.QueueStats]:
-        """Let workers claim the queue's jobs again; its stats."""
+        """Let workers start the queue's jobs again; its stats."""
         return RESUME_QUEUE.call(pb.ResumeQueueRequest(queue=queue), lambda answer: answer.queue)
 
     @staticmethod
@@ -355,7 +355,7 @@ class _Calls:
 
     @staticmethod
     def workers(queue: str = "") -> Call[builtins.list[queue_pb2.Worker]]:
-        """The live workers, or those serving `queue`."""
+        """The live worker processes, or those that claim from `queue`."""
         request = pb.ListWorkersRequest(queue=queue)
         return LIST_WORKERS.call(request, lambda answer: list(answer.workers))
 
