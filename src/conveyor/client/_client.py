@@ -1,16 +1,49 @@
+"""The two Python clients, `AsyncClient` (grpc.aio) and `Client` (blocking), as one core.
+
+Every method is written once, as a static method of `_Calls` that describes the call it
+makes (a `Call`, see `_calls.py`): the RPC, the request (from the builders below), what
+of the answer it returns, and whether the request may be sent again after an ambiguous
+answer. The two clients are drivers that send any `Call`: `AsyncClient._run` awaits it,
+`Client._run` blocks on it; both retry the same way (`Attempts`) and raise every failure
+as its `conveyor.errors` error (`from_rpc_error`), so no `grpc.RpcError` leaves a method.
+`_awaited(op)` and `_blocking(op)` make each method from its description, with the same
+name, parameters and docstring in both classes (tests/unit/test_client.py fails if the
+two drift); a server stream (`watch`) is a `Stream`, which `_stream` drives.
+
+Why descriptions rather than generating one class from the other (httpcore's `unasync`):
+the two differ in more than `await` (tracing rides on the channel's interceptors in one,
+on `traced_channel` and a span per stream in the other), generated code is still two
+copies to keep, and it would be as untyped as the generated stubs. Described once, each
+RPC's message types are declared once (`Service.rpc`, checked against the descriptor on
+import) and flow to every method: nothing in this module needs a type error ignored.
+
+Adding an RPC, say `ListApiKeys` (one place, then one line per client):
+1. here, declare it beside the others, `LIST_API_KEYS = API_KEYS.rpc("ListApiKeys",
+   akpb.ListApiKeysRequest, akpb.ListApiKeysResponse)` (a new service also gets its
+   `Service(descriptor, stub class)` line), and add its method to `_Calls`: build the
+   request, return `LIST_API_KEYS.call(request, lambda answer: ...)`, with
+   `retry_safe=True` only if sending the request twice does no harm;
+2. `list_api_keys = _awaited(_Calls.list_api_keys)` in `AsyncClient` and
+   `list_api_keys = _blocking(_Calls.list_api_keys)` in `Client` (`_async_stream` and
+   `_blocking_stream` for a server stream).
+Changing a call (say, paging `attempts`) is a change to its `_Calls` method alone. The
+methods are static methods of a class, not module functions, so that `list` does not hide
+the builtin here.
+"""
+
 from __future__ import annotations
 
 import asyncio
 import builtins
-import functools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 
+from conveyor.client._calls import Call, Service, Stream, Stubs, method_of
 from conveyor.client._retries import Attempts, SubmitRetry, new_idempotency_key
 from conveyor.config import Settings
 from conveyor.errors import from_rpc_error
@@ -195,26 +228,236 @@ def _target(target: str | None) -> str:
     return target or Settings.from_env().api_addr
 
 
-def _mapped_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    @functools.wraps(fn)
-    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await fn(*args, **kwargs)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+# -- the calls: what each method sends and returns, once for both clients ----------------
 
-    return call
+JOBS = Service(pb.DESCRIPTOR.services_by_name["JobService"], JobServiceStub)
+SCHEDULES = Service(spb.DESCRIPTOR.services_by_name["ScheduleService"], ScheduleServiceStub)
+
+SUBMIT_JOB = JOBS.rpc("SubmitJob", pb.SubmitJobRequest, pb.SubmitJobResponse)
+SUBMIT_JOBS = JOBS.rpc("SubmitJobs", pb.SubmitJobsRequest, pb.SubmitJobsResponse)
+GET_JOB = JOBS.rpc("GetJob", pb.GetJobRequest, pb.GetJobResponse)
+LIST_JOBS = JOBS.rpc("ListJobs", pb.ListJobsRequest, pb.ListJobsResponse)
+WATCH_JOB = JOBS.rpc("WatchJob", pb.WatchJobRequest, pb.WatchJobResponse)
+CANCEL_JOB = JOBS.rpc("CancelJob", pb.CancelJobRequest, pb.CancelJobResponse)
+RETRY_JOB = JOBS.rpc("RetryJob", pb.RetryJobRequest, pb.RetryJobResponse)
+LIST_JOB_ATTEMPTS = JOBS.rpc(
+    "ListJobAttempts", pb.ListJobAttemptsRequest, pb.ListJobAttemptsResponse
+)
+GET_JOB_RESULT = JOBS.rpc("GetJobResult", pb.GetJobResultRequest, pb.GetJobResultResponse)
+GET_QUEUE_STATS = JOBS.rpc("GetQueueStats", pb.GetQueueStatsRequest, pb.GetQueueStatsResponse)
+PAUSE_QUEUE = JOBS.rpc("PauseQueue", pb.PauseQueueRequest, pb.PauseQueueResponse)
+RESUME_QUEUE = JOBS.rpc("ResumeQueue", pb.ResumeQueueRequest, pb.ResumeQueueResponse)
+UPDATE_QUEUE_LIMITS = JOBS.rpc(
+    "UpdateQueueLimits", pb.UpdateQueueLimitsRequest, pb.UpdateQueueLimitsResponse
+)
+LIST_WORKERS = JOBS.rpc("ListWorkers", pb.ListWorkersRequest, pb.ListWorkersResponse)
+CREATE_SCHEDULE = SCHEDULES.rpc(
+    "CreateSchedule", spb.CreateScheduleRequest, spb.CreateScheduleResponse
+)
+GET_SCHEDULE = SCHEDULES.rpc("GetSchedule", spb.GetScheduleRequest, spb.GetScheduleResponse)
+LIST_SCHEDULES = SCHEDULES.rpc("ListSchedules", spb.ListSchedulesRequest, spb.ListSchedulesResponse)
+DELETE_SCHEDULE = SCHEDULES.rpc(
+    "DeleteSchedule", spb.DeleteScheduleRequest, spb.DeleteScheduleResponse
+)
+PAUSE_SCHEDULE = SCHEDULES.rpc("PauseSchedule", spb.PauseScheduleRequest, spb.PauseScheduleResponse)
+RESUME_SCHEDULE = SCHEDULES.rpc(
+    "ResumeSchedule", spb.ResumeScheduleRequest, spb.ResumeScheduleResponse
+)
+TRIGGER_SCHEDULE = SCHEDULES.rpc(
+    "TriggerSchedule", spb.TriggerScheduleRequest, spb.TriggerScheduleResponse
+)
 
 
-def _mapped(fn: Callable[P, T]) -> Callable[P, T]:
-    @functools.wraps(fn)
-    def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+class _Calls:
+    """Every method of both clients, as the call (or stream) it makes; `_awaited` and
+    `_blocking` (`_async_stream` and `_blocking_stream`) make each the method of its name."""
 
-    return call
+    @staticmethod
+    def submit(
+        type: str, payload: Mapping[str, Any] | None = None, **options: Any
+    ) -> Call[job_pb2.Job]:
+        """Submit one job (`options` as `submit_request` takes them).
+
+        `idempotency_key`: yours wins; unset (or "") the SDK makes one for this call
+        (`sdk-…`, on `job.idempotency_key`) and sends it on every retry, so a retried submit
+        makes one job; None sends no key, and then an ambiguous answer is raised, not
+        retried."""
+        request = submit_request(type, payload, **_keyed(options))
+        retry_safe = bool(request.idempotency_key)
+        return SUBMIT_JOB.call(request, lambda answer: answer.job, retry_safe=retry_safe)
+
+    @staticmethod
+    def submit_many(
+        requests: Sequence[pb.SubmitJobRequest],
+        *,
+        view: pb.JobView = pb.JOB_VIEW_BASIC,
+        idempotency_keys: bool = True,
+    ) -> Call[builtins.list[job_pb2.Job]]:
+        """Submit up to 1,000 jobs at once, all or none; the jobs in request order.
+
+        Each job without an idempotency key gets one of its own (`requests` themselves are
+        not changed), fixed before the first try: a bulk retried after an ambiguous answer
+        returns the jobs the first try made. `idempotency_keys=False` sends none (and does
+        not retry, unless every request carries your key).
+
+        By default (`JOB_VIEW_BASIC`) each job has every field but `payload` (the payloads
+        were sent with the requests), so the answer stays about 200 bytes a job however
+        large the payloads: 1,000 payloads of 5 KB would otherwise come back as 5 MB, past
+        what a stock gRPC client accepts. `view=JOB_VIEW_FULL` echoes the payloads too."""
+        request = bulk_request(requests, view, idempotency_keys)
+        retry_safe = _retry_safe(request)
+        return SUBMIT_JOBS.call(request, lambda answer: list(answer.jobs), retry_safe=retry_safe)
+
+    @staticmethod
+    def get(job_id: str) -> Call[job_pb2.Job]:
+        """The job as it stands."""
+        return GET_JOB.call(pb.GetJobRequest(id=job_id), lambda answer: answer.job)
+
+    @staticmethod
+    def list(**filters: Any) -> Call[pb.ListJobsResponse]:
+        """One page; filters are ListJobsRequest fields (state, queue, type, page_size, …)."""
+        return LIST_JOBS.call(pb.ListJobsRequest(**filters), lambda answer: answer)
+
+    @staticmethod
+    def cancel(job_id: str) -> Call[job_pb2.Job]:
+        """Cancel a job that has not finished (a running one's handler is cancelled too)."""
+        return CANCEL_JOB.call(pb.CancelJobRequest(id=job_id), lambda answer: answer.job)
+
+    @staticmethod
+    def retry(job_id: str, max_attempts: int = 0) -> Call[job_pb2.Job]:
+        """Replay a DEAD or CANCELLED job with `max_attempts` more attempts (0: default)."""
+        request = pb.RetryJobRequest(id=job_id, max_attempts=max_attempts)
+        return RETRY_JOB.call(request, lambda answer: answer.job)
+
+    @staticmethod
+    def result(job_id: str) -> Call[pb.GetJobResultResponse]:
+        """A SUCCEEDED job and its result (`.result`, a Struct; unset if none)."""
+        return GET_JOB_RESULT.call(pb.GetJobResultRequest(id=job_id), lambda answer: answer)
+
+    @staticmethod
+    def attempts(job_id: str) -> Call[builtins.list[job_pb2.JobAttempt]]:
+        """The job's recorded attempts, oldest first."""
+        request = pb.ListJobAttemptsRequest(id=job_id)
+        return LIST_JOB_ATTEMPTS.call(request, lambda answer: list(answer.attempts))
+
+    @staticmethod
+    def watch(job_id: str, after_sequence: int = 0) -> Stream[pb.WatchJobResponse]:
+        """The job's snapshot, then every change, until it ends (no deadline)."""
+        return WATCH_JOB.stream(pb.WatchJobRequest(id=job_id, after_sequence=after_sequence))
+
+    # -- queues and workers (admin keys) ---------------------------------------------------
+    @staticmethod
+    def queue_stats(queue: str = "") -> Call[builtins.list[queue_pb2.QueueStats]]:
+        """One queue's stats, or every known queue's."""
+        request = pb.GetQueueStatsRequest(queue=queue)
+        return GET_QUEUE_STATS.call(request, lambda answer: list(answer.queues))
+
+    @staticmethod
+    def pause_queue(queue: str) -> Call[queue_pb2.QueueStats]:
+        """Stop every worker starting the queue's jobs (running ones go on); its stats."""
+        return PAUSE_QUEUE.call(pb.PauseQueueRequest(queue=queue), lambda answer: answer.queue)
+
+    @staticmethod
+    def resume_queue(queue: str) -> Call[queue_pb2.QueueStats]:
+        """Let workers start the queue's jobs again; its stats."""
+        return RESUME_QUEUE.call(pb.ResumeQueueRequest(queue=queue), lambda answer: answer.queue)
+
+    @staticmethod
+    def update_queue_limits(queue: str, **limits: Any) -> Call[queue_pb2.QueueStats]:
+        """Set the queue's limits (see `limits_request`)."""
+        request = limits_request(queue, **limits)
+        return UPDATE_QUEUE_LIMITS.call(request, lambda answer: answer.queue)
+
+    @staticmethod
+    def workers(queue: str = "") -> Call[builtins.list[queue_pb2.Worker]]:
+        """The live worker processes, or those that claim from `queue`."""
+        request = pb.ListWorkersRequest(queue=queue)
+        return LIST_WORKERS.call(request, lambda answer: list(answer.workers))
+
+    # -- schedules -------------------------------------------------------------------------
+    @staticmethod
+    def create_schedule(schedule: spb.Schedule) -> Call[spb.Schedule]:
+        """Create a schedule (see `schedule_request`)."""
+        request = spb.CreateScheduleRequest(schedule=schedule)
+        return CREATE_SCHEDULE.call(request, lambda answer: answer.schedule)
+
+    @staticmethod
+    def get_schedule(schedule_id: str) -> Call[spb.Schedule]:
+        """The schedule, with its next runs."""
+        request = spb.GetScheduleRequest(id=schedule_id)
+        return GET_SCHEDULE.call(request, lambda answer: answer.schedule)
+
+    @staticmethod
+    def list_schedules(**fields: Any) -> Call[spb.ListSchedulesResponse]:
+        """One page; fields are ListSchedulesRequest's (page_size, page_token, owner)."""
+        return LIST_SCHEDULES.call(spb.ListSchedulesRequest(**fields), lambda answer: answer)
+
+    @staticmethod
+    def delete_schedule(schedule_id: str) -> Call[None]:
+        """Delete the schedule; the jobs it made stay."""
+        request = spb.DeleteScheduleRequest(id=schedule_id)
+        return DELETE_SCHEDULE.call(request, lambda answer: None)
+
+    @staticmethod
+    def pause_schedule(schedule_id: str) -> Call[spb.Schedule]:
+        """Stop the schedule emitting jobs until resumed."""
+        request = spb.PauseScheduleRequest(id=schedule_id)
+        return PAUSE_SCHEDULE.call(request, lambda answer: answer.schedule)
+
+    @staticmethod
+    def resume_schedule(schedule_id: str) -> Call[spb.Schedule]:
+        """Let a paused schedule emit jobs again."""
+        request = spb.ResumeScheduleRequest(id=schedule_id)
+        return RESUME_SCHEDULE.call(request, lambda answer: answer.schedule)
+
+    @staticmethod
+    def trigger_schedule(schedule_id: str) -> Call[job_pb2.Job]:
+        """Make the schedule's job now, outside its timetable; that job."""
+        request = spb.TriggerScheduleRequest(id=schedule_id)
+        return TRIGGER_SCHEDULE.call(request, lambda answer: answer.job)
+
+
+# -- the drivers: one awaits, one blocks -------------------------------------------------
+
+
+def _awaited(
+    op: Callable[P, Call[T]],
+) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]:
+    """`AsyncClient`'s method for `op`: build the call, await it."""
+
+    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._run(op(*args, **kwargs))
+
+    return method_of("AsyncClient", op, method)
+
+
+def _async_stream(
+    op: Callable[P, Stream[T]],
+) -> Callable[Concatenate[AsyncClient, P], AsyncIterator[T]]:
+    """`AsyncClient`'s method for the stream `op`: build it, iterate it."""
+
+    def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+        return self._stream(op(*args, **kwargs))
+
+    return method_of("AsyncClient", op, method, AsyncIterator)
+
+
+def _blocking(op: Callable[P, Call[T]]) -> Callable[Concatenate[Client, P], T]:
+    """`Client`'s method for `op`: build the call, block on it."""
+
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(op(*args, **kwargs))
+
+    return method_of("Client", op, method)
+
+
+def _blocking_stream(op: Callable[P, Stream[T]]) -> Callable[Concatenate[Client, P], Iterator[T]]:
+    """`Client`'s method for the stream `op`: build it, iterate it."""
+
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        return self._stream(op(*args, **kwargs))
+
+    return method_of("Client", op, method, Iterator)
 
 
 class AsyncClient:
@@ -245,8 +488,7 @@ class AsyncClient:
         self._channel = channel or open_aio_channel(
             _target(target), tls, interceptors=tracing.aio_client_interceptors()
         )
-        self._stub = JobServiceStub(self._channel)
-        self._schedules = ScheduleServiceStub(self._channel)
+        self._stubs = Stubs(self._channel)
         self._metadata = _metadata(api_key)
         self._timeout = timeout
         self._submit_retry = submit_retry
@@ -259,196 +501,62 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the channel (and so every call still open on it)."""
         await self._channel.close(None)
 
-    async def _send(self, method: str, request: Any, *, retry_safe: bool) -> Any:
+    async def _run(self, call: Call[T]) -> T:
         """One logical call: the same request again after an ambiguous answer, while the
-        retry policy allows (never unless `retry_safe`)."""
-        call = getattr(self._stub, method)
-        tries = Attempts(self._submit_retry if retry_safe else None, self._timeout, self.absorbed)
+        retry policy allows (never unless `call.retry_safe`); a failure raised as its
+        `conveyor.errors` error."""
+        send = self._stubs.sender(call.rpc)
+        tries = Attempts(
+            self._submit_retry if call.retry_safe else None, self._timeout, self.absorbed
+        )
         while True:
             try:
-                return await call(request, metadata=self._metadata, timeout=tries.next_timeout())
+                answer = await send(
+                    call.request, metadata=self._metadata, timeout=tries.next_timeout()
+                )
+                return call.extract(answer)
             except grpc.RpcError as error:
-                wait = tries.after(error, method)
+                wait = tries.after(error, call.rpc.name)
                 if wait is None:
-                    raise
+                    raise from_rpc_error(error) from None
             await asyncio.sleep(wait)
 
-    @_mapped_async
-    async def submit(
-        self, type: str, payload: Mapping[str, Any] | None = None, **options: Any
-    ) -> job_pb2.Job:
-        """Submit one job (`options` as `submit_request` takes them).
-
-        `idempotency_key`: yours wins; unset (or "") the SDK makes one for this call
-        (`sdk-…`, on `job.idempotency_key`) and sends it on every retry, so a retried submit
-        makes one job; None sends no key, and then an ambiguous answer is raised, not
-        retried."""
-        request = submit_request(type, payload, **_keyed(options))
-        response = await self._send("SubmitJob", request, retry_safe=bool(request.idempotency_key))
-        return response.job  # type: ignore[no-any-return]
-
-    @_mapped_async
-    async def submit_many(
-        self,
-        requests: Sequence[pb.SubmitJobRequest],
-        *,
-        view: pb.JobView = pb.JOB_VIEW_BASIC,
-        idempotency_keys: bool = True,
-    ) -> list[job_pb2.Job]:
-        """Submit up to 1,000 jobs at once, all or none; the jobs in request order.
-
-        Each job without an idempotency key gets one of its own (`requests` themselves are
-        not changed), fixed before the first try: a bulk retried after an ambiguous answer
-        returns the jobs the first try made. `idempotency_keys=False` sends none (and does
-        not retry, unless every request carries your key).
-
-        By default (`JOB_VIEW_BASIC`) each job has every field but `payload` (the payloads
-        were sent with the requests), so the answer stays about 200 bytes a job however
-        large the payloads: 1,000 payloads of 5 KB would otherwise come back as 5 MB, past
-        what a stock gRPC client accepts. `view=JOB_VIEW_FULL` echoes the payloads too."""
-        request = bulk_request(requests, view, idempotency_keys)
-        response = await self._send("SubmitJobs", request, retry_safe=_retry_safe(request))
-        return list(response.jobs)
-
-    @_mapped_async
-    async def get(self, job_id: str) -> job_pb2.Job:
-        response = await self._stub.GetJob(
-            pb.GetJobRequest(id=job_id), metadata=self._metadata, timeout=self._timeout
-        )
-        return response.job  # type: ignore[no-any-return]
-
-    @_mapped_async
-    async def list(self, **filters: Any) -> pb.ListJobsResponse:
-        """One page; filters are ListJobsRequest fields (state, queue, type, page_size, …)."""
-        response = await self._stub.ListJobs(
-            pb.ListJobsRequest(**filters), metadata=self._metadata, timeout=self._timeout
-        )
-        return response  # type: ignore[no-any-return]
-
-    @_mapped_async
-    async def cancel(self, job_id: str) -> job_pb2.Job:
-        response = await self._stub.CancelJob(
-            pb.CancelJobRequest(id=job_id), metadata=self._metadata, timeout=self._timeout
-        )
-        return response.job  # type: ignore[no-any-return]
-
-    @_mapped_async
-    async def retry(self, job_id: str, max_attempts: int = 0) -> job_pb2.Job:
-        """Replay a DEAD or CANCELLED job with `max_attempts` more attempts (0: default)."""
-        response = await self._stub.RetryJob(
-            pb.RetryJobRequest(id=job_id, max_attempts=max_attempts),
-            metadata=self._metadata,
-            timeout=self._timeout,
-        )
-        return response.job  # type: ignore[no-any-return]
-
-    @_mapped_async
-    async def result(self, job_id: str) -> pb.GetJobResultResponse:
-        """A SUCCEEDED job and its result (`.result`, a Struct; unset if none)."""
-        response = await self._stub.GetJobResult(
-            pb.GetJobResultRequest(id=job_id), metadata=self._metadata, timeout=self._timeout
-        )
-        return response  # type: ignore[no-any-return]
-
-    @_mapped_async
-    async def attempts(self, job_id: str) -> builtins.list[job_pb2.JobAttempt]:
-        response = await self._stub.ListJobAttempts(
-            pb.ListJobAttemptsRequest(id=job_id), metadata=self._metadata, timeout=self._timeout
-        )
-        return list(response.attempts)
-
-    # -- queues and workers (admin keys) ------------------------------------------------
-    @_mapped_async
-    async def queue_stats(self, queue: str = "") -> builtins.list[queue_pb2.QueueStats]:
-        """One queue's stats, or every known queue's."""
-        response = await self._stub.GetQueueStats(
-            pb.GetQueueStatsRequest(queue=queue), metadata=self._metadata, timeout=self._timeout
-        )
-        return list(response.queues)
-
-    @_mapped_async
-    async def pause_queue(self, queue: str) -> queue_pb2.QueueStats:
-        response = await self._stub.PauseQueue(
-            pb.PauseQueueRequest(queue=queue), metadata=self._metadata, timeout=self._timeout
-        )
-        return response.queue  # type: ignore[no-any-return]
-
-    @_mapped_async
-    async def resume_queue(self, queue: str) -> queue_pb2.QueueStats:
-        response = await self._stub.ResumeQueue(
-            pb.ResumeQueueRequest(queue=queue), metadata=self._metadata, timeout=self._timeout
-        )
-        return response.queue  # type: ignore[no-any-return]
-
-    @_mapped_async
-    async def update_queue_limits(self, queue: str, **limits: Any) -> queue_pb2.QueueStats:
-        """Set the queue's limits (see `limits_request`)."""
-        response = await self._stub.UpdateQueueLimits(
-            limits_request(queue, **limits), metadata=self._metadata, timeout=self._timeout
-        )
-        return response.queue  # type: ignore[no-any-return]
-
-    @_mapped_async
-    async def workers(self, queue: str = "") -> builtins.list[queue_pb2.Worker]:
-        response = await self._stub.ListWorkers(
-            pb.ListWorkersRequest(queue=queue), metadata=self._metadata, timeout=self._timeout
-        )
-        return list(response.workers)
-
-    # -- schedules ----------------------------------------------------------------------
-    async def _schedule_call(self, method: str, request: Any) -> Any:
+    async def _stream(self, stream: Stream[T]) -> AsyncIterator[T]:
+        """`stream`'s answers as they come (no deadline); a failure raised as its
+        `conveyor.errors` error, the call cancelled when the caller stops early."""
+        call = self._stubs.sender(stream.rpc)(stream.request, metadata=self._metadata)
         try:
-            return await getattr(self._schedules, method)(
-                request, metadata=self._metadata, timeout=self._timeout
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-
-    async def create_schedule(self, schedule: spb.Schedule) -> spb.Schedule:
-        """Create a schedule (see `schedule_request`)."""
-        request = spb.CreateScheduleRequest(schedule=schedule)
-        return (await self._schedule_call("CreateSchedule", request)).schedule  # type: ignore[no-any-return]
-
-    async def get_schedule(self, schedule_id: str) -> spb.Schedule:
-        request = spb.GetScheduleRequest(id=schedule_id)
-        return (await self._schedule_call("GetSchedule", request)).schedule  # type: ignore[no-any-return]
-
-    async def list_schedules(self, **fields: Any) -> spb.ListSchedulesResponse:
-        """One page; fields are ListSchedulesRequest's (page_size, page_token, owner)."""
-        request = spb.ListSchedulesRequest(**fields)
-        return await self._schedule_call("ListSchedules", request)  # type: ignore[no-any-return]
-
-    async def delete_schedule(self, schedule_id: str) -> None:
-        await self._schedule_call("DeleteSchedule", spb.DeleteScheduleRequest(id=schedule_id))
-
-    async def pause_schedule(self, schedule_id: str) -> spb.Schedule:
-        request = spb.PauseScheduleRequest(id=schedule_id)
-        return (await self._schedule_call("PauseSchedule", request)).schedule  # type: ignore[no-any-return]
-
-    async def resume_schedule(self, schedule_id: str) -> spb.Schedule:
-        request = spb.ResumeScheduleRequest(id=schedule_id)
-        return (await self._schedule_call("ResumeSchedule", request)).schedule  # type: ignore[no-any-return]
-
-    async def trigger_schedule(self, schedule_id: str) -> job_pb2.Job:
-        request = spb.TriggerScheduleRequest(id=schedule_id)
-        return (await self._schedule_call("TriggerSchedule", request)).job  # type: ignore[no-any-return]
-
-    async def watch(
-        self, job_id: str, after_sequence: int = 0
-    ) -> AsyncIterator[pb.WatchJobResponse]:
-        """The job's snapshot, then every change, until it ends (no deadline)."""
-        call = self._stub.WatchJob(
-            pb.WatchJobRequest(id=job_id, after_sequence=after_sequence), metadata=self._metadata
-        )
-        try:
-            async for update in call:
-                yield update
+            async for answer in call:
+                yield answer
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
             call.cancel()
+
+    submit = _awaited(_Calls.submit)
+    submit_many = _awaited(_Calls.submit_many)
+    get = _awaited(_Calls.get)
+    list = _awaited(_Calls.list)
+    cancel = _awaited(_Calls.cancel)
+    retry = _awaited(_Calls.retry)
+    result = _awaited(_Calls.result)
+    attempts = _awaited(_Calls.attempts)
+    watch = _async_stream(_Calls.watch)
+    queue_stats = _awaited(_Calls.queue_stats)
+    pause_queue = _awaited(_Calls.pause_queue)
+    resume_queue = _awaited(_Calls.resume_queue)
+    update_queue_limits = _awaited(_Calls.update_queue_limits)
+    workers = _awaited(_Calls.workers)
+    create_schedule = _awaited(_Calls.create_schedule)
+    get_schedule = _awaited(_Calls.get_schedule)
+    list_schedules = _awaited(_Calls.list_schedules)
+    delete_schedule = _awaited(_Calls.delete_schedule)
+    pause_schedule = _awaited(_Calls.pause_schedule)
+    resume_schedule = _awaited(_Calls.resume_schedule)
+    trigger_schedule = _awaited(_Calls.trigger_schedule)
 
 
 class Client:
@@ -466,10 +574,10 @@ class Client:
         submit_retry: SubmitRetry | None = SubmitRetry(),
     ) -> None:
         self._channel = channel or open_channel(_target(target), tls)
-        traced = tracing.traced_channel(self._channel)  # the same channel when not tracing
-        self._stub = JobServiceStub(traced)
-        self._streams = JobServiceStub(self._channel)  # see tracing.client_stream_span
-        self._schedules = ScheduleServiceStub(traced)
+        # Unary calls are spans of the traced channel (the same channel when not tracing);
+        # streams make theirs in `_stream` (see tracing.client_stream_span).
+        self._stubs = Stubs(tracing.traced_channel(self._channel))
+        self._streams = Stubs(self._channel)
         self._metadata = _metadata(api_key)
         self._timeout = timeout
         self._submit_retry = submit_retry
@@ -482,134 +590,56 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Close the channel (and so every call still open on it)."""
         self._channel.close()
 
-    def _call(self, method: str, request: Any) -> Any:
-        return getattr(self._stub, method)(request, metadata=self._metadata, timeout=self._timeout)
-
-    def _send(self, method: str, request: Any, *, retry_safe: bool) -> Any:
-        """`AsyncClient._send`, blocking."""
-        call = getattr(self._stub, method)
-        tries = Attempts(self._submit_retry if retry_safe else None, self._timeout, self.absorbed)
+    def _run(self, call: Call[T]) -> T:
+        """`AsyncClient._run`, blocking."""
+        send = self._stubs.sender(call.rpc)
+        tries = Attempts(
+            self._submit_retry if call.retry_safe else None, self._timeout, self.absorbed
+        )
         while True:
             try:
-                return call(request, metadata=self._metadata, timeout=tries.next_timeout())
+                answer = send(call.request, metadata=self._metadata, timeout=tries.next_timeout())
+                return call.extract(answer)
             except grpc.RpcError as error:
-                wait = tries.after(error, method)
+                wait = tries.after(error, call.rpc.name)
                 if wait is None:
-                    raise
+                    raise from_rpc_error(error) from None
             time.sleep(wait)
 
-    @_mapped
-    def submit(
-        self, type: str, payload: Mapping[str, Any] | None = None, **options: Any
-    ) -> job_pb2.Job:
-        """`AsyncClient.submit`: a key of its own unless given (None: none), retried."""
-        request = submit_request(type, payload, **_keyed(options))
-        return self._send("SubmitJob", request, retry_safe=bool(request.idempotency_key)).job  # type: ignore[no-any-return]
-
-    @_mapped
-    def submit_many(
-        self,
-        requests: Sequence[pb.SubmitJobRequest],
-        *,
-        view: pb.JobView = pb.JOB_VIEW_BASIC,
-        idempotency_keys: bool = True,
-    ) -> builtins.list[job_pb2.Job]:
-        """`AsyncClient.submit_many`: a key per job unless given, retried; jobs without
-        their payloads unless `view` is `JOB_VIEW_FULL`."""
-        request = bulk_request(requests, view, idempotency_keys)
-        return list(self._send("SubmitJobs", request, retry_safe=_retry_safe(request)).jobs)
-
-    @_mapped
-    def get(self, job_id: str) -> job_pb2.Job:
-        return self._call("GetJob", pb.GetJobRequest(id=job_id)).job  # type: ignore[no-any-return]
-
-    @_mapped
-    def list(self, **filters: Any) -> pb.ListJobsResponse:
-        return self._call("ListJobs", pb.ListJobsRequest(**filters))  # type: ignore[no-any-return]
-
-    @_mapped
-    def cancel(self, job_id: str) -> job_pb2.Job:
-        return self._call("CancelJob", pb.CancelJobRequest(id=job_id)).job  # type: ignore[no-any-return]
-
-    @_mapped
-    def retry(self, job_id: str, max_attempts: int = 0) -> job_pb2.Job:
-        request = pb.RetryJobRequest(id=job_id, max_attempts=max_attempts)
-        return self._call("RetryJob", request).job  # type: ignore[no-any-return]
-
-    @_mapped
-    def result(self, job_id: str) -> pb.GetJobResultResponse:
-        return self._call("GetJobResult", pb.GetJobResultRequest(id=job_id))  # type: ignore[no-any-return]
-
-    @_mapped
-    def attempts(self, job_id: str) -> builtins.list[job_pb2.JobAttempt]:
-        return list(self._call("ListJobAttempts", pb.ListJobAttemptsRequest(id=job_id)).attempts)
-
-    # -- queues and workers (admin keys) ------------------------------------------------
-    @_mapped
-    def queue_stats(self, queue: str = "") -> builtins.list[queue_pb2.QueueStats]:
-        return list(self._call("GetQueueStats", pb.GetQueueStatsRequest(queue=queue)).queues)
-
-    @_mapped
-    def pause_queue(self, queue: str) -> queue_pb2.QueueStats:
-        return self._call("PauseQueue", pb.PauseQueueRequest(queue=queue)).queue  # type: ignore[no-any-return]
-
-    @_mapped
-    def resume_queue(self, queue: str) -> queue_pb2.QueueStats:
-        return self._call("ResumeQueue", pb.ResumeQueueRequest(queue=queue)).queue  # type: ignore[no-any-return]
-
-    @_mapped
-    def update_queue_limits(self, queue: str, **limits: Any) -> queue_pb2.QueueStats:
-        return self._call("UpdateQueueLimits", limits_request(queue, **limits)).queue  # type: ignore[no-any-return]
-
-    @_mapped
-    def workers(self, queue: str = "") -> builtins.list[queue_pb2.Worker]:
-        return list(self._call("ListWorkers", pb.ListWorkersRequest(queue=queue)).workers)
-
-    # -- schedules ----------------------------------------------------------------------
-    def _schedule_call(self, method: str, request: Any) -> Any:
-        try:
-            return getattr(self._schedules, method)(
-                request, metadata=self._metadata, timeout=self._timeout
+    def _stream(self, stream: Stream[T]) -> Iterator[T]:
+        """`AsyncClient._stream`, blocking, in a client span of its own."""
+        with tracing.client_stream_span(stream.rpc.path) as traced:
+            call = self._streams.sender(stream.rpc)(
+                stream.request, metadata=[*self._metadata, *traced]
             )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-
-    def create_schedule(self, schedule: spb.Schedule) -> spb.Schedule:
-        request = spb.CreateScheduleRequest(schedule=schedule)
-        return self._schedule_call("CreateSchedule", request).schedule  # type: ignore[no-any-return]
-
-    def get_schedule(self, schedule_id: str) -> spb.Schedule:
-        request = spb.GetScheduleRequest(id=schedule_id)
-        return self._schedule_call("GetSchedule", request).schedule  # type: ignore[no-any-return]
-
-    def list_schedules(self, **fields: Any) -> spb.ListSchedulesResponse:
-        request = spb.ListSchedulesRequest(**fields)
-        return self._schedule_call("ListSchedules", request)  # type: ignore[no-any-return]
-
-    def delete_schedule(self, schedule_id: str) -> None:
-        self._schedule_call("DeleteSchedule", spb.DeleteScheduleRequest(id=schedule_id))
-
-    def pause_schedule(self, schedule_id: str) -> spb.Schedule:
-        request = spb.PauseScheduleRequest(id=schedule_id)
-        return self._schedule_call("PauseSchedule", request).schedule  # type: ignore[no-any-return]
-
-    def resume_schedule(self, schedule_id: str) -> spb.Schedule:
-        request = spb.ResumeScheduleRequest(id=schedule_id)
-        return self._schedule_call("ResumeSchedule", request).schedule  # type: ignore[no-any-return]
-
-    def trigger_schedule(self, schedule_id: str) -> job_pb2.Job:
-        request = spb.TriggerScheduleRequest(id=schedule_id)
-        return self._schedule_call("TriggerSchedule", request).job  # type: ignore[no-any-return]
-
-    def watch(self, job_id: str, after_sequence: int = 0) -> Iterator[pb.WatchJobResponse]:
-        request = pb.WatchJobRequest(id=job_id, after_sequence=after_sequence)
-        with tracing.client_stream_span("/conveyor.v1.JobService/WatchJob") as traced:
-            call = self._streams.WatchJob(request, metadata=[*self._metadata, *traced])
             try:
                 yield from call
             except grpc.RpcError as exc:
                 raise from_rpc_error(exc) from None
             finally:
                 call.cancel()
+
+    submit = _blocking(_Calls.submit)
+    submit_many = _blocking(_Calls.submit_many)
+    get = _blocking(_Calls.get)
+    list = _blocking(_Calls.list)
+    cancel = _blocking(_Calls.cancel)
+    retry = _blocking(_Calls.retry)
+    result = _blocking(_Calls.result)
+    attempts = _blocking(_Calls.attempts)
+    watch = _blocking_stream(_Calls.watch)
+    queue_stats = _blocking(_Calls.queue_stats)
+    pause_queue = _blocking(_Calls.pause_queue)
+    resume_queue = _blocking(_Calls.resume_queue)
+    update_queue_limits = _blocking(_Calls.update_queue_limits)
+    workers = _blocking(_Calls.workers)
+    create_schedule = _blocking(_Calls.create_schedule)
+    get_schedule = _blocking(_Calls.get_schedule)
+    list_schedules = _blocking(_Calls.list_schedules)
+    delete_schedule = _blocking(_Calls.delete_schedule)
+    pause_schedule = _blocking(_Calls.pause_schedule)
+    resume_schedule = _blocking(_Calls.resume_schedule)
+    trigger_schedule = _blocking(_Calls.trigger_schedule)
