@@ -584,8 +584,8 @@ def create_time_range(
     """ListJobs' create_time bounds [start, end) (None: unset) as epoch ms: each the first
     millisecond at or after it. Job create times are whole milliseconds, so comparing them
     with these compares them with the Timestamps exactly, sub-millisecond bounds included.
-    A Timestamp protobuf holds invalid, or an end before the start, is INVALID_ARGUMENT;
-    an end equal to the start is an empty range."""
+    An invalid Timestamp (nanos out of range, outside years 1-9999) or an end before the
+    start is INVALID_ARGUMENT; an end equal to the start is an empty range."""
     bad = [
         FieldViolation(field, "is not a valid Timestamp (years 1-9999, nanos 0-999999999)")
         for field, bound in (("create_time_start", start), ("create_time_end", end))

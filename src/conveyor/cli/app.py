@@ -370,10 +370,10 @@ def list_jobs(
     queue: Annotated[str, typer.Option()] = "",
     type: Annotated[str, typer.Option("--type")] = "",
     created_after: Annotated[
-        str, typer.Option(help="Only jobs created at or after this time (ISO 8601, UTC).")
+        str, typer.Option(help="Only jobs created at or after this (ISO 8601; no offset: UTC).")
     ] = "",
     created_before: Annotated[
-        str, typer.Option(help="Only jobs created before this time (ISO 8601, UTC).")
+        str, typer.Option(help="Only jobs created before this (ISO 8601; no offset: UTC).")
     ] = "",
     page_size: Annotated[int, typer.Option(help="Jobs per page.")] = 20,
     page_token: Annotated[str, typer.Option(help="From a previous page.")] = "",
