@@ -77,7 +77,7 @@ async def _serve(settings: Settings, metrics: ApiMetrics, stopping: StopSignals)
         server.add(job_service_pb2_grpc.add_JobServiceServicer_to_server, servicer)
         server.add(
             api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server,
-            ApiKeyServicer(auth, keys),
+            ApiKeyServicer(auth, keys, ops.page_tokens),
         )
         server.add(
             schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from conveyor.db.keys import KeyStore, StoredKey, parse_key_id
+from conveyor.api.pagetokens import PageTokens, page_limit
+from conveyor.db.keys import MAX_LISTED, KeyCursor, KeyStore, StoredKey, parse_key_id
 from conveyor.errors import FieldViolation, InvalidArgument, NotFound
 from conveyor.server.auth import Authenticator, Principal, Role
 from conveyor.server.grpcserver import unary
@@ -70,10 +71,25 @@ def _check_owner(owner: str, field: str, *, required: bool) -> list[FieldViolati
     return []
 
 
+def _key_cursor(key: StoredKey) -> str:
+    """Where a page of keys ends, in the listing's order (see `KeyStore.list_keys`)."""
+    return f"{key.create_time}/{key.id}"
+
+
+def _parse_key_cursor(text: str) -> KeyCursor | None:
+    create_time, _, key_id = text.partition("/")
+    parsed = parse_key_id(key_id)
+    if parsed is None or not (create_time.isascii() and create_time.isdigit()):
+        return None
+    return int(create_time), parsed
+
+
 class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
-    def __init__(self, auth: Authenticator, keys: KeyStore) -> None:
+    def __init__(self, auth: Authenticator, keys: KeyStore, page_tokens: PageTokens) -> None:
         self.auth = auth
         self.keys = keys
+        # The API's signer of page tokens (the one JobOperations holds).
+        self.page_tokens = page_tokens
 
     @unary
     async def CreateApiKey(
@@ -98,10 +114,19 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         bad = _check_owner(request.owner, "owner", required=False)
         if bad:
             raise InvalidArgument(bad)
-        found = await self.keys.list_keys(
-            request.owner or None, include_revoked=request.include_revoked
+        limit = page_limit(request.page_size, MAX_LISTED)
+        owner, revoked = request.owner or None, request.include_revoked
+
+        async def fetch(count: int, before: KeyCursor | None) -> list[StoredKey]:
+            return await self.keys.list_keys(
+                owner, include_revoked=revoked, limit=count, before=before
+            )
+
+        scope = ["api-keys", principal.owner, request.owner, revoked]
+        found, token = await self.page_tokens.page_by(
+            scope, request.page_token, limit, fetch, _key_cursor, _parse_key_cursor
         )
-        return pb.ListApiKeysResponse(keys=[key_proto(k) for k in found])
+        return pb.ListApiKeysResponse(keys=[key_proto(k) for k in found], next_page_token=token)
 
     @unary
     async def RevokeApiKey(

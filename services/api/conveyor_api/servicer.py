@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
-from conveyor.api.jobs import JobOperations, ListFilter
+from google.protobuf.message import Message
+
+from conveyor.api.jobs import JobOperations, ListFilter, create_time_range
 from conveyor.api.queues import QueueAdmin
 from conveyor.api.results import Results
 from conveyor.config import Settings
@@ -13,8 +15,8 @@ from conveyor.jobs.model import MAX_BULK, JobSpec, JobState, spec_from_proto
 from conveyor.server.auth import Authenticator, Principal
 from conveyor.server.grpcserver import streaming, unary
 from conveyor.telemetry.metrics import ApiMetrics
-from conveyor.v1 import job_pb2, job_service_pb2_grpc
 from conveyor.v1 import job_service_pb2 as pb
+from conveyor.v1 import job_service_pb2_grpc
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -85,11 +87,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             state = JobState(request.state) if request.state else None
         except ValueError:
             raise InvalidArgument([FieldViolation("state", "is not a JobState")]) from None
+        start, end = create_time_range(
+            request.create_time_start if request.HasField("create_time_start") else None,
+            request.create_time_end if request.HasField("create_time_end") else None,
+        )
         filt = ListFilter(
             state=state,
             queue=request.queue or None,
             type=request.type or None,
             owner=request.owner or None,
+            create_time_start=start,
+            create_time_end=end,
         )
         jobs, token = await self.ops.list_jobs(
             principal, filt, request.page_size, request.page_token
@@ -127,8 +135,14 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListJobAttempts(
         self, request: pb.ListJobAttemptsRequest, principal: Principal
     ) -> pb.ListJobAttemptsResponse:
-        attempts = await self.ops.attempts(principal, request.id)
-        return pb.ListJobAttemptsResponse(attempts=[a.to_proto() for a in attempts])
+        attempts, token = await self.ops.attempts(
+            principal, request.id, request.page_size, request.page_token
+        )
+        protos = [a.to_proto() for a in attempts]
+        fit = _fitting(protos, self.max_page_bytes)
+        if fit < len(protos):  # cut short by size, as ListJobs (tracebacks run to 8000 chars)
+            token = await self.ops.attempts_token_after(principal, request.id, attempts[fit - 1])
+        return pb.ListJobAttemptsResponse(attempts=protos[:fit], next_page_token=token)
 
     @unary
     async def GetJobResult(
@@ -191,16 +205,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 PAGE_OVERHEAD_BYTES = 4096
 
 
-def _fitting(jobs: list[job_pb2.Job], max_bytes: int) -> int:
-    """How many of `jobs` fit in a ListJobs response of `max_bytes` (at least one, so that
-    a listing always moves on; a job is never larger than the message limit)."""
+def _fitting(items: Sequence[Message], max_bytes: int) -> int:
+    """How many of `items` (jobs, attempts) fit in a list response of `max_bytes` (at
+    least one, so that a listing always moves on; an item is never larger than the message
+    limit)."""
     used = PAGE_OVERHEAD_BYTES
-    for count, job in enumerate(jobs):
-        size = job.ByteSize()
+    for count, item in enumerate(items):
+        size = item.ByteSize()
         used += size + 1 + _varint_size(size)  # field tag and length prefix
         if used > max_bytes:
             return max(count, 1)
-    return len(jobs)
+    return len(items)
 
 
 def _varint_size(value: int) -> int:

@@ -39,15 +39,17 @@ class HasId(Protocol):
 
 
 T = TypeVar("T", bound=HasId)
+U = TypeVar("U")  # an item of a listing in any keyset order
+C = TypeVar("C")  # its cursor, as the store reads it
 
 
-def page_limit(page_size: int) -> int:
-    """How many items a page of `page_size` holds (0: the default), or INVALID_ARGUMENT."""
+def page_limit(page_size: int, default: int = DEFAULT_PAGE_SIZE) -> int:
+    """How many items a page of `page_size` holds (0: `default`), or INVALID_ARGUMENT."""
     if not 0 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidArgument(
             [FieldViolation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")]
         )
-    return page_size or DEFAULT_PAGE_SIZE
+    return page_size or default
 
 
 class PageTokens:
@@ -95,11 +97,37 @@ class PageTokens:
     ) -> tuple[list[T], str]:
         """One page of a keyset listing newest first by id: `fetch(n, before_id)` reads up
         to n items; the page is `limit` of them and the token of the next ("" if last)."""
-        before = await self.decode(token, scope) if token else None
-        if before is not None and not valid_job_id(before):
-            raise InvalidArgument([FieldViolation("page_token", "is not a valid cursor")])
-        found = list(await fetch(limit + 1, before))
+        return await self.page_by(scope, token, limit, fetch, _id_of, _job_id_cursor)
+
+    async def page_by(
+        self,
+        scope: list[Any],
+        token: str,
+        limit: int,
+        fetch: Callable[[int, C | None], Awaitable[Sequence[U]]],
+        cursor_of: Callable[[U], str],
+        parse: Callable[[str], C | None],
+    ) -> tuple[list[U], str]:
+        """One page of any keyset listing: `fetch(n, after)` reads up to n items past the
+        cursor `after` (None: from the start) in the listing's order, which must be unique
+        so that a cursor names one place. `cursor_of(item)` writes the cursor a page ends
+        on into its token, and `parse` reads it back (None: not a cursor of this listing,
+        INVALID_ARGUMENT like any other token the listing did not issue)."""
+        after = None
+        if token:
+            after = parse(await self.decode(token, scope))
+            if after is None:
+                raise InvalidArgument([FieldViolation("page_token", "is not a valid cursor")])
+        found = list(await fetch(limit + 1, after))
         if len(found) <= limit:
             return found, ""
         found = found[:limit]
-        return found, await self.encode(found[-1].id, scope)
+        return found, await self.encode(cursor_of(found[-1]), scope)
+
+
+def _id_of(item: HasId) -> str:
+    return item.id
+
+
+def _job_id_cursor(value: str) -> str | None:
+    return value if valid_job_id(value) else None

@@ -14,7 +14,15 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from conveyor.cli.artifacts import artifacts, download
-from conveyor.cli.common import AddrOption, JsonFlag, err, fail, message_dict, parse_payload
+from conveyor.cli.common import (
+    AddrOption,
+    JsonFlag,
+    err,
+    fail,
+    message_dict,
+    parse_payload,
+    parse_time,
+)
 from conveyor.cli.common import client as client_for
 from conveyor.cli.queues import queues_app, workers
 from conveyor.cli.schedules import schedules_app
@@ -163,8 +171,8 @@ def keys_list(
     all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """List API keys (never their secrets), newest first."""
-    found = _with_keys(lambda _, keys: keys.list_keys(owner or None, include_revoked=all_keys))
+    """List API keys (never their secrets), newest first: all of them, a page at a time."""
+    found = _with_keys(lambda _, keys: _all_keys(keys, owner or None, all_keys))
     if as_json:
         print(json.dumps([_key_dict(k) for k in found]))
         return
@@ -245,6 +253,21 @@ def _with_keys(action: Callable[[Any, Any], Awaitable[T]]) -> T:
             await db.close()
 
     return asyncio.run(run())
+
+
+async def _all_keys(keys: Any, owner: str | None, include_revoked: bool) -> list[Any]:
+    """Every key the listing holds, walking the store's pages (a page is at most
+    MAX_LISTED keys; before pages this command stopped there)."""
+    from conveyor.db.keys import MAX_LISTED
+
+    found: list[Any] = []
+    before = None
+    while True:
+        page = await keys.list_keys(owner, include_revoked=include_revoked, before=before)
+        found += page
+        if len(page) < MAX_LISTED:
+            return found
+        before = (page[-1].create_time, page[-1].id)
 
 
 def _key_dict(key: Any) -> dict[str, Any]:
@@ -346,12 +369,19 @@ def list_jobs(
     state: Annotated[str, typer.Option(help="e.g. RUNNING or JOB_STATE_RUNNING.")] = "",
     queue: Annotated[str, typer.Option()] = "",
     type: Annotated[str, typer.Option("--type")] = "",
+    created_after: Annotated[
+        str, typer.Option(help="Only jobs created at or after this (ISO 8601; no offset: UTC).")
+    ] = "",
+    created_before: Annotated[
+        str, typer.Option(help="Only jobs created before this (ISO 8601; no offset: UTC).")
+    ] = "",
     page_size: Annotated[int, typer.Option(help="Jobs per page.")] = 20,
     page_token: Annotated[str, typer.Option(help="From a previous page.")] = "",
     addr: AddrOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List your jobs, newest first."""
+    """List your jobs, newest first. A time without an offset is UTC; --created-after is
+    inclusive and --created-before exclusive, so consecutive ranges do not overlap."""
     state_value = 0
     if state:
         name = state.upper()
@@ -360,8 +390,10 @@ def list_jobs(
             err.print(f"unknown state {state!r}")
             raise typer.Exit(2)
         state_value = job_pb2.JobState.Value(name)
+    start = parse_time(created_after, "--created-after")
+    end = parse_time(created_before, "--created-before")
     _list(addr, as_json, state=state_value, queue=queue, type=type, page_size=page_size,
-          page_token=page_token)  # fmt: skip
+          page_token=page_token, create_time_start=start, create_time_end=end)  # fmt: skip
 
 
 @dead_app.command("list")

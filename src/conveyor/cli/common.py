@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -45,6 +46,18 @@ def call(addr: str | None, action: Callable[[Any], T]) -> T:
             return action(c)
         except ConveyorError as exc:
             fail(exc)
+
+
+def parse_time(text: str, option: str) -> datetime | None:
+    """An ISO 8601 option's time (UTC unless it names an offset; "": unset), or exit 2
+    saying what is wrong with it."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        err.print(f"{option} is not an ISO 8601 time: {text!r}")
+        raise typer.Exit(2) from None
 
 
 def parse_payload(text: str) -> dict[str, Any]:

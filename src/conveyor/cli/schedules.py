@@ -4,12 +4,19 @@ one job, however many schedulers run."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Annotated
 
 import typer
 
-from conveyor.cli.common import AddrOption, JsonFlag, call, err, message_dict, parse_payload
+from conveyor.cli.common import (
+    AddrOption,
+    JsonFlag,
+    call,
+    err,
+    message_dict,
+    parse_payload,
+    parse_time,
+)
 from conveyor.v1 import schedule_service_pb2 as pb
 
 schedules_app = typer.Typer(
@@ -29,16 +36,6 @@ def _print(schedule: pb.Schedule, as_json: bool) -> None:
     upcoming = ", ".join(t.ToDatetime().isoformat() + "Z" for t in schedule.next_run_times[:3])
     state = "PAUSED" if schedule.paused else f"next: {upcoming or 'none (over)'}"
     print(f"{schedule.id}  {schedule.job_template.type:<16} {timing}  {state}")
-
-
-def _time(text: str, option: str) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        err.print(f"{option} is not an ISO 8601 time: {text!r}")
-        raise typer.Exit(2) from None
 
 
 @schedules_app.command("create")
@@ -74,8 +71,8 @@ def create(
         time_zone=tz,
         catch_up=catch_up,
         catch_up_limit=catch_up_limit,
-        start=_time(start, "--start"),
-        end=_time(end, "--end"),
+        start=parse_time(start, "--start"),
+        end=parse_time(end, "--end"),
         description=description,
         queue=queue,
         priority=priority,

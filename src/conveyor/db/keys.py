@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, literal, select, tuple_, update
 
 from conveyor.db.database import Database
 from conveyor.db.jobs import unavailable_on_db_errors
@@ -15,6 +15,8 @@ from conveyor.jobs.model import new_job_id, now_ms
 
 _KEYS = cast(Table, ApiKeyRow.__table__)
 MAX_LISTED = 1000
+# Where a listing of keys stands: the last key's (create_time, id).
+KeyCursor = tuple[int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +113,24 @@ class KeyStore:
         return _key(row) if row is not None else None
 
     async def list_keys(
-        self, owner: str | None = None, *, include_revoked: bool = False
+        self,
+        owner: str | None = None,
+        *,
+        include_revoked: bool = False,
+        limit: int = MAX_LISTED,
+        before: KeyCursor | None = None,
     ) -> list[StoredKey]:
-        """Keys, newest first (at most MAX_LISTED)."""
-        stmt = select(_KEYS).order_by(_KEYS.c.create_time.desc()).limit(MAX_LISTED)
+        """Keys, newest first: by create_time, then id (key ids are random, and two keys
+        may share a millisecond), so that a cursor names one place. `before`: only keys
+        after that one in this order (a keyset cursor, on the index of migration 0007)."""
+        order = (_KEYS.c.create_time, _KEYS.c.id)
+        stmt = select(_KEYS).order_by(*(c.desc() for c in order)).limit(limit)
         if owner:
             stmt = stmt.where(_KEYS.c.owner == owner)
         if not include_revoked:
             stmt = stmt.where(_KEYS.c.revoke_time.is_(None))
+        if before is not None:
+            stmt = stmt.where(tuple_(*order) < tuple_(literal(before[0]), literal(before[1])))
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             return [_key(row) for row in await conn.execute(stmt)]
 

@@ -143,6 +143,11 @@ class ApiKeyRow(Base):
     """An API key, stored as the HMAC-SHA256 digest of its secret (see conveyor.server.auth)."""
 
     __tablename__ = "api_keys"
+    __table_args__ = (
+        # ListApiKeys: newest first by (create_time, id), every owner's or one's (0007).
+        Index("ix_api_keys_create_time_id", "create_time", "id"),
+        Index("ix_api_keys_owner_create_time_id", "owner", "create_time", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)

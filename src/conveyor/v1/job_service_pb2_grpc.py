@@ -164,7 +164,7 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobAttempts(self, request, context):
-        """Lists the recorded attempts of a job, oldest first.
+        """Lists the recorded attempts of a job, oldest first, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
