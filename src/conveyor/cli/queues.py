@@ -104,8 +104,11 @@ def limits(
     }
     named = {name: value for name, value in given.items() if value is not None}
     if not named:
-        [current] = call(addr, lambda c: c.queue_stats(queue))
-        print(json.dumps(message_dict(current)) if as_json else _describe_limits(current))
+        found = call(addr, lambda c: c.queue_stats(queue))
+        if as_json:
+            _print(found, as_json)
+        else:
+            print(_describe_limits(found[0]))
         err.print(
             f"change them with: conveyor queues limits {queue} [--max-running N] "
             "[--max-per-owner N] [--rate N --per SECONDS] (the options given change, "
