@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.protobuf.duration_pb2 import Duration
 
 from conveyor.client import AsyncClient
 from conveyor.errors import InvalidArgument, from_rpc_error
@@ -22,6 +21,7 @@ from conveyor.v1 import job_service_pb2 as jpb
 from conveyor.v1 import queue_pb2
 from conveyor.v1.api_key_service_pb2_grpc import ApiKeyServiceStub
 from conveyor.v1.job_service_pb2_grpc import JobServiceStub
+from tests.e2e.test_grpcurl import grpcurl
 from tests.processes import Keys, Stack
 
 QUEUE_PATHS = "max_running, rate_jobs, rate_interval, max_running_per_owner"
@@ -39,28 +39,37 @@ class Admin:
 
     async def queue_limits(self, request: jpb.UpdateQueueLimitsRequest) -> queue_pb2.QueueLimits:
         try:
-            reply = await self.jobs.UpdateQueueLimits(request, metadata=self.metadata, timeout=10)
+            reply: jpb.UpdateQueueLimitsResponse = await self.jobs.UpdateQueueLimits(
+                request, metadata=self.metadata, timeout=10
+            )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         return reply.queue.limits
 
     async def key_limits(self, request: kpb.UpdateApiKeyLimitsRequest) -> kpb.ApiKey:
         try:
-            reply = await self.keys.UpdateApiKeyLimits(request, metadata=self.metadata, timeout=10)
+            reply: kpb.UpdateApiKeyLimitsResponse = await self.keys.UpdateApiKeyLimits(
+                request, metadata=self.metadata, timeout=10
+            )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         return reply.key
 
     async def new_key(self) -> str:
         request = kpb.CreateApiKeyRequest(owner=f"mask-{uuid.uuid4().hex[:8]}")
-        made = await self.keys.CreateApiKey(request, metadata=self.metadata, timeout=10)
+        made: kpb.CreateApiKeyResponse = await self.keys.CreateApiKey(
+            request, metadata=self.metadata, timeout=10
+        )
         self.owners[made.key.id] = made.key.owner
         return made.key.id
 
     async def key(self, key_id: str) -> kpb.ApiKey:
         """A key as stored now (ListApiKeys of its owner: there is no GetApiKey)."""
         request = kpb.ListApiKeysRequest(owner=self.owners[key_id])
-        [key] = (await self.keys.ListApiKeys(request, metadata=self.metadata, timeout=10)).keys
+        listed: kpb.ListApiKeysResponse = await self.keys.ListApiKeys(
+            request, metadata=self.metadata, timeout=10
+        )
+        [key] = listed.keys
         return key
 
 
@@ -87,13 +96,13 @@ def limits_of(limits: queue_pb2.QueueLimits) -> tuple[int, int, int, int]:
 
 
 def queue_request(
-    queue: str, paths: list[str] | None, **limits: int
+    queue: str, paths: list[str] | None, *, max_running: int = 0, max_running_per_owner: int = 0
 ) -> jpb.UpdateQueueLimitsRequest:
-    request = jpb.UpdateQueueLimitsRequest(queue=queue)
-    interval_ms = limits.pop("rate_interval_ms", 0)
-    request.limits.CopyFrom(queue_pb2.QueueLimits(**limits))
-    if interval_ms:
-        request.limits.rate_interval.CopyFrom(Duration(seconds=interval_ms // 1000))
+    """A raw request, with the mask `paths` (None: no mask, as clients before masks send)."""
+    limits = queue_pb2.QueueLimits(
+        max_running=max_running, max_running_per_owner=max_running_per_owner
+    )
+    request = jpb.UpdateQueueLimitsRequest(queue=queue, limits=limits)
     if paths is not None:
         request.update_mask.paths.extend(paths)
     return request
@@ -275,6 +284,7 @@ def test_the_queue_limits_command_changes_only_the_options_given(stack: Stack, k
     set_all = ("--max-running", "3", "--max-per-owner", "2", "--rate", "5", "--per", "2")
     expected = {"max_running": 3, "max_running_per_owner": 2, "rate_jobs": 5, "rate_interval": "2s"}
     assert limits(*set_all) == expected
+    assert limits() == expected
     shown = stack.cli("queues", "limits", queue, key=keys.admin)
     assert shown.stdout.strip() == f"{queue}: max_running=3 max_per_owner=2 rate=5 per 2s"
     assert "--max-running N" in shown.stderr
@@ -295,6 +305,7 @@ def test_the_key_limits_command_changes_only_the_options_given(stack: Stack) -> 
 
     both = ("--submit-rate", "10", "--read-rate", "20", "--read-burst", "40")
     assert limits(*both) == {"submit_limit": [10, 10], "read_limit": [20, 40], "max_running": 0}
+    assert limits() == {"submit_limit": [10, 10], "read_limit": [20, 40], "max_running": 0}
     shown = stack.cli("keys", "limits", made["id"])
     assert shown.stdout.strip() == (
         f"{made['id']}: submit_limit=10/s burst 10 read_limit=20/s burst 40 max_running=none"
@@ -308,3 +319,19 @@ def test_the_key_limits_command_changes_only_the_options_given(stack: Stack) -> 
     }  # fmt: skip
     lonely = stack.cli("keys", "limits", made["id"], "--read-burst", "5", check=False)
     assert lonely.returncode == 2 and "--read-burst needs --read-rate" in lonely.stderr
+
+
+def test_grpcurl_sends_the_mask_as_the_proto_comments_say(stack: Stack, keys: Keys) -> None:
+    """Guards the grpcurl example of the proto comments: the mask as an object of snake_case
+    `paths` (grpcurl 1.8 refuses proto3's canonical string form, "maxRunningPerOwner")."""
+    queue = new_queue()
+    method = "conveyor.v1.JobService/UpdateQueueLimits"
+    first = {"queue": queue, "limits": {"max_running": 3, "rate_jobs": 5, "rate_interval": "2s"}}
+    then = {"queue": queue, "limits": {"max_running_per_owner": 2},
+            "update_mask": {"paths": ["max_running_per_owner"]}}  # fmt: skip
+    for body in (first, then):
+        out = grpcurl(stack, "-d", json.dumps(body), stack.api_addr, method, key=keys.admin)
+        assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["queue"]["limits"] == {
+        "max_running": 3, "rate_jobs": 5, "rate_interval": "2s", "max_running_per_owner": 2
+    }  # fmt: skip
