@@ -5,7 +5,16 @@ from __future__ import annotations
 import re
 
 from conveyor.api.pagetokens import PageTokens, page_limit
-from conveyor.db.keys import MAX_LISTED, KeyCursor, KeyStore, StoredKey, parse_key_id
+from conveyor.api.update_mask import named_fields
+from conveyor.db.keys import (
+    LIMIT_FIELDS,
+    MAX_LISTED,
+    KeyCursor,
+    KeyLimits,
+    KeyStore,
+    StoredKey,
+    parse_key_id,
+)
 from conveyor.errors import FieldViolation, InvalidArgument, NotFound
 from conveyor.server.auth import Authenticator, Principal, Role
 from conveyor.server.grpcserver import unary
@@ -54,6 +63,22 @@ def _limit(
         if not 0 <= value <= MAX_RATE:  # NaN fails too
             bad.append(FieldViolation(f"{field}.{name}", f"must be 0 to {MAX_RATE:g}"))
     return limit.per_second, limit.burst or limit.per_second
+
+
+def _requested_limits(request: pb.UpdateApiKeyLimitsRequest, named: frozenset[str]) -> KeyLimits:
+    """The limits the request's mask names, validated (INVALID_ARGUMENT naming each bad
+    field); the fields it does not name are not read."""
+    bad: list[FieldViolation] = []
+    limits = KeyLimits(
+        submit_limit=_limit(request, "submit_limit", bad) if "submit_limit" in named else None,
+        read_limit=_limit(request, "read_limit", bad) if "read_limit" in named else None,
+        max_running_jobs=request.max_running_jobs,
+    )
+    if "max_running_jobs" in named and not 0 <= limits.max_running_jobs <= MAX_RUNNING_JOBS:
+        bad.append(FieldViolation("max_running_jobs", f"must be 0-{MAX_RUNNING_JOBS}"))
+    if bad:
+        raise InvalidArgument(bad)
+    return limits
 
 
 def _key_id(value: str) -> str:
@@ -144,14 +169,8 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
     ) -> pb.UpdateApiKeyLimitsResponse:
         principal.require_admin()
         key_id = _key_id(request.id)
-        bad: list[FieldViolation] = []
-        submit = _limit(request, "submit_limit", bad)
-        read = _limit(request, "read_limit", bad)
-        if not 0 <= request.max_running_jobs <= MAX_RUNNING_JOBS:
-            bad.append(FieldViolation("max_running_jobs", f"must be 0-{MAX_RUNNING_JOBS}"))
-        if bad:
-            raise InvalidArgument(bad)
-        updated = await self.keys.set_limits(key_id, submit, read, request.max_running_jobs)
+        named = named_fields(request, LIMIT_FIELDS)
+        updated = await self.keys.set_limits(key_id, _requested_limits(request, named), named)
         if updated is None:
             raise NotFound(f"API key {request.id} not found")
         return pb.UpdateApiKeyLimitsResponse(key=key_proto(updated))

@@ -9,9 +9,11 @@ from google.protobuf.message import Message
 from conveyor.api.jobs import JobOperations, ListFilter, create_time_range
 from conveyor.api.queues import QueueAdmin
 from conveyor.api.results import Results
+from conveyor.api.update_mask import named_fields
 from conveyor.config import Settings
 from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.jobs.model import MAX_BULK, JobSpec, JobState, spec_from_proto
+from conveyor.jobs.queues import LIMIT_FIELDS, LimitChange
 from conveyor.server.auth import Authenticator, Principal
 from conveyor.server.grpcserver import streaming, unary
 from conveyor.telemetry.metrics import ApiMetrics
@@ -182,15 +184,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def UpdateQueueLimits(
         self, request: pb.UpdateQueueLimitsRequest, principal: Principal
     ) -> pb.UpdateQueueLimitsResponse:
-        limits = request.limits
-        stats = await self.queues.set_limits(
-            principal,
-            request.queue,
-            max_running=limits.max_running,
-            rate_jobs=limits.rate_jobs,
-            rate_interval_ms=limits.rate_interval.ToMilliseconds(),
-            max_running_per_owner=limits.max_running_per_owner,
-        )
+        principal.require_admin()  # first: a user's call is refused before it is read
+        change = LimitChange.from_proto(request.limits, named_fields(request, LIMIT_FIELDS))
+        stats = await self.queues.set_limits(principal, request.queue, change)
         return pb.UpdateQueueLimitsResponse(queue=stats.to_proto())
 
     @unary

@@ -1,19 +1,23 @@
 """What an admin does to queues and sees of workers: PauseQueue, ResumeQueue,
 UpdateQueueLimits, GetQueueStats, ListWorkers (see `conveyor.jobs.queues` for the rules).
 
-Every change goes to the database first and then to Redis, in that order, so a change the
-caller was told about is never lost: if Redis cannot be reached the call is UNAVAILABLE,
-but the stored settings reach Redis on the reconciler's next pass.
+Every change is one database transaction that holds the queue's row locked while it reads
+the settings, changes them, writes them and copies them to Redis, then commits: concurrent
+changes (two admins setting different limits, a pause beside a new limit) are served one
+after the other and none is lost, in the database or in Redis. If Redis cannot be reached
+the call is UNAVAILABLE and nothing changes; if the commit fails after the copy, the
+reconciler's next pass puts the stored settings back in Redis.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 from conveyor.api.known_names import NameCache
 from conveyor.db.queues import QueueStore
-from conveyor.jobs.queues import QueueSettings, QueueStats, check_queue_name
+from conveyor.jobs.queues import LimitChange, QueueSettings, QueueStats, check_queue_name
 from conveyor.redis import RedisQueue
 from conveyor.redis.workers import WorkerInfo, WorkerRegistry
 from conveyor.server.auth import Principal
@@ -32,48 +36,32 @@ class QueueAdmin:
         self.names = names
 
     async def pause(self, principal: Principal, name: str) -> QueueStats:
-        return await self._change(principal, name, paused=True)
+        return await self._update(principal, name, lambda current: replace(current, paused=True))
 
     async def resume(self, principal: Principal, name: str) -> QueueStats:
-        return await self._change(principal, name, paused=False)
+        return await self._update(principal, name, lambda current: replace(current, paused=False))
 
-    async def set_limits(
-        self,
-        principal: Principal,
-        name: str,
-        *,
-        max_running: int,
-        rate_jobs: int,
-        rate_interval_ms: int,
-        max_running_per_owner: int = 0,
+    async def set_limits(self, principal: Principal, name: str, change: LimitChange) -> QueueStats:
+        """Change the limits `change` names and keep the queue's others."""
+        return await self._update(principal, name, change.applied_to)
+
+    async def _update(
+        self, principal: Principal, name: str, change: Callable[[QueueSettings], QueueSettings]
     ) -> QueueStats:
-        current = await self._current(principal, name)
-        wanted = current.with_limits(
-            max_running, rate_jobs, rate_interval_ms, max_running_per_owner
-        )
-        return await self._apply(wanted)
-
-    async def _change(self, principal: Principal, name: str, *, paused: bool) -> QueueStats:
-        current = await self._current(principal, name)
-        return await self._apply(replace(current, paused=paused))
-
-    async def _current(self, principal: Principal, name: str) -> QueueSettings:
-        """The settings an admin is about to change."""
+        """Apply `change` to the queue's stored settings with their row locked, so that
+        concurrent changes (a pause and a new limit, two limits) all land."""
         principal.require_admin()
-        return await self.store.get(check_queue_name(name))
-
-    async def _apply(self, settings: QueueSettings) -> QueueStats:
-        await self.store.put(settings)
-        await self.queue.configure(settings)
+        settings = await self.store.update(check_queue_name(name), change, self.queue.configure)
         if self.names is not None:
             self.names.forget()
         log.info(
-            "queue %s: paused=%s max_running=%d rate=%d/%dms",
+            "queue %s: paused=%s max_running=%d rate=%d/%dms max_running_per_owner=%d",
             settings.name,
             settings.paused,
             settings.max_running,
             settings.rate_jobs,
             settings.rate_interval_ms,
+            settings.max_running_per_owner,
         )
         return await self.queue.queue_stats(settings.name)
 

@@ -191,37 +191,90 @@ def keys_revoke(key_id: str, as_json: JsonFlag = False) -> None:
     print(json.dumps(_key_dict(revoked)) if as_json else f"revoked {revoked.id}")
 
 
+BURST_HELP = "at once (0: a second's worth); only beside its rate: a rate limit is set whole"
+
+
 @keys_app.command("limits")
 def keys_limits(
     key_id: str,
     submit_rate: Annotated[
-        float | None, typer.Option(help="Jobs a second (0: unlimited; unset: default).")
+        str | None, typer.Option(help="Jobs a second (0: unlimited; 'default': the server's).")
     ] = None,
-    submit_burst: Annotated[float, typer.Option(help="Jobs at once (0: a second's worth).")] = 0,
+    submit_burst: Annotated[float | None, typer.Option(help=f"Jobs {BURST_HELP}.")] = None,
     read_rate: Annotated[
-        float | None, typer.Option(help="Reads a second (0: unlimited; unset: default).")
+        str | None, typer.Option(help="Reads a second (0: unlimited; 'default': the server's).")
     ] = None,
-    read_burst: Annotated[float, typer.Option(help="Reads at once (0: a second's worth).")] = 0,
+    read_burst: Annotated[float | None, typer.Option(help=f"Reads {BURST_HELP}.")] = None,
     max_running: Annotated[
-        int, typer.Option(help="Jobs of this key running at once per queue (0: no cap).")
-    ] = 0,
+        int | None, typer.Option(help="Jobs of this key running at once per queue (0: no cap).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Set a key's limits; the rate limits left unset go back to the server's defaults."""
+    """Change the key's limits given as options and keep its others; with none given, show
+    its limits. A rate limit is set whole: --submit-rate alone sets a second's worth of burst."""
+    from conveyor.db.keys import KeyLimits
+
     key_id = _key_id(key_id)
-    values = [v for v in (submit_rate, submit_burst, read_rate, read_burst) if v is not None]
-    if any(not 0 <= v <= 1e9 for v in values):
-        err.print("rates and bursts must be between 0 and 1e9")
-        raise typer.Exit(2)
-    if not 0 <= max_running <= 1_000_000:
+    if max_running is not None and not 0 <= max_running <= 1_000_000:
         err.print("--max-running must be between 0 and 1000000")
         raise typer.Exit(2)
-    submit = None if submit_rate is None else (submit_rate, submit_burst or submit_rate)
-    read = None if read_rate is None else (read_rate, read_burst or read_rate)
-    updated = _with_keys(lambda _, keys: keys.set_limits(key_id, submit, read, max_running))
-    if updated is None:
+    limits = KeyLimits(
+        submit_limit=_rate_limit("submit", submit_rate, submit_burst),
+        read_limit=_rate_limit("read", read_rate, read_burst),
+        max_running_jobs=max_running or 0,
+    )
+    given = {"submit_limit": submit_rate, "read_limit": read_rate, "max_running_jobs": max_running}
+    named = [name for name, value in given.items() if value is not None]
+    if named:
+        found = _with_keys(lambda _, keys: keys.set_limits(key_id, limits, named))
+    else:
+        found = _with_keys(lambda _, keys: keys.get(key_id))
+    if found is None:
         _key_not_found(key_id)
-    print(json.dumps(_key_dict(updated)) if as_json else f"updated {updated.id}")
+    if as_json:
+        print(json.dumps(_key_dict(found)))
+    elif named:
+        print(f"updated {found.id}")
+    else:
+        _show_key_limits(found)
+
+
+def _show_key_limits(key: Any) -> None:
+    """What `conveyor keys limits ID` with no option prints: the limits and how to change them."""
+    print(
+        f"{key.id}: submit_limit={_rate_text(key.submit_limit)} "
+        f"read_limit={_rate_text(key.read_limit)} max_running={key.max_running or 'none'}"
+    )
+    err.print(
+        f"change them with: conveyor keys limits {key.id} [--submit-rate R [--submit-burst B]] "
+        "[--read-rate R [--read-burst B]] [--max-running N] (the options given change, the "
+        "others stay; a rate of 'default' gives the key the server's)"
+    )
+
+
+def _rate_limit(which: str, rate: str | None, burst: float | None) -> tuple[float, float] | None:
+    """A --submit-rate/--read-rate with its burst as (per second, burst); None for
+    'default' (or not given); exits 2 on a bad value."""
+    if rate is None and burst is not None:
+        err.print(f"--{which}-burst needs --{which}-rate: a rate limit is set whole")
+        raise typer.Exit(2)
+    if rate is None or rate == "default":
+        return None
+    try:
+        per_second = float(rate)
+    except ValueError:
+        err.print(f"--{which}-rate must be a number or 'default', not {rate!r}")
+        raise typer.Exit(2) from None
+    if not all(0 <= v <= 1e9 for v in (per_second, burst or 0)):
+        err.print("rates and bursts must be between 0 and 1e9")
+        raise typer.Exit(2)
+    return per_second, burst or per_second
+
+
+def _rate_text(limit: tuple[float, float] | None) -> str:
+    if limit is None:
+        return "default"
+    return f"{limit[0]:g}/s burst {limit[1]:g}" if limit[0] else "unlimited"
 
 
 def _key_id(text: str) -> str:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from conveyor.cli.common import AddrOption, JsonFlag, call, message_dict
+from conveyor.cli.common import AddrOption, JsonFlag, call, err, message_dict
 from conveyor.v1 import queue_pb2
 
 queues_app = typer.Typer(
@@ -77,31 +77,60 @@ def resume(queue: str, addr: AddrOption = None, as_json: JsonFlag = False) -> No
 def limits(
     queue: str,
     max_running: Annotated[
-        int, typer.Option(help="Jobs running at once over all workers (0: no cap).")
-    ] = 0,
+        int | None, typer.Option(help="Jobs running at once over all workers (0: no cap).")
+    ] = None,
     max_per_owner: Annotated[
-        int, typer.Option(help="Jobs of one owner running at once (0: no cap).")
-    ] = 0,
-    rate: Annotated[int, typer.Option(help="Jobs that may start per --per window (0: none).")] = 0,
-    per: Annotated[float, typer.Option(help="The rate window in seconds.")] = 1.0,
+        int | None,
+        typer.Option(help="Jobs of one owner running at once (0: the workers' default)."),
+    ] = None,
+    rate: Annotated[
+        int | None,
+        typer.Option(
+            help="Jobs that may start per --per window (0: none); alone, it keeps "
+            "the queue's window."
+        ),
+    ] = None,
+    per: Annotated[float | None, typer.Option(help="The rate window in seconds.")] = None,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Set the queue's limits (each call replaces both; 0 removes one)."""
-    _print(
-        [
-            call(
-                addr,
-                lambda c: c.update_queue_limits(
-                    queue,
-                    max_running=max_running,
-                    rate_jobs=rate,
-                    rate_interval=per,
-                    max_running_per_owner=max_per_owner,
-                ),
-            )
-        ],
-        as_json,
+    """Change the queue's limits given as options and keep its others (0 removes one);
+    with none given, show its limits."""
+    given = {
+        "max_running": max_running,
+        "max_running_per_owner": max_per_owner,
+        "rate_jobs": rate,
+        "rate_interval": per,
+    }
+    named = {name: value for name, value in given.items() if value is not None}
+    if not named:
+        found = call(addr, lambda c: c.queue_stats(queue))
+        if as_json:
+            _print(found, as_json)
+        else:
+            print(_describe_limits(found[0]))
+        err.print(
+            f"change them with: conveyor queues limits {queue} [--max-running N] "
+            "[--max-per-owner N] [--rate N --per SECONDS] (the options given change, "
+            "the others stay; 0 removes a limit)"
+        )
+        return
+    _print([call(addr, lambda c: c.update_queue_limits(queue, **named))], as_json)
+
+
+def _describe_limits(stats: queue_pb2.QueueStats) -> str:
+    """The queue's limits, every one (`none` where it has no such limit; a per-owner cap
+    left 0 is the workers' CONVEYOR_DEFAULT_MAX_RUNNING_PER_OWNER)."""
+    limits = stats.limits
+    rate = (
+        f"{limits.rate_jobs} per {limits.rate_interval.ToTimedelta().total_seconds():g}s"
+        if limits.rate_jobs
+        else "none"
+    )
+    return (
+        f"{stats.queue}: max_running={limits.max_running or 'none'} "
+        f"max_per_owner={limits.max_running_per_owner or 'default'} rate={rate}"
+        + ("  PAUSED" if stats.paused else "")
     )
 
 

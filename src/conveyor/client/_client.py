@@ -118,18 +118,31 @@ def retry_policy(
 def limits_request(
     queue: str,
     *,
-    max_running: int = 0,
-    rate_jobs: int = 0,
-    rate_interval: float = 0.0,
-    max_running_per_owner: int = 0,
+    max_running: int | None = None,
+    rate_jobs: int | None = None,
+    rate_interval: float | None = None,
+    max_running_per_owner: int | None = None,
 ) -> pb.UpdateQueueLimitsRequest:
-    """An UpdateQueueLimitsRequest; `rate_interval` in seconds. Zero removes a limit."""
+    """An UpdateQueueLimitsRequest that changes only the limits given (`rate_interval` in
+    seconds) and keeps the queue's others; 0 removes a limit. `rate_jobs` alone keeps the
+    queue's rate window (and is refused if it has none); give both to set a new rate limit.
+    Its update_mask names exactly the limits given (none given: the server refuses it)."""
     request = pb.UpdateQueueLimitsRequest(queue=queue)
-    request.limits.max_running = max_running
-    request.limits.max_running_per_owner = max_running_per_owner
-    request.limits.rate_jobs = rate_jobs
-    if rate_jobs:
-        request.limits.rate_interval.FromTimedelta(timedelta(seconds=rate_interval))
+    request.update_mask.SetInParent()
+    given = {
+        "max_running": max_running,
+        "rate_jobs": rate_jobs,
+        "rate_interval": rate_interval,
+        "max_running_per_owner": max_running_per_owner,
+    }
+    for name, value in given.items():
+        if value is None:
+            continue
+        request.update_mask.paths.append(name)
+        if name == "rate_interval":
+            request.limits.rate_interval.FromTimedelta(timedelta(seconds=value))
+        else:
+            setattr(request.limits, name, value)
     return request
 
 

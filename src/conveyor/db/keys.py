@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -32,6 +33,21 @@ class StoredKey:
     submit_limit: tuple[float, float] | None = None
     read_limit: tuple[float, float] | None = None
     max_running: int = 0  # jobs submitted with the key running at once per queue; 0: no cap
+
+
+# A key's own limits, by the names of UpdateApiKeyLimits' fields (its update_mask's paths).
+LIMIT_FIELDS = ("submit_limit", "read_limit", "max_running_jobs")
+_UNSET = (None, None)  # a rate limit's columns when it is the server's default
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """Limits to give a key (`KeyStore.set_limits` changes the ones it is told to)."""
+
+    # (per second, burst); None: the server's default.
+    submit_limit: tuple[float, float] | None = None
+    read_limit: tuple[float, float] | None = None
+    max_running_jobs: int = 0  # 0: no cap
 
 
 def parse_key_id(value: str) -> str | None:
@@ -146,25 +162,22 @@ class KeyStore:
         return await self.get(key_id)
 
     async def set_limits(
-        self,
-        key_id: str,
-        submit: tuple[float, float] | None,
-        read: tuple[float, float] | None,
-        max_running: int = 0,
+        self, key_id: str, limits: KeyLimits, named: Collection[str] = LIMIT_FIELDS
     ) -> StoredKey | None:
-        """Set a key's rate limit overrides (None: back to the server's default) and its
-        cap on running jobs (0: none)."""
-        stmt = (
-            update(_KEYS)
-            .where(_KEYS.c.id == key_id)
-            .values(
-                submit_per_second=submit[0] if submit else None,
-                submit_burst=submit[1] if submit else None,
-                read_per_second=read[0] if read else None,
-                read_burst=read[1] if read else None,
-                max_running=max_running,
-            )
-        )
+        """Set the limits of `limits` that `named` names and keep the key's others; None
+        if there is no such key. One UPDATE of the named columns only, so two admins
+        changing different limits at once both get theirs (the row lock the UPDATE takes
+        orders them; neither reads what the other writes)."""
+        values: dict[str, Any] = {}
+        if "submit_limit" in named:
+            values["submit_per_second"], values["submit_burst"] = limits.submit_limit or _UNSET
+        if "read_limit" in named:
+            values["read_per_second"], values["read_burst"] = limits.read_limit or _UNSET
+        if "max_running_jobs" in named:
+            values["max_running"] = limits.max_running_jobs
+        if not values:
+            return await self.get(key_id)
+        stmt = update(_KEYS).where(_KEYS.c.id == key_id).values(**values).returning(*_KEYS.c)
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
-            await conn.execute(stmt)
-        return await self.get(key_id)
+            row = (await conn.execute(stmt)).first()
+        return _key(row) if row is not None else None

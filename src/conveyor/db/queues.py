@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, update
 
 from conveyor.db.database import Database
 from conveyor.db.jobs import unavailable_on_db_errors
@@ -43,17 +44,37 @@ class QueueStore:
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             return [_settings(row) for row in await conn.execute(stmt)]
 
-    async def put(self, settings: QueueSettings) -> QueueSettings:
-        """Store the queue's settings, replacing what it had."""
-        values = {
-            "paused": settings.paused,
-            "max_running": settings.max_running,
-            "rate_jobs": settings.rate_jobs,
-            "rate_interval_ms": settings.rate_interval_ms,
-            "max_running_per_owner": settings.max_running_per_owner,
-            "update_time": now_ms(),
-        }
-        stmt = self.db.upsert(_QUEUES, {"name": settings.name, **values}, ["name"])
+    async def update(
+        self,
+        name: str,
+        change: Callable[[QueueSettings], QueueSettings],
+        publish: Callable[[QueueSettings], Awaitable[None]],
+    ) -> QueueSettings:
+        """Change the queue's settings in one transaction that holds its row locked: read
+        them, `change` them (it may raise, to change nothing), write them, `publish` them
+        (copy them to Redis) and commit. Two admins changing the queue at once are thus
+        served one after the other, the second seeing the first's change, and reach Redis
+        in the order they reach the database; a `publish` that fails changes nothing."""
+        # A queue without a row gets one first, so there is always a row to lock (two
+        # first changes at once would otherwise both start from the defaults).
+        blank = self.db.insert(_QUEUES).values(name=name, **_values(QueueSettings(name)))
+        locked = select(_QUEUES).where(_QUEUES.c.name == name).with_for_update()
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
-            await conn.execute(stmt)
-        return settings
+            await conn.execute(blank.on_conflict_do_nothing(index_elements=["name"]))
+            wanted = change(_settings((await conn.execute(locked)).one()))
+            write = update(_QUEUES).where(_QUEUES.c.name == name).values(**_values(wanted))
+            await conn.execute(write)
+            await publish(wanted)
+        return wanted
+
+
+def _values(settings: QueueSettings) -> dict[str, Any]:
+    """The row's columns other than its name."""
+    return {
+        "paused": settings.paused,
+        "max_running": settings.max_running,
+        "rate_jobs": settings.rate_jobs,
+        "rate_interval_ms": settings.rate_interval_ms,
+        "max_running_per_owner": settings.max_running_per_owner,
+        "update_time": now_ms(),
+    }

@@ -14,6 +14,7 @@ that interval.
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from conveyor.errors import FieldViolation, InvalidArgument
@@ -74,6 +75,50 @@ class QueueSettings:
         if self.rate_jobs:
             msg.rate_interval.FromMilliseconds(self.rate_interval_ms)
         return msg
+
+
+# The QueueLimits fields, which are the paths of UpdateQueueLimits' update_mask.
+LIMIT_FIELDS = ("max_running", "rate_jobs", "rate_interval", "max_running_per_owner")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChange:
+    """The limits one UpdateQueueLimits changes; None: keep the queue's own. Applied to the
+    stored settings while their row is locked (`QueueStore.update`), so two admins changing
+    different limits at once both get theirs."""
+
+    max_running: int | None = None
+    rate_jobs: int | None = None
+    rate_interval_ms: int | None = None
+    max_running_per_owner: int | None = None
+
+    @classmethod
+    def from_proto(cls, limits: queue_pb2.QueueLimits, named: Collection[str]) -> LimitChange:
+        """The fields of `limits` that `named` (the update mask's paths) names."""
+        return cls(
+            max_running=limits.max_running if "max_running" in named else None,
+            rate_jobs=limits.rate_jobs if "rate_jobs" in named else None,
+            rate_interval_ms=(
+                limits.rate_interval.ToMilliseconds() if "rate_interval" in named else None
+            ),
+            max_running_per_owner=(
+                limits.max_running_per_owner if "max_running_per_owner" in named else None
+            ),
+        )
+
+    def applied_to(self, current: QueueSettings) -> QueueSettings:
+        """`current` with these limits, the merged result validated as a whole (a rate
+        named alone keeps the stored window, and needs one)."""
+
+        def pick(new: int | None, old: int) -> int:
+            return old if new is None else new
+
+        return current.with_limits(
+            pick(self.max_running, current.max_running),
+            pick(self.rate_jobs, current.rate_jobs),
+            pick(self.rate_interval_ms, current.rate_interval_ms),
+            pick(self.max_running_per_owner, current.max_running_per_owner),
+        )
 
 
 def check_queue_name(name: str, field: str = "queue") -> str:

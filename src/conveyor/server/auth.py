@@ -1,12 +1,12 @@
 """API keys, the principal a call runs as, and how keys are checked and revoked.
 
 A key (the token a caller sends) reads `cvk_<key id>_<secret>`: the id (public, 32 hex
-digits) finds the key's row, and the secret (256 random bits) is checked against the stored HMAC-SHA256 digest with a
-constant-time comparison. Neither the secret nor anything it could be recovered from is
-stored or logged: with 256 bits of entropy a fast keyed hash is as strong as a slow one
-(nobody can search that space), and it keeps every check one primary-key read. Keys given in
-full by configuration (dev mode's `CONVEYOR_DEV_API_KEY`, any string) have no id part and are
-found by the digest of the whole string.
+digits) finds the key's row, and the secret (256 random bits) is checked against the stored
+HMAC-SHA256 digest with a constant-time comparison. Neither the secret nor anything it could
+be recovered from is stored or logged: with 256 bits of entropy a fast keyed hash is as
+strong as a slow one (nobody can search that space), and it keeps every check one
+primary-key read. Keys given in full by configuration (dev mode's `CONVEYOR_DEV_API_KEY`,
+any string) have no id part and are found by the digest of the whole string.
 
 Verdicts are cached per process for half a second, so a revoked key stops working within
 a second (the database sees two reads per key per second, not one per call); `StreamGuard`

@@ -22,38 +22,39 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!conveyor/v1/api_key_service.proto\x12\x0b\x63onveyor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\tRateLimit\x12\x12\n\nper_second\x18\x01 \x01(\x01\x12\r\n\x05\x62urst\x18\x02 \x01(\x01\"\xb5\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12%\n\x04role\x18\x03 \x01(\x0e\x32\x17.conveyor.v1.ApiKeyRole\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0csubmit_limit\x18\x07 \x01(\x0b\x32\x16.conveyor.v1.RateLimit\x12*\n\nread_limit\x18\x08 \x01(\x0b\x32\x16.conveyor.v1.RateLimit\x12\x18\n\x10max_running_jobs\x18\t \x01(\x05\"`\n\x13\x43reateApiKeyRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12%\n\x04role\x18\x02 \x01(\x0e\x32\x17.conveyor.v1.ApiKeyRole\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"H\n\x14\x43reateApiKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.conveyor.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"c\n\x12ListApiKeysRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Q\n\x13ListApiKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.conveyor.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x13RevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x14RevokeApiKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.conveyor.v1.ApiKey\"\x9b\x01\n\x19UpdateApiKeyLimitsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x0csubmit_limit\x18\x02 \x01(\x0b\x32\x16.conveyor.v1.RateLimit\x12*\n\nread_limit\x18\x03 \x01(\x0b\x32\x16.conveyor.v1.RateLimit\x12\x18\n\x10max_running_jobs\x18\x04 \x01(\x05\">\n\x1aUpdateApiKeyLimitsResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.conveyor.v1.ApiKey*Y\n\nApiKeyRole\x12\x1c\n\x18\x41PI_KEY_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41PI_KEY_ROLE_USER\x10\x01\x12\x16\n\x12\x41PI_KEY_ROLE_ADMIN\x10\x02\x32\xf2\x02\n\rApiKeyService\x12S\n\x0c\x43reateApiKey\x12 .conveyor.v1.CreateApiKeyRequest\x1a!.conveyor.v1.CreateApiKeyResponse\x12P\n\x0bListApiKeys\x12\x1f.conveyor.v1.ListApiKeysRequest\x1a .conveyor.v1.ListApiKeysResponse\x12S\n\x0cRevokeApiKey\x12 .conveyor.v1.RevokeApiKeyRequest\x1a!.conveyor.v1.RevokeApiKeyResponse\x12\x65\n\x12UpdateApiKeyLimits\x12&.conveyor.v1.UpdateApiKeyLimitsRequest\x1a\'.conveyor.v1.UpdateApiKeyLimitsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!conveyor/v1/api_key_service.proto\x12\x0b\x63onveyor.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\tRateLimit\x12\x12\n\nper_second\x18\x01 \x01(\x01\x12\r\n\x05\x62urst\x18\x02 \x01(\x01\"\xb5\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12%\n\x04role\x18\x03 \x01(\x0e\x32\x17.conveyor.v1.ApiKeyRole\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0csubmit_limit\x18\x07 \x01(\x0b\x32\x16.conveyor.v1.RateLimit\x12*\n\nread_limit\x18\x08 \x01(\x0b\x32\x16.conveyor.v1.RateLimit\x12\x18\n\x10max_running_jobs\x18\t \x01(\x05\"`\n\x13\x43reateApiKeyRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12%\n\x04role\x18\x02 \x01(\x0e\x32\x17.conveyor.v1.ApiKeyRole\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"H\n\x14\x43reateApiKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.conveyor.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"c\n\x12ListApiKeysRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Q\n\x13ListApiKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.conveyor.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x13RevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x14RevokeApiKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.conveyor.v1.ApiKey\"\xcc\x01\n\x19UpdateApiKeyLimitsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x0csubmit_limit\x18\x02 \x01(\x0b\x32\x16.conveyor.v1.RateLimit\x12*\n\nread_limit\x18\x03 \x01(\x0b\x32\x16.conveyor.v1.RateLimit\x12\x18\n\x10max_running_jobs\x18\x04 \x01(\x05\x12/\n\x0bupdate_mask\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\">\n\x1aUpdateApiKeyLimitsResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.conveyor.v1.ApiKey*Y\n\nApiKeyRole\x12\x1c\n\x18\x41PI_KEY_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41PI_KEY_ROLE_USER\x10\x01\x12\x16\n\x12\x41PI_KEY_ROLE_ADMIN\x10\x02\x32\xf2\x02\n\rApiKeyService\x12S\n\x0c\x43reateApiKey\x12 .conveyor.v1.CreateApiKeyRequest\x1a!.conveyor.v1.CreateApiKeyResponse\x12P\n\x0bListApiKeys\x12\x1f.conveyor.v1.ListApiKeysRequest\x1a .conveyor.v1.ListApiKeysResponse\x12S\n\x0cRevokeApiKey\x12 .conveyor.v1.RevokeApiKeyRequest\x1a!.conveyor.v1.RevokeApiKeyResponse\x12\x65\n\x12UpdateApiKeyLimits\x12&.conveyor.v1.UpdateApiKeyLimitsRequest\x1a\'.conveyor.v1.UpdateApiKeyLimitsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.api_key_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APIKEYROLE']._serialized_start=1114
-  _globals['_APIKEYROLE']._serialized_end=1203
-  _globals['_RATELIMIT']._serialized_start=83
-  _globals['_RATELIMIT']._serialized_end=129
-  _globals['_APIKEY']._serialized_start=132
-  _globals['_APIKEY']._serialized_end=441
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=443
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=539
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=541
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=613
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=615
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=714
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=716
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=797
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=799
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=832
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=834
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=890
-  _globals['_UPDATEAPIKEYLIMITSREQUEST']._serialized_start=893
-  _globals['_UPDATEAPIKEYLIMITSREQUEST']._serialized_end=1048
-  _globals['_UPDATEAPIKEYLIMITSRESPONSE']._serialized_start=1050
-  _globals['_UPDATEAPIKEYLIMITSRESPONSE']._serialized_end=1112
-  _globals['_APIKEYSERVICE']._serialized_start=1206
-  _globals['_APIKEYSERVICE']._serialized_end=1576
+  _globals['_APIKEYROLE']._serialized_start=1197
+  _globals['_APIKEYROLE']._serialized_end=1286
+  _globals['_RATELIMIT']._serialized_start=117
+  _globals['_RATELIMIT']._serialized_end=163
+  _globals['_APIKEY']._serialized_start=166
+  _globals['_APIKEY']._serialized_end=475
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=477
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=573
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=575
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=647
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=649
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=748
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=750
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=831
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=833
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=866
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=868
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=924
+  _globals['_UPDATEAPIKEYLIMITSREQUEST']._serialized_start=927
+  _globals['_UPDATEAPIKEYLIMITSREQUEST']._serialized_end=1131
+  _globals['_UPDATEAPIKEYLIMITSRESPONSE']._serialized_start=1133
+  _globals['_UPDATEAPIKEYLIMITSRESPONSE']._serialized_end=1195
+  _globals['_APIKEYSERVICE']._serialized_start=1289
+  _globals['_APIKEYSERVICE']._serialized_end=1659
 # @@protoc_insertion_point(module_scope)

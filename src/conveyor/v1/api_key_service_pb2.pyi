@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -100,16 +101,18 @@ class RevokeApiKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
 
 class UpdateApiKeyLimitsRequest(_message.Message):
-    __slots__ = ("id", "submit_limit", "read_limit", "max_running_jobs")
+    __slots__ = ("id", "submit_limit", "read_limit", "max_running_jobs", "update_mask")
     ID_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     READ_LIMIT_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     id: str
     submit_limit: RateLimit
     read_limit: RateLimit
     max_running_jobs: int
-    def __init__(self, id: _Optional[str] = ..., submit_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., read_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., max_running_jobs: _Optional[int] = ...) -> None: ...
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, id: _Optional[str] = ..., submit_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., read_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., max_running_jobs: _Optional[int] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class UpdateApiKeyLimitsResponse(_message.Message):
     __slots__ = ("key",)

@@ -85,8 +85,8 @@ class ApiKeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateApiKeyLimits(self, request, context):
-        """Sets a key's rate limits (unset ones go back to the server's defaults); they apply
-        within a second.
+        """Changes the key's limits that `update_mask` names and keeps the others; the new limits
+        apply within a second.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -3,6 +3,7 @@ import datetime
 from conveyor.v1 import job_pb2 as _job_pb2
 from conveyor.v1 import queue_pb2 as _queue_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -206,12 +207,14 @@ class ResumeQueueResponse(_message.Message):
     def __init__(self, queue: _Optional[_Union[_queue_pb2.QueueStats, _Mapping]] = ...) -> None: ...
 
 class UpdateQueueLimitsRequest(_message.Message):
-    __slots__ = ("queue", "limits")
+    __slots__ = ("queue", "limits", "update_mask")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     queue: str
     limits: _queue_pb2.QueueLimits
-    def __init__(self, queue: _Optional[str] = ..., limits: _Optional[_Union[_queue_pb2.QueueLimits, _Mapping]] = ...) -> None: ...
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, queue: _Optional[str] = ..., limits: _Optional[_Union[_queue_pb2.QueueLimits, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class UpdateQueueLimitsResponse(_message.Message):
     __slots__ = ("queue",)

@@ -200,7 +200,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateQueueLimits(self, request, context):
-        """Admin: sets the queue's concurrency cap and rate limit across all workers.
+        """Admin: changes the queue's limits that `update_mask` names (concurrency caps, rate limit,
+        across all workers) and keeps the others.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
