@@ -198,8 +198,9 @@ async def test_a_page_of_attempts_fits_a_default_client(
 ) -> None:
     """Guards the size cut of ListJobAttempts pages: 600 attempts with 8,000-character
     tracebacks (the most a record keeps) are about 4.9 MB, over the 4 MiB a stock gRPC
-    client receives; pages end early with a token, and walking them lists all 600. Before,
-    the one answer was refused by the client (RESOURCE_EXHAUSTED)."""
+    client receives; pages end early with a token, and walking them (as `conveyor attempts`
+    does) lists all 600. Before, the one answer was refused by the client
+    (RESOURCE_EXHAUSTED)."""
     job = await alice.submit("noop", queue=PARKED)
     rows = [
         {
@@ -225,6 +226,8 @@ async def test_a_page_of_attempts_fits_a_default_client(
         rpc, "ListJobAttempts", pb.ListJobAttemptsRequest(id=job.id), "attempts"
     )
     assert [a.attempt for a in found] == list(range(1, 601)) and pages == 2
+    shown = json.loads(stack.cli("attempts", job.id, "--json", key=keys.alice).stdout)
+    assert [a["attempt"] for a in shown] == list(range(1, 601))  # the CLI walks the pages
 
 
 async def test_list_jobs_by_create_time(stack: Stack) -> None:

@@ -21,7 +21,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from conveyor.client import AsyncClient, Client, SubmitRetry, schedule_request, submit_request
 from conveyor.client._calls import Service
@@ -340,4 +340,20 @@ async def test_unary_calls_and_watch_carry_the_trace_context(
     assert spans == [
         ("/conveyor.v1.JobService/GetJob", SpanKind.CLIENT),
         ("/conveyor.v1.JobService/WatchJob", SpanKind.CLIENT),
+    ]
+
+
+async def test_a_failed_call_marks_its_span_as_an_error(
+    traced: InMemorySpanExporter, driver: Driver
+) -> None:
+    """A failed call's CLIENT span has status ERROR, unary calls and watch alike (the
+    blocking watch once raised its conveyor error inside its span, which then ended OK)."""
+    with pytest.raises(NotFound):
+        await driver.call("get", "gone")
+    with pytest.raises(NotFound):
+        await driver.watch("gone")
+    statuses = [(span.name, span.status.status_code) for span in traced.get_finished_spans()]
+    assert statuses == [
+        ("/conveyor.v1.JobService/GetJob", StatusCode.ERROR),
+        ("/conveyor.v1.JobService/WatchJob", StatusCode.ERROR),
     ]

@@ -499,9 +499,14 @@ def retry(
 @app.command()
 def attempts(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
     """Print every recorded attempt of a job: when, where, and how it ended."""
+    found: list[job_pb2.JobAttempt] = []
     with client_for(addr) as client:
         try:
-            found = client.attempts(job_id)
+            token = None
+            while token != "":  # every page (ListJobAttempts pages by 1,000)
+                page = client.attempts_page(job_id, page_token=token or "")
+                found += page.attempts
+                token = page.next_page_token
         except ConveyorError as exc:
             fail(exc)
     if as_json:

@@ -349,9 +349,19 @@ class _Calls:
 
     @staticmethod
     def attempts(job_id: str) -> Call[builtins.list[job_pb2.JobAttempt]]:
-        """The job's recorded attempts, oldest first."""
+        """The job's recorded attempts, oldest first: the first 1,000 (a job makes at most
+        100 a run; `attempts_page` pages past them)."""
         request = pb.ListJobAttemptsRequest(id=job_id)
         return LIST_JOB_ATTEMPTS.call(request, lambda answer: list(answer.attempts))
+
+    @staticmethod
+    def attempts_page(
+        job_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> Call[pb.ListJobAttemptsResponse]:
+        """One page of the job's attempts, oldest first (`page_size` 0: 1,000); call again
+        with `next_page_token` until it is empty."""
+        request = pb.ListJobAttemptsRequest(id=job_id, page_size=page_size, page_token=page_token)
+        return LIST_JOB_ATTEMPTS.call(request, lambda answer: answer)
 
     @staticmethod
     def watch(job_id: str, after_sequence: int = 0) -> Stream[pb.WatchJobResponse]:
@@ -377,7 +387,8 @@ class _Calls:
 
     @staticmethod
     def update_queue_limits(queue: str, **limits: Any) -> Call[queue_pb2.QueueStats]:
-        """Set the queue's limits (see `limits_request`)."""
+        """Change the queue's limits named here and keep its others (see `limits_request`:
+        `max_running=5` changes only that one; 0 removes a limit)."""
         request = limits_request(queue, **limits)
         return UPDATE_QUEUE_LIMITS.call(request, lambda answer: answer.queue)
 
@@ -557,6 +568,7 @@ class AsyncClient:
     retry = _awaited(_Calls.retry)
     result = _awaited(_Calls.result)
     attempts = _awaited(_Calls.attempts)
+    attempts_page = _awaited(_Calls.attempts_page)
     watch = _async_stream(_Calls.watch)
     queue_stats = _awaited(_Calls.queue_stats)
     pause_queue = _awaited(_Calls.pause_queue)
@@ -624,16 +636,17 @@ class Client:
 
     def _stream(self, stream: Stream[T]) -> Iterator[T]:
         """`AsyncClient._stream`, blocking, in a client span of its own."""
-        with tracing.client_stream_span(stream.rpc.path) as traced:
-            call = self._streams.sender(stream.rpc)(
-                stream.request, metadata=[*self._metadata, *traced]
-            )
-            try:
-                yield from call
-            except grpc.RpcError as exc:
-                raise from_rpc_error(exc) from None
-            finally:
-                call.cancel()
+        try:  # outside the span, so that the span sees the failure and marks itself
+            with tracing.client_stream_span(stream.rpc.path) as traced:
+                call = self._streams.sender(stream.rpc)(
+                    stream.request, metadata=[*self._metadata, *traced]
+                )
+                try:
+                    yield from call
+                finally:
+                    call.cancel()
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
 
     submit = _blocking(_Calls.submit)
     submit_many = _blocking(_Calls.submit_many)
@@ -643,6 +656,7 @@ class Client:
     retry = _blocking(_Calls.retry)
     result = _blocking(_Calls.result)
     attempts = _blocking(_Calls.attempts)
+    attempts_page = _blocking(_Calls.attempts_page)
     watch = _blocking_stream(_Calls.watch)
     queue_stats = _blocking(_Calls.queue_stats)
     pause_queue = _blocking(_Calls.pause_queue)
