@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     max_page_bytes: int = Field(
         4 << 20,
         ge=1 << 16,
-        description="Largest ListJobs page; 4 MiB, what stock gRPC clients receive by default.",
+        description="Largest ListJobs or ListJobAttempts page; 4 MiB, what stock clients take.",
     )
     max_concurrent_rpcs: int = Field(
         20_000,

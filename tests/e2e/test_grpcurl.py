@@ -121,3 +121,25 @@ def test_the_readme_schedule_and_queue_stats_calls(stack: Stack, keys: Keys) -> 
 def test_health_is_serving(stack: Stack) -> None:
     out = grpcurl(stack, stack.api_addr, "grpc.health.v1.Health/Check")
     assert json.loads(out.stdout) == {"status": "SERVING"}
+
+
+def test_the_readme_list_call_with_time_bounds(stack: Stack, keys: Keys) -> None:
+    """Guards the README's ListJobs call: grpcurl sends `create_time_start`/`_end` as RFC 3339
+    strings, and only jobs made inside [start, end) come back."""
+    made = grpcurl(
+        stack, "-d", json.dumps({"type": "noop", "queue": "parked"}), stack.api_addr,
+        "conveyor.v1.JobService/SubmitJob", key=keys.alice,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    job = json.loads(made.stdout)["job"]
+
+    def listed(start: str, end: str) -> list[str]:
+        body = json.dumps({"queue": "parked", "create_time_start": start, "create_time_end": end})
+        out = grpcurl(
+            stack, "-d", body, stack.api_addr, "conveyor.v1.JobService/ListJobs", key=keys.alice
+        )
+        assert out.returncode == 0, out.stderr
+        return [j["id"] for j in json.loads(out.stdout).get("jobs", [])]
+
+    assert job["id"] in listed(job["create_time"], "2999-01-01T00:00:00Z")
+    assert job["id"] not in listed("2000-01-01T00:00:00Z", job["create_time"])
