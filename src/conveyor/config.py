@@ -33,6 +33,20 @@ class Settings(BaseSettings):
     )
 
     api_addr: str = Field("127.0.0.1:50051", description="Where the API serves gRPC.")
+    api_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes serving CONVEYOR_API_ADDR together (SO_REUSEPORT): more "
+        "than 1 uses more cores of one machine; see the README's Performance section.",
+    )
+    api_process_index: int = Field(
+        -1,
+        ge=-1,
+        le=63,
+        description="Set by `conveyor api --processes N` for each of its processes (0 to N-1); "
+        "not for you to set.",
+    )
     worker_addr: str = Field(
         "127.0.0.1:50052", description="Where a worker serves WorkerControl (port 0: any free)."
     )

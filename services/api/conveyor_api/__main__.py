@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 from conveyor.api.jobs import JobOperations
 from conveyor.api.pending_writes import REDIS_WRITES_HEALTH
@@ -73,6 +74,7 @@ async def _serve(settings: Settings, metrics: ApiMetrics, stopping: StopSignals)
             service_names=SERVICE_NAMES,
             checks=[conns.checks],
             conditions={REDIS_WRITES_HEALTH: ops.pending.probe},
+            reuse_port=settings.api_processes > 1,
         )
         server.add(job_service_pb2_grpc.add_JobServiceServicer_to_server, servicer)
         server.add(
@@ -102,8 +104,9 @@ async def _serve(settings: Settings, metrics: ApiMetrics, stopping: StopSignals)
 
 
 async def _download_server(objects: ObjectStore, settings: Settings) -> DownloadServer | None:
-    """A folder store's links are served by the API itself, on its loop (S3 serves its own)."""
-    if not isinstance(objects, LocalStore):
+    """A folder store's links are served by the API itself, on its loop (S3 serves its own);
+    of `conveyor api --processes N`, by its process 0."""
+    if not isinstance(objects, LocalStore) or settings.api_process_index > 0:
         return None
     downloads = DownloadServer.from_settings(objects, settings)
     try:
@@ -121,7 +124,7 @@ async def _download_server(objects: ObjectStore, settings: Settings) -> Download
 
 
 def main(settings: Settings | None = None) -> None:
-    service_main("api", serve, settings)
+    service_main("api", serve, settings, replicated_by=[sys.executable, "-m", "conveyor_api"])
 
 
 if __name__ == "__main__":

@@ -99,9 +99,14 @@ def service_main(name: str) -> Callable[..., None]:
 
 
 @app.command()
-def api() -> None:
+def api(
+    processes: Annotated[
+        int | None,
+        typer.Option(help="Processes serving the one port (CONVEYOR_API_PROCESSES; default 1)."),
+    ] = None,
+) -> None:
     """Serve JobService (configured by CONVEYOR_* variables)."""
-    service_main("api")()
+    service_main("api")(Settings.from_env(api_processes=processes))
 
 
 @app.command()

@@ -85,13 +85,14 @@ def _tcp_address(address: str) -> tuple[str | None, int] | None:
     return host.strip("[]") or None, int(port)
 
 
-def check_can_listen(address: str, variable: str = "") -> None:
+def check_can_listen(address: str, variable: str = "", *, reuse_port: bool = False) -> None:
     """Raise `CannotListen` with the system's reason when `address` cannot be bound.
 
     gRPC only says "Failed to bind" (after logging a line of its own), so the address is
     tried with a plain socket first, the way gRPC binds it: SO_REUSEADDR (a port that a
-    killed server left in TIME_WAIT is free at once), every address the host resolves to,
-    and it is enough that one of them binds."""
+    killed server left in TIME_WAIT is free at once), SO_REUSEPORT when it shares the port
+    (`server_options`), every address the host resolves to, and it is enough that one of
+    them binds."""
     parsed = _tcp_address(address)
     if parsed is None:
         return
@@ -104,6 +105,8 @@ def check_can_listen(address: str, variable: str = "") -> None:
     for family, kind, proto, _, sockaddr in resolved:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 probe.bind(sockaddr)
             except OSError as exc:
@@ -238,13 +241,16 @@ def streaming(
     return handle
 
 
-def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+def server_options(max_message_bytes: int, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
+    """`reuse_port`: share the port with the other processes of `conveyor api --processes N`
+    (the kernel spreads connections over them). Off otherwise, so that a second server on a
+    taken port fails to start rather than silently sharing it."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         # A response echoes at most a request's worth of payload plus the job fields, so
         # SubmitJobs of a request at the limit can still be answered.
         ("grpc.max_send_message_length", max_message_bytes + RESPONSE_HEADROOM_BYTES),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
         # Keepalive enforcement: a client pinging more often than every 10 s without data
         # gets a strike, and after two strikes a GOAWAY, so a ping flood costs no CPU.
         ("grpc.keepalive_permit_without_calls", 1),
@@ -278,8 +284,10 @@ class Server:
         credentials: grpc.ServerCredentials | None = None,
         max_concurrent_rpcs: int | None = None,
         variable: str = "",
+        reuse_port: bool = False,
     ) -> None:
         self.address = address
+        self.reuse_port = reuse_port
         # The setting `address` came from (CONVEYOR_API_ADDR, ...), for the bind error.
         self.variable = variable
         self.credentials = credentials
@@ -288,7 +296,7 @@ class Server:
         self.conditions = dict(conditions or {})
         # Calls beyond `max_concurrent_rpcs` are refused with RESOURCE_EXHAUSTED at once.
         self.grpc = grpc.aio.server(
-            options=server_options(max_message_bytes),
+            options=server_options(max_message_bytes, reuse_port=reuse_port),
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             interceptors=tracing.server_interceptors(),
         )
@@ -319,6 +327,7 @@ class Server:
         checks: Iterable[HealthCheck],
         conditions: Mapping[str, HealthCheck] | None = None,
         variable: str = "",
+        reuse_port: bool = False,
     ) -> Server:
         """A server with the limits and TLS that `settings` configure; `variable` names the
         setting `address` came from (for the one-line error when it cannot be bound)."""
@@ -331,6 +340,7 @@ class Server:
             max_message_bytes=settings.max_message_bytes,
             credentials=server_credentials(settings),
             max_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+            reuse_port=reuse_port,
         )
 
     async def start(self) -> int:
@@ -340,7 +350,7 @@ class Server:
         Health says NOT_SERVING from the moment the port listens until the checks have
         passed (grpc's health servicer starts out SERVING): a load balancer or `conveyor
         dev` that sees SERVING can rely on Redis and the database having answered."""
-        check_can_listen(self.address, self.variable)
+        check_can_listen(self.address, self.variable, reuse_port=self.reuse_port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self._bind()
         await self.grpc.start()

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from conveyor.db.artifacts import ArtifactStore
 from conveyor.objects import ObjectStore, open_store
 from conveyor.redis import EventHub, RedisQueue, connect
 from conveyor.server.grpcserver import CannotListen, run
+from conveyor.server.replicas import supervise
 from conveyor.telemetry import configure_logging, configure_tracing
 from conveyor.telemetry.metrics import serve_metrics
 
@@ -95,15 +96,23 @@ def service_main(
     name: str,
     serve: Callable[[Settings], Coroutine[Any, Any, None]],
     settings: Settings | None = None,
+    *,
+    replicated_by: Sequence[str] = (),
 ) -> None:
     """A service's entry point: read the environment, set up logging and tracing (as
     `conveyor-<name>` unless OTEL_SERVICE_NAME says otherwise), run `serve`. A
     configuration error (a bad variable, a TLS file that is not what it should be) ends the
     process with its message and exit code 2, not a traceback; an address it cannot listen
-    on (`CannotListen`) with one error line in the log naming the variable, and exit code 1."""
+    on (`CannotListen`) with one error line in the log naming the variable, and exit code 1.
+
+    `replicated_by`: the command that starts one more process of this service (the API's);
+    with CONVEYOR_API_PROCESSES above 1 this process supervises that many instead of
+    serving (`conveyor.server.replicas`)."""
     try:
         settings = settings or Settings.from_env()
         configure_logging(settings.log_level, settings.log_format)
+        if replicated_by and settings.api_processes > 1 and settings.api_process_index < 0:
+            raise SystemExit(supervise(settings, replicated_by))
         configure_tracing(f"conveyor-{name}")
         tune_collector()
         run(lambda: serve(settings))
