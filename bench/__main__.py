@@ -715,6 +715,55 @@ class Bench:
         emit("get_job_16_clients", conveyor.rate, "calls/s", 10000, p99_target_ms=5.0,
              **versus_floor(conveyor, floor))  # fmt: skip
 
+    async def api_processes(self, clients: int = 16, seconds: float = 5.0) -> None:
+        """SubmitJob from 16 client processes (4 in flight each, `bench/flood.py`) against
+        one API process, then against `conveyor api --processes 2`: jobs/s of each and
+        their ratio (target 1.3). Each client process holds one connection, which the
+        kernel gives to one of the API processes."""
+        rates = {}
+        for processes in (1, 2):
+            api = self.stack.start(
+                "api",
+                "--processes",
+                str(processes),
+                env={
+                    "CONVEYOR_API_ADDR": f"127.0.0.1:{free_port()}",
+                    "CONVEYOR_METRICS_ADDR": "off",
+                },
+            )
+            try:
+                rates[processes] = await self._clients_in_processes(api.addr, clients, seconds)
+            finally:
+                api.stop()
+        emit("submit_16_processes_1_api", rates[1], "jobs/s", None, seconds=seconds)
+        emit("submit_16_processes_2_api", rates[2], "jobs/s", None, seconds=seconds)
+        emit("api_processes_scaling", rates[2] / rates[1], "x", 1.3)
+
+    async def _clients_in_processes(self, addr: str, clients: int, seconds: float) -> float:
+        """Jobs/s that `clients` flood processes submit together over the same `seconds`
+        (they start once all have had time to import and connect)."""
+        start_at = time.time() + 2.0 + 0.5 * clients
+        floods = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.flood",
+                addr,
+                self.key,
+                str(seconds),
+                "4",
+                str(start_at),
+                stdout=asyncio.subprocess.PIPE,
+                cwd=CHECKOUT,
+            )
+            for _ in range(clients)
+        ]
+        outputs = [json.loads((await flood.communicate())[0]) for flood in floods]
+        if any(out["refused"] for out in outputs):
+            raise RuntimeError(f"submits refused (rate limits?): {outputs}")
+        accepted: int = sum(out["accepted"] for out in outputs)
+        return accepted / seconds
+
     async def noisy_neighbour(
         self, rate: float = 100.0, seconds: float = 5.0, rounds: int = 3
     ) -> None:
@@ -1021,6 +1070,7 @@ WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "drain_cpu": Bench.drain_cpu,
     "start_latency": Bench.start_latency,
     "get_polling": Bench.get_polling,
+    "api_processes": Bench.api_processes,
     "noisy_neighbour": Bench.noisy_neighbour,
     "delayed_promotion": Bench.delayed_promotion,
     "scheduler_overhead": Bench.scheduler_overhead,
