@@ -72,6 +72,27 @@ async def test_the_processes_share_the_port_and_all_serve(fresh: Stack) -> None:
     assert not any(child.is_running() and child.status() != "zombie" for child in children)
 
 
+async def test_one_client_reaches_every_process_over_several_connections(fresh: Stack) -> None:
+    """Guards the SDK's `connections`: one client with 16 connections takes calls to both
+    processes (its calls go to its connections in turn; all 16 on one process has odds
+    2 ** -15), while with one connection all its calls reach one process."""
+    supervisor, _ = start_set(fresh)
+    key = fresh.create_key("connections")
+    async with AsyncClient(supervisor.addr, api_key=key, tls=False, connections=16) as client:
+        await asyncio.gather(*(client.submit("noop", queue="parked") for _ in range(32)))
+    counts = [submitted(addr) for addr in metrics_addrs(supervisor)]
+    assert sum(counts) == 32 and all(counts), counts
+    async with AsyncClient(supervisor.addr, api_key=key, tls=False) as single:
+        for _ in range(8):
+            await single.submit("noop", queue="parked")
+    after = [
+        submitted(addr) - before
+        for addr, before in zip(metrics_addrs(supervisor), counts, strict=True)
+    ]
+    assert sorted(after) == [0, 8], after  # one connection: one process
+    assert supervisor.stop() == 0
+
+
 async def test_a_process_that_dies_takes_the_set_down(fresh: Stack) -> None:
     """Guards against a set one short serving on unnoticed: kill -9 of one process stops
     the other, and the supervisor exits non-zero, for the orchestrator to restart it."""

@@ -357,3 +357,14 @@ async def test_a_failed_call_marks_its_span_as_an_error(
         ("/conveyor.v1.JobService/GetJob", StatusCode.ERROR),
         ("/conveyor.v1.JobService/WatchJob", StatusCode.ERROR),
     ]
+
+
+def test_connections_are_checked() -> None:
+    """`connections` is 1 to 64, and cannot be combined with a channel of one's own."""
+    for bad in (0, 65):
+        with pytest.raises(ValueError, match="connections must be 1 to 64"):
+            Client("127.0.0.1:1", connections=bad, tls=False)
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    with pytest.raises(ValueError, match="with a channel of your own"):
+        Client(channel=channel, connections=2)
+    channel.close()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import itertools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
@@ -239,6 +240,21 @@ def _metadata(api_key: str | None) -> Metadata:
 
 def _target(target: str | None) -> str:
     return target or Settings.from_env().api_addr
+
+
+# A channel of its own TCP connection: grpc otherwise shares one connection between the
+# channels of a process that dial the same target.
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
+
+
+def _connection_options(connections: int, channel: object) -> Sequence[tuple[str, Any]]:
+    """The channel options for `connections` connections (checked: 1 to 64, and 1 with a
+    channel of the caller's own)."""
+    if not 1 <= connections <= 64:
+        raise ValueError(f"connections must be 1 to 64, not {connections}")
+    if channel is not None and connections != 1:
+        raise ValueError("connections cannot be given with a channel of your own")
+    return OWN_CONNECTION if connections > 1 else ()
 
 
 # -- the calls: what each method sends and returns, once for both clients ----------------
@@ -497,6 +513,11 @@ class AsyncClient:
     after the server committed the jobs) is retried with the same keys as `submit_retry`
     says (`SubmitRetry()`; None: never). `timeout` is per try. `absorbed` counts the
     answers retried, by status code name.
+
+    `connections`: how many TCP connections the client spreads its calls over, in turn
+    (default 1). One connection is served by one API process, so raise it to reach every
+    process of `conveyor api --processes N` (or a load balancer's backends) from one
+    client process.
     """
 
     def __init__(
@@ -508,11 +529,17 @@ class AsyncClient:
         tls: ClientTls = None,
         channel: grpc.aio.Channel | None = None,
         submit_retry: SubmitRetry | None = SubmitRetry(),
+        connections: int = 1,
     ) -> None:
-        self._channel = channel or open_aio_channel(
-            _target(target), tls, interceptors=tracing.aio_client_interceptors()
-        )
-        self._stubs = Stubs(self._channel)
+        options = _connection_options(connections, channel)
+        self._channels = [channel] if channel is not None else [
+            open_aio_channel(
+                _target(target), tls, options=options,
+                interceptors=tracing.aio_client_interceptors(),
+            )
+            for _ in range(connections)
+        ]  # fmt: skip
+        self._stubs = itertools.cycle([Stubs(c) for c in self._channels])
         self._metadata = _metadata(api_key)
         self._timeout = timeout
         self._submit_retry = submit_retry
@@ -525,14 +552,15 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel (and so every call still open on it)."""
-        await self._channel.close(None)
+        """Close the channels (and so every call still open on them)."""
+        for channel in self._channels:
+            await channel.close(None)
 
     async def _run(self, call: Call[T]) -> T:
         """One logical call: the same request again after an ambiguous answer, while the
         retry policy allows (never unless `call.retry_safe`); a failure raised as its
-        `conveyor.errors` error."""
-        send = self._stubs.sender(call.rpc)
+        `conveyor.errors` error. Each call takes the next connection in turn."""
+        send = next(self._stubs).sender(call.rpc)
         tries = Attempts(
             self._submit_retry if call.retry_safe else None, self._timeout, self.absorbed
         )
@@ -551,7 +579,7 @@ class AsyncClient:
     async def _stream(self, stream: Stream[T]) -> AsyncIterator[T]:
         """`stream`'s answers as they come (no deadline); a failure raised as its
         `conveyor.errors` error, the call cancelled when the caller stops early."""
-        call = self._stubs.sender(stream.rpc)(stream.request, metadata=self._metadata)
+        call = next(self._stubs).sender(stream.rpc)(stream.request, metadata=self._metadata)
         try:
             async for answer in call:
                 yield answer
@@ -586,7 +614,7 @@ class AsyncClient:
 
 class Client:
     """JobService over a blocking channel, for scripts and the CLI (`tls`, `channel`,
-    `submit_retry` and `absorbed` as for `AsyncClient`)."""
+    `submit_retry`, `absorbed` and `connections` as for `AsyncClient`)."""
 
     def __init__(
         self,
@@ -597,12 +625,16 @@ class Client:
         tls: ClientTls = None,
         channel: grpc.Channel | None = None,
         submit_retry: SubmitRetry | None = SubmitRetry(),
+        connections: int = 1,
     ) -> None:
-        self._channel = channel or open_channel(_target(target), tls)
+        options = _connection_options(connections, channel)
+        self._channels = [channel] if channel is not None else [
+            open_channel(_target(target), tls, options=options) for _ in range(connections)
+        ]  # fmt: skip
         # Unary calls are spans of the traced channel (the same channel when not tracing);
         # streams make theirs in `_stream` (see tracing.client_stream_span).
-        self._stubs = Stubs(tracing.traced_channel(self._channel))
-        self._streams = Stubs(self._channel)
+        self._stubs = itertools.cycle([Stubs(tracing.traced_channel(c)) for c in self._channels])
+        self._streams = itertools.cycle([Stubs(c) for c in self._channels])
         self._metadata = _metadata(api_key)
         self._timeout = timeout
         self._submit_retry = submit_retry
@@ -615,12 +647,13 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the channel (and so every call still open on it)."""
-        self._channel.close()
+        """Close the channels (and so every call still open on them)."""
+        for channel in self._channels:
+            channel.close()
 
     def _run(self, call: Call[T]) -> T:
         """`AsyncClient._run`, blocking."""
-        send = self._stubs.sender(call.rpc)
+        send = next(self._stubs).sender(call.rpc)
         tries = Attempts(
             self._submit_retry if call.retry_safe else None, self._timeout, self.absorbed
         )
@@ -638,7 +671,7 @@ class Client:
         """`AsyncClient._stream`, blocking, in a client span of its own."""
         try:  # outside the span, so that the span sees the failure and marks itself
             with tracing.client_stream_span(stream.rpc.path) as traced:
-                call = self._streams.sender(stream.rpc)(
+                call = next(self._streams).sender(stream.rpc)(
                     stream.request, metadata=[*self._metadata, *traced]
                 )
                 try:
