@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -127,6 +128,32 @@ async def test_every_change_is_an_event_with_the_next_sequence(queue: RedisQueue
     assert [e["state"] for e in events] == ["3", "3"]
     assert events[1]["progress_message"] == "half" and "payload" not in events[1]
     assert [int(e["seq"]) for e in await queue.events_after("default", job.id, 2)] == [3]
+
+
+async def test_the_enqueue_event_is_the_job_as_stored_and_one_wake_per_job(
+    queue: RedisQueue,
+) -> None:
+    """Guards enqueue.lua's shortcut: a new job's event is built from the fields in hand
+    rather than read back from its hash, so a watcher already subscribed (a job whose
+    enqueue was owed, see conveyor.api.pending_writes) must get exactly what `emit` would
+    send: the stored hash less the workers' fields and the payload, at sequence 1. And the
+    workers are woken once per job placed, in one push, up to the wake list's 64."""
+    keys = QueueKeys("default")
+    jobs = [new(payload={"k": "v"}) for _ in range(70)]
+    async with queue.redis.pubsub() as watcher:
+        await watcher.subscribe(keys.channel(jobs[0].id))
+        await watcher.get_message(timeout=1)  # the subscription's confirmation
+        assert await queue.redis.delete(keys.wake) == 0
+        await queue.enqueue(jobs[:3])
+        assert await queue.redis.llen(keys.wake) == 3
+        await queue.enqueue(jobs[3:])
+        assert await queue.redis.llen(keys.wake) == 64
+        message = await watcher.get_message(ignore_subscribe_messages=True, timeout=5)
+    assert message is not None
+    stored = await queue.redis.hgetall(keys.job_prefix + jobs[0].id)
+    private = {"payload", "lease", "worker", "lost", "exhausted", "gone"}
+    expected = {k: v for k, v in stored.items() if k not in private}
+    assert json.loads(message["data"]) == expected and expected["seq"] == "1"
 
 
 async def test_an_ended_job_keeps_its_events_for_the_ttl_in_a_compacted_stream(

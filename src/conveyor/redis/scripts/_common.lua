@@ -19,10 +19,10 @@ local PRIVATE = {payload = true, lease = true, worker = true, lost = true, exhau
 -- Record a change of the job: bump its sequence, append the job (less its payload and the
 -- workers' fields) to its event stream and publish the same JSON to live watchers. Returns
 -- the job's whole hash (flat field/value list) as it now stands.
--- `publish_only`: publish without appending to the job's event stream. The enqueue event
--- is sent so: a watcher resuming from sequence 0 gets the job's snapshot, never event 1,
--- and a job's first XADD preallocates a 4 KB stream node, 90 % of a queued job's memory.
-local function emit(jobkey, evkey, channel, maxlen, publish_only)
+-- A new job's first event (enqueue.lua) is published only (`publish_placed`): a watcher
+-- resuming from sequence 0 gets the job's snapshot, never event 1, and a job's first XADD
+-- preallocates a 4 KB stream node, 90 % of a queued job's memory.
+local function emit(jobkey, evkey, channel, maxlen)
   redis.call('HINCRBY', jobkey, 'seq', 1)
   local flat = redis.call('HGETALL', jobkey)
   local ev = {}
@@ -31,9 +31,7 @@ local function emit(jobkey, evkey, channel, maxlen, publish_only)
     if not PRIVATE[k] then ev[k] = flat[i + 1] end
   end
   local json = cjson.encode(ev)
-  if not publish_only then
-    redis.call('XADD', evkey, 'MAXLEN', '~', maxlen, ev['seq'] .. '-1', 'j', json)
-  end
+  redis.call('XADD', evkey, 'MAXLEN', '~', maxlen, ev['seq'] .. '-1', 'j', json)
   redis.call('PUBLISH', channel, json)
   return flat
 end
@@ -63,8 +61,18 @@ local function lost_error(entry)
   return 'lease expired: worker ' .. worker .. ' stopped renewing it'
 end
 
+-- Wake up to `n` blocked workers: the wake list holds at most 64 tokens, pushed at once.
+local function wake(wakekey, n)
+  local room = math.min(n, 64 - redis.call('LLEN', wakekey))
+  if room > 0 then
+    local tokens = {}
+    for i = 1, room do tokens[i] = '1' end
+    redis.call('LPUSH', wakekey, unpack(tokens))
+  end
+end
+
 local function wake_one(wakekey)
-  if redis.call('LLEN', wakekey) < 64 then redis.call('LPUSH', wakekey, '1') end
+  wake(wakekey, 1)
 end
 
 -- The keys of the queue a script works on, in the order QueueKeys.all gives them. A cap
@@ -178,6 +186,8 @@ end
 -- due time), else the ready set. One wake token per job wakes as many blocked workers as
 -- there is work (capped); a delayed job's token makes a worker learn the new due time and
 -- sleep until then.
+-- Write a job's hash and put it in its set. The caller wakes the workers, once for all the
+-- jobs it placed (`wake`).
 local function place(jobkey, job, q)
   local fields = {}
   for k, v in pairs(job) do
@@ -192,7 +202,17 @@ local function place(jobkey, job, q)
   else
     redis.call('ZADD', q.ready, ready_score(q.seq, job['priority']), job['id'])
   end
-  wake_one(q.wake)
+end
+
+-- Publish the first event of a job `place` just wrote with `seq` 1: the event is built from
+-- the fields in hand (all strings, as HGETALL would give them back), not read back from
+-- the hash, payload included, as `emit` does for a later change.
+local function publish_placed(job, channel)
+  local ev = {}
+  for k, v in pairs(job) do
+    if not PRIVATE[k] then ev[k] = v end
+  end
+  redis.call('PUBLISH', channel, cjson.encode(ev))
 end
 
 -- Count an ended attempt in the queue's per-second tally (GetQueueStats reads the last

@@ -29,4 +29,5 @@ for _, job in ipairs(cjson.decode(ARGV[5])) do
     replayed = replayed + 1
   end
 end
+wake(q.wake, restored + replayed)
 return {restored, replayed}
