@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import uuid_utils
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from conveyor import compact_json
 from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.jobs.payload import HasNul, NotFinite, payload_from_struct
 from conveyor.jobs.retry import RetryOverrides, RetryPolicy
 from conveyor.v1 import job_pb2, job_service_pb2
 
@@ -384,47 +385,21 @@ def spec_from_proto(
     )
 
 
-# A NUL as JSON writes it: `\u0000` after an even run of backslashes (an odd run makes it
-# the text "\\u0000", a backslash and five characters, which PostgreSQL stores fine).
-_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
 def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str, Any]:
-    """The payload as a dict, or a violation: too large, a number JSON cannot hold (NaN,
-    infinity), or a NUL character (PostgreSQL's jsonb cannot store one)."""
+    """The payload as a dict (`conveyor.jobs.payload`), or a violation: too large, a number
+    JSON cannot hold (NaN, infinity), or a NUL character (PostgreSQL's jsonb cannot store
+    one)."""
     size = struct.ByteSize()
     if size > limit:
         violation("payload", f"is {size} bytes; the limit is {limit}")
         return {}
     try:
-        payload: dict[str, Any] = _integral(json_format.MessageToDict(struct))
-    except ValueError:
+        return payload_from_struct(struct)
+    except NotFinite:
         violation("payload", "numbers must be finite (no NaN or infinity)")
-        return {}
-    text = json.dumps(payload)
-    if "\\u0000" in text and _JSON_NUL.search(text):
+    except HasNul:
         violation("payload", "must not contain NUL characters")
-        return {}
-    return payload
-
-
-# Integers a double holds exactly: beyond, a whole number stays a float.
-_EXACT = 2**53
-
-
-def _integral(value: Any) -> Any:
-    """Whole numbers as ints, and object keys in sorted order. A Struct carries every number
-    as a double, so `{"count": 3}` arrives as 3.0: handlers (and webhook bodies, CSV cells,
-    templates) should see the 3 the client sent. And a Struct keeps no key order (its map
-    iterates in hash order), so keys are sorted: the same payload reads the same in every
-    process and every attempt."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
+    return {}
 
 
 def duration_ms(d: duration_pb2.Duration) -> int | None:
