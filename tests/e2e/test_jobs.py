@@ -296,3 +296,29 @@ async def test_a_handlers_return_value_is_the_jobs_result(
         final = (await watch_all(alice, job.id))[-1].job
         assert final.state == S.JOB_STATE_DEAD and final.attempt == 1, final
         assert why in final.error
+
+
+async def test_a_submit_answers_with_the_payload_as_stored(alice: AsyncClient) -> None:
+    """Guards the answer's payload, copied from the request rather than rebuilt: it equals
+    what GetJob (rebuilt from the stored job) shows, for a new job, for the earlier job a
+    repeated idempotency key returns, and for each job of a full-view bulk."""
+    payload = {"n": 3, "x": 2.5, "deep": {"list": [1, "a", None, True, {"k": []}]}, "e": {}}
+    made = await alice.submit(
+        "noop", payload, queue="parked", idempotency_key=f"echo-{time.time()}"
+    )
+    again = await alice.submit(
+        "noop", payload, queue="parked", idempotency_key=made.idempotency_key
+    )
+    stored = await alice.get(made.id)
+    assert again.id == made.id
+    for answer in (made, again):
+        assert json_format.MessageToDict(answer.payload) == json_format.MessageToDict(
+            stored.payload
+        )
+    assert json_format.MessageToDict(stored.payload)["deep"]["list"][0] == 1
+    bulk = await alice.submit_many(
+        [submit_request("noop", payload, queue="parked"), submit_request("noop", queue="parked")],
+        view=pb.JOB_VIEW_FULL,
+    )
+    assert json_format.MessageToDict(bulk[0].payload) == json_format.MessageToDict(stored.payload)
+    assert not bulk[1].HasField("payload")

@@ -12,13 +12,23 @@ from conveyor.api.results import Results
 from conveyor.api.update_mask import named_fields
 from conveyor.config import Settings
 from conveyor.errors import FieldViolation, InvalidArgument
-from conveyor.jobs.model import MAX_BULK, JobSpec, JobState, spec_from_proto
+from conveyor.jobs.model import MAX_BULK, Job, JobSpec, JobState, spec_from_proto
 from conveyor.jobs.queues import LIMIT_FIELDS, LimitChange
 from conveyor.server.auth import Authenticator, Principal
 from conveyor.server.grpcserver import streaming, unary
 from conveyor.telemetry.metrics import ApiMetrics
+from conveyor.v1 import job_pb2, job_service_pb2_grpc
 from conveyor.v1 import job_service_pb2 as pb
-from conveyor.v1 import job_service_pb2_grpc
+
+
+def _answer(job: Job, request: pb.SubmitJobRequest) -> job_pb2.Job:
+    """A submitted job as the answer carries it, its payload copied from the request rather
+    than rebuilt from the job's dict (the same payload: the job was made from it, or is the
+    earlier job of the same key, whose request fingerprint matched)."""
+    answer = job.to_proto(payload=False)
+    if job.payload:
+        answer.payload.CopyFrom(request.payload)
+    return answer
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -46,7 +56,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> pb.SubmitJobResponse:
         spec = spec_from_proto(request, max_payload_bytes=self.max_payload)
         job = await self.ops.submit(principal, spec)
-        return pb.SubmitJobResponse(job=job.to_proto())
+        return pb.SubmitJobResponse(job=_answer(job, request))
 
     @unary
     async def SubmitJobs(
@@ -73,8 +83,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if violations:
             raise InvalidArgument(violations)
         jobs = await self.ops.submit_many(principal, specs)
-        payloads = request.view != pb.JOB_VIEW_BASIC
-        return pb.SubmitJobsResponse(jobs=[job.to_proto(payload=payloads) for job in jobs])
+        if request.view == pb.JOB_VIEW_BASIC:
+            return pb.SubmitJobsResponse(jobs=[job.to_proto(payload=False) for job in jobs])
+        answers = [_answer(job, item) for job, item in zip(jobs, request.requests, strict=True)]
+        return pb.SubmitJobsResponse(jobs=answers)
 
     @unary
     async def GetJob(self, request: pb.GetJobRequest, principal: Principal) -> pb.GetJobResponse:
