@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
@@ -28,12 +29,29 @@ def fresh(redis_server: EmbeddedRedis, database_url: str, tmp_path: Path) -> Sta
 
 
 def start_set(stack: Stack) -> tuple[Service, list[psutil.Process]]:
-    """`conveyor api --processes 2`, serving: the supervisor and its API processes."""
+    """`conveyor api --processes 2`, every process serving (health on the shared port says
+    only that one does; each serves its metrics once it is up): the supervisor and its API
+    processes."""
     supervisor = stack.spawn("api", "--processes", str(PROCESSES))
     assert wait_serving(supervisor.addr, 30, tls=False), supervisor.tail()
+    for addr in metrics_addrs(supervisor):
+        assert wait_answering(addr, 30), f"no metrics on {addr}:\n{supervisor.tail()}"
     children = psutil.Process(supervisor.proc.pid).children()
     assert len(children) == PROCESSES, supervisor.tail()
     return supervisor, children
+
+
+def wait_answering(metrics_addr: str, timeout: float) -> bool:
+    """Whether the process's /metrics answers within `timeout` seconds (it starts serving
+    them once its own start-up checks have passed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            submitted(metrics_addr)
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def submitted(metrics_addr: str) -> float:
