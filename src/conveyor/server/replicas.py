@@ -10,7 +10,7 @@ processes share nothing but Redis and the database, as replicas on separate mach
 - Process i serves its metrics on CONVEYOR_METRICS_ADDR's port + i (its own `/metrics`, as
   a replica would have); only process 0 serves folder-store downloads.
 - SIGTERM or SIGINT is passed on to every process, each drains as a lone API does, and the
-  supervisor exits once all have, with the worst exit code.
+  supervisor exits once all have: 0, or the first non-zero code among them.
 - A process that exits on its own (a crash, a port it could not bind) stops the others,
   and the supervisor exits with its code: the orchestrator (compose, Kubernetes) restarts
   the set, rather than a set one short serving on unnoticed.
@@ -42,20 +42,17 @@ def process_env(base: Mapping[str, str], settings: Settings, index: int) -> dict
     env["CONVEYOR_API_PROCESSES"] = str(settings.api_processes)
     env["CONVEYOR_API_PROCESS_INDEX"] = str(index)
     metrics = settings.metrics_addr.strip() or DEFAULT_ADDRS["api"]
-    if metrics.lower() != "off":
-        host, _, port = metrics.rpartition(":")
-        env["CONVEYOR_METRICS_ADDR"] = f"{host}:{int(port) + index}" if int(port) else metrics
+    host, _, port = metrics.rpartition(":")
+    if port.isdigit() and int(port):  # else as given: "off", port 0, or one to warn about
+        metrics = f"{host}:{int(port) + index}"
+    env["CONVEYOR_METRICS_ADDR"] = metrics
     return env
 
 
 def supervise(settings: Settings, command: Sequence[str]) -> int:
     """Run `settings.api_processes` copies of `command` until a stop signal, or until one of
     them exits; the exit code the set ends with."""
-    procs = [
-        subprocess.Popen(list(command), env=process_env(os.environ, settings, i))
-        for i in range(settings.api_processes)
-    ]
-    log.info("api: %d processes on %s", len(procs), settings.api_addr)
+    procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -65,8 +62,16 @@ def supervise(settings: Settings, command: Sequence[str]) -> int:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
+    # Before the first process starts: a stop that comes meanwhile reaches every process.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        for index in range(settings.api_processes):
+            procs.append(
+                subprocess.Popen(list(command), env=process_env(os.environ, settings, index))
+            )
+            if stopping:
+                stop(signal.SIGTERM, None)
+        log.info("api: %d processes on %s", len(procs), settings.api_addr)
         first = _first_to_exit(procs)
         asked = stopping
         if not asked:
@@ -92,9 +97,16 @@ def _shell_code(code: int) -> int:
 
 
 def _first_to_exit(procs: Sequence[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    """Wait for any of `procs` to exit (a stop signal makes them all exit)."""
+    """Wait for any of `procs` to exit (a stop signal makes them all exit). The stop
+    handler's `poll()` may have reaped one already, so those count first."""
     while True:
-        pid, status = os.wait()  # resumed after a signal handler has run (PEP 475)
+        for proc in procs:
+            if proc.returncode is not None:
+                return proc
+        try:
+            pid, status = os.wait()  # resumed after a signal handler has run (PEP 475)
+        except ChildProcessError:  # every one reaped by `poll()`: their codes are set
+            continue
         for proc in procs:
             if proc.pid == pid:
                 proc.returncode = os.waitstatus_to_exitcode(status)
