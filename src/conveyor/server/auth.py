@@ -10,7 +10,11 @@ any string) have no id part and are found by the digest of the whole string.
 
 Verdicts are cached per process for half a second, so a revoked key stops working within
 a second (the database sees two reads per key per second, not one per call); `StreamGuard`
-ends the open streams of a revoked key within the same second.
+ends the open streams of a revoked key within the same second. The cache is keyed by a
+BLAKE2b of the token under a key made at random when the process starts, not by the token
+(nothing a memory dump could replay) nor by the stored digest: a call whose verdict is
+cached pays one BLAKE2b of 80 bytes (2.6 us here), not the HMAC-SHA256 a lookup needs
+(9.2 us, most of it Python's `hmac` module around the hash).
 """
 
 from __future__ import annotations
@@ -81,6 +85,15 @@ class NewKey:
     token: str
 
 
+# The cache's key (see the module): random per process, so a cache key means nothing outside it.
+_CACHE_KEY = secrets.token_bytes(32)
+
+
+def cache_key(token: str) -> bytes:
+    """What the verdict cache files a token under: a keyed hash, never the token itself."""
+    return hashlib.blake2b(token.encode(), key=_CACHE_KEY, digest_size=16).digest()
+
+
 def digest(secret: str) -> str:
     """The stored form of a secret (hex HMAC-SHA256)."""
     return hmac.new(_DIGEST_KEY, secret.encode(), hashlib.sha256).hexdigest()
@@ -129,11 +142,11 @@ class Authenticator:
         self.keys = keys
         self.cache_seconds = cache_seconds
         self.max_streams_per_owner = max_streams_per_owner
-        # Keyed by a digest of the token, never the token itself.
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # Keyed by `cache_key(token)`, never the token itself.
+        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
         # At most one lookup per key at a time: when a busy key's verdict expires, the
         # calls that arrive meanwhile wait for the one lookup instead of each making theirs.
-        self._looking: dict[str, asyncio.Future[Principal | None]] = {}
+        self._looking: dict[bytes, asyncio.Future[Principal | None]] = {}
         self.guard = StreamGuard(self)
 
     async def authenticate(self, metadata: Iterable[tuple[str, Any]] | None) -> Principal:
@@ -144,28 +157,28 @@ class Authenticator:
 
     async def principal_for(self, token: str) -> Principal | None:
         """The principal a token stands for now (cached for a second); None if none."""
-        cache_key = digest(token)
+        key = cache_key(token)
         now = time.monotonic()
-        cached = self._cache.get(cache_key)
+        cached = self._cache.get(key)
         if cached is not None and now - cached[0] < self.cache_seconds:
             return cached[1]
         try:
-            principal = await self._lookup_once(cache_key, token)
+            principal = await self._lookup_once(key, token)
         except Unavailable:
             if cached is None or now - cached[0] > OUTAGE_GRACE_SECONDS:
                 raise
             return cached[1]  # the last verdict; not refreshed, so the grace runs out
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[cache_key] = (now, principal)
+        self._cache[key] = (now, principal)
         return principal
 
-    async def _lookup_once(self, cache_key: str, token: str) -> Principal | None:
-        looking = self._looking.get(cache_key)
+    async def _lookup_once(self, key: bytes, token: str) -> Principal | None:
+        looking = self._looking.get(key)
         if looking is None:
             looking = asyncio.ensure_future(self._lookup(token))
-            self._looking[cache_key] = looking
-            looking.add_done_callback(lambda _: self._looking.pop(cache_key, None))
+            self._looking[key] = looking
+            looking.add_done_callback(lambda _: self._looking.pop(key, None))
         return await asyncio.shield(looking)
 
     async def _lookup(self, token: str) -> Principal | None:
