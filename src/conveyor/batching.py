@@ -9,6 +9,12 @@ one flush is busy starts the next at once instead of waiting for it (two connect
 commits overlap, and PostgreSQL flushes their WAL together). That halves the wait a quiet
 caller sees behind a busy one. Flushes may then finish out of order, so only batchers whose
 items are independent (new jobs; not one job's successive outcomes) use it.
+
+A flush always runs in a task of its own, never in the first caller's: gRPC cancels a
+call's task when its client goes away or its deadline passes, and a flush cancelled between
+its commit and its Redis write would leave committed jobs out of line (until the
+reconciler's pass) for callers who are still waiting. That task is the only hop a call
+makes (about 10 us: one task made, one future resolved); a flush of n items pays it once.
 """
 
 from __future__ import annotations

@@ -31,6 +31,14 @@ def _answer(job: Job, request: pb.SubmitJobRequest) -> job_pb2.Job:
     return answer
 
 
+def _with_payload(view: int, field: str = "view") -> bool:
+    """Whether a response carries payloads (AIP-157: unset is JOB_VIEW_FULL); an unknown
+    view is INVALID_ARGUMENT, refused before any work."""
+    if view not in pb.JobView.values():
+        raise InvalidArgument([FieldViolation(field, "must be a JobView")])
+    return view != pb.JOB_VIEW_BASIC
+
+
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     def __init__(
         self,
@@ -54,9 +62,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: pb.SubmitJobRequest, principal: Principal
     ) -> pb.SubmitJobResponse:
+        with_payload = _with_payload(request.view)
         spec = spec_from_proto(request, max_payload_bytes=self.max_payload)
         job = await self.ops.submit(principal, spec)
-        return pb.SubmitJobResponse(job=_answer(job, request))
+        answer = _answer(job, request) if with_payload else job.to_proto(payload=False)
+        return pb.SubmitJobResponse(job=answer)
 
     @unary
     async def SubmitJobs(
@@ -72,6 +82,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if request.view not in pb.JobView.values():
             violations.append(FieldViolation("view", "must be a JobView"))
         for i, item in enumerate(request.requests):
+            if item.view:
+                violations.append(
+                    FieldViolation(f"requests[{i}].view", "must be unset: the bulk's view applies")
+                )
             try:
                 specs.append(
                     spec_from_proto(
@@ -90,13 +104,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     @unary
     async def GetJob(self, request: pb.GetJobRequest, principal: Principal) -> pb.GetJobResponse:
+        with_payload = _with_payload(request.view)
         job = await self.ops.get(principal, request.id)
-        return pb.GetJobResponse(job=job.to_proto())
+        return pb.GetJobResponse(job=job.to_proto(payload=with_payload))
 
     @unary
     async def ListJobs(
         self, request: pb.ListJobsRequest, principal: Principal
     ) -> pb.ListJobsResponse:
+        with_payload = _with_payload(request.view)
         try:
             state = JobState(request.state) if request.state else None
         except ValueError:
@@ -116,7 +132,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         jobs, token = await self.ops.list_jobs(
             principal, filt, request.page_size, request.page_token
         )
-        protos = [job.to_proto() for job in jobs]
+        protos = [job.to_proto(payload=with_payload) for job in jobs]
         fit = _fitting(protos, self.max_page_bytes)
         if fit < len(protos):  # cut short by size: the next page starts after the last kept
             token = await self.ops.page_token_after(principal, filt, jobs[fit - 1])
