@@ -115,6 +115,11 @@ class JobOperations:
         self._submits: Batcher[Job, Job | ConveyorError] = Batcher(
             self._commit_and_enqueue, concurrency=2
         )
+        # Concurrent GetJobs share one Redis pipeline of their reads (`RedisQueue.look_many`);
+        # reads are independent, so two may be in flight, as submits.
+        self._looks: Batcher[tuple[str, str], tuple[dict[str, str] | None, Waiting | None]] = (
+            Batcher(self._look_many, concurrency=2)
+        )
         # A job's hot state lives under its queue's hash tag, so reading it takes the queue.
         # Jobs submitted here, or read once from the database, are remembered with their
         # owner (oldest forgotten first); any other id costs one primary-key read first.
@@ -278,12 +283,17 @@ class JobOperations:
         if self.pending.owes(job_id):  # Redis lacks its latest change: the row is the truth
             return await self._stored(principal, job_id, hot_read=True), None
         try:
-            hot, waiting = await self.queue.look(known[0], job_id)
+            hot, waiting = await self._looks.submit((known[0], job_id))
         except Unavailable:
             hot, waiting = None, None
         if hot is not None:
             return Job.from_hot(hot), waiting
         return await self._stored(principal, job_id, hot_read=True), None
+
+    async def _look_many(
+        self, refs: list[tuple[str, str]]
+    ) -> list[tuple[dict[str, str] | None, Waiting | None]]:
+        return await self.queue.look_many(refs)
 
     async def _get_visible(self, principal: Principal, job_id: str) -> Job:
         job = await self._load(principal, job_id)

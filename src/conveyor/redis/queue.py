@@ -176,6 +176,16 @@ def _docs_by_queue(jobs: Iterable[Job]) -> dict[str, list[dict[str, str]]]:
     return by_queue
 
 
+def _looked(
+    flat: Sequence[str], waits: list[int | str]
+) -> tuple[dict[str, str] | None, Waiting | None]:
+    """What `look.lua` answered: the job's hot fields (None if Redis lacks the job) and,
+    when it waits in line, what holds it back."""
+    fields = _pairs(flat)
+    hot = fields if fields.get("id") else None
+    return hot, Waiting.from_script(waits) if hot is not None and waits else None
+
+
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -443,9 +453,22 @@ class RedisQueue:
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
             flat, waits = await self.scripts.look(self.redis, k.all, [job_id, k.job(job_id)])
-        fields = _pairs(flat)
-        hot = fields if fields.get("id") else None
-        return hot, Waiting.from_script(waits) if hot is not None and waits else None
+        return _looked(flat, waits)
+
+    async def look_many(
+        self, refs: Sequence[tuple[str, str]]
+    ) -> list[tuple[dict[str, str] | None, Waiting | None]]:
+        """`look` for several (queue, job id) at once, in one pipeline: one write and one
+        read on one connection, however many concurrent GetJobs asked (see
+        `conveyor.api.jobs`). A lone ref takes `look`'s plain call."""
+        if len(refs) == 1:
+            return [await self.look(*refs[0])]
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for queue, job_id in refs:
+                k = QueueKeys(queue)
+                self.scripts.look.queue(pipe, k.all, [job_id, k.job(job_id)])
+            replies = await self.scripts.execute(pipe)
+        return [_looked(flat, waits) for flat, waits in replies]
 
     async def epoch(self) -> str | None:
         async with unavailable_on_redis_errors():
