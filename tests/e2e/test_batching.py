@@ -9,7 +9,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent import futures
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import pytest
@@ -25,8 +25,15 @@ from tests.processes import Stack
 # A queue no worker serves: jobs there stay QUEUED.
 PARKED = "parked"
 
+if TYPE_CHECKING:  # generic in the stubs only
+    AioInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    BlockingInterceptor = grpc.UnaryUnaryClientInterceptor[Any, Any]
+else:
+    AioInterceptor = grpc.aio.UnaryUnaryClientInterceptor
+    BlockingInterceptor = grpc.UnaryUnaryClientInterceptor
 
-class Recorder(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+
+class Recorder(AioInterceptor):
     """Notes every unary call the client makes (method, number of requests it carries);
     with `gate`, the first call waits for it before it is sent (`entered` says it does)."""
 
@@ -50,7 +57,7 @@ class Recorder(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         return [c for c in self.calls if c[0] in ("SubmitJob", "SubmitJobs")]
 
 
-class BlockingRecorder(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class BlockingRecorder(BlockingInterceptor):
     """`Recorder` for the blocking client (thread-safe)."""
 
     def __init__(self) -> None:
@@ -67,7 +74,8 @@ class BlockingRecorder(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 
 def recorded_client(stack: Stack, key: str, recorder: Recorder) -> AsyncClient:
-    channel = grpc.aio.insecure_channel(stack.api_addr, interceptors=[recorder])
+    interceptors: list[grpc.aio.ClientInterceptor] = [cast(grpc.aio.ClientInterceptor, recorder)]
+    channel = grpc.aio.insecure_channel(stack.api_addr, interceptors=interceptors)
     return AsyncClient(api_key=key, channel=channel)
 
 
@@ -75,7 +83,7 @@ def lone_status(stub: JobServiceStub, key: str, request: pb.SubmitJobRequest) ->
     """The google.rpc.Status that SubmitJob alone answers `request` with."""
     with pytest.raises(grpc.RpcError) as failed:
         stub.SubmitJob(request, metadata=[("authorization", f"Bearer {key}")])
-    return rpc_status.from_call(failed.value)
+    return rpc_status.from_call(cast(grpc.Call, failed.value))
 
 
 def test_a_bad_request_fails_alone_with_its_submit_jobs_status(stack: Stack) -> None:
@@ -182,9 +190,9 @@ def test_submits_from_many_threads_share_calls(stack: Stack) -> None:
         start.wait()
         return client.submit("noop", {"i": i}, queue=PARKED)
 
-    with Client(api_key=stack.create_key("threads"), channel=channel) as client:
-        with futures.ThreadPoolExecutor(64) as pool:
-            jobs = list(pool.map(lambda i: submit(client, i), range(64)))
+    key = stack.create_key("threads")
+    with Client(api_key=key, channel=channel) as client, futures.ThreadPoolExecutor(64) as pool:
+        jobs = list(pool.map(lambda i: submit(client, i), range(64)))
     assert [dict(job.payload)["i"] for job in jobs] == list(range(64))
     assert len({job.id for job in jobs}) == 64
     calls = [c for c in recorder.calls if c[0] in ("SubmitJob", "SubmitJobs")]
@@ -230,8 +238,7 @@ async def test_a_cancelled_caller_leaves_the_others_batch_alone(stack: Stack) ->
     key = stack.create_key("cancelled")
     async with recorded_client(stack, key, recorder) as client:
         tasks = [
-            asyncio.create_task(client.submit("noop", {"i": i}, queue=PARKED))
-            for i in range(16)
+            asyncio.create_task(client.submit("noop", {"i": i}, queue=PARKED)) for i in range(16)
         ]
         await recorder.entered.wait()  # the first flies; the others queued behind it
         tasks[0].cancel()

@@ -675,6 +675,10 @@ class AsyncClient:
             task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: Batch) -> None:
+        """Send `batch`, settle its callers, then free its slot one turn of the loop later:
+        after the callers just answered have run, so that those that submit again at once
+        join the next batch rather than one of them going alone and the rest waiting for it
+        (no timer: the turn waits for nothing but work already due)."""
         try:
             send = next(self._stubs).sender(batch.rpc)
             answer = await send(batch.request(), metadata=self._metadata, timeout=batch.timeout())
@@ -682,8 +686,11 @@ class AsyncClient:
         except BaseException as error:  # handed to every caller of the batch
             batch.fail(error)
         finally:
-            if self._coalescer is not None:
-                self._start(self._coalescer.leave())
+            asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        if self._coalescer is not None:
+            self._start(self._coalescer.leave())
 
     async def _stream(self, stream: Stream[T]) -> AsyncIterator[T]:
         """`stream`'s answers as they come (no deadline); a failure raised as its
