@@ -644,7 +644,7 @@ class AsyncClient:
             timeout = tries.next_timeout()
             try:
                 if coalescer is not None:
-                    answer = await self._coalesced(coalescer, call, timeout)
+                    answer = await self._coalesced(coalescer, send, call, timeout)
                 else:
                     answer = await send(call.request, metadata=self._metadata, timeout=timeout)
                 return call.extract(answer)
@@ -654,15 +654,16 @@ class AsyncClient:
                     raise from_rpc_error(error) from None
             await asyncio.sleep(wait)
 
-    async def _coalesced(self, coalescer: Coalescer, call: Call[T], seconds: float) -> Any:
+    async def _coalesced(
+        self, coalescer: Coalescer, send: Any, call: Call[T], seconds: float
+    ) -> Any:
         """One try of `call` (timing out after `seconds`) through the coalescer: sent at once
-        in this task if a slot is free, else queued for the next batch; its answer, or its
-        error raised."""
+        by `send` in this task if a slot is free, else queued for the next batch; its
+        answer, or its error raised."""
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not coalescer.enter(Waiting(call, time.monotonic() + seconds, waiter)):
             return await waiter  # cancelling this cancels the waiter alone
         try:
-            send = next(self._stubs).sender(call.rpc)
             return await send(call.request, metadata=self._metadata, timeout=seconds)
         finally:
             self._start(coalescer.leave())
@@ -781,7 +782,7 @@ class Client:
             timeout = tries.next_timeout()
             try:
                 if coalescer is not None:
-                    answer = self._coalesced(coalescer, call, timeout)
+                    answer = self._coalesced(coalescer, send, call, timeout)
                 else:
                     answer = send(call.request, metadata=self._metadata, timeout=timeout)
                 return call.extract(answer)
@@ -791,14 +792,13 @@ class Client:
                     raise from_rpc_error(error) from None
             time.sleep(wait)
 
-    def _coalesced(self, coalescer: Coalescer, call: Call[T], timeout: float) -> Any:
+    def _coalesced(self, coalescer: Coalescer, send: Any, call: Call[T], timeout: float) -> Any:
         """`AsyncClient._coalesced`, blocking: a queued try waits for a batch that gRPC's
         callbacks send, not this thread."""
         waiter: futures.Future[Any] = futures.Future()
         if not coalescer.enter(Waiting(call, time.monotonic() + timeout, waiter)):
             return waiter.result()
         try:
-            send = next(self._stubs).sender(call.rpc)
             return send(call.request, metadata=self._metadata, timeout=timeout)
         finally:
             self._start(coalescer.leave())
