@@ -6,6 +6,7 @@ SDK's concurrent submits share calls while each caller keeps its own job or erro
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent import futures
@@ -20,7 +21,8 @@ from conveyor.errors import AlreadyExists, InvalidArgument, Unauthenticated
 from conveyor.v1 import job_pb2
 from conveyor.v1 import job_service_pb2 as pb
 from conveyor.v1.job_service_pb2_grpc import JobServiceStub
-from tests.processes import Stack
+from tests.e2e.test_grpcurl import grpcurl
+from tests.processes import Keys, Stack
 
 # A queue no worker serves: jobs there stay QUEUED.
 PARKED = "parked"
@@ -127,6 +129,28 @@ def test_a_bad_request_fails_alone_with_its_submit_jobs_status(stack: Stack) -> 
         for job, i in zip(made, (0, 3), strict=True):
             seen = stub.GetJob(pb.GetJobRequest(id=job.id), metadata=auth).job
             assert seen.state == job_pb2.JOB_STATE_QUEUED and dict(seen.payload) == {"i": i}
+
+
+def test_the_readme_per_item_call_with_grpcurl(stack: Stack, keys: Keys) -> None:
+    """The README's grpcurl session: per-item results in JSON, the refused request's
+    google.rpc.Status with its BadRequest details resolved by reflection."""
+    body = json.dumps(
+        {
+            "partial_success": True,
+            "view": "JOB_VIEW_BASIC",
+            "requests": [{"type": "noop", "queue": PARKED}, {"type": "noop", "priority": 12}],
+        }
+    )
+    out = grpcurl(
+        stack, "-d", body, stack.api_addr, "conveyor.v1.JobService/SubmitJobs", key=keys.alice
+    )
+    assert out.returncode == 0, out.stderr
+    stored, refused = json.loads(out.stdout)["results"]
+    assert stored["job"]["state"] == "JOB_STATE_QUEUED"
+    assert refused["error"]["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    (detail,) = refused["error"]["details"]
+    assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert [v["field"] for v in detail["field_violations"]] == ["priority"]
 
 
 def test_idempotency_holds_per_item(stack: Stack) -> None:
