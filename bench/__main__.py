@@ -255,8 +255,10 @@ class Bench:
     def n(self, count: int) -> int:
         return max(int(count * self.scale), 10)
 
-    def client(self) -> AsyncClient:
-        return AsyncClient(self.stack.api_addr, api_key=self.key)
+    def client(self, *, batch_submits: bool = False) -> AsyncClient:
+        """A client of the stack; its submits are not batched unless asked (rows that
+        measure SubmitJob measure SubmitJob)."""
+        return AsyncClient(self.stack.api_addr, api_key=self.key, batch_submits=batch_submits)
 
     def processes(self, *workers: Service) -> dict[str, psutil.Process]:
         """The processes a job passes through: the api, the given workers, Redis and
@@ -271,15 +273,18 @@ class Bench:
         make_calls: Callable[[AsyncClient], Awaitable[list[ClientCall]]],
         per_loop: int,
         jobs_per_call: int = 1,
+        *,
+        batch_submits: bool = False,
     ) -> tuple[Side, Side]:
         """The same client loops against Conveyor, then against the floor (`bench.floor`):
         each side's rate, latencies and CPU by process."""
-        async with self.client() as client:
+        async with self.client(batch_submits=batch_submits) as client:
             conveyor = await measure(
                 await make_calls(client), per_loop, self.processes(), jobs_per_call
             )
         floor_procs = {"api": self.servers.floor}
-        async with AsyncClient(self.servers.floor_addr, api_key=self.key) as client:
+        floor_addr = self.servers.floor_addr
+        async with AsyncClient(floor_addr, api_key=self.key, batch_submits=batch_submits) as client:
             floor = await measure(await make_calls(client), per_loop, floor_procs, jobs_per_call)
         return conveyor, floor
 
@@ -300,6 +305,18 @@ class Bench:
 
         conveyor, floor = await self.versus_floor(loops, self.n(1000))
         emit("submit_16_clients", conveyor.rate, "jobs/s", 10000, **versus_floor(conveyor, floor))
+
+    async def submit_sdk_concurrent(self, callers: int = 64) -> None:
+        """One SDK client process, `callers` concurrent `submit()` calls: the SDK batches
+        them (its default) into per-item SubmitJobs, so each job's API CPU is a share of a
+        batch's; `api_cpu_us_per_call` is per submit, i.e. per job."""
+
+        async def loops(client: AsyncClient) -> list[ClientCall]:
+            return [lambda: client.submit("noop", queue="parked")] * callers
+
+        conveyor, floor = await self.versus_floor(loops, self.n(500), batch_submits=True)
+        emit("submit_sdk_64_callers", conveyor.rate, "jobs/s", 8000,
+             **versus_floor(conveyor, floor))  # fmt: skip
 
     async def submit_payload(self, clients: int = 16) -> None:
         """SubmitJob with 16 in flight, empty payloads and then a realistic 7-key payload:
@@ -1063,6 +1080,7 @@ def _cold_import_seconds() -> float:
 WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "submit_sequential": Bench.submit_sequential,
     "submit_concurrent": Bench.submit_concurrent,
+    "submit_sdk_concurrent": Bench.submit_sdk_concurrent,
     "submit_payload": Bench.submit_payload,
     "submit_bulk": Bench.submit_bulk,
     "drain1": lambda b: b.drain(1, 7000),

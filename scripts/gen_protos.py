@@ -3,6 +3,15 @@
 `python scripts/gen_protos.py` rewrites the generated modules in place;
 `python scripts/gen_protos.py --out DIR` writes them under DIR instead, which is how the
 test that guards against stale generated code compares them.
+
+Only conveyor/v1 is generated. The googleapis files the API imports (`google/rpc/
+status.proto`) come, with their Python modules (`google.rpc.status_pb2`), from the
+googleapis-common-protos package, a declared dependency: the generated code imports them
+from there. An unmodified copy of each sits in protos/google/ for protoc and buf, which
+cannot reach buf's registry here and would otherwise need the path of an installed
+package (it differs by interpreter and virtualenv, and its google/ folder holds hundreds of
+other protos that buf would lint and check). tests/unit/test_protos.py keeps the copies
+identical to the package's.
 """
 
 from __future__ import annotations

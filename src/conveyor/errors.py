@@ -43,8 +43,10 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "from_rpc_error",
+    "from_status",
     "internal_status",
     "outage",
+    "status_of",
     "to_status",
 ]
 
@@ -198,12 +200,17 @@ def outage(store: str) -> BaseException:
     return Unavailable(f"{store} unavailable")
 
 
-def to_status(error: ConveyorError) -> grpc.Status:
-    """The rich gRPC status for `error` (code, message and google.rpc details)."""
-    status = status_pb2.Status(
+def status_of(error: ConveyorError) -> status_pb2.Status:
+    """`error` as a google.rpc.Status: code, message and details (also what a per-item
+    SubmitJobs answers for a request it refused)."""
+    return status_pb2.Status(
         code=error.code.value[0], message=error.message, details=error.details()
     )
-    return rpc_status.to_status(status)
+
+
+def to_status(error: ConveyorError) -> grpc.Status:
+    """The rich gRPC status for `error` (code, message and google.rpc details)."""
+    return rpc_status.to_status(status_of(error))
 
 
 def internal_status(message: str = "internal error") -> grpc.Status:
@@ -216,7 +223,21 @@ def from_rpc_error(error: grpc.RpcError) -> ConveyorError:
     code: grpc.StatusCode = error.code()
     message: str = error.details() or code.name
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    details = list(status.details) if status is not None else []
+    return _from_parts(code, message, list(status.details) if status is not None else [])
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_status(status: status_pb2.Status) -> ConveyorError:
+    """The ConveyorError a google.rpc.Status stands for (the one `from_rpc_error` raises for
+    a call that failed with it): a per-item SubmitJobs result's error, client side."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _from_parts(code, status.message or code.name, list(status.details))
+
+
+def _from_parts(code: grpc.StatusCode, message: str, details: list[any_pb2.Any]) -> ConveyorError:
+    """The one map from a status's parts to the error class (and its details) it stands for."""
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         violations: list[FieldViolation] = []
         for detail in details:

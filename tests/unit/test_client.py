@@ -102,6 +102,8 @@ class Scripted(JobServiceServicer, ScheduleServiceServicer):
         self.keys: defaultdict[str, list[str]] = defaultdict(list)  # job type: keys sent
         self.left: defaultdict[str, threading.Event] = defaultdict(threading.Event)
         self.traced: defaultdict[str, list[str]] = defaultdict(list)  # job id: RPCs traced
+        # job type: the size of every partial_success SubmitJobs its first job had
+        self.batches: defaultdict[str, list[int]] = defaultdict(list)
 
     def _saw(self, job_id: str, method: str, context: grpc.ServicerContext) -> None:
         """Note `method` for `job_id` if the call carried a trace context."""
@@ -120,7 +122,22 @@ class Scripted(JobServiceServicer, ScheduleServiceServicer):
         return pb.SubmitJobResponse(job=self._job(request, context))
 
     def SubmitJobs(self, request: Any, context: grpc.ServicerContext) -> pb.SubmitJobsResponse:
-        """A `flaky` bulk fails its first tries (its first job's keys are recorded)."""
+        """A `flaky` bulk fails its first tries (its first job's keys are recorded). With
+        partial_success (the SDK's batched submits) every key is recorded, and a batch
+        carrying a `flaky` job fails as a whole while any of its jobs has had fewer tries
+        than FLAKY_TRIES."""
+        if request.partial_success:
+            for item in request.requests:
+                self.keys[item.type].append(item.idempotency_key)
+            self.batches[request.requests[0].type].append(len(request.requests))
+            if any(
+                item.type.startswith("flaky")
+                and self.keys[item.type].count(item.idempotency_key) <= FLAKY_TRIES
+                for item in request.requests
+            ):
+                context.abort(grpc.StatusCode.UNAVAILABLE, "stream removed")
+            jobs = [self._job(item, context) for item in request.requests]
+            return pb.SubmitJobsResponse(results=[pb.SubmitJobsResult(job=job) for job in jobs])
         first = request.requests[0]
         self.keys[first.type].append(first.idempotency_key)
         if first.type.startswith("flaky") and len(self.keys[first.type]) <= FLAKY_TRIES:
@@ -269,6 +286,21 @@ async def test_an_ambiguous_bulk_is_sent_again_with_the_same_keys(
     assert len(first) == FLAKY_TRIES + 1 and len(set(first)) == 1
     assert jobs[0].idempotency_key == first[0] != jobs[1].idempotency_key
     assert absorbed(driver) == {"UNAVAILABLE": FLAKY_TRIES}
+
+
+async def test_a_batch_refused_as_a_whole_is_retried_by_each_caller_with_its_key(
+    driver: Driver, scripted: tuple[Scripted, str]
+) -> None:
+    """Concurrent submits batched into one SubmitJobs that answers UNAVAILABLE: each caller's
+    own retry policy sends its own submit again with its own key (alone or in a later
+    batch), and each gets the job of that key."""
+    kind = f"flaky-{uuid.uuid4().hex}"
+    jobs = await asyncio.gather(*(driver.call("submit", kind, {"i": i}) for i in range(8)))
+    keys = scripted[0].keys[kind]
+    assert len({job.idempotency_key for job in jobs}) == 8
+    assert all(keys.count(job.idempotency_key) > FLAKY_TRIES for job in jobs)
+    assert max(scripted[0].batches[kind], default=0) > 1
+    assert absorbed(driver)["UNAVAILABLE"] >= 8
 
 
 async def test_calls_that_are_not_retry_safe_raise_the_first_ambiguous_answer(

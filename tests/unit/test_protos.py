@@ -65,3 +65,18 @@ def test_the_runtime_floors_admit_only_versions_the_generated_code_imports_on() 
     }
     assert floors["grpcio"] >= max(grpc_made), f"grpcio>={max(grpc_made)} in pyproject.toml"
     assert floors["protobuf"] >= max(protobuf_made), f"protobuf>={max(protobuf_made)}"
+
+
+def test_vendored_googleapis_protos_are_the_packages_own() -> None:
+    """Guards protos/google/: it holds unmodified copies of the googleapis files the API
+    imports, for protoc and buf, while the generated code imports their Python modules
+    from googleapis-common-protos; a copy that drifted from the package's would describe
+    messages other than the ones that go on the wire."""
+    import google.rpc
+
+    installed = Path(next(iter(google.rpc.__path__)))
+    vendored = sorted((ROOT / "protos" / "google").rglob("*.proto"))
+    assert vendored
+    for path in vendored:
+        relative = path.relative_to(ROOT / "protos" / "google" / "rpc")
+        assert path.read_bytes() == (installed / relative).read_bytes(), path

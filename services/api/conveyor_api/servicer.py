@@ -11,7 +11,7 @@ from conveyor.api.queues import QueueAdmin
 from conveyor.api.results import Results
 from conveyor.api.update_mask import named_fields
 from conveyor.config import Settings
-from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.errors import ConveyorError, FieldViolation, InvalidArgument, status_of
 from conveyor.jobs.model import MAX_BULK, Job, JobSpec, JobState, spec_from_proto
 from conveyor.jobs.queues import LIMIT_FIELDS, LimitChange
 from conveyor.server.auth import Authenticator, Principal
@@ -81,6 +81,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         violations: list[FieldViolation] = []
         if request.view not in pb.JobView.values():
             violations.append(FieldViolation("view", "must be a JobView"))
+        if request.partial_success:  # the call's own fields only: each request stands alone
+            if violations:
+                raise InvalidArgument(violations)
+            return await self._submit_each(request, principal)
         for i, item in enumerate(request.requests):
             if item.view:
                 violations.append(
@@ -101,6 +105,29 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             return pb.SubmitJobsResponse(jobs=[job.to_proto(payload=False) for job in jobs])
         answers = [_answer(job, item) for job, item in zip(jobs, request.requests, strict=True)]
         return pb.SubmitJobsResponse(jobs=answers)
+
+    async def _submit_each(
+        self, request: pb.SubmitJobsRequest, principal: Principal
+    ) -> pb.SubmitJobsResponse:
+        """SubmitJobs with `partial_success`: one result per request, each the job or the
+        status a SubmitJob of that request alone would answer."""
+        specs: list[JobSpec | ConveyorError] = []
+        for item in request.requests:
+            try:
+                specs.append(spec_from_proto(item, max_payload_bytes=self.max_payload))
+            except InvalidArgument as bad:
+                specs.append(bad)
+        outcomes = await self.ops.submit_each(principal, specs)
+        basic = request.view == pb.JOB_VIEW_BASIC
+        results = [
+            pb.SubmitJobsResult(error=status_of(outcome))
+            if isinstance(outcome, ConveyorError)
+            else pb.SubmitJobsResult(
+                job=outcome.to_proto(payload=False) if basic else _answer(outcome, item)
+            )
+            for outcome, item in zip(outcomes, request.requests, strict=True)
+        ]
+        return pb.SubmitJobsResponse(results=results)
 
     @unary
     async def GetJob(self, request: pb.GetJobRequest, principal: Principal) -> pb.GetJobResponse:

@@ -232,6 +232,35 @@ class JobOperations:
         await self._enqueue_new(jobs, stored)
         return stored
 
+    async def submit_each(
+        self, principal: Principal, specs: Sequence[JobSpec | ConveyorError]
+    ) -> list[Job | ConveyorError]:
+        """A per-item bulk (SubmitJobs' `partial_success`): per request, the job or the
+        error a SubmitJob of it alone would get. A request that failed to decode comes as
+        its error. The valid ones are charged together and committed in one transaction of
+        their own, so that a failure of the call as a whole (the rate limit, the database)
+        raises with nothing stored, and a request refused alone (its idempotency key used
+        for another request) is not stored while the others are."""
+        outcomes: dict[int, Job | ConveyorError] = {}
+        valid: list[tuple[int, JobSpec]] = []
+        for index, spec in enumerate(specs):
+            if isinstance(spec, ConveyorError):
+                outcomes[index] = spec
+                continue
+            try:
+                await self.check([spec])
+            except InvalidArgument as bad:
+                outcomes[index] = bad
+                continue
+            valid.append((index, spec))
+        if valid:
+            await self.charge(principal, Kind.SUBMIT, len(valid))
+            now = now_ms()
+            jobs = [self._new_job(principal, spec, now) for _, spec in valid]
+            stored = await self._commit_and_enqueue(jobs)
+            outcomes.update(zip((index for index, _ in valid), stored, strict=True))
+        return [outcomes[index] for index in range(len(specs))]
+
     async def _commit_and_enqueue(self, jobs: list[Job]) -> list[Job | ConveyorError]:
         results = await self.store.insert(jobs)
         await self._enqueue_new(jobs, results)

@@ -39,15 +39,27 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from concurrent import futures
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 
-from conveyor.client._calls import Call, Service, Stream, Stubs, method_of
+from conveyor.client._calls import (
+    Batch,
+    Call,
+    Coalescer,
+    Merge,
+    Service,
+    Stream,
+    Stubs,
+    Waiting,
+    method_of,
+)
 from conveyor.client._retries import Attempts, SubmitRetry, new_idempotency_key
 from conveyor.config import Settings
-from conveyor.errors import from_rpc_error
+from conveyor.errors import ConveyorError, from_rpc_error, from_status
+from conveyor.jobs.model import MAX_BULK
 from conveyor.telemetry import tracing
 from conveyor.tls import ClientTls, open_aio_channel, open_channel
 from conveyor.v1 import job_pb2, queue_pb2
@@ -242,6 +254,15 @@ def _target(target: str | None) -> str:
     return target or Settings.from_env().api_addr
 
 
+def _coalescer(batch_submits: bool, connections: int) -> Coalescer | None:
+    """What batches a client's submits: up to one call in flight per connection. None when
+    batching is off, or tracing is on (a batch's jobs would all carry the trace context of
+    the call that carried them, not their own callers')."""
+    if not batch_submits or tracing.enabled():
+        return None
+    return Coalescer(connections, MAX_BATCH_BYTES)
+
+
 # A channel of its own TCP connection: grpc otherwise shares one connection between the
 # channels of a process that dial the same target.
 OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
@@ -296,6 +317,41 @@ TRIGGER_SCHEDULE = SCHEDULES.rpc(
     "TriggerSchedule", spb.TriggerScheduleRequest, spb.TriggerScheduleResponse
 )
 
+# Requests of coalesced submits, in bytes, that one SubmitJobs carries at most (a submit
+# larger than this alone still goes, alone): well within a stock gRPC message (4 MiB).
+MAX_BATCH_BYTES = 1 << 20
+
+
+def _each_submitted(
+    answer: pb.SubmitJobsResponse, requests: builtins.list[pb.SubmitJobRequest]
+) -> builtins.list[pb.SubmitJobResponse | ConveyorError]:
+    """A per-item SubmitJobs' answer as each request's own SubmitJob would have had it:
+    the job, its payload the request's (SubmitJob echoes it; the batch asks for the basic
+    view, so it is not sent back), or the error that SubmitJob would have raised."""
+    results: Sequence[pb.SubmitJobsResult] = answer.results
+    if not results and answer.jobs:  # an API from before partial_success stored them all
+        results = [pb.SubmitJobsResult(job=job) for job in answer.jobs]
+    shares: builtins.list[pb.SubmitJobResponse | ConveyorError] = []
+    for result, request in zip(results, requests, strict=True):
+        if result.HasField("error"):
+            shares.append(from_status(result.error))
+            continue
+        share = pb.SubmitJobResponse(job=result.job)
+        if request.payload.fields:
+            share.job.payload.CopyFrom(request.payload)
+        shares.append(share)
+    return shares
+
+
+SUBMIT_EACH: Merge[pb.SubmitJobRequest, pb.SubmitJobResponse] = Merge(
+    SUBMIT_JOBS,
+    lambda requests: pb.SubmitJobsRequest(
+        requests=requests, view=pb.JOB_VIEW_BASIC, partial_success=True
+    ),
+    _each_submitted,
+    MAX_BULK,
+)
+
 
 class _Calls:
     """Every method of both clients, as the call (or stream) it makes; `_awaited` and
@@ -310,10 +366,16 @@ class _Calls:
         `idempotency_key`: yours wins; unset (or "") the SDK makes one for this call
         (`sdk-…`, on `job.idempotency_key`) and sends it on every retry, so a retried submit
         makes one job; None sends no key, and then an ambiguous answer is raised, not
-        retried."""
+        retried.
+
+        Submits made while the client's other submits are in flight go together as one
+        SubmitJobs of per-item results (see `batch_submits`): each caller still gets its
+        own job, or the error its submit alone would have raised."""
         request = submit_request(type, payload, **_keyed(options))
         retry_safe = bool(request.idempotency_key)
-        return SUBMIT_JOB.call(request, lambda answer: answer.job, retry_safe=retry_safe)
+        return SUBMIT_JOB.call(
+            request, lambda answer: answer.job, retry_safe=retry_safe, merge=SUBMIT_EACH
+        )
 
     @staticmethod
     def submit_many(
@@ -518,6 +580,16 @@ class AsyncClient:
     (default 1). One connection is served by one API process, so raise it to reach every
     process of `conveyor api --processes N` (or a load balancer's backends) from one
     client process.
+
+    `batch_submits` (default on): concurrent `submit` calls share calls. No timer: a submit
+    made while fewer than `connections` calls of submits are in flight is sent at once, as
+    its own SubmitJob (a lone caller waits no longer than with batching off); those made
+    while they are all in flight queue, and go together as one SubmitJobs with per-item
+    results when one ends. Each caller gets its own job, or the error its submit alone
+    would have raised; its `timeout` and retries stay its own (the wait in the queue counts
+    toward its timeout), and a caller cancelled while it waits leaves the others' call
+    alone. With tracing on, submits are not batched: each job carries its own caller's
+    trace context.
     """
 
     def __init__(
@@ -530,6 +602,7 @@ class AsyncClient:
         channel: grpc.aio.Channel | None = None,
         submit_retry: SubmitRetry | None = SubmitRetry(),
         connections: int = 1,
+        batch_submits: bool = True,
     ) -> None:
         options = _connection_options(connections, channel)
         self._channels = [channel] if channel is not None else [
@@ -544,6 +617,8 @@ class AsyncClient:
         self._timeout = timeout
         self._submit_retry = submit_retry
         self.absorbed: Counter[str] = Counter()
+        self._coalescer = _coalescer(batch_submits, connections)
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -560,21 +635,63 @@ class AsyncClient:
         """One logical call: the same request again after an ambiguous answer, while the
         retry policy allows (never unless `call.retry_safe`); a failure raised as its
         `conveyor.errors` error. Each call takes the next connection in turn."""
+        coalescer = self._coalescer if call.merge is not None else None
         send = next(self._stubs).sender(call.rpc)
         tries = Attempts(
             self._submit_retry if call.retry_safe else None, self._timeout, self.absorbed
         )
         while True:
+            timeout = tries.next_timeout()
             try:
-                answer = await send(
-                    call.request, metadata=self._metadata, timeout=tries.next_timeout()
-                )
+                if coalescer is not None:
+                    answer = await self._coalesced(coalescer, send, call, timeout)
+                else:
+                    answer = await send(call.request, metadata=self._metadata, timeout=timeout)
                 return call.extract(answer)
             except grpc.RpcError as error:
                 wait = tries.after(error, call.rpc.name)
                 if wait is None:
                     raise from_rpc_error(error) from None
             await asyncio.sleep(wait)
+
+    async def _coalesced(
+        self, coalescer: Coalescer, send: Any, call: Call[T], seconds: float
+    ) -> Any:
+        """One try of `call` (timing out after `seconds`) through the coalescer: sent at once
+        by `send` in this task if a slot is free, else queued for the next batch; its
+        answer, or its error raised."""
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not coalescer.enter(Waiting(call, time.monotonic() + seconds, waiter)):
+            return await waiter  # cancelling this cancels the waiter alone
+        try:
+            return await send(call.request, metadata=self._metadata, timeout=seconds)
+        finally:
+            self._start(coalescer.leave())
+
+    def _start(self, batch: Batch | None) -> None:
+        """Send `batch` in a task of its own (kept, so that it is not collected)."""
+        if batch is not None:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: Batch) -> None:
+        """Send `batch`, settle its callers, then free its slot one turn of the loop later:
+        after the callers just answered have run, so that those that submit again at once
+        join the next batch rather than one of them going alone and the rest waiting for it
+        (no timer: the turn waits for nothing but work already due)."""
+        try:
+            send = next(self._stubs).sender(batch.rpc)
+            answer = await send(batch.request(), metadata=self._metadata, timeout=batch.timeout())
+            batch.settle(answer)
+        except BaseException as error:  # handed to every caller of the batch
+            batch.fail(error)
+        finally:
+            asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        if self._coalescer is not None:
+            self._start(self._coalescer.leave())
 
     async def _stream(self, stream: Stream[T]) -> AsyncIterator[T]:
         """`stream`'s answers as they come (no deadline); a failure raised as its
@@ -614,7 +731,8 @@ class AsyncClient:
 
 class Client:
     """JobService over a blocking channel, for scripts and the CLI (`tls`, `channel`,
-    `submit_retry`, `absorbed` and `connections` as for `AsyncClient`)."""
+    `submit_retry`, `absorbed`, `connections` and `batch_submits` as for `AsyncClient`;
+    `submit` from many threads batches as concurrent tasks do there)."""
 
     def __init__(
         self,
@@ -626,6 +744,7 @@ class Client:
         channel: grpc.Channel | None = None,
         submit_retry: SubmitRetry | None = SubmitRetry(),
         connections: int = 1,
+        batch_submits: bool = True,
     ) -> None:
         options = _connection_options(connections, channel)
         self._channels = [channel] if channel is not None else [
@@ -639,6 +758,7 @@ class Client:
         self._timeout = timeout
         self._submit_retry = submit_retry
         self.absorbed: Counter[str] = Counter()
+        self._coalescer = _coalescer(batch_submits, connections)
 
     def __enter__(self) -> Client:
         return self
@@ -653,19 +773,58 @@ class Client:
 
     def _run(self, call: Call[T]) -> T:
         """`AsyncClient._run`, blocking."""
+        coalescer = self._coalescer if call.merge is not None else None
         send = next(self._stubs).sender(call.rpc)
         tries = Attempts(
             self._submit_retry if call.retry_safe else None, self._timeout, self.absorbed
         )
         while True:
+            timeout = tries.next_timeout()
             try:
-                answer = send(call.request, metadata=self._metadata, timeout=tries.next_timeout())
+                if coalescer is not None:
+                    answer = self._coalesced(coalescer, send, call, timeout)
+                else:
+                    answer = send(call.request, metadata=self._metadata, timeout=timeout)
                 return call.extract(answer)
             except grpc.RpcError as error:
                 wait = tries.after(error, call.rpc.name)
                 if wait is None:
                     raise from_rpc_error(error) from None
             time.sleep(wait)
+
+    def _coalesced(self, coalescer: Coalescer, send: Any, call: Call[T], timeout: float) -> Any:
+        """`AsyncClient._coalesced`, blocking: a queued try waits for a batch that gRPC's
+        callbacks send, not this thread."""
+        waiter: futures.Future[Any] = futures.Future()
+        if not coalescer.enter(Waiting(call, time.monotonic() + timeout, waiter)):
+            return waiter.result()
+        try:
+            return send(call.request, metadata=self._metadata, timeout=timeout)
+        finally:
+            self._start(coalescer.leave())
+
+    def _start(self, batch: Batch | None) -> None:
+        """Start `batch` without blocking; `_sent` settles it when gRPC answers."""
+        if batch is None:
+            return
+        try:
+            send = next(self._stubs).sender(batch.rpc)
+            flying = send.future(batch.request(), metadata=self._metadata, timeout=batch.timeout())
+        except BaseException as error:  # handed to every caller of the batch
+            batch.fail(error)
+            if self._coalescer is not None:
+                self._start(self._coalescer.leave())
+            return
+        flying.add_done_callback(lambda done: self._sent(batch, done))
+
+    def _sent(self, batch: Batch, done: Any) -> None:
+        try:
+            batch.settle(done.result())
+        except BaseException as error:  # the RpcError: every caller's
+            batch.fail(error)
+        finally:
+            if self._coalescer is not None:
+                self._start(self._coalescer.leave())
 
     def _stream(self, stream: Stream[T]) -> Iterator[T]:
         """`AsyncClient._stream`, blocking, in a client span of its own."""

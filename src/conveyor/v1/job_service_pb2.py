@@ -28,73 +28,76 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63onveyor/v1/job_service.proto\x12\x0b\x63onveyor.v1\x1a\x15\x63onveyor/v1/job.proto\x1a\x17\x63onveyor/v1/queue.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x03\n\x10SubmitJobRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12(\n\x07payload\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12*\n\x06run_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x05retry\x18\t \x01(\x0b\x32\x18.conveyor.v1.RetryPolicy\x12(\n\x05\x64\x65lay\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tretention\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\"\n\x04view\x18\x0c \x01(\x0e\x32\x14.conveyor.v1.JobViewB\x0b\n\t_priority\"2\n\x11SubmitJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"h\n\x11SubmitJobsRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.conveyor.v1.SubmitJobRequest\x12\"\n\x04view\x18\x02 \x01(\x0e\x32\x14.conveyor.v1.JobView\"4\n\x12SubmitJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.conveyor.v1.Job\"?\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x04view\x18\x02 \x01(\x0e\x32\x14.conveyor.v1.JobView\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"\x9a\x02\n\x0fListJobsRequest\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.conveyor.v1.JobState\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x35\n\x11\x63reate_time_start\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63reate_time_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x04view\x18\t \x01(\x0e\x32\x14.conveyor.v1.JobView\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.conveyor.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"C\n\x10WatchJobResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x1d\n\x03job\x18\x02 \x01(\x0b\x32\x10.conveyor.v1.Job\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"3\n\x0fRetryJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\x05\"1\n\x10RetryJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"K\n\x16ListJobAttemptsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListJobAttemptsResponse\x12)\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.JobAttempt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x14GetQueueStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"@\n\x15GetQueueStatsResponse\x12\'\n\x06queues\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.QueueStats\"\"\n\x11PauseQueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"<\n\x12PauseQueueResponse\x12&\n\x05queue\x18\x01 \x01(\x0b\x32\x17.conveyor.v1.QueueStats\"#\n\x12ResumeQueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"=\n\x13ResumeQueueResponse\x12&\n\x05queue\x18\x01 \x01(\x0b\x32\x17.conveyor.v1.QueueStats\"\x84\x01\n\x18UpdateQueueLimitsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12(\n\x06limits\x18\x02 \x01(\x0b\x32\x18.conveyor.v1.QueueLimits\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"C\n\x19UpdateQueueLimitsResponse\x12&\n\x05queue\x18\x01 \x01(\x0b\x32\x17.conveyor.v1.QueueStats\"#\n\x12ListWorkersRequest\x12\r\n\x05queue\x18\x01 \x01(\t\";\n\x13ListWorkersResponse\x12$\n\x07workers\x18\x01 \x03(\x0b\x32\x13.conveyor.v1.Worker\"!\n\x13GetJobResultRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x88\x01\n\x14GetJobResultResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\tartifacts\x18\x03 \x03(\x0b\x32\x15.conveyor.v1.Artifact*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02\x32\xf5\x08\n\nJobService\x12J\n\tSubmitJob\x12\x1d.conveyor.v1.SubmitJobRequest\x1a\x1e.conveyor.v1.SubmitJobResponse\x12M\n\nSubmitJobs\x12\x1e.conveyor.v1.SubmitJobsRequest\x1a\x1f.conveyor.v1.SubmitJobsResponse\x12\x41\n\x06GetJob\x12\x1a.conveyor.v1.GetJobRequest\x1a\x1b.conveyor.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.conveyor.v1.ListJobsRequest\x1a\x1d.conveyor.v1.ListJobsResponse\x12I\n\x08WatchJob\x12\x1c.conveyor.v1.WatchJobRequest\x1a\x1d.conveyor.v1.WatchJobResponse0\x01\x12J\n\tCancelJob\x12\x1d.conveyor.v1.CancelJobRequest\x1a\x1e.conveyor.v1.CancelJobResponse\x12G\n\x08RetryJob\x12\x1c.conveyor.v1.RetryJobRequest\x1a\x1d.conveyor.v1.RetryJobResponse\x12\\\n\x0fListJobAttempts\x12#.conveyor.v1.ListJobAttemptsRequest\x1a$.conveyor.v1.ListJobAttemptsResponse\x12S\n\x0cGetJobResult\x12 .conveyor.v1.GetJobResultRequest\x1a!.conveyor.v1.GetJobResultResponse\x12V\n\rGetQueueStats\x12!.conveyor.v1.GetQueueStatsRequest\x1a\".conveyor.v1.GetQueueStatsResponse\x12M\n\nPauseQueue\x12\x1e.conveyor.v1.PauseQueueRequest\x1a\x1f.conveyor.v1.PauseQueueResponse\x12P\n\x0bResumeQueue\x12\x1f.conveyor.v1.ResumeQueueRequest\x1a .conveyor.v1.ResumeQueueResponse\x12\x62\n\x11UpdateQueueLimits\x12%.conveyor.v1.UpdateQueueLimitsRequest\x1a&.conveyor.v1.UpdateQueueLimitsResponse\x12P\n\x0bListWorkers\x12\x1f.conveyor.v1.ListWorkersRequest\x1a .conveyor.v1.ListWorkersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63onveyor/v1/job_service.proto\x12\x0b\x63onveyor.v1\x1a\x15\x63onveyor/v1/job.proto\x1a\x17\x63onveyor/v1/queue.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xa9\x03\n\x10SubmitJobRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12(\n\x07payload\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12*\n\x06run_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x05retry\x18\t \x01(\x0b\x32\x18.conveyor.v1.RetryPolicy\x12(\n\x05\x64\x65lay\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tretention\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\"\n\x04view\x18\x0c \x01(\x0e\x32\x14.conveyor.v1.JobViewB\x0b\n\t_priority\"2\n\x11SubmitJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"\x81\x01\n\x11SubmitJobsRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.conveyor.v1.SubmitJobRequest\x12\"\n\x04view\x18\x02 \x01(\x0e\x32\x14.conveyor.v1.JobView\x12\x17\n\x0fpartial_success\x18\x03 \x01(\x08\"c\n\x10SubmitJobsResult\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.JobH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"d\n\x12SubmitJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.conveyor.v1.Job\x12.\n\x07results\x18\x02 \x03(\x0b\x32\x1d.conveyor.v1.SubmitJobsResult\"?\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x04view\x18\x02 \x01(\x0e\x32\x14.conveyor.v1.JobView\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"\x9a\x02\n\x0fListJobsRequest\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.conveyor.v1.JobState\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x35\n\x11\x63reate_time_start\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63reate_time_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x04view\x18\t \x01(\x0e\x32\x14.conveyor.v1.JobView\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.conveyor.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"C\n\x10WatchJobResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x1d\n\x03job\x18\x02 \x01(\x0b\x32\x10.conveyor.v1.Job\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"3\n\x0fRetryJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\x05\"1\n\x10RetryJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\"K\n\x16ListJobAttemptsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListJobAttemptsResponse\x12)\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.JobAttempt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x14GetQueueStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"@\n\x15GetQueueStatsResponse\x12\'\n\x06queues\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.QueueStats\"\"\n\x11PauseQueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"<\n\x12PauseQueueResponse\x12&\n\x05queue\x18\x01 \x01(\x0b\x32\x17.conveyor.v1.QueueStats\"#\n\x12ResumeQueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"=\n\x13ResumeQueueResponse\x12&\n\x05queue\x18\x01 \x01(\x0b\x32\x17.conveyor.v1.QueueStats\"\x84\x01\n\x18UpdateQueueLimitsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12(\n\x06limits\x18\x02 \x01(\x0b\x32\x18.conveyor.v1.QueueLimits\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"C\n\x19UpdateQueueLimitsResponse\x12&\n\x05queue\x18\x01 \x01(\x0b\x32\x17.conveyor.v1.QueueStats\"#\n\x12ListWorkersRequest\x12\r\n\x05queue\x18\x01 \x01(\t\";\n\x13ListWorkersResponse\x12$\n\x07workers\x18\x01 \x03(\x0b\x32\x13.conveyor.v1.Worker\"!\n\x13GetJobResultRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x88\x01\n\x14GetJobResultResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\tartifacts\x18\x03 \x03(\x0b\x32\x15.conveyor.v1.Artifact*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02\x32\xf5\x08\n\nJobService\x12J\n\tSubmitJob\x12\x1d.conveyor.v1.SubmitJobRequest\x1a\x1e.conveyor.v1.SubmitJobResponse\x12M\n\nSubmitJobs\x12\x1e.conveyor.v1.SubmitJobsRequest\x1a\x1f.conveyor.v1.SubmitJobsResponse\x12\x41\n\x06GetJob\x12\x1a.conveyor.v1.GetJobRequest\x1a\x1b.conveyor.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.conveyor.v1.ListJobsRequest\x1a\x1d.conveyor.v1.ListJobsResponse\x12I\n\x08WatchJob\x12\x1c.conveyor.v1.WatchJobRequest\x1a\x1d.conveyor.v1.WatchJobResponse0\x01\x12J\n\tCancelJob\x12\x1d.conveyor.v1.CancelJobRequest\x1a\x1e.conveyor.v1.CancelJobResponse\x12G\n\x08RetryJob\x12\x1c.conveyor.v1.RetryJobRequest\x1a\x1d.conveyor.v1.RetryJobResponse\x12\\\n\x0fListJobAttempts\x12#.conveyor.v1.ListJobAttemptsRequest\x1a$.conveyor.v1.ListJobAttemptsResponse\x12S\n\x0cGetJobResult\x12 .conveyor.v1.GetJobResultRequest\x1a!.conveyor.v1.GetJobResultResponse\x12V\n\rGetQueueStats\x12!.conveyor.v1.GetQueueStatsRequest\x1a\".conveyor.v1.GetQueueStatsResponse\x12M\n\nPauseQueue\x12\x1e.conveyor.v1.PauseQueueRequest\x1a\x1f.conveyor.v1.PauseQueueResponse\x12P\n\x0bResumeQueue\x12\x1f.conveyor.v1.ResumeQueueRequest\x1a .conveyor.v1.ResumeQueueResponse\x12\x62\n\x11UpdateQueueLimits\x12%.conveyor.v1.UpdateQueueLimitsRequest\x1a&.conveyor.v1.UpdateQueueLimitsResponse\x12P\n\x0bListWorkers\x12\x1f.conveyor.v1.ListWorkersRequest\x1a .conveyor.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.job_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBVIEW']._serialized_start=2602
-  _globals['_JOBVIEW']._serialized_end=2676
-  _globals['_SUBMITJOBREQUEST']._serialized_start=224
-  _globals['_SUBMITJOBREQUEST']._serialized_end=649
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=651
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=701
-  _globals['_SUBMITJOBSREQUEST']._serialized_start=703
-  _globals['_SUBMITJOBSREQUEST']._serialized_end=807
-  _globals['_SUBMITJOBSRESPONSE']._serialized_start=809
-  _globals['_SUBMITJOBSRESPONSE']._serialized_end=861
-  _globals['_GETJOBREQUEST']._serialized_start=863
-  _globals['_GETJOBREQUEST']._serialized_end=926
-  _globals['_GETJOBRESPONSE']._serialized_start=928
-  _globals['_GETJOBRESPONSE']._serialized_end=975
-  _globals['_LISTJOBSREQUEST']._serialized_start=978
-  _globals['_LISTJOBSREQUEST']._serialized_end=1260
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1262
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1337
-  _globals['_WATCHJOBREQUEST']._serialized_start=1339
-  _globals['_WATCHJOBREQUEST']._serialized_end=1392
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1394
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1461
-  _globals['_CANCELJOBREQUEST']._serialized_start=1463
-  _globals['_CANCELJOBREQUEST']._serialized_end=1493
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1495
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1545
-  _globals['_RETRYJOBREQUEST']._serialized_start=1547
-  _globals['_RETRYJOBREQUEST']._serialized_end=1598
-  _globals['_RETRYJOBRESPONSE']._serialized_start=1600
-  _globals['_RETRYJOBRESPONSE']._serialized_end=1649
-  _globals['_LISTJOBATTEMPTSREQUEST']._serialized_start=1651
-  _globals['_LISTJOBATTEMPTSREQUEST']._serialized_end=1726
-  _globals['_LISTJOBATTEMPTSRESPONSE']._serialized_start=1728
-  _globals['_LISTJOBATTEMPTSRESPONSE']._serialized_end=1821
-  _globals['_GETQUEUESTATSREQUEST']._serialized_start=1823
-  _globals['_GETQUEUESTATSREQUEST']._serialized_end=1860
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=1862
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=1926
-  _globals['_PAUSEQUEUEREQUEST']._serialized_start=1928
-  _globals['_PAUSEQUEUEREQUEST']._serialized_end=1962
-  _globals['_PAUSEQUEUERESPONSE']._serialized_start=1964
-  _globals['_PAUSEQUEUERESPONSE']._serialized_end=2024
-  _globals['_RESUMEQUEUEREQUEST']._serialized_start=2026
-  _globals['_RESUMEQUEUEREQUEST']._serialized_end=2061
-  _globals['_RESUMEQUEUERESPONSE']._serialized_start=2063
-  _globals['_RESUMEQUEUERESPONSE']._serialized_end=2124
-  _globals['_UPDATEQUEUELIMITSREQUEST']._serialized_start=2127
-  _globals['_UPDATEQUEUELIMITSREQUEST']._serialized_end=2259
-  _globals['_UPDATEQUEUELIMITSRESPONSE']._serialized_start=2261
-  _globals['_UPDATEQUEUELIMITSRESPONSE']._serialized_end=2328
-  _globals['_LISTWORKERSREQUEST']._serialized_start=2330
-  _globals['_LISTWORKERSREQUEST']._serialized_end=2365
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=2367
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=2426
-  _globals['_GETJOBRESULTREQUEST']._serialized_start=2428
-  _globals['_GETJOBRESULTREQUEST']._serialized_end=2461
-  _globals['_GETJOBRESULTRESPONSE']._serialized_start=2464
-  _globals['_GETJOBRESULTRESPONSE']._serialized_end=2600
-  _globals['_JOBSERVICE']._serialized_start=2679
-  _globals['_JOBSERVICE']._serialized_end=3820
+  _globals['_JOBVIEW']._serialized_start=2802
+  _globals['_JOBVIEW']._serialized_end=2876
+  _globals['_SUBMITJOBREQUEST']._serialized_start=249
+  _globals['_SUBMITJOBREQUEST']._serialized_end=674
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=676
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=726
+  _globals['_SUBMITJOBSREQUEST']._serialized_start=729
+  _globals['_SUBMITJOBSREQUEST']._serialized_end=858
+  _globals['_SUBMITJOBSRESULT']._serialized_start=860
+  _globals['_SUBMITJOBSRESULT']._serialized_end=959
+  _globals['_SUBMITJOBSRESPONSE']._serialized_start=961
+  _globals['_SUBMITJOBSRESPONSE']._serialized_end=1061
+  _globals['_GETJOBREQUEST']._serialized_start=1063
+  _globals['_GETJOBREQUEST']._serialized_end=1126
+  _globals['_GETJOBRESPONSE']._serialized_start=1128
+  _globals['_GETJOBRESPONSE']._serialized_end=1175
+  _globals['_LISTJOBSREQUEST']._serialized_start=1178
+  _globals['_LISTJOBSREQUEST']._serialized_end=1460
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1462
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1537
+  _globals['_WATCHJOBREQUEST']._serialized_start=1539
+  _globals['_WATCHJOBREQUEST']._serialized_end=1592
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1594
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1661
+  _globals['_CANCELJOBREQUEST']._serialized_start=1663
+  _globals['_CANCELJOBREQUEST']._serialized_end=1693
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1695
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1745
+  _globals['_RETRYJOBREQUEST']._serialized_start=1747
+  _globals['_RETRYJOBREQUEST']._serialized_end=1798
+  _globals['_RETRYJOBRESPONSE']._serialized_start=1800
+  _globals['_RETRYJOBRESPONSE']._serialized_end=1849
+  _globals['_LISTJOBATTEMPTSREQUEST']._serialized_start=1851
+  _globals['_LISTJOBATTEMPTSREQUEST']._serialized_end=1926
+  _globals['_LISTJOBATTEMPTSRESPONSE']._serialized_start=1928
+  _globals['_LISTJOBATTEMPTSRESPONSE']._serialized_end=2021
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=2023
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=2060
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=2062
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=2126
+  _globals['_PAUSEQUEUEREQUEST']._serialized_start=2128
+  _globals['_PAUSEQUEUEREQUEST']._serialized_end=2162
+  _globals['_PAUSEQUEUERESPONSE']._serialized_start=2164
+  _globals['_PAUSEQUEUERESPONSE']._serialized_end=2224
+  _globals['_RESUMEQUEUEREQUEST']._serialized_start=2226
+  _globals['_RESUMEQUEUEREQUEST']._serialized_end=2261
+  _globals['_RESUMEQUEUERESPONSE']._serialized_start=2263
+  _globals['_RESUMEQUEUERESPONSE']._serialized_end=2324
+  _globals['_UPDATEQUEUELIMITSREQUEST']._serialized_start=2327
+  _globals['_UPDATEQUEUELIMITSREQUEST']._serialized_end=2459
+  _globals['_UPDATEQUEUELIMITSRESPONSE']._serialized_start=2461
+  _globals['_UPDATEQUEUELIMITSRESPONSE']._serialized_end=2528
+  _globals['_LISTWORKERSREQUEST']._serialized_start=2530
+  _globals['_LISTWORKERSREQUEST']._serialized_end=2565
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=2567
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=2626
+  _globals['_GETJOBRESULTREQUEST']._serialized_start=2628
+  _globals['_GETJOBRESULTREQUEST']._serialized_end=2661
+  _globals['_GETJOBRESULTRESPONSE']._serialized_start=2664
+  _globals['_GETJOBRESULTRESPONSE']._serialized_end=2800
+  _globals['_JOBSERVICE']._serialized_start=2879
+  _globals['_JOBSERVICE']._serialized_end=4020
 # @@protoc_insertion_point(module_scope)

@@ -121,7 +121,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitJobs(self, request, context):
-        """Accepts many jobs in one call, all or none validated before any is written.
+        """Accepts many jobs in one call, all or none validated before any is written; with
+        `partial_success`, each job on its own, answered one result per request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
