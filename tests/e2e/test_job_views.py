@@ -93,12 +93,39 @@ async def test_an_unknown_view_is_refused_before_any_work(jobs: JobServiceStub, 
     assert not page.jobs  # the refused submit stored nothing
 
 
-async def test_a_view_inside_a_bulks_requests_is_refused(jobs: JobServiceStub, keys: Keys) -> None:
-    """The bulk's own `view` applies to every job; one set per item would say otherwise."""
-    inner = submit_request("noop", PAYLOAD, queue="views-bulk")
-    inner.view = pb.JOB_VIEW_BASIC
-    bulk = pb.SubmitJobsRequest(requests=[submit_request("noop", queue="views-bulk"), inner])
+@pytest.mark.parametrize("partial_success", [False, True])
+async def test_a_requests_own_view_in_a_bulk_applies_to_its_job(
+    jobs: JobServiceStub, keys: Keys, partial_success: bool
+) -> None:
+    """Set, a request's view answers its job; unset, the bulk's does (as SubmitJob alone
+    would answer it: what the SDK's coalesced submits rely on)."""
+    queue = f"views-bulk-{partial_success}"
+    own = submit_request("noop", PAYLOAD, queue=queue)
+    own.view = pb.JOB_VIEW_BASIC
+    bulk = pb.SubmitJobsRequest(
+        requests=[submit_request("noop", PAYLOAD, queue=queue), own],
+        view=pb.JOB_VIEW_FULL,
+        partial_success=partial_success,
+    )
+    answer = await jobs.SubmitJobs(bulk, metadata=_auth(keys))
+    answered = [r.job for r in answer.results] if partial_success else list(answer.jobs)
+    assert [json_format.MessageToDict(job.payload) for job in answered] == [PAYLOAD, {}]
+    assert not answered[1].HasField("payload")
+
+
+async def test_an_unknown_view_inside_a_bulk_is_refused(jobs: JobServiceStub, keys: Keys) -> None:
+    """All or none: the bulk is INVALID_ARGUMENT naming the request; per item: that item
+    alone fails, as its SubmitJob would."""
+    bad = submit_request("noop", PAYLOAD, queue="views-bulk-bad")
+    bad.view = 7  # type: ignore[assignment]
+    good = submit_request("noop", PAYLOAD, queue="views-bulk-bad")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await jobs.SubmitJobs(bulk, metadata=_auth(keys))
+        await jobs.SubmitJobs(pb.SubmitJobsRequest(requests=[good, bad]), metadata=_auth(keys))
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "requests[1].view" in (refused.value.details() or "")
+
+    each = pb.SubmitJobsRequest(requests=[good, bad], partial_success=True)
+    results = (await jobs.SubmitJobs(each, metadata=_auth(keys))).results
+    assert results[0].HasField("job")
+    assert results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "view" in results[1].error.message

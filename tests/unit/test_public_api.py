@@ -32,8 +32,10 @@ PUBLIC = {
         "Unauthenticated",
         "Unavailable",
         "from_rpc_error",
+        "from_status",
         "internal_status",
         "outage",
+        "status_of",
         "to_status",
     ],
     "conveyor.handlers": [

@@ -31,6 +31,13 @@ def _answer(job: Job, request: pb.SubmitJobRequest) -> job_pb2.Job:
     return answer
 
 
+def _answer_in_view(job: Job, request: pb.SubmitJobRequest, bulk_view: int) -> job_pb2.Job:
+    """A bulk's job as its request's own view says (set), else as the bulk's says."""
+    if (request.view or bulk_view) == pb.JOB_VIEW_BASIC:
+        return job.to_proto(payload=False)
+    return _answer(job, request)
+
+
 def _with_payload(view: int, field: str = "view") -> bool:
     """Whether a response carries payloads (AIP-157: unset is JOB_VIEW_FULL); an unknown
     view is INVALID_ARGUMENT, refused before any work."""
@@ -77,7 +84,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             raise InvalidArgument(
                 [FieldViolation("requests", f"must hold 1 to {MAX_BULK} requests, not {count}")]
             )
-        specs: list[JobSpec] = []
         violations: list[FieldViolation] = []
         if request.view not in pb.JobView.values():
             violations.append(FieldViolation("view", "must be a JobView"))
@@ -85,11 +91,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             if violations:
                 raise InvalidArgument(violations)
             return await self._submit_each(request, principal)
+        specs: list[JobSpec] = []
         for i, item in enumerate(request.requests):
-            if item.view:
-                violations.append(
-                    FieldViolation(f"requests[{i}].view", "must be unset: the bulk's view applies")
-                )
+            if item.view not in pb.JobView.values():
+                violations.append(FieldViolation(f"requests[{i}].view", "must be a JobView"))
             try:
                 specs.append(
                     spec_from_proto(
@@ -101,9 +106,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if violations:
             raise InvalidArgument(violations)
         jobs = await self.ops.submit_many(principal, specs)
-        if request.view == pb.JOB_VIEW_BASIC:
-            return pb.SubmitJobsResponse(jobs=[job.to_proto(payload=False) for job in jobs])
-        answers = [_answer(job, item) for job, item in zip(jobs, request.requests, strict=True)]
+        answers = [
+            _answer_in_view(job, item, request.view)
+            for job, item in zip(jobs, request.requests, strict=True)
+        ]
         return pb.SubmitJobsResponse(jobs=answers)
 
     async def _submit_each(
@@ -114,17 +120,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         specs: list[JobSpec | ConveyorError] = []
         for item in request.requests:
             try:
+                _with_payload(item.view)
                 specs.append(spec_from_proto(item, max_payload_bytes=self.max_payload))
             except InvalidArgument as bad:
                 specs.append(bad)
         outcomes = await self.ops.submit_each(principal, specs)
-        basic = request.view == pb.JOB_VIEW_BASIC
         results = [
             pb.SubmitJobsResult(error=status_of(outcome))
             if isinstance(outcome, ConveyorError)
-            else pb.SubmitJobsResult(
-                job=outcome.to_proto(payload=False) if basic else _answer(outcome, item)
-            )
+            else pb.SubmitJobsResult(job=_answer_in_view(outcome, item, request.view))
             for outcome, item in zip(outcomes, request.requests, strict=True)
         ]
         return pb.SubmitJobsResponse(results=results)

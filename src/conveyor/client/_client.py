@@ -336,11 +336,16 @@ def _each_submitted(
         if result.HasField("error"):
             shares.append(from_status(result.error))
             continue
-        share = pb.SubmitJobResponse(job=result.job)
-        if request.payload.fields:
-            share.job.payload.CopyFrom(request.payload)
-        shares.append(share)
+        shares.append(pb.SubmitJobResponse(job=_with_payload(result.job, request)))
     return shares
+
+
+def _with_payload(job: job_pb2.Job, request: pb.SubmitJobRequest) -> job_pb2.Job:
+    """A submitted job answered in the basic view, with the payload its request sent (the
+    job was made from it, or is the earlier job of the same key and the same request)."""
+    if request.payload.fields:
+        job.payload.CopyFrom(request.payload)
+    return job
 
 
 SUBMIT_EACH: Merge[pb.SubmitJobRequest, pb.SubmitJobResponse] = Merge(
@@ -372,9 +377,13 @@ class _Calls:
         SubmitJobs of per-item results (see `batch_submits`): each caller still gets its
         own job, or the error its submit alone would have raised."""
         request = submit_request(type, payload, **_keyed(options))
+        request.view = pb.JOB_VIEW_BASIC  # the payload is ours: not sent back, put back here
         retry_safe = bool(request.idempotency_key)
         return SUBMIT_JOB.call(
-            request, lambda answer: answer.job, retry_safe=retry_safe, merge=SUBMIT_EACH
+            request,
+            lambda answer: _with_payload(answer.job, request),
+            retry_safe=retry_safe,
+            merge=SUBMIT_EACH,
         )
 
     @staticmethod
