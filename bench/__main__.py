@@ -844,6 +844,7 @@ class Bench:
                 await stack.enter_async_context(client)
             jobs = [(await owned[i % owners].submit("noop", queue="parked")).id for i in range(100)]
             rss_before = proc.memory_info().rss
+            cpu_before = _cpu(proc)
             opened = 0
             all_open = asyncio.Event()
             cancelled_at: dict[str, float] = {}
@@ -883,8 +884,10 @@ class Bench:
                     if opened + len(failed) == streams:
                         all_open.set()
 
-            # Streams open in waves of 100: thousands opened in the same instant on one
-            # server get some CANCELLED by gRPC itself (seen above ~2,000; see the README).
+            # Streams open in waves of 100, as many clients would open them. (Thousands
+            # opened in the same instant are served too since gRPC core keeps a backlog as
+            # long as CONVEYOR_MAX_CONCURRENT_RPCS for the loop to take up: see
+            # `conveyor.server.grpcserver.server_options`.)
             tasks = []
             for i in range(streams):
                 tasks.append(asyncio.create_task(watch(i, jobs[i % 100])))
@@ -892,10 +895,15 @@ class Bench:
                     await asyncio.sleep(0.05)
             await asyncio.wait_for(all_open.wait(), 300)
             rss_open = proc.memory_info().rss
+            cpu_open = _cpu(proc)
+            if os.environ.get("BENCH_SPY_PAUSE"):  # TEMP profiling hook
+                print(f"SPY {proc.pid}", file=sys.stderr, flush=True)
+                await asyncio.sleep(float(os.environ["BENCH_SPY_PAUSE"]))
             for i, job_id in enumerate(jobs):
                 cancelled_at[job_id] = time.perf_counter()
                 await owned[i % owners].cancel(job_id)
             await asyncio.wait_for(asyncio.gather(*tasks), 120)
+            cpu_end = _cpu(proc)
             for channel in channels:
                 await channel.close()
         emit(
@@ -917,6 +925,10 @@ class Bench:
             higher_is_better=False,
             streams=streams,
             p50_ms=round(statistics.median(latencies) * 1e3, 2),
+            # API CPU per stream opened while they open, and per final message of the cancels
+            # (what contention on a shared machine moves far less than the latencies).
+            api_open_cpu_us_per_stream=round((cpu_open - cpu_before) / max(opened, 1) * 1e6, 1),
+            api_cancel_cpu_us_per_message=round((cpu_end - cpu_open) / len(latencies) * 1e6, 1),
         )
 
     async def reconcile_pass(self) -> None:

@@ -67,7 +67,7 @@ async def test_thousands_of_streams_opened_at_once_are_all_served() -> None:
         call = stub.Watch(request)
         try:
             async for answer in call:
-                return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+                return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
         except grpc.aio.AioRpcError as exc:
             return exc.code().name
         finally:
@@ -78,6 +78,6 @@ async def test_thousands_of_streams_opened_at_once_are_all_served() -> None:
         outcomes = Counter(await asyncio.gather(*(first_status(i) for i in range(4000))))
     finally:
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
         await server.stop(0)
     assert outcomes == {"SERVING": 4000}
