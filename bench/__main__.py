@@ -219,6 +219,8 @@ class FanOut:
     p50_ms: float
     open_cpu_us: float
     cancel_cpu_us: float
+    # This process's (the client's) CPU per final message meanwhile.
+    client_cancel_cpu_us: float
 
 
 async def _fan_out(
@@ -284,12 +286,12 @@ async def _fan_out(
             await asyncio.sleep(0.05)
     await asyncio.wait_for(all_open.wait(), 300)
     rss_open = proc.memory_info().rss
-    cpu_open = _cpu(proc)
+    cpu_open, client_open = _cpu(proc), _cpu(psutil.Process())
     for i, job_id in enumerate(jobs):
         cancelled_at[job_id] = time.perf_counter()
         await cancellers[i % len(cancellers)].cancel(job_id)
     await asyncio.wait_for(asyncio.gather(*tasks), 120)
-    cpu_end = _cpu(proc)
+    cpu_end, client_end = _cpu(proc), _cpu(psutil.Process())
     for channel in channels:
         await channel.close()
     return FanOut(
@@ -299,6 +301,7 @@ async def _fan_out(
         p50_ms=round(statistics.median(latencies) * 1e3, 2) if latencies else 0.0,
         open_cpu_us=round((cpu_open - cpu_before) / max(opened, 1) * 1e6, 1),
         cancel_cpu_us=round((cpu_end - cpu_open) / max(len(latencies), 1) * 1e6, 1),
+        client_cancel_cpu_us=round((client_end - client_open) / max(len(latencies), 1) * 1e6, 1),
     )
 
 
@@ -971,10 +974,12 @@ class Bench:
             # cancels: what contention on a shared machine moves far less than latencies.
             api_open_cpu_us_per_stream=conveyor.open_cpu_us,
             api_cancel_cpu_us_per_message=conveyor.cancel_cpu_us,
+            client_cancel_cpu_us_per_message=conveyor.client_cancel_cpu_us,
             floor_p99_ms=floor.p99_ms,
             floor_p50_ms=floor.p50_ms,
             floor_open_cpu_us_per_stream=floor.open_cpu_us,
             floor_cancel_cpu_us_per_message=floor.cancel_cpu_us,
+            floor_client_cancel_cpu_us_per_message=floor.client_cancel_cpu_us,
         )
 
     async def reconcile_pass(self) -> None:
