@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from conveyor.api import feeds
 from conveyor.api.jobs import JobOperations
 from conveyor.config import Settings
 from conveyor.db import Database, JobStore
 from conveyor.jobs.model import JobSpec, JobState
-from conveyor.redis import EventHub, RedisQueue, connect
+from conveyor.redis import EventHub, QueueKeys, RedisQueue, connect
 from conveyor.redis.events import BUFFER
 from conveyor.server.auth import Principal, Role
 from conveyor.v1 import job_service_pb2 as pb
@@ -67,6 +68,33 @@ async def test_a_lagged_watcher_catches_up_on_every_change(ops: JobOperations) -
     ]
     assert JobState(caught_up[-1].job.state) is JobState.CANCELLED
     assert len(ops.feeds) == 0  # the last watcher gone, the feed and its subscription too
+
+
+async def test_a_change_the_feed_missed_is_found_by_its_recheck(
+    ops: JobOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guards the safety net, now one per job rather than one per stream: the feed stops
+    hearing the job's channel (as if Redis had lost its messages without dropping the
+    connection), the job is claimed, and both watchers still get the change once the job
+    has been quiet for WATCH_RECHECK_SECONDS (0.2 s here), from the job's event stream."""
+    monkeypatch.setattr(feeds, "WATCH_RECHECK_SECONDS", 0.2)
+    job = await ops.submit(ALICE, JobSpec(type="noop", queue=QUEUE))
+    first, second = ops.watch(ALICE, job.id, 0), ops.watch(ALICE, job.id, 0)
+    snapshot = await anext(first)
+    await anext(second)
+    (feed,) = ops.feeds._feeds.values()
+    await ops.hub.unlisten(QueueKeys(QUEUE).channel(job.id), feed)  # deaf from here on
+
+    claimed, _ = await ops.queue.claim(QUEUE, 1, worker_id="w", token="t", lease_ms=60_000)
+    assert len(claimed) == 1
+    for watcher in (first, second):
+        found = await asyncio.wait_for(anext(watcher), 10)
+        assert found.sequence == snapshot.sequence + 1
+        assert JobState(found.job.state) is JobState.RUNNING
+    await ops.cancel(ALICE, job.id)
+    for watcher in (first, second):
+        ended = await asyncio.wait_for(anext(watcher), 10)
+        assert JobState(ended.job.state) is JobState.CANCELLED
 
 
 async def _collect(
