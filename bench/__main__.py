@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -206,6 +207,102 @@ def _cpu(*procs: psutil.Process) -> float:
         times = proc.cpu_times()
         total += times.user + times.system + times.children_user + times.children_system
     return total
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """One run of WatchJob fan-out against one server (see `Bench.watch_fanout`)."""
+
+    failed: list[str]
+    rss: int
+    p99_ms: float
+    p50_ms: float
+    open_cpu_us: float
+    cancel_cpu_us: float
+    # This process's (the client's) CPU per final message meanwhile.
+    client_cancel_cpu_us: float
+
+
+async def _fan_out(
+    addr: str,
+    streams: int,
+    keys: list[str],
+    jobs: list[str],
+    cancellers: list[AsyncClient],
+    proc: psutil.Process,
+) -> FanOut:
+    """Open `streams` streams on `addr` (job i % len(jobs) for stream i), up to
+    STREAMS_PER_OWNER per key, then cancel every job in turn and time each stream's final
+    message."""
+    owners = len(keys)
+    cpu_before = _cpu(proc)
+    opened = 0
+    all_open = asyncio.Event()
+    cancelled_at: dict[str, float] = {}
+    latencies: list[float] = []
+
+    # Many clients, as in real use: each its own connection with up to 500 streams, for
+    # one owner. Stream i watches job i % 100, of owner (i % 100) % owners.
+    per_owner = -(-STREAMS_PER_OWNER // STREAMS_PER_CHANNEL)
+    channels = [
+        AsyncClient(
+            api_key=keys[index // per_owner],
+            channel=grpc.aio.insecure_channel(
+                addr, options=[("grpc.use_local_subchannel_pool", 1)]
+            ),
+        )
+        for index in range(owners * per_owner)
+    ]
+
+    def channel_of(i: int) -> AsyncClient:
+        owner = (i % len(jobs)) % owners
+        return channels[owner * per_owner + (i // len(jobs)) % per_owner]
+
+    failed: list[str] = []
+
+    async def watch(index: int, job_id: str) -> None:
+        nonlocal opened
+        try:
+            async for update in channel_of(index).watch(job_id):
+                if update.job.state == job_pb2.JOB_STATE_QUEUED:
+                    opened += 1
+                elif update.job.state == job_pb2.JOB_STATE_CANCELLED:
+                    latencies.append(time.perf_counter() - cancelled_at[job_id])
+                if opened + len(failed) == streams:
+                    all_open.set()
+        except ConveyorError as exc:  # counted and reported, not fatal to the bench
+            failed.append(exc.code.name)
+            if opened + len(failed) == streams:
+                all_open.set()
+
+    # Streams open in waves of 100, as many clients would open them. (Thousands opened in
+    # the same instant are served too, since gRPC core keeps a backlog as long as
+    # CONVEYOR_MAX_CONCURRENT_RPCS for the loop to take up: see
+    # `conveyor.server.grpcserver.server_options`.)
+    tasks = []
+    for i in range(streams):
+        tasks.append(asyncio.create_task(watch(i, jobs[i % len(jobs)])))
+        if i % 100 == 99:
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(all_open.wait(), 300)
+    rss_open = proc.memory_info().rss
+    cpu_open, client_open = _cpu(proc), _cpu(psutil.Process())
+    for i, job_id in enumerate(jobs):
+        cancelled_at[job_id] = time.perf_counter()
+        await cancellers[i % len(cancellers)].cancel(job_id)
+    await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    cpu_end, client_end = _cpu(proc), _cpu(psutil.Process())
+    for channel in channels:
+        await channel.close()
+    return FanOut(
+        failed=failed,
+        rss=rss_open,
+        p99_ms=round(pct(latencies, 0.99) * 1e3, 2) if latencies else 0.0,
+        p50_ms=round(statistics.median(latencies) * 1e3, 2) if latencies else 0.0,
+        open_cpu_us=round((cpu_open - cpu_before) / max(opened, 1) * 1e6, 1),
+        cancel_cpu_us=round((cpu_end - cpu_open) / max(len(latencies), 1) * 1e6, 1),
+        client_cancel_cpu_us=round((client_end - client_open) / max(len(latencies), 1) * 1e6, 1),
+    )
 
 
 def growth(samples: Sequence[float]) -> float:
@@ -849,7 +946,9 @@ class Bench:
         reaches every stream. Each of 100 jobs has streams/100 watchers; all are cancelled
         at once and the time to each stream's final message is measured. The streams are
         spread over one owner per STREAMS_PER_OWNER, as many users' would be (an owner may
-        hold CONVEYOR_MAX_STREAMS_PER_OWNER, 2,000, on one api process)."""
+        hold CONVEYOR_MAX_STREAMS_PER_OWNER, 2,000, on one api process). The same client
+        then runs against the floor (`bench.floor`: one canned answer per stream, the
+        final one when its job is cancelled there), beside it."""
         streams = self.n(10000)
         owners = -(-streams // STREAMS_PER_OWNER)
         keys = self.watch_keys(owners)
@@ -861,79 +960,43 @@ class Bench:
                 await stack.enter_async_context(client)
             jobs = [(await owned[i % owners].submit("noop", queue="parked")).id for i in range(100)]
             rss_before = proc.memory_info().rss
-            opened = 0
-            all_open = asyncio.Event()
-            cancelled_at: dict[str, float] = {}
-            latencies: list[float] = []
-
-            # Many clients, as in real use: each its own connection with up to 500 streams,
-            # for one owner. Stream i watches job i % 100, of owner (i % 100) % owners.
-            per_owner = -(-STREAMS_PER_OWNER // STREAMS_PER_CHANNEL)
-            channels = [
-                AsyncClient(
-                    api_key=keys[index // per_owner],
-                    channel=grpc.aio.insecure_channel(
-                        self.stack.api_addr, options=[("grpc.use_local_subchannel_pool", 1)]
-                    ),
-                )
-                for index in range(owners * per_owner)
-            ]
-
-            def channel_of(i: int) -> AsyncClient:
-                owner = (i % 100) % owners
-                return channels[owner * per_owner + (i // 100) % per_owner]
-
-            failed: list[str] = []
-
-            async def watch(index: int, job_id: str) -> None:
-                nonlocal opened
-                try:
-                    async for update in channel_of(index).watch(job_id):
-                        if update.job.state == job_pb2.JOB_STATE_QUEUED:
-                            opened += 1
-                        elif update.job.state == job_pb2.JOB_STATE_CANCELLED:
-                            latencies.append(time.perf_counter() - cancelled_at[job_id])
-                        if opened + len(failed) == streams:
-                            all_open.set()
-                except ConveyorError as exc:  # counted and reported, not fatal to the bench
-                    failed.append(exc.code.name)
-                    if opened + len(failed) == streams:
-                        all_open.set()
-
-            # Streams open in waves of 100: thousands opened in the same instant on one
-            # server get some CANCELLED by gRPC itself (seen above ~2,000; see the README).
-            tasks = []
-            for i in range(streams):
-                tasks.append(asyncio.create_task(watch(i, jobs[i % 100])))
-                if i % 100 == 99:
-                    await asyncio.sleep(0.05)
-            await asyncio.wait_for(all_open.wait(), 300)
-            rss_open = proc.memory_info().rss
-            for i, job_id in enumerate(jobs):
-                cancelled_at[job_id] = time.perf_counter()
-                await owned[i % owners].cancel(job_id)
-            await asyncio.wait_for(asyncio.gather(*tasks), 120)
-            for channel in channels:
-                await channel.close()
+            conveyor = await _fan_out(self.stack.api_addr, streams, keys, jobs, owned, proc)
+        floor_jobs = [str(uuid.uuid4()) for _ in range(100)]
+        async with AsyncClient(self.servers.floor_addr, api_key=self.key) as canceller:
+            floor = await _fan_out(
+                self.servers.floor_addr, streams, keys, floor_jobs, [canceller], self.servers.floor
+            )
         emit(
             "watch_streams_api_rss",
-            rss_open / 2**20,
+            conveyor.rss / 2**20,
             "MiB",
             1024,
             higher_is_better=False,
             streams=streams,
-            failed_streams=len(failed),
-            failures=sorted(set(failed)),
+            failed_streams=len(conveyor.failed),
+            failures=sorted(set(conveyor.failed)),
             rss_before_mib=round(rss_before / 2**20, 1),
+            floor_rss_mib=round(floor.rss / 2**20, 1),
+            floor_failed_streams=len(floor.failed),
         )
         emit(
             "watch_event_p99",
-            pct(latencies, 0.99) * 1e3,
+            conveyor.p99_ms,
             "ms",
             50,
             higher_is_better=False,
             streams=streams,
-            p50_ms=round(statistics.median(latencies) * 1e3, 2),
+            p50_ms=conveyor.p50_ms,
+            # Server CPU per stream opened while they open, and per final message of the
+            # cancels: what contention on a shared machine moves far less than latencies.
+            api_open_cpu_us_per_stream=conveyor.open_cpu_us,
+            api_cancel_cpu_us_per_message=conveyor.cancel_cpu_us,
+            client_cancel_cpu_us_per_message=conveyor.client_cancel_cpu_us,
+            floor_p99_ms=floor.p99_ms,
+            floor_p50_ms=floor.p50_ms,
+            floor_open_cpu_us_per_stream=floor.open_cpu_us,
+            floor_cancel_cpu_us_per_message=floor.cancel_cpu_us,
+            floor_client_cancel_cpu_us_per_message=floor.client_cancel_cpu_us,
         )
 
     async def reconcile_pass(self) -> None:

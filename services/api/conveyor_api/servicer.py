@@ -173,10 +173,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, principal: Principal
     ) -> AsyncIterator[pb.WatchJobResponse]:
+        """Each answer is shared by every stream of the job in this process
+        (`conveyor.api.feeds`): sent as it is, never changed."""
         with self.metrics.watch_streams.track_inprogress():
-            changes = self.ops.watch(principal, request.id, request.after_sequence)
-            async for sequence, job in changes:
-                yield pb.WatchJobResponse(sequence=sequence, job=job.to_proto())
+            async for answer in self.ops.watch(principal, request.id, request.after_sequence):
+                yield answer
 
     @unary
     async def CancelJob(

@@ -20,6 +20,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import RedisError
 
+from conveyor.api.feeds import JobFeed, JobFeeds, answer_for, ended
 from conveyor.api.known_names import KnownNames, NameCache
 from conveyor.api.pagetokens import MAX_PAGE_SIZE, PageTokens, page_limit
 from conveyor.api.pending_writes import PendingWrites
@@ -54,16 +55,15 @@ from conveyor.jobs.model import (
 )
 from conveyor.jobs.queues import Waiting
 from conveyor.jobs.retention import resolve_retention_ms
-from conveyor.redis import EventHub, QueueKeys, RedisQueue
+from conveyor.redis import EventHub, RedisQueue
 from conveyor.redis.workers import WorkerRegistry
 from conveyor.server.auth import Principal
 from conveyor.telemetry import tracing
 from conveyor.telemetry.metrics import ApiMetrics
+from conveyor.v1 import job_service_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-# How long a watcher waits for an event before re-reading the job (a safety net only).
-WATCH_RECHECK_SECONDS = 15.0
 # Job id -> queue entries remembered per API process (about 100 bytes each).
 QUEUE_MAP_SIZE = 200_000
 
@@ -95,6 +95,8 @@ class JobOperations:
         self.metrics = metrics or ApiMetrics()
         self.queue = queue
         self.hub = hub
+        # One feed per watched job, shared by its WatchJob streams here.
+        self.feeds = JobFeeds(hub, queue, self.metrics)
         self.settings = settings
         self.registry = registry or Registry()
         self.workers = WorkerRegistry(queue.redis)
@@ -513,65 +515,66 @@ class JobOperations:
     # -- watch -----------------------------------------------------------------------------
     async def watch(
         self, principal: Principal, job_id: str, after_sequence: int
-    ) -> AsyncIterator[tuple[int, Job]]:
+    ) -> AsyncIterator[pb.WatchJobResponse]:
         """The job's snapshot, then each change in order, until it ends.
 
         The subscription is opened before the snapshot is read; events then arrive with
         sequence numbers, so one already covered by the snapshot is skipped and a gap (a
         race, or a subscriber that fell behind) is filled from the job's event stream.
+
+        A published change's answer is made once for every watcher of the job in this
+        process and shared (`conveyor.api.feeds`): the caller sends it as it is.
         """
         if after_sequence < 0:
             raise InvalidArgument([FieldViolation("after_sequence", "must not be negative")])
         job = await self.get(principal, job_id)  # charged as one read
-        keys = QueueKeys(job.queue)
-        sub = await self.hub.subscribe(keys.channel(job_id))
-        try:
+        async with self.feeds.watching(job.queue, job_id) as (feed, sub):
             hot = await self._hot(job.queue, job_id)
             if hot is None:  # only the database knows it: its state now is all there is
-                yield 0, job
+                yield answer_for(0, job)
                 if job.state.terminal:
                     return
                 hot = {}
-            payload = hot.get("payload") or json.dumps(job.payload)
+            feed.know_payload(hot.get("payload") or json.dumps(job.payload))
             seq = int(hot.get("seq", 0))
             # A resume point beyond the job's sequence is not one this job issued: start over.
             last = after_sequence if after_sequence <= seq else 0
-            if hot and seq == last and Job.from_hot({**hot, "payload": payload}).state.terminal:
+            if hot and seq == last and JobState(int(hot["state"])).terminal:
                 return  # the client has already seen the end
             if seq > last:
                 events = await self.queue.events_after(job.queue, job_id, last) if last else []
                 if not events or int(events[0]["seq"]) != last + 1:
                     events = [hot]  # resume point no longer retained: start from the snapshot
                 for event in events:
-                    last = int(event["seq"])
-                    current = Job.from_hot({**event, "payload": payload})
-                    yield last, current
-                if current.state.terminal:
+                    answer = feed.convert(event)
+                    last = answer.sequence
+                    yield answer
+                if ended(answer):
                     return
             while True:
-                data = await sub.get(WATCH_RECHECK_SECONDS)
-                if data is None:  # lagged, or quiet for long: catch up from the stream
-                    events = await self.queue.events_after(job.queue, job_id, last)
+                change = await sub.get()
+                if change is None:  # lagged (or its feed found a change lost): catch up
+                    answers = await self._caught_up(feed, job.queue, job_id, last)
                 else:
-                    event = json.loads(data)
-                    seq = int(event["seq"])
-                    if seq <= last:
+                    answer = feed.answer(change)
+                    if answer.sequence <= last:
                         continue
-                    if seq > last + 1:
-                        events = await self.queue.events_after(job.queue, job_id, last)
+                    if answer.sequence > last + 1:
+                        answers = await self._caught_up(feed, job.queue, job_id, last)
                     else:
-                        events = [event]
-                for event in events:
-                    seq = int(event["seq"])
-                    if seq <= last:
-                        continue
-                    last = seq
-                    current = Job.from_hot({**event, "payload": payload})
-                    yield last, current
-                    if current.state.terminal:
+                        answers = [answer]
+                for answer in answers:
+                    last = answer.sequence
+                    yield answer
+                    if ended(answer):
                         return
-        finally:
-            await self.hub.unsubscribe(sub)
+
+    async def _caught_up(
+        self, feed: JobFeed, queue: str, job_id: str, last: int
+    ) -> list[pb.WatchJobResponse]:
+        """The answers for the retained events after `last`, for one watcher."""
+        events = await self.queue.events_after(queue, job_id, last)
+        return [feed.convert(event) for event in events if int(event["seq"]) > last]
 
 
 def _unserved(job: Job, known: KnownNames) -> Blocked | None:

@@ -1,10 +1,15 @@
 """EventHub: one Redis pub/sub connection per process fans job events out to any number of
-local subscribers (WatchJob streams, a worker's cancel listener).
+local listeners (WatchJob's job feeds, a worker's cancel listener, the schedule emitter).
 
 Each subscriber gets a small bounded buffer. A subscriber that falls behind is not allowed to
 grow memory: its buffer is dropped and it is marked `lagged`, and the WatchJob logic catches
 up from the job's Redis event stream by sequence number. Sequence numbers also close the
 race between taking a snapshot and the subscription becoming live, so no event is lost.
+
+A listener is anything with `deliver` and `lag` (`Listener`): a `Subscription` of the raw
+messages, or something that shares each message among subscribers of its own, as
+`conveyor.api.feeds.JobFeed` does for the watchers of one job, so that a message is decoded
+once per process however many streams watch the job.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
+from typing import Generic, Protocol, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -20,94 +26,130 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 BUFFER = 64
-# How long `subscribe` waits for Redis to confirm a subscription before it lets the
+# How long `listen` waits for Redis to confirm a subscription before it lets the
 # subscriber catch up from the event stream instead.
 CONFIRM_SECONDS = 2.0
 
 
-class Subscription:
-    """Messages published on one channel, as seen by one subscriber."""
+class Listener(Protocol):
+    """What the hub hands a channel's messages to (see `EventHub.listen`)."""
+
+    def deliver(self, data: str) -> None:
+        """One message, in the order Redis published it; must not block."""
+
+    def lag(self) -> None:
+        """Messages may have been missed (the hub lost Redis): catch up."""
+
+
+class Subscription(Generic[T]):
+    """Messages of one channel, as seen by one subscriber: at most BUFFER of them held.
+
+    A plain deque and one future rather than an asyncio.Queue: every WatchJob stream holds
+    one, and each of its waits would otherwise cost a task (`wait_for` on a coroutine)."""
+
+    __slots__ = ("_buffer", "_waiter", "channel", "lagged")
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self.lagged = False
-        self._queue: asyncio.Queue[str] = asyncio.Queue(BUFFER)
-        self._ready = asyncio.Event()
+        self._buffer: deque[T] = deque()
+        self._waiter: asyncio.Future[None] | None = None
 
-    def _deliver(self, data: str) -> None:
-        try:
-            self._queue.put_nowait(data)
-        except asyncio.QueueFull:
-            self.lagged = True
-            self._drop_buffered()
-        self._ready.set()
+    def deliver(self, item: T) -> None:
+        if len(self._buffer) >= BUFFER:
+            self.lag()
+            return
+        self._buffer.append(item)
+        self._wake()
 
-    def _drop_buffered(self) -> None:
-        while not self._queue.empty():
-            self._queue.get_nowait()
+    def lag(self) -> None:
+        """Drop what is buffered: the subscriber re-reads the stream, which covers it."""
+        self.lagged = True
+        self._buffer.clear()
+        self._wake()
 
-    async def get(self, wait_seconds: float | None = None) -> str | None:
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self, wait_seconds: float | None = None) -> T | None:
         """The next message; None after `wait_seconds` or when lagged (then catch up)."""
-        if self._queue.empty():
-            self._ready.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), wait_seconds)
+        if not self._buffer and not self.lagged:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, wait_seconds)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiter = None
         if self.lagged:  # the caller re-reads the stream, which covers everything buffered
             self.lagged = False
-            self._drop_buffered()
+            self._buffer.clear()
             return None
-        return None if self._queue.empty() else self._queue.get_nowait()
+        return self._buffer.popleft() if self._buffer else None
 
 
 class EventHub:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._pubsub: PubSub | None = None
-        self._subs: dict[str, set[Subscription]] = defaultdict(set)
+        self._subs: dict[str, set[Listener]] = defaultdict(set)
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        # Channels whose SUBSCRIBE Redis has not confirmed yet (see `subscribe`).
+        # Channels whose SUBSCRIBE Redis has not confirmed yet (see `listen`).
         self._confirmed: dict[str, asyncio.Event] = {}
 
     @property
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
-    async def subscribe(self, channel: str) -> Subscription:
-        """A subscription to `channel` that is live in Redis when this returns: SUBSCRIBE
-        goes over the pub/sub connection while the caller's next read (a job's snapshot)
-        goes over another, so Redis may serve that read first, and an event published in
-        between would reach no one (a watcher of a job that then changed no more would
-        wait for its recheck). So this waits for Redis's confirmation; if none comes in
-        time, the subscription starts `lagged` and its first read catches up."""
-        sub = Subscription(channel)
+    async def subscribe(self, channel: str) -> Subscription[str]:
+        """A subscription to `channel`'s raw messages, live in Redis when this returns (see
+        `listen`); one that Redis did not confirm in time starts `lagged`."""
+        sub: Subscription[str] = Subscription(channel)
+        if not await self.listen(channel, sub):
+            sub.lag()
+        return sub
+
+    async def unsubscribe(self, sub: Subscription[str]) -> None:
+        await self.unlisten(sub.channel, sub)
+
+    async def listen(self, channel: str, listener: Listener) -> bool:
+        """Hand `channel`'s messages to `listener` (again: no change), live in Redis when
+        this returns True: SUBSCRIBE goes over the pub/sub connection while the caller's
+        next read (a job's snapshot) goes over another, so Redis may serve that read first,
+        and an event published in between would reach no one (a watcher of a job that then
+        changed no more would wait for its recheck). So this waits for Redis's
+        confirmation; False if none came in time: the caller catches up from the stream."""
         async with self._lock:
             pubsub = await self._ensure_started()
             confirmed = self._confirmed.get(channel)
             if channel not in self._subs and confirmed is None:
                 confirmed = self._confirmed[channel] = asyncio.Event()
                 await pubsub.subscribe(channel)
-            self._subs[channel].add(sub)
+            self._subs[channel].add(listener)
         if confirmed is not None:
             try:
                 await asyncio.wait_for(confirmed.wait(), CONFIRM_SECONDS)
             except TimeoutError:
-                sub.lagged = True
-                sub._ready.set()
-        return sub
+                return False
+        return True
 
-    async def unsubscribe(self, sub: Subscription) -> None:
+    async def unlisten(self, channel: str, listener: Listener) -> None:
         async with self._lock:
-            subs = self._subs.get(sub.channel)
+            subs = self._subs.get(channel)
             if subs is None:
                 return
-            subs.discard(sub)
+            subs.discard(listener)
             if not subs:
-                del self._subs[sub.channel]
+                del self._subs[channel]
                 if self._pubsub is not None:
                     with contextlib.suppress(RedisConnectionError, OSError):
-                        await self._pubsub.unsubscribe(sub.channel)
+                        await self._pubsub.unsubscribe(channel)
 
     async def _ensure_started(self) -> PubSub:
         if self._pubsub is None:
@@ -136,15 +178,14 @@ class EventHub:
                 continue
             if message.get("type") != "message":
                 continue
-            for sub in tuple(self._subs.get(message["channel"], ())):
-                sub._deliver(message["data"])
+            for listener in tuple(self._subs.get(message["channel"], ())):
+                listener.deliver(message["data"])
 
     def _mark_all_lagged(self) -> None:
         """After a reconnect, every subscriber may have missed messages: make them catch up."""
-        for subs in self._subs.values():
-            for sub in subs:
-                sub.lagged = True
-                sub._ready.set()
+        for listeners in self._subs.values():
+            for listener in listeners:
+                listener.lag()
 
     async def close(self) -> None:
         if self._reader is not None:

@@ -62,6 +62,9 @@ HEALTH_PROBE_SECONDS = 1.0
 # database that accepts connections but never answers must not keep the last status.
 HEALTH_CHECK_TIMEOUT_SECONDS = 2.0
 RESPONSE_HEADROOM_BYTES = 1 << 20
+# Calls that have arrived but that the server's loop has not taken up yet (see
+# `server_options`), when no CONVEYOR_MAX_CONCURRENT_RPCS cap sets the figure.
+PENDING_CALLS = 20_000
 
 
 class CannotListen(OSError):
@@ -241,11 +244,25 @@ def streaming(
     return handle
 
 
-def server_options(max_message_bytes: int, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
+def server_options(
+    max_message_bytes: int, *, reuse_port: bool = False, max_pending_calls: int = PENDING_CALLS
+) -> list[tuple[str, Any]]:
     """`reuse_port`: share the port with the other processes of `conveyor api --processes N`
     (the kernel spreads connections over them). Off otherwise, so that a second server on a
-    taken port fails to start rather than silently sharing it."""
+    taken port fails to start rather than silently sharing it.
+
+    `max_pending_calls`: how many calls gRPC core holds for the server's loop to take up.
+    grpc.aio takes up one call per turn of the loop; core queues the calls that arrive
+    meanwhile and, past `grpc.server.max_pending_requests` (1,000 by default), drops them
+    at random, all of them past the hard limit (3,000). A dropped call ends CANCELLED at
+    its client before any of Conveyor's code saw it: thousands of WatchJob streams opened
+    together on a busy API lost 1,800 of 10,000 that way (issue 21; `python -m bench.floor`
+    shows it on a bare server). The server serves up to `max_concurrent_rpcs` calls at
+    once anyway and refuses the rest RESOURCE_EXHAUSTED, so its backlog gets the same
+    bound."""
     return [
+        ("grpc.server.max_pending_requests", max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", max_pending_calls),
         ("grpc.max_receive_message_length", max_message_bytes),
         # A response echoes at most a request's worth of payload plus the job fields, so
         # SubmitJobs of a request at the limit can still be answered.
@@ -296,7 +313,11 @@ class Server:
         self.conditions = dict(conditions or {})
         # Calls beyond `max_concurrent_rpcs` are refused with RESOURCE_EXHAUSTED at once.
         self.grpc = grpc.aio.server(
-            options=server_options(max_message_bytes, reuse_port=reuse_port),
+            options=server_options(
+                max_message_bytes,
+                reuse_port=reuse_port,
+                max_pending_calls=max_concurrent_rpcs or PENDING_CALLS,
+            ),
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             interceptors=tracing.server_interceptors(),
         )

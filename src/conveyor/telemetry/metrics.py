@@ -4,8 +4,9 @@ Each process has its own registry (process CPU, memory and GC come with it) hold
 the metrics its part can know, so a worker does not show an api's zeros:
 
 - **api**: `conveyor_jobs_submitted_total{queue,type}`, `conveyor_rate_limited_total{kind}`,
-  `conveyor_watch_streams`, `conveyor_job_outcomes_total{queue,type,outcome="cancelled"}`
-  (a cancel is the api's write; a running handler it stops writes nothing),
+  `conveyor_watch_streams`, `conveyor_watch_conversions_total`,
+  `conveyor_job_outcomes_total{queue,type,outcome="cancelled"}` (a cancel is the api's
+  write; a running handler it stops writes nothing),
   `conveyor_redis_writable` and `conveyor_enqueue_pending` (see `conveyor.api.pending_writes`),
   and the queue
   gauges, read from Redis when scraped:
@@ -178,6 +179,14 @@ class ApiMetrics(_Metrics):
         )
         self.watch_streams = Gauge(
             "conveyor_watch_streams", "WatchJob streams open now.", registry=self.registry
+        )
+        self.watch_conversions = self._add(
+            Counts(
+                "conveyor_watch_conversions",
+                "Job changes decoded and converted into WatchJob answers: a published change "
+                "once per api process however many streams watch the job (see "
+                "conveyor.api.feeds); a snapshot or catch-up once per stream that reads it.",
+            )
         )
         self.outcomes = self._add(_outcomes())
         self.redis_writable = Gauge(

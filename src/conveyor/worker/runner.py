@@ -768,7 +768,7 @@ class Worker:
                     log.warning("job %s: lease lost; stopping its handler", job_id)
                     self._abandon(job_id)
 
-    async def _cancel_loop(self, sub: Subscription) -> None:
+    async def _cancel_loop(self, sub: Subscription[str]) -> None:
         try:
             while True:
                 job_id = await sub.get()
