@@ -24,13 +24,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from sqlalchemy.engine import make_url
 
 from conveyor import compact_json
 from conveyor.db.rows import RolledBack, job_from_row, resolve_conflicts
 from conveyor.errors import ConveyorError, outage
 from conveyor.jobs.attempts import AttemptEnd
-from conveyor.jobs.model import Job
+from conveyor.jobs.model import Job, retry_text
 
 _INSERT = """
 INSERT INTO jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
@@ -47,6 +48,19 @@ FROM jsonb_to_recordset(%s::jsonb)
        key_cap integer, retention_ms bigint, trace_parent text)
 ON CONFLICT (owner, idempotency_key) DO NOTHING
 RETURNING id
+"""
+
+# Batches this large first try COPY (see `BulkStatements.insert`); smaller ones, the
+# group-committed single submits among them, keep the one statement (COPY takes two round
+# trips, a latency a lone submit would feel).
+COPY_FROM = 64
+
+# Every column a new job sets, in the order `_copy_row` gives them.
+_COPY = """
+COPY jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
+           timeout_ms, progress, progress_message, error, idempotency_key, request_hash,
+           run_at, create_time, fence, retry, key_id, key_cap, retention_ms, trace_parent)
+FROM STDIN
 """
 
 _EXISTING = """
@@ -112,6 +126,17 @@ def _key_order(job: Job) -> tuple[str, str]:
     return (job.owner, job.idempotency_key or "")
 
 
+def _copy_row(j: Job) -> tuple[Any, ...]:
+    """A new job's row as `_COPY` takes it."""
+    payload = compact_json.dumps(j.payload) if j.payload else "{}"
+    return (
+        j.id, j.owner, j.type, j.queue, int(j.state), j.priority, payload, 0,
+        j.max_attempts, j.timeout_ms, 0.0, "", "", j.idempotency_key, j.request_hash,
+        j.run_at, j.create_time, 0, retry_text(j.retry), j.key_id, j.key_cap,
+        j.retention_ms, j.trace_parent,
+    )  # fmt: skip
+
+
 def _records(rows: list[dict[str, Any]]) -> list[str]:
     """The statement parameter for `jsonb_to_recordset`: the rows as one JSON array."""
     return [compact_json.dumps(rows)]
@@ -171,7 +196,16 @@ class BulkStatements:
     async def insert(
         self, jobs: Sequence[Job], *, all_or_nothing: bool = False
     ) -> list[Job | ConveyorError]:
-        """Insert jobs in one statement; per job, the job stored or why it was refused."""
+        """Insert jobs in one statement; per job, the job stored or why it was refused.
+
+        A batch of `COPY_FROM` jobs or more is first copied in (COPY, about half of
+        PostgreSQL's CPU for the same rows: no JSON to take apart, no speculative insert
+        per row). COPY has no ON CONFLICT: a key already used fails the whole copy, which
+        then leaves nothing behind, and the batch takes the statement below, which
+        resolves every key as it always did. Keys are rarely reused (a retried call), so
+        that costs a wasted copy now and then."""
+        if len(jobs) >= COPY_FROM and await self._copied(jobs):
+            return list(jobs)
         rows = [
             {
                 "id": j.id, "owner": j.owner, "type": j.type, "queue": j.queue,
@@ -201,6 +235,17 @@ class BulkStatements:
         except RolledBack as rollback:
             return rollback.results
         return results
+
+    async def _copied(self, jobs: Sequence[Job]) -> bool:
+        """Copy the jobs in (one transaction: all of them, or, on a key already used,
+        none); False on such a key. Rows go in key order, as the statement's do."""
+        try:
+            async with self._cursor() as cur, cur.copy(_COPY) as copy:
+                for job in sorted(jobs, key=_key_order):
+                    await copy.write_row(_copy_row(job))
+        except psycopg.errors.UniqueViolation:
+            return False
+        return True
 
     async def write_outcomes(self, writes: Sequence[AttemptEnd]) -> set[str]:
         """Apply outcomes in one statement; the ids whose write applied (see _OUTCOMES)."""
