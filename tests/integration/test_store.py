@@ -88,15 +88,18 @@ async def test_a_large_batch_is_stored_as_a_statement_would_store_it(db: Databas
         priority=7, retention_ms=60_000, max_attempts=4,
     )  # fmt: skip
     copied = [new(spec) for _ in range(COPY_FROM)]
-    copied[0].trace_parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    copied[0].key_id, copied[0].key_cap = "key-1", 3
+    # Text COPY must escape (backslashes, a tab, the text of its NULL) in every free column.
+    copied[0].trace_parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\\"
+    copied[0].key_id, copied[0].key_cap = "key\\1\t", 3
+    copied[0].idempotency_key = "\\N"
     single = new(spec)
-    single.trace_parent, single.key_id, single.key_cap = copied[0].trace_parent, "key-1", 3
+    single.trace_parent, single.key_id, single.key_cap = copied[0].trace_parent, "key\\1\t", 3
+    single.idempotency_key = "\\N\\"
     assert await store.insert(copied, all_or_nothing=True) == copied
-    assert await store.insert([single]) == [single]
+    assert await store.insert([single], all_or_nothing=True) == [single]
     stored, alone = await store.get(copied[0].id), await store.get(single.id)
     assert stored is not None and alone is not None
-    differ = {"id", "create_time", "run_at"}
+    differ = {"id", "create_time", "run_at", "idempotency_key"}
     assert {k: v for k, v in vars_of(stored).items() if k not in differ} == {
         k: v for k, v in vars_of(alone).items() if k not in differ
     }

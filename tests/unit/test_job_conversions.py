@@ -1,7 +1,8 @@
 """The job model's conversions made cheaper for bulk submits (issue 21) against what they
 replaced: the request fingerprint (the same hash values, so keys reused across versions
-still compare), the proto (`FromMilliseconds` on every time), and the Redis hot state (the
-same strings the queue wrote)."""
+still compare), the proto (`FromMilliseconds` on every time), the Redis hot state (the
+same strings the queue wrote), and the validation of a request (the same spec, or the same
+violations)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,27 @@ import hashlib
 import json
 from typing import Any
 
+from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conveyor import compact_json
+from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.jobs import model
 from conveyor.jobs.blocked import Blocked
-from conveyor.jobs.model import Job, JobSpec, JobState
+from conveyor.jobs.model import (
+    NO_OVERRIDES,
+    Job,
+    JobSpec,
+    JobState,
+    duration_ms,
+    now_ms,
+    spec_from_proto,
+    timestamp_ms,
+)
 from conveyor.jobs.retry import RetryOverrides, RetryPolicy
 from conveyor.v1 import job_pb2
+from conveyor.v1 import job_service_pb2 as pb
 
 TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00", codec="utf-8"), max_size=12)
 JSON = st.recursive(
@@ -194,3 +208,104 @@ def test_the_proto_is_the_one_from_milliseconds_made(job: Job, payload: bool) ->
 @given(JOBS)
 def test_the_hot_state_is_the_strings_the_queue_wrote(job: Job) -> None:
     assert job.to_hot() == reference_hot(job)
+
+
+def reference_spec(req: pb.SubmitJobRequest, limit: int) -> JobSpec | list[FieldViolation]:
+    """`spec_from_proto` as it was before (every field read, and looked at, every time):
+    the spec, or the violations."""
+    bad: list[FieldViolation] = []
+
+    def violation(name: str, why: str) -> None:
+        bad.append(FieldViolation(name, why))
+
+    if not req.type:
+        violation("type", "required")
+    elif not model._TYPE_RE.match(req.type):
+        violation("type", "must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+    queue = req.queue or model.DEFAULT_QUEUE
+    if not model._QUEUE_RE.match(queue):
+        violation("queue", "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    priority = req.priority if req.HasField("priority") else model.DEFAULT_PRIORITY
+    if not 0 <= priority <= model.MAX_PRIORITY:
+        violation("priority", f"must be between 0 and {model.MAX_PRIORITY}")
+    key = req.idempotency_key or None
+    if key is not None and (len(key) > model.MAX_IDEMPOTENCY_KEY or not key.isprintable()):
+        violation("idempotency_key", "must be printable, at most 256 characters")
+    if not 0 <= req.max_attempts <= model.MAX_ATTEMPTS_LIMIT:
+        violation("max_attempts", "must be between 0 (default) and 100")
+    timeout_ms = duration_ms(req.timeout) if req.HasField("timeout") else 0
+    if timeout_ms is None or (
+        req.HasField("timeout") and not 0 < timeout_ms <= model.MAX_TIMEOUT_MS
+    ):
+        violation("timeout", "must be a valid duration, positive and at most 7 days")
+    run_at = timestamp_ms(req.run_at) if req.HasField("run_at") else None
+    if req.HasField("run_at") and (run_at is None or run_at > now_ms() + model.MAX_DELAY_MS):
+        violation("run_at", "must be a valid time within a year")
+    delay_ms = duration_ms(req.delay) if req.HasField("delay") else 0
+    if delay_ms is None or not 0 <= delay_ms <= model.MAX_DELAY_MS:
+        violation("delay", "must be a valid duration, not negative and at most a year")
+    elif delay_ms and req.HasField("run_at"):
+        violation("delay", "set run_at or delay, not both")
+    retention_ms = duration_ms(req.retention) if req.HasField("retention") else 0
+    if retention_ms is None or not 0 <= retention_ms <= model.MAX_RETENTION_MS:
+        violation("retention", "must be a valid duration, not negative and at most 10 years")
+    payload = model._payload(req.payload, limit, violation) if req.HasField("payload") else {}
+    try:
+        retry = RetryOverrides.from_proto(req.retry) if req.HasField("retry") else NO_OVERRIDES
+    except ValueError:
+        violation("retry", "holds an invalid duration")
+        retry = NO_OVERRIDES
+    bad += retry.violations("retry.")
+    if bad:
+        return bad
+    return JobSpec(
+        type=req.type, payload=payload, queue=queue, priority=priority, idempotency_key=key,
+        run_at=run_at, delay_ms=delay_ms or 0, max_attempts=req.max_attempts,
+        timeout_ms=timeout_ms or 0, retry=retry, retention_ms=retention_ms or 0,
+    )  # fmt: skip
+
+
+NAMES = st.sampled_from(["", "noop", "email.send", "bad name", "q-1", "{x}"])
+SECONDS = st.integers(-(10**9), 10**9) | st.sampled_from([0, 1, 60, 8 * 24 * 3600])
+NANOS = st.integers(-(2**31), 2**31 - 1) | st.sampled_from([0, 500_000_000])
+
+
+# A Duration or Timestamp's fields (None: unset), in range or not.
+MOMENTS = st.none() | st.fixed_dictionaries({"seconds": SECONDS, "nanos": NANOS})
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> pb.SubmitJobRequest:
+    req = pb.SubmitJobRequest(
+        type=draw(NAMES), queue=draw(NAMES), idempotency_key=draw(TEXT),
+        max_attempts=draw(st.integers(-5, 120)),
+    )  # fmt: skip
+    if draw(st.booleans()):
+        req.priority = draw(st.integers(-3, 12))
+    for name in ("timeout", "delay", "retention"):
+        value = draw(MOMENTS)
+        if value is not None:
+            getattr(req, name).CopyFrom(duration_pb2.Duration(**value))
+    when = draw(MOMENTS)
+    if when is not None:
+        req.run_at.CopyFrom(timestamp_pb2.Timestamp(**when))
+    if draw(st.booleans()):
+        req.payload.update(draw(st.dictionaries(TEXT, JSON, max_size=3)))
+    if draw(st.booleans()):
+        req.retry.multiplier = draw(st.floats(0, 200))
+        backoff = draw(MOMENTS)
+        if backoff is not None:
+            req.retry.initial_backoff.CopyFrom(duration_pb2.Duration(**backoff))
+    return req
+
+
+@settings(max_examples=500, deadline=None)
+@given(requests())
+def test_validation_gives_what_it_gave_before(req: pb.SubmitJobRequest) -> None:
+    """The same spec for a valid request, the same violations for any other."""
+    expected = reference_spec(req, 200)
+    try:
+        got: JobSpec | list[FieldViolation] = spec_from_proto(req, max_payload_bytes=200)
+    except InvalidArgument as refused:
+        got = refused.violations
+    assert got == expected

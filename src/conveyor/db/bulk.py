@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -126,14 +127,37 @@ def _key_order(job: Job) -> tuple[str, str]:
     return (job.owner, job.idempotency_key or "")
 
 
-def _copy_row(j: Job) -> tuple[Any, ...]:
-    """A new job's row as `_COPY` takes it."""
-    payload = compact_json.dumps(j.payload) if j.payload else "{}"
-    return (
-        j.id, j.owner, j.type, j.queue, int(j.state), j.priority, payload, 0,
-        j.max_attempts, j.timeout_ms, 0.0, "", "", j.idempotency_key, j.request_hash,
-        j.run_at, j.create_time, 0, retry_text(j.retry), j.key_id, j.key_cap,
-        j.retention_ms, j.trace_parent,
+# COPY's text format: tab-separated columns, one row a line, \N for NULL; a backslash, tab,
+# newline or carriage return inside a value is escaped with a backslash.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_LINE_BREAKS = re.compile(r"[\n\r]")
+
+
+def _copy_line(values: Sequence[str | None]) -> str:
+    """One row of COPY text. Most rows hold nothing to escape: they are joined as they
+    are and checked once (only the tabs the join put there, only the backslashes of the
+    NULLs, no line break); the others are joined again with each value escaped."""
+    line = "\t".join(["\\N" if v is None else v for v in values])
+    if (
+        line.count("\t") == len(values) - 1
+        and line.count("\\") == values.count(None)
+        and _LINE_BREAKS.search(line) is None
+    ):
+        return line + "\n"
+    return "\t".join(["\\N" if v is None else v.translate(_COPY_ESCAPES) for v in values]) + "\n"
+
+
+def _copy_row(j: Job) -> str:
+    """A new job's row as `_COPY` takes it, in the text format (what psycopg's row
+    formatting would send, built in one join per row)."""
+    return _copy_line(
+        (
+            j.id, j.owner, j.type, j.queue, str(int(j.state)), str(j.priority),
+            compact_json.dumps(j.payload) if j.payload else "{}", "0", str(j.max_attempts),
+            str(j.timeout_ms), "0", "", "", j.idempotency_key, j.request_hash, str(j.run_at),
+            str(j.create_time), "0", retry_text(j.retry), j.key_id, str(j.key_cap),
+            None if j.retention_ms is None else str(j.retention_ms), j.trace_parent,
+        )
     )  # fmt: skip
 
 
@@ -241,8 +265,7 @@ class BulkStatements:
         none); False on such a key. Rows go in key order, as the statement's do."""
         try:
             async with self._cursor() as cur, cur.copy(_COPY) as copy:
-                for job in sorted(jobs, key=_key_order):
-                    await copy.write_row(_copy_row(job))
+                await copy.write("".join([_copy_row(j) for j in sorted(jobs, key=_key_order)]))
         except psycopg.errors.UniqueViolation:
             return False
         return True

@@ -15,9 +15,10 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import uuid_utils
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
@@ -30,6 +31,8 @@ from conveyor.v1 import job_pb2, job_service_pb2
 
 if TYPE_CHECKING:  # conveyor.jobs.blocked imports this module
     from conveyor.jobs.blocked import Blocked
+
+_T = TypeVar("_T")
 
 DEFAULT_QUEUE = "default"
 DEFAULT_PRIORITY = 5
@@ -69,7 +72,8 @@ class JobState(enum.IntEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 # Each state's number as the hot state's text.
-_STATE_TEXT = {state: str(int(state)) for state in JobState}
+# (A tuple indexed by the state: an enum member hashes in Python, an index does not.)
+_STATE_TEXT = tuple(str(number) for number in range(max(JobState) + 1))
 
 
 def now_ms() -> int:
@@ -289,24 +293,55 @@ def _set_duration(duration: duration_pb2.Duration, ms: int) -> None:
     duration.seconds, duration.nanos = seconds, rest * 1_000_000
 
 
-@functools.lru_cache(maxsize=256)
-def retry_text(policy: RetryPolicy) -> str:
-    """A policy's JSON as the hot state and the database keep it (`RetryPolicy.to_doc`),
-    encoded once per distinct policy."""
+class _PerPolicy(Generic[_T]):
+    """What `make` gives for a retry policy, remembered per policy object.
+
+    `functools.lru_cache` hashes its argument on every call, and a frozen dataclass hashes
+    in Python (a tuple of its fields): a microsecond, four times per job of a bulk submit.
+    The jobs of a bulk share one policy object (`_resolved_retry` hands out one per
+    distinct policy), so looking it up by identity costs a dict lookup by int. An entry
+    keeps its policy alive, so its id cannot be reused while it is remembered; a policy
+    equal to a remembered one but another object is simply made again."""
+
+    def __init__(self, make: Callable[[RetryPolicy], _T], size: int = 256) -> None:
+        self._make = make
+        self._size = size
+        self._seen: dict[int, tuple[RetryPolicy, _T]] = {}
+
+    def __call__(self, policy: RetryPolicy) -> _T:
+        found = self._seen.get(id(policy))
+        if found is not None and found[0] is policy:
+            return found[1]
+        value = self._make(policy)
+        if len(self._seen) >= self._size:  # policies are few; never grow without bound
+            self._seen.clear()
+        self._seen[id(policy)] = (policy, value)
+        return value
+
+
+def _encode_policy(policy: RetryPolicy) -> str:
     return compact_json.dumps(policy.to_doc())
 
 
-@functools.lru_cache(maxsize=256)
-def _retry_proto(policy: RetryPolicy) -> job_pb2.RetryPolicy:
-    """A policy's message, built once per distinct policy (jobs of a type share one).
-    Callers only copy it (`job_pb2.Job(retry=…)` copies), never change it."""
-    return policy.to_proto()
+# A policy's JSON as the hot state and the database keep it (`RetryPolicy.to_doc`).
+retry_text = _PerPolicy(_encode_policy)
+# A policy's message; callers only copy it (`job_pb2.Job(retry=…)` copies), never change it.
+_retry_proto = _PerPolicy(RetryPolicy.to_proto)
+# A policy under no overrides (the usual request): itself, normalised (see `_resolved_retry`).
+_unchanged = _PerPolicy(NO_OVERRIDES.over)
 
 
-@functools.lru_cache(maxsize=256)
 def _resolved_retry(overrides: RetryOverrides, base: RetryPolicy) -> RetryPolicy:
-    """`overrides.over(base)`, worked out once per distinct pair (requests rarely set a
-    policy, so nearly every job of a type resolves the same one)."""
+    """`overrides.over(base)`, one policy object per distinct result: requests rarely set
+    a policy, so nearly every job of a type resolves its type's; equal inputs give the
+    same object, which `_PerPolicy` then finds by identity."""
+    if overrides is NO_OVERRIDES:
+        return _unchanged(base)
+    return _resolved_by_value(overrides, base)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved_by_value(overrides: RetryOverrides, base: RetryPolicy) -> RetryPolicy:
     return overrides.over(base)
 
 
@@ -413,59 +448,75 @@ class JobSpec:
 def spec_from_proto(
     req: job_service_pb2.SubmitJobRequest, *, max_payload_bytes: int, prefix: str = ""
 ) -> JobSpec:
-    """Validate a SubmitJobRequest; every problem is reported at once as a field violation."""
+    """Validate a SubmitJobRequest; every problem is reported at once as a field violation.
+
+    Each field is read once, and the fields a request seldom sets are looked at only when
+    set (a bulk submit validates a thousand requests per call)."""
     bad: list[FieldViolation] = []
 
     def violation(name: str, why: str) -> None:
         bad.append(FieldViolation(prefix + name, why))
 
-    if not req.type:
+    has = req.HasField
+    job_type = req.type
+    if not job_type:
         violation("type", "required")
-    elif not _TYPE_RE.match(req.type):
+    elif not _TYPE_RE.match(job_type):
         violation("type", "must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
     queue = req.queue or DEFAULT_QUEUE
     if not _QUEUE_RE.match(queue):
         violation("queue", "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-    priority = req.priority if req.HasField("priority") else DEFAULT_PRIORITY
+    priority = req.priority if has("priority") else DEFAULT_PRIORITY
     if not 0 <= priority <= MAX_PRIORITY:
         violation("priority", f"must be between 0 and {MAX_PRIORITY}")
     key = req.idempotency_key or None
     if key is not None and (len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable()):
         violation("idempotency_key", f"must be printable, at most {MAX_IDEMPOTENCY_KEY} characters")
-    if not 0 <= req.max_attempts <= MAX_ATTEMPTS_LIMIT:
+    max_attempts = req.max_attempts
+    if not 0 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
         violation("max_attempts", f"must be between 0 (default) and {MAX_ATTEMPTS_LIMIT}")
-    timeout_ms = duration_ms(req.timeout) if req.HasField("timeout") else 0
-    if timeout_ms is None or (req.HasField("timeout") and not 0 < timeout_ms <= MAX_TIMEOUT_MS):
-        violation("timeout", "must be a valid duration, positive and at most 7 days")
-    run_at = timestamp_ms(req.run_at) if req.HasField("run_at") else None
-    if req.HasField("run_at") and (run_at is None or run_at > now_ms() + MAX_DELAY_MS):
-        violation("run_at", "must be a valid time within a year")
-    delay_ms = duration_ms(req.delay) if req.HasField("delay") else 0
-    if delay_ms is None or not 0 <= delay_ms <= MAX_DELAY_MS:
-        violation("delay", "must be a valid duration, not negative and at most a year")
-    elif delay_ms and req.HasField("run_at"):
-        violation("delay", "set run_at or delay, not both")
-    retention_ms = duration_ms(req.retention) if req.HasField("retention") else 0
-    if retention_ms is None or not 0 <= retention_ms <= MAX_RETENTION_MS:
-        violation("retention", "must be a valid duration, not negative and at most 10 years")
-    payload = _payload(req.payload, max_payload_bytes, violation) if req.HasField("payload") else {}
-    try:
-        retry = RetryOverrides.from_proto(req.retry) if req.HasField("retry") else NO_OVERRIDES
-    except ValueError:  # a Duration with nanos out of range
-        violation("retry", "holds an invalid duration")
-        retry = NO_OVERRIDES
-    bad += retry.violations(prefix + "retry.")
+    timeout_ms: int | None = 0
+    if has("timeout"):
+        timeout_ms = duration_ms(req.timeout)
+        if timeout_ms is None or not 0 < timeout_ms <= MAX_TIMEOUT_MS:
+            violation("timeout", "must be a valid duration, positive and at most 7 days")
+    run_at = None
+    has_run_at = has("run_at")
+    if has_run_at:
+        run_at = timestamp_ms(req.run_at)
+        if run_at is None or run_at > now_ms() + MAX_DELAY_MS:
+            violation("run_at", "must be a valid time within a year")
+    delay_ms: int | None = 0
+    if has("delay"):
+        delay_ms = duration_ms(req.delay)
+        if delay_ms is None or not 0 <= delay_ms <= MAX_DELAY_MS:
+            violation("delay", "must be a valid duration, not negative and at most a year")
+        elif delay_ms and has_run_at:
+            violation("delay", "set run_at or delay, not both")
+    retention_ms: int | None = 0
+    if has("retention"):
+        retention_ms = duration_ms(req.retention)
+        if retention_ms is None or not 0 <= retention_ms <= MAX_RETENTION_MS:
+            violation("retention", "must be a valid duration, not negative and at most 10 years")
+    payload = _payload(req.payload, max_payload_bytes, violation) if has("payload") else {}
+    retry = NO_OVERRIDES
+    if has("retry"):
+        try:
+            retry = RetryOverrides.from_proto(req.retry)
+        except ValueError:  # a Duration with nanos out of range
+            violation("retry", "holds an invalid duration")
+        bad += retry.violations(prefix + "retry.")
     if bad:
         raise InvalidArgument(bad)
     return JobSpec(
-        type=req.type,
+        type=job_type,
         payload=payload,
         queue=queue,
         priority=priority,
         idempotency_key=key,
         run_at=run_at,
         delay_ms=delay_ms or 0,
-        max_attempts=req.max_attempts,
+        max_attempts=max_attempts,
         timeout_ms=timeout_ms or 0,
         retry=retry,
         retention_ms=retention_ms or 0,
