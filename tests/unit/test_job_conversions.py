@@ -204,6 +204,27 @@ def test_the_proto_is_the_one_from_milliseconds_made(job: Job, payload: bool) ->
     assert job.to_proto(payload=payload) == reference_proto(job, payload)
 
 
+@st.composite
+def fresh_jobs(draw: st.DrawFn) -> Job:
+    """A job as submitted (what `to_proto` copies from a template), of one of a few kinds."""
+    job: Job = draw(JOBS)
+    job.attempt, job.progress, job.progress_message, job.error = 0, 0.0, "", ""
+    job.start_time = job.finish_time = job.blocked = None
+    job.owner = draw(st.sampled_from(["alice", "bob"]))
+    job.type, job.queue, job.priority = "noop", "default", draw(st.sampled_from([5, 9]))
+    return job
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(fresh_jobs(), min_size=1, max_size=5), st.booleans())
+def test_a_submitted_job_copied_from_its_template_is_the_one_built(
+    jobs: list[Job], payload: bool
+) -> None:
+    """Jobs of one kind share a template: each still gets its own id, key and times."""
+    for job in jobs:
+        assert job.to_proto(payload=payload) == reference_proto(job, payload)
+
+
 @settings(max_examples=300, deadline=None)
 @given(JOBS)
 def test_the_hot_state_is_the_strings_the_queue_wrote(job: Job) -> None:
