@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -130,7 +129,6 @@ def _key_order(job: Job) -> tuple[str, str]:
 # COPY's text format: tab-separated columns, one row a line, \N for NULL; a backslash, tab,
 # newline or carriage return inside a value is escaped with a backslash.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_LINE_BREAKS = re.compile(r"[\n\r]")
 
 
 def _copy_line(values: Sequence[str | None]) -> str:
@@ -141,7 +139,8 @@ def _copy_line(values: Sequence[str | None]) -> str:
     if (
         line.count("\t") == len(values) - 1
         and line.count("\\") == values.count(None)
-        and _LINE_BREAKS.search(line) is None
+        and "\n" not in line
+        and "\r" not in line
     ):
         return line + "\n"
     return "\t".join(["\\N" if v is None else v.translate(_COPY_ESCAPES) for v in values]) + "\n"

@@ -91,11 +91,28 @@ def new_job_id() -> str:
     return str(uuid_utils.uuid7())
 
 
+_NAME_CACHED = 256
+
+
 def valid_queue(name: str) -> bool:
-    return bool(_QUEUE_RE.match(name))
+    return len(name) <= _NAME_CACHED and _matches_queue(name)
 
 
 def valid_type(name: str) -> bool:
+    return len(name) <= _NAME_CACHED and _matches_type(name)
+
+
+# Names are few and each is checked once per request (a bulk of one type and queue checks
+# the same two a thousand times): the answers are remembered. Only names no longer than
+# `_NAME_CACHED` reach these (longer ones never match: the patterns allow 128 characters),
+# so the caches hold at most 1024 short strings each, whatever callers send.
+@functools.lru_cache(maxsize=1024)
+def _matches_queue(name: str) -> bool:
+    return bool(_QUEUE_RE.match(name))
+
+
+@functools.lru_cache(maxsize=1024)
+def _matches_type(name: str) -> bool:
     return bool(_TYPE_RE.match(name))
 
 
@@ -509,10 +526,10 @@ def spec_from_proto(
     job_type = req.type
     if not job_type:
         violation("type", "required")
-    elif not _TYPE_RE.match(job_type):
+    elif not valid_type(job_type):
         violation("type", "must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
     queue = req.queue or DEFAULT_QUEUE
-    if not _QUEUE_RE.match(queue):
+    if not valid_queue(queue):
         violation("queue", "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
     priority = req.priority if has("priority") else DEFAULT_PRIORITY
     if not 0 <= priority <= MAX_PRIORITY:
