@@ -168,15 +168,6 @@ def lost_error(entry: dict[str, Any]) -> str:
     return f"lease expired: worker {worker} stopped renewing it"
 
 
-def _docs_by_queue(jobs: Iterable[Job]) -> dict[str, list[dict[str, str]]]:
-    """Jobs as hot-state documents (all values strings, as Lua reads them) per queue."""
-    by_queue: dict[str, list[dict[str, str]]] = {}
-    for job in jobs:
-        doc = job.to_hot()
-        by_queue.setdefault(job.queue, []).append(doc)
-    return by_queue
-
-
 # The hash fields only workers read, left out of events (as `PRIVATE` in _common.lua).
 _PRIVATE = frozenset({"payload", "lease", "worker", "lost", "exhausted", "gone"})
 
@@ -212,6 +203,15 @@ def _placements_by_queue(jobs: Iterable[Job]) -> dict[str, _Placements]:
         if found is None:
             found = by_queue[job.queue] = _Placements([], [])
         found.add(job)
+    return by_queue
+
+
+def _docs_by_queue(jobs: Iterable[Job]) -> dict[str, list[dict[str, str]]]:
+    """Jobs as hot-state documents (all values strings, as Lua reads them) per queue."""
+    by_queue: dict[str, list[dict[str, str]]] = {}
+    for job in jobs:
+        doc = job.to_hot()
+        by_queue.setdefault(job.queue, []).append(doc)
     return by_queue
 
 
