@@ -24,13 +24,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from sqlalchemy.engine import make_url
 
 from conveyor import compact_json
 from conveyor.db.rows import RolledBack, job_from_row, resolve_conflicts
 from conveyor.errors import ConveyorError, outage
 from conveyor.jobs.attempts import AttemptEnd
-from conveyor.jobs.model import Job
+from conveyor.jobs.model import Job, retry_text
 
 _INSERT = """
 INSERT INTO jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
@@ -47,6 +48,19 @@ FROM jsonb_to_recordset(%s::jsonb)
        key_cap integer, retention_ms bigint, trace_parent text)
 ON CONFLICT (owner, idempotency_key) DO NOTHING
 RETURNING id
+"""
+
+# Batches this large first try COPY (see `BulkStatements.insert`); smaller ones, the
+# group-committed single submits among them, keep the one statement (COPY takes two round
+# trips, a latency a lone submit would feel).
+COPY_FROM = 64
+
+# Every column a new job sets, in the order `_copy_row` gives them.
+_COPY = """
+COPY jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
+           timeout_ms, progress, progress_message, error, idempotency_key, request_hash,
+           run_at, create_time, fence, retry, key_id, key_cap, retention_ms, trace_parent)
+FROM STDIN
 """
 
 _EXISTING = """
@@ -112,6 +126,40 @@ def _key_order(job: Job) -> tuple[str, str]:
     return (job.owner, job.idempotency_key or "")
 
 
+# COPY's text format: tab-separated columns, one row a line, \N for NULL; a backslash, tab,
+# newline or carriage return inside a value is escaped with a backslash.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_line(values: Sequence[str | None]) -> str:
+    """One row of COPY text. Most rows hold nothing to escape: they are joined as they
+    are and checked once (only the tabs the join put there, only the backslashes of the
+    NULLs, no line break); the others are joined again with each value escaped."""
+    line = "\t".join(["\\N" if v is None else v for v in values])
+    if (
+        line.count("\t") == len(values) - 1
+        and line.count("\\") == values.count(None)
+        and "\n" not in line
+        and "\r" not in line
+    ):
+        return line + "\n"
+    return "\t".join(["\\N" if v is None else v.translate(_COPY_ESCAPES) for v in values]) + "\n"
+
+
+def _copy_row(j: Job) -> str:
+    """A new job's row as `_COPY` takes it, in the text format (what psycopg's row
+    formatting would send, built in one join per row)."""
+    return _copy_line(
+        (
+            j.id, j.owner, j.type, j.queue, str(int(j.state)), str(j.priority),
+            compact_json.dumps(j.payload) if j.payload else "{}", "0", str(j.max_attempts),
+            str(j.timeout_ms), "0", "", "", j.idempotency_key, j.request_hash, str(j.run_at),
+            str(j.create_time), "0", retry_text(j.retry), j.key_id, str(j.key_cap),
+            None if j.retention_ms is None else str(j.retention_ms), j.trace_parent,
+        )
+    )  # fmt: skip
+
+
 def _records(rows: list[dict[str, Any]]) -> list[str]:
     """The statement parameter for `jsonb_to_recordset`: the rows as one JSON array."""
     return [compact_json.dumps(rows)]
@@ -171,7 +219,16 @@ class BulkStatements:
     async def insert(
         self, jobs: Sequence[Job], *, all_or_nothing: bool = False
     ) -> list[Job | ConveyorError]:
-        """Insert jobs in one statement; per job, the job stored or why it was refused."""
+        """Insert jobs in one statement; per job, the job stored or why it was refused.
+
+        A batch of `COPY_FROM` jobs or more is first copied in (COPY, about half of
+        PostgreSQL's CPU for the same rows: no JSON to take apart, no speculative insert
+        per row). COPY has no ON CONFLICT: a key already used fails the whole copy, which
+        then leaves nothing behind, and the batch takes the statement below, which
+        resolves every key as it always did. Keys are rarely reused (a retried call), so
+        that costs a wasted copy now and then."""
+        if len(jobs) >= COPY_FROM and await self._copied(jobs):
+            return list(jobs)
         rows = [
             {
                 "id": j.id, "owner": j.owner, "type": j.type, "queue": j.queue,
@@ -201,6 +258,16 @@ class BulkStatements:
         except RolledBack as rollback:
             return rollback.results
         return results
+
+    async def _copied(self, jobs: Sequence[Job]) -> bool:
+        """Copy the jobs in (one transaction: all of them, or, on a key already used,
+        none); False on such a key. Rows go in key order, as the statement's do."""
+        try:
+            async with self._cursor() as cur, cur.copy(_COPY) as copy:
+                await copy.write("".join([_copy_row(j) for j in sorted(jobs, key=_key_order)]))
+        except psycopg.errors.UniqueViolation:
+            return False
+        return True
 
     async def write_outcomes(self, writes: Sequence[AttemptEnd]) -> set[str]:
         """Apply outcomes in one statement; the ids whose write applied (see _OUTCOMES)."""

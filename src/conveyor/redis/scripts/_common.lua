@@ -181,6 +181,18 @@ local function unpark_one(q, jobkey, id)
   end
 end
 
+-- Put a job whose hash is written in line (`place`, or enqueue.lua's flat hashes): the
+-- delayed set (SCHEDULED), the retry set (RETRYING) or the ready set. Values are strings.
+local function line_up(q, id, state, priority, run_at)
+  if state == '1' then
+    redis.call('ZADD', q.delayed, run_at, id)
+  elseif state == '5' then
+    redis.call('ZADD', q.retry, run_at, id)
+  else
+    redis.call('ZADD', q.ready, ready_score(q.seq, priority), id)
+  end
+end
+
 -- Write a job's hot state from a document (a table of strings, as Job.to_hot makes it) and
 -- put it in line: the delayed set while SCHEDULED, the retry set while RETRYING (both by
 -- due time), else the ready set. One wake token per job wakes as many blocked workers as
@@ -195,13 +207,7 @@ local function place(jobkey, job, q)
     fields[#fields + 1] = v
   end
   redis.call('HSET', jobkey, unpack(fields))
-  if job['state'] == '1' then
-    redis.call('ZADD', q.delayed, job['run_at'], job['id'])
-  elseif job['state'] == '5' then
-    redis.call('ZADD', q.retry, job['run_at'], job['id'])
-  else
-    redis.call('ZADD', q.ready, ready_score(q.seq, job['priority']), job['id'])
-  end
+  line_up(q, job['id'], job['state'], job['priority'], job['run_at'])
 end
 
 -- Publish the first event of a job `place` just wrote with `seq` 1: the event is built from
