@@ -21,7 +21,7 @@ from conveyor.server.grpcserver import unary
 from conveyor.v1 import api_key_service_pb2 as pb
 from conveyor.v1 import api_key_service_pb2_grpc
 
-OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}\Z")
 MAX_DESCRIPTION = 256
 MAX_RUNNING_JOBS = 1_000_000
 _ROLES = {pb.API_KEY_ROLE_UNSPECIFIED: Role.USER, pb.API_KEY_ROLE_USER: Role.USER,

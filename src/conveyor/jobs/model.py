@@ -44,9 +44,9 @@ MAX_RETENTION_MS = 10 * 366 * 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY = 256
 MAX_BULK = 1000
 
-_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
 # Queue names go inside Redis hash tags, so braces and other punctuation are refused.
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class JobState(enum.IntEnum):

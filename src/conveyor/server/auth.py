@@ -45,7 +45,7 @@ OUTAGE_GRACE_SECONDS = 300.0
 MAX_TOKEN_CHARS = 512
 # Domain separation for the digest: a key's digest means nothing outside Conveyor.
 _DIGEST_KEY = b"conveyor.api-key.v1"
-_TOKEN_RE = re.compile(r"^cvk_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
+_TOKEN_RE = re.compile(r"^cvk_([0-9a-f]{32})_([A-Za-z0-9_-]{43})\Z")
 
 
 class Role(enum.StrEnum):
