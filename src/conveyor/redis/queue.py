@@ -255,12 +255,20 @@ class RedisQueue:
         return fields if fields.get("id") else None
 
     async def events_after(self, queue: str, job_id: str, after_seq: int) -> list[dict[str, str]]:
-        """Retained events with a sequence above `after_seq`, oldest first."""
+        """Retained events with a sequence above `after_seq`, oldest first. The log holds
+        consecutive sequences, so only its tail is decoded."""
         async with unavailable_on_redis_errors():
-            entries = await self.redis.xrange(
-                QueueKeys(queue).events(job_id), min=f"({after_seq}-1", max="+"
+            entries = cast(
+                list[str], await self.redis.lrange(QueueKeys(queue).events(job_id), 0, -1)
             )
-        return [compact_json.loads(fields["j"]) for _, fields in cast(list[Any], entries)]
+        events: list[dict[str, str]] = []
+        for data in reversed(entries):
+            event = cast(dict[str, str], compact_json.loads(data))
+            if int(event["seq"]) <= after_seq:
+                break
+            events.append(event)
+        events.reverse()
+        return events
 
     # -- workers ---------------------------------------------------------------------------
     async def claim(
