@@ -119,12 +119,16 @@ end
 -- ready job whose group is at its cap when a claim reaches it is parked (moved, with
 -- its score, to the group's parked set) so that claims look past it to other jobs, and
 -- when one of the group's leases ends its best parked jobs go back in line.
+-- (An owner's cap is read once per script call: no script changes the conf after reading it.)
+local owner_cap = nil
 local function group_cap(q, group)
   if string.sub(group, 1, 2) == 'o:' then
-    local caps = redis.call('HMGET', q.conf, 'owner_max', 'owner_default')
-    local cap = tonumber(caps[1] or '0')
-    if cap > 0 then return cap end
-    return tonumber(caps[2] or '0')
+    if owner_cap == nil then
+      local caps = redis.call('HMGET', q.conf, 'owner_max', 'owner_default')
+      owner_cap = tonumber(caps[1] or '0')
+      if owner_cap <= 0 then owner_cap = tonumber(caps[2] or '0') end
+    end
+    return owner_cap
   end
   return tonumber(redis.call('HGET', q.caps, group) or '0')
 end
@@ -223,10 +227,18 @@ local function lease_ended(q, jobkey)
   unpark_freed(q, freed)
 end
 
--- Park a ready job (popped with `score`) under the group that holds it back.
-local function park(q, group, id, score)
-  redis.call('ZADD', q.parked_prefix .. group, score, id)
-  redis.call('SADD', q.parked_groups, group)
+-- Park ready jobs under the groups that hold them back: `parked` maps each group to a
+-- flat list of score, id (as popped), one ZADD per 500 jobs of a group.
+local function park(q, parked)
+  local groups = {}
+  for group, scored in pairs(parked) do
+    groups[#groups + 1] = group
+    for first = 1, #scored, 1000 do
+      redis.call('ZADD', q.parked_prefix .. group,
+        unpack(scored, first, math.min(first + 999, #scored)))
+    end
+  end
+  if #groups > 0 then redis.call('SADD', q.parked_groups, unpack(groups)) end
 end
 
 -- The group whose parked set holds the job, or nil.

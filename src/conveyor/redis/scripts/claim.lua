@@ -101,6 +101,7 @@ end
 -- SCAN jobs at most per claim) and go on to the next.
 local SCAN = 1000
 local capped = {}  -- groups found at their cap (see held_by)
+local parked = {}  -- group -> score, id, ... (parked at once, see park)
 while leased < allowed and looked < SCAN do
   local popped = redis.call('ZPOPMIN', q.ready, allowed - leased)
   if #popped == 0 then break end
@@ -108,9 +109,17 @@ while leased < allowed and looked < SCAN do
     local id = popped[i]
     looked = looked + 1
     local group = held_by(q, jp .. id, capped)
-    if group then park(q, group, id, popped[i + 1]) else lease(id) end
+    if group then
+      local scored = parked[group] or {}
+      scored[#scored + 1] = popped[i + 1]
+      scored[#scored + 1] = id
+      parked[group] = scored
+    else
+      lease(id)
+    end
   end
 end
+park(q, parked)
 -- More work may be waiting for the next worker: pass a wake token on. (Not when the
 -- queue's settings held jobs back: a finished job, ResumeQueue or the rate limit's
 -- opening wakes a worker then, and a token now would only make workers spin.)
