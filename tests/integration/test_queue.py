@@ -328,7 +328,8 @@ async def test_events_carry_every_public_field_without_reading_the_payload(
     key = QueueKeys("default").job(job.id)
 
     async def public() -> dict[str, str]:
-        return {k: v for k, v in (await queue.redis.hgetall(key)).items() if k not in private}
+        stored: dict[str, str] = await queue.redis.hgetall(key)  # type: ignore[assignment]
+        return {k: v for k, v in stored.items() if k not in private}
 
     assert (await queue.events_after("default", job.id, 1))[-1] == await public()
     await queue.progress(job, held.lease, 50, "half")
