@@ -145,20 +145,18 @@ local function cap_fields(jobkey)
   return {owner = held[1], key_id = held[2], key_cap = held[3]}
 end
 
--- The group whose cap holds this job back now, or nil. `capped` (optional) is a set of
--- groups a claim has already found at their cap: they stay there while it leases.
-local function held_by(q, jobkey, capped)
-  local job = cap_fields(jobkey)
+-- The group whose cap holds back `job` (a table with its `owner`, `key_id` and `key_cap`)
+-- now, or nil. `capped` is a set of groups a claim has already found at their cap: they
+-- stay there while it leases.
+local function held_by(q, job, capped)
   local groups = groups_of(job)
-  if capped then
-    for _, g in ipairs(groups) do
-      if capped[g] then return g end
-    end
+  for _, g in ipairs(groups) do
+    if capped[g] then return g end
   end
   for i, g in ipairs(groups) do
     local cap = i == 2 and tonumber(job['key_cap'] or '0') or group_cap(q, g)
     if cap > 0 and tonumber(redis.call('HGET', q.running, g) or '0') >= cap then
-      if capped then capped[g] = true end
+      capped[g] = true
       return g
     end
   end

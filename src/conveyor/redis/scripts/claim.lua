@@ -64,14 +64,10 @@ if count > 0 and redis.call('ZCARD', q.ready) > 0 then
 end
 local limited = redis.call('HGET', q.conf, 'rate_jobs')
 local leased, looked = 0, 0
--- Lease a popped job: its hash is read once (the claimer gets all of it, payload included),
--- changed in one HSET and its event built from the fields in hand (`emit_job`).
-local function lease(id)
+-- Lease a popped job (its whole hash as a table): it is changed in one HSET and its event
+-- built from the fields in hand (`emit_job`); the claimer gets all of it, payload included.
+local function lease(id, job)
   local jobkey = jp .. id
-  local flat = redis.call('HGETALL', jobkey)
-  local job = {}
-  for i = 1, #flat, 2 do job[flat[i]] = flat[i + 1] end
-  if not job['attempt'] then return end
   local attempt = tonumber(job['attempt'])
   local changes = {state = 3, start_time = now, worker = ARGV[4], progress = 0,
                    progress_message = ''}
@@ -108,14 +104,18 @@ while leased < allowed and looked < SCAN do
   for i = 1, #popped, 2 do
     local id = popped[i]
     looked = looked + 1
-    local group = held_by(q, jp .. id, capped)
+    -- The job's hash, read once for both the cap check and the lease.
+    local flat = redis.call('HGETALL', jp .. id)
+    local job = {}
+    for j = 1, #flat, 2 do job[flat[j]] = flat[j + 1] end
+    local group = job['attempt'] and held_by(q, job, capped)
     if group then
       local scored = parked[group] or {}
       scored[#scored + 1] = popped[i + 1]
       scored[#scored + 1] = id
       parked[group] = scored
-    else
-      lease(id)
+    elseif job['attempt'] then
+      lease(id, job)
     end
   end
 end
