@@ -20,7 +20,11 @@ it in a bounded in-process map (see `conveyor.api.jobs`).
     cv:{Q}:wake           list  tokens that wake one blocked worker each
     cv:{Q}:seq            int   FIFO sequence for ready scores
     cv:{Q}:job:<id>       hash  the job's hot state (see Job.to_hot), plus seq and lease
-    cv:{Q}:events:<id>    stream  the job's changes, entry id "<seq>-1", field j = JSON
+    cv:{Q}:log:<id>       list  the job's changes, oldest first, the last `maxlen` of them:
+                                each the job's public fields as JSON, with its `seq` (the
+                                first, seq 1, is published only). A list, not a stream: it
+                                takes no preallocated 4 KB node and needs no rewrite to
+                                shed one when the job ends (the name changed with the type)
     cv:{Q}:ev:<id>        pub/sub channel carrying the same JSON, for live watchers
     cv:cancel             pub/sub channel: ids of running jobs to stop at once
     cv:epoch              string  set by the reconciler; its absence means Redis lost its data
@@ -129,7 +133,7 @@ class QueueKeys:
 
     @property
     def events_prefix(self) -> str:
-        return f"{self.tag}:events:"
+        return f"{self.tag}:log:"
 
     @property
     def channel_prefix(self) -> str:

@@ -306,12 +306,20 @@ class RedisQueue:
         return fields if fields.get("id") else None
 
     async def events_after(self, queue: str, job_id: str, after_seq: int) -> list[dict[str, str]]:
-        """Retained events with a sequence above `after_seq`, oldest first."""
+        """Retained events with a sequence above `after_seq`, oldest first. The log holds
+        consecutive sequences, so only its tail is decoded."""
         async with unavailable_on_redis_errors():
-            entries = await self.redis.xrange(
-                QueueKeys(queue).events(job_id), min=f"({after_seq}-1", max="+"
+            entries = cast(
+                list[str], await self.redis.lrange(QueueKeys(queue).events(job_id), 0, -1)
             )
-        return [compact_json.loads(fields["j"]) for _, fields in cast(list[Any], entries)]
+        events: list[dict[str, str]] = []
+        for data in reversed(entries):
+            event = cast(dict[str, str], compact_json.loads(data))
+            if int(event["seq"]) <= after_seq:
+                break
+            events.append(event)
+        events.reverse()
+        return events
 
     # -- workers ---------------------------------------------------------------------------
     async def claim(
@@ -366,35 +374,48 @@ class RedisQueue:
             by_queue.setdefault(job.queue, []).append(index)
         if not by_queue:
             return []
-        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
-            for queue, indexes in by_queue.items():
-                k = QueueKeys(queue)
-                args: list[Any] = [
-                    k.job_prefix,
-                    k.events_prefix,
-                    k.channel_prefix,
-                    self._ttl,
-                    self._maxlen,
-                    k.stats_prefix,
-                ]
-                for i in indexes:
-                    job, lease, end = ends[i]
-                    args += [
-                        job.id,
-                        lease,
-                        int(end.state),
-                        end.error,
-                        end.finish_time or 0,
-                        end.run_at or 0,
-                        end.fence,
-                    ]
-                self.scripts.finish.queue(pipe, k.all, args)
-            replies = await self.scripts.execute(pipe)
+        calls = [
+            self._finish_call(queue, [ends[i] for i in indexes])
+            for queue, indexes in by_queue.items()
+        ]
+        async with unavailable_on_redis_errors():
+            if len(calls) == 1:  # the usual case: a plain EVALSHA costs less than a pipeline
+                replies = [await self.scripts.finish(self.redis, *calls[0])]
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        self.scripts.finish.queue(pipe, keys, args)
+                    replies = await self.scripts.execute(pipe)
         done = [False] * len(ends)
         for indexes, reply in zip(by_queue.values(), replies, strict=True):
             for i, flag in zip(indexes, reply, strict=True):
                 done[i] = bool(flag)
         return done
+
+    def _finish_call(
+        self, queue: str, ends: Sequence[tuple[Job, str, AttemptEnd]]
+    ) -> tuple[list[str], list[Any]]:
+        """finish.lua's keys and arguments for the ends of attempts in one queue."""
+        k = QueueKeys(queue)
+        args: list[Any] = [
+            k.job_prefix,
+            k.events_prefix,
+            k.channel_prefix,
+            self._ttl,
+            self._maxlen,
+            k.stats_prefix,
+        ]
+        for job, lease, end in ends:
+            args += [
+                job.id,
+                lease,
+                int(end.state),
+                end.error,
+                end.finish_time or 0,
+                end.run_at or 0,
+                end.fence,
+            ]
+        return k.all, args
 
     async def reconcile(self, queue: str, refs: Sequence[tuple[str, int]]) -> tuple[int, list[str]]:
         """Check unfinished jobs of one queue, given as (id, fence), against Redis: put

@@ -16,40 +16,67 @@ end
 local PRIVATE = {payload = true, lease = true, worker = true, lost = true, exhausted = true,
                  gone = true}
 
--- Record a change of the job: bump its sequence, append the job (less its payload and the
--- workers' fields) to its event stream and publish the same JSON to live watchers. Returns
--- the job's whole hash (flat field/value list) as it now stands.
--- A new job's first event (enqueue.lua) is published only (`publish_placed`): a watcher
--- resuming from sequence 0 gets the job's snapshot, never event 1, and a job's first XADD
--- preallocates a 4 KB stream node, 90 % of a queued job's memory.
-local function emit(jobkey, evkey, channel, maxlen)
-  redis.call('HINCRBY', jobkey, 'seq', 1)
-  local flat = redis.call('HGETALL', jobkey)
-  local ev = {}
-  for i = 1, #flat, 2 do
-    local k = flat[i]
-    if not PRIVATE[k] then ev[k] = flat[i + 1] end
+-- The fields a job's events carry: all of its hash but the payload and PRIVATE (Job.to_hot
+-- writes them; tests/integration check that this list and to_hot agree). Events are built
+-- from these alone, so a change never reads or re-encodes the payload.
+local PUBLIC = {'id', 'owner', 'type', 'queue', 'state', 'priority', 'max_attempts',
+                'timeout_ms', 'create_time', 'run_at', 'attempt', 'progress',
+                'progress_message', 'error', 'retry', 'fence', 'key_id', 'key_cap',
+                'idempotency_key', 'start_time', 'finish_time', 'retention_ms', 'trace_parent',
+                'seq'}
+
+-- A job's public fields (and the named private ones) in one HMGET, as a table by name
+-- (a field the hash lacks is absent). An empty table: Redis does not have the job.
+local function read_job(jobkey, ...)
+  local names = {unpack(PUBLIC)}
+  for _, name in ipairs({...}) do names[#names + 1] = name end
+  local values = redis.call('HMGET', jobkey, unpack(names))
+  local job = {}
+  for i, name in ipairs(names) do
+    if values[i] then job[name] = values[i] end
   end
-  local json = cjson.encode(ev)
-  redis.call('XADD', evkey, 'MAXLEN', '~', maxlen, ev['seq'] .. '-1', 'j', json)
-  redis.call('PUBLISH', channel, json)
-  return flat
+  return job
 end
 
--- A job has ended: Redis keeps its hash and event stream `ttl` seconds more (GetJob and
--- WatchJob resumes are served from them until then, from PostgreSQL after). The stream is
--- rewritten on the way (DUMP, then RESTORE with the expiry): Redis preallocates 4 KB for a
--- stream's last node so that XADDs append in place, and an ended job takes no more, so the
--- restored copy, sized to fit, holds the same entries in less than half the memory (a
--- three-event job: 4,700 -> 2,000 bytes, for about 10 us of Redis time). A Redis whose ACL
--- denies DUMP or RESTORE (both are @dangerous) keeps the stream as it was, with its expiry.
+-- Record a change of the job `job` (a table as read_job gives it, or the whole hash): set
+-- the fields in `changes` (a table by name; every value a string or number) and the next
+-- sequence in one HSET, append the job's public fields as JSON to its event log (a list,
+-- the last `maxlen` events; see keys.py) and publish the same JSON to live watchers.
+-- `job` is updated in place.
+-- A new job's first event (enqueue.lua) is published only (`publish_placed`): a watcher
+-- resuming from sequence 0 gets the job's snapshot, never event 1.
+local function emit_job(jobkey, evkey, channel, maxlen, job, changes)
+  local fields = {}
+  for k, v in pairs(changes) do
+    job[k] = tostring(v)
+    fields[#fields + 1] = k
+    fields[#fields + 1] = v
+  end
+  job['seq'] = tostring((tonumber(job['seq']) or 0) + 1)
+  fields[#fields + 1] = 'seq'
+  fields[#fields + 1] = job['seq']
+  redis.call('HSET', jobkey, unpack(fields))
+  local ev = {}
+  for _, name in ipairs(PUBLIC) do ev[name] = job[name] end
+  local json = cjson.encode(ev)
+  if redis.call('RPUSH', evkey, json) > tonumber(maxlen) then
+    redis.call('LTRIM', evkey, -tonumber(maxlen), -1)
+  end
+  redis.call('PUBLISH', channel, json)
+end
+
+-- `emit_job` for a job whose hash the caller has already changed: reads its public fields.
+local function emit(jobkey, evkey, channel, maxlen)
+  emit_job(jobkey, evkey, channel, maxlen, read_job(jobkey), {})
+end
+
+-- A job has ended: Redis keeps its hash and event log `ttl` seconds more (GetJob and
+-- WatchJob resumes are served from them until then, from PostgreSQL after). The log is a
+-- list, stored compactly as it grows (a stream would keep a preallocated 4 KB node and
+-- need a DUMP/RESTORE to shed it).
 local function retire(jobkey, evkey, ttl)
   redis.call('EXPIRE', jobkey, ttl)
   redis.call('EXPIRE', evkey, ttl)
-  local dumped = redis.pcall('DUMP', evkey)
-  if type(dumped) == 'string' then
-    redis.pcall('RESTORE', evkey, tonumber(ttl) * 1000, dumped, 'REPLACE')
-  end
 end
 
 -- Why an attempt was lost (entry: claim.lua's `lost` entry). Claim.from_hash says the same.
@@ -92,42 +119,56 @@ end
 -- ready job whose group is at its cap when a claim reaches it is parked (moved, with
 -- its score, to the group's parked set) so that claims look past it to other jobs, and
 -- when one of the group's leases ends its best parked jobs go back in line.
+-- (An owner's cap is read once per script call: no script changes the conf after reading it.)
+local owner_cap = nil
 local function group_cap(q, group)
   if string.sub(group, 1, 2) == 'o:' then
-    local caps = redis.call('HMGET', q.conf, 'owner_max', 'owner_default')
-    local cap = tonumber(caps[1] or '0')
-    if cap > 0 then return cap end
-    return tonumber(caps[2] or '0')
+    if owner_cap == nil then
+      local caps = redis.call('HMGET', q.conf, 'owner_max', 'owner_default')
+      owner_cap = tonumber(caps[1] or '0')
+      if owner_cap <= 0 then owner_cap = tonumber(caps[2] or '0') end
+    end
+    return owner_cap
   end
   return tonumber(redis.call('HGET', q.caps, group) or '0')
 end
 
--- The group whose cap holds this job back now, or nil.
-local function held_by(q, jobkey)
-  local job = redis.call('HMGET', jobkey, 'owner', 'key_id', 'key_cap')
-  local groups = {{'o:' .. (job[1] or ''), nil}}
-  if job[2] and job[2] ~= '' then groups[2] = {'k:' .. job[2], tonumber(job[3] or '0')} end
+-- The groups a job counts in, from its fields `owner` and `key_id` (a table by name).
+local function groups_of(job)
+  local groups = {'o:' .. (job['owner'] or '')}
+  if job['key_id'] and job['key_id'] ~= '' then groups[2] = 'k:' .. job['key_id'] end
+  return groups
+end
+
+local function cap_fields(jobkey)
+  local held = redis.call('HMGET', jobkey, 'owner', 'key_id', 'key_cap')
+  return {owner = held[1], key_id = held[2], key_cap = held[3]}
+end
+
+-- The group whose cap holds back `job` (a table with its `owner`, `key_id` and `key_cap`)
+-- now, or nil. `capped` is a set of groups a claim has already found at their cap: they
+-- stay there while it leases.
+local function held_by(q, job, capped)
+  local groups = groups_of(job)
   for _, g in ipairs(groups) do
-    local cap = g[2] or group_cap(q, g[1])
-    if cap > 0 and tonumber(redis.call('HGET', q.running, g[1]) or '0') >= cap then
-      return g[1]
+    if capped[g] then return g end
+  end
+  for i, g in ipairs(groups) do
+    local cap = i == 2 and tonumber(job['key_cap'] or '0') or group_cap(q, g)
+    if cap > 0 and tonumber(redis.call('HGET', q.running, g) or '0') >= cap then
+      capped[g] = true
+      return g
     end
   end
   return nil
 end
 
--- The groups a leased job counts in (and, for a key, remember its cap for unparking).
-local function lease_groups(q, jobkey, counting)
-  local job = redis.call('HMGET', jobkey, 'owner', 'key_id', 'key_cap')
-  local groups = {'o:' .. (job[1] or '')}
-  if job[2] and job[2] ~= '' then
-    groups[2] = 'k:' .. job[2]
-    if counting then redis.call('HSET', q.caps, groups[2], job[3] or '0') end
-  end
-  return groups
+-- The groups a job counts in, read from its hash.
+local function lease_groups(jobkey)
+  return groups_of(cap_fields(jobkey))
 end
 
-local function unpark(q, group, wake)
+local function unpark(q, group, wake_them)
   local key = q.parked_prefix .. group
   local waiting = redis.call('ZCARD', key)
   if waiting == 0 then return 0 end
@@ -137,38 +178,70 @@ local function unpark(q, group, wake)
   end
   if room <= 0 then return 0 end
   local moved = redis.call('ZPOPMIN', key, room)
-  for i = 1, #moved, 2 do redis.call('ZADD', q.ready, moved[i + 1], moved[i]) end
+  for first = 1, #moved, 1000 do  -- 500 jobs per ZADD (unpack's limit is about 8,000)
+    local scored = {}
+    for i = first, math.min(first + 999, #moved), 2 do
+      scored[#scored + 1] = moved[i + 1]
+      scored[#scored + 1] = moved[i]
+    end
+    redis.call('ZADD', q.ready, unpack(scored))
+  end
   if waiting == room then redis.call('SREM', q.parked_groups, group) end
-  if wake then for _ = 1, #moved / 2 do wake_one(q.wake) end end
+  if wake_them then wake(q.wake, #moved / 2) end
   return #moved / 2
 end
 
-local function lease_started(q, jobkey)
-  for _, group in ipairs(lease_groups(q, jobkey, true)) do
-    redis.call('HINCRBY', q.running, group, 1)
-  end
+-- A lease of `job` (a table with its `owner`, `key_id` and `key_cap`) started: count it in
+-- its groups (and, for a key, remember its cap for unparking).
+local function lease_started(q, job)
+  local groups = groups_of(job)
+  if groups[2] then redis.call('HSET', q.caps, groups[2], job['key_cap'] or '0') end
+  for _, group in ipairs(groups) do redis.call('HINCRBY', q.running, group, 1) end
 end
 
--- A lease ended (finished, released, cancelled, expired): count it, and let the groups'
--- parked jobs back in line.
-local function lease_ended(q, jobkey)
-  for _, group in ipairs(lease_groups(q, jobkey, false)) do
+-- A lease of `job` (a table with its `owner` and `key_id`) ended: uncount it, and add the
+-- groups it leaves room in to the set `freed`; `unpark_freed` then lets their parked jobs
+-- back in line once for all the leases a script ended. (Unparking after each lease would
+-- let the n-th lease of a batch put n jobs back, the room then, on top of those put back
+-- before it: a claim parks the surplus again.)
+local function lease_ended_job(q, job, freed)
+  for _, group in ipairs(groups_of(job)) do
     if redis.call('HINCRBY', q.running, group, -1) <= 0 then
       redis.call('HDEL', q.running, group)
     end
-    unpark(q, group, true)
+    freed[group] = true
   end
 end
 
--- Park a ready job (popped with `score`) under the group that holds it back.
-local function park(q, group, id, score)
-  redis.call('ZADD', q.parked_prefix .. group, score, id)
-  redis.call('SADD', q.parked_groups, group)
+local function unpark_freed(q, freed)
+  for group in pairs(freed) do unpark(q, group, true) end
+end
+
+-- A lease ended (released, cancelled, expired): count it, and let the groups' parked jobs
+-- back in line.
+local function lease_ended(q, jobkey)
+  local freed = {}
+  lease_ended_job(q, cap_fields(jobkey), freed)
+  unpark_freed(q, freed)
+end
+
+-- Park ready jobs under the groups that hold them back: `parked` maps each group to a
+-- flat list of score, id (as popped), one ZADD per 500 jobs of a group.
+local function park(q, parked)
+  local groups = {}
+  for group, scored in pairs(parked) do
+    groups[#groups + 1] = group
+    for first = 1, #scored, 1000 do
+      redis.call('ZADD', q.parked_prefix .. group,
+        unpack(scored, first, math.min(first + 999, #scored)))
+    end
+  end
+  if #groups > 0 then redis.call('SADD', q.parked_groups, unpack(groups)) end
 end
 
 -- The group whose parked set holds the job, or nil.
 local function parked_in(q, jobkey, id)
-  for _, group in ipairs(lease_groups(q, jobkey, false)) do
+  for _, group in ipairs(lease_groups(jobkey)) do
     if redis.call('ZSCORE', q.parked_prefix .. group, id) then return group end
   end
   return nil
@@ -176,7 +249,7 @@ end
 
 -- Take a job out of whichever parked set holds it.
 local function unpark_one(q, jobkey, id)
-  for _, group in ipairs(lease_groups(q, jobkey, false)) do
+  for _, group in ipairs(lease_groups(jobkey)) do
     redis.call('ZREM', q.parked_prefix .. group, id)
   end
 end
@@ -221,11 +294,13 @@ local function publish_placed(job, channel)
   redis.call('PUBLISH', channel, cjson.encode(ev))
 end
 
--- Count an ended attempt in the queue's per-second tally (GetQueueStats reads the last
--- minute): s succeeded, r failed and retrying, d dead, c cancelled.
-local function tally(stats_prefix, now, outcome)
+-- Count ended attempts in the queue's per-second tally (GetQueueStats reads the last
+-- minute): `counts` by outcome, s succeeded, r failed and retrying, d dead, c cancelled
+-- (or one outcome's letter, for a single attempt).
+local function tally(stats_prefix, now, counts)
+  if type(counts) == 'string' then counts = {[counts] = 1} end
   local key = stats_prefix .. math.floor(now / 1000)
-  redis.call('HINCRBY', key, outcome, 1)
+  for outcome, n in pairs(counts) do redis.call('HINCRBY', key, outcome, n) end
   redis.call('EXPIRE', key, 120)
 end
 

@@ -64,40 +64,62 @@ if count > 0 and redis.call('ZCARD', q.ready) > 0 then
 end
 local limited = redis.call('HGET', q.conf, 'rate_jobs')
 local leased, looked = 0, 0
-local function lease(id)
+-- Lease a popped job (its whole hash as a table): it is changed in one HSET and its event
+-- built from the fields in hand (`emit_job`); the claimer gets all of it, payload included.
+local function lease(id, job)
   local jobkey = jp .. id
-  local held = redis.call('HMGET', jobkey, 'attempt', 'max_attempts')
-  if not held[1] then return end
-  local attempt, token = tonumber(held[1]), nil
-  if attempt >= tonumber(held[2]) then
-    redis.call('HSET', jobkey, 'exhausted', 1)
-    token = ARGV[3] .. ':' .. attempt .. ':x'
+  local attempt = tonumber(job['attempt'])
+  local changes = {state = 3, start_time = now, worker = ARGV[4], progress = 0,
+                   progress_message = ''}
+  local exhausted = attempt >= tonumber(job['max_attempts'])
+  if exhausted then
+    changes['lease'] = ARGV[3] .. ':' .. attempt .. ':x'
   else
-    attempt = redis.call('HINCRBY', jobkey, 'attempt', 1)
-    token = ARGV[3] .. ':' .. attempt
+    attempt = attempt + 1
+    changes['attempt'] = attempt
+    changes['lease'] = ARGV[3] .. ':' .. attempt
   end
-  redis.call('HSET', jobkey, 'state', 3, 'start_time', now, 'lease', token,
-    'worker', ARGV[4], 'progress', 0, 'progress_message', '')
   redis.call('ZADD', q.leases, now + lease_ms, id)
-  lease_started(q, jobkey)
+  lease_started(q, job)
   if limited and limited ~= '0' then redis.call('ZADD', q.starts, now, id .. ':' .. attempt) end
-  out[#out + 1] = emit(jobkey, ep .. id, cp .. id, maxlen)
-  redis.call('HDEL', jobkey, 'exhausted', 'gone')
+  emit_job(jobkey, ep .. id, cp .. id, maxlen, job, changes)
+  if job['exhausted'] or job['gone'] then redis.call('HDEL', jobkey, 'exhausted', 'gone') end
+  job['exhausted'] = exhausted and '1' or nil  -- told to the claimer, not kept
+  local reply = {}
+  for k, v in pairs(job) do
+    reply[#reply + 1] = k
+    reply[#reply + 1] = v
+  end
+  out[#out + 1] = reply
   leased = leased + 1
 end
 -- Pop the best ready jobs; park the jobs whose owner or key is at its cap (looking at
 -- SCAN jobs at most per claim) and go on to the next.
 local SCAN = 1000
+local capped = {}  -- groups found at their cap (see held_by)
+local parked = {}  -- group -> score, id, ... (parked at once, see park)
 while leased < allowed and looked < SCAN do
   local popped = redis.call('ZPOPMIN', q.ready, allowed - leased)
   if #popped == 0 then break end
   for i = 1, #popped, 2 do
     local id = popped[i]
     looked = looked + 1
-    local group = held_by(q, jp .. id)
-    if group then park(q, group, id, popped[i + 1]) else lease(id) end
+    -- The job's hash, read once for both the cap check and the lease.
+    local flat = redis.call('HGETALL', jp .. id)
+    local job = {}
+    for j = 1, #flat, 2 do job[flat[j]] = flat[j + 1] end
+    local group = job['attempt'] and held_by(q, job, capped)
+    if group then
+      local scored = parked[group] or {}
+      scored[#scored + 1] = popped[i + 1]
+      scored[#scored + 1] = id
+      parked[group] = scored
+    elseif job['attempt'] then
+      lease(id, job)
+    end
   end
 end
+park(q, parked)
 -- More work may be waiting for the next worker: pass a wake token on. (Not when the
 -- queue's settings held jobs back: a finished job, ResumeQueue or the rate limit's
 -- opening wakes a worker then, and a token now would only make workers spin.)

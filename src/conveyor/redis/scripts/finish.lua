@@ -3,6 +3,9 @@
 -- run_at; 4, 6, 7 are terminal and start the hot state's time to live. Each end is
 -- tallied for GetQueueStats, and each freed lease wakes a worker if jobs wait (a queue at
 -- its concurrency cap has workers blocked until one does).
+-- Each job's hash is read once (its public fields and lease, never its payload) and
+-- written once; the groups whose leases ended let their parked jobs back in line once for
+-- the whole batch.
 -- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: job_prefix, events_prefix, channel_prefix, ttl_seconds, maxlen, stats_prefix,
 --       then per attempt: id, lease, state, error, finish_time, run_at, fence
@@ -10,33 +13,40 @@
 local q = queue_keys()
 local jp, ep, cp, ttl, maxlen, sp = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local OUTCOME = {[4] = 's', [5] = 'r', [6] = 'd', [7] = 'c'}
-local now = now_ms()
 local out = {}
-local freed = false
+local freed = {}
+local ended = 0
+local outcomes = {}
 for i = 7, #ARGV, 7 do
   local id, lease, state = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local jobkey, evkey = jp .. id, ep .. id
-  if redis.call('HGET', jobkey, 'lease') ~= lease then
+  local job = read_job(jobkey, 'lease')
+  if job['lease'] ~= lease then
     out[#out + 1] = 0
   else
     redis.call('ZREM', q.leases, id)
-    lease_ended(q, jobkey)
-    freed = true
+    lease_ended_job(q, job, freed)
+    ended = ended + 1
     redis.call('HDEL', jobkey, 'lease', 'worker', 'lost')  -- lost attempts are on record now
-    redis.call('HSET', jobkey, 'state', state, 'error', ARGV[i + 3], 'fence', ARGV[i + 6])
+    local changes = {state = state, error = ARGV[i + 3], fence = ARGV[i + 6]}
     if state == 5 then
-      redis.call('HSET', jobkey, 'run_at', ARGV[i + 5])
+      changes['run_at'] = ARGV[i + 5]
       redis.call('ZADD', q.retry, ARGV[i + 5], id)
       wake_one(q.wake)  -- a blocked worker wakes, sees the new due time and sleeps until then
     else
-      redis.call('HSET', jobkey, 'finish_time', ARGV[i + 4])
-      if state == 4 then redis.call('HSET', jobkey, 'progress', 100) end
+      changes['finish_time'] = ARGV[i + 4]
+      if state == 4 then changes['progress'] = 100 end
     end
-    emit(jobkey, evkey, cp .. id, maxlen)
+    emit_job(jobkey, evkey, cp .. id, maxlen, job, changes)
     if state ~= 5 then retire(jobkey, evkey, ttl) end
-    if OUTCOME[state] then tally(sp, now, OUTCOME[state]) end
+    local outcome = OUTCOME[state]
+    if outcome then outcomes[outcome] = (outcomes[outcome] or 0) + 1 end
     out[#out + 1] = 1
   end
 end
-if freed and redis.call('ZCARD', q.ready) > 0 then wake_one(q.wake) end
+if ended > 0 then
+  unpark_freed(q, freed)
+  tally(sp, now_ms(), outcomes)
+  if redis.call('ZCARD', q.ready) > 0 then wake_one(q.wake) end
+end
 return out
