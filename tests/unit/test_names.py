@@ -5,10 +5,10 @@ valid type and queue, and an owner; issue 21's review found it)."""
 from __future__ import annotations
 
 import pytest
+from conveyor_api.keys import OWNER_RE
 
 from conveyor.jobs.model import valid_queue, valid_type
 from conveyor.server import auth
-from conveyor_api.keys import OWNER_RE
 
 TOKEN = "cvk_" + "a" * 32 + "_" + "b" * 43
 
