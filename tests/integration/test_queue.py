@@ -190,6 +190,25 @@ async def test_an_ended_job_keeps_its_events_for_the_ttl_in_a_compact_log(
             assert settings.hot_state_ttl_seconds - 5 <= ttl <= settings.hot_state_ttl_seconds
 
 
+async def test_an_event_stream_left_from_before_the_log_goes_when_its_job_ends(
+    queue: RedisQueue,
+) -> None:
+    """A job running across the upgrade that made its event log a list keeps the stream the
+    old code wrote (`cv:{Q}:events:<id>`, no expiry while it ran): ending the job deletes
+    it, finished or cancelled, so no such stream outlives its job."""
+    done, cancelled = new(), new()
+    await queue.enqueue([done, cancelled])
+    claims, _ = await queue.claim("default", 2, worker_id="w", token="t", lease_ms=10_000)
+    leases = {c.job.id: c.lease for c in claims}
+    tag = QueueKeys("default").tag
+    old = {job.id: f"{tag}:events:{job.id}" for job in (done, cancelled)}
+    for key in old.values():
+        await queue.redis.xadd(key, {"j": "{}"}, id="2-1")
+    assert await queue.finish_many([(done, leases[done.id], ended(done.id, JobState.SUCCEEDED))])
+    await queue.cancel("default", cancelled.id, now_ms())
+    assert await queue.redis.exists(*old.values()) == 0
+
+
 async def test_a_redis_that_denies_dump_and_restore_still_ends_jobs(
     queue: RedisQueue, settings: Settings
 ) -> None:

@@ -74,9 +74,14 @@ end
 -- WatchJob resumes are served from them until then, from PostgreSQL after). The log is a
 -- list, stored compactly as it grows (a stream would keep a preallocated 4 KB node and
 -- need a DUMP/RESTORE to shed it).
+--
+-- A job claimed before the upgrade that made the log a list (issue 21) still has its old
+-- event stream, `cv:{Q}:events:<id>`, which nothing would ever expire: it goes here (same
+-- hash tag, so the same slot; a job that never had one costs one DEL of a missing key).
 local function retire(jobkey, evkey, ttl)
   redis.call('EXPIRE', jobkey, ttl)
   redis.call('EXPIRE', evkey, ttl)
+  redis.call('DEL', (string.gsub(evkey, ':log:', ':events:', 1)))
 end
 
 -- Why an attempt was lost (entry: claim.lua's `lost` entry). Claim.from_hash says the same.
