@@ -182,6 +182,12 @@ async def bob(stack: Stack, keys: Keys) -> AsyncIterator[AsyncClient]:
         yield client
 
 
+@pytest.fixture
+async def admin(stack: Stack, keys: Keys) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(stack.api_addr, api_key=keys.admin) as client:
+        yield client
+
+
 # -- object store and mail ---------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,12 +32,6 @@ from tests.processes import Keys, Service, Stack
 
 S = job_pb2.JobState
 TERMINAL = {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_DEAD, S.JOB_STATE_CANCELLED}
-
-
-@pytest.fixture
-async def admin(stack: Stack, keys: Keys) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(stack.api_addr, api_key=keys.admin) as client:
-        yield client
 
 
 @pytest.fixture

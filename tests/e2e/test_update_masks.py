@@ -79,12 +79,6 @@ async def rpc(stack: Stack, keys: Keys) -> AsyncIterator[Admin]:
         yield Admin(channel, keys.admin)
 
 
-@pytest.fixture
-async def admin(stack: Stack, keys: Keys) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(stack.api_addr, api_key=keys.admin) as client:
-        yield client
-
-
 def new_queue() -> str:
     return f"mask-{uuid.uuid4().hex[:12]}"
 

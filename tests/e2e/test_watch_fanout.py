@@ -6,24 +6,15 @@ api's own metric, `conveyor_watch_conversions_total`, not by timing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-
-import pytest
 
 from conveyor.client import AsyncClient
 from conveyor.v1 import job_pb2
 from conveyor.v1 import job_service_pb2 as pb
 from tests.observability import scrape, value
-from tests.processes import Keys, Stack
+from tests.processes import Stack
 
 S = job_pb2.JobState
 WATCHERS = 20
-
-
-@pytest.fixture
-async def admin(stack: Stack, keys: Keys) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(stack.api_addr, api_key=keys.admin) as client:
-        yield client
 
 
 def conversions(stack: Stack) -> float:

@@ -17,7 +17,7 @@ import asyncio
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -37,12 +37,6 @@ BULK = 1_000  # requests per SubmitJobs (MAX_BULK)
 # Series the junk may add at most: `other` labels for the counters it touches.
 SERIES_ALLOWED = 5
 SCRAPE_SECONDS_ALLOWED = 1.0
-
-
-@pytest.fixture
-async def admin(stack: Stack, keys: Keys) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(stack.api_addr, api_key=keys.admin) as client:
-        yield client
 
 
 def unique(prefix: str) -> str:
