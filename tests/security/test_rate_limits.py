@@ -11,9 +11,11 @@ import grpc
 import pytest
 
 from conveyor.client import AsyncClient, submit_request
-from conveyor.errors import InvalidArgument, ResourceExhausted, from_rpc_error
+from conveyor.errors import InvalidArgument, ResourceExhausted, from_rpc_error, from_status
 from conveyor.v1 import api_key_service_pb2 as pb
+from conveyor.v1 import job_service_pb2 as jobs_pb
 from conveyor.v1.api_key_service_pb2_grpc import ApiKeyServiceStub
+from conveyor.v1.job_service_pb2_grpc import JobServiceStub
 from tests.processes import Keys, Stack
 
 QUEUE = "rate-limited"  # no worker serves it: submitted jobs just wait
@@ -43,6 +45,31 @@ async def limited_key(stub: ApiKeyServiceStub, keys: Keys, owner: str, rate: flo
     assert isinstance(updated, pb.UpdateApiKeyLimitsResponse)
     assert updated.key.submit_limit.per_second == rate
     return made.secret
+
+
+async def test_a_per_item_bulk_admits_what_the_bucket_holds(
+    stack: Stack, keys: Keys, keys_admin: ApiKeyServiceStub
+) -> None:
+    """Each request of a `partial_success` SubmitJobs stands alone against the rate limit,
+    as that many lone submits would: a bucket of 3 admits the first 3 of 5 and refuses the
+    other 2 each with RESOURCE_EXHAUSTED and a RetryInfo (the whole call was refused
+    before, so 5 coalesced SDK submits near a limit all failed where 3 alone would pass);
+    an empty bucket refuses the call, and then holds a loop that ignores it."""
+    secret = await limited_key(keys_admin, keys, "gina", rate=3)
+    bulk = jobs_pb.SubmitJobsRequest(
+        requests=[submit_request("noop", queue=QUEUE) for _ in range(5)], partial_success=True
+    )
+    auth = (("authorization", f"Bearer {secret}"),)
+    async with grpc.aio.insecure_channel(stack.api_addr) as channel:
+        answer = await JobServiceStub(channel).SubmitJobs(bulk, metadata=auth)
+        assert [r.WhichOneof("outcome") for r in answer.results] == ["job"] * 3 + ["error"] * 2
+        for result in answer.results[3:]:
+            refused = from_status(result.error)
+            assert isinstance(refused, ResourceExhausted)
+            assert 0 < refused.retry_after_seconds <= 0.5
+        with pytest.raises(grpc.aio.AioRpcError) as empty:
+            await JobServiceStub(channel).SubmitJobs(bulk, metadata=auth)
+        assert empty.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_submits_beyond_the_bucket_wait_for_their_retry_info(

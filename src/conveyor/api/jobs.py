@@ -163,15 +163,35 @@ class JobOperations:
             self._defaults[job_type] = found
         return found
 
-    async def charge(self, principal: Principal, kind: Kind, cost: int = 1) -> None:
-        """Charge the call to the owner's rate limit (the key's own, else the default)."""
+    def _limit(self, principal: Principal, kind: Kind) -> Limit:
+        """The owner's rate limit: the key's own, else the server's default."""
         own = principal.submit_limit if kind is Kind.SUBMIT else principal.read_limit
-        limit = Limit(*own) if own is not None else self._default_limits[kind]
+        return Limit(*own) if own is not None else self._default_limits[kind]
+
+    async def charge(self, principal: Principal, kind: Kind, cost: int = 1) -> None:
+        """Charge the call to the owner's rate limit."""
         try:
-            await self.limiter.take(principal.owner, kind, limit, cost)
+            await self.limiter.take(principal.owner, kind, self._limit(principal, kind), cost)
         except ResourceExhausted:
             self.metrics.rate_limited.inc(kind.value)
             raise
+
+    async def charge_each(
+        self, principal: Principal, count: int
+    ) -> tuple[int, ResourceExhausted | None]:
+        """Charge up to `count` submits, each standing alone: how many the owner's rate
+        limit admits (at least one, else RESOURCE_EXHAUSTED for the call), and the refusal
+        each of the rest gets."""
+        limit = self._limit(principal, Kind.SUBMIT)
+        try:
+            admitted = await self.limiter.take_some(principal.owner, Kind.SUBMIT, limit, count)
+        except ResourceExhausted:
+            self.metrics.rate_limited.inc(Kind.SUBMIT.value)
+            raise
+        if admitted == count:
+            return admitted, None
+        self.metrics.rate_limited.inc(Kind.SUBMIT.value, by=count - admitted)
+        return admitted, self.limiter.refusal(principal.owner, Kind.SUBMIT, limit)
 
     def _new_job(self, principal: Principal, spec: JobSpec, now: int) -> Job:
         job = spec.new_job(principal.owner, defaults=self.defaults(spec.type), now=now)
@@ -239,10 +259,12 @@ class JobOperations:
     ) -> list[Job | ConveyorError]:
         """A per-item bulk (SubmitJobs' `partial_success`): per request, the job or the
         error a SubmitJob of it alone would get. A request that failed to decode comes as
-        its error. The valid ones are charged together and committed in one transaction of
-        their own, so that a failure of the call as a whole (the rate limit, the database)
-        raises with nothing stored, and a request refused alone (its idempotency key used
-        for another request) is not stored while the others are."""
+        its error. The valid ones are charged as lone submits would be: the owner's rate
+        limit admits as many as its bucket holds, in request order, and the rest are
+        RESOURCE_EXHAUSTED each (a bucket with none refuses the call). The admitted ones
+        are committed in one transaction of their own, so that a failure of the call as a
+        whole (the database) raises with nothing stored, and a request refused alone (its
+        idempotency key used for another request) is not stored while the others are."""
         outcomes: dict[int, Job | ConveyorError] = {}
         valid: list[tuple[int, JobSpec]] = []
         for index, spec in enumerate(specs):
@@ -256,7 +278,10 @@ class JobOperations:
                 continue
             valid.append((index, spec))
         if valid:
-            await self.charge(principal, Kind.SUBMIT, len(valid))
+            admitted, refused = await self.charge_each(principal, len(valid))
+            if refused is not None:  # the bucket ran dry: the rest wait, as lone submits would
+                outcomes.update((index, refused) for index, _ in valid[admitted:])
+                valid = valid[:admitted]
             now = now_ms()
             jobs = [self._new_job(principal, spec, now) for _, spec in valid]
             stored = await self._commit_and_enqueue(jobs)

@@ -117,13 +117,63 @@ class RateLimiter:
             done.set_result(None)
         if granted == 0:
             wait = wait_ms / 1000
-            if cost == 1:  # a refused bulk says little about the next single call
-                _bounded(self._empty_until)[bucket] = time.monotonic() + wait
+            # No call of one token can pass before the bucket refills to one: for a refused
+            # call of `cost` tokens, (cost - 1) tokens' refill sooner than it said. A bulk
+            # refused for lack of many tokens (the bucket may hold a few) remembers nothing;
+            # a batch refused with the bucket empty (the SDK's coalesced submits) does, so a
+            # client looping on it is held like any other.
+            empty_for = wait - (cost - 1) / limit.per_second
+            if empty_for > 0:
+                _bounded(self._empty_until)[bucket] = time.monotonic() + empty_for
             raise self._refusal(owner, kind, limit, wait)
         if granted > cost:
             _bounded(self._leases)[bucket] = _Lease.extend(
                 lease, granted - cost, time.monotonic() + LEASE_SECONDS
             )
+
+    async def take_some(self, owner: str, kind: Kind, limit: Limit, wanted: int) -> int:
+        """Take 1 to `wanted` tokens, as many as the owner's bucket holds: how many of a
+        per-item bulk's requests are admitted (each request stands alone, so a bucket
+        with 2 tokens admits 2 of 4, as 4 lone submits would get 2 through). Raises
+        RESOURCE_EXHAUSTED, remembered and held as `take`'s, when it holds none."""
+        if limit.unlimited:
+            return wanted
+        bucket = (owner, kind)
+        while True:
+            await self._refuse_from_memory(bucket, limit)
+            lease = self._leases.get(bucket)
+            if lease is not None and lease.spend(wanted, time.monotonic()):
+                return wanted
+            asking = self._asking.get(bucket)
+            if asking is None:
+                break
+            await asyncio.shield(asking)
+        done = asyncio.get_running_loop().create_future()
+        self._asking[bucket] = done
+        try:
+            granted, wait_ms = await self._ask(bucket, limit, 1, wanted)
+        except Unavailable as exc:
+            log.debug("rate limiter unavailable (%s); not limiting %s", exc, owner)
+            return wanted
+        finally:
+            del self._asking[bucket]
+            done.set_result(None)
+        if granted == 0:
+            wait = wait_ms / 1000
+            _bounded(self._empty_until)[bucket] = time.monotonic() + wait
+            raise self._refusal(owner, kind, limit, wait)
+        taken = min(granted, wanted)
+        if granted > taken:
+            _bounded(self._leases)[bucket] = _Lease.extend(
+                lease, granted - taken, time.monotonic() + LEASE_SECONDS
+            )
+        return taken
+
+    def refusal(self, owner: str, kind: Kind, limit: Limit) -> ResourceExhausted:
+        """The refusal of a request a per-item bulk could not admit (`take_some` took the
+        bucket's last tokens for the ones before it): the next token is there within
+        one token's time."""
+        return self._refusal(owner, kind, limit, 1 / limit.per_second)
 
     async def _refuse_from_memory(self, bucket: tuple[str, Kind], limit: Limit) -> None:
         """Refuse (after a hold) a call that came back before its last refusal's time."""
@@ -136,10 +186,12 @@ class RateLimiter:
             raise self._refusal(bucket[0], bucket[1], limit, left)
         del self._empty_until[bucket]
 
-    async def _ask(self, bucket: tuple[str, Kind], limit: Limit, cost: int) -> tuple[int, int]:
-        """Ask the shared bucket for `cost` tokens and a lease's worth more: (tokens
-        granted, 0 if none; ms until `cost` tokens are there when refused)."""
-        lease = int(min(limit.per_second * LEASE_SECONDS, limit.burst / 4))
+    async def _ask(
+        self, bucket: tuple[str, Kind], limit: Limit, cost: int, wanted: int = 0
+    ) -> tuple[int, int]:
+        """Ask the shared bucket for `cost` tokens and up to a lease's worth (or `wanted`)
+        more: (tokens granted, 0 if none; ms until `cost` tokens are there when refused)."""
+        lease = max(int(min(limit.per_second * LEASE_SECONDS, limit.burst / 4)), wanted)
         async with unavailable_on_redis_errors():
             granted, wait_ms = await self.scripts.ratelimit(
                 self.redis,

@@ -111,9 +111,9 @@ class Counts(Collector):
         self.name, self.text, self.labels = name, text, list(labels)
         self.values: dict[tuple[str, ...], float] = {}
 
-    def inc(self, *labels: str) -> None:
+    def inc(self, *labels: str, by: int = 1) -> None:
         values = self.values
-        values[labels] = values.get(labels, 0) + 1
+        values[labels] = values.get(labels, 0) + by
 
     def collect(self) -> Iterable[Metric]:
         family = CounterMetricFamily(self.name, self.text, labels=self.labels)
