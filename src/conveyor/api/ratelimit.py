@@ -93,14 +93,25 @@ class RateLimiter:
 
     async def take(self, owner: str, kind: Kind, limit: Limit, cost: int = 1) -> None:
         """Take `cost` tokens from the owner's bucket, or raise RESOURCE_EXHAUSTED."""
+        await self._take(owner, kind, limit, cost, cost)
+
+    async def take_some(self, owner: str, kind: Kind, limit: Limit, wanted: int) -> int:
+        """Take 1 to `wanted` tokens, as many as the owner's bucket holds: how many of a
+        per-item bulk's requests are admitted (each request stands alone, so a bucket
+        with 2 tokens admits 2 of 4, as 4 lone submits would get 2 through). Raises
+        RESOURCE_EXHAUSTED, remembered and held as `take`'s, when it holds none."""
+        return await self._take(owner, kind, limit, 1, wanted)
+
+    async def _take(self, owner: str, kind: Kind, limit: Limit, least: int, most: int) -> int:
+        """Take `least` to `most` tokens; how many were taken."""
         if limit.unlimited:
-            return
+            return most
         bucket = (owner, kind)
         while True:
             await self._refuse_from_memory(bucket, limit)
             lease = self._leases.get(bucket)
-            if lease is not None and lease.spend(cost, time.monotonic()):
-                return
+            if lease is not None and lease.spend(most, time.monotonic()):
+                return most
             asking = self._asking.get(bucket)
             if asking is None:
                 break
@@ -108,61 +119,24 @@ class RateLimiter:
         done = asyncio.get_running_loop().create_future()
         self._asking[bucket] = done
         try:
-            granted, wait_ms = await self._ask(bucket, limit, cost)
+            granted, wait_ms = await self._ask(bucket, limit, least, most)
         except Unavailable as exc:  # unreachable, or refusing writes (RedisRefused)
             log.debug("rate limiter unavailable (%s); not limiting %s", exc, owner)
-            return
+            return most
         finally:
             del self._asking[bucket]
             done.set_result(None)
         if granted == 0:
             wait = wait_ms / 1000
             # No call of one token can pass before the bucket refills to one: for a refused
-            # call of `cost` tokens, (cost - 1) tokens' refill sooner than it said. A bulk
+            # call of `least` tokens, (least - 1) tokens' refill sooner than it said. A bulk
             # refused for lack of many tokens (the bucket may hold a few) remembers nothing;
-            # a batch refused with the bucket empty (the SDK's coalesced submits) does, so a
-            # client looping on it is held like any other.
-            empty_for = wait - (cost - 1) / limit.per_second
+            # a call refused with the bucket empty does, so a client looping on it is held.
+            empty_for = wait - (least - 1) / limit.per_second
             if empty_for > 0:
                 _bounded(self._empty_until)[bucket] = time.monotonic() + empty_for
             raise self._refusal(owner, kind, limit, wait)
-        if granted > cost:
-            _bounded(self._leases)[bucket] = _Lease.extend(
-                lease, granted - cost, time.monotonic() + LEASE_SECONDS
-            )
-
-    async def take_some(self, owner: str, kind: Kind, limit: Limit, wanted: int) -> int:
-        """Take 1 to `wanted` tokens, as many as the owner's bucket holds: how many of a
-        per-item bulk's requests are admitted (each request stands alone, so a bucket
-        with 2 tokens admits 2 of 4, as 4 lone submits would get 2 through). Raises
-        RESOURCE_EXHAUSTED, remembered and held as `take`'s, when it holds none."""
-        if limit.unlimited:
-            return wanted
-        bucket = (owner, kind)
-        while True:
-            await self._refuse_from_memory(bucket, limit)
-            lease = self._leases.get(bucket)
-            if lease is not None and lease.spend(wanted, time.monotonic()):
-                return wanted
-            asking = self._asking.get(bucket)
-            if asking is None:
-                break
-            await asyncio.shield(asking)
-        done = asyncio.get_running_loop().create_future()
-        self._asking[bucket] = done
-        try:
-            granted, wait_ms = await self._ask(bucket, limit, 1, wanted)
-        except Unavailable as exc:
-            log.debug("rate limiter unavailable (%s); not limiting %s", exc, owner)
-            return wanted
-        finally:
-            del self._asking[bucket]
-            done.set_result(None)
-        if granted == 0:
-            wait = wait_ms / 1000
-            _bounded(self._empty_until)[bucket] = time.monotonic() + wait
-            raise self._refusal(owner, kind, limit, wait)
-        taken = min(granted, wanted)
+        taken = min(granted, most)
         if granted > taken:
             _bounded(self._leases)[bucket] = _Lease.extend(
                 lease, granted - taken, time.monotonic() + LEASE_SECONDS
