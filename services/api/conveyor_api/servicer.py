@@ -31,8 +31,10 @@ def _answer(job: Job, request: pb.SubmitJobRequest) -> job_pb2.Job:
     return answer
 
 
-def _answer_in_view(job: Job, request: pb.SubmitJobRequest, bulk_view: int) -> job_pb2.Job:
-    """A bulk's job as its request's own view says (set), else as the bulk's says."""
+def _answer_in_view(
+    job: Job, request: pb.SubmitJobRequest, bulk_view: int = pb.JOB_VIEW_UNSPECIFIED
+) -> job_pb2.Job:
+    """A submitted job as its request's view says (set), else as its bulk's says."""
     if (request.view or bulk_view) == pb.JOB_VIEW_BASIC:
         return job.to_proto(payload=False)
     return _answer(job, request)
@@ -69,11 +71,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: pb.SubmitJobRequest, principal: Principal
     ) -> pb.SubmitJobResponse:
-        with_payload = _with_payload(request.view)
+        _with_payload(request.view)  # refused before any work
         spec = spec_from_proto(request, max_payload_bytes=self.max_payload)
         job = await self.ops.submit(principal, spec)
-        answer = _answer(job, request) if with_payload else job.to_proto(payload=False)
-        return pb.SubmitJobResponse(job=answer)
+        return pb.SubmitJobResponse(job=_answer_in_view(job, request))
 
     @unary
     async def SubmitJobs(
