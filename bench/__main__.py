@@ -1005,7 +1005,7 @@ class Bench:
         url = self.stack.env["CONVEYOR_DATABASE_URL"]
         settings = Settings(database_url=url, redis_url=self.stack.env["CONVEYOR_REDIS_URL"])
         db = Database(url)
-        redis = connect(settings.redis_url)
+        redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         store = JobStore(db)
         try:
             start = time.perf_counter()

@@ -57,7 +57,14 @@ class Settings(BaseSettings):
         "sqlite:///.conveyor/conveyor.db",
         description="postgresql+psycopg://user:pass@host/db or sqlite:///path.",
     )
-    redis_url: str = Field("", description="redis://host:port/db; dev mode starts one if unset.")
+    redis_url: str = Field(
+        "",
+        description="redis://host:port/db; dev mode starts one if unset. With "
+        "CONVEYOR_REDIS_CLUSTER, any node (or several, comma-separated).",
+    )
+    redis_cluster: bool = Field(
+        False, description="Redis Cluster: CONVEYOR_REDIS_URL names seed nodes."
+    )
     data_dir: Path = Field(Path(".conveyor"), description="Dev mode's folder.")
     dev_api_key: str = Field("", description="The key `conveyor dev` accepts (random if unset).")
     api_key: str = Field("", description="The key the CLI and client send.")

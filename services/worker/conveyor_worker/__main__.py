@@ -35,7 +35,7 @@ async def serve(settings: Settings) -> None:
 
 async def _serve(settings: Settings, metrics: WorkerMetrics, stopping: StopSignals) -> None:
     async with connections(settings, pool_size=4) as conns:
-        blocking = connect(settings.redis_url, blocking=True)
+        blocking = connect(settings.redis_url, cluster=settings.redis_cluster, blocking=True)
         worker = Worker(
             settings,
             queue=conns.queue,

@@ -19,10 +19,9 @@ import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from redis.asyncio import Redis
-
 from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.jobs.model import valid_job_id
+from conveyor.redis.connection import AnyRedis
 from conveyor.redis.keys import PREFIX
 from conveyor.redis.queue import unavailable_on_redis_errors
 
@@ -53,7 +52,7 @@ def page_limit(page_size: int, default: int = DEFAULT_PAGE_SIZE) -> int:
 
 
 class PageTokens:
-    def __init__(self, redis: Redis, secret: str = "") -> None:
+    def __init__(self, redis: AnyRedis, secret: str = "") -> None:
         self.redis = redis
         self._key = secret.encode() if secret else b""
 

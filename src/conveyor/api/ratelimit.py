@@ -31,9 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import TypeVar
 
-from redis.asyncio import Redis
-
 from conveyor.errors import ResourceExhausted, Unavailable
+from conveyor.redis.connection import AnyRedis
 from conveyor.redis.keys import rate_bucket
 from conveyor.redis.queue import unavailable_on_redis_errors
 from conveyor.redis.scripts import Scripts
@@ -79,7 +78,7 @@ class RateLimiter:
     """
 
     def __init__(
-        self, redis: Redis, scripts: Scripts, *, hold: float = 0.1, max_held: int = 64
+        self, redis: AnyRedis, scripts: Scripts, *, hold: float = 0.1, max_held: int = 64
     ) -> None:
         self.redis = redis
         self.scripts = scripts

@@ -20,9 +20,10 @@ import logging
 from collections import defaultdict, deque
 from typing import Generic, Protocol, TypeVar
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from conveyor.redis.connection import AnyRedis
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class Subscription(Generic[T]):
 
 
 class EventHub:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: AnyRedis) -> None:
         self.redis = redis
         self._pubsub: PubSub | None = None
         self._subs: dict[str, set[Listener]] = defaultdict(set)

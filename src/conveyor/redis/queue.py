@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, cast
 
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import (
     ClusterDownError,
     MasterDownError,
@@ -28,6 +27,7 @@ from conveyor.errors import RedisRefused, Unavailable, outage
 from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.jobs.model import DEFAULT_QUEUE, Job, JobState
 from conveyor.jobs.queues import QueueSettings, QueueStats, Waiting
+from conveyor.redis.connection import AnyRedis
 from conveyor.redis.keys import (
     CANCEL_CHANNEL,
     EPOCH_KEY,
@@ -37,10 +37,6 @@ from conveyor.redis.keys import (
 )
 from conveyor.redis.scripts import Scripts
 
-# Connections one process opens to Redis at most; callers beyond that wait for a free one
-# (up to POOL_WAIT_SECONDS) instead of opening sockets without bound under a burst.
-POOL_SIZE = 64
-POOL_WAIT_SECONDS = 5.0
 # How long the health probe's key lives (it is rewritten every probe).
 WRITE_PROBE_TTL_MS = 10_000
 
@@ -66,22 +62,6 @@ _REFUSED_CODES = (
     ("CLUSTERDOWN", "the cluster is down"),
     ("TRYAGAIN", "the cluster is moving keys"),
 )
-
-
-def connect(url: str, *, blocking: bool = False, name: str | None = None) -> Redis:
-    """A client for `url` over a bounded pool. A blocking one (for BLPOP) has a single
-    connection and no socket read timeout. `name`: each connection's CLIENT SETNAME."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        client_name=name,
-        max_connections=1 if blocking else POOL_SIZE,
-        timeout=POOL_WAIT_SECONDS,
-        decode_responses=True,
-        socket_connect_timeout=2.0,
-        socket_timeout=None if blocking else 5.0,
-        health_check_interval=30,
-    )
-    return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 def refusal(exc: BaseException) -> str | None:
@@ -230,7 +210,7 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
 
 
 class RedisQueue:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: AnyRedis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
         self.scripts = Scripts()
@@ -246,11 +226,11 @@ class RedisQueue:
         then each job's first event (see `_Placements`).
         """
         by_queue = _placements_by_queue(jobs)
-        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+        async with unavailable_on_redis_errors(), self.scripts.batch(self.redis) as batch:
             for queue, placed in by_queue.items():
                 k = QueueKeys(queue)
-                self.scripts.enqueue.queue(
-                    pipe,
+                batch.call(
+                    self.scripts.enqueue,
                     k.all,
                     [
                         k.job_prefix,
@@ -261,7 +241,7 @@ class RedisQueue:
                         *placed.events,
                     ],
                 )
-            await self.scripts.execute(pipe)
+            await batch.execute()
 
     async def cancel(self, queue: str, job_id: str, finish_time: int) -> Cancelled:
         """Cancel in Redis; returns the state the job had there (UNSPECIFIED: not present)
@@ -346,7 +326,7 @@ class RedisQueue:
         return [Claim.from_hash(_pairs(flat)) for flat in out[1:]], int(out[0])
 
     async def wait_for_work(
-        self, blocking: Redis, queues: Sequence[str], wait_seconds: float
+        self, blocking: AnyRedis, queues: Sequence[str], wait_seconds: float
     ) -> bool:
         """Block (no polling) until a wake token arrives on one of `queues`, or time is up."""
         keys = [QueueKeys(q).wake for q in queues]
@@ -382,10 +362,10 @@ class RedisQueue:
             if len(calls) == 1:  # the usual case: a plain EVALSHA costs less than a pipeline
                 replies = [await self.scripts.finish(self.redis, *calls[0])]
             else:
-                async with self.redis.pipeline(transaction=False) as pipe:
+                async with self.scripts.batch(self.redis) as batch:
                     for keys, args in calls:
-                        self.scripts.finish.queue(pipe, keys, args)
-                    replies = await self.scripts.execute(pipe)
+                        batch.call(self.scripts.finish, keys, args)
+                    replies = await batch.execute()
         done = [False] * len(ends)
         for indexes, reply in zip(by_queue.values(), replies, strict=True):
             for i, flag in zip(indexes, reply, strict=True):
@@ -473,9 +453,9 @@ class RedisQueue:
         """Put a queue's settings where claims read them; wakes workers if jobs may start.
         A configured queue exists (see `existing_queues`)."""
         k = QueueKeys(settings.name)
-        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
-            self.scripts.configure.queue(
-                pipe,
+        async with unavailable_on_redis_errors(), self.scripts.batch(self.redis) as batch:
+            batch.call(
+                self.scripts.configure,
                 k.all,
                 [
                     int(settings.paused),
@@ -485,8 +465,8 @@ class RedisQueue:
                     settings.max_running_per_owner,
                 ],
             )
-            pipe.sadd(EXISTING_QUEUES_KEY, settings.name)
-            await self.scripts.execute(pipe)
+            batch.pipe.sadd(EXISTING_QUEUES_KEY, settings.name)
+            await batch.execute()
 
     async def queue_stats(self, queue: str) -> QueueStats:
         k = QueueKeys(queue)
@@ -525,11 +505,11 @@ class RedisQueue:
         `conveyor.api.jobs`). A lone ref takes `look`'s plain call."""
         if len(refs) == 1:
             return [await self.look(*refs[0])]
-        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+        async with unavailable_on_redis_errors(), self.scripts.batch(self.redis) as batch:
             for queue, job_id in refs:
                 k = QueueKeys(queue)
-                self.scripts.look.queue(pipe, k.all, [job_id, k.job(job_id)])
-            replies = await self.scripts.execute(pipe)
+                batch.call(self.scripts.look, k.all, [job_id, k.job(job_id)])
+            replies = await batch.execute()
         return [_looked(flat, waits) for flat, waits in replies]
 
     async def epoch(self) -> str | None:

@@ -2,7 +2,9 @@
 
 redis-py's `Script` objects check `SCRIPT EXISTS` before every pipeline, one extra round
 trip per batch; here the SHA is computed locally, EVALSHA is sent straight away, and only a
-NOSCRIPT answer (a restarted or flushed Redis) loads the script and runs the call again.
+NOSCRIPT answer (a restarted or flushed Redis, or in a cluster a replica promoted after a
+failover) loads the script and runs the call again. SCRIPT LOAD goes to every primary of a
+cluster (redis-py routes it so), so one NOSCRIPT loads a script wherever it will run.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, ResponseError
+
+from conveyor.redis.connection import AnyPipeline, AnyRedis
 
 NAMES = (
     "enqueue",
@@ -58,15 +60,15 @@ class Script:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
-    async def __call__(self, redis: Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    async def __call__(self, redis: AnyRedis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await redis.script_load(self.source)
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
-    def queue(self, pipe: Pipeline, keys: Sequence[Any], args: Sequence[Any]) -> None:
-        """Add a call to a pipeline; run it with `Scripts.execute`."""
+    def queue(self, pipe: AnyPipeline, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        """Add a call to a pipeline (see `Batch`, which sends it again after a NOSCRIPT)."""
         pipe.evalsha(self.sha, len(keys), *keys, *args)
 
 
@@ -74,7 +76,6 @@ class Scripts:
     def __init__(self) -> None:
         for name in NAMES:
             setattr(self, name, Script(name, _source(name)))
-        self._by_sha = {s.sha: s for s in self.all()}
 
     enqueue: Script
     claim: Script
@@ -96,21 +97,51 @@ class Scripts:
     def all(self) -> list[Script]:
         return [getattr(self, name) for name in NAMES]
 
-    async def execute(self, pipe: Pipeline) -> list[Any]:
-        """Run a pipeline of script calls; calls refused with NOSCRIPT are loaded and rerun."""
-        stack = list(pipe.command_stack)
-        results = await pipe.execute(raise_on_error=False)
-        missing = [i for i, r in enumerate(results) if _is_noscript(r)]
+    def batch(self, redis: AnyRedis) -> Batch:
+        """A pipeline for script calls (and plain commands) sent in one round trip."""
+        return Batch(redis)
+
+
+class Batch:
+    """One pipeline (no MULTI) of script calls and plain commands, sent in one round trip
+    (one per node on a cluster). Script calls refused with NOSCRIPT are sent again once
+    their scripts are loaded, and only they: a call that ran must not run twice.
+
+        async with scripts.batch(redis) as batch:
+            batch.call(scripts.enqueue, keys, args)
+            batch.pipe.sadd(key, member)
+            replies = await batch.execute()
+    """
+
+    def __init__(self, redis: AnyRedis) -> None:
+        self.redis = redis
+        self.pipe: AnyPipeline = redis.pipeline(transaction=False)
+        self._calls: dict[int, tuple[Script, Sequence[Any], Sequence[Any]]] = {}
+
+    async def __aenter__(self) -> Batch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pipe.reset()  # type: ignore[no-untyped-call,unused-ignore]
+
+    def call(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        self._calls[len(self.pipe)] = (script, keys, args)
+        script.queue(self.pipe, keys, args)
+
+    async def execute(self) -> list[Any]:
+        """Every command's reply, in order; the first error is raised."""
+        results = list(await self.pipe.execute(raise_on_error=False))
+        missing = [i for i, result in enumerate(results) if _is_noscript(result)]
         if missing:
-            for sha in {str(stack[i][0][1]) for i in missing}:
-                await pipe.script_load(self._by_sha[sha].source)
-            await pipe.execute()
+            for script in {self._calls[i][0] for i in missing}:
+                await self.redis.script_load(script.source)
+            again = self.redis.pipeline(transaction=False)
             for i in missing:
-                args, options = stack[i]
-                pipe.execute_command(*args, **options)
-            for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                script, keys, args = self._calls[i]
+                script.queue(again, keys, args)
+            for i, result in zip(missing, await again.execute(raise_on_error=False), strict=True):
                 results[i] = result
         for result in results:
             if isinstance(result, Exception):
                 raise result
-        return list(results)
+        return results

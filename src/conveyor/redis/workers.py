@@ -35,9 +35,9 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from conveyor.redis.connection import AnyRedis
 from conveyor.redis.keys import EXISTING_QUEUES_KEY, PREFIX
 from conveyor.redis.queue import RedisQueue, unavailable_on_redis_errors
 from conveyor.redis.scripts import Scripts
@@ -61,7 +61,7 @@ def _info_key(worker_id: str) -> str:
 
 
 def connection_name(worker_id: str) -> str:
-    """The CLIENT SETNAME of a worker's announcer connection (no spaces: Redis refuses
+    """The CLIENT SETNAME of a worker's announcer connection (no spaces: AnyRedis refuses
     them in a name)."""
     return "conveyor-worker:" + "".join("_" if c.isspace() else c for c in worker_id)
 
@@ -113,7 +113,7 @@ class Announced:
 
 
 class WorkerRegistry:
-    def __init__(self, redis: Redis, scripts: Scripts | None = None) -> None:
+    def __init__(self, redis: AnyRedis, scripts: Scripts | None = None) -> None:
         self.redis = redis
         self.scripts = scripts or Scripts()
         self._warned_client_list = False
@@ -121,13 +121,13 @@ class WorkerRegistry:
 
     async def announce(self, info: WorkerInfo, ttl_ms: int) -> Announced:
         doc = json.dumps(asdict(info), separators=(",", ":"))
-        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(_info_key(info.worker_id), doc, px=ttl_ms, get=True)
-            self.scripts.announce.queue(pipe, [WORKERS_KEY], [info.worker_id, ttl_ms, SWEEP_BATCH])
-            pipe.hset(SERVED_KEY, info.worker_id, json.dumps(info.queues))
+        async with unavailable_on_redis_errors(), self.scripts.batch(self.redis) as batch:
+            batch.pipe.set(_info_key(info.worker_id), doc, px=ttl_ms, get=True)
+            batch.call(self.scripts.announce, [WORKERS_KEY], [info.worker_id, ttl_ms, SWEEP_BATCH])
+            batch.pipe.hset(SERVED_KEY, info.worker_id, json.dumps(info.queues))
             if info.queues:
-                pipe.sadd(EXISTING_QUEUES_KEY, *info.queues)
-            replies = await self.scripts.execute(pipe)
+                batch.pipe.sadd(EXISTING_QUEUES_KEY, *info.queues)
+            replies = await batch.execute()
         previous, stale = replies[0], replies[1]
         return Announced(previous is not None, [str(i) for i in stale])
 

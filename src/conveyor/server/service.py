@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
 from conveyor.config import ConfigurationError, Settings, configuration_failure
 from conveyor.db import Database, JobStore
 from conveyor.db.artifacts import ArtifactStore
 from conveyor.objects import ObjectStore, open_store
 from conveyor.redis import EventHub, RedisQueue, connect
+from conveyor.redis.connection import AnyRedis
 from conveyor.server.grpcserver import CannotListen, run
 from conveyor.server.replicas import supervise
 from conveyor.telemetry import configure_logging, configure_tracing
@@ -34,7 +34,7 @@ YOUNG_COLLECTION_ALLOCATIONS = 20_000
 class Connections:
     db: Database
     store: JobStore
-    redis: Redis
+    redis: AnyRedis
     queue: RedisQueue
     hub: EventHub
     objects: ObjectStore
@@ -50,7 +50,7 @@ async def connections(settings: Settings, *, pool_size: int = 10) -> AsyncIterat
     if not settings.redis_url:
         raise SystemExit("CONVEYOR_REDIS_URL is not set (`conveyor dev` starts a Redis for you)")
     db = Database(settings.database_url, pool_size=pool_size)
-    redis = connect(settings.redis_url)
+    redis = connect(settings.redis_url, cluster=settings.redis_cluster)
     conns = Connections(
         db=db,
         store=JobStore(db),

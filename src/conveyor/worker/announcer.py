@@ -78,7 +78,11 @@ class Announcer:
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        redis = connect(self.settings.redis_url, name=connection_name(self.describe().worker_id))
+        redis = connect(
+            self.settings.redis_url,
+            cluster=self.settings.redis_cluster,
+            name=connection_name(self.describe().worker_id),
+        )
         queue = RedisQueue(redis, self.settings)
         registry = WorkerRegistry(redis, queue.scripts)
         try:

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from pydantic import BaseModel
-from redis.asyncio import Redis
 
 from conveyor.config import Settings
 from conveyor.db import JobStore
@@ -59,6 +58,7 @@ from conveyor.jobs.failures import format_traceback as _traceback
 from conveyor.jobs.model import Job, JobState, now_ms
 from conveyor.objects import ObjectStore
 from conveyor.redis import Claim, EventHub, RedisQueue
+from conveyor.redis.connection import AnyRedis
 from conveyor.redis.events import Subscription
 from conveyor.redis.keys import CANCEL_CHANNEL
 from conveyor.redis.workers import WorkerInfo
@@ -138,7 +138,7 @@ class Worker:
         settings: Settings,
         *,
         queue: RedisQueue,
-        blocking: Redis,
+        blocking: AnyRedis,
         hub: EventHub,
         store: JobStore,
         registry: Registry,
