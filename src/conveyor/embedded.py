@@ -485,6 +485,35 @@ class EmbeddedRedisCluster:
                         return next(n for n in self.nodes if n.port == port)
         raise EmbeddedServerError(f"no primary serves {key!r}")
 
+    def move_slot(self, key: str, to: EmbeddedRedis, batch: int = 100) -> int:
+        """Move the slot of `key`, with its keys, to primary `to`, as `redis-cli --cluster
+        reshard` moves each slot: IMPORTING on the target, MIGRATING on the source, MIGRATE
+        the keys in batches, then every primary learns the new owner. Clients meet ASK
+        (and TRYAGAIN for multi-key calls) meanwhile, MOVED after. Returns the keys moved."""
+        source = self.node_of(key)
+        with (
+            contextlib.closing(self.client(source)) as src,
+            contextlib.closing(self.client(to)) as dst,
+        ):
+            slot = int(self._ask(src, "CLUSTER", "KEYSLOT", key))
+            source_id, target_id = (
+                self._ask(src, "CLUSTER", "MYID"),
+                self._ask(dst, "CLUSTER", "MYID"),
+            )
+            self._ask(dst, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+            self._ask(src, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+            moved = 0
+            while keys := self._ask(src, "CLUSTER", "GETKEYSINSLOT", str(slot), str(batch)):
+                self._ask(
+                    src, "MIGRATE", HOST, str(to.port), "", "0", "5000", "REPLACE", "KEYS", *keys
+                )
+                moved += len(keys)
+            for node in self.primaries():
+                with contextlib.closing(self.client(node)) as client:
+                    self._ask(client, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+        self.wait_ok()
+        return moved
+
     @staticmethod
     def _ask(client: redis.Redis, *command: str) -> Any:
         return client.execute_command(*command)  # type: ignore[no-untyped-call]

@@ -10,17 +10,25 @@ every multi-key command lands on one node.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal, overload
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-__all__ = ["POOL_SIZE", "POOL_WAIT_SECONDS", "AnyPipeline", "AnyRedis", "connect", "seed_nodes"]
+__all__ = [
+    "POOL_SIZE",
+    "POOL_WAIT_SECONDS",
+    "AnyPipeline",
+    "AnyRedis",
+    "connect",
+    "pubsub_client",
+    "seed_nodes",
+]
 
 # A client of one Redis or of a Redis Cluster: every call Conveyor makes exists on both.
 AnyRedis = Redis | RedisCluster
@@ -105,9 +113,28 @@ def _connect_cluster(url: str, *, blocking: bool, name: str | None) -> RedisClus
     )
 
 
-def servers(redis: AnyRedis) -> Sequence[object]:
-    """The nodes to ask when a question is about every server (CLIENT LIST, a write
-    probe): each primary of a cluster, or the one Redis."""
-    if isinstance(redis, RedisCluster):
-        return redis.get_primaries()
-    return [redis]
+# What a client of one cluster node keeps of the cluster client's connection settings.
+_NODE_SETTINGS = (
+    "host", "port", "username", "password", "client_name", "decode_responses",
+    "socket_connect_timeout", "socket_timeout", "health_check_interval",
+)  # fmt: skip
+
+
+async def pubsub_client(redis: AnyRedis, turn: int) -> Redis:
+    """A client for pub/sub: `redis` itself on one Redis; on a cluster, a plain client of
+    one node, the `turn`-th (mod the node count) that the cluster client knows.
+
+    Redis 6 has no sharded pub/sub, and a cluster delivers every PUBLISH to every node
+    (primaries and replicas) over its bus, so a subscriber may listen on any node; when
+    that node fails, the caller takes the next turn. (Each message crosses the bus to
+    every node, a cost that grows with the cluster: Redis 7's SPUBLISH would send it to
+    one shard only.)"""
+    if isinstance(redis, Redis):
+        return redis
+    await redis.initialize()
+    nodes = sorted(redis.get_nodes(), key=lambda node: node.name)
+    node = nodes[turn % len(nodes)]
+    settings = {k: node.connection_kwargs[k] for k in _NODE_SETTINGS if k in node.connection_kwargs}
+    if issubclass(node.connection_class, SSLConnection):
+        settings["ssl"] = True
+    return Redis(**settings)

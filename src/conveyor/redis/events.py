@@ -20,10 +20,11 @@ import logging
 from collections import defaultdict, deque
 from typing import Generic, Protocol, TypeVar
 
+from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from conveyor.redis.connection import AnyRedis
+from conveyor.redis.connection import AnyRedis, pubsub_client
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ BUFFER = 64
 # How long `listen` waits for Redis to confirm a subscription before it lets the
 # subscriber catch up from the event stream instead.
 CONFIRM_SECONDS = 2.0
+KEEPALIVE = "cv:hub:keepalive"
 
 
 class Listener(Protocol):
@@ -98,6 +100,10 @@ class EventHub:
     def __init__(self, redis: AnyRedis) -> None:
         self.redis = redis
         self._pubsub: PubSub | None = None
+        # The client the pub/sub connection comes from (`pubsub_client`): on a cluster, a
+        # client of one node, the `_turn`-th.
+        self._client: Redis | None = None
+        self._turn = 0
         self._subs: dict[str, set[Listener]] = defaultdict(set)
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -131,7 +137,8 @@ class EventHub:
             confirmed = self._confirmed.get(channel)
             if channel not in self._subs and confirmed is None:
                 confirmed = self._confirmed[channel] = asyncio.Event()
-                await pubsub.subscribe(channel)
+                if pubsub is not None:  # else the next node's connection subscribes it
+                    await pubsub.subscribe(channel)
             self._subs[channel].add(listener)
         if confirmed is not None:
             try:
@@ -152,23 +159,39 @@ class EventHub:
                     with contextlib.suppress(RedisConnectionError, OSError):
                         await self._pubsub.unsubscribe(channel)
 
-    async def _ensure_started(self) -> PubSub:
-        if self._pubsub is None:
-            self._pubsub = self.redis.pubsub()
-            # A channel nobody publishes on keeps the connection in subscribe mode while no
-            # watcher is open, so the reader never sees an idle, unsubscribed connection.
-            await self._pubsub.subscribe("cv:hub:keepalive")
-            self._reader = asyncio.create_task(self._read(self._pubsub), name="event-hub")
+    async def _ensure_started(self) -> PubSub | None:
+        """The pub/sub connection, opened with the reader on first use; None while a
+        cluster's hub is between nodes."""
+        if self._reader is None:
+            self._pubsub = await self._open()
+            self._reader = asyncio.create_task(self._read(), name="event-hub")
         return self._pubsub
 
-    async def _read(self, pubsub: PubSub) -> None:
+    async def _open(self) -> PubSub:
+        """A pub/sub connection subscribed to every channel listened to (none at first).
+
+        A channel nobody publishes on keeps the connection in subscribe mode while no
+        watcher is open, so the reader never sees an idle, unsubscribed connection."""
+        self._client = await pubsub_client(self.redis, self._turn)
+        pubsub = self._client.pubsub()
+        await pubsub.subscribe(KEEPALIVE, *self._subs)
+        return pubsub
+
+    async def _read(self) -> None:
         while True:
+            pubsub = self._pubsub
+            if pubsub is None:  # between nodes (see _next_node)
+                await asyncio.sleep(0.5)
+                await self._next_node()
+                continue
             try:
                 message = await pubsub.get_message(timeout=None)
             except (RedisConnectionError, OSError) as exc:
                 log.warning("event hub lost redis (%s); reconnecting", exc)
                 self._mark_all_lagged()
                 await asyncio.sleep(0.5)
+                if self._client is not self.redis:
+                    await self._next_node()
                 continue
             if message is None:
                 continue
@@ -182,6 +205,18 @@ class EventHub:
             for listener in tuple(self._subs.get(message["channel"], ())):
                 listener.deliver(message["data"])
 
+    async def _next_node(self) -> None:
+        """On a cluster, listen on the next node: the one listened on may be down for good
+        (one Redis' own pub/sub reconnects to it and subscribes again by itself)."""
+        async with self._lock:
+            await self._close_pubsub()
+            self._turn += 1
+            try:
+                self._pubsub = await self._open()
+            except (RedisConnectionError, OSError) as exc:
+                log.warning("event hub: node %d unreachable (%s)", self._turn, exc)
+                await self._close_pubsub()  # the reader tries the next node
+
     def _mark_all_lagged(self) -> None:
         """After a reconnect, every subscriber may have missed messages: make them catch up."""
         for listeners in self._subs.values():
@@ -193,6 +228,13 @@ class EventHub:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+        await self._close_pubsub()
+
+    async def _close_pubsub(self) -> None:
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+        if self._client is not None and self._client is not self.redis:
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
+        self._pubsub, self._client = None, None

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, cast
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import (
     ClusterDownError,
+    ClusterError,
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -94,6 +96,8 @@ async def unavailable_on_redis_errors() -> AsyncIterator[None]:
         if reason is None:
             raise
         raise RedisRefused(reason) from exc
+    except ClusterError as exc:  # a cluster's redirections ran out (a slot kept moving)
+        raise RedisRefused("the cluster is moving keys") from exc
 
 
 @dataclass(slots=True)
@@ -516,6 +520,16 @@ class RedisQueue:
         async with unavailable_on_redis_errors():
             value = await self.redis.get(EPOCH_KEY)
         return None if value is None else str(value)
+
+    async def incarnations(self) -> frozenset[str]:
+        """Which server processes hold the data now: the run id of the one Redis, or of
+        each primary of a cluster. A change means a restart, or a failover (a replica took
+        over, and asynchronous replication may have lost the last writes before it)."""
+        async with unavailable_on_redis_errors():
+            if isinstance(self.redis, RedisCluster):
+                infos = await self.redis.info("server", target_nodes=RedisCluster.PRIMARIES)
+                return frozenset(str(info["run_id"]) for info in infos.values())
+            return frozenset({str((await self.redis.info("server"))["run_id"])})
 
     async def set_epoch(self, value: str) -> bool:
         """Set the epoch marker unless one is there; True if this call set it."""

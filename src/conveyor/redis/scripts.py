@@ -9,15 +9,20 @@ cluster (redis-py routes it so), so one NOSCRIPT loads a script wherever it will
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ClusterError, NoScriptError, ResponseError, TryAgainError
 
 from conveyor.redis.connection import AnyPipeline, AnyRedis
+
+# See `_MigrationWait`.
+MIGRATION_WAIT_SECONDS = 10.0
+MIGRATION_RETRY_SECONDS = 0.05
 
 NAMES = (
     "enqueue",
@@ -61,6 +66,15 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
     async def __call__(self, redis: AnyRedis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        waited = _MigrationWait()
+        while True:
+            try:
+                return await self._call(redis, keys, args)
+            except (TryAgainError, ClusterError) as exc:
+                if not await waited.again(exc):
+                    raise
+
+    async def _call(self, redis: AnyRedis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -135,13 +149,57 @@ class Batch:
         if missing:
             for script in {self._calls[i][0] for i in missing}:
                 await self.redis.script_load(script.source)
-            again = self.redis.pipeline(transaction=False)
-            for i in missing:
-                script, keys, args = self._calls[i]
-                script.queue(again, keys, args)
-            for i, result in zip(missing, await again.execute(raise_on_error=False), strict=True):
-                results[i] = result
+            await self._again(missing, results)
+        waited = _MigrationWait()
+        while moving := [i for i in self._calls if _is_moving(results[i])]:
+            if not await waited.again(results[moving[0]]):
+                break
+            await self._again(moving, results)
         for result in results:
             if isinstance(result, Exception):
                 raise result
         return results
+
+    async def _again(self, indexes: list[int], results: list[Any]) -> None:
+        """Send the script calls at `indexes` again, in one pipeline; their new replies
+        replace the old in `results`."""
+        again = self.redis.pipeline(transaction=False)
+        for i in indexes:
+            script, keys, args = self._calls[i]
+            script.queue(again, keys, args)
+        for i, result in zip(indexes, await again.execute(raise_on_error=False), strict=True):
+            results[i] = result
+
+
+def _is_moving(result: object) -> bool:
+    """A cluster refused a call because the slot of its keys is moving between nodes: some
+    of its keys are on the new node and some not (TRYAGAIN), or redis-py's own redirections
+    and retries ran out ("TTL exhausted") while it moved."""
+    return isinstance(result, TryAgainError) or (
+        isinstance(result, ClusterError) and "TTL exhausted" in str(result)
+    )
+
+
+class _MigrationWait:
+    """How long a script call waits out a slot's migration (see `_is_moving`) before its
+    error is raised: up to MIGRATION_WAIT_SECONDS, retrying every MIGRATION_RETRY_SECONDS.
+
+    A script takes several keys of its queue; while `redis-cli --cluster reshard` moves the
+    slot they share, a key at a time, the call cannot run on either node. redis-py retries
+    such a call for a fraction of a second; a slot of a busy queue takes longer to move, and
+    a client should not hear of it."""
+
+    def __init__(self) -> None:
+        self._deadline: float | None = None
+
+    async def again(self, exc: object) -> bool:
+        """Whether to try again after `exc` (having slept a little); False: give up."""
+        if not _is_moving(exc):
+            return False
+        now = asyncio.get_running_loop().time()
+        if self._deadline is None:
+            self._deadline = now + MIGRATION_WAIT_SECONDS
+        if now >= self._deadline:
+            return False
+        await asyncio.sleep(MIGRATION_RETRY_SECONDS)
+        return True

@@ -35,6 +35,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
 
 from conveyor.redis.connection import AnyRedis
@@ -145,7 +146,11 @@ class WorkerRegistry:
             ids: list[str] = await self.redis.zrange(WORKERS_KEY, 0, -1)  # type: ignore[assignment]
             if not ids:
                 return []
-            docs: list[str | None] = await self.redis.mget([_info_key(i) for i in ids])  # type: ignore[assignment]
+            keys = [_info_key(i) for i in ids]
+            if isinstance(self.redis, RedisCluster):  # the keys are on several slots
+                docs: list[str | None] = await self.redis.mget_nonatomic(keys)
+            else:
+                docs = await self.redis.mget(keys)  # type: ignore[assignment]
         infos = [WorkerInfo(**json.loads(doc)) for doc in docs if doc is not None]
         return sorted(infos, key=lambda w: w.started)
 

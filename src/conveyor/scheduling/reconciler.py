@@ -14,6 +14,12 @@ When it runs:
 - **At once when Redis lost its data.** The reconciler keeps a marker key (`cv:epoch`) in
   Redis and looks for it every `redis_check_seconds`. Its absence means Redis restarted
   empty or was flushed; the replica that sets a new marker first (SET NX) runs a pass.
+- **At once when Redis may have lost writes**: the Redis process (each primary's, on a
+  cluster) is not the one of the last check, by its run id. A restart with persistence
+  keeps the marker but may lose the last second of writes; a cluster failover promotes a
+  replica that asynchronous replication may have left a few writes behind. On a cluster
+  the marker lives on one primary, so a single primary restarted empty without a replica
+  is found this way too.
 - **Every `reconcile_interval_seconds`** otherwise, by whichever replica takes the pass lock,
   for the rarer gaps (a submitter killed between commit and enqueue).
 
@@ -66,6 +72,8 @@ class Reconciler:
         self.settings = settings
         self.replica = secrets.token_hex(8)
         self._last_pass = float("-inf")
+        # The Redis server processes seen at the last check (see `RedisQueue.incarnations`).
+        self._incarnations: frozenset[str] | None = None
 
     async def run(self) -> None:
         """Reconcile until cancelled; outages of either store only delay it."""
@@ -84,13 +92,23 @@ class Reconciler:
             await asyncio.sleep(self.settings.redis_check_seconds)
 
     async def _redis_lost(self) -> bool:
-        """True if Redis has no epoch marker and this replica is the one that set it."""
-        if await self.queue.epoch() is not None:
+        """True if Redis may have lost data and this replica is to repair it: Redis has no
+        epoch marker and this replica set the new one, or the servers holding the data
+        are not the processes they were at the last look and this replica takes the
+        pass lock (every replica sees the change; one pass is enough)."""
+        if await self.queue.epoch() is None:
+            won = await self.queue.set_epoch(self.replica)
+            if won:
+                log.warning("reconciler: redis holds no epoch marker (restarted empty or flushed)")
+            return won
+        now = await self.queue.incarnations()
+        before, self._incarnations = self._incarnations, now
+        if before is None or now == before:
             return False
-        won = await self.queue.set_epoch(self.replica)
-        if won:
-            log.warning("reconciler: redis holds no epoch marker (restarted empty or flushed)")
-        return won
+        log.warning(
+            "reconciler: redis restarted or failed over (%d primaries changed)", len(now - before)
+        )
+        return await self._take_turn()
 
     async def _take_turn(self) -> bool:
         ttl_ms = int(self.settings.reconcile_interval_seconds * 1000 * 0.9)
