@@ -150,7 +150,7 @@ def dev(
         ),
     ] = False,
 ) -> None:
-    """Run api, worker(s) and scheduler locally on SQLite and an embedded Redis."""
+    """Run api, worker(s) and scheduler locally on SQLite and an embedded Redis (or Cluster)."""
     from conveyor.cli.dev import run_dev
 
     raise typer.Exit(run_dev(Settings.from_env(), workers=workers, redis_cluster=redis_cluster))
