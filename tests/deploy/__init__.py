@@ -13,10 +13,14 @@ CRD schema, and they must agree with each other and with the configured addresse
 metrics ports and scrape annotations, selectors and labels, ConfigMap/Secret references, the
 kustomization's file list, autoscaling targets and disruption budgets); a worker's drain must
 fit in the time it is given before SIGKILL; the Dockerfile must run `conveyor` as a non-root
-user. The health-check one-liner is run against a real gRPC health server.
+user. The health-check one-liner is run against a real gRPC health server. The Redis Cluster
+variants (compose's `redis-cluster` profile with `redis-cluster.env`, the Kubernetes
+`components/redis-cluster`) are checked like the default ones, and the compose cluster's
+one-shot script is run against six real Redis nodes.
 
 Tests: `test_variables`, `test_compose`, `test_monitoring` (Prometheus, Grafana provisioning),
 `test_dashboards`, `test_promql`, `test_image` (Dockerfile, health one-liner),
-`test_kubernetes`, `test_shutdown`. Helpers, not tests: `manifests` (files, variables, YAML),
-`compose`, `monitoring`, `promql` (the PromQL reader), `image`, `kubernetes`.
+`test_kubernetes`, `test_shutdown`, `test_redis_cluster` (both variants). Helpers, not tests:
+`manifests` (files, variables, YAML), `compose`, `monitoring`, `promql` (the PromQL reader),
+`image`, `kubernetes`.
 """

@@ -18,6 +18,7 @@ from tests.deploy.manifests import (
     COMPOSE_DIR,
     COMPOSE_FILE,
     COMPOSE_SCHEMA,
+    REDIS_CLUSTER_ENV_FILE,
     _host_port,
     _load,
     _map,
@@ -30,9 +31,49 @@ def _compose() -> dict[str, Any]:
     return _map(doc, "compose.yaml")
 
 
-def _services() -> dict[str, dict[str, Any]]:
-    services = _map(_compose().get("services"), "services")
+def _services(env: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every service, enabled or not, as written; or, given `env` (what an --env-file sets),
+    interpolated from it."""
+    compose = _compose() if env is None else _interpolated_compose(env)
+    services = _map(compose.get("services"), "services")
     return {name: _map(svc, f"service {name}") for name, svc in services.items()}
+
+
+def _dotenv(path: Path) -> dict[str, str]:
+    """An environment file as compose reads one: KEY=VALUE lines, # comments, blank lines."""
+    env = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, eq, value = line.partition("=")
+        assert eq and re.fullmatch(r"[A-Za-z_]\w*", key), f"{path.name}:{number}: {raw!r}"
+        assert value == value.strip() and value[:1] not in {"'", '"'}, f"{path.name}:{number}"
+        env[key] = value
+    return env
+
+
+# What each way of starting compose sets, by name: nothing (one Redis), or the Redis Cluster's
+# environment file (which also names the profile, COMPOSE_PROFILES).
+COMPOSE_VARIANTS: dict[str, dict[str, str]] = {
+    "redis": {},
+    "redis-cluster": _dotenv(REDIS_CLUSTER_ENV_FILE),
+}
+
+
+def _profiles(env: Mapping[str, str]) -> set[str]:
+    return {p.strip() for p in env.get("COMPOSE_PROFILES", "").split(",") if p.strip()}
+
+
+def _enabled(svc: dict[str, Any], env: Mapping[str, str]) -> bool:
+    """Whether `docker compose up` starts the service: it has no profile, or an active one."""
+    profiles = set(svc.get("profiles", []))
+    return not profiles or bool(profiles & _profiles(env))
+
+
+def _enabled_services(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The services `docker compose up` starts with `env`, interpolated from it."""
+    return {name: svc for name, svc in _services(env).items() if _enabled(svc, env)}
 
 
 def _depends_on(svc: dict[str, Any]) -> dict[str, str]:
@@ -43,6 +84,19 @@ def _depends_on(svc: dict[str, Any]) -> dict[str, str]:
     return {
         name: str(_map(spec, name).get("condition", "service_started"))
         for name, spec in _map(deps, "depends_on").items()
+    }
+
+
+def _optional_dependencies(svc: dict[str, Any]) -> set[str]:
+    """The depends_on targets marked `required: false`: compose starts the service without
+    them when their profile is off."""
+    deps = svc.get("depends_on", {})
+    if isinstance(deps, list):
+        return set()
+    return {
+        name
+        for name, spec in _map(deps, "depends_on").items()
+        if _map(spec, name).get("required", True) is False
     }
 
 
@@ -70,9 +124,10 @@ def _has_health_check(svc: dict[str, Any]) -> bool:
     return _healthcheck_test(svc) is not None or "build" in svc
 
 
-def _compose_settings(name: str) -> Settings:
-    """What a compose service's process reads: the image's ENV, then compose's environment."""
-    return _settings({**_image_env(), **_environment(_services()[name])})
+def _compose_settings(name: str, env: Mapping[str, str] | None = None) -> Settings:
+    """What a compose service's process reads: the image's ENV, then compose's environment as
+    interpolated from `env` (nothing set, by default)."""
+    return _settings({**_image_env(), **_environment(_services(env or {})[name])})
 
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, ${VAR:+alt}, ${VAR+alt},
@@ -133,9 +188,9 @@ def _schema_errors(validator: Any, doc: Any) -> list[str]:
     )
 
 
-def _interpolated_compose() -> dict[str, Any]:
-    """The compose file as `docker compose up` with nothing set in the environment reads it."""
-    return _map(_interpolate(_compose(), {}), "compose.yaml")
+def _interpolated_compose(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The compose file as `docker compose up` reads it with `env` set (by default nothing)."""
+    return _map(_interpolate(_compose(), env or {}), "compose.yaml")
 
 
 def _bind_mounts(svc: dict[str, Any]) -> dict[str, Path]:

@@ -3,12 +3,14 @@ ports, autoscaling, and the Kubernetes and KEDA schemas. A helper, not a test.""
 
 from __future__ import annotations
 
+import copy
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
+import yaml
 
 from conveyor.config import Settings
 from tests.deploy.compose import _json_schema, _schema_errors
@@ -24,22 +26,80 @@ from tests.deploy.manifests import (
     _settings,
 )
 
+# How deploy/k8s can be applied: as it is ("base"), or with one of the components its
+# kustomization.yaml offers, commented out, switched on (named after the component's folder).
+BASE = "base"
+K8S_VARIANTS = (BASE, "redis-cluster")
 
-def _kustomization() -> dict[str, Any]:
-    [doc] = _load(K8S_DIR / "kustomization.yaml")
-    return _map(doc, "kustomization.yaml")
+
+def _kustomization(variant: str = BASE) -> dict[str, Any]:
+    """kustomization.yaml; for a component's variant, with its commented-out `components:`
+    entry switched on, as the comment there says to."""
+    path = K8S_DIR / "kustomization.yaml"
+    if variant == BASE:
+        [doc] = _load(path)
+        return _map(doc, "kustomization.yaml")
+    entry = f"components/{variant}"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    switched = [
+        line.replace("# ", "", 1) if line.strip() in {"# components:", f"#   - {entry}"} else line
+        for line in lines
+    ]
+    doc = _map(yaml.safe_load("\n".join(switched)), "kustomization.yaml")
+    assert doc.get("components") == [entry], f"kustomization.yaml offers no {entry}"
+    return doc
 
 
 def _k8s_files() -> list[Path]:
     return [K8S_DIR / str(r) for r in _list(_kustomization()["resources"], "resources")]
 
 
-def _k8s_docs() -> list[dict[str, Any]]:
-    return [_map(doc, str(path)) for path in _k8s_files() for doc in _load(path)]
+def _component(name: str) -> dict[str, Any]:
+    """A component's kustomization.yaml (`name`: its folder, as kustomization.yaml lists it)."""
+    [doc] = _load(K8S_DIR / name / "kustomization.yaml")
+    return _map(doc, f"{name}/kustomization.yaml")
 
 
-def _of_kind(kind: str) -> dict[str, dict[str, Any]]:
-    return {doc["metadata"]["name"]: doc for doc in _k8s_docs() if doc["kind"] == kind}
+def _patches(name: str) -> list[dict[str, Any]]:
+    """A component's strategic-merge patches (`patches: - path: …`), as documents."""
+    entries = _list(_component(name)["patches"], f"{name} patches")
+    return [
+        _map(doc, str(entry["path"]))
+        for entry in entries
+        for doc in _load(K8S_DIR / name / str(_map(entry, "patch")["path"]))
+    ]
+
+
+def _merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch` merged into a copy of `base` as a strategic-merge patch does it for mappings
+    (lists, which it merges by keys of their own, are not supported here)."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        assert not isinstance(value, list), f"{key}: list patches are not modelled"
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _patch_target(patch: dict[str, Any]) -> tuple[str, str]:
+    return str(patch["kind"]), str(patch["metadata"]["name"])
+
+
+def _k8s_docs(variant: str = BASE) -> list[dict[str, Any]]:
+    """Every document kustomize builds (before it sets the namespace and image): the
+    resources, then each component's patches on the document of the same kind and name."""
+    docs = [_map(doc, str(path)) for path in _k8s_files() for doc in _load(path)]
+    for name in _kustomization(variant).get("components", []):
+        for patch in _patches(str(name)):
+            [index] = [i for i, d in enumerate(docs) if _patch_target(d) == _patch_target(patch)]
+            docs[index] = _merged(docs[index], patch)
+    return docs
+
+
+def _of_kind(kind: str, variant: str = BASE) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in _k8s_docs(variant) if doc["kind"] == kind}
 
 
 def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -52,8 +112,8 @@ def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [_map(c, "container") for c in found]
 
 
-def _workloads() -> list[dict[str, Any]]:
-    return [doc for doc in _k8s_docs() if doc["kind"] in WORKLOAD_KINDS]
+def _workloads(variant: str = BASE) -> list[dict[str, Any]]:
+    return [doc for doc in _k8s_docs(variant) if doc["kind"] in WORKLOAD_KINDS]
 
 
 def _k8s_uid() -> int:
@@ -64,11 +124,11 @@ def _k8s_uid() -> int:
     return uid
 
 
-def _k8s_env(doc: dict[str, Any]) -> dict[str, str]:
+def _k8s_env(doc: dict[str, Any], variant: str = BASE) -> dict[str, str]:
     """What a workload's (single) container's environment is: image ENV, envFrom, then env, in
     that order."""
     [container] = _containers(doc)
-    configmaps, secrets = _of_kind("ConfigMap"), _of_kind("Secret")
+    configmaps, secrets = _of_kind("ConfigMap", variant), _of_kind("Secret", variant)
     env = _image_env()
     for ref in container.get("envFrom", []):
         if "configMapRef" in ref:
@@ -83,9 +143,9 @@ def _k8s_env(doc: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def _k8s_settings(doc: dict[str, Any]) -> Settings:
+def _k8s_settings(doc: dict[str, Any], variant: str = BASE) -> Settings:
     """The Settings a workload's container reads."""
-    return _settings(_k8s_env(doc))
+    return _settings(_k8s_env(doc, variant))
 
 
 def _port_ids(container: dict[str, Any]) -> set[int | str]:

@@ -108,6 +108,13 @@ COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
 PROMETHEUS_FILE = COMPOSE_DIR / "prometheus.yml"
 
 
+# The environment file that switches compose to its Redis Cluster (`--env-file`).
+REDIS_CLUSTER_ENV_FILE = COMPOSE_DIR / "redis-cluster.env"
+
+
+REDIS_CLUSTER_PROFILE = "redis-cluster"
+
+
 OTEL_COLLECTOR_FILE = COMPOSE_DIR / "otel-collector.yaml"
 
 

@@ -10,16 +10,19 @@ import re
 import pytest
 
 from tests.deploy.compose import (
+    COMPOSE_VARIANTS,
     _compose,
     _compose_settings,
     _compose_validator,
     _depends_on,
+    _enabled_services,
     _environment,
     _has_health_check,
     _healthcheck_test,
     _interpolate,
     _interpolated_compose,
     _json_schema,
+    _optional_dependencies,
     _schema_errors,
     _services,
 )
@@ -31,6 +34,7 @@ from tests.deploy.manifests import (
     DOCKERFILE,
     FUTURE_VARS,
     KEDA_SCALEDOBJECT_SCHEMA,
+    REDIS_CLUSTER_PROFILE,
     REPO,
     SCHEMAS_DIR,
     SERVICE_ADDR,
@@ -42,16 +46,23 @@ from tests.deploy.manifests import (
 )
 
 
-def test_compose_depends_on_conditions_suit_their_targets() -> None:
-    """compose refuses service_healthy on a container without a health check;
-    a one-shot that restarts never completes successfully; a cycle never starts."""
-    services = _services()
+@pytest.mark.parametrize("variant", list(COMPOSE_VARIANTS))
+def test_compose_depends_on_conditions_suit_their_targets(variant: str) -> None:
+    """compose refuses service_healthy on a container without a health check, and a
+    dependency on a service its profile leaves out unless it is `required: false`; a one-shot
+    that restarts never completes successfully; a cycle never starts."""
+    env = COMPOSE_VARIANTS[variant]
+    every = _services(env)
+    services = _enabled_services(env)
     conditions = {"service_started", "service_healthy", "service_completed_successfully"}
     edges = 0
     for name, svc in services.items():
         for target, condition in _depends_on(svc).items():
+            assert target in every, f"{name} depends on unknown service {target}"
+            if target not in services:
+                assert target in _optional_dependencies(svc), f"{name} needs disabled {target}"
+                continue
             edges += 1
-            assert target in services, f"{name} depends on unknown service {target}"
             assert target != name, f"{name} depends on itself"
             assert condition in conditions, f"{name} -> {target}: condition {condition}"
             target_svc = services[target]
@@ -65,7 +76,9 @@ def test_compose_depends_on_conditions_suit_their_targets() -> None:
     started: set[str] = set()
     while len(started) < len(services):
         ready = {
-            n for n, s in services.items() if n not in started and _depends_on(s).keys() <= started
+            n
+            for n, s in services.items()
+            if n not in started and _depends_on(s).keys() & services.keys() <= started
         }
         assert ready, f"depends_on cycle among {sorted(set(services) - started)}"
         started |= ready
@@ -109,7 +122,7 @@ def test_compose_conveyor_service(name: str) -> None:
     assert context == REPO, f"{name} builds from {context}, not the repository root"
     assert (context / build["dockerfile"]).resolve() == DOCKERFILE
     assert _list(svc["command"], f"{name}.command")[0] == name
-    env = _environment(svc)
+    env = _environment(_services({})[name])
     assert {"CONVEYOR_DATABASE_URL", "CONVEYOR_REDIS_URL"} <= env.keys()
     assert env["CONVEYOR_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert env["CONVEYOR_REDIS_URL"].startswith("redis://redis:6379/")
@@ -138,10 +151,12 @@ def test_compose_environment_is_complete_and_known() -> None:
     assert seen >= required, f"compose never sets {sorted(required - seen)}"
 
 
+@pytest.mark.parametrize("variant", list(COMPOSE_VARIANTS))
 @pytest.mark.parametrize("name", ["migrate", *SERVICE_ADDR])
-def test_compose_settings_validate(name: str) -> None:
-    settings = _compose_settings(name)
+def test_compose_settings_validate(name: str, variant: str) -> None:
+    settings = _compose_settings(name, COMPOSE_VARIANTS[variant])
     assert settings.log_format in {"json", "console"}
+    assert settings.redis_cluster is (variant == REDIS_CLUSTER_PROFILE)
 
 
 def test_compose_ports_and_replicas() -> None:
@@ -212,9 +227,10 @@ def test_vendored_schemas_are_listed_with_their_source() -> None:
         _json_schema(path)  # parses
 
 
-def test_compose_file_matches_the_compose_spec() -> None:
+@pytest.mark.parametrize("variant", list(COMPOSE_VARIANTS))
+def test_compose_file_matches_the_compose_spec(variant: str) -> None:
     validator = _compose_validator()
-    errors = _schema_errors(validator, _interpolated_compose())
+    errors = _schema_errors(validator, _interpolated_compose(COMPOSE_VARIANTS[variant]))
     assert not errors, "compose.yaml does not match the Compose Specification:\n" + "\n".join(
         errors
     )

