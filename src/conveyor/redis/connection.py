@@ -10,8 +10,8 @@ every multi-key command lands on one node.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal, overload
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, overload
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -19,8 +19,19 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 
-__all__ = ["POOL_SIZE", "POOL_WAIT_SECONDS", "AnyPipeline", "AnyRedis", "connect", "seed_nodes"]
+__all__ = [
+    "POOL_SIZE",
+    "POOL_WAIT_SECONDS",
+    "AnyPipeline",
+    "AnyRedis",
+    "connect",
+    "key_on_each_server",
+    "seed_nodes",
+    "servers",
+    "slot_groups",
+]
 
 # A client of one Redis or of a Redis Cluster: every call Conveyor makes exists on both.
 AnyRedis = Redis | RedisCluster
@@ -105,9 +116,45 @@ def _connect_cluster(url: str, *, blocking: bool, name: str | None) -> RedisClus
     )
 
 
-def servers(redis: AnyRedis) -> Sequence[object]:
-    """The nodes to ask when a question is about every server (CLIENT LIST, a write
-    probe): each primary of a cluster, or the one Redis."""
-    if isinstance(redis, RedisCluster):
-        return redis.get_primaries()
-    return [redis]
+async def servers(redis: AnyRedis) -> dict[str, dict[str, Any]]:
+    """The servers to ask when a question is about all of Redis (CLIENT LIST, PING), by
+    name (host:port; "" for the one Redis), each with the keyword arguments that send a
+    keyless command there: every primary of a cluster as the client knows them now, or
+    the one Redis."""
+    if not isinstance(redis, RedisCluster):
+        return {"": {}}
+    await redis.initialize()
+    return {node.name: {"target_nodes": node} for node in redis.get_primaries()}
+
+
+async def key_on_each_server(redis: AnyRedis, key: str) -> dict[str, str]:
+    """`key` made to land on each server, by name as in `servers`: `key` itself on one
+    Redis; on a cluster, for each primary that serves slots now, `key` plus a hash tag in
+    one of them (a write probe must meet every primary's memory and role, not one)."""
+    if not isinstance(redis, RedisCluster):
+        return {"": key}
+    await redis.initialize()
+    owners = {nodes[0].name for nodes in redis.nodes_manager.slots_cache.values() if nodes}
+    found: dict[str, str] = {}
+    for tag in range(REDIS_CLUSTER_HASH_SLOTS * 16):
+        if len(found) == len(owners):
+            break
+        tagged = f"{key}:{{{tag}}}"
+        node = redis.get_node_from_key(tagged)
+        if node is not None and node.name not in found:
+            found[node.name] = tagged
+    return found
+
+
+def slot_groups(
+    redis: AnyRedis, names: Sequence[str], key: Callable[[str], str]
+) -> list[list[str]]:
+    """`names` in groups whose `key`s one multi-key command may take (a cluster refuses a
+    command across slots with CROSSSLOT): all of them on one Redis, one group per hash
+    slot on a cluster, in the order first seen."""
+    if not isinstance(redis, RedisCluster):
+        return [list(names)] if names else []
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(redis.keyslot(key(name)), []).append(name)
+    return list(groups.values())
