@@ -146,7 +146,7 @@ async def test_a_worker_serving_queues_on_every_primary_is_woken_by_each(
     """Guards claims across slots: a worker serving six queues, two on each primary, blocks
     once per slot (no CROSSSLOT BLPOP, no polling: its claim wait is 120 s), and a job put
     in any of them, one at a time, wakes it and SUCCEEDS within seconds; after every wake
-    it blocks on every slot again, on as many connections as before."""
+    it blocks on every slot again."""
     names = queues_on_every_primary(cluster, 2)
     settings = cluster_settings.model_copy(update={"worker_queues": ",".join(names)})
     primaries = cluster.primaries()
@@ -179,10 +179,11 @@ async def test_one_redis_still_waits_with_one_blpop(
 async def test_a_token_taken_while_the_worker_does_not_wait_goes_back(
     cluster: EmbeddedRedisCluster, cluster_settings: Settings
 ) -> None:
-    """Guards against waiters stealing wake-ups: a token that a slot's waiter pops after
+    """Guards against waiters stealing wake-ups: the other slot's wait outlives a wake-up
+    (it is not cancelled, which would drop its connection), and a token it pops after
     another slot woke the worker is pushed back on its list (for another worker, or this
-    one's next wait, which takes it at once), and the waiter stops blocking until the
-    worker waits again; so no token is lost and an idle worker never sleeps through one."""
+    one's next wait, which takes it at once); then it stops blocking until the worker waits
+    again. So no token is lost, and none is kept by a worker that is not waiting."""
     first, second = queues_on_every_primary(cluster, 1)[:2]
     client = connect(cluster.url, cluster=True)
     blocking = connect(cluster.url, cluster=True, blocking=True)

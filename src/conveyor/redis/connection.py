@@ -1,11 +1,14 @@
 """Connections to Redis: one server, or a Redis Cluster (CONVEYOR_REDIS_CLUSTER=true).
 
 Every service, the CLI, the reconciler and the rate limiter get their client here, so the
-two shapes differ in this module only. On a cluster, redis-py routes each command by its
-keys' slot and follows MOVED and ASK during a slot migration; it refreshes its map of the
-cluster after a failover (a primary's replica took over) and retries. Conveyor's keys put
-all of one queue under one hash tag (see `conveyor.redis.keys`), so every script call and
-every multi-key command lands on one node.
+two shapes differ in this module, and where a question goes to every server (`servers`,
+`key_on_each_server`) or a command must keep to one slot (`slot_groups`).
+
+On a cluster, redis-py routes each command by its keys' slot and follows MOVED and ASK
+during a slot migration; it refreshes its map of the cluster after a failover (a primary's
+replica took over) and retries. Conveyor's keys put all of one queue under one hash tag
+(see `conveyor.redis.keys`), so every script call and every multi-key command lands on one
+node.
 """
 
 from __future__ import annotations
