@@ -18,15 +18,16 @@ A waiter sends a BLPOP only while the claim loop waits, and one sent then may st
 token after the loop stopped waiting (another group woke it, it is claiming, its slots are
 full). Such a token is pushed back on its list, for an idle worker or for this worker's
 next wait, which takes it at once: as on one Redis, a worker that is not waiting takes no
-token, and none is lost. A waiter whose connection fails (a failover, a restart) tries
-again with a growing pause; the cluster client learns the new map of the cluster meanwhile,
-and the claim loop's own timeout (`CONVEYOR_CLAIM_WAIT_SECONDS`) still claims every so
-often.
+token, and none is lost. When waits fail (a failover, a restart), one waiter tries again
+with a growing pause while the others wait for it to get through; the cluster client learns
+the new map of the cluster meanwhile, and the claim loop's own timeout
+(`CONVEYOR_CLAIM_WAIT_SECONDS`) still claims every so often.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 # The longest one BLPOP of a waiter task blocks before it is sent again: it bounds how long
 # a connection that died without a word (no reset from the peer) goes unnoticed.
 BLOCK_SECONDS = 30.0
+# While waits fail, the one waiter trying again blocks this long: a wait that returns is
+# the sign that Redis is back.
+SCOUT_SECONDS = 0.01
 # The pause after a waiter's BLPOP failed, doubling up to the last while it keeps failing.
 RETRY_FIRST_SECONDS = 0.1
 RETRY_MAX_SECONDS = 5.0
@@ -57,6 +61,9 @@ class WakeWaiter:
         self._wanted = asyncio.Event()
         self._woken = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # While waits fail: set once the group in `_scout` gets through again.
+        self._outage: asyncio.Event | None = None
+        self._scout: list[str] | None = None
 
     async def wait(self, seconds: float) -> bool:
         """Block until a token arrives on one of the queues (True) or `seconds` pass
@@ -98,24 +105,44 @@ class WakeWaiter:
 
     async def _wait_on(self, queues: list[str]) -> None:
         """One group's waiter: block on its lists whenever the claim loop waits."""
-        pause, failing = RETRY_FIRST_SECONDS, False
+        pause = RETRY_FIRST_SECONDS
         while True:
             await self._wanted.wait()
+            scouting = self._scout is queues
             try:
                 await self.queue.wait_for_work(
-                    self.blocking, queues, BLOCK_SECONDS, keep=self._take
+                    self.blocking,
+                    queues,
+                    SCOUT_SECONDS if scouting else BLOCK_SECONDS,
+                    keep=self._take,
                 )
             except Exception as exc:  # any: a waiter that died would leave the worker deaf
-                if not failing:
-                    log.warning(
-                        "waiting for work on %s failed (%s); trying again with backoff",
-                        ",".join(queues),
-                        exc,
-                    )
-                failing = True
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, RETRY_MAX_SECONDS)
+                pause = await self._failed(queues, exc, pause)
                 continue
-            if failing:
-                log.info("waiting for work on %s again", ",".join(queues))
-            pause, failing = RETRY_FIRST_SECONDS, False
+            pause = RETRY_FIRST_SECONDS
+            if scouting and self._outage is not None:
+                self._outage.set()  # through: the others try again at once
+                self._outage = self._scout = None
+                log.info("waiting for work again")
+
+    async def _failed(self, queues: list[str], exc: Exception, pause: float) -> float:
+        """After a failed wait (Redis down, a failover under way): the first waiter to fail
+        tries again after a growing pause, with a wait that returns at once; the others
+        wait until it gets through (or `BLOCK_SECONDS`, should only its own node be
+        down), so an outage costs one attempt at a time (each of which may have the
+        cluster client relearn the map), not one per slot. Returns the next pause."""
+        if self._outage is None:
+            self._outage, self._scout = asyncio.Event(), queues
+            log.warning(
+                "waiting for work failed (%s, on %s); trying again with backoff",
+                exc,
+                ",".join(queues),
+            )
+        if self._scout is queues:
+            await asyncio.sleep(pause)
+            return min(pause * 2, RETRY_MAX_SECONDS)
+        outage = self._outage
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(BLOCK_SECONDS):
+                await outage.wait()
+        return pause
