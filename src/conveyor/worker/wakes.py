@@ -7,8 +7,9 @@ every queue served sits in one hash slot, that is a single BLPOP over all the li
 the claim loop itself with the time it may wait: the cheapest wait there is, and what a
 worker has always done.
 
-A cluster refuses a command whose keys span slots (CROSSSLOT), and every queue has a slot
-of its own. So there the queues are grouped by the slot of their wake list, and each group
+A cluster refuses a command whose keys span slots (CROSSSLOT), and each queue's keys sit in
+the slot of its own hash tag. So there the queues are grouped by the slot of their wake
+list, and each group
 gets a waiter task that BLPOPs its lists on a connection of its own (to whichever primary
 serves the slot); the claim loop waits for the first of them to take a token. The tasks
 outlive each wait: redis-py drops the connection of a BLPOP that is cancelled, so cancelling
@@ -22,6 +23,10 @@ token, and none is lost. When waits fail (a failover, a restart), one waiter tri
 with a growing pause while the others wait for it to get through; the cluster client learns
 the new map of the cluster meanwhile, and the claim loop's own timeout
 (`CONVEYOR_CLAIM_WAIT_SECONDS`) still claims every so often.
+
+Whichever queue's token woke it, the claim loop then claims from all its queues in their
+order (strict or weighted), as on one Redis: a token says that some queue has work, and
+claiming from the woken queue alone would pass over a queue ahead of it in that order.
 """
 
 from __future__ import annotations
