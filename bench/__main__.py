@@ -43,7 +43,7 @@ from conveyor.config import Settings
 from conveyor.db import Database, JobStore, migrate
 from conveyor.db.bulk import psycopg_dsn
 from conveyor.db.queues import QueueStore
-from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster, free_port
 from conveyor.errors import ConveyorError
 from conveyor.redis import RedisQueue, connect
 from conveyor.redis.keys import EPOCH_KEY
@@ -1121,6 +1121,50 @@ class Bench:
         for service in extra:
             service.stop()
 
+    async def idle_cluster_worker(self, queues: int = 20, seconds: float = 60.0) -> None:
+        """CPU of an idle worker serving `queues` queues, on a Redis Cluster of 3 primaries
+        (the queues on every slot they hash to: one blocking wait per slot, see
+        `conveyor.worker.wakes`) and on the bench's single Redis (one BLPOP over all), over
+        `seconds` each once it has settled. Target: under 1 % of a core (issue 22)."""
+        names = ",".join(f"idle-{i}" for i in range(queues))
+        cluster = EmbeddedRedisCluster(self.stack.logs / "idle-cluster")
+        await asyncio.to_thread(cluster.start)
+        shapes = {
+            "cluster": {"CONVEYOR_REDIS_URL": cluster.url, "CONVEYOR_REDIS_CLUSTER": "true"},
+            "single": {},
+        }
+        try:
+            for shape, env in shapes.items():
+                worker = self.stack.start(
+                    "worker", "--queues", names, env={**self.stack.worker_env(), **env}
+                )
+                proc = psutil.Process(worker.proc.pid)
+                await settled(proc)
+                before = proc.cpu_times()
+                await asyncio.sleep(seconds)
+                emit(
+                    f"idle_worker_{queues}_queues_{shape}",
+                    cpu_share(proc, before, seconds),
+                    "%",
+                    1.0,
+                    higher_is_better=False,
+                    seconds=seconds,
+                    blocked_waits=_blocked_clients(cluster) if shape == "cluster" else None,
+                    rss_mib=round(proc.memory_info().rss / 2**20, 1),
+                )
+                worker.stop()
+        finally:
+            cluster.stop()
+
+
+def _blocked_clients(cluster: EmbeddedRedisCluster) -> int:
+    """Clients in a blocking command on the cluster's primaries now."""
+    total = 0
+    for node in cluster.primaries():
+        with cluster.client(node) as client:
+            total += int(client.info("clients")["blocked_clients"])
+    return total
+
 
 def _cold_import_seconds() -> float:
     """Seconds for a new interpreter to import what `conveyor api` imports before it serves
@@ -1161,12 +1205,13 @@ WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "isolation": Bench.isolation,
     "startup": Bench.startup,
     "idle_cpu": Bench.idle_cpu,
+    "idle_cluster_worker": Bench.idle_cluster_worker,
     "backlog_memory": Bench.backlog_memory,
     "soak": Bench.soak,
 }
 DEFAULT_WORKLOADS = [name for name in WORKLOADS if name != "soak"]
 # Deterministic sizes, or too long to repeat: measured once.
-SINGLE_RUN = {"backlog_memory", "soak"}
+SINGLE_RUN = {"backlog_memory", "soak", "idle_cluster_worker"}
 
 
 async def run_workload(bench: Bench, name: str, runs: int) -> None:

@@ -56,7 +56,9 @@ async def running_worker(
     every connection closed on exit."""
     db = Database(settings.database_url)
     store = JobStore(db)
-    redis, blocking = connect(settings.redis_url), connect(settings.redis_url, blocking=True)
+    cluster = settings.redis_cluster
+    redis = connect(settings.redis_url, cluster=cluster)
+    blocking = connect(settings.redis_url, cluster=cluster, blocking=True)
     queue = RedisQueue(redis, settings)
     hub = EventHub(redis)
     worker = Worker(

@@ -82,7 +82,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture(scope="session")
 def redis_shape(request: pytest.FixtureRequest) -> str:
-    """"single" or "cluster" (see `pytest_generate_tests`)."""
+    """ "single" or "cluster" (see `pytest_generate_tests`)."""
     return str(getattr(request, "param", "single"))
 
 

@@ -1,16 +1,20 @@
 """Connections to Redis: one server, or a Redis Cluster (CONVEYOR_REDIS_CLUSTER=true).
 
 Every service, the CLI, the reconciler and the rate limiter get their client here, so the
-two shapes differ in this module only. On a cluster, redis-py routes each command by its
-keys' slot and follows MOVED and ASK during a slot migration; it refreshes its map of the
-cluster after a failover (a primary's replica took over) and retries. Conveyor's keys put
-all of one queue under one hash tag (see `conveyor.redis.keys`), so every script call and
-every multi-key command lands on one node.
+two shapes differ in this module, and where a question goes to every server (`servers`,
+`key_on_each_server`) or a command must keep to one slot (`slot_groups`).
+
+On a cluster, redis-py routes each command by its keys' slot and follows MOVED and ASK
+during a slot migration; it refreshes its map of the cluster after a failover (a primary's
+replica took over) and retries. Conveyor's keys put all of one queue under one hash tag
+(see `conveyor.redis.keys`), so every script call and every multi-key command lands on one
+node.
 """
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, overload
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -19,6 +23,7 @@ from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 
 __all__ = [
     "POOL_SIZE",
@@ -26,8 +31,11 @@ __all__ = [
     "AnyPipeline",
     "AnyRedis",
     "connect",
+    "key_on_each_server",
     "pubsub_client",
     "seed_nodes",
+    "servers",
+    "slot_groups",
 ]
 
 # A client of one Redis or of a Redis Cluster: every call Conveyor makes exists on both.
@@ -138,3 +146,47 @@ async def pubsub_client(redis: AnyRedis, turn: int) -> Redis:
     if issubclass(node.connection_class, SSLConnection):
         settings["ssl"] = True
     return Redis(**settings)
+
+
+async def servers(redis: AnyRedis) -> dict[str, dict[str, Any]]:
+    """The servers to ask when a question is about all of Redis (CLIENT LIST, PING), by
+    name (host:port; "" for the one Redis), each with the keyword arguments that send a
+    keyless command there: every primary of a cluster as the client knows them now, or
+    the one Redis."""
+    if not isinstance(redis, RedisCluster):
+        return {"": {}}
+    await redis.initialize()
+    return {node.name: {"target_nodes": node} for node in redis.get_primaries()}
+
+
+async def key_on_each_server(redis: AnyRedis, key: str) -> dict[str, str]:
+    """`key` made to land on each server, by name as in `servers`: `key` itself on one
+    Redis; on a cluster, for each primary that serves slots now, `key` plus a hash tag in
+    one of them (a write probe must meet every primary's memory and role, not one)."""
+    if not isinstance(redis, RedisCluster):
+        return {"": key}
+    await redis.initialize()
+    owners = {nodes[0].name for nodes in redis.nodes_manager.slots_cache.values() if nodes}
+    found: dict[str, str] = {}
+    for tag in range(REDIS_CLUSTER_HASH_SLOTS * 16):
+        if len(found) == len(owners):
+            break
+        tagged = f"{key}:{{{tag}}}"
+        node = redis.get_node_from_key(tagged)
+        if node is not None and node.name not in found:
+            found[node.name] = tagged
+    return found
+
+
+def slot_groups(
+    redis: AnyRedis, names: Sequence[str], key: Callable[[str], str]
+) -> list[list[str]]:
+    """`names` in groups whose `key`s one multi-key command may take (a cluster refuses a
+    command across slots with CROSSSLOT): all of them on one Redis, one group per hash
+    slot on a cluster, in the order first seen."""
+    if not isinstance(redis, RedisCluster):
+        return [list(names)] if names else []
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(redis.keyslot(key(name)), []).append(name)
+    return list(groups.values())

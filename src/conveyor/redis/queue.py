@@ -3,9 +3,10 @@ script (atomic, one round trip); batches of them go out pipelined."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, cast
@@ -17,6 +18,8 @@ from redis.exceptions import (
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
+    RedisError,
     ResponseError,
     TryAgainError,
 )
@@ -29,7 +32,7 @@ from conveyor.errors import RedisRefused, Unavailable, outage
 from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.jobs.model import DEFAULT_QUEUE, Job, JobState
 from conveyor.jobs.queues import QueueSettings, QueueStats, Waiting
-from conveyor.redis.connection import AnyRedis
+from conveyor.redis.connection import AnyRedis, key_on_each_server, servers
 from conveyor.redis.keys import (
     CANCEL_CHANNEL,
     EPOCH_KEY,
@@ -330,13 +333,28 @@ class RedisQueue:
         return [Claim.from_hash(_pairs(flat)) for flat in out[1:]], int(out[0])
 
     async def wait_for_work(
-        self, blocking: AnyRedis, queues: Sequence[str], wait_seconds: float
-    ) -> bool:
-        """Block (no polling) until a wake token arrives on one of `queues`, or time is up."""
-        keys = [QueueKeys(q).wake for q in queues]
+        self,
+        blocking: AnyRedis,
+        queues: Sequence[str],
+        wait_seconds: float,
+        *,
+        keep: Callable[[], bool] | None = None,
+    ) -> str | None:
+        """Block (no polling) until a wake token arrives on one of `queues`, or time is up:
+        the queue whose token was taken, or None. On a cluster `queues`' wake lists must
+        share a slot (see `conveyor.redis.connection.slot_groups`). A token `keep` turns
+        down (its taker stopped waiting while it blocked) is pushed back, for another
+        worker or for the taker's next wait."""
+        keys = {QueueKeys(q).wake: q for q in queues}
         async with unavailable_on_redis_errors():
-            got = await blocking.blpop(keys, timeout=max(wait_seconds, 0.01))
-        return got is not None
+            got = await blocking.blpop(list(keys), timeout=max(wait_seconds, 0.01))
+            if got is None:
+                return None
+            key, token = cast(tuple[str, str], got)  # decode_responses
+            if keep is None or keep():
+                return keys[key]
+            await blocking.lpush(key, token)
+        return None
 
     async def heartbeat(self, queue: str, leases: dict[str, str], lease_ms: int) -> list[str]:
         """Renew leases; returns the ids whose lease this worker no longer holds."""
@@ -572,10 +590,24 @@ class RedisQueue:
         """Why Redis refuses writes now, in a few words ("unreachable" when it cannot be
         reached), or None when it takes them. One small SET that expires: it meets the
         same checks as an enqueue (memory, a replica's role, failed persistence), which a
-        PING does not."""
+        PING does not. On a cluster one SET per primary, each to a key in a slot it
+        serves, and the answer names each primary that refuses ("host:port: why")."""
+        try:
+            keys = await key_on_each_server(self.redis, WRITE_PROBE_KEY)
+        except (RedisError, RedisClusterException, OSError):
+            return "unreachable"  # no map of the cluster: no node answered
+        refused = await asyncio.gather(*(self._refuses(key) for key in keys.values()))
+        reasons = [
+            f"{name}: {why}" if name else why
+            for name, why in zip(keys, refused, strict=True)
+            if why is not None
+        ]
+        return "; ".join(reasons) or None
+
+    async def _refuses(self, key: str) -> str | None:
         try:
             async with unavailable_on_redis_errors():
-                await self.redis.set(WRITE_PROBE_KEY, "1", px=WRITE_PROBE_TTL_MS)
+                await self.redis.set(key, "1", px=WRITE_PROBE_TTL_MS)
         except RedisRefused as exc:
             return exc.reason
         except Unavailable:
@@ -583,7 +615,10 @@ class RedisQueue:
         return None
 
     async def ping(self) -> bool:
+        """Whether every server answers (each primary of a cluster)."""
         try:
-            return bool(await self.redis.ping())
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+            targets = await servers(self.redis)
+            replies = [await self.redis.ping(**target) for target in targets.values()]
+        except (RedisError, RedisClusterException, OSError):
             return False
+        return all(replies)

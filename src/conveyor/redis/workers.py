@@ -34,11 +34,11 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from typing import cast
 
-from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
 
-from conveyor.redis.connection import AnyRedis
+from conveyor.redis.connection import AnyRedis, servers
 from conveyor.redis.keys import EXISTING_QUEUES_KEY, PREFIX
 from conveyor.redis.queue import RedisQueue, unavailable_on_redis_errors
 from conveyor.redis.scripts import Scripts
@@ -146,11 +146,7 @@ class WorkerRegistry:
             ids: list[str] = await self.redis.zrange(WORKERS_KEY, 0, -1)  # type: ignore[assignment]
             if not ids:
                 return []
-            keys = [_info_key(i) for i in ids]
-            if isinstance(self.redis, RedisCluster):  # the keys are on several slots
-                docs: list[str | None] = await self.redis.mget_nonatomic(keys)
-            else:
-                docs = await self.redis.mget(keys)  # type: ignore[assignment]
+            docs = await self._announcements(ids)
         infos = [WorkerInfo(**json.loads(doc)) for doc in docs if doc is not None]
         return sorted(infos, key=lambda w: w.started)
 
@@ -189,10 +185,9 @@ class WorkerRegistry:
         on record)."""
         if not stale:
             return {}
-        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
-            pipe.mget([_info_key(i) for i in stale])
-            pipe.hmget(SERVED_KEY, stale)
-            docs, served = await pipe.execute()
+        async with unavailable_on_redis_errors():
+            docs = await self._announcements(stale)
+            served: list[str | None] = await self.redis.hmget(SERVED_KEY, stale)  # type: ignore[assignment]
         silent = {
             worker_id: json.loads(queues) if queues is not None else None
             for worker_id, doc, queues in zip(stale, docs, served, strict=True)
@@ -201,18 +196,33 @@ class WorkerRegistry:
         connected = await self._still_connected(list(silent))
         return {worker_id: q for worker_id, q in silent.items() if worker_id not in connected}
 
+    async def _announcements(self, ids: list[str]) -> list[str | None]:
+        """The announcement of each of `ids` (None: expired). One GET each, pipelined: the
+        keys lie in as many slots as there are workers, which one MGET cannot span on a
+        cluster (the pipeline goes to each node at once)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.get(_info_key(worker_id))
+            return cast(list[str | None], await pipe.execute())
+
     async def _still_connected(self, ids: list[str]) -> set[str]:
         """Which of `ids` still hold their announcer's connection to Redis. A process that
         is alive keeps it however long it goes without announcing (starved of CPU,
         throttled by its container, frozen); a dead one's closes with it (the kernel
         closes a killed process's sockets). Those are left to their leases, which they
-        either renew or lose. When Redis refuses CLIENT LIST (an ACL without it), silence
-        alone decides, as the registry's lifetimes say."""
+        either renew or lose. On a cluster the announcer is connected to whichever
+        primaries hold the keys it wrote, so every primary is asked. When Redis refuses
+        CLIENT LIST (an ACL without it), silence alone decides, as the registry's lifetimes
+        say."""
         if not ids:
             return set()
         try:
             async with unavailable_on_redis_errors():
-                clients = await self.redis.client_list(_type="normal")
+                clients = [
+                    client
+                    for target in (await servers(self.redis)).values()
+                    for client in await self.redis.client_list(_type="normal", **target)
+                ]
         except ResponseError as exc:
             if not self._warned_client_list:
                 self._warned_client_list = True

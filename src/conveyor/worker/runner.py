@@ -67,6 +67,7 @@ from conveyor.telemetry.metrics import OTHER, WorkerMetrics
 from conveyor.worker.announcer import Announcer
 from conveyor.worker.isolation import Attempt, Call, Outcome, ProcessPool, Progress, Setup
 from conveyor.worker.recording import AttemptRecorder
+from conveyor.worker.wakes import WakeWaiter
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class Worker:
         self.worker_id = settings.worker_id or default_worker_id()
         self.choice = settings.queue_choice
         self.queues = list(self.choice.names)
+        self._wakes = WakeWaiter(queue, blocking, self.queues)
         self.concurrency = settings.worker_concurrency
         self.state = WorkerState.RUNNING
         self.stats = WorkerStats()
@@ -322,6 +324,7 @@ class Worker:
         pending = [*self._tasks, *(r.task for r in attempts if r.task)]
         log.debug("waiting for %d tasks to end", len(pending))
         await asyncio.gather(*pending, return_exceptions=True)
+        await self._wakes.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self.processes is not None:
             await self.processes.close()
@@ -371,7 +374,7 @@ class Worker:
         timeout = self.settings.claim_wait_seconds
         if next_wake >= 0:
             timeout = min(timeout, max((next_wake - now_ms()) / 1000, 0.001))
-        await self.queue.wait_for_work(self.blocking, self.queues, timeout)
+        await self._wakes.wait(timeout)
 
     # -- running ---------------------------------------------------------------------------
     def _start(self, claim: Claim, asked: float) -> None:
