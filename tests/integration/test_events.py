@@ -4,10 +4,12 @@ lagged instead of buffering without bound."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from redis.asyncio import Redis
 
 from conveyor.config import Settings
+from conveyor.embedded import EmbeddedRedisCluster
 from conveyor.redis import EventHub, connect
 from conveyor.redis.events import BUFFER
 
@@ -69,5 +71,35 @@ async def test_a_subscription_is_live_when_subscribe_returns(settings: Settings)
             await hub.unsubscribe(sub)
         assert missed == 0, f"{missed} of 50 messages published right after subscribe were lost"
     finally:
+        await hub.close()
+        await redis.aclose()
+
+
+async def test_a_hub_on_a_cluster_moves_to_another_node_when_its_node_dies(
+    tmp_path: Path,
+) -> None:
+    """Guards pub/sub on a Redis Cluster (Redis 6 has no sharded pub/sub, so the hub listens
+    on one node, which hears every PUBLISH of the cluster): when that node is killed, the
+    hub tells its subscribers to catch up (`get` answers None) and listens on another
+    node, where messages published anywhere reach them again."""
+    with EmbeddedRedisCluster(tmp_path / "cluster") as cluster:
+        redis = connect(cluster.url, cluster=True)
+        hub = EventHub(redis)
+        channel = "cv:{hub}:ev:1"
+        sub = await hub.subscribe(channel)
+        await redis.publish(channel, "before")
+        assert await sub.get(5) == "before"
+        listened = hub._client
+        assert listened is not None and listened is not redis
+        port = int(listened.connection_pool.connection_kwargs["port"])
+        next(node for node in cluster.nodes if node.port == port).kill()
+        await asyncio.to_thread(cluster.wait_ok)
+        assert await sub.get(10) is None  # lagged: catch up from the job's log
+        # The hub subscribes again on its own time: publish until a message gets through.
+        async with asyncio.timeout(20):
+            while await sub.get(0.2) != "after":
+                await redis.publish(channel, "after")
+        assert hub._client is not None
+        assert hub._client.connection_pool.connection_kwargs["port"] != port
         await hub.close()
         await redis.aclose()

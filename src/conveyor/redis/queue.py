@@ -101,6 +101,8 @@ async def unavailable_on_redis_errors() -> AsyncIterator[None]:
         raise RedisRefused(reason) from exc
     except ClusterError as exc:  # a cluster's redirections ran out (a slot kept moving)
         raise RedisRefused("the cluster is moving keys") from exc
+    except RedisClusterException as exc:  # e.g. no node serves a slot (SlotNotCoveredError)
+        raise outage("redis") from exc
 
 
 @dataclass(slots=True)
