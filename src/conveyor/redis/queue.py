@@ -148,7 +148,7 @@ def lost_error(entry: dict[str, Any]) -> str:
     return f"lease expired: worker {worker} stopped renewing it"
 
 
-# The hash fields only workers read, left out of events (as `PRIVATE` in _common.lua).
+# The hash fields only workers read, left out of events (as `PUBLIC` in _common.lua leaves them).
 _PRIVATE = frozenset({"payload", "lease", "worker", "lost", "exhausted", "gone"})
 
 

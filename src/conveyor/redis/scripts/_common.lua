@@ -12,11 +12,8 @@ local function ready_score(seqkey, priority)
   return (9 - tonumber(priority)) * 1099511627776 + seq
 end
 
--- Hash fields that are the workers' business, not the watchers'.
-local PRIVATE = {payload = true, lease = true, worker = true, lost = true, exhausted = true,
-                 gone = true}
-
--- The fields a job's events carry: all of its hash but the payload and PRIVATE (Job.to_hot
+-- The fields a job's events carry: all of its hash but the payload and the fields that are
+-- the workers' business, not the watchers' (lease, worker, lost, exhausted, gone; Job.to_hot
 -- writes them; tests/integration check that this list and to_hot agree). Events are built
 -- from these alone, so a change never reads or re-encodes the payload.
 local PUBLIC = {'id', 'owner', 'type', 'queue', 'state', 'priority', 'max_attempts',
@@ -43,8 +40,8 @@ end
 -- sequence in one HSET, append the job's public fields as JSON to its event log (a list,
 -- the last `maxlen` events; see keys.py) and publish the same JSON to live watchers.
 -- `job` is updated in place.
--- A new job's first event (enqueue.lua) is published only (`publish_placed`): a watcher
--- resuming from sequence 0 gets the job's snapshot, never event 1.
+-- A new job's first event (enqueue.lua, as RedisQueue.enqueue builds it) is published only:
+-- a watcher resuming from sequence 0 gets the job's snapshot, never event 1.
 local function emit_job(jobkey, evkey, channel, maxlen, job, changes)
   local fields = {}
   for k, v in pairs(changes) do
@@ -295,17 +292,6 @@ local function place(jobkey, job, q)
   end
   redis.call('HSET', jobkey, unpack(fields))
   line_up(q, job['id'], job['state'], job['priority'], job['run_at'])
-end
-
--- Publish the first event of a job `place` just wrote with `seq` 1: the event is built from
--- the fields in hand (all strings, as HGETALL would give them back), not read back from
--- the hash, payload included, as `emit` does for a later change.
-local function publish_placed(job, channel)
-  local ev = {}
-  for k, v in pairs(job) do
-    if not PRIVATE[k] then ev[k] = v end
-  end
-  redis.call('PUBLISH', channel, cjson.encode(ev))
 end
 
 -- Count ended attempts in the queue's per-second tally (GetQueueStats reads the last
