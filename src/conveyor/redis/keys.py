@@ -171,11 +171,11 @@ class QueueKeys:
         scripts/_common.lua, which deletes it)."""
         return f"{self.tag}:events:{job_id}"
 
-    def hot(self, job_id: str) -> tuple[str, str]:
+    def job_keys(self, job_id: str) -> tuple[str, str]:
         """A job's hash and log: the keys a script that changes the job passes for it."""
         return self.job_prefix + job_id, self.events_prefix + job_id
 
-    def ending(self, job_id: str) -> tuple[str, str, str]:
+    def ending_keys(self, job_id: str) -> tuple[str, str, str]:
         """A job's hash, log and legacy event stream: the keys a script that may end the
         job passes for it (ending it expires the first two and deletes the third)."""
         return self.job_prefix + job_id, self.events_prefix + job_id, self.legacy_events(job_id)

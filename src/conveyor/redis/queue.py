@@ -155,8 +155,9 @@ _PRIVATE = frozenset({"payload", "lease", "worker", "lost", "exhausted", "gone"}
 @dataclass(slots=True)
 class _Placements:
     """What enqueue.lua takes for one queue's new jobs: per job, its id, state, priority
-    and run_at, then its hash as a flat field/value list (seq 1 included); and per job
-    its first event as the JSON `emit` would publish (the hash less `_PRIVATE`).
+    and run_at, then its hash as a flat field/value list (seq 1 included); per job its
+    first event as the JSON `emit` would publish (the hash less `_PRIVATE`); and the ids,
+    whose hash keys go in KEYS.
 
     Built here rather than in the script because orjson encodes an event in about a
     microsecond, where Lua's cjson took several, and a flat list is what HSET takes: the
@@ -245,7 +246,7 @@ class RedisQueue:
         async with unavailable_on_redis_errors():
             out = await self.scripts.cancel(
                 self.redis,
-                [*k.all, *k.ending(job_id)],
+                [*k.all, *k.ending_keys(job_id)],
                 [job_id, finish_time, self._ttl, self._maxlen, k.channel_prefix, CANCEL_CHANNEL],
             )
         state = JobState(int(out[0]))
@@ -362,7 +363,7 @@ class RedisQueue:
         keys = k.all
         args: list[Any] = [k.channel_prefix, self._ttl, self._maxlen]
         for job, lease, end in ends:
-            keys += k.ending(job.id)
+            keys += k.ending_keys(job.id)
             args += [
                 job.id,
                 lease,
@@ -394,7 +395,7 @@ class RedisQueue:
             async with unavailable_on_redis_errors():
                 counts = await self.scripts.restore(
                     self.redis,
-                    [*k.all, *chain.from_iterable(k.hot(doc["id"]) for doc in docs)],
+                    [*k.all, *chain.from_iterable(k.job_keys(doc["id"]) for doc in docs)],
                     [k.channel_prefix, self._maxlen, compact_json.dumps(docs)],
                 )
             totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
@@ -403,7 +404,7 @@ class RedisQueue:
     async def release(self, queue: str, held: Sequence[tuple[Job, str]]) -> int:
         """Put jobs this worker leases back in line at once, their attempt not counted."""
         k = QueueKeys(queue)
-        keys = [*k.all, *chain.from_iterable(k.hot(job.id) for job, _ in held)]
+        keys = [*k.all, *chain.from_iterable(k.job_keys(job.id) for job, _ in held)]
         args: list[Any] = [k.channel_prefix, self._maxlen]
         for job, lease in held:
             args += [job.id, lease, job.fence]
