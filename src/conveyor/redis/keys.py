@@ -5,6 +5,13 @@ Redis Cluster slot. A job's own keys carry its queue's tag too, so finding a job
 takes its queue: the API learns it from the submit or from the job's database row and keeps
 it in a bounded in-process map (see `conveyor.api.jobs`).
 
+Every key a script touches comes to it in KEYS (tests/unit/test_script_keys.py checks each
+`redis.call`): the queue's keys (`QueueKeys.all`), then the keys of the jobs the caller
+names. A key whose name a script learns only as it runs (a popped or reclaimed job's hash
+and log, a cap group's parked set, the tally of the second the server's clock reads) is
+built from one of the queue's prefixes below, which `QueueKeys.all` also passes: a prefix
+carries the queue's hash tag, so it declares the one slot all those keys live in.
+
     cv:{Q}:ready          zset  queued job ids; score = (9 - priority) << 40 | sequence
     cv:{Q}:delayed        zset  SCHEDULED job ids by due time (epoch ms)
     cv:{Q}:retry          zset  RETRYING job ids by due time (epoch ms)
@@ -15,16 +22,22 @@ it in a bounded in-process map (see `conveyor.api.jobs`).
     cv:{Q}:running        hash  leased jobs per cap group: `o:<owner>`, `k:<key id>`
     cv:{Q}:caps           hash  each API key's cap (`k:<key id>`), as its jobs carry it
     cv:{Q}:parked:<group> zset  ready jobs held back by their group's cap, scored as in ready
+                                (the prefix `cv:{Q}:parked:` is in QueueKeys.all)
     cv:{Q}:parked-groups  set   groups with parked jobs
-    cv:{Q}:stats:<sec>    hash  attempts ended in that second by outcome (kept 2 minutes)
+    cv:{Q}:stats:<sec>    hash  attempts ended in that second by outcome (kept 2 minutes;
+                                the prefix `cv:{Q}:stats:` is in QueueKeys.all)
     cv:{Q}:wake           list  tokens that wake one blocked worker each
     cv:{Q}:seq            int   FIFO sequence for ready scores
     cv:{Q}:job:<id>       hash  the job's hot state (see Job.to_hot), plus seq and lease
+                                (the prefix `cv:{Q}:job:` is in QueueKeys.all)
     cv:{Q}:log:<id>       list  the job's changes, oldest first, the last `maxlen` of them:
                                 each the job's public fields as JSON, with its `seq` (the
                                 first, seq 1, is published only). A list, not a stream: it
                                 takes no preallocated 4 KB node and needs no rewrite to
-                                shed one when the job ends (the name changed with the type)
+                                shed one when the job ends (the name changed with the type;
+                                the prefix `cv:{Q}:log:` is in QueueKeys.all)
+    cv:{Q}:events:<id>    stream  the log's older form (before issue 21): deleted when its job
+                                ends (`retire` in _common.lua), never written
     cv:{Q}:ev:<id>        pub/sub channel carrying the same JSON, for live watchers
     cv:cancel             pub/sub channel: ids of running jobs to stop at once
     cv:epoch              string  set by the reconciler; its absence means Redis lost its data
@@ -109,11 +122,19 @@ class QueueKeys:
         return f"{self.tag}:stats:"
 
     @property
+    def parked_prefix(self) -> str:
+        return f"{self.tag}:parked:"
+
+    @property
     def all(self) -> list[str]:
         """The keys every queue-level script takes, in the order `queue_keys()` (in
-        scripts/_common.lua) reads them."""
+        scripts/_common.lua) reads them and by the same names: the queue's keys, then the
+        prefixes of the keys a script finds only as it runs (a popped job's, a cap group's
+        parked set, a second's tally). A script's other keys follow these."""
         return [self.ready, self.delayed, self.retry, self.leases, self.wake, self.seq,
-                self.conf, self.starts, self.running, self.parked_groups, self.caps]  # fmt: skip
+                self.conf, self.starts, self.running, self.parked_groups, self.caps,
+                self.job_prefix, self.events_prefix, self.parked_prefix,
+                self.stats_prefix]  # fmt: skip
 
     @property
     def leases(self) -> str:
@@ -144,6 +165,20 @@ class QueueKeys:
 
     def events(self, job_id: str) -> str:
         return self.events_prefix + job_id
+
+    def legacy_events(self, job_id: str) -> str:
+        """The job's event stream as versions before issue 21 kept it (see `retire` in
+        scripts/_common.lua, which deletes it)."""
+        return f"{self.tag}:events:{job_id}"
+
+    def job_keys(self, job_id: str) -> tuple[str, str]:
+        """A job's hash and log: the keys a script that changes the job passes for it."""
+        return self.job_prefix + job_id, self.events_prefix + job_id
+
+    def ending_keys(self, job_id: str) -> tuple[str, str, str]:
+        """A job's hash, log and legacy event stream: the keys a script that may end the
+        job passes for it (ending it expires the first two and deletes the third)."""
+        return self.job_prefix + job_id, self.events_prefix + job_id, self.legacy_events(job_id)
 
     def channel(self, job_id: str) -> str:
         return self.channel_prefix + job_id

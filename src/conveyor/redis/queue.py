@@ -157,15 +157,16 @@ def lost_error(entry: dict[str, Any]) -> str:
     return f"lease expired: worker {worker} stopped renewing it"
 
 
-# The hash fields only workers read, left out of events (as `PRIVATE` in _common.lua).
+# The hash fields only workers read, left out of events (as `PUBLIC` in _common.lua leaves them).
 _PRIVATE = frozenset({"payload", "lease", "worker", "lost", "exhausted", "gone"})
 
 
 @dataclass(slots=True)
 class _Placements:
     """What enqueue.lua takes for one queue's new jobs: per job, its id, state, priority
-    and run_at, then its hash as a flat field/value list (seq 1 included); and per job
-    its first event as the JSON `emit` would publish (the hash less `_PRIVATE`).
+    and run_at, then its hash as a flat field/value list (seq 1 included); per job its
+    first event as the JSON `emit` would publish (the hash less `_PRIVATE`); and the ids,
+    whose hash keys go in KEYS.
 
     Built here rather than in the script because orjson encodes an event in about a
     microsecond, where Lua's cjson took several, and a flat list is what HSET takes: the
@@ -174,12 +175,14 @@ class _Placements:
 
     jobs: list[list[str]]
     events: list[str]
+    ids: list[str]
 
     def add(self, job: Job) -> None:
         doc = job.to_hot()
         doc["seq"] = "1"
         lead = [doc["id"], doc["state"], doc["priority"], doc["run_at"]]
         self.jobs.append([*lead, *chain.from_iterable(doc.items())])
+        self.ids.append(job.id)
         for name in _PRIVATE.intersection(doc):
             del doc[name]
         self.events.append(compact_json.dumps(doc))
@@ -190,7 +193,7 @@ def _placements_by_queue(jobs: Iterable[Job]) -> dict[str, _Placements]:
     for job in jobs:
         found = by_queue.get(job.queue)
         if found is None:
-            found = by_queue[job.queue] = _Placements([], [])
+            found = by_queue[job.queue] = _Placements([], [], [])
         found.add(job)
     return by_queue
 
@@ -232,7 +235,7 @@ class RedisQueue:
         """Make committed jobs visible to workers and watchers (idempotent per job).
 
         One script call per queue carries the whole batch: the jobs as one JSON array,
-        then each job's first event (see `_Placements`).
+        then each job's first event (see `_Placements`), and each job's key in KEYS.
         """
         by_queue = _placements_by_queue(jobs)
         async with unavailable_on_redis_errors(), self.scripts.batch(self.redis) as batch:
@@ -240,15 +243,8 @@ class RedisQueue:
                 k = QueueKeys(queue)
                 batch.call(
                     self.scripts.enqueue,
-                    k.all,
-                    [
-                        k.job_prefix,
-                        k.events_prefix,
-                        k.channel_prefix,
-                        self._maxlen,
-                        compact_json.dumps(placed.jobs),
-                        *placed.events,
-                    ],
+                    [*k.all, *map(k.job, placed.ids)],
+                    [k.channel_prefix, compact_json.dumps(placed.jobs), *placed.events],
                 )
             await batch.execute()
 
@@ -259,18 +255,8 @@ class RedisQueue:
         async with unavailable_on_redis_errors():
             out = await self.scripts.cancel(
                 self.redis,
-                k.all,
-                [
-                    job_id,
-                    finish_time,
-                    self._ttl,
-                    self._maxlen,
-                    k.job_prefix,
-                    k.events_prefix,
-                    k.channel_prefix,
-                    CANCEL_CHANNEL,
-                    k.stats_prefix,
-                ],
+                [*k.all, *k.ending_keys(job_id)],
+                [job_id, finish_time, self._ttl, self._maxlen, k.channel_prefix, CANCEL_CHANNEL],
             )
         state = JobState(int(out[0]))
         if state is not JobState.RUNNING:
@@ -325,8 +311,6 @@ class RedisQueue:
                     lease_ms,
                     token,
                     worker_id,
-                    k.job_prefix,
-                    k.events_prefix,
                     k.channel_prefix,
                     self._maxlen,
                     self._owner_default,
@@ -363,11 +347,10 @@ class RedisQueue:
         if not leases:
             return []
         k = QueueKeys(queue)
-        args: list[Any] = [lease_ms, k.job_prefix]
-        for job_id, lease in leases.items():
-            args += [job_id, lease]
+        keys = [k.leases, *map(k.job, leases)]
+        args: list[Any] = [lease_ms, *chain.from_iterable(leases.items())]
         async with unavailable_on_redis_errors():
-            lost: list[str] = await self.scripts.heartbeat(self.redis, [k.leases], args)
+            lost: list[str] = await self.scripts.heartbeat(self.redis, keys, args)
         return lost
 
     async def finish_many(self, ends: Sequence[tuple[Job, str, AttemptEnd]]) -> list[bool]:
@@ -401,15 +384,10 @@ class RedisQueue:
     ) -> tuple[list[str], list[Any]]:
         """finish.lua's keys and arguments for the ends of attempts in one queue."""
         k = QueueKeys(queue)
-        args: list[Any] = [
-            k.job_prefix,
-            k.events_prefix,
-            k.channel_prefix,
-            self._ttl,
-            self._maxlen,
-            k.stats_prefix,
-        ]
+        keys = k.all
+        args: list[Any] = [k.channel_prefix, self._ttl, self._maxlen]
         for job, lease, end in ends:
+            keys += k.ending_keys(job.id)
             args += [
                 job.id,
                 lease,
@@ -419,18 +397,17 @@ class RedisQueue:
                 end.run_at or 0,
                 end.fence,
             ]
-        return k.all, args
+        return keys, args
 
     async def reconcile(self, queue: str, refs: Sequence[tuple[str, int]]) -> tuple[int, list[str]]:
         """Check unfinished jobs of one queue, given as (id, fence), against Redis: put
         jobs missing from their set back in it; returns how many were repaired, and the ids
         Redis lacks (or holds finished under an older fence), to `restore` from their rows."""
         k = QueueKeys(queue)
-        args: list[Any] = [k.job_prefix]
-        for job_id, fence in refs:
-            args += [job_id, fence]
+        keys = [*k.all, *(k.job(job_id) for job_id, _ in refs)]
+        args: list[Any] = list(chain.from_iterable(refs))
         async with unavailable_on_redis_errors():
-            out = await self.scripts.reconcile(self.redis, k.all, args)
+            out = await self.scripts.reconcile(self.redis, keys, args)
         return int(out[0]), [str(job_id) for job_id in out[1:]]
 
     async def restore(self, jobs: Sequence[Job]) -> tuple[int, int]:
@@ -442,14 +419,8 @@ class RedisQueue:
             async with unavailable_on_redis_errors():
                 counts = await self.scripts.restore(
                     self.redis,
-                    k.all,
-                    [
-                        k.job_prefix,
-                        k.events_prefix,
-                        k.channel_prefix,
-                        self._maxlen,
-                        compact_json.dumps(docs),
-                    ],
+                    [*k.all, *chain.from_iterable(k.job_keys(doc["id"]) for doc in docs)],
+                    [k.channel_prefix, self._maxlen, compact_json.dumps(docs)],
                 )
             totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
         return totals[0], totals[1]
@@ -457,20 +428,19 @@ class RedisQueue:
     async def release(self, queue: str, held: Sequence[tuple[Job, str]]) -> int:
         """Put jobs this worker leases back in line at once, their attempt not counted."""
         k = QueueKeys(queue)
-        args: list[Any] = [k.job_prefix, k.events_prefix, k.channel_prefix, self._maxlen]
+        keys = [*k.all, *chain.from_iterable(k.job_keys(job.id) for job, _ in held)]
+        args: list[Any] = [k.channel_prefix, self._maxlen]
         for job, lease in held:
             args += [job.id, lease, job.fence]
         async with unavailable_on_redis_errors():
-            return int(await self.scripts.release(self.redis, k.all, args))
+            return int(await self.scripts.release(self.redis, keys, args))
 
     async def release_worker(self, queue: str, worker_id: str) -> int:
         """Make the leases a dead worker holds in `queue` due now, so the next claim
         reclaims them; returns how many (see release_worker.lua)."""
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
-            released = await self.scripts.release_worker(
-                self.redis, k.all, [k.job_prefix, worker_id]
-            )
+            released = await self.scripts.release_worker(self.redis, k.all, [worker_id])
         return int(released)
 
     async def configure(self, settings: QueueSettings) -> None:
@@ -495,7 +465,7 @@ class RedisQueue:
     async def queue_stats(self, queue: str) -> QueueStats:
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
-            out = await self.scripts.queue_stats(self.redis, k.all, [k.job_prefix, k.stats_prefix])
+            out = await self.scripts.queue_stats(self.redis, k.all, [])
         return QueueStats.from_script(queue, [int(v) for v in out])
 
     async def existing_queues(self) -> set[str]:
@@ -510,7 +480,7 @@ class RedisQueue:
         """Why a ready job waits: its place in line and what the queue's settings hold back."""
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
-            out = await self.scripts.waiting(self.redis, k.all, [job_id, k.job(job_id)])
+            out = await self.scripts.waiting(self.redis, [*k.all, k.job(job_id)], [job_id])
         return Waiting.from_script(out)
 
     async def look(self, queue: str, job_id: str) -> tuple[dict[str, str] | None, Waiting | None]:
@@ -518,7 +488,7 @@ class RedisQueue:
         and, when it waits in line, what holds it back (see `waiting`)."""
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
-            flat, waits = await self.scripts.look(self.redis, k.all, [job_id, k.job(job_id)])
+            flat, waits = await self.scripts.look(self.redis, [*k.all, k.job(job_id)], [job_id])
         return _looked(flat, waits)
 
     async def look_many(
@@ -532,7 +502,7 @@ class RedisQueue:
         async with unavailable_on_redis_errors(), self.scripts.batch(self.redis) as batch:
             for queue, job_id in refs:
                 k = QueueKeys(queue)
-                batch.call(self.scripts.look, k.all, [job_id, k.job(job_id)])
+                batch.call(self.scripts.look, [*k.all, k.job(job_id)], [job_id])
             replies = await batch.execute()
         return [_looked(flat, waits) for flat, waits in replies]
 

@@ -12,11 +12,8 @@ local function ready_score(seqkey, priority)
   return (9 - tonumber(priority)) * 1099511627776 + seq
 end
 
--- Hash fields that are the workers' business, not the watchers'.
-local PRIVATE = {payload = true, lease = true, worker = true, lost = true, exhausted = true,
-                 gone = true}
-
--- The fields a job's events carry: all of its hash but the payload and PRIVATE (Job.to_hot
+-- The fields a job's events carry: all of its hash but the payload and the fields that are
+-- the workers' business, not the watchers' (lease, worker, lost, exhausted, gone; Job.to_hot
 -- writes them; tests/integration check that this list and to_hot agree). Events are built
 -- from these alone, so a change never reads or re-encodes the payload.
 local PUBLIC = {'id', 'owner', 'type', 'queue', 'state', 'priority', 'max_attempts',
@@ -43,8 +40,8 @@ end
 -- sequence in one HSET, append the job's public fields as JSON to its event log (a list,
 -- the last `maxlen` events; see keys.py) and publish the same JSON to live watchers.
 -- `job` is updated in place.
--- A new job's first event (enqueue.lua) is published only (`publish_placed`): a watcher
--- resuming from sequence 0 gets the job's snapshot, never event 1.
+-- A new job's first event (enqueue.lua, as RedisQueue.enqueue builds it) is published only:
+-- a watcher resuming from sequence 0 gets the job's snapshot, never event 1.
 local function emit_job(jobkey, evkey, channel, maxlen, job, changes)
   local fields = {}
   for k, v in pairs(changes) do
@@ -76,12 +73,13 @@ end
 -- need a DUMP/RESTORE to shed it).
 --
 -- A job claimed before the upgrade that made the log a list (issue 21) still has its old
--- event stream, `cv:{Q}:events:<id>`, which nothing would ever expire: it goes here (same
--- hash tag, so the same slot; a job that never had one costs one DEL of a missing key).
-local function retire(jobkey, evkey, ttl)
+-- event stream, `cv:{Q}:events:<id>` (`oldkey`, passed in KEYS as every key is), which
+-- nothing would ever expire: it goes here (same hash tag, so the same slot; a job that
+-- never had one costs one DEL of a missing key).
+local function retire(jobkey, evkey, oldkey, ttl)
   redis.call('EXPIRE', jobkey, ttl)
   redis.call('EXPIRE', evkey, ttl)
-  redis.call('DEL', (string.gsub(evkey, ':log:', ':events:', 1)))
+  redis.call('DEL', oldkey)
 end
 
 -- Why an attempt was lost (entry: claim.lua's `lost` entry). Claim.from_hash says the same.
@@ -107,13 +105,21 @@ local function wake_one(wakekey)
   wake(wakekey, 1)
 end
 
--- The keys of the queue a script works on, in the order QueueKeys.all gives them. A cap
--- group's parked jobs live under `parked_prefix .. group` (same hash tag).
+-- The keys of the queue a script works on, in the order QueueKeys.all gives them (the names
+-- are QueueKeys' own). Every key a script touches is passed in KEYS, so that a cluster
+-- client sends the call to the node of its slot and that node can check it. A key whose
+-- name a script learns only as it runs (a popped job's hash and log, a cap group's parked
+-- set, the tally of a second read from the server's clock) is a prefix from here, itself
+-- of the queue's hash tag and so declaring the slot, followed by the id, group or second:
+-- `q.job_prefix .. id`, `q.parked_prefix .. group`, `q.stats_prefix .. second`.
+-- A script's own keys (a job's, when the caller knows which) follow these, from
+-- KEYS[QUEUE_KEY_COUNT + 1] on.
+local QUEUE_KEY_COUNT = 15
 local function queue_keys()
   return {ready = KEYS[1], delayed = KEYS[2], retry = KEYS[3], leases = KEYS[4],
           wake = KEYS[5], seq = KEYS[6], conf = KEYS[7], starts = KEYS[8], running = KEYS[9],
-          parked_groups = KEYS[10], caps = KEYS[11],
-          parked_prefix = string.sub(KEYS[1], 1, -6) .. 'parked:'}
+          parked_groups = KEYS[10], caps = KEYS[11], job_prefix = KEYS[12],
+          events_prefix = KEYS[13], parked_prefix = KEYS[14], stats_prefix = KEYS[15]}
 end
 
 -- Concurrency caps within a queue, per owner (conf `owner_max`, else the workers' default
@@ -288,23 +294,12 @@ local function place(jobkey, job, q)
   line_up(q, job['id'], job['state'], job['priority'], job['run_at'])
 end
 
--- Publish the first event of a job `place` just wrote with `seq` 1: the event is built from
--- the fields in hand (all strings, as HGETALL would give them back), not read back from
--- the hash, payload included, as `emit` does for a later change.
-local function publish_placed(job, channel)
-  local ev = {}
-  for k, v in pairs(job) do
-    if not PRIVATE[k] then ev[k] = v end
-  end
-  redis.call('PUBLISH', channel, cjson.encode(ev))
-end
-
 -- Count ended attempts in the queue's per-second tally (GetQueueStats reads the last
 -- minute): `counts` by outcome, s succeeded, r failed and retrying, d dead, c cancelled
 -- (or one outcome's letter, for a single attempt).
-local function tally(stats_prefix, now, counts)
+local function tally(q, now, counts)
   if type(counts) == 'string' then counts = {[counts] = 1} end
-  local key = stats_prefix .. math.floor(now / 1000)
+  local key = q.stats_prefix .. math.floor(now / 1000)
   for outcome, n in pairs(counts) do redis.call('HINCRBY', key, outcome, n) end
   redis.call('EXPIRE', key, 120)
 end

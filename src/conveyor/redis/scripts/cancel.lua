@@ -3,12 +3,12 @@
 -- to stop its handler. Returns the state it had (0: not in Redis) and, for a job that was
 -- RUNNING, the attempt it stopped: its number, start time and worker, and the time it was
 -- stopped (now: the job may have started after the database's cancel, on a claim that raced it).
--- KEYS: the queue's keys (QueueKeys.all)
--- ARGV: id, finish_time, ttl_seconds, maxlen, job_prefix, events_prefix, channel_prefix,
---       cancel_channel, stats_prefix
+-- KEYS: the queue's keys (QueueKeys.all), then the job's key, its log and its legacy event
+--       stream (see `retire`)
+-- ARGV: id, finish_time, ttl_seconds, maxlen, channel_prefix, cancel_channel
 local q = queue_keys()
 local id = ARGV[1]
-local jobkey, evkey = ARGV[5] .. id, ARGV[6] .. id
+local jobkey, evkey = KEYS[QUEUE_KEY_COUNT + 1], KEYS[QUEUE_KEY_COUNT + 2]
 local state = tonumber(redis.call('HGET', jobkey, 'state') or '0')
 if state == 0 or state == 4 or state == 6 or state == 7 then return {state} end
 local running = redis.call('HMGET', jobkey, 'attempt', 'start_time', 'worker')
@@ -18,10 +18,10 @@ local freed = redis.call('ZREM', q.leases, id) == 1
 if freed then lease_ended(q, jobkey) end
 redis.call('HDEL', jobkey, 'lease', 'worker')
 redis.call('HSET', jobkey, 'state', 7, 'finish_time', ARGV[2])
-emit(jobkey, evkey, ARGV[7] .. id, ARGV[4])
-retire(jobkey, evkey, ARGV[3])
-tally(ARGV[9], now_ms(), 'c')
+emit(jobkey, evkey, ARGV[5] .. id, ARGV[4])
+retire(jobkey, evkey, KEYS[QUEUE_KEY_COUNT + 3], ARGV[3])
+tally(q, now_ms(), 'c')
 if freed and redis.call('ZCARD', q.ready) > 0 then wake_one(q.wake) end
 if state ~= 3 then return {state} end
-redis.call('PUBLISH', ARGV[8], id)
+redis.call('PUBLISH', ARGV[6], id)
 return {state, running[1] or '0', running[2] or '0', running[3] or '', now_ms()}

@@ -4,9 +4,11 @@
 -- see `admissible`; jobs of an owner or key at its cap are parked, see `held_by`) and
 -- lease them. Times are the Redis server's clock, never a worker's.
 -- KEYS: the queue's keys (QueueKeys.all)
--- ARGV: count, lease_ms, lease_token, worker_id, job_prefix, events_prefix, channel_prefix, maxlen,
+-- ARGV: count, lease_ms, lease_token, worker_id, channel_prefix, maxlen,
 --       the claiming worker's default per-owner cap (kept in the conf as `owner_default`
 --       for every script that reads caps; a queue's own `owner_max` wins over it)
+-- The jobs a claim pops, promotes or reclaims are known only as it runs: their hashes and
+-- logs are the queue's `job_prefix .. id` and `events_prefix .. id` (see `queue_keys`).
 -- Returns {next_wake_ms, job1_flat_hash, job2_flat_hash, ...}; next_wake_ms is the earliest
 -- due time, lease deadline or rate-limit opening still pending (-1: none), so the worker
 -- can block until then.
@@ -18,10 +20,10 @@
 -- DEAD instead of running it.
 local q = queue_keys()
 local count, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
-local jp, ep, cp, maxlen = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local jp, ep, cp, maxlen = q.job_prefix, q.events_prefix, ARGV[5], ARGV[6]
 local now = now_ms()
-if ARGV[9] and redis.call('HGET', q.conf, 'owner_default') ~= ARGV[9] then
-  redis.call('HSET', q.conf, 'owner_default', ARGV[9])
+if ARGV[7] and redis.call('HGET', q.conf, 'owner_default') ~= ARGV[7] then
+  redis.call('HSET', q.conf, 'owner_default', ARGV[7])
 end
 
 local function requeue(id)

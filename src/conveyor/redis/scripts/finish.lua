@@ -6,20 +6,23 @@
 -- Each job's hash is read once (its public fields and lease, never its payload) and
 -- written once; the groups whose leases ended let their parked jobs back in line once for
 -- the whole batch.
--- KEYS: the queue's keys (QueueKeys.all)
--- ARGV: job_prefix, events_prefix, channel_prefix, ttl_seconds, maxlen, stats_prefix,
+-- KEYS: the queue's keys (QueueKeys.all), then per attempt: the job's key, its log and its
+--       legacy event stream (see `retire`)
+-- ARGV: channel_prefix, ttl_seconds, maxlen,
 --       then per attempt: id, lease, state, error, finish_time, run_at, fence
 -- Returns per attempt 1 (recorded) or 0 (stale).
 local q = queue_keys()
-local jp, ep, cp, ttl, maxlen, sp = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local cp, ttl, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local OUTCOME = {[4] = 's', [5] = 'r', [6] = 'd', [7] = 'c'}
 local out = {}
 local freed = {}
 local ended = 0
 local outcomes = {}
-for i = 7, #ARGV, 7 do
+local k = QUEUE_KEY_COUNT  -- the last key used
+for i = 4, #ARGV, 7 do
   local id, lease, state = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local jobkey, evkey = jp .. id, ep .. id
+  local jobkey, evkey, oldkey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  k = k + 3
   local job = read_job(jobkey, 'lease')
   if job['lease'] ~= lease then
     out[#out + 1] = 0
@@ -38,7 +41,7 @@ for i = 7, #ARGV, 7 do
       if state == 4 then changes['progress'] = 100 end
     end
     emit_job(jobkey, evkey, cp .. id, maxlen, job, changes)
-    if state ~= 5 then retire(jobkey, evkey, ttl) end
+    if state ~= 5 then retire(jobkey, evkey, oldkey, ttl) end
     local outcome = OUTCOME[state]
     if outcome then outcomes[outcome] = (outcomes[outcome] or 0) + 1 end
     out[#out + 1] = 1
@@ -46,7 +49,7 @@ for i = 7, #ARGV, 7 do
 end
 if ended > 0 then
   unpark_freed(q, freed)
-  tally(sp, now_ms(), outcomes)
+  tally(q, now_ms(), outcomes)
   if redis.call('ZCARD', q.ready) > 0 then wake_one(q.wake) end
 end
 return out

@@ -1,12 +1,12 @@
 -- A queue's numbers for GetQueueStats, read in one step so they agree with each other.
--- KEYS: the queue's keys (QueueKeys.all)
--- ARGV: job_prefix, stats_prefix
+-- KEYS: the queue's keys (QueueKeys.all): the ready jobs' hashes, the parked sets and the
+--       tallies of the last minute are found as the script runs, under its prefixes
+-- ARGV: none
 -- Returns {paused, max_running, rate_jobs, rate_ms, scheduled, retrying, running,
 --          oldest_wait_ms (how long the oldest ready job has waited; -1: none),
 --          succeeded, retried, dead, cancelled (the last 60 s),
 --          queued at priority 0, 1, ..., 9, owner_max}.
 local q = queue_keys()
-local jp, sp = ARGV[1], ARGV[2]
 local now = now_ms()
 local conf = redis.call('HMGET', q.conf, 'paused', 'max_running', 'rate_jobs', 'rate_ms',
   'owner_max')
@@ -27,7 +27,7 @@ for p = 0, 9 do
     by_priority[p + 1] = by_priority[p + 1] + n
     if n > 0 then  -- the line's first job of this priority is its longest waiting
       local first = redis.call('ZRANGEBYSCORE', set, low, low + band - 1, 'LIMIT', 0, 1)
-      local since = tonumber(redis.call('HGET', jp .. first[1], 'run_at') or '-1')
+      local since = tonumber(redis.call('HGET', q.job_prefix .. first[1], 'run_at') or '-1')
       if since >= 0 and (oldest < 0 or since < oldest) then oldest = since end
     end
   end
@@ -36,7 +36,7 @@ if oldest >= 0 then out[8] = math.max(now - oldest, 0) end
 local totals = {s = 0, r = 0, d = 0, c = 0}
 local second = math.floor(now / 1000)
 for t = second - 59, second do
-  local counts = redis.call('HGETALL', sp .. t)
+  local counts = redis.call('HGETALL', q.stats_prefix .. t)
   for i = 1, #counts, 2 do
     totals[counts[i]] = (totals[counts[i]] or 0) + tonumber(counts[i + 1])
   end

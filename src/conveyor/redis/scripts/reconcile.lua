@@ -5,15 +5,14 @@
 --                                          of now, so the next claim reclaims it
 --   not in Redis, or finished in Redis with an older fence than the database's
 --                                       -> returned: restore.lua puts it back from its row
--- KEYS: the queue's keys (QueueKeys.all)
--- ARGV: job_prefix, then per job: id, fence
+-- KEYS: the queue's keys (QueueKeys.all), then each job's key (in ARGV's order)
+-- ARGV: per job: id, fence
 -- Returns {repaired, id_to_restore1, id_to_restore2, ...}.
 local q = queue_keys()
-local jp = ARGV[1]
 local out = {0}
-for i = 2, #ARGV, 2 do
+for i = 1, #ARGV, 2 do
   local id = ARGV[i]
-  local jobkey = jp .. id
+  local jobkey = KEYS[QUEUE_KEY_COUNT + (i + 1) / 2]
   local held = redis.call('HMGET', jobkey, 'state', 'fence')
   local state = tonumber(held[1] or '0')
   if state == 0 then

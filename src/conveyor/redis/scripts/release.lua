@@ -1,16 +1,18 @@
 -- Give back jobs a draining worker stopped before they ended: each goes back in line at
 -- once (not after its lease runs out), and the attempt it was on is not counted.
 -- Only jobs whose lease the caller still holds are released.
--- KEYS: the queue's keys (QueueKeys.all)
--- ARGV: job_prefix, events_prefix, channel_prefix, maxlen, then per job: id, lease, fence
+-- KEYS: the queue's keys (QueueKeys.all), then per job: its key and its log
+-- ARGV: channel_prefix, maxlen, then per job: id, lease, fence
 -- (the fence the attempt held, which a reclaim may have moved on).
 -- Returns the number released.
 local q = queue_keys()
-local jp, ep, cp, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local cp, maxlen = ARGV[1], ARGV[2]
 local released = 0
-for i = 5, #ARGV, 3 do
+local k = QUEUE_KEY_COUNT  -- the last key used
+for i = 3, #ARGV, 3 do
   local id, lease = ARGV[i], ARGV[i + 1]
-  local jobkey = jp .. id
+  local jobkey, evkey = KEYS[k + 1], KEYS[k + 2]
+  k = k + 2
   if redis.call('HGET', jobkey, 'lease') == lease then
     redis.call('ZREM', q.leases, id)
     lease_ended(q, jobkey)
@@ -22,7 +24,7 @@ for i = 5, #ARGV, 3 do
       'fence', ARGV[i + 2])
     redis.call('ZADD', q.ready, ready_score(q.seq, redis.call('HGET', jobkey, 'priority')), id)
     wake_one(q.wake)
-    emit(jobkey, ep .. id, cp .. id, maxlen)
+    emit(jobkey, evkey, cp .. id, maxlen)
     released = released + 1
   end
 end

@@ -8,11 +8,12 @@
 -- several sweepers at once, changes nothing more. If the worker was only slow and renews
 -- before anyone claims, its lease simply goes on, as with a lease renewed just in time.
 -- The job is marked `gone` (a private field) so its lost attempt says why it was lost.
--- KEYS: the queue's keys (QueueKeys.all)
--- ARGV: job_prefix, worker_id
+-- KEYS: the queue's keys (QueueKeys.all): the leased jobs' hashes are found as the script
+--       runs, under the queue's job prefix
+-- ARGV: worker_id
 -- Returns the number of leases made due.
 local q = queue_keys()
-local jp, worker = ARGV[1], ARGV[2]
+local jp, worker = q.job_prefix, ARGV[1]
 local now = now_ms()
 local released = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.leases, '(' .. now, '+inf')) do

@@ -4,15 +4,16 @@
 --   finished in Redis, newer fence in   -> replaced by the row (a replay), keeping its event
 --     the database                         sequence so watchers can resume across it
 -- Anything else is left alone, so a stale or repeated call is harmless.
--- KEYS: the queue's keys (QueueKeys.all)
--- ARGV: job_prefix, events_prefix, channel_prefix, maxlen, jobs_json
+-- KEYS: the queue's keys (QueueKeys.all), then per job (in jobs_json's order): its key and
+--       its log
+-- ARGV: channel_prefix, maxlen, jobs_json
 -- Returns {restored, replayed}.
-local jp, ep, cp, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local cp, maxlen = ARGV[1], ARGV[2]
 local q = queue_keys()
 local restored, replayed = 0, 0
-for _, job in ipairs(cjson.decode(ARGV[5])) do
+for i, job in ipairs(cjson.decode(ARGV[3])) do
   local id = job['id']
-  local jobkey, evkey = jp .. id, ep .. id
+  local jobkey, evkey = KEYS[QUEUE_KEY_COUNT + 2 * i - 1], KEYS[QUEUE_KEY_COUNT + 2 * i]
   local state = tonumber(redis.call('HGET', jobkey, 'state') or '0')
   if state == 0 then
     place(jobkey, job, q)
