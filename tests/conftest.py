@@ -95,6 +95,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
+    """A Redis Cluster (3 primaries, 3 replicas) for the integration tests that need one;
+    a test that kills a node must leave it whole again (or start a cluster of its own)."""
+    with EmbeddedRedisCluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres | None]:
     if os.environ.get("CONVEYOR_TEST_DATABASE_URL"):
         yield None

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,30 +36,24 @@ from tests.conftest import truncate
 FILLER_BYTES = 16 << 20
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
-    with EmbeddedRedisCluster(tmp_path_factory.mktemp("cluster")) as started:
-        yield started
-
-
-def flush(cluster: EmbeddedRedisCluster) -> None:
-    for node in cluster.primaries():
-        with cluster.client(node) as client:
+def flush(redis_cluster: EmbeddedRedisCluster) -> None:
+    for node in redis_cluster.primaries():
+        with redis_cluster.client(node) as client:
             client.flushall()
 
 
 @pytest.fixture
-def cluster_settings(cluster: EmbeddedRedisCluster, database_url: str) -> Settings:
+def cluster_settings(redis_cluster: EmbeddedRedisCluster, database_url: str) -> Settings:
     """Settings on the cluster, blank, with a claim wait far longer than any test waits for
     a job: a job that starts in time was started by a wake-up, not by the wait running out."""
-    flush(cluster)
+    flush(redis_cluster)
     truncate(database_url)
-    return cluster_settings_for(cluster, database_url)
+    return cluster_settings_for(redis_cluster, database_url)
 
 
-def cluster_settings_for(cluster: EmbeddedRedisCluster, database_url: str) -> Settings:
+def cluster_settings_for(redis_cluster: EmbeddedRedisCluster, database_url: str) -> Settings:
     return Settings(
-        redis_url=cluster.url,
+        redis_url=redis_cluster.url,
         redis_cluster=True,
         database_url=database_url,
         lease_seconds=5.0,
@@ -69,12 +62,12 @@ def cluster_settings_for(cluster: EmbeddedRedisCluster, database_url: str) -> Se
     )
 
 
-def queues_on_every_primary(cluster: EmbeddedRedisCluster, per_primary: int) -> list[str]:
+def queues_on_every_primary(redis_cluster: EmbeddedRedisCluster, per_primary: int) -> list[str]:
     """Queue names whose wake lists sit on each primary, `per_primary` of them on each."""
-    by_port: dict[int, list[str]] = {node.port: [] for node in cluster.primaries()}
+    by_port: dict[int, list[str]] = {node.port: [] for node in redis_cluster.primaries()}
     for i in range(1000):
         name = f"q{i}"
-        found = by_port[cluster.node_of(QueueKeys(name).wake).port]
+        found = by_port[redis_cluster.node_of(QueueKeys(name).wake).port]
         if len(found) < per_primary:
             found.append(name)
         if all(len(names) == per_primary for names in by_port.values()):
@@ -129,11 +122,11 @@ async def succeeded(queue: RedisQueue, job: Job) -> bool:
     return hot is not None and int(hot["state"]) == JobState.SUCCEEDED
 
 
-def blocked(nodes: list[EmbeddedRedis], cluster: EmbeddedRedisCluster | None = None) -> int:
+def blocked(nodes: list[EmbeddedRedis], redis_cluster: EmbeddedRedisCluster | None = None) -> int:
     """Clients blocked in a BLPOP (or another blocking command) on `nodes` now."""
     total = 0
     for node in nodes:
-        client = cluster.client(node) if cluster else redis.Redis.from_url(node.url)
+        client = redis_cluster.client(node) if redis_cluster else redis.Redis.from_url(node.url)
         with client:
             total += int(client.info("clients")["blocked_clients"])
     return total
@@ -141,21 +134,21 @@ def blocked(nodes: list[EmbeddedRedis], cluster: EmbeddedRedisCluster | None = N
 
 # -- waking ----------------------------------------------------------------------------------
 async def test_a_worker_serving_queues_on_every_primary_is_woken_by_each(
-    cluster: EmbeddedRedisCluster, cluster_settings: Settings
+    redis_cluster: EmbeddedRedisCluster, cluster_settings: Settings
 ) -> None:
     """Guards claims across slots: a worker serving six queues, two on each primary, blocks
     once per slot (no CROSSSLOT BLPOP, no polling: its claim wait is 120 s), and a job put
     in any of them, one at a time, wakes it and SUCCEEDS within seconds; after every wake
     it blocks on every slot again."""
-    names = queues_on_every_primary(cluster, 2)
+    names = queues_on_every_primary(redis_cluster, 2)
     settings = cluster_settings.model_copy(update={"worker_queues": ",".join(names)})
-    primaries = cluster.primaries()
+    primaries = redis_cluster.primaries()
     async with running_worker(settings, noops()) as (_, store, queue):
-        await until("a wait per slot", lambda: blocked(primaries, cluster) == len(names))
+        await until("a wait per slot", lambda: blocked(primaries, redis_cluster) == len(names))
         for name in names:
             job = await submit(store, queue, name)
             await until(f"the job in {name} done", lambda job=job: succeeded(queue, job))
-            await until("waiting again", lambda: blocked(primaries, cluster) == len(names))
+            await until("waiting again", lambda: blocked(primaries, redis_cluster) == len(names))
 
 
 async def test_one_redis_still_waits_with_one_blpop(
@@ -177,26 +170,26 @@ async def test_one_redis_still_waits_with_one_blpop(
 
 
 async def test_a_token_taken_while_the_worker_does_not_wait_goes_back(
-    cluster: EmbeddedRedisCluster, cluster_settings: Settings
+    redis_cluster: EmbeddedRedisCluster, cluster_settings: Settings
 ) -> None:
     """Guards against waiters stealing wake-ups: the other slot's wait outlives a wake-up
     (it is not cancelled, which would drop its connection), and a token it pops after
     another slot woke the worker is pushed back on its list (for another worker, or this
     one's next wait, which takes it at once); then it stops blocking until the worker waits
     again. So no token is lost, and none is kept by a worker that is not waiting."""
-    first, second = queues_on_every_primary(cluster, 1)[:2]
-    client = connect(cluster.url, cluster=True)
-    blocking = connect(cluster.url, cluster=True, blocking=True)
+    first, second = queues_on_every_primary(redis_cluster, 1)[:2]
+    client = connect(redis_cluster.url, cluster=True)
+    blocking = connect(redis_cluster.url, cluster=True, blocking=True)
     queue = RedisQueue(client, cluster_settings)
     wakes = WakeWaiter(queue, blocking, [first, second])
-    primaries = cluster.primaries()
+    primaries = redis_cluster.primaries()
     try:
         waiting = asyncio.create_task(wakes.wait(60))
-        await until("both slots waited on", lambda: blocked(primaries, cluster) == 2)
+        await until("both slots waited on", lambda: blocked(primaries, redis_cluster) == 2)
         await client.lpush(QueueKeys(first).wake, "1")
         assert await asyncio.wait_for(waiting, 10) is True
         await client.lpush(QueueKeys(second).wake, "1")
-        await until("the token handed back", lambda: blocked(primaries, cluster) == 0)
+        await until("the token handed back", lambda: blocked(primaries, redis_cluster) == 0)
         assert await client.llen(QueueKeys(second).wake) == 1, "not lost, not kept"
         assert await wakes.wait(10) is True, "the next wait takes it"
         assert await client.llen(QueueKeys(second).wake) == 0
@@ -225,7 +218,9 @@ async def test_a_waiter_finds_its_slot_again_after_a_failover(
             doomed.kill()
             await asyncio.to_thread(cluster.wait_ok)
             await until(
-                "a wait per slot again", lambda: blocked(cluster.primaries(), cluster) == 3, 30
+                "a wait per slot again",
+                lambda: blocked(cluster.primaries(), cluster) == 3,
+                30,
             )
             job = await submit(store, queue, names[0], retry=True)
             await until("the job done", lambda: succeeded(queue, job), 20)
@@ -237,8 +232,8 @@ def info(worker: str, queue: str) -> WorkerInfo:
     return WorkerInfo(worker, "host", [queue], ["noop"], 4, 0, now, now)
 
 
-def cluster_client(cluster: EmbeddedRedisCluster) -> RedisCluster:
-    client = connect(cluster.url, cluster=True)
+def cluster_client(redis_cluster: EmbeddedRedisCluster) -> RedisCluster:
+    client = connect(redis_cluster.url, cluster=True)
     assert isinstance(client, RedisCluster)
     return client
 
@@ -253,7 +248,7 @@ def key_on(client: RedisCluster, port: int, prefix: str) -> str:
 
 
 async def named_on_one_primary(
-    cluster: EmbeddedRedisCluster, client: RedisCluster, worker_id: str
+    redis_cluster: EmbeddedRedisCluster, client: RedisCluster, worker_id: str
 ) -> AnyRedis:
     """A client named as `worker_id`'s announcer, connected to one primary only, and not the
     one `client` asks keyless commands by default."""
@@ -265,10 +260,10 @@ async def named_on_one_primary(
     )
     await named.get(key_on(client, int(other.port), "k"))
     # Its client may have met other nodes while it learned the map: keep only `other`'s.
-    for node in cluster.primaries():
+    for node in redis_cluster.primaries():
         if node.port == other.port:
             continue
-        with cluster.client(node) as plain:
+        with redis_cluster.client(node) as plain:
             for entry in plain.client_list():
                 if entry["name"] == connection_name(worker_id):
                     plain.client_kill_filter(_id=entry["id"])
@@ -276,15 +271,15 @@ async def named_on_one_primary(
 
 
 async def test_live_reads_announcements_on_every_primary(
-    cluster: EmbeddedRedisCluster, cluster_settings: Settings
+    redis_cluster: EmbeddedRedisCluster, cluster_settings: Settings
 ) -> None:
     """Guards ListWorkers on a cluster: the announcements of twelve workers lie on every
     primary (no MGET can span them) and `live` returns each."""
-    client = connect(cluster.url, cluster=True)
+    client = connect(redis_cluster.url, cluster=True)
     registry = WorkerRegistry(client)
     ids = [f"w{i}" for i in range(12)]
     try:
-        assert len({cluster.node_of(f"cv:worker:{i}").port for i in ids}) == 3
+        assert len({redis_cluster.node_of(f"cv:worker:{i}").port for i in ids}) == 3
         for worker_id in ids:
             await registry.announce(info(worker_id, "default"), ttl_ms=60_000)
         assert sorted(w.worker_id for w in await registry.live()) == sorted(ids)
@@ -293,17 +288,17 @@ async def test_live_reads_announcements_on_every_primary(
 
 
 async def test_a_sweep_asks_every_primary_whether_a_silent_worker_is_connected(
-    cluster: EmbeddedRedisCluster, cluster_settings: Settings
+    redis_cluster: EmbeddedRedisCluster, cluster_settings: Settings
 ) -> None:
     """Guards the dead-worker sweep on a cluster: of two silent workers holding a lease
     each, the one whose announcer is still connected, to a primary other than the one the
     sweeper asks by default, is left alone, and the other's lease is released once and
     it is forgotten; once that connection closes too, the next sweep releases the second."""
-    client = cluster_client(cluster)
+    client = cluster_client(redis_cluster)
     queue = RedisQueue(client, cluster_settings)
     registry = WorkerRegistry(client, queue.scripts)
-    name = queues_on_every_primary(cluster, 1)[0]
-    named = await named_on_one_primary(cluster, client, "frozen")
+    name = queues_on_every_primary(redis_cluster, 1)[0]
+    named = await named_on_one_primary(redis_cluster, client, "frozen")
     try:
         for worker_id in ("dead", "frozen"):
             await registry.announce(info(worker_id, name), ttl_ms=100)
@@ -327,46 +322,46 @@ async def test_a_sweep_asks_every_primary_whether_a_silent_worker_is_connected(
         assert await client.zscore(WORKERS_KEY, "frozen") is not None
 
         await named.aclose()
-        await until("its connection closed", lambda: not connected(cluster, "frozen"))
+        await until("its connection closed", lambda: not connected(redis_cluster, "frozen"))
         assert await registry.sweep(queue, ["frozen"], "sweeper") == {"frozen": 1}
     finally:
         await named.aclose()
         await client.aclose()
 
 
-def connected(cluster: EmbeddedRedisCluster, worker_id: str) -> bool:
+def connected(redis_cluster: EmbeddedRedisCluster, worker_id: str) -> bool:
     """Whether any primary lists a connection named as `worker_id`'s announcer."""
-    for node in cluster.primaries():
-        with cluster.client(node) as plain:
+    for node in redis_cluster.primaries():
+        with redis_cluster.client(node) as plain:
             if any(c["name"] == connection_name(worker_id) for c in plain.client_list()):
                 return True
     return False
 
 
 async def test_the_write_probe_names_the_primary_that_refuses(
-    cluster: EmbeddedRedisCluster, cluster_settings: Settings
+    redis_cluster: EmbeddedRedisCluster, cluster_settings: Settings
 ) -> None:
     """Guards the health probe on a cluster: with one primary out of memory (not the one
     the single probe key lands on), `refused_writes` names that primary and why, and says
     nothing once it has room again; PING asks every primary."""
-    client = cluster_client(cluster)
+    client = cluster_client(redis_cluster)
     queue = RedisQueue(client, cluster_settings)
     try:
         assert await queue.refused_writes() is None
         assert await queue.ping() is True
-        spared = cluster.node_of(WRITE_PROBE_KEY).port
-        full = next(n for n in cluster.primaries() if n.port != spared)
+        spared = redis_cluster.node_of(WRITE_PROBE_KEY).port
+        full = next(n for n in redis_cluster.primaries() if n.port != spared)
         await client.initialize()
         filler = key_on(client, full.port, "filler")
         await client.set(filler, b"x" * FILLER_BYTES)
-        with cluster.client(full) as plain:
+        with redis_cluster.client(full) as plain:
             plain.config_set("maxmemory-policy", "noeviction")
             plain.config_set("maxmemory", FILLER_BYTES // 2)
         try:
             assert await queue.refused_writes() == f"127.0.0.1:{full.port}: out of memory"
         finally:
             await client.delete(filler)
-            with cluster.client(full) as plain:
+            with redis_cluster.client(full) as plain:
                 plain.config_set("maxmemory", 0)
         assert await queue.refused_writes() is None
     finally:

@@ -6,7 +6,7 @@ stay on its own node."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,26 +19,20 @@ from tests.builders import ended
 from tests.integration.test_queue import new
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
-    with EmbeddedRedisCluster(tmp_path_factory.mktemp("cluster")) as running:
-        yield running
-
-
 @pytest.fixture
-async def queue(cluster: EmbeddedRedisCluster) -> AsyncIterator[RedisQueue]:
-    client = connect(cluster.url, cluster=True)
-    yield RedisQueue(client, Settings(redis_url=cluster.url, redis_cluster=True))
+async def queue(redis_cluster: EmbeddedRedisCluster) -> AsyncIterator[RedisQueue]:
+    client = connect(redis_cluster.url, cluster=True)
+    yield RedisQueue(client, Settings(redis_url=redis_cluster.url, redis_cluster=True))
     await client.aclose()
 
 
-def two_queues(cluster: EmbeddedRedisCluster, stem: str) -> tuple[str, str]:
+def two_queues(redis_cluster: EmbeddedRedisCluster, stem: str) -> tuple[str, str]:
     """Two queue names whose keys are served by different primaries."""
     first = f"{stem}-0"
-    home = cluster.node_of(QueueKeys(first).ready).port
+    home = redis_cluster.node_of(QueueKeys(first).ready).port
     for i in itertools.count(1):
         name = f"{stem}-{i}"
-        if cluster.node_of(QueueKeys(name).ready).port != home:
+        if redis_cluster.node_of(QueueKeys(name).ready).port != home:
             return first, name
     raise AssertionError("unreachable")
 
@@ -48,20 +42,20 @@ def jobs_of(queue: str, owners: list[str]) -> list[Job]:
 
 
 async def test_a_job_goes_through_every_script_on_queues_of_two_nodes(
-    queue: RedisQueue, cluster: EmbeddedRedisCluster
+    queue: RedisQueue, redis_cluster: EmbeddedRedisCluster
 ) -> None:
     """Guards the scripts' KEYS on a cluster: configure, enqueue (one batch for both
     queues), look, waiting, claim (parking behind an owner's cap), heartbeat, progress,
     finish (one batch for both queues), cancel and queue_stats all run, each on its
     queue's node, and each job's hash lives on that node."""
-    a, b = two_queues(cluster, "life")
+    a, b = two_queues(redis_cluster, "life")
     await queue.configure(QueueSettings(a))
     await queue.configure(QueueSettings(b, max_running_per_owner=1))
     jobs = {a: jobs_of(a, ["alice", "alice", "alice", "bob"]),
             b: jobs_of(b, ["alice", "alice", "alice", "bob"])}  # fmt: skip
     await queue.enqueue([*jobs[a], *jobs[b]])
     for name, placed in jobs.items():
-        node = cluster.client(cluster.node_of(QueueKeys(name).ready))
+        node = redis_cluster.client(redis_cluster.node_of(QueueKeys(name).ready))
         with node:
             assert node.exists(*(QueueKeys(name).job(j.id) for j in placed)) == 4
 
@@ -103,13 +97,13 @@ async def test_a_job_goes_through_every_script_on_queues_of_two_nodes(
 
 
 async def test_release_reclaim_and_repair_run_on_queues_of_two_nodes(
-    queue: RedisQueue, cluster: EmbeddedRedisCluster
+    queue: RedisQueue, redis_cluster: EmbeddedRedisCluster
 ) -> None:
     """Guards the other scripts on a cluster: release_worker makes a dead worker's lease
     due (its job is reclaimed as a lost attempt), release puts a job back in line,
     reconcile finds a job whose hash is gone and one missing from its set, and restore puts
     the lost one back, on each of two queues on different nodes."""
-    for name in two_queues(cluster, "repair"):
+    for name in two_queues(redis_cluster, "repair"):
         first, second = jobs_of(name, ["alice", "alice"])
         await queue.enqueue([first, second])
         [dead], _ = await queue.claim(name, 1, worker_id="w-dead", token="d", lease_ms=60_000)
