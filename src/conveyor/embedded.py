@@ -182,7 +182,29 @@ def _stop_all() -> None:
             server.stop()
 
 
-class _Server:
+class _Started:
+    """`with server:` starts it and stops it after, for every throwaway server here."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _Server(_Started):
     """Process bookkeeping shared by both servers: one child in its own session, a log file,
     a port fixed at construction so URLs stay valid across restarts."""
 
@@ -253,18 +275,6 @@ class _Server:
         """Stop, then start again on the same port in the same folder."""
         self.stop()
         self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _forget(self) -> None:
         self._proc = None
@@ -358,7 +368,7 @@ class EmbeddedRedis(_Server):
             client.close()
 
 
-class EmbeddedRedisCluster:
+class EmbeddedRedisCluster(_Started):
     """A Redis Cluster on 127.0.0.1: `masters` primaries with `replicas` replicas each, every
     node an `EmbeddedRedis` in its own sub-folder (`node-<port>`), joined with
     `redis-cli --cluster create`.
@@ -417,18 +427,6 @@ class EmbeddedRedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def cli(self, *args: str, timeout: float = _START_TIMEOUT) -> str:
         """Run `redis-cli` with `args` (e.g. `--cluster`, `reshard`, ...); its output."""
