@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Self
 
 import psutil
 from redis.cluster import RedisCluster
-from redis.crc import key_slot
 
 from bench.cost import CpuMeter
 from conveyor.client import AsyncClient, submit_request
@@ -50,8 +49,6 @@ class Primary:
     """One primary of the cluster and its replicas, by the slots they serve."""
 
     name: str  # redis-primary-<i>, i the rank of its slot range
-    first_slot: int
-    last_slot: int
     node: EmbeddedRedis
     replicas: list[EmbeddedRedis]
 
@@ -183,19 +180,17 @@ class ClusterStack:
         return [
             Primary(
                 f"redis-primary-{i}",
-                first,
-                last,
                 by_port[int(owners[0][1])],
                 [by_port[int(replica[1])] for replica in owners[1:]],
             )
-            for i, (first, last, *owners) in enumerate(ranges)
+            for i, (_, _, *owners) in enumerate(ranges)
         ]
 
     def primary_of(self, queue: str) -> Primary:
-        """The primary serving `queue`'s slot (its hash tag's, as CLUSTER KEYSLOT computes
-        it)."""
-        slot = key_slot(queue_keys(queue)[0].encode())
-        return next(p for p in self.primaries if p.first_slot <= slot <= p.last_slot)
+        """The primary serving `queue`'s keys, as the cluster says (CLUSTER KEYSLOT of its
+        hash tag, CLUSTER SLOTS)."""
+        port = self.cluster.node_of(queue_keys(queue)[0]).port
+        return next(p for p in self.primaries if p.node.port == port)
 
     def queues_apart(self, count: int, prefix: str = "spread") -> list[str]:
         """`count` queue names (`<prefix><n>`, the first n that land on a primary no
