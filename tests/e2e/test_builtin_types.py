@@ -10,6 +10,7 @@ import http.server
 import io
 import os
 import threading
+import uuid
 import zipfile
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -39,7 +40,9 @@ async def finished(client: AsyncClient, job_id: str) -> job_pb2.Job:
 
 async def test_an_email_arrives_with_its_attachment(alice: AsyncClient, mailbox: Mailbox) -> None:
     """Guards email.send: templates rendered, the attachment (another job's artifact of
-    the same owner) arrives byte for byte, and the Message-ID names the job."""
+    the same owner) arrives byte for byte, and the Message-ID names the job. (The month is
+    unique to the run: the mailbox is shared by the runs on each Redis shape.)"""
+    month = f"2026-{uuid.uuid4().hex[:6]}"
     made = await alice.submit("test.artifact", {"count": 1, "size": 50_000})
     assert (await finished(alice, made.id)).state == S.JOB_STATE_SUCCEEDED
     expected = download((await alice.result(made.id)).artifacts[0].url)[1]
@@ -49,13 +52,13 @@ async def test_an_email_arrives_with_its_attachment(alice: AsyncClient, mailbox:
             "to": ["dana@example.com"],
             "subject": "Your export {{ month }}",
             "text": "Hello {{ name }}, the export is attached.",
-            "context": {"month": "2026-11", "name": "Dana"},
+            "context": {"month": month, "name": "Dana"},
             "attachments": [{"job_id": made.id, "artifact": "a0.txt", "filename": "x.txt"}],
         },
     )
     final = await finished(alice, job.id)
     assert final.state == S.JOB_STATE_SUCCEEDED, final.error
-    got = mailbox.wait_for("Your export 2026-11")
+    got = mailbox.wait_for(f"Your export {month}")
     assert got.recipients == ["dana@example.com"]
     body = got.message.get_body(preferencelist=("plain",))
     assert body is not None and "Hello Dana" in body.get_content()

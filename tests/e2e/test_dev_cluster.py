@@ -41,13 +41,17 @@ def node_ports(nodes: list[psutil.Process]) -> list[int]:
     ]
 
 
-def check_cluster(ports: list[int], banner: str) -> None:
-    """The nodes form one healthy cluster of 3 primaries and 3 replicas, and the banner names
-    each as a seed (rich wraps long lines: whitespace is ignored)."""
+def check_cluster(ports: list[int]) -> None:
+    """The nodes form one healthy cluster of 3 primaries and 3 replicas."""
     with redis.Redis(port=ports[0], decode_responses=True) as node:
         info = node.execute_command("CLUSTER INFO")
     assert info["cluster_state"] == "ok", info
     assert (int(info["cluster_size"]), int(info["cluster_known_nodes"])) == (3, 6), info
+
+
+def check_banner(ports: list[int], banner: str) -> None:
+    """The banner names each node as a seed (rich wraps long lines: whitespace is ignored).
+    Read once `conveyor dev` has exited: its output to a file is buffered until then."""
     assert "Redis Cluster" in banner, banner
     flat = "".join(banner.split())
     for port in ports:
@@ -69,11 +73,13 @@ def run_dev_once(tmp_path: Path, name: str) -> None:
         children = psutil.Process(dev.pid).children(recursive=True)
         nodes = [c for c in children if c.name().startswith("redis-server")]
         assert len(nodes) == 6, [c.name() for c in children]
-        check_cluster(node_ports(nodes), log.read_text())
+        ports = node_ports(nodes)
+        check_cluster(ports)
     finally:
         dev.send_signal(signal.SIGINT)
         code = dev.wait(30)
     assert code == 0, log.read_text()
+    check_banner(ports, log.read_text())
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
 
 
