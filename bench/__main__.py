@@ -34,7 +34,7 @@ from redis import Redis
 from sqlalchemy import text
 
 from bench.bundle import bundle_rss
-from bench.cluster import NOTE, ClusterStack
+from bench.cluster import NOTE, ClusterStack, drain_worker
 from bench.cost import ClientCall, CpuMeter, Side, measure, pct, versus_floor
 from bench.floor import floor_server
 from bench.handlers import STAMPS
@@ -484,16 +484,7 @@ class Bench:
         queue = f"drain{workers}-{job_type}"
         count = count // 1000 * 1000 or 1000
         services = [
-            self.stack.start(
-                "worker",
-                "--queues",
-                queue,
-                "--concurrency",
-                "64",
-                "--handlers",
-                "bench.handlers",
-                env={**self.stack.worker_env(), "BENCH_SPIN_MS": str(spin_ms), **(env or {})},
-            )
+            drain_worker(self.stack, queue, {"BENCH_SPIN_MS": str(spin_ms), **(env or {})})
             for _ in range(workers)
         ]
         await self.control(services, "PauseWorker")

@@ -44,6 +44,21 @@ NOTE = (
 )
 
 
+def drain_worker(stack: Stack, queue: str, env: Mapping[str, str] | None = None) -> Service:
+    """A worker of `queue` alone with 64 slots and the bench's handlers, as every drain
+    starts them (the single-Redis drains in `bench.__main__` too); `env` adds settings."""
+    return stack.start(
+        "worker",
+        "--queues",
+        queue,
+        "--concurrency",
+        "64",
+        "--handlers",
+        "bench.handlers",
+        env={**stack.worker_env(), **(env or {})},
+    )
+
+
 @dataclass(frozen=True)
 class Primary:
     """One primary of the cluster and its replicas, by the slots they serve."""
@@ -218,16 +233,7 @@ class ClusterStack:
 
     def worker(self, queue: str) -> Service:
         """A worker of `queue` alone, 64 slots, with the bench's handlers (as drain1's)."""
-        return self.stack.start(
-            "worker",
-            "--queues",
-            queue,
-            "--concurrency",
-            "64",
-            "--handlers",
-            "bench.handlers",
-            env=self.stack.worker_env(),
-        )
+        return drain_worker(self.stack, queue)
 
     async def fill(self, key: str, queue: str, count: int, job_type: str = "noop") -> None:
         """Submit `count` jobs (whole thousands) to `queue` through this stack's api."""

@@ -27,6 +27,7 @@ from conveyor.db import migrate
 from conveyor.db.bulk import psycopg_dsn
 from conveyor.embedded import EmbeddedRedis, EmbeddedRedisCluster
 from conveyor.jobs.model import JobState
+from conveyor.redis.connection import seed_nodes
 from conveyor.redis.keys import EPOCH_KEY, QueueKeys
 from tests.handlers import lines
 from tests.processes import Service, Stack, fresh_database, make_env
@@ -61,8 +62,8 @@ class LossStack:
     def client(self) -> Any:
         """A client of the test's Redis (redis-py's sync cluster client on a cluster)."""
         if isinstance(self.server, EmbeddedRedisCluster):
-            host, port = self.server.url.split(",")[0].removeprefix("redis://").split(":")
-            return redis.RedisCluster(host=host, port=int(port), decode_responses=True)
+            host, port = seed_nodes(self.server.url)[0]
+            return redis.RedisCluster(host=host, port=port, decode_responses=True)
         return redis.Redis.from_url(self.server.url, decode_responses=True, socket_timeout=10)
 
 
