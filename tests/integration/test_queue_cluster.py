@@ -14,6 +14,7 @@ from conveyor.config import Settings
 from conveyor.embedded import EmbeddedRedisCluster
 from conveyor.jobs.model import Job, JobState, now_ms
 from conveyor.jobs.queues import QueueSettings
+from conveyor.jobs.shards import placements, shard_for
 from conveyor.redis import Cancelled, QueueKeys, RedisQueue, connect
 from tests.builders import ended
 from tests.integration.test_queue import new
@@ -121,3 +122,47 @@ async def test_release_reclaim_and_repair_run_on_queues_of_two_nodes(
         assert await queue.restore([first]) == (1, 0)
         claims, _ = await queue.claim(name, 5, worker_id="w", token="t", lease_ms=60_000)
         assert sorted(c.job.id for c in claims) == sorted([first.id, second.id])
+
+
+def sharded_queue(redis_cluster: EmbeddedRedisCluster, shards: int) -> str:
+    """A queue name whose `shards` shards are served by every primary."""
+    for i in itertools.count():
+        name = f"hot-{i}"
+        homes = {redis_cluster.node_of(QueueKeys(p).ready).port for p in placements(name, shards)}
+        if len(homes) == len(redis_cluster.primaries()):
+            return name
+    raise AssertionError("unreachable")
+
+
+async def test_a_sharded_queue_spreads_over_every_primary_and_adds_up_as_one(
+    queue: RedisQueue, redis_cluster: EmbeddedRedisCluster
+) -> None:
+    """Guards queue shards on a cluster: each shard gets its share of the limits and shard
+    0 the count; jobs put in their shard live on that shard's primary; claims from every
+    shard respect each share (together, the queue's cap); the queue's stats add the shards
+    up; and a dead worker's leases are released in every shard of a queue named once."""
+    name = sharded_queue(redis_cluster, 3)
+    await queue.configure(QueueSettings(name, max_running=5, shards=3))
+    assert await queue.shard_counts([name, "unsharded"]) == {name: 3, "unsharded": 1}
+    jobs: list[Job] = []
+    while len(jobs) < 30:  # ten in each shard
+        job = new(queue=name)
+        job.shard = shard_for(job.id, 3)
+        if sum(j.shard == job.shard for j in jobs) < 10:
+            jobs.append(job)
+    await queue.enqueue(jobs)
+    for job in jobs:
+        node = redis_cluster.client(redis_cluster.node_of(QueueKeys(job.placement).ready))
+        with node:
+            assert node.exists(QueueKeys(job.placement).job(job.id)) == 1
+
+    stats = await queue.queue_stats(name)
+    assert (stats.queued, stats.settings.max_running, stats.settings.shards) == (30, 5, 3)
+    claimed = []
+    for shard in placements(name, 3):
+        claims, _ = await queue.claim(shard, 10, worker_id="w-dead", token="d", lease_ms=60_000)
+        claimed += claims
+        assert all(c.job.placement == shard for c in claims)
+    assert len(claimed) == 5, "the shares (2, 2, 1) add up to the queue's cap"
+    assert (await queue.queue_stats(name)).running == 5
+    assert await queue.release_worker(name, "w-dead") == 5

@@ -129,7 +129,8 @@ class JobFeeds:
         self, queue: str, job_id: str
     ) -> AsyncIterator[tuple[JobFeed, Subscription[Change]]]:
         """A watcher of the job: its feed and its own buffer, live in Redis on entry (a
-        watcher Redis did not confirm in time starts lagged, so its first read catches up)."""
+        watcher Redis did not confirm in time starts lagged, so its first read catches up).
+        `queue` is the job's physical queue (`Job.placement`), whose tag its channel has."""
         channel = QueueKeys(queue).channel(job_id)
         feed = self._feeds.get(channel)
         if feed is None:

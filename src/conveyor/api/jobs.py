@@ -55,6 +55,7 @@ from conveyor.jobs.model import (
 )
 from conveyor.jobs.queues import Waiting
 from conveyor.jobs.retention import resolve_retention_ms
+from conveyor.jobs.shards import shard_for
 from conveyor.redis import EventHub, RedisQueue
 from conveyor.redis.workers import WorkerRegistry
 from conveyor.server.auth import Principal
@@ -122,13 +123,14 @@ class JobOperations:
         self._looks: Batcher[tuple[str, str], tuple[dict[str, str] | None, Waiting | None]] = (
             Batcher(self._look_many, concurrency=2)
         )
-        # A job's hot state lives under its queue's hash tag, so reading it takes the queue.
+        # A job's hot state lives under its queue's hash tag (its shard's: `Job.placement`),
+        # so reading it takes that placement.
         # Jobs submitted here, or read once from the database, are remembered with their
         # owner (oldest forgotten first); any other id costs one primary-key read first.
         self._queues: dict[str, tuple[str, str]] = {}
 
     def _remember(self, job: Job) -> None:
-        self._queues[job.id] = (job.queue, job.owner)
+        self._queues[job.id] = (job.placement, job.owner)
         if len(self._queues) > QUEUE_MAP_SIZE:
             del self._queues[next(iter(self._queues))]
 
@@ -197,6 +199,7 @@ class JobOperations:
         job = spec.new_job(principal.owner, defaults=self.defaults(spec.type), now=now)
         job.key_id, job.key_cap = principal.key_id, principal.max_running
         job.trace_parent = tracing.current_traceparent()
+        job.shard = shard_for(job.id, self.names.latest.shard_count(job.queue))
         return job
 
     async def check(self, specs: Sequence[JobSpec], *, bulk: bool = False) -> None:
@@ -368,7 +371,7 @@ class JobOperations:
         if job.state is JobState.RETRYING:
             return Blocked.backoff(job.run_at, job.attempt, job.max_attempts)
         if waiting is None:
-            waiting = await self.queue.waiting(job.queue, job.id)
+            waiting = await self.queue.waiting(job.placement, job.id)
         held = waiting.blocked(job.queue)
         if held is not None:
             return held
@@ -434,7 +437,7 @@ class JobOperations:
                 log.exception("enqueueing a replayed job failed unexpectedly", exc_info=exc)
             self.pending.enqueue_later([job], exc)
             return job
-        hot = await self._hot(job.queue, job.id)
+        hot = await self._hot(job.placement, job.id)
         return Job.from_hot(hot) if hot is not None else job
 
     async def _load(self, principal: Principal, job_id: str) -> Job | None:
@@ -458,7 +461,7 @@ class JobOperations:
         if job is None:
             return None
         self._remember(job)
-        hot = None if hot_read else await self._hot(job.queue, job_id)
+        hot = None if hot_read else await self._hot(job.placement, job_id)
         return Job.from_hot(hot) if hot is not None else job
 
     async def _hot(self, queue: str, job_id: str) -> dict[str, str] | None:
@@ -513,7 +516,7 @@ class JobOperations:
         self.metrics.outcomes.inc(*labels, "cancelled")
         finish_time = job.finish_time or now_ms()
         try:
-            found = await self.queue.cancel(job.queue, job.id, finish_time)
+            found = await self.queue.cancel(job.placement, job.id, finish_time)
         except Exception as exc:  # committed: the job is cancelled; Redis's copy is stale
             if not isinstance(exc, Unavailable | RedisError):
                 log.exception("cancelling a job in redis failed unexpectedly", exc_info=exc)
@@ -523,7 +526,7 @@ class JobOperations:
             await self._record_stopped(found.stopped)
         if self.pending.owes(job.id):  # a retry in flight may put it in line again
             self.pending.cancel_later(job, None)
-        hot = await self._hot(job.queue, job_id)
+        hot = await self._hot(job.placement, job_id)
         return Job.from_hot(hot) if hot is not None else job
 
     async def _record_stopped(self, stopped: Attempt) -> None:
@@ -553,8 +556,8 @@ class JobOperations:
         if after_sequence < 0:
             raise InvalidArgument([FieldViolation("after_sequence", "must not be negative")])
         job = await self.get(principal, job_id)  # charged as one read
-        async with self.feeds.watching(job.queue, job_id) as (feed, sub):
-            hot = await self._hot(job.queue, job_id)
+        async with self.feeds.watching(job.placement, job_id) as (feed, sub):
+            hot = await self._hot(job.placement, job_id)
             if hot is None:  # only the database knows it: its state now is all there is
                 yield answer_for(0, job)
                 if job.state.terminal:
@@ -567,7 +570,7 @@ class JobOperations:
             if hot and seq == last and JobState(int(hot["state"])).terminal:
                 return  # the client has already seen the end
             if seq > last:
-                events = await self.queue.events_after(job.queue, job_id, last) if last else []
+                events = await self.queue.events_after(job.placement, job_id, last) if last else []
                 if not events or int(events[0]["seq"]) != last + 1:
                     events = [hot]  # resume point no longer retained: start from the snapshot
                 for event in events:
@@ -579,13 +582,13 @@ class JobOperations:
             while True:
                 change = await sub.get()
                 if change is None:  # lagged (or its feed found a change lost): catch up
-                    answers = await self._caught_up(feed, job.queue, job_id, last)
+                    answers = await self._caught_up(feed, job.placement, job_id, last)
                 else:
                     answer = feed.answer(change)
                     if answer.sequence <= last:
                         continue
                     if answer.sequence > last + 1:
-                        answers = await self._caught_up(feed, job.queue, job_id, last)
+                        answers = await self._caught_up(feed, job.placement, job_id, last)
                     else:
                         answers = [answer]
                 for answer in answers:

@@ -10,6 +10,9 @@ new name beyond the job itself. This module says which names are real:
   of each live worker and the reconciler's next pass. A job submitted to any other queue is
   accepted, as BullMQ, Sidekiq and Celery accept it, and its `blocked_reason` says that no
   worker has ever served that queue; it runs once a worker serves it.
+- **A queue's shard count** (see conveyor.jobs.shards) is read with the names, from each
+  existing queue's settings in Redis, so a new job goes to one of its queue's shards; a
+  count raised a moment ago reaches new submits within `CACHE_SECONDS`.
 - **A job type is known** when the API's own registry has it (the built-ins and
   `CONVEYOR_HANDLERS`) or a live worker announces it. A submit of an unknown type is refused
   (INVALID_ARGUMENT naming the known types) when a live worker serves the job's queue: that
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from conveyor.errors import FieldViolation, Unavailable
@@ -49,11 +53,17 @@ class KnownNames:
     queues: frozenset[str] = frozenset({DEFAULT_QUEUE})
     registered: frozenset[str] = frozenset()
     workers: tuple[WorkerInfo, ...] = ()
+    # Shard counts of the existing queues that have more than one (conveyor.jobs.shards).
+    shards: Mapping[str, int] = field(default_factory=dict)
     types: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         announced = {t for w in self.workers for t in w.types}
         object.__setattr__(self, "types", self.registered | announced)
+
+    def shard_count(self, queue: str) -> int:
+        """How many shards a new job of `queue` is spread over (1: the queue alone)."""
+        return self.shards.get(queue, 1)
 
     def queue_label(self, queue: str) -> str:
         """The metrics label of a queue: its name if it exists, else `other`."""
@@ -106,12 +116,16 @@ class NameCache:
         self._read_at = now
         try:
             queues = await self.queue.existing_queues()
+            shards = await self.queue.shard_counts(queues)
             workers = await self.workers.live()
         except Unavailable:
             log.warning("queue and worker names unavailable (redis); using the last reading")
             return self.latest
         self.latest = KnownNames(
-            frozenset(queues), frozenset(self.registry.names()), tuple(workers)
+            frozenset(queues),
+            frozenset(self.registry.names()),
+            tuple(workers),
+            {name: n for name, n in shards.items() if n > 1},
         )
         return self.latest
 

@@ -246,7 +246,9 @@ class PendingWrites:
             restored, _ = await self.queue.restore(waiting)
             for job in rows:
                 if job.state is JobState.CANCELLED:
-                    found = await self.queue.cancel(job.queue, job.id, job.finish_time or now_ms())
+                    found = await self.queue.cancel(
+                        job.placement, job.id, job.finish_time or now_ms()
+                    )
                     if found.stopped is not None:  # it ran meanwhile: on record, as in cancel
                         await self.store.record_cancelled(found.stopped)
             for job_id, entry in owed.items():

@@ -24,6 +24,8 @@ def _describe(stats: queue_pb2.QueueStats) -> str:
         held.append(f"max {limits.max_running} running")
     if limits.max_running_per_owner:
         held.append(f"max {limits.max_running_per_owner} per owner")
+    if limits.shards > 1:
+        held.append(f"{limits.shards} shards")
     if limits.rate_jobs:
         held.append(
             f"{limits.rate_jobs} per {limits.rate_interval.ToTimedelta().total_seconds():g}s"
@@ -73,36 +75,60 @@ def resume(queue: str, addr: AddrOption = None, as_json: JsonFlag = False) -> No
     _print([call(addr, lambda c: c.resume_queue(queue))], as_json)
 
 
+MaxRunningOption = Annotated[
+    int | None, typer.Option(help="Jobs running at once over all workers (0: no cap).")
+]
+MaxPerOwnerOption = Annotated[
+    int | None,
+    typer.Option(help="Jobs of one owner running at once (0: the workers' default)."),
+]
+RateOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Jobs that may start per --per window (0: none); alone, it keeps the queue's window."
+    ),
+]
+PerOption = Annotated[float | None, typer.Option(help="The rate window in seconds.")]
+ShardsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Spread the queue over N Redis hash tags (on Redis Cluster, over several "
+        "primaries); shards can be added, never removed."
+    ),
+]
+
+
+@queues_app.command("create")
+def create(
+    queue: str,
+    shards: ShardsOption = 1,
+    max_running: MaxRunningOption = None,
+    max_per_owner: MaxPerOwnerOption = None,
+    rate: RateOption = None,
+    per: PerOption = None,
+    addr: AddrOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Give a queue settings of its own: its shard count and any limits given (an existing
+    queue keeps the limits not given; its shards can only grow)."""
+    named = _named(max_running, max_per_owner, rate, per, shards)
+    _print([call(addr, lambda c: c.update_queue_limits(queue, **named))], as_json)
+
+
 @queues_app.command("limits")
 def limits(
     queue: str,
-    max_running: Annotated[
-        int | None, typer.Option(help="Jobs running at once over all workers (0: no cap).")
-    ] = None,
-    max_per_owner: Annotated[
-        int | None,
-        typer.Option(help="Jobs of one owner running at once (0: the workers' default)."),
-    ] = None,
-    rate: Annotated[
-        int | None,
-        typer.Option(
-            help="Jobs that may start per --per window (0: none); alone, it keeps "
-            "the queue's window."
-        ),
-    ] = None,
-    per: Annotated[float | None, typer.Option(help="The rate window in seconds.")] = None,
+    max_running: MaxRunningOption = None,
+    max_per_owner: MaxPerOwnerOption = None,
+    rate: RateOption = None,
+    per: PerOption = None,
+    shards: ShardsOption = None,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Change the queue's limits given as options and keep its others (0 removes one);
     with none given, show its limits."""
-    given = {
-        "max_running": max_running,
-        "max_running_per_owner": max_per_owner,
-        "rate_jobs": rate,
-        "rate_interval": per,
-    }
-    named = {name: value for name, value in given.items() if value is not None}
+    named = _named(max_running, max_per_owner, rate, per, shards)
     if not named:
         found = call(addr, lambda c: c.queue_stats(queue))
         if as_json:
@@ -111,11 +137,29 @@ def limits(
             print(_describe_limits(found[0]))
         err.print(
             f"change them with: conveyor queues limits {queue} [--max-running N] "
-            "[--max-per-owner N] [--rate N --per SECONDS] (the options given change, "
-            "the others stay; 0 removes a limit)"
+            "[--max-per-owner N] [--rate N --per SECONDS] [--shards N] (the options given "
+            "change, the others stay; 0 removes a limit)"
         )
         return
     _print([call(addr, lambda c: c.update_queue_limits(queue, **named))], as_json)
+
+
+def _named(
+    max_running: int | None,
+    max_per_owner: int | None,
+    rate: int | None,
+    per: float | None,
+    shards: int | None,
+) -> dict[str, int | float]:
+    """The limits given, by their QueueLimits names (the update mask's paths)."""
+    given = {
+        "max_running": max_running,
+        "max_running_per_owner": max_per_owner,
+        "rate_jobs": rate,
+        "rate_interval": per,
+        "shards": shards,
+    }
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _describe_limits(stats: queue_pb2.QueueStats) -> str:
@@ -130,6 +174,7 @@ def _describe_limits(stats: queue_pb2.QueueStats) -> str:
     return (
         f"{stats.queue}: max_running={limits.max_running or 'none'} "
         f"max_per_owner={limits.max_running_per_owner or 'default'} rate={rate}"
+        + (f" shards={limits.shards}" if limits.shards > 1 else "")
         + ("  PAUSED" if stats.paused else "")
     )
 

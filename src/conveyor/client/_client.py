@@ -135,11 +135,14 @@ def limits_request(
     rate_jobs: int | None = None,
     rate_interval: float | None = None,
     max_running_per_owner: int | None = None,
+    shards: int | None = None,
 ) -> pb.UpdateQueueLimitsRequest:
     """An UpdateQueueLimitsRequest that changes only the limits given (`rate_interval` in
     seconds) and keeps the queue's others; 0 removes a limit. `rate_jobs` alone keeps the
     queue's rate window (and is refused if it has none); give both to set a new rate limit.
-    Its update_mask names exactly the limits given (none given: the server refuses it)."""
+    `shards` spreads the queue over that many Redis hash tags (it can only grow; see
+    conveyor.jobs.shards). Its update_mask names exactly the limits given (none given: the
+    server refuses it)."""
     request = pb.UpdateQueueLimitsRequest(queue=queue)
     request.update_mask.SetInParent()
     given = {
@@ -147,6 +150,7 @@ def limits_request(
         "rate_jobs": rate_jobs,
         "rate_interval": rate_interval,
         "max_running_per_owner": max_running_per_owner,
+        "shards": shards,
     }
     for name, value in given.items():
         if value is None:

@@ -13,6 +13,7 @@ from conveyor.db.jobs import unavailable_on_db_errors
 from conveyor.db.models import ArtifactRow, ExpiryRow, JobRow
 from conveyor.jobs.artifacts import Artifact
 from conveyor.jobs.model import TERMINAL_STATES
+from conveyor.jobs.shards import placement
 
 _ARTIFACTS = cast(Table, ArtifactRow.__table__)
 _JOBS = cast(Table, JobRow.__table__)
@@ -79,11 +80,12 @@ class ArtifactStore:
 
     # -- retention -------------------------------------------------------------------------
     async def expired(self, now: int, limit: int) -> list[tuple[str, str, list[str]]]:
-        """Finished jobs past their retention, oldest expiry first: (id, queue, the object
+        """Finished jobs past their retention, oldest expiry first: (id, placement (the
+        physical queue whose keys hold its hot state: `Job.placement`), the object
         keys they hold: artifacts and a stored result). Read through `job_expiry`'s index,
         so a sweep reads only what it deletes."""
         stmt = (
-            select(_JOBS.c.id, _JOBS.c.queue, _JOBS.c.result_ref)
+            select(_JOBS.c.id, _JOBS.c.queue, _JOBS.c.shard, _JOBS.c.result_ref)
             .join(_EXPIRY, _EXPIRY.c.job_id == _JOBS.c.id)
             .where(_EXPIRY.c.expire_time <= now, _JOBS.c.state.in_(_TERMINAL))
             .order_by(_EXPIRY.c.expire_time)
@@ -100,7 +102,7 @@ class ArtifactStore:
             )
             for row in await conn.execute(found):
                 keys[row.job_id].append(row.object_key)
-        return [(j.id, j.queue, keys[j.id]) for j in jobs]
+        return [(j.id, placement(j.queue, j.shard), keys[j.id]) for j in jobs]
 
     async def delete_jobs(self, ids: Sequence[str], now: int) -> int:
         """Delete these jobs (their attempts, once-markers and artifact rows go with them),

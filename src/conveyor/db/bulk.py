@@ -37,15 +37,15 @@ _INSERT = """
 INSERT INTO jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
                   timeout_ms, progress, progress_message, error, idempotency_key,
                   request_hash, run_at, create_time, fence, retry, key_id, key_cap,
-                  retention_ms, trace_parent)
+                  retention_ms, trace_parent, shard)
 SELECT id, owner, type, queue, state, priority, payload, 0, max_attempts, timeout_ms,
        0, '', '', idempotency_key, request_hash, run_at, create_time, 0, retry, key_id,
-       key_cap, retention_ms, trace_parent
+       key_cap, retention_ms, trace_parent, shard
 FROM jsonb_to_recordset(%s::jsonb)
   AS v(id text, owner text, type text, queue text, state smallint, priority smallint,
        payload jsonb, max_attempts smallint, timeout_ms bigint, idempotency_key text,
        request_hash text, run_at bigint, create_time bigint, retry jsonb, key_id text,
-       key_cap integer, retention_ms bigint, trace_parent text)
+       key_cap integer, retention_ms bigint, trace_parent text, shard smallint)
 ON CONFLICT (owner, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -59,7 +59,8 @@ COPY_FROM = 64
 _COPY = """
 COPY jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
            timeout_ms, progress, progress_message, error, idempotency_key, request_hash,
-           run_at, create_time, fence, retry, key_id, key_cap, retention_ms, trace_parent)
+           run_at, create_time, fence, retry, key_id, key_cap, retention_ms, trace_parent,
+           shard)
 FROM STDIN
 """
 
@@ -156,6 +157,7 @@ def _copy_row(j: Job) -> str:
             str(j.timeout_ms), "0", "", "", j.idempotency_key, j.request_hash, str(j.run_at),
             str(j.create_time), "0", retry_text(j.retry), j.key_id, str(j.key_cap),
             None if j.retention_ms is None else str(j.retention_ms), j.trace_parent,
+            str(j.shard),
         )
     )  # fmt: skip
 
@@ -237,7 +239,7 @@ class BulkStatements:
                 "idempotency_key": j.idempotency_key, "request_hash": j.request_hash,
                 "run_at": j.run_at, "create_time": j.create_time, "retry": j.retry.to_doc(),
                 "key_id": j.key_id, "key_cap": j.key_cap, "retention_ms": j.retention_ms,
-                "trace_parent": j.trace_parent,
+                "trace_parent": j.trace_parent, "shard": j.shard,
             }
             for j in sorted(jobs, key=_key_order)
         ]  # fmt: skip

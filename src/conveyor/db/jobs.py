@@ -23,6 +23,7 @@ from conveyor.db.rows import (
 from conveyor.errors import ConveyorError, FailedPrecondition, NotFound, outage
 from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.jobs.model import TERMINAL_STATES, Job, JobState, now_ms
+from conveyor.jobs.shards import placement
 
 if TYPE_CHECKING:
     from conveyor.db.bulk import BulkStatements
@@ -301,20 +302,23 @@ class JobStore:
     ) -> tuple[list[tuple[str, str, int]], str | None]:
         """One page of the reconciler's walk over all jobs in id order: the unfinished jobs
         among the next `limit` ids after `after_id` as (id, queue, fence), and the last id
-        looked at (None: the walk is done).
+        looked at (None: the walk is done). The queue is the job's physical one
+        (`Job.placement`: its shard's, for a sharded queue).
 
         A walk by primary key instead of an index on state keeps outcome updates HOT (no
         index covers the columns they change); the cost is reading finished rows too.
         """
         page = (
-            select(_JOBS.c.id, _JOBS.c.state, _JOBS.c.queue, _JOBS.c.fence)
+            select(_JOBS.c.id, _JOBS.c.state, _JOBS.c.queue, _JOBS.c.shard, _JOBS.c.fence)
             .where(_JOBS.c.id > after_id)
             .order_by(_JOBS.c.id)
             .limit(limit)
         )
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             rows = list(await conn.execute(page))
-        refs = [(r.id, r.queue, r.fence) for r in rows if r.state not in _TERMINAL]
+        refs = [
+            (r.id, placement(r.queue, r.shard), r.fence) for r in rows if r.state not in _TERMINAL
+        ]
         return refs, rows[-1].id if len(rows) == limit else None
 
     async def get_many(self, ids: Sequence[str]) -> list[Job]:

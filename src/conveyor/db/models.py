@@ -78,6 +78,8 @@ class JobRow(Base):
     # The W3C traceparent of the submitting call ("" when not tracing); see
     # conveyor.telemetry.tracing.
     trace_parent: Mapped[str] = mapped_column(String(64), default="")
+    # Which of its queue's shards holds the job in Redis (see conveyor.jobs.shards).
+    shard: Mapped[int] = mapped_column(SmallInteger, default=0)
 
 
 class ExpiryRow(Base):
@@ -177,6 +179,8 @@ class QueueRow(Base):
     rate_jobs: Mapped[int] = mapped_column(Integer, default=0)
     rate_interval_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     max_running_per_owner: Mapped[int] = mapped_column(Integer, default=0)
+    # How many Redis hash tags the queue's jobs spread over (see conveyor.jobs.shards).
+    shards: Mapped[int] = mapped_column(SmallInteger, default=1)
     update_time: Mapped[int] = mapped_column(BigInteger)
 
 

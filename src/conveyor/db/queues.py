@@ -24,6 +24,7 @@ def _settings(row: Any) -> QueueSettings:
         rate_jobs=row.rate_jobs,
         rate_interval_ms=row.rate_interval_ms,
         max_running_per_owner=row.max_running_per_owner,
+        shards=row.shards,
     )
 
 
@@ -76,5 +77,6 @@ def _values(settings: QueueSettings) -> dict[str, Any]:
         "rate_jobs": settings.rate_jobs,
         "rate_interval_ms": settings.rate_interval_ms,
         "max_running_per_owner": settings.max_running_per_owner,
+        "shards": settings.shards,
         "update_time": now_ms(),
     }

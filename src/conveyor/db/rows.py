@@ -99,4 +99,5 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "key_cap": job.key_cap,
         "retention_ms": job.retention_ms,
         "trace_parent": job.trace_parent,
+        "shard": job.shard,
     }

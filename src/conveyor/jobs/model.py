@@ -27,6 +27,7 @@ from conveyor import compact_json
 from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.jobs.payload import HasNul, NotFinite, payload_from_struct
 from conveyor.jobs.retry import RetryOverrides, RetryPolicy
+from conveyor.jobs.shards import placement
 from conveyor.v1 import job_pb2, job_service_pb2
 
 if TYPE_CHECKING:  # conveyor.jobs.blocked imports this module
@@ -175,9 +176,18 @@ class Job:
     # The W3C traceparent of the call that submitted it ("" when not tracing): its
     # attempts' spans join that trace (see conveyor.telemetry.tracing).
     trace_parent: str = ""
+    # Which of its queue's shards holds it in Redis (0: the queue itself); chosen at
+    # submit and never changed (see conveyor.jobs.shards).
+    shard: int = 0
     # Why a waiting job is not running (computed on read, never stored): the proto's
     # `blocked` and `blocked_reason` both (see conveyor.jobs.blocked).
     blocked: Blocked | None = None
+
+    @property
+    def placement(self) -> str:
+        """The physical queue whose Redis keys hold the job: its queue, or one of the
+        queue's shards (see conveyor.jobs.shards)."""
+        return placement(self.queue, self.shard)
 
     # -- wire ---------------------------------------------------------------------------
     def to_proto(self, *, payload: bool = True) -> job_pb2.Job:
@@ -277,6 +287,8 @@ class Job:
             hot["retention_ms"] = str(self.retention_ms)
         if self.trace_parent:
             hot["trace_parent"] = self.trace_parent
+        if self.shard:
+            hot["shard"] = str(self.shard)
         return hot
 
     @classmethod
@@ -309,6 +321,7 @@ class Job:
             key_cap=int(hot.get("key_cap", 0)),
             retention_ms=_opt_int(hot.get("retention_ms")),
             trace_parent=str(hot.get("trace_parent", "")),
+            shard=int(hot.get("shard", 0)),
         )
 
 

@@ -14,12 +14,13 @@ that interval.
 from __future__ import annotations
 
 import random
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
-from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from conveyor.jobs.blocked import Blocked
 from conveyor.jobs.model import MAX_PRIORITY, valid_queue
+from conveyor.jobs.shards import MAX_SHARDS, placement, split
 from conveyor.v1 import queue_pb2
 
 MAX_RUNNING_LIMIT = 1_000_000
@@ -36,20 +37,42 @@ class QueueSettings:
     rate_jobs: int = 0  # at most this many starts in any window of rate_interval_ms
     rate_interval_ms: int = 0
     max_running_per_owner: int = 0  # 0: no cap
+    shards: int = 1  # Redis hash tags the queue's jobs spread over (conveyor.jobs.shards)
 
     def with_limits(
-        self, max_running: int, rate_jobs: int, rate_interval_ms: int, max_running_per_owner: int
+        self,
+        max_running: int,
+        rate_jobs: int,
+        rate_interval_ms: int,
+        max_running_per_owner: int,
+        shards: int | None = None,
     ) -> QueueSettings:
-        """These settings with new limits, validated (INVALID_ARGUMENT naming each bad field)."""
-        bad = []
-        if not 0 <= max_running <= MAX_RUNNING_LIMIT:
-            bad.append(FieldViolation("limits.max_running", f"must be 0-{MAX_RUNNING_LIMIT}"))
-        if not 0 <= max_running_per_owner <= MAX_RUNNING_LIMIT:
-            bad.append(
-                FieldViolation("limits.max_running_per_owner", f"must be 0-{MAX_RUNNING_LIMIT}")
+        """These settings with new limits (and shard count; None keeps it), validated:
+        INVALID_ARGUMENT naming each bad field, FAILED_PRECONDITION for fewer shards."""
+        shards = self.shards if shards is None else shards
+        if shards < self.shards and shards >= 1:
+            raise FailedPrecondition(
+                f"queue {self.name!r} has {self.shards} shards: shards can be added, not "
+                "removed (waiting jobs live in them)"
             )
-        if not 0 <= rate_jobs <= MAX_RATE_JOBS:
-            bad.append(FieldViolation("limits.rate_jobs", f"must be 0-{MAX_RATE_JOBS}"))
+        bad = []
+        if not 1 <= shards <= MAX_SHARDS:
+            bad.append(FieldViolation("limits.shards", f"must be 1-{MAX_SHARDS}"))
+        for name, value in (
+            ("max_running", max_running),
+            ("max_running_per_owner", max_running_per_owner),
+            ("rate_jobs", rate_jobs),
+        ):
+            top = MAX_RATE_JOBS if name == "rate_jobs" else MAX_RUNNING_LIMIT
+            if not 0 <= value <= top:
+                bad.append(FieldViolation(f"limits.{name}", f"must be 0-{top}"))
+            elif 0 < value < shards:  # a shard's share of 0 would mean "no limit"
+                bad.append(
+                    FieldViolation(
+                        f"limits.{name}",
+                        f"must be 0 or at least the queue's {shards} shards (each gets a share)",
+                    )
+                )
         if rate_jobs and not 1 <= rate_interval_ms <= MAX_RATE_INTERVAL_MS:
             bad.append(
                 FieldViolation(
@@ -64,13 +87,37 @@ class QueueSettings:
             rate_jobs=rate_jobs,
             rate_interval_ms=rate_interval_ms if rate_jobs else 0,
             max_running_per_owner=max_running_per_owner,
+            shards=shards,
         )
+
+    def per_shard(self) -> list[QueueSettings]:
+        """What each shard's physical queue gets, shard 0 first: the pause, and a share of
+        every limit (`split`), so the shares add up to the queue's own."""
+        n = self.shards
+        shares = zip(
+            split(self.max_running, n),
+            split(self.rate_jobs, n),
+            split(self.max_running_per_owner, n),
+            strict=True,
+        )
+        return [
+            replace(
+                self,
+                name=placement(self.name, shard),
+                max_running=running,
+                rate_jobs=rate,
+                max_running_per_owner=owner,
+                shards=1,
+            )
+            for shard, (running, rate, owner) in enumerate(shares)
+        ]
 
     def limits_proto(self) -> queue_pb2.QueueLimits:
         msg = queue_pb2.QueueLimits(
             max_running=self.max_running,
             rate_jobs=self.rate_jobs,
             max_running_per_owner=self.max_running_per_owner,
+            shards=self.shards,
         )
         if self.rate_jobs:
             msg.rate_interval.FromMilliseconds(self.rate_interval_ms)
@@ -78,7 +125,7 @@ class QueueSettings:
 
 
 # The QueueLimits fields, which are the paths of UpdateQueueLimits' update_mask.
-LIMIT_FIELDS = ("max_running", "rate_jobs", "rate_interval", "max_running_per_owner")
+LIMIT_FIELDS = ("max_running", "rate_jobs", "rate_interval", "max_running_per_owner", "shards")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +138,7 @@ class LimitChange:
     rate_jobs: int | None = None
     rate_interval_ms: int | None = None
     max_running_per_owner: int | None = None
+    shards: int | None = None
 
     @classmethod
     def from_proto(cls, limits: queue_pb2.QueueLimits, named: Collection[str]) -> LimitChange:
@@ -104,6 +152,9 @@ class LimitChange:
             max_running_per_owner=(
                 limits.max_running_per_owner if "max_running_per_owner" in named else None
             ),
+            # 0 keeps the count: a mask of `*` (or none) from a client that predates
+            # shards must not reset it.
+            shards=(limits.shards or None) if "shards" in named else None,
         )
 
     def applied_to(self, current: QueueSettings) -> QueueSettings:
@@ -118,6 +169,7 @@ class LimitChange:
             pick(self.rate_jobs, current.rate_jobs),
             pick(self.rate_interval_ms, current.rate_interval_ms),
             pick(self.max_running_per_owner, current.max_running_per_owner),
+            self.shards,
         )
 
 
@@ -148,9 +200,9 @@ class QueueStats:
     def from_script(cls, name: str, out: list[int]) -> QueueStats:
         """From queue_stats.lua's answer (see the script for the order). The settings are
         the ones in force: Redis's copy, which claims read."""
-        assert len(out) == 12 + MAX_PRIORITY + 2
+        assert len(out) == 12 + MAX_PRIORITY + 3
         return cls(
-            settings=QueueSettings(name, bool(out[0]), out[1], out[2], out[3], out[22]),
+            settings=QueueSettings(name, bool(out[0]), out[1], out[2], out[3], out[22], out[23]),
             scheduled=out[4],
             retrying=out[5],
             running=out[6],
@@ -160,6 +212,38 @@ class QueueStats:
             dead=out[10],
             cancelled=out[11],
             queued_by_priority=tuple(out[12:22]),
+        )
+
+    @classmethod
+    def merged(cls, shards: Sequence[QueueStats]) -> QueueStats:
+        """A sharded queue's numbers from its shards' (shard 0 first, which holds the
+        shard count): counts and limits add up (each shard holds a share of every limit),
+        paused if any shard is, and the oldest wait is the longest of any shard."""
+        first = shards[0].settings
+
+        def total(pick: Callable[[QueueStats], int]) -> int:
+            return sum(pick(part) for part in shards)
+
+        waits = [p.oldest_wait_ms for p in shards if p.oldest_wait_ms is not None]
+        return cls(
+            settings=replace(
+                first,
+                paused=any(p.settings.paused for p in shards),
+                max_running=total(lambda p: p.settings.max_running),
+                rate_jobs=total(lambda p: p.settings.rate_jobs),
+                max_running_per_owner=total(lambda p: p.settings.max_running_per_owner),
+            ),
+            scheduled=total(lambda p: p.scheduled),
+            retrying=total(lambda p: p.retrying),
+            running=total(lambda p: p.running),
+            queued_by_priority=tuple(
+                sum(column) for column in zip(*(p.queued_by_priority for p in shards), strict=True)
+            ),
+            oldest_wait_ms=max(waits) if waits else None,
+            succeeded=total(lambda p: p.succeeded),
+            retried=total(lambda p: p.retried),
+            dead=total(lambda p: p.dead),
+            cancelled=total(lambda p: p.cancelled),
         )
 
     @property

@@ -17,7 +17,10 @@ carries the queue's hash tag, so it declares the one slot all those keys live in
     cv:{Q}:retry          zset  RETRYING job ids by due time (epoch ms)
     cv:{Q}:leases         zset  RUNNING job ids by lease deadline (epoch ms, Redis clock)
     cv:{Q}:conf           hash  the queue's settings: paused, max_running, rate_jobs, rate_ms
-                                (a copy of the `queues` row; the reconciler re-applies it)
+                                (a copy of the `queues` row; the reconciler re-applies it);
+                                shard 0's also `shards`, the shard count. A sharded queue's
+                                shard i > 0 has all these keys under the tag `{Q~i}`
+                                (see conveyor.jobs.shards)
     cv:{Q}:starts         zset  leases started in the rate limit's window, by start time
     cv:{Q}:running        hash  leased jobs per cap group: `o:<owner>`, `k:<key id>`
     cv:{Q}:caps           hash  each API key's cap (`k:<key id>`), as its jobs carry it
@@ -69,6 +72,8 @@ RECONCILE_LOCK = f"{PREFIX}:reconcile:lock"
 WRITE_PROBE_KEY = f"{PREFIX}:probe:write"
 EXISTING_QUEUES_KEY = f"{PREFIX}:queues:existing"
 SCHEDULES_CHANNEL = f"{PREFIX}:schedules"
+# The field of a queue's `conf` (shard 0's) that holds its shard count; absent: 1.
+SHARDS_FIELD = "shards"
 
 
 def rate_bucket(owner: str, kind: str) -> str:

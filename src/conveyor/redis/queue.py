@@ -32,11 +32,13 @@ from conveyor.errors import RedisRefused, Unavailable, outage
 from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.jobs.model import DEFAULT_QUEUE, Job, JobState
 from conveyor.jobs.queues import QueueSettings, QueueStats, Waiting
+from conveyor.jobs.shards import placements
 from conveyor.redis.connection import AnyRedis, key_on_each_server, servers
 from conveyor.redis.keys import (
     CANCEL_CHANNEL,
     EPOCH_KEY,
     EXISTING_QUEUES_KEY,
+    SHARDS_FIELD,
     WRITE_PROBE_KEY,
     QueueKeys,
 )
@@ -189,21 +191,23 @@ class _Placements:
 
 
 def _placements_by_queue(jobs: Iterable[Job]) -> dict[str, _Placements]:
+    """New jobs per physical queue (a queue, or one of its shards: `Job.placement`)."""
     by_queue: dict[str, _Placements] = {}
     for job in jobs:
-        found = by_queue.get(job.queue)
+        found = by_queue.get(job.placement)
         if found is None:
-            found = by_queue[job.queue] = _Placements([], [], [])
+            found = by_queue[job.placement] = _Placements([], [], [])
         found.add(job)
     return by_queue
 
 
 def _docs_by_queue(jobs: Iterable[Job]) -> dict[str, list[dict[str, str]]]:
-    """Jobs as hot-state documents (all values strings, as Lua reads them) per queue."""
+    """Jobs as hot-state documents (all values strings, as Lua reads them) per physical
+    queue."""
     by_queue: dict[str, list[dict[str, str]]] = {}
     for job in jobs:
         doc = job.to_hot()
-        by_queue.setdefault(job.queue, []).append(doc)
+        by_queue.setdefault(job.placement, []).append(doc)
     return by_queue
 
 
@@ -234,8 +238,9 @@ class RedisQueue:
     async def enqueue(self, jobs: Iterable[Job]) -> None:
         """Make committed jobs visible to workers and watchers (idempotent per job).
 
-        One script call per queue carries the whole batch: the jobs as one JSON array,
-        then each job's first event (see `_Placements`), and each job's key in KEYS.
+        One script call per physical queue (`Job.placement`) carries the whole batch: the
+        jobs as one JSON array, then each job's first event (see `_Placements`), and each
+        job's key in KEYS.
         """
         by_queue = _placements_by_queue(jobs)
         async with unavailable_on_redis_errors(), self.scripts.batch(self.redis) as batch:
@@ -298,9 +303,19 @@ class RedisQueue:
 
     # -- workers ---------------------------------------------------------------------------
     async def claim(
-        self, queue: str, count: int, *, worker_id: str, token: str, lease_ms: int
+        self,
+        queue: str,
+        count: int,
+        *,
+        worker_id: str,
+        token: str,
+        lease_ms: int,
+        owner_default: int | None = None,
     ) -> tuple[list[Claim], int]:
-        """Claim up to `count` jobs; also returns when the next delayed job or lease is due."""
+        """Claim up to `count` jobs from a physical queue (a queue or one of its shards);
+        also returns when the next delayed job or lease is due. `owner_default`: the cap
+        per owner where the queue sets none (None: the worker's setting; a shard takes its
+        share of it)."""
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
             out = await self.scripts.claim(
@@ -313,7 +328,7 @@ class RedisQueue:
                     worker_id,
                     k.channel_prefix,
                     self._maxlen,
-                    self._owner_default,
+                    self._owner_default if owner_default is None else owner_default,
                 ],
             )
         return [Claim.from_hash(_pairs(flat)) for flat in out[1:]], int(out[0])
@@ -358,7 +373,7 @@ class RedisQueue:
         was no longer held."""
         by_queue: dict[str, list[int]] = {}
         for index, (job, _, _) in enumerate(ends):
-            by_queue.setdefault(job.queue, []).append(index)
+            by_queue.setdefault(job.placement, []).append(index)
         if not by_queue:
             return []
         calls = [
@@ -436,37 +451,62 @@ class RedisQueue:
             return int(await self.scripts.release(self.redis, keys, args))
 
     async def release_worker(self, queue: str, worker_id: str) -> int:
-        """Make the leases a dead worker holds in `queue` due now, so the next claim
-        reclaims them; returns how many (see release_worker.lua)."""
-        k = QueueKeys(queue)
-        async with unavailable_on_redis_errors():
-            released = await self.scripts.release_worker(self.redis, k.all, [worker_id])
-        return int(released)
+        """Make the leases a dead worker holds in `queue` (every shard of it) due now, so
+        the next claim reclaims them; returns how many (see release_worker.lua)."""
+        shards = (await self.shard_counts([queue]))[queue]
+        async with unavailable_on_redis_errors(), self.scripts.batch(self.redis) as batch:
+            for name in placements(queue, shards):
+                batch.call(self.scripts.release_worker, QueueKeys(name).all, [worker_id])
+            released = await batch.execute()
+        return sum(int(n) for n in released)
 
     async def configure(self, settings: QueueSettings) -> None:
-        """Put a queue's settings where claims read them; wakes workers if jobs may start.
-        A configured queue exists (see `existing_queues`)."""
-        k = QueueKeys(settings.name)
+        """Put a queue's settings where claims read them, each shard its share (see
+        conveyor.jobs.shards), and the shard count in shard 0's; wakes workers if jobs may
+        start. A configured queue exists (see `existing_queues`)."""
         async with unavailable_on_redis_errors(), self.scripts.batch(self.redis) as batch:
-            batch.call(
-                self.scripts.configure,
-                k.all,
-                [
-                    int(settings.paused),
-                    settings.max_running,
-                    settings.rate_jobs,
-                    settings.rate_interval_ms,
-                    settings.max_running_per_owner,
-                ],
-            )
+            for shard in settings.per_shard():
+                batch.call(
+                    self.scripts.configure,
+                    QueueKeys(shard.name).all,
+                    [
+                        int(shard.paused),
+                        shard.max_running,
+                        shard.rate_jobs,
+                        shard.rate_interval_ms,
+                        shard.max_running_per_owner,
+                    ],
+                )
+            batch.pipe.hset(QueueKeys(settings.name).conf, SHARDS_FIELD, settings.shards)
             batch.pipe.sadd(EXISTING_QUEUES_KEY, settings.name)
             await batch.execute()
 
+    async def shard_counts(self, queues: Iterable[str]) -> dict[str, int]:
+        """How many shards each queue has (1: only itself), from shard 0's settings: one
+        pipeline for all of them."""
+        names = list(queues)
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(QueueKeys(name).conf, SHARDS_FIELD)
+            counts = await pipe.execute()
+        return {name: max(int(n or 1), 1) for name, n in zip(names, counts, strict=True)}
+
     async def queue_stats(self, queue: str) -> QueueStats:
+        """A queue's numbers: shard 0's script says how many shards there are, and a
+        sharded queue's others are read in one more round trip and added in."""
         k = QueueKeys(queue)
         async with unavailable_on_redis_errors():
             out = await self.scripts.queue_stats(self.redis, k.all, [])
-        return QueueStats.from_script(queue, [int(v) for v in out])
+            first = QueueStats.from_script(queue, [int(v) for v in out])
+            shards = placements(queue, first.settings.shards)[1:]
+            if not shards:
+                return first
+            async with self.scripts.batch(self.redis) as batch:
+                for name in shards:
+                    batch.call(self.scripts.queue_stats, QueueKeys(name).all, [])
+                replies = await batch.execute()
+        rest = [QueueStats.from_script(queue, [int(v) for v in reply]) for reply in replies]
+        return QueueStats.merged([first, *rest])
 
     async def existing_queues(self) -> set[str]:
         """The queues that exist: the default queue, those a worker serves or has served
@@ -537,7 +577,7 @@ class RedisQueue:
         return False
 
     async def progress(self, job: Job, lease: str, percent: float, message: str) -> bool:
-        k = QueueKeys(job.queue)
+        k = QueueKeys(job.placement)
         async with unavailable_on_redis_errors():
             done = await self.scripts.progress(
                 self.redis,
@@ -547,7 +587,7 @@ class RedisQueue:
         return bool(done)
 
     async def forget(self, jobs: Sequence[tuple[str, str]]) -> None:
-        """Drop finished jobs' hot state and event streams at once: (id, queue) pairs. The
+        """Drop finished jobs' hot state and event streams at once: (id, placement) pairs. The
         retention sweeper calls this when it deletes their rows, so GetJob cannot serve a
         copy of a job the database no longer has."""
         if not jobs:

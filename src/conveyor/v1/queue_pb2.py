@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63onveyor/v1/queue.proto\x12\x0b\x63onveyor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x0bQueueLimits\x12\x13\n\x0bmax_running\x18\x01 \x01(\x05\x12\x11\n\trate_jobs\x18\x02 \x01(\x05\x12\x30\n\rrate_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15max_running_per_owner\x18\x04 \x01(\x05\"\x91\x03\n\nQueueStats\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12(\n\x06limits\x18\x03 \x01(\x0b\x32\x18.conveyor.v1.QueueLimits\x12\x11\n\tscheduled\x18\x04 \x01(\x03\x12\x0e\n\x06queued\x18\x05 \x01(\x03\x12\x0f\n\x07running\x18\x06 \x01(\x03\x12\x10\n\x08retrying\x18\x07 \x01(\x03\x12\x1a\n\x12queued_by_priority\x18\x08 \x03(\x03\x12.\n\x0boldest_wait\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15succeeded_last_minute\x18\n \x01(\x03\x12\x1b\n\x13retried_last_minute\x18\x0b \x01(\x03\x12\x18\n\x10\x64\x65\x61\x64_last_minute\x18\x0c \x01(\x03\x12\x1d\n\x15\x63\x61ncelled_last_minute\x18\r \x01(\x03\x12\x1d\n\x15throughput_per_second\x18\x0e \x01(\x01\x12\x14\n\x0c\x66\x61ilure_rate\x18\x0f \x01(\x01\"\xd2\x01\n\x06Worker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\r\n\x05types\x18\x04 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\x05\x12\x0f\n\x07running\x18\x06 \x01(\x05\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63onveyor/v1/queue.proto\x12\x0b\x63onveyor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n\x0bQueueLimits\x12\x13\n\x0bmax_running\x18\x01 \x01(\x05\x12\x11\n\trate_jobs\x18\x02 \x01(\x05\x12\x30\n\rrate_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15max_running_per_owner\x18\x04 \x01(\x05\x12\x0e\n\x06shards\x18\x05 \x01(\x05\"\x91\x03\n\nQueueStats\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12(\n\x06limits\x18\x03 \x01(\x0b\x32\x18.conveyor.v1.QueueLimits\x12\x11\n\tscheduled\x18\x04 \x01(\x03\x12\x0e\n\x06queued\x18\x05 \x01(\x03\x12\x0f\n\x07running\x18\x06 \x01(\x03\x12\x10\n\x08retrying\x18\x07 \x01(\x03\x12\x1a\n\x12queued_by_priority\x18\x08 \x03(\x03\x12.\n\x0boldest_wait\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15succeeded_last_minute\x18\n \x01(\x03\x12\x1b\n\x13retried_last_minute\x18\x0b \x01(\x03\x12\x18\n\x10\x64\x65\x61\x64_last_minute\x18\x0c \x01(\x03\x12\x1d\n\x15\x63\x61ncelled_last_minute\x18\r \x01(\x03\x12\x1d\n\x15throughput_per_second\x18\x0e \x01(\x01\x12\x14\n\x0c\x66\x61ilure_rate\x18\x0f \x01(\x01\"\xd2\x01\n\x06Worker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\r\n\x05types\x18\x04 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\x05\x12\x0f\n\x07running\x18\x06 \x01(\x05\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.queue_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_QUEUELIMITS']._serialized_start=106
-  _globals['_QUEUELIMITS']._serialized_end=240
-  _globals['_QUEUESTATS']._serialized_start=243
-  _globals['_QUEUESTATS']._serialized_end=644
-  _globals['_WORKER']._serialized_start=647
-  _globals['_WORKER']._serialized_end=857
+  _globals['_QUEUELIMITS']._serialized_end=256
+  _globals['_QUEUESTATS']._serialized_start=259
+  _globals['_QUEUESTATS']._serialized_end=660
+  _globals['_WORKER']._serialized_start=663
+  _globals['_WORKER']._serialized_end=873
 # @@protoc_insertion_point(module_scope)

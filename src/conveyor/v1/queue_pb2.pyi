@@ -11,16 +11,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class QueueLimits(_message.Message):
-    __slots__ = ("max_running", "rate_jobs", "rate_interval", "max_running_per_owner")
+    __slots__ = ("max_running", "rate_jobs", "rate_interval", "max_running_per_owner", "shards")
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
     RATE_JOBS_FIELD_NUMBER: _ClassVar[int]
     RATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_PER_OWNER_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     max_running: int
     rate_jobs: int
     rate_interval: _duration_pb2.Duration
     max_running_per_owner: int
-    def __init__(self, max_running: _Optional[int] = ..., rate_jobs: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_running_per_owner: _Optional[int] = ...) -> None: ...
+    shards: int
+    def __init__(self, max_running: _Optional[int] = ..., rate_jobs: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_running_per_owner: _Optional[int] = ..., shards: _Optional[int] = ...) -> None: ...
 
 class QueueStats(_message.Message):
     __slots__ = ("queue", "paused", "limits", "scheduled", "queued", "running", "retrying", "queued_by_priority", "oldest_wait", "succeeded_last_minute", "retried_last_minute", "dead_last_minute", "cancelled_last_minute", "throughput_per_second", "failure_rate")

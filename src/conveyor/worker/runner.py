@@ -33,6 +33,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -67,6 +68,7 @@ from conveyor.telemetry.metrics import OTHER, WorkerMetrics
 from conveyor.worker.announcer import Announcer
 from conveyor.worker.isolation import Attempt, Call, Outcome, ProcessPool, Progress, Setup
 from conveyor.worker.recording import AttemptRecorder
+from conveyor.worker.shards import ServedShards
 from conveyor.worker.wakes import WakeWaiter
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,8 @@ class Worker:
         self.worker_id = settings.worker_id or default_worker_id()
         self.choice = settings.queue_choice
         self.queues = list(self.choice.names)
+        # Each queue's shards, read again on every heartbeat (see conveyor.worker.shards).
+        self.shards = ServedShards(queue, self.queues, settings.default_max_running_per_owner)
         self._wakes = WakeWaiter(queue, blocking, self.queues)
         self.concurrency = settings.worker_concurrency
         self.state = WorkerState.RUNNING
@@ -251,7 +255,7 @@ class Worker:
         by_queue: dict[str, list[tuple[Job, str]]] = {}
         for running in attempts:
             claim = running.claim
-            by_queue.setdefault(claim.job.queue, []).append((claim.job, claim.lease))
+            by_queue.setdefault(claim.job.placement, []).append((claim.job, claim.lease))
         released = 0
         for name, held in by_queue.items():
             try:
@@ -273,6 +277,7 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self._start_processes()
+        await self._follow_shards()
         cancel_sub = await self.hub.subscribe(CANCEL_CHANNEL)
         await self.announcer.start()
         self._tasks = [
@@ -353,7 +358,7 @@ class Worker:
             await self._slot_freed.wait()
             return
         claimed, next_wake = 0, -1
-        for name in self.choice.order():
+        for name, owner_default in self._claim_order():
             asked = time.monotonic()
             claims, due = await self.queue.claim(
                 name,
@@ -361,6 +366,7 @@ class Worker:
                 worker_id=self.worker_id,
                 token=self._token,
                 lease_ms=self._lease_ms,
+                owner_default=owner_default,
             )
             for claim in claims:
                 self._start(claim, asked)
@@ -375,6 +381,18 @@ class Worker:
         if next_wake >= 0:
             timeout = min(timeout, max((next_wake - now_ms()) / 1000, 0.001))
         await self._wakes.wait(timeout)
+
+    def _claim_order(self) -> Iterator[tuple[str, int | None]]:
+        """The physical queues of one claim pass: the queues in their order (strict or
+        weighted), each queue's shards in turn (see conveyor.worker.shards)."""
+        for name in self.choice.order():
+            yield from self.shards.claim_order(name)
+
+    async def _follow_shards(self) -> None:
+        """Read the served queues' shard counts; wait on the new shards' wake lists too."""
+        if await self.shards.refresh():
+            await self._wakes.follow(self.shards.placements())
+            log.info("serving %s", ",".join(self.shards.placements()))
 
     # -- running ---------------------------------------------------------------------------
     def _start(self, claim: Claim, asked: float) -> None:
@@ -543,7 +561,7 @@ class Worker:
         job = running.claim.job
         try:
             lost = await self.queue.heartbeat(
-                job.queue, {job.id: running.claim.lease}, self._lease_ms
+                job.placement, {job.id: running.claim.lease}, self._lease_ms
             )
         except Unavailable:
             lost = [job.id]  # unknown: not starting is the side that cannot repeat work
@@ -741,6 +759,7 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 await self._heartbeat()
+                await self._follow_shards()
             except Unavailable:
                 log.warning("redis unavailable; leases not renewed")
 
@@ -762,7 +781,7 @@ class Worker:
         lease is gone (reclaimed after it lapsed or was released, or cancelled)."""
         by_queue: dict[str, dict[str, str]] = {}
         for job_id, running in [*self.running.items(), *self.recording.items()]:
-            by_queue.setdefault(running.claim.job.queue, {})[job_id] = running.claim.lease
+            by_queue.setdefault(running.claim.job.placement, {})[job_id] = running.claim.lease
         for name, leases in by_queue.items():
             for job_id in await self.queue.heartbeat(name, leases, self._lease_ms):
                 # An attempt being recorded loses its lease when its own finish lands

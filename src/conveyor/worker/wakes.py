@@ -92,6 +92,14 @@ class WakeWaiter:
             self._wanted.clear()
         return True
 
+    async def follow(self, queues: Sequence[str]) -> None:
+        """Wait on `queues` from now on (a served queue's shard count changed): the waiter
+        tasks of the old groups stop, and a wait under way returns as if woken, so the
+        claim loop claims from every queue before it waits again."""
+        await self.close()
+        self.groups = slot_groups(self.blocking, queues, lambda name: QueueKeys(name).wake)
+        self._woken.set()
+
     async def close(self) -> None:
         """Stop the waiter tasks (their connections are dropped)."""
         for task in self._tasks:

@@ -5,11 +5,12 @@
 -- Returns {paused, max_running, rate_jobs, rate_ms, scheduled, retrying, running,
 --          oldest_wait_ms (how long the oldest ready job has waited; -1: none),
 --          succeeded, retried, dead, cancelled (the last 60 s),
---          queued at priority 0, 1, ..., 9, owner_max}.
+--          queued at priority 0, 1, ..., 9, owner_max, shards (the queue's shard
+--          count, kept in shard 0's settings; 1 when unset)}.
 local q = queue_keys()
 local now = now_ms()
 local conf = redis.call('HMGET', q.conf, 'paused', 'max_running', 'rate_jobs', 'rate_ms',
-  'owner_max')
+  'owner_max', 'shards')
 local out = {tonumber(conf[1] or '0'), tonumber(conf[2] or '0'), tonumber(conf[3] or '0'),
              tonumber(conf[4] or '0'), redis.call('ZCARD', q.delayed),
              redis.call('ZCARD', q.retry), redis.call('ZCARD', q.leases), -1}
@@ -44,4 +45,5 @@ end
 out[9], out[10], out[11], out[12] = totals.s, totals.r, totals.d, totals.c
 for p = 1, 10 do out[12 + p] = by_priority[p] end
 out[23] = tonumber(conf[5] or '0')
+out[24] = tonumber(conf[6] or '1')
 return out
