@@ -25,7 +25,6 @@ from tests.e2e.test_queues import (
     start_worker,
     until_done,
     until_running,
-    workers,  # noqa: F401 - the fixture
 )
 from tests.processes import Service, Stack
 
@@ -55,7 +54,7 @@ async def test_a_paused_capped_sharded_queue_spreads_its_jobs_and_holds_as_one(
     stack: Stack,
     workers: list[Service],
     alice: AsyncClient,
-    admin: AsyncClient,  # noqa: F811
+    admin: AsyncClient,
 ) -> None:
     """Guards shards end to end: a queue created with 3 shards, paused and capped at 3
     running, spreads 30 jobs over all 3 shards (on the cluster, over several primaries);
@@ -106,7 +105,7 @@ async def test_rate_and_owner_caps_hold_across_shards(
     stack: Stack,
     workers: list[Service],
     alice: AsyncClient,
-    admin: AsyncClient,  # noqa: F811
+    admin: AsyncClient,
 ) -> None:
     """Guards the rate limit and the per-owner cap of a sharded queue: 6 starts per second
     over 3 shards never has a 7th start in any second, and alice, capped at 3 running in a

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,15 +31,6 @@ from tests.processes import Keys, Service, Stack
 
 S = job_pb2.JobState
 TERMINAL = {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_DEAD, S.JOB_STATE_CANCELLED}
-
-
-@pytest.fixture
-def workers(stack: Stack) -> Iterator[list[Service]]:
-    """Workers a test starts with `start_worker`; stopped (cleanly) after it."""
-    started: list[Service] = []
-    yield started
-    for service in started:
-        assert service.stop() == 0, service.tail()
 
 
 def start_worker(stack: Stack, started: list[Service], queues: str, concurrency: int) -> Service:
