@@ -1176,16 +1176,18 @@ def _cold_import_seconds() -> float:
 
 async def cluster_drain(bench: Bench, name: str, queues: int, shards: int = 1) -> None:
     """Issue 22: `queues` queues of `shards` shards each, on different primaries of a fresh
-    Redis Cluster (3 primaries, 3 replicas; `bench.cluster`), each filled with 20,000
-    no-op jobs (scaled) and drained by a worker of its own (64 slots, as drain1), all at
-    once: jobs/s over every job, and CPU µs per job of the api, each worker, PostgreSQL and
-    every Redis node. drain_noop_1_worker is the same drain on the single Redis.
+    Redis Cluster (3 primaries, 3 replicas; `bench.cluster`; a sharded queue's shards on
+    different primaries), each filled with 20,000 no-op jobs (scaled) and drained by a
+    worker of its own per shard (64 slots, as drain1), all at once: jobs/s over every job,
+    and CPU µs per job of the api, each worker, PostgreSQL and every Redis node.
+    drain_noop_1_worker is the same drain on the single Redis.
 
     Then the busiest primary's CPU µs per job, with the rate at which it would fill its
     core: what bounds the drain when each primary has a core of its own (this machine's 2
     cores run everything, so jobs/s cannot show it)."""
     with ClusterStack(bench.stack.env, bench.stack.logs) as cluster:
-        drained = await cluster.drain(bench, cluster.queues_apart(queues), bench.n(20000), shards)
+        names = [cluster.queue_apart(shards)] if shards > 1 else cluster.queues_apart(queues)
+        drained = await cluster.drain(bench, names, bench.n(20000), shards)
     emit(name, drained.rate, "jobs/s", None, **drained.details())
     busiest = drained.busiest_primary_us
     emit(f"{name}_busiest_primary", busiest, "us/job", None, higher_is_better=False,
@@ -1204,6 +1206,9 @@ WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "drain2": lambda b: b.drain(2, 8000),
     "cluster_drain_one_queue": lambda b: cluster_drain(b, "cluster_drain_1_queue", 1),
     "cluster_drain_three_queues": lambda b: cluster_drain(b, "cluster_drain_3_queues", 3),
+    "cluster_drain_one_queue_three_shards": lambda b: cluster_drain(
+        b, "cluster_drain_1_queue_3_shards", 1, shards=3
+    ),
     "drain_cpu": Bench.drain_cpu,
     "start_latency": Bench.start_latency,
     "get_polling": Bench.get_polling,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,8 @@ from redis.cluster import RedisCluster
 from bench.cost import CpuMeter
 from conveyor.client import AsyncClient, submit_request
 from conveyor.embedded import EmbeddedRedis, EmbeddedRedisCluster, free_port
+from conveyor.jobs.shards import placements
+from conveyor.redis.keys import QueueKeys
 from tests.processes import Service, Stack
 
 if TYPE_CHECKING:
@@ -89,7 +92,8 @@ class Drained:
     jobs: int
     seconds: float
     cpu_s: dict[str, float]
-    queues: dict[str, str]  # queue -> the primary serving it
+    queues: dict[str, str]  # queue (or shard: `Job.placement`) -> the primary serving it
+    workers_per_queue: int = 1  # one per shard
 
     @property
     def rate(self) -> float:
@@ -118,7 +122,7 @@ class Drained:
         return {
             "jobs": self.jobs,
             "queues": self.queues,
-            "workers_per_queue": 1,
+            "workers_per_queue": self.workers_per_queue,
             "cpu_us_per_job": self.us_per_job(),
             "cpu_us_per_job_in_all": round(sum(self.us_per_job().values()), 1),
             "redis_primaries_cpu_us_per_job": round(
@@ -222,14 +226,22 @@ class ClusterStack:
         """Every Redis node, by the slot range it serves."""
         return {name: proc for p in self.primaries for name, proc in p.processes().items()}
 
-    def create(self, queue: str, shards: int) -> None:
-        """Give `queue` its `shards` shards before it is filled; one shard is any queue."""
+    async def create(self, admin: str, queue: str, shards: int) -> None:
+        """Give `queue` its `shards` shards before it is filled (as `conveyor queues create
+        Q --shards N` does); one shard is any queue."""
         if shards > 1:
-            raise NotImplementedError(
-                "queue shards (issue 22 item 4) are not built yet: create the queue with them "
-                "here (`conveyor queues create Q --shards N`) and list every shard's keys in "
-                "`queue_keys`"
-            )
+            async with AsyncClient(self.stack.api_addr, api_key=admin) as client:
+                await client.update_queue_limits(queue, shards=shards)
+
+    def queue_apart(self, shards: int) -> str:
+        """A queue name (`hot<n>`, the first) whose `shards` shards are served by as many
+        different primaries as there are of either."""
+        for n in itertools.count():
+            name = f"hot{n}"
+            homes = {self.primary_of(p).name for p in placements(name, shards)}
+            if len(homes) == min(shards, len(self.primaries)):
+                return name
+        raise AssertionError("unreachable")
 
     def worker(self, queue: str) -> Service:
         """A worker of `queue` alone, 64 slots, with the bench's handlers (as drain1's)."""
@@ -246,13 +258,13 @@ class ClusterStack:
         self, bench: Bench, queues: Sequence[str], per_queue: int, shards: int = 1
     ) -> Drained:
         """Fill each queue (of `shards` shards) with `per_queue` no-op jobs while its own
-        worker is paused, resume every worker at once and wait until every queue is empty
-        (nothing ready, nothing leased): all the jobs over the seconds that took, and each
-        process's CPU."""
+        workers (one per shard, 64 slots each) are paused, resume every worker at once and
+        wait until every queue is empty (nothing ready, nothing leased, in any shard): all
+        the jobs over the seconds that took, and each process's CPU."""
         per_queue = per_queue // 1000 * 1000 or 1000
         for queue in queues:
-            self.create(queue, shards)
-        workers = [self.worker(queue) for queue in queues]
+            await self.create(bench.admin, queue, shards)
+        workers = [self.worker(queue) for queue in queues for _ in range(shards)]
         await bench.control(workers, "PauseWorker")
         for queue in queues:
             await self.fill(bench.key, queue, per_queue)
@@ -267,7 +279,7 @@ class ClusterStack:
         ).start()
         start = time.perf_counter()
         await bench.control(workers, "ResumeWorker")
-        keys = [key for queue in queues for key in queue_keys(queue)]
+        keys = [key for queue in queues for key in queue_keys(queue, shards)]
         while True:
             pipe = self.redis.pipeline()  # type: ignore[no-untyped-call]
             for key in keys:
@@ -282,11 +294,17 @@ class ClusterStack:
         used = meter.stop()
         for worker in workers:
             worker.stop()
-        placed = {queue: self.primary_of(queue).name for queue in queues}
-        return Drained(per_queue * len(queues), elapsed, used, placed)
+        placed = {
+            placement: self.primary_of(placement).name
+            for queue in queues
+            for placement in placements(queue, shards)
+        }
+        return Drained(per_queue * len(queues), elapsed, used, placed, shards)
 
 
-def queue_keys(queue: str) -> list[str]:
-    """The keys whose emptiness means `queue` is drained: its ready and leases sets (a queue
-    with shards, issue 22 item 4, will have one pair per shard: see `ClusterStack.create`)."""
-    return [f"cv:{{{queue}}}:ready", f"cv:{{{queue}}}:leases"]
+def queue_keys(queue: str, shards: int = 1) -> list[str]:
+    """The keys whose emptiness means `queue` is drained: the ready and leases sets of each
+    of its shards."""
+    return [
+        key for p in placements(queue, shards) for key in (QueueKeys(p).ready, QueueKeys(p).leases)
+    ]
