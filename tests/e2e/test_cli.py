@@ -91,6 +91,12 @@ def test_queues_schedules_and_workers_from_the_command_line(stack: Stack, keys: 
     paused = json.loads(stack.cli("queues", "pause", "cli-q", "--json", key=keys.admin).stdout)
     assert paused["queues"][0]["paused"] is True
     assert "cli-q" in stack.cli("queues", "stats", key=keys.admin).stdout
+    created = stack.cli("queues", "create", "cli-hot", "--shards", "3", key=keys.admin).stdout
+    assert created.startswith("cli-hot ") and "[3 shards]" in created
+    shown = stack.cli("queues", "limits", "cli-hot", key=keys.admin).stdout
+    assert "shards=3" in shown
+    shrunk = stack.cli("queues", "create", "cli-hot", "--shards", "2", key=keys.admin, check=False)
+    assert shrunk.returncode == 2 and "FAILED_PRECONDITION" in shrunk.stderr
     denied = stack.cli("queues", "resume", "cli-q", key=keys.alice, check=False)
     assert denied.returncode == 2 and "PERMISSION_DENIED" in denied.stderr
     workers = json.loads(stack.cli("workers", "--json", key=keys.admin).stdout)["workers"]

@@ -97,6 +97,9 @@ class WakeWaiter:
         tasks of the old groups stop, and a wait under way returns as if woken, so the
         claim loop claims from every queue before it waits again."""
         await self.close()
+        if self._outage is not None:  # its scout is gone: the new waiters try at once
+            self._outage.set()
+        self._outage = self._scout = None
         self.groups = slot_groups(self.blocking, queues, lambda name: QueueKeys(name).wake)
         self._woken.set()
 
