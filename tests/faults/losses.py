@@ -27,6 +27,7 @@ from conveyor.db import migrate
 from conveyor.db.bulk import psycopg_dsn
 from conveyor.embedded import EmbeddedRedis, EmbeddedRedisCluster
 from conveyor.jobs.model import JobState
+from conveyor.jobs.shards import placements
 from conveyor.redis.connection import seed_nodes
 from conveyor.redis.keys import EPOCH_KEY, QueueKeys
 from tests.handlers import lines
@@ -134,24 +135,27 @@ def count_state(jobs: dict[str, tuple[int, int]], state: JobState) -> int:
     return sum(1 for s, _ in jobs.values() if s == int(state))
 
 
-def redis_sets(client: Any, queue: str) -> dict[str, int]:
-    """How many job ids the queue's ready, delayed and leases sets hold."""
-    k = QueueKeys(queue)
+def redis_sets(client: Any, queue: str, shards: int = 1) -> dict[str, int]:
+    """How many job ids the queue's ready, delayed and leases sets hold (in all shards)."""
+    keys = [QueueKeys(p) for p in placements(queue, shards)]
     return {
-        "ready": int(client.zcard(k.ready)),
-        "delayed": int(client.zcard(k.delayed)),
-        "running": int(client.zcard(k.leases)),
+        "ready": sum(int(client.zcard(k.ready)) for k in keys),
+        "delayed": sum(int(client.zcard(k.delayed)) for k in keys),
+        "running": sum(int(client.zcard(k.leases)) for k in keys),
     }
 
 
-def redis_states(client: Any, queue: str, ids: list[str]) -> dict[str, int]:
-    """The hot-state `state` of each id Redis holds (ids it lacks are left out)."""
-    k = QueueKeys(queue)
-    pipe = client.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hget(k.job(job_id), "state")
-    states = pipe.execute()
-    return {i: int(s) for i, s in zip(ids, states, strict=True) if s is not None}
+def redis_states(client: Any, queue: str, ids: list[str], shards: int = 1) -> dict[str, int]:
+    """The hot-state `state` of each id Redis holds, in whichever shard (ids it lacks are
+    left out)."""
+    found: dict[str, int] = {}
+    for place in placements(queue, shards):
+        pipe = client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(QueueKeys(place).job(job_id), "state")
+        states = pipe.execute()
+        found.update({i: int(s) for i, s in zip(ids, states, strict=True) if s is not None})
+    return found
 
 
 def diagnose(env: LossStack, queue: str, jobs: dict[str, tuple[int, int]], ids: list[str]) -> str:
@@ -215,14 +219,19 @@ async def run_through_loss(
     lose_data: Callable[[], Awaitable[None]],
     *,
     noticed: str | None = LOSS_DETECTED,
+    shards: int = 1,
 ) -> LossCounts:
     """Submit JOBS jobs, call `lose_data` once some have succeeded and most still wait, then
     check that every job ends SUCCEEDED in the database and that Redis settles. `noticed`:
-    what the scheduler must log (at least once) on noticing the fault; None: nothing."""
+    what the scheduler must log (at least once) on noticing the fault; None: nothing.
+    `shards`: the queue is created with that many shards first."""
     stack = env.stack
     scheduler = start_loss_stack(env, queue)
     key = stack.create_key(OWNER)
     client = env.client()
+    if shards > 1:
+        async with AsyncClient(stack.api_addr, api_key=stack.create_key("ops", "admin")) as ops:
+            await ops.update_queue_limits(queue, shards=shards)
 
     async def epoch_set() -> bool:
         return bool(client.exists(EPOCH_KEY))
@@ -261,8 +270,12 @@ async def run_through_loss(
         assert await wait_until(stack, some_succeeded, SETTLE_SECONDS, 0.1), diagnose(
             env, queue, jobs, ids
         )
-        at_fault = redis_sets(client, queue)
-        running_at_fault = set(client.zrange(QueueKeys(queue).leases, 0, -1))
+        at_fault = redis_sets(client, queue, shards)
+        running_at_fault = {
+            job_id
+            for place in placements(queue, shards)
+            for job_id in client.zrange(QueueKeys(place).leases, 0, -1)
+        }
         jobs = await db_jobs(conn, queue)
         done_before = count_state(jobs, JobState.SUCCEEDED)
         detected_before = scheduler.log.read_text(errors="replace").count(noticed or "\0")
@@ -289,14 +302,15 @@ async def run_through_loss(
     # (jobs that finished before the loss are simply gone from it). A copy restored from a
     # read that raced a job's last write runs again here, and is refused by the database.
     async def redis_settled() -> bool:
-        if any(redis_sets(client, queue).values()):
+        if any(redis_sets(client, queue, shards).values()):
             return False
-        states = redis_states(client, queue, ids)
+        states = redis_states(client, queue, ids, shards)
         return all(s == int(JobState.SUCCEEDED) for s in states.values())
 
     assert await wait_until(stack, redis_settled, 60), (
-        f"redis still holds unfinished work: {redis_sets(client, queue)}, states "
-        f"{Counter(redis_states(client, queue, ids).values())}\n{diagnose(env, queue, jobs, ids)}"
+        f"redis still holds unfinished work: {redis_sets(client, queue, shards)}, states "
+        f"{Counter(redis_states(client, queue, ids, shards).values())}\n"
+        f"{diagnose(env, queue, jobs, ids)}"
     )
 
     stop_all(stack)

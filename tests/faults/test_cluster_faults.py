@@ -19,6 +19,7 @@ import pytest
 from conveyor.client import AsyncClient
 from conveyor.embedded import EmbeddedRedisCluster
 from conveyor.errors import ConveyorError
+from conveyor.jobs.shards import placements
 from conveyor.redis.keys import QueueKeys
 from tests.faults.losses import LOSS_DETECTED, OWNER, LossStack, loss_stack_of, run_through_loss
 
@@ -133,5 +134,30 @@ async def test_no_job_lost_after_flushall_on_every_primary(cluster_stack: LossSt
 
     counts = await run_through_loss(
         env, "flushed", "flushall on every primary", flush_every_primary, noticed=LOSS_DETECTED
+    )
+    assert counts.lost == 0
+
+
+@pytest.mark.timeout(300)
+async def test_no_job_lost_in_a_sharded_queue_after_flushall_on_every_primary(
+    cluster_stack: LossStack,
+) -> None:
+    """Guards shards through a total loss: a queue of 3 shards (on 3 primaries) loses
+    everything mid-drain; the reconciler re-applies its shard count and shares, restores
+    every unfinished job to its own shard, and the workers, serving every shard again, run
+    them all (each job's shard is its row's, so the restore cannot misplace one)."""
+    env = cluster_stack
+    cluster = cluster_of(env)
+    queue = "flush-shards"
+    homes = {cluster.node_of(QueueKeys(p).ready).port for p in placements(queue, 3)}
+    assert len(homes) == 3, "the test's queue name spreads its shards over every primary"
+
+    async def flush_every_primary() -> None:
+        for node in cluster.primaries():
+            with cluster.client(node) as client:
+                client.flushall()
+
+    counts = await run_through_loss(
+        env, queue, "flushall, 3 shards", flush_every_primary, noticed=LOSS_DETECTED, shards=3
     )
     assert counts.lost == 0
