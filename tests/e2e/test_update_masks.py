@@ -24,7 +24,7 @@ from conveyor.v1.job_service_pb2_grpc import JobServiceStub
 from tests.e2e.test_grpcurl import grpcurl
 from tests.processes import Keys, Stack
 
-QUEUE_PATHS = "max_running, rate_jobs, rate_interval, max_running_per_owner"
+QUEUE_PATHS = "max_running, rate_jobs, rate_interval, max_running_per_owner, shards"
 KEY_PATHS = "submit_limit, read_limit, max_running_jobs"
 
 
@@ -166,13 +166,14 @@ async def test_a_queue_request_with_no_mask_replaces_every_limit(
     rpc: Admin, admin: AsyncClient
 ) -> None:
     """Guards compatibility with clients written before masks (documented in the proto): no
-    mask replaces every limit, fields left 0 removing theirs; `*` does the same."""
+    mask replaces every limit, fields left 0 removing theirs; `*` does the same. Such a
+    client knows nothing of shards: its `shards` left 0 keeps the queue's count."""
     queue = new_queue()
-    await admin.update_queue_limits(queue, max_running=3, rate_jobs=5, rate_interval=2.0)
+    await admin.update_queue_limits(queue, max_running=3, rate_jobs=5, rate_interval=2.0, shards=2)
     replaced = await rpc.queue_limits(queue_request(queue, None, max_running_per_owner=2))
-    assert limits_of(replaced) == (0, 0, 0, 2)
+    assert limits_of(replaced) == (0, 0, 0, 2) and replaced.shards == 2
     every = await rpc.queue_limits(queue_request(queue, ["*"], max_running=6))
-    assert limits_of(every) == (6, 0, 0, 0)
+    assert limits_of(every) == (6, 0, 0, 0) and every.shards == 2
 
 
 async def test_concurrent_changes_of_different_queue_limits_all_land(
@@ -276,7 +277,8 @@ def test_the_queue_limits_command_changes_only_the_options_given(stack: Stack, k
         return found
 
     set_all = ("--max-running", "3", "--max-per-owner", "2", "--rate", "5", "--per", "2")
-    expected = {"max_running": 3, "max_running_per_owner": 2, "rate_jobs": 5, "rate_interval": "2s"}
+    expected = {"max_running": 3, "max_running_per_owner": 2, "rate_jobs": 5, "rate_interval": "2s",
+                "shards": 1}  # fmt: skip
     assert limits(*set_all) == expected
     assert limits() == expected
     shown = stack.cli("queues", "limits", queue, key=keys.admin)
@@ -284,7 +286,7 @@ def test_the_queue_limits_command_changes_only_the_options_given(stack: Stack, k
     assert "--max-running N" in shown.stderr
     assert limits() == expected
     assert limits("--max-running", "4") == {**expected, "max_running": 4}
-    assert limits("--rate", "0") == {"max_running": 4, "max_running_per_owner": 2}
+    assert limits("--rate", "0") == {"max_running": 4, "max_running_per_owner": 2, "shards": 1}
 
 
 def test_the_key_limits_command_changes_only_the_options_given(stack: Stack) -> None:
@@ -327,5 +329,6 @@ def test_grpcurl_sends_the_mask_as_the_proto_comments_say(stack: Stack, keys: Ke
         out = grpcurl(stack, "-d", json.dumps(body), stack.api_addr, method, key=keys.admin)
         assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["queue"]["limits"] == {
-        "max_running": 3, "rate_jobs": 5, "rate_interval": "2s", "max_running_per_owner": 2
+        "max_running": 3, "rate_jobs": 5, "rate_interval": "2s", "max_running_per_owner": 2,
+        "shards": 1,
     }  # fmt: skip

@@ -55,13 +55,14 @@ class QueueAdmin:
         if self.names is not None:
             self.names.forget()
         log.info(
-            "queue %s: paused=%s max_running=%d rate=%d/%dms max_running_per_owner=%d",
+            "queue %s: paused=%s max_running=%d rate=%d/%dms max_running_per_owner=%d shards=%d",
             settings.name,
             settings.paused,
             settings.max_running,
             settings.rate_jobs,
             settings.rate_interval_ms,
             settings.max_running_per_owner,
+            settings.shards,
         )
         return await self.queue.queue_stats(settings.name)
 
