@@ -39,8 +39,9 @@ dev: install
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# Options for the bench go in ARGS: make bench ARGS='--only drain1,drain_cpu --runs 1'.
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .
