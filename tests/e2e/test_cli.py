@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
+from conveyor.client import Client
+from conveyor.v1 import job_pb2
 from tests.processes import CONVEYOR, Keys, Stack
 
 
@@ -192,3 +195,50 @@ def test_artifacts_are_listed_and_downloaded_and_retention_shown(
     assert missing.returncode == 2 and "no artifact 'nope.txt'" in missing.stderr
     other = stack.cli("artifacts", job_id, key=keys.bob, check=False)
     assert other.returncode == 2 and "NOT_FOUND" in other.stderr
+
+
+def test_output_copies_and_pastes_whole(stack: Stack, keys: Keys, tmp_path: Path) -> None:
+    """Guards issue 23, item 5: a page token is printed on one line however narrow the
+    output (rich wrapped it at 80 columns); a result's whole numbers print as ints, not
+    `2.0`; attempts show their times, and a running job's attempts say why none is listed
+    yet; workers show their job types; `schedules get` shows the five next runs and
+    `schedules delete` says what it did."""
+    for _ in range(2):
+        stack.cli("submit", "noop", "--queue", "parked", key=keys.bob)
+    first = json.loads(stack.cli("list", "--page-size", "1", "--json", key=keys.bob).stdout)
+    listed = stack.cli("list", "--page-size", "1", key=keys.bob)
+    [more] = [line for line in listed.stderr.splitlines() if line.startswith("more:")]
+    assert more == f"more: --page-token {first['next_page_token']}"
+    assert len(more) > 80, "a token longer than the default width, so a wrap would show"
+
+    done = json.loads(
+        stack.cli("submit", "test.sync_steps", "--payload", '{"steps": 2, "delay": 0.01}',
+                  "--wait", "--json", key=keys.bob).stdout.splitlines()[0]
+    )  # fmt: skip
+    assert stack.cli("result", done["id"], key=keys.bob).stdout.strip() == '{"done": 2}'
+    tried = stack.cli("attempts", done["id"], key=keys.bob).stdout
+    assert re.match(r"#1\s+SUCCEEDED\s+\d{4}-\d\d-\d\dT\S+Z → \d{4}-\d\d-\d\dT\S+Z", tried)
+
+    hold = {"log": str(tmp_path / "hold.log"), "gate": str(tmp_path / "never")}
+    held = json.loads(
+        stack.cli("submit", "test.hold", "--payload", json.dumps(hold), "--json",
+                  key=keys.bob).stdout
+    )  # fmt: skip
+    with Client(stack.api_addr, api_key=keys.bob) as client:
+        for update in client.watch(held["id"]):
+            if update.job.state == job_pb2.JOB_STATE_RUNNING:
+                break
+        running = stack.cli("attempts", held["id"], key=keys.bob).stdout
+        client.cancel(held["id"])
+    assert running.startswith("no attempt recorded yet: attempt 1 is RUNNING since 20")
+
+    workers = stack.cli("workers", key=keys.admin).stdout
+    assert "types=" in workers and "test.sync_steps" in workers
+    made = json.loads(
+        stack.cli("schedules", "create", "noop", "--every", "3600", "--json",
+                  key=keys.bob).stdout
+    )  # fmt: skip
+    shown = stack.cli("schedules", "get", made["id"], key=keys.bob).stdout
+    assert shown.count("next run ") == 5
+    deleted = stack.cli("schedules", "delete", made["id"], key=keys.bob).stdout
+    assert deleted.strip() == f"deleted schedule {made['id']} (the jobs it made stay)"

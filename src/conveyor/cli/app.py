@@ -22,6 +22,7 @@ from conveyor.cli.common import (
     message_dict,
     parse_payload,
     parse_time,
+    struct_dict,
 )
 from conveyor.cli.common import client as client_for
 from conveyor.cli.queues import queues_app, workers
@@ -69,7 +70,10 @@ T = TypeVar("T")
 
 
 def _job_dict(job: job_pb2.Job) -> dict[str, Any]:
-    return message_dict(job)
+    found = message_dict(job)
+    if job.HasField("payload"):
+        found["payload"] = struct_dict(job.payload)
+    return found
 
 
 def _print_job(job: job_pb2.Job, as_json: bool) -> None:
@@ -417,7 +421,7 @@ def result(job_id: str, addr: AddrOption = None) -> None:
             found = client.result(job_id)
         except ConveyorError as exc:
             fail(exc)
-    print(json.dumps(message_dict(found.result) if found.HasField("result") else None))
+    print(json.dumps(struct_dict(found.result) if found.HasField("result") else None))
 
 
 @app.command()
@@ -520,6 +524,7 @@ def attempts(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) ->
                 page = client.attempts_page(job_id, page_token=token or "")
                 found += page.attempts
                 token = page.next_page_token
+            job = client.get(job_id) if not found and not as_json else None
         except ConveyorError as exc:
             fail(exc)
     if as_json:
@@ -528,8 +533,31 @@ def attempts(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) ->
     for a in found:
         outcome = job_pb2.AttemptOutcome.Name(a.outcome).removeprefix("ATTEMPT_OUTCOME_")
         took = (a.finish_time.ToMilliseconds() - a.start_time.ToMilliseconds()) / 1000
-        line = f"#{a.attempt:<3} {outcome:<10} {took:8.3f}s  worker={a.worker_id}"
+        line = (
+            f"#{a.attempt:<3} {outcome:<10} {_when(a.start_time)} → {_when(a.finish_time)} "
+            f"{took:8.3f}s  worker={a.worker_id}"
+        )
         print(line + (f"  error={a.error}" if a.error else ""))
+    if job is not None:
+        print(_no_attempts(job))
+
+
+def _when(stamp: Any) -> str:
+    """A time as the CLI prints it: ISO 8601, UTC, to the millisecond."""
+    return stamp.ToDatetime().isoformat(timespec="milliseconds") + "Z" if stamp.seconds else "-"
+
+
+def _no_attempts(job: job_pb2.Job) -> str:
+    """Why a job has no recorded attempt: none has ended yet (attempts are recorded as they
+    end), or it has not started."""
+    if job.state == job_pb2.JOB_STATE_RUNNING:
+        return (
+            f"no attempt recorded yet: attempt {job.attempt} is RUNNING since "
+            f"{_when(job.start_time)} (an attempt is recorded when it ends)"
+        )
+    state = job_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+    why = f" ({job.blocked_reason})" if job.blocked_reason else ""
+    return f"no attempts: the job is {state}{why}"
 
 
 @app.command()

@@ -30,7 +30,7 @@ from conveyor.server.auth import Authenticator, Role, random_dev_key
 from conveyor.telemetry.metrics import DEFAULT_ADDRS as DEFAULT_METRICS_ADDRS
 from conveyor.tls import ClientTls, TlsOptions, open_channel
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # the banner's commands copy whole
 READY_TIMEOUT = 30.0
 # The readiness probe reconnects every 20-100 ms while the server is not up yet, so that
 # "ready" is seen as soon as it listens, not at the next step of a client's backoff.

@@ -192,6 +192,6 @@ def workers(
     for w in found:
         print(
             f"{w.worker_id:<36} host={w.host} queues={','.join(w.queues)} "
-            f"running={w.running}/{w.concurrency} "
+            f"types={','.join(w.types) or '-'} running={w.running}/{w.concurrency} "
             f"last_heartbeat={w.last_heartbeat.ToDatetime().isoformat(timespec='seconds')}Z"
         )

@@ -101,8 +101,12 @@ def list_schedules(
 
 @schedules_app.command("get")
 def get(schedule_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
-    """A schedule and its next run times."""
-    _print(call(addr, lambda c: c.get_schedule(schedule_id)), as_json)
+    """A schedule and its next run times (every one the API gives: five)."""
+    schedule = call(addr, lambda c: c.get_schedule(schedule_id))
+    _print(schedule, as_json)
+    if not as_json and not schedule.paused:
+        for at in schedule.next_run_times:
+            print(f"  next run {at.ToDatetime().isoformat()}Z")
 
 
 @schedules_app.command("pause")
@@ -128,3 +132,4 @@ def trigger(schedule_id: str, addr: AddrOption = None, as_json: JsonFlag = False
 def delete(schedule_id: str, addr: AddrOption = None) -> None:
     """Delete a schedule (the jobs it made stay)."""
     call(addr, lambda c: c.delete_schedule(schedule_id))
+    print(f"deleted schedule {schedule_id} (the jobs it made stay)")
