@@ -66,7 +66,9 @@ class Settings(BaseSettings):
         False, description="Redis Cluster: CONVEYOR_REDIS_URL names seed nodes."
     )
     data_dir: Path = Field(Path(".conveyor"), description="Dev mode's folder.")
-    dev_api_key: str = Field("", description="The key `conveyor dev` accepts (random if unset).")
+    dev_api_key: str = Field(
+        "", description="The key `conveyor dev` accepts (unset: the one it stored last run)."
+    )
     api_key: str = Field("", description="The key the CLI and client send.")
     worker_concurrency: int = Field(10, ge=1, le=10_000, description="Jobs a worker runs at once.")
     default_max_running_per_owner: int = Field(

@@ -52,6 +52,34 @@ def test_errors_are_clear_and_non_zero(stack: Stack, keys: Keys) -> None:
     assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
     anonymous = stack.cli("list", check=False)
     assert anonymous.returncode == 2 and "UNAUTHENTICATED" in anonymous.stderr
+    assert "set CONVEYOR_API_KEY" in anonymous.stderr, "says what to do, not gRPC's words"
+
+
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`conveyor ARGS` in `cwd`, with no CONVEYOR_* setting but `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    return subprocess.run([CONVEYOR, *args], cwd=cwd, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_ordinary_mistakes_print_a_line_not_a_traceback(tmp_path: Path) -> None:
+    """Guards issue 23, item 4: `conveyor keys list` outside the folder `conveyor dev`
+    runs in (its SQLite database is relative) says where it looked and what to do, in a
+    line, instead of a 720-line traceback; a database that cannot be reached and a bad
+    setting are a line each too, and `--debug` shows the traceback."""
+    elsewhere = run_cli("keys", "list", cwd=tmp_path)
+    assert elsewhere.returncode == 2
+    assert elsewhere.stderr.startswith(f"error no database at {tmp_path}/.conveyor/conveyor.db")
+    assert len(elsewhere.stderr.splitlines()) <= 2 and "Traceback" not in elsewhere.stderr
+    down = {"CONVEYOR_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:9/none"}
+    unreachable = run_cli("keys", "list", cwd=tmp_path, **down)
+    assert unreachable.returncode == 2 and "UNAVAILABLE" in unreachable.stderr
+    assert len(unreachable.stderr.splitlines()) <= 2
+    bad = run_cli("keys", "list", cwd=tmp_path, CONVEYOR_DATABASE_URL="mysql://x/y")
+    assert bad.returncode == 1 and "unsupported database URL scheme" in bad.stderr
+    assert len(bad.stderr.splitlines()) == 2 and "conveyor --debug" in bad.stderr
+    debug = run_cli("--debug", "keys", "list", cwd=tmp_path, CONVEYOR_DATABASE_URL="mysql://x/y")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
 def test_dead_letters_listed_retried_and_their_attempts_shown(stack: Stack, keys: Keys) -> None:

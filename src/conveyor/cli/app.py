@@ -7,11 +7,13 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from importlib.metadata import entry_points
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich.markup import escape
 
 from conveyor.cli.artifacts import artifacts, download
 from conveyor.cli.common import (
@@ -22,6 +24,7 @@ from conveyor.cli.common import (
     message_dict,
     parse_payload,
     parse_time,
+    report,
     struct_dict,
 )
 from conveyor.cli.common import client as client_for
@@ -45,10 +48,27 @@ app.add_typer(keys_app, name="keys")
 SERVICE_COMMANDS = {"dev", "api", "worker", "scheduler", "migrate"}
 
 
+@dataclass
+class _Run:
+    """How this run of `conveyor` reports an unexpected error: in a line (what it is and
+    what to do), or with `--debug` as the full traceback."""
+
+    debug: bool = False
+
+
+_RUN = _Run()
+
+
 @app.callback()
-def _trace_command(ctx: typer.Context) -> None:
+def _trace_command(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of an unexpected error.")
+    ] = False,
+) -> None:
     """With OTEL_* set, a client command is one trace: `conveyor submit` and every call it
     makes, on to the API and the worker's attempts."""
+    _RUN.debug = debug
     command = ctx.invoked_subcommand
     if command in SERVICE_COMMANDS or not tracing.configure_tracing("conveyor-cli"):
         return
@@ -153,11 +173,20 @@ def dev(
             "one CONVEYOR_REDIS_URL names (as with CONVEYOR_REDIS_CLUSTER=true).",
         ),
     ] = False,
+    new_key: Annotated[
+        bool,
+        typer.Option(
+            "--new-key", help="Make a new admin key instead of reusing the one stored last run."
+        ),
+    ] = False,
 ) -> None:
     """Run api, worker(s) and scheduler locally on SQLite and an embedded Redis (or Cluster)."""
     from conveyor.cli.dev import run_dev
 
-    raise typer.Exit(run_dev(Settings.from_env(), workers=workers, redis_cluster=redis_cluster))
+    code = run_dev(
+        Settings.from_env(), workers=workers, redis_cluster=redis_cluster, new_key=new_key
+    )
+    raise typer.Exit(code)
 
 
 # -- keys --------------------------------------------------------------------------------
@@ -312,10 +341,22 @@ def _key_not_found(key_id: str) -> NoReturn:
 def _with_keys(action: Callable[[Any, Any], Awaitable[T]]) -> T:
     """Run `action(authenticator, keystore)` against CONVEYOR_DATABASE_URL."""
     from conveyor.db import Database, KeyStore
+    from conveyor.db.database import missing_sqlite_file
     from conveyor.server.auth import Authenticator
 
+    url = Settings.from_env().database_url
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        err.print(
+            f"[red]error[/red] no database at {escape(str(missing))}: run this in the folder "
+            "where `conveyor dev` runs (it keeps its database in .conveyor/), or set "
+            "CONVEYOR_DATABASE_URL",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+
     async def run() -> T:
-        db = Database(Settings.from_env().database_url)
+        db = Database(url)
         try:
             keys = KeyStore(db)
             return await action(Authenticator(keys), keys)
@@ -620,3 +661,14 @@ def main() -> None:
         app()
     except ConfigurationError as exc:
         raise SystemExit(configuration_failure(exc)) from None
+    except ConveyorError as exc:  # a command's own failure outside a call (a store, say)
+        if _RUN.debug:
+            raise
+        report(exc)
+        raise SystemExit(2) from None
+    except Exception as exc:  # any other: one line, the traceback on request
+        if _RUN.debug:
+            raise
+        err.print(f"[red]error[/red] {escape(f'{type(exc).__name__}: {exc}')}", highlight=False)
+        err.print("run it again as `conveyor --debug …` for the traceback")
+        raise SystemExit(1) from None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import grpc
 import typer
 from google.protobuf import json_format, struct_pb2
 from rich.console import Console
+from rich.markup import escape
 
 from conveyor.errors import ConveyorError
 from conveyor.jobs.payload import payload_from_struct
@@ -37,9 +40,24 @@ def struct_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def fail(exc: ConveyorError) -> NoReturn:
-    """Say why a call failed and exit 2."""
-    err.print(f"[red]error[/red] {exc.code.name}: {exc.message}")
+    """Say why a call failed (see `report`) and exit 2."""
+    report(exc)
     raise typer.Exit(2)
+
+
+def report(exc: ConveyorError) -> None:
+    """Say why a call failed, in a line, and what to do where that is known."""
+    err.print(f"[red]error[/red] {exc.code.name}: {escape(_explained(exc))}", highlight=False)
+
+
+def _explained(exc: ConveyorError) -> str:
+    """The error's message, or for a call that sent no key, what to set."""
+    if exc.code is grpc.StatusCode.UNAUTHENTICATED and not os.environ.get("CONVEYOR_API_KEY"):
+        return (
+            "no API key was sent: set CONVEYOR_API_KEY (`conveyor dev` printed one; "
+            "`conveyor keys create --owner NAME` makes another)"
+        )
+    return exc.message
 
 
 def client(addr: str | None) -> Any:

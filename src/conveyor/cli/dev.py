@@ -43,6 +43,25 @@ PROBE_INTERVAL_SECONDS = 0.02
 DevRedis = EmbeddedRedis | EmbeddedRedisCluster
 
 
+# Where `conveyor dev` keeps its admin key between runs (in CONVEYOR_DATA_DIR, owner-only).
+DEV_KEY_FILE = "dev-api-key"
+
+
+def dev_key(settings: Settings, data: Path, *, new: bool = False) -> str:
+    """The admin key dev mode accepts: CONVEYOR_DEV_API_KEY if set, else the key an earlier
+    run stored in `data` (so an exported CONVEYOR_API_KEY keeps working across restarts and
+    keys do not pile up in the database), else, or with `new`, a fresh one, stored."""
+    if settings.dev_api_key:
+        return settings.dev_api_key
+    stored = data / DEV_KEY_FILE
+    if not new and stored.exists():
+        return stored.read_text().strip()
+    key = random_dev_key()
+    stored.touch(mode=0o600)
+    stored.write_text(key + "\n")
+    return key
+
+
 def _ensure_dev_key(database_url: str, key: str) -> None:
     async def ensure() -> None:
         db = Database(database_url)
@@ -98,9 +117,12 @@ def _start_redis(data: Path, *, cluster: bool) -> DevRedis:
     return redis
 
 
-def run_dev(settings: Settings, *, workers: int = 1, redis_cluster: bool = False) -> int:
+def run_dev(
+    settings: Settings, *, workers: int = 1, redis_cluster: bool = False, new_key: bool = False
+) -> int:
     """Run everything until Ctrl-C. `redis_cluster` (or CONVEYOR_REDIS_CLUSTER=true): on a
-    Redis Cluster, started here unless CONVEYOR_REDIS_URL names one."""
+    Redis Cluster, started here unless CONVEYOR_REDIS_URL names one. `new_key`: make a new
+    admin key instead of the one an earlier run stored (see `dev_key`)."""
     data = Path(settings.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -117,7 +139,7 @@ def run_dev(settings: Settings, *, workers: int = 1, redis_cluster: bool = False
         env["CONVEYOR_REDIS_URL"] = redis.url
 
     migrate(database_url)
-    key = settings.dev_api_key or random_dev_key()
+    key = dev_key(settings, data, new=new_key)
     _ensure_dev_key(database_url, key)
 
     children: list[subprocess.Popen[bytes]] = [_spawn("api", env)]

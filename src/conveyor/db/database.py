@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Table, event, text
@@ -19,6 +20,17 @@ def async_url(url: str) -> str:
     if parsed.get_backend_name() == "postgresql":
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     raise ValueError(f"unsupported database URL scheme: {parsed.drivername}")
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names, resolved, when it does not exist (None: it does, or the
+    URL is not SQLite's, or names an in-memory database). SQLite would make an empty one
+    and every query would then fail on a missing table; a CLI command says this instead."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database).resolve()
+    return None if path.exists() else path
 
 
 def sync_url(url: str) -> str:
