@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 from pathlib import Path
 
 from conveyor.client import Client
@@ -270,3 +271,34 @@ def test_output_copies_and_pastes_whole(stack: Stack, keys: Keys, tmp_path: Path
     assert shown.count("next run ") == 5
     deleted = stack.cli("schedules", "delete", made["id"], key=keys.bob).stdout
     assert deleted.strip() == f"deleted schedule {made['id']} (the jobs it made stay)"
+
+
+def test_following_a_waiting_job_says_why_it_waits(stack: Stack, keys: Keys) -> None:
+    """Guards issue 23, item 3: `conveyor watch` on a job in a paused queue says why it
+    waits, as it waits (a line per new reason when stderr is a log, under the bar on a
+    terminal), where it showed `QUEUED 0.0%` and nothing else until the job moved."""
+    stack.cli("queues", "pause", "cli-held", key=keys.admin)
+    job_id = stack.cli("submit", "noop", "--queue", "cli-held", key=keys.alice).stdout.split()[0]
+    env = {**stack.env, "CONVEYOR_API_KEY": keys.alice}
+    watching = subprocess.Popen([CONVEYOR, "watch", job_id], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    said: list[str] = []
+    told = threading.Event()
+
+    def read() -> None:
+        assert watching.stderr is not None
+        for line in watching.stderr:
+            said.append(line.rstrip("\n"))
+            if line.startswith("waiting: "):
+                told.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert told.wait(30), f"watch never said why the job waits: {said}"
+    finally:
+        stack.cli("cancel", job_id, key=keys.alice)
+        code = watching.wait(timeout=30)
+        reader.join(timeout=5)
+    assert "waiting: queue 'cli-held' is paused" in said
+    assert code == 1, "the job was cancelled"

@@ -631,8 +631,12 @@ def _follow(client: Any, job_id: str, as_json: bool) -> int:
 
 
 def _follow_with_bar(client: Any, job_id: str) -> job_pb2.Job | None:
+    """The job's progress as a live bar, and beneath it why it waits while it does (see
+    conveyor.cli.waiting)."""
     # Imported here: every `conveyor` command, services included, would pay ~20 ms for it.
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+
+    from conveyor.cli.waiting import JobProgress, WaitingReason
 
     last = None
     columns = (
@@ -642,10 +646,14 @@ def _follow_with_bar(client: Any, job_id: str) -> job_pb2.Job | None:
         TimeElapsedColumn(),
         TextColumn("{task.fields[message]}"),
     )
-    with Progress(*columns, console=err, transient=False) as bar:
+    with (
+        JobProgress(*columns, console=err, transient=False) as bar,
+        WaitingReason(client, job_id, bar) as waiting,
+    ):
         task = bar.add_task(job_id[:13], total=100, message="")
         for update in client.watch(job_id):
             last = update.job
+            waiting.saw(last)
             state = job_pb2.JobState.Name(last.state).removeprefix("JOB_STATE_")
             bar.update(
                 task,
