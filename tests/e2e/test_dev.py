@@ -19,6 +19,7 @@ import pytest
 from conveyor.cli.dev import wait_serving
 from conveyor.client import Client
 from conveyor.embedded import free_port
+from conveyor.errors import InvalidArgument
 from conveyor.v1 import job_pb2
 from tests.e2e.test_grpcurl import GRPCURL, stream
 from tests.processes import CONVEYOR
@@ -109,3 +110,93 @@ def test_dev_runs_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert code == 0, banner
     assert DEV_KEY in banner and "grpcurl" in banner
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+REPORTS = """
+from datetime import timedelta
+
+from pydantic import BaseModel, Field
+
+from conveyor.handlers import SyncJobContext, handler
+
+
+class ReportPayload(BaseModel, extra="forbid"):
+    account: str = Field(min_length=1)
+    month: str = Field(pattern=r"^\\d{4}-\\d{2}$")
+
+
+@handler("report.build", max_attempts=5, retention=timedelta(days=30))
+def build_report(payload: ReportPayload, ctx: SyncJobContext) -> dict[str, int]:
+    return {"rows": 2}
+"""
+
+
+def until_ended(client: Client, job_id: str) -> job_pb2.Job:
+    """The job once it has ended, followed on its stream."""
+    for update in client.watch(job_id):
+        if update.job.state in (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_DEAD):
+            return update.job
+    raise AssertionError("the stream ended before the job did")
+
+
+def test_your_own_handler_runs_with_one_command_from_your_folder(tmp_path: Path) -> None:
+    """Guards issue 23, item 1, as docs/handlers.md tells it, from a folder outside the
+    repository: `conveyor dev --handlers mypkg.reports` imports the app's module from the
+    current folder, in the api too (a bad payload is refused at submit, the type's 5
+    attempts apply) and in the worker (the job runs); then `conveyor worker --handlers
+    mypkg.reports --queues reports`, with no setting at all, joins that dev stack on a free
+    WorkerControl port and runs the queue only it serves. A module that is not there is
+    one line saying where it was looked for."""
+    app = tmp_path / "app"
+    (app / "mypkg").mkdir(parents=True)
+    (app / "mypkg" / "__init__.py").write_text("")
+    (app / "mypkg" / "reports.py").write_text(REPORTS)
+    env, api = dev_env(tmp_path)
+    del env["CONVEYOR_DATA_DIR"]  # dev's own default, .conveyor in the app's folder
+    bare = {k: v for k, v in env.items() if not k.startswith("CONVEYOR_")}
+    log = tmp_path / "dev.log"
+    with log.open("wb") as out:
+        dev = subprocess.Popen([CONVEYOR, "dev", "--handlers", "mypkg.reports"], cwd=app,
+                               env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    joined: subprocess.Popen[bytes] | None = None
+    try:
+        assert wait_serving(api, timeout=60), log.read_text()
+        with Client(api, api_key=DEV_KEY) as client:
+            with pytest.raises(InvalidArgument) as refused:
+                client.submit("report.build", {"account": "acme", "month": "May"})
+            assert [v.field for v in refused.value.violations] == ["payload.month"]
+            job = client.submit("report.build", {"account": "acme", "month": "2026-05"})
+            assert job.max_attempts == 5, "the api loaded the module: the type's policy"
+            assert until_ended(client, job.id).state == job_pb2.JOB_STATE_SUCCEEDED
+            assert client.result(job.id).result["rows"] == 2
+
+            worker_log = tmp_path / "worker.log"
+            with worker_log.open("wb") as out:
+                joined = subprocess.Popen(
+                    [CONVEYOR, "worker", "--handlers", "mypkg.reports", "--queues", "reports"],
+                    cwd=app, env=bare, stdout=out, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            queued = client.submit(
+                "report.build", {"account": "acme", "month": "2026-06"}, queue="reports"
+            )
+            ended = until_ended(client, queued.id)
+            assert ended.state == job_pb2.JOB_STATE_SUCCEEDED, worker_log.read_text()
+        assert "joining the `conveyor dev` stack" in worker_log.read_text()
+    finally:
+        if joined is not None:
+            joined.send_signal(signal.SIGTERM)
+            assert joined.wait(30) == 0, (tmp_path / "worker.log").read_text()
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(30) == 0, log.read_text()
+    assert not (app / ".conveyor" / "dev-stack.json").exists(), "dev removes it as it stops"
+
+    missing = subprocess.run(
+        [CONVEYOR, "worker", "--handlers", "nosuch.reports"], cwd=app, capture_output=True,
+        text=True, timeout=60, env={**bare, "CONVEYOR_REDIS_URL": "redis://127.0.0.1:9"},
+    )  # fmt: skip
+    assert missing.returncode == 2, missing.stderr
+    assert (
+        f"handler module 'nosuch.reports' not found (no 'nosuch' in the current folder {app}"
+        in (missing.stderr)
+    )
+    assert "Traceback" not in missing.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -122,6 +123,21 @@ def service_main(name: str) -> Callable[..., None]:
     return main
 
 
+def _join_dev_stack() -> None:
+    """Take a running dev stack's settings (see `conveyor.cli.dev.join_dev`) where the
+    environment sets none of its own."""
+    if os.environ.get("CONVEYOR_REDIS_URL"):
+        return
+    from conveyor.cli.dev import join_dev
+
+    joined = join_dev(Settings.from_env().data_dir)
+    if joined is None:
+        return
+    for name, value in joined.items():
+        os.environ.setdefault(name, value)
+    err.print(f"joining the `conveyor dev` stack in {joined['CONVEYOR_DATA_DIR']}", highlight=False)
+
+
 @app.command()
 def api(
     processes: Annotated[
@@ -141,7 +157,9 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Jobs run at once.")] = None,
     queues: Annotated[str | None, typer.Option(help="Queues to serve, comma separated.")] = None,
 ) -> None:
-    """Run jobs, serving WorkerControl on CONVEYOR_WORKER_ADDR."""
+    """Run jobs, serving WorkerControl on CONVEYOR_WORKER_ADDR. With no CONVEYOR_REDIS_URL,
+    beside a running `conveyor dev` (same folder), it joins that stack."""
+    _join_dev_stack()
     service_main("worker")(
         Settings.from_env(handlers=handlers, worker_concurrency=concurrency, worker_queues=queues)
     )
@@ -179,12 +197,24 @@ def dev(
             "--new-key", help="Make a new admin key instead of reusing the one stored last run."
         ),
     ] = False,
+    handlers: Annotated[
+        str,
+        typer.Option(
+            help="Your handler modules (comma separated), from the current folder: the api "
+            "checks their payloads and applies their policies, the workers run them."
+        ),
+    ] = "",
 ) -> None:
     """Run api, worker(s) and scheduler locally on SQLite and an embedded Redis (or Cluster)."""
     from conveyor.cli.dev import run_dev
 
+    settings = Settings.from_env()
     code = run_dev(
-        Settings.from_env(), workers=workers, redis_cluster=redis_cluster, new_key=new_key
+        settings,
+        workers=workers,
+        redis_cluster=redis_cluster,
+        new_key=new_key,
+        handlers=handlers or settings.handlers,
     )
     raise typer.Exit(code)
 

@@ -10,6 +10,7 @@ scheduler as child processes, each with its real entry point. Ctrl-C stops them 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import grpc
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
@@ -45,6 +47,44 @@ DevRedis = EmbeddedRedis | EmbeddedRedisCluster
 
 # Where `conveyor dev` keeps its admin key between runs (in CONVEYOR_DATA_DIR, owner-only).
 DEV_KEY_FILE = "dev-api-key"
+# Where a running `conveyor dev` says how to join it (in CONVEYOR_DATA_DIR; see `join_dev`).
+DEV_STACK_FILE = "dev-stack.json"
+# The settings a process joining the stack takes from that file.
+SHARED_SETTINGS = (
+    "CONVEYOR_API_ADDR",
+    "CONVEYOR_DATABASE_URL",
+    "CONVEYOR_REDIS_URL",
+    "CONVEYOR_REDIS_CLUSTER",
+    "CONVEYOR_DATA_DIR",
+)
+
+
+def _publish_stack(data: Path, env: dict[str, str]) -> Path:
+    """Write where this dev stack's parts are, for `join_dev` (removed when dev stops)."""
+    shared = {name: env[name] for name in SHARED_SETTINGS if name in env}
+    stack = data / DEV_STACK_FILE
+    stack.write_text(json.dumps({"pid": os.getpid(), "env": shared}, indent=2) + "\n")
+    return stack
+
+
+def join_dev(data_dir: Path) -> dict[str, str] | None:
+    """The settings of a `conveyor dev` running from this folder (its CONVEYOR_DATA_DIR), for
+    a `conveyor worker` started beside it: its Redis, database and API, and free ports for
+    the worker's own WorkerControl and metrics (dev's worker holds the default ones). None
+    when no dev stack runs here."""
+    stack = data_dir / DEV_STACK_FILE
+    try:
+        found = json.loads(stack.read_text())
+    except (OSError, ValueError):
+        return None
+    if not psutil.pid_exists(int(found.get("pid", 0))):
+        return None  # a dev that was killed left it behind
+    host = found["env"].get("CONVEYOR_API_ADDR", "127.0.0.1:0").rsplit(":", 1)[0]
+    return {
+        **found["env"],
+        "CONVEYOR_WORKER_ADDR": f"{host}:0",
+        "CONVEYOR_METRICS_ADDR": f"{host}:0",
+    }
 
 
 def dev_key(settings: Settings, data: Path, *, new: bool = False) -> str:
@@ -118,17 +158,27 @@ def _start_redis(data: Path, *, cluster: bool) -> DevRedis:
 
 
 def run_dev(
-    settings: Settings, *, workers: int = 1, redis_cluster: bool = False, new_key: bool = False
+    settings: Settings,
+    *,
+    workers: int = 1,
+    redis_cluster: bool = False,
+    new_key: bool = False,
+    handlers: str = "",
 ) -> int:
     """Run everything until Ctrl-C. `redis_cluster` (or CONVEYOR_REDIS_CLUSTER=true): on a
     Redis Cluster, started here unless CONVEYOR_REDIS_URL names one. `new_key`: make a new
-    admin key instead of the one an earlier run stored (see `dev_key`)."""
+    admin key instead of the one an earlier run stored (see `dev_key`). `handlers`: modules
+    every service loads, from the current folder (as CONVEYOR_HANDLERS)."""
     data = Path(settings.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("CONVEYOR_LOG_FORMAT", "console")
     database_url = env.get("CONVEYOR_DATABASE_URL") or f"sqlite:///{data / 'conveyor.db'}"
     env["CONVEYOR_DATABASE_URL"] = database_url
+    env["CONVEYOR_DATA_DIR"] = str(data)
+    env["CONVEYOR_API_ADDR"] = settings.api_addr
+    if handlers:  # api, workers and scheduler all load them: payload checks and policies
+        env["CONVEYOR_HANDLERS"] = handlers
 
     cluster = redis_cluster or settings.redis_cluster
     if cluster:
@@ -142,6 +192,7 @@ def run_dev(
     key = dev_key(settings, data, new=new_key)
     _ensure_dev_key(database_url, key)
 
+    published = _publish_stack(data, env)
     children: list[subprocess.Popen[bytes]] = [_spawn("api", env)]
     worker_port = int(settings.worker_addr.rsplit(":", 1)[1])
     host = settings.worker_addr.rsplit(":", 1)[0]
@@ -170,6 +221,7 @@ def run_dev(
                 return 1
         return 0
     finally:
+        published.unlink(missing_ok=True)
         _stop_all(children, settings.shutdown_grace_seconds + 5)
         if redis is not None:
             redis.stop()

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from conveyor.config import ConfigurationError
 from conveyor.errors import FieldViolation
 from conveyor.jobs.retry import RetryOverrides
 
@@ -230,6 +233,25 @@ def handler(
 
 
 def load_modules(modules: Iterable[str]) -> None:
-    """Import the built-ins and the given modules, whose decorators register handlers."""
-    for module in (*BUILTIN_MODULES, *modules):
+    """Import the built-ins and the given modules, whose decorators register handlers.
+
+    The current folder is importable, as it is for `python -m`: `conveyor worker --handlers
+    mypkg.reports` run from the app's folder finds `mypkg` (a console script's path starts
+    at its own folder, not the current one). A module that cannot be found is a
+    configuration error saying where it was looked for, not an import traceback."""
+    for module in BUILTIN_MODULES:
         importlib.import_module(module)
+    own = list(modules)
+    if own and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in own:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise  # the module was found; something it imports is missing
+            raise ConfigurationError(
+                f"CONVEYOR_HANDLERS: handler module {module!r} not found (no {exc.name!r} "
+                f"in the current folder {os.getcwd()} or on the Python path): run from the "
+                "folder that holds it, or add that folder to PYTHONPATH"
+            ) from None
