@@ -49,6 +49,12 @@ def test_get_cancel_and_list(stack: Stack, keys: Keys) -> None:
 def test_errors_are_clear_and_non_zero(stack: Stack, keys: Keys) -> None:
     bad = stack.cli("submit", "noop", "--payload", "[1]", key=keys.alice, check=False)
     assert bad.returncode == 2 and "JSON object" in bad.stderr
+    # Every built-in checks its payload at submit (issue 23, item 6: sleep took these).
+    for payload, field in (('{"seconds": "three"}', "payload.seconds"),
+                           ('{"secs": 3}', "payload.secs")):  # fmt: skip
+        refused = stack.cli("submit", "sleep", "--payload", payload, key=keys.alice, check=False)
+        assert refused.returncode == 2 and "INVALID_ARGUMENT" in refused.stderr
+        assert field in refused.stderr
     missing = stack.cli("get", "01a20882-0767-7403-bae1-c2539d44da27", key=keys.alice, check=False)
     assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
     anonymous = stack.cli("list", check=False)

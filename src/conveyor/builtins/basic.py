@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from conveyor.handlers.context import JobContext
 from conveyor.handlers.registry import PermanentError, handler
 
@@ -14,13 +16,20 @@ async def noop(payload: dict[str, Any], ctx: JobContext) -> None:
     """Does nothing: the cost of the machinery itself."""
 
 
+class SleepPayload(BaseModel):
+    """`sleep`'s payload, checked at submit like every built-in's: numbers only (no "three"
+    or "3"), and no field it does not know (a misspelt `secs` is refused, not ignored)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    seconds: float = Field(1.0, ge=0, le=86_400)
+    steps: int = Field(10, ge=1, le=10_000)
+
+
 @handler("sleep")
-async def sleep(payload: dict[str, Any], ctx: JobContext) -> None:
+async def sleep(payload: SleepPayload, ctx: JobContext) -> None:
     """Sleeps `seconds` (default 1) in `steps` (default 10) slices, reporting progress."""
-    seconds = float(payload.get("seconds", 1.0))
-    steps = max(int(payload.get("steps", 10)), 1)
-    if not 0 <= seconds <= 86_400:
-        raise PermanentError("seconds must be between 0 and 86400")
+    seconds, steps = payload.seconds, payload.steps
     for step in range(steps):
         await asyncio.sleep(seconds / steps)
         ctx.progress(100.0 * (step + 1) / steps, f"slept {seconds * (step + 1) / steps:.2f}s")
