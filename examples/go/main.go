@@ -149,7 +149,9 @@ func watch(ctx context.Context, jobs conveyorv1.JobServiceClient, id string, dro
 				if status.Code(err) != codes.Unavailable {
 					fail("watch: %v", err)
 				}
-				break // the connection dropped: resume
+				fmt.Printf("stream lost after sequence %d; resuming in 1s\n", last) // e.g. a restart
+				time.Sleep(time.Second)
+				break
 			}
 			last = update.Sequence
 			job := update.Job

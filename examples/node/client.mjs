@@ -137,8 +137,11 @@ async function watch(id, dropFirst) {
       if (delay !== null) {
         console.log(`rate limited: retrying in ${(delay / 1000).toFixed(2)}s`);
         await sleep(delay);
-      } else if (error.code !== grpc.status.UNAVAILABLE) {
-        throw error; // the connection dropped (UNAVAILABLE): resume; anything else is real
+      } else if (error.code === grpc.status.UNAVAILABLE) {
+        console.log(`stream lost after sequence ${last}; resuming in 1s`); // e.g. a restart
+        await sleep(1000);
+      } else {
+        throw error;
       }
     }
   }
@@ -179,5 +182,5 @@ async function main() {
 }
 
 main()
-  .catch((error) => fail(`${error.code !== undefined ? grpc.status[error.code] : ""} ${error.message}`))
+  .catch((error) => fail(error.message))
   .finally(() => jobs.close());
