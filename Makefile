@@ -68,8 +68,10 @@ NODE_MODULES := examples/node/node_modules/.package-lock.json
 examples-deps: $(NODE_MODULES)
 	@if [ -d /usr/share/gocode/src/google.golang.org/grpc ] && command -v go > /dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(GO_DEBS) \
-			> /dev/null || echo "examples-deps: apt-get could not install Go; its example's test skips"; \
+		export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q --no-install-recommends \
+			$(GO_DEBS) > /dev/null 2>&1 || { apt-get update -q > /dev/null && apt-get install \
+			-y -q --no-install-recommends $(GO_DEBS) > /dev/null; } \
+			|| echo "examples-deps: apt-get could not install Go; its example's test skips"; \
 	else echo "examples-deps: no Go libraries (see examples/go/README.md); its example's test skips"; fi
 
 $(NODE_MODULES): examples/node/package-lock.json
