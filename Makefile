@@ -66,13 +66,13 @@ GO_DEBS := golang-go golang-google-grpc-dev golang-google-protobuf-dev \
 NODE_MODULES := examples/node/node_modules/.package-lock.json
 
 examples-deps: $(NODE_MODULES)
-	@if [ -d /usr/share/gocode/src/google.golang.org/grpc ] && command -v go > /dev/null; then :; \
+	@if dpkg -s $(GO_DEBS) > /dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
 		export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q --no-install-recommends \
 			$(GO_DEBS) > /dev/null 2>&1 || { apt-get update -q > /dev/null && apt-get install \
 			-y -q --no-install-recommends $(GO_DEBS) > /dev/null; } \
 			|| echo "examples-deps: apt-get could not install Go; its example's test skips"; \
-	else echo "examples-deps: no Go libraries (see examples/go/README.md); its example's test skips"; fi
+	else echo "examples-deps: Go's libraries come from the Go module proxy here (examples/go/README.md)"; fi
 
 $(NODE_MODULES): examples/node/package-lock.json
 	@if command -v npm > /dev/null; then \
