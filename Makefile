@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.install-stamp
 
-.PHONY: install lock dev test test-fast bench lint proto fmt clean
+.PHONY: install lock dev test test-fast bench lint proto fmt clean examples-deps examples-gen
 
-install: $(STAMP)
+install: $(STAMP) examples-deps
 
 # constraints.txt: the exact versions of everything `.[dev]` brings in (dev tools and type
 # stubs included), so a fresh machine lints and tests with what CI does; a change to it
@@ -55,6 +55,36 @@ proto: install
 fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The Go and Node example clients' toolchains and libraries (tests/e2e/test_examples.py
+# skips a language without them, saying why). Node: `npm ci` from the lock file, again only
+# when the lock file changes. Go: Debian's packages, so neither the Go module proxy nor the
+# internet is needed (examples/go/build-offline.sh builds against them), installed only as
+# root on a Debian machine that lacks them (about 20 s); elsewhere see examples/go/README.md.
+# Neither step fails `make install`.
+GO_DEBS := golang-go golang-google-grpc-dev golang-google-protobuf-dev \
+	golang-google-genproto-dev golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc
+NODE_MODULES := examples/node/node_modules/.package-lock.json
+
+examples-deps: $(NODE_MODULES)
+	@if dpkg -s $(GO_DEBS) > /dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q --no-install-recommends \
+			$(GO_DEBS) > /dev/null 2>&1 || { apt-get update -q > /dev/null && apt-get install \
+			-y -q --no-install-recommends $(GO_DEBS) > /dev/null; } \
+			|| echo "examples-deps: apt-get could not install Go; its example's test skips"; \
+	else echo "examples-deps: Go's libraries come from the Go module proxy here (examples/go/README.md)"; fi
+
+$(NODE_MODULES): examples/node/package-lock.json
+	@if command -v npm > /dev/null; then \
+		cd examples/node && timeout 120 npm ci --no-audit --no-fund --loglevel=error \
+			|| echo "examples-deps: npm ci failed; the Node example's test skips"; \
+	else echo "examples-deps: no npm; the Node example's test skips"; fi
+
+# Go stubs for examples/go from protos/ (buf.gen.yaml; committed). Needs the local plugins
+# protoc-gen-go and protoc-gen-go-grpc (`make examples-deps` as root on Debian, or `go install`).
+examples-gen: install
+	$(BIN)/buf generate
 
 clean:
 	rm -rf $(VENV) .venv-lock .mypy_cache .ruff_cache .pytest_cache
