@@ -69,9 +69,10 @@ NODE_MODULES := examples/node/node_modules/.package-lock.json
 examples-deps: $(NODE_MODULES)
 	@if dpkg -s $(GO_DEBS) > /dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
-		export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q --no-install-recommends \
-			$(GO_DEBS) > /dev/null 2>&1 || { apt-get update -q > /dev/null && apt-get install \
-			-y -q --no-install-recommends $(GO_DEBS) > /dev/null; } \
+		export DEBIAN_FRONTEND=noninteractive; timeout 120 apt-get install -y -q \
+			--no-install-recommends $(GO_DEBS) > /dev/null 2>&1 || { timeout 120 apt-get update \
+			-q > /dev/null && timeout 120 apt-get install -y -q --no-install-recommends \
+			$(GO_DEBS) > /dev/null; } \
 			|| echo "examples-deps: apt-get could not install Go; its example's test skips"; \
 	else echo "examples-deps: Go's libraries come from the Go module proxy here (examples/go/README.md)"; fi
 
