@@ -26,13 +26,13 @@ from conveyor.cli.common import (
     parse_payload,
     parse_time,
     report,
-    struct_dict,
 )
 from conveyor.cli.common import client as client_for
 from conveyor.cli.queues import queues_app, workers
 from conveyor.cli.schedules import schedules_app
 from conveyor.config import ConfigurationError, Settings, configuration_failure
 from conveyor.errors import ConveyorError
+from conveyor.jobs.payload import payload_from_struct
 from conveyor.telemetry import tracing
 from conveyor.v1 import job_pb2
 
@@ -93,7 +93,7 @@ T = TypeVar("T")
 def _job_dict(job: job_pb2.Job) -> dict[str, Any]:
     found = message_dict(job)
     if job.HasField("payload"):
-        found["payload"] = struct_dict(job.payload)
+        found["payload"] = payload_from_struct(job.payload)  # ints stay ints, not 2.0
     return found
 
 
@@ -208,13 +208,12 @@ def dev(
     """Run api, worker(s) and scheduler locally on SQLite and an embedded Redis (or Cluster)."""
     from conveyor.cli.dev import run_dev
 
-    settings = Settings.from_env()
     code = run_dev(
-        settings,
+        Settings.from_env(),
         workers=workers,
         redis_cluster=redis_cluster,
         new_key=new_key,
-        handlers=handlers or settings.handlers,
+        handlers=handlers,  # CONVEYOR_HANDLERS reaches the services with the environment
     )
     raise typer.Exit(code)
 
@@ -492,7 +491,7 @@ def result(job_id: str, addr: AddrOption = None) -> None:
             found = client.result(job_id)
         except ConveyorError as exc:
             fail(exc)
-    print(json.dumps(struct_dict(found.result) if found.HasField("result") else None))
+    print(json.dumps(payload_from_struct(found.result) if found.HasField("result") else None))
 
 
 @app.command()

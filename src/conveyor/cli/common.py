@@ -10,12 +10,11 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import grpc
 import typer
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 from rich.console import Console
 from rich.markup import escape
 
 from conveyor.errors import ConveyorError
-from conveyor.jobs.payload import payload_from_struct
 
 # soft_wrap: a line longer than the terminal is left for the terminal to wrap, never broken
 # by rich, so ids, page tokens and commands copy and paste whole (issue 23, item 5).
@@ -31,12 +30,6 @@ AddrOption = Annotated[
 def message_dict(message: Any) -> dict[str, Any]:
     """A proto message as JSON-ready data, with the proto's own field names."""
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
-
-
-def struct_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A payload or result as the client sent or the handler returned it: whole numbers as
-    ints (a Struct carries every number as a double, which protobuf's JSON prints as 2.0)."""
-    return payload_from_struct(struct)
 
 
 def fail(exc: ConveyorError) -> NoReturn:

@@ -58,12 +58,11 @@ class QueueSettings:
         bad = []
         if not 1 <= shards <= MAX_SHARDS:
             bad.append(FieldViolation("limits.shards", f"must be 1-{MAX_SHARDS}"))
-        for name, value in (
-            ("max_running", max_running),
-            ("max_running_per_owner", max_running_per_owner),
-            ("rate_jobs", rate_jobs),
+        for name, value, top in (
+            ("max_running", max_running, MAX_RUNNING_LIMIT),
+            ("max_running_per_owner", max_running_per_owner, MAX_RUNNING_LIMIT),
+            ("rate_jobs", rate_jobs, MAX_RATE_JOBS),
         ):
-            top = MAX_RATE_JOBS if name == "rate_jobs" else MAX_RUNNING_LIMIT
             if not 0 <= value <= top:
                 bad.append(FieldViolation(f"limits.{name}", f"must be 0-{top}"))
             elif 0 < value < shards:  # a shard's share of 0 would mean "no limit"
