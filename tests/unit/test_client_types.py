@@ -1,0 +1,84 @@
+"""The SDK's typed view of the API's messages (conveyor.client.types): states as enums that
+still equal the proto's numbers, payloads and results with their ints, times as UTC
+datetimes with unset ones None, and the raw message kept."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from conveyor.client.types import (
+    Attempt,
+    AttemptOutcome,
+    BlockedKind,
+    Job,
+    JobResult,
+    JobState,
+    JobUpdate,
+)
+from conveyor.v1 import job_pb2
+from conveyor.v1 import job_service_pb2 as pb
+
+CREATED = datetime(2026, 12, 6, 12, 0, 0, 250_000, tzinfo=UTC)
+
+
+def stamp(when: datetime) -> timestamp_pb2.Timestamp:
+    made = timestamp_pb2.Timestamp()
+    made.FromDatetime(when)
+    return made
+
+
+def waiting_job() -> job_pb2.Job:
+    payload = struct_pb2.Struct()
+    payload.update({"rows": 2, "ratio": 0.5, "nested": {"count": 3}, "tags": ["a", 1]})
+    return job_pb2.Job(
+        id="0193", owner="alice", type="report.build", queue="reports",
+        state=job_pb2.JOB_STATE_QUEUED, priority=5, payload=payload, max_attempts=5,
+        create_time=stamp(CREATED), run_at=stamp(CREATED),
+        timeout=duration_pb2.Duration(seconds=600),
+        blocked_reason="queue 'reports' is paused",
+        blocked=job_pb2.BlockedReason(kind=job_pb2.BLOCKED_KIND_PAUSED, queue="reports"),
+    )  # fmt: skip
+
+
+def test_a_job_reads_as_python_and_keeps_its_message() -> None:
+    msg = waiting_job()
+    job = Job.from_proto(msg)
+    assert job.state is JobState.QUEUED and job.state == int(job_pb2.JOB_STATE_QUEUED)
+    assert job.state.waiting and not job.state.terminal
+    assert job.payload == {"nested": {"count": 3}, "ratio": 0.5, "rows": 2, "tags": ["a", 1]}
+    assert type(job.payload["rows"]) is int, "a Struct's 2.0 is the 2 the client sent"
+    assert job.create_time == CREATED and job.create_time.tzinfo is UTC
+    assert job.start_time is None and job.finish_time is None and job.expire_time is None
+    assert job.timeout == timedelta(minutes=10) and job.retention is None
+    assert job.blocked is not None and job.blocked.kind is BlockedKind.PAUSED
+    assert job.blocked.queue == "reports" and job.blocked.jobs_ahead is None
+    assert job.raw is msg and "raw" not in repr(job)
+
+
+def test_updates_results_and_attempts() -> None:
+    done = waiting_job()
+    done.state = job_pb2.JOB_STATE_SUCCEEDED
+    done.ClearField("blocked")
+    done.finish_time.CopyFrom(stamp(CREATED + timedelta(seconds=3)))
+    update = JobUpdate.from_proto(pb.WatchJobResponse(sequence=7, job=done))
+    assert update.sequence == 7 and update.job.state.terminal and update.job.blocked is None
+    result = struct_pb2.Struct()
+    result.update({"rows": 2})
+    answer = pb.GetJobResultResponse(
+        job=done, result=result, artifacts=[job_pb2.Artifact(name="report.txt", size=12)]
+    )
+    found = JobResult.from_proto(answer)
+    assert found.result == {"rows": 2} and type(found.result["rows"]) is int
+    assert [(a.name, a.size, a.url_expire_time) for a in found.artifacts] == [
+        ("report.txt", 12, None)
+    ]
+    assert JobResult.from_proto(pb.GetJobResultResponse(job=done)).result is None
+    attempt = job_pb2.JobAttempt(
+        job_id="0193", attempt=1, outcome=job_pb2.ATTEMPT_OUTCOME_FAILED,
+        start_time=stamp(CREATED), error="boom",
+    )  # fmt: skip
+    tried = Attempt.from_proto(attempt)
+    assert tried.outcome is AttemptOutcome.FAILED and tried.start_time == CREATED
+    assert tried.finish_time is None
