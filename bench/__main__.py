@@ -39,7 +39,7 @@ from bench.cost import ClientCall, CpuMeter, Side, measure, pct, versus_floor
 from bench.floor import floor_server
 from bench.handlers import STAMPS
 from conveyor.cli.dev import wait_serving
-from conveyor.client import AsyncClient, schedule_request, submit_request
+from conveyor.client import AsyncClient, JobState, schedule_request, submit_request
 from conveyor.config import Settings
 from conveyor.db import Database, JobStore, migrate
 from conveyor.db.bulk import psycopg_dsn
@@ -49,7 +49,6 @@ from conveyor.errors import ConveyorError
 from conveyor.redis import RedisQueue, connect
 from conveyor.redis.keys import EPOCH_KEY
 from conveyor.scheduling.reconciler import Reconciler
-from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
 from tests.processes import Service, Stack, make_env
@@ -265,9 +264,9 @@ async def _fan_out(
         nonlocal opened
         try:
             async for update in channel_of(index).watch(job_id):
-                if update.job.state == job_pb2.JOB_STATE_QUEUED:
+                if update.job.state == JobState.QUEUED:
                     opened += 1
-                elif update.job.state == job_pb2.JOB_STATE_CANCELLED:
+                elif update.job.state == JobState.CANCELLED:
                     latencies.append(time.perf_counter() - cancelled_at[job_id])
                 if opened + len(failed) == streams:
                     all_open.set()

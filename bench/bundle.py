@@ -15,11 +15,10 @@ from typing import Any
 
 import psutil
 
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, JobState
 from conveyor.embedded import free_port
 from conveyor.jobs.artifacts import owner_file_key
 from conveyor.objects.s3 import S3Store
-from conveyor.v1 import job_pb2
 from tests.objectstores import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.processes import Stack
 
@@ -75,12 +74,12 @@ async def bundle_rss(env: dict[str, str], folder: Path, key: str, total_mib: int
             while True:
                 peak = max(peak, proc.memory_info().rss)
                 state = (await client.get(job.id)).state
-                if state in (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_DEAD):
+                if state in (JobState.SUCCEEDED, JobState.DEAD):
                     break
                 await asyncio.sleep(0.02)  # a sampler: memory has no event to wait on
             elapsed = time.perf_counter() - start
             done = await client.get(job.id)
-            assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+            assert done.state == JobState.SUCCEEDED, done.error
             (artifact,) = (await client.result(job.id)).artifacts
         return {
             "input_mib": files * 16,

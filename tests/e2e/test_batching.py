@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_status import rpc_status
 
-from conveyor.client import AsyncClient, Client, submit_request
+from conveyor.client import AsyncClient, Client, Job, submit_request
 from conveyor.errors import AlreadyExists, InvalidArgument, Unauthenticated
 from conveyor.v1 import job_pb2
 from conveyor.v1 import job_service_pb2 as pb
@@ -210,7 +210,7 @@ def test_submits_from_many_threads_share_calls(stack: Stack) -> None:
     channel = grpc.intercept_channel(grpc.insecure_channel(stack.api_addr), recorder)
     start = threading.Barrier(64)
 
-    def submit(client: Client, i: int) -> job_pb2.Job:
+    def submit(client: Client, i: int) -> Job:
         start.wait()
         return client.submit("noop", {"i": i}, queue=PARKED)
 
@@ -236,7 +236,7 @@ async def test_a_bad_submit_among_concurrent_ones_raises_in_its_caller_alone(
             await client.submit("noop", queue=PARKED, priority=12)
         recorder.calls.clear()
 
-        def submit(i: int) -> Awaitable[job_pb2.Job]:
+        def submit(i: int) -> Awaitable[Job]:
             if i == 10:
                 return client.submit("noop", queue=PARKED, priority=12)
             if i == 20:
@@ -250,7 +250,7 @@ async def test_a_bad_submit_among_concurrent_ones_raises_in_its_caller_alone(
     assert (bad.message, bad.violations) == (alone.value.message, alone.value.violations)
     assert isinstance(outcomes[20], AlreadyExists)
     good = [o for i, o in enumerate(outcomes) if i not in (10, 20)]
-    assert all(isinstance(o, job_pb2.Job) for o in good)
+    assert all(isinstance(o, Job) for o in good)
 
 
 async def test_a_cancelled_caller_leaves_the_others_batch_alone(stack: Stack) -> None:
@@ -272,9 +272,9 @@ async def test_a_cancelled_caller_leaves_the_others_batch_alone(stack: Stack) ->
         assert isinstance(outcomes[0], asyncio.CancelledError)
         assert isinstance(outcomes[5], asyncio.CancelledError)
         jobs = [o for i, o in enumerate(outcomes) if i not in (0, 5)]
-        assert all(isinstance(job, job_pb2.Job) for job in jobs)
-        listed = {job.id for job in (await client.list(page_size=100)).jobs}
-        assert {job.id for job in jobs if isinstance(job, job_pb2.Job)} == listed
+        assert all(isinstance(job, Job) for job in jobs)
+        listed = {job.id for job in (await client.list(page_size=100)).items}
+        assert {job.id for job in jobs if isinstance(job, Job)} == listed
     assert ("SubmitJobs", 14) in recorder.submits()
 
 

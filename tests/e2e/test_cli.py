@@ -9,8 +9,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from conveyor.client import Client
-from conveyor.v1 import job_pb2
+from conveyor.client import Client, JobState
 from tests.processes import CONVEYOR, Keys, Stack
 
 
@@ -261,7 +260,7 @@ def test_output_copies_and_pastes_whole(stack: Stack, keys: Keys, tmp_path: Path
     )  # fmt: skip
     with Client(stack.api_addr, api_key=keys.bob) as client:
         for update in client.watch(held["id"]):
-            if update.job.state == job_pb2.JOB_STATE_RUNNING:
+            if update.job.state == JobState.RUNNING:
                 break
         running = stack.cli("attempts", held["id"], key=keys.bob).stdout
         client.cancel(held["id"])

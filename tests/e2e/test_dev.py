@@ -17,10 +17,9 @@ import psutil
 import pytest
 
 from conveyor.cli.dev import wait_serving
-from conveyor.client import Client
+from conveyor.client import Client, Job, JobState
 from conveyor.embedded import free_port
 from conveyor.errors import InvalidArgument
-from conveyor.v1 import job_pb2
 from tests.e2e.test_grpcurl import GRPCURL, stream
 from tests.processes import CONVEYOR
 
@@ -35,7 +34,7 @@ def check_folder_store_links(api: str, objects: Path) -> None:
         payload = {"rows": rows, "columns": ["n", "word"], "name": "words.csv"}
         job = client.submit("csv.export", payload)
         for _ in range(300):  # a sync client has no stream helper here; the job is short
-            if client.get(job.id).state == job_pb2.JOB_STATE_SUCCEEDED:
+            if client.get(job.id).state == JobState.SUCCEEDED:
                 break
             time.sleep(0.05)
         found = client.result(job.id)
@@ -44,7 +43,8 @@ def check_folder_store_links(api: str, objects: Path) -> None:
     with urllib.request.urlopen(artifact.url, timeout=10) as response:
         assert response.read().decode() == expected
     assert (objects / "jobs" / job.id / "artifacts" / "words.csv").read_bytes() == expected.encode()
-    time.sleep(max(artifact.url_expire_time.ToSeconds() - time.time(), 0) + 1.1)
+    assert artifact.url_expire_time is not None
+    time.sleep(max(artifact.url_expire_time.timestamp() - time.time(), 0) + 1.1)
     with pytest.raises(urllib.error.HTTPError) as expired:
         urllib.request.urlopen(artifact.url, timeout=10)
     assert expired.value.code == 403
@@ -131,10 +131,10 @@ def build_report(payload: ReportPayload, ctx: SyncJobContext) -> dict[str, int]:
 """
 
 
-def until_ended(client: Client, job_id: str) -> job_pb2.Job:
+def until_ended(client: Client, job_id: str) -> Job:
     """The job once it has ended, followed on its stream."""
     for update in client.watch(job_id):
-        if update.job.state in (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_DEAD):
+        if update.job.state in (JobState.SUCCEEDED, JobState.DEAD):
             return update.job
     raise AssertionError("the stream ended before the job did")
 
@@ -167,8 +167,9 @@ def test_your_own_handler_runs_with_one_command_from_your_folder(tmp_path: Path)
             assert [v.field for v in refused.value.violations] == ["payload.month"]
             job = client.submit("report.build", {"account": "acme", "month": "2026-05"})
             assert job.max_attempts == 5, "the api loaded the module: the type's policy"
-            assert until_ended(client, job.id).state == job_pb2.JOB_STATE_SUCCEEDED
-            assert client.result(job.id).result["rows"] == 2
+            assert until_ended(client, job.id).state == JobState.SUCCEEDED
+            found = client.result(job.id).result
+            assert found is not None and found["rows"] == 2
 
             worker_log = tmp_path / "worker.log"
             with worker_log.open("wb") as out:
@@ -180,7 +181,7 @@ def test_your_own_handler_runs_with_one_command_from_your_folder(tmp_path: Path)
                 "report.build", {"account": "acme", "month": "2026-06"}, queue="reports"
             )
             ended = until_ended(client, queued.id)
-            assert ended.state == job_pb2.JOB_STATE_SUCCEEDED, worker_log.read_text()
+            assert ended.state == JobState.SUCCEEDED, worker_log.read_text()
         assert "joining the `conveyor dev` stack" in worker_log.read_text()
     finally:
         if joined is not None:

@@ -13,16 +13,15 @@ import psutil
 import redis
 
 from conveyor.cli.dev import wait_serving
-from conveyor.client import Client
-from conveyor.v1 import job_pb2
+from conveyor.client import Client, Job, JobState
 from tests.e2e.test_dev import DEV_KEY, dev_env
 from tests.processes import CONVEYOR
 
-S = job_pb2.JobState
-TERMINAL = {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_DEAD, S.JOB_STATE_CANCELLED}
+S = JobState
+TERMINAL = {S.SUCCEEDED, S.DEAD, S.CANCELLED}
 
 
-def run_a_job(api: str) -> job_pb2.Job:
+def run_a_job(api: str) -> Job:
     """Submit a short job through the client and follow its stream until it ends."""
     with Client(api, api_key=DEV_KEY) as client:
         job = client.submit("sleep", {"seconds": 0.1})
@@ -69,7 +68,7 @@ def run_dev_once(tmp_path: Path, name: str) -> None:
         )
     try:
         assert wait_serving(api, timeout=60), log.read_text()
-        assert run_a_job(api).state == S.JOB_STATE_SUCCEEDED, log.read_text()
+        assert run_a_job(api).state == S.SUCCEEDED, log.read_text()
         children = psutil.Process(dev.pid).children(recursive=True)
         nodes = [c for c in children if c.name().startswith("redis-server")]
         assert len(nodes) == 6, [c.name() for c in children]

@@ -16,13 +16,12 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Table, create_engine
 
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, Job, JobState
 from conveyor.db import Database, sync_url
 from conveyor.db.models import ApiKeyRow, AttemptRow
 from conveyor.errors import InvalidArgument, from_rpc_error
 from conveyor.jobs.attempts import AttemptOutcome
 from conveyor.v1 import api_key_service_pb2 as kpb
-from conveyor.v1 import job_pb2
 from conveyor.v1 import job_service_pb2 as pb
 from conveyor.v1.api_key_service_pb2_grpc import ApiKeyServiceStub
 from conveyor.v1.job_service_pb2_grpc import JobServiceStub
@@ -74,7 +73,7 @@ def altered(token: str) -> list[str]:
     ]
 
 
-async def ended(client: AsyncClient, job_id: str) -> job_pb2.Job:
+async def ended(client: AsyncClient, job_id: str) -> Job:
     async with asyncio.timeout(30):
         updates = [u async for u in client.watch(job_id)]
     return updates[-1].job
@@ -155,14 +154,14 @@ async def test_attempts_page_oldest_first_each_once(
     every (under 1000) attempt; tokens work only for the job and caller they were issued
     for. Fails before paging (the request has no page_size)."""
     job = await alice.submit("fail", {"message": "boom"}, max_attempts=5)
-    assert (await ended(alice, job.id)).state == job_pb2.JOB_STATE_DEAD
+    assert (await ended(alice, job.id)).state == JobState.DEAD
     rpc = Rpc(JobServiceStub(channel), keys.alice)
     first = await rpc("ListJobAttempts", pb.ListJobAttemptsRequest(id=job.id, page_size=2))
     assert [a.attempt for a in first.attempts] == [1, 2] and first.next_page_token
 
     await alice.retry(job.id, max_attempts=2)  # attempts 6 and 7, recorded mid-listing
     replayed = await ended(alice, job.id)
-    assert replayed.state == job_pb2.JOB_STATE_DEAD and replayed.attempt == 7
+    assert replayed.state == JobState.DEAD and replayed.attempt == 7
     request = pb.ListJobAttemptsRequest(id=job.id, page_size=2, page_token=first.next_page_token)
     rest, pages = await walk(rpc, "ListJobAttempts", request, "attempts")
     assert [a.attempt for a in [*first.attempts, *rest]] == [1, 2, 3, 4, 5, 6, 7]
@@ -239,7 +238,7 @@ async def test_list_jobs_by_create_time(stack: Stack) -> None:
     async with AsyncClient(stack.api_addr, api_key=stack.create_key("timed")) as client:
         made = [await client.submit("noop", queue=PARKED) for _ in range(6)]
         await client.submit("noop", queue="other-timed")
-        times = {j.id: j.create_time.ToMilliseconds() for j in made}
+        times = {j.id: j.raw.create_time.ToMilliseconds() for j in made}
         low, high = times[made[1].id], times[made[4].id]
         assert low < high, "three commits apart"
 
@@ -254,7 +253,7 @@ async def test_list_jobs_by_create_time(stack: Stack) -> None:
                     page_size=size,
                     page_token=token,
                 )
-                ids += [j.id for j in page.jobs]
+                ids += [j.id for j in page.items]
                 token = page.next_page_token
                 if not token:
                     return ids
@@ -269,7 +268,7 @@ async def test_list_jobs_by_create_time(stack: Stack) -> None:
         assert await listed(None, at(high), 100) == within(0, high)
         assert await listed(at(low), at(low), 100) == [], "an empty range"
         everyone = await client.list(create_time_start=at(low), page_size=100)
-        assert len(everyone.jobs) == len(within(low, 1 << 60)) + 1, "the other queue's too"
+        assert len(everyone.items) == len(within(low, 1 << 60)) + 1, "the other queue's too"
 
         first = await client.list(
             queue=PARKED, create_time_start=at(low), create_time_end=at(high), page_size=1

@@ -12,12 +12,11 @@ import psycopg
 import pytest
 from redis.cluster import RedisCluster
 
-from conveyor.client import AsyncClient, submit_request
+from conveyor.client import AsyncClient, JobState, submit_request
 from conveyor.db.bulk import psycopg_dsn
 from conveyor.errors import FailedPrecondition, InvalidArgument
 from conveyor.jobs.shards import placement
 from conveyor.redis.keys import QueueKeys
-from conveyor.v1 import job_pb2
 from tests.e2e.test_queues import (
     most_at_once,
     most_in_window,
@@ -28,7 +27,7 @@ from tests.e2e.test_queues import (
 )
 from tests.processes import Service, Stack
 
-S = job_pb2.JobState
+S = JobState
 
 
 def shards_of(stack: Stack, job_ids: list[str]) -> Counter[int]:
@@ -80,9 +79,7 @@ async def test_a_paused_capped_sharded_queue_spreads_its_jobs_and_holds_as_one(
     await asyncio.sleep(1.0)  # what is asserted is that nothing starts for a while
     for job_id in ids:
         held = await alice.get(job_id)
-        assert (
-            held.state == S.JOB_STATE_QUEUED and held.blocked_reason == "queue 'spread' is paused"
-        )
+        assert held.state == S.QUEUED and held.blocked_reason == "queue 'spread' is paused"
     [stats] = await admin.queue_stats("spread")
     assert (stats.paused, stats.queued, stats.running) == (True, 30, 0)
     assert (stats.limits.shards, stats.limits.max_running) == (3, 3)

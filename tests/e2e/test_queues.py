@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from conveyor.client import AsyncClient, submit_request
+from conveyor.client import AsyncClient, Job, JobState, submit_request
 from conveyor.db.bulk import psycopg_dsn
 from conveyor.errors import InvalidArgument, PermissionDenied
 from conveyor.jobs.model import format_time
@@ -29,8 +29,8 @@ from conveyor.v1.api_key_service_pb2_grpc import ApiKeyServiceStub
 from tests.handlers import lines
 from tests.processes import Keys, Service, Stack
 
-S = job_pb2.JobState
-TERMINAL = {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_DEAD, S.JOB_STATE_CANCELLED}
+S = JobState
+TERMINAL = {S.SUCCEEDED, S.DEAD, S.CANCELLED}
 
 
 def start_worker(stack: Stack, started: list[Service], queues: str, concurrency: int) -> Service:
@@ -61,7 +61,7 @@ async def until_running(admin: AsyncClient, queue: str, count: int) -> None:
             await asyncio.sleep(0.02)
 
 
-async def until_blocked(client: AsyncClient, job_id: str, reason: str) -> job_pb2.Job:
+async def until_blocked(client: AsyncClient, job_id: str, reason: str) -> Job:
     """Wait until GetJob says why the job waits, starting with `reason`, and return the job.
     Blocked reasons have no stream to wait on, so this looks every 20 ms, for 10 s at most."""
     async with asyncio.timeout(10):
@@ -76,7 +76,7 @@ def spans(stack: Stack, job_ids: list[str]) -> list[tuple[int, int]]:
     with psycopg.connect(psycopg_dsn(stack.env["CONVEYOR_DATABASE_URL"])) as conn:
         rows = conn.execute(
             "SELECT id, start_time, finish_time FROM jobs WHERE id = ANY(%s) AND state = %s",
-            (job_ids, S.JOB_STATE_SUCCEEDED),
+            (job_ids, S.SUCCEEDED),
         ).fetchall()
     assert len(rows) == len(job_ids), "every job succeeded"
     found = {job_id: (int(start), int(finish)) for job_id, start, finish in rows}
@@ -191,10 +191,12 @@ async def test_a_paused_queue_runs_nothing_until_resumed(
     jobs = await alice.submit_many([submit_request("noop", queue="held") for _ in range(20)])
     await asyncio.sleep(1.5)  # what is asserted is that nothing happens for a while
     states = {(await alice.get(j.id)).state for j in jobs}
-    assert states == {S.JOB_STATE_QUEUED}
+    assert states == {S.QUEUED}
     waiting = await alice.get(jobs[0].id)
     assert waiting.blocked_reason == "queue 'held' is paused"
-    assert waiting.blocked == job_pb2.BlockedReason(kind=job_pb2.BLOCKED_KIND_PAUSED, queue="held")
+    assert waiting.raw.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_PAUSED, queue="held"
+    )
     [stats] = await admin.queue_stats("held")
     assert stats.paused and stats.queued == 20 and stats.running == 0
     assert stats.queued_by_priority[5] == 20 and stats.HasField("oldest_wait")
@@ -223,7 +225,7 @@ async def test_a_concurrency_limit_holds_across_two_workers(
     await until_running(admin, "capped", 3)
     held = await alice.get(jobs[-1].id)
     assert held.blocked_reason == "queue 'capped' is at its concurrency limit (3 of 3 running)"
-    assert held.blocked == job_pb2.BlockedReason(
+    assert held.raw.blocked == job_pb2.BlockedReason(
         kind=job_pb2.BLOCKED_KIND_QUEUE_CONCURRENCY_LIMIT, queue="capped", running=3, limit=3
     )
     await until_done(alice, [j.id for j in jobs])
@@ -242,15 +244,15 @@ async def test_a_rate_limit_is_not_exceeded(
     start_worker(stack, workers, "rated", 4)
     jobs = await alice.submit_many([submit_request("noop", queue="rated") for _ in range(50)])
     rated = await until_blocked(alice, jobs[-1].id, "queue 'rated' is rate limited")
-    opens = rated.blocked.until.ToMilliseconds()
+    opens = rated.raw.blocked.until.ToMilliseconds()
     assert rated.blocked_reason == (
         f"queue 'rated' is rate limited (5 per 1000 ms) until {format_time(opens)}"
     )
-    assert rated.blocked == job_pb2.BlockedReason(
+    assert rated.raw.blocked == job_pb2.BlockedReason(
         kind=job_pb2.BLOCKED_KIND_RATE_LIMITED, queue="rated", rate_jobs=5,
-        rate_interval=Duration(seconds=1), until=rated.blocked.until,
+        rate_interval=Duration(seconds=1), until=rated.raw.blocked.until,
     )  # fmt: skip
-    assert 0 < opens - rated.create_time.ToMilliseconds() <= 30_000, "the window opens soon"
+    assert 0 < opens - rated.raw.create_time.ToMilliseconds() <= 30_000, "the window opens soon"
     await until_done(alice, [j.id for j in jobs], within=30)
     starts = [start for start, _ in spans(stack, [j.id for j in jobs])]
     busiest = most_in_window(starts, 1000)
@@ -278,12 +280,12 @@ async def test_a_flooding_owner_does_not_starve_another(
     )
     await until_done(bob, [j.id for j in quiet], within=30)
     bob_waited = [
-        start - job.create_time.ToMilliseconds()
+        start - job.raw.create_time.ToMilliseconds()
         for job, (start, _) in zip(quiet, spans(stack, [j.id for j in quiet]), strict=True)
     ]
     alice_left = 0
     for job in flood:
-        alice_left += (await alice.get(job.id)).state == S.JOB_STATE_QUEUED
+        alice_left += (await alice.get(job.id)).state == S.QUEUED
     await until_done(alice, [j.id for j in flood], within=60)
     peak = most_at_once(spans(stack, [j.id for j in flood]))
     print(
@@ -292,8 +294,8 @@ async def test_a_flooding_owner_does_not_starve_another(
         f"alice peaked at {peak} running"
     )
     # Her running count may have dropped since the claim parked the job; the cap has not.
-    running = parked.blocked.running
-    assert parked.blocked == job_pb2.BlockedReason(
+    running = parked.raw.blocked.running
+    assert parked.raw.blocked == job_pb2.BlockedReason(
         kind=job_pb2.BLOCKED_KIND_OWNER_CONCURRENCY_LIMIT, queue="fair", owner="alice",
         running=running, limit=2,
     )  # fmt: skip
@@ -330,7 +332,7 @@ async def test_a_keys_concurrency_cap_holds_its_jobs_back_only(
         await until_done(alice, [j.id for j in others], within=10)
         still_queued = 0
         for job in backlog:
-            still_queued += (await carol.get(job.id)).state == S.JOB_STATE_QUEUED
+            still_queued += (await carol.get(job.id)).state == S.QUEUED
         await until_done(carol, [j.id for j in backlog], within=30)
     peak = most_at_once(spans(stack, [j.id for j in backlog]))
     print(f"\nkey cap 1: carol's 8 jobs peaked at {peak} running; alice's 3 ran while "
@@ -338,7 +340,7 @@ async def test_a_keys_concurrency_cap_holds_its_jobs_back_only(
     assert held.blocked_reason == (
         f"API key {made.key.id} is at its concurrency limit in queue 'keycap' (1 of 1 running)"
     )
-    assert held.blocked == job_pb2.BlockedReason(
+    assert held.raw.blocked == job_pb2.BlockedReason(
         kind=job_pb2.BLOCKED_KIND_API_KEY_CONCURRENCY_LIMIT, queue="keycap",
         api_key_id=made.key.id, running=1, limit=1,
     )  # fmt: skip
@@ -352,15 +354,15 @@ async def test_a_delayed_job_waits_for_its_time_then_runs(
     worker that was blocked, not polling: the claim script told it when to wake."""
     start_worker(stack, workers, "later", 1)
     job = await alice.submit("noop", queue="later", delay=timedelta(seconds=0.8))
-    assert job.state == S.JOB_STATE_SCHEDULED
+    assert job.state == S.SCHEDULED
     waiting = await alice.get(job.id)
-    assert waiting.blocked_reason == f"scheduled for {format_time(job.run_at.ToMilliseconds())}"
-    assert waiting.blocked == job_pb2.BlockedReason(
-        kind=job_pb2.BLOCKED_KIND_SCHEDULED, until=job.run_at
+    assert waiting.blocked_reason == f"scheduled for {format_time(job.raw.run_at.ToMilliseconds())}"
+    assert waiting.raw.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_SCHEDULED, until=job.raw.run_at
     )
     await until_done(alice, [job.id], within=10)
     [(start, _)] = spans(stack, [job.id])
-    late = start - job.run_at.ToMilliseconds()
+    late = start - job.raw.run_at.ToMilliseconds()
     print(f"\ndelay 0.8 s: started {late} ms after its run_at")
     assert 0 <= late < 300
 

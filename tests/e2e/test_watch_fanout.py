@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
-from conveyor.client import AsyncClient
-from conveyor.v1 import job_pb2
-from conveyor.v1 import job_service_pb2 as pb
+from conveyor.client import AsyncClient, JobState, JobUpdate
 from tests.observability import scrape, value
 from tests.processes import Stack
 
-S = job_pb2.JobState
+S = JobState
 WATCHERS = 20
 
 
@@ -34,7 +32,7 @@ async def test_watchers_of_one_job_share_each_change(
         job = await alice.submit("sleep", {"seconds": 0.3, "steps": 3})
         first: list[asyncio.Event] = [asyncio.Event() for _ in range(WATCHERS)]
 
-        async def watch(index: int) -> list[pb.WatchJobResponse]:
+        async def watch(index: int) -> list[JobUpdate]:
             seen = []
             async for update in alice.watch(job.id):
                 seen.append(update)
@@ -53,8 +51,8 @@ async def test_watchers_of_one_job_share_each_change(
     assert all(one == shown[0] for one in shown), "every stream gets the same messages"
     sequences = [sequence for sequence, _, _ in shown[0]]
     assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
-    assert shown[0][0][1] == S.JOB_STATE_QUEUED and shown[0][-1][1] == S.JOB_STATE_SUCCEEDED
-    assert {state for _, state, _ in shown[0]} >= {S.JOB_STATE_RUNNING}
+    assert shown[0][0][1] == S.QUEUED and shown[0][-1][1] == S.SUCCEEDED
+    assert {state for _, state, _ in shown[0]} >= {S.RUNNING}
     assert all(dict(u.job.payload) == {"seconds": 0.3, "steps": 3} for u in seen[0])
     changes = len(sequences) - 1  # after the snapshot each stream started with
     assert changes >= 4  # claimed, three progress steps (the last one 100 %), succeeded

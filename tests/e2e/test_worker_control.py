@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 
-from conveyor.client import AsyncClient
-from conveyor.v1 import job_pb2
+from conveyor.client import AsyncClient, Job, JobState
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
 from tests.processes import Keys, Service, Stack
@@ -32,7 +31,7 @@ async def control(worker: Service) -> AsyncIterator[WorkerControlStub]:
         yield WorkerControlStub(channel)
 
 
-async def until_claimable(client: AsyncClient, job_id: str) -> job_pb2.Job:
+async def until_claimable(client: AsyncClient, job_id: str) -> Job:
     """Wait until the API says the job waits only for a slot of a live worker that
     handles it (the worker is up, announced and able to claim it), and return the job.
     Blocked reasons have no stream to wait on, so this looks every 20 ms, for 10 s at most."""
@@ -86,7 +85,7 @@ async def test_status_pause_resume_and_drain(
     assert paused.status.state == wc.WORKER_STATE_PAUSED
     job = await alice.submit("sleep", {"seconds": 0.6, "steps": 3}, queue=QUEUE)
     held = await until_claimable(alice, job.id)
-    assert held.state == job_pb2.JOB_STATE_QUEUED, "the paused worker claimed nothing"
+    assert held.state == JobState.QUEUED, "the paused worker claimed nothing"
 
     stream = control.WatchWorkerStatus(wc.WatchWorkerStatusRequest(), metadata=admin)
     resume_ms = int(time.time() * 1000)
@@ -106,6 +105,7 @@ async def test_status_pause_resume_and_drain(
     exit_code = await asyncio.to_thread(worker.proc.wait, 15)
     assert exit_code == 0
     final = await alice.get(job.id)
-    assert final.state == job_pb2.JOB_STATE_SUCCEEDED, "draining let the running job finish"
+    assert final.state == JobState.SUCCEEDED, "draining let the running job finish"
     [attempt] = await alice.attempts(job.id)
-    assert attempt.start_time.ToMilliseconds() >= resume_ms, "it started only after the resume"
+    assert attempt.start_time is not None
+    assert attempt.start_time.timestamp() * 1000 >= resume_ms, "it started only after the resume"

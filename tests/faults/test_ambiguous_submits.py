@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 import psycopg
 import pytest
 
-from conveyor.client import AsyncClient, Client, SubmitRetry, submit_request
+from conveyor.client import AsyncClient, Client, Job, SubmitRetry, submit_request
 from conveyor.db.bulk import psycopg_dsn
 from conveyor.embedded import free_port
 from conveyor.errors import ConveyorError, InvalidArgument
-from conveyor.v1 import job_pb2
 from tests.processes import Keys, Service, Stack
 
 BULKS = 20
@@ -102,10 +101,10 @@ class Load:
         first, self.next_n = self.next_n, self.next_n + count
         return list(range(first, first + count))
 
-    def record(self, numbers: list[int], sent: float, jobs: list[job_pb2.Job]) -> None:
+    def record(self, numbers: list[int], sent: float, jobs: list[Job]) -> None:
         self.submits += 1
         self.returned.update(zip(numbers, (job.id for job in jobs), strict=True))
-        made = [job.create_time.ToMilliseconds() / 1000 for job in jobs]
+        made = [job.create_time.timestamp() for job in jobs]
         self.spans.append((sent, time.time(), made))
 
     def committed_before(self, kills: list[float]) -> int:

@@ -14,7 +14,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, Attempt, AttemptOutcome, Job, JobState
 from conveyor.errors import FailedPrecondition
 from conveyor.v1 import job_pb2
 from tests.handlers import lines
@@ -43,29 +43,29 @@ async def submit_and_cancel(alice: AsyncClient, log: Path, rng: random.Random) -
     return job.id, True
 
 
-async def settled(alice: AsyncClient, job_id: str) -> job_pb2.Job:
+async def settled(alice: AsyncClient, job_id: str) -> Job:
     async with asyncio.timeout(20):
         async for update in alice.watch(job_id):
-            if update.job.state in TERMINAL:
+            if update.job.state.terminal:
                 return update.job
     return await alice.get(job_id)
 
 
-def kind_of(job: job_pb2.Job, cancel_taken: bool, attempts: list[job_pb2.JobAttempt]) -> str:
+def kind_of(job: Job, cancel_taken: bool, attempts: list[Attempt]) -> str:
     """Check one job's history against its cancel's answer; what kind of race it was."""
     if not cancel_taken:
-        assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job
-        assert [a.outcome for a in attempts] == [job_pb2.ATTEMPT_OUTCOME_SUCCEEDED], attempts
+        assert job.state == JobState.SUCCEEDED, job
+        assert [a.outcome for a in attempts] == [AttemptOutcome.SUCCEEDED], attempts
         return "too late: refused, succeeded"
-    assert job.state == job_pb2.JOB_STATE_CANCELLED, f"an accepted cancel is final: {job}"
+    assert job.state == JobState.CANCELLED, f"an accepted cancel is final: {job}"
     if job.attempt == 0:
         assert attempts == [], attempts
         return "before it started"
     assert [a.attempt for a in attempts] == [1] and job.attempt == 1, (job, attempts)
     [record] = attempts
-    assert record.outcome == job_pb2.ATTEMPT_OUTCOME_CANCELLED, record
-    assert record.worker_id and record.HasField("start_time"), record
-    assert record.start_time.ToMilliseconds() <= record.finish_time.ToMilliseconds()
+    assert record.outcome == AttemptOutcome.CANCELLED, record
+    assert record.worker_id and record.start_time and record.finish_time, record
+    assert record.start_time <= record.finish_time
     if record.error.startswith("cancelled after its handler had ended"):
         return "after the handler returned"
     assert record.error.startswith("cancelled while running"), record

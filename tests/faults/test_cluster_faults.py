@@ -92,10 +92,10 @@ async def test_no_job_lost_and_no_client_error_when_the_queues_slot_moves_mid_dr
             while not stop.is_set():
                 try:
                     page = await api.list(queue=queue, page_size=5)
-                    for job in page.jobs:
+                    for job in page.items:
                         await api.get(job.id)
                     await api.submit("test.touch", {}, queue=queue + "-side")
-                    calls += 2 + len(page.jobs)
+                    calls += 2 + len(page.items)
                 except ConveyorError as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, AttemptOutcome, Job, JobState
 from conveyor.v1 import job_pb2
 from tests.handlers import lines
 from tests.processes import Keys, Service, Stack, worker_status
@@ -43,9 +43,7 @@ def worker(stack: Stack, queue: str, **env: str) -> Service:
     )  # fmt: skip
 
 
-async def hold_jobs(
-    alice: AsyncClient, queue: str, log: Path, gates: Sequence[Path]
-) -> list[job_pb2.Job]:
+async def hold_jobs(alice: AsyncClient, queue: str, log: Path, gates: Sequence[Path]) -> list[Job]:
     """Submit one `test.hold` job per gate and wait until every one has started."""
     jobs = [
         await alice.submit("test.hold", {"log": str(log), "gate": str(gate)}, queue=queue)
@@ -59,15 +57,15 @@ async def hold_jobs(
     return jobs
 
 
-async def ended(alice: AsyncClient, job_id: str, since: float) -> tuple[job_pb2.Job, float]:
+async def ended(alice: AsyncClient, job_id: str, since: float) -> tuple[Job, float]:
     """The job once it has ended, and how long after `since` that was."""
     final = [u async for u in alice.watch(job_id)][-1].job
     return final, time.monotonic() - since
 
 
 async def all_ended(
-    alice: AsyncClient, jobs: Sequence[job_pb2.Job], since: float, what: str, bound: float = BOUND
-) -> list[tuple[job_pb2.Job, float]]:
+    alice: AsyncClient, jobs: Sequence[Job], since: float, what: str, bound: float = BOUND
+) -> list[tuple[Job, float]]:
     try:
         async with asyncio.timeout(bound):
             return list(await asyncio.gather(*(ended(alice, j.id, since) for j in jobs)))
@@ -78,7 +76,7 @@ async def all_ended(
 
 async def assert_taken_over(
     alice: AsyncClient,
-    jobs: Sequence[job_pb2.Job],
+    jobs: Sequence[Job],
     lost_by: str,
     run_by: str,
     why: str = "lease released: worker {} stopped announcing itself",
@@ -87,11 +85,11 @@ async def assert_taken_over(
     LOST, for the reason `why` (by default: the worker stopped announcing itself)."""
     for job in jobs:
         final = await alice.get(job.id)
-        assert (final.state, final.attempt) == (job_pb2.JOB_STATE_SUCCEEDED, 2)
+        assert (final.state, final.attempt) == (JobState.SUCCEEDED, 2)
         attempts = await alice.attempts(job.id)
         assert [(a.attempt, a.outcome, a.worker_id) for a in attempts] == [
-            (1, job_pb2.ATTEMPT_OUTCOME_LOST, lost_by),
-            (2, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED, run_by),
+            (1, AttemptOutcome.LOST, lost_by),
+            (2, AttemptOutcome.SUCCEEDED, run_by),
         ]
         assert attempts[0].error == why.format(lost_by)
 
@@ -118,7 +116,7 @@ async def test_a_kill_9d_workers_jobs_run_again_elsewhere_within_5_s(
     reruns = sum(line.startswith("started") and line.endswith(" 2") for line in lines(log))
     print(
         f"\nkill -9 of a worker holding {len(jobs)} jobs (lease 30 s): {reruns} run again, "
-        f"{sum(j.state == job_pb2.JOB_STATE_SUCCEEDED for j, _ in done)} succeeded, "
+        f"{sum(j.state == JobState.SUCCEEDED for j, _ in done)} succeeded, "
         f"{last:.2f} s after the kill for the last (median {median:.2f} s)"
     )
     assert reruns == len(jobs)
@@ -196,7 +194,7 @@ async def test_a_worker_whose_event_loop_is_blocked_is_not_taken_for_dead(
     attempts = await alice.attempts(job.id)
     runs = [line for line in lines(log) if line.startswith("started")]
     print(f"\nevent loop blocked 5 s: the job ran {len(runs)} time(s), {len(attempts)} attempt(s)")
-    assert (final.state, final.attempt) == (job_pb2.JOB_STATE_SUCCEEDED, 1)
-    assert [(a.attempt, a.outcome) for a in attempts] == [(1, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED)]
+    assert (final.state, final.attempt) == (JobState.SUCCEEDED, 1)
+    assert [(a.attempt, a.outcome) for a in attempts] == [(1, AttemptOutcome.SUCCEEDED)]
     assert runs == [f"started {job.id} 1"]
     assert busy.stop() == 0 and idle.stop() == 0

@@ -12,8 +12,7 @@ from datetime import timedelta
 import grpc
 import pytest
 
-from conveyor.client import AsyncClient
-from conveyor.v1 import job_pb2
+from conveyor.client import AsyncClient, Job, JobState
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
 from tests.processes import Keys, Service, Stack
@@ -31,13 +30,13 @@ def worker(stack: Stack, queue: str, concurrency: int = 2) -> Service:
     return stack.start("worker", "--queues", queue, "--concurrency", str(concurrency), env=env)
 
 
-async def until_running(client: AsyncClient, job_id: str, *, after: float = 0.0) -> job_pb2.Job:
+async def until_running(client: AsyncClient, job_id: str, *, after: float = 0.0) -> Job:
     """The job once it runs (with a start after `after`, epoch seconds)."""
     async with asyncio.timeout(30):
         async for update in client.watch(job_id):
             job = update.job
-            started = job.start_time.ToMilliseconds() / 1000
-            if job.state == job_pb2.JOB_STATE_RUNNING and started > after:
+            started = job.start_time.timestamp() if job.start_time else 0.0
+            if job.state == JobState.RUNNING and started > after:
                 return job
     raise AssertionError("the watch ended before the job ran")
 
@@ -57,7 +56,8 @@ async def test_sigterm_finishes_what_fits_the_grace_and_hands_the_rest_over_at_o
     stopped_at = time.time()
     assert await asyncio.to_thread(leaving.stop) == 0
     moved = await until_running(alice, long.id, after=stopped_at)
-    handover = moved.start_time.ToMilliseconds() / 1000 - stopped_at
+    assert moved.start_time is not None
+    handover = moved.start_time.timestamp() - stopped_at
     print(f"\ndrain (SIGTERM): the cut-off job restarted {handover:.2f}s after SIGTERM")
     # The grace, then the release and the other worker's claim (measured 0.03-0.5 s on an
     # idle machine, 2.3 s in a full run under load): well before the 10 s lease.
@@ -65,7 +65,7 @@ async def test_sigterm_finishes_what_fits_the_grace_and_hands_the_rest_over_at_o
     assert moved.attempt == 1, "a released attempt is not counted"
 
     done = await alice.get(short.id)
-    assert done.state == job_pb2.JOB_STATE_SUCCEEDED and done.attempt == 1
+    assert done.state == JobState.SUCCEEDED and done.attempt == 1
     await alice.cancel(long.id)
     assert taker.stop() == 0
 
@@ -88,7 +88,8 @@ async def test_drain_worker_with_a_grace_releases_and_exits(
         )
     assert reply.status.state == wc.WORKER_STATE_DRAINING
     moved = await until_running(alice, job.id, after=asked_at)
-    assert moved.start_time.ToMilliseconds() / 1000 - asked_at < LEASE_SECONDS / 2
+    assert moved.start_time is not None
+    assert moved.start_time.timestamp() - asked_at < LEASE_SECONDS / 2
     assert moved.attempt == 1
     assert await asyncio.to_thread(leaving.proc.wait, 15) == 0, "a drained worker exits"
     await alice.cancel(job.id)

@@ -12,8 +12,7 @@ import os
 import signal
 from pathlib import Path
 
-from conveyor.client import AsyncClient
-from conveyor.v1 import job_pb2
+from conveyor.client import AsyncClient, AttemptOutcome, JobState
 from conveyor.v1 import worker_control_pb2 as wc
 from tests.handlers import lines
 from tests.observability import scrape, value
@@ -53,7 +52,7 @@ async def test_a_worker_frozen_past_its_lease_cannot_overwrite_the_newer_attempt
         rescuer_id = (await worker_status(rescuer, keys.admin)).worker_id
         async with asyncio.timeout(30):
             final = [u async for u in alice.watch(job.id)][-1].job
-        assert final.state == job_pb2.JOB_STATE_SUCCEEDED and final.attempt == 2
+        assert final.state == JobState.SUCCEEDED and final.attempt == 2
         reclaimed = scrape(rescuer)
         assert value(reclaimed, "conveyor_leases_reclaimed_total", queue=QUEUE) == 1
     finally:
@@ -70,7 +69,7 @@ async def test_a_worker_frozen_past_its_lease_cannot_overwrite_the_newer_attempt
     # A stale write that got through would show as a changed job or a rewritten attempt 1.
     accepted = int((after.state, after.attempt, after.progress, after.error) != (
         final.state, final.attempt, final.progress, final.error
-    )) + sum(a.worker_id == frozen_id and a.outcome != job_pb2.ATTEMPT_OUTCOME_LOST
+    )) + sum(a.worker_id == frozen_id and a.outcome != AttemptOutcome.LOST
              for a in attempts)  # fmt: skip
     effects = [line for line in lines(log) if line.startswith("effect")]
     print(
@@ -82,8 +81,8 @@ async def test_a_worker_frozen_past_its_lease_cannot_overwrite_the_newer_attempt
     assert (after.state, after.attempt, after.progress) == (final.state, 2, 100.0)
     assert after.error == ""
     assert [(a.attempt, a.outcome, a.worker_id) for a in attempts] == [
-        (1, job_pb2.ATTEMPT_OUTCOME_LOST, frozen_id),
-        (2, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED, rescuer_id),
+        (1, AttemptOutcome.LOST, frozen_id),
+        (2, AttemptOutcome.SUCCEEDED, rescuer_id),
     ]
     assert effects == [f"effect {job.id} 1"], "once() let the effect happen once"
     assert rescuer.stop() == 0

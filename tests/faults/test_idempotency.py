@@ -9,10 +9,9 @@ from collections import Counter
 
 import pytest
 
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, Job
 from conveyor.embedded import free_port
 from conveyor.errors import AlreadyExists, ConveyorError
-from conveyor.v1 import job_pb2
 from tests.processes import Keys, Stack
 
 SUBMITS = 1000
@@ -30,7 +29,7 @@ async def test_a_thousand_concurrent_submits_of_one_key_make_one_job(
     ]
     try:
 
-        async def submit(i: int) -> job_pb2.Job | ConveyorError:
+        async def submit(i: int) -> Job | ConveyorError:
             payload = {"seconds": 0.01} if i % 10 else {"seconds": 0.02}  # 10% differ
             try:
                 return await clients[i % 2].submit(
@@ -43,7 +42,7 @@ async def test_a_thousand_concurrent_submits_of_one_key_make_one_job(
     finally:
         for client in clients:
             await client.close()
-    jobs = [r for r in results if isinstance(r, job_pb2.Job)]
+    jobs = [r for r in results if isinstance(r, Job)]
     refusals = Counter(type(r).__name__ for r in results if isinstance(r, ConveyorError))
     ids = {job.id for job in jobs}
     print(f"\nidempotency: {SUBMITS} submits, {len(ids)} job, refusals {dict(refusals)}")
@@ -55,7 +54,7 @@ async def test_a_thousand_concurrent_submits_of_one_key_make_one_job(
     assert sum(refusals.values()) == expected_refused
 
     async with AsyncClient(stack.api_addr, api_key=keys.alice) as alice:
-        listed = (await alice.list(queue="idem", page_size=1000)).jobs
+        listed = (await alice.list(queue="idem", page_size=1000)).items
         assert [j.id for j in listed if j.idempotency_key == key] == [winner.id]
         async with AsyncClient(stack.api_addr, api_key=keys.bob) as bob:
             theirs = await bob.submit("sleep", {"seconds": 0.01}, idempotency_key=key, queue="idem")

@@ -15,7 +15,7 @@ import grpc
 import psutil
 import pytest
 
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, AttemptOutcome, Job, JobState
 from conveyor.handlers import default_registry, load_modules
 from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
@@ -60,10 +60,10 @@ async def status(control: WorkerControlStub, keys: Keys) -> wc.WorkerStatus:
     return current
 
 
-async def finished(client: AsyncClient, job_id: str, seconds: float = 20) -> job_pb2.Job:
+async def finished(client: AsyncClient, job_id: str, seconds: float = 20) -> Job:
     async with asyncio.timeout(seconds):
         async for update in client.watch(job_id):
-            if update.job.state in TERMINAL:
+            if update.job.state.terminal:
                 return update.job
     raise AssertionError("the watch ended before a terminal state")
 
@@ -94,7 +94,7 @@ async def test_a_busy_loop_is_cancelled_within_2_s_and_its_process_is_gone(
     cancelled_at = time.monotonic()
     await alice.cancel(job.id)
     ended = await finished(alice, job.id)
-    assert ended.state == job_pb2.JOB_STATE_CANCELLED
+    assert ended.state == JobState.CANCELLED
     await wait_for(
         lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 2
     )
@@ -110,7 +110,7 @@ async def test_a_busy_loop_is_cancelled_within_2_s_and_its_process_is_gone(
     start = time.monotonic()
     jobs = [await alice.submit("isolated.work", {}, queue=QUEUE) for _ in range(2)]
     done = [await finished(alice, j.id) for j in jobs]
-    assert [j.state for j in done] == [job_pb2.JOB_STATE_SUCCEEDED] * 2
+    assert [j.state for j in done] == [JobState.SUCCEEDED] * 2
     assert time.monotonic() - start < 5.0
     assert (await status(control, keys)).overrunning_handlers == 0
 
@@ -127,9 +127,9 @@ async def test_a_timeout_kills_the_child_and_is_recorded_as_timed_out(
         max_attempts=1,
     )
     ended = await finished(alice, job.id)
-    assert ended.state == job_pb2.JOB_STATE_DEAD
+    assert ended.state == JobState.DEAD
     [attempt] = await alice.attempts(job.id)
-    assert attempt.outcome == job_pb2.ATTEMPT_OUTCOME_TIMED_OUT
+    assert attempt.outcome == AttemptOutcome.TIMED_OUT
     pid = int(pidfile.read_text())
     await wait_for(
         lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 2
@@ -142,16 +142,16 @@ async def test_past_its_memory_limit_an_attempt_fails_naming_the_limit(
     baseline = psutil.Process(worker.proc.pid).memory_info().rss
     job = await alice.submit("isolated.hog", {"mb": 1024}, queue=QUEUE, max_attempts=1)
     ended = await finished(alice, job.id)
-    assert ended.state == job_pb2.JOB_STATE_DEAD
+    assert ended.state == JobState.DEAD
     assert "killed: memory limit 64 MB exceeded" in ended.error
     [attempt] = await alice.attempts(job.id)
-    assert attempt.outcome == job_pb2.ATTEMPT_OUTCOME_FAILED
+    assert attempt.outcome == AttemptOutcome.FAILED
     # The gigabyte was the child's: the worker itself did not grow.
     grown = psutil.Process(worker.proc.pid).memory_info().rss - baseline
     assert grown < 32 << 20, f"the worker grew by {grown >> 20} MiB"
     # And it still runs jobs.
     after = await alice.submit("isolated.work", {}, queue=QUEUE)
-    assert (await finished(alice, after.id)).state == job_pb2.JOB_STATE_SUCCEEDED
+    assert (await finished(alice, after.id)).state == JobState.SUCCEEDED
 
 
 async def test_progress_once_artifacts_and_results_work_from_a_child(
@@ -162,11 +162,12 @@ async def test_progress_once_artifacts_and_results_work_from_a_child(
     async with asyncio.timeout(20):
         async for update in alice.watch(job.id):
             seen.append(update.job.progress)
-            if update.job.state in TERMINAL:
+            if update.job.state.terminal:
                 break
-    assert update.job.state == job_pb2.JOB_STATE_SUCCEEDED, update.job.error
+    assert update.job.state == JobState.SUCCEEDED, update.job.error
     assert 50.0 in seen, "the child's progress reached the job"
     result = (await alice.result(job.id)).result
+    assert result is not None
     assert result["first"] is True and result["again"] is False, "once holds across calls"
     assert result["read"] == "made in a child"
     assert result["pid"] != worker.proc.pid
@@ -174,19 +175,20 @@ async def test_progress_once_artifacts_and_results_work_from_a_child(
     assert [a.name for a in artifacts] == ["out.txt"]
 
     async_job = await alice.submit("isolated.async_work", {}, queue=QUEUE)
-    assert (await finished(alice, async_job.id)).state == job_pb2.JOB_STATE_SUCCEEDED
-    assert (await alice.result(async_job.id)).result["first"] is True
+    assert (await finished(alice, async_job.id)).state == JobState.SUCCEEDED
+    async_result = (await alice.result(async_job.id)).result
+    assert async_result is not None and async_result["first"] is True
 
 
 async def test_failures_in_a_child_keep_their_meaning(worker: Service, alice: AsyncClient) -> None:
     permanent = await alice.submit("isolated.work", {"fail": "permanent"}, queue=QUEUE)
     ended = await finished(alice, permanent.id)
-    assert ended.state == job_pb2.JOB_STATE_DEAD and ended.attempt == 1
+    assert ended.state == JobState.DEAD and ended.attempt == 1
     assert "PermanentError: refused on purpose" in ended.error
 
     retried = await alice.submit("isolated.work", {"fail": "yes"}, queue=QUEUE, max_attempts=2)
     ended = await finished(alice, retried.id)
-    assert ended.state == job_pb2.JOB_STATE_DEAD and ended.attempt == 2
+    assert ended.state == JobState.DEAD and ended.attempt == 2
     attempts = await alice.attempts(retried.id)
     assert "RuntimeError: failing on purpose" in attempts[0].error
     assert "failing on purpose" in attempts[0].traceback
@@ -199,7 +201,7 @@ async def test_a_thread_handler_past_its_timeout_is_counted_and_holds_its_slot(
         "thread.stuck", {"seconds": 3}, queue=QUEUE, max_attempts=1, timeout=timedelta(seconds=0.3)
     )
     ended = await finished(alice, job.id)
-    assert ended.state == job_pb2.JOB_STATE_DEAD
+    assert ended.state == JobState.DEAD
     held = await status(control, keys)
     assert held.overrunning_handlers == 1
     samples = await asyncio.to_thread(scrape, worker)
@@ -214,7 +216,7 @@ async def test_a_thread_handler_past_its_timeout_is_counted_and_holds_its_slot(
 async def test_the_worker_survived_every_one_of_these(worker: Service, alice: AsyncClient) -> None:
     assert worker.proc.poll() is None
     job = await alice.submit("isolated.noop", {}, queue=QUEUE)
-    assert (await finished(alice, job.id)).state == job_pb2.JOB_STATE_SUCCEEDED
+    assert (await finished(alice, job.id)).state == JobState.SUCCEEDED
     assert psutil.pid_exists(worker.proc.pid)
 
 

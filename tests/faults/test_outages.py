@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, AttemptOutcome, JobState
 from conveyor.db import migrate
 from conveyor.embedded import EmbeddedPostgres, EmbeddedRedis
 from conveyor.errors import Unavailable
@@ -68,7 +68,7 @@ async def test_health_and_submissions_follow_the_dependencies(
         redis.start()
         await until_health(api.addr, SERVING)
 
-        before = len((await client.list(page_size=1000)).jobs)
+        before = len((await client.list(page_size=1000)).items)
         pg.stop()
         await until_health(api.addr, NOT_SERVING)
         answers: Counter[str] = Counter()
@@ -80,7 +80,7 @@ async def test_health_and_submissions_follow_the_dependencies(
                 answers["UNAVAILABLE"] += 1
         pg.start()
         await until_health(api.addr, SERVING)
-        after = len((await client.list(page_size=1000)).jobs)
+        after = len((await client.list(page_size=1000)).items)
         print(
             f"\npostgres outage: {answers['UNAVAILABLE']} of 20 submits UNAVAILABLE, "
             f"{answers['OK']} accepted, {after - before} rows written"
@@ -106,7 +106,7 @@ async def test_workers_keep_results_through_a_database_outage(
         job = await client.submit("sleep", {"seconds": 1.0, "steps": 4})
         async with asyncio.timeout(20):
             async for update in client.watch(job.id):
-                if update.job.state == job_pb2.JOB_STATE_RUNNING:
+                if update.job.state == JobState.RUNNING:
                     break
         pg.stop()
         async with asyncio.timeout(20):
@@ -114,15 +114,13 @@ async def test_workers_keep_results_through_a_database_outage(
                 if update.job.progress >= 100:  # the handler has returned
                     break
         await asyncio.sleep(1.5)  # past the handler's end, the outcome cannot be written
-        assert (await client.get(job.id)).state == job_pb2.JOB_STATE_RUNNING
+        assert (await client.get(job.id)).state == JobState.RUNNING
         pg.start()
         async with asyncio.timeout(30):
             final = [u async for u in client.watch(job.id)][-1].job
-        assert final.state == job_pb2.JOB_STATE_SUCCEEDED and final.attempt == 1
+        assert final.state == JobState.SUCCEEDED and final.attempt == 1
         attempts = await client.attempts(job.id)
-        assert [(a.attempt, a.outcome) for a in attempts] == [
-            (1, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED)
-        ]
+        assert [(a.attempt, a.outcome) for a in attempts] == [(1, AttemptOutcome.SUCCEEDED)]
     assert worker.stop() == 0 and api.stop() == 0
 
 
@@ -145,9 +143,9 @@ async def test_submissions_while_redis_is_down_are_kept_and_run_later(
         jobs = [await client.submit("noop") for _ in range(5)]
         for job in jobs:
             stored = await client.get(job.id)
-            assert stored.state == job_pb2.JOB_STATE_QUEUED
+            assert stored.state == JobState.QUEUED
             assert stored.blocked_reason == "the queue (redis) cannot be reached"
-            assert stored.blocked == job_pb2.BlockedReason(
+            assert stored.raw.blocked == job_pb2.BlockedReason(
                 kind=job_pb2.BLOCKED_KIND_QUEUE_UNREACHABLE
             )
         redis.start()
@@ -155,7 +153,7 @@ async def test_submissions_while_redis_is_down_are_kept_and_run_later(
         for job in jobs:
             async with asyncio.timeout(30):
                 final = [u async for u in client.watch(job.id)][-1].job
-            assert final.state == job_pb2.JOB_STATE_SUCCEEDED
+            assert final.state == JobState.SUCCEEDED
     print(f"\nredis outage: {len(jobs)} jobs accepted while redis was down, all ran")
     assert stack.stop_all() == {"api-0": 0, "scheduler-1": 0, "worker-2": 0}
     del api, scheduler, worker

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.client import AsyncClient
-from conveyor.v1 import job_pb2
+from conveyor.client import AsyncClient, AttemptOutcome, JobState
 from tests.handlers import lines
 from tests.processes import Stack
 
@@ -41,12 +40,12 @@ async def test_a_job_that_kills_its_worker_ends_dead_after_its_attempts(
     survivor = stack.start("worker", "--queues", QUEUE, env=stack.worker_env())
     async with asyncio.timeout(30):
         final = [u async for u in alice.watch(job.id)][-1].job
-    assert final.state == job_pb2.JOB_STATE_DEAD
+    assert final.state == JobState.DEAD
     assert final.attempt == MAX_ATTEMPTS
     assert "was lost" in final.error and "no attempts left" in final.error
     attempts = await alice.attempts(job.id)
     assert [(a.attempt, a.outcome) for a in attempts] == [
-        (n, job_pb2.ATTEMPT_OUTCOME_LOST) for n in range(1, MAX_ATTEMPTS + 1)
+        (n, AttemptOutcome.LOST) for n in range(1, MAX_ATTEMPTS + 1)
     ]
     runs = lines(log)
     print(f"\npoison: {deaths} worker deaths, {len(runs)} runs, final {final.error!r}")

@@ -28,7 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor.api.pending_writes import REDIS_WRITES_HEALTH
 from conveyor.api.ratelimit import Kind, Limit, RateLimiter
-from conveyor.client import AsyncClient, submit_request
+from conveyor.client import AsyncClient, Job, submit_request
+from conveyor.client import types as sdk
 from conveyor.config import Settings
 from conveyor.db import migrate
 from conveyor.db.bulk import psycopg_dsn
@@ -159,14 +160,14 @@ async def until_settled(database_url: str, expected: dict[str, JobState]) -> flo
             await asyncio.sleep(0.05)
 
 
-async def submit_while_full(client: AsyncClient) -> tuple[list[job_pb2.Job], int]:
+async def submit_while_full(client: AsyncClient) -> tuple[list[Job], int]:
     """SINGLES concurrent submits and one bulk of BULK: the jobs answered, and how many
     calls failed."""
     singles = [client.submit("noop", {"n": i}) for i in range(SINGLES)]
     bulk = client.submit_many([submit_request("noop", {"bulk": i}) for i in range(BULK)])
     answers = await asyncio.gather(*singles, return_exceptions=True)
     batch = (await asyncio.gather(bulk, return_exceptions=True))[0]
-    jobs = [a for a in answers if isinstance(a, job_pb2.Job)]
+    jobs = [a for a in answers if isinstance(a, Job)]
     jobs += batch if isinstance(batch, list) else []
     refused = [a for a in [*answers, batch] if isinstance(a, BaseException)]
     for error in refused:
@@ -197,17 +198,17 @@ async def test_submits_to_a_full_redis_are_accepted_once_and_run_when_it_has_roo
 
     for job in (jobs[0], jobs[-1]):  # a single submit's and a bulk's
         seen = await client.get(job.id)
-        assert seen.state == job_pb2.JOB_STATE_QUEUED
+        assert seen.state == sdk.JobState.QUEUED
         assert seen.blocked_reason == OOM_REASON
-        assert seen.blocked == job_pb2.BlockedReason(
+        assert seen.raw.blocked == job_pb2.BlockedReason(
             kind=job_pb2.BLOCKED_KIND_ENQUEUE_PENDING, cause="redis refused it (out of memory)"
         )
     # A cancel and a replay are committed too, and answered as the database has them.
     cancelled, replayed = jobs[1].id, jobs[2].id
-    assert (await client.cancel(cancelled)).state == job_pb2.JOB_STATE_CANCELLED
-    assert (await client.get(cancelled)).state == job_pb2.JOB_STATE_CANCELLED
-    assert (await client.cancel(replayed)).state == job_pb2.JOB_STATE_CANCELLED
-    assert (await client.retry(replayed)).state == job_pb2.JOB_STATE_QUEUED
+    assert (await client.cancel(cancelled)).state == sdk.JobState.CANCELLED
+    assert (await client.get(cancelled)).state == sdk.JobState.CANCELLED
+    assert (await client.cancel(replayed)).state == sdk.JobState.CANCELLED
+    assert (await client.retry(replayed)).state == sdk.JobState.QUEUED
 
     await until_health(api.addr, REDIS_WRITES_HEALTH, NOT_SERVING)
     assert await health(api.addr) == SERVING

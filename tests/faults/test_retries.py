@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from conveyor.client import AsyncClient, retry_policy
+from conveyor.client import (
+    AsyncClient,
+    Attempt,
+    AttemptOutcome,
+    Job,
+    JobState,
+    RetryPolicy,
+    retry_policy,
+)
 from conveyor.errors import FailedPrecondition, NotFound
 from conveyor.jobs.model import format_time
 from conveyor.v1 import job_pb2
@@ -20,16 +28,17 @@ from tests.handlers import lines
 from tests.processes import Stack
 
 
-async def final(client: AsyncClient, job_id: str) -> job_pb2.Job:
+async def final(client: AsyncClient, job_id: str) -> Job:
     async with asyncio.timeout(30):
         return [u async for u in client.watch(job_id)][-1].job
 
 
-def seconds(t: object) -> float:
-    return t.ToMilliseconds() / 1000  # type: ignore[attr-defined, no-any-return]
+def seconds(t: datetime | None) -> float:
+    assert t is not None
+    return t.timestamp()
 
 
-def gaps(attempts: list[job_pb2.JobAttempt]) -> list[float]:
+def gaps(attempts: list[Attempt]) -> list[float]:
     """Seconds from each attempt's end to the next one's start."""
     return [seconds(b.start_time) - seconds(a.finish_time) for a, b in itertools.pairwise(attempts)]
 
@@ -37,11 +46,14 @@ def gaps(attempts: list[job_pb2.JobAttempt]) -> list[float]:
 async def test_backoff_delays_stay_within_the_policy_bounds(alice: AsyncClient) -> None:
     policy = retry_policy(initial=0.2, maximum=0.5, multiplier=2.0, jitter=0.5)
     job = await alice.submit("fail", {}, max_attempts=5, retry=policy)
-    assert job.retry.jitter == 0.5 and job.retry.initial_backoff.ToMilliseconds() == 200
+    assert job.retry == RetryPolicy(
+        initial_backoff=timedelta(seconds=0.2), max_backoff=timedelta(seconds=0.5),
+        multiplier=2.0, jitter=0.5,
+    )  # fmt: skip
     done = await final(alice, job.id)
-    assert done.state == job_pb2.JOB_STATE_DEAD and done.attempt == 5
+    assert done.state == JobState.DEAD and done.attempt == 5
     attempts = await alice.attempts(job.id)
-    assert [a.outcome for a in attempts] == [job_pb2.ATTEMPT_OUTCOME_FAILED] * 5
+    assert [a.outcome for a in attempts] == [AttemptOutcome.FAILED] * 5
     assert all("RuntimeError: failed on purpose" in a.error for a in attempts)
     assert all("Traceback" in a.traceback for a in attempts)
     measured = gaps(attempts)
@@ -54,9 +66,10 @@ async def test_backoff_delays_stay_within_the_policy_bounds(alice: AsyncClient) 
 async def test_a_job_types_registered_policy_applies(alice: AsyncClient) -> None:
     job = await alice.submit("test.policy")
     assert job.max_attempts == 4, "the type's max_attempts"
-    assert job.retry.initial_backoff.ToMilliseconds() == 300 and job.retry.jitter == 0
+    assert job.retry is not None
+    assert job.retry.initial_backoff == timedelta(milliseconds=300) and job.retry.jitter == 0
     done = await final(alice, job.id)
-    assert done.state == job_pb2.JOB_STATE_DEAD and done.attempt == 4
+    assert done.state == JobState.DEAD and done.attempt == 4
     for gap, delay in zip(gaps(await alice.attempts(job.id)), [0.3, 0.6, 0.6], strict=True):
         assert delay - 0.002 <= gap <= delay + 1.0
 
@@ -64,7 +77,7 @@ async def test_a_job_types_registered_policy_applies(alice: AsyncClient) -> None
 async def test_a_permanent_error_skips_the_remaining_attempts(alice: AsyncClient) -> None:
     job = await alice.submit("fail", {"permanent": True, "message": "bad input"}, max_attempts=5)
     done = await final(alice, job.id)
-    assert done.state == job_pb2.JOB_STATE_DEAD and done.attempt == 1
+    assert done.state == JobState.DEAD and done.attempt == 1
     assert "PermanentError: bad input" in done.error
 
 
@@ -77,9 +90,9 @@ async def test_a_timeout_ends_a_stuck_attempt_as_a_failure(alice: AsyncClient) -
         retry=retry_policy(initial=0.05),
     )
     done = await final(alice, job.id)
-    assert done.state == job_pb2.JOB_STATE_DEAD and done.attempt == 2
+    assert done.state == JobState.DEAD and done.attempt == 2
     attempts = await alice.attempts(job.id)
-    assert [a.outcome for a in attempts] == [job_pb2.ATTEMPT_OUTCOME_TIMED_OUT] * 2
+    assert [a.outcome for a in attempts] == [AttemptOutcome.TIMED_OUT] * 2
     assert "timed out after 0.3s" in done.error
 
 
@@ -87,17 +100,17 @@ async def test_a_waiting_job_shows_retrying_its_next_run_and_why(alice: AsyncCli
     job = await alice.submit("fail", {}, max_attempts=3, retry=retry_policy(initial=60, jitter=0))
     async with asyncio.timeout(30):
         async for update in alice.watch(job.id):
-            if update.job.state == job_pb2.JOB_STATE_RETRYING:
+            if update.job.state == JobState.RETRYING:
                 break
     waiting = await alice.get(job.id)
-    assert waiting.state == job_pb2.JOB_STATE_RETRYING and waiting.attempt == 1
+    assert waiting.state == JobState.RETRYING and waiting.attempt == 1
     assert 55 <= seconds(waiting.run_at) - seconds(waiting.start_time) <= 61
     assert waiting.blocked_reason == (
-        f"waiting for backoff until {format_time(waiting.run_at.ToMilliseconds())} "
+        f"waiting for backoff until {format_time(waiting.raw.run_at.ToMilliseconds())} "
         "after attempt 1 of 3 failed"
     )
-    assert waiting.blocked == job_pb2.BlockedReason(
-        kind=job_pb2.BLOCKED_KIND_BACKOFF, until=waiting.run_at, attempt=1, max_attempts=3
+    assert waiting.raw.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_BACKOFF, until=waiting.raw.run_at, attempt=1, max_attempts=3
     )
     await alice.cancel(job.id)
 
@@ -112,7 +125,7 @@ async def test_a_queued_job_says_why_it_waits(stack: Stack, alice: AsyncClient) 
         "no worker has ever served queue 'nobody-serves-this' and no admin configured it: "
         "the job waits until a worker serves that queue"
     )
-    assert unserved.blocked == job_pb2.BlockedReason(
+    assert unserved.raw.blocked == job_pb2.BlockedReason(
         kind=job_pb2.BLOCKED_KIND_QUEUE_NEVER_SERVED, queue="nobody-serves-this"
     )
     queue = "one-slot"
@@ -122,16 +135,16 @@ async def test_a_queued_job_says_why_it_waits(stack: Stack, alice: AsyncClient) 
     busy = await alice.submit("sleep", {"seconds": 30}, queue=queue)
     async with asyncio.timeout(30):
         async for update in alice.watch(busy.id):
-            if update.job.state == job_pb2.JOB_STATE_RUNNING:
+            if update.job.state == JobState.RUNNING:
                 break
     running = await alice.get(busy.id)
-    assert running.blocked_reason == "" and not running.HasField("blocked")
+    assert running.blocked_reason == "" and running.blocked is None
     behind = await alice.submit("noop", queue=queue)
     in_line = await alice.get(behind.id)
     assert (
         in_line.blocked_reason == f"waiting for a worker slot (0 job(s) ahead in queue {queue!r})"
     )
-    assert in_line.blocked == job_pb2.BlockedReason(
+    assert in_line.raw.blocked == job_pb2.BlockedReason(
         kind=job_pb2.BLOCKED_KIND_IN_LINE, queue=queue, jobs_ahead=0
     )
     # A type the API loads (its CONVEYOR_HANDLERS) that this queue's worker lacks; a type
@@ -141,14 +154,14 @@ async def test_a_queued_job_says_why_it_waits(stack: Stack, alice: AsyncClient) 
     assert unhandled.blocked_reason == (
         f"no live worker on queue {queue!r} handles job type 'test.sync_steps'"
     )
-    assert unhandled.blocked == job_pb2.BlockedReason(
+    assert unhandled.raw.blocked == job_pb2.BlockedReason(
         kind=job_pb2.BLOCKED_KIND_NO_WORKER_FOR_TYPE, queue=queue, job_type="test.sync_steps"
     )
     # The waiting jobs first: cancelling `busy` frees the slot `behind` waits for.
     for pending in (job, behind, api_only, busy):
         await alice.cancel(pending.id)
     cancelled = await alice.get(behind.id)
-    assert cancelled.blocked_reason == "" and not cancelled.HasField("blocked")
+    assert cancelled.blocked_reason == "" and cancelled.blocked is None
     assert worker.stop() == 0
 
 
@@ -159,15 +172,15 @@ async def test_retry_job_replays_a_dead_job_with_a_fresh_budget(
     payload = {"log": str(log), "fail_until": 3}
     job = await alice.submit("test.effect", payload, max_attempts=2, retry=retry_policy(initial=0))
     dead = await final(alice, job.id)
-    assert dead.state == job_pb2.JOB_STATE_DEAD and dead.attempt == 2
+    assert dead.state == JobState.DEAD and dead.attempt == 2
 
     with pytest.raises(NotFound):
         await bob.retry(job.id)
     replayed = await alice.retry(job.id, max_attempts=2)
     assert replayed.max_attempts == 4
-    assert replayed.state in (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING)
+    assert replayed.state in (JobState.QUEUED, JobState.RUNNING)
     done = await final(alice, job.id)
-    assert done.state == job_pb2.JOB_STATE_SUCCEEDED and done.attempt == 4
+    assert done.state == JobState.SUCCEEDED and done.attempt == 4
     assert [a.attempt for a in await alice.attempts(job.id)] == [1, 2, 3, 4]
     effects = [line for line in lines(log) if line.startswith("effect")]
     assert effects == [f"effect {job.id} 1"], "once() holds across retries and replays"
@@ -186,13 +199,13 @@ async def test_once_holds_across_retries_in_sync_handlers_too(
         retry=retry_policy(initial=0),
     )
     done = await final(alice, job.id)
-    assert done.state == job_pb2.JOB_STATE_SUCCEEDED and done.attempt == 3
+    assert done.state == JobState.SUCCEEDED and done.attempt == 3
     assert lines(log) == [f"effect {job.id} 1"]
 
 
 async def test_an_admin_may_replay_anyones_dead_job(stack: Stack, alice: AsyncClient) -> None:
     job = await alice.submit("fail", {"permanent": True})
-    assert (await final(alice, job.id)).state == job_pb2.JOB_STATE_DEAD
+    assert (await final(alice, job.id)).state == JobState.DEAD
     admin_key = stack.create_key("ops-replay", "admin")
     async with AsyncClient(stack.api_addr, api_key=admin_key) as admin:
         replayed = await admin.retry(job.id, max_attempts=1)

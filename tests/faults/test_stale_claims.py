@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, Job, JobState
 from conveyor.redis.keys import QueueKeys
-from conveyor.v1 import job_pb2
 from tests.handlers import lines
 from tests.processes import Service, Stack, own_stack
 
@@ -70,7 +69,7 @@ def claim_waiting_in_redis(redis: Redis) -> bool:
 
 async def freeze_on_a_fresh_claim(
     stack: Stack, client: AsyncClient, effects: Path
-) -> tuple[Service, job_pb2.Job]:
+) -> tuple[Service, Job]:
     """Submit a job due in 3 s, hold the worker's claim of it in Redis, SIGSTOP the worker,
     and let the claim execute: the worker holds a fresh lease it cannot act on.
 
@@ -122,7 +121,7 @@ async def test_a_worker_woken_past_its_lease_drops_the_claim_another_worker_ran(
         rescuer = paused_stack.start("worker", "--queues", QUEUE, env=paused_stack.worker_env())
         async with asyncio.timeout(20):
             final = [u async for u in client.watch(job.id)][-1].job
-        assert (final.state, final.attempt) == (job_pb2.JOB_STATE_SUCCEEDED, 2)
+        assert (final.state, final.attempt) == (JobState.SUCCEEDED, 2)
         assert started(effects, job.id, 2) and not started(effects, job.id, 1)
     finally:
         woke = time.monotonic()
@@ -142,7 +141,7 @@ async def test_a_worker_woken_past_its_lease_drops_the_claim_another_worker_ran(
     assert not started(effects, job.id, 1), "the woken worker ran a job it no longer held"
     assert handler_runs == 1
     after = await client.get(job.id)
-    assert (after.state, after.attempt) == (job_pb2.JOB_STATE_SUCCEEDED, 2)
+    assert (after.state, after.attempt) == (JobState.SUCCEEDED, 2)
     assert frozen.stop() == 0 and rescuer.stop() == 0
 
 
@@ -158,7 +157,7 @@ async def test_a_worker_woken_past_its_lease_runs_a_claim_nobody_took(
     os.kill(frozen.proc.pid, signal.SIGCONT)
     async with asyncio.timeout(20):
         final = [u async for u in client.watch(job.id)][-1].job
-    assert (final.state, final.attempt) == (job_pb2.JOB_STATE_SUCCEEDED, 1)
+    assert (final.state, final.attempt) == (JobState.SUCCEEDED, 1)
     assert lines(effects)[:2] == [f"started {job.id} 1", f"effect {job.id} 1"]
     assert DROPPED not in frozen.log.read_text()
     assert frozen.stop() == 0

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, JobState
 from conveyor.db import Database, JobStore
-from conveyor.v1 import job_pb2
 from tests.processes import Keys, Stack
 
 QUEUE = "crash"
@@ -28,7 +27,7 @@ async def test_kill_9_mid_job_reruns_the_job_elsewhere(
     async with asyncio.timeout(30):
         updates = [u async for u in alice.watch(job.id)]
     final = updates[-1].job
-    assert final.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert final.state == JobState.SUCCEEDED
     assert final.attempt == 2, "the crashed attempt counts"
 
     db = Database(stack.env["CONVEYOR_DATABASE_URL"])

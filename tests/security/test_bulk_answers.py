@@ -41,7 +41,7 @@ async def _stored_ids(client: AsyncClient, queue: str) -> set[str]:
     token = ""
     while True:
         page = await client.list(queue=queue, page_size=1000, page_token=token)
-        ids |= {job.id for job in page.jobs}
+        ids |= {job.id for job in page.items}
         token = page.next_page_token
         if not token:
             return ids
@@ -59,7 +59,7 @@ async def test_a_bulk_of_large_payloads_answers_within_a_stock_clients_limit(
     assert all(job.state and job.queue == "bulk-basic" and not job.payload for job in jobs)
     assert await _stored_ids(alice, "bulk-basic") == {job.id for job in jobs}
     stored = await alice.get(jobs[7].id)
-    assert json_format.MessageToDict(stored.payload) == {"blob": "x" * 5000, "i": 7}
+    assert stored.payload == {"blob": "x" * 5000, "i": 7}
 
 
 @pytest.mark.parametrize("view", [pb.JOB_VIEW_UNSPECIFIED, pb.JOB_VIEW_FULL])

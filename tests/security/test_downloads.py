@@ -31,9 +31,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor.cli.dev import wait_serving
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, JobState
 from conveyor.embedded import free_port
-from conveyor.v1 import job_pb2
 from tests.e2e.test_jobs import watch_all
 from tests.processes import Service, Stack, own_stack
 
@@ -97,7 +96,7 @@ async def links(folder_stack: Stack) -> Links:
         for size in (300_000, BIG):
             job = await alice.submit("test.artifact", {"count": 1, "size": size})
             final = (await watch_all(alice, job.id))[-1].job
-            assert final.state == job_pb2.JOB_STATE_SUCCEEDED, final.error
+            assert final.state == JobState.SUCCEEDED, final.error
             (artifact,) = (await alice.result(job.id)).artifacts
             found.append(Link(artifact.url, artifact.size, artifact.sha256))
     assert worker.stop() == 0

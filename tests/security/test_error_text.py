@@ -16,12 +16,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from conveyor.client import AsyncClient
+from conveyor.client import types as sdk
 from conveyor.config import Settings
 from conveyor.db import JobStore, sync_url
 from conveyor.handlers import PermanentError, Registry, SyncJobContext
 from conveyor.jobs.model import FALLBACK_RETRY, JobDefaults, JobSpec, JobState, now_ms
 from conveyor.redis import RedisQueue
-from conveyor.v1 import job_pb2
 from tests.builders import running_worker
 from tests.e2e.test_jobs import watch_all
 
@@ -127,7 +127,7 @@ async def test_a_failed_csv_export_shows_its_owner_no_paths_and_no_sql(
     query = f"SELECT '{SQL_MARKER}' AS a FROM no_such_table"
     job = await alice.submit("csv.export", {"query": query, "name": "x.csv"})
     done = (await watch_all(alice, job.id))[-1].job
-    assert done.state == job_pb2.JOB_STATE_DEAD
+    assert done.state == sdk.JobState.DEAD
     attempts = await alice.attempts(job.id)
     _assert_no_leak(done.error, *(a.traceback for a in attempts))
     assert "conveyor/builtins/csv_export.py:" in done.error, done.error

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, Job
 from conveyor.errors import (
     InvalidArgument,
     NotFound,
@@ -22,7 +22,6 @@ from conveyor.errors import (
 )
 from conveyor.server.auth import digest
 from conveyor.v1 import api_key_service_pb2 as pb
-from conveyor.v1 import job_pb2
 from conveyor.v1.api_key_service_pb2_grpc import ApiKeyServiceStub
 from tests.processes import Keys, Stack
 
@@ -106,7 +105,7 @@ async def test_revocation_ends_calls_and_open_streams_within_a_second(
     made = await admin.create("dave")
     async with AsyncClient(stack.api_addr, api_key=made.secret) as dave:
         job = await dave.submit("sleep", {"seconds": 60}, queue="revocation")  # no worker
-        updates: list[job_pb2.Job] = []
+        updates: list[Job] = []
         opened = asyncio.Event()
 
         async def watch() -> BaseException | None:

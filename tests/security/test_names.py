@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from conveyor.client import AsyncClient, schedule_request, submit_request
+from conveyor.client import AsyncClient, Job, JobState, schedule_request, submit_request
 from conveyor.errors import InvalidArgument
 from conveyor.v1 import job_pb2
 from tests.observability import Sample, scrape, value
@@ -47,14 +47,12 @@ def api_of(stack: Stack) -> Service:
     return next(s for s in stack.services if s.name == "api")
 
 
-async def final(client: AsyncClient, job_id: str) -> job_pb2.Job:
+async def final(client: AsyncClient, job_id: str) -> Job:
     async with asyncio.timeout(20):
         return [u async for u in client.watch(job_id)][-1].job
 
 
-async def reason_becomes(
-    client: AsyncClient, job_id: str, wanted: Callable[[str], bool]
-) -> job_pb2.Job:
+async def reason_becomes(client: AsyncClient, job_id: str, wanted: Callable[[str], bool]) -> Job:
     """The job once `wanted` holds of its blocked_reason (the API rereads workers every
     second)."""
     async with asyncio.timeout(10):
@@ -95,7 +93,7 @@ async def test_an_unknown_type_is_refused_naming_the_known_ones(
         with pytest.raises(InvalidArgument) as bulk:
             await fresh.submit_many([submit_request("noop"), submit_request("slep")])
         assert [v.field for v in bulk.value.violations] == ["requests[1].type"]
-        assert not (await fresh.list()).jobs  # all or nothing: the noop was not stored
+        assert not (await fresh.list()).items  # all or nothing: the noop was not stored
 
     with pytest.raises(InvalidArgument) as schedule:
         await alice.create_schedule(schedule_request("slep", every=60))
@@ -123,7 +121,7 @@ async def test_a_type_only_a_live_worker_announces_is_accepted(
     )
     try:
         job = await alice.submit(WORKER_ONLY_TYPE, queue=queue)
-        assert (await final(alice, job.id)).state == job_pb2.JOB_STATE_SUCCEEDED
+        assert (await final(alice, job.id)).state == JobState.SUCCEEDED
     finally:
         assert worker.stop() == 0
     later = await alice.submit(WORKER_ONLY_TYPE, queue=queue)
@@ -132,14 +130,14 @@ async def test_a_type_only_a_live_worker_announces_is_accepted(
         f"no live worker serves queue {queue!r}, and job type {WORKER_ONLY_TYPE!r} cannot be "
         "checked until one does (the API does not load it and no live worker announces it)"
     )
-    assert seen.blocked == job_pb2.BlockedReason(
+    assert seen.raw.blocked == job_pb2.BlockedReason(
         kind=job_pb2.BLOCKED_KIND_NO_WORKER, queue=queue, job_type=WORKER_ONLY_TYPE,
         type_unverified=True,
     )  # fmt: skip
     # A type the API loads is checked, so a queue without workers is all there is to say.
     known = await alice.get((await alice.submit("noop", queue=queue)).id)
     assert known.blocked_reason == f"no live worker serves queue {queue!r}"
-    assert known.blocked == job_pb2.BlockedReason(
+    assert known.raw.blocked == job_pb2.BlockedReason(
         kind=job_pb2.BLOCKED_KIND_NO_WORKER, queue=queue, job_type="noop"
     )
     await alice.cancel(later.id)
@@ -161,12 +159,12 @@ async def test_a_queue_no_worker_ever_served_says_so_and_runs_once_served(
         f"no worker has ever served queue {queue!r} and no admin configured it: "
         "the job waits until a worker serves that queue"
     )
-    assert unserved.blocked == job_pb2.BlockedReason(
+    assert unserved.raw.blocked == job_pb2.BlockedReason(
         kind=job_pb2.BLOCKED_KIND_QUEUE_NEVER_SERVED, queue=queue
     )
     worker = stack.start("worker", "--queues", queue, env=stack.worker_env())
     try:
-        assert (await final(alice, job.id)).state == job_pb2.JOB_STATE_SUCCEEDED
+        assert (await final(alice, job.id)).state == JobState.SUCCEEDED
     finally:
         assert worker.stop() == 0
 
@@ -213,7 +211,7 @@ async def test_a_worker_counts_types_it_cannot_run_as_other(
     job = await alice.submit(made_up, queue=queue, max_attempts=1)
     worker = stack.start("worker", "--queues", queue, env=stack.worker_env())
     try:
-        assert (await final(alice, job.id)).state == job_pb2.JOB_STATE_DEAD
+        assert (await final(alice, job.id)).state == JobState.DEAD
         samples = await wait_for_sample(
             lambda: scrape_async(worker), "conveyor_job_outcomes_total", queue, "dead"
         )

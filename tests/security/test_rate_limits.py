@@ -89,7 +89,7 @@ async def test_submits_beyond_the_bucket_wait_for_their_retry_info(
         await frank.submit("noop", queue=QUEUE)
         with pytest.raises(ResourceExhausted):
             await frank.submit_many([submit_request("noop", queue=QUEUE) for _ in range(3)])
-        listed = (await frank.list(queue=QUEUE, page_size=100)).jobs
+        listed = (await frank.list(queue=QUEUE, page_size=100)).items
     assert len(listed) == 6, "refused submits wrote nothing"
     print(f"\nrate limit: 6 of 8 submits accepted at 5/s; RetryInfo {wait:.3f}s")
 

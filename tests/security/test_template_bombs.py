@@ -15,15 +15,14 @@ from typing import Any
 import pytest
 
 from conveyor.builtins.email import EmailPayload, render
-from conveyor.client import AsyncClient
+from conveyor.client import AsyncClient, Job, JobState
 from conveyor.config import Settings
 from conveyor.errors import InvalidArgument
 from conveyor.handlers import PermanentError
-from conveyor.v1 import job_pb2
 from tests.mailbox import Mailbox
 from tests.processes import Keys, Service, Stack
 
-S = job_pb2.JobState
+S = JobState
 # This thread's CPU one bomb may cost before it is stopped: measured about 0.3 s on a quiet
 # machine and 0.63 s once under a loaded suite; an unbounded bomb runs for minutes.
 CPU_SECONDS = 1.0
@@ -244,18 +243,18 @@ async def owners(stack: Stack, keys: Keys) -> AsyncIterator[tuple[AsyncClient, A
         yield alice, bob
 
 
-async def _ended(client: AsyncClient, job_id: str, seconds: float) -> job_pb2.Job:
+async def _ended(client: AsyncClient, job_id: str, seconds: float) -> Job:
     """The job once it is SUCCEEDED or DEAD, failing the test after `seconds`."""
-    last: job_pb2.Job | None = None
+    last: Job | None = None
     try:
         async with asyncio.timeout(seconds):
             async for update in client.watch(job_id):
                 last = update.job
-                if last.state in (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_DEAD):
+                if last.state in (S.SUCCEEDED, S.DEAD):
                     return last
     except TimeoutError:
         pass
-    state = S.Name(last.state) if last is not None else "unknown"
+    state = S(last.state).name if last is not None else "unknown"
     raise AssertionError(f"job {job_id} still {state} after {seconds}s")
 
 
@@ -281,12 +280,12 @@ async def test_template_bombs_do_not_hold_up_another_owners_mail(
         queue=QUEUE,
     )  # fmt: skip
     done = await _ended(bob, normal.id, 5.0)
-    assert done.state == S.JOB_STATE_SUCCEEDED, done.error
+    assert done.state == S.SUCCEEDED, done.error
     got = await asyncio.to_thread(mailbox.wait_for, subject, 5.0)
     assert got.recipients == ["bob@example.com"]
     for bomb, (_, named) in zip(bombs, E2E_BOMBS, strict=True):
         ended = await _ended(alice, bomb.id, 5.0)
-        assert ended.state == S.JOB_STATE_DEAD and ended.attempt == 1, ended
+        assert ended.state == S.DEAD and ended.attempt == 1, ended
         assert "text: " in ended.error and named in ended.error, ended.error
 
 

@@ -25,13 +25,12 @@ import pydantic
 import pytest
 import trustme
 
-from conveyor.client import AsyncClient, Client
+from conveyor.client import AsyncClient, Client, JobState
 from conveyor.config import Settings
 from conveyor.db import migrate
 from conveyor.embedded import EmbeddedRedis, free_port
 from conveyor.errors import Unauthenticated, Unavailable
 from conveyor.tls import TlsConfigError, TlsOptions, open_aio_channel, server_credentials
-from conveyor.v1 import job_pb2
 from conveyor.v1 import worker_control_pb2 as wc
 from conveyor.v1.worker_control_pb2_grpc import WorkerControlStub
 from tests.processes import Service, Stack, fresh_database, make_env
@@ -163,7 +162,7 @@ async def test_client_with_the_ca_submits_and_watches(stacks: TlsStacks, certs: 
     ) as client:
         job = await client.submit("sleep", {"seconds": 0.3, "steps": 3})
         updates = [update async for update in client.watch(job.id)]
-    assert updates[-1].job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert updates[-1].job.state == JobState.SUCCEEDED
     assert any(0 < u.job.progress < 100 for u in updates), "progress streamed over TLS"
 
 

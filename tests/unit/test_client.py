@@ -23,7 +23,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from conveyor.client import AsyncClient, Client, SubmitRetry, schedule_request, submit_request
+from conveyor.client import (
+    AsyncClient,
+    Client,
+    JobUpdate,
+    SubmitRetry,
+    schedule_request,
+    submit_request,
+)
 from conveyor.client._calls import Service
 from conveyor.errors import (
     FieldViolation,
@@ -204,7 +211,7 @@ class Driver:
             return await method(*args, **kwargs)
         return await asyncio.to_thread(method, *args, **kwargs)
 
-    async def watch(self, job_id: str, take: int = 0) -> list[pb.WatchJobResponse]:
+    async def watch(self, job_id: str, take: int = 0) -> list[JobUpdate]:
         """Every update of a watch, or only the first `take` (then the caller leaves)."""
         if isinstance(self.client, AsyncClient):
             updates = []
@@ -219,7 +226,7 @@ class Driver:
         return await asyncio.to_thread(self._blocking_watch, self.client, job_id, take)
 
     @staticmethod
-    def _blocking_watch(client: Client, job_id: str, take: int) -> list[pb.WatchJobResponse]:
+    def _blocking_watch(client: Client, job_id: str, take: int) -> list[JobUpdate]:
         updates = []
         stream = client.watch(job_id)
         for update in stream:

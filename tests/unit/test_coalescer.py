@@ -13,18 +13,16 @@ from typing import Any
 import pytest
 
 from conveyor.client._calls import Batch, Coalescer, Waiting
-from conveyor.client._client import SUBMIT_EACH, SUBMIT_JOB, submit_request
+from conveyor.client._client import SUBMIT_EACH, SUBMIT_JOB, _Calls
 from conveyor.errors import InvalidArgument, NotFound, status_of
 from conveyor.v1 import job_pb2
 from conveyor.v1 import job_service_pb2 as pb
 
 
 def waiting(payload_bytes: int = 0) -> Waiting:
+    """A waiting `submit`, as the client makes it."""
     payload = {"pad": "x" * payload_bytes} if payload_bytes else None
-    call = SUBMIT_JOB.call(
-        submit_request("noop", payload), lambda answer: answer.job, merge=SUBMIT_EACH
-    )
-    return Waiting(call, deadline=float("inf"), waiter=futures.Future())
+    return Waiting(_Calls.submit("noop", payload), deadline=float("inf"), waiter=futures.Future())
 
 
 def answer_of(item: Waiting) -> futures.Future[Any]:
@@ -74,8 +72,9 @@ def test_a_batch_keeps_within_the_byte_limit() -> None:
 
 
 def test_each_caller_gets_its_share_or_its_error() -> None:
-    """A per-item answer: the job (its payload put back from the request, which the basic
-    view left out) or the error its SubmitJob alone would raise; a whole failure: all."""
+    """A per-item answer: the job (the caller's submit puts its payload back from the
+    request, which the basic view left out) or the error its SubmitJob alone would raise;
+    a whole failure: all."""
     items = [waiting(), waiting(payload_bytes=10)]
     refused = InvalidArgument([], "invalid request: priority: must be 0-9")
     answer = pb.SubmitJobsResponse(
@@ -87,8 +86,8 @@ def test_each_caller_gets_its_share_or_its_error() -> None:
     Batch(items).settle(answer)
     with pytest.raises(InvalidArgument, match="priority"):
         answer_of(items[0]).result()
-    share = answer_of(items[1]).result()
-    assert share.job.id == "j-2" and dict(share.job.payload) == {"pad": "x" * 10}
+    job = items[1].call.extract(answer_of(items[1]).result())
+    assert job.id == "j-2" and job.payload == {"pad": "x" * 10}
 
     again = [waiting(), waiting()]
     failure = NotFound("gone")

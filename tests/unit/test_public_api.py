@@ -10,8 +10,19 @@ import pytest
 
 PUBLIC = {
     "conveyor.client": [
+        "Artifact",
         "AsyncClient",
+        "Attempt",
+        "AttemptOutcome",
+        "Blocked",
+        "BlockedKind",
         "Client",
+        "Job",
+        "JobResult",
+        "JobState",
+        "JobUpdate",
+        "Page",
+        "RetryPolicy",
         "SubmitRetry",
         "limits_request",
         "retry_policy",

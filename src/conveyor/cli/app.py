@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib.metadata import entry_points
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.markup import escape
@@ -26,15 +26,18 @@ from conveyor.cli.common import (
     parse_payload,
     parse_time,
     report,
+    when,
 )
 from conveyor.cli.common import client as client_for
 from conveyor.cli.queues import queues_app, workers
 from conveyor.cli.schedules import schedules_app
 from conveyor.config import ConfigurationError, Settings, configuration_failure
 from conveyor.errors import ConveyorError
-from conveyor.jobs.payload import payload_from_struct
 from conveyor.telemetry import tracing
 from conveyor.v1 import job_pb2
+
+if TYPE_CHECKING:  # the client loads grpc: imported by the commands that call the API
+    from conveyor.client import Attempt, Client, Job
 
 app = typer.Typer(
     name="conveyor",
@@ -90,25 +93,25 @@ app.command()(download)
 T = TypeVar("T")
 
 
-def _job_dict(job: job_pb2.Job) -> dict[str, Any]:
-    found = message_dict(job)
-    if job.HasField("payload"):
-        found["payload"] = payload_from_struct(job.payload)  # ints stay ints, not 2.0
+def _job_dict(job: Job) -> dict[str, Any]:
+    """The job as the API's JSON has it (proto field names), its payload's ints kept."""
+    found = message_dict(job.raw)
+    if job.raw.HasField("payload"):
+        found["payload"] = job.payload  # ints stay ints, not 2.0
     return found
 
 
-def _print_job(job: job_pb2.Job, as_json: bool) -> None:
+def _print_job(job: Job, as_json: bool) -> None:
     if as_json:
         print(json.dumps(_job_dict(job)))
         return
-    state = job_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
-    line = f"{job.id}  {job.type:<16} {state:<10} {job.progress:5.1f}%  queue={job.queue}"
+    line = f"{job.id}  {job.type:<16} {job.state.name:<10} {job.progress:5.1f}%  queue={job.queue}"
     if job.blocked_reason:
         line += f"  waiting: {job.blocked_reason}"
     if job.error:
         line += f"  error={job.error}"
-    if job.HasField("expire_time"):
-        line += f"  kept until {job.expire_time.ToJsonString()}"
+    if job.expire_time is not None:
+        line += f"  kept until {when(job.expire_time)}"
     print(line)
 
 
@@ -491,7 +494,7 @@ def result(job_id: str, addr: AddrOption = None) -> None:
             found = client.result(job_id)
         except ConveyorError as exc:
             fail(exc)
-    print(json.dumps(payload_from_struct(found.result) if found.HasField("result") else None))
+    print(json.dumps(found.result))
 
 
 @app.command()
@@ -557,10 +560,10 @@ def _list(addr: str | None, as_json: bool, **filters: Any) -> None:
         except ConveyorError as exc:
             fail(exc)
     if as_json:
-        jobs = [_job_dict(j) for j in page.jobs]
+        jobs = [_job_dict(j) for j in page]
         print(json.dumps({"jobs": jobs, "next_page_token": page.next_page_token}))
         return
-    for job in page.jobs:
+    for job in page:
         _print_job(job, False)
     if page.next_page_token:
         err.print(f"more: --page-token {page.next_page_token}")
@@ -586,25 +589,24 @@ def retry(
 @app.command()
 def attempts(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> None:
     """Print every recorded attempt of a job: when, where, and how it ended."""
-    found: list[job_pb2.JobAttempt] = []
+    found: list[Attempt] = []
     with client_for(addr) as client:
         try:
             token = None
             while token != "":  # every page (ListJobAttempts pages by 1,000)
                 page = client.attempts_page(job_id, page_token=token or "")
-                found += page.attempts
+                found += page
                 token = page.next_page_token
             job = client.get(job_id) if not found and not as_json else None
         except ConveyorError as exc:
             fail(exc)
     if as_json:
-        print(json.dumps([message_dict(a) for a in found]))
+        print(json.dumps([message_dict(a.raw) for a in found]))
         return
     for a in found:
-        outcome = job_pb2.AttemptOutcome.Name(a.outcome).removeprefix("ATTEMPT_OUTCOME_")
-        took = (a.finish_time.ToMilliseconds() - a.start_time.ToMilliseconds()) / 1000
+        took = a.duration.total_seconds() if a.duration is not None else 0.0
         line = (
-            f"#{a.attempt:<3} {outcome:<10} {_when(a.start_time)} → {_when(a.finish_time)} "
+            f"#{a.attempt:<3} {a.outcome.name:<10} {when(a.start_time)} → {when(a.finish_time)} "
             f"{took:8.3f}s  worker={a.worker_id}"
         )
         print(line + (f"  error={a.error}" if a.error else ""))
@@ -612,22 +614,16 @@ def attempts(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) ->
         print(_no_attempts(job))
 
 
-def _when(stamp: Any) -> str:
-    """A time as the CLI prints it: ISO 8601, UTC, to the millisecond."""
-    return stamp.ToDatetime().isoformat(timespec="milliseconds") + "Z" if stamp.seconds else "-"
-
-
-def _no_attempts(job: job_pb2.Job) -> str:
+def _no_attempts(job: Job) -> str:
     """Why a job has no recorded attempt: none has ended yet (attempts are recorded as they
     end), or it has not started."""
-    if job.state == job_pb2.JOB_STATE_RUNNING:
+    if job.state.name == "RUNNING":
         return (
             f"no attempt recorded yet: attempt {job.attempt} is RUNNING since "
-            f"{_when(job.start_time)} (an attempt is recorded when it ends)"
+            f"{when(job.start_time)} (an attempt is recorded when it ends)"
         )
-    state = job_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
     why = f" ({job.blocked_reason})" if job.blocked_reason else ""
-    return f"no attempts: the job is {state}{why}"
+    return f"no attempts: the job is {job.state.name}{why}"
 
 
 @app.command()
@@ -637,9 +633,9 @@ def watch(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -> No
         raise typer.Exit(_follow(client, job_id, as_json))
 
 
-def _follow(client: Any, job_id: str, as_json: bool) -> int:
+def _follow(client: Client, job_id: str, as_json: bool) -> int:
     """Stream a job to its end; the exit code says whether it succeeded."""
-    last: job_pb2.Job | None = None
+    last: Job | None = None
     try:
         if as_json:
             for update in client.watch(job_id):
@@ -656,10 +652,10 @@ def _follow(client: Any, job_id: str, as_json: bool) -> int:
         return 1
     if not as_json:
         _print_job(last, False)
-    return 0 if last.state == job_pb2.JOB_STATE_SUCCEEDED else 1
+    return 0 if last.state.name == "SUCCEEDED" else 1
 
 
-def _follow_with_bar(client: Any, job_id: str) -> job_pb2.Job | None:
+def _follow_with_bar(client: Client, job_id: str) -> Job | None:
     """The job's progress as a live bar, and beneath it why it waits while it does (see
     conveyor.cli.waiting)."""
     # Imported here: every `conveyor` command, services included, would pay ~20 ms for it.
@@ -683,11 +679,10 @@ def _follow_with_bar(client: Any, job_id: str) -> job_pb2.Job | None:
         for update in client.watch(job_id):
             last = update.job
             waiting.saw(last)
-            state = job_pb2.JobState.Name(last.state).removeprefix("JOB_STATE_")
             bar.update(
                 task,
                 completed=last.progress,
-                description=f"{job_id[:13]} {state:<9}",
+                description=f"{job_id[:13]} {last.state.name:<9}",
                 message=last.progress_message,
             )
     return last

@@ -8,16 +8,19 @@ import json
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from conveyor.cli.common import AddrOption, JsonFlag, call, err, message_dict
+from conveyor.cli.common import AddrOption, JsonFlag, call, err, message_dict, when
+
+if TYPE_CHECKING:
+    from conveyor.client import JobResult
 
 CHUNK = 1 << 20
 
 
-def _result(addr: str | None, job_id: str) -> Any:
+def _result(addr: str | None, job_id: str) -> JobResult:
     return call(addr, lambda client: client.result(job_id))
 
 
@@ -25,16 +28,16 @@ def artifacts(job_id: str, addr: AddrOption = None, as_json: JsonFlag = False) -
     """List a SUCCEEDED job's artifacts with download links (they expire; keep them secret)."""
     found = _result(addr, job_id)
     if as_json:
-        print(json.dumps([message_dict(a) for a in found.artifacts]))
+        print(json.dumps([message_dict(a.raw) for a in found.artifacts]))
         return
     if not found.artifacts:
         print("no artifacts")
     for a in found.artifacts:
-        until = a.url_expire_time.ToDatetime().strftime("%H:%M:%S UTC")
+        until = a.url_expire_time.strftime("%H:%M:%S UTC") if a.url_expire_time else "-"
         print(f"{a.name:<32} {a.size:>12,} B  {a.content_type:<24} link until {until}")
         print(f"  {a.url}")
-    if found.job.HasField("expire_time"):
-        print(f"kept until {found.job.expire_time.ToJsonString()}")
+    if found.job.expire_time is not None:
+        print(f"kept until {when(found.job.expire_time)}")
 
 
 def download(

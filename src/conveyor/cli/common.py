@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from datetime import datetime
-from typing import Annotated, Any, NoReturn, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import grpc
 import typer
@@ -15,6 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from conveyor.errors import ConveyorError
+
+if TYPE_CHECKING:  # imported when first called: `conveyor --help` does not load grpc's stubs
+    from conveyor.client import Client
 
 # soft_wrap: a line longer than the terminal is left for the terminal to wrap, never broken
 # by rich, so ids, page tokens and commands copy and paste whole (issue 23, item 5).
@@ -30,6 +33,13 @@ AddrOption = Annotated[
 def message_dict(message: Any) -> dict[str, Any]:
     """A proto message as JSON-ready data, with the proto's own field names."""
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def when(moment: datetime | None) -> str:
+    """A time as the CLI prints it: ISO 8601, UTC, to the millisecond ("-": none)."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def fail(exc: ConveyorError) -> NoReturn:
@@ -53,13 +63,13 @@ def _explained(exc: ConveyorError) -> str:
     return exc.message
 
 
-def client(addr: str | None) -> Any:
+def client(addr: str | None) -> Client:
     from conveyor.client import Client
 
     return Client(addr)
 
 
-def call(addr: str | None, action: Callable[[Any], T]) -> T:
+def call(addr: str | None, action: Callable[[Client], T]) -> T:
     """Run `action` with a client; a failed call is reported and exits 2."""
     with client(addr) as c:
         try:

@@ -13,20 +13,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Self
 
 from rich.console import RenderableType
 from rich.progress import Progress
 from rich.text import Text
 
 from conveyor.errors import ConveyorError
-from conveyor.v1 import job_pb2
+
+if TYPE_CHECKING:
+    from conveyor.client import Client, Job
 
 # How often GetJob is asked while the job waits: a person's glance, not a load.
 POLL_SECONDS = 1.0
-WAITING_STATES = frozenset(
-    {job_pb2.JOB_STATE_SCHEDULED, job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RETRYING}
-)
 
 
 class JobProgress(Progress):
@@ -43,11 +42,11 @@ class JobProgress(Progress):
 class WaitingReason:
     """Keeps `bar.waiting` current while the job's last known state is a waiting one."""
 
-    def __init__(self, client: Any, job_id: str, bar: JobProgress) -> None:
+    def __init__(self, client: Client, job_id: str, bar: JobProgress) -> None:
         self.client = client
         self.job_id = job_id
         self.bar = bar
-        self.state: int = job_pb2.JOB_STATE_UNSPECIFIED
+        self.waiting = False  # the job's last known state is a waiting one
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="waiting-reason", daemon=True)
 
@@ -64,21 +63,21 @@ class WaitingReason:
         self._stop.set()
         self._thread.join(timeout=POLL_SECONDS * 2)
 
-    def saw(self, job: job_pb2.Job) -> None:
+    def saw(self, job: Job) -> None:
         """The stream's latest update: a job that no longer waits has no reason to show."""
-        self.state = job.state
-        if job.state not in WAITING_STATES:
+        self.waiting = job.state.waiting
+        if not self.waiting:
             self._show("")
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if self.state in WAITING_STATES:
+            if self.waiting:
                 try:
                     job = self.client.get(self.job_id)
                 except ConveyorError:
                     pass  # the stream reports a failure that matters; this is a courtesy
                 else:
-                    if job.state in WAITING_STATES and self.state in WAITING_STATES:
+                    if job.state.waiting and self.waiting:
                         self._show(job.blocked_reason)
             self._stop.wait(POLL_SECONDS)
 

@@ -4,7 +4,10 @@
     with Client("127.0.0.1:50051", api_key="cvk_...") as client:
         job = client.submit("sleep", {"seconds": 2})
         for update in client.watch(job.id):
-            print(update.job.state, update.job.progress)
+            print(update.job.state.name, update.job.progress)
+
+Jobs come back as `Job`s (`conveyor.client.types`): states are `JobState` enums, payloads
+and results dicts with their ints, times UTC datetimes; `.raw` is the message itself.
 
 Submits are safe to retry: every job gets an idempotency key unless the caller gave one,
 and an UNAVAILABLE or DEADLINE_EXCEEDED answer is retried with the same keys (`SubmitRetry`).
@@ -20,10 +23,34 @@ from conveyor.client._client import (
     submit_request,
 )
 from conveyor.client._retries import SubmitRetry
+from conveyor.client.types import (
+    Artifact,
+    Attempt,
+    AttemptOutcome,
+    Blocked,
+    BlockedKind,
+    Job,
+    JobResult,
+    JobState,
+    JobUpdate,
+    Page,
+    RetryPolicy,
+)
 
 __all__ = [
+    "Artifact",
     "AsyncClient",
+    "Attempt",
+    "AttemptOutcome",
+    "Blocked",
+    "BlockedKind",
     "Client",
+    "Job",
+    "JobResult",
+    "JobState",
+    "JobUpdate",
+    "Page",
+    "RetryPolicy",
     "SubmitRetry",
     "limits_request",
     "retry_policy",

@@ -80,9 +80,9 @@ class Rpc(Generic[Req, Resp]):
         calls of it may go as one."""
         return Call(self, request, extract, retry_safe, merge)
 
-    def stream(self, request: Req) -> Stream[Resp]:
-        """A server-streaming call of this RPC that yields its answers."""
-        return Stream(self, request)
+    def stream(self, request: Req, extract: Callable[[Resp], T]) -> Stream[T]:
+        """A server-streaming call of this RPC that yields `extract(answer)` of each."""
+        return Stream(self, request, extract)
 
 
 @dataclass(slots=True)  # not frozen: made on every call, and a frozen __init__ is ~5x slower
@@ -115,10 +115,12 @@ class Merge(Generic[Req, Resp]):
 
 @dataclass(slots=True)
 class Stream(Generic[T]):
-    """One server-streaming call: `rpc` with `request`, yielding every answer as it comes."""
+    """One server-streaming call: `rpc` with `request`, yielding every answer as it comes,
+    made into what the method yields by `extract`."""
 
     rpc: Rpc[Any, Any]
     request: Message
+    extract: Callable[[Any], T]
 
 
 class Stubs:

@@ -57,6 +57,7 @@ from conveyor.client._calls import (
     method_of,
 )
 from conveyor.client._retries import Attempts, SubmitRetry, new_idempotency_key
+from conveyor.client.types import Attempt, Job, JobResult, JobUpdate, Page
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError, from_rpc_error, from_status
 from conveyor.jobs.model import MAX_BULK
@@ -330,18 +331,22 @@ def _each_submitted(
     answer: pb.SubmitJobsResponse, requests: builtins.list[pb.SubmitJobRequest]
 ) -> builtins.list[pb.SubmitJobResponse | ConveyorError]:
     """A per-item SubmitJobs' answer as each request's own SubmitJob would have had it:
-    the job, its payload the request's (SubmitJob echoes it; the batch asks for the basic
-    view, so it is not sent back), or the error that SubmitJob would have raised."""
+    the job (in the basic view, as `submit` asks for it: the caller's `extract` puts its
+    payload back), or the error that SubmitJob would have raised."""
     results: Sequence[pb.SubmitJobsResult] = answer.results
     if not results and answer.jobs:  # an API from before partial_success stored them all
         results = [pb.SubmitJobsResult(job=job) for job in answer.jobs]
     shares: builtins.list[pb.SubmitJobResponse | ConveyorError] = []
-    for result, request in zip(results, requests, strict=True):
+    for result in results:
         if result.HasField("error"):
             shares.append(from_status(result.error))
-            continue
-        shares.append(pb.SubmitJobResponse(job=_with_payload(result.job, request)))
+        else:
+            shares.append(pb.SubmitJobResponse(job=result.job))
     return shares
+
+
+def _attempts(answer: pb.ListJobAttemptsResponse) -> builtins.list[Attempt]:
+    return [Attempt.from_proto(attempt) for attempt in answer.attempts]
 
 
 def _with_payload(job: job_pb2.Job, request: pb.SubmitJobRequest) -> job_pb2.Job:
@@ -367,10 +372,8 @@ class _Calls:
     `_blocking` (`_async_stream` and `_blocking_stream`) make each the method of its name."""
 
     @staticmethod
-    def submit(
-        type: str, payload: Mapping[str, Any] | None = None, **options: Any
-    ) -> Call[job_pb2.Job]:
-        """Submit one job (`options` as `submit_request` takes them).
+    def submit(type: str, payload: Mapping[str, Any] | None = None, **options: Any) -> Call[Job]:
+        """Submit one job (`options` as `submit_request` takes them); the job as stored.
 
         `idempotency_key`: yours wins; unset (or "") the SDK makes one for this call
         (`sdk-…`, on `job.idempotency_key`) and sends it on every retry, so a retried submit
@@ -385,7 +388,7 @@ class _Calls:
         retry_safe = bool(request.idempotency_key)
         return SUBMIT_JOB.call(
             request,
-            lambda answer: _with_payload(answer.job, request),
+            lambda answer: Job(_with_payload(answer.job, request)),
             retry_safe=retry_safe,
             merge=SUBMIT_EACH,
         )
@@ -396,7 +399,7 @@ class _Calls:
         *,
         view: pb.JobView = pb.JOB_VIEW_BASIC,
         idempotency_keys: bool = True,
-    ) -> Call[builtins.list[job_pb2.Job]]:
+    ) -> Call[builtins.list[Job]]:
         """Submit up to 1,000 jobs at once, all or none; the jobs in request order.
 
         Each job without an idempotency key gets one of its own (`requests` themselves are
@@ -410,54 +413,68 @@ class _Calls:
         what a stock gRPC client accepts. `view=JOB_VIEW_FULL` echoes the payloads too."""
         request = bulk_request(requests, view, idempotency_keys)
         retry_safe = _retry_safe(request)
-        return SUBMIT_JOBS.call(request, lambda answer: list(answer.jobs), retry_safe=retry_safe)
+        return SUBMIT_JOBS.call(
+            request, lambda answer: [Job(job) for job in answer.jobs], retry_safe=retry_safe
+        )
 
     @staticmethod
-    def get(job_id: str) -> Call[job_pb2.Job]:
+    def get(job_id: str) -> Call[Job]:
         """The job as it stands."""
-        return GET_JOB.call(pb.GetJobRequest(id=job_id), lambda answer: answer.job)
+        return GET_JOB.call(pb.GetJobRequest(id=job_id), lambda answer: Job(answer.job))
 
     @staticmethod
-    def list(**filters: Any) -> Call[pb.ListJobsResponse]:
-        """One page; filters are ListJobsRequest fields (state, queue, type, page_size, …)."""
-        return LIST_JOBS.call(pb.ListJobsRequest(**filters), lambda answer: answer)
+    def list(**filters: Any) -> Call[Page[Job]]:
+        """One page of jobs, newest first; filters are ListJobsRequest fields (state, queue,
+        type, page_size, page_token, …). Ask again with the page's `next_page_token` until
+        it is empty."""
+        return LIST_JOBS.call(
+            pb.ListJobsRequest(**filters),
+            lambda answer: Page([Job(job) for job in answer.jobs], answer.next_page_token),
+        )
 
     @staticmethod
-    def cancel(job_id: str) -> Call[job_pb2.Job]:
+    def cancel(job_id: str) -> Call[Job]:
         """Cancel a job that has not finished (a running one's handler is cancelled too)."""
-        return CANCEL_JOB.call(pb.CancelJobRequest(id=job_id), lambda answer: answer.job)
+        return CANCEL_JOB.call(pb.CancelJobRequest(id=job_id), lambda answer: Job(answer.job))
 
     @staticmethod
-    def retry(job_id: str, max_attempts: int = 0) -> Call[job_pb2.Job]:
+    def retry(job_id: str, max_attempts: int = 0) -> Call[Job]:
         """Replay a DEAD or CANCELLED job with `max_attempts` more attempts (0: default)."""
         request = pb.RetryJobRequest(id=job_id, max_attempts=max_attempts)
-        return RETRY_JOB.call(request, lambda answer: answer.job)
+        return RETRY_JOB.call(request, lambda answer: Job(answer.job))
 
     @staticmethod
-    def result(job_id: str) -> Call[pb.GetJobResultResponse]:
-        """A SUCCEEDED job and its result (`.result`, a Struct; unset if none)."""
-        return GET_JOB_RESULT.call(pb.GetJobResultRequest(id=job_id), lambda answer: answer)
+    def result(job_id: str) -> Call[JobResult]:
+        """A SUCCEEDED job, its result (a dict; None if the handler returned none) and its
+        artifacts with download links."""
+        request = pb.GetJobResultRequest(id=job_id)
+        return GET_JOB_RESULT.call(request, JobResult.from_proto)
 
     @staticmethod
-    def attempts(job_id: str) -> Call[builtins.list[job_pb2.JobAttempt]]:
+    def attempts(job_id: str) -> Call[builtins.list[Attempt]]:
         """The job's recorded attempts, oldest first: the first 1,000 (a job makes at most
         100 a run; `attempts_page` pages past them)."""
         request = pb.ListJobAttemptsRequest(id=job_id)
-        return LIST_JOB_ATTEMPTS.call(request, lambda answer: list(answer.attempts))
+        return LIST_JOB_ATTEMPTS.call(request, _attempts)
 
     @staticmethod
     def attempts_page(
         job_id: str, *, page_size: int = 0, page_token: str = ""
-    ) -> Call[pb.ListJobAttemptsResponse]:
+    ) -> Call[Page[Attempt]]:
         """One page of the job's attempts, oldest first (`page_size` 0: 1,000); call again
         with `next_page_token` until it is empty."""
         request = pb.ListJobAttemptsRequest(id=job_id, page_size=page_size, page_token=page_token)
-        return LIST_JOB_ATTEMPTS.call(request, lambda answer: answer)
+        return LIST_JOB_ATTEMPTS.call(
+            request, lambda answer: Page(_attempts(answer), answer.next_page_token)
+        )
 
     @staticmethod
-    def watch(job_id: str, after_sequence: int = 0) -> Stream[pb.WatchJobResponse]:
-        """The job's snapshot, then every change, until it ends (no deadline)."""
-        return WATCH_JOB.stream(pb.WatchJobRequest(id=job_id, after_sequence=after_sequence))
+    def watch(job_id: str, after_sequence: int = 0) -> Stream[JobUpdate]:
+        """The job's snapshot, then every change, until it ends (no deadline). After a
+        dropped stream, watch again with the last update's `sequence` as `after_sequence`:
+        no change is missed or repeated."""
+        request = pb.WatchJobRequest(id=job_id, after_sequence=after_sequence)
+        return WATCH_JOB.stream(request, JobUpdate.from_proto)
 
     # -- queues and workers (admin keys) ---------------------------------------------------
     @staticmethod
@@ -526,10 +543,10 @@ class _Calls:
         return RESUME_SCHEDULE.call(request, lambda answer: answer.schedule)
 
     @staticmethod
-    def trigger_schedule(schedule_id: str) -> Call[job_pb2.Job]:
+    def trigger_schedule(schedule_id: str) -> Call[Job]:
         """Make the schedule's job now, outside its timetable; that job."""
         request = spb.TriggerScheduleRequest(id=schedule_id)
-        return TRIGGER_SCHEDULE.call(request, lambda answer: answer.job)
+        return TRIGGER_SCHEDULE.call(request, lambda answer: Job(answer.job))
 
 
 # -- the drivers: one awaits, one blocks -------------------------------------------------
@@ -712,7 +729,7 @@ class AsyncClient:
         call = next(self._stubs).sender(stream.rpc)(stream.request, metadata=self._metadata)
         try:
             async for answer in call:
-                yield answer
+                yield stream.extract(answer)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
@@ -847,7 +864,8 @@ class Client:
                     stream.request, metadata=[*self._metadata, *traced]
                 )
                 try:
-                    yield from call
+                    for answer in call:
+                        yield stream.extract(answer)
                 finally:
                     call.cancel()
         except grpc.RpcError as exc:
