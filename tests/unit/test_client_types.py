@@ -16,6 +16,7 @@ from conveyor.client.types import (
     JobResult,
     JobState,
     JobUpdate,
+    Page,
 )
 from conveyor.v1 import job_pb2
 from conveyor.v1 import job_service_pb2 as pb
@@ -55,6 +56,21 @@ def test_a_job_reads_as_python_and_keeps_its_message() -> None:
     assert job.blocked is not None and job.blocked.kind is BlockedKind.PAUSED
     assert job.blocked.queue == "reports" and job.blocked.jobs_ahead is None
     assert job.raw is msg and "raw" not in repr(job)
+    assert repr(job) == (
+        "Job(id='0193', type='report.build', queue='reports', state=QUEUED, attempt=0,"
+        " progress=0.0)"
+    )
+
+
+def test_a_job_is_a_view_of_its_message() -> None:
+    """Making a Job copies nothing (a bulk of 1,000 pays for what is read); it reads the
+    message as it is, and equals another Job of an equal message."""
+    msg = waiting_job()
+    job = Job(msg)
+    msg.state = job_pb2.JOB_STATE_RUNNING
+    assert job.state is JobState.RUNNING
+    assert Job(waiting_job()) == Job(waiting_job()) and job != Job(waiting_job())
+    assert job.payload is job.payload, "the payload is converted once"
 
 
 def test_updates_results_and_attempts() -> None:
@@ -81,4 +97,12 @@ def test_updates_results_and_attempts() -> None:
     )  # fmt: skip
     tried = Attempt.from_proto(attempt)
     assert tried.outcome is AttemptOutcome.FAILED and tried.start_time == CREATED
-    assert tried.finish_time is None
+    assert tried.finish_time is None and tried.duration is None
+    attempt.finish_time.CopyFrom(stamp(CREATED + timedelta(seconds=1.5)))
+    assert Attempt.from_proto(attempt).duration == timedelta(seconds=1.5)
+    assert update.raw.sequence == 7 and found.raw is answer and tried.raw is attempt
+
+
+def test_a_page_iterates_its_items() -> None:
+    page = Page([1, 2, 3], next_page_token="t")
+    assert list(page) == [1, 2, 3] and len(page) == 3 and page.next_page_token == "t"

@@ -345,6 +345,17 @@ def _each_submitted(
     return shares
 
 
+def _submitted(answer: pb.SubmitJobsResponse, request: pb.SubmitJobsRequest) -> builtins.list[Job]:
+    """A bulk's jobs, each with its request's payload put back (as `submit` does) unless
+    the answer echoed them."""
+    if request.view == pb.JOB_VIEW_FULL:
+        return [Job(job) for job in answer.jobs]
+    return [
+        Job(_with_payload(job, sent))
+        for job, sent in zip(answer.jobs, request.requests, strict=True)
+    ]
+
+
 def _attempts(answer: pb.ListJobAttemptsResponse) -> builtins.list[Attempt]:
     return [Attempt.from_proto(attempt) for attempt in answer.attempts]
 
@@ -407,14 +418,15 @@ class _Calls:
         returns the jobs the first try made. `idempotency_keys=False` sends none (and does
         not retry, unless every request carries your key).
 
-        By default (`JOB_VIEW_BASIC`) each job has every field but `payload` (the payloads
-        were sent with the requests), so the answer stays about 200 bytes a job however
-        large the payloads: 1,000 payloads of 5 KB would otherwise come back as 5 MB, past
-        what a stock gRPC client accepts. `view=JOB_VIEW_FULL` echoes the payloads too."""
+        By default (`JOB_VIEW_BASIC`) the answer carries every field but `payload` (the
+        payloads were sent with the requests, and each job gets its own back from them
+        here), so it stays about 200 bytes a job however large the payloads: 1,000 payloads
+        of 5 KB would otherwise come back as 5 MB, past what a stock gRPC client accepts.
+        `view=JOB_VIEW_FULL` has the server echo the payloads too."""
         request = bulk_request(requests, view, idempotency_keys)
         retry_safe = _retry_safe(request)
         return SUBMIT_JOBS.call(
-            request, lambda answer: [Job(job) for job in answer.jobs], retry_safe=retry_safe
+            request, lambda answer: _submitted(answer, request), retry_safe=retry_safe
         )
 
     @staticmethod

@@ -248,7 +248,7 @@ class Job:
 
     @property
     def progress(self) -> float:
-        """0.0 to 1.0, as the handler last reported it."""
+        """0 to 100, as the handler last reported it."""
         return self.raw.progress
 
     @property
