@@ -45,6 +45,25 @@ def test_get_cancel_and_list(stack: Stack, keys: Keys) -> None:
     assert job["id"] in [j["id"] for j in listed["jobs"]]
 
 
+def test_labels_are_given_shown_and_filtered_on(stack: Stack, keys: Keys) -> None:
+    """`submit --label K=V` tags a job, `get` shows its labels, `list --filter` finds it;
+    a `--label` without `=` is refused before anything is sent."""
+    run = f"cli-{os.getpid()}-{threading.get_ident()}"
+    out = stack.cli("submit", "noop", "--queue", "parked", "--label", f"run={run}",
+                    "--label", "team=billing", "--json", key=keys.alice)  # fmt: skip
+    job = json.loads(out.stdout)
+    assert job["labels"] == {"run": run, "team": "billing"}
+    human = stack.cli("get", job["id"], key=keys.alice).stdout
+    assert f"run={run} team=billing" in human
+    listed = stack.cli("list", "--filter", f'labels.run = "{run}" AND labels.team = billing',
+                       "--json", key=keys.alice)  # fmt: skip
+    assert [j["id"] for j in json.loads(listed.stdout)["jobs"]] == [job["id"]]
+    bad = stack.cli("submit", "noop", "--label", "team", key=keys.alice, check=False)
+    assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
+    refused = stack.cli("list", "--filter", "labels.run =", key=keys.alice, check=False)
+    assert refused.returncode == 2 and "filter" in refused.stderr
+
+
 def test_errors_are_clear_and_non_zero(stack: Stack, keys: Keys) -> None:
     bad = stack.cli("submit", "noop", "--payload", "[1]", key=keys.alice, check=False)
     assert bad.returncode == 2 and "JSON object" in bad.stderr

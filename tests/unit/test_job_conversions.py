@@ -10,6 +10,7 @@ import hashlib
 import json
 from typing import Any
 
+import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -330,3 +331,30 @@ def test_validation_gives_what_it_gave_before(req: pb.SubmitJobRequest) -> None:
     except InvalidArgument as refused:
         got = refused.violations
     assert got == expected
+
+
+def test_labels_travel_with_the_job_and_count_in_its_request() -> None:
+    """Guards issue 24, item 1: a request's labels reach its job's proto, its hot state and
+    back; they count when an idempotency key is reused (an unlabelled request keeps the
+    fingerprint it always had); and a job copied from a kind's template never shows the
+    labels of the job that made the template."""
+    request = pb.SubmitJobRequest(type="noop", labels={"team": "billing", "run": "7"})
+    spec = spec_from_proto(request, max_payload_bytes=1024)
+    assert spec.labels == {"team": "billing", "run": "7"}
+    assert spec.request_hash() != JobSpec(type="noop").request_hash()
+    assert JobSpec(type="noop").request_hash() == STORED_HASHES[0][1]
+    defaults = model.JobDefaults(max_attempts=3, timeout_ms=1000, retry=model.FALLBACK_RETRY)
+    model._FRESH.clear()  # the labelled job below makes its kind's template
+    labelled = spec.new_job("alice", defaults=defaults, now=now_ms())
+    plain = JobSpec(type="noop").new_job("alice", defaults=defaults, now=now_ms())
+    assert dict(labelled.to_proto().labels) == spec.labels
+    assert dict(plain.to_proto().labels) == {}, "not the template-maker's labels"
+    assert Job.from_hot(labelled.to_hot()).labels == spec.labels
+    assert "labels" not in plain.to_hot()
+    bad = pb.SubmitJobRequest(type="noop", labels={"Team": "x", "ok": "y" * 257})
+    with pytest.raises(InvalidArgument) as refused:
+        spec_from_proto(bad, max_payload_bytes=1024, prefix="requests[2].")
+    assert sorted(v.field for v in refused.value.violations) == [
+        "requests[2].labels['Team']",
+        "requests[2].labels['ok']",
+    ]

@@ -160,6 +160,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             owner=request.owner or None,
             create_time_start=start,
             create_time_end=end,
+            filter=request.filter,
         )
         jobs, token = await self.ops.list_jobs(
             principal, filt, request.page_size, request.page_token

@@ -41,6 +41,7 @@ from conveyor.errors import (
 from conveyor.handlers import Registry
 from conveyor.jobs.attempts import Attempt
 from conveyor.jobs.blocked import Blocked
+from conveyor.jobs.filters import parse_filter
 from conveyor.jobs.model import (
     MAX_ATTEMPTS_LIMIT,
     Job,
@@ -79,6 +80,8 @@ class ListFilter:
     # Jobs created in [start, end), epoch ms (see `create_time_range`); None: unbounded.
     create_time_start: int | None = None
     create_time_end: int | None = None
+    # An AIP-160 filter (conveyor.jobs.filters); "" for none.
+    filter: str = ""
 
 
 class JobOperations:
@@ -476,11 +479,16 @@ class JobOperations:
     ) -> tuple[list[Job], str]:
         limit = page_limit(page_size)
         _check_filter(filt)
+        parsed = parse_filter(filt.filter)
+        if parsed is not None and "owner" in parsed.fields() and not principal.is_admin:
+            raise PermissionDenied("only admin keys may filter by owner")
         await self.charge(principal, Kind.READ)
         owner = list_owner(principal, filt.owner)
+        asks_state = filt.state is not None or (parsed is not None and "state" in parsed.fields())
+        running = await self.queue.running_ids() if asks_state else frozenset[str]()
 
         async def fetch(count: int, before: str | None) -> list[Job]:
-            return await self.store.list_jobs(
+            jobs = await self.store.list_jobs(
                 owner,
                 state=filt.state,
                 queue=filt.queue,
@@ -489,10 +497,28 @@ class JobOperations:
                 before_id=before,
                 create_time_start=filt.create_time_start,
                 create_time_end=filt.create_time_end,
+                filter=parsed,
+                running=running,
             )
+            await self._take_live(jobs)
+            return jobs
 
         scope = _page_scope(principal, owner, filt)
         return await self.page_tokens.page(scope, page_token, limit, fetch)
+
+    async def _take_live(self, jobs: list[Job]) -> None:
+        """Show listed jobs as they stand: a job the database has as waiting may be running
+        (RUNNING is never written there) or have moved on, so its live fields come from
+        Redis, in one pipeline for the page. Without Redis the rows stand as they are."""
+        waiting = [job for job in jobs if not job.state.terminal]
+        if not waiting:
+            return
+        try:
+            found = await self.queue.live_fields([(job.placement, job.id) for job in waiting])
+        except Unavailable:
+            return
+        for job, live in zip(waiting, found, strict=True):
+            job.take_live(live)
 
     async def page_token_after(self, principal: Principal, filt: ListFilter, job: Job) -> str:
         """The token of the page that follows `job` in the listing `filt` (for a caller that
@@ -676,6 +702,8 @@ def _page_scope(
     start, end = filt.create_time_start, filt.create_time_end
     if start is not None or end is not None:
         scope += ["create_time", start, end]
+    if filt.filter:  # joins only when set, as the time bounds do
+        scope += ["filter", filt.filter]
     return scope
 
 

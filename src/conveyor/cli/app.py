@@ -23,6 +23,7 @@ from conveyor.cli.common import (
     err,
     fail,
     message_dict,
+    parse_labels,
     parse_payload,
     parse_time,
     report,
@@ -106,6 +107,8 @@ def _print_job(job: Job, as_json: bool) -> None:
         print(json.dumps(_job_dict(job)))
         return
     line = f"{job.id}  {job.type:<16} {job.state.name:<10} {job.progress:5.1f}%  queue={job.queue}"
+    if job.labels:
+        line += "  " + " ".join(f"{key}={value}" for key, value in sorted(job.labels.items()))
     if job.blocked_reason:
         line += f"  waiting: {job.blocked_reason}"
     if job.error:
@@ -450,12 +453,17 @@ def submit(
         float | None,
         typer.Option(help="Seconds the job is kept once finished (default: type's or server's)."),
     ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="KEY=VALUE to find the job by (repeat for more)."),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Watch the job until it ends.")] = False,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Submit a job and print it (with --wait, follow it to the end)."""
     body = parse_payload(payload)
+    labels = parse_labels(label or [])
     with client_for(addr) as client:
         try:
             job = client.submit(
@@ -468,6 +476,7 @@ def submit(
                 timeout=None if timeout is None else timedelta(seconds=timeout),
                 delay=None if delay is None else timedelta(seconds=delay),
                 retention=None if retention is None else timedelta(seconds=retention),
+                labels=labels,
             )
         except ConveyorError as exc:
             fail(exc)
@@ -518,6 +527,13 @@ def list_jobs(
     created_before: Annotated[
         str, typer.Option(help="Only jobs created before this (ISO 8601; no offset: UTC).")
     ] = "",
+    filter: Annotated[
+        str,
+        typer.Option(
+            "--filter",
+            help='An AIP-160 filter, e.g. \'labels.team = "billing" AND error:"timeout"\'.',
+        ),
+    ] = "",
     page_size: Annotated[int, typer.Option(help="Jobs per page.")] = 20,
     page_token: Annotated[str, typer.Option(help="From a previous page.")] = "",
     addr: AddrOption = None,
@@ -536,7 +552,8 @@ def list_jobs(
     start = parse_time(created_after, "--created-after")
     end = parse_time(created_before, "--created-before")
     _list(addr, as_json, state=state_value, queue=queue, type=type, page_size=page_size,
-          page_token=page_token, create_time_start=start, create_time_end=end)  # fmt: skip
+          page_token=page_token, create_time_start=start, create_time_end=end,
+          filter=filter)  # fmt: skip
 
 
 @dead_app.command("list")

@@ -78,6 +78,19 @@ def call(addr: str | None, action: Callable[[Client], T]) -> T:
             fail(exc)
 
 
+def parse_labels(pairs: list[str]) -> dict[str, str]:
+    """`--label KEY=VALUE` options as labels (the API checks keys and values), or exit 2
+    naming the option that has no `=`."""
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            err.print(f"[red]error[/red] --label {escape(pair)}: expected KEY=VALUE")
+            raise typer.Exit(2)
+        labels[key] = value
+    return labels
+
+
 def parse_time(text: str, option: str) -> datetime | None:
     """An ISO 8601 option's time (UTC unless it names an offset; "": unset), or exit 2
     saying what is wrong with it."""

@@ -88,9 +88,11 @@ def submit_request(
     timeout: timedelta | None = None,
     retry: job_pb2.RetryPolicy | None = None,
     retention: timedelta | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> pb.SubmitJobRequest:
     """Build a SubmitJobRequest (also the items of `submit_many`). An empty
-    `idempotency_key` is left for `submit`/`submit_many` to fill in when they send it."""
+    `idempotency_key` is left for `submit`/`submit_many` to fill in when they send it.
+    `labels` tag the job to find it again (`list(filter='labels.team = "billing"')`)."""
     request = pb.SubmitJobRequest(
         type=type, queue=queue, idempotency_key=idempotency_key, max_attempts=max_attempts
     )
@@ -108,6 +110,8 @@ def submit_request(
         request.retry.CopyFrom(retry)
     if retention is not None:
         request.retention.FromTimedelta(retention)
+    if labels:
+        request.labels.update(labels)
     return request
 
 
@@ -189,6 +193,7 @@ def schedule_request(
     timeout: timedelta | None = None,
     retry: job_pb2.RetryPolicy | None = None,
     retention: timedelta | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> spb.Schedule:
     """A Schedule for `create_schedule`: `cron` (in `time_zone`) or `every` seconds; the
     job as `submit` takes it, less what each bucket sets (idempotency key, run time);
@@ -216,6 +221,7 @@ def schedule_request(
         timeout=timeout,
         retry=retry,
         retention=retention,
+        labels=labels,
     )
     schedule.job_template.MergeFromString(job.SerializeToString())  # the same field numbers
     return schedule
@@ -437,8 +443,9 @@ class _Calls:
     @staticmethod
     def list(**filters: Any) -> Call[Page[Job]]:
         """One page of jobs, newest first; filters are ListJobsRequest fields (state, queue,
-        type, page_size, page_token, …). Ask again with the page's `next_page_token` until
-        it is empty."""
+        type, page_size, page_token, …), `filter` an AIP-160 filter such as
+        `'state = DEAD AND labels.team = "billing" AND error:"timeout"'`. Ask again with
+        the page's `next_page_token` (and the same filters) until it is empty."""
         return LIST_JOBS.call(
             pb.ListJobsRequest(**filters),
             lambda answer: Page([Job(job) for job in answer.jobs], answer.next_page_token),

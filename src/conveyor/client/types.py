@@ -238,6 +238,11 @@ class Job:
         return self._payload
 
     @property
+    def labels(self) -> dict[str, str]:
+        """What the job was tagged with at submit (a copy)."""
+        return dict(self.raw.labels)
+
+    @property
     def attempt(self) -> int:
         """The attempt running or last run (0 before the first)."""
         return self.raw.attempt

@@ -37,15 +37,16 @@ _INSERT = """
 INSERT INTO jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
                   timeout_ms, progress, progress_message, error, idempotency_key,
                   request_hash, run_at, create_time, fence, retry, key_id, key_cap,
-                  retention_ms, trace_parent, shard)
+                  retention_ms, trace_parent, shard, labels)
 SELECT id, owner, type, queue, state, priority, payload, 0, max_attempts, timeout_ms,
        0, '', '', idempotency_key, request_hash, run_at, create_time, 0, retry, key_id,
-       key_cap, retention_ms, trace_parent, shard
+       key_cap, retention_ms, trace_parent, shard, coalesce(labels, '{}')
 FROM jsonb_to_recordset(%s::jsonb)
   AS v(id text, owner text, type text, queue text, state smallint, priority smallint,
        payload jsonb, max_attempts smallint, timeout_ms bigint, idempotency_key text,
        request_hash text, run_at bigint, create_time bigint, retry jsonb, key_id text,
-       key_cap integer, retention_ms bigint, trace_parent text, shard smallint)
+       key_cap integer, retention_ms bigint, trace_parent text, shard smallint,
+       labels jsonb)
 ON CONFLICT (owner, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -60,7 +61,7 @@ _COPY = """
 COPY jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
            timeout_ms, progress, progress_message, error, idempotency_key, request_hash,
            run_at, create_time, fence, retry, key_id, key_cap, retention_ms, trace_parent,
-           shard)
+           shard, labels)
 FROM STDIN
 """
 
@@ -157,7 +158,7 @@ def _copy_row(j: Job) -> str:
             str(j.timeout_ms), "0", "", "", j.idempotency_key, j.request_hash, str(j.run_at),
             str(j.create_time), "0", retry_text(j.retry), j.key_id, str(j.key_cap),
             None if j.retention_ms is None else str(j.retention_ms), j.trace_parent,
-            str(j.shard),
+            str(j.shard), compact_json.dumps(j.labels) if j.labels else "{}",
         )
     )  # fmt: skip
 
@@ -240,6 +241,7 @@ class BulkStatements:
                 "run_at": j.run_at, "create_time": j.create_time, "retry": j.retry.to_doc(),
                 "key_id": j.key_id, "key_cap": j.key_cap, "retention_ms": j.retention_ms,
                 "trace_parent": j.trace_parent, "shard": j.shard,
+                **({"labels": j.labels} if j.labels else {}),
             }
             for j in sorted(jobs, key=_key_order)
         ]  # fmt: skip

@@ -66,6 +66,7 @@ def job_from_row(values: Mapping[Any, Any]) -> Job:
     fields.pop("result", None)  # read on its own (JobStore.result): it may be large
     fields.pop("result_ref", None)
     retry = fields.pop("retry", None)
+    fields["labels"] = fields.get("labels") or {}  # a row from before labels: none
     job = Job(**fields)
     if retry:
         job.retry = RetryPolicy.from_doc(retry)
@@ -100,4 +101,5 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "retention_ms": job.retention_ms,
         "trace_parent": job.trace_parent,
         "shard": job.shard,
+        "labels": job.labels,
     }

@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -25,6 +25,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from conveyor import compact_json
 from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.jobs.labels import check_labels
 from conveyor.jobs.payload import HasNul, NotFinite, payload_from_struct
 from conveyor.jobs.retry import RetryOverrides, RetryPolicy
 from conveyor.jobs.shards import placement
@@ -141,6 +142,11 @@ FALLBACK_RETRY = RetryPolicy(initial_ms=1000, max_ms=300_000)
 NO_OVERRIDES = RetryOverrides()
 
 
+# The fields of a job's hot state that change while it waits and runs: the database learns
+# them only when an attempt ends (see `Job.take_live`).
+LIVE_FIELDS = ("state", "attempt", "progress", "progress_message", "start_time", "error")
+
+
 @dataclass(slots=True)
 class Job:
     """A job as it stands. Field names match the proto and the database columns."""
@@ -179,6 +185,8 @@ class Job:
     # Which of its queue's shards holds it in Redis (0: the queue itself); chosen at
     # submit and never changed (see conveyor.jobs.shards).
     shard: int = 0
+    # What the client tagged it with to find it again (conveyor.jobs.labels); never changed.
+    labels: dict[str, str] = field(default_factory=dict)
     # Why a waiting job is not running (computed on read, never stored): the proto's
     # `blocked` and `blocked_reason` both (see conveyor.jobs.blocked).
     blocked: Blocked | None = None
@@ -239,6 +247,8 @@ class Job:
             msg.blocked.CopyFrom(self.blocked.to_proto())
         if payload and self.payload:
             msg.payload.update(self.payload)
+        if self.labels:
+            msg.labels.update(self.labels)
         _set_time(msg.run_at, self.run_at)
         _set_time(msg.create_time, self.create_time)
         if self.start_time is not None:
@@ -289,7 +299,26 @@ class Job:
             hot["trace_parent"] = self.trace_parent
         if self.shard:
             hot["shard"] = str(self.shard)
+        if self.labels:
+            hot["labels"] = compact_json.dumps(self.labels)
         return hot
+
+    def take_live(self, live: Mapping[str, str]) -> None:
+        """Take over the live fields of the job's hot state (`LIVE_FIELDS`, as
+        `RedisQueue.live_fields` reads them; absent ones left as they are): the row says
+        QUEUED and 0 % of a job that runs, until its attempt ends."""
+        if "state" in live:
+            self.state = JobState(int(live["state"]))
+        if "attempt" in live:
+            self.attempt = int(live["attempt"])
+        if "progress" in live:
+            self.progress = float(live["progress"])
+        if "progress_message" in live:
+            self.progress_message = live["progress_message"]
+        if "start_time" in live:
+            self.start_time = int(live["start_time"])
+        if "error" in live:
+            self.error = live["error"]
 
     @classmethod
     def from_hot(cls, hot: dict[str, str]) -> Job:
@@ -322,6 +351,7 @@ class Job:
             retention_ms=_opt_int(hot.get("retention_ms")),
             trace_parent=str(hot.get("trace_parent", "")),
             shard=int(hot.get("shard", 0)),
+            labels=_labels(hot.get("labels")),
         )
 
 
@@ -342,7 +372,7 @@ def _fresh_proto(job: Job) -> job_pb2.Job:
     template = _FRESH.get(kind)
     if template is None:
         template = job._built_proto(False)
-        for name in ("id", "idempotency_key", "run_at", "create_time"):
+        for name in ("id", "idempotency_key", "run_at", "create_time", "labels"):
             template.ClearField(name)
         if len(_FRESH) >= _FRESH_SIZE:  # kinds are few; never grow without bound
             _FRESH.clear()
@@ -352,6 +382,8 @@ def _fresh_proto(job: Job) -> job_pb2.Job:
     msg.id = job.id
     if job.idempotency_key:
         msg.idempotency_key = job.idempotency_key
+    if job.labels:
+        msg.labels.update(job.labels)
     _set_time(msg.run_at, job.run_at)
     _set_time(msg.create_time, job.create_time)
     return msg
@@ -429,6 +461,11 @@ def _policy(doc: str) -> RetryPolicy:
     return RetryPolicy.from_doc(compact_json.loads(doc))
 
 
+def _labels(text: str | None) -> dict[str, str]:
+    """A job's labels as its hash keeps them (JSON; absent when it has none)."""
+    return compact_json.loads(text) if text else {}
+
+
 def _opt_int(value: str | int | None) -> int | None:
     return None if value is None or value == "" else int(value)
 
@@ -483,6 +520,7 @@ class JobSpec:
     timeout_ms: int = 0
     retry: RetryOverrides = NO_OVERRIDES
     retention_ms: int = 0  # 0: the type's or the server's
+    labels: dict[str, str] = field(default_factory=dict)
 
     def request_hash(self) -> str:
         """Fingerprint of the request, compared when an idempotency key is reused."""
@@ -495,6 +533,7 @@ class JobSpec:
             self.max_attempts,
             *([self.delay_ms] if self.delay_ms else []),  # hashes of undelayed jobs unchanged
             *([["retention", self.retention_ms]] if self.retention_ms else []),
+            *([["labels", self.labels]] if self.labels else []),  # unlabelled: unchanged
             self.timeout_ms,
             [self.retry.initial_ms, self.retry.max_ms, self.retry.multiplier, self.retry.jitter],
         ]
@@ -520,6 +559,7 @@ class JobSpec:
             request_hash=self.request_hash() if self.idempotency_key else "",
             retry=_resolved_retry(self.retry, defaults.retry),
             retention_ms=self.retention_ms or defaults.retention_ms,
+            labels=self.labels,
         )
 
 
@@ -584,6 +624,9 @@ def spec_from_proto(
         except ValueError:  # a Duration with nanos out of range
             violation("retry", "holds an invalid duration")
         bad += retry.violations(prefix + "retry.")
+    labels = dict(req.labels) if req.labels else {}
+    if labels:
+        bad += check_labels(labels, prefix + "labels")
     if bad:
         raise InvalidArgument(bad)
     return JobSpec(
@@ -598,6 +641,7 @@ def spec_from_proto(
         timeout_ms=timeout_ms or 0,
         retry=retry,
         retention_ms=retention_ms or 0,
+        labels=labels,
     )
 
 

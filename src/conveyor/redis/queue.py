@@ -30,7 +30,7 @@ from conveyor import compact_json
 from conveyor.config import Settings
 from conveyor.errors import RedisRefused, Unavailable, outage
 from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
-from conveyor.jobs.model import DEFAULT_QUEUE, Job, JobState
+from conveyor.jobs.model import DEFAULT_QUEUE, LIVE_FIELDS, Job, JobState
 from conveyor.jobs.queues import QueueSettings, QueueStats, Waiting
 from conveyor.jobs.shards import placements
 from conveyor.redis.connection import AnyRedis, key_on_each_server, servers
@@ -515,6 +515,32 @@ class RedisQueue:
         async with unavailable_on_redis_errors():
             names = await self.redis.smembers(EXISTING_QUEUES_KEY)
         return {DEFAULT_QUEUE, *(str(name) for name in names)}
+
+    async def running_ids(self) -> set[str]:
+        """The ids of the jobs running now (holding a lease) on every existing queue and
+        shard. A job runs only on a queue a worker serves, and every such queue exists
+        (see `existing_queues`), so none is missed; three round trips however many."""
+        queues = await self.existing_queues()
+        counts = await self.shard_counts(queues)
+        names = [name for queue in queues for name in placements(queue, counts[queue])]
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zrange(QueueKeys(name).leases, 0, -1)
+            replies = await pipe.execute()
+        return {str(job_id) for ids in replies for job_id in ids}
+
+    async def live_fields(self, refs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+        """For each (queue, job id), the fields of its hot state that change while it waits
+        and runs (`LIVE_FIELDS`; the database learns them only when an attempt ends), or
+        {} where Redis no longer has the job: one pipeline, no payload read."""
+        async with unavailable_on_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for queue, job_id in refs:
+                pipe.hmget(QueueKeys(queue).job(job_id), LIVE_FIELDS)
+            replies = await pipe.execute()
+        return [
+            {name: value for name, value in zip(LIVE_FIELDS, values, strict=True) if value}
+            for values in replies
+        ]
 
     async def waiting(self, queue: str, job_id: str) -> Waiting:
         """Why a ready job waits: its place in line and what the queue's settings hold back."""

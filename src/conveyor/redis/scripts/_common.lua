@@ -20,7 +20,7 @@ local PUBLIC = {'id', 'owner', 'type', 'queue', 'state', 'priority', 'max_attemp
                 'timeout_ms', 'create_time', 'run_at', 'attempt', 'progress',
                 'progress_message', 'error', 'retry', 'fence', 'key_id', 'key_cap',
                 'idempotency_key', 'start_time', 'finish_time', 'retention_ms', 'trace_parent',
-                'shard',
+                'shard', 'labels',
                 'seq'}
 
 -- A job's public fields (and the named private ones) in one HMGET, as a table by name
