@@ -4,7 +4,7 @@ for many jobs, because the commit (fsync) is what a durable job system pays for.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, delete, exists, literal, select, tuple_, update
@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conveyor.db.database import Database
+from conveyor.db.job_filters import compile_filter
 from conveyor.db.models import AttemptRow, EffectRow, ExpiryRow, JobRow
 from conveyor.db.rows import (
     RolledBack,
@@ -22,6 +23,7 @@ from conveyor.db.rows import (
 )
 from conveyor.errors import ConveyorError, FailedPrecondition, NotFound, outage
 from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
+from conveyor.jobs.filters import Filter
 from conveyor.jobs.model import TERMINAL_STATES, Job, JobState, now_ms
 from conveyor.jobs.shards import placement
 
@@ -139,9 +141,13 @@ class JobStore:
         before_id: str | None = None,
         create_time_start: int | None = None,
         create_time_end: int | None = None,
+        filter: Filter | None = None,
+        running: Collection[str] = (),
     ) -> list[Job]:
         """An owner's jobs (None: every owner's), newest first (UUIDv7 ids sort by time),
-        after a keyset cursor; created in [create_time_start, create_time_end) when given.
+        after a keyset cursor; created in [create_time_start, create_time_end) when given;
+        matching `filter` (an AIP-160 filter, see conveyor.db.job_filters), where `running`
+        holds the ids of the jobs running now (rows never say RUNNING).
 
         The time bounds are exact on `create_time`, and also bound the id (see
         `ID_CLOCK_SLACK_MS`), so that the scan is a range of the index the listing already
@@ -159,6 +165,9 @@ class JobStore:
             stmt = stmt.where(_JOBS.c.type == type)
         if before_id:
             stmt = stmt.where(_JOBS.c.id < before_id)
+        if filter is not None:
+            dialect = self.db.engine.dialect.name
+            stmt = stmt.where(compile_filter(filter, dialect=dialect, running=running))
         if create_time_start is not None:
             low = _first_id_at(create_time_start - ID_CLOCK_SLACK_MS)
             stmt = stmt.where(_JOBS.c.create_time >= create_time_start, _JOBS.c.id >= low)

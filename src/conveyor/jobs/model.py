@@ -179,6 +179,8 @@ class Job:
     # Which of its queue's shards holds it in Redis (0: the queue itself); chosen at
     # submit and never changed (see conveyor.jobs.shards).
     shard: int = 0
+    # Labels to find it by (conveyor.jobs.labels); the database's `labels` column.
+    labels: dict[str, str] = field(default_factory=dict)
     # Why a waiting job is not running (computed on read, never stored): the proto's
     # `blocked` and `blocked_reason` both (see conveyor.jobs.blocked).
     blocked: Blocked | None = None
