@@ -108,7 +108,8 @@ Filter: TypeAlias = And | Or | Not | Restriction
 # The grammar of AIP-160's EBNF, less functions and composite arguments. Members and
 # values are distinct terminals: LALR's contextual lexer only looks for a value after a
 # comparator, so a bare value may hold ':' (2026-12-01T00:00:00Z) while `error:x` still
-# splits at it. A keyword is only a keyword where the text is exactly it (`ANDY` is text).
+# splits at it. A keyword is never a field name, but only the exact word is one (`ANDY`
+# is a name; `and` is a name, or a value).
 _GRAMMAR = r"""
 ?expression: sequence (AND sequence)*
 ?sequence: factor factor*
@@ -128,7 +129,7 @@ MINUS: "-"
 LPAREN: "("
 RPAREN: ")"
 COMPARATOR: "<=" | ">=" | "!=" | "=" | "<" | ">" | ":"
-MEMBER: /[A-Za-z_][A-Za-z0-9_.\-]*/
+MEMBER: /(?!(AND|OR|NOT)(?![A-Za-z0-9_.\-]))[A-Za-z_][A-Za-z0-9_.\-]*/
 VALUE: /[^\s()"'=<>!]+/
 STRING: /"(\\.|[^"\\])*"/s | /'(\\.|[^'\\])*'/s
 %ignore /\s+/
@@ -214,6 +215,8 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> InvalidArgument:
             return _refuse(position, "')' without a matching '('")
         if at_end and "RPAREN" in exc.expected:
             return _refuse(position, "expected ')' to close a '('")
+        if previous is None and token.type in ("AND", "OR"):
+            return _refuse(position, f"expected a restriction before {_NAMES[token.type]}")
         if token.type == "COMPARATOR":
             return _refuse(position, f"expected a field before '{token}'")
         return _refuse(position, f"unexpected {found}")
@@ -374,8 +377,8 @@ def _state(arg: Token) -> JobState:
 def _time(arg: Token) -> int:
     """An RFC 3339 timestamp as epoch milliseconds (what the database stores)."""
     text = _text(arg)
-    try:
-        moment = datetime.fromisoformat(text)
+    try:  # RFC 3339 allows a lowercase t and z, which fromisoformat does not
+        moment = datetime.fromisoformat(text.upper())
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None or "T" not in text.upper():
