@@ -193,7 +193,7 @@ async def test_a_filtered_listing_pages_by_id(db: Database) -> None:
 async def test_values_are_bound_parameters(jobs: Jobs) -> None:
     """Guards against SQL built from text: quotes, LIKE wildcards and backslashes in a
     value match only themselves on both databases."""
-    tricky = "it's \"50%\" off_\\"
+    tricky = 'it\'s "50%" off_\\'
     await jobs.add("q", labels={"note": tricky}, error=f"said {tricky}")
     await jobs.add("r", labels={"note": "its 50 off"}, error="said it's 500 offX")
     assert await jobs.matching(r'labels.note = "it\'s \"50%\" off_\\"') == ["q"]

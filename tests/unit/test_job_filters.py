@@ -44,9 +44,10 @@ def test_and_binds_loosest_then_sequence_then_or() -> None:
     assert parse("queue=a queue=b OR queue=c") == And(
         (r("queue", value="a"), Or((r("queue", value="b", at=9), r("queue", value="c", at=20))))
     )
+    both = And((r("queue", value="a", at=2), r("queue", value="b", at=16)))
     assert parse("(queue = a AND queue = b) OR queue = c") == Or(
-        (And((r("queue", value="a", at=2), r("queue", value="b", at=16))), r("queue", value="c", at=30))
-    )  # fmt: skip
+        (both, r("queue", value="c", at=30))
+    )
 
 
 def test_negation_and_case_sensitive_keywords() -> None:
@@ -76,7 +77,8 @@ def test_negation_and_case_sensitive_keywords() -> None:
         ("labels.app.kubernetes.io != web", r("labels", "app.kubernetes.io", op="!=", value="web")),
         ("labels.team:*", r("labels", "team", op=":", value="*")),
         ("create_time > 2026-12-01T00:00:00Z", r("create_time", op=">", value=T0)),
-        ('finish_time <= "2026-12-01T01:00:00.250+01:00"', r("finish_time", op="<=", value=T0 + 250)),
+        ('finish_time <= "2026-12-01T01:00:00.250+01:00"',
+         r("finish_time", op="<=", value=T0 + 250)),
         ("create_time != 2026-12-01T00:00:00z", r("create_time", op="!=", value=T0)),
         ('error:"timed out"', r("error", op=":", value="timed out")),
         ("error:boom", r("error", op=":", value="boom")),
@@ -175,11 +177,13 @@ def test_fields_lists_what_a_filter_reads() -> None:
 def test_check_labels() -> None:
     """Guards the label limits, one violation per problem, named by key."""
     assert check_labels({"team": "billing", "app.kubernetes.io-x_1": "v" * 256}) == []
-    assert check_labels({"Bad Key": "x", "ok": "v" * 257, "9x": ""}, "requests[2].labels") == [
-        FieldViolation('requests[2].labels["Bad Key"]', "label keys must match [a-z][a-z0-9_.-]{0,62}"),
-        FieldViolation('requests[2].labels["ok"]', "label values are at most 256 characters, got 257"),
-        FieldViolation('requests[2].labels["9x"]', "label keys must match [a-z][a-z0-9_.-]{0,62}"),
-    ]  # fmt: skip
+    bad_key = "label keys must match [a-z][a-z0-9_.-]{0,62}"
+    field = "requests[2].labels"
+    assert check_labels({"Bad Key": "x", "ok": "v" * 257, "9x": ""}, field) == [
+        FieldViolation(f'{field}["Bad Key"]', bad_key),
+        FieldViolation(f'{field}["ok"]', "label values are at most 256 characters, got 257"),
+        FieldViolation(f'{field}["9x"]', bad_key),
+    ]
     assert check_labels({"k" + "x" * 62: ""}) == []
     assert len(check_labels({"k" + "x" * 63: ""})) == 1
     many = check_labels({f"k{i}": "" for i in range(33)})

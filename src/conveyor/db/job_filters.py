@@ -67,7 +67,7 @@ class _Compiler:
             return _JOBS.c.error.icontains(cast(str, r.value), autoescape=True)
         if field in ("create_time", "finish_time"):
             return _time(_JOBS.c[field], r.comparator, cast(int, r.value))
-        return cast(ColumnElement[bool], _JOBS.c[field] == r.value)
+        return _JOBS.c[field] == r.value
 
     def state(self, state: JobState) -> ColumnElement[bool]:
         running = _JOBS.c.id.in_(self.running)
@@ -82,7 +82,7 @@ class _Compiler:
             document = type_coerce(column, JSONB)
             if comparator == ":":
                 return cast(ColumnElement[bool], document.has_key(key))
-            return cast(ColumnElement[bool], document.contains({key: value}))
+            return document.contains({key: value})
         path = _sqlite_path((key,))
         if comparator == ":":
             return func.json_type(column, path).is_not(None)
@@ -94,7 +94,7 @@ class _Compiler:
             doc: Any = value
             for name in reversed(path):
                 doc = {name: doc}
-            return cast(ColumnElement[bool], type_coerce(column, JSONB).contains(doc))
+            return type_coerce(column, JSONB).contains(doc)
         where = _sqlite_path(path)
         kind = _sqlite_type(column, where)
         if value is None:
@@ -132,5 +132,3 @@ def _sqlite_path(names: tuple[str, ...]) -> Any:
 def _sqlite_type(column: Any, path: Any) -> ColumnElement[Any]:
     """json_type of `path`, '' when it is missing (so comparisons are never NULL)."""
     return func.coalesce(func.json_type(column, path), "")
-
-

@@ -177,9 +177,7 @@ def parse(text: str) -> Filter | None:
     Raises InvalidArgument (field `filter`) for anything it cannot run: a syntax error, an
     unknown field, a comparator or value the field does not take, or a limit passed."""
     if len(text) > MAX_FILTER_LENGTH:
-        raise _refuse(
-            MAX_FILTER_LENGTH + 1, f"a filter is at most {MAX_FILTER_LENGTH} characters"
-        )
+        raise _refuse(MAX_FILTER_LENGTH + 1, f"a filter is at most {MAX_FILTER_LENGTH} characters")
     if not text.strip():
         return None
     try:
@@ -194,8 +192,8 @@ def parse(text: str) -> Filter | None:
 def _syntax_error(text: str, exc: UnexpectedInput) -> InvalidArgument:
     """A lark error as a position and what is wrong there, in the filter's own terms."""
     if isinstance(exc, UnexpectedCharacters):
-        position = exc.pos_in_stream + 1
-        char = text[exc.pos_in_stream]
+        offset = exc.pos_in_stream or 0
+        position, char = offset + 1, text[offset]
         if char in "\"'":
             return _refuse(position, f"unterminated string (no closing {char})")
         return _refuse(position, f"unexpected character {char!r}")

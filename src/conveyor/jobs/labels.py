@@ -43,7 +43,8 @@ def check_labels(labels: Mapping[str, str], field: str = "labels") -> list[Field
         if len(value) > MAX_LABEL_VALUE:
             violations.append(
                 FieldViolation(
-                    where, f"label values are at most {MAX_LABEL_VALUE} characters, got {len(value)}"
+                    where,
+                    f"label values are at most {MAX_LABEL_VALUE} characters, got {len(value)}",
                 )
             )
     return violations
