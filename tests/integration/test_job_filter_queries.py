@@ -5,6 +5,7 @@ listing pages by id like an unfiltered one; and values travel as bound parameter
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
@@ -13,14 +14,21 @@ from sqlalchemy import Table, update
 from conveyor.db import Database, JobStore
 from conveyor.db.models import JobRow
 from conveyor.jobs.filters import parse
-from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState
+from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
 
 pytestmark = pytest.mark.usefixtures("clean")
 
 _JOBS = cast(Table, JobRow.__table__)
 DEFAULTS = JobDefaults(3, 1000, FALLBACK_RETRY)
-DAY = 86_400_000
-T0 = 1_796_083_200_000  # 2026-12-01T00:00:00Z
+STEP = 1000
+# Jobs are made "created" a little before now, in whole seconds: within ID_CLOCK_SLACK_MS
+# of their ids' own times, as submitted jobs are.
+T0 = (now_ms() // 1000 - 30) * 1000
+
+
+def at(ms: int, zone: timezone = UTC) -> str:
+    """An RFC 3339 time for a filter."""
+    return datetime.fromtimestamp(ms / 1000, zone).isoformat()
 
 
 class Jobs:
@@ -77,7 +85,7 @@ async def jobs(db: Database) -> Jobs:
         labels={"team": "billing", "env": "prod"},
         payload={"customer": {"id": 42, "tier": "gold"}, "retry": True, "note": None},
         state=int(JobState.SUCCEEDED),
-        finish_time=T0 + 2 * DAY,
+        finish_time=T0 + 2 * STEP,
         error="",
     )
     await made.add(
@@ -87,16 +95,16 @@ async def jobs(db: Database) -> Jobs:
         labels={"team": "billing"},
         payload={"customer": {"id": 7}, "amount": 1.5, "retry": False},
         state=int(JobState.DEAD),
-        finish_time=T0 + 3 * DAY,
+        finish_time=T0 + 3 * STEP,
         error="SMTP said: 550 Mailbox UNAVAILABLE",
-        created=T0 + DAY,
+        created=T0 + STEP,
     )
     await made.add(
         "c",
         labels={"team": "search", "app.kubernetes.io": "web"},
         payload={"customer": {"id": "42"}, "count": 3},
         state=int(JobState.QUEUED),
-        created=T0 + 2 * DAY,
+        created=T0 + 2 * STEP,
     )
     await made.add(
         "d",
@@ -104,7 +112,7 @@ async def jobs(db: Database) -> Jobs:
         payload={"count": 3.0},
         state=int(JobState.RETRYING),
         error="timed out after 30s",
-        created=T0 + 3 * DAY,
+        created=T0 + 3 * STEP,
     )
     return made
 
@@ -138,13 +146,14 @@ async def test_each_field_and_operator_selects_what_it_says(jobs: Jobs) -> None:
         'error:"mailbox unavailable"': ["b"],
         "error:TIMED": ["d"],
         "-error:timed": ["c", "b", "a"],
-        "create_time >= 2026-12-02T00:00:00Z": ["d", "c", "b"],
-        'create_time < "2026-12-02T00:00:00Z"': ["a"],
-        "create_time = 2026-12-03T00:00:00Z": ["c"],
-        "create_time > 2026-12-02T01:00:00+01:00": ["d", "c"],
-        "finish_time <= 2026-12-03T00:00:00Z": ["a"],
-        "finish_time > 2026-12-01T00:00:00Z": ["b", "a"],
-        "finish_time != 2026-12-04T00:00:00Z": ["d", "c", "a"],
+        f"create_time >= {at(T0 + STEP)}": ["d", "c", "b"],
+        f'create_time < "{at(T0 + STEP)}"': ["a"],
+        f"create_time = {at(T0 + 2 * STEP)}": ["c"],
+        f"create_time > {at(T0 + STEP, timezone(timedelta(hours=1)))}": ["d", "c"],
+        f"create_time > {at(T0)} create_time <= {at(T0 + 2 * STEP)}": ["c", "b"],
+        f"finish_time <= {at(T0 + 2 * STEP)}": ["a"],
+        f"finish_time > {at(T0)}": ["b", "a"],
+        f"finish_time != {at(T0 + 3 * STEP)}": ["d", "c", "a"],
         "labels.team = billing AND state = DEAD OR owner = bob": ["b"],
         "labels.team = billing OR owner = bob": ["d", "b", "a"],
         "(labels.team = billing OR owner = bob) AND -state = DEAD": ["d", "a"],

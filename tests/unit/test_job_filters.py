@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from conveyor.db.job_filters import create_time_range
 from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.jobs.filters import (
     MAX_DEPTH,
@@ -188,3 +189,15 @@ def test_check_labels() -> None:
     assert len(check_labels({"k" + "x" * 63: ""})) == 1
     many = check_labels({f"k{i}": "" for i in range(33)})
     assert many == [FieldViolation("labels", "at most 32 labels per job, got 33")]
+
+
+def test_create_time_range_is_what_every_match_satisfies() -> None:
+    """Guards the id bounds a filtered listing scans (conveyor.db.job_filters): only
+    create_time comparisons that every match satisfies (top level, under AND) bound it."""
+    t = "2026-12-01T00:00:00Z"
+    assert create_time_range(parse(f"create_time > {t}")) == (T0 + 1, None)  # type: ignore[arg-type]
+    both = parse(f"state = DEAD AND (create_time >= {t} create_time <= {t})")
+    assert create_time_range(both) == (T0, T0 + 1)  # type: ignore[arg-type]
+    assert create_time_range(parse(f"create_time = {t}")) == (T0, T0 + 1)  # type: ignore[arg-type]
+    for loose in (f"create_time < {t} OR queue = a", f"-create_time < {t}", f"create_time != {t}"):
+        assert create_time_range(parse(loose)) == (None, None), loose  # type: ignore[arg-type]

@@ -107,6 +107,39 @@ class _Compiler:
         return and_(kind.in_(("integer", "real")), extracted == value)
 
 
+def create_time_range(node: Filter) -> tuple[int | None, int | None]:
+    """[start, end) in epoch ms that every job `node` selects was created in, from the
+    `create_time` comparisons it requires (those at its top level, ANDed with the rest);
+    None where it sets no bound. JobStore.list_jobs turns them into id bounds, so a time
+    filter scans a range of the index it walks (ids are UUIDv7: time first)."""
+    start: int | None = None
+    end: int | None = None
+    for r in _required(node):
+        if r.path != ("create_time",) or not isinstance(r.value, int):
+            continue
+        low, high = {
+            ">": (r.value + 1, None),
+            ">=": (r.value, None),
+            "<": (None, r.value),
+            "<=": (None, r.value + 1),
+            "=": (r.value, r.value + 1),
+        }.get(r.comparator, (None, None))
+        if low is not None:
+            start = low if start is None else max(start, low)
+        if high is not None:
+            end = high if end is None else min(end, high)
+    return start, end
+
+
+def _required(node: Filter) -> list[Restriction]:
+    """The restrictions every match satisfies: `node` itself, or an AND's operands'."""
+    if isinstance(node, Restriction):
+        return [node]
+    if isinstance(node, And):
+        return [r for operand in node.operands for r in _required(operand)]
+    return []
+
+
 def _time(column: Any, comparator: str, ms: int) -> ColumnElement[bool]:
     """A comparison with a time column that may be NULL (an unfinished job's finish_time):
     NULL compares as never equal and never in range."""

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conveyor.db.database import Database
-from conveyor.db.job_filters import compile_filter
+from conveyor.db.job_filters import compile_filter, create_time_range
 from conveyor.db.models import AttemptRow, EffectRow, ExpiryRow, JobRow
 from conveyor.db.rows import (
     RolledBack,
@@ -50,6 +50,17 @@ def _first_id_at(ms: int) -> str:
     stored) sort by their leading 48-bit millisecond time first."""
     stamp = f"{min(max(ms, 0), _UUID_TIME_MAX):012x}"
     return f"{stamp[:8]}-{stamp[8:]}-0000-0000-000000000000"
+
+
+def _ids_created_within(start: int | None, end: int | None) -> list[Any]:
+    """Id bounds for jobs created in [start, end): wider by ID_CLOCK_SLACK_MS each way, as
+    the caller also compares create_time itself."""
+    bounds = []
+    if start is not None:
+        bounds.append(_JOBS.c.id >= _first_id_at(start - ID_CLOCK_SLACK_MS))
+    if end is not None:
+        bounds.append(_JOBS.c.id < _first_id_at(end + ID_CLOCK_SLACK_MS))
+    return bounds
 
 
 @contextlib.asynccontextmanager
@@ -151,7 +162,8 @@ class JobStore:
 
         The time bounds are exact on `create_time`, and also bound the id (see
         `ID_CLOCK_SLACK_MS`), so that the scan is a range of the index the listing already
-        walks ((owner, id), or the primary key) rather than every newer job. No index on
+        walks ((owner, id), or the primary key) rather than every newer job; so do the
+        create_time comparisons a filter requires (`create_time_range`). No index on
         `create_time`: it would cost every submit an index write for a filter only reads
         use."""
         stmt = select(_JOBS)
@@ -168,12 +180,12 @@ class JobStore:
         if filter is not None:
             dialect = self.db.engine.dialect.name
             stmt = stmt.where(compile_filter(filter, dialect=dialect, running=running))
+            stmt = stmt.where(*_ids_created_within(*create_time_range(filter)))
         if create_time_start is not None:
-            low = _first_id_at(create_time_start - ID_CLOCK_SLACK_MS)
-            stmt = stmt.where(_JOBS.c.create_time >= create_time_start, _JOBS.c.id >= low)
+            stmt = stmt.where(_JOBS.c.create_time >= create_time_start)
         if create_time_end is not None:
-            high = _first_id_at(create_time_end + ID_CLOCK_SLACK_MS)
-            stmt = stmt.where(_JOBS.c.create_time < create_time_end, _JOBS.c.id < high)
+            stmt = stmt.where(_JOBS.c.create_time < create_time_end)
+        stmt = stmt.where(*_ids_created_within(create_time_start, create_time_end))
         stmt = stmt.order_by(_JOBS.c.id.desc()).limit(limit)
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             return [job_from_row(r._mapping) for r in await conn.execute(stmt)]
