@@ -123,6 +123,8 @@ def test_accepted_forms_convert_their_values(text: str, expected: Filter) -> Non
         ("labels.team > x", "at 13: 'labels.team' takes = or != or :, not '>'"),
         ("payload = 1", "at 1: expected 'payload.NAME'"),
         ("payload.a.b.c.d.e.f.g.h.i = 1", "at 1: a payload path has at most 8 names"),
+        ("payload.n = 9223372036854775808", "at 13: number out of range"),
+        ("payload.n = 1e999", "at 13: number out of range"),
         ("payload.n < 3", "at 11: 'payload.n' takes = or !=, not '<'"),
         ("create_time > 2026-12-01", "at 15: expected an RFC 3339 time"),
         ("create_time > 2026-12-01T00:00:00", "at 15: expected an RFC 3339 time"),

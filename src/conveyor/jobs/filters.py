@@ -160,6 +160,7 @@ _TIME_FIELDS = ("create_time", "finish_time")
 _NUMBER_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_INT = 2**63 - 1  # what SQLite binds; payload numbers are doubles (Struct) anyway
 
 
 @cache
@@ -399,8 +400,9 @@ def _payload_value(arg: Token) -> Any:
     if match is None:
         return text
     if match[2] is None and match[3] is None:
-        return int(text)
-    number = float(text)
-    if not math.isfinite(number):
+        number: int | float = int(text)
+    else:
+        number = float(text)
+    if not math.isfinite(number) or abs(number) > _MAX_INT:
         raise _refuse(_at(arg), f"number out of range: {text}")
     return number
