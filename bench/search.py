@@ -102,6 +102,12 @@ def _build(url: str, rows: int) -> float:
     return time.perf_counter() - begin
 
 
+async def _mib(db: Database, relation: str) -> float:
+    async with db.engine.connect() as conn:
+        size = await conn.exec_driver_sql(f"SELECT pg_relation_size('{relation}')")
+        return round(int(size.scalar_one()) / 2**20, 1)
+
+
 async def _latency(call: Callable[[int], Awaitable[int]]) -> dict[str, float]:
     """p50/p99 ms of `call(sample)` over SAMPLES calls (after 5 warm-up calls), and how many
     jobs a page held on average."""
@@ -163,7 +169,9 @@ async def search_figures(base_url: str, rows: int, postgres: psutil.Process) -> 
     db = Database(url)
     store = JobStore(db)
     figures: list[SearchFigure] = []
-    common = {"rows": rows, "page_size": PAGE, "samples": SAMPLES, "build_s": round(build_s, 1)}
+    common = {"rows": rows, "page_size": PAGE, "samples": SAMPLES, "build_s": round(build_s, 1),
+              "table_mib": await _mib(db, "jobs"),
+              "labels_index_mib": await _mib(db, "ix_jobs_labels")}  # fmt: skip
 
     async def query(
         name: str, shown: str, target: float, make: Callable[[int], tuple[str, str | None]]
@@ -205,6 +213,7 @@ async def search_figures(base_url: str, rows: int, postgres: psutil.Process) -> 
             lambda s: (f"payload.customer_id = {s * 59 % CUSTOMERS}", None),
         )  # fmt: skip
         indexed_figure.details["index"] = "gin (payload jsonb_path_ops)"
+        indexed_figure.details["index_mib"] = await _mib(db, "ix_jobs_payload")
         indexed = await _insert_cost(store, postgres)
         extra = indexed["bulk_postgres_cpu_us_per_job"] - without["bulk_postgres_cpu_us_per_job"]
         figures += [

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Table, update
 
 from conveyor.db import Database, JobStore
+from conveyor.db.jobs import SCAN_WINDOW
 from conveyor.db.models import JobRow
 from conveyor.jobs.filters import parse
 from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
@@ -79,7 +80,10 @@ class Jobs:
 
 @pytest.fixture
 async def jobs(db: Database) -> Jobs:
+    """Four jobs; on PostgreSQL, label and payload filters look at the newest two by id
+    before they ask the GIN index, so both halves of JobStore._recent_then_indexed run."""
     made = Jobs(db)
+    made.store.scan_window = 2
     await made.add(
         "a",
         labels={"team": "billing", "env": "prod"},
@@ -160,6 +164,9 @@ async def test_each_field_and_operator_selects_what_it_says(jobs: Jobs) -> None:
     }
     for text, names in expect.items():
         assert await jobs.matching(text) == names, text
+    jobs.store.scan_window = SCAN_WINDOW  # more than there are jobs: one statement
+    for text in ("labels.team = billing", "payload.count = 3", "NOT labels.env:*"):
+        assert await jobs.matching(text) == expect[text], text
     assert await jobs.matching("labels.team = billing", owner="bob") == []
     assert await jobs.matching("state != SUCCEEDED", owner="alice", queue="default") == ["c"]
 
@@ -186,6 +193,7 @@ async def test_a_filtered_listing_pages_by_id(db: Database) -> None:
         await made.add(f"j{i}", labels={"even": str(i % 2 == 0).lower()}, created=T0 + i)
     evens = [f"j{i}" for i in range(10, -1, -2)]
     store, even = made.store, parse("labels.even = true")
+    store.scan_window = 3  # pages end inside the newest three jobs, and beyond them
     late: list[str] = []
     for size in (1, 2, 5, 50):
         expected = late[::-1] + evens  # those added by earlier walks are the newest
