@@ -38,6 +38,7 @@ from bench.cluster import NOTE, ClusterStack, drain_worker
 from bench.cost import ClientCall, CpuMeter, Side, measure, pct, versus_floor
 from bench.floor import floor_server
 from bench.handlers import STAMPS
+from bench.search import search_figures
 from conveyor.cli.dev import wait_serving
 from conveyor.client import AsyncClient, JobState, schedule_request, submit_request
 from conveyor.config import Settings
@@ -990,6 +991,15 @@ class Bench:
             floor_client_cancel_cpu_us_per_message=floor.client_cancel_cpu_us,
         )
 
+    async def search_latency(self) -> None:
+        """ListJobs filters on a 1,000,000-job table (scaled) of a database of its own: p99
+        of label and payload-equality queries, and what a payload index costs a submit
+        (see bench.search)."""
+        url = self.stack.env["CONVEYOR_DATABASE_URL"]
+        rows = self.n(1_000_000)
+        for figure in await search_figures(url, rows, self.servers.postgres):
+            emit(figure.name, figure.value, figure.unit, figure.target, False, **figure.details)
+
     async def reconcile_pass(self) -> None:
         """One reconciler pass over every job the other workloads left (finished and not):
         how fast the walk by primary key reads the table and checks Redis."""
@@ -1223,11 +1233,12 @@ WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "idle_cpu": Bench.idle_cpu,
     "idle_cluster_worker": Bench.idle_cluster_worker,
     "backlog_memory": Bench.backlog_memory,
+    "search_latency": Bench.search_latency,
     "soak": Bench.soak,
 }
 DEFAULT_WORKLOADS = [name for name in WORKLOADS if name != "soak"]
 # Deterministic sizes, or too long to repeat: measured once.
-SINGLE_RUN = {"backlog_memory", "soak", "idle_cluster_worker"}
+SINGLE_RUN = {"backlog_memory", "soak", "idle_cluster_worker", "search_latency"}
 
 
 async def run_workload(bench: Bench, name: str, runs: int) -> None:

@@ -66,7 +66,7 @@ async def test_labels_are_kept_returned_and_found(alice: AsyncClient, bob: Async
 async def test_bad_labels_and_filters_are_field_violations(alice: AsyncClient) -> None:
     with pytest.raises(InvalidArgument) as bad:
         await alice.submit("noop", queue=PARKED, labels={"Team": "x", "ok": "y" * 257})
-    assert sorted(v.field for v in bad.value.violations) == ["labels['Team']", "labels['ok']"]
+    assert sorted(v.field for v in bad.value.violations) == ['labels["Team"]', 'labels["ok"]']
     assert ids(await alice.list(queue=PARKED, filter='labels.ok = "x"')) == []
     with pytest.raises(InvalidArgument) as refused:
         await alice.list(filter="state = QUEUED AND stat = DEAD")

@@ -355,6 +355,6 @@ def test_labels_travel_with_the_job_and_count_in_its_request() -> None:
     with pytest.raises(InvalidArgument) as refused:
         spec_from_proto(bad, max_payload_bytes=1024, prefix="requests[2].")
     assert sorted(v.field for v in refused.value.violations) == [
-        "requests[2].labels['Team']",
-        "requests[2].labels['ok']",
+        'requests[2].labels["Team"]',
+        'requests[2].labels["ok"]',
     ]

@@ -39,9 +39,9 @@ from conveyor.errors import (
     Unavailable,
 )
 from conveyor.handlers import Registry
+from conveyor.jobs import filters
 from conveyor.jobs.attempts import Attempt
 from conveyor.jobs.blocked import Blocked
-from conveyor.jobs.filters import parse_filter
 from conveyor.jobs.model import (
     MAX_ATTEMPTS_LIMIT,
     Job,
@@ -479,12 +479,13 @@ class JobOperations:
     ) -> tuple[list[Job], str]:
         limit = page_limit(page_size)
         _check_filter(filt)
-        parsed = parse_filter(filt.filter)
+        parsed = filters.parse(filt.filter)
         if parsed is not None and "owner" in parsed.fields() and not principal.is_admin:
             raise PermissionDenied("only admin keys may filter by owner")
         await self.charge(principal, Kind.READ)
         owner = list_owner(principal, filt.owner)
         asks_state = filt.state is not None or (parsed is not None and "state" in parsed.fields())
+        # The database never says RUNNING: which jobs run now is Redis's to say.
         running = await self.queue.running_ids() if asks_state else frozenset[str]()
 
         async def fetch(count: int, before: str | None) -> list[Job]:

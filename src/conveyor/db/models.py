@@ -80,8 +80,9 @@ class JobRow(Base):
     trace_parent: Mapped[str] = mapped_column(String(64), default="")
     # Which of its queue's shards holds the job in Redis (see conveyor.jobs.shards).
     shard: Mapped[int] = mapped_column(SmallInteger, default=0)
-    # What the client tagged the job with (conveyor.jobs.labels); `{}` when nothing.
-    labels: Mapped[dict[str, str]] = mapped_column(JsonDoc, default=dict)
+    # The job's labels (conveyor.jobs.labels), {} when it has none. On PostgreSQL a GIN
+    # index (jsonb_path_ops) serves `labels @> {...}`, ListJobs' label filters (0009).
+    labels: Mapped[dict[str, str]] = mapped_column(JsonDoc, default=dict, server_default="{}")
 
 
 class ExpiryRow(Base):
