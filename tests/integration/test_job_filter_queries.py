@@ -27,6 +27,15 @@ STEP = 1000
 T0 = (now_ms() // 1000 - 30) * 1000
 
 
+@pytest.fixture(autouse=True)
+def fresh_t0() -> None:
+    """T0 is taken as each test starts: job ids are made when the job is inserted, and a
+    listing's time bounds allow their times only ID_CLOCK_SLACK_MS of difference from the
+    create times, which a T0 taken at collection, minutes earlier in a long run, exceeds."""
+    global T0
+    T0 = (now_ms() // 1000 - 30) * 1000
+
+
 def at(ms: int, zone: timezone = UTC) -> str:
     """An RFC 3339 time for a filter."""
     return datetime.fromtimestamp(ms / 1000, zone).isoformat()
@@ -50,11 +59,11 @@ class Jobs:
         type: str = "noop",
         payload: dict[str, Any] | None = None,
         labels: dict[str, str] | None = None,
-        created: int = T0,
+        created: int | None = None,  # None: T0
         **row: Any,
     ) -> Job:
         spec = JobSpec(type=type, queue=queue, payload=payload or {})
-        job = spec.new_job(owner, defaults=DEFAULTS, now=created)
+        job = spec.new_job(owner, defaults=DEFAULTS, now=T0 if created is None else created)
         await self.store.insert([job])
         values = {"labels": labels or {}, **row}
         async with self.db.engine.begin() as conn:
