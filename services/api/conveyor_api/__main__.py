@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from conveyor.api.bulk import BulkOperations
 from conveyor.api.jobs import JobOperations
 from conveyor.api.pending_writes import REDIS_WRITES_HEALTH
 from conveyor.api.queues import QueueAdmin
@@ -14,6 +15,7 @@ from conveyor.api.results import Results
 from conveyor.api.schedules import ScheduleOperations
 from conveyor.config import Settings
 from conveyor.db import KeyStore
+from conveyor.db.bulk_operations import BulkOperationStore
 from conveyor.db.queues import QueueStore
 from conveyor.db.schedules import ScheduleStore
 from conveyor.handlers import default_registry, load_modules
@@ -66,7 +68,8 @@ async def _serve(settings: Settings, metrics: ApiMetrics, stopping: StopSignals)
         results = Results(
             ops, conns.artifacts, conns.objects, link_seconds=settings.artifact_url_seconds
         )
-        servicer = JobServicer(ops, queues, auth, settings, results, metrics=metrics)
+        bulk = BulkOperations(ops, BulkOperationStore(conns.db), conns.artifacts, conns.objects)
+        servicer = JobServicer(ops, queues, auth, settings, results, bulk, metrics=metrics)
         server = Server.from_settings(
             settings.api_addr,
             settings,
@@ -89,7 +92,7 @@ async def _serve(settings: Settings, metrics: ApiMetrics, stopping: StopSignals)
         downloads = await _download_server(conns.objects, settings)
         # Retries Redis writes owed for committed jobs until the last call has ended.
         try:
-            async with ops.pending.running():
+            async with ops.pending.running(), bulk.running():
                 port = await server.start()
                 log.info("api serving JobService on %s (port %d)", settings.api_addr, port)
                 try:

@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator, Sequence
 
 from google.protobuf.message import Message
 
+from conveyor.api.bulk import BulkOperations
 from conveyor.api.jobs import JobOperations, ListFilter, create_time_range
 from conveyor.api.queues import QueueAdmin
 from conveyor.api.results import Results
 from conveyor.api.update_mask import named_fields
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError, FieldViolation, InvalidArgument, status_of
+from conveyor.jobs.bulk import BulkAction, BulkRequest
 from conveyor.jobs.model import MAX_BULK, Job, JobSpec, JobState, spec_from_proto
 from conveyor.jobs.queues import LIMIT_FIELDS, LimitChange
 from conveyor.server.auth import Authenticator, Principal
@@ -56,10 +58,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         auth: Authenticator,
         settings: Settings,
         results: Results,
+        bulk: BulkOperations,
         *,
         metrics: ApiMetrics | None = None,
     ) -> None:
         self.ops = ops
+        self.bulk = bulk
         self.metrics = metrics or ApiMetrics()
         self.results = results
         self.queues = queues
@@ -219,6 +223,55 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if found.document is not None:
             response.result.update(found.document)
         return response
+
+    # -- bulk actions (conveyor.api.bulk) --------------------------------------------------
+    @unary
+    async def RetryJobs(
+        self, request: pb.RetryJobsRequest, principal: Principal
+    ) -> pb.RetryJobsResponse:
+        checked = BulkRequest.checked(
+            BulkAction.RETRY,
+            request.filter,
+            request.force,
+            request.per_second,
+            request.max_attempts,
+        )
+        count, op = await self.bulk.start(principal, checked)
+        return pb.RetryJobsResponse(count=count, operation=op.to_proto() if op else None)
+
+    @unary
+    async def CancelJobs(
+        self, request: pb.CancelJobsRequest, principal: Principal
+    ) -> pb.CancelJobsResponse:
+        checked = BulkRequest.checked(
+            BulkAction.CANCEL, request.filter, request.force, request.per_second
+        )
+        count, op = await self.bulk.start(principal, checked)
+        return pb.CancelJobsResponse(count=count, operation=op.to_proto() if op else None)
+
+    @unary
+    async def DeleteJobs(
+        self, request: pb.DeleteJobsRequest, principal: Principal
+    ) -> pb.DeleteJobsResponse:
+        checked = BulkRequest.checked(
+            BulkAction.DELETE, request.filter, request.force, request.per_second
+        )
+        count, op = await self.bulk.start(principal, checked)
+        return pb.DeleteJobsResponse(count=count, operation=op.to_proto() if op else None)
+
+    @unary
+    async def GetBulkOperation(
+        self, request: pb.GetBulkOperationRequest, principal: Principal
+    ) -> pb.GetBulkOperationResponse:
+        op = await self.bulk.get(principal, request.id)
+        return pb.GetBulkOperationResponse(operation=op.to_proto())
+
+    @unary
+    async def CancelBulkOperation(
+        self, request: pb.CancelBulkOperationRequest, principal: Principal
+    ) -> pb.CancelBulkOperationResponse:
+        op = await self.bulk.cancel(principal, request.id)
+        return pb.CancelBulkOperationResponse(operation=op.to_proto())
 
     # -- queues and workers (admin) --------------------------------------------------------
     @unary

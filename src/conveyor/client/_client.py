@@ -57,7 +57,7 @@ from conveyor.client._calls import (
     method_of,
 )
 from conveyor.client._retries import Attempts, SubmitRetry, new_idempotency_key
-from conveyor.client.types import Attempt, Job, JobResult, JobUpdate, Page
+from conveyor.client.types import Attempt, BulkOperation, Job, JobResult, JobUpdate, Page
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError, from_rpc_error, from_status
 from conveyor.jobs.model import MAX_BULK
@@ -312,6 +312,15 @@ UPDATE_QUEUE_LIMITS = JOBS.rpc(
     "UpdateQueueLimits", pb.UpdateQueueLimitsRequest, pb.UpdateQueueLimitsResponse
 )
 LIST_WORKERS = JOBS.rpc("ListWorkers", pb.ListWorkersRequest, pb.ListWorkersResponse)
+RETRY_JOBS = JOBS.rpc("RetryJobs", pb.RetryJobsRequest, pb.RetryJobsResponse)
+CANCEL_JOBS = JOBS.rpc("CancelJobs", pb.CancelJobsRequest, pb.CancelJobsResponse)
+DELETE_JOBS = JOBS.rpc("DeleteJobs", pb.DeleteJobsRequest, pb.DeleteJobsResponse)
+GET_BULK_OPERATION = JOBS.rpc(
+    "GetBulkOperation", pb.GetBulkOperationRequest, pb.GetBulkOperationResponse
+)
+CANCEL_BULK_OPERATION = JOBS.rpc(
+    "CancelBulkOperation", pb.CancelBulkOperationRequest, pb.CancelBulkOperationResponse
+)
 CREATE_SCHEDULE = SCHEDULES.rpc(
     "CreateSchedule", spb.CreateScheduleRequest, spb.CreateScheduleResponse
 )
@@ -463,6 +472,57 @@ class _Calls:
         return RETRY_JOB.call(request, lambda answer: Job(answer.job))
 
     @staticmethod
+    def retry_jobs(
+        filter: str, *, force: bool = False, per_second: int = 0, max_attempts: int = 0
+    ) -> Call[BulkOperation]:
+        """Replay every DEAD or CANCELLED job `filter` matches (AIP-160, as `list`), each
+        as `retry` does, in the background at `per_second` (0: 500). Without `force`, a dry
+        run: nothing starts, and the answer's `matched` says how many jobs it would replay.
+        Poll the operation with `get_bulk_operation`."""
+        request = pb.RetryJobsRequest(
+            filter=filter, force=force, per_second=per_second, max_attempts=max_attempts
+        )
+        return RETRY_JOBS.call(
+            request, lambda answer: _bulk_answer(answer, pb.BULK_ACTION_RETRY, filter)
+        )
+
+    @staticmethod
+    def cancel_jobs(
+        filter: str, *, force: bool = False, per_second: int = 0
+    ) -> Call[BulkOperation]:
+        """Cancel every unfinished job `filter` matches, as `retry_jobs` replays (dry run
+        without `force`)."""
+        request = pb.CancelJobsRequest(filter=filter, force=force, per_second=per_second)
+        return CANCEL_JOBS.call(
+            request, lambda answer: _bulk_answer(answer, pb.BULK_ACTION_CANCEL, filter)
+        )
+
+    @staticmethod
+    def delete_jobs(
+        filter: str, *, force: bool = False, per_second: int = 0
+    ) -> Call[BulkOperation]:
+        """Delete every finished job `filter` matches, with its attempts, artifacts and
+        result, as `retry_jobs` replays (dry run without `force`)."""
+        request = pb.DeleteJobsRequest(filter=filter, force=force, per_second=per_second)
+        return DELETE_JOBS.call(
+            request, lambda answer: _bulk_answer(answer, pb.BULK_ACTION_DELETE, filter)
+        )
+
+    @staticmethod
+    def get_bulk_operation(operation_id: str) -> Call[BulkOperation]:
+        """A bulk operation as it stands (poll until `.ended`)."""
+        request = pb.GetBulkOperationRequest(id=operation_id)
+        return GET_BULK_OPERATION.call(
+            request, lambda answer: BulkOperation(answer.operation), retry_safe=True
+        )
+
+    @staticmethod
+    def cancel_bulk_operation(operation_id: str) -> Call[BulkOperation]:
+        """Stop a running bulk operation; what it did stays done."""
+        request = pb.CancelBulkOperationRequest(id=operation_id)
+        return CANCEL_BULK_OPERATION.call(request, lambda answer: BulkOperation(answer.operation))
+
+    @staticmethod
     def result(job_id: str) -> Call[JobResult]:
         """A SUCCEEDED job, its result (a dict; None if the handler returned none) and its
         artifacts with download links."""
@@ -569,6 +629,18 @@ class _Calls:
 
 
 # -- the drivers: one awaits, one blocks -------------------------------------------------
+
+
+def _bulk_answer(
+    answer: pb.RetryJobsResponse | pb.CancelJobsResponse | pb.DeleteJobsResponse,
+    action: pb.BulkAction,
+    filter: str,
+) -> BulkOperation:
+    """The operation started, or for a dry run a stand-in without an id whose `matched`
+    is the count."""
+    if answer.HasField("operation"):
+        return BulkOperation(answer.operation)
+    return BulkOperation(pb.BulkOperation(action=action, filter=filter, matched=answer.count))
 
 
 def _awaited(
@@ -760,6 +832,11 @@ class AsyncClient:
     list = _awaited(_Calls.list)
     cancel = _awaited(_Calls.cancel)
     retry = _awaited(_Calls.retry)
+    retry_jobs = _awaited(_Calls.retry_jobs)
+    cancel_jobs = _awaited(_Calls.cancel_jobs)
+    delete_jobs = _awaited(_Calls.delete_jobs)
+    get_bulk_operation = _awaited(_Calls.get_bulk_operation)
+    cancel_bulk_operation = _awaited(_Calls.cancel_bulk_operation)
     result = _awaited(_Calls.result)
     attempts = _awaited(_Calls.attempts)
     attempts_page = _awaited(_Calls.attempts_page)
@@ -896,6 +973,11 @@ class Client:
     list = _blocking(_Calls.list)
     cancel = _blocking(_Calls.cancel)
     retry = _blocking(_Calls.retry)
+    retry_jobs = _blocking(_Calls.retry_jobs)
+    cancel_jobs = _blocking(_Calls.cancel_jobs)
+    delete_jobs = _blocking(_Calls.delete_jobs)
+    get_bulk_operation = _blocking(_Calls.get_bulk_operation)
+    cancel_bulk_operation = _blocking(_Calls.cancel_bulk_operation)
     result = _blocking(_Calls.result)
     attempts = _blocking(_Calls.attempts)
     attempts_page = _blocking(_Calls.attempts_page)

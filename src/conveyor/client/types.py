@@ -428,3 +428,110 @@ class Page(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+class BulkAction(enum.IntEnum):
+    """What a bulk operation does to each job: the proto's `BulkAction` numbers."""
+
+    UNSPECIFIED = pb.BULK_ACTION_UNSPECIFIED
+    RETRY = pb.BULK_ACTION_RETRY
+    CANCEL = pb.BULK_ACTION_CANCEL
+    DELETE = pb.BULK_ACTION_DELETE
+
+
+class BulkOperationState(enum.IntEnum):
+    """A bulk operation's state: the proto's `BulkOperationState` numbers (UNSPECIFIED: a
+    dry run's answer, which started nothing)."""
+
+    UNSPECIFIED = pb.BULK_OPERATION_STATE_UNSPECIFIED
+    RUNNING = pb.BULK_OPERATION_STATE_RUNNING
+    SUCCEEDED = pb.BULK_OPERATION_STATE_SUCCEEDED
+    FAILED = pb.BULK_OPERATION_STATE_FAILED
+    CANCELLED = pb.BULK_OPERATION_STATE_CANCELLED
+
+
+class BulkOperation:
+    """A RetryJobs, CancelJobs or DeleteJobs operation (`retry_jobs`, `cancel_jobs`,
+    `delete_jobs`, `get_bulk_operation`), a view of the message as `Job` is.
+
+    A dry run (no `force`) starts nothing: its answer has no `id` (`dry_run` is true), and
+    `matched` is the number of jobs the action would touch now."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: pb.BulkOperation) -> None:
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return (
+            f"BulkOperation(id={self.id!r}, action={self.action.name}, state={self.state.name}, "
+            f"matched={self.matched}, done={self.done}, skipped={self.skipped}, "
+            f"failed={self.failed})"
+        )
+
+    @property
+    def id(self) -> str:
+        return self.raw.id
+
+    @property
+    def dry_run(self) -> bool:
+        return not self.raw.id
+
+    @property
+    def owner(self) -> str:
+        return self.raw.owner
+
+    @property
+    def action(self) -> BulkAction:
+        return BulkAction(self.raw.action)
+
+    @property
+    def filter(self) -> str:
+        return self.raw.filter
+
+    @property
+    def state(self) -> BulkOperationState:
+        return BulkOperationState(self.raw.state)
+
+    @property
+    def ended(self) -> bool:
+        """It will change no more (or, a dry run, never ran)."""
+        return self.state is not BulkOperationState.RUNNING
+
+    @property
+    def per_second(self) -> int:
+        return self.raw.per_second
+
+    @property
+    def max_attempts(self) -> int:
+        return self.raw.max_attempts
+
+    @property
+    def matched(self) -> int:
+        """Jobs the filter matched when it started (a dry run: matches now)."""
+        return self.raw.matched
+
+    @property
+    def done(self) -> int:
+        return self.raw.done
+
+    @property
+    def skipped(self) -> int:
+        """Jobs that no longer qualified when their turn came (left alone)."""
+        return self.raw.skipped
+
+    @property
+    def failed(self) -> int:
+        return self.raw.failed
+
+    @property
+    def error(self) -> str:
+        return self.raw.error
+
+    @property
+    def create_time(self) -> datetime | None:
+        return _time(self.raw, "create_time")
+
+    @property
+    def finish_time(self) -> datetime | None:
+        return _time(self.raw, "finish_time")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, select
+from sqlalchemy import Select, Table, and_, delete, select
 
 from conveyor.db.database import Database
 from conveyor.db.jobs import unavailable_on_db_errors
@@ -91,6 +91,19 @@ class ArtifactStore:
             .order_by(_EXPIRY.c.expire_time)
             .limit(limit)
         )
+        return await self._holding(stmt)
+
+    async def finished_holding(self, ids: Sequence[str]) -> list[tuple[str, str, list[str]]]:
+        """Those of these jobs that have finished, as `expired` answers them (for
+        DeleteJobs, which deletes them as the sweeper does)."""
+        stmt = select(_JOBS.c.id, _JOBS.c.queue, _JOBS.c.shard, _JOBS.c.result_ref).where(
+            _JOBS.c.id.in_(list(ids)), _JOBS.c.state.in_(_TERMINAL)
+        )
+        return await self._holding(stmt)
+
+    async def _holding(self, stmt: Select[Any]) -> list[tuple[str, str, list[str]]]:
+        """The jobs `stmt` selects (id, queue, shard, result_ref), each with the object
+        keys it holds."""
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             jobs = (await conn.execute(stmt)).all()
             if not jobs:
@@ -103,6 +116,16 @@ class ArtifactStore:
             for row in await conn.execute(found):
                 keys[row.job_id].append(row.object_key)
         return [(j.id, placement(j.queue, j.shard), keys[j.id]) for j in jobs]
+
+    async def delete_finished(self, ids: Sequence[str]) -> int:
+        """Delete those of these jobs that are finished (a job replayed since it was read
+        stays), as `delete_jobs` does."""
+        if not ids:
+            return 0
+        stmt = delete(_JOBS).where(_JOBS.c.id.in_(list(ids)), _JOBS.c.state.in_(_TERMINAL))
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            result = await conn.execute(stmt)
+        return int(result.rowcount or 0)
 
     async def delete_jobs(self, ids: Sequence[str], now: int) -> int:
         """Delete these jobs (their attempts, once-markers and artifact rows go with them),

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Select, Table, delete, exists, literal, select, tuple_, update
+from sqlalchemy import Select, Table, delete, exists, func, literal, select, tuple_, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -234,6 +234,70 @@ class JobStore:
         await conn.exec_driver_sql("SET LOCAL enable_indexscan = off")
         older = await conn.execute(stmt.where(_JOBS.c.id < boundary).limit(limit - len(recent)))
         return recent + list(older)
+
+    async def newest_id(self) -> str | None:
+        """The greatest job id (the newest job), None with no jobs: where a bulk operation
+        starts walking down from."""
+        stmt = select(_JOBS.c.id).order_by(_JOBS.c.id.desc()).limit(1)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            return cast(str | None, (await conn.execute(stmt)).scalar())
+
+    def _matching(
+        self,
+        owner: str | None,
+        filter: Filter,
+        states: Collection[JobState],
+        top_id: str,
+        running: Collection[str],
+    ) -> list[Any]:
+        """The where-clause of a bulk operation's jobs: the owner's (None: any), matching
+        the filter, in one of `states`, no newer than `top_id`."""
+        dialect = self.db.engine.dialect.name
+        where = [
+            _JOBS.c.id <= top_id,
+            _JOBS.c.state.in_([int(s) for s in states]),
+            compile_filter(filter, dialect=dialect, running=running),
+            *_ids_created_within(*create_time_range(filter)),
+        ]
+        if owner is not None:
+            where.append(_JOBS.c.owner == owner)
+        return where
+
+    async def count_matching(
+        self,
+        owner: str | None,
+        filter: Filter,
+        states: Collection[JobState],
+        top_id: str,
+        running: Collection[str] = (),
+    ) -> int:
+        """How many jobs a bulk operation would act on (its dry run's count)."""
+        where = self._matching(owner, filter, states, top_id, running)
+        stmt = select(func.count()).select_from(_JOBS).where(*where)
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar() or 0)
+
+    async def matching_ids(
+        self,
+        owner: str | None,
+        filter: Filter,
+        states: Collection[JobState],
+        top_id: str,
+        *,
+        below: str = "",
+        limit: int,
+        running: Collection[str] = (),
+    ) -> list[tuple[str, str]]:
+        """A page of a bulk operation's jobs as (id, owner), newest first, with ids below
+        `below` ("" from `top_id` down)."""
+        where = self._matching(owner, filter, states, top_id, running)
+        if below:
+            where.append(_JOBS.c.id < below)
+        stmt = (
+            select(_JOBS.c.id, _JOBS.c.owner).where(*where).order_by(_JOBS.c.id.desc()).limit(limit)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
+            return [(r.id, r.owner) for r in await conn.execute(stmt)]
 
     async def result(self, job_id: str) -> tuple[dict[str, Any] | None, str | None]:
         """What the job's handler returned (None: nothing, or not yet), or the object key

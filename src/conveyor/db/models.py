@@ -216,3 +216,39 @@ class ScheduleRow(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     create_time: Mapped[int] = mapped_column(BigInteger)
     update_time: Mapped[int] = mapped_column(BigInteger)
+
+
+class BulkOperationRow(Base):
+    """A bulk action (RetryJobs, CancelJobs, DeleteJobs) and how far it has got: the jobs
+    it covers are those matching `filter` with ids at most `top_id` (the newest job when
+    it started), walked downward; `cursor` is the last id it finished with ("" before the
+    first). An API process runs it while it holds the lease (`lease_owner` until
+    `lease_expire`); once that runs out, any API process may take it over and go on from
+    `cursor` (see conveyor.api.bulk)."""
+
+    __tablename__ = "bulk_operations"
+    __table_args__ = (
+        Index("ix_bulk_operations_owner_id", "owner", "id"),
+        Index("ix_bulk_operations_state_lease", "state", "lease_expire"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    # Started with an admin key: acts on every owner's jobs the filter matches.
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    action: Mapped[int] = mapped_column(SmallInteger)
+    filter: Mapped[str] = mapped_column(Text)
+    state: Mapped[int] = mapped_column(SmallInteger)
+    per_second: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    top_id: Mapped[str] = mapped_column(String(36))
+    cursor: Mapped[str] = mapped_column(String(36), default="")
+    matched: Mapped[int] = mapped_column(BigInteger, default=0)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    lease_owner: Mapped[str] = mapped_column(String(64), default="")
+    lease_expire: Mapped[int] = mapped_column(BigInteger, default=0)
+    create_time: Mapped[int] = mapped_column(BigInteger)
+    finish_time: Mapped[int | None] = mapped_column(BigInteger)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from conveyor.db.artifacts import ArtifactStore
@@ -32,6 +33,23 @@ SWEEP_LOCK = "cv:sweep:lock"
 class SweepStats:
     jobs: int = 0
     objects: int = 0
+
+
+async def remove_jobs(
+    objects: ObjectStore,
+    queue: RedisQueue,
+    held: Sequence[tuple[str, str, list[str]]],
+    delete_rows: Callable[[list[str]], Awaitable[int]],
+) -> tuple[int, int]:
+    """Delete finished jobs, given as (id, placement, object keys held), in the order the
+    module describes: objects, then rows (`delete_rows`, which deletes those still
+    deletable and says how many), then hot state. How many rows and objects went. Shared
+    by the sweeper and DeleteJobs (conveyor.api.bulk)."""
+    keys = [key for _, _, kept in held for key in kept]
+    await asyncio.to_thread(objects.delete, keys)
+    gone = await delete_rows([job_id for job_id, _, _ in held])
+    await queue.forget([(job_id, where) for job_id, where, _ in held])
+    return gone, len(keys)
 
 
 class Sweeper:
@@ -60,12 +78,11 @@ class Sweeper:
             expired = await self.artifacts.expired(now, self.batch)
             if not expired:
                 break
-            keys = [key for _, _, held in expired for key in held]
-            await asyncio.to_thread(self.objects.delete, keys)
-            gone = await self.artifacts.delete_jobs([job_id for job_id, _, _ in expired], now)
-            await self.queue.forget([(job_id, queue) for job_id, queue, _ in expired])
+            gone, objects = await remove_jobs(
+                self.objects, self.queue, expired, lambda ids: self.artifacts.delete_jobs(ids, now)
+            )
             deleted += gone
-            self.stats.objects += len(keys)
+            self.stats.objects += objects
             if len(expired) < self.batch:
                 break
         self.stats.jobs += deleted

@@ -21,9 +21,33 @@ class JobView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_VIEW_UNSPECIFIED: _ClassVar[JobView]
     JOB_VIEW_BASIC: _ClassVar[JobView]
     JOB_VIEW_FULL: _ClassVar[JobView]
+
+class BulkAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BULK_ACTION_UNSPECIFIED: _ClassVar[BulkAction]
+    BULK_ACTION_RETRY: _ClassVar[BulkAction]
+    BULK_ACTION_CANCEL: _ClassVar[BulkAction]
+    BULK_ACTION_DELETE: _ClassVar[BulkAction]
+
+class BulkOperationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BULK_OPERATION_STATE_UNSPECIFIED: _ClassVar[BulkOperationState]
+    BULK_OPERATION_STATE_RUNNING: _ClassVar[BulkOperationState]
+    BULK_OPERATION_STATE_SUCCEEDED: _ClassVar[BulkOperationState]
+    BULK_OPERATION_STATE_FAILED: _ClassVar[BulkOperationState]
+    BULK_OPERATION_STATE_CANCELLED: _ClassVar[BulkOperationState]
 JOB_VIEW_UNSPECIFIED: JobView
 JOB_VIEW_BASIC: JobView
 JOB_VIEW_FULL: JobView
+BULK_ACTION_UNSPECIFIED: BulkAction
+BULK_ACTION_RETRY: BulkAction
+BULK_ACTION_CANCEL: BulkAction
+BULK_ACTION_DELETE: BulkAction
+BULK_OPERATION_STATE_UNSPECIFIED: BulkOperationState
+BULK_OPERATION_STATE_RUNNING: BulkOperationState
+BULK_OPERATION_STATE_SUCCEEDED: BulkOperationState
+BULK_OPERATION_STATE_FAILED: BulkOperationState
+BULK_OPERATION_STATE_CANCELLED: BulkOperationState
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("type", "payload", "queue", "priority", "idempotency_key", "run_at", "max_attempts", "timeout", "retry", "delay", "retention", "view", "labels")
@@ -279,3 +303,115 @@ class GetJobResultResponse(_message.Message):
     result: _struct_pb2.Struct
     artifacts: _containers.RepeatedCompositeFieldContainer[_job_pb2.Artifact]
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., artifacts: _Optional[_Iterable[_Union[_job_pb2.Artifact, _Mapping]]] = ...) -> None: ...
+
+class BulkOperation(_message.Message):
+    __slots__ = ("id", "owner", "action", "filter", "state", "per_second", "max_attempts", "matched", "done", "skipped", "failed", "create_time", "finish_time", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    owner: str
+    action: BulkAction
+    filter: str
+    state: BulkOperationState
+    per_second: int
+    max_attempts: int
+    matched: int
+    done: int
+    skipped: int
+    failed: int
+    create_time: _timestamp_pb2.Timestamp
+    finish_time: _timestamp_pb2.Timestamp
+    error: str
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., action: _Optional[_Union[BulkAction, str]] = ..., filter: _Optional[str] = ..., state: _Optional[_Union[BulkOperationState, str]] = ..., per_second: _Optional[int] = ..., max_attempts: _Optional[int] = ..., matched: _Optional[int] = ..., done: _Optional[int] = ..., skipped: _Optional[int] = ..., failed: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class RetryJobsRequest(_message.Message):
+    __slots__ = ("filter", "force", "per_second", "max_attempts")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    filter: str
+    force: bool
+    per_second: int
+    max_attempts: int
+    def __init__(self, filter: _Optional[str] = ..., force: _Optional[bool] = ..., per_second: _Optional[int] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+
+class RetryJobsResponse(_message.Message):
+    __slots__ = ("count", "operation")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    operation: BulkOperation
+    def __init__(self, count: _Optional[int] = ..., operation: _Optional[_Union[BulkOperation, _Mapping]] = ...) -> None: ...
+
+class CancelJobsRequest(_message.Message):
+    __slots__ = ("filter", "force", "per_second")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    filter: str
+    force: bool
+    per_second: int
+    def __init__(self, filter: _Optional[str] = ..., force: _Optional[bool] = ..., per_second: _Optional[int] = ...) -> None: ...
+
+class CancelJobsResponse(_message.Message):
+    __slots__ = ("count", "operation")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    operation: BulkOperation
+    def __init__(self, count: _Optional[int] = ..., operation: _Optional[_Union[BulkOperation, _Mapping]] = ...) -> None: ...
+
+class DeleteJobsRequest(_message.Message):
+    __slots__ = ("filter", "force", "per_second")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    filter: str
+    force: bool
+    per_second: int
+    def __init__(self, filter: _Optional[str] = ..., force: _Optional[bool] = ..., per_second: _Optional[int] = ...) -> None: ...
+
+class DeleteJobsResponse(_message.Message):
+    __slots__ = ("count", "operation")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    operation: BulkOperation
+    def __init__(self, count: _Optional[int] = ..., operation: _Optional[_Union[BulkOperation, _Mapping]] = ...) -> None: ...
+
+class GetBulkOperationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetBulkOperationResponse(_message.Message):
+    __slots__ = ("operation",)
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    operation: BulkOperation
+    def __init__(self, operation: _Optional[_Union[BulkOperation, _Mapping]] = ...) -> None: ...
+
+class CancelBulkOperationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class CancelBulkOperationResponse(_message.Message):
+    __slots__ = ("operation",)
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    operation: BulkOperation
+    def __init__(self, operation: _Optional[_Union[BulkOperation, _Mapping]] = ...) -> None: ...

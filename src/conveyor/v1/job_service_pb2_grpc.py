@@ -106,6 +106,31 @@ class JobServiceStub:
                 request_serializer=conveyor_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.RetryJobs = channel.unary_unary(
+                '/conveyor.v1.JobService/RetryJobs',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.RetryJobsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.RetryJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelJobs = channel.unary_unary(
+                '/conveyor.v1.JobService/CancelJobs',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.CancelJobsResponse.FromString,
+                _registered_method=True)
+        self.DeleteJobs = channel.unary_unary(
+                '/conveyor.v1.JobService/DeleteJobs',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.DeleteJobsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.DeleteJobsResponse.FromString,
+                _registered_method=True)
+        self.GetBulkOperation = channel.unary_unary(
+                '/conveyor.v1.JobService/GetBulkOperation',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.GetBulkOperationRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.GetBulkOperationResponse.FromString,
+                _registered_method=True)
+        self.CancelBulkOperation = channel.unary_unary(
+                '/conveyor.v1.JobService/CancelBulkOperation',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.CancelBulkOperationRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.CancelBulkOperationResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -215,6 +240,48 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJobs(self, request, context):
+        """Replays every DEAD or CANCELLED job the filter matches, as RetryJob does each one, in
+        the background at `per_second`. Without `force`: a dry run that answers how many jobs
+        it would replay now and starts nothing (AIP-165).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJobs(self, request, context):
+        """Cancels every unfinished job the filter matches, as CancelJob does each one, in the
+        background at `per_second`; without `force`, a dry run that answers the count.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJobs(self, request, context):
+        """Deletes every finished job (SUCCEEDED, DEAD, CANCELLED) the filter matches, with its
+        attempts, artifacts and result, as retention's sweeper does, in the background at
+        `per_second`; without `force`, a dry run that answers the count.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBulkOperation(self, request, context):
+        """Returns a bulk operation (RetryJobs, CancelJobs, DeleteJobs) as it stands: poll it
+        for progress until its state is no longer BULK_OPERATION_STATE_RUNNING.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelBulkOperation(self, request, context):
+        """Stops a running bulk operation after the jobs it is acting on now; what it did stays
+        done. Stopping an ended one is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -287,6 +354,31 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=conveyor_dot_v1_dot_job__service__pb2.ListWorkersRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_job__service__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'RetryJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJobs,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.RetryJobsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.RetryJobsResponse.SerializeToString,
+            ),
+            'CancelJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJobs,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.CancelJobsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.CancelJobsResponse.SerializeToString,
+            ),
+            'DeleteJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJobs,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.DeleteJobsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.DeleteJobsResponse.SerializeToString,
+            ),
+            'GetBulkOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBulkOperation,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.GetBulkOperationRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.GetBulkOperationResponse.SerializeToString,
+            ),
+            'CancelBulkOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelBulkOperation,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.CancelBulkOperationRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.CancelBulkOperationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -669,6 +761,141 @@ class JobService:
             '/conveyor.v1.JobService/ListWorkers',
             conveyor_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
             conveyor_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/RetryJobs',
+            conveyor_dot_v1_dot_job__service__pb2.RetryJobsRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.RetryJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/CancelJobs',
+            conveyor_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.CancelJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/DeleteJobs',
+            conveyor_dot_v1_dot_job__service__pb2.DeleteJobsRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.DeleteJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBulkOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/GetBulkOperation',
+            conveyor_dot_v1_dot_job__service__pb2.GetBulkOperationRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.GetBulkOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelBulkOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/CancelBulkOperation',
+            conveyor_dot_v1_dot_job__service__pb2.CancelBulkOperationRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.CancelBulkOperationResponse.FromString,
             options,
             channel_credentials,
             insecure,
