@@ -5,6 +5,7 @@ on the caller's own jobs only, keeps its pace, and refuses a filter it must not 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -15,7 +16,7 @@ from tests.e2e.test_artifacts import e2e_bucket, row
 from tests.e2e.test_jobs import watch_all
 from tests.e2e.test_queues import until_done
 from tests.objectstores import S3Server
-from tests.processes import Stack
+from tests.processes import Keys, Stack
 
 S = JobState
 # A queue no worker serves: its jobs stay QUEUED.
@@ -120,9 +121,7 @@ async def test_bulk_delete_removes_rows_and_objects(
     for job in made:
         with pytest.raises(NotFound):
             await alice.get(job.id)
-        assert row(stack, "SELECT count(*) FROM job_attempts WHERE job_id = :id", id=job.id) == (
-            0,
-        )
+        assert row(stack, "SELECT count(*) FROM job_attempts WHERE job_id = :id", id=job.id) == (0,)
         assert bucket.stat(f"jobs/{job.id}/artifacts/a0.txt") is None
     assert (await alice.get(waiting.id)).state == S.QUEUED
 
@@ -147,3 +146,35 @@ async def test_bulk_requests_are_validated(alice: AsyncClient, admin: AsyncClien
     await alice.submit("noop", queue=PARKED, labels={"run": run})
     assert (await admin.cancel_jobs(f'owner = "alice" AND labels.run = "{run}"')).matched == 1
     assert (await admin.cancel_jobs(f'owner = "bob" AND labels.run = "{run}"')).matched == 0
+
+
+async def test_cli_dead_retry_dry_run_then_waits_to_the_end(
+    alice: AsyncClient, stack: Stack, keys: Keys
+) -> None:
+    """Guards `conveyor dead retry --filter`: without --yes it prints the count and exits 0
+    having changed nothing; with --yes --wait it follows the operation to SUCCEEDED and
+    exits 0; `conveyor bulk get` prints the same operation."""
+    run = uuid.uuid4().hex
+    ids = await dead_jobs(alice, 3, {"run": run})
+    label = f'labels.run = "{run}"'
+    dry = stack.cli("dead", "retry", "--filter", label, "--json", key=keys.alice)
+    assert json.loads(dry.stdout) == {
+        "dry_run": True,
+        "count": 3,
+        "filter": f"state = DEAD AND ({label})",
+    }
+    human = stack.cli("dead", "retry", "--filter", label, key=keys.alice)
+    assert human.stdout.startswith("3 job(s) match") and "--yes" in human.stderr
+    assert {(await alice.get(i)).attempt for i in ids} == {1}
+    done = stack.cli(
+        "dead", "retry", "--filter", label, "--yes", "--wait", "--per-second", "50", "--json",
+        key=keys.alice,
+    )  # fmt: skip
+    op = json.loads(done.stdout)
+    assert op["state"] == "BULK_OPERATION_STATE_SUCCEEDED" and op["done"] == "3", op
+    got = json.loads(stack.cli("bulk", "get", op["id"], "--json", key=keys.alice).stdout)
+    assert got["id"] == op["id"] and got["matched"] == "3"
+    await until_done(alice, ids)
+    assert {(await alice.get(i)).attempt for i in ids} == {2}
+    refused = stack.cli("jobs", "delete", "--filter", "", key=keys.alice, check=False)
+    assert refused.returncode == 2 and "INVALID_ARGUMENT" in refused.stderr

@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 
 from conveyor.cli.artifacts import artifacts, download
+from conveyor.cli.bulk import bulk_app, dead_retry, jobs_app
 from conveyor.cli.common import (
     AddrOption,
     JsonFlag,
@@ -85,6 +86,9 @@ dead_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(dead_app, name="dead")
+dead_app.command("retry")(dead_retry)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(bulk_app, name="bulk")
 app.add_typer(queues_app, name="queues")
 app.add_typer(schedules_app, name="schedules")
 app.command()(workers)
