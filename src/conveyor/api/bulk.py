@@ -11,7 +11,7 @@ GetBulkOperation; without `force`, the call is a dry run that counts (AIP-165).
 - **Each job takes its single-job path**: RetryJobs calls `JobOperations.retry` and
   CancelJobs `JobOperations.cancel` per job, as RetryJob and CancelJob do (fencing, Redis,
   events, metrics); DeleteJobs deletes finished jobs as retention's sweeper does
-  (`conveyor.scheduling.sweeper.remove_jobs`: objects, rows with their attempts and
+  (`conveyor.api.removal.remove_jobs`: objects, rows with their attempts and
   artifacts, hot state). A job that no longer qualifies when its turn comes (retried,
   finished or deleted meanwhile) is counted as skipped, not as an error.
 - **Paced**: one job per turn of a `Pacer` at the operation's `per_second`, a few jobs in
@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Collection
 
 from conveyor.api.jobs import JobOperations
 from conveyor.api.ratelimit import Kind
+from conveyor.api.removal import remove_jobs
 from conveyor.db.artifacts import ArtifactStore
 from conveyor.db.bulk_operations import BulkOperationStore
 from conveyor.errors import (
@@ -51,7 +52,6 @@ from conveyor.jobs.bulk import BulkAction, BulkOperation, BulkRequest, BulkState
 from conveyor.jobs.filters import Filter
 from conveyor.jobs.model import new_job_id, now_ms, valid_job_id
 from conveyor.objects import ObjectStore
-from conveyor.scheduling.sweeper import remove_jobs
 from conveyor.server.auth import Principal, Role
 
 log = logging.getLogger(__name__)

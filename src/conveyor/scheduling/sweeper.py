@@ -2,12 +2,8 @@
 
 It runs in the scheduler (every `CONVEYOR_SWEEP_INTERVAL_SECONDS`; with several
 replicas, each takes turns through a Redis lock, and a double sweep would be harmless
-anyway). Per batch of `CONVEYOR_SWEEP_BATCH` expired jobs it deletes, in this order:
-1. their objects (artifacts, results kept by reference) from the object store, first, so a
-   crash between the steps leaves rows whose objects are gone (swept again next time)
-   rather than objects nobody can find (kept past their retention, and paid for);
-2. their rows in one statement (attempts, once-markers and artifact rows cascade);
-3. their hot state and event streams in Redis.
+anyway). Per batch of `CONVEYOR_SWEEP_BATCH` expired jobs it deletes their objects, rows and
+hot state, in the order `conveyor.api.removal.remove_jobs` keeps (which DeleteJobs shares).
 """
 
 from __future__ import annotations
@@ -15,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from conveyor.api.removal import remove_jobs
 from conveyor.db.artifacts import ArtifactStore
 from conveyor.errors import Unavailable
 from conveyor.jobs.model import now_ms
@@ -33,23 +29,6 @@ SWEEP_LOCK = "cv:sweep:lock"
 class SweepStats:
     jobs: int = 0
     objects: int = 0
-
-
-async def remove_jobs(
-    objects: ObjectStore,
-    queue: RedisQueue,
-    held: Sequence[tuple[str, str, list[str]]],
-    delete_rows: Callable[[list[str]], Awaitable[int]],
-) -> tuple[int, int]:
-    """Delete finished jobs, given as (id, placement, object keys held), in the order the
-    module describes: objects, then rows (`delete_rows`, which deletes those still
-    deletable and says how many), then hot state. How many rows and objects went. Shared
-    by the sweeper and DeleteJobs (conveyor.api.bulk)."""
-    keys = [key for _, _, kept in held for key in kept]
-    await asyncio.to_thread(objects.delete, keys)
-    gone = await delete_rows([job_id for job_id, _, _ in held])
-    await queue.forget([(job_id, where) for job_id, where, _ in held])
-    return gone, len(keys)
 
 
 class Sweeper:
