@@ -179,6 +179,8 @@ class BulkOperations:
         now = now_ms()
         taken = 0
         for op_id in await self.store.abandoned(now):
+            if op_id in self._tasks:  # ours, its lease late to be extended: it runs
+                continue
             op = await self.store.take_over(op_id, self.me, now, now + self.lease_ms)
             if op is not None:
                 log.info("resuming bulk operation %s after %s", op.id, op.cursor or "its start")
@@ -206,8 +208,10 @@ class BulkOperations:
         owner = None if op.admin else op.owner
         pacer = Pacer(op.per_second)
         page = max(1, min(op.per_second, MAX_PAGE))
+        stop = asyncio.Event()
+        keeping = asyncio.create_task(self._keep_lease(op.id, stop), name=f"lease-{op.id}")
         try:
-            while True:
+            while not stop.is_set():
                 try:
                     running = await self._running(parsed)
                     found = await self.ops.store.matching_ids(
@@ -221,20 +225,39 @@ class BulkOperations:
                     )
                     if not found:
                         break
-                    await self._act(op, principal, [job_id for job_id, _ in found], pacer)
-                    op.cursor = found[-1][0]
+                    acted = await self._act(
+                        op, principal, [job_id for job_id, _ in found], pacer, stop
+                    )
+                    if acted:
+                        op.cursor = found[acted - 1][0]
                     if not await self.store.progress(op, self.me, now_ms() + self.lease_ms):
                         return  # cancelled, or another process runs it now
                 except Unavailable as exc:  # the page is tried again; the lease may run out
                     log.warning("bulk operation %s waits: %s", op.id, exc)
                     await asyncio.sleep(1.0)
+            if stop.is_set():
+                return  # cancelled, or another process runs it now
             op.state = BulkState.SUCCEEDED
         except Exception as exc:
             log.exception("bulk operation %s failed", op.id)
             op.state, op.error = BulkState.FAILED, str(exc) or type(exc).__name__
+        finally:
+            keeping.cancel()
         op.finish_time = now_ms()
         with contextlib.suppress(Unavailable):  # else the lease runs out and it is resumed
             await self.store.finish(op, self.me)
+
+    async def _keep_lease(self, op_id: str, stop: asyncio.Event) -> None:
+        """Extend the operation's lease every third of it, whatever a page takes; once the
+        operation is no longer ours (cancelled, taken over), tell the runner to stop."""
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            try:
+                if not await self.store.extend(op_id, self.me, now_ms() + self.lease_ms):
+                    stop.set()
+                    return
+            except Unavailable as exc:  # the runner meets it too; the lease may run out
+                log.warning("bulk operation %s: lease not extended: %s", op_id, exc)
 
     async def _running(self, parsed: Filter) -> Collection[str]:
         """The ids running now, when the filter asks about state (rows never say RUNNING)."""
@@ -243,11 +266,17 @@ class BulkOperations:
         return await self.ops.queue.running_ids()
 
     async def _act(
-        self, op: BulkOperation, principal: Principal, ids: list[str], pacer: Pacer
-    ) -> None:
+        self,
+        op: BulkOperation,
+        principal: Principal,
+        ids: list[str],
+        pacer: Pacer,
+        stop: asyncio.Event,
+    ) -> int:
+        """Act on a page's jobs in order, paced, until done or told to stop; how many of
+        them (from the first) were acted on."""
         if op.action is BulkAction.DELETE:
-            await self._delete(op, ids, pacer)
-            return
+            return await self._delete(op, ids, pacer, stop)
         slots = asyncio.Semaphore(IN_FLIGHT)
 
         async def one(job_id: str) -> None:
@@ -268,15 +297,23 @@ class BulkOperations:
         tasks = []
         for job_id in ids:
             await pacer.turn()
+            if stop.is_set():
+                break
             await slots.acquire()
             tasks.append(asyncio.create_task(one(job_id)))
         await asyncio.gather(*tasks)
+        return len(tasks)
 
-    async def _delete(self, op: BulkOperation, ids: list[str], pacer: Pacer) -> None:
+    async def _delete(
+        self, op: BulkOperation, ids: list[str], pacer: Pacer, stop: asyncio.Event
+    ) -> int:
         """Delete a page's jobs that are still finished, in chunks of a tenth of a second's
         turns, as the sweeper deletes expired ones."""
         chunk = max(1, op.per_second // 10)
+        acted = 0
         for start in range(0, len(ids), chunk):
+            if stop.is_set():
+                break
             part = ids[start : start + chunk]
             for _ in part:
                 await pacer.turn()
@@ -286,6 +323,8 @@ class BulkOperations:
             )
             op.done += gone
             op.skipped += len(part) - gone
+            acted += len(part)
+        return acted
 
 
 def _parse(principal: Principal, text: str) -> Filter:

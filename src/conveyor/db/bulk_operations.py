@@ -104,6 +104,18 @@ class BulkOperationStore:
             row = (await conn.execute(stmt)).first()
         return _operation(row._mapping) if row is not None else None
 
+    async def extend(self, op_id: str, lease_owner: str, lease_expire: int) -> bool:
+        """Extend the lease of a running operation; False if it is no longer this
+        process's to run (cancelled, or taken over)."""
+        stmt = (
+            update(_OPS)
+            .where(_OPS.c.id == op_id, _OPS.c.state == _RUNNING, _OPS.c.lease_owner == lease_owner)
+            .values(lease_expire=lease_expire)
+            .returning(_OPS.c.id)
+        )
+        async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
     async def progress(self, op: BulkOperation, lease_owner: str, lease_expire: int) -> bool:
         """Record how far `op` has got and extend its lease; False if it is no longer
         this process's to run (cancelled: its counts are still recorded; or its lease lost
