@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 from conveyor.client import AsyncClient, BulkOperation, BulkOperationState, JobState
-from conveyor.embedded import EmbeddedRedis
-from tests.processes import Stack, free_port, make_env
+from conveyor.embedded import EmbeddedRedis, free_port
+from tests.processes import Stack, make_env
 
 
 async def until(client: AsyncClient, op_id: str, done: int, within: float) -> BulkOperation:
