@@ -178,6 +178,12 @@ def scheduler() -> None:
 
 
 @app.command()
+def dashboard() -> None:
+    """Serve the web dashboard on CONVEYOR_DASHBOARD_ADDR, a client of CONVEYOR_API_ADDR."""
+    service_main("dashboard")()
+
+
+@app.command()
 def migrate() -> None:
     """Create or upgrade the database schema at CONVEYOR_DATABASE_URL."""
     from conveyor.db import migrate as run_migrations
