@@ -12,7 +12,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -24,6 +24,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from conveyor.embedded import free_port
 from tests.e2e.test_grpcurl import grpcurl
+from tests.observability import scrape, value
 from tests.processes import ROOT, Keys, Service, Stack
 
 CHROMIUM = shutil.which("chromium")
@@ -74,6 +75,20 @@ def browser() -> Iterator[webdriver.Chrome]:
     driver.quit()
 
 
+def _until(done: Callable[[], bool]) -> None:
+    """Until `done()` (an observable outside this process: a metric), within WAIT."""
+    deadline = time.monotonic() + WAIT
+    while not done():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def _watch_streams(stack: Stack) -> float:
+    """WatchJob streams the API has open now (its conveyor_watch_streams gauge)."""
+    api = next(s for s in stack.services if s.name == "api")
+    return value(scrape(api), "conveyor_watch_streams")
+
+
 def _log_in(browser: webdriver.Chrome, url: str, key: str) -> None:
     browser.get(f"{url}/login")
     browser.find_element(By.NAME, "api_key").send_keys(key)
@@ -98,6 +113,27 @@ def _submit(stack: Stack, key: str, payload: Mapping[str, object], labels: dict[
     assert done.returncode == 0, done.stderr
     job_id: str = json.loads(done.stdout)["job"]["id"]
     return job_id
+
+
+def test_event_stream_holds_one_watch_closed_with_the_page(
+    stack: Stack, keys: Keys, dashboard: str, tmp_path: Path
+) -> None:
+    """A job page's events are one WatchJob stream on the API while the page is open, and
+    none once the browser goes away (the dashboard cancels the call); the events carry the
+    job's state and progress."""
+    gate = tmp_path / "gate"
+    job_id = _submit(stack, keys.alice, {"log": str(tmp_path / "log"), "gate": str(gate)}, {})
+    _until(lambda: _watch_streams(stack) == 0)  # pages of earlier tests are closed
+    with (
+        _client(dashboard, keys.alice) as http,
+        http.stream("GET", f"/jobs/{job_id}/events") as events,
+    ):
+        assert events.headers["content-type"].startswith("text/event-stream")
+        first = next(line for line in events.iter_lines() if line.startswith("data:"))
+        assert json.loads(first.removeprefix("data:"))["state"] in {"QUEUED", "RUNNING"}
+        assert _watch_streams(stack) == 1
+    _until(lambda: _watch_streams(stack) == 0)
+    gate.touch()
 
 
 def test_job_appears_and_goes_live_to_succeeded(
