@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import time
@@ -22,6 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
+from conveyor.client import Client, submit_request
 from conveyor.embedded import free_port
 from tests.e2e.test_grpcurl import grpcurl
 from tests.observability import scrape, value
@@ -97,11 +99,15 @@ def _log_in(browser: webdriver.Chrome, url: str, key: str) -> None:
 
 
 def _shot(browser: webdriver.Chrome, tmp_path: Path, name: str, *, docs: bool = False) -> None:
+    """Save a screenshot of the page as a test artifact; `docs`: also the README's copy in
+    docs/img/, when it is missing or UPDATE_SCREENSHOTS=1 asks for new ones (so that a test
+    run does not change the checkout every time)."""
     path = tmp_path / f"{name}.png"
     assert browser.save_screenshot(str(path))
-    if docs:
+    readme_copy = DOCS_IMG / f"dashboard-{name}.png"
+    if docs and (os.environ.get("UPDATE_SCREENSHOTS") == "1" or not readme_copy.exists()):
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, DOCS_IMG / f"dashboard-{name}.png")
+        shutil.copyfile(path, readme_copy)
 
 
 def _submit(stack: Stack, key: str, payload: Mapping[str, object], labels: dict[str, str]) -> str:
@@ -129,7 +135,8 @@ def test_event_stream_holds_one_watch_closed_with_the_page(
         http.stream("GET", f"/jobs/{job_id}/events") as events,
     ):
         assert events.headers["content-type"].startswith("text/event-stream")
-        first = next(line for line in events.iter_lines() if line.startswith("data:"))
+        lines = events.iter_lines()  # one iterator: closing one early closes the response
+        first = next(line for line in lines if line.startswith("data:"))
         assert json.loads(first.removeprefix("data:"))["state"] in {"QUEUED", "RUNNING"}
         assert _watch_streams(stack) == 1
     _until(lambda: _watch_streams(stack) == 0)
@@ -266,3 +273,31 @@ def test_bad_key_and_headers(keys: Keys, dashboard: str) -> None:
         assert "script-src 'self'" in headers["content-security-policy"]
         assert headers["x-frame-options"] == "DENY"
         assert headers["referrer-policy"] == "no-referrer"
+
+
+def test_jobs_page_pages_and_reports_bad_filters(
+    stack: Stack, keys: Keys, dashboard: str, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """More jobs than a page (50) match: the next page (next_page_token) has the rest, none
+    twice; a state tab narrows the list; a filter the API refuses is shown with its message
+    (400), not a server error."""
+    run = uuid.uuid4().hex[:8]
+    with Client(stack.api_addr, api_key=keys.alice) as client:
+        made = client.submit_many([submit_request("noop", labels={"run": run}) for _ in range(53)])
+    _log_in(browser, dashboard, keys.alice)
+    with _client(dashboard, keys.alice) as http:
+        query = f'labels.run = "{run}"'
+        first = http.get("/jobs", params={"filter": query})
+        next_page = re.search(r'href="(/jobs\?[^"]*page=[^"]+)" rel="next"', first.text)
+        assert next_page, first.text
+        second = http.get(next_page.group(1).replace("&amp;", "&"))
+        ids = re.findall(r'class="job-link">([^<]+)<', first.text + second.text)
+        assert sorted(ids) == sorted(job.id for job in made)
+        assert 'rel="next"' not in second.text
+        dead = http.get("/jobs", params={"filter": query, "state": "DEAD"})
+        assert "No jobs match." in dead.text
+        bad = http.get("/jobs", params={"filter": "labels.run = "})
+        assert bad.status_code == 400 and 'role="alert"' in bad.text
+    browser.get(f"{dashboard}/jobs?filter=labels.run%20%3D")
+    assert browser.find_element(By.CSS_SELECTOR, "[role=alert]").text
+    _shot(browser, tmp_path, "jobs-bad-filter")

@@ -54,7 +54,8 @@ async def _read(client: AsyncClient, job_id: str, queue: asyncio.Queue[Event]) -
             _offer(queue, job_event(update.job))
     except ConveyorError:
         pass
-    _offer(queue, None)
+    finally:  # whatever ended it, the response must not wait for more
+        _offer(queue, None)
 
 
 def _sse(event: dict[str, Any]) -> str:
