@@ -27,6 +27,7 @@ from conveyor.server.service import service_main
 log = logging.getLogger("conveyor.dashboard")
 # Open event streams (job pages) are cut after this on stop, not waited for.
 STOP_SECONDS = 3
+VARIABLE = "CONVEYOR_DASHBOARD_ADDR"
 
 
 class _Server(uvicorn.Server):
@@ -38,17 +39,24 @@ class _Server(uvicorn.Server):
 
 
 def listen(addr: str) -> socket.socket:
-    """A listening socket on `addr` (host:port), or `CannotListen` naming the variable."""
+    """A listening socket on `addr` (host:port), or `CannotListen` naming the variable with
+    the system's reason, worded as the other services word it."""
     host, _, port = addr.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit():
+        raise CannotListen(addr, VARIABLE, "not a host:port")
+    sock: socket.socket | None = None
     try:
-        info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        family, kind, _, _, where = socket.getaddrinfo(
+            host.strip("[]") or "127.0.0.1", int(port), type=socket.SOCK_STREAM
+        )[0]
+        sock = socket.socket(family, kind)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(info[4])
+        sock.bind(where)
         sock.listen(128)
-    except (OSError, ValueError) as exc:
-        raise CannotListen(addr, "CONVEYOR_DASHBOARD_ADDR", str(exc)) from None
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        raise CannotListen(addr, VARIABLE, (exc.strerror or str(exc)).lower()) from None
     return sock
 
 

@@ -50,7 +50,7 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Manage API keys (needs CONVEYOR_DATABASE_URL).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 # Commands that run a service set up its tracing themselves (as conveyor-api, …).
-SERVICE_COMMANDS = {"dev", "api", "worker", "scheduler", "migrate"}
+SERVICE_COMMANDS = {"dev", "api", "worker", "scheduler", "dashboard", "migrate"}
 
 
 @dataclass
