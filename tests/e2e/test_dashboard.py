@@ -301,3 +301,17 @@ def test_jobs_page_pages_and_reports_bad_filters(
     browser.get(f"{dashboard}/jobs?filter=labels.run%20%3D")
     assert browser.find_element(By.CSS_SELECTOR, "[role=alert]").text
     _shot(browser, tmp_path, "jobs-bad-filter")
+
+
+def test_job_data_is_escaped(stack: Stack, keys: Keys, dashboard: str) -> None:
+    """Labels and payloads are the submitter's text: the pages show them escaped, never as
+    markup (autoescaping; the CSP would also stop an injected script)."""
+    markup = '<img src=x id="injected">'
+    run = uuid.uuid4().hex[:8]
+    with Client(stack.api_addr, api_key=keys.alice) as client:
+        job = client.submit("noop", {"note": markup}, labels={"run": run, "note": markup[:60]})
+    with _client(dashboard, keys.alice) as http:
+        listed = http.get("/jobs", params={"filter": f'labels.run = "{run}"'}).text
+        shown = http.get(f"/jobs/{job.id}").text
+    for page in (listed, shown):
+        assert markup not in page and "&lt;img src=x" in page
