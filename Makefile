@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.install-stamp
 
-.PHONY: install lock dev test test-fast bench lint proto fmt clean examples-deps examples-gen
+.PHONY: install lock dev test test-fast bench lint proto fmt clean examples-deps examples-gen browser-deps
 
-install: $(STAMP) examples-deps
+install: $(STAMP) examples-deps browser-deps
 
 # constraints.txt: the exact versions of everything `.[dev]` brings in (dev tools and type
 # stubs included), so a fresh machine lints and tests with what CI does; a change to it
@@ -75,6 +75,20 @@ examples-deps: $(NODE_MODULES)
 			$(GO_DEBS) > /dev/null; } \
 			|| echo "examples-deps: apt-get could not install Go; its example's test skips"; \
 	else echo "examples-deps: Go's libraries come from the Go module proxy here (examples/go/README.md)"; fi
+
+# Debian's chromium and its driver for the dashboard's browser tests (tests/e2e/test_dashboard.py
+# skips without them): installed as root on a Debian machine that lacks them; never a
+# downloaded browser build, and never a failed `make install`.
+BROWSER_DEBS := chromium chromium-driver
+browser-deps:
+	@if dpkg -s $(BROWSER_DEBS) > /dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; timeout 300 apt-get install -y -q \
+			--no-install-recommends $(BROWSER_DEBS) > /dev/null 2>&1 || { timeout 120 apt-get update \
+			-q > /dev/null && timeout 300 apt-get install -y -q --no-install-recommends \
+			$(BROWSER_DEBS) > /dev/null; } \
+			|| echo "browser-deps: apt-get could not install chromium; the dashboard's browser tests skip"; \
+	else echo "browser-deps: no chromium here; the dashboard's browser tests skip (install chromium and chromium-driver)"; fi
 
 $(NODE_MODULES): examples/node/package-lock.json
 	@if command -v npm > /dev/null; then \

@@ -134,6 +134,7 @@ class Stack:
             "api": merged["CONVEYOR_API_ADDR"],
             "worker": merged["CONVEYOR_WORKER_ADDR"],
             "scheduler": merged["CONVEYOR_SCHEDULER_ADDR"],
+            "dashboard": merged.get("CONVEYOR_DASHBOARD_ADDR", ""),
         }[command]
         log = self.logs / f"{command}-{len(self.services)}.log"
         with log.open("wb") as out:

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     scheduler_addr: str = Field(
         "127.0.0.1:50053", description="Where the scheduler serves gRPC health."
     )
+    dashboard_addr: str = Field(
+        "127.0.0.1:8080",
+        description="Where `conveyor dashboard` serves the web dashboard (HTTP; port 0: any "
+        "free). It reaches the API at CONVEYOR_API_ADDR with each user's own key.",
+    )
     database_url: str = Field(
         "sqlite:///.conveyor/conveyor.db",
         description="postgresql+psycopg://user:pass@host/db or sqlite:///path.",

@@ -16,6 +16,7 @@ from conveyor.config import Settings
 from tests.deploy.compose import _json_schema, _schema_errors
 from tests.deploy.image import _image_env
 from tests.deploy.manifests import (
+    API_CLIENTS,
     K8S_DIR,
     K8S_VERSIONS,
     KEDA_SCALEDOBJECT_SCHEMA,
@@ -114,6 +115,12 @@ def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _workloads(variant: str = BASE) -> list[dict[str, Any]]:
     return [doc for doc in _k8s_docs(variant) if doc["kind"] in WORKLOAD_KINDS]
+
+
+def _servers(variant: str = BASE) -> list[dict[str, Any]]:
+    """The workloads that use the database, Redis and the object store (not API clients)."""
+    clients = {f"conveyor-{name}" for name in API_CLIENTS}
+    return [doc for doc in _workloads(variant) if doc["metadata"]["name"] not in clients]
 
 
 def _k8s_uid() -> int:

@@ -59,7 +59,12 @@ SERVICE_ADDR = {"api": "api_addr", "worker": "worker_addr", "scheduler": "schedu
 SERVICE_PORT = {"api": 50051, "worker": 50052, "scheduler": 50053}
 
 
-SUBCOMMANDS = frozenset({*SERVICE_ADDR, "migrate"})
+# Services that are clients of the API and nothing else (no database, Redis, object store or
+# SMTP, so no Secret), with the port each serves HTTP on.
+API_CLIENTS = {"dashboard": 8080}
+
+
+SUBCOMMANDS = frozenset({*SERVICE_ADDR, *API_CLIENTS, "migrate"})
 
 
 # Where every Conveyor container serves Prometheus metrics (CONVEYOR_METRICS_ADDR), in compose

@@ -28,6 +28,7 @@ from tests.deploy.compose import (
 )
 from tests.deploy.manifests import (
     ALLOWED_CONVEYOR_VARS,
+    API_CLIENTS,
     COMPOSE_DIR,
     COMPOSE_FILE,
     COMPOSE_SCHEMA,
@@ -250,3 +251,18 @@ def test_compose_spec_check_catches_mistakes() -> None:
         broken = copy.deepcopy(_interpolated_compose())
         mutate(broken)
         assert _schema_errors(validator, broken), "a broken compose file passed the schema"
+
+
+def test_compose_dashboard_is_a_client_of_the_api() -> None:
+    """The dashboard reaches the api by its service name once the api is healthy, serves HTTP
+    on every interface of the port it publishes, and is health-checked on /healthz."""
+    svc = _services()["dashboard"]
+    assert _list(svc["command"], "dashboard.command") == ["dashboard"]
+    settings = _compose_settings("dashboard")
+    assert settings.api_addr == "api:50051"
+    port = API_CLIENTS["dashboard"]
+    assert _host_port(settings.dashboard_addr) == ("0.0.0.0", port)
+    assert f"{port}:{port}" in [str(p) for p in svc.get("ports", [])]
+    assert _depends_on(svc) == {"api": "service_healthy"}
+    check = _healthcheck_test(svc)
+    assert check is not None and "/healthz" in check[-1]

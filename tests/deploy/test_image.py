@@ -16,6 +16,7 @@ from tests.deploy.compose import _compose_settings, _healthcheck_test, _services
 from tests.deploy.image import _dockerfile, _health_code, _image_env, _probe
 from tests.deploy.kubernetes import _k8s_uid
 from tests.deploy.manifests import (
+    API_CLIENTS,
     DEPLOY,
     METRICS_PORT,
     SERVICE_ADDR,
@@ -33,7 +34,9 @@ def test_image_env_sets_the_addresses() -> None:
     # Metrics on one port whatever the service, reachable from outside the container.
     assert _host_port(settings.metrics_addr) == ("0.0.0.0", METRICS_PORT)
     [expose] = [i.args.split() for i in _dockerfile() if i.keyword == "EXPOSE"]
-    assert sorted(int(p) for p in expose) == sorted([*SERVICE_PORT.values(), METRICS_PORT])
+    assert _host_port(settings.dashboard_addr) == ("0.0.0.0", API_CLIENTS["dashboard"])
+    ports = [*SERVICE_PORT.values(), *API_CLIENTS.values(), METRICS_PORT]
+    assert sorted(int(p) for p in expose) == sorted(ports)
 
 
 @pytest.mark.parametrize("name", list(SERVICE_ADDR))

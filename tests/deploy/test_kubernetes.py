@@ -26,11 +26,13 @@ from tests.deploy.kubernetes import (
     _port_ids,
     _scale_target,
     _scaled_object,
+    _servers,
     _structural_to_json_schema,
     _workloads,
 )
 from tests.deploy.manifests import (
     ALLOWED_CONVEYOR_VARS,
+    API_CLIENTS,
     ENV_PREFIX,
     K8S_DIR,
     METRICS_PORT,
@@ -71,7 +73,12 @@ def test_k8s_documents_are_well_formed() -> None:
 
 def test_k8s_has_the_parts() -> None:
     deployments = _of_kind("Deployment")
-    assert set(deployments) == {"conveyor-api", "conveyor-worker", "conveyor-scheduler"}
+    assert set(deployments) == {
+        "conveyor-api",
+        "conveyor-worker",
+        "conveyor-scheduler",
+        *(f"conveyor-{name}" for name in API_CLIENTS),
+    }
     # The api's HPA owns its replica count (a `replicas` would reset it on every apply).
     assert "replicas" not in deployments["conveyor-api"]["spec"]
     [api_hpa] = _of_kind("HorizontalPodAutoscaler").values()
@@ -159,7 +166,10 @@ def test_k8s_probes_match_container_ports() -> None:
                 probed.setdefault(name, set()).add(port)
                 if handler == "grpc":
                     assert isinstance(port, int), "grpc probes take a port number"
-    assert probed == {f"conveyor-{name}": {port} for name, port in SERVICE_PORT.items()}
+    assert probed == {
+        **{f"conveyor-{name}": {port} for name, port in SERVICE_PORT.items()},
+        **{f"conveyor-{name}": {"http"} for name in API_CLIENTS},
+    }
     # And the port probed is the one the process serves on, on every interface.
     for name, field in SERVICE_ADDR.items():
         addr = getattr(_k8s_settings(_of_kind("Deployment")[f"conveyor-{name}"]), field)
@@ -294,7 +304,7 @@ def test_k8s_configures_the_object_store_and_smtp() -> None:
         "CONVEYOR_SMTP_USERNAME",
         "CONVEYOR_SMTP_PASSWORD",
     } <= secret_vars
-    for doc in _workloads():
+    for doc in _servers():
         settings = _k8s_settings(doc)
         name = doc["metadata"]["name"]
         assert urlsplit(settings.s3_endpoint).scheme in {"http", "https"}, f"{name}: no S3"
@@ -372,3 +382,18 @@ def test_k8s_pods_are_non_root_and_bounded() -> None:
             for part in ("requests", "limits"):
                 assert {"cpu", "memory"} <= _map(resources.get(part), f"{name} {part}").keys()
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_k8s_dashboard_is_a_client_of_the_api_service() -> None:
+    """The dashboard reaches the api through its Service, serves HTTP on every interface of
+    the port its Service and probes name, and gets none of the Secret (it holds no credentials
+    but its users' keys, in memory)."""
+    deployment = _of_kind("Deployment")["conveyor-dashboard"]
+    settings = _k8s_settings(deployment)
+    assert settings.api_addr == "conveyor-api:50051"
+    assert _host_port(settings.dashboard_addr) == ("0.0.0.0", API_CLIENTS["dashboard"])
+    [container] = _containers(deployment)
+    assert all("secretRef" not in ref for ref in container["envFrom"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    service = _of_kind("Service")["conveyor-dashboard"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"

@@ -40,7 +40,7 @@ from tests.deploy.kubernetes import (
     _of_kind,
     _patch_target,
     _patches,
-    _workloads,
+    _servers,
 )
 from tests.deploy.manifests import (
     COMPOSE_FILE,
@@ -234,7 +234,7 @@ def test_k8s_redis_cluster_component_is_offered_and_only_patches() -> None:
 
 
 def test_k8s_redis_cluster_component_points_every_pod_at_the_cluster() -> None:
-    for doc in _workloads(COMPONENT):
+    for doc in _servers(COMPONENT):
         name = doc["metadata"]["name"]
         single, cluster = _k8s_settings(doc), _k8s_settings(doc, COMPONENT)
         assert not single.redis_cluster and cluster.redis_cluster, name

@@ -62,6 +62,7 @@ def dev_env(tmp_path: Path) -> tuple[dict[str, str], str]:
         CONVEYOR_SCHEDULER_ADDR=f"127.0.0.1:{free_port()}",
         CONVEYOR_DEV_API_KEY=DEV_KEY,
         CONVEYOR_DOWNLOAD_ADDR=f"127.0.0.1:{free_port()}",
+        CONVEYOR_DASHBOARD_ADDR=f"127.0.0.1:{free_port()}",
     )
     return env, api
 
@@ -101,14 +102,18 @@ def test_dev_runs_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert stream(watched.stdout)[-1]["job"]["state"] == "JOB_STATE_SUCCEEDED"  # type: ignore[index]
         assert (tmp_path / "data" / "conveyor.db").exists()
         check_folder_store_links(api, tmp_path / "data" / "objects")
+        dashboard = f"http://{env['CONVEYOR_DASHBOARD_ADDR']}"
+        with urllib.request.urlopen(f"{dashboard}/login", timeout=10) as page:
+            assert 'name="api_key"' in page.read().decode()
         children = psutil.Process(dev.pid).children(recursive=True)
-        assert len(children) >= 4  # redis, api, worker, scheduler
+        assert len(children) >= 5  # redis, api, worker, scheduler, dashboard
     finally:
         dev.send_signal(signal.SIGINT)
         code = dev.wait(30)
     banner = log.read_text()
     assert code == 0, banner
     assert DEV_KEY in banner and "grpcurl" in banner
+    assert dashboard in banner  # its URL, to open
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
 
 

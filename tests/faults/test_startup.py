@@ -195,6 +195,7 @@ def taken_port() -> Iterator[int]:
         ("api", "CONVEYOR_API_ADDR"),
         ("worker", "CONVEYOR_WORKER_ADDR"),
         ("scheduler", "CONVEYOR_SCHEDULER_ADDR"),
+        ("dashboard", "CONVEYOR_DASHBOARD_ADDR"),
     ],
 )
 def test_a_service_whose_port_is_taken_exits_with_one_line_naming_its_variable(

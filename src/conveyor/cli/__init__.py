@@ -6,7 +6,7 @@ import gc
 import sys
 
 # Commands that run a service until it is stopped (see `conveyor.server.service.service_main`).
-SERVICE_COMMANDS = frozenset({"api", "worker", "scheduler"})
+SERVICE_COMMANDS = frozenset({"api", "worker", "scheduler", "dashboard"})
 
 
 def main() -> None:

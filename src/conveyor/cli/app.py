@@ -51,7 +51,7 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Manage API keys (needs CONVEYOR_DATABASE_URL).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 # Commands that run a service set up its tracing themselves (as conveyor-api, …).
-SERVICE_COMMANDS = {"dev", "api", "worker", "scheduler", "migrate"}
+SERVICE_COMMANDS = {"dev", "api", "worker", "scheduler", "dashboard", "migrate"}
 
 
 @dataclass
@@ -179,6 +179,12 @@ def worker(
 def scheduler() -> None:
     """Run the scheduler (schedules and the reconciler)."""
     service_main("scheduler")()
+
+
+@app.command()
+def dashboard() -> None:
+    """Serve the web dashboard on CONVEYOR_DASHBOARD_ADDR, a client of CONVEYOR_API_ADDR."""
+    service_main("dashboard")()
 
 
 @app.command()

