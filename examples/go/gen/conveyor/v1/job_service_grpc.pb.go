@@ -49,6 +49,23 @@ type JobServiceClient interface {
 	UpdateQueueLimits(ctx context.Context, in *UpdateQueueLimitsRequest, opts ...grpc.CallOption) (*UpdateQueueLimitsResponse, error)
 	// Admin: the live worker processes (a worker that stops announcing itself drops out).
 	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
+	// Replays every DEAD or CANCELLED job the filter matches, as RetryJob does each one, in
+	// the background at `per_second`. Without `force`: a dry run that answers how many jobs
+	// it would replay now and starts nothing (AIP-165).
+	RetryJobs(ctx context.Context, in *RetryJobsRequest, opts ...grpc.CallOption) (*RetryJobsResponse, error)
+	// Cancels every unfinished job the filter matches, as CancelJob does each one, in the
+	// background at `per_second`; without `force`, a dry run that answers the count.
+	CancelJobs(ctx context.Context, in *CancelJobsRequest, opts ...grpc.CallOption) (*CancelJobsResponse, error)
+	// Deletes every finished job (SUCCEEDED, DEAD, CANCELLED) the filter matches, with its
+	// attempts, artifacts and result, as retention's sweeper does, in the background at
+	// `per_second`; without `force`, a dry run that answers the count.
+	DeleteJobs(ctx context.Context, in *DeleteJobsRequest, opts ...grpc.CallOption) (*DeleteJobsResponse, error)
+	// Returns a bulk operation (RetryJobs, CancelJobs, DeleteJobs) as it stands: poll it
+	// for progress until its state is no longer BULK_OPERATION_STATE_RUNNING.
+	GetBulkOperation(ctx context.Context, in *GetBulkOperationRequest, opts ...grpc.CallOption) (*GetBulkOperationResponse, error)
+	// Stops a running bulk operation after the jobs it is acting on now; what it did stays
+	// done. Stopping an ended one is FAILED_PRECONDITION.
+	CancelBulkOperation(ctx context.Context, in *CancelBulkOperationRequest, opts ...grpc.CallOption) (*CancelBulkOperationResponse, error)
 }
 
 type jobServiceClient struct {
@@ -208,6 +225,51 @@ func (c *jobServiceClient) ListWorkers(ctx context.Context, in *ListWorkersReque
 	return out, nil
 }
 
+func (c *jobServiceClient) RetryJobs(ctx context.Context, in *RetryJobsRequest, opts ...grpc.CallOption) (*RetryJobsResponse, error) {
+	out := new(RetryJobsResponse)
+	err := c.cc.Invoke(ctx, "/conveyor.v1.JobService/RetryJobs", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) CancelJobs(ctx context.Context, in *CancelJobsRequest, opts ...grpc.CallOption) (*CancelJobsResponse, error) {
+	out := new(CancelJobsResponse)
+	err := c.cc.Invoke(ctx, "/conveyor.v1.JobService/CancelJobs", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) DeleteJobs(ctx context.Context, in *DeleteJobsRequest, opts ...grpc.CallOption) (*DeleteJobsResponse, error) {
+	out := new(DeleteJobsResponse)
+	err := c.cc.Invoke(ctx, "/conveyor.v1.JobService/DeleteJobs", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) GetBulkOperation(ctx context.Context, in *GetBulkOperationRequest, opts ...grpc.CallOption) (*GetBulkOperationResponse, error) {
+	out := new(GetBulkOperationResponse)
+	err := c.cc.Invoke(ctx, "/conveyor.v1.JobService/GetBulkOperation", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) CancelBulkOperation(ctx context.Context, in *CancelBulkOperationRequest, opts ...grpc.CallOption) (*CancelBulkOperationResponse, error) {
+	out := new(CancelBulkOperationResponse)
+	err := c.cc.Invoke(ctx, "/conveyor.v1.JobService/CancelBulkOperation", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility
@@ -244,6 +306,23 @@ type JobServiceServer interface {
 	UpdateQueueLimits(context.Context, *UpdateQueueLimitsRequest) (*UpdateQueueLimitsResponse, error)
 	// Admin: the live worker processes (a worker that stops announcing itself drops out).
 	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
+	// Replays every DEAD or CANCELLED job the filter matches, as RetryJob does each one, in
+	// the background at `per_second`. Without `force`: a dry run that answers how many jobs
+	// it would replay now and starts nothing (AIP-165).
+	RetryJobs(context.Context, *RetryJobsRequest) (*RetryJobsResponse, error)
+	// Cancels every unfinished job the filter matches, as CancelJob does each one, in the
+	// background at `per_second`; without `force`, a dry run that answers the count.
+	CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error)
+	// Deletes every finished job (SUCCEEDED, DEAD, CANCELLED) the filter matches, with its
+	// attempts, artifacts and result, as retention's sweeper does, in the background at
+	// `per_second`; without `force`, a dry run that answers the count.
+	DeleteJobs(context.Context, *DeleteJobsRequest) (*DeleteJobsResponse, error)
+	// Returns a bulk operation (RetryJobs, CancelJobs, DeleteJobs) as it stands: poll it
+	// for progress until its state is no longer BULK_OPERATION_STATE_RUNNING.
+	GetBulkOperation(context.Context, *GetBulkOperationRequest) (*GetBulkOperationResponse, error)
+	// Stops a running bulk operation after the jobs it is acting on now; what it did stays
+	// done. Stopping an ended one is FAILED_PRECONDITION.
+	CancelBulkOperation(context.Context, *CancelBulkOperationRequest) (*CancelBulkOperationResponse, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -292,6 +371,21 @@ func (UnimplementedJobServiceServer) UpdateQueueLimits(context.Context, *UpdateQ
 }
 func (UnimplementedJobServiceServer) ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListWorkers not implemented")
+}
+func (UnimplementedJobServiceServer) RetryJobs(context.Context, *RetryJobsRequest) (*RetryJobsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RetryJobs not implemented")
+}
+func (UnimplementedJobServiceServer) CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CancelJobs not implemented")
+}
+func (UnimplementedJobServiceServer) DeleteJobs(context.Context, *DeleteJobsRequest) (*DeleteJobsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteJobs not implemented")
+}
+func (UnimplementedJobServiceServer) GetBulkOperation(context.Context, *GetBulkOperationRequest) (*GetBulkOperationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetBulkOperation not implemented")
+}
+func (UnimplementedJobServiceServer) CancelBulkOperation(context.Context, *CancelBulkOperationRequest) (*CancelBulkOperationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CancelBulkOperation not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 
@@ -561,6 +655,96 @@ func _JobService_ListWorkers_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_RetryJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).RetryJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/conveyor.v1.JobService/RetryJobs",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).RetryJobs(ctx, req.(*RetryJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_CancelJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).CancelJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/conveyor.v1.JobService/CancelJobs",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).CancelJobs(ctx, req.(*CancelJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_DeleteJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).DeleteJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/conveyor.v1.JobService/DeleteJobs",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).DeleteJobs(ctx, req.(*DeleteJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_GetBulkOperation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBulkOperationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).GetBulkOperation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/conveyor.v1.JobService/GetBulkOperation",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).GetBulkOperation(ctx, req.(*GetBulkOperationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_CancelBulkOperation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelBulkOperationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).CancelBulkOperation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/conveyor.v1.JobService/CancelBulkOperation",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).CancelBulkOperation(ctx, req.(*CancelBulkOperationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _JobService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "conveyor.v1.JobService",
 	HandlerType: (*JobServiceServer)(nil),
@@ -616,6 +800,26 @@ var _JobService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListWorkers",
 			Handler:    _JobService_ListWorkers_Handler,
+		},
+		{
+			MethodName: "RetryJobs",
+			Handler:    _JobService_RetryJobs_Handler,
+		},
+		{
+			MethodName: "CancelJobs",
+			Handler:    _JobService_CancelJobs_Handler,
+		},
+		{
+			MethodName: "DeleteJobs",
+			Handler:    _JobService_DeleteJobs_Handler,
+		},
+		{
+			MethodName: "GetBulkOperation",
+			Handler:    _JobService_GetBulkOperation_Handler,
+		},
+		{
+			MethodName: "CancelBulkOperation",
+			Handler:    _JobService_CancelBulkOperation_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
