@@ -186,6 +186,41 @@ def test_job_appears_and_goes_live_to_succeeded(
     _shot(browser, tmp_path, "jobs-filtered")
 
 
+def test_bulk_retry_of_dead_jobs_shows_the_count_then_the_progress(
+    stack: Stack, keys: Keys, dashboard: str, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """Guards issue 24, item 3's bulk actions: on the jobs page filtered to 50 dead jobs
+    (a label, the DEAD tab), "Retry" first shows how many jobs it would replay (a dry run:
+    nothing changes), then, confirmed, follows the operation to SUCCEEDED with all 50 done,
+    each job replayed once."""
+    run = uuid.uuid4().hex[:8]
+    with Client(stack.api_addr, api_key=keys.alice) as client:
+        requests = [submit_request("fail", {"permanent": True}, labels={"run": run})] * 50
+        dead = client.submit_many(requests)
+        for job in dead:  # each to its end, on its stream
+            assert [u.job for u in client.watch(job.id)][-1].state.name == "DEAD"
+    _log_in(browser, dashboard, keys.alice)
+    browser.get(f'{dashboard}/jobs?state=DEAD&filter=labels.run+%3D+"{run}"')
+    WebDriverWait(browser, WAIT).until(ec.presence_of_element_located((By.LINK_TEXT, dead[0].id)))
+    browser.find_element(By.CSS_SELECTOR, "form.bulk button").click()
+    count = WebDriverWait(browser, WAIT).until(
+        ec.presence_of_element_located((By.ID, "bulk-count"))
+    )
+    assert count.text == "50"
+    _shot(browser, tmp_path, "bulk-review")
+    with Client(stack.api_addr, api_key=keys.alice) as client:
+        assert all(client.get(job.id).attempt == 1 for job in dead[:5]), "a dry run changed jobs"
+    browser.find_element(By.ID, "bulk-confirm").click()
+    WebDriverWait(browser, WAIT).until(
+        ec.text_to_be_present_in_element((By.ID, "bulk-state"), "SUCCEEDED")
+    )
+    assert browser.find_element(By.ID, "bulk-done").text == "50"
+    _shot(browser, tmp_path, "bulk")
+    with Client(stack.api_addr, api_key=keys.alice) as client:
+        for job in dead:
+            assert [u.job for u in client.watch(job.id)][-1].attempt == 2
+
+
 def test_admin_pages_render(
     keys: Keys, dashboard: str, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:

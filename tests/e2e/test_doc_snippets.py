@@ -92,7 +92,11 @@ def test_the_snippets_run_as_pasted(tmp_path: Path) -> None:
     del env["CONVEYOR_DATA_DIR"]  # dev's own default: .conveyor in the app's folder
     python = [sys.executable]
 
-    assert "passed" in run([*python, "-m", "pytest", "-q", "-p", "no:cacheprovider"], app, env)
+    # Its own --basetemp: without one the inner pytest resets /tmp/pytest-of-<user> to 0700,
+    # which the suite's PostgreSQL (running as another user, its data dir below there)
+    # then cannot read (a PANIC at its next checkpoint, and every later test fails).
+    inner = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t")]
+    assert "passed" in run([*python, *inner], app, env)
     assert "handlers ok" in run([*python, "-c", HANDLER_RUNS], app, env)
 
     log = tmp_path / "dev.log"

@@ -64,6 +64,10 @@ ADMIN_RPCS = {"GetQueueStats", "PauseQueue", "ResumeQueue", "UpdateQueueLimits",
 ADMIN_QUEUE = "authmatrix-admin"
 # JobService RPCs that name a job: another owner's id must be NOT_FOUND.
 JOB_ID_RPCS = {"GetJob", "WatchJob", "CancelJob", "RetryJob", "ListJobAttempts", "GetJobResult"}
+# RPCs that name a bulk operation: another owner's id must be NOT_FOUND too.
+BULK_ID_RPCS = {"GetBulkOperation", "CancelBulkOperation"}
+# What the bulk actions' requests match: nothing (they are dry runs, or act on no job).
+NOTHING = 'labels.authmatrix = "none"'
 # ScheduleService RPCs that name a schedule: another owner's id must be NOT_FOUND too.
 SCHEDULE_ID_RPCS = {
     "GetSchedule",
@@ -164,6 +168,8 @@ class World:
     revoked_admin: str
     alice_schedule: str
     bob_schedule: str
+    alice_operation: str  # a bulk operation of alice's (it matched no job, so it ended)
+    bob_operation: str
 
 
 def hourly() -> schedule_pb.Schedule:
@@ -197,6 +203,15 @@ def job_requests(world: World) -> dict[str, Callable[[str], Message]]:
             id=job
         ),
         "conveyor.v1.JobService.GetJobResult": lambda job: jobs_pb.GetJobResultRequest(id=job),
+        "conveyor.v1.JobService.RetryJobs": lambda _: jobs_pb.RetryJobsRequest(filter=NOTHING),
+        "conveyor.v1.JobService.CancelJobs": lambda _: jobs_pb.CancelJobsRequest(filter=NOTHING),
+        "conveyor.v1.JobService.DeleteJobs": lambda _: jobs_pb.DeleteJobsRequest(filter=NOTHING),
+        "conveyor.v1.JobService.GetBulkOperation": lambda op: jobs_pb.GetBulkOperationRequest(
+            id=op
+        ),
+        "conveyor.v1.JobService.CancelBulkOperation": lambda op: jobs_pb.CancelBulkOperationRequest(
+            id=op
+        ),
         "conveyor.v1.ScheduleService.CreateSchedule": lambda _: schedule_pb.CreateScheduleRequest(
             schedule=hourly()
         ),
@@ -302,6 +317,14 @@ async def channels(
         grpc.aio.insecure_channel(control_worker.addr) as worker,
     ):
         yield api, worker
+
+
+async def start_bulk(api: grpc.aio.Channel, key: str) -> str:
+    """A bulk operation of the key's owner that touches no job; its id."""
+    request = jobs_pb.CancelJobsRequest(filter=NOTHING, force=True)
+    got = await invoke(api, rpc_named("CancelJobs"), request, bearer(key))
+    assert isinstance(got.reply, jobs_pb.CancelJobsResponse), got
+    return got.reply.operation.id
 
 
 async def create_schedule(api: grpc.aio.Channel, key: str) -> str:
@@ -410,6 +433,8 @@ async def test_every_rpc_refuses_callers_without_the_right(
     revoked_user, revoked_admin = await revoked_keys(api, keys.admin)
     alice_schedule = await create_schedule(api, keys.alice)
     bob_schedule = await create_schedule(api, keys.bob)
+    alice_operation = await start_bulk(api, keys.alice)
+    bob_operation = await start_bulk(api, keys.bob)
     world = World(
         alice_job,
         alice_cancelled,
@@ -420,6 +445,8 @@ async def test_every_rpc_refuses_callers_without_the_right(
         revoked_admin,
         alice_schedule,
         bob_schedule,
+        alice_operation,
+        bob_operation,
     )
 
     builders = job_requests(world)
@@ -432,6 +459,8 @@ async def test_every_rpc_refuses_callers_without_the_right(
     def request(rpc: Rpc, target: str = "") -> Message:
         """The RPC's request, naming `target` (default: alice's job or schedule)."""
         default = alice_schedule if rpc.name in SCHEDULE_ID_RPCS else alice_job
+        if rpc.name in BULK_ID_RPCS:
+            default = alice_operation
         return builders[rpc.method.full_name](target or default)
 
     def channel(rpc: Rpc) -> grpc.aio.Channel:
@@ -467,13 +496,15 @@ async def test_every_rpc_refuses_callers_without_the_right(
             got = await invoke(api, rpc, theirs_listed, bearer(keys.alice))
             tally.expect("other owner", rpc, got, Code.PERMISSION_DENIED)
             continue
-        if rpc.name not in JOB_ID_RPCS | SCHEDULE_ID_RPCS:
+        if rpc.name not in JOB_ID_RPCS | SCHEDULE_ID_RPCS | BULK_ID_RPCS:
             isolated = rpc.name in ("SubmitJob", "SubmitJobs")
             not_applicable["other owner"].append(rpc.label + (" (isolation below)" * isolated))
             continue
         missing = await invoke(api, rpc, request(rpc, MISSING_JOB), bearer(keys.alice))
         assert missing.code == Code.NOT_FOUND, (rpc.label, missing)
         bobs = (bob_schedule,) if rpc.name in SCHEDULE_ID_RPCS else (bob_queued, bob_cancelled)
+        if rpc.name in BULK_ID_RPCS:
+            bobs = (bob_operation,)
         for theirs in bobs:
             got = await invoke(api, rpc, request(rpc, theirs), bearer(keys.alice))
             if tally.expect("other owner", rpc, got, Code.NOT_FOUND):
@@ -554,7 +585,9 @@ async def test_every_rpc_refuses_callers_without_the_right(
         target = alice_cancelled if rpc.name == "RetryJob" else ""
         got = await invoke(channel(rpc), rpc, request(rpc, target), bearer(rightful(rpc)))
         # alice's job is QUEUED, so it has no result: the call got past the key all the same.
-        answered = {Code.OK, Code.FAILED_PRECONDITION} if rpc.name == "GetJobResult" else {Code.OK}
+        # alice's bulk operation has ended, so it cannot be cancelled: the same.
+        maybe_refused = rpc.name in ("GetJobResult", "CancelBulkOperation")
+        answered = {Code.OK, Code.FAILED_PRECONDITION} if maybe_refused else {Code.OK}
         assert got.code in answered, (rpc.label, got)
         baseline += 1
         if isinstance(got.reply, keys_pb.CreateApiKeyResponse):  # leave no admin key behind

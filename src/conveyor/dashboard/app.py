@@ -34,7 +34,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.client import AsyncClient, JobState
+from conveyor.client import AsyncClient, BulkOperation, JobState
 from conveyor.config import Settings
 from conveyor.dashboard.live import job_event, job_events
 from conveyor.dashboard.sessions import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions
@@ -49,6 +49,8 @@ from conveyor.errors import (
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
 MAX_FORM_BYTES = 64 * 1024
+# What each bulk action does to a job, as the confirmation says it.
+BULK_VERBS = {"retry": "retried", "cancel": "cancelled", "delete": "deleted"}
 # The jobs page's state tabs ("" is every state).
 TABS = ("", "QUEUED", "RUNNING", "RETRYING", "SCHEDULED", "SUCCEEDED", "DEAD", "CANCELLED")
 # No script or style but our own files: an injected <script> or inline handler does not run.
@@ -221,6 +223,46 @@ class Dashboard:
             raise HTTPException(404)
         return RedirectResponse(f"/jobs/{job_id}", 303)
 
+    async def bulk_review(self, request: Request) -> Response:
+        """Step one of a bulk action: its dry run, and a page that says how many jobs it
+        would touch and asks to confirm (AIP-165: nothing starts without `force`)."""
+        session, form = await self.posted(request)
+        action, text = form.get("action", ""), _bulk_filter(form)
+        act = self._bulk(session, action)
+        try:
+            preview = await act(text, force=False)
+        except InvalidArgument as exc:
+            return self.page(request, "error.html", {"message": str(exc)}, 400, session)
+        context = {
+            "action": action, "done_verb": BULK_VERBS[action], "filter": text,
+            "count": preview.matched,
+        }  # fmt: skip
+        return self.page(request, "bulk_review.html", context, session=session)
+
+    async def bulk_start(self, request: Request) -> Response:
+        """Step two: the confirmed action starts, as an operation the next page follows."""
+        session, form = await self.posted(request)
+        act = self._bulk(session, form.get("action", ""))
+        operation = await act(form.get("filter", ""), force=True)
+        return RedirectResponse(f"/bulk/{operation.id}", 303)
+
+    async def bulk_operation(self, request: Request) -> Response:
+        session = self.session(request)
+        operation = await session.client.get_bulk_operation(request.path_params["operation_id"])
+        return self.page(request, "bulk.html", {"operation": operation}, session=session)
+
+    def _bulk(self, session: Session, action: str) -> Callable[..., Awaitable[BulkOperation]]:
+        """The session's client call for `action` (retry, cancel, delete), or 400."""
+        client = session.client
+        acts = {
+            "retry": client.retry_jobs,
+            "cancel": client.cancel_jobs,
+            "delete": client.delete_jobs,
+        }
+        if action not in acts:
+            raise HTTPException(400, "choose retry, cancel or delete")
+        return acts[action]
+
     async def overview(self, request: Request) -> Response:
         session = self.session(request)
         queues = await session.client.queue_stats()
@@ -293,6 +335,14 @@ class Dashboard:
         return self.page(request, "error.html", {"message": message}, status, found)
 
 
+def _bulk_filter(form: Mapping[str, str]) -> str:
+    """The filter a bulk action acts on: the jobs page's filter, within its state tab."""
+    text, state = form.get("filter", "").strip(), form.get("state", "")
+    if state not in JobState.__members__ or not state:
+        return text
+    return f"state = {state} AND ({text})" if text else f"state = {state}"
+
+
 def _when(value: datetime | Timestamp | None) -> str:
     """A time as the pages show it: UTC to the second ("—" for none or an unset one)."""
     if isinstance(value, Timestamp):
@@ -339,6 +389,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/logout", d.logout, methods=["POST"]),
         Route("/overview", d.overview),
         Route("/jobs", d.jobs),
+        Route("/jobs/bulk", d.bulk_review, methods=["POST"]),
+        Route("/jobs/bulk/start", d.bulk_start, methods=["POST"]),
+        Route("/bulk/{operation_id}", d.bulk_operation),
         Route("/jobs/{job_id}", d.job),
         Route("/jobs/{job_id}/events", d.job_live),
         Route("/jobs/{job_id}/{action}", d.job_action, methods=["POST"]),
