@@ -31,9 +31,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator
 
-from conveyor.api.jobs import JobOperations
+from conveyor.api.jobs import JobOperations, parse_filter
 from conveyor.api.ratelimit import Kind
 from conveyor.api.removal import remove_jobs
 from conveyor.db.artifacts import ArtifactStore
@@ -44,7 +44,6 @@ from conveyor.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     Unavailable,
 )
 from conveyor.jobs import filters
@@ -94,7 +93,7 @@ class BulkOperations:
         top = await self.ops.store.newest_id() or ""
         count = 0
         if top:
-            running = await self._running(parsed)
+            running = await self.ops.running_for(parsed)
             count = await self.ops.store.count_matching(
                 owner, parsed, request.action.states, top, running
             )
@@ -213,7 +212,7 @@ class BulkOperations:
         try:
             while not stop.is_set():
                 try:
-                    running = await self._running(parsed)
+                    running = await self.ops.running_for(parsed)
                     found = await self.ops.store.matching_ids(
                         owner,
                         parsed,
@@ -258,12 +257,6 @@ class BulkOperations:
                     return
             except Unavailable as exc:  # the runner meets it too; the lease may run out
                 log.warning("bulk operation %s: lease not extended: %s", op_id, exc)
-
-    async def _running(self, parsed: Filter) -> Collection[str]:
-        """The ids running now, when the filter asks about state (rows never say RUNNING)."""
-        if "state" not in parsed.fields():
-            return frozenset()
-        return await self.ops.queue.running_ids()
 
     async def _act(
         self,
@@ -328,12 +321,10 @@ class BulkOperations:
 
 
 def _parse(principal: Principal, text: str) -> Filter:
-    """The filter, refused as ListJobs refuses it; `owner` only from an admin key."""
-    parsed = filters.parse(text)
+    """The filter, refused as ListJobs refuses it (`parse_filter`), and required."""
+    parsed = parse_filter(principal, text)
     if parsed is None:
         raise InvalidArgument(
             [FieldViolation("filter", "is required: a bulk action must say which jobs")]
         )
-    if "owner" in parsed.fields() and not principal.is_admin:
-        raise PermissionDenied("only admin keys may filter by owner")
     return parsed

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from conveyor.handlers import Registry
 from conveyor.jobs import filters
 from conveyor.jobs.attempts import Attempt
 from conveyor.jobs.blocked import Blocked
+from conveyor.jobs.filters import Filter
 from conveyor.jobs.model import (
     MAX_ATTEMPTS_LIMIT,
     Job,
@@ -479,14 +480,10 @@ class JobOperations:
     ) -> tuple[list[Job], str]:
         limit = page_limit(page_size)
         _check_filter(filt)
-        parsed = filters.parse(filt.filter)
-        if parsed is not None and "owner" in parsed.fields() and not principal.is_admin:
-            raise PermissionDenied("only admin keys may filter by owner")
+        parsed = parse_filter(principal, filt.filter)
         await self.charge(principal, Kind.READ)
         owner = list_owner(principal, filt.owner)
-        asks_state = filt.state is not None or (parsed is not None and "state" in parsed.fields())
-        # The database never says RUNNING: which jobs run now is Redis's to say.
-        running = await self.queue.running_ids() if asks_state else frozenset[str]()
+        running = await self.running_for(parsed, asks_state=filt.state is not None)
 
         async def fetch(count: int, before: str | None) -> list[Job]:
             jobs = await self.store.list_jobs(
@@ -506,6 +503,16 @@ class JobOperations:
 
         scope = _page_scope(principal, owner, filt)
         return await self.page_tokens.page(scope, page_token, limit, fetch)
+
+    async def running_for(
+        self, parsed: Filter | None, *, asks_state: bool = False
+    ) -> Collection[str]:
+        """The ids of the jobs running now when a listing asks about state (`asks_state`,
+        or its filter names `state`), else none: the database never says RUNNING, which
+        jobs run now is Redis's to say."""
+        if not asks_state and (parsed is None or "state" not in parsed.fields()):
+            return frozenset()
+        return await self.queue.running_ids()
 
     async def _take_live(self, jobs: list[Job]) -> None:
         """Show listed jobs as they stand: a job the database has as waiting may be running
@@ -647,6 +654,15 @@ def _unserved(job: Job, known: KnownNames) -> Blocked | None:
 
 def _may_see(principal: Principal, owner: str) -> bool:
     return principal.is_admin or owner == principal.owner
+
+
+def parse_filter(principal: Principal, text: str) -> Filter | None:
+    """A listing's or bulk action's filter (None: none), refused as InvalidArgument when it
+    does not parse; `owner` in it only from an admin key."""
+    parsed = filters.parse(text)
+    if parsed is not None and "owner" in parsed.fields() and not principal.is_admin:
+        raise PermissionDenied("only admin keys may filter by owner")
+    return parsed
 
 
 def _check_filter(filt: ListFilter) -> None:
