@@ -6,119 +6,38 @@ copied to docs/img/ for the README. The CSRF and cookie checks use a plain HTTP 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import httpx
-import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conveyor.client import Client, submit_request
-from conveyor.embedded import free_port
-from tests.e2e.test_grpcurl import grpcurl
-from tests.observability import scrape, value
-from tests.processes import ROOT, Keys, Service, Stack
-
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (make install as root installs them)",
+from tests.e2e.browsing import (
+    WAIT,
+    csrf_token,
+    http_client,
+    log_in,
+    needs_chromium,
+    shot,
+    submit,
+    until,
 )
+from tests.observability import scrape, value
+from tests.processes import Keys, Stack
 
-WAIT = 30.0
-DOCS_IMG = ROOT / "docs" / "img"
-
-
-@pytest.fixture(scope="module")
-def dashboard(stack: Stack) -> Iterator[str]:
-    """`conveyor dashboard` on a free port, pointed at the stack's API; its base URL."""
-    addr = f"127.0.0.1:{free_port()}"
-    service = stack.spawn("dashboard", env={"CONVEYOR_DASHBOARD_ADDR": addr})
-    url = f"http://{addr}"
-    _wait_ready(service, url)
-    yield url
-    assert service.stop() == 0, service.tail()
-
-
-def _wait_ready(service: Service, url: str) -> None:
-    """Until its /healthz answers (it binds before serving, so this is start-up only)."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if service.proc.poll() is not None:
-            break
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.05)  # not listening yet: a start-up poll, not a synchronisation
-    raise AssertionError(f"dashboard did not become ready:\n{service.tail()}")
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    options.add_argument("--window-size=1280,900")
-    driver = webdriver.Chrome(service=webdriver.ChromeService(str(CHROMEDRIVER)), options=options)
-    yield driver
-    driver.quit()
-
-
-def _until(done: Callable[[], bool]) -> None:
-    """Until `done()` (an observable outside this process: a metric), within WAIT."""
-    deadline = time.monotonic() + WAIT
-    while not done():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
+pytestmark = needs_chromium
 
 
 def _watch_streams(stack: Stack) -> float:
     """WatchJob streams the API has open now (its conveyor_watch_streams gauge)."""
     api = next(s for s in stack.services if s.name == "api")
     return value(scrape(api), "conveyor_watch_streams")
-
-
-def _log_in(browser: webdriver.Chrome, url: str, key: str) -> None:
-    browser.get(f"{url}/login")
-    browser.find_element(By.NAME, "api_key").send_keys(key)
-    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
-    WebDriverWait(browser, WAIT).until(ec.presence_of_element_located((By.TAG_NAME, "nav")))
-
-
-def _shot(browser: webdriver.Chrome, tmp_path: Path, name: str, *, docs: bool = False) -> None:
-    """Save a screenshot of the page as a test artifact; `docs`: also the README's copy in
-    docs/img/, when it is missing or UPDATE_SCREENSHOTS=1 asks for new ones (so that a test
-    run does not change the checkout every time)."""
-    path = tmp_path / f"{name}.png"
-    assert browser.save_screenshot(str(path))
-    readme_copy = DOCS_IMG / f"dashboard-{name}.png"
-    if docs and (os.environ.get("UPDATE_SCREENSHOTS") == "1" or not readme_copy.exists()):
-        DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, readme_copy)
-
-
-def _submit(stack: Stack, key: str, payload: Mapping[str, object], labels: dict[str, str]) -> str:
-    """Submit a `test.hold` job with grpcurl, as any client would; its id."""
-    body = {"type": "test.hold", "payload": payload, "labels": labels}
-    done = grpcurl(
-        stack, "-d", json.dumps(body), stack.api_addr, "conveyor.v1.JobService/SubmitJob", key=key
-    )
-    assert done.returncode == 0, done.stderr
-    job_id: str = json.loads(done.stdout)["job"]["id"]
-    return job_id
 
 
 def test_event_stream_holds_one_watch_closed_with_the_page(
@@ -128,10 +47,10 @@ def test_event_stream_holds_one_watch_closed_with_the_page(
     none once the browser goes away (the dashboard cancels the call); the events carry the
     job's state and progress."""
     gate = tmp_path / "gate"
-    job_id = _submit(stack, keys.alice, {"log": str(tmp_path / "log"), "gate": str(gate)}, {})
-    _until(lambda: _watch_streams(stack) == 0)  # pages of earlier tests are closed
+    job_id = submit(stack, keys.alice, {"log": str(tmp_path / "log"), "gate": str(gate)}, {})
+    until(lambda: _watch_streams(stack) == 0)  # pages of earlier tests are closed
     with (
-        _client(dashboard, keys.alice) as http,
+        http_client(dashboard, keys.alice) as http,
         http.stream("GET", f"/jobs/{job_id}/events") as events,
     ):
         assert events.headers["content-type"].startswith("text/event-stream")
@@ -139,7 +58,7 @@ def test_event_stream_holds_one_watch_closed_with_the_page(
         first = next(line for line in lines if line.startswith("data:"))
         assert json.loads(first.removeprefix("data:"))["state"] in {"QUEUED", "RUNNING"}
         assert _watch_streams(stack) == 1
-    _until(lambda: _watch_streams(stack) == 0)
+    until(lambda: _watch_streams(stack) == 0)
     gate.touch()
 
 
@@ -152,13 +71,13 @@ def test_job_appears_and_goes_live_to_succeeded(
     run = uuid.uuid4().hex[:8]
     gate = tmp_path / "gate"
     payload = {"log": str(tmp_path / "log"), "gate": str(gate)}
-    job_id = _submit(stack, keys.alice, payload, {"run": run, "team": "web"})
-    other = _submit(stack, keys.alice, {**payload, "hold_attempts": 0}, {"run": f"{run}-x"})
-    _log_in(browser, dashboard, keys.alice)
+    job_id = submit(stack, keys.alice, payload, {"run": run, "team": "web"})
+    other = submit(stack, keys.alice, {**payload, "hold_attempts": 0}, {"run": f"{run}-x"})
+    log_in(browser, dashboard, keys.alice)
 
     browser.get(f"{dashboard}/jobs")
     WebDriverWait(browser, WAIT).until(ec.presence_of_element_located((By.LINK_TEXT, job_id)))
-    _shot(browser, tmp_path, "jobs", docs=True)
+    shot(browser, tmp_path, "jobs", docs=True)
 
     browser.find_element(By.LINK_TEXT, job_id).click()
     state = (By.ID, "job-state")
@@ -175,7 +94,7 @@ def test_job_appears_and_goes_live_to_succeeded(
     assert browser.execute_script("return window.__same_page") is True
     assert "SUCCEEDED" in browser.find_element(By.CSS_SELECTOR, "details.attempt").text
     assert not browser.find_elements(By.CSS_SELECTOR, "#job-actions button")
-    _shot(browser, tmp_path, "job", docs=True)
+    shot(browser, tmp_path, "job", docs=True)
 
     browser.get(f"{dashboard}/jobs")
     box = browser.find_element(By.ID, "filter")
@@ -183,7 +102,7 @@ def test_job_appears_and_goes_live_to_succeeded(
     box.submit()
     WebDriverWait(browser, WAIT).until(ec.presence_of_element_located((By.LINK_TEXT, job_id)))
     assert not browser.find_elements(By.LINK_TEXT, other)
-    _shot(browser, tmp_path, "jobs-filtered")
+    shot(browser, tmp_path, "jobs-filtered")
 
 
 def test_bulk_retry_of_dead_jobs_shows_the_count_then_the_progress(
@@ -199,7 +118,7 @@ def test_bulk_retry_of_dead_jobs_shows_the_count_then_the_progress(
         dead = client.submit_many(requests)
         for job in dead:  # each to its end, on its stream
             assert [u.job for u in client.watch(job.id)][-1].state.name == "DEAD"
-    _log_in(browser, dashboard, keys.alice)
+    log_in(browser, dashboard, keys.alice)
     browser.get(f'{dashboard}/jobs?state=DEAD&filter=labels.run+%3D+"{run}"')
     WebDriverWait(browser, WAIT).until(ec.presence_of_element_located((By.LINK_TEXT, dead[0].id)))
     browser.find_element(By.CSS_SELECTOR, "form.bulk button").click()
@@ -207,7 +126,7 @@ def test_bulk_retry_of_dead_jobs_shows_the_count_then_the_progress(
         ec.presence_of_element_located((By.ID, "bulk-count"))
     )
     assert count.text == "50"
-    _shot(browser, tmp_path, "bulk-review")
+    shot(browser, tmp_path, "bulk-review")
     with Client(stack.api_addr, api_key=keys.alice) as client:
         assert all(client.get(job.id).attempt == 1 for job in dead[:5]), "a dry run changed jobs"
     browser.find_element(By.ID, "bulk-confirm").click()
@@ -215,7 +134,7 @@ def test_bulk_retry_of_dead_jobs_shows_the_count_then_the_progress(
         ec.text_to_be_present_in_element((By.ID, "bulk-state"), "SUCCEEDED")
     )
     assert browser.find_element(By.ID, "bulk-done").text == "50"
-    _shot(browser, tmp_path, "bulk")
+    shot(browser, tmp_path, "bulk")
     with Client(stack.api_addr, api_key=keys.alice) as client:
         for job in dead:
             assert [u.job for u in client.watch(job.id)][-1].attempt == 2
@@ -225,7 +144,7 @@ def test_admin_pages_render(
     keys: Keys, dashboard: str, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
     """An admin key sees overview, queues, workers and schedules (a screenshot of each)."""
-    _log_in(browser, dashboard, keys.admin)
+    log_in(browser, dashboard, keys.admin)
     for page, heading in [
         ("overview", "Overview"),
         ("queues", "Queues"),
@@ -234,7 +153,7 @@ def test_admin_pages_render(
     ]:
         browser.get(f"{dashboard}/{page}")
         assert browser.find_element(By.TAG_NAME, "h1").text == heading
-        _shot(browser, tmp_path, page)
+        shot(browser, tmp_path, page)
     browser.get(f"{dashboard}/workers")
     assert browser.find_elements(By.CSS_SELECTOR, "tbody th[scope=row]")  # the stack's worker
 
@@ -245,14 +164,14 @@ def test_user_does_not_see_another_owners_job(
     """Bob's key lists none of Alice's jobs, and her job's URL is a 404 for him; admin
     pages are refused (403) to a user key."""
     run = uuid.uuid4().hex[:8]
-    job_id = _submit(
+    job_id = submit(
         stack, keys.alice, {"log": str(tmp_path / "log"), "gate": "", "hold_attempts": 0},
         {"run": run},
     )  # fmt: skip
-    _log_in(browser, dashboard, keys.bob)
+    log_in(browser, dashboard, keys.bob)
     browser.get(f"{dashboard}/jobs")
     assert not browser.find_elements(By.LINK_TEXT, job_id)
-    with _client(dashboard, keys.bob) as http:
+    with http_client(dashboard, keys.bob) as http:
         assert http.get(f"/jobs/{job_id}").status_code == 404
         assert http.get(f"/jobs/{job_id}/events").status_code == 404
         assert http.get("/queues").status_code == 403
@@ -260,35 +179,19 @@ def test_user_does_not_see_another_owners_job(
     assert browser.find_element(By.TAG_NAME, "h1").text == "Not found."
 
 
-@contextlib.contextmanager
-def _client(url: str, key: str) -> Iterator[httpx.Client]:
-    """A plain HTTP client logged in with `key` (the login form's own token and cookie)."""
-    with httpx.Client(base_url=url, timeout=10.0) as http:
-        token = _csrf(http.get("/login").text)
-        answer = http.post("/login", data={"api_key": key, "csrf": token})
-        assert answer.status_code == 303, answer.text
-        yield http
-
-
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found, html
-    return found.group(1)
-
-
 def test_forged_or_missing_csrf_is_refused(keys: Keys, dashboard: str) -> None:
     """Every POST needs the session's CSRF token: none or a forged one is 403 and does
     nothing (the queue stays unpaused); the page's own token works. The session cookie is
     HttpOnly and SameSite=Strict."""
     queue = f"csrf-{uuid.uuid4().hex[:6]}"
-    with _client(dashboard, keys.admin) as http:
+    with http_client(dashboard, keys.admin) as http:
         cookie = next(c for c in http.cookies.jar if c.name == "conveyor_session")
         assert cookie.has_nonstandard_attr("HttpOnly")
         assert str(cookie.get_nonstandard_attr("SameSite")).lower() == "strict"
         assert http.post(f"/queues/{queue}/pause").status_code == 403
         assert http.post(f"/queues/{queue}/pause", data={"csrf": "forged"}).status_code == 403
         assert http.post("/logout", data={"csrf": "forged"}).status_code == 403
-        token = _csrf(http.get("/jobs").text)
+        token = csrf_token(http.get("/jobs").text)
         assert http.post(f"/queues/{queue}/pause", data={"csrf": token}).status_code == 303
         assert http.post(f"/queues/{queue}/resume", data={"csrf": token}).status_code == 303
     with httpx.Client(base_url=dashboard, timeout=10.0) as anonymous:
@@ -300,7 +203,7 @@ def test_forged_or_missing_csrf_is_refused(keys: Keys, dashboard: str) -> None:
 def test_bad_key_and_headers(keys: Keys, dashboard: str) -> None:
     """A key the API refuses does not log in; every page carries the security headers."""
     with httpx.Client(base_url=dashboard, timeout=10.0) as http:
-        token = _csrf(http.get("/login").text)
+        token = csrf_token(http.get("/login").text)
         answer = http.post("/login", data={"api_key": "cvk_not_a_key", "csrf": token})
         assert answer.status_code == 401
         assert "conveyor_session" not in http.cookies
@@ -319,8 +222,8 @@ def test_jobs_page_pages_and_reports_bad_filters(
     run = uuid.uuid4().hex[:8]
     with Client(stack.api_addr, api_key=keys.alice) as client:
         made = client.submit_many([submit_request("noop", labels={"run": run}) for _ in range(53)])
-    _log_in(browser, dashboard, keys.alice)
-    with _client(dashboard, keys.alice) as http:
+    log_in(browser, dashboard, keys.alice)
+    with http_client(dashboard, keys.alice) as http:
         query = f'labels.run = "{run}"'
         first = http.get("/jobs", params={"filter": query})
         next_page = re.search(r'href="(/jobs\?[^"]*page=[^"]+)" rel="next"', first.text)
@@ -335,7 +238,7 @@ def test_jobs_page_pages_and_reports_bad_filters(
         assert bad.status_code == 400 and 'role="alert"' in bad.text
     browser.get(f"{dashboard}/jobs?filter=labels.run%20%3D")
     assert browser.find_element(By.CSS_SELECTOR, "[role=alert]").text
-    _shot(browser, tmp_path, "jobs-bad-filter")
+    shot(browser, tmp_path, "jobs-bad-filter")
 
 
 def test_job_data_is_escaped(stack: Stack, keys: Keys, dashboard: str) -> None:
@@ -345,7 +248,7 @@ def test_job_data_is_escaped(stack: Stack, keys: Keys, dashboard: str) -> None:
     run = uuid.uuid4().hex[:8]
     with Client(stack.api_addr, api_key=keys.alice) as client:
         job = client.submit("noop", {"note": markup}, labels={"run": run, "note": markup[:60]})
-    with _client(dashboard, keys.alice) as http:
+    with http_client(dashboard, keys.alice) as http:
         listed = http.get("/jobs", params={"filter": f'labels.run = "{run}"'}).text
         shown = http.get(f"/jobs/{job.id}").text
     for page in (listed, shown):
