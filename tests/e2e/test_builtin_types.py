@@ -37,6 +37,9 @@ from tests.objectstores import S3Server
 
 S = JobState
 SECRET = "e2e-webhook-secret"  # the stack's CONVEYOR_WEBHOOK_SECRET
+# The handlers' outputs (files, mail, requests) do not depend on Redis's shape; the
+# queue paths they go through are tested on both shapes in test_jobs.
+pytestmark = pytest.mark.one_redis_shape
 
 
 async def finished(client: AsyncClient, job_id: str) -> Job:

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -31,7 +32,8 @@ from tests.e2e.browsing import (
 from tests.observability import scrape, value
 from tests.processes import Keys, Stack
 
-pytestmark = needs_chromium
+# A web page over the API: Redis's shape is behind the API, tested on both elsewhere.
+pytestmark = [needs_chromium, pytest.mark.one_redis_shape]
 
 
 def _watch_streams(stack: Stack) -> float:

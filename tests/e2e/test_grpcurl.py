@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import Keys, Stack
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
+# grpcurl sees the API's reflection and JSON, whatever Redis is behind it.
+pytestmark = pytest.mark.one_redis_shape
 
 
 def grpcurl(stack: Stack, *args: str, key: str = "") -> subprocess.CompletedProcess[str]:
