@@ -130,7 +130,10 @@ def truncate(url: str) -> None:
     engine = create_engine(sync_url(url))
     with engine.begin() as conn:
         conn.execute(
-            text("TRUNCATE jobs, job_attempts, job_effects, job_artifacts, job_expiry, api_keys")
+            text(
+                "TRUNCATE jobs, job_attempts, job_effects, job_artifacts, job_expiry, api_keys,"
+                " bulk_operations"
+            )
         )
     engine.dispose()
 
