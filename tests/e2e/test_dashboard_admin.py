@@ -52,7 +52,7 @@ def test_admin_sets_a_queue_limit_and_a_refused_one_changes_nothing(
     only the changed limit is sent (another admin's per-owner change made while the form
     was open stays). A negative value shows the API's field violation beside its input,
     with status 400, and changes nothing; the form, corrected, still sends only what it
-    changes."""
+    changes. Fewer shards are the API's FAILED_PRECONDITION, shown with 409."""
     queue = f"limits-{uuid.uuid4().hex[:8]}"
     with Client(stack.api_addr, api_key=keys.admin) as admin:
         admin.update_queue_limits(queue, max_running_per_owner=3, rate_jobs=10, rate_interval=2)
@@ -100,8 +100,14 @@ def test_admin_sets_a_queue_limit_and_a_refused_one_changes_nothing(
             form = {"csrf": token, "rate_interval": "soon", "was_rate_interval": "2"}
             refused = http.post(f"/queues/{queue}/limits", data=form)
             assert refused.status_code == 400 and "must be a number" in refused.text
+            admin.update_queue_limits(queue, shards=2)
+            form = {"csrf": token, "shards": "1", "was_shards": "2"}
+            refused = http.post(f"/queues/{queue}/limits", data=form)
+            assert refused.status_code == 409 and "not removed" in refused.text
+            assert re.search(r'class="shards">2<', http.get("/queues").text)
         [stats] = admin.queue_stats(queue)
         assert (stats.limits.max_running, stats.limits.rate_interval.seconds) == (8, 2)
+        assert stats.limits.shards == 2
 
 
 def test_admin_creates_a_key_sees_its_secret_once_and_revokes_it(

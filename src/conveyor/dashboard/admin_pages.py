@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 KEYS_PAGE_SIZE = 50
 # Keys scanned (1000 a page) to find one by id: there is no GetApiKey RPC.
 MAX_KEY_PAGES = 20
+# The largest number input read (the API's own bounds are all far below it).
+MAX_NUMBER = 1e10
 # How an input is read: its value, or ValueError saying why it is refused.
 Reader = Callable[[str], float | None]
 # Which input an API field violation is about ("limits.max_running" → "max_running", …).
@@ -258,21 +260,25 @@ def key_rate(key: akpb.ApiKey, field: str) -> str:
 
 
 def whole(text: str) -> int:
-    """A count input ("" is 0)."""
+    """A count input ("" is 0), within an int32: the API checks its own bounds, but a
+    value the message field cannot hold would fail before the call is made."""
     try:
-        return int(text.strip() or "0")
+        value = int(text.strip() or "0")
     except ValueError:
         raise ValueError("must be a whole number") from None
+    if not -(2**31) <= value < 2**31:
+        raise ValueError("is out of range")
+    return value
 
 
 def number(text: str) -> float:
-    """A number input ("" is 0), finite."""
+    """A number input ("" is 0), finite and within what a Duration of seconds holds."""
     try:
         value = float(text.strip() or "0")
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise ValueError("must be a number")
+        raise ValueError("must be a number") from None
+    if not math.isfinite(value) or abs(value) > MAX_NUMBER:
+        raise ValueError("is out of range")
     return value
 
 
