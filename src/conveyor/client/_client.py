@@ -20,9 +20,9 @@ import) and flow to every method: nothing in this module needs a type error igno
 Adding an RPC, say `ListApiKeys` (one place, then one line per client):
 1. here, declare it beside the others, `LIST_API_KEYS = API_KEYS.rpc("ListApiKeys",
    akpb.ListApiKeysRequest, akpb.ListApiKeysResponse)` (a new service also gets its
-   `Service(descriptor, stub class)` line), and add its method to `_Calls`: build the
-   request, return `LIST_API_KEYS.call(request, lambda answer: ...)`, with
-   `retry_safe=True` only if sending the request twice does no harm;
+   `Service(descriptor, stub class)` line, as `API_KEYS` did), and add its method to
+   `_Calls`: build the request, return `LIST_API_KEYS.call(request, lambda answer: ...)`,
+   with `retry_safe=True` only if sending the request twice does no harm;
 2. `list_api_keys = _awaited(_Calls.list_api_keys)` in `AsyncClient` and
    `list_api_keys = _blocking(_Calls.list_api_keys)` in `Client` (`_async_stream` and
    `_blocking_stream` for a server stream).
@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent import futures
 from datetime import datetime, timedelta
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import grpc
 
@@ -63,9 +63,11 @@ from conveyor.errors import ConveyorError, from_rpc_error, from_status
 from conveyor.jobs.model import MAX_BULK
 from conveyor.telemetry import tracing
 from conveyor.tls import ClientTls, open_aio_channel, open_channel
+from conveyor.v1 import api_key_service_pb2 as akpb
 from conveyor.v1 import job_pb2, queue_pb2
 from conveyor.v1 import job_service_pb2 as pb
 from conveyor.v1 import schedule_service_pb2 as spb
+from conveyor.v1.api_key_service_pb2_grpc import ApiKeyServiceStub
 from conveyor.v1.job_service_pb2_grpc import JobServiceStub
 from conveyor.v1.schedule_service_pb2_grpc import ScheduleServiceStub
 
@@ -165,6 +167,37 @@ def limits_request(
             request.limits.rate_interval.FromTimedelta(timedelta(seconds=value))
         else:
             setattr(request.limits, name, value)
+    return request
+
+
+# A key's rate limit in `key_limits_request`: (per second, burst), or the server's default.
+KeyRate = tuple[float, float] | Literal["default"]
+ROLES = {"user": akpb.API_KEY_ROLE_USER, "admin": akpb.API_KEY_ROLE_ADMIN}
+
+
+def key_limits_request(
+    key_id: str,
+    *,
+    submit_limit: KeyRate | None = None,
+    read_limit: KeyRate | None = None,
+    max_running_jobs: int | None = None,
+) -> akpb.UpdateApiKeyLimitsRequest:
+    """An UpdateApiKeyLimitsRequest that changes only the limits given and keeps the key's
+    others (None: not given). A rate limit is `(per_second, burst)` (a rate of 0 is
+    unlimited, a burst of 0 a second's worth) or "default" for the server's default;
+    `max_running_jobs` 0 removes the key's cap. Its update_mask names exactly the limits
+    given (none given: the server refuses it)."""
+    request = akpb.UpdateApiKeyLimitsRequest(id=key_id)
+    request.update_mask.SetInParent()
+    for name, rate in (("submit_limit", submit_limit), ("read_limit", read_limit)):
+        if rate is None:
+            continue
+        request.update_mask.paths.append(name)
+        if rate != "default":
+            getattr(request, name).CopyFrom(akpb.RateLimit(per_second=rate[0], burst=rate[1]))
+    if max_running_jobs is not None:
+        request.update_mask.paths.append("max_running_jobs")
+        request.max_running_jobs = max_running_jobs
     return request
 
 
@@ -293,6 +326,7 @@ def _connection_options(connections: int, channel: object) -> Sequence[tuple[str
 
 JOBS = Service(pb.DESCRIPTOR.services_by_name["JobService"], JobServiceStub)
 SCHEDULES = Service(spb.DESCRIPTOR.services_by_name["ScheduleService"], ScheduleServiceStub)
+API_KEYS = Service(akpb.DESCRIPTOR.services_by_name["ApiKeyService"], ApiKeyServiceStub)
 
 SUBMIT_JOB = JOBS.rpc("SubmitJob", pb.SubmitJobRequest, pb.SubmitJobResponse)
 SUBMIT_JOBS = JOBS.rpc("SubmitJobs", pb.SubmitJobsRequest, pb.SubmitJobsResponse)
@@ -335,6 +369,12 @@ RESUME_SCHEDULE = SCHEDULES.rpc(
 )
 TRIGGER_SCHEDULE = SCHEDULES.rpc(
     "TriggerSchedule", spb.TriggerScheduleRequest, spb.TriggerScheduleResponse
+)
+CREATE_API_KEY = API_KEYS.rpc("CreateApiKey", akpb.CreateApiKeyRequest, akpb.CreateApiKeyResponse)
+LIST_API_KEYS = API_KEYS.rpc("ListApiKeys", akpb.ListApiKeysRequest, akpb.ListApiKeysResponse)
+REVOKE_API_KEY = API_KEYS.rpc("RevokeApiKey", akpb.RevokeApiKeyRequest, akpb.RevokeApiKeyResponse)
+UPDATE_API_KEY_LIMITS = API_KEYS.rpc(
+    "UpdateApiKeyLimits", akpb.UpdateApiKeyLimitsRequest, akpb.UpdateApiKeyLimitsResponse
 )
 
 # Requests of coalesced submits, in bytes, that one SubmitJobs carries at most (a submit
@@ -627,6 +667,47 @@ class _Calls:
         request = spb.TriggerScheduleRequest(id=schedule_id)
         return TRIGGER_SCHEDULE.call(request, lambda answer: Job(answer.job))
 
+    # -- API keys (admin keys) -------------------------------------------------------------
+    @staticmethod
+    def create_api_key(
+        owner: str, *, role: Literal["user", "admin"] = "user", description: str = ""
+    ) -> Call[akpb.CreateApiKeyResponse]:
+        """Make a key for `owner`; the answer's `secret` is the whole key, returned this
+        once (only its digest is stored). Not sent twice: a retry would make a second key."""
+        request = akpb.CreateApiKeyRequest(owner=owner, role=ROLES[role], description=description)
+        return CREATE_API_KEY.call(request, lambda answer: answer)
+
+    @staticmethod
+    def list_api_keys(**fields: Any) -> Call[akpb.ListApiKeysResponse]:
+        """One page of keys, newest first, never their secrets; fields are
+        ListApiKeysRequest's (owner, include_revoked, page_size, page_token)."""
+        request = akpb.ListApiKeysRequest(**fields)
+        return LIST_API_KEYS.call(request, lambda answer: answer, retry_safe=True)
+
+    @staticmethod
+    def revoke_api_key(key_id: str) -> Call[akpb.ApiKey]:
+        """Revoke the key: its calls and open streams end within a second; the key."""
+        request = akpb.RevokeApiKeyRequest(id=key_id)
+        return REVOKE_API_KEY.call(request, lambda answer: answer.key, retry_safe=True)
+
+    @staticmethod
+    def update_api_key_limits(
+        key_id: str,
+        *,
+        submit_limit: KeyRate | None = None,
+        read_limit: KeyRate | None = None,
+        max_running_jobs: int | None = None,
+    ) -> Call[akpb.ApiKey]:
+        """Change the key's limits given and keep its others (see `key_limits_request`:
+        `max_running_jobs=5` changes only that one); the key."""
+        request = key_limits_request(
+            key_id,
+            submit_limit=submit_limit,
+            read_limit=read_limit,
+            max_running_jobs=max_running_jobs,
+        )
+        return UPDATE_API_KEY_LIMITS.call(request, lambda answer: answer.key, retry_safe=True)
+
 
 # -- the drivers: one awaits, one blocks -------------------------------------------------
 
@@ -853,6 +934,10 @@ class AsyncClient:
     pause_schedule = _awaited(_Calls.pause_schedule)
     resume_schedule = _awaited(_Calls.resume_schedule)
     trigger_schedule = _awaited(_Calls.trigger_schedule)
+    create_api_key = _awaited(_Calls.create_api_key)
+    list_api_keys = _awaited(_Calls.list_api_keys)
+    revoke_api_key = _awaited(_Calls.revoke_api_key)
+    update_api_key_limits = _awaited(_Calls.update_api_key_limits)
 
 
 class Client:
@@ -994,3 +1079,7 @@ class Client:
     pause_schedule = _blocking(_Calls.pause_schedule)
     resume_schedule = _blocking(_Calls.resume_schedule)
     trigger_schedule = _blocking(_Calls.trigger_schedule)
+    create_api_key = _blocking(_Calls.create_api_key)
+    list_api_keys = _blocking(_Calls.list_api_keys)
+    revoke_api_key = _blocking(_Calls.revoke_api_key)
+    update_api_key_limits = _blocking(_Calls.update_api_key_limits)

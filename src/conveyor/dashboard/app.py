@@ -36,7 +36,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.client import AsyncClient, BulkOperation, JobState
 from conveyor.config import Settings
+from conveyor.dashboard.admin_pages import AdminPages
 from conveyor.dashboard.live import job_event, job_events
+from conveyor.dashboard.paging import paging
 from conveyor.dashboard.sessions import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions
 from conveyor.errors import (
     ConveyorError,
@@ -189,7 +191,8 @@ class Dashboard:
             jobs, next_token = page.items, page.next_page_token
         except InvalidArgument as exc:
             jobs, next_token, status, error = [], "", 400, str(exc)
-        context = {"jobs": jobs, "next": next_token, "filter": text, "state": state}
+        links = paging("/jobs", query, {"state": state, "filter": text}, next_token)
+        context = {"jobs": jobs, "paging": links, "filter": text, "state": state}
         return self.page(
             request, "jobs.html", {**context, "tabs": TABS, "error": error}, status, session
         )
@@ -396,6 +399,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/jobs/{job_id}/events", d.job_live),
         Route("/jobs/{job_id}/{action}", d.job_action, methods=["POST"]),
         Route("/queues", d.queues),
+        *AdminPages(d).routes(),  # queue limits and keys; before /queues/{queue}/{action}
         Route("/queues/{queue}/{action}", d.queue_action, methods=["POST"]),
         Route("/workers", d.workers),
         Route("/schedules", d.schedules),
