@@ -25,11 +25,14 @@ from tests.processes import ROOT, Service, Stack
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-# For modules of browser tests: `pytestmark = needs_chromium`.
 needs_chromium = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="needs Debian's chromium and chromium-driver (make install as root installs them)",
 )
+# What every module of dashboard tests carries (`pytestmark = dashboard_tests`): Chromium,
+# and one Redis shape, since a web page over the API does not see Redis's shape (the API's
+# paths are tested on both shapes elsewhere).
+dashboard_tests = [needs_chromium, pytest.mark.one_redis_shape]
 
 WAIT = 30.0
 DOCS_IMG = ROOT / "docs" / "img"

@@ -34,7 +34,7 @@ def dashboard(stack: Stack) -> Iterator[str]:
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
-    """A headless Chromium for one test (modules using it carry `browsing.needs_chromium`)."""
+    """A headless Chromium for one test (modules using it carry `browsing.dashboard_tests`)."""
     driver = new_browser()
     yield driver
     driver.quit()

@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -22,9 +21,9 @@ from conveyor.client import Client, submit_request
 from tests.e2e.browsing import (
     WAIT,
     csrf_token,
+    dashboard_tests,
     http_client,
     log_in,
-    needs_chromium,
     shot,
     submit,
     until,
@@ -32,8 +31,7 @@ from tests.e2e.browsing import (
 from tests.observability import scrape, value
 from tests.processes import Keys, Stack
 
-# A web page over the API: Redis's shape is behind the API, tested on both elsewhere.
-pytestmark = [needs_chromium, pytest.mark.one_redis_shape]
+pytestmark = dashboard_tests
 
 
 def _watch_streams(stack: Stack) -> float:

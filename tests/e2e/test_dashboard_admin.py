@@ -21,10 +21,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 from conveyor.client import Client, submit_request
 from conveyor.errors import Unauthenticated
 from conveyor.v1 import api_key_service_pb2 as akpb
-from tests.e2e.browsing import WAIT, csrf_token, http_client, log_in, needs_chromium, shot, until
+from tests.e2e.browsing import WAIT, csrf_token, dashboard_tests, http_client, log_in, shot, until
 from tests.processes import Keys, Stack
 
-pytestmark = needs_chromium
+pytestmark = dashboard_tests
 
 
 def _ids(html: str) -> list[str]:
