@@ -43,12 +43,9 @@ def shapes(chart: Chart) -> Iterator[tuple[float, float, float, float]]:
 
 
 def inside(chart: Chart) -> bool:
-    """Whether every shape lies within the chart's box (dots may touch its edge by their
-    radius: the top is padded for them, and the SVG lets them overflow by that much)."""
-    r = chart.dot_radius
+    """Whether every shape, dots whole, lies within the chart's box."""
     return all(
-        -r <= x and x + w <= chart.width + r and -r <= y and y + h <= chart.height + 1e-9
-        and w >= 0 and h >= 0
+        0 <= x <= x + w <= chart.width + 1e-9 and 0 <= y <= y + h <= chart.height + 1e-9
         for x, y, w, h in shapes(chart)
     )  # fmt: skip
 

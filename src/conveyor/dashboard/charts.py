@@ -25,7 +25,7 @@ from conveyor.v1.queue_pb2 import QueueMinute
 OVERVIEW_REFRESH_SECONDS = 5
 WIDTH = 160.0  # each minute's column is WIDTH / minutes wide
 HEIGHT = 40.0
-TOP = 2.0  # room above the scale's top (and below a rate of 0), so dots are not cut
+TOP = 3.0  # room above the scale's top (and below a rate of 0), so dots are not cut
 PLOT = HEIGHT - TOP  # the bars' height at the top of their scale
 RATE_PLOT = HEIGHT - 2 * TOP  # the failure rate's, from 0 (HEIGHT - TOP) to 1 (TOP)
 BAR_SHARE = 0.75  # of a column, the bar; the rest is the gap between bars
