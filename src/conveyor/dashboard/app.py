@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from conveyor.client import AsyncClient, BulkOperation, JobState
 from conveyor.config import Settings
 from conveyor.dashboard.admin_pages import AdminPages
+from conveyor.dashboard.charts import OVERVIEW_REFRESH_SECONDS, failure_chart, finished_chart
 from conveyor.dashboard.live import job_event, job_events
 from conveyor.dashboard.paging import paging
 from conveyor.dashboard.sessions import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions
@@ -269,7 +270,16 @@ class Dashboard:
     async def overview(self, request: Request) -> Response:
         session = self.session(request)
         queues = await session.client.queue_stats()
-        return self.page(request, "overview.html", {"queues": queues}, session=session)
+        context = {
+            "queues": queues,
+            "charts": {
+                q.queue: (finished_chart(q.recent_minutes), failure_chart(q.recent_minutes))
+                for q in queues
+            },
+            "now": datetime.now(UTC),
+            "refresh_seconds": OVERVIEW_REFRESH_SECONDS,
+        }
+        return self.page(request, "overview.html", context, session=session)
 
     async def queues(self, request: Request) -> Response:
         session = self.session(request)

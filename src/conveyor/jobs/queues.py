@@ -181,8 +181,44 @@ def check_queue_name(name: str, field: str = "queue") -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueMinute:
+    """The attempts of a queue that ended in one minute, by outcome (QueueStats'
+    `recent_minutes`)."""
+
+    minute: int  # its start, in whole minutes since the epoch
+    succeeded: int
+    retried: int
+    dead: int
+    cancelled: int
+
+    def plus(self, other: QueueMinute) -> QueueMinute:
+        """Both counts of the same minute (two shards' of one queue) added up."""
+        return QueueMinute(
+            self.minute,
+            self.succeeded + other.succeeded,
+            self.retried + other.retried,
+            self.dead + other.dead,
+            self.cancelled + other.cancelled,
+        )
+
+    def to_proto(self) -> queue_pb2.QueueMinute:
+        msg = queue_pb2.QueueMinute(
+            succeeded=self.succeeded, retried=self.retried, dead=self.dead, cancelled=self.cancelled
+        )
+        msg.start_time.FromSeconds(self.minute * MINUTE_SECONDS)
+        return msg
+
+
+# queue_stats.lua's answer: 24 numbers, then the history's first minute and 4 per minute.
+_STATS_FIELDS = 12 + MAX_PRIORITY + 3
+_MINUTE_FIELDS = 4
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
-    """A queue now (from Redis, read in one step) and its last minute."""
+    """A queue now (from Redis, read in one step), its last minute and its recent history
+    minute by minute (how many minutes: RECENT_MINUTES in scripts/_common.lua, the one
+    place that says; this takes what the script answers)."""
 
     settings: QueueSettings
     scheduled: int
@@ -194,12 +230,19 @@ class QueueStats:
     retried: int
     dead: int
     cancelled: int
+    recent_minutes: tuple[QueueMinute, ...] = ()  # oldest first, the current one last
 
     @classmethod
     def from_script(cls, name: str, out: list[int]) -> QueueStats:
         """From queue_stats.lua's answer (see the script for the order). The settings are
         the ones in force: Redis's copy, which claims read."""
-        assert len(out) == 12 + MAX_PRIORITY + 3
+        history = out[_STATS_FIELDS + 1 :]
+        assert len(out) > _STATS_FIELDS and len(history) % _MINUTE_FIELDS == 0
+        first = out[_STATS_FIELDS]
+        minutes = tuple(
+            QueueMinute(first + i, *history[at : at + _MINUTE_FIELDS])
+            for i, at in enumerate(range(0, len(history), _MINUTE_FIELDS))
+        )
         return cls(
             settings=QueueSettings(name, bool(out[0]), out[1], out[2], out[3], out[22], out[23]),
             scheduled=out[4],
@@ -211,13 +254,15 @@ class QueueStats:
             dead=out[10],
             cancelled=out[11],
             queued_by_priority=tuple(out[12:22]),
+            recent_minutes=minutes,
         )
 
     @classmethod
     def merged(cls, shards: Sequence[QueueStats]) -> QueueStats:
         """A sharded queue's numbers from its shards' (shard 0 first, which holds the
         shard count): counts and limits add up (each shard holds a share of every limit),
-        paused if any shard is, and the oldest wait is the longest of any shard."""
+        paused if any shard is, the oldest wait is the longest of any shard, and the
+        history adds up minute by minute (`_add_minutes`)."""
         first = shards[0].settings
 
         def total(pick: Callable[[QueueStats], int]) -> int:
@@ -243,6 +288,7 @@ class QueueStats:
             retried=total(lambda p: p.retried),
             dead=total(lambda p: p.dead),
             cancelled=total(lambda p: p.cancelled),
+            recent_minutes=_add_minutes([p.recent_minutes for p in shards]),
         )
 
     @property
@@ -274,10 +320,30 @@ class QueueStats:
             cancelled_last_minute=self.cancelled,
             throughput_per_second=self.throughput_per_second,
             failure_rate=self.failure_rate,
+            recent_minutes=[minute.to_proto() for minute in self.recent_minutes],
         )
         if self.oldest_wait_ms is not None:
             msg.oldest_wait.FromMilliseconds(self.oldest_wait_ms)
         return msg
+
+
+def _add_minutes(histories: Sequence[Sequence[QueueMinute]]) -> tuple[QueueMinute, ...]:
+    """Shards' histories summed minute by minute, aligned on each minute's start: shard 0
+    is read a round trip before the others, so a minute may have begun in between. The sum
+    covers the newest window (as long as the longest history); a minute that a shard's
+    answer lacks counts nothing from that shard."""
+    sums: dict[int, QueueMinute] = {}
+    for history in histories:
+        for m in history:
+            seen = sums.get(m.minute)
+            sums[m.minute] = m if seen is None else seen.plus(m)
+    if not sums:
+        return ()
+    newest, length = max(sums), max(len(history) for history in histories)
+    return tuple(
+        sums.get(minute, QueueMinute(minute, 0, 0, 0, 0))
+        for minute in range(newest - length + 1, newest + 1)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,9 @@ carries the queue's hash tag, so it declares the one slot all those keys live in
     cv:{Q}:parked-groups  set   groups with parked jobs
     cv:{Q}:stats:<sec>    hash  attempts ended in that second by outcome (kept 2 minutes;
                                 the prefix `cv:{Q}:stats:` is in QueueKeys.all)
+    cv:{Q}:stats:m<min>   hash  the same for that minute (minutes since the epoch), the
+                                history GetQueueStats answers with (kept 17 minutes;
+                                `tally` in scripts/_common.lua)
     cv:{Q}:wake           list  tokens that wake one blocked worker each
     cv:{Q}:seq            int   FIFO sequence for ready scores
     cv:{Q}:job:<id>       hash  the job's hot state (see Job.to_hot), plus seq and lease

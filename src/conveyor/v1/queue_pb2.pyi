@@ -24,8 +24,22 @@ class QueueLimits(_message.Message):
     shards: int
     def __init__(self, max_running: _Optional[int] = ..., rate_jobs: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_running_per_owner: _Optional[int] = ..., shards: _Optional[int] = ...) -> None: ...
 
+class QueueMinute(_message.Message):
+    __slots__ = ("start_time", "succeeded", "retried", "dead", "cancelled")
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    RETRIED_FIELD_NUMBER: _ClassVar[int]
+    DEAD_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    succeeded: int
+    retried: int
+    dead: int
+    cancelled: int
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., succeeded: _Optional[int] = ..., retried: _Optional[int] = ..., dead: _Optional[int] = ..., cancelled: _Optional[int] = ...) -> None: ...
+
 class QueueStats(_message.Message):
-    __slots__ = ("queue", "paused", "limits", "scheduled", "queued", "running", "retrying", "queued_by_priority", "oldest_wait", "succeeded_last_minute", "retried_last_minute", "dead_last_minute", "cancelled_last_minute", "throughput_per_second", "failure_rate")
+    __slots__ = ("queue", "paused", "limits", "scheduled", "queued", "running", "retrying", "queued_by_priority", "oldest_wait", "succeeded_last_minute", "retried_last_minute", "dead_last_minute", "cancelled_last_minute", "throughput_per_second", "failure_rate", "recent_minutes")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +55,7 @@ class QueueStats(_message.Message):
     CANCELLED_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
+    RECENT_MINUTES_FIELD_NUMBER: _ClassVar[int]
     queue: str
     paused: bool
     limits: QueueLimits
@@ -56,7 +71,8 @@ class QueueStats(_message.Message):
     cancelled_last_minute: int
     throughput_per_second: float
     failure_rate: float
-    def __init__(self, queue: _Optional[str] = ..., paused: _Optional[bool] = ..., limits: _Optional[_Union[QueueLimits, _Mapping]] = ..., scheduled: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., retrying: _Optional[int] = ..., queued_by_priority: _Optional[_Iterable[int]] = ..., oldest_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., succeeded_last_minute: _Optional[int] = ..., retried_last_minute: _Optional[int] = ..., dead_last_minute: _Optional[int] = ..., cancelled_last_minute: _Optional[int] = ..., throughput_per_second: _Optional[float] = ..., failure_rate: _Optional[float] = ...) -> None: ...
+    recent_minutes: _containers.RepeatedCompositeFieldContainer[QueueMinute]
+    def __init__(self, queue: _Optional[str] = ..., paused: _Optional[bool] = ..., limits: _Optional[_Union[QueueLimits, _Mapping]] = ..., scheduled: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., retrying: _Optional[int] = ..., queued_by_priority: _Optional[_Iterable[int]] = ..., oldest_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., succeeded_last_minute: _Optional[int] = ..., retried_last_minute: _Optional[int] = ..., dead_last_minute: _Optional[int] = ..., cancelled_last_minute: _Optional[int] = ..., throughput_per_second: _Optional[float] = ..., failure_rate: _Optional[float] = ..., recent_minutes: _Optional[_Iterable[_Union[QueueMinute, _Mapping]]] = ...) -> None: ...
 
 class Worker(_message.Message):
     __slots__ = ("worker_id", "host", "queues", "types", "concurrency", "running", "start_time", "last_heartbeat")

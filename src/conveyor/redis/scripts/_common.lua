@@ -295,14 +295,29 @@ local function place(jobkey, job, q)
   line_up(q, job['id'], job['state'], job['priority'], job['run_at'])
 end
 
--- Count ended attempts in the queue's per-second tally (GetQueueStats reads the last
--- minute): `counts` by outcome, s succeeded, r failed and retrying, d dead, c cancelled
--- (or one outcome's letter, for a single attempt).
+-- How many whole minutes of history GetQueueStats answers with (QueueStats.recent_minutes,
+-- queue_stats.lua), before the current minute: the one place this number is set.
+local RECENT_MINUTES = 15
+
+-- Count ended attempts in the queue's tallies: `counts` by outcome, s succeeded, r failed
+-- and retrying, d dead, c cancelled (or one outcome's letter, for a single attempt). Two
+-- hashes: the second's (`q.stats_prefix .. second`, summed for the last 60 s, kept 2
+-- minutes) and the minute's (`q.stats_prefix .. 'm' .. minute`, the recent history, kept
+-- RECENT_MINUTES + 2 minutes: read until RECENT_MINUTES + 1 minutes after its start).
+-- A hash's time to live is set by the call that creates one of its fields (HINCRBY
+-- answers n): the hash's first write always does, so every tally expires, and the usual
+-- call, into fields already there, costs only the HINCRBYs.
 local function tally(q, now, counts)
   if type(counts) == 'string' then counts = {[counts] = 1} end
-  local key = q.stats_prefix .. math.floor(now / 1000)
-  for outcome, n in pairs(counts) do redis.call('HINCRBY', key, outcome, n) end
-  redis.call('EXPIRE', key, 120)
+  local second = q.stats_prefix .. math.floor(now / 1000)
+  local minute = q.stats_prefix .. 'm' .. math.floor(now / 60000)
+  local new_second, new_minute = false, false
+  for outcome, n in pairs(counts) do
+    if redis.call('HINCRBY', second, outcome, n) == n then new_second = true end
+    if redis.call('HINCRBY', minute, outcome, n) == n then new_minute = true end
+  end
+  if new_second then redis.call('EXPIRE', second, 120) end
+  if new_minute then redis.call('EXPIRE', minute, (RECENT_MINUTES + 2) * 60) end
 end
 
 -- How many jobs the queue's settings let a claim start now, out of `wanted`, and, when
