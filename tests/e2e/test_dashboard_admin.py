@@ -245,6 +245,10 @@ def test_jobs_pages_forward_and_back(
     browser.get(f"{dashboard}/jobs?{query}")
 
     def page() -> list[str]:
+        # The listing's links first: once, page_source was read before the table was
+        # there (no ids, though the page that then loaded had its 50).
+        links = (By.CSS_SELECTOR, "table.jobs a.job-link")
+        WebDriverWait(browser, WAIT).until(ec.presence_of_element_located(links))
         return _ids(browser.page_source)
 
     def follow(rel: str) -> None:
