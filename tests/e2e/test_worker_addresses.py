@@ -24,7 +24,7 @@ async def listed(admin: AsyncClient, queue: str, service: Service) -> queue_pb2.
     second of starting; the registry has no stream to wait on, so this looks every 20 ms,
     for 30 s at most)."""
     async with asyncio.timeout(30):
-        while not (workers := await admin.workers(queue)):  # noqa: ASYNC110
+        while not (workers := await admin.workers(queue)):
             assert service.proc.poll() is None, service.tail()
             await asyncio.sleep(0.02)
     [worker] = workers
