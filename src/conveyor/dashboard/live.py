@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from conveyor.client import AsyncClient, Job
@@ -64,7 +64,7 @@ def job_events(client: AsyncClient, job_id: str) -> AsyncIterator[str]:
     return events({job_id: read})
 
 
-async def events(readers: Mapping[str, Reader]) -> AsyncIterator[str]:
+async def events(readers: Mapping[str, Reader]) -> AsyncGenerator[str, None]:
     """Server-sent events of every reader's stream at once (each a task, named by its
     key), then `end` once they have all ended."""
     ready = asyncio.Event()
