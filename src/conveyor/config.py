@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     worker_addr: str = Field(
         "127.0.0.1:50052", description="Where a worker serves WorkerControl (port 0: any free)."
     )
+    worker_advertise_addr: str = Field(
+        "",
+        description="host:port that others (the dashboard, scripts) dial for this worker's "
+        "WorkerControl, announced in ListWorkers' control_address, like Kafka's advertised "
+        "listeners: set it when they reach the worker through NAT, a proxy or a name. Empty: "
+        "the port CONVEYOR_WORKER_ADDR bound, with its host, or this machine's address "
+        "(its hostname's) when that host is 0.0.0.0, :: or empty.",
+    )
     scheduler_addr: str = Field(
         "127.0.0.1:50053", description="Where the scheduler serves gRPC health."
     )
@@ -351,6 +359,15 @@ class Settings(BaseSettings):
     def _queues_parse(cls, value: str) -> str:
         QueueChoice.parse(value)  # a ValueError becomes a ConfigurationError naming it
         return value
+
+    @field_validator("worker_advertise_addr")
+    @classmethod
+    def _advertised_is_dialable(cls, value: str) -> str:
+        """An advertised address is dialled as it is: a host and a real port, or nothing."""
+        host, _, port = value.strip().rpartition(":")
+        if value and not (host.strip("[]") and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError("must be host:port (a port from 1 to 65535), or empty")
+        return value.strip()
 
     @property
     def objects_dir(self) -> Path:

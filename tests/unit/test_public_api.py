@@ -12,6 +12,7 @@ PUBLIC = {
     "conveyor.client": [
         "Artifact",
         "AsyncClient",
+        "AsyncWorkerControl",
         "Attempt",
         "AttemptOutcome",
         "Blocked",

@@ -15,6 +15,7 @@ from conveyor.server.grpcserver import Server, StopSignals
 from conveyor.server.service import connections, metrics_served, service_main
 from conveyor.telemetry.metrics import WorkerMetrics
 from conveyor.v1 import worker_control_pb2, worker_control_pb2_grpc
+from conveyor.worker.announcer import control_address
 from conveyor.worker.runner import Worker
 from conveyor_worker.control import WorkerControlServicer
 
@@ -58,8 +59,9 @@ async def _serve(settings: Settings, metrics: WorkerMetrics, stopping: StopSigna
         control = WorkerControlServicer(worker, Authenticator(KeyStore(conns.db)))
         server.add(worker_control_pb2_grpc.add_WorkerControlServicer_to_server, control)
         port = await server.start()
+        worker.control_address = control_address(settings, port)
         await worker.start()
-        log.info("worker %s: WorkerControl on port %d", worker.worker_id, port)
+        log.info("worker %s: WorkerControl at %s", worker.worker_id, worker.control_address)
         signalled = asyncio.create_task(stopping.wait())
         drained = asyncio.create_task(worker.wait_stopped())
         try:

@@ -12,6 +12,9 @@ and results dicts with their ints, times UTC datetimes; `.raw` is the message it
 Submits are safe to retry: every job gets an idempotency key unless the caller gave one,
 and an UNAVAILABLE or DEADLINE_EXCEEDED answer is retried with the same keys (`SubmitRetry`).
 Failed calls raise `conveyor.errors.ConveyorError` subclasses, never `grpc.RpcError`.
+
+`AsyncWorkerControl` pauses, resumes, drains and watches one worker process, at the
+`control_address` that ListWorkers (`client.workers()`) gives for it.
 """
 
 from conveyor.client._client import (
@@ -23,6 +26,7 @@ from conveyor.client._client import (
     submit_request,
 )
 from conveyor.client._retries import SubmitRetry
+from conveyor.client._workers import AsyncWorkerControl
 from conveyor.client.types import (
     Artifact,
     Attempt,
@@ -43,6 +47,7 @@ from conveyor.client.types import (
 __all__ = [
     "Artifact",
     "AsyncClient",
+    "AsyncWorkerControl",
     "Attempt",
     "AttemptOutcome",
     "Blocked",

@@ -4,7 +4,8 @@ carries.
 Every handler works through the session's `AsyncClient`, so the API decides what a key may
 see: a job another owner holds is NotFound there and a 404 here, an admin-only call a user
 key makes is PermissionDenied there and a 403 here. Forms POST with the session's CSRF token
-(`sessions`); the job page's live part is `live.job_events` as server-sent events.
+(`sessions`); the job page's live part is `live.job_events` as server-sent events, the
+workers page's `workers.worker_events`.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from conveyor.client import AsyncClient, BulkOperation, JobState
 from conveyor.config import Settings
 from conveyor.dashboard.admin_pages import AdminPages
 from conveyor.dashboard.charts import OVERVIEW_REFRESH_SECONDS, failure_chart, finished_chart
-from conveyor.dashboard.live import job_event, job_events
+from conveyor.dashboard.live import SSE_HEADERS, job_event, job_events
 from conveyor.dashboard.paging import paging
 from conveyor.dashboard.sessions import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions
+from conveyor.dashboard.workers import WATCH_LIMIT, control, find_worker, worker_events
 from conveyor.errors import (
     ConveyorError,
     InvalidArgument,
@@ -158,7 +160,7 @@ class Dashboard:
             await client.close()
             message = "The API refused this key." if isinstance(exc, Unauthenticated) else str(exc)
             return await self.login_form(request, message, 401)
-        cookie, _ = self.sessions.open(client, admin=admin)
+        cookie, _ = self.sessions.open(client, admin=admin, api_key=key.strip())
         await self.sessions.sweep()
         response = RedirectResponse("/overview" if admin else "/jobs", 303)
         _set_cookie(request, response, SESSION_COOKIE, cookie)
@@ -211,9 +213,10 @@ class Dashboard:
         session = self.session(request)
         job_id = request.path_params["job_id"]
         await session.client.get(job_id)  # 404 before the stream starts, not inside it
-        headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
         return StreamingResponse(
-            job_events(session.client, job_id), media_type="text/event-stream", headers=headers
+            job_events(session.client, job_id),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
         )
 
     async def job_action(self, request: Request) -> Response:
@@ -295,10 +298,41 @@ class Dashboard:
         await acts[action](name)
         return RedirectResponse("/queues", 303)
 
+    # -- workers: live from each worker's own WorkerControl (see dashboard.workers) ------
+
     async def workers(self, request: Request) -> Response:
         session = self.session(request)
-        workers = await session.client.workers()
-        return self.page(request, "workers.html", {"workers": workers}, session=session)
+        listed = await session.client.workers()
+        context = {"workers": listed[:WATCH_LIMIT], "total": len(listed), "limit": WATCH_LIMIT}
+        return self.page(request, "workers.html", context, session=session)
+
+    async def workers_live(self, request: Request) -> Response:
+        """The workers page's events: a WatchWorkerStatus stream per listed worker."""
+        session = self.session(request)
+        listed = await session.client.workers()  # a user key's 403 before the stream starts
+        return StreamingResponse(
+            worker_events(listed, session.api_key),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+
+    async def worker_action(self, request: Request) -> Response:
+        """Pause, resume or drain a worker, dialled at the address ListWorkers gives for
+        its id (never one from the request). Drain stops the worker for good, so it first
+        answers a page that asks to confirm, whose form says `confirmed`."""
+        session, form = await self.posted(request)
+        worker_id, action = request.path_params["worker_id"], request.path_params["action"]
+        if action not in ("pause", "resume", "drain"):
+            raise HTTPException(404)
+        worker = await find_worker(session.client, worker_id)
+        if action == "drain" and form.get("confirmed") != "yes":
+            return self.page(request, "worker_drain.html", {"worker": worker}, session=session)
+        try:
+            await control(worker, session.api_key, action)
+        except ConveyorError as exc:  # the worker refused, or could not be reached
+            message = f"Worker {worker_id} ({worker.control_address or 'no address'}): {exc}"
+            return self.page(request, "error.html", {"message": message}, 502, session)
+        return RedirectResponse("/workers", 303)
 
     async def schedules(self, request: Request) -> Response:
         session = self.session(request)
@@ -412,6 +446,8 @@ def create_app(settings: Settings) -> Starlette:
         *AdminPages(d).routes(),  # queue limits and keys; before /queues/{queue}/{action}
         Route("/queues/{queue}/{action}", d.queue_action, methods=["POST"]),
         Route("/workers", d.workers),
+        Route("/workers/events", d.workers_live),
+        Route("/workers/{worker_id}/{action}", d.worker_action, methods=["POST"]),
         Route("/schedules", d.schedules),
         Route("/schedules/{schedule_id}/{action}", d.schedule_action, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

@@ -32,10 +32,12 @@ IDLE_SECONDS = 8 * 3600
 @dataclass
 class Session:
     """One logged-in browser: its key's client, whether the key is an admin's, its CSRF
-    token and when it was last used."""
+    token and when it was last used. `api_key`: the key itself, for the clients of other
+    servers than the API (each worker's WorkerControl, `conveyor.dashboard.workers`)."""
 
     client: AsyncClient
     admin: bool
+    api_key: str = field(default="", repr=False)
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     seen: float = field(default_factory=time.monotonic)
 
@@ -66,10 +68,11 @@ class Sessions:
         except BadSignature:
             return None
 
-    def open(self, client: AsyncClient, *, admin: bool) -> tuple[str, Session]:
-        """A new session for a key just checked; its cookie value and itself."""
+    def open(self, client: AsyncClient, *, admin: bool, api_key: str = "") -> tuple[str, Session]:
+        """A new session for a key just checked (`client` made with it); its cookie value
+        and itself."""
         session_id = secrets.token_urlsafe(32)
-        session = Session(client, admin, seen=self._clock())
+        session = Session(client, admin, api_key, seen=self._clock())
         self._by_id[session_id] = session
         return self.sign(session_id), session
 

@@ -78,6 +78,11 @@ def announcement_ttl_ms(interval_seconds: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
+    """A worker's announcement. `control_address`: where to dial its WorkerControl
+    (`conveyor.worker.announcer.control_address`); empty in the announcements of workers
+    older than it, which `from_json` reads as well as newer ones with fields it does not
+    know, so that a registry of mixed versions lists every worker during an upgrade."""
+
     worker_id: str
     host: str
     queues: list[str]
@@ -86,6 +91,12 @@ class WorkerInfo:
     running: int
     started: int
     last_seen: int
+    control_address: str = ""
+
+    @classmethod
+    def from_json(cls, doc: str) -> WorkerInfo:
+        fields = json.loads(doc)
+        return cls(**{name: fields[name] for name in cls.__dataclass_fields__ if name in fields})
 
     def to_proto(self) -> queue_pb2.Worker:
         msg = queue_pb2.Worker(
@@ -95,6 +106,7 @@ class WorkerInfo:
             types=self.types,
             concurrency=self.concurrency,
             running=self.running,
+            control_address=self.control_address,
         )
         msg.start_time.FromMilliseconds(self.started)
         msg.last_heartbeat.FromMilliseconds(self.last_seen)
@@ -147,7 +159,7 @@ class WorkerRegistry:
             if not ids:
                 return []
             docs = await self._announcements(ids)
-        infos = [WorkerInfo(**json.loads(doc)) for doc in docs if doc is not None]
+        infos = [WorkerInfo.from_json(doc) for doc in docs if doc is not None]
         return sorted(infos, key=lambda w: w.started)
 
     async def sweep(self, queue: RedisQueue, stale: list[str], sweeper: str) -> dict[str, int]:

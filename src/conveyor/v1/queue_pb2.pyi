@@ -75,7 +75,7 @@ class QueueStats(_message.Message):
     def __init__(self, queue: _Optional[str] = ..., paused: _Optional[bool] = ..., limits: _Optional[_Union[QueueLimits, _Mapping]] = ..., scheduled: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., retrying: _Optional[int] = ..., queued_by_priority: _Optional[_Iterable[int]] = ..., oldest_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., succeeded_last_minute: _Optional[int] = ..., retried_last_minute: _Optional[int] = ..., dead_last_minute: _Optional[int] = ..., cancelled_last_minute: _Optional[int] = ..., throughput_per_second: _Optional[float] = ..., failure_rate: _Optional[float] = ..., recent_minutes: _Optional[_Iterable[_Union[QueueMinute, _Mapping]]] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("worker_id", "host", "queues", "types", "concurrency", "running", "start_time", "last_heartbeat")
+    __slots__ = ("worker_id", "host", "queues", "types", "concurrency", "running", "start_time", "last_heartbeat", "control_address")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     QUEUES_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class Worker(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     host: str
     queues: _containers.RepeatedScalarFieldContainer[str]
@@ -92,4 +93,5 @@ class Worker(_message.Message):
     running: int
     start_time: _timestamp_pb2.Timestamp
     last_heartbeat: _timestamp_pb2.Timestamp
-    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., running: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    control_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., running: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., control_address: _Optional[str] = ...) -> None: ...

@@ -12,6 +12,9 @@ stops renewing its leases instead, and the lease (30 s by default) is the backst
 Its Redis connection carries the worker's name (`connection_name`), and stays open for as
 long as the process lives: the registry takes a silent worker for dead only once that
 connection is gone too (see `conveyor.redis.workers`).
+
+Each announcement also says where the worker serves WorkerControl (`control_address`), so
+that a client that lists workers (the dashboard) can reach each one's control port.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +43,40 @@ log = logging.getLogger(__name__)
 # also listed (ListWorkers, blocked reasons) unless Redis is unreachable.
 FIRST_ANNOUNCEMENT_SECONDS = 5.0
 STOP_SECONDS = 5.0
+# Hosts that bind every interface of the machine: no one can dial them.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
+
+
+def control_address(settings: Settings, port: int) -> str:
+    """Where others dial this worker's WorkerControl, bound on `port`: what it announces.
+
+    CONVEYOR_WORKER_ADVERTISE_ADDR when set, as given (NAT, a proxy, a DNS name: only the
+    operator knows). Else the bound port (CONVEYOR_WORKER_ADDR may say port 0) with the
+    configured host, unless that host binds every interface (0.0.0.0, ::), which no one
+    can dial: then this machine's address (`_this_machine`). A unix socket is announced as
+    it is (dialable from this machine only)."""
+    if settings.worker_advertise_addr:
+        return settings.worker_advertise_addr
+    if settings.worker_addr.startswith("unix"):
+        return settings.worker_addr
+    host = settings.worker_addr.rpartition(":")[0].strip("[]")
+    if host in WILDCARD_HOSTS:
+        host = _this_machine()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _this_machine() -> str:
+    """This machine's address as its hostname resolves: the pod's IP in Kubernetes and
+    the container's in docker compose (both write it into /etc/hosts). On a machine whose
+    hostname resolves to a loopback address that is what others on the same machine reach;
+    across machines set CONVEYOR_WORKER_ADVERTISE_ADDR. The hostname itself when it does
+    not resolve here (the peers' DNS may know it)."""
+    name = socket.gethostname()
+    try:
+        return socket.gethostbyname(name)
+    except OSError as exc:
+        log.warning("hostname %s does not resolve (%s): announcing the name itself", name, exc)
+        return name
 
 
 class Announcer:

@@ -195,6 +195,9 @@ class Worker:
             store, queue, lambda: self._closing, on_stale=self.metrics.stale_writes.inc
         )
         self.announcer = Announcer(settings, self._describe)
+        # Where WorkerControl is dialled (`announcer.control_address`), set by the service
+        # once its server has bound; announced with the rest (empty: not served).
+        self.control_address = ""
         self._host = socket.gethostname()
         self._started = now_ms()
         self.metrics.concurrency.set(self.concurrency)
@@ -774,6 +777,7 @@ class Worker:
             running=len(self.running),
             started=self._started,
             last_seen=now_ms(),
+            control_address=self.control_address,
         )
 
     async def _heartbeat(self) -> None:

@@ -83,3 +83,90 @@ const refreshMain = async () => {
     refreshMain();
   });
 })();
+
+// The workers page: each row's live status from the server's events (/workers/events: one
+// WatchWorkerStatus stream per worker on the server), and Pause / Resume sent without
+// leaving the page (Drain goes through its confirmation page).
+(function () {
+  const table = document.getElementById("workers");
+  if (!table) return;
+  const rows = new Map();
+  table.querySelectorAll("tr[data-worker]").forEach((row) => rows.set(row.dataset.worker, row));
+  const notice = document.getElementById("workers-message");
+
+  // Only what the state allows: pause a running worker, resume a paused one, drain either.
+  const allow = (row, state) => {
+    const allowed = {
+      pause: state === "RUNNING",
+      resume: state === "PAUSED",
+      drain: state === "RUNNING" || state === "PAUSED",
+    };
+    row.querySelectorAll("button[data-action]").forEach((button) => {
+      button.disabled = !allowed[button.dataset.action];
+    });
+  };
+
+  const setText = (el, value) => {
+    if (el.textContent !== String(value)) el.textContent = value; // no needless announcements
+  };
+
+  const showJobs = (cell, worker) => {
+    const list = document.createElement("ul");
+    worker.running_jobs.forEach((job) => {
+      const item = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = "/jobs/" + encodeURIComponent(job.job_id);
+      link.textContent = job.job_id;
+      const bar = document.createElement("progress");
+      bar.max = 100;
+      bar.value = job.progress;
+      bar.textContent = job.progress + "%";
+      bar.setAttribute("aria-label", "Progress of job " + job.job_id);
+      const percent = document.createElement("span");
+      percent.className = "job-progress";
+      percent.textContent = job.progress + "%";
+      item.append(link, " " + job.type + " ", bar, " ", percent);
+      list.append(item);
+    });
+    const count = document.createElement("span");
+    count.textContent = worker.running_jobs.length + " of " + worker.concurrency;
+    cell.replaceChildren(count, list);
+  };
+
+  const source = new EventSource(table.dataset.events);
+  source.addEventListener("worker", (message) => {
+    const worker = JSON.parse(message.data);
+    const row = rows.get(worker.worker_id);
+    if (!row) return;
+    const state = row.querySelector(".worker-state .state");
+    const shown = worker.reachable ? worker.state : "UNREACHABLE";
+    setText(state, shown);
+    state.className = "state state-" + shown.toLowerCase();
+    setText(row.querySelector(".worker-problem"), worker.reachable ? "" : worker.error);
+    allow(row, shown);
+    if (!worker.reachable) return; // the rest keeps its last known values
+    showJobs(row.querySelector(".worker-jobs"), worker);
+    setText(row.querySelector(".worker-processed"), worker.processed);
+    setText(row.querySelector(".worker-failed"), worker.failed);
+  });
+  // Every worker's stream ended (stopped or unreachable): no reconnecting.
+  source.addEventListener("end", () => source.close());
+
+  table.querySelectorAll("form.worker-live").forEach((form) => {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      notice.textContent = "";
+      const answer = await fetch(form.action, {
+        method: "POST",
+        body: new URLSearchParams(new FormData(form)),
+        credentials: "same-origin",
+        redirect: "manual",
+      });
+      // Done: the server redirects back here, and the events show the new state.
+      if (answer.type === "opaqueredirect" || answer.ok) return;
+      const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+      const heading = page.querySelector("main h1");
+      notice.textContent = heading ? heading.textContent : "Refused (HTTP " + answer.status + ").";
+    });
+  });
+})();
