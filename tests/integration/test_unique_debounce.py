@@ -205,3 +205,21 @@ async def test_a_burst_leaves_both_stores_with_the_last_payload(ops: JobOperatio
     assert row.payload == json.loads(hot["payload"]) == {"n": 19}
     assert row.run_at == int(hot["run_at"]) == last.run_at
     assert row.state == JobState.SCHEDULED and hot["state"] == str(int(JobState.SCHEDULED))
+
+
+async def test_a_debounce_after_redis_lost_the_job_puts_it_back_with_the_new_payload(
+    ops: JobOperations,
+) -> None:
+    """Redis flushed mid-burst: the next submit finds the job unfinished in the database and
+    missing from Redis, and puts it back in line with its own payload and run_at (what the
+    reconciler would restore from the row, which the same submit updates)."""
+    first = await ops.submit(ALICE, debounced(1, debounce=60_000))
+    await ops.queue.redis.flushall()
+    again = await ops.submit(ALICE, debounced(2, debounce=60_000))
+    assert again.id == first.id
+    hot = await ops.queue.hot(first.placement, first.id)
+    row = await ops.store.get(first.id)
+    assert hot is not None and row is not None
+    assert json.loads(hot["payload"]) == row.payload == {"n": 2}
+    assert hot["state"] == str(int(JobState.SCHEDULED)) and int(hot["run_at"]) == row.run_at
+    assert await ops.queue.redis.zscore(QueueKeys(first.placement).delayed, first.id) == row.run_at

@@ -7,6 +7,12 @@ still accepted (the client gets it, OK, whatever Redis said), this process retri
 enqueue within seconds (`conveyor.api.pending_writes`), and the reconciler puts it back in line
 if this process cannot (DESIGN.md §2). Redis failures before the commit (the rate limit's
 bucket) never pass for a failed submit of a committed job: nothing was committed yet.
+
+Unique and debounced submits (`unique_for`, `debounce`: conveyor.jobs.unique) leave the
+group-committed path: each is a transaction of its own that may lock the row holding its key
+and, for a debounce, ask Redis (debounce.lua) whether the job still waits before committing
+the replacement; a job they make new is enqueued as any other. Ordinary submits pay one
+attribute test for this.
 """
 
 from __future__ import annotations
@@ -219,7 +225,7 @@ class JobOperations:
                 violations.append(unknown)
                 continue
             violations += self.payload_violations(spec, f"{prefix}payload")
-            if bulk:
+            if bulk and spec.keyed:
                 violations += _keyed_in_bulk(spec, prefix)
         if violations:
             raise InvalidArgument(violations)
