@@ -8,12 +8,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
 
 from conveyor.api.jobs import JobOperations
 from conveyor.config import Settings
 from conveyor.db import Database, JobStore
-from conveyor.errors import AlreadyExists
+from conveyor.db.bulk import psycopg_dsn
+from conveyor.errors import AlreadyExists, Unavailable
 from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
 from conveyor.jobs.unique import replaced
 from conveyor.redis import EventHub, QueueKeys, RedisQueue, connect
@@ -223,3 +225,37 @@ async def test_a_debounce_after_redis_lost_the_job_puts_it_back_with_the_new_pay
     assert json.loads(hot["payload"]) == row.payload == {"n": 2}
     assert hot["state"] == str(int(JobState.SCHEDULED)) and int(hot["run_at"]) == row.run_at
     assert await ops.queue.redis.zscore(QueueKeys(first.placement).delayed, first.id) == row.run_at
+
+
+async def test_a_failed_row_update_puts_the_earlier_payload_back_in_redis(
+    database_url: str, queue: RedisQueue
+) -> None:
+    """The database connection dies after Redis took a debounce's new payload and before
+    the row is updated (its backend terminated, as a PostgreSQL restart would): the submit
+    fails UNAVAILABLE and Redis has the earlier payload and run_at again, as the row does."""
+    db = Database(database_url)
+    store, t0 = JobStore(db), now_ms()
+
+    async def then_lose_the_database(job: Job) -> bool:
+        done = await queue.debounce(job)
+        async with await psycopg.AsyncConnection.connect(psycopg_dsn(database_url)) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE state = 'idle in transaction' AND datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            )
+        return done
+
+    try:
+        first = new(debounced(1), t0)
+        await store.insert_keyed(first, t0, queue.debounce)
+        await queue.enqueue([first])
+        with pytest.raises(Unavailable):
+            await store.insert_keyed(new(debounced(2), t0 + 500), t0 + 500, then_lose_the_database)
+        hot = await queue.hot("default", first.id)
+        row = await store.get(first.id)
+        assert hot is not None and row is not None
+        assert json.loads(hot["payload"]) == row.payload == {"n": 1}
+        assert int(hot["run_at"]) == row.run_at == first.run_at
+    finally:
+        await db.close()
