@@ -26,7 +26,10 @@ from conveyor.v1 import job_service_pb2 as pb
 def _answer(job: Job, request: pb.SubmitJobRequest) -> job_pb2.Job:
     """A submitted job as the answer carries it, its payload copied from the request rather
     than rebuilt from the job's dict (the same payload: the job was made from it, or is the
-    earlier job of the same key, whose request fingerprint matched)."""
+    earlier job of the same key, whose request fingerprint matched). Not for a unique or
+    debounced submit: the key's job may hold another request's payload (conveyor.jobs.unique)."""
+    if request.HasField("unique_for") or request.HasField("debounce"):
+        return job.to_proto()
     answer = job.to_proto(payload=False)
     if job.payload:
         answer.payload.CopyFrom(request.payload)

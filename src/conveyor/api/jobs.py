@@ -7,6 +7,12 @@ still accepted (the client gets it, OK, whatever Redis said), this process retri
 enqueue within seconds (`conveyor.api.pending_writes`), and the reconciler puts it back in line
 if this process cannot (DESIGN.md §2). Redis failures before the commit (the rate limit's
 bucket) never pass for a failed submit of a committed job: nothing was committed yet.
+
+Unique and debounced submits (`unique_for`, `debounce`: conveyor.jobs.unique) leave the
+group-committed path: each is a transaction of its own that may lock the row holding its key
+and, for a debounce, ask Redis (debounce.lua) whether the job still waits before committing
+the replacement; a job they make new is enqueued as any other. Ordinary submits pay one
+attribute test for this.
 """
 
 from __future__ import annotations
@@ -219,6 +225,8 @@ class JobOperations:
                 violations.append(unknown)
                 continue
             violations += self.payload_violations(spec, f"{prefix}payload")
+            if bulk and spec.keyed:
+                violations += _keyed_in_bulk(spec, prefix)
         if violations:
             raise InvalidArgument(violations)
 
@@ -234,16 +242,31 @@ class JobOperations:
         return handler.violations(spec.payload, prefix) if handler is not None else []
 
     async def submit(self, principal: Principal, spec: JobSpec) -> Job:
-        """Commit one job (group-committed with concurrent submits), then enqueue it."""
+        """Commit one job (group-committed with concurrent submits), then enqueue it; a
+        unique or debounced one on its own (`_submit_keyed`)."""
         await self.check([spec])
         await self.charge(principal, Kind.SUBMIT)
-        job = self._new_job(principal, spec, now_ms())
+        now = now_ms()
+        job = self._new_job(principal, spec, now)
         if tracing.enabled():  # the attributes are not even built otherwise
             tracing.annotate(**tracing.job_attributes(job.id, job.type, job.queue))
+        if spec.keyed:
+            return await self._submit_keyed(job, now)
         result = await self._submits.submit(job)
         if isinstance(result, ConveyorError):
             raise result
         return result
+
+    async def _submit_keyed(self, job: Job, now: int) -> Job:
+        """A unique or debounced job (conveyor.jobs.unique): its own transaction, in which
+        a debounce's replacement asks Redis first (`RedisQueue.debounce`); a new job is
+        enqueued as any other."""
+        answer, new = await self.store.insert_keyed(job, now, self.queue.debounce)
+        if new:
+            await self._enqueue_new([job], [job])
+        else:
+            self._remember(answer)
+        return answer
 
     async def submit_many(self, principal: Principal, specs: Sequence[JobSpec]) -> list[Job]:
         """Commit a bulk request in its own transaction: all jobs or, on a conflict, none."""
@@ -280,6 +303,8 @@ class JobOperations:
                 continue
             try:
                 await self.check([spec])
+                if spec.keyed:
+                    raise InvalidArgument(_keyed_in_bulk(spec, ""))
             except InvalidArgument as bad:
                 outcomes[index] = bad
                 continue
@@ -650,6 +675,18 @@ def _unserved(job: Job, known: KnownNames) -> Blocked | None:
     if not any(job.type in w.types for w in workers):
         return Blocked.no_worker_for_type(job.queue, job.type)
     return None
+
+
+def _keyed_in_bulk(spec: JobSpec, prefix: str) -> list[FieldViolation]:
+    """SubmitJobs refuses unique and debounced requests: each is a transaction of its own
+    that may wait on another's row lock (and a debounce on Redis), which a bulk's single
+    statement cannot be; they go one by one through SubmitJob."""
+    why = "is not supported in SubmitJobs; use SubmitJob"
+    return [
+        FieldViolation(f"{prefix}{name}", why)
+        for name, ms in (("unique_for", spec.unique_for_ms), ("debounce", spec.debounce_ms))
+        if ms
+    ]
 
 
 def _may_see(principal: Principal, owner: str) -> bool:

@@ -24,6 +24,7 @@ from conveyor.cli.common import (
     err,
     fail,
     message_dict,
+    parse_duration,
     parse_labels,
     parse_payload,
     parse_time,
@@ -467,6 +468,16 @@ def submit(
         list[str] | None,
         typer.Option("--label", help="KEY=VALUE to find the job by (repeat for more)."),
     ] = None,
+    unique_for: Annotated[
+        str | None,
+        typer.Option(
+            help="With --idempotency-key: within this (e.g. 60s) the key's job is the job."
+        ),
+    ] = None,
+    debounce: Annotated[
+        str | None,
+        typer.Option(help="With --idempotency-key: run this long (e.g. 5s) after the last submit."),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Watch the job until it ends.")] = False,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
@@ -487,6 +498,8 @@ def submit(
                 delay=None if delay is None else timedelta(seconds=delay),
                 retention=None if retention is None else timedelta(seconds=retention),
                 labels=labels,
+                unique_for=parse_duration(unique_for, "--unique-for"),
+                debounce=parse_duration(debounce, "--debounce"),
             )
         except ConveyorError as exc:
             fail(exc)

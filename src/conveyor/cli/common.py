@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import grpc
@@ -101,6 +101,29 @@ def parse_time(text: str, option: str) -> datetime | None:
     except ValueError:
         err.print(f"{option} is not an ISO 8601 time: {text!r}")
         raise typer.Exit(2) from None
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | None, option: str) -> timedelta | None:
+    """A duration option (`60s`, `500ms`, `5m`, `1h`, `1d`; a bare number is seconds; None
+    or "": unset), or exit 2 saying what is wrong with it."""
+    if not text:
+        return None
+    number, unit = text, "s"
+    for name in sorted(_DURATION_UNITS, key=len, reverse=True):
+        if text.endswith(name):
+            number, unit = text[: -len(name)], name
+            break
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        err.print(f"{option} is not a duration (e.g. 60s, 500ms, 5m, 1h): {text!r}")
+        raise typer.Exit(2)
+    return timedelta(seconds=seconds)
 
 
 def parse_payload(text: str) -> dict[str, Any]:

@@ -91,10 +91,15 @@ def submit_request(
     retry: job_pb2.RetryPolicy | None = None,
     retention: timedelta | None = None,
     labels: Mapping[str, str] | None = None,
+    unique_for: timedelta | None = None,
+    debounce: timedelta | None = None,
 ) -> pb.SubmitJobRequest:
     """Build a SubmitJobRequest (also the items of `submit_many`). An empty
     `idempotency_key` is left for `submit`/`submit_many` to fill in when they send it.
-    `labels` tag the job to find it again (`list(filter='labels.team = "billing"')`)."""
+    `labels` tag the job to find it again (`list(filter='labels.team = "billing"')`).
+    `unique_for`: within it a submit with the same key answers the first job, whatever it
+    asks; `debounce`: the job runs this long after the last submit with its key, with that
+    submit's payload. Both need your `idempotency_key` and only `submit` sends them."""
     request = pb.SubmitJobRequest(
         type=type, queue=queue, idempotency_key=idempotency_key, max_attempts=max_attempts
     )
@@ -114,6 +119,10 @@ def submit_request(
         request.retention.FromTimedelta(retention)
     if labels:
         request.labels.update(labels)
+    if unique_for is not None:
+        request.unique_for.FromTimedelta(unique_for)
+    if debounce is not None:
+        request.debounce.FromTimedelta(debounce)
     return request
 
 
@@ -448,7 +457,17 @@ class _Calls:
 
         Submits made while the client's other submits are in flight go together as one
         SubmitJobs of per-item results (see `batch_submits`): each caller still gets its
-        own job, or the error its submit alone would have raised."""
+        own job, or the error its submit alone would have raised.
+
+        With `unique_for` or `debounce` (conveyor.jobs.unique) the key must be yours (none
+        is made up: a key of this call alone would make neither mean anything), the call
+        goes alone as a SubmitJob (SubmitJobs refuses them), and the job comes back as the
+        server has it: the key's earlier job, or the debounced one with this payload."""
+        if options.get("unique_for") is not None or options.get("debounce") is not None:
+            request = submit_request(type, payload, **options)
+            return SUBMIT_JOB.call(
+                request, lambda answer: Job(answer.job), retry_safe=bool(request.idempotency_key)
+            )
         request = submit_request(type, payload, **_keyed(options))
         request.view = pb.JOB_VIEW_BASIC  # the payload is ours: not sent back, put back here
         retry_safe = bool(request.idempotency_key)

@@ -4,10 +4,22 @@ for many jobs, because the commit (fsync) is what a durable job system pays for.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Collection, Sequence
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Select, Table, delete, exists, func, literal, select, tuple_, update
+from sqlalchemy import (
+    Select,
+    Table,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -19,6 +31,7 @@ from conveyor.db.rows import (
     WriteResult,
     job_from_row,
     job_to_row,
+    key_used,
     resolve_conflicts,
 )
 from conveyor.errors import ConveyorError, FailedPrecondition, NotFound, outage
@@ -26,9 +39,12 @@ from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
 from conveyor.jobs.filters import Filter, Restriction
 from conveyor.jobs.model import TERMINAL_STATES, Job, JobState, now_ms
 from conveyor.jobs.shards import placement
+from conveyor.jobs.unique import Hold, holding, replaced
 
 if TYPE_CHECKING:
     from conveyor.db.bulk import BulkStatements
+
+log = logging.getLogger(__name__)
 
 _JOBS = cast(Table, JobRow.__table__)
 _ATTEMPTS = cast(Table, AttemptRow.__table__)
@@ -65,6 +81,17 @@ def _ids_created_within(start: int | None, end: int | None) -> list[Any]:
     if end is not None:
         bounds.append(_JOBS.c.id < _first_id_at(end + ID_CLOCK_SLACK_MS))
     return bounds
+
+
+async def _put_back(replace: Callable[[Job], Awaitable[bool]], prior: Job) -> None:
+    """Undo a debounce's rewrite of Redis whose row update failed: the job's earlier values
+    back, if it still waits (if a worker took it meanwhile, it runs with the new ones and
+    its row keeps the old: see `JobStore.insert_keyed`). Best effort: the submit fails
+    with the error that made it fail, whatever this meets."""
+    try:
+        await replace(replaced(prior, prior))
+    except Exception:
+        log.warning("debounced job %s: its earlier payload could not be put back", prior.id)
 
 
 @contextlib.asynccontextmanager
@@ -125,6 +152,90 @@ class JobStore:
         except RolledBack as rollback:
             return rollback.results
         return results
+
+    async def insert_keyed(
+        self, job: Job, now: int, replace: Callable[[Job], Awaitable[bool]]
+    ) -> tuple[Job, bool]:
+        """Commit a unique or debounced job (conveyor.jobs.unique): the job the submit
+        answers, and whether it is `job`, new (to enqueue), rather than the key's holder.
+
+        One transaction per try: insert; on the key's conflict, lock the row holding it and
+        ask `holding` what to do. A row that gave its key up while this waited for its
+        lock is gone from the lookup: the next try meets the job that took the key.
+        REPLACE calls `replace` (debounce.lua, under the row's lock) with the job as the
+        submit would make it; True (Redis has it so now) updates the row to match, False
+        (it is due, started or ended) moves the key. Redis failing raises, which rolls the
+        transaction back: the submit fails and nothing changed.
+
+        Should the row's update or the commit fail after `replace`, the job's earlier values
+        are put back in Redis (`_put_back`), so both stores keep them and the submit fails.
+        Only a crash of this process between `replace` and the commit (or a claim between
+        the failure and the put-back) leaves Redis with this submit's payload and the row
+        with the previous one's: the job runs with the payload of a submit that was not
+        answered OK, its row keeping the one before until a later submit of the burst
+        rewrites both (a client retries a failed submit). Redis lost as well, the row's is
+        the one restored and run."""
+        for _ in range(5):
+            rewrote: list[Job] = []  # the job as it was, once `replace` rewrote Redis's copy
+            try:
+                async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
+                    outcome = await self._keyed_once(conn, job, now, replace, rewrote)
+            except BaseException:
+                if rewrote:  # the row stays as it was: so should Redis's copy, if it can
+                    await _put_back(replace, rewrote[0])
+                raise
+            if outcome is not None:
+                return outcome
+        raise outage("database")  # pragma: no cover - five keys given up under one submit
+
+    async def _keyed_once(
+        self,
+        conn: AsyncConnection,
+        job: Job,
+        now: int,
+        replace: Callable[[Job], Awaitable[bool]],
+        rewrote: list[Job],
+    ) -> tuple[Job, bool] | None:
+        """One try of `insert_keyed` in the transaction `conn`; None: the key's holder gave
+        it up while this waited for its lock (try again)."""
+        stmt = self._upsert(_JOBS).returning(_JOBS.c.id)
+        if (await conn.execute(stmt, [job_to_row(job)])).first() is not None:
+            return job, True
+        prior = await self._holder(conn, job)
+        if prior is None:
+            return None
+        hold = holding(prior, job, now)
+        if hold is Hold.PLAIN:
+            if prior.request_hash == job.request_hash:
+                return prior, False
+            raise key_used(job)
+        if hold is Hold.HELD:
+            return prior, False
+        if hold is Hold.REPLACE:
+            updated = replaced(prior, job)
+            if await replace(updated):
+                rewrote.append(prior)
+                values = {
+                    "payload": updated.payload,
+                    "labels": updated.labels,
+                    "request_hash": updated.request_hash,
+                    "run_at": updated.run_at,
+                }
+                await conn.execute(update(_JOBS).where(_JOBS.c.id == prior.id).values(**values))
+                return updated, False
+        await conn.execute(update(_JOBS).where(_JOBS.c.id == prior.id).values(idempotency_key=None))
+        await conn.execute(insert(_JOBS), [job_to_row(job)])
+        return job, True
+
+    async def _holder(self, conn: AsyncConnection, job: Job) -> Job | None:
+        """The job holding `job`'s key, its row locked until the transaction ends."""
+        stmt = (
+            select(_JOBS)
+            .where(_JOBS.c.owner == job.owner, _JOBS.c.idempotency_key == job.idempotency_key)
+            .with_for_update()
+        )
+        row = (await conn.execute(stmt)).first()
+        return job_from_row(row._mapping) if row is not None else None
 
     async def _existing(
         self, conn: AsyncConnection, jobs: Sequence[Job]

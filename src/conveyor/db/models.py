@@ -83,6 +83,11 @@ class JobRow(Base):
     # The job's labels (conveyor.jobs.labels), {} when it has none. On PostgreSQL a GIN
     # index (jsonb_path_ops) serves `labels @> {...}`, ListJobs' label filters (0009).
     labels: Mapped[dict[str, str]] = mapped_column(JsonDoc, default=dict, server_default="{}")
+    # Until when a unique job (SubmitJobRequest.unique_for) holds its idempotency key;
+    # None: as long as the row lives. And a debounced job's debounce (None: not one). See
+    # conveyor.jobs.unique and migration 0011_unique_debounce.
+    key_until: Mapped[int | None] = mapped_column(BigInteger)
+    debounce_ms: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ExpiryRow(Base):

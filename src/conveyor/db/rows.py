@@ -56,6 +56,11 @@ def _resolve(
         return ConveyorError("job was not stored")
     if prior.request_hash == job.request_hash:
         return prior
+    return key_used(job)
+
+
+def key_used(job: Job) -> AlreadyExists:
+    """The refusal of a request whose idempotency key names another request's job."""
     return AlreadyExists(f"idempotency key {job.idempotency_key!r} was used for another request")
 
 
@@ -102,4 +107,6 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "trace_parent": job.trace_parent,
         "shard": job.shard,
         "labels": job.labels,
+        "key_until": job.key_until,
+        "debounce_ms": job.debounce_ms,
     }

@@ -29,6 +29,7 @@ from conveyor.jobs.labels import check_labels
 from conveyor.jobs.payload import HasNul, NotFinite, payload_from_struct
 from conveyor.jobs.retry import RetryOverrides, RetryPolicy
 from conveyor.jobs.shards import placement
+from conveyor.jobs.unique import key_windows
 from conveyor.v1 import job_pb2, job_service_pb2
 
 if TYPE_CHECKING:  # conveyor.jobs.blocked imports this module
@@ -187,6 +188,11 @@ class Job:
     shard: int = 0
     # What the client tagged it with to find it again (conveyor.jobs.labels); never changed.
     labels: dict[str, str] = field(default_factory=dict)
+    # Unique and debounced jobs (conveyor.jobs.unique): until when a unique job holds its
+    # idempotency key (None: as long as it lives), and a debounced job's debounce (None:
+    # not one). Kept in the database only; Redis never needs them.
+    key_until: int | None = None
+    debounce_ms: int | None = None
     # Why a waiting job is not running (computed on read, never stored): the proto's
     # `blocked` and `blocked_reason` both (see conveyor.jobs.blocked).
     blocked: Blocked | None = None
@@ -521,6 +527,8 @@ class JobSpec:
     retry: RetryOverrides = NO_OVERRIDES
     retention_ms: int = 0  # 0: the type's or the server's
     labels: dict[str, str] = field(default_factory=dict)
+    unique_for_ms: int = 0  # see conveyor.jobs.unique (exclusive with debounce_ms)
+    debounce_ms: int = 0  # run_at = the last submit + debounce (exclusive with run_at, delay)
 
     def request_hash(self) -> str:
         """Fingerprint of the request, compared when an idempotency key is reused."""
@@ -534,14 +542,21 @@ class JobSpec:
             *([self.delay_ms] if self.delay_ms else []),  # hashes of undelayed jobs unchanged
             *([["retention", self.retention_ms]] if self.retention_ms else []),
             *([["labels", self.labels]] if self.labels else []),  # unlabelled: unchanged
+            *([["unique", self.unique_for_ms, self.debounce_ms]] if self.keyed else []),
             self.timeout_ms,
             [self.retry.initial_ms, self.retry.max_ms, self.retry.multiplier, self.retry.jitter],
         ]
         return hashlib.sha256(fingerprint_text(doc).encode()).hexdigest()
 
+    @property
+    def keyed(self) -> bool:
+        """Whether the key is unique for a while or debounced (conveyor.jobs.unique): such
+        a submit takes its own path, not the group-committed one."""
+        return bool(self.unique_for_ms or self.debounce_ms)
+
     def new_job(self, owner: str, *, defaults: JobDefaults, now: int) -> Job:
         """The job this spec makes for `owner`, QUEUED or SCHEDULED by its run_at."""
-        run_at = max(self.run_at or now + self.delay_ms, now)
+        run_at = max(self.run_at or now + self.delay_ms + self.debounce_ms, now)
         return Job(
             id=new_job_id(),
             owner=owner,
@@ -560,6 +575,8 @@ class JobSpec:
             retry=_resolved_retry(self.retry, defaults.retry),
             retention_ms=self.retention_ms or defaults.retention_ms,
             labels=self.labels,
+            key_until=now + self.unique_for_ms if self.unique_for_ms else None,
+            debounce_ms=self.debounce_ms or None,
         )
 
 
@@ -627,6 +644,15 @@ def spec_from_proto(
     labels = dict(req.labels) if req.labels else {}
     if labels:
         bad += check_labels(labels, prefix + "labels")
+    unique_for_ms = debounce_ms = 0
+    if has("unique_for") or has("debounce"):
+        unique_for_ms, debounce_ms, keyed_bad = key_windows(
+            (has("unique_for"), duration_ms(req.unique_for)),
+            (has("debounce"), duration_ms(req.debounce)),
+            has_key=key is not None,
+            fixed_time=has_run_at or bool(delay_ms),
+        )
+        bad += [FieldViolation(prefix + v.field, v.description) for v in keyed_bad]
     if bad:
         raise InvalidArgument(bad)
     return JobSpec(
@@ -642,6 +668,8 @@ def spec_from_proto(
         retry=retry,
         retention_ms=retention_ms or 0,
         labels=labels,
+        unique_for_ms=unique_for_ms,
+        debounce_ms=debounce_ms,
     )
 
 

@@ -253,6 +253,27 @@ class RedisQueue:
                 )
             await batch.execute()
 
+    async def debounce(self, job: Job) -> bool:
+        """Give a debounced job that still waits (or that Redis lacks) `job`'s payload,
+        labels and run_at (debounce.lua); False if it is due, running or ended."""
+        k = QueueKeys(job.placement)
+        hot = job.to_hot()
+        async with unavailable_on_redis_errors():
+            done = await self.scripts.debounce(
+                self.redis,
+                [*k.all, k.job(job.id), k.events(job.id)],
+                [
+                    job.id,
+                    hot["payload"],
+                    hot["run_at"],
+                    hot.get("labels", ""),
+                    self._maxlen,
+                    k.channel_prefix,
+                    *chain.from_iterable(hot.items()),
+                ],
+            )
+        return bool(done)
+
     async def cancel(self, queue: str, job_id: str, finish_time: int) -> Cancelled:
         """Cancel in Redis; returns the state the job had there (UNSPECIFIED: not present)
         and, if it was running, the attempt the cancel stopped."""

@@ -41,6 +41,7 @@ NAMES = (
     "look",
     "announce",
     "release_worker",
+    "debounce",
 )
 
 
@@ -107,6 +108,7 @@ class Scripts:
     look: Script
     announce: Script
     release_worker: Script
+    debounce: Script
 
     def all(self) -> list[Script]:
         return [getattr(self, name) for name in NAMES]
