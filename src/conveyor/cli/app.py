@@ -467,6 +467,10 @@ def submit(
         list[str] | None,
         typer.Option("--label", help="KEY=VALUE to find the job by (repeat for more)."),
     ] = None,
+    concurrency_key: Annotated[
+        str,
+        typer.Option(help="Jobs with this key run at most the queue's --max-per-key at once."),
+    ] = "",
     wait: Annotated[bool, typer.Option("--wait", help="Watch the job until it ends.")] = False,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
@@ -487,6 +491,7 @@ def submit(
                 delay=None if delay is None else timedelta(seconds=delay),
                 retention=None if retention is None else timedelta(seconds=retention),
                 labels=labels,
+                concurrency_key=concurrency_key,
             )
         except ConveyorError as exc:
             fail(exc)

@@ -83,6 +83,8 @@ class JobRow(Base):
     # The job's labels (conveyor.jobs.labels), {} when it has none. On PostgreSQL a GIN
     # index (jsonb_path_ops) serves `labels @> {...}`, ListJobs' label filters (0009).
     labels: Mapped[dict[str, str]] = mapped_column(JsonDoc, default=dict, server_default="{}")
+    # The client's key for jobs that share a per-key cap in their queue; "" when none.
+    concurrency_key: Mapped[str] = mapped_column(String(256), default="", server_default="")
 
 
 class ExpiryRow(Base):
@@ -184,6 +186,8 @@ class QueueRow(Base):
     max_running_per_owner: Mapped[int] = mapped_column(Integer, default=0)
     # How many Redis hash tags the queue's jobs spread over (see conveyor.jobs.shards).
     shards: Mapped[int] = mapped_column(SmallInteger, default=1)
+    # Jobs with one concurrency key running at once in the queue (0: no cap).
+    max_running_per_key: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     update_time: Mapped[int] = mapped_column(BigInteger)
 
 

@@ -102,4 +102,5 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "trace_parent": job.trace_parent,
         "shard": job.shard,
         "labels": job.labels,
+        "concurrency_key": job.concurrency_key,
     }

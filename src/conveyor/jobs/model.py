@@ -44,6 +44,7 @@ MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_DELAY_MS = 366 * 24 * 3600 * 1000
 MAX_RETENTION_MS = 10 * 366 * 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY = 256
+MAX_CONCURRENCY_KEY = 256
 MAX_BULK = 1000
 
 _TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
@@ -187,6 +188,10 @@ class Job:
     shard: int = 0
     # What the client tagged it with to find it again (conveyor.jobs.labels); never changed.
     labels: dict[str, str] = field(default_factory=dict)
+    # The client's key for jobs that share a concurrency cap in their queue
+    # (QueueLimits.max_running_per_key; "" for none); never changed. It also picks the
+    # job's shard, so that one key's jobs are all in one (see conveyor.jobs.shards).
+    concurrency_key: str = ""
     # Why a waiting job is not running (computed on read, never stored): the proto's
     # `blocked` and `blocked_reason` both (see conveyor.jobs.blocked).
     blocked: Blocked | None = None
@@ -249,6 +254,8 @@ class Job:
             msg.payload.update(self.payload)
         if self.labels:
             msg.labels.update(self.labels)
+        if self.concurrency_key:
+            msg.concurrency_key = self.concurrency_key
         _set_time(msg.run_at, self.run_at)
         _set_time(msg.create_time, self.create_time)
         if self.start_time is not None:
@@ -301,6 +308,8 @@ class Job:
             hot["shard"] = str(self.shard)
         if self.labels:
             hot["labels"] = compact_json.dumps(self.labels)
+        if self.concurrency_key:
+            hot["concurrency_key"] = self.concurrency_key
         return hot
 
     def take_live(self, live: Mapping[str, str]) -> None:
@@ -352,6 +361,7 @@ class Job:
             trace_parent=str(hot.get("trace_parent", "")),
             shard=int(hot.get("shard", 0)),
             labels=_labels(hot.get("labels")),
+            concurrency_key=str(hot.get("concurrency_key", "")),
         )
 
 
@@ -372,7 +382,7 @@ def _fresh_proto(job: Job) -> job_pb2.Job:
     template = _FRESH.get(kind)
     if template is None:
         template = job._built_proto(False)
-        for name in ("id", "idempotency_key", "run_at", "create_time", "labels"):
+        for name in ("id", "idempotency_key", "run_at", "create_time", "labels", "concurrency_key"):
             template.ClearField(name)
         if len(_FRESH) >= _FRESH_SIZE:  # kinds are few; never grow without bound
             _FRESH.clear()
@@ -384,6 +394,8 @@ def _fresh_proto(job: Job) -> job_pb2.Job:
         msg.idempotency_key = job.idempotency_key
     if job.labels:
         msg.labels.update(job.labels)
+    if job.concurrency_key:
+        msg.concurrency_key = job.concurrency_key
     _set_time(msg.run_at, job.run_at)
     _set_time(msg.create_time, job.create_time)
     return msg
@@ -521,6 +533,7 @@ class JobSpec:
     retry: RetryOverrides = NO_OVERRIDES
     retention_ms: int = 0  # 0: the type's or the server's
     labels: dict[str, str] = field(default_factory=dict)
+    concurrency_key: str = ""
 
     def request_hash(self) -> str:
         """Fingerprint of the request, compared when an idempotency key is reused."""
@@ -534,6 +547,7 @@ class JobSpec:
             *([self.delay_ms] if self.delay_ms else []),  # hashes of undelayed jobs unchanged
             *([["retention", self.retention_ms]] if self.retention_ms else []),
             *([["labels", self.labels]] if self.labels else []),  # unlabelled: unchanged
+            *([["concurrency_key", self.concurrency_key]] if self.concurrency_key else []),
             self.timeout_ms,
             [self.retry.initial_ms, self.retry.max_ms, self.retry.multiplier, self.retry.jitter],
         ]
@@ -560,6 +574,7 @@ class JobSpec:
             retry=_resolved_retry(self.retry, defaults.retry),
             retention_ms=self.retention_ms or defaults.retention_ms,
             labels=self.labels,
+            concurrency_key=self.concurrency_key,
         )
 
 
@@ -627,6 +642,9 @@ def spec_from_proto(
     labels = dict(req.labels) if req.labels else {}
     if labels:
         bad += check_labels(labels, prefix + "labels")
+    concurrency_key = req.concurrency_key
+    if concurrency_key and not valid_concurrency_key(concurrency_key):
+        violation("concurrency_key", f"must be printable, at most {MAX_CONCURRENCY_KEY} characters")
     if bad:
         raise InvalidArgument(bad)
     return JobSpec(
@@ -642,7 +660,14 @@ def spec_from_proto(
         retry=retry,
         retention_ms=retention_ms or 0,
         labels=labels,
+        concurrency_key=concurrency_key,
     )
+
+
+def valid_concurrency_key(key: str) -> bool:
+    """A concurrency key as SubmitJobRequest takes it: printable, at most
+    MAX_CONCURRENCY_KEY characters (it becomes part of a Redis key name)."""
+    return len(key) <= MAX_CONCURRENCY_KEY and key.isprintable()
 
 
 def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str, Any]:
