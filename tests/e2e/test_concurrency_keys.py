@@ -129,7 +129,8 @@ async def test_the_per_key_limit_is_set_by_its_mask_validated_and_shown(
     changes it alone, a negative one is INVALID_ARGUMENT on that field, GetQueueStats and
     `conveyor queues limits Q --max-per-key N` show it; a concurrency key is checked
     (printable, at most 256), echoed on the job, kept by `conveyor submit
-    --concurrency-key`, and part of the request an idempotency key is compared with."""
+    --concurrency-key`, part of the request an idempotency key is compared with, and
+    found by ListJobs' filter `concurrency_key = "..."`."""
     queue = f"ckeys-{uuid.uuid4().hex[:8]}"
     await admin.update_queue_limits(queue, max_running=5)
     changed = await admin.update_queue_limits(queue, max_running_per_key=3)
@@ -154,6 +155,8 @@ async def test_the_per_key_limit_is_set_by_its_mask_validated_and_shown(
     assert again.id == job.id
     with pytest.raises(AlreadyExists):
         await alice.submit("noop", queue=queue, concurrency_key="c-2", idempotency_key="ik")
+    listed = await alice.list(filter=f'concurrency_key = "c-1" AND queue = "{queue}"')
+    assert [j.id for j in listed.items] == [job.id]
     made = stack.cli("submit", "noop", "--queue", queue, "--concurrency-key", "cli-key",
                      "--json", key=keys.alice)  # fmt: skip
     assert json.loads(made.stdout)["concurrency_key"] == "cli-key"

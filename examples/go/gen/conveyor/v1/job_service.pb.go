@@ -769,7 +769,8 @@ type ListJobsRequest struct {
 	// JOB_VIEW_BASIC leaves out payloads (a page of 1000 large payloads can pass 4 MiB).
 	View JobView `protobuf:"varint,9,opt,name=view,proto3,enum=conveyor.v1.JobView" json:"view,omitempty"`
 	// An AIP-160 filter over the caller's jobs, ANDed with the fields above: `state`,
-	// `queue`, `type`, `id`, `owner` (admin keys), `labels.KEY` (`=`, `!=`, `:*`),
+	// `queue`, `type`, `id`, `owner` (admin keys), `concurrency_key`, `labels.KEY` (`=`, `!=`,
+	// `:*`),
 	// `create_time` and `finish_time` (compared with RFC 3339 times), `error:"text"` (a
 	// substring of the last error) and `payload.PATH` (`=`, `!=`), with AND, OR, NOT or `-`,
 	// and parentheses, e.g. `state = DEAD AND labels.team = "billing" AND error:"timeout"`.
