@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conveyor.client import AsyncClient, JobState, submit_request
+from conveyor.client import AsyncClient, JobState, schedule_request, submit_request
 from conveyor.db.bulk import psycopg_dsn
 from conveyor.errors import AlreadyExists, InvalidArgument
 from conveyor.v1 import job_pb2
@@ -160,3 +160,15 @@ async def test_the_per_key_limit_is_set_by_its_mask_validated_and_shown(
     made = stack.cli("submit", "noop", "--queue", queue, "--concurrency-key", "cli-key",
                      "--json", key=keys.alice)  # fmt: skip
     assert json.loads(made.stdout)["concurrency_key"] == "cli-key"
+
+
+async def test_a_schedules_jobs_carry_its_concurrency_key(alice: AsyncClient) -> None:
+    """Guards JobTemplate.concurrency_key: the schedule keeps it and each job it makes
+    (here by TriggerSchedule) has it, so a recurring job shares its key's cap."""
+    made = await alice.create_schedule(
+        schedule_request("noop", every=3600, queue="parked", concurrency_key="nightly")
+    )
+    assert made.job_template.concurrency_key == "nightly"
+    job = await alice.trigger_schedule(made.id)
+    assert job.concurrency_key == "nightly"
+    await alice.delete_schedule(made.id)
