@@ -41,6 +41,10 @@ EXAMPLES: dict[str, tuple[Blocked, str]] = {
         Blocked.api_key_concurrency_limit("q", "k1", 1, 1),
         "API key k1 is at its concurrency limit in queue 'q' (1 of 1 running)",
     ),
+    "concurrency_key_limit": (
+        Blocked.concurrency_key_limit("q", "cust-1", 1, 1),
+        "concurrency key 'cust-1' is at its concurrency limit in queue 'q' (1 of 1 running)",
+    ),
     "rate_limited": (
         Blocked.rate_limited("q", 5, 1000, UNTIL),
         "queue 'q' is rate limited (5 per 1000 ms) until 2026-01-01T00:00:00.123Z",

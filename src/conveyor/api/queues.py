@@ -55,7 +55,8 @@ class QueueAdmin:
         if self.names is not None:
             self.names.forget()
         log.info(
-            "queue %s: paused=%s max_running=%d rate=%d/%dms max_running_per_owner=%d shards=%d",
+            "queue %s: paused=%s max_running=%d rate=%d/%dms max_running_per_owner=%d shards=%d"
+            " max_running_per_key=%d",
             settings.name,
             settings.paused,
             settings.max_running,
@@ -63,6 +64,7 @@ class QueueAdmin:
             settings.rate_interval_ms,
             settings.max_running_per_owner,
             settings.shards,
+            settings.max_running_per_key,
         )
         return await self.queue.queue_stats(settings.name)
 

@@ -478,6 +478,10 @@ def submit(
         str | None,
         typer.Option(help="With --idempotency-key: run this long (e.g. 5s) after the last submit."),
     ] = None,
+    concurrency_key: Annotated[
+        str,
+        typer.Option(help="Jobs with this key run at most the queue's --max-per-key at once."),
+    ] = "",
     wait: Annotated[bool, typer.Option("--wait", help="Watch the job until it ends.")] = False,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
@@ -500,6 +504,7 @@ def submit(
                 labels=labels,
                 unique_for=parse_duration(unique_for, "--unique-for"),
                 debounce=parse_duration(debounce, "--debounce"),
+                concurrency_key=concurrency_key,
             )
         except ConveyorError as exc:
             fail(exc)

@@ -24,6 +24,8 @@ def _describe(stats: queue_pb2.QueueStats) -> str:
         held.append(f"max {limits.max_running} running")
     if limits.max_running_per_owner:
         held.append(f"max {limits.max_running_per_owner} per owner")
+    if limits.max_running_per_key:
+        held.append(f"max {limits.max_running_per_key} per concurrency key")
     if limits.shards > 1:
         held.append(f"{limits.shards} shards")
     if limits.rate_jobs:
@@ -82,6 +84,10 @@ MaxPerOwnerOption = Annotated[
     int | None,
     typer.Option(help="Jobs of one owner running at once (0: the workers' default)."),
 ]
+MaxPerKeyOption = Annotated[
+    int | None,
+    typer.Option(help="Jobs with one concurrency key running at once (0: no cap)."),
+]
 RateOption = Annotated[
     int | None,
     typer.Option(
@@ -106,12 +112,13 @@ def create(
     max_per_owner: MaxPerOwnerOption = None,
     rate: RateOption = None,
     per: PerOption = None,
+    max_per_key: MaxPerKeyOption = None,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Give a queue settings of its own: its shard count and any limits given (an existing
     queue keeps the limits not given; its shards can only grow)."""
-    named = _named(max_running, max_per_owner, rate, per, shards)
+    named = _named(max_running, max_per_owner, rate, per, shards, max_per_key)
     _print([call(addr, lambda c: c.update_queue_limits(queue, **named))], as_json)
 
 
@@ -123,12 +130,13 @@ def limits(
     rate: RateOption = None,
     per: PerOption = None,
     shards: ShardsOption = None,
+    max_per_key: MaxPerKeyOption = None,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Change the queue's limits given as options and keep its others (0 removes one);
     with none given, show its limits."""
-    named = _named(max_running, max_per_owner, rate, per, shards)
+    named = _named(max_running, max_per_owner, rate, per, shards, max_per_key)
     if not named:
         found = call(addr, lambda c: c.queue_stats(queue))
         if as_json:
@@ -137,7 +145,8 @@ def limits(
             print(_describe_limits(found[0]))
         err.print(
             f"change them with: conveyor queues limits {queue} [--max-running N] "
-            "[--max-per-owner N] [--rate N --per SECONDS] [--shards N] (the options given "
+            "[--max-per-owner N] [--max-per-key N] [--rate N --per SECONDS] [--shards N] "
+            "(the options given "
             "change, the others stay; 0 removes a limit)"
         )
         return
@@ -150,6 +159,7 @@ def _named(
     rate: int | None,
     per: float | None,
     shards: int | None,
+    max_per_key: int | None = None,
 ) -> dict[str, int | float]:
     """The limits given, by their QueueLimits names (the update mask's paths)."""
     given = {
@@ -158,6 +168,7 @@ def _named(
         "rate_jobs": rate,
         "rate_interval": per,
         "shards": shards,
+        "max_running_per_key": max_per_key,
     }
     return {name: value for name, value in given.items() if value is not None}
 
@@ -174,6 +185,7 @@ def _describe_limits(stats: queue_pb2.QueueStats) -> str:
     return (
         f"{stats.queue}: max_running={limits.max_running or 'none'} "
         f"max_per_owner={limits.max_running_per_owner or 'default'} rate={rate}"
+        + (f" max_per_key={limits.max_running_per_key}" if limits.max_running_per_key else "")
         + (f" shards={limits.shards}" if limits.shards > 1 else "")
         + ("  PAUSED" if stats.paused else "")
     )

@@ -93,13 +93,16 @@ def submit_request(
     labels: Mapping[str, str] | None = None,
     unique_for: timedelta | None = None,
     debounce: timedelta | None = None,
+    concurrency_key: str = "",
 ) -> pb.SubmitJobRequest:
     """Build a SubmitJobRequest (also the items of `submit_many`). An empty
     `idempotency_key` is left for `submit`/`submit_many` to fill in when they send it.
     `labels` tag the job to find it again (`list(filter='labels.team = "billing"')`).
     `unique_for`: within it a submit with the same key answers the first job, whatever it
     asks; `debounce`: the job runs this long after the last submit with its key, with that
-    submit's payload. Both need your `idempotency_key` and only `submit` sends them."""
+    submit's payload. Both need your `idempotency_key` and only `submit` sends them. Jobs
+    with one `concurrency_key` (e.g. a customer id) run at most the queue's
+    `max_running_per_key` at a time."""
     request = pb.SubmitJobRequest(
         type=type, queue=queue, idempotency_key=idempotency_key, max_attempts=max_attempts
     )
@@ -123,6 +126,8 @@ def submit_request(
         request.unique_for.FromTimedelta(unique_for)
     if debounce is not None:
         request.debounce.FromTimedelta(debounce)
+    if concurrency_key:
+        request.concurrency_key = concurrency_key
     return request
 
 
@@ -152,13 +157,15 @@ def limits_request(
     rate_interval: float | None = None,
     max_running_per_owner: int | None = None,
     shards: int | None = None,
+    max_running_per_key: int | None = None,
 ) -> pb.UpdateQueueLimitsRequest:
     """An UpdateQueueLimitsRequest that changes only the limits given (`rate_interval` in
     seconds) and keeps the queue's others; 0 removes a limit. `rate_jobs` alone keeps the
     queue's rate window (and is refused if it has none); give both to set a new rate limit.
     `shards` spreads the queue over that many Redis hash tags (it can only grow; see
-    conveyor.jobs.shards). Its update_mask names exactly the limits given (none given: the
-    server refuses it)."""
+    conveyor.jobs.shards). `max_running_per_key` caps the running jobs of each concurrency
+    key (SubmitJobRequest.concurrency_key). Its update_mask names exactly the limits given
+    (none given: the server refuses it)."""
     request = pb.UpdateQueueLimitsRequest(queue=queue)
     request.update_mask.SetInParent()
     given = {
@@ -167,6 +174,7 @@ def limits_request(
         "rate_interval": rate_interval,
         "max_running_per_owner": max_running_per_owner,
         "shards": shards,
+        "max_running_per_key": max_running_per_key,
     }
     for name, value in given.items():
         if value is None:
@@ -236,6 +244,7 @@ def schedule_request(
     retry: job_pb2.RetryPolicy | None = None,
     retention: timedelta | None = None,
     labels: Mapping[str, str] | None = None,
+    concurrency_key: str = "",
 ) -> spb.Schedule:
     """A Schedule for `create_schedule`: `cron` (in `time_zone`) or `every` seconds; the
     job as `submit` takes it, less what each bucket sets (idempotency key, run time);
@@ -264,6 +273,7 @@ def schedule_request(
         retry=retry,
         retention=retention,
         labels=labels,
+        concurrency_key=concurrency_key,
     )
     schedule.job_template.MergeFromString(job.SerializeToString())  # the same field numbers
     return schedule

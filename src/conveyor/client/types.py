@@ -243,6 +243,11 @@ class Job:
         return dict(self.raw.labels)
 
     @property
+    def concurrency_key(self) -> str:
+        """The key whose jobs share the queue's per-key cap ("" for none)."""
+        return self.raw.concurrency_key
+
+    @property
     def attempt(self) -> int:
         """The attempt running or last run (0 before the first)."""
         return self.raw.attempt

@@ -88,6 +88,8 @@ class JobRow(Base):
     # conveyor.jobs.unique and migration 0011_unique_debounce.
     key_until: Mapped[int | None] = mapped_column(BigInteger)
     debounce_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # The client's key for jobs that share a per-key cap in their queue; "" when none.
+    concurrency_key: Mapped[str] = mapped_column(String(256), default="", server_default="")
 
 
 class ExpiryRow(Base):
@@ -189,6 +191,8 @@ class QueueRow(Base):
     max_running_per_owner: Mapped[int] = mapped_column(Integer, default=0)
     # How many Redis hash tags the queue's jobs spread over (see conveyor.jobs.shards).
     shards: Mapped[int] = mapped_column(SmallInteger, default=1)
+    # Jobs with one concurrency key running at once in the queue (0: no cap).
+    max_running_per_key: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     update_time: Mapped[int] = mapped_column(BigInteger)
 
 

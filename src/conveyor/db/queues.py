@@ -25,6 +25,7 @@ def _settings(row: Any) -> QueueSettings:
         rate_interval_ms=row.rate_interval_ms,
         max_running_per_owner=row.max_running_per_owner,
         shards=row.shards,
+        max_running_per_key=row.max_running_per_key,
     )
 
 
@@ -78,5 +79,6 @@ def _values(settings: QueueSettings) -> dict[str, Any]:
         "rate_interval_ms": settings.rate_interval_ms,
         "max_running_per_owner": settings.max_running_per_owner,
         "shards": settings.shards,
+        "max_running_per_key": settings.max_running_per_key,
         "update_time": now_ms(),
     }

@@ -109,4 +109,5 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "labels": job.labels,
         "key_until": job.key_until,
         "debounce_ms": job.debounce_ms,
+        "concurrency_key": job.concurrency_key,
     }

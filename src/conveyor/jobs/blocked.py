@@ -35,6 +35,7 @@ class BlockedKind(enum.IntEnum):
     IN_LINE = 11
     ENQUEUE_PENDING = 12
     QUEUE_UNREACHABLE = 13
+    CONCURRENCY_KEY = 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class Blocked:
     job_type: str = ""
     type_unverified: bool = False
     cause: str = ""  # why Redis lacks the job, in words
+    concurrency_key: str = ""
 
     # -- one constructor per kind ---------------------------------------------------------
     @classmethod
@@ -93,6 +95,18 @@ class Blocked:
             BlockedKind.API_KEY_CONCURRENCY_LIMIT,
             queue=queue,
             api_key_id=api_key_id,
+            running=running,
+            limit=limit,
+        )
+
+    @classmethod
+    def concurrency_key_limit(
+        cls, queue: str, concurrency_key: str, running: int, limit: int
+    ) -> Blocked:
+        return cls(
+            BlockedKind.CONCURRENCY_KEY,
+            queue=queue,
+            concurrency_key=concurrency_key,
             running=running,
             limit=limit,
         )
@@ -157,6 +171,8 @@ class Blocked:
                 return f"owner {self.owner!r} {self._group_full()}"
             case BlockedKind.API_KEY_CONCURRENCY_LIMIT:
                 return f"API key {self.api_key_id} {self._group_full()}"
+            case BlockedKind.CONCURRENCY_KEY:
+                return f"concurrency key {self.concurrency_key!r} {self._group_full()}"
             case BlockedKind.RATE_LIMITED:
                 return (
                     f"queue {queue} is rate limited ({self.rate_jobs} per "
@@ -213,6 +229,7 @@ class Blocked:
             job_type=self.job_type,
             type_unverified=self.type_unverified,
             cause=self.cause,
+            concurrency_key=self.concurrency_key,
         )
         if self.until is not None:
             msg.until.FromMilliseconds(self.until)

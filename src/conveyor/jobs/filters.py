@@ -149,13 +149,14 @@ FIELDS = (
     "type",
     "owner",
     "id",
+    "concurrency_key",
     "labels.KEY",
     "create_time",
     "finish_time",
     "error",
     "payload.PATH",
 )
-_TEXT_FIELDS = ("queue", "type", "owner", "id")
+_TEXT_FIELDS = ("queue", "type", "owner", "id", "concurrency_key")
 _TIME_FIELDS = ("create_time", "finish_time")
 _NUMBER_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}

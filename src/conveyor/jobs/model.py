@@ -45,6 +45,7 @@ MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_DELAY_MS = 366 * 24 * 3600 * 1000
 MAX_RETENTION_MS = 10 * 366 * 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY = 256
+MAX_CONCURRENCY_KEY = 256
 MAX_BULK = 1000
 
 _TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
@@ -193,6 +194,10 @@ class Job:
     # not one). Kept in the database only; Redis never needs them.
     key_until: int | None = None
     debounce_ms: int | None = None
+    # The client's key for jobs that share a concurrency cap in their queue
+    # (QueueLimits.max_running_per_key; "" for none); never changed. It also picks the
+    # job's shard, so that one key's jobs are all in one (see conveyor.jobs.shards).
+    concurrency_key: str = ""
     # Why a waiting job is not running (computed on read, never stored): the proto's
     # `blocked` and `blocked_reason` both (see conveyor.jobs.blocked).
     blocked: Blocked | None = None
@@ -255,6 +260,8 @@ class Job:
             msg.payload.update(self.payload)
         if self.labels:
             msg.labels.update(self.labels)
+        if self.concurrency_key:
+            msg.concurrency_key = self.concurrency_key
         _set_time(msg.run_at, self.run_at)
         _set_time(msg.create_time, self.create_time)
         if self.start_time is not None:
@@ -307,6 +314,8 @@ class Job:
             hot["shard"] = str(self.shard)
         if self.labels:
             hot["labels"] = compact_json.dumps(self.labels)
+        if self.concurrency_key:
+            hot["concurrency_key"] = self.concurrency_key
         return hot
 
     def take_live(self, live: Mapping[str, str]) -> None:
@@ -358,6 +367,7 @@ class Job:
             trace_parent=str(hot.get("trace_parent", "")),
             shard=int(hot.get("shard", 0)),
             labels=_labels(hot.get("labels")),
+            concurrency_key=str(hot.get("concurrency_key", "")),
         )
 
 
@@ -378,7 +388,7 @@ def _fresh_proto(job: Job) -> job_pb2.Job:
     template = _FRESH.get(kind)
     if template is None:
         template = job._built_proto(False)
-        for name in ("id", "idempotency_key", "run_at", "create_time", "labels"):
+        for name in ("id", "idempotency_key", "run_at", "create_time", "labels", "concurrency_key"):
             template.ClearField(name)
         if len(_FRESH) >= _FRESH_SIZE:  # kinds are few; never grow without bound
             _FRESH.clear()
@@ -390,6 +400,8 @@ def _fresh_proto(job: Job) -> job_pb2.Job:
         msg.idempotency_key = job.idempotency_key
     if job.labels:
         msg.labels.update(job.labels)
+    if job.concurrency_key:
+        msg.concurrency_key = job.concurrency_key
     _set_time(msg.run_at, job.run_at)
     _set_time(msg.create_time, job.create_time)
     return msg
@@ -529,6 +541,7 @@ class JobSpec:
     labels: dict[str, str] = field(default_factory=dict)
     unique_for_ms: int = 0  # see conveyor.jobs.unique (exclusive with debounce_ms)
     debounce_ms: int = 0  # run_at = the last submit + debounce (exclusive with run_at, delay)
+    concurrency_key: str = ""
 
     def request_hash(self) -> str:
         """Fingerprint of the request, compared when an idempotency key is reused."""
@@ -543,6 +556,7 @@ class JobSpec:
             *([["retention", self.retention_ms]] if self.retention_ms else []),
             *([["labels", self.labels]] if self.labels else []),  # unlabelled: unchanged
             *([["unique", self.unique_for_ms, self.debounce_ms]] if self.keyed else []),
+            *([["concurrency_key", self.concurrency_key]] if self.concurrency_key else []),
             self.timeout_ms,
             [self.retry.initial_ms, self.retry.max_ms, self.retry.multiplier, self.retry.jitter],
         ]
@@ -577,6 +591,7 @@ class JobSpec:
             labels=self.labels,
             key_until=now + self.unique_for_ms if self.unique_for_ms else None,
             debounce_ms=self.debounce_ms or None,
+            concurrency_key=self.concurrency_key,
         )
 
 
@@ -653,6 +668,9 @@ def spec_from_proto(
             fixed_time=has_run_at or bool(delay_ms),
         )
         bad += [FieldViolation(prefix + v.field, v.description) for v in keyed_bad]
+    concurrency_key = req.concurrency_key
+    if concurrency_key and not valid_concurrency_key(concurrency_key):
+        violation("concurrency_key", f"must be printable, at most {MAX_CONCURRENCY_KEY} characters")
     if bad:
         raise InvalidArgument(bad)
     return JobSpec(
@@ -670,7 +688,14 @@ def spec_from_proto(
         labels=labels,
         unique_for_ms=unique_for_ms,
         debounce_ms=debounce_ms,
+        concurrency_key=concurrency_key,
     )
+
+
+def valid_concurrency_key(key: str) -> bool:
+    """A concurrency key as SubmitJobRequest takes it: printable, at most
+    MAX_CONCURRENCY_KEY characters (it becomes part of a Redis key name)."""
+    return len(key) <= MAX_CONCURRENCY_KEY and key.isprintable()
 
 
 def _payload(struct: struct_pb2.Struct, limit: int, violation: Any) -> dict[str, Any]:

@@ -38,6 +38,9 @@ class QueueSettings:
     rate_interval_ms: int = 0
     max_running_per_owner: int = 0  # 0: no cap
     shards: int = 1  # Redis hash tags the queue's jobs spread over (conveyor.jobs.shards)
+    # Jobs with one concurrency key running at once (0: no cap). Not shared out among
+    # shards: a key's jobs all live in one shard (see conveyor.jobs.shards).
+    max_running_per_key: int = 0
 
     def with_limits(
         self,
@@ -46,10 +49,13 @@ class QueueSettings:
         rate_interval_ms: int,
         max_running_per_owner: int,
         shards: int | None = None,
+        max_running_per_key: int | None = None,
     ) -> QueueSettings:
-        """These settings with new limits (and shard count; None keeps it), validated:
-        INVALID_ARGUMENT naming each bad field, FAILED_PRECONDITION for fewer shards."""
+        """These settings with new limits (and shard count and per-key cap; None keeps
+        them), validated: INVALID_ARGUMENT naming each bad field, FAILED_PRECONDITION for
+        fewer shards."""
         shards = self.shards if shards is None else shards
+        per_key = self.max_running_per_key if max_running_per_key is None else max_running_per_key
         if shards < self.shards and shards >= 1:
             raise FailedPrecondition(
                 f"queue {self.name!r} has {self.shards} shards: shards can be added, not "
@@ -72,6 +78,10 @@ class QueueSettings:
                         f"must be 0 or at least the queue's {shards} shards (each gets a share)",
                     )
                 )
+        if not 0 <= per_key <= MAX_RUNNING_LIMIT:  # whole in each shard: no share to check
+            bad.append(
+                FieldViolation("limits.max_running_per_key", f"must be 0-{MAX_RUNNING_LIMIT}")
+            )
         if rate_jobs and not 1 <= rate_interval_ms <= MAX_RATE_INTERVAL_MS:
             bad.append(
                 FieldViolation(
@@ -87,11 +97,13 @@ class QueueSettings:
             rate_interval_ms=rate_interval_ms if rate_jobs else 0,
             max_running_per_owner=max_running_per_owner,
             shards=shards,
+            max_running_per_key=per_key,
         )
 
     def per_shard(self) -> list[QueueSettings]:
         """What each shard's physical queue gets, shard 0 first: the pause, and a share of
-        every limit (`split`), so the shares add up to the queue's own."""
+        every limit (`split`), so the shares add up to the queue's own; but the whole
+        per-key cap, since each key's jobs are all in one shard."""
         n = self.shards
         shares = zip(
             split(self.max_running, n),
@@ -117,6 +129,7 @@ class QueueSettings:
             rate_jobs=self.rate_jobs,
             max_running_per_owner=self.max_running_per_owner,
             shards=self.shards,
+            max_running_per_key=self.max_running_per_key,
         )
         if self.rate_jobs:
             msg.rate_interval.FromMilliseconds(self.rate_interval_ms)
@@ -124,7 +137,14 @@ class QueueSettings:
 
 
 # The QueueLimits fields, which are the paths of UpdateQueueLimits' update_mask.
-LIMIT_FIELDS = ("max_running", "rate_jobs", "rate_interval", "max_running_per_owner", "shards")
+LIMIT_FIELDS = (
+    "max_running",
+    "rate_jobs",
+    "rate_interval",
+    "max_running_per_owner",
+    "shards",
+    "max_running_per_key",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +158,7 @@ class LimitChange:
     rate_interval_ms: int | None = None
     max_running_per_owner: int | None = None
     shards: int | None = None
+    max_running_per_key: int | None = None
 
     @classmethod
     def from_proto(cls, limits: queue_pb2.QueueLimits, named: Collection[str]) -> LimitChange:
@@ -154,6 +175,9 @@ class LimitChange:
             # 0 keeps the count: a mask of `*` (or none) from a client that predates
             # shards must not reset it.
             shards=(limits.shards or None) if "shards" in named else None,
+            max_running_per_key=(
+                limits.max_running_per_key if "max_running_per_key" in named else None
+            ),
         )
 
     def applied_to(self, current: QueueSettings) -> QueueSettings:
@@ -169,6 +193,7 @@ class LimitChange:
             pick(self.rate_interval_ms, current.rate_interval_ms),
             pick(self.max_running_per_owner, current.max_running_per_owner),
             self.shards,
+            self.max_running_per_key,
         )
 
 
@@ -209,8 +234,8 @@ class QueueMinute:
         return msg
 
 
-# queue_stats.lua's answer: 24 numbers, then the history's first minute and 4 per minute.
-_STATS_FIELDS = 12 + MAX_PRIORITY + 3
+# queue_stats.lua's answer: 25 numbers, then the history's first minute and 4 per minute.
+_STATS_FIELDS = 12 + MAX_PRIORITY + 4
 _MINUTE_FIELDS = 4
 
 
@@ -244,7 +269,9 @@ class QueueStats:
             for i, at in enumerate(range(0, len(history), _MINUTE_FIELDS))
         )
         return cls(
-            settings=QueueSettings(name, bool(out[0]), out[1], out[2], out[3], out[22], out[23]),
+            settings=QueueSettings(
+                name, bool(out[0]), out[1], out[2], out[3], out[22], out[23], out[24]
+            ),
             scheduled=out[4],
             retrying=out[5],
             running=out[6],
@@ -260,7 +287,8 @@ class QueueStats:
     @classmethod
     def merged(cls, shards: Sequence[QueueStats]) -> QueueStats:
         """A sharded queue's numbers from its shards' (shard 0 first, which holds the
-        shard count): counts and limits add up (each shard holds a share of every limit),
+        shard count): counts and limits add up (each shard holds a share of every limit
+        but the per-key cap, which each holds whole: shard 0's is the queue's),
         paused if any shard is, the oldest wait is the longest of any shard, and the
         history adds up minute by minute (`_add_minutes`)."""
         first = shards[0].settings
@@ -358,7 +386,7 @@ class Waiting:
     rate_ms: int
     started_in_window: int
     window_opens: int  # epoch ms when the rate window has room again; -1: it has room
-    group: str  # the cap group holding it back: `o:<owner>`, `k:<key id>`; "": none
+    group: str  # the cap group holding it back: `o:<owner>`, `k:<key id>`, `c:<key>`; "": none
     group_cap: int
     group_running: int
 
@@ -379,6 +407,10 @@ class Waiting:
             kind, _, name = self.group.partition(":")
             if kind == "o":
                 return Blocked.owner_concurrency_limit(
+                    queue, name, self.group_running, self.group_cap
+                )
+            if kind == "c":
+                return Blocked.concurrency_key_limit(
                     queue, name, self.group_running, self.group_cap
                 )
             return Blocked.api_key_concurrency_limit(

@@ -10,8 +10,9 @@ Its `placement` names a job's physical queue: every Redis call about the job use
 the scripts, which see one physical queue each, are unchanged.
 
 - **Where a job goes.** Its shard is chosen at submit, from its id (`shard_for`: CRC32,
-  spread evenly), and kept with the job (the `jobs.shard` column and its hot state), so
-  a queue given more shards later leaves its waiting jobs where they are.
+  spread evenly), or from its concurrency key when it has one, and kept with the job (the
+  `jobs.shard` column and its hot state), so a queue given more shards later leaves its
+  waiting jobs where they are.
 - **Limits hold for the queue as a whole.** Every shard gets its share of each limit
   (`split`: floor, the remainder to the first shards), so the shares add up to the limit
   and the queue never runs more, or starts faster, than it says. The price: a shard whose
@@ -19,6 +20,12 @@ the scripts, which see one physical queue each, are unchanged.
   than the cap while the others still have work. A limit must be 0 (none) or at least the
   number of shards, since a share of 0 would read as "no limit". Pause applies to every
   shard. An API key's cap on running jobs (`key_cap`, carried by each job) holds per shard.
+- **A per-key cap is whole in every shard.** All jobs of one concurrency key are in one
+  shard (chosen by the key), so each shard holds the queue's whole `max_running_per_key`
+  and the cap is exact, not shared out. One exception: while a queue's shard count is
+  raised, a key's jobs submitted before and after may sit in two shards (the count the
+  API knows changes), and until the older ones have started the key may run up to its
+  cap in each.
 - **Order.** Priority order (and FIFO within a priority) is strict within a shard. Across
   shards a worker takes them in turn, starting each claim at the next shard, so jobs of
   one priority start in roughly submit order, and a higher-priority job on one shard may

@@ -16,13 +16,15 @@ carries the queue's hash tag, so it declares the one slot all those keys live in
     cv:{Q}:delayed        zset  SCHEDULED job ids by due time (epoch ms)
     cv:{Q}:retry          zset  RETRYING job ids by due time (epoch ms)
     cv:{Q}:leases         zset  RUNNING job ids by lease deadline (epoch ms, Redis clock)
-    cv:{Q}:conf           hash  the queue's settings: paused, max_running, rate_jobs, rate_ms
-                                (a copy of the `queues` row; the reconciler re-applies it);
+    cv:{Q}:conf           hash  the queue's settings: paused, max_running, rate_jobs, rate_ms,
+                                owner_max, per_key_max (a copy of the `queues` row; the
+                                reconciler re-applies it);
                                 shard 0's also `shards`, the shard count. A sharded queue's
                                 shard i > 0 has all these keys under the tag `{Q~i}`
                                 (see conveyor.jobs.shards)
     cv:{Q}:starts         zset  leases started in the rate limit's window, by start time
-    cv:{Q}:running        hash  leased jobs per cap group: `o:<owner>`, `k:<key id>`
+    cv:{Q}:running        hash  leased jobs per cap group: `o:<owner>`, `k:<key id>`,
+                                `c:<concurrency key>`
     cv:{Q}:caps           hash  each API key's cap (`k:<key id>`), as its jobs carry it
     cv:{Q}:parked:<group> zset  ready jobs held back by their group's cap, scored as in ready
                                 (the prefix `cv:{Q}:parked:` is in QueueKeys.all)

@@ -496,6 +496,7 @@ class RedisQueue:
                         shard.rate_jobs,
                         shard.rate_interval_ms,
                         shard.max_running_per_owner,
+                        shard.max_running_per_key,
                     ],
                 )
             batch.pipe.hset(QueueKeys(settings.name).conf, SHARDS_FIELD, settings.shards)

@@ -20,7 +20,7 @@ local PUBLIC = {'id', 'owner', 'type', 'queue', 'state', 'priority', 'max_attemp
                 'timeout_ms', 'create_time', 'run_at', 'attempt', 'progress',
                 'progress_message', 'error', 'retry', 'fence', 'key_id', 'key_cap',
                 'idempotency_key', 'start_time', 'finish_time', 'retention_ms', 'trace_parent',
-                'shard', 'labels',
+                'shard', 'labels', 'concurrency_key',
                 'seq'}
 
 -- A job's public fields (and the named private ones) in one HMGET, as a table by name
@@ -124,49 +124,69 @@ local function queue_keys()
 end
 
 -- Concurrency caps within a queue, per owner (conf `owner_max`, else the workers' default
--- `owner_default`, CONVEYOR_DEFAULT_MAX_RUNNING_PER_OWNER, which claims keep in the conf)
--- and per API key (the job's `key_cap`, set from the key that submitted it): leased jobs
--- are counted per group
--- in q.running (fields `o:<owner>` and `k:<key id>`, a key's cap kept in q.caps). A
--- ready job whose group is at its cap when a claim reaches it is parked (moved, with
--- its score, to the group's parked set) so that claims look past it to other jobs, and
--- when one of the group's leases ends its best parked jobs go back in line.
--- (An owner's cap is read once per script call: no script changes the conf after reading it.)
-local owner_cap = nil
+-- `owner_default`, CONVEYOR_DEFAULT_MAX_RUNNING_PER_OWNER, which claims keep in the conf),
+-- per API key (the job's `key_cap`, set from the key that submitted it) and per
+-- concurrency key (conf `per_key_max`, the queue's max_running_per_key, for the jobs
+-- submitted with that `concurrency_key`): leased jobs are counted per group in q.running
+-- (fields `o:<owner>`, `k:<key id>` and `c:<concurrency key>`, an API key's cap kept in
+-- q.caps). A job counts in every group it belongs to and runs only while none of them is
+-- at its cap (0: no cap). A ready job whose group is at its cap when a claim reaches it
+-- is parked (moved, with its score, to the group's parked set) so that claims look past
+-- it to other jobs, and when one of the group's leases ends its best parked jobs go back
+-- in line.
+-- (The conf's caps are read once per script call: no script changes the conf after
+-- reading it.)
+local owner_cap, per_key_cap = nil, nil
 local function group_cap(q, group)
-  if string.sub(group, 1, 2) == 'o:' then
+  local kind = string.sub(group, 1, 2)
+  if kind == 'o:' then
     if owner_cap == nil then
       local caps = redis.call('HMGET', q.conf, 'owner_max', 'owner_default')
       owner_cap = tonumber(caps[1] or '0')
       if owner_cap <= 0 then owner_cap = tonumber(caps[2] or '0') end
     end
     return owner_cap
+  elseif kind == 'c:' then
+    if per_key_cap == nil then
+      per_key_cap = tonumber(redis.call('HGET', q.conf, 'per_key_max') or '0')
+    end
+    return per_key_cap
   end
   return tonumber(redis.call('HGET', q.caps, group) or '0')
 end
 
--- The groups a job counts in, from its fields `owner` and `key_id` (a table by name).
+-- The groups a job counts in, from its fields `owner`, `key_id` and `concurrency_key` (a
+-- table by name): always its owner's, then its API key's and its concurrency key's when
+-- it has them.
 local function groups_of(job)
   local groups = {'o:' .. (job['owner'] or '')}
-  if job['key_id'] and job['key_id'] ~= '' then groups[2] = 'k:' .. job['key_id'] end
+  local key_id, ckey = job['key_id'], job['concurrency_key']
+  if key_id and key_id ~= '' then groups[#groups + 1] = 'k:' .. key_id end
+  if ckey and ckey ~= '' then groups[#groups + 1] = 'c:' .. ckey end
   return groups
 end
 
 local function cap_fields(jobkey)
-  local held = redis.call('HMGET', jobkey, 'owner', 'key_id', 'key_cap')
-  return {owner = held[1], key_id = held[2], key_cap = held[3]}
+  local held = redis.call('HMGET', jobkey, 'owner', 'key_id', 'key_cap', 'concurrency_key')
+  return {owner = held[1], key_id = held[2], key_cap = held[3], concurrency_key = held[4]}
 end
 
--- The group whose cap holds back `job` (a table with its `owner`, `key_id` and `key_cap`)
--- now, or nil. `capped` is a set of groups a claim has already found at their cap: they
--- stay there while it leases.
+-- The cap of group `g` for `job`: an API key's is the one the job carries.
+local function cap_for(q, job, g)
+  if string.sub(g, 1, 2) == 'k:' then return tonumber(job['key_cap'] or '0') end
+  return group_cap(q, g)
+end
+
+-- The group whose cap holds back `job` (a table with its `owner`, `key_id`, `key_cap` and
+-- `concurrency_key`) now, or nil. `capped` is a set of groups a claim has already found
+-- at their cap: they stay there while it leases.
 local function held_by(q, job, capped)
   local groups = groups_of(job)
   for _, g in ipairs(groups) do
     if capped[g] then return g end
   end
-  for i, g in ipairs(groups) do
-    local cap = i == 2 and tonumber(job['key_cap'] or '0') or group_cap(q, g)
+  for _, g in ipairs(groups) do
+    local cap = cap_for(q, job, g)
     if cap > 0 and tonumber(redis.call('HGET', q.running, g) or '0') >= cap then
       capped[g] = true
       return g
@@ -203,15 +223,18 @@ local function unpark(q, group, wake_them)
   return #moved / 2
 end
 
--- A lease of `job` (a table with its `owner`, `key_id` and `key_cap`) started: count it in
--- its groups (and, for a key, remember its cap for unparking).
+-- A lease of `job` (a table with its `owner`, `key_id`, `key_cap` and `concurrency_key`)
+-- started: count it in its groups (and, for an API key, remember its cap for unparking).
 local function lease_started(q, job)
-  local groups = groups_of(job)
-  if groups[2] then redis.call('HSET', q.caps, groups[2], job['key_cap'] or '0') end
-  for _, group in ipairs(groups) do redis.call('HINCRBY', q.running, group, 1) end
+  for _, group in ipairs(groups_of(job)) do
+    if string.sub(group, 1, 2) == 'k:' then
+      redis.call('HSET', q.caps, group, job['key_cap'] or '0')
+    end
+    redis.call('HINCRBY', q.running, group, 1)
+  end
 end
 
--- A lease of `job` (a table with its `owner` and `key_id`) ended: uncount it, and add the
+-- A lease of `job` (a table with its `owner`, `key_id` and `concurrency_key`) ended: uncount it, and add the
 -- groups it leaves room in to the set `freed`; `unpark_freed` then lets their parked jobs
 -- back in line once for all the leases a script ended. (Unparking after each lease would
 -- let the n-th lease of a batch put n jobs back, the room then, on top of those put back

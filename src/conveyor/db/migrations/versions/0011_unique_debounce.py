@@ -7,7 +7,7 @@ still the constraint on (owner, idempotency_key); a job whose window has passed 
 key up (the column set to NULL) in the transaction that inserts its successor (see
 conveyor.jobs.unique).
 
-Revision ID: 0011_unique_debounce
+Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-06
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_unique_debounce"
+revision = "0011"
 down_revision = "0010"
 branch_labels = None
 depends_on = None
