@@ -64,6 +64,7 @@ def test_admin_sets_a_queue_limit_and_a_refused_one_changes_nothing(
         WebDriverWait(browser, WAIT).until(ec.presence_of_element_located((By.ID, "f-max_running")))
         admin.update_queue_limits(queue, max_running_per_owner=4)  # meanwhile, elsewhere
         _fill(browser, "f-max_running", "7")
+        _fill(browser, "f-max_running_per_key", "2")
         browser.find_element(By.ID, "save-limits").click()
         WebDriverWait(browser, WAIT).until(
             ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"{row} .max-running"), "7")
@@ -71,6 +72,8 @@ def test_admin_sets_a_queue_limit_and_a_refused_one_changes_nothing(
         shot(browser, tmp_path, "queues")
         [stats] = admin.queue_stats(queue)
         assert stats.limits.max_running == 7
+        assert stats.limits.max_running_per_key == 2
+        assert browser.find_element(By.CSS_SELECTOR, f"{row} .max-per-key").text == "2"
         assert stats.limits.max_running_per_owner == 4, "the form sent a limit it did not change"
         assert stats.limits.rate_jobs == 10
 

@@ -230,6 +230,7 @@ def queue_values(limits: queue_pb2.QueueLimits) -> dict[str, str]:
     return {
         "max_running": str(limits.max_running),
         "max_running_per_owner": str(limits.max_running_per_owner),
+        "max_running_per_key": str(limits.max_running_per_key),
         "rate_jobs": str(limits.rate_jobs),
         "rate_interval": f"{window:g}",
         "shards": str(limits.shards or 1),
@@ -291,6 +292,7 @@ def rate(text: str) -> float | None:
 QUEUE_LIMITS: dict[str, Reader] = {
     "max_running": whole,
     "max_running_per_owner": whole,
+    "max_running_per_key": whole,
     "rate_jobs": whole,
     "rate_interval": number,
     "shards": whole,
