@@ -24,11 +24,17 @@ carries the queue's hash tag, so it declares the one slot all those keys live in
                                 (see conveyor.jobs.shards)
     cv:{Q}:starts         zset  leases started in the rate limit's window, by start time
     cv:{Q}:running        hash  leased jobs per cap group: `o:<owner>`, `k:<key id>`,
-                                `c:<concurrency key>`
+                                `c:<concurrency key>` (and `r:<rate key>` for parking)
     cv:{Q}:caps           hash  each API key's cap (`k:<key id>`), as its jobs carry it
     cv:{Q}:parked:<group> zset  ready jobs held back by their group's cap, scored as in ready
                                 (the prefix `cv:{Q}:parked:` is in QueueKeys.all)
     cv:{Q}:parked-groups  set   groups with parked jobs
+    cv:{Q}:rate-due       zset  rate groups (`r:<rate key>`) with parked jobs, by when the
+                                key's window opens again (see _common.lua's rate keys)
+    cv:{Q}:rate:s:<key>   zset  a rate key's starts in its window, by start time
+    cv:{Q}:rate:u:<key>   string  a handler's push-back: the key's jobs wait until this
+                                time (epoch ms; expires then). The prefix `cv:{Q}:rate:`
+                                is in QueueKeys.all
     cv:{Q}:stats:<sec>    hash  attempts ended in that second by outcome (kept 2 minutes;
                                 the prefix `cv:{Q}:stats:` is in QueueKeys.all)
     cv:{Q}:stats:m<min>   hash  the same for that minute (minutes since the epoch), the
@@ -132,6 +138,14 @@ class QueueKeys:
         return f"{self.tag}:stats:"
 
     @property
+    def rate_due(self) -> str:
+        return f"{self.tag}:rate-due"
+
+    @property
+    def rate_prefix(self) -> str:
+        return f"{self.tag}:rate:"
+
+    @property
     def parked_prefix(self) -> str:
         return f"{self.tag}:parked:"
 
@@ -144,7 +158,7 @@ class QueueKeys:
         return [self.ready, self.delayed, self.retry, self.leases, self.wake, self.seq,
                 self.conf, self.starts, self.running, self.parked_groups, self.caps,
                 self.job_prefix, self.events_prefix, self.parked_prefix,
-                self.stats_prefix]  # fmt: skip
+                self.stats_prefix, self.rate_due, self.rate_prefix]  # fmt: skip
 
     @property
     def leases(self) -> str:

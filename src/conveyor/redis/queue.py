@@ -497,6 +497,8 @@ class RedisQueue:
                         shard.rate_interval_ms,
                         shard.max_running_per_owner,
                         shard.max_running_per_key,
+                        shard.rate_per_key_jobs,
+                        shard.rate_per_key_interval_ms,
                     ],
                 )
             batch.pipe.hset(QueueKeys(settings.name).conf, SHARDS_FIELD, settings.shards)

@@ -16,8 +16,10 @@ for i = 3, #ARGV, 3 do
   if redis.call('HGET', jobkey, 'lease') == lease then
     redis.call('ZREM', q.leases, id)
     lease_ended(q, jobkey)
-    -- A start that did not happen uses no rate.
-    redis.call('ZREM', q.starts, id .. ':' .. (redis.call('HGET', jobkey, 'attempt') or ''))
+    -- A start that did not happen uses no rate (the queue's, nor its rate key's).
+    local held = redis.call('HMGET', jobkey, 'attempt', 'rate_key')
+    redis.call('ZREM', q.starts, id .. ':' .. (held[1] or ''))
+    if held[2] then redis.call('ZREM', q.rate_prefix .. 's:' .. held[2], id .. ':' .. held[1]) end
     redis.call('HDEL', jobkey, 'lease', 'worker')
     redis.call('HINCRBY', jobkey, 'attempt', -1)
     redis.call('HSET', jobkey, 'state', 2, 'progress', 0, 'progress_message', '',
