@@ -6,15 +6,17 @@ CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import psycopg
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from conveyor.client import AsyncClient, schedule_request, submit_request
+from conveyor.client import AsyncClient, JobState, schedule_request, submit_request
 from conveyor.db.bulk import psycopg_dsn
 from conveyor.errors import AlreadyExists, InvalidArgument
 from conveyor.jobs.model import format_time
@@ -85,6 +87,51 @@ async def test_each_rate_key_keeps_its_own_window_and_holds_back_only_its_jobs(
         kind=job_pb2.BLOCKED_KIND_RATE_KEY, queue=queue, rate_key="partner-1", rate_jobs=5,
         rate_interval=Duration(seconds=1), until=waiting.raw.blocked.until,
     )  # fmt: skip
+
+
+async def test_a_handlers_push_back_holds_its_job_and_its_key_without_spending_an_attempt(
+    stack: Stack, workers: list[Service], alice: AsyncClient, tmp_path: Path
+) -> None:
+    """Guards RateLimited: a handler raising it once (retry_after 1 s) has its job wait
+    SCHEDULED until then with its attempt not spent, then succeed on attempt 1 (one
+    attempt on record) no sooner; a job of the same key submitted meanwhile waits, saying
+    which key and until when, and starts no sooner either (the queue has no per-key rate:
+    the push-back alone holds it); a job of another key starts at once."""
+    queue = "rkeys-throttle"
+    start_worker(stack, workers, queue, 4)
+    flag = tmp_path / "throttled"
+    first = await alice.submit(
+        "test.throttled_once", {"flag": str(flag), "seconds": 1.0}, queue=queue,
+        rate_key="partner",
+    )  # fmt: skip
+    async with asyncio.timeout(20):
+        async for update in alice.watch(first.id):
+            if update.job.state == JobState.SCHEDULED:
+                pushed = update.job
+                break
+    assert flag.exists() and pushed.attempt == 0, "the throttled attempt is not spent"
+    due = pushed.raw.run_at.ToMilliseconds()
+    same = await alice.submit("noop", queue=queue, rate_key="partner")
+    other = await alice.submit("noop", queue=queue, rate_key="elsewhere")
+    waiting = await until_blocked(alice, same.id, "rate key 'partner' was pushed back")
+    await until_done(alice, [first.id, same.id, other.id], within=30)
+    by_id = dict(zip([first.id, same.id, other.id],
+                     spans(stack, [first.id, same.id, other.id]), strict=True))  # fmt: skip
+    print(f"\nRateLimited 1 s: due at +0, first ran at +{by_id[first.id][0] - due} ms, its "
+          f"key's other at +{by_id[same.id][0] - due} ms, another key's at "
+          f"{by_id[other.id][0] - due} ms")  # fmt: skip
+    done = await alice.get(first.id)
+    assert done.state == JobState.SUCCEEDED and done.attempt == 1
+    assert list(starts_by_key(stack, [first.id]).values()) == [[by_id[first.id][0]]]
+    assert by_id[first.id][0] >= due and by_id[same.id][0] >= due
+    assert by_id[other.id][0] < due, "another key's job was not held back"
+    assert waiting.raw.blocked == job_pb2.BlockedReason(
+        kind=job_pb2.BLOCKED_KIND_RATE_KEY, queue=queue, rate_key="partner",
+        until=pushed.raw.run_at,
+    )  # fmt: skip
+    assert waiting.blocked_reason == (
+        f"rate key 'partner' was pushed back by a handler until {format_time(due)}"
+    )
 
 
 async def test_a_sharded_queue_keeps_each_rate_key_on_one_shard_and_its_whole_rate(

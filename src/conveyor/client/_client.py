@@ -171,8 +171,8 @@ def limits_request(
     `shards` spreads the queue over that many Redis hash tags (it can only grow; see
     conveyor.jobs.shards). `max_running_per_key` caps the running jobs of each concurrency
     key (SubmitJobRequest.concurrency_key); `rate_per_key_jobs` per `rate_per_key_interval`
-    (seconds) the starts of each rate key (SubmitJobRequest.rate_key). Its update_mask names exactly the limits given
-    (none given: the server refuses it)."""
+    (seconds) the starts of each rate key (SubmitJobRequest.rate_key). Its update_mask
+    names exactly the limits given (none given: the server refuses it)."""
     request = pb.UpdateQueueLimitsRequest(queue=queue)
     request.update_mask.SetInParent()
     given = {

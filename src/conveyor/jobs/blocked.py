@@ -192,8 +192,7 @@ class Blocked:
                 return f"concurrency key {self.concurrency_key!r} {self._group_full()}"
             case BlockedKind.RATE_KEY if not self.rate_jobs:
                 return (
-                    f"rate key {self.rate_key!r} was pushed back by a handler until "
-                    f"{self._until()}"
+                    f"rate key {self.rate_key!r} was pushed back by a handler until {self._until()}"
                 )
             case BlockedKind.RATE_KEY:
                 return (

@@ -161,7 +161,9 @@ class QueueSettings:
         return msg
 
 
-def _per_key_rate_violations(jobs: int, interval_ms: int, *, interval_given: bool) -> list[FieldViolation]:
+def _per_key_rate_violations(
+    jobs: int, interval_ms: int, *, interval_given: bool
+) -> list[FieldViolation]:
     """What is wrong with a per-key rate of `jobs` per `interval_ms` (the merged result; a
     window `interval_given` in this change without any rate is refused)."""
     if not 0 <= jobs <= MAX_RATE_JOBS:
@@ -327,9 +329,7 @@ class QueueStats:
             for i, at in enumerate(range(0, len(history), _MINUTE_FIELDS))
         )
         return cls(
-            settings=QueueSettings(
-                name, bool(out[0]), *out[1:4], *out[22:27]
-            ),
+            settings=QueueSettings(name, bool(out[0]), *out[1:4], *out[22:27]),
             scheduled=out[4],
             retrying=out[5],
             running=out[6],

@@ -259,6 +259,16 @@ local function rate_started(q, key, member, now)
   redis.call('PEXPIRE', log, window + 1000)
 end
 
+-- A handler pushed back for rate key `key` (RateLimited): its jobs start no sooner than
+-- `until_ms` (a later push-back already there stands).
+local function rate_push_back(q, key, until_ms)
+  local held = q.rate_prefix .. 'u:' .. key
+  local wait = until_ms - now_ms()
+  if wait > 0 and tonumber(redis.call('GET', held) or '0') < until_ms then
+    redis.call('SET', held, until_ms, 'PX', wait)
+  end
+end
+
 -- Put rate group `group` in q.rate_due at `at`, unless it is due sooner already.
 local function rate_due_at(q, group, at)
   local due = redis.call('ZSCORE', q.rate_due, group)

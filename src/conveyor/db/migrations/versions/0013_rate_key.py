@@ -29,7 +29,9 @@ def upgrade() -> None:
             sa.Column("rate_per_key_jobs", sa.Integer(), nullable=False, server_default="0")
         )
         batch.add_column(
-            sa.Column("rate_per_key_interval_ms", sa.BigInteger(), nullable=False, server_default="0")
+            sa.Column(
+                "rate_per_key_interval_ms", sa.BigInteger(), nullable=False, server_default="0"
+            )
         )
 
 
