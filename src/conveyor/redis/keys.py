@@ -17,8 +17,8 @@ carries the queue's hash tag, so it declares the one slot all those keys live in
     cv:{Q}:retry          zset  RETRYING job ids by due time (epoch ms)
     cv:{Q}:leases         zset  RUNNING job ids by lease deadline (epoch ms, Redis clock)
     cv:{Q}:conf           hash  the queue's settings: paused, max_running, rate_jobs, rate_ms,
-                                owner_max, per_key_max (a copy of the `queues` row; the
-                                reconciler re-applies it);
+                                owner_max, per_key_max, key_rate_jobs, key_rate_ms (a copy
+                                of the `queues` row; the reconciler re-applies it);
                                 shard 0's also `shards`, the shard count. A sharded queue's
                                 shard i > 0 has all these keys under the tag `{Q~i}`
                                 (see conveyor.jobs.shards)

@@ -204,7 +204,7 @@ end
 -- rate), each key in a window of its own, kept like the queue's (q.starts) in the key's
 -- start log `q.rate_prefix .. 's:' .. key` (a zset, member `<id>:<attempt>` scored by
 -- start time, trimmed at each start and expiring a window after its last). A handler's
--- push-back (RateLimited, see finish.lua) holds the key's jobs until a time kept in
+-- push-back (RateLimited, see release.lua) holds the key's jobs until a time kept in
 -- `q.rate_prefix .. 'u:' .. key` (a string expiring then).
 --
 -- A ready job whose key may not start now is parked like a capped job, in the group

@@ -48,7 +48,11 @@ end
 -- for (`unpark`; a group with jobs left is due again at its next opening).
 for _, group in ipairs(redis.call('ZRANGEBYSCORE', q.rate_due, '-inf', now, 'LIMIT', 0, 100)) do
   redis.call('ZREM', q.rate_due, group)
-  unpark(q, group, false)
+  if redis.call('ZCARD', q.parked_prefix .. group) == 0 then
+    redis.call('SREM', q.parked_groups, group)  -- its jobs were cancelled meanwhile
+  else
+    unpark(q, group, false)
+  end
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.leases, '-inf', now, 'LIMIT', 0, 1000)) do
   redis.call('ZREM', q.leases, id)
