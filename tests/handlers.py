@@ -118,6 +118,16 @@ async def throttled_once(payload: dict[str, Any], ctx: JobContext) -> None:
         raise RateLimited(retry_after=float(payload["seconds"]))
 
 
+@handler("test.throttled_once_isolated", isolation="process")
+def throttled_once_isolated(payload: dict[str, Any], ctx: SyncJobContext) -> None:
+    """test.throttled_once in a child process of its own (the RateLimited crosses the
+    isolation wire)."""
+    flag = str(payload["flag"])
+    if not _exists(flag):
+        _append(flag, "throttled")
+        raise RateLimited(retry_after=float(payload["seconds"]))
+
+
 @handler("test.block_loop")
 async def block_loop(payload: dict[str, Any], ctx: JobContext) -> None:
     """An `async def` handler that blocks its worker's event loop for `seconds` (a

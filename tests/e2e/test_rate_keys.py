@@ -134,6 +134,29 @@ async def test_a_handlers_push_back_holds_its_job_and_its_key_without_spending_a
     )
 
 
+async def test_a_process_isolated_handler_may_push_back_too(
+    stack: Stack, workers: list[Service], alice: AsyncClient, tmp_path: Path
+) -> None:
+    """Guards RateLimited across the isolation wire: raised in a handler's own process, it
+    too leaves the job SCHEDULED with its attempt unspent, and the job then succeeds on
+    attempt 1."""
+    queue = "rkeys-isolated"
+    start_worker(stack, workers, queue, 2)
+    flag = tmp_path / "throttled"
+    job = await alice.submit(
+        "test.throttled_once_isolated", {"flag": str(flag), "seconds": 0.2}, queue=queue,
+        rate_key="partner",
+    )  # fmt: skip
+    states = []
+    async with asyncio.timeout(30):
+        async for update in alice.watch(job.id):
+            states.append((update.job.state, update.job.attempt))
+            if update.job.state == JobState.SUCCEEDED:
+                break
+    assert (JobState.SCHEDULED, 0) in states
+    assert states[-1] == (JobState.SUCCEEDED, 1)
+
+
 async def test_a_sharded_queue_keeps_each_rate_key_on_one_shard_and_its_whole_rate(
     stack: Stack, workers: list[Service], alice: AsyncClient, admin: AsyncClient
 ) -> None:
