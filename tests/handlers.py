@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conveyor.handlers import JobContext, SyncJobContext, handler, retry
+from conveyor.handlers import JobContext, RateLimited, SyncJobContext, handler, retry
 
 
 def _append(path: str, line: str) -> None:
@@ -106,6 +106,26 @@ async def hold(payload: dict[str, Any], ctx: JobContext) -> None:
         ctx.progress(50, "holding")
         await _wait_for_file(str(payload["gate"]))
     _append(log, f"done {ctx.job_id} {ctx.attempt}")
+
+
+@handler("test.throttled_once")
+async def throttled_once(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Its first run makes the file `flag` and raises RateLimited(retry_after=`seconds`), as
+    a handler given a 429 would; any later run (the flag is there) succeeds."""
+    flag = str(payload["flag"])
+    if not _exists(flag):
+        _append(flag, "throttled")
+        raise RateLimited(retry_after=float(payload["seconds"]))
+
+
+@handler("test.throttled_once_isolated", isolation="process")
+def throttled_once_isolated(payload: dict[str, Any], ctx: SyncJobContext) -> None:
+    """test.throttled_once in a child process of its own (the RateLimited crosses the
+    isolation wire)."""
+    flag = str(payload["flag"])
+    if not _exists(flag):
+        _append(flag, "throttled")
+        raise RateLimited(retry_after=float(payload["seconds"]))
 
 
 @handler("test.block_loop")

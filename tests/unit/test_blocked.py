@@ -45,6 +45,10 @@ EXAMPLES: dict[str, tuple[Blocked, str]] = {
         Blocked.concurrency_key_limit("q", "cust-1", 1, 1),
         "concurrency key 'cust-1' is at its concurrency limit in queue 'q' (1 of 1 running)",
     ),
+    "rate_key_limited": (
+        Blocked.rate_key_limited("q", "partner-a", 5, 1000, UNTIL),
+        "rate key 'partner-a' is rate limited (5 per 1000 ms) until 2026-01-01T00:00:00.123Z",
+    ),
     "rate_limited": (
         Blocked.rate_limited("q", 5, 1000, UNTIL),
         "queue 'q' is rate limited (5 per 1000 ms) until 2026-01-01T00:00:00.123Z",
@@ -149,6 +153,14 @@ def test_the_details_reach_the_message() -> None:
     assert rated.rate_interval.ToMilliseconds() == 1500 and rated.rate_jobs == 5
     key = Blocked.api_key_concurrency_limit("q", "k1", 1, 2).to_proto()
     assert (key.queue, key.api_key_id, key.running, key.limit) == ("q", "k1", 1, 2)
+    pushed = Blocked.rate_key_limited("q", "partner-a", 0, 0, UNTIL)
+    assert pushed.text == (
+        "rate key 'partner-a' was pushed back by a handler until 2026-01-01T00:00:00.123Z"
+    )
+    assert (pushed.to_proto().rate_key, pushed.to_proto().until.ToMilliseconds()) == (
+        "partner-a",
+        UNTIL,
+    )
     backoff = Blocked.backoff(UNTIL, 2, 5).to_proto()
     assert (backoff.attempt, backoff.max_attempts) == (2, 5)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from conveyor.handlers import JobContext, Registry, handler
+from conveyor.handlers import JobContext, RateLimited, Registry, handler
 
 
 def sync_handler(payload: dict[str, Any], ctx: JobContext) -> None:
@@ -48,3 +49,13 @@ def test_decorator_registers_with_its_options() -> None:
     spec = registry.get("export")
     assert spec is not None and spec.fn is export
     assert (spec.timeout_seconds, spec.max_attempts) == (5, 2)
+
+
+def test_rate_limited_takes_a_timedelta_or_seconds_clamped_to_a_day() -> None:
+    """Guards RateLimited's retry_after: a timedelta or seconds, in ms, never negative and
+    never past a day (a bad Retry-After must not park a key for good)."""
+    assert RateLimited(timedelta(milliseconds=1500)).retry_after_ms == 1500
+    assert RateLimited(0.25).retry_after_ms == 250
+    assert RateLimited(-3).retry_after_ms == 0
+    assert RateLimited(timedelta(days=30)).retry_after_ms == 24 * 3600 * 1000
+    assert str(RateLimited(2)) == "rate limited: retry after 2000 ms"

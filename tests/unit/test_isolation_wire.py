@@ -20,6 +20,7 @@ MESSAGES = [
     Call("record", (Artifact("j", "out.csv", "jobs/j/artifacts/out.csv", 3, "text/csv", "ab", 1),)),
     Outcome(result={"rows": 3}),
     Outcome(error="RuntimeError: no", traceback="...", permanent=True, failed=True),
+    Outcome(error="RateLimited: rate limited: retry after 500 ms", retry_after_ms=500),
 ]
 
 

@@ -107,7 +107,8 @@ def test_accepted_forms_convert_their_values(text: str, expected: Filter) -> Non
     ("text", "description"),
     [
         ("stat = RUNNING", "at 1: unknown field 'stat' (fields: state, queue, type, owner, "
-         "id, concurrency_key, labels.KEY, create_time, finish_time, error, payload.PATH)"),
+         "id, concurrency_key, rate_key, labels.KEY, create_time, finish_time, error, "
+         "payload.PATH)"),
         ("queue = a AND stat = RUNNING", "at 15: unknown field 'stat'"),
         ("state = ", "at 9: expected a value after '='"),
         ("state = RUN", "at 9: unknown job state 'RUN'"),

@@ -58,6 +58,7 @@ PUBLIC = {
         "HandlerSpec",
         "JobContext",
         "PermanentError",
+        "RateLimited",
         "Registry",
         "SyncJobContext",
         "default_registry",

@@ -12,7 +12,7 @@ NOW = 28_333_334  # minutes since the epoch
 
 def answer(first_minute: int, minutes: list[tuple[int, int, int, int]]) -> list[int]:
     """queue_stats.lua's answer for a quiet, unlimited queue with this history."""
-    head = [0, 0, 0, 0, 0, 0, 0, -1, 1, 2, 3, 4, *[0] * 10, 0, 1, 0]
+    head = [0, 0, 0, 0, 0, 0, 0, -1, 1, 2, 3, 4, *[0] * 10, 0, 1, 0, 0, 0]
     return [*head, first_minute, *(n for counts in minutes for n in counts)]
 
 

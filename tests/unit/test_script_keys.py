@@ -37,8 +37,8 @@ from conveyor.redis.scripts import NAMES, _source
 # Which arguments of a command (after its name) are keys: "first", "all", or "none" (a
 # PUBLISH channel is not a key: it is no slot's, and a cluster broadcasts it).
 _FIRST = (
-    "EXPIRE HGET HGETALL HDEL HINCRBY HMGET HSET INCR LLEN LPUSH LTRIM PERSIST PEXPIRE RPUSH "
-    "SADD SMEMBERS SREM ZADD ZCARD ZCOUNT ZPOPMIN ZRANGE ZRANGEBYSCORE ZRANK ZREM "
+    "EXPIRE GET HGET HGETALL HDEL HINCRBY HMGET HSET INCR LLEN LPUSH LTRIM PERSIST PEXPIRE RPUSH "
+    "SADD SET SMEMBERS SREM ZADD ZCARD ZCOUNT ZPOPMIN ZRANGE ZRANGEBYSCORE ZRANK ZREM "
     "ZREMRANGEBYSCORE ZSCORE"
 )
 _KEY_ARGS: dict[str, str] = {

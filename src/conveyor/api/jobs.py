@@ -209,8 +209,9 @@ class JobOperations:
         job = spec.new_job(principal.owner, defaults=self.defaults(spec.type), now=now)
         job.key_id, job.key_cap = principal.key_id, principal.max_running
         job.trace_parent = tracing.current_traceparent()
-        # A key's jobs all go to one shard, which holds its whole per-key cap.
-        shard_by = job.concurrency_key or job.id
+        # A key's jobs all go to one shard, which holds its whole per-key cap or rate (a
+        # job with both keys goes by its concurrency key: see conveyor.jobs.shards).
+        shard_by = job.concurrency_key or job.rate_key or job.id
         job.shard = shard_for(shard_by, self.names.latest.shard_count(job.queue))
         return job
 

@@ -56,7 +56,7 @@ class QueueAdmin:
             self.names.forget()
         log.info(
             "queue %s: paused=%s max_running=%d rate=%d/%dms max_running_per_owner=%d shards=%d"
-            " max_running_per_key=%d",
+            " max_running_per_key=%d rate_per_key=%d/%dms",
             settings.name,
             settings.paused,
             settings.max_running,
@@ -65,6 +65,8 @@ class QueueAdmin:
             settings.max_running_per_owner,
             settings.shards,
             settings.max_running_per_key,
+            settings.rate_per_key_jobs,
+            settings.rate_per_key_interval_ms,
         )
         return await self.queue.queue_stats(settings.name)
 

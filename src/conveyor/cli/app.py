@@ -482,6 +482,13 @@ def submit(
         str,
         typer.Option(help="Jobs with this key run at most the queue's --max-per-key at once."),
     ] = "",
+    rate_key: Annotated[
+        str,
+        typer.Option(
+            help="Jobs with this key start at most the queue's --rate-per-key per "
+            "--per-key-interval."
+        ),
+    ] = "",
     wait: Annotated[bool, typer.Option("--wait", help="Watch the job until it ends.")] = False,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
@@ -505,6 +512,7 @@ def submit(
                 unique_for=parse_duration(unique_for, "--unique-for"),
                 debounce=parse_duration(debounce, "--debounce"),
                 concurrency_key=concurrency_key,
+                rate_key=rate_key,
             )
         except ConveyorError as exc:
             fail(exc)

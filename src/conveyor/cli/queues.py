@@ -26,6 +26,8 @@ def _describe(stats: queue_pb2.QueueStats) -> str:
         held.append(f"max {limits.max_running_per_owner} per owner")
     if limits.max_running_per_key:
         held.append(f"max {limits.max_running_per_key} per concurrency key")
+    if limits.rate_per_key_jobs:
+        held.append(f"{_per_key_rate(limits)} per rate key")
     if limits.shards > 1:
         held.append(f"{limits.shards} shards")
     if limits.rate_jobs:
@@ -95,6 +97,18 @@ RateOption = Annotated[
     ),
 ]
 PerOption = Annotated[float | None, typer.Option(help="The rate window in seconds.")]
+# The per-key rate's pair, named after the queue's (--rate/--per) but apart from it: both
+# may be set in one call, and `--per` already means the queue's window.
+RatePerKeyOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Jobs with one rate key that may start per --per-key-interval window (0: none); "
+        "alone, it keeps the queue's per-key window."
+    ),
+]
+PerKeyIntervalOption = Annotated[
+    float | None, typer.Option(help="The per-key rate window in seconds.")
+]
 ShardsOption = Annotated[
     int | None,
     typer.Option(
@@ -113,12 +127,16 @@ def create(
     rate: RateOption = None,
     per: PerOption = None,
     max_per_key: MaxPerKeyOption = None,
+    rate_per_key: RatePerKeyOption = None,
+    per_key_interval: PerKeyIntervalOption = None,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Give a queue settings of its own: its shard count and any limits given (an existing
     queue keeps the limits not given; its shards can only grow)."""
-    named = _named(max_running, max_per_owner, rate, per, shards, max_per_key)
+    named = _named(
+        max_running, max_per_owner, rate, per, shards, max_per_key, rate_per_key, per_key_interval
+    )
     _print([call(addr, lambda c: c.update_queue_limits(queue, **named))], as_json)
 
 
@@ -131,12 +149,16 @@ def limits(
     per: PerOption = None,
     shards: ShardsOption = None,
     max_per_key: MaxPerKeyOption = None,
+    rate_per_key: RatePerKeyOption = None,
+    per_key_interval: PerKeyIntervalOption = None,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Change the queue's limits given as options and keep its others (0 removes one);
     with none given, show its limits."""
-    named = _named(max_running, max_per_owner, rate, per, shards, max_per_key)
+    named = _named(
+        max_running, max_per_owner, rate, per, shards, max_per_key, rate_per_key, per_key_interval
+    )
     if not named:
         found = call(addr, lambda c: c.queue_stats(queue))
         if as_json:
@@ -145,8 +167,8 @@ def limits(
             print(_describe_limits(found[0]))
         err.print(
             f"change them with: conveyor queues limits {queue} [--max-running N] "
-            "[--max-per-owner N] [--max-per-key N] [--rate N --per SECONDS] [--shards N] "
-            "(the options given "
+            "[--max-per-owner N] [--max-per-key N] [--rate N --per SECONDS] "
+            "[--rate-per-key N --per-key-interval SECONDS] [--shards N] (the options given "
             "change, the others stay; 0 removes a limit)"
         )
         return
@@ -160,6 +182,8 @@ def _named(
     per: float | None,
     shards: int | None,
     max_per_key: int | None = None,
+    rate_per_key: int | None = None,
+    per_key_interval: float | None = None,
 ) -> dict[str, int | float]:
     """The limits given, by their QueueLimits names (the update mask's paths)."""
     given = {
@@ -169,6 +193,8 @@ def _named(
         "rate_interval": per,
         "shards": shards,
         "max_running_per_key": max_per_key,
+        "rate_per_key_jobs": rate_per_key,
+        "rate_per_key_interval": per_key_interval,
     }
     return {name: value for name, value in given.items() if value is not None}
 
@@ -186,9 +212,15 @@ def _describe_limits(stats: queue_pb2.QueueStats) -> str:
         f"{stats.queue}: max_running={limits.max_running or 'none'} "
         f"max_per_owner={limits.max_running_per_owner or 'default'} rate={rate}"
         + (f" max_per_key={limits.max_running_per_key}" if limits.max_running_per_key else "")
+        + (f" rate_per_key={_per_key_rate(limits)}" if limits.rate_per_key_jobs else "")
         + (f" shards={limits.shards}" if limits.shards > 1 else "")
         + ("  PAUSED" if stats.paused else "")
     )
+
+
+def _per_key_rate(limits: queue_pb2.QueueLimits) -> str:
+    window = limits.rate_per_key_interval.ToTimedelta().total_seconds()
+    return f"{limits.rate_per_key_jobs} per {window:g}s"
 
 
 def workers(

@@ -94,6 +94,7 @@ def submit_request(
     unique_for: timedelta | None = None,
     debounce: timedelta | None = None,
     concurrency_key: str = "",
+    rate_key: str = "",
 ) -> pb.SubmitJobRequest:
     """Build a SubmitJobRequest (also the items of `submit_many`). An empty
     `idempotency_key` is left for `submit`/`submit_many` to fill in when they send it.
@@ -102,7 +103,8 @@ def submit_request(
     asks; `debounce`: the job runs this long after the last submit with its key, with that
     submit's payload. Both need your `idempotency_key` and only `submit` sends them. Jobs
     with one `concurrency_key` (e.g. a customer id) run at most the queue's
-    `max_running_per_key` at a time."""
+    `max_running_per_key` at a time; jobs with one `rate_key` (e.g. a partner's API) start
+    at most the queue's `rate_per_key_jobs` times per `rate_per_key_interval`."""
     request = pb.SubmitJobRequest(
         type=type, queue=queue, idempotency_key=idempotency_key, max_attempts=max_attempts
     )
@@ -128,6 +130,8 @@ def submit_request(
         request.debounce.FromTimedelta(debounce)
     if concurrency_key:
         request.concurrency_key = concurrency_key
+    if rate_key:
+        request.rate_key = rate_key
     return request
 
 
@@ -158,14 +162,17 @@ def limits_request(
     max_running_per_owner: int | None = None,
     shards: int | None = None,
     max_running_per_key: int | None = None,
+    rate_per_key_jobs: int | None = None,
+    rate_per_key_interval: float | None = None,
 ) -> pb.UpdateQueueLimitsRequest:
     """An UpdateQueueLimitsRequest that changes only the limits given (`rate_interval` in
     seconds) and keeps the queue's others; 0 removes a limit. `rate_jobs` alone keeps the
     queue's rate window (and is refused if it has none); give both to set a new rate limit.
     `shards` spreads the queue over that many Redis hash tags (it can only grow; see
     conveyor.jobs.shards). `max_running_per_key` caps the running jobs of each concurrency
-    key (SubmitJobRequest.concurrency_key). Its update_mask names exactly the limits given
-    (none given: the server refuses it)."""
+    key (SubmitJobRequest.concurrency_key); `rate_per_key_jobs` per `rate_per_key_interval`
+    (seconds) the starts of each rate key (SubmitJobRequest.rate_key). Its update_mask
+    names exactly the limits given (none given: the server refuses it)."""
     request = pb.UpdateQueueLimitsRequest(queue=queue)
     request.update_mask.SetInParent()
     given = {
@@ -175,13 +182,15 @@ def limits_request(
         "max_running_per_owner": max_running_per_owner,
         "shards": shards,
         "max_running_per_key": max_running_per_key,
+        "rate_per_key_jobs": rate_per_key_jobs,
+        "rate_per_key_interval": rate_per_key_interval,
     }
     for name, value in given.items():
         if value is None:
             continue
         request.update_mask.paths.append(name)
-        if name == "rate_interval":
-            request.limits.rate_interval.FromTimedelta(timedelta(seconds=value))
+        if name in ("rate_interval", "rate_per_key_interval"):
+            getattr(request.limits, name).FromTimedelta(timedelta(seconds=value))
         else:
             setattr(request.limits, name, value)
     return request
@@ -245,6 +254,7 @@ def schedule_request(
     retention: timedelta | None = None,
     labels: Mapping[str, str] | None = None,
     concurrency_key: str = "",
+    rate_key: str = "",
 ) -> spb.Schedule:
     """A Schedule for `create_schedule`: `cron` (in `time_zone`) or `every` seconds; the
     job as `submit` takes it, less what each bucket sets (idempotency key, run time);
@@ -274,6 +284,7 @@ def schedule_request(
         retention=retention,
         labels=labels,
         concurrency_key=concurrency_key,
+        rate_key=rate_key,
     )
     schedule.job_template.MergeFromString(job.SerializeToString())  # the same field numbers
     return schedule

@@ -248,6 +248,11 @@ class Job:
         return self.raw.concurrency_key
 
     @property
+    def rate_key(self) -> str:
+        """The key whose jobs share the queue's rate per key ("" for none)."""
+        return self.raw.rate_key
+
+    @property
     def attempt(self) -> int:
         """The attempt running or last run (0 before the first)."""
         return self.raw.attempt

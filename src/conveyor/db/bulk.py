@@ -37,17 +37,17 @@ _INSERT = """
 INSERT INTO jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
                   timeout_ms, progress, progress_message, error, idempotency_key,
                   request_hash, run_at, create_time, fence, retry, key_id, key_cap,
-                  retention_ms, trace_parent, shard, labels, concurrency_key)
+                  retention_ms, trace_parent, shard, labels, concurrency_key, rate_key)
 SELECT id, owner, type, queue, state, priority, payload, 0, max_attempts, timeout_ms,
        0, '', '', idempotency_key, request_hash, run_at, create_time, 0, retry, key_id,
        key_cap, retention_ms, trace_parent, shard, coalesce(labels, '{}'),
-       coalesce(concurrency_key, '')
+       coalesce(concurrency_key, ''), coalesce(rate_key, '')
 FROM jsonb_to_recordset(%s::jsonb)
   AS v(id text, owner text, type text, queue text, state smallint, priority smallint,
        payload jsonb, max_attempts smallint, timeout_ms bigint, idempotency_key text,
        request_hash text, run_at bigint, create_time bigint, retry jsonb, key_id text,
        key_cap integer, retention_ms bigint, trace_parent text, shard smallint,
-       labels jsonb, concurrency_key text)
+       labels jsonb, concurrency_key text, rate_key text)
 ON CONFLICT (owner, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -62,7 +62,7 @@ _COPY = """
 COPY jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
            timeout_ms, progress, progress_message, error, idempotency_key, request_hash,
            run_at, create_time, fence, retry, key_id, key_cap, retention_ms, trace_parent,
-           shard, labels, concurrency_key)
+           shard, labels, concurrency_key, rate_key)
 FROM STDIN
 """
 
@@ -160,7 +160,7 @@ def _copy_row(j: Job) -> str:
             str(j.create_time), "0", retry_text(j.retry), j.key_id, str(j.key_cap),
             None if j.retention_ms is None else str(j.retention_ms), j.trace_parent,
             str(j.shard), compact_json.dumps(j.labels) if j.labels else "{}",
-            j.concurrency_key,
+            j.concurrency_key, j.rate_key,
         )
     )  # fmt: skip
 
@@ -245,6 +245,7 @@ class BulkStatements:
                 "trace_parent": j.trace_parent, "shard": j.shard,
                 **({"labels": j.labels} if j.labels else {}),
                 **({"concurrency_key": j.concurrency_key} if j.concurrency_key else {}),
+                **({"rate_key": j.rate_key} if j.rate_key else {}),
             }
             for j in sorted(jobs, key=_key_order)
         ]  # fmt: skip

@@ -90,6 +90,8 @@ class JobRow(Base):
     debounce_ms: Mapped[int | None] = mapped_column(BigInteger)
     # The client's key for jobs that share a per-key cap in their queue; "" when none.
     concurrency_key: Mapped[str] = mapped_column(String(256), default="", server_default="")
+    # The client's key for jobs that share a start rate in their queue; "" when none.
+    rate_key: Mapped[str] = mapped_column(String(256), default="", server_default="")
 
 
 class ExpiryRow(Base):
@@ -193,6 +195,9 @@ class QueueRow(Base):
     shards: Mapped[int] = mapped_column(SmallInteger, default=1)
     # Jobs with one concurrency key running at once in the queue (0: no cap).
     max_running_per_key: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Starts of one rate key's jobs in any window of rate_per_key_interval_ms (0: none).
+    rate_per_key_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    rate_per_key_interval_ms: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     update_time: Mapped[int] = mapped_column(BigInteger)
 
 

@@ -26,6 +26,8 @@ def _settings(row: Any) -> QueueSettings:
         max_running_per_owner=row.max_running_per_owner,
         shards=row.shards,
         max_running_per_key=row.max_running_per_key,
+        rate_per_key_jobs=row.rate_per_key_jobs,
+        rate_per_key_interval_ms=row.rate_per_key_interval_ms,
     )
 
 
@@ -80,5 +82,7 @@ def _values(settings: QueueSettings) -> dict[str, Any]:
         "max_running_per_owner": settings.max_running_per_owner,
         "shards": settings.shards,
         "max_running_per_key": settings.max_running_per_key,
+        "rate_per_key_jobs": settings.rate_per_key_jobs,
+        "rate_per_key_interval_ms": settings.rate_per_key_interval_ms,
         "update_time": now_ms(),
     }

@@ -110,4 +110,5 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "key_until": job.key_until,
         "debounce_ms": job.debounce_ms,
         "concurrency_key": job.concurrency_key,
+        "rate_key": job.rate_key,
     }

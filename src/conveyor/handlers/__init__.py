@@ -4,6 +4,7 @@ from conveyor.handlers.context import BaseContext, JobContext, SyncJobContext
 from conveyor.handlers.registry import (
     HandlerSpec,
     PermanentError,
+    RateLimited,
     Registry,
     default_registry,
     handler,
@@ -16,6 +17,7 @@ __all__ = [
     "HandlerSpec",
     "JobContext",
     "PermanentError",
+    "RateLimited",
     "Registry",
     "SyncJobContext",
     "default_registry",

@@ -3,6 +3,9 @@
 A handler is `fn(payload, ctx)`, sync or async. Async handlers run on the worker's event
 loop; sync ones in its thread pool (so they must poll `ctx.cancelled` to stop early).
 Raising `PermanentError` skips the remaining attempts: the job goes straight to DEAD.
+Raising `RateLimited(retry_after=...)` (a 429 from the service the handler calls) ends the
+attempt without spending it: the job waits that long, and so do the other jobs of its rate
+key (SubmitJobRequest.rate_key) in its queue.
 
 `isolation="process"` runs each attempt in a child process instead (`conveyor.worker.isolation`):
 it can be killed on cancel and on timeout, and `memory_limit_mb` caps what it may
@@ -49,6 +52,22 @@ BUILTIN_MODULES = (
 
 class PermanentError(Exception):
     """A failure that retrying cannot fix (bad input, a refused request): no more attempts."""
+
+
+# The longest a RateLimited may hold a job (and its key) back: a day, as a rate's window.
+MAX_RETRY_AFTER_MS = 24 * 3600 * 1000
+
+
+class RateLimited(Exception):
+    """The service the handler calls pushed back (an HTTP 429 and its Retry-After): the
+    attempt ends without counting against max_attempts, the job runs again after
+    `retry_after` (a timedelta, or seconds), and until then no other job with its rate key
+    starts in its queue (a job without a rate key waits alone). Clamped to 0-24 h."""
+
+    def __init__(self, retry_after: timedelta | float, message: str = "") -> None:
+        seconds = retry_after.total_seconds() if isinstance(retry_after, timedelta) else retry_after
+        self.retry_after_ms = min(max(int(seconds * 1000), 0), MAX_RETRY_AFTER_MS)
+        super().__init__(message or f"rate limited: retry after {self.retry_after_ms} ms")
 
 
 @dataclass(frozen=True, slots=True)

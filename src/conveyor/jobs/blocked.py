@@ -36,6 +36,7 @@ class BlockedKind(enum.IntEnum):
     ENQUEUE_PENDING = 12
     QUEUE_UNREACHABLE = 13
     CONCURRENCY_KEY = 14
+    RATE_KEY = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class Blocked:
     type_unverified: bool = False
     cause: str = ""  # why Redis lacks the job, in words
     concurrency_key: str = ""
+    rate_key: str = ""
 
     # -- one constructor per kind ---------------------------------------------------------
     @classmethod
@@ -123,6 +125,21 @@ class Blocked:
         )
 
     @classmethod
+    def rate_key_limited(
+        cls, queue: str, rate_key: str, rate_jobs: int, rate_interval_ms: int, until: int
+    ) -> Blocked:
+        """The jobs of `rate_key` may start again at `until` (epoch ms): its window is full
+        (`rate_jobs` per `rate_interval_ms`), or a handler pushed back (both 0)."""
+        return cls(
+            BlockedKind.RATE_KEY,
+            queue=queue,
+            rate_key=rate_key,
+            rate_jobs=rate_jobs,
+            rate_interval_ms=rate_interval_ms,
+            until=until,
+        )
+
+    @classmethod
     def queue_never_served(cls, queue: str) -> Blocked:
         return cls(BlockedKind.QUEUE_NEVER_SERVED, queue=queue)
 
@@ -173,6 +190,15 @@ class Blocked:
                 return f"API key {self.api_key_id} {self._group_full()}"
             case BlockedKind.CONCURRENCY_KEY:
                 return f"concurrency key {self.concurrency_key!r} {self._group_full()}"
+            case BlockedKind.RATE_KEY if not self.rate_jobs:
+                return (
+                    f"rate key {self.rate_key!r} was pushed back by a handler until {self._until()}"
+                )
+            case BlockedKind.RATE_KEY:
+                return (
+                    f"rate key {self.rate_key!r} is rate limited ({self.rate_jobs} per "
+                    f"{self.rate_interval_ms} ms) until {self._until()}"
+                )
             case BlockedKind.RATE_LIMITED:
                 return (
                     f"queue {queue} is rate limited ({self.rate_jobs} per "
@@ -230,6 +256,7 @@ class Blocked:
             type_unverified=self.type_unverified,
             cause=self.cause,
             concurrency_key=self.concurrency_key,
+            rate_key=self.rate_key,
         )
         if self.until is not None:
             msg.until.FromMilliseconds(self.until)

@@ -150,13 +150,14 @@ FIELDS = (
     "owner",
     "id",
     "concurrency_key",
+    "rate_key",
     "labels.KEY",
     "create_time",
     "finish_time",
     "error",
     "payload.PATH",
 )
-_TEXT_FIELDS = ("queue", "type", "owner", "id", "concurrency_key")
+_TEXT_FIELDS = ("queue", "type", "owner", "id", "concurrency_key", "rate_key")
 _TIME_FIELDS = ("create_time", "finish_time")
 _NUMBER_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}

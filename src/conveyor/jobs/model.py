@@ -198,6 +198,10 @@ class Job:
     # (QueueLimits.max_running_per_key; "" for none); never changed. It also picks the
     # job's shard, so that one key's jobs are all in one (see conveyor.jobs.shards).
     concurrency_key: str = ""
+    # The client's key for jobs that share a start rate in their queue
+    # (QueueLimits.rate_per_key_jobs per rate_per_key_interval; "" for none); never changed.
+    # It picks the job's shard when the job has no concurrency key.
+    rate_key: str = ""
     # Why a waiting job is not running (computed on read, never stored): the proto's
     # `blocked` and `blocked_reason` both (see conveyor.jobs.blocked).
     blocked: Blocked | None = None
@@ -262,6 +266,8 @@ class Job:
             msg.labels.update(self.labels)
         if self.concurrency_key:
             msg.concurrency_key = self.concurrency_key
+        if self.rate_key:
+            msg.rate_key = self.rate_key
         _set_time(msg.run_at, self.run_at)
         _set_time(msg.create_time, self.create_time)
         if self.start_time is not None:
@@ -316,6 +322,8 @@ class Job:
             hot["labels"] = compact_json.dumps(self.labels)
         if self.concurrency_key:
             hot["concurrency_key"] = self.concurrency_key
+        if self.rate_key:
+            hot["rate_key"] = self.rate_key
         return hot
 
     def take_live(self, live: Mapping[str, str]) -> None:
@@ -368,6 +376,7 @@ class Job:
             shard=int(hot.get("shard", 0)),
             labels=_labels(hot.get("labels")),
             concurrency_key=str(hot.get("concurrency_key", "")),
+            rate_key=str(hot.get("rate_key", "")),
         )
 
 
@@ -388,7 +397,15 @@ def _fresh_proto(job: Job) -> job_pb2.Job:
     template = _FRESH.get(kind)
     if template is None:
         template = job._built_proto(False)
-        for name in ("id", "idempotency_key", "run_at", "create_time", "labels", "concurrency_key"):
+        for name in (
+            "id",
+            "idempotency_key",
+            "run_at",
+            "create_time",
+            "labels",
+            "concurrency_key",
+            "rate_key",
+        ):
             template.ClearField(name)
         if len(_FRESH) >= _FRESH_SIZE:  # kinds are few; never grow without bound
             _FRESH.clear()
@@ -402,6 +419,8 @@ def _fresh_proto(job: Job) -> job_pb2.Job:
         msg.labels.update(job.labels)
     if job.concurrency_key:
         msg.concurrency_key = job.concurrency_key
+    if job.rate_key:
+        msg.rate_key = job.rate_key
     _set_time(msg.run_at, job.run_at)
     _set_time(msg.create_time, job.create_time)
     return msg
@@ -542,6 +561,7 @@ class JobSpec:
     unique_for_ms: int = 0  # see conveyor.jobs.unique (exclusive with debounce_ms)
     debounce_ms: int = 0  # run_at = the last submit + debounce (exclusive with run_at, delay)
     concurrency_key: str = ""
+    rate_key: str = ""
 
     def request_hash(self) -> str:
         """Fingerprint of the request, compared when an idempotency key is reused."""
@@ -557,6 +577,7 @@ class JobSpec:
             *([["labels", self.labels]] if self.labels else []),  # unlabelled: unchanged
             *([["unique", self.unique_for_ms, self.debounce_ms]] if self.keyed else []),
             *([["concurrency_key", self.concurrency_key]] if self.concurrency_key else []),
+            *([["rate_key", self.rate_key]] if self.rate_key else []),
             self.timeout_ms,
             [self.retry.initial_ms, self.retry.max_ms, self.retry.multiplier, self.retry.jitter],
         ]
@@ -592,6 +613,7 @@ class JobSpec:
             key_until=now + self.unique_for_ms if self.unique_for_ms else None,
             debounce_ms=self.debounce_ms or None,
             concurrency_key=self.concurrency_key,
+            rate_key=self.rate_key,
         )
 
 
@@ -671,6 +693,9 @@ def spec_from_proto(
     concurrency_key = req.concurrency_key
     if concurrency_key and not valid_concurrency_key(concurrency_key):
         violation("concurrency_key", f"must be printable, at most {MAX_CONCURRENCY_KEY} characters")
+    rate_key = req.rate_key
+    if rate_key and not valid_concurrency_key(rate_key):
+        violation("rate_key", f"must be printable, at most {MAX_CONCURRENCY_KEY} characters")
     if bad:
         raise InvalidArgument(bad)
     return JobSpec(
@@ -689,11 +714,12 @@ def spec_from_proto(
         unique_for_ms=unique_for_ms,
         debounce_ms=debounce_ms,
         concurrency_key=concurrency_key,
+        rate_key=rate_key,
     )
 
 
 def valid_concurrency_key(key: str) -> bool:
-    """A concurrency key as SubmitJobRequest takes it: printable, at most
+    """A concurrency key (or rate key) as SubmitJobRequest takes it: printable, at most
     MAX_CONCURRENCY_KEY characters (it becomes part of a Redis key name)."""
     return len(key) <= MAX_CONCURRENCY_KEY and key.isprintable()
 

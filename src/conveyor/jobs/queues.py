@@ -41,6 +41,10 @@ class QueueSettings:
     # Jobs with one concurrency key running at once (0: no cap). Not shared out among
     # shards: a key's jobs all live in one shard (see conveyor.jobs.shards).
     max_running_per_key: int = 0
+    # At most this many starts of one rate key's jobs in any window of
+    # rate_per_key_interval_ms (0: none); whole in each shard, like the per-key cap.
+    rate_per_key_jobs: int = 0
+    rate_per_key_interval_ms: int = 0
 
     def with_limits(
         self,
@@ -50,10 +54,13 @@ class QueueSettings:
         max_running_per_owner: int,
         shards: int | None = None,
         max_running_per_key: int | None = None,
+        rate_per_key_jobs: int | None = None,
+        rate_per_key_interval_ms: int | None = None,
     ) -> QueueSettings:
-        """These settings with new limits (and shard count and per-key cap; None keeps
-        them), validated: INVALID_ARGUMENT naming each bad field, FAILED_PRECONDITION for
-        fewer shards."""
+        """These settings with new limits (and shard count, per-key cap and per-key rate;
+        None keeps them), validated: INVALID_ARGUMENT naming each bad field,
+        FAILED_PRECONDITION for fewer shards. A per-key interval given without a per-key
+        rate (none given and none kept) is refused: it would be dropped silently."""
         shards = self.shards if shards is None else shards
         per_key = self.max_running_per_key if max_running_per_key is None else max_running_per_key
         if shards < self.shards and shards >= 1:
@@ -82,6 +89,13 @@ class QueueSettings:
             bad.append(
                 FieldViolation("limits.max_running_per_key", f"must be 0-{MAX_RUNNING_LIMIT}")
             )
+        bad += _per_key_rate_violations(
+            self.rate_per_key_jobs if rate_per_key_jobs is None else rate_per_key_jobs,
+            self.rate_per_key_interval_ms
+            if rate_per_key_interval_ms is None
+            else rate_per_key_interval_ms,
+            interval_given=bool(rate_per_key_interval_ms),
+        )
         if rate_jobs and not 1 <= rate_interval_ms <= MAX_RATE_INTERVAL_MS:
             bad.append(
                 FieldViolation(
@@ -90,6 +104,12 @@ class QueueSettings:
             )
         if bad:
             raise InvalidArgument(bad)
+        key_jobs = self.rate_per_key_jobs if rate_per_key_jobs is None else rate_per_key_jobs
+        key_interval = (
+            self.rate_per_key_interval_ms
+            if rate_per_key_interval_ms is None
+            else rate_per_key_interval_ms
+        )
         return replace(
             self,
             max_running=max_running,
@@ -98,6 +118,8 @@ class QueueSettings:
             max_running_per_owner=max_running_per_owner,
             shards=shards,
             max_running_per_key=per_key,
+            rate_per_key_jobs=key_jobs,
+            rate_per_key_interval_ms=key_interval if key_jobs else 0,
         )
 
     def per_shard(self) -> list[QueueSettings]:
@@ -130,10 +152,36 @@ class QueueSettings:
             max_running_per_owner=self.max_running_per_owner,
             shards=self.shards,
             max_running_per_key=self.max_running_per_key,
+            rate_per_key_jobs=self.rate_per_key_jobs,
         )
         if self.rate_jobs:
             msg.rate_interval.FromMilliseconds(self.rate_interval_ms)
+        if self.rate_per_key_jobs:
+            msg.rate_per_key_interval.FromMilliseconds(self.rate_per_key_interval_ms)
         return msg
+
+
+def _per_key_rate_violations(
+    jobs: int, interval_ms: int, *, interval_given: bool
+) -> list[FieldViolation]:
+    """What is wrong with a per-key rate of `jobs` per `interval_ms` (the merged result; a
+    window `interval_given` in this change without any rate is refused)."""
+    if not 0 <= jobs <= MAX_RATE_JOBS:
+        return [FieldViolation("limits.rate_per_key_jobs", f"must be 0-{MAX_RATE_JOBS}")]
+    if jobs and not 1 <= interval_ms <= MAX_RATE_INTERVAL_MS:
+        return [
+            FieldViolation(
+                "limits.rate_per_key_interval",
+                "must be between 1 ms and 24 h when rate_per_key_jobs is set",
+            )
+        ]
+    if not jobs and interval_given:
+        return [
+            FieldViolation(
+                "limits.rate_per_key_interval", "needs rate_per_key_jobs (a rate per window)"
+            )
+        ]
+    return []
 
 
 # The QueueLimits fields, which are the paths of UpdateQueueLimits' update_mask.
@@ -144,6 +192,8 @@ LIMIT_FIELDS = (
     "max_running_per_owner",
     "shards",
     "max_running_per_key",
+    "rate_per_key_jobs",
+    "rate_per_key_interval",
 )
 
 
@@ -159,6 +209,8 @@ class LimitChange:
     max_running_per_owner: int | None = None
     shards: int | None = None
     max_running_per_key: int | None = None
+    rate_per_key_jobs: int | None = None
+    rate_per_key_interval_ms: int | None = None
 
     @classmethod
     def from_proto(cls, limits: queue_pb2.QueueLimits, named: Collection[str]) -> LimitChange:
@@ -178,6 +230,12 @@ class LimitChange:
             max_running_per_key=(
                 limits.max_running_per_key if "max_running_per_key" in named else None
             ),
+            rate_per_key_jobs=(limits.rate_per_key_jobs if "rate_per_key_jobs" in named else None),
+            rate_per_key_interval_ms=(
+                limits.rate_per_key_interval.ToMilliseconds()
+                if "rate_per_key_interval" in named
+                else None
+            ),
         )
 
     def applied_to(self, current: QueueSettings) -> QueueSettings:
@@ -194,6 +252,8 @@ class LimitChange:
             pick(self.max_running_per_owner, current.max_running_per_owner),
             self.shards,
             self.max_running_per_key,
+            self.rate_per_key_jobs,
+            self.rate_per_key_interval_ms,
         )
 
 
@@ -234,8 +294,8 @@ class QueueMinute:
         return msg
 
 
-# queue_stats.lua's answer: 25 numbers, then the history's first minute and 4 per minute.
-_STATS_FIELDS = 12 + MAX_PRIORITY + 4
+# queue_stats.lua's answer: 27 numbers, then the history's first minute and 4 per minute.
+_STATS_FIELDS = 12 + MAX_PRIORITY + 6
 _MINUTE_FIELDS = 4
 
 
@@ -269,9 +329,7 @@ class QueueStats:
             for i, at in enumerate(range(0, len(history), _MINUTE_FIELDS))
         )
         return cls(
-            settings=QueueSettings(
-                name, bool(out[0]), out[1], out[2], out[3], out[22], out[23], out[24]
-            ),
+            settings=QueueSettings(name, bool(out[0]), *out[1:4], *out[22:27]),
             scheduled=out[4],
             retrying=out[5],
             running=out[6],
@@ -389,6 +447,8 @@ class Waiting:
     group: str  # the cap group holding it back: `o:<owner>`, `k:<key id>`, `c:<key>`; "": none
     group_cap: int
     group_running: int
+    key_opens: int = -1  # a rate group's: when its key's jobs may start (epoch ms)
+    key_window_ms: int = 0  # a rate group's window (0: only a handler's push-back)
 
     @classmethod
     def from_script(cls, out: list[int | str]) -> Waiting:
@@ -397,7 +457,8 @@ class Waiting:
             int(v) for v in out[:8]
         )
         return cls(ahead, paused, max_running, running, rate, window, started, opens,
-                   str(out[8]), int(out[9]), int(out[10]))  # fmt: skip
+                   str(out[8]), int(out[9]), int(out[10]),
+                   *(int(v) for v in out[11:13]))  # fmt: skip
 
     def blocked(self, queue: str) -> Blocked | None:
         """What the queue's settings hold the job back by, or None: only a free worker slot."""
@@ -412,6 +473,10 @@ class Waiting:
             if kind == "c":
                 return Blocked.concurrency_key_limit(
                     queue, name, self.group_running, self.group_cap
+                )
+            if kind == "r":
+                return Blocked.rate_key_limited(
+                    queue, name, self.group_cap, self.key_window_ms, self.key_opens
                 )
             return Blocked.api_key_concurrency_limit(
                 queue, name, self.group_running, self.group_cap

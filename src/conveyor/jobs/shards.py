@@ -10,9 +10,9 @@ Its `placement` names a job's physical queue: every Redis call about the job use
 the scripts, which see one physical queue each, are unchanged.
 
 - **Where a job goes.** Its shard is chosen at submit, from its id (`shard_for`: CRC32,
-  spread evenly), or from its concurrency key when it has one, and kept with the job (the
-  `jobs.shard` column and its hot state), so a queue given more shards later leaves its
-  waiting jobs where they are.
+  spread evenly), or from its concurrency key (else its rate key) when it has one, and
+  kept with the job (the `jobs.shard` column and its hot state), so a queue given more
+  shards later leaves its waiting jobs where they are.
 - **Limits hold for the queue as a whole.** Every shard gets its share of each limit
   (`split`: floor, the remainder to the first shards), so the shares add up to the limit
   and the queue never runs more, or starts faster, than it says. The price: a shard whose
@@ -25,7 +25,10 @@ the scripts, which see one physical queue each, are unchanged.
   and the cap is exact, not shared out. One exception: while a queue's shard count is
   raised, a key's jobs submitted before and after may sit in two shards (the count the
   API knows changes), and until the older ones have started the key may run up to its
-  cap in each.
+  cap in each. A per-key rate (`rate_per_key_jobs`) is whole in every shard the same way:
+  a job with a rate key and no concurrency key goes to its rate key's shard; one with both
+  goes to its concurrency key's, so a rate key shared by jobs of several concurrency keys
+  may be split over shards and then holds per shard.
 - **Order.** Priority order (and FIFO within a priority) is strict within a shard. Across
   shards a worker takes them in turn, starting each claim at the next shard, so jobs of
   one priority start in roughly submit order, and a higher-priority job on one shard may

@@ -17,18 +17,24 @@ carries the queue's hash tag, so it declares the one slot all those keys live in
     cv:{Q}:retry          zset  RETRYING job ids by due time (epoch ms)
     cv:{Q}:leases         zset  RUNNING job ids by lease deadline (epoch ms, Redis clock)
     cv:{Q}:conf           hash  the queue's settings: paused, max_running, rate_jobs, rate_ms,
-                                owner_max, per_key_max (a copy of the `queues` row; the
-                                reconciler re-applies it);
+                                owner_max, per_key_max, key_rate_jobs, key_rate_ms (a copy
+                                of the `queues` row; the reconciler re-applies it);
                                 shard 0's also `shards`, the shard count. A sharded queue's
                                 shard i > 0 has all these keys under the tag `{Q~i}`
                                 (see conveyor.jobs.shards)
     cv:{Q}:starts         zset  leases started in the rate limit's window, by start time
     cv:{Q}:running        hash  leased jobs per cap group: `o:<owner>`, `k:<key id>`,
-                                `c:<concurrency key>`
+                                `c:<concurrency key>` (and `r:<rate key>` for parking)
     cv:{Q}:caps           hash  each API key's cap (`k:<key id>`), as its jobs carry it
     cv:{Q}:parked:<group> zset  ready jobs held back by their group's cap, scored as in ready
                                 (the prefix `cv:{Q}:parked:` is in QueueKeys.all)
     cv:{Q}:parked-groups  set   groups with parked jobs
+    cv:{Q}:rate-due       zset  rate groups (`r:<rate key>`) with parked jobs, by when the
+                                key's window opens again (see _common.lua's rate keys)
+    cv:{Q}:rate:s:<key>   zset  a rate key's starts in its window, by start time
+    cv:{Q}:rate:u:<key>   string  a handler's push-back: the key's jobs wait until this
+                                time (epoch ms; expires then). The prefix `cv:{Q}:rate:`
+                                is in QueueKeys.all
     cv:{Q}:stats:<sec>    hash  attempts ended in that second by outcome (kept 2 minutes;
                                 the prefix `cv:{Q}:stats:` is in QueueKeys.all)
     cv:{Q}:stats:m<min>   hash  the same for that minute (minutes since the epoch), the
@@ -132,6 +138,14 @@ class QueueKeys:
         return f"{self.tag}:stats:"
 
     @property
+    def rate_due(self) -> str:
+        return f"{self.tag}:rate-due"
+
+    @property
+    def rate_prefix(self) -> str:
+        return f"{self.tag}:rate:"
+
+    @property
     def parked_prefix(self) -> str:
         return f"{self.tag}:parked:"
 
@@ -144,7 +158,7 @@ class QueueKeys:
         return [self.ready, self.delayed, self.retry, self.leases, self.wake, self.seq,
                 self.conf, self.starts, self.running, self.parked_groups, self.caps,
                 self.job_prefix, self.events_prefix, self.parked_prefix,
-                self.stats_prefix]  # fmt: skip
+                self.stats_prefix, self.rate_due, self.rate_prefix]  # fmt: skip
 
     @property
     def leases(self) -> str:

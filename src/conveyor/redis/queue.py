@@ -461,11 +461,14 @@ class RedisQueue:
             totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
         return totals[0], totals[1]
 
-    async def release(self, queue: str, held: Sequence[tuple[Job, str]]) -> int:
-        """Put jobs this worker leases back in line at once, their attempt not counted."""
+    async def release(
+        self, queue: str, held: Sequence[tuple[Job, str]], *, delay_ms: int = 0
+    ) -> int:
+        """Put jobs this worker leases back in line, their attempt not counted: at once, or
+        (a handler's RateLimited) due in `delay_ms`, their rate keys held until then."""
         k = QueueKeys(queue)
         keys = [*k.all, *chain.from_iterable(k.job_keys(job.id) for job, _ in held)]
-        args: list[Any] = [k.channel_prefix, self._maxlen]
+        args: list[Any] = [k.channel_prefix, self._maxlen, delay_ms]
         for job, lease in held:
             args += [job.id, lease, job.fence]
         async with unavailable_on_redis_errors():
@@ -497,6 +500,8 @@ class RedisQueue:
                         shard.rate_interval_ms,
                         shard.max_running_per_owner,
                         shard.max_running_per_key,
+                        shard.rate_per_key_jobs,
+                        shard.rate_per_key_interval_ms,
                     ],
                 )
             batch.pipe.hset(QueueKeys(settings.name).conf, SHARDS_FIELD, settings.shards)

@@ -40,6 +40,7 @@ class BlockedKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BLOCKED_KIND_ENQUEUE_PENDING: _ClassVar[BlockedKind]
     BLOCKED_KIND_QUEUE_UNREACHABLE: _ClassVar[BlockedKind]
     BLOCKED_KIND_CONCURRENCY_KEY: _ClassVar[BlockedKind]
+    BLOCKED_KIND_RATE_KEY: _ClassVar[BlockedKind]
 
 class AttemptOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -72,6 +73,7 @@ BLOCKED_KIND_IN_LINE: BlockedKind
 BLOCKED_KIND_ENQUEUE_PENDING: BlockedKind
 BLOCKED_KIND_QUEUE_UNREACHABLE: BlockedKind
 BLOCKED_KIND_CONCURRENCY_KEY: BlockedKind
+BLOCKED_KIND_RATE_KEY: BlockedKind
 ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome
 ATTEMPT_OUTCOME_SUCCEEDED: AttemptOutcome
 ATTEMPT_OUTCOME_FAILED: AttemptOutcome
@@ -80,7 +82,7 @@ ATTEMPT_OUTCOME_LOST: AttemptOutcome
 ATTEMPT_OUTCOME_CANCELLED: AttemptOutcome
 
 class Job(_message.Message):
-    __slots__ = ("id", "owner", "type", "queue", "state", "priority", "payload", "attempt", "max_attempts", "progress", "progress_message", "error", "idempotency_key", "run_at", "create_time", "start_time", "finish_time", "timeout", "retry", "blocked_reason", "retention", "expire_time", "blocked", "labels", "concurrency_key")
+    __slots__ = ("id", "owner", "type", "queue", "state", "priority", "payload", "attempt", "max_attempts", "progress", "progress_message", "error", "idempotency_key", "run_at", "create_time", "start_time", "finish_time", "timeout", "retry", "blocked_reason", "retention", "expire_time", "blocked", "labels", "concurrency_key", "rate_key")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +115,7 @@ class Job(_message.Message):
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    RATE_KEY_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     type: str
@@ -138,10 +141,11 @@ class Job(_message.Message):
     blocked: BlockedReason
     labels: _containers.ScalarMap[str, str]
     concurrency_key: str
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., priority: _Optional[int] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., error: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., blocked_reason: _Optional[str] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., blocked: _Optional[_Union[BlockedReason, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., concurrency_key: _Optional[str] = ...) -> None: ...
+    rate_key: str
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., priority: _Optional[int] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., error: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., blocked_reason: _Optional[str] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., blocked: _Optional[_Union[BlockedReason, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., concurrency_key: _Optional[str] = ..., rate_key: _Optional[str] = ...) -> None: ...
 
 class BlockedReason(_message.Message):
-    __slots__ = ("kind", "queue", "until", "running", "limit", "owner", "api_key_id", "jobs_ahead", "rate_jobs", "rate_interval", "attempt", "max_attempts", "job_type", "type_unverified", "cause", "concurrency_key")
+    __slots__ = ("kind", "queue", "until", "running", "limit", "owner", "api_key_id", "jobs_ahead", "rate_jobs", "rate_interval", "attempt", "max_attempts", "job_type", "type_unverified", "cause", "concurrency_key", "rate_key")
     KIND_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +162,7 @@ class BlockedReason(_message.Message):
     TYPE_UNVERIFIED_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    RATE_KEY_FIELD_NUMBER: _ClassVar[int]
     kind: BlockedKind
     queue: str
     until: _timestamp_pb2.Timestamp
@@ -174,7 +179,8 @@ class BlockedReason(_message.Message):
     type_unverified: bool
     cause: str
     concurrency_key: str
-    def __init__(self, kind: _Optional[_Union[BlockedKind, str]] = ..., queue: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running: _Optional[int] = ..., limit: _Optional[int] = ..., owner: _Optional[str] = ..., api_key_id: _Optional[str] = ..., jobs_ahead: _Optional[int] = ..., rate_jobs: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., job_type: _Optional[str] = ..., type_unverified: _Optional[bool] = ..., cause: _Optional[str] = ..., concurrency_key: _Optional[str] = ...) -> None: ...
+    rate_key: str
+    def __init__(self, kind: _Optional[_Union[BlockedKind, str]] = ..., queue: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running: _Optional[int] = ..., limit: _Optional[int] = ..., owner: _Optional[str] = ..., api_key_id: _Optional[str] = ..., jobs_ahead: _Optional[int] = ..., rate_jobs: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., job_type: _Optional[str] = ..., type_unverified: _Optional[bool] = ..., cause: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., rate_key: _Optional[str] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("initial_backoff", "max_backoff", "multiplier", "jitter")

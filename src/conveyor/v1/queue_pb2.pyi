@@ -11,20 +11,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class QueueLimits(_message.Message):
-    __slots__ = ("max_running", "rate_jobs", "rate_interval", "max_running_per_owner", "shards", "max_running_per_key")
+    __slots__ = ("max_running", "rate_jobs", "rate_interval", "max_running_per_owner", "shards", "max_running_per_key", "rate_per_key_jobs", "rate_per_key_interval")
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
     RATE_JOBS_FIELD_NUMBER: _ClassVar[int]
     RATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_PER_OWNER_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_PER_KEY_FIELD_NUMBER: _ClassVar[int]
+    RATE_PER_KEY_JOBS_FIELD_NUMBER: _ClassVar[int]
+    RATE_PER_KEY_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     max_running: int
     rate_jobs: int
     rate_interval: _duration_pb2.Duration
     max_running_per_owner: int
     shards: int
     max_running_per_key: int
-    def __init__(self, max_running: _Optional[int] = ..., rate_jobs: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_running_per_owner: _Optional[int] = ..., shards: _Optional[int] = ..., max_running_per_key: _Optional[int] = ...) -> None: ...
+    rate_per_key_jobs: int
+    rate_per_key_interval: _duration_pb2.Duration
+    def __init__(self, max_running: _Optional[int] = ..., rate_jobs: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_running_per_owner: _Optional[int] = ..., shards: _Optional[int] = ..., max_running_per_key: _Optional[int] = ..., rate_per_key_jobs: _Optional[int] = ..., rate_per_key_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class QueueMinute(_message.Message):
     __slots__ = ("start_time", "succeeded", "retried", "dead", "cancelled")

@@ -44,7 +44,7 @@ from conveyor.config import Settings
 from conveyor.db import JobStore
 from conveyor.db.artifacts import ArtifactStore
 from conveyor.errors import Unavailable
-from conveyor.handlers import BaseContext, PermanentError, Registry
+from conveyor.handlers import BaseContext, PermanentError, RateLimited, Registry
 from conveyor.handlers.context import (
     PROGRESS_INTERVAL,
     ArtifactStores,
@@ -129,6 +129,15 @@ class Ending:
     traceback: str = ""
     result: dict[str, Any] | None = None
     result_ref: str | None = None
+    # Set when the handler raised RateLimited: the job waits this long, its attempt unspent.
+    retry_after_ms: int | None = None
+
+
+def _throttled(error: str, retry_after_ms: int) -> Ending:
+    """The end of an attempt whose handler raised RateLimited (see `_throttle`)."""
+    return Ending(
+        JobState.SCHEDULED, AttemptOutcome.UNSPECIFIED, error, retry_after_ms=retry_after_ms
+    )
 
 
 def default_worker_id() -> str:
@@ -463,13 +472,15 @@ class Worker:
         self.recording[job.id] = running
         if ending is not None:
             self.stats.processed += 1
-            if ending.state is not JobState.SUCCEEDED:
+            if ending.state not in (JobState.SUCCEEDED, JobState.SCHEDULED):
                 self.stats.failed += 1
         self._slot_freed.set()
         self.notify()
         outcome, error = "dropped" if running.dropped else "abandoned", ""
         try:
-            if ending is not None and not running.abandoned:
+            if ending is not None and ending.retry_after_ms is not None and not running.abandoned:
+                outcome, error = await self._throttle(running, ending.retry_after_ms), ending.error
+            elif ending is not None and not running.abandoned:
                 await self._flush_progress(running)
                 end = self._end(claim, ending, running.progress)
                 outcome, error = OUTCOME_LABELS[end.state], end.error
@@ -519,6 +530,8 @@ class Worker:
                 payload = spec.parse(job.payload)
                 if spec.isolation == "process":
                     outcome = await self._in_process(spec, payload, running)
+                    if outcome.retry_after_ms is not None:
+                        return _throttled(outcome.error, outcome.retry_after_ms)
                     if outcome.failed:
                         state = JobState.DEAD if outcome.permanent else JobState.RETRYING
                         return Ending(
@@ -534,6 +547,9 @@ class Worker:
             return Ending(
                 JobState.RETRYING, AttemptOutcome.TIMED_OUT, f"timed out after {timeout:g}s"
             )
+        except RateLimited as exc:
+            log.info("job %s attempt %d: %s", job.id, job.attempt, exc)
+            return _throttled(_describe(exc), exc.retry_after_ms)
         except PermanentError as exc:
             return Ending(JobState.DEAD, AttemptOutcome.FAILED, _describe(exc), _traceback(exc))
         except Exception as exc:
@@ -544,6 +560,26 @@ class Worker:
         except Exception as exc:  # the object store failed: the attempt did not finish
             log.warning("job %s: could not store its result: %s", job.id, exc)
             return Ending(JobState.RETRYING, AttemptOutcome.FAILED, _describe(exc))
+
+    async def _throttle(self, running: Running, retry_after_ms: int) -> str:
+        """A handler raised RateLimited: give the job back as a draining worker does (its
+        attempt not counted, nothing written to the database) but due only after
+        `retry_after_ms`, its rate key's jobs held until then (release.lua). Returns the
+        outcome's label: `throttled`, or `stale` when the lease was no longer held (or Redis
+        could not be reached: the lease then lapses and the job is reclaimed, the attempt
+        counted as lost)."""
+        claim = running.claim
+        job = claim.job
+        try:
+            released = await self.queue.release(
+                job.placement, [(job, claim.lease)], delay_ms=retry_after_ms
+            )
+        except Unavailable:
+            log.warning(
+                "job %s: redis unavailable, the rate-limited attempt waits for its lease", job.id
+            )
+            return "stale"
+        return "throttled" if released else "stale"
 
     async def _still_held(self, running: Running) -> bool:
         """Whether the claim's lease still holds, checked just before its handler starts.

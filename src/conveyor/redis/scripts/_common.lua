@@ -20,7 +20,7 @@ local PUBLIC = {'id', 'owner', 'type', 'queue', 'state', 'priority', 'max_attemp
                 'timeout_ms', 'create_time', 'run_at', 'attempt', 'progress',
                 'progress_message', 'error', 'retry', 'fence', 'key_id', 'key_cap',
                 'idempotency_key', 'start_time', 'finish_time', 'retention_ms', 'trace_parent',
-                'shard', 'labels', 'concurrency_key',
+                'shard', 'labels', 'concurrency_key', 'rate_key',
                 'seq'}
 
 -- A job's public fields (and the named private ones) in one HMGET, as a table by name
@@ -110,17 +110,19 @@ end
 -- are QueueKeys' own). Every key a script touches is passed in KEYS, so that a cluster
 -- client sends the call to the node of its slot and that node can check it. A key whose
 -- name a script learns only as it runs (a popped job's hash and log, a cap group's parked
--- set, the tally of a second read from the server's clock) is a prefix from here, itself
--- of the queue's hash tag and so declaring the slot, followed by the id, group or second:
--- `q.job_prefix .. id`, `q.parked_prefix .. group`, `q.stats_prefix .. second`.
+-- set, the tally of a second read from the server's clock, a rate key's start log) is a
+-- prefix from here, itself of the queue's hash tag and so declaring the slot, followed by
+-- the id, group, second or key: `q.job_prefix .. id`, `q.parked_prefix .. group`,
+-- `q.stats_prefix .. second`, `q.rate_prefix .. 's:' .. key`.
 -- A script's own keys (a job's, when the caller knows which) follow these, from
 -- KEYS[QUEUE_KEY_COUNT + 1] on.
-local QUEUE_KEY_COUNT = 15
+local QUEUE_KEY_COUNT = 17
 local function queue_keys()
   return {ready = KEYS[1], delayed = KEYS[2], retry = KEYS[3], leases = KEYS[4],
           wake = KEYS[5], seq = KEYS[6], conf = KEYS[7], starts = KEYS[8], running = KEYS[9],
           parked_groups = KEYS[10], caps = KEYS[11], job_prefix = KEYS[12],
-          events_prefix = KEYS[13], parked_prefix = KEYS[14], stats_prefix = KEYS[15]}
+          events_prefix = KEYS[13], parked_prefix = KEYS[14], stats_prefix = KEYS[15],
+          rate_due = KEYS[16], rate_prefix = KEYS[17]}
 end
 
 -- Concurrency caps within a queue, per owner (conf `owner_max`, else the workers' default
@@ -167,8 +169,10 @@ local function groups_of(job)
 end
 
 local function cap_fields(jobkey)
-  local held = redis.call('HMGET', jobkey, 'owner', 'key_id', 'key_cap', 'concurrency_key')
-  return {owner = held[1], key_id = held[2], key_cap = held[3], concurrency_key = held[4]}
+  local held = redis.call('HMGET', jobkey, 'owner', 'key_id', 'key_cap', 'concurrency_key',
+    'rate_key')
+  return {owner = held[1], key_id = held[2], key_cap = held[3], concurrency_key = held[4],
+          rate_key = held[5]}
 end
 
 -- The cap of group `g` for `job`: an API key's is the one the job carries.
@@ -195,19 +199,122 @@ local function held_by(q, job, capped)
   return nil
 end
 
--- The groups a job counts in, read from its hash.
+-- Rate keys: the jobs submitted with one `rate_key` start at most `key_rate_jobs` times
+-- in any window of `key_rate_ms` (the conf's copy of QueueLimits.rate_per_key_*; 0: no
+-- rate), each key in a window of its own, kept like the queue's (q.starts) in the key's
+-- start log `q.rate_prefix .. 's:' .. key` (a zset, member `<id>:<attempt>` scored by
+-- start time, trimmed at each start and expiring a window after its last). A handler's
+-- push-back (RateLimited, see release.lua) holds the key's jobs until a time kept in
+-- `q.rate_prefix .. 'u:' .. key` (a string expiring then).
+--
+-- A ready job whose key may not start now is parked like a capped job, in the group
+-- `r:<key>`, so claims look past it (no head of line blocking), but a rate group is freed
+-- by time, not by a lease ending: parking it also puts the group in q.rate_due, scored by
+-- when its window opens again (or its push-back ends). Each claim first lets the due
+-- groups' parked jobs back in line, as it promotes due delayed jobs, at most the room their
+-- window has (so a key's backlog is not moved back and parked again every window); a group
+-- with jobs left is put back in q.rate_due at its next opening, and the claim's answer
+-- (next_wake_ms) counts q.rate_due's first time, so a worker looks again then. Every step
+-- is O(log n) per job moved: a group's jobs move between sets by ZPOPMIN/ZADD, a key's
+-- window is one ZCOUNT.
+local key_rate = nil  -- {jobs, window ms}, read once per script call
+local function rate_conf(q)
+  if key_rate == nil then
+    local c = redis.call('HMGET', q.conf, 'key_rate_jobs', 'key_rate_ms')
+    key_rate = {tonumber(c[1] or '0'), tonumber(c[2] or '0')}
+  end
+  return key_rate[1], key_rate[2]
+end
+
+-- The starts of rate key `key` in the window ending at `now`, and the oldest's time (nil
+-- when none). Reads only (waiting.lua calls it too): the log is trimmed at starts.
+local function rate_window(q, key, now, window)
+  local log = q.rate_prefix .. 's:' .. key
+  local since = '(' .. (now - window)
+  local started = redis.call('ZCOUNT', log, since, '+inf')
+  if started == 0 then return 0, nil end
+  local oldest = redis.call('ZRANGEBYSCORE', log, since, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  return started, tonumber(oldest[2])
+end
+
+-- When the jobs of rate key `key` may start next, as of `now` (`now` itself: at once), and
+-- how many may start then (-1: any number). A push-back wins over the window.
+local function rate_opens(q, key, now)
+  local held = tonumber(redis.call('GET', q.rate_prefix .. 'u:' .. key) or '0')
+  if held > now then return held, 0 end
+  local jobs, window = rate_conf(q)
+  if jobs <= 0 or window <= 0 then return now, -1 end
+  local started, oldest = rate_window(q, key, now, window)
+  if started < jobs then return now, jobs - started end
+  return oldest + window + 1, 0
+end
+
+-- A lease of a job with rate key `key` started at `now`: log it in the key's window.
+local function rate_started(q, key, member, now)
+  local jobs, window = rate_conf(q)
+  if jobs <= 0 or window <= 0 then return end
+  local log = q.rate_prefix .. 's:' .. key
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+  redis.call('ZADD', log, now, member)
+  redis.call('PEXPIRE', log, window + 1000)
+end
+
+-- A handler pushed back for rate key `key` (RateLimited): its jobs start no sooner than
+-- `until_ms` (a later push-back already there stands).
+local function rate_push_back(q, key, until_ms)
+  local held = q.rate_prefix .. 'u:' .. key
+  local wait = until_ms - now_ms()
+  if wait > 0 and tonumber(redis.call('GET', held) or '0') < until_ms then
+    redis.call('SET', held, until_ms, 'PX', wait)
+  end
+end
+
+-- Put rate group `group` in q.rate_due at `at`, unless it is due sooner already.
+local function rate_due_at(q, group, at)
+  local due = redis.call('ZSCORE', q.rate_due, group)
+  if not due or tonumber(due) > at then redis.call('ZADD', q.rate_due, at, group) end
+end
+
+-- The groups a job's parked set may be under, read from its hash: its cap groups, and its
+-- rate key's.
 local function lease_groups(jobkey)
-  return groups_of(cap_fields(jobkey))
+  local job = cap_fields(jobkey)
+  local groups = groups_of(job)
+  local rkey = job['rate_key']
+  if rkey and rkey ~= '' then groups[#groups + 1] = 'r:' .. rkey end
+  return groups
+end
+
+-- How many of a group's `waiting` parked jobs may go back in line now: a cap group's room
+-- under its cap; a rate group's room in its key's window (none before its push-back ends),
+-- the group put back in q.rate_due for the rest at the key's next opening.
+local function unpark_room(q, group, waiting)
+  if string.sub(group, 1, 2) == 'r:' then
+    local now = now_ms()
+    local key = string.sub(group, 3)
+    local opens, room = rate_opens(q, key, now)
+    if room < 0 or room >= waiting then return waiting end
+    if opens == now then
+      -- Once these have started the window is full, until its oldest start leaves it.
+      local _, window = rate_conf(q)
+      local _, oldest = rate_window(q, key, now, window)
+      opens = (oldest or now) + window + 1
+    end
+    rate_due_at(q, group, opens)
+    return room
+  end
+  local cap, room = group_cap(q, group), waiting
+  if cap > 0 then
+    room = math.min(waiting, cap - tonumber(redis.call('HGET', q.running, group) or '0'))
+  end
+  return room
 end
 
 local function unpark(q, group, wake_them)
   local key = q.parked_prefix .. group
   local waiting = redis.call('ZCARD', key)
   if waiting == 0 then return 0 end
-  local cap, room = group_cap(q, group), waiting
-  if cap > 0 then
-    room = math.min(waiting, cap - tonumber(redis.call('HGET', q.running, group) or '0'))
-  end
+  local room = unpark_room(q, group, waiting)
   if room <= 0 then return 0 end
   local moved = redis.call('ZPOPMIN', key, room)
   for first = 1, #moved, 1000 do  -- 500 jobs per ZADD (unpack's limit is about 8,000)
@@ -387,11 +494,19 @@ local function waiting_of(q, id, jobkey)
     end
   end
   local group = parked_in(q, jobkey, id) or ''
-  local cap, running = 0, 0
-  if group ~= '' then
+  local cap, running, key_opens, key_window = 0, 0, -1, 0
+  if string.sub(group, 1, 2) == 'r:' then
+    -- A rate group: its rate and starts in its window, and when it may start.
+    local key = string.sub(group, 3)
+    cap, key_window = rate_conf(q)
+    if cap > 0 and key_window > 0 then running = rate_window(q, key, now, key_window) end
+    key_opens = rate_opens(q, key, now)
+    if cap <= 0 or key_window <= 0 then cap, key_window = 0, 0 end
+  elseif group ~= '' then
     cap = group_cap(q, group)
     running = tonumber(redis.call('HGET', q.running, group) or '0')
   end
   return {rank or -1, tonumber(conf[1] or '0'), tonumber(conf[2] or '0'),
-          redis.call('ZCARD', q.leases), rate, window, started, opens, group, cap, running}
+          redis.call('ZCARD', q.leases), rate, window, started, opens, group, cap, running,
+          key_opens, key_window}
 end

@@ -1,8 +1,9 @@
 -- Claim up to `count` jobs for a worker, atomically: promote due scheduled and retrying
--- jobs, put jobs whose lease expired back in line (their worker died or froze), then pop
--- the best ready jobs the queue's settings admit (paused, concurrency cap, rate limit;
--- see `admissible`; jobs of an owner or key at its cap are parked, see `held_by`) and
--- lease them. Times are the Redis server's clock, never a worker's.
+-- jobs and the parked jobs of rate keys whose window opened (q.rate_due), put jobs whose
+-- lease expired back in line (their worker died or froze), then pop the best ready jobs
+-- the queue's settings admit (paused, concurrency cap, rate limit; see `admissible`; jobs
+-- of an owner or key at its cap are parked, see `held_by`, and so are those of a rate key
+-- that may not start yet, see `rate_opens`) and lease them. Times are the Redis server's clock, never a worker's.
 -- KEYS: the queue's keys (QueueKeys.all)
 -- ARGV: count, lease_ms, lease_token, worker_id, channel_prefix, maxlen,
 --       the claiming worker's default per-owner cap (kept in the conf as `owner_default`
@@ -10,8 +11,8 @@
 -- The jobs a claim pops, promotes or reclaims are known only as it runs: their hashes and
 -- logs are the queue's `job_prefix .. id` and `events_prefix .. id` (see `queue_keys`).
 -- Returns {next_wake_ms, job1_flat_hash, job2_flat_hash, ...}; next_wake_ms is the earliest
--- due time, lease deadline or rate-limit opening still pending (-1: none), so the worker
--- can block until then.
+-- due time, lease deadline or rate-limit opening (the queue's, or a parked rate key's)
+-- still pending (-1: none), so the worker can block until then.
 -- A reclaimed job's hash carries `lost`, a JSON list of the attempts lost since its last
 -- recorded outcome ({a: attempt, w: worker, s: start, t: when reclaimed}); its new worker
 -- must fence them off and record them before it runs the job. The list is kept until an
@@ -41,6 +42,16 @@ for _, set in ipairs({q.delayed, q.retry}) do
     redis.call('ZREM', set, id)
     local state = redis.call('HGET', jp .. id, 'state')
     if state == '1' or state == '5' then requeue(id) end
+  end
+end
+-- Rate keys whose window opened: their parked jobs back in line, as many as it has room
+-- for (`unpark`; a group with jobs left is due again at its next opening).
+for _, group in ipairs(redis.call('ZRANGEBYSCORE', q.rate_due, '-inf', now, 'LIMIT', 0, 100)) do
+  redis.call('ZREM', q.rate_due, group)
+  if redis.call('ZCARD', q.parked_prefix .. group) == 0 then
+    redis.call('SREM', q.parked_groups, group)  -- its jobs were cancelled meanwhile
+  else
+    unpark(q, group, false)
   end
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.leases, '-inf', now, 'LIMIT', 0, 1000)) do
@@ -84,6 +95,7 @@ local function lease(id, job)
   redis.call('ZADD', q.leases, now + lease_ms, id)
   lease_started(q, job)
   if limited and limited ~= '0' then redis.call('ZADD', q.starts, now, id .. ':' .. attempt) end
+  if job['rate_key'] then rate_started(q, job['rate_key'], id .. ':' .. attempt, now) end
   emit_job(jobkey, ep .. id, cp .. id, maxlen, job, changes)
   if job['exhausted'] or job['gone'] then redis.call('HDEL', jobkey, 'exhausted', 'gone') end
   job['exhausted'] = exhausted and '1' or nil  -- told to the claimer, not kept
@@ -95,8 +107,20 @@ local function lease(id, job)
   out[#out + 1] = reply
   leased = leased + 1
 end
--- Pop the best ready jobs; park the jobs whose owner or key is at its cap (looking at
--- SCAN jobs at most per claim) and go on to the next.
+-- The rate group holding back `job` now (`r:<key>`), or nil; a key found closed stays so
+-- for the rest of the claim (`closed`: key -> when it opens, put in q.rate_due on parking).
+local closed = {}
+local function rate_held(job)
+  local key = job['rate_key']
+  if not key then return nil end
+  if closed[key] then return 'r:' .. key end
+  local opens = rate_opens(q, key, now)
+  if opens <= now then return nil end
+  closed[key] = opens
+  return 'r:' .. key
+end
+-- Pop the best ready jobs; park the jobs whose owner or key is at its cap, or whose rate
+-- key may not start yet (looking at SCAN jobs at most per claim), and go on to the next.
 local SCAN = 1000
 local capped = {}  -- groups found at their cap (see held_by)
 local parked = {}  -- group -> score, id, ... (parked at once, see park)
@@ -110,7 +134,7 @@ while leased < allowed and looked < SCAN do
     local flat = redis.call('HGETALL', jp .. id)
     local job = {}
     for j = 1, #flat, 2 do job[flat[j]] = flat[j + 1] end
-    local group = job['attempt'] and held_by(q, job, capped)
+    local group = job['attempt'] and (held_by(q, job, capped) or rate_held(job))
     if group then
       local scored = parked[group] or {}
       scored[#scored + 1] = popped[i + 1]
@@ -122,6 +146,9 @@ while leased < allowed and looked < SCAN do
   end
 end
 park(q, parked)
+for key, opens in pairs(closed) do
+  if parked['r:' .. key] then rate_due_at(q, 'r:' .. key, opens) end
+end
 -- More work may be waiting for the next worker: pass a wake token on. (Not when the
 -- queue's settings held jobs back: a finished job, ResumeQueue or the rate limit's
 -- opening wakes a worker then, and a token now would only make workers spin.)
@@ -131,7 +158,7 @@ if allowed > 0 and (leased == count or looked >= SCAN) and redis.call('ZCARD', q
 end
 
 local next_wake = rate_wake
-for _, key in ipairs({q.delayed, q.retry, q.leases}) do
+for _, key in ipairs({q.delayed, q.retry, q.leases, q.rate_due}) do
   local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   if first[2] then
     local t = tonumber(first[2])

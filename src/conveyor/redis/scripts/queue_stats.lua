@@ -7,14 +7,15 @@
 --          oldest_wait_ms (how long the oldest ready job has waited; -1: none),
 --          succeeded, retried, dead, cancelled (the last 60 s),
 --          queued at priority 0, 1, ..., 9, owner_max, shards (the queue's shard
---          count, kept in shard 0's settings; 1 when unset), per_key_max,
+--          count, kept in shard 0's settings; 1 when unset), per_key_max, key_rate_jobs,
+--          key_rate_ms (the per-key rate),
 --          first_minute (the start of the history's first minute, in minutes since the
 --          epoch), then per minute from that one to the current one (RECENT_MINUTES + 1,
 --          oldest first): succeeded, retried, dead, cancelled}.
 local q = queue_keys()
 local now = now_ms()
 local conf = redis.call('HMGET', q.conf, 'paused', 'max_running', 'rate_jobs', 'rate_ms',
-  'owner_max', 'shards', 'per_key_max')
+  'owner_max', 'shards', 'per_key_max', 'key_rate_jobs', 'key_rate_ms')
 local out = {tonumber(conf[1] or '0'), tonumber(conf[2] or '0'), tonumber(conf[3] or '0'),
              tonumber(conf[4] or '0'), redis.call('ZCARD', q.delayed),
              redis.call('ZCARD', q.retry), redis.call('ZCARD', q.leases), -1}
@@ -51,8 +52,10 @@ for p = 1, 10 do out[12 + p] = by_priority[p] end
 out[23] = tonumber(conf[5] or '0')
 out[24] = tonumber(conf[6] or '1')
 out[25] = tonumber(conf[7] or '0')
+out[26] = tonumber(conf[8] or '0')
+out[27] = tonumber(conf[9] or '0')
 local minute = math.floor(now / 60000)
-out[26] = minute - RECENT_MINUTES
+out[28] = minute - RECENT_MINUTES
 for m = minute - RECENT_MINUTES, minute do
   local counts = redis.call('HMGET', q.stats_prefix .. 'm' .. m, 's', 'r', 'd', 'c')
   for i = 1, 4 do out[#out + 1] = tonumber(counts[i] or '0') end

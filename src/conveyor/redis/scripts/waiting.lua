@@ -6,5 +6,7 @@
 --          starts in the current rate window, when the window opens again (-1: it is open),
 --          the cap group holding it back (`o:<owner>`, `k:<key id>`,
 --          `c:<concurrency key>`; "": none), that
---          group's cap and its running jobs}.
+--          group's cap and its running jobs (for a rate key's `r:<key>`: its rate and its
+--          starts in the window), when a rate key's jobs may start (-1: not a rate key),
+--          its window (ms; 0: only a push-back holds it)}.
 return waiting_of(queue_keys(), ARGV[1], KEYS[QUEUE_KEY_COUNT + 1])

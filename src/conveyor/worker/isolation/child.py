@@ -38,7 +38,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
 from conveyor.handlers.context import PROGRESS_INTERVAL, ArtifactStores, BaseContext, new_context
-from conveyor.handlers.registry import PermanentError
+from conveyor.handlers.registry import PermanentError, RateLimited
 from conveyor.jobs.artifacts import Artifact
 from conveyor.jobs.failures import describe as describe_failure
 from conveyor.jobs.failures import format_traceback
@@ -159,6 +159,8 @@ def _run(attempt: Attempt, prepared: _Prepared, worker: WorkerLine) -> Outcome:
             returned = fn(attempt.payload, ctx)
     except (MemoryError, Terminated):
         raise
+    except RateLimited as exc:
+        return Outcome(error=describe_failure(exc), retry_after_ms=exc.retry_after_ms)
     except PermanentError as exc:
         return Outcome(
             error=describe_failure(exc),

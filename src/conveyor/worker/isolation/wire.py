@@ -108,6 +108,8 @@ class Outcome:
     traceback: str = ""
     permanent: bool = False
     failed: bool = False
+    # Set when the handler raised RateLimited: how long the job (and its key) waits.
+    retry_after_ms: int | None = None
 
 
 ChildMessage = Ready | Progress | Call | Outcome
@@ -151,6 +153,9 @@ def _outcome(fields: dict[str, Any]) -> Outcome:
         traceback=str(fields["traceback"]),
         permanent=bool(fields["permanent"]),
         failed=bool(fields["failed"]),
+        retry_after_ms=None
+        if fields.get("retry_after_ms") is None
+        else int(fields["retry_after_ms"]),
     )
 
 
