@@ -148,13 +148,19 @@ async def test_the_per_key_limit_is_set_by_its_mask_validated_and_shown(
         with pytest.raises(InvalidArgument) as refused:
             await alice.submit("noop", queue=queue, concurrency_key=key)
         assert [v.field for v in refused.value.violations] == ["concurrency_key"]
-    job = await alice.submit("noop", queue=queue, concurrency_key="c-1", idempotency_key="ik")
+    job = await alice.submit(
+        "noop", queue=queue, concurrency_key="c-1", idempotency_key=f"ik-{queue}"
+    )
     assert job.concurrency_key == "c-1"
     assert (await alice.get(job.id)).concurrency_key == "c-1"
-    again = await alice.submit("noop", queue=queue, concurrency_key="c-1", idempotency_key="ik")
+    again = await alice.submit(
+        "noop", queue=queue, concurrency_key="c-1", idempotency_key=f"ik-{queue}"
+    )
     assert again.id == job.id
     with pytest.raises(AlreadyExists):
-        await alice.submit("noop", queue=queue, concurrency_key="c-2", idempotency_key="ik")
+        await alice.submit(
+            "noop", queue=queue, concurrency_key="c-2", idempotency_key=f"ik-{queue}"
+        )
     listed = await alice.list(filter=f'concurrency_key = "c-1" AND queue = "{queue}"')
     assert [j.id for j in listed.items] == [job.id]
     made = stack.cli("submit", "noop", "--queue", queue, "--concurrency-key", "cli-key",

@@ -221,13 +221,13 @@ async def test_the_per_key_rate_is_set_by_its_mask_validated_and_shown(
         with pytest.raises(InvalidArgument) as refused:
             await alice.submit("noop", queue=queue, rate_key=key)
         assert [v.field for v in refused.value.violations] == ["rate_key"]
-    job = await alice.submit("noop", queue=queue, rate_key="r-1", idempotency_key="ik")
+    job = await alice.submit("noop", queue=queue, rate_key="r-1", idempotency_key=f"ik-{queue}")
     assert job.rate_key == "r-1"
     assert (await alice.get(job.id)).rate_key == "r-1"
-    again = await alice.submit("noop", queue=queue, rate_key="r-1", idempotency_key="ik")
+    again = await alice.submit("noop", queue=queue, rate_key="r-1", idempotency_key=f"ik-{queue}")
     assert again.id == job.id
     with pytest.raises(AlreadyExists):
-        await alice.submit("noop", queue=queue, rate_key="r-2", idempotency_key="ik")
+        await alice.submit("noop", queue=queue, rate_key="r-2", idempotency_key=f"ik-{queue}")
     listed = await alice.list(filter=f'rate_key = "r-1" AND queue = "{queue}"')
     assert [j.id for j in listed.items] == [job.id]
     made = stack.cli("submit", "noop", "--queue", queue, "--rate-key", "cli-key", "--json",
