@@ -7,7 +7,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -22,6 +22,12 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_RETRYING: _ClassVar[JobState]
     JOB_STATE_DEAD: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+
+class DependencyFailurePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEPENDENCY_FAILURE_POLICY_UNSPECIFIED: _ClassVar[DependencyFailurePolicy]
+    DEPENDENCY_FAILURE_POLICY_CANCEL: _ClassVar[DependencyFailurePolicy]
+    DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY: _ClassVar[DependencyFailurePolicy]
 
 class BlockedKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,6 +47,7 @@ class BlockedKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BLOCKED_KIND_QUEUE_UNREACHABLE: _ClassVar[BlockedKind]
     BLOCKED_KIND_CONCURRENCY_KEY: _ClassVar[BlockedKind]
     BLOCKED_KIND_RATE_KEY: _ClassVar[BlockedKind]
+    BLOCKED_KIND_DEPENDENCIES: _ClassVar[BlockedKind]
 
 class AttemptOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,6 +65,9 @@ JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_RETRYING: JobState
 JOB_STATE_DEAD: JobState
 JOB_STATE_CANCELLED: JobState
+DEPENDENCY_FAILURE_POLICY_UNSPECIFIED: DependencyFailurePolicy
+DEPENDENCY_FAILURE_POLICY_CANCEL: DependencyFailurePolicy
+DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY: DependencyFailurePolicy
 BLOCKED_KIND_UNSPECIFIED: BlockedKind
 BLOCKED_KIND_SCHEDULED: BlockedKind
 BLOCKED_KIND_BACKOFF: BlockedKind
@@ -74,6 +84,7 @@ BLOCKED_KIND_ENQUEUE_PENDING: BlockedKind
 BLOCKED_KIND_QUEUE_UNREACHABLE: BlockedKind
 BLOCKED_KIND_CONCURRENCY_KEY: BlockedKind
 BLOCKED_KIND_RATE_KEY: BlockedKind
+BLOCKED_KIND_DEPENDENCIES: BlockedKind
 ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome
 ATTEMPT_OUTCOME_SUCCEEDED: AttemptOutcome
 ATTEMPT_OUTCOME_FAILED: AttemptOutcome
@@ -82,7 +93,7 @@ ATTEMPT_OUTCOME_LOST: AttemptOutcome
 ATTEMPT_OUTCOME_CANCELLED: AttemptOutcome
 
 class Job(_message.Message):
-    __slots__ = ("id", "owner", "type", "queue", "state", "priority", "payload", "attempt", "max_attempts", "progress", "progress_message", "error", "idempotency_key", "run_at", "create_time", "start_time", "finish_time", "timeout", "retry", "blocked_reason", "retention", "expire_time", "blocked", "labels", "concurrency_key", "rate_key")
+    __slots__ = ("id", "owner", "type", "queue", "state", "priority", "payload", "attempt", "max_attempts", "progress", "progress_message", "error", "idempotency_key", "run_at", "create_time", "start_time", "finish_time", "timeout", "retry", "blocked_reason", "retention", "expire_time", "blocked", "labels", "concurrency_key", "rate_key", "depends_on", "dependency_failure_policy", "batch_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +127,9 @@ class Job(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     RATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_FAILURE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     type: str
@@ -142,10 +156,35 @@ class Job(_message.Message):
     labels: _containers.ScalarMap[str, str]
     concurrency_key: str
     rate_key: str
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., priority: _Optional[int] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., error: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., blocked_reason: _Optional[str] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., blocked: _Optional[_Union[BlockedReason, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., concurrency_key: _Optional[str] = ..., rate_key: _Optional[str] = ...) -> None: ...
+    depends_on: _containers.RepeatedScalarFieldContainer[str]
+    dependency_failure_policy: DependencyFailurePolicy
+    batch_id: str
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., priority: _Optional[int] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., error: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., blocked_reason: _Optional[str] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., blocked: _Optional[_Union[BlockedReason, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., concurrency_key: _Optional[str] = ..., rate_key: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., dependency_failure_policy: _Optional[_Union[DependencyFailurePolicy, str]] = ..., batch_id: _Optional[str] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("id", "owner", "job_count", "succeeded", "dead", "cancelled", "unfinished", "callback_job_id", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    JOB_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    DEAD_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    owner: str
+    job_count: int
+    succeeded: int
+    dead: int
+    cancelled: int
+    unfinished: int
+    callback_job_id: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., job_count: _Optional[int] = ..., succeeded: _Optional[int] = ..., dead: _Optional[int] = ..., cancelled: _Optional[int] = ..., unfinished: _Optional[int] = ..., callback_job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class BlockedReason(_message.Message):
-    __slots__ = ("kind", "queue", "until", "running", "limit", "owner", "api_key_id", "jobs_ahead", "rate_jobs", "rate_interval", "attempt", "max_attempts", "job_type", "type_unverified", "cause", "concurrency_key", "rate_key")
+    __slots__ = ("kind", "queue", "until", "running", "limit", "owner", "api_key_id", "jobs_ahead", "rate_jobs", "rate_interval", "attempt", "max_attempts", "job_type", "type_unverified", "cause", "concurrency_key", "rate_key", "dependencies_pending", "dependencies_total", "waiting_for")
     KIND_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +202,9 @@ class BlockedReason(_message.Message):
     CAUSE_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     RATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_PENDING_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     kind: BlockedKind
     queue: str
     until: _timestamp_pb2.Timestamp
@@ -180,7 +222,10 @@ class BlockedReason(_message.Message):
     cause: str
     concurrency_key: str
     rate_key: str
-    def __init__(self, kind: _Optional[_Union[BlockedKind, str]] = ..., queue: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running: _Optional[int] = ..., limit: _Optional[int] = ..., owner: _Optional[str] = ..., api_key_id: _Optional[str] = ..., jobs_ahead: _Optional[int] = ..., rate_jobs: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., job_type: _Optional[str] = ..., type_unverified: _Optional[bool] = ..., cause: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., rate_key: _Optional[str] = ...) -> None: ...
+    dependencies_pending: int
+    dependencies_total: int
+    waiting_for: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[_Union[BlockedKind, str]] = ..., queue: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running: _Optional[int] = ..., limit: _Optional[int] = ..., owner: _Optional[str] = ..., api_key_id: _Optional[str] = ..., jobs_ahead: _Optional[int] = ..., rate_jobs: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., job_type: _Optional[str] = ..., type_unverified: _Optional[bool] = ..., cause: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., rate_key: _Optional[str] = ..., dependencies_pending: _Optional[int] = ..., dependencies_total: _Optional[int] = ..., waiting_for: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("initial_backoff", "max_backoff", "multiplier", "jitter")

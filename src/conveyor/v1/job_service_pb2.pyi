@@ -50,7 +50,7 @@ BULK_OPERATION_STATE_FAILED: BulkOperationState
 BULK_OPERATION_STATE_CANCELLED: BulkOperationState
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("type", "payload", "queue", "priority", "idempotency_key", "run_at", "max_attempts", "timeout", "retry", "delay", "retention", "view", "labels", "unique_for", "debounce", "concurrency_key", "rate_key")
+    __slots__ = ("type", "payload", "queue", "priority", "idempotency_key", "run_at", "max_attempts", "timeout", "retry", "delay", "retention", "view", "labels", "unique_for", "debounce", "concurrency_key", "rate_key", "depends_on", "depends_on_requests", "dependency_failure_policy")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,9 @@ class SubmitJobRequest(_message.Message):
     DEBOUNCE_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     RATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_FAILURE_POLICY_FIELD_NUMBER: _ClassVar[int]
     type: str
     payload: _struct_pb2.Struct
     queue: str
@@ -92,7 +95,10 @@ class SubmitJobRequest(_message.Message):
     debounce: _duration_pb2.Duration
     concurrency_key: str
     rate_key: str
-    def __init__(self, type: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., queue: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[_job_pb2.RetryPolicy, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., view: _Optional[_Union[JobView, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., unique_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debounce: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., concurrency_key: _Optional[str] = ..., rate_key: _Optional[str] = ...) -> None: ...
+    depends_on: _containers.RepeatedScalarFieldContainer[str]
+    depends_on_requests: _containers.RepeatedScalarFieldContainer[int]
+    dependency_failure_policy: _job_pb2.DependencyFailurePolicy
+    def __init__(self, type: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., queue: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[_job_pb2.RetryPolicy, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., view: _Optional[_Union[JobView, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., unique_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debounce: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., concurrency_key: _Optional[str] = ..., rate_key: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., depends_on_requests: _Optional[_Iterable[int]] = ..., dependency_failure_policy: _Optional[_Union[_job_pb2.DependencyFailurePolicy, str]] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -101,14 +107,16 @@ class SubmitJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class SubmitJobsRequest(_message.Message):
-    __slots__ = ("requests", "view", "partial_success")
+    __slots__ = ("requests", "view", "partial_success", "on_complete")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    ON_COMPLETE_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[SubmitJobRequest]
     view: JobView
     partial_success: bool
-    def __init__(self, requests: _Optional[_Iterable[_Union[SubmitJobRequest, _Mapping]]] = ..., view: _Optional[_Union[JobView, str]] = ..., partial_success: _Optional[bool] = ...) -> None: ...
+    on_complete: SubmitJobRequest
+    def __init__(self, requests: _Optional[_Iterable[_Union[SubmitJobRequest, _Mapping]]] = ..., view: _Optional[_Union[JobView, str]] = ..., partial_success: _Optional[bool] = ..., on_complete: _Optional[_Union[SubmitJobRequest, _Mapping]] = ...) -> None: ...
 
 class SubmitJobsResult(_message.Message):
     __slots__ = ("job", "error")
@@ -119,12 +127,26 @@ class SubmitJobsResult(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class SubmitJobsResponse(_message.Message):
-    __slots__ = ("jobs", "results")
+    __slots__ = ("jobs", "results", "batch")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]
     results: _containers.RepeatedCompositeFieldContainer[SubmitJobsResult]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[SubmitJobsResult, _Mapping]]] = ...) -> None: ...
+    batch: _job_pb2.Batch
+    def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[SubmitJobsResult, _Mapping]]] = ..., batch: _Optional[_Union[_job_pb2.Batch, _Mapping]] = ...) -> None: ...
+
+class GetBatchRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetBatchResponse(_message.Message):
+    __slots__ = ("batch",)
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    batch: _job_pb2.Batch
+    def __init__(self, batch: _Optional[_Union[_job_pb2.Batch, _Mapping]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id", "view")
@@ -201,18 +223,22 @@ class CancelJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class RetryJobRequest(_message.Message):
-    __slots__ = ("id", "max_attempts")
+    __slots__ = ("id", "max_attempts", "include_dependents")
     ID_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DEPENDENTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     max_attempts: int
-    def __init__(self, id: _Optional[str] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+    include_dependents: bool
+    def __init__(self, id: _Optional[str] = ..., max_attempts: _Optional[int] = ..., include_dependents: _Optional[bool] = ...) -> None: ...
 
 class RetryJobResponse(_message.Message):
-    __slots__ = ("job",)
+    __slots__ = ("job", "revived_dependents")
     JOB_FIELD_NUMBER: _ClassVar[int]
+    REVIVED_DEPENDENTS_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+    revived_dependents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., revived_dependents: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListJobAttemptsRequest(_message.Message):
     __slots__ = ("id", "page_size", "page_token")

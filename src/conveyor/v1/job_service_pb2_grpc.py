@@ -81,6 +81,11 @@ class JobServiceStub:
                 request_serializer=conveyor_dot_v1_dot_job__service__pb2.GetJobResultRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_job__service__pb2.GetJobResultResponse.FromString,
                 _registered_method=True)
+        self.GetBatch = channel.unary_unary(
+                '/conveyor.v1.JobService/GetBatch',
+                request_serializer=conveyor_dot_v1_dot_job__service__pb2.GetBatchRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_job__service__pb2.GetBatchResponse.FromString,
+                _registered_method=True)
         self.GetQueueStats = channel.unary_unary(
                 '/conveyor.v1.JobService/GetQueueStats',
                 request_serializer=conveyor_dot_v1_dot_job__service__pb2.GetQueueStatsRequest.SerializeToString,
@@ -199,6 +204,13 @@ class JobServiceServicer:
     def GetJobResult(self, request, context):
         """Returns what a SUCCEEDED job's handler returned and the files it made, with download
         links that expire; any other state is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBatch(self, request, context):
+        """Returns a batch (SubmitJobsRequest.on_complete) and how many of its jobs ended how.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -329,6 +341,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetJobResult,
                     request_deserializer=conveyor_dot_v1_dot_job__service__pb2.GetJobResultRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_job__service__pb2.GetJobResultResponse.SerializeToString,
+            ),
+            'GetBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBatch,
+                    request_deserializer=conveyor_dot_v1_dot_job__service__pb2.GetBatchRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_job__service__pb2.GetBatchResponse.SerializeToString,
             ),
             'GetQueueStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQueueStats,
@@ -626,6 +643,33 @@ class JobService:
             '/conveyor.v1.JobService/GetJobResult',
             conveyor_dot_v1_dot_job__service__pb2.GetJobResultRequest.SerializeToString,
             conveyor_dot_v1_dot_job__service__pb2.GetJobResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.JobService/GetBatch',
+            conveyor_dot_v1_dot_job__service__pb2.GetBatchRequest.SerializeToString,
+            conveyor_dot_v1_dot_job__service__pb2.GetBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,8 @@ type JobServiceClient interface {
 	// Returns what a SUCCEEDED job's handler returned and the files it made, with download
 	// links that expire; any other state is FAILED_PRECONDITION.
 	GetJobResult(ctx context.Context, in *GetJobResultRequest, opts ...grpc.CallOption) (*GetJobResultResponse, error)
+	// Returns a batch (SubmitJobsRequest.on_complete) and how many of its jobs ended how.
+	GetBatch(ctx context.Context, in *GetBatchRequest, opts ...grpc.CallOption) (*GetBatchResponse, error)
 	// Admin: a queue's depth by state and priority, limits and last minute (or every queue's).
 	GetQueueStats(ctx context.Context, in *GetQueueStatsRequest, opts ...grpc.CallOption) (*GetQueueStatsResponse, error)
 	// Admin: stops every worker from starting the queue's jobs; running jobs go on.
@@ -180,6 +182,15 @@ func (c *jobServiceClient) GetJobResult(ctx context.Context, in *GetJobResultReq
 	return out, nil
 }
 
+func (c *jobServiceClient) GetBatch(ctx context.Context, in *GetBatchRequest, opts ...grpc.CallOption) (*GetBatchResponse, error) {
+	out := new(GetBatchResponse)
+	err := c.cc.Invoke(ctx, "/conveyor.v1.JobService/GetBatch", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *jobServiceClient) GetQueueStats(ctx context.Context, in *GetQueueStatsRequest, opts ...grpc.CallOption) (*GetQueueStatsResponse, error) {
 	out := new(GetQueueStatsResponse)
 	err := c.cc.Invoke(ctx, "/conveyor.v1.JobService/GetQueueStats", in, out, opts...)
@@ -295,6 +306,8 @@ type JobServiceServer interface {
 	// Returns what a SUCCEEDED job's handler returned and the files it made, with download
 	// links that expire; any other state is FAILED_PRECONDITION.
 	GetJobResult(context.Context, *GetJobResultRequest) (*GetJobResultResponse, error)
+	// Returns a batch (SubmitJobsRequest.on_complete) and how many of its jobs ended how.
+	GetBatch(context.Context, *GetBatchRequest) (*GetBatchResponse, error)
 	// Admin: a queue's depth by state and priority, limits and last minute (or every queue's).
 	GetQueueStats(context.Context, *GetQueueStatsRequest) (*GetQueueStatsResponse, error)
 	// Admin: stops every worker from starting the queue's jobs; running jobs go on.
@@ -356,6 +369,9 @@ func (UnimplementedJobServiceServer) ListJobAttempts(context.Context, *ListJobAt
 }
 func (UnimplementedJobServiceServer) GetJobResult(context.Context, *GetJobResultRequest) (*GetJobResultResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetJobResult not implemented")
+}
+func (UnimplementedJobServiceServer) GetBatch(context.Context, *GetBatchRequest) (*GetBatchResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetBatch not implemented")
 }
 func (UnimplementedJobServiceServer) GetQueueStats(context.Context, *GetQueueStatsRequest) (*GetQueueStatsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetQueueStats not implemented")
@@ -561,6 +577,24 @@ func _JobService_GetJobResult_Handler(srv interface{}, ctx context.Context, dec 
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(JobServiceServer).GetJobResult(ctx, req.(*GetJobResultRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_GetBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).GetBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/conveyor.v1.JobService/GetBatch",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).GetBatch(ctx, req.(*GetBatchRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -780,6 +814,10 @@ var _JobService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetJobResult",
 			Handler:    _JobService_GetJobResult_Handler,
+		},
+		{
+			MethodName: "GetBatch",
+			Handler:    _JobService_GetBatch_Handler,
 		},
 		{
 			MethodName: "GetQueueStats",
