@@ -164,7 +164,8 @@ async def test_a_released_batch_callback_carries_the_batch(db: Database) -> None
         Submission(callback, requests=(0, 1, 2)),
         batch_id=batch_id,
     )
-    for member, state in zip(members, [JobState.SUCCEEDED, JobState.DEAD, JobState.SUCCEEDED]):
+    outcomes = [JobState.SUCCEEDED, JobState.DEAD, JobState.SUCCEEDED]
+    for member, state in zip(members, outcomes, strict=True):
         await end(db, member.id, state)
     done = await deps.resolve([m.id for m in members])
     [released] = done.released

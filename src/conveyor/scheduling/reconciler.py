@@ -160,12 +160,12 @@ class Reconciler:
         level = logging.WARNING if stats.changed else logging.DEBUG
         log.log(
             level,
-            "reconciler: resolved %d ended jobs' dependents; checked %d unfinished jobs; "
-            "restored %d, replayed %d, repaired %d",
-            stats.resolved,
+            "reconciler: checked %d unfinished jobs; restored %d, replayed %d, repaired %d; "
+            "resolved the ends of %d jobs for their dependents",
             stats.checked,
             stats.restored,
             stats.replayed,
             stats.repaired,
+            stats.resolved,
         )
         return stats
