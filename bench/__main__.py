@@ -39,6 +39,7 @@ from bench.cost import ClientCall, CpuMeter, Side, measure, pct, versus_floor
 from bench.floor import floor_server
 from bench.handlers import STAMPS
 from bench.search import search_figures
+from bench.workflows import workflow_figures
 from conveyor.cli.dev import wait_serving
 from conveyor.client import AsyncClient, JobState, schedule_request, submit_request
 from conveyor.config import Settings
@@ -1000,6 +1001,12 @@ class Bench:
         for figure in await search_figures(url, rows, self.servers.postgres):
             emit(figure.name, figure.value, figure.unit, figure.target, False, **figure.details)
 
+    async def dependencies(self) -> None:
+        """Issue 25: a job's wait after its last dependency ended (pairs, a fan-in and a
+        fan-out of 10,000), and the CPU a dependency adds (see bench.workflows)."""
+        for figure in await workflow_figures(self):
+            emit(figure.name, figure.value, figure.unit, figure.target, False, **figure.details)
+
     async def reconcile_pass(self) -> None:
         """One reconciler pass over every job the other workloads left (finished and not):
         how fast the walk by primary key reads the table and checks Redis."""
@@ -1234,6 +1241,7 @@ WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "idle_cluster_worker": Bench.idle_cluster_worker,
     "backlog_memory": Bench.backlog_memory,
     "search_latency": Bench.search_latency,
+    "dependencies": Bench.dependencies,
     "soak": Bench.soak,
 }
 DEFAULT_WORKLOADS = [name for name in WORKLOADS if name != "soak"]

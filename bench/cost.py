@@ -12,12 +12,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
 ClientCall = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class Measured:
+    """A figure a workload module measured, for `bench.__main__` to emit (lower is better)."""
+
+    name: str
+    value: float
+    unit: str
+    target: float | None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def tree_cpu(proc: psutil.Process) -> float:

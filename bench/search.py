@@ -18,13 +18,12 @@ import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import psycopg
 
-from bench.cost import CpuMeter, pct
+from bench.cost import CpuMeter, Measured, pct
 from conveyor.db import Database, JobStore, migrate
 from conveyor.db.bulk import psycopg_dsn
 from conveyor.jobs.filters import parse
@@ -70,15 +69,6 @@ FROM (
 ) AS s
 """
 _PAYLOAD_INDEX = "CREATE INDEX ix_jobs_payload ON jobs USING gin (payload jsonb_path_ops)"
-
-
-@dataclass
-class SearchFigure:
-    name: str
-    value: float
-    unit: str
-    target: float | None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def _build(url: str, rows: int) -> float:
@@ -162,21 +152,21 @@ async def _insert_cost(store: JobStore, postgres: psutil.Process) -> dict[str, f
     }
 
 
-async def search_figures(base_url: str, rows: int, postgres: psutil.Process) -> list[SearchFigure]:
+async def search_figures(base_url: str, rows: int, postgres: psutil.Process) -> list[Measured]:
     """Build the table, measure, drop the database; the figures."""
     url = fresh_database(base_url, "conveyor_search")
     migrate(url)
     build_s = _build(url, rows)
     db = Database(url)
     store = JobStore(db)
-    figures: list[SearchFigure] = []
+    figures: list[Measured] = []
     common = {"rows": rows, "page_size": PAGE, "samples": SAMPLES, "build_s": round(build_s, 1),
               "table_mib": await _mib(db, "jobs"),
               "labels_index_mib": await _mib(db, "ix_jobs_labels")}  # fmt: skip
 
     async def query(
         name: str, shown: str, target: float, make: Callable[[int], tuple[str, str | None]]
-    ) -> SearchFigure:
+    ) -> Measured:
         """The latency of listing with the filter (and owner) `make(sample)` gives."""
 
         async def call(sample: int) -> int:
@@ -184,9 +174,7 @@ async def search_figures(base_url: str, rows: int, postgres: psutil.Process) -> 
             return len(await store.list_jobs(owner, filter=parse(text), limit=PAGE))
 
         found = await _latency(call)
-        return SearchFigure(
-            name, found["p99_ms"], "ms", target, {**common, **found, "filter": shown}
-        )
+        return Measured(name, found["p99_ms"], "ms", target, {**common, **found, "filter": shown})
 
     try:
         figures += [
@@ -219,7 +207,7 @@ async def search_figures(base_url: str, rows: int, postgres: psutil.Process) -> 
         extra = indexed["bulk_postgres_cpu_us_per_job"] - without["bulk_postgres_cpu_us_per_job"]
         figures += [
             indexed_figure,
-            SearchFigure("search_payload_index_insert_cost", round(extra, 1),
+            Measured("search_payload_index_insert_cost", round(extra, 1),
                          "postgres_cpu_us/job", None,
                          {"without_index": without, "with_payload_index": indexed}),
         ]  # fmt: skip

@@ -23,5 +23,8 @@ def dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"))
 
 
-def loads(text: str | bytes) -> Any:
-    return orjson.loads(text)
+def loads(text: str | bytes | bytearray | memoryview) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # integers beyond 64 bits, which orjson refuses
+        return json.loads(bytes(text) if isinstance(text, memoryview) else text)

@@ -33,7 +33,7 @@ from conveyor.errors import ConveyorError, outage
 from conveyor.jobs.attempts import AttemptEnd
 from conveyor.jobs.model import Job, retry_text
 
-_INSERT = """
+INSERT = """
 INSERT INTO jobs (id, owner, type, queue, state, priority, payload, attempt, max_attempts,
                   timeout_ms, progress, progress_message, error, idempotency_key,
                   request_hash, run_at, create_time, fence, retry, key_id, key_cap,
@@ -165,7 +165,26 @@ def _copy_row(j: Job) -> str:
     )  # fmt: skip
 
 
-def _records(rows: list[dict[str, Any]]) -> list[str]:
+def insert_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """New jobs' rows as `INSERT` reads them (its `jsonb_to_recordset` columns)."""
+    return [
+        {
+            "id": j.id, "owner": j.owner, "type": j.type, "queue": j.queue,
+            "state": int(j.state), "priority": j.priority, "payload": j.payload,
+            "max_attempts": j.max_attempts, "timeout_ms": j.timeout_ms,
+            "idempotency_key": j.idempotency_key, "request_hash": j.request_hash,
+            "run_at": j.run_at, "create_time": j.create_time, "retry": j.retry.to_doc(),
+            "key_id": j.key_id, "key_cap": j.key_cap, "retention_ms": j.retention_ms,
+            "trace_parent": j.trace_parent, "shard": j.shard,
+            **({"labels": j.labels} if j.labels else {}),
+            **({"concurrency_key": j.concurrency_key} if j.concurrency_key else {}),
+            **({"rate_key": j.rate_key} if j.rate_key else {}),
+        }
+        for j in jobs
+    ]  # fmt: skip
+
+
+def records(rows: list[dict[str, Any]]) -> list[str]:
     """The statement parameter for `jsonb_to_recordset`: the rows as one JSON array."""
     return [compact_json.dumps(rows)]
 
@@ -234,24 +253,10 @@ class BulkStatements:
         that costs a wasted copy now and then."""
         if len(jobs) >= COPY_FROM and await self._copied(jobs):
             return list(jobs)
-        rows = [
-            {
-                "id": j.id, "owner": j.owner, "type": j.type, "queue": j.queue,
-                "state": int(j.state), "priority": j.priority, "payload": j.payload,
-                "max_attempts": j.max_attempts, "timeout_ms": j.timeout_ms,
-                "idempotency_key": j.idempotency_key, "request_hash": j.request_hash,
-                "run_at": j.run_at, "create_time": j.create_time, "retry": j.retry.to_doc(),
-                "key_id": j.key_id, "key_cap": j.key_cap, "retention_ms": j.retention_ms,
-                "trace_parent": j.trace_parent, "shard": j.shard,
-                **({"labels": j.labels} if j.labels else {}),
-                **({"concurrency_key": j.concurrency_key} if j.concurrency_key else {}),
-                **({"rate_key": j.rate_key} if j.rate_key else {}),
-            }
-            for j in sorted(jobs, key=_key_order)
-        ]  # fmt: skip
+        rows = insert_rows(sorted(jobs, key=_key_order))
         try:
             async with self._cursor(transaction=all_or_nothing) as cur:
-                await cur.execute(_INSERT, _records(rows), prepare=True)
+                await cur.execute(INSERT, records(rows), prepare=True)
                 inserted = {row[0] for row in await cur.fetchall()}
                 conflicted = [j for j in jobs if j.id not in inserted and j.idempotency_key]
                 existing: dict[tuple[str, str], Job] = {}
@@ -291,7 +296,7 @@ class BulkStatements:
             for w in writes
         ]  # fmt: skip
         async with self._cursor() as cur:
-            await cur.execute(_OUTCOMES, _records(rows), prepare=True)
+            await cur.execute(_OUTCOMES, records(rows), prepare=True)
             return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def close(self) -> None:

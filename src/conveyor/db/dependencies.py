@@ -17,11 +17,25 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, case, delete, func, insert, select, update
+from sqlalchemy import (
+    String,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from conveyor.db import bulk
 from conveyor.db.database import Database
 from conveyor.db.jobs import unavailable_on_db_errors
 from conveyor.db.models import BatchRow, DependencyRow, ExpiryRow, JobRow
@@ -42,9 +56,16 @@ _JOBS = cast(Table, JobRow.__table__)
 _EDGES = cast(Table, DependencyRow.__table__)
 _BATCHES = cast(Table, BatchRow.__table__)
 _EXPIRY = cast(Table, ExpiryRow.__table__)
+_PARENT, _CHILD = _JOBS.alias("parent"), _JOBS.alias("child")  # made once: 38 columns each
 _TERMINAL = [int(s) for s in TERMINAL_STATES]
-# Ids per IN list (SQLite's older builds allow 999 parameters a statement).
+# Ids per IN list on SQLite (its builds before 3.32 allow 999 parameters a statement);
+# PostgreSQL takes one array instead (`_among`).
 CHUNK = 900
+# Edges counted per transaction of a resolution: few at first, so that the first dependents
+# of a large fan-out are enqueued at once, then twice as many each time, up to the last
+# size, so that 10,000 take about 15 transactions. Each one is exactly-once on its own.
+FIRST_CHUNK = 32
+LAST_CHUNK = 1024
 # Tries of a resolution that PostgreSQL ended as a deadlock (two resolutions that lock
 # the same dependents in different orders): the loser is rolled back whole and tried again.
 DEADLOCK_TRIES = 5
@@ -129,14 +150,42 @@ class DependencyStore:
     # -- resolve ---------------------------------------------------------------------------
     async def resolve(self, ended: Sequence[str]) -> Resolution:
         """Count the end of these jobs (each one ended) off their dependents: cancel,
-        count down and release them, transitively for the cancelled. The caller enqueues
-        `released`; should it fail to, the reconciler does."""
-        if not ended:
-            return Resolution()
+        count down and release them, transitively for the cancelled; all of it. The caller
+        enqueues `released`; should it fail to, the reconciler does."""
+        total = Resolution()
+        async for done in self.resolving(ended):
+            total.released += done.released
+            total.cancelled += done.cancelled
+        return total
+
+    async def resolving(self, ended: Sequence[str]) -> AsyncIterator[Resolution]:
+        """`resolve`, a committed chunk at a time (see FIRST_CHUNK): what each did, for
+        the caller to enqueue while the next is counted. In waves: the ended jobs'
+        dependents, then those of the dependents this cancelled, until none is."""
+        frontier, size = sorted(set(ended)), FIRST_CHUNK
+        while frontier:
+            cancelled: list[str] = []
+            while True:
+                done, counted = await self._chunk(frontier, size)
+                if done.released or done.cancelled:
+                    yield done
+                cancelled += [j.id for j in done.cancelled]
+                if counted < size:
+                    break
+                size = min(size * 2, LAST_CHUNK)
+            frontier = sorted(cancelled)
+
+    async def _chunk(self, parents: Sequence[str], size: int) -> tuple[Resolution, int]:
+        """One transaction: count up to `size` pending edges of `parents`; what that did,
+        and how many edges it counted."""
         for tries in range(1, DEADLOCK_TRIES + 1):
             try:
                 async with self._transaction() as conn:
-                    return await _resolve(conn, list(ended))
+                    counted = await _claim_edges(conn, parents, size)
+                    cancelled = await _cancel_dependents(conn, counted)
+                    released = await _count_down(conn, counted, {j.id for j in cancelled})
+                    await _fill_batches(conn, [j for j in released if j.batch_id])
+                    return Resolution(released, cancelled), len(counted)
             except OperationalError as exc:  # pragma: no cover - timing-dependent
                 if not _deadlocked(exc) or tries == DEADLOCK_TRIES:
                     raise
@@ -346,16 +395,17 @@ class _Insert:
         return edges
 
     async def _write(self, new: Sequence[Submission], edges: list[dict[str, Any]]) -> None:
-        if new:
-            rows = [
-                job_to_row(s.job) | {"has_dependents": s.job.id in self.referenced} for s in new
-            ]
+        jobs = [s.job for s in new]
+        if self.conn.dialect.name == "postgresql":
+            inserted = await _write_postgresql(self.conn, jobs, edges, self.referenced)
+        else:
+            rows = [job_to_row(j) | {"has_dependents": j.id in self.referenced} for j in jobs]
             stmt = _insert(self.conn, _JOBS).on_conflict_do_nothing().returning(_JOBS.c.id)
-            inserted = {r.id for r in await self.conn.execute(stmt, rows)}
-            if len(inserted) != len(rows):
-                raise _Raced()
-        if edges:
-            await self.conn.execute(insert(_EDGES), edges)
+            inserted = len(list(await self.conn.execute(stmt, rows))) if rows else 0
+            if edges:
+                await self.conn.execute(insert(_EDGES), edges)
+        if inserted != len(jobs):
+            raise _Raced()
         for s in new:
             job = s.job
             if job.state is JobState.CANCELLED and job.retention_ms is not None:
@@ -372,6 +422,55 @@ class _Insert:
             await self.conn.execute(insert(_BATCHES), [values])
             if callback.dependencies_pending == 0:
                 await _fill_batches(self.conn, [callback])
+
+
+# The dependency columns of jobs `bulk.INSERT` has just inserted (it leaves them at their
+# defaults), and a submit's edges, as arrays: one parameter each on psycopg's side.
+_WAITING = """
+UPDATE jobs SET depends_on = v.depends_on, dependency_policy = v.dependency_policy,
+       dependencies_pending = v.dependencies_pending, has_dependents = v.has_dependents,
+       batch_id = v.batch_id, error = v.error, finish_time = v.finish_time
+FROM jsonb_to_recordset(%s::jsonb)
+  AS v(id text, depends_on jsonb, dependency_policy smallint, dependencies_pending integer,
+       has_dependents boolean, batch_id text, error text, finish_time bigint)
+WHERE jobs.id = v.id
+"""
+_EDGES_IN = """
+INSERT INTO job_dependencies (job_id, depends_on, state)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::smallint[])
+"""
+
+
+async def _write_postgresql(
+    conn: AsyncConnection, jobs: Sequence[Job], edges: list[dict[str, Any]], referenced: set[str]
+) -> int:
+    """PostgreSQL's writes of a submit, on the transaction's own psycopg connection: the
+    rows in one statement (the hot path's, `bulk.INSERT`: SQLAlchemy's many-row insert
+    spends most of its time having psycopg parse tens of thousands of placeholders), their
+    dependency columns in a second, the edges in a third. How many rows were inserted."""
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    inserted = 0
+    async with raw.cursor() as cur:
+        if jobs:
+            await cur.execute(bulk.INSERT, bulk.records(bulk.insert_rows(jobs)))
+            inserted = len(await cur.fetchall())
+            waiting = [
+                {
+                    "id": j.id, "depends_on": j.depends_on or None,
+                    "dependency_policy": j.dependency_policy,
+                    "dependencies_pending": j.dependencies_pending,
+                    "has_dependents": j.id in referenced, "batch_id": j.batch_id or None,
+                    "error": j.error, "finish_time": j.finish_time,
+                }
+                for j in jobs
+            ]  # fmt: skip
+            await cur.execute(_WAITING, bulk.records(waiting))
+        if edges:
+            columns = [[e["job_id"] for e in edges], [e["depends_on"] for e in edges],
+                       [e["state"] for e in edges]]  # fmt: skip
+            await cur.execute(_EDGES_IN, columns)
+    return inserted
 
 
 def _unknown(new: Sequence[Submission], missing: set[str]) -> Iterator[FieldViolation]:
@@ -400,31 +499,22 @@ async def _expires(conn: AsyncConnection, job_id: str, when: int) -> None:
     )
 
 
-async def _resolve(conn: AsyncConnection, ended: list[str]) -> Resolution:
-    """Resolve in waves: the dependents of the ended jobs, then those of the dependents
-    that this cancelled, until none is cancelled."""
-    done = Resolution()
-    frontier = ended
-    while frontier:
-        counted = await _claim_edges(conn, frontier)
-        if not counted:
-            break
-        cancelled = await _cancel_dependents(conn, counted)
-        done.cancelled += cancelled
-        done.released += await _count_down(conn, counted, {j.id for j in cancelled})
-        frontier = [j.id for j in cancelled]
-    await _fill_batches(conn, [j for j in done.released if j.batch_id])
-    return done
+def _among(conn: AsyncConnection, column: Any, ids: Sequence[str]) -> Any:
+    """`column IN ids`: one array parameter on PostgreSQL (a list of 1,000 parameters
+    costs psycopg more to parse than the statement costs to run), a list on SQLite."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(String)))
+    return column.in_(list(ids))
 
 
 async def _claim_edges(
-    conn: AsyncConnection, parents: Sequence[str]
+    conn: AsyncConnection, parents: Sequence[str], size: int
 ) -> list[tuple[str, str, Edge]]:
-    """Move the pending edges of ended `parents` out of PENDING, each to what the end
-    means for its dependent; the (dependent, dependency, edge) moved. An edge already
-    moved (by another resolver) is not moved or returned again."""
-    parent = _JOBS.alias("parent")
-    child = _JOBS.alias("child")
+    """Move up to `size` pending edges of ended `parents` out of PENDING, each to what
+    the end means for its dependent; the (dependent, dependency, edge) moved. An edge
+    moved by another resolver, or locked by one now (SKIP LOCKED: it is counting them),
+    is not moved or returned again."""
+    parent, child = _PARENT, _CHILD
     met = (parent.c.state == int(JobState.SUCCEEDED)) | (
         child.c.dependency_policy == int(Policy.RUN_ANYWAY)
     )
@@ -433,22 +523,24 @@ async def _claim_edges(
         (child.c.state.in_(_TERMINAL), int(Edge.FAILED)),
         else_=int(Edge.CANCELLED_DEPENDENT),
     )
-    moved: list[tuple[str, str, Edge]] = []
-    for chunk in _chunks(sorted(parents)):
-        stmt = (
-            update(_EDGES)
-            .where(
-                _EDGES.c.depends_on.in_(chunk),
-                _EDGES.c.state == int(Edge.PENDING),
-                parent.c.id == _EDGES.c.depends_on,
-                parent.c.state.in_(_TERMINAL),
-                child.c.id == _EDGES.c.job_id,
-            )
-            .values(state=outcome)
-            .returning(_EDGES.c.job_id, _EDGES.c.depends_on, _EDGES.c.state)
+    pending = (
+        select(_EDGES.c.depends_on, _EDGES.c.job_id)
+        .where(_among(conn, _EDGES.c.depends_on, parents), _EDGES.c.state == int(Edge.PENDING))
+        .limit(size)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = (
+        update(_EDGES)
+        .where(
+            tuple_(_EDGES.c.depends_on, _EDGES.c.job_id).in_(pending),
+            parent.c.id == _EDGES.c.depends_on,
+            parent.c.state.in_(_TERMINAL),
+            child.c.id == _EDGES.c.job_id,
         )
-        moved += [(r.job_id, r.depends_on, Edge(r.state)) for r in await conn.execute(stmt)]
-    return moved
+        .values(state=outcome)
+        .returning(_EDGES.c.job_id, _EDGES.c.depends_on, _EDGES.c.state)
+    )
+    return [(r.job_id, r.depends_on, Edge(r.state)) for r in await conn.execute(stmt)]
 
 
 async def _cancel_dependents(
@@ -467,14 +559,13 @@ async def _cancel_dependents(
     cancelled: list[Job] = []
     for parent, children in by_parent.items():
         error = failed_error(parent, labels.get(parent, JobState.CANCELLED).name)
-        for chunk in _chunks(sorted(set(children))):
-            stmt = (
-                update(_JOBS)
-                .where(_JOBS.c.id.in_(chunk), _JOBS.c.state.not_in(_TERMINAL))
-                .values(state=int(JobState.CANCELLED), finish_time=now, error=error)
-                .returning(*_JOBS.c)
-            )
-            cancelled += [job_from_row(r._mapping) for r in await conn.execute(stmt)]
+        stmt = (
+            update(_JOBS)
+            .where(_among(conn, _JOBS.c.id, sorted(set(children))), _JOBS.c.state.not_in(_TERMINAL))
+            .values(state=int(JobState.CANCELLED), finish_time=now, error=error)
+            .returning(*_JOBS.c)
+        )
+        cancelled += [job_from_row(r._mapping) for r in await conn.execute(stmt)]
     for job in cancelled:
         if job.retention_ms is not None:
             await _expires(conn, job.id, now + job.retention_ms)
@@ -495,13 +586,14 @@ async def _count_down(
     """Count the moved edges off their dependents' pending counts (one statement per
     distinct count) and release those that reach 0 and have not ended: QUEUED, or
     SCHEDULED while their run_at lies ahead (a waiting job's state is SCHEDULED already).
-    The released jobs, as stored."""
+    The released jobs, as stored (read whole only once released: a fan-in job's row holds
+    the ids of all its dependencies, and each of their ends counts it down)."""
     per_child = Counter(child for child, _, _ in counted)
     by_count: dict[int, list[str]] = {}
     for child, n in per_child.items():
         by_count.setdefault(n, []).append(child)
     now = now_ms()
-    released: list[Job] = []
+    ready_ids: list[str] = []
     for n, children in by_count.items():
         left = _JOBS.c.dependencies_pending - n
         ready = and_(left <= 0, _JOBS.c.state.not_in(_TERMINAL))
@@ -509,19 +601,19 @@ async def _count_down(
             (and_(ready, _JOBS.c.run_at <= now), int(JobState.QUEUED)),
             else_=_JOBS.c.state,
         )
-        for chunk in _chunks(sorted(children)):
-            stmt = (
-                update(_JOBS)
-                .where(_JOBS.c.id.in_(chunk))
-                .values(dependencies_pending=left, state=state)
-                .returning(*_JOBS.c)
-            )
-            for r in await conn.execute(stmt):
-                job = job_from_row(r._mapping)
-                runs = job.dependencies_pending <= 0 and not job.state.terminal
-                if runs and job.id not in cancelled:
-                    released.append(job)
-    return released
+        stmt = (
+            update(_JOBS)
+            .where(_among(conn, _JOBS.c.id, sorted(children)))
+            .values(dependencies_pending=left, state=state)
+            .returning(_JOBS.c.id, _JOBS.c.dependencies_pending, _JOBS.c.state)
+        )
+        for r in await conn.execute(stmt):
+            if r.dependencies_pending <= 0 and r.state not in _TERMINAL and r.id not in cancelled:
+                ready_ids.append(r.id)
+    if not ready_ids:
+        return []
+    rows = await conn.execute(select(_JOBS).where(_among(conn, _JOBS.c.id, sorted(ready_ids))))
+    return [job_from_row(r._mapping) for r in rows]
 
 
 async def _fill_batches(conn: AsyncConnection, jobs: Iterable[Job]) -> None:

@@ -25,6 +25,7 @@ resolves it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,6 @@ from conveyor.db.dependencies import DependencyStore
 from conveyor.db.rows import WriteResult
 from conveyor.errors import Unavailable
 from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
-from conveyor.jobs.dependencies import Resolution
 from conveyor.jobs.model import Job, JobState, now_ms
 from conveyor.redis import Claim, RedisQueue
 
@@ -70,7 +70,8 @@ class AttemptRecorder:
         self._db: Batcher[AttemptEnd, WriteResult] = Batcher(store.write_outcomes)
         self._redis: Batcher[tuple[Job, str, AttemptEnd], bool] = Batcher(queue.finish_many)
         self.dependencies = DependencyStore(store.db)
-        self._resolver: Batcher[str, Resolution] = Batcher(self._resolve)
+        # Two flushes at once: one resolving a large fan-out does not hold the others up.
+        self._resolver: Batcher[Job, None] = Batcher(self._resolve, concurrency=2)
 
     async def take_over(self, claim: Claim) -> bool:
         """Fence off a reclaimed job's lost attempts; False if the job must not run here."""
@@ -102,11 +103,13 @@ class AttemptRecorder:
         if result is None:
             return False
         if result.applied:
-            await self._until_done(
+            finished = self._until_done(
                 claim.job, lambda: self._redis.submit((claim.job, claim.lease, end))
             )
-            if result.has_dependents and end.state.terminal:
-                await self._resolved(claim.job)
+            if result.has_dependents and end.state.terminal:  # both at once: they are apart
+                await asyncio.gather(finished, self._resolved(claim.job))
+            else:
+                await finished
             return True
         current = result.current
         if current is not None and _cancelled_under(end, current):
@@ -127,17 +130,19 @@ class AttemptRecorder:
             await self._converge(claim, current)
         return False
 
-    async def _resolve(self, ended: Sequence[str]) -> list[Resolution]:
-        """Resolve a group of ended jobs in one transaction; the whole resolution is
-        answered to the first of them, nothing to the others (one enqueue for all)."""
-        done = await self.dependencies.resolve(ended)
-        return [done] + [Resolution() for _ in ended[1:]]
+    async def _resolve(self, ended: Sequence[Job]) -> list[None]:
+        """Resolve a group of ended jobs (their ends committed meanwhile), a committed chunk
+        at a time, each chunk's released jobs enqueued before the next is counted, so the
+        first dependents of a large fan-out start at once. An outage of the database
+        fails the flush, which is retried (a retry counts no edge twice); an outage of
+        Redis is waited out per chunk, as every write of an outcome is."""
+        async for done in self.dependencies.resolving([job.id for job in ended]):
+            await self._until_done(ended[0], functools.partial(self.queue.after_resolution, done))
+        return [None] * len(ended)
 
     async def _resolved(self, job: Job) -> None:
         """Resolve the end of `job` for its dependents and enqueue those it released."""
-        done = await self._until_done(job, lambda: self._resolver.submit(job.id))
-        if done is not None:
-            await self._until_done(job, lambda: self.queue.after_resolution(done))
+        await self._until_done(job, lambda: self._resolver.submit(job))
 
     async def _say_cancelled_late(self, claim: Claim, end: AttemptEnd) -> None:
         """The job was cancelled after this attempt's handler had returned: the cancel is
