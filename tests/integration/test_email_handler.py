@@ -388,14 +388,17 @@ def test_links_become_download_links_of_artifacts_at_send_time(
     fixture = RunFixture(owner="alice")
     bundle = b"PK\x03\x04" + bytes(range(256)) * 8
     fixture.add_artifact(store, "job-bundle", "bundle.zip", bundle)
+    link: dict[str, Any] = {
+        "job_id": "job-bundle",
+        "artifact": "bundle.zip",
+        "expires_seconds": 3600,
+    }
     payload = {
         **MAIL,
         "text": "Get it: {{ download }}",
         "html": '<a href="{{ download }}">{{ name }}</a>',
         "context": {"name": "your export"},
-        "links": {
-            "download": {"job_id": "job-bundle", "artifact": "bundle.zip", "expires_seconds": 3600}
-        },
+        "links": {"download": link},
     }
     settings = smtp.settings()
     run_handler("email.send", payload, store=store, fixture=fixture, settings=settings)
@@ -407,7 +410,7 @@ def test_links_become_download_links_of_artifacts_at_send_time(
     assert url.replace("&", "&amp;") in _body(msg, "html")
 
     smtp.reset()
-    del payload["links"]["download"]["expires_seconds"]  # type: ignore[attr-defined]
+    del link["expires_seconds"]
     run_handler("email.send", payload, store=store, fixture=fixture, settings=settings)
     _, until = _download(store, _body(smtp.mailbox.only().message, "plain").split()[-1])
     window = settings.artifact_url_seconds
