@@ -28,7 +28,7 @@ not the ones `protos/` generates, and it reads a Struct's numbers as floats.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -373,13 +373,13 @@ class RetriedJob(Job):
 
     __slots__ = ("revived_dependents",)
 
-    def __init__(self, raw: job_pb2.Job, revived_dependents: list[str]) -> None:
+    def __init__(self, raw: job_pb2.Job, revived_dependents: Iterable[str] = ()) -> None:
         super().__init__(raw)
-        self.revived_dependents = revived_dependents
+        self.revived_dependents = list(revived_dependents)
 
     @classmethod
     def from_response(cls, msg: pb.RetryJobResponse) -> RetriedJob:
-        return cls(msg.job, list(msg.revived_dependents))
+        return cls(msg.job, msg.revived_dependents)
 
 
 @dataclass(frozen=True, slots=True)
