@@ -131,8 +131,8 @@ def truncate(url: str) -> None:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE jobs, job_attempts, job_effects, job_artifacts, job_expiry, api_keys,"
-                " bulk_operations"
+                "TRUNCATE jobs, job_attempts, job_effects, job_artifacts, job_expiry,"
+                " job_dependencies, batches, api_keys, bulk_operations"
             )
         )
     engine.dispose()

@@ -162,3 +162,16 @@ def artifact(payload: dict[str, Any], ctx: SyncJobContext) -> dict[str, int]:
         chunks = (pattern * (size // len(pattern) + 1))[:size]
         ctx.artifacts.put(f"a{i}.txt", [chunks[n : n + 65536] for n in range(0, size, 65536)])
     return {"count": int(payload.get("count", 1))}
+
+
+@handler("test.collect")
+async def collect(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Returns what its dependencies returned (`ctx.dependency_results()`) under `results`,
+    and its payload's `batch` (a batch callback's) under `batch`."""
+    return {"results": await ctx.dependency_results(), "batch": payload.get("batch")}
+
+
+@handler("test.sync_collect")
+def sync_collect(payload: dict[str, Any], ctx: SyncJobContext) -> dict[str, Any]:
+    """`test.collect` for the thread-pool path."""
+    return {"results": ctx.dependency_results()}

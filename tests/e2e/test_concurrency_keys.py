@@ -2,7 +2,9 @@
 max_running_per_key holds per key over all workers, measured from the database's attempt
 times, while other keys' jobs flow past a key at its cap; a waiting job names its key;
 a sharded queue keeps each key on one shard, so its cap is exact; the limit is set with
-UpdateQueueLimits' mask and the CLI."""
+UpdateQueueLimits' mask and the CLI. The concurrency_key field's way from the request to
+the job, its row and schedule templates is checked with rate_key's, in
+test_key_fields.py."""
 
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conveyor.client import AsyncClient, JobState, schedule_request, submit_request
+from conveyor.client import AsyncClient, JobState, submit_request
 from conveyor.db.bulk import psycopg_dsn
-from conveyor.errors import AlreadyExists, InvalidArgument
+from conveyor.errors import InvalidArgument
 from conveyor.v1 import job_pb2
 from tests.e2e.test_queue_shards import shards_of
 from tests.e2e.test_queues import most_at_once, start_worker, until_blocked, until_done
@@ -123,14 +125,12 @@ async def test_a_sharded_queue_keeps_each_key_on_one_shard_and_its_whole_cap(
 
 
 async def test_the_per_key_limit_is_set_by_its_mask_validated_and_shown(
-    stack: Stack, keys: Keys, alice: AsyncClient, admin: AsyncClient
+    stack: Stack, keys: Keys, admin: AsyncClient
 ) -> None:
-    """Guards the setting and the field: UpdateQueueLimits naming max_running_per_key
-    changes it alone, a negative one is INVALID_ARGUMENT on that field, GetQueueStats and
-    `conveyor queues limits Q --max-per-key N` show it; a concurrency key is checked
-    (printable, at most 256), echoed on the job, kept by `conveyor submit
-    --concurrency-key`, part of the request an idempotency key is compared with, and
-    found by ListJobs' filter `concurrency_key = "..."`."""
+    """Guards the setting: UpdateQueueLimits naming max_running_per_key changes it alone,
+    a negative one is INVALID_ARGUMENT on that field, GetQueueStats and `conveyor queues
+    limits Q --max-per-key N` show it. (The concurrency_key field's own checks are
+    test_key_fields.py's, shared with rate_key.)"""
     queue = f"ckeys-{uuid.uuid4().hex[:8]}"
     await admin.update_queue_limits(queue, max_running=5)
     changed = await admin.update_queue_limits(queue, max_running_per_key=3)
@@ -143,38 +143,3 @@ async def test_the_per_key_limit_is_set_by_its_mask_validated_and_shown(
     assert json.loads(out.stdout)["queues"][0]["limits"]["max_running_per_key"] == 4
     shown = stack.cli("queues", "limits", queue, key=keys.admin)
     assert "max_per_key=4" in shown.stdout
-
-    for key in ("x" * 257, "tab\there"):
-        with pytest.raises(InvalidArgument) as refused:
-            await alice.submit("noop", queue=queue, concurrency_key=key)
-        assert [v.field for v in refused.value.violations] == ["concurrency_key"]
-    job = await alice.submit(
-        "noop", queue=queue, concurrency_key="c-1", idempotency_key=f"ik-{queue}"
-    )
-    assert job.concurrency_key == "c-1"
-    assert (await alice.get(job.id)).concurrency_key == "c-1"
-    again = await alice.submit(
-        "noop", queue=queue, concurrency_key="c-1", idempotency_key=f"ik-{queue}"
-    )
-    assert again.id == job.id
-    with pytest.raises(AlreadyExists):
-        await alice.submit(
-            "noop", queue=queue, concurrency_key="c-2", idempotency_key=f"ik-{queue}"
-        )
-    listed = await alice.list(filter=f'concurrency_key = "c-1" AND queue = "{queue}"')
-    assert [j.id for j in listed.items] == [job.id]
-    made = stack.cli("submit", "noop", "--queue", queue, "--concurrency-key", "cli-key",
-                     "--json", key=keys.alice)  # fmt: skip
-    assert json.loads(made.stdout)["concurrency_key"] == "cli-key"
-
-
-async def test_a_schedules_jobs_carry_its_concurrency_key(alice: AsyncClient) -> None:
-    """Guards JobTemplate.concurrency_key: the schedule keeps it and each job it makes
-    (here by TriggerSchedule) has it, so a recurring job shares its key's cap."""
-    made = await alice.create_schedule(
-        schedule_request("noop", every=3600, queue="parked", concurrency_key="nightly")
-    )
-    assert made.job_template.concurrency_key == "nightly"
-    job = await alice.trigger_schedule(made.id)
-    assert job.concurrency_key == "nightly"
-    await alice.delete_schedule(made.id)

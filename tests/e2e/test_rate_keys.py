@@ -2,7 +2,8 @@
 each key over all workers, measured from the database's attempt start times, while keys
 do not share a window and other jobs flow past a key whose window is full; a waiting job
 names its key and when it may start; the rate is set with UpdateQueueLimits' mask and the
-CLI."""
+CLI. The rate_key field's way from the request to the job, its row and schedule templates
+is checked with concurrency_key's, in test_key_fields.py."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import psycopg
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from conveyor.client import AsyncClient, JobState, schedule_request, submit_request
+from conveyor.client import AsyncClient, JobState, submit_request
 from conveyor.db.bulk import psycopg_dsn
-from conveyor.errors import AlreadyExists, InvalidArgument
+from conveyor.errors import InvalidArgument
 from conveyor.jobs.model import format_time
 from conveyor.v1 import job_pb2
 from tests.e2e.test_queues import (
@@ -178,15 +179,13 @@ async def test_a_sharded_queue_keeps_each_rate_key_on_one_shard_and_its_whole_ra
 
 
 async def test_the_per_key_rate_is_set_by_its_mask_validated_and_shown(
-    stack: Stack, keys: Keys, alice: AsyncClient, admin: AsyncClient
+    stack: Stack, keys: Keys, admin: AsyncClient
 ) -> None:
-    """Guards the setting and the field: UpdateQueueLimits naming rate_per_key_jobs and
+    """Guards the setting: UpdateQueueLimits naming rate_per_key_jobs and
     rate_per_key_interval changes them alone; a negative rate, a rate without a window and
     a window without a rate are INVALID_ARGUMENT on their field; GetQueueStats and
-    `conveyor queues limits Q --rate-per-key N --per-key-interval S` show it; a rate key is
-    checked (printable, at most 256), echoed on the job, kept by `conveyor submit
-    --rate-key`, part of the request an idempotency key is compared with, and found by
-    ListJobs' filter `rate_key = "..."`."""
+    `conveyor queues limits Q --rate-per-key N --per-key-interval S` show it. (The
+    rate_key field's own checks are test_key_fields.py's, shared with concurrency_key.)"""
     queue = f"rkeys-{uuid.uuid4().hex[:8]}"
     await admin.update_queue_limits(queue, max_running=5)
     with pytest.raises(InvalidArgument) as no_window:
@@ -216,32 +215,3 @@ async def test_the_per_key_rate_is_set_by_its_mask_validated_and_shown(
     assert stats.limits.rate_per_key_jobs == 4
     shown = stack.cli("queues", "limits", queue, key=keys.admin)
     assert "rate_per_key=4 per 0.5s" in shown.stdout
-
-    for key in ("x" * 257, "tab\there"):
-        with pytest.raises(InvalidArgument) as refused:
-            await alice.submit("noop", queue=queue, rate_key=key)
-        assert [v.field for v in refused.value.violations] == ["rate_key"]
-    job = await alice.submit("noop", queue=queue, rate_key="r-1", idempotency_key=f"ik-{queue}")
-    assert job.rate_key == "r-1"
-    assert (await alice.get(job.id)).rate_key == "r-1"
-    again = await alice.submit("noop", queue=queue, rate_key="r-1", idempotency_key=f"ik-{queue}")
-    assert again.id == job.id
-    with pytest.raises(AlreadyExists):
-        await alice.submit("noop", queue=queue, rate_key="r-2", idempotency_key=f"ik-{queue}")
-    listed = await alice.list(filter=f'rate_key = "r-1" AND queue = "{queue}"')
-    assert [j.id for j in listed.items] == [job.id]
-    made = stack.cli("submit", "noop", "--queue", queue, "--rate-key", "cli-key", "--json",
-                     key=keys.alice)  # fmt: skip
-    assert json.loads(made.stdout)["rate_key"] == "cli-key"
-
-
-async def test_a_schedules_jobs_carry_its_rate_key(alice: AsyncClient) -> None:
-    """Guards JobTemplate.rate_key: the schedule keeps it and each job it makes (here by
-    TriggerSchedule) has it, so a recurring job shares its key's rate."""
-    made = await alice.create_schedule(
-        schedule_request("noop", every=3600, queue="parked", rate_key="nightly")
-    )
-    assert made.job_template.rate_key == "nightly"
-    job = await alice.trigger_schedule(made.id)
-    assert job.rate_key == "nightly"
-    await alice.delete_schedule(made.id)

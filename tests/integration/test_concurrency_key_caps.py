@@ -103,3 +103,31 @@ async def test_a_key_counts_with_its_owner_and_a_raised_cap_unparks(queue: Redis
     assert [j.id for j in first] == [a1.id, b1.id, other.id]
     await queue.configure(QueueSettings("default", max_running_per_owner=5, max_running_per_key=3))
     assert sorted(j.id for j in await claim(queue)) == sorted([a2.id, c1.id])
+
+
+@pytest.mark.parametrize(
+    ("limits", "key", "group"),
+    [
+        (QueueSettings("default", max_running_per_key=1), "k", "c:k"),
+        (QueueSettings("default", max_running_per_owner=1), "", "o:alice"),
+    ],
+    ids=["concurrency-key", "owner"],
+)
+async def test_a_group_whose_parked_jobs_were_cancelled_leaves_the_parked_groups(
+    queue: RedisQueue, limits: QueueSettings, key: str, group: str
+) -> None:
+    """Guards q.parked_groups against a leak: a cap group's parked set emptied by cancels
+    (cancel takes the job out of its parked set only) leaves the set of parked groups when
+    its next lease ends, instead of staying there for good (every configure walks each
+    member)."""
+    await queue.configure(limits)
+    running, parked = keyed(key), keyed(key)
+    await queue.enqueue([running, parked])
+    assert [j.id for j in await claim(queue)] == [running.id]
+    keys = QueueKeys("default")
+    assert await queue.redis.sismember(keys.parked_groups, group) == 1
+    assert (await queue.cancel("default", parked.id, now_ms())).state == JobState.QUEUED
+    lease = (await queue.hot("default", running.id) or {})["lease"]
+    assert await queue.finish_many([(running, lease, ended(running.id, JobState.SUCCEEDED))])
+    assert await queue.redis.zcard(keys.parked_prefix + group) == 0
+    assert await queue.redis.smembers(keys.parked_groups) == set()

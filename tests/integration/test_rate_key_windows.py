@@ -124,3 +124,25 @@ async def test_removing_the_rate_lets_parked_jobs_back_at_once(queue: RedisQueue
     assert (await claim(queue))[0] == []
     await queue.configure(QueueSettings("default"))
     assert sorted(j.id for j in (await claim(queue))[0]) == sorted(j.id for j in jobs[1:])
+
+
+async def test_a_key_whose_parked_jobs_were_cancelled_leaves_the_parked_groups(
+    queue: RedisQueue,
+) -> None:
+    """Guards the claim's due rate groups against a leak: a key whose parked jobs were all
+    cancelled before its window opened leaves q.rate_due and the set of parked groups at
+    the first claim after the opening (its unpark finds the parked set empty)."""
+    await queue.configure(
+        QueueSettings("default", rate_per_key_jobs=1, rate_per_key_interval_ms=100)
+    )
+    first, parked = keyed("gone"), keyed("gone")
+    await queue.enqueue([first, parked])
+    assert [j.id for j in (await claim(queue))[0]] == [first.id]
+    assert await queue.redis.sismember(KEYS.parked_groups, "r:gone") == 1
+    assert (await queue.cancel("default", parked.id, now_ms())).state == JobState.QUEUED
+    opens = float(await queue.redis.zscore(KEYS.rate_due, "r:gone") or 0)
+    async with asyncio.timeout(5):
+        while await queue.redis.zcard(KEYS.rate_due):
+            await asyncio.sleep(max(opens - now_ms(), 5) / 1000)
+            assert (await claim(queue))[0] == []
+    assert await queue.redis.smembers(KEYS.parked_groups) == set()

@@ -66,6 +66,8 @@ ADMIN_QUEUE = "authmatrix-admin"
 JOB_ID_RPCS = {"GetJob", "WatchJob", "CancelJob", "RetryJob", "ListJobAttempts", "GetJobResult"}
 # RPCs that name a bulk operation: another owner's id must be NOT_FOUND too.
 BULK_ID_RPCS = {"GetBulkOperation", "CancelBulkOperation"}
+# RPCs that name a batch (SubmitJobsRequest.on_complete): another owner's id is NOT_FOUND.
+BATCH_ID_RPCS = {"GetBatch"}
 # What the bulk actions' requests match: nothing (they are dry runs, or act on no job).
 NOTHING = 'labels.authmatrix = "none"'
 # ScheduleService RPCs that name a schedule: another owner's id must be NOT_FOUND too.
@@ -170,6 +172,8 @@ class World:
     bob_schedule: str
     alice_operation: str  # a bulk operation of alice's (it matched no job, so it ended)
     bob_operation: str
+    alice_batch: str  # a batch of alice's (one noop job and its callback)
+    bob_batch: str
 
 
 def hourly() -> schedule_pb.Schedule:
@@ -206,6 +210,7 @@ def job_requests(world: World) -> dict[str, Callable[[str], Message]]:
         "conveyor.v1.JobService.RetryJobs": lambda _: jobs_pb.RetryJobsRequest(filter=NOTHING),
         "conveyor.v1.JobService.CancelJobs": lambda _: jobs_pb.CancelJobsRequest(filter=NOTHING),
         "conveyor.v1.JobService.DeleteJobs": lambda _: jobs_pb.DeleteJobsRequest(filter=NOTHING),
+        "conveyor.v1.JobService.GetBatch": lambda batch: jobs_pb.GetBatchRequest(id=batch),
         "conveyor.v1.JobService.GetBulkOperation": lambda op: jobs_pb.GetBulkOperationRequest(
             id=op
         ),
@@ -327,6 +332,17 @@ async def start_bulk(api: grpc.aio.Channel, key: str) -> str:
     return got.reply.operation.id
 
 
+async def start_batch(api: grpc.aio.Channel, key: str) -> str:
+    """A batch of the key's owner (one noop job and a noop callback); its id."""
+    request = jobs_pb.SubmitJobsRequest(
+        requests=[jobs_pb.SubmitJobRequest(type="noop", queue=QUEUE)],
+        on_complete=jobs_pb.SubmitJobRequest(type="noop", queue=QUEUE),
+    )
+    got = await invoke(api, rpc_named("SubmitJobs"), request, bearer(key))
+    assert isinstance(got.reply, jobs_pb.SubmitJobsResponse), got
+    return got.reply.batch.id
+
+
 async def create_schedule(api: grpc.aio.Channel, key: str) -> str:
     got = await invoke(
         api,
@@ -435,6 +451,8 @@ async def test_every_rpc_refuses_callers_without_the_right(
     bob_schedule = await create_schedule(api, keys.bob)
     alice_operation = await start_bulk(api, keys.alice)
     bob_operation = await start_bulk(api, keys.bob)
+    alice_batch = await start_batch(api, keys.alice)
+    bob_batch = await start_batch(api, keys.bob)
     world = World(
         alice_job,
         alice_cancelled,
@@ -447,6 +465,8 @@ async def test_every_rpc_refuses_callers_without_the_right(
         bob_schedule,
         alice_operation,
         bob_operation,
+        alice_batch,
+        bob_batch,
     )
 
     builders = job_requests(world)
@@ -461,6 +481,8 @@ async def test_every_rpc_refuses_callers_without_the_right(
         default = alice_schedule if rpc.name in SCHEDULE_ID_RPCS else alice_job
         if rpc.name in BULK_ID_RPCS:
             default = alice_operation
+        if rpc.name in BATCH_ID_RPCS:
+            default = alice_batch
         return builders[rpc.method.full_name](target or default)
 
     def channel(rpc: Rpc) -> grpc.aio.Channel:
@@ -496,7 +518,7 @@ async def test_every_rpc_refuses_callers_without_the_right(
             got = await invoke(api, rpc, theirs_listed, bearer(keys.alice))
             tally.expect("other owner", rpc, got, Code.PERMISSION_DENIED)
             continue
-        if rpc.name not in JOB_ID_RPCS | SCHEDULE_ID_RPCS | BULK_ID_RPCS:
+        if rpc.name not in JOB_ID_RPCS | SCHEDULE_ID_RPCS | BULK_ID_RPCS | BATCH_ID_RPCS:
             isolated = rpc.name in ("SubmitJob", "SubmitJobs")
             not_applicable["other owner"].append(rpc.label + (" (isolation below)" * isolated))
             continue
@@ -505,6 +527,8 @@ async def test_every_rpc_refuses_callers_without_the_right(
         bobs = (bob_schedule,) if rpc.name in SCHEDULE_ID_RPCS else (bob_queued, bob_cancelled)
         if rpc.name in BULK_ID_RPCS:
             bobs = (bob_operation,)
+        if rpc.name in BATCH_ID_RPCS:
+            bobs = (bob_batch,)
         for theirs in bobs:
             got = await invoke(api, rpc, request(rpc, theirs), bearer(keys.alice))
             if tally.expect("other owner", rpc, got, Code.NOT_FOUND):

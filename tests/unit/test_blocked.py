@@ -76,6 +76,10 @@ EXAMPLES: dict[str, tuple[Blocked, str]] = {
         "committed; waiting to be enqueued: redis refused it (out of memory)",
     ),
     "queue_unreachable": (Blocked.queue_unreachable(), "the queue (redis) cannot be reached"),
+    "dependencies": (
+        Blocked.dependencies(2, 3, ("a", "b")),
+        "waiting for 2 of 3 dependencies: a, b",
+    ),
 }
 
 

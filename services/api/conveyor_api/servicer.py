@@ -95,10 +95,21 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         violations: list[FieldViolation] = []
         if request.view not in pb.JobView.values():
             violations.append(FieldViolation("view", "must be a JobView"))
+        has_callback = request.HasField("on_complete")
         if request.partial_success:  # the call's own fields only: each request stands alone
+            if has_callback:
+                violations.append(FieldViolation("on_complete", "not with partial_success"))
             if violations:
                 raise InvalidArgument(violations)
             return await self._submit_each(request, principal)
+        on_complete = None
+        if has_callback:
+            try:
+                on_complete = spec_from_proto(
+                    request.on_complete, max_payload_bytes=self.max_payload, prefix="on_complete."
+                )
+            except InvalidArgument as bad:
+                violations += bad.violations
         specs: list[JobSpec] = []
         for i, item in enumerate(request.requests):
             if item.view not in pb.JobView.values():
@@ -113,12 +124,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 violations += bad.violations
         if violations:
             raise InvalidArgument(violations)
-        jobs = await self.ops.submit_many(principal, specs)
+        jobs, batch_id = await self.ops.submit_batch(principal, specs, on_complete)
         answers = [
             _answer_in_view(job, item, request.view)
             for job, item in zip(jobs, request.requests, strict=True)
         ]
-        return pb.SubmitJobsResponse(jobs=answers)
+        response = pb.SubmitJobsResponse(jobs=answers)
+        if batch_id:
+            response.batch.CopyFrom((await self.ops.batch(principal, batch_id)).to_proto())
+        return response
 
     async def _submit_each(
         self, request: pb.SubmitJobsRequest, principal: Principal
@@ -199,8 +213,20 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def RetryJob(
         self, request: pb.RetryJobRequest, principal: Principal
     ) -> pb.RetryJobResponse:
-        job = await self.ops.retry(principal, request.id, request.max_attempts)
-        return pb.RetryJobResponse(job=job.to_proto())
+        job, revived = await self.ops.retry(
+            principal,
+            request.id,
+            request.max_attempts,
+            include_dependents=request.include_dependents,
+        )
+        return pb.RetryJobResponse(job=job.to_proto(), revived_dependents=[j.id for j in revived])
+
+    @unary
+    async def GetBatch(
+        self, request: pb.GetBatchRequest, principal: Principal
+    ) -> pb.GetBatchResponse:
+        batch = await self.ops.batch(principal, request.id)
+        return pb.GetBatchResponse(batch=batch.to_proto())
 
     @unary
     async def ListJobAttempts(

@@ -275,7 +275,9 @@ class BulkOperations:
         async def one(job_id: str) -> None:
             try:
                 if op.action is BulkAction.RETRY:
-                    await self.ops.retry(principal, job_id, op.max_attempts)
+                    await self.ops.retry(
+                        principal, job_id, op.max_attempts
+                    )  # dependents stay as they are
                 else:
                     await self.ops.cancel(principal, job_id)
                 op.done += 1

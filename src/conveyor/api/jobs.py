@@ -17,6 +17,7 @@ attribute test for this.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -31,9 +32,11 @@ from conveyor.api.known_names import KnownNames, NameCache
 from conveyor.api.pagetokens import MAX_PAGE_SIZE, PageTokens, page_limit
 from conveyor.api.pending_writes import PendingWrites
 from conveyor.api.ratelimit import Kind, Limit, RateLimiter
+from conveyor.api.workflows import Workflows, check_callback, check_requests
 from conveyor.batching import Batcher
 from conveyor.config import Settings
 from conveyor.db import JobStore
+from conveyor.db.dependencies import BatchView
 from conveyor.errors import (
     ConveyorError,
     FailedPrecondition,
@@ -119,6 +122,8 @@ class JobOperations:
         self.page_tokens = PageTokens(queue.redis, settings.secret_key)
         # Redis writes owed for committed changes (run with `pending.running()`).
         self.pending = PendingWrites(store, queue, settings, self.metrics)
+        # Jobs that wait for others, and batches (conveyor.jobs.dependencies).
+        self.workflows = Workflows(store.db, queue)
         self._default_limits = {
             Kind.SUBMIT: Limit(settings.submit_rate, settings.submit_burst),
             Kind.READ: Limit(settings.read_rate, settings.read_burst),
@@ -246,8 +251,9 @@ class JobOperations:
 
     async def submit(self, principal: Principal, spec: JobSpec) -> Job:
         """Commit one job (group-committed with concurrent submits), then enqueue it; a
-        unique or debounced one on its own (`_submit_keyed`)."""
+        unique or debounced one, or one with dependencies, on its own."""
         await self.check([spec])
+        check_requests([spec], bulk=False)
         await self.charge(principal, Kind.SUBMIT)
         now = now_ms()
         job = self._new_job(principal, spec, now)
@@ -255,6 +261,8 @@ class JobOperations:
             tracing.annotate(**tracing.job_attributes(job.id, job.type, job.queue))
         if spec.keyed:
             return await self._submit_keyed(job, now)
+        if spec.has_dependencies:
+            return (await self._submit_dependent([job], [spec]))[0]
         result = await self._submits.submit(job)
         if isinstance(result, ConveyorError):
             raise result
@@ -273,10 +281,27 @@ class JobOperations:
 
     async def submit_many(self, principal: Principal, specs: Sequence[JobSpec]) -> list[Job]:
         """Commit a bulk request in its own transaction: all jobs or, on a conflict, none."""
+        jobs, _ = await self.submit_batch(principal, specs, None)
+        return jobs
+
+    async def submit_batch(
+        self, principal: Principal, specs: Sequence[JobSpec], on_complete: JobSpec | None
+    ) -> tuple[list[Job], str]:
+        """`submit_many`, and with `on_complete` as a batch with that callback: the jobs,
+        and the batch's id ("" without a callback)."""
+        dependent = on_complete is not None or any(s.has_dependencies for s in specs)
+        if dependent:
+            check_requests(specs, bulk=True)
         await self.check(specs, bulk=True)
-        await self.charge(principal, Kind.SUBMIT, len(specs))
+        if on_complete is not None:
+            await self._check_callback(on_complete)
+        await self.charge(principal, Kind.SUBMIT, len(specs) + (on_complete is not None))
         now = now_ms()
         jobs = [self._new_job(principal, spec, now) for spec in specs]
+        if dependent:
+            callback = None if on_complete is None else self._new_job(principal, on_complete, now)
+            stored, batch_id = await self._submit_batch(jobs, specs, callback)
+            return stored[: len(jobs)], batch_id
         results = await self.store.insert(jobs, all_or_nothing=True)
         errors = [(i, r) for i, r in enumerate(results) if isinstance(r, ConveyorError)]
         if errors:
@@ -285,7 +310,37 @@ class JobOperations:
             raise first
         stored = [r for r in results if isinstance(r, Job)]
         await self._enqueue_new(jobs, stored)
+        return stored, ""
+
+    async def _check_callback(self, spec: JobSpec) -> None:
+        """`check` of a batch's callback, its violations named under `on_complete.`."""
+        check_callback(spec)
+        try:
+            await self.check([spec])
+        except InvalidArgument as bad:
+            named = [
+                FieldViolation(f"on_complete.{v.field}", v.description) for v in bad.violations
+            ]
+            raise InvalidArgument(named) from None
+
+    async def _submit_dependent(self, jobs: list[Job], specs: Sequence[JobSpec]) -> list[Job]:
+        stored, _ = await self._submit_batch(jobs, specs, None)
         return stored
+
+    async def _submit_batch(
+        self, jobs: list[Job], specs: Sequence[JobSpec], callback: Job | None
+    ) -> tuple[list[Job], str]:
+        """Jobs with dependencies, or a batch: one transaction of their own
+        (conveyor.api.workflows); those of them ready to run are enqueued as any other."""
+        stored, batch_id = await self.workflows.insert(jobs, specs, callback)
+        made = [*jobs, *([callback] if callback is not None else [])]
+        ready = [
+            job
+            for job, result in zip(made, stored, strict=True)
+            if result is job and not job.dependencies_pending and not job.state.terminal
+        ]
+        await self._enqueue_new(ready, ready)
+        return stored, batch_id
 
     async def submit_each(
         self, principal: Principal, specs: Sequence[JobSpec | ConveyorError]
@@ -308,6 +363,7 @@ class JobOperations:
                 await self.check([spec])
                 if spec.keyed:
                     raise InvalidArgument(_keyed_in_bulk(spec, ""))
+                check_requests([spec], bulk=False)
             except InvalidArgument as bad:
                 outcomes[index] = bad
                 continue
@@ -318,9 +374,17 @@ class JobOperations:
                 outcomes.update((index, refused) for index, _ in valid[admitted:])
                 valid = valid[:admitted]
             now = now_ms()
+            dependent = [(i, spec) for i, spec in valid if spec.has_dependencies]
+            valid = [(i, spec) for i, spec in valid if not spec.has_dependencies]
             jobs = [self._new_job(principal, spec, now) for _, spec in valid]
-            stored = await self._commit_and_enqueue(jobs)
+            stored = await self._commit_and_enqueue(jobs) if jobs else []
             outcomes.update(zip((index for index, _ in valid), stored, strict=True))
+            for index, spec in dependent:  # each its own transaction, as a SubmitJob
+                try:
+                    job = self._new_job(principal, spec, now)
+                    outcomes[index] = (await self._submit_dependent([job], [spec]))[0]
+                except InvalidArgument as bad:
+                    outcomes[index] = bad
         return [outcomes[index] for index in range(len(specs))]
 
     async def _commit_and_enqueue(self, jobs: list[Job]) -> list[Job | ConveyorError]:
@@ -398,6 +462,8 @@ class JobOperations:
         owed = self.pending.blocked(job.id)
         if owed is not None:
             return owed
+        if job.dependencies_pending:
+            return await self.workflows.blocked(job)
         if job.state is JobState.SCHEDULED:
             return Blocked.scheduled(job.run_at)
         if job.state is JobState.RETRYING:
@@ -451,9 +517,19 @@ class JobOperations:
         scope = _attempts_scope(principal, job_id)
         return await self.page_tokens.encode(_attempt_cursor(attempt), scope)
 
-    async def retry(self, principal: Principal, job_id: str, max_attempts: int) -> Job:
+    async def retry(
+        self,
+        principal: Principal,
+        job_id: str,
+        max_attempts: int,
+        *,
+        include_dependents: bool = False,
+    ) -> tuple[Job, list[Job]]:
         """Replay a DEAD or CANCELLED job with a fresh attempt budget: QUEUED in the database
-        (with a new fence), then back in line in Redis (else the reconciler puts it there)."""
+        (with a new fence), then back in line in Redis (else the reconciler puts it there).
+        With `include_dependents`, the dependents its end cancelled wait for it again
+        (revived before it is enqueued, so it cannot end before they wait); they are the
+        second value."""
         if not 0 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise InvalidArgument(
                 [FieldViolation("max_attempts", f"must be 0 (default) to {MAX_ATTEMPTS_LIMIT}")]
@@ -462,15 +538,25 @@ class JobOperations:
         budget = max_attempts or self.defaults(current.type).max_attempts
         owner = None if principal.is_admin else principal.owner
         job = await self.store.replay(job_id, owner, budget)
+        revived = await self.workflows.revive(job_id) if include_dependents else []
+        if revived:  # waiting again: the database's alone, as before they ended
+            with contextlib.suppress(Unavailable):
+                await self.queue.forget([(j.id, j.placement) for j in revived])
         try:
             await self.queue.restore([job])
         except Exception as exc:  # committed: the replay is done (see `_enqueue_new`)
             if not isinstance(exc, Unavailable | RedisError):
                 log.exception("enqueueing a replayed job failed unexpectedly", exc_info=exc)
             self.pending.enqueue_later([job], exc)
-            return job
+            return job, revived
         hot = await self._hot(job.placement, job.id)
-        return Job.from_hot(hot) if hot is not None else job
+        return (Job.from_hot(hot) if hot is not None else job), revived
+
+    async def batch(self, principal: Principal, batch_id: str) -> BatchView:
+        """A batch of the caller's (an admin's: any owner's) and its jobs' states."""
+        await self.charge(principal, Kind.READ)
+        _check_id(batch_id)
+        return await self.workflows.batch(batch_id, None if principal.is_admin else principal.owner)
 
     async def _load(self, principal: Principal, job_id: str) -> Job | None:
         """The job if `principal` may see it; as in `_look`, another owner's job takes the
@@ -572,6 +658,7 @@ class JobOperations:
         ran; its worker, if the handler had already returned, says so in that record."""
         _check_id(job_id)
         job = await self.store.cancel(job_id, None if principal.is_admin else principal.owner)
+        await self.workflows.ended([job.id])
         # The cancel is this write (a running handler is stopped and writes nothing).
         known = await self.names.get()
         labels = known.queue_label(job.queue), known.type_label(job.type)

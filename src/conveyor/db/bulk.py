@@ -93,7 +93,7 @@ WITH v AS (
   FROM v
   WHERE jobs.id = v.id AND jobs.fence = v.fence AND jobs.attempt < v.attempt
     AND jobs.state NOT IN (4, 6, 7)
-  RETURNING jobs.id, jobs.retention_ms
+  RETURNING jobs.id, jobs.retention_ms, jobs.has_dependents
 ), recorded AS (
   INSERT INTO job_attempts (job_id, attempt, outcome, worker_id, start_time, finish_time,
                             error, traceback)
@@ -107,7 +107,7 @@ WITH v AS (
   WHERE v.finish_time IS NOT NULL AND applied.retention_ms IS NOT NULL
   ON CONFLICT (job_id) DO UPDATE SET expire_time = EXCLUDED.expire_time
 )
-SELECT id FROM applied
+SELECT id, has_dependents FROM applied
 """
 
 
@@ -277,8 +277,9 @@ class BulkStatements:
             return False
         return True
 
-    async def write_outcomes(self, writes: Sequence[AttemptEnd]) -> set[str]:
-        """Apply outcomes in one statement; the ids whose write applied (see _OUTCOMES)."""
+    async def write_outcomes(self, writes: Sequence[AttemptEnd]) -> dict[str, bool]:
+        """Apply outcomes in one statement; the ids whose write applied (see _OUTCOMES),
+        each with whether another job depends on it."""
         rows = [
             {
                 "id": w.id, "state": int(w.state), "attempt": w.attempt, "fence": w.fence,
@@ -291,7 +292,7 @@ class BulkStatements:
         ]  # fmt: skip
         async with self._cursor() as cur:
             await cur.execute(_OUTCOMES, _records(rows), prepare=True)
-            return {row[0] for row in await cur.fetchall()}
+            return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def close(self) -> None:
         conns, self._open, self._idle = list(self._open), set(), []

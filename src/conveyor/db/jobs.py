@@ -434,13 +434,15 @@ class JobStore:
             async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
                 current = {r.id: job_from_row(r._mapping) for r in await conn.execute(stmt)}
         return [
-            WriteResult(True) if w.id in done else WriteResult(False, current.get(w.id))
+            WriteResult(True, has_dependents=done[w.id])
+            if w.id in done
+            else WriteResult(False, current.get(w.id))
             for w in writes
         ]
 
-    async def _write_outcomes_one_by_one(self, writes: Sequence[AttemptEnd]) -> set[str]:
+    async def _write_outcomes_one_by_one(self, writes: Sequence[AttemptEnd]) -> dict[str, bool]:
         """SQLite's path: one fenced UPDATE per write, all in one transaction."""
-        applied: set[str] = set()
+        applied: dict[str, bool] = {}
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             for w in writes:
                 values: dict[str, Any] = {
@@ -465,11 +467,11 @@ class JobStore:
                         _JOBS.c.state.not_in(_TERMINAL),
                     )
                     .values(**values)
-                    .returning(_JOBS.c.id, _JOBS.c.retention_ms)
+                    .returning(_JOBS.c.id, _JOBS.c.retention_ms, _JOBS.c.has_dependents)
                 )
                 row = (await conn.execute(stmt)).first()
                 if row is not None:
-                    applied.add(w.id)
+                    applied[w.id] = bool(row.has_dependents)
                     await conn.execute(self._upsert(_ATTEMPTS), [_attempt_row(w.record)])
                     await self._expires(conn, w.id, w.finish_time, row.retention_ms)
         return applied
@@ -550,7 +552,14 @@ class JobStore:
         index covers the columns they change); the cost is reading finished rows too.
         """
         page = (
-            select(_JOBS.c.id, _JOBS.c.state, _JOBS.c.queue, _JOBS.c.shard, _JOBS.c.fence)
+            select(
+                _JOBS.c.id,
+                _JOBS.c.state,
+                _JOBS.c.queue,
+                _JOBS.c.shard,
+                _JOBS.c.fence,
+                _JOBS.c.dependencies_pending,
+            )
             .where(_JOBS.c.id > after_id)
             .order_by(_JOBS.c.id)
             .limit(limit)
@@ -558,7 +567,9 @@ class JobStore:
         async with unavailable_on_db_errors(), self.db.engine.connect() as conn:
             rows = list(await conn.execute(page))
         refs = [
-            (r.id, placement(r.queue, r.shard), r.fence) for r in rows if r.state not in _TERMINAL
+            (r.id, placement(r.queue, r.shard), r.fence)
+            for r in rows
+            if r.state not in _TERMINAL and not r.dependencies_pending  # waiting: not Redis's
         ]
         return refs, rows[-1].id if len(rows) == limit else None
 

@@ -92,6 +92,40 @@ class JobRow(Base):
     concurrency_key: Mapped[str] = mapped_column(String(256), default="", server_default="")
     # The client's key for jobs that share a start rate in their queue; "" when none.
     rate_key: Mapped[str] = mapped_column(String(256), default="", server_default="")
+    # Dependencies (conveyor.jobs.dependencies; migration 0014): the ids the job waits
+    # for (None: none), its DependencyFailurePolicy, how many have not ended yet (the job
+    # stays out of Redis while any has not), whether any job depends on it, and its batch.
+    depends_on: Mapped[list[str] | None] = mapped_column(JsonDoc)
+    dependency_policy: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    dependencies_pending: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    has_dependents: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
+
+
+class DependencyRow(Base):
+    """One edge of the dependency DAG: `job_id` waits for `depends_on`. `state` is
+    conveyor.jobs.dependencies.Edge: pending until the dependency ends."""
+
+    __tablename__ = "job_dependencies"
+    __table_args__ = (Index("ix_job_dependencies_job_id", "job_id"),)
+
+    depends_on: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    state: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+
+
+class BatchRow(Base):
+    """A batch: the jobs of one SubmitJobs call with `on_complete`, and its callback."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    job_count: Mapped[int] = mapped_column(Integer)
+    callback_job_id: Mapped[str] = mapped_column(String(36))
+    create_time: Mapped[int] = mapped_column(BigInteger)
 
 
 class ExpiryRow(Base):

@@ -15,10 +15,12 @@ from conveyor.jobs.retry import RetryPolicy
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     """What became of one attempt's outcome write: applied, or refused and the job's row as
-    it stands (None: no such job)."""
+    it stands (None: no such job). `has_dependents`: the write applied and other jobs
+    depend on this one (conveyor.jobs.dependencies), so an end must be resolved."""
 
     applied: bool
     current: Job | None = None
+    has_dependents: bool = False
 
 
 class RolledBack(Exception):
@@ -72,6 +74,9 @@ def job_from_row(values: Mapping[Any, Any]) -> Job:
     fields.pop("result_ref", None)
     retry = fields.pop("retry", None)
     fields["labels"] = fields.get("labels") or {}  # a row from before labels: none
+    fields.pop("has_dependents", None)  # the database's own (conveyor.db.dependencies)
+    fields["depends_on"] = fields.get("depends_on") or []
+    fields["batch_id"] = fields.get("batch_id") or ""
     job = Job(**fields)
     if retry:
         job.retry = RetryPolicy.from_doc(retry)
@@ -111,4 +116,8 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "debounce_ms": job.debounce_ms,
         "concurrency_key": job.concurrency_key,
         "rate_key": job.rate_key,
+        "depends_on": job.depends_on or None,
+        "dependency_policy": job.dependency_policy,
+        "dependencies_pending": job.dependencies_pending,
+        "batch_id": job.batch_id or None,
     }

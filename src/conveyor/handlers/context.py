@@ -21,6 +21,10 @@ later call, in any attempt, returns False. What is promised, exactly:
   side instead (an idempotency key at the email or payment provider) and not use `once`.
 - If the database cannot be reached, `once` raises `Unavailable`, and the attempt fails
   and is retried: it never answers True without the marker committed.
+
+`dependency_results()` gives a job that depends on others (SubmitJobRequest.depends_on)
+what each of them returned: a dict from dependency id to its handler's result, None for
+one that did not succeed (a RUN_ANYWAY job runs after failures too) or no longer exists.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import FieldViolation, InvalidArgument
 from conveyor.jobs.artifacts import Artifacts, AsyncArtifacts, FindFn, RecordFn
@@ -44,10 +48,15 @@ PROGRESS_INTERVAL = 0.1
 MAX_ONCE_KEY = 256
 
 ClaimEffect = Callable[[str], Awaitable[bool]]
+DependencyResults = Callable[[], Coroutine[Any, Any, dict[str, Any]]]
 
 
 async def _no_effects(key: str) -> bool:
     raise RuntimeError("this context was made without a side-effect store")
+
+
+async def _no_dependencies() -> dict[str, Any]:
+    return {}
 
 
 class BaseContext:
@@ -67,6 +76,7 @@ class BaseContext:
         settings: Settings | None = None,
         artifacts: Artifacts | None = None,
         timeout_seconds: float | None = None,
+        dependency_results: DependencyResults = _no_dependencies,
     ) -> None:
         self.job_id = job_id
         self.job_type = job_type
@@ -83,6 +93,7 @@ class BaseContext:
         self._loop = loop
         self._on_progress = on_progress
         self._claim_effect = claim_effect
+        self._dependency_results = dependency_results
         # A plain flag: set once by the worker, read by the handler (atomic in CPython).
         self._cancelled = False
         self._lock = threading.Lock()
@@ -153,6 +164,10 @@ class JobContext(BaseContext):
         """True the first time any attempt of this job asks for `key`, else False."""
         return await self._once(key)
 
+    async def dependency_results(self) -> dict[str, Any]:
+        """What each dependency returned, by id (None: it did not succeed)."""
+        return await self._dependency_results()
+
 
 class SyncJobContext(BaseContext):
     """The context of a sync handler (which runs in a worker thread)."""
@@ -165,6 +180,11 @@ class SyncJobContext(BaseContext):
     def once(self, key: str) -> bool:
         """True the first time any attempt of this job asks for `key`, else False."""
         return asyncio.run_coroutine_threadsafe(self._once(key), self._loop).result()
+
+    def dependency_results(self) -> dict[str, Any]:
+        """What each dependency returned, by id (None: it did not succeed)."""
+        running = self._dependency_results()
+        return asyncio.run_coroutine_threadsafe(running, self._loop).result()
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +219,7 @@ def new_context(
     claim_effect: ClaimEffect,
     settings: Settings | None,
     stores: ArtifactStores | None,
+    dependency_results: DependencyResults = _no_dependencies,
 ) -> BaseContext:
     """The context a handler gets: JobContext for async handlers, SyncJobContext for sync
     ones, with artifacts when there is somewhere to keep them."""
@@ -225,4 +246,5 @@ def new_context(
         settings=settings,
         artifacts=artifacts,
         timeout_seconds=facts.timeout_seconds,
+        dependency_results=dependency_results,
     )

@@ -37,6 +37,7 @@ class BlockedKind(enum.IntEnum):
     QUEUE_UNREACHABLE = 13
     CONCURRENCY_KEY = 14
     RATE_KEY = 15
+    DEPENDENCIES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,9 @@ class Blocked:
     cause: str = ""  # why Redis lacks the job, in words
     concurrency_key: str = ""
     rate_key: str = ""
+    dependencies_pending: int = 0
+    dependencies_total: int = 0
+    waiting_for: tuple[str, ...] = ()
 
     # -- one constructor per kind ---------------------------------------------------------
     @classmethod
@@ -164,6 +168,17 @@ class Blocked:
         return cls(BlockedKind.ENQUEUE_PENDING, cause=cause)
 
     @classmethod
+    def dependencies(cls, pending: int, total: int, waiting_for: tuple[str, ...]) -> Blocked:
+        """`pending` of the job's `total` dependencies have not ended; `waiting_for` names
+        some of them."""
+        return cls(
+            BlockedKind.DEPENDENCIES,
+            dependencies_pending=pending,
+            dependencies_total=total,
+            waiting_for=waiting_for,
+        )
+
+    @classmethod
     def queue_unreachable(cls) -> Blocked:
         return cls(BlockedKind.QUEUE_UNREACHABLE)
 
@@ -229,6 +244,13 @@ class Blocked:
                 return f"committed; waiting to be enqueued: {self.cause}"
             case BlockedKind.QUEUE_UNREACHABLE:
                 return "the queue (redis) cannot be reached"
+            case BlockedKind.DEPENDENCIES:
+                shown = ", ".join(self.waiting_for)
+                more = "" if len(self.waiting_for) >= self.dependencies_pending else ", …"
+                return (
+                    f"waiting for {self.dependencies_pending} of {self.dependencies_total} "
+                    f"dependencies: {shown}{more}"
+                )
         raise ValueError(f"no text for {self.kind!r}")
 
     def _until(self) -> str:
@@ -257,6 +279,9 @@ class Blocked:
             cause=self.cause,
             concurrency_key=self.concurrency_key,
             rate_key=self.rate_key,
+            dependencies_pending=self.dependencies_pending,
+            dependencies_total=self.dependencies_total,
+            waiting_for=self.waiting_for,
         )
         if self.until is not None:
             msg.until.FromMilliseconds(self.until)

@@ -25,6 +25,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from conveyor import compact_json
 from conveyor.errors import FieldViolation, InvalidArgument
+from conveyor.jobs.dependencies import dependency_violations
 from conveyor.jobs.labels import check_labels
 from conveyor.jobs.payload import HasNul, NotFinite, payload_from_struct
 from conveyor.jobs.retry import RetryOverrides, RetryPolicy
@@ -202,6 +203,15 @@ class Job:
     # (QueueLimits.rate_per_key_jobs per rate_per_key_interval; "" for none); never changed.
     # It picks the job's shard when the job has no concurrency key.
     rate_key: str = ""
+    # Dependencies (conveyor.jobs.dependencies): the jobs it waits for, what one that
+    # fails does to it (Policy), and, in the database only, how many have not ended yet
+    # (while any has not, the job is SCHEDULED and kept out of Redis). Never changed but
+    # the count.
+    depends_on: list[str] = field(default_factory=list)
+    dependency_policy: int = 0
+    dependencies_pending: int = 0
+    # The batch it belongs to (SubmitJobsRequest.on_complete), "" for none.
+    batch_id: str = ""
     # Why a waiting job is not running (computed on read, never stored): the proto's
     # `blocked` and `blocked_reason` both (see conveyor.jobs.blocked).
     blocked: Blocked | None = None
@@ -229,6 +239,8 @@ class Job:
             and not self.progress_message
             and not self.error
             and not (payload and self.payload)
+            and not self.depends_on
+            and not self.batch_id
         )
         return _fresh_proto(self) if fresh else self._built_proto(payload)
 
@@ -268,6 +280,12 @@ class Job:
             msg.concurrency_key = self.concurrency_key
         if self.rate_key:
             msg.rate_key = self.rate_key
+        if self.depends_on:
+            msg.depends_on.extend(self.depends_on)
+        if self.dependency_policy:
+            msg.dependency_failure_policy = self.dependency_policy  # type: ignore[assignment]
+        if self.batch_id:
+            msg.batch_id = self.batch_id
         _set_time(msg.run_at, self.run_at)
         _set_time(msg.create_time, self.create_time)
         if self.start_time is not None:
@@ -324,6 +342,12 @@ class Job:
             hot["concurrency_key"] = self.concurrency_key
         if self.rate_key:
             hot["rate_key"] = self.rate_key
+        if self.depends_on:
+            hot["depends_on"] = compact_json.dumps(self.depends_on)
+        if self.dependency_policy:
+            hot["dependency_policy"] = str(self.dependency_policy)
+        if self.batch_id:
+            hot["batch_id"] = self.batch_id
         return hot
 
     def take_live(self, live: Mapping[str, str]) -> None:
@@ -377,6 +401,9 @@ class Job:
             labels=_labels(hot.get("labels")),
             concurrency_key=str(hot.get("concurrency_key", "")),
             rate_key=str(hot.get("rate_key", "")),
+            depends_on=_id_list(hot.get("depends_on")),
+            dependency_policy=int(hot.get("dependency_policy", 0)),
+            batch_id=str(hot.get("batch_id", "")),
         )
 
 
@@ -498,6 +525,11 @@ def _policy(doc: str) -> RetryPolicy:
     return RetryPolicy.from_doc(compact_json.loads(doc))
 
 
+def _id_list(text: str | None) -> list[str]:
+    """A job's dependencies as its hash keeps them (JSON; absent when it has none)."""
+    return list(compact_json.loads(text)) if text else []
+
+
 def _labels(text: str | None) -> dict[str, str]:
     """A job's labels as its hash keeps them (JSON; absent when it has none)."""
     return compact_json.loads(text) if text else {}
@@ -562,6 +594,11 @@ class JobSpec:
     debounce_ms: int = 0  # run_at = the last submit + debounce (exclusive with run_at, delay)
     concurrency_key: str = ""
     rate_key: str = ""
+    # conveyor.jobs.dependencies: ids, indexes of earlier requests of the same SubmitJobs
+    # call (resolved to ids by the API), and the DependencyFailurePolicy.
+    depends_on: tuple[str, ...] = ()
+    depends_on_requests: tuple[int, ...] = ()
+    dependency_policy: int = 0
 
     def request_hash(self) -> str:
         """Fingerprint of the request, compared when an idempotency key is reused."""
@@ -578,10 +615,21 @@ class JobSpec:
             *([["unique", self.unique_for_ms, self.debounce_ms]] if self.keyed else []),
             *([["concurrency_key", self.concurrency_key]] if self.concurrency_key else []),
             *([["rate_key", self.rate_key]] if self.rate_key else []),
+            *([["depends_on", self.depends_on_doc()]] if self.has_dependencies else []),
             self.timeout_ms,
             [self.retry.initial_ms, self.retry.max_ms, self.retry.multiplier, self.retry.jitter],
         ]
         return hashlib.sha256(fingerprint_text(doc).encode()).hexdigest()
+
+    @property
+    def has_dependencies(self) -> bool:
+        """Whether the job waits for others: such a submit takes its own path
+        (conveyor.db.dependencies), not the group-committed one."""
+        return bool(self.depends_on or self.depends_on_requests)
+
+    def depends_on_doc(self) -> list[Any]:
+        """The dependencies as the request fingerprint holds them."""
+        return [list(self.depends_on), list(self.depends_on_requests), self.dependency_policy]
 
     @property
     def keyed(self) -> bool:
@@ -614,6 +662,8 @@ class JobSpec:
             debounce_ms=self.debounce_ms or None,
             concurrency_key=self.concurrency_key,
             rate_key=self.rate_key,
+            depends_on=list(self.depends_on),
+            dependency_policy=self.dependency_policy,
         )
 
 
@@ -696,6 +746,18 @@ def spec_from_proto(
     rate_key = req.rate_key
     if rate_key and not valid_concurrency_key(rate_key):
         violation("rate_key", f"must be printable, at most {MAX_CONCURRENCY_KEY} characters")
+    depends_on: tuple[str, ...] = ()
+    depends_on_requests: tuple[int, ...] = ()
+    if req.depends_on or req.depends_on_requests or req.dependency_failure_policy:
+        depends_on, depends_on_requests = tuple(req.depends_on), tuple(req.depends_on_requests)
+        for name, why in dependency_violations(
+            depends_on,
+            depends_on_requests,
+            req.dependency_failure_policy,
+            keyed=bool(unique_for_ms or debounce_ms),
+            valid_id=valid_job_id,
+        ):
+            violation(name, why)
     if bad:
         raise InvalidArgument(bad)
     return JobSpec(
@@ -715,6 +777,9 @@ def spec_from_proto(
         debounce_ms=debounce_ms,
         concurrency_key=concurrency_key,
         rate_key=rate_key,
+        depends_on=depends_on,
+        depends_on_requests=depends_on_requests,
+        dependency_policy=int(req.dependency_failure_policy),
     )
 
 

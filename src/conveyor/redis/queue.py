@@ -30,6 +30,7 @@ from conveyor import compact_json
 from conveyor.config import Settings
 from conveyor.errors import RedisRefused, Unavailable, outage
 from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
+from conveyor.jobs.dependencies import Resolution
 from conveyor.jobs.model import DEFAULT_QUEUE, LIVE_FIELDS, Job, JobState
 from conveyor.jobs.queues import QueueSettings, QueueStats, Waiting
 from conveyor.jobs.shards import placements
@@ -460,6 +461,28 @@ class RedisQueue:
                 )
             totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
         return totals[0], totals[1]
+
+    async def after_resolution(self, done: Resolution) -> None:
+        """What Redis learns of a resolution of dependencies: the released jobs go in
+        line (a job a replay revived, whose fence moved on, replaces the ended copy Redis
+        may hold), and the cancelled ones' ends are made known to their watchers."""
+        fresh = [j for j in done.released if not j.fence]
+        if fresh:
+            await self.enqueue(fresh)
+        if len(fresh) < len(done.released):  # revived by a replay: may have ended in Redis
+            await self.restore([j for j in done.released if j.fence])
+        if done.cancelled:
+            await self.ended(done.cancelled)
+
+    async def ended(self, jobs: Sequence[Job]) -> None:
+        """Make known the end of jobs Redis never had (see ended.lua): their hashes and an
+        event each, so that their watchers see it."""
+        for queue, docs in _docs_by_queue(jobs).items():
+            k = QueueKeys(queue)
+            keys = list(chain.from_iterable(k.job_keys(doc["id"]) for doc in docs))
+            args = [k.channel_prefix, self._maxlen, self._ttl, compact_json.dumps(docs)]
+            async with unavailable_on_redis_errors():
+                await self.scripts.ended(self.redis, keys, args)
 
     async def release(
         self, queue: str, held: Sequence[tuple[Job, str]], *, delay_ms: int = 0

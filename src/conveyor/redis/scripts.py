@@ -42,6 +42,7 @@ NAMES = (
     "announce",
     "release_worker",
     "debounce",
+    "ended",
 )
 
 
@@ -109,6 +110,7 @@ class Scripts:
     announce: Script
     release_worker: Script
     debounce: Script
+    ended: Script
 
     def all(self) -> list[Script]:
         return [getattr(self, name) for name in NAMES]

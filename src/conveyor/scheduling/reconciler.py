@@ -23,6 +23,11 @@ When it runs:
 - **Every `reconcile_interval_seconds`** otherwise, by whichever replica takes the pass lock,
   for the rarer gaps (a submitter killed between commit and enqueue).
 
+Before the walk it resolves the ended jobs whose dependents were never told (their writer
+died between the end and its resolution: conveyor.jobs.dependencies); the dependents that
+releases are unfinished jobs Redis lacks, which the walk then puts in line. Jobs still
+waiting for dependencies are not Redis's, and the walk leaves them alone.
+
 What it does not do: jobs the database already holds as finished are not looked at, so a job
 cancelled in the database while Redis was unreachable can still run once from Redis (its
 outcome is then refused and Redis converges to CANCELLED).
@@ -37,6 +42,7 @@ from dataclasses import dataclass
 
 from conveyor.config import Settings
 from conveyor.db import JobStore
+from conveyor.db.dependencies import DependencyStore
 from conveyor.db.queues import QueueStore
 from conveyor.errors import Unavailable
 from conveyor.redis import RedisQueue
@@ -53,13 +59,14 @@ class PassStats:
     (Redis lacked them), replayed (a newer fence) or repaired (missing from their set)."""
 
     checked: int = 0
+    resolved: int = 0
     restored: int = 0
     replayed: int = 0
     repaired: int = 0
 
     @property
     def changed(self) -> int:
-        return self.restored + self.replayed + self.repaired
+        return self.resolved + self.restored + self.replayed + self.repaired
 
 
 class Reconciler:
@@ -67,6 +74,7 @@ class Reconciler:
         self, store: JobStore, queue: RedisQueue, settings: Settings, queues: QueueStore
     ) -> None:
         self.store = store
+        self.dependencies = DependencyStore(store.db)
         self.queue = queue
         self.queues = queues
         self.settings = settings
@@ -114,12 +122,22 @@ class Reconciler:
         ttl_ms = int(self.settings.reconcile_interval_seconds * 1000 * 0.9)
         return await self.queue.try_lock(RECONCILE_LOCK, self.replica, max(ttl_ms, 1))
 
+    async def _resolve_stranded(self) -> int:
+        """Resolve every ended job whose dependents have not counted its end; how many."""
+        resolved = 0
+        while ended := await self.dependencies.stranded():
+            done = await self.dependencies.resolve(ended)
+            await self.queue.ended(done.cancelled)  # the released: restored by the walk
+            resolved += len(ended)
+        return resolved
+
     async def reconcile(self) -> PassStats:
         """One pass: every queue's settings (first, so that a paused queue is paused before
         its restored jobs are back in line), then every unfinished job."""
         stats = PassStats()
         for settings in await self.queues.all():
             await self.queue.configure(settings)
+        stats.resolved = await self._resolve_stranded()
         after = ""
         while True:
             refs, last = await self.store.unfinished(after, PAGE_SIZE)
@@ -142,10 +160,12 @@ class Reconciler:
         level = logging.WARNING if stats.changed else logging.DEBUG
         log.log(
             level,
-            "reconciler: checked %d unfinished jobs; restored %d, replayed %d, repaired %d",
+            "reconciler: checked %d unfinished jobs; restored %d, replayed %d, repaired %d; "
+            "resolved the ends of %d jobs for their dependents",
             stats.checked,
             stats.restored,
             stats.replayed,
             stats.repaired,
+            stats.resolved,
         )
         return stats

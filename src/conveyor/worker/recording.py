@@ -15,21 +15,28 @@ harmless when it wakes up:
 Writes are group-committed (one statement, then one pipeline, for all outcomes that ended
 meanwhile) and retried while a store is unreachable, so an outage delays outcomes but never
 loses them; the attempt keeps its lease meanwhile.
+
+An end that other jobs wait for (the database's write says so) is then resolved
+(conveyor.jobs.dependencies): its dependents counted down, cancelled or released, and the
+released enqueued, group-committed too. Should the worker die before, the reconciler
+resolves it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from conveyor.batching import Batcher
 from conveyor.db import JobStore
+from conveyor.db.dependencies import DependencyStore
 from conveyor.db.rows import WriteResult
 from conveyor.errors import Unavailable
 from conveyor.jobs.attempts import Attempt, AttemptEnd, AttemptOutcome
+from conveyor.jobs.dependencies import Resolution
 from conveyor.jobs.model import Job, JobState, now_ms
 from conveyor.redis import Claim, RedisQueue
 
@@ -62,6 +69,8 @@ class AttemptRecorder:
         # write of the previous one.
         self._db: Batcher[AttemptEnd, WriteResult] = Batcher(store.write_outcomes)
         self._redis: Batcher[tuple[Job, str, AttemptEnd], bool] = Batcher(queue.finish_many)
+        self.dependencies = DependencyStore(store.db)
+        self._resolver: Batcher[str, Resolution] = Batcher(self._resolve)
 
     async def take_over(self, claim: Claim) -> bool:
         """Fence off a reclaimed job's lost attempts; False if the job must not run here."""
@@ -96,6 +105,8 @@ class AttemptRecorder:
             await self._until_done(
                 claim.job, lambda: self._redis.submit((claim.job, claim.lease, end))
             )
+            if result.has_dependents and end.state.terminal:
+                await self._resolved(claim.job)
             return True
         current = result.current
         if current is not None and _cancelled_under(end, current):
@@ -115,6 +126,18 @@ class AttemptRecorder:
         if current is not None:
             await self._converge(claim, current)
         return False
+
+    async def _resolve(self, ended: Sequence[str]) -> list[Resolution]:
+        """Resolve a group of ended jobs in one transaction; the whole resolution is
+        answered to the first of them, nothing to the others (one enqueue for all)."""
+        done = await self.dependencies.resolve(ended)
+        return [done] + [Resolution() for _ in ended[1:]]
+
+    async def _resolved(self, job: Job) -> None:
+        """Resolve the end of `job` for its dependents and enqueue those it released."""
+        done = await self._until_done(job, lambda: self._resolver.submit(job.id))
+        if done is not None:
+            await self._until_done(job, lambda: self.queue.after_resolution(done))
 
     async def _say_cancelled_late(self, claim: Claim, end: AttemptEnd) -> None:
         """The job was cancelled after this attempt's handler had returned: the cancel is

@@ -66,6 +66,7 @@ from conveyor.redis.workers import WorkerInfo
 from conveyor.telemetry import bind_job, tracing
 from conveyor.telemetry.metrics import OTHER, WorkerMetrics
 from conveyor.worker.announcer import Announcer
+from conveyor.worker.dependency_results import results_of
 from conveyor.worker.isolation import Attempt, Call, Outcome, ProcessPool, Progress, Setup
 from conveyor.worker.recording import AttemptRecorder
 from conveyor.worker.shards import ServedShards
@@ -203,6 +204,8 @@ class Worker:
         self.recorder = AttemptRecorder(
             store, queue, lambda: self._closing, on_stale=self.metrics.stale_writes.inc
         )
+        # Dependency results for handlers (ctx.dependency_results), and resolutions.
+        self.dependencies = self.recorder.dependencies
         self.announcer = Announcer(settings, self._describe)
         # Where WorkerControl is dialled (`announcer.control_address`), set by the service
         # once its server has bound; announced with the rest (empty: not served).
@@ -414,6 +417,9 @@ class Worker:
         async def claim_effect(key: str) -> bool:
             return await self.store.claim_effect(job.id, key, job.attempt, job.fence)
 
+        async def dependency_results() -> dict[str, Any]:
+            return await results_of(self.dependencies, self.objects, job.depends_on)
+
         ctx = new_context(
             _facts(job),
             is_async=spec is None or spec.is_async,
@@ -422,6 +428,7 @@ class Worker:
             claim_effect=claim_effect,
             settings=self.settings,
             stores=self._stores,
+            dependency_results=dependency_results,
         )
         running = Running(claim, ctx, claimed_ms=now_ms(), asked=asked)
         if claim.lost:
@@ -683,6 +690,8 @@ class Worker:
         job = running.claim.job
         if call.op == "once":
             return await running.ctx._once(str(call.args[0]))
+        if call.op == "dependencies":
+            return await running.ctx._dependency_results()
         if self.artifacts is None:
             raise RuntimeError("this worker has no artifact store")
         if call.op == "record":

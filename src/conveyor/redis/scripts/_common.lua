@@ -310,10 +310,18 @@ local function unpark_room(q, group, waiting)
   return room
 end
 
+-- Let the best of group `group`'s parked jobs back in line, as many as it has room for
+-- (`unpark_room`), and wake as many workers when `wake_them`; returns how many it moved.
+-- A group left with no parked job leaves q.parked_groups, and so does one whose parked
+-- set it finds empty already: cancel.lua empties parked sets without it (`unpark_one`
+-- takes the job out only), and configure.lua and queue_stats.lua walk every member.
 local function unpark(q, group, wake_them)
   local key = q.parked_prefix .. group
   local waiting = redis.call('ZCARD', key)
-  if waiting == 0 then return 0 end
+  if waiting == 0 then
+    redis.call('SREM', q.parked_groups, group)
+    return 0
+  end
   local room = unpark_room(q, group, waiting)
   if room <= 0 then return 0 end
   local moved = redis.call('ZPOPMIN', key, room)
@@ -408,13 +416,11 @@ local function line_up(q, id, state, priority, run_at)
   end
 end
 
--- Write a job's hot state from a document (a table of strings, as Job.to_hot makes it) and
--- put it in line: the delayed set while SCHEDULED, the retry set while RETRYING (both by
--- due time), else the ready set. One wake token per job wakes as many blocked workers as
--- there is work (capped); a delayed job's token makes a worker learn the new due time and
--- sleep until then.
--- Write a job's hash and put it in its set. The caller wakes the workers, once for all the
--- jobs it placed (`wake`).
+-- Write a job's hash from its hot-state document (a table of strings, as Job.to_hot makes
+-- it) and put it in line (`line_up`: the delayed set while SCHEDULED, the retry set while
+-- RETRYING, both by due time, else the ready set). It wakes no one: the caller wakes the
+-- workers once for all the jobs it placed (`wake`, one token per job, capped), and a
+-- delayed job's token makes a worker learn the new due time and sleep until then.
 local function place(jobkey, job, q)
   local fields = {}
   for k, v in pairs(job) do

@@ -45,14 +45,11 @@ for _, set in ipairs({q.delayed, q.retry}) do
   end
 end
 -- Rate keys whose window opened: their parked jobs back in line, as many as it has room
--- for (`unpark`; a group with jobs left is due again at its next opening).
+-- for (`unpark`; a group with jobs left is due again at its next opening, one whose jobs
+-- were cancelled meanwhile leaves q.parked_groups).
 for _, group in ipairs(redis.call('ZRANGEBYSCORE', q.rate_due, '-inf', now, 'LIMIT', 0, 100)) do
   redis.call('ZREM', q.rate_due, group)
-  if redis.call('ZCARD', q.parked_prefix .. group) == 0 then
-    redis.call('SREM', q.parked_groups, group)  -- its jobs were cancelled meanwhile
-  else
-    unpark(q, group, false)
-  end
+  unpark(q, group, false)
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.leases, '-inf', now, 'LIMIT', 0, 1000)) do
   redis.call('ZREM', q.leases, id)

@@ -281,6 +281,9 @@ def _context(attempt: Attempt, prepared: _Prepared, worker: WorkerLine) -> BaseC
     async def claim_effect(key: str) -> bool:
         return bool(await call("once", key))
 
+    async def dependency_results() -> dict[str, Any]:
+        return dict(await call("dependencies"))
+
     async def record(artifact: Artifact) -> None:
         await call("record", artifact)
 
@@ -304,5 +307,6 @@ def _context(attempt: Attempt, prepared: _Prepared, worker: WorkerLine) -> BaseC
         claim_effect=claim_effect,
         settings=prepared.settings,
         stores=stores,
+        dependency_results=dependency_results,
     )
     return ctx

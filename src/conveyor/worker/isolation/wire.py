@@ -89,7 +89,7 @@ class Progress:
 class Call:
     """A request the child cannot serve itself; the worker answers with a Reply."""
 
-    op: str  # "once", "record", "find"
+    op: str  # "once", "record", "find", "dependencies"
     args: tuple[Any, ...]
 
 
@@ -162,6 +162,8 @@ def _outcome(fields: dict[str, Any]) -> Outcome:
 def _call(op: str, args: list[Any]) -> Call:
     if op == "once" and len(args) == 1:
         return Call(op, (str(args[0]),))
+    if op == "dependencies" and not args:
+        return Call(op, ())
     if op == "find" and len(args) == 2:
         return Call(op, (str(args[0]), str(args[1])))
     if op == "record" and len(args) == 1 and isinstance(args[0], dict):
