@@ -10,11 +10,14 @@ import email.policy
 import io
 import re
 import ssl
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiosmtplib
 import pytest
@@ -359,6 +362,81 @@ def test_another_owners_artifact_is_refused_like_a_missing_one(
     assert smtp.mailbox.received == []
 
 
+def _download(store: ObjectStore, url: str) -> tuple[bytes, int]:
+    """What a link in a mail gives, and until when (epoch seconds; S3's: 0, not read):
+    S3 serves it itself; the folder store's link is checked as its download server checks
+    it, then the object is read."""
+    if not isinstance(store, LocalStore):
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read(), 0
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    key = unquote(parts.path.removeprefix("/objects/"))
+    refused = store.signer.check(
+        key, query["expires"], query["filename"], query["type"], query["signature"]
+    )
+    assert refused == "", refused
+    return store.read(key), int(query["expires"])
+
+
+def test_links_become_download_links_of_artifacts_at_send_time(
+    smtp: Server, store: ObjectStore
+) -> None:
+    """Guards issue 25's workflow (export, bundle, email the link): `links` names an
+    artifact of another of the owner's jobs, and the templates see a working download link
+    to it (text as is, html escaped), lasting `expires_seconds` or the server's link time."""
+    fixture = RunFixture(owner="alice")
+    bundle = b"PK\x03\x04" + bytes(range(256)) * 8
+    fixture.add_artifact(store, "job-bundle", "bundle.zip", bundle)
+    link: dict[str, Any] = {
+        "job_id": "job-bundle",
+        "artifact": "bundle.zip",
+        "expires_seconds": 3600,
+    }
+    payload = {
+        **MAIL,
+        "text": "Get it: {{ download }}",
+        "html": '<a href="{{ download }}">{{ name }}</a>',
+        "context": {"name": "your export"},
+        "links": {"download": link},
+    }
+    settings = smtp.settings()
+    run_handler("email.send", payload, store=store, fixture=fixture, settings=settings)
+    msg = smtp.mailbox.only().message
+    url = _body(msg, "plain").strip().removeprefix("Get it: ")
+    got, until = _download(store, url)
+    assert got == bundle
+    assert until == 0 or 3500 < until - time.time() <= 3600
+    assert url.replace("&", "&amp;") in _body(msg, "html")
+
+    smtp.reset()
+    del link["expires_seconds"]
+    run_handler("email.send", payload, store=store, fixture=fixture, settings=settings)
+    _, until = _download(store, _body(smtp.mailbox.only().message, "plain").split()[-1])
+    window = settings.artifact_url_seconds
+    assert until == 0 or window - 100 < until - time.time() <= window
+
+
+def test_a_link_to_a_missing_or_foreign_artifact_fails_permanently(
+    smtp: Server, folder_store: LocalStore
+) -> None:
+    """As with attachments: another owner's artifact reads as missing, and nothing is sent."""
+    fixture = RunFixture(owner="alice")
+    fixture.add_artifact(folder_store, "job-m", "secret.zip", b"s", owner="mallory")
+    for job_id in ("job-m", "job-none"):
+        payload = {
+            **MAIL,
+            "text": "{{ link }}",
+            "links": {"link": {"job_id": job_id, "artifact": "secret.zip"}},
+        }
+        with pytest.raises(PermanentError, match=f"links.link: job {job_id} has no artifact"):
+            run_handler(
+                "email.send", payload, store=folder_store, fixture=fixture,
+                settings=smtp.settings(),
+            )  # fmt: skip
+    assert smtp.mailbox.received == []
+
+
 def test_attachments_over_the_limit_fail_before_any_is_read(
     smtp: Server, store: ObjectStore
 ) -> None:
@@ -524,6 +602,14 @@ def test_an_unreachable_server_is_retried() -> None:
          "payload.attachments[0].filename"),
         ({**MAIL, "attachments": [{"key": f"f{i}"} for i in range(21)]}, "payload.attachments"),
         ({**MAIL, "unknown": 1}, "payload.unknown"),
+        ({**MAIL, "links": {"1st": {"job_id": "j", "artifact": "a.zip"}}}, "payload.links"),
+        ({**MAIL, "links": {"a": {"job_id": "j"}}}, "payload.links.a.artifact"),
+        ({**MAIL, "links": {"a": {"job_id": "j", "artifact": "../x"}}},
+         "payload.links.a.artifact"),
+        ({**MAIL, "links": {"a": {"job_id": "j", "artifact": "x", "expires_seconds": 5}}},
+         "payload.links.a.expires_seconds"),
+        ({**MAIL, "context": {"a": 1}, "links": {"a": {"job_id": "j", "artifact": "x"}}},
+         "payload"),
         ({"to": "ada@example.com", "text": "no subject"}, "payload"),
         ({"to": "ada@example.com", "subject": "no body"}, "payload"),
     ],

@@ -25,9 +25,15 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from conveyor.client import (
     AsyncClient,
+    Batch,
     Client,
+    DependencyFailurePolicy,
+    Job,
+    JobState,
     JobUpdate,
+    RetriedJob,
     SubmitRetry,
+    SubmittedBatch,
     schedule_request,
     submit_request,
 )
@@ -111,6 +117,8 @@ class Scripted(JobServiceServicer, ScheduleServiceServicer):
         self.traced: defaultdict[str, list[str]] = defaultdict(list)  # job id: RPCs traced
         # job type: the size of every partial_success SubmitJobs its first job had
         self.batches: defaultdict[str, list[int]] = defaultdict(list)
+        # job type: every SubmitJob request of it, and SubmitJobs request its first job had
+        self.sent: defaultdict[str, list[Any]] = defaultdict(list)
 
     def _saw(self, job_id: str, method: str, context: grpc.ServicerContext) -> None:
         """Note `method` for `job_id` if the call carried a trace context."""
@@ -118,6 +126,7 @@ class Scripted(JobServiceServicer, ScheduleServiceServicer):
             self.traced[job_id].append(method)
 
     def _job(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> job_pb2.Job:
+        self.sent[request.type].append(request)
         key = request.idempotency_key
         self.keys[request.type].append(key)
         tried = self.keys[request.type].count(key)
@@ -147,11 +156,30 @@ class Scripted(JobServiceServicer, ScheduleServiceServicer):
             return pb.SubmitJobsResponse(results=[pb.SubmitJobsResult(job=job) for job in jobs])
         first = request.requests[0]
         self.keys[first.type].append(first.idempotency_key)
+        self.sent[first.type].append(request)
         if first.type.startswith("flaky") and len(self.keys[first.type]) <= FLAKY_TRIES:
             context.abort(grpc.StatusCode.UNAVAILABLE, "stream removed")
-        return pb.SubmitJobsResponse(
+        answer = pb.SubmitJobsResponse(
             jobs=[job_pb2.Job(idempotency_key=item.idempotency_key) for item in request.requests]
         )
+        if request.HasField("on_complete"):  # a batch: its callback is not among the jobs
+            callback = request.on_complete.idempotency_key
+            batch = job_pb2.Batch(id=f"batch-{callback}", callback_job_id=f"job-{callback}")
+            batch.job_count = batch.unfinished = len(request.requests)
+            answer.batch.CopyFrom(batch)
+        return answer
+
+    def GetBatch(self, request: Any, context: grpc.ServicerContext) -> pb.GetBatchResponse:
+        batch = job_pb2.Batch(id=request.id, job_count=3, succeeded=2, dead=1, unfinished=0)
+        return pb.GetBatchResponse(batch=batch)
+
+    def RetryJob(self, request: Any, context: grpc.ServicerContext) -> pb.RetryJobResponse:
+        """Revives two dependents of `request.id` when asked to."""
+        job = job_pb2.Job(id=request.id, state=job_pb2.JOB_STATE_QUEUED)
+        revived = (
+            [f"{request.id}-child-{i}" for i in range(2)] if request.include_dependents else []
+        )
+        return pb.RetryJobResponse(job=job, revived_dependents=revived)
 
     def GetJob(self, request: Any, context: grpc.ServicerContext) -> pb.GetJobResponse:
         self._saw(request.id, "GetJob", context)
@@ -396,6 +424,81 @@ async def test_a_failed_call_marks_its_span_as_an_error(
         ("/conveyor.v1.JobService/GetJob", StatusCode.ERROR),
         ("/conveyor.v1.JobService/WatchJob", StatusCode.ERROR),
     ]
+
+
+def test_dependencies_go_as_ids_and_earlier_requests_as_indexes() -> None:
+    """Guards issue 25, item 6: `depends_on` takes ids and Jobs (sent as their ids) and
+    ints (indexes of earlier requests of the same call, sent as depends_on_requests); one
+    id alone is one dependency, not its letters; a bool or anything else is a TypeError."""
+    parent = Job(job_pb2.Job(id="j-parent"))
+    request = submit_request(
+        "email.send",
+        depends_on=["j-1", parent, 0, 2],
+        dependency_failure_policy=DependencyFailurePolicy.RUN_ANYWAY,
+    )
+    assert list(request.depends_on) == ["j-1", "j-parent"]
+    assert list(request.depends_on_requests) == [0, 2]
+    assert request.dependency_failure_policy == job_pb2.DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY
+    assert list(submit_request("noop", depends_on="j-abc").depends_on) == ["j-abc"]
+    assert list(submit_request("noop", depends_on=parent).depends_on) == ["j-parent"]  # type: ignore[arg-type]
+    plain = submit_request("noop")
+    assert not plain.depends_on and not plain.depends_on_requests
+    assert plain.dependency_failure_policy == job_pb2.DEPENDENCY_FAILURE_POLICY_UNSPECIFIED
+    for bad in (True, 1.5, None):
+        with pytest.raises(TypeError, match="depends_on takes"):
+            submit_request("noop", depends_on=[bad])  # type: ignore[list-item]
+
+
+async def test_a_submit_sends_its_dependencies_and_refuses_an_index(
+    driver: Driver, scripted: tuple[Scripted, str]
+) -> None:
+    """A submit's Job dependency goes as its id (batched or alone); an int, which only a
+    call of several requests can mean, is refused before anything is sent."""
+    kind = f"child-{uuid.uuid4().hex}"
+    parent = Job(job_pb2.Job(id="j-parent"))
+    job = await driver.call("submit", kind, depends_on=[parent, "j-2"])
+    (sent,) = scripted[0].sent[kind]
+    assert list(sent.depends_on) == ["j-parent", "j-2"] and job.idempotency_key
+    with pytest.raises(ValueError, match="an int in depends_on"):
+        await driver.call("submit", kind, depends_on=[0])
+    assert len(scripted[0].sent[kind]) == 1
+
+
+async def test_a_batch_is_submitted_with_its_callback_keyed_and_answers_typed(
+    driver: Driver, scripted: tuple[Scripted, str]
+) -> None:
+    """submit_batch sends the callback as `on_complete` with a key of its own (fixed before
+    the first try: the ambiguous answers are retried with the same keys), in-call indexes
+    as depends_on_requests, and answers the jobs and a typed Batch; get_batch reads one."""
+    kind = f"flaky-{uuid.uuid4().hex}"
+    requests = [submit_request(kind), submit_request("noop", depends_on=[0])]
+    callback = submit_request("email.send", {"to": "ada@example.com"})
+    made = await driver.call("submit_batch", requests, on_complete=callback)
+    assert isinstance(made, SubmittedBatch) and isinstance(made.batch, Batch)
+    sent = scripted[0].sent[kind]
+    assert len(sent) == FLAKY_TRIES + 1 and sent[0] == sent[-1], "one request, sent again"
+    key = sent[0].on_complete.idempotency_key
+    assert key.startswith("sdk-") and not callback.idempotency_key, "the caller's is not changed"
+    assert list(sent[0].requests[1].depends_on_requests) == [0]
+    assert [job.idempotency_key for job in made.jobs] == [
+        r.idempotency_key for r in sent[0].requests
+    ]
+    assert made.batch.id == f"batch-{key}" and made.batch.callback_job_id == f"job-{key}"
+    assert (made.batch.job_count, made.batch.unfinished, made.batch.ended) == (2, 2, False)
+
+    got = await driver.call("get_batch", "b-1")
+    assert (got.id, got.succeeded, got.dead, got.cancelled, got.ended) == ("b-1", 2, 1, 0, True)
+    assert got.create_time is None and got.raw.job_count == 3
+
+
+async def test_retry_answers_the_job_and_the_dependents_it_revived(driver: Driver) -> None:
+    """`retry` still answers a Job (a RetriedJob), with `revived_dependents` empty unless
+    `include_dependents` asked for them."""
+    plain = await driver.call("retry", "j-dead")
+    assert isinstance(plain, RetriedJob) and isinstance(plain, Job)
+    assert plain.state is JobState.QUEUED and plain.revived_dependents == []
+    revived = await driver.call("retry", "j-dead", include_dependents=True)
+    assert revived.revived_dependents == ["j-dead-child-0", "j-dead-child-1"]
 
 
 def test_connections_are_checked() -> None:

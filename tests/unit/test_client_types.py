@@ -11,7 +11,9 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from conveyor.client.types import (
     Attempt,
     AttemptOutcome,
+    Batch,
     BlockedKind,
+    DependencyFailurePolicy,
     Job,
     JobResult,
     JobState,
@@ -106,3 +108,56 @@ def test_updates_results_and_attempts() -> None:
 def test_a_page_iterates_its_items() -> None:
     page = Page([1, 2, 3], next_page_token="t")
     assert list(page) == [1, 2, 3] and len(page) == 3 and page.next_page_token == "t"
+
+
+def test_every_blocked_kind_of_the_proto_reads_as_an_enum() -> None:
+    """A job held by a concurrency or rate key (issue 25, items 3 and 4) made `job.blocked`
+    raise ValueError: BlockedKind lacked their numbers. Every kind the proto has is one."""
+    for name, number in job_pb2.BlockedKind.items():
+        assert BlockedKind(number).name == name.removeprefix("BLOCKED_KIND_")
+    held = Job(
+        job_pb2.Job(
+            blocked=job_pb2.BlockedReason(
+                kind=job_pb2.BLOCKED_KIND_CONCURRENCY_KEY, concurrency_key="acme", limit=1
+            )
+        )
+    )
+    assert held.blocked is not None and held.blocked.kind is BlockedKind.CONCURRENCY_KEY
+    assert (held.blocked.concurrency_key, held.blocked.limit) == ("acme", 1)
+
+
+def test_a_job_waiting_for_dependencies_reads_them() -> None:
+    """Guards issue 25, item 6: depends_on, the failure policy, the batch, and the blocked
+    reason's counts and pending ids, typed."""
+    msg = job_pb2.Job(
+        state=job_pb2.JOB_STATE_SCHEDULED, depends_on=["a", "b", "c"], batch_id="b-1",
+        dependency_failure_policy=job_pb2.DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY,
+        blocked=job_pb2.BlockedReason(
+            kind=job_pb2.BLOCKED_KIND_DEPENDENCIES, dependencies_pending=2,
+            dependencies_total=3, waiting_for=["b", "c"],
+        ),
+    )  # fmt: skip
+    job = Job(msg)
+    assert job.depends_on == ["a", "b", "c"] and job.batch_id == "b-1"
+    assert job.dependency_failure_policy is DependencyFailurePolicy.RUN_ANYWAY
+    job.depends_on.append("x")
+    assert list(msg.depends_on) == ["a", "b", "c"], "a copy"
+    blocked = job.blocked
+    assert blocked is not None and blocked.kind is BlockedKind.DEPENDENCIES
+    assert (blocked.dependencies_pending, blocked.dependencies_total) == (2, 3)
+    assert blocked.waiting_for == ("b", "c")
+    plain = Job(job_pb2.Job())
+    assert plain.depends_on == [] and plain.batch_id == ""
+    assert plain.dependency_failure_policy is DependencyFailurePolicy.UNSPECIFIED
+
+
+def test_a_batch_reads_its_counts_and_times() -> None:
+    msg = job_pb2.Batch(
+        id="b-1", owner="alice", job_count=3, succeeded=1, dead=1, unfinished=1,
+        callback_job_id="j-cb", create_time=stamp(CREATED),
+    )  # fmt: skip
+    batch = Batch.from_proto(msg)
+    assert (batch.job_count, batch.succeeded, batch.dead, batch.cancelled) == (3, 1, 1, 0)
+    assert not batch.ended and batch.create_time == CREATED and batch.raw is msg
+    msg.unfinished = 0
+    assert Batch.from_proto(msg).ended

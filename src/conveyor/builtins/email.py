@@ -18,6 +18,13 @@ Payload (checked at submit; a bad one is INVALID_ARGUMENT naming each bad field)
                  with optional "filename" and "content_type" (else guessed from the name)
     headers      at most 20 extra headers ({"List-Unsubscribe": "<...>"}); they cannot
                  replace From, To, Subject, Message-ID, Date, Content-* or other structure
+    links        at most 20 download links the templates see beside `context`, by name:
+                   {"download": {"job_id": "...", "artifact": "bundle.zip"}}
+                 makes `{{ download }}` a link to that artifact of one of your jobs (the
+                 link GetJobResult would give), made when the mail is sent, so a job that
+                 depends on the one making the artifact can mail it; it works for
+                 "expires_seconds" (60 to 604800, default CONVEYOR_ARTIFACT_URL_SECONDS).
+                 Names are identifiers, and not also keys of `context`
 
 An address is `user@example.com` or `Ada <ada@example.com>`; the address itself must be
 ASCII (an international domain in its xn-- form), the display name may be any text. The
@@ -43,7 +50,7 @@ What is retried (5 attempts, backoff from 1 minute up to 30, long enough for gre
 connection failures, timeouts and 4xx replies. What fails at once (DEAD): 5xx replies
 (every recipient refused, sender refused, message refused, authentication failed), a
 server certificate that does not verify, a server without STARTTLS when it is required,
-missing variables or template files, attachments that are missing or not yours, attachments
+missing variables or template files, attachments or links that are missing or not yours, attachments
 over CONVEYOR_MAX_ATTACHMENT_BYTES in total, and settings that would send the SMTP password
 in clear text to a host other than loopback (set CONVEYOR_SMTP_STARTTLS or CONVEYOR_SMTP_SSL).
 
@@ -92,6 +99,8 @@ from conveyor.objects import ObjectNotFound
 
 MAX_RECIPIENTS = 100
 MAX_ATTACHMENTS = 20
+MAX_LINKS = 20
+MAX_LINK_SECONDS = 7 * 86_400  # S3's longest presigned link
 MAX_HEADERS = 20
 MAX_SUBJECT = 998  # RFC 5322's longest line
 MAX_BODY = 500_000  # characters of a text or html template in the payload
@@ -105,6 +114,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _ADDR_SPEC = re.compile(rf"(?P<local>{_LOCAL})@(?P<domain>{_LABEL}(?:\.{_LABEL})*)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TEMPLATE_NAME = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,99}")
+_LINK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _JOB_ID = r"^[A-Za-z0-9-]{1,64}$"
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,75}")
 _CONTENT_TYPE = r"^[A-Za-z0-9][A-Za-z0-9_!#$&^.+-]{0,62}/[A-Za-z0-9][A-Za-z0-9_!#$&^.+-]{0,62}$"
@@ -218,6 +228,24 @@ class Attachment(BaseModel):
         return self.artifact or PurePosixPath(self.key or "attachment").name
 
 
+class Link(BaseModel):
+    """A download link to an artifact of one of the owner's jobs, made at send time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(pattern=_JOB_ID)
+    artifact: ArtifactName
+    expires_seconds: int | None = Field(None, ge=60, le=MAX_LINK_SECONDS)
+
+
+def _check_link_names(value: dict[str, Link]) -> dict[str, Link]:
+    """A link is a template variable: its name must be one `{{ name }}` can say."""
+    for name in value:
+        if not _LINK_NAME.fullmatch(name):
+            raise ValueError(f"link name {name[:80]!r}: letters, digits and '_', not first a digit")
+    return value
+
+
 def _check_headers(value: dict[str, str]) -> dict[str, str]:
     """Extra headers may add information, never rewrite the message's structure or smuggle
     a second header in through a line break."""
@@ -250,6 +278,9 @@ class EmailPayload(BaseModel):
     context: dict[str, Any] = {}
     template: str | None = Field(None, max_length=100)
     attachments: list[Attachment] = Field([], max_length=MAX_ATTACHMENTS)
+    links: Annotated[dict[str, Link], AfterValidator(_check_link_names)] = Field(
+        {}, max_length=MAX_LINKS
+    )
     headers: Annotated[dict[str, str], AfterValidator(_check_headers)] = Field(
         {}, max_length=MAX_HEADERS
     )
@@ -277,6 +308,9 @@ class EmailPayload(BaseModel):
             raise ValueError("give a text, an html or a template")
         if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
             raise ValueError(f"to, cc and bcc may name at most {MAX_RECIPIENTS} recipients")
+        both = sorted(self.links.keys() & self.context.keys())
+        if both:
+            raise ValueError(f"{', '.join(both)}: a name of links cannot also be one of context")
         return self
 
 
@@ -446,6 +480,24 @@ async def load_attachments(
             raise PermanentError(f"the attachments total over {limit} bytes")
         loaded.append((item.attachment, data, _content_type(item)))
     return loaded
+
+
+async def make_links(payload: EmailPayload, ctx: JobContext, settings: Settings) -> dict[str, str]:
+    """Each link's URL, by name. An artifact that is missing or not the owner's is
+    permanent, worded as for attachments (another owner's reads as missing)."""
+    store = ctx.artifacts.sync.store
+    made: dict[str, str] = {}
+    for name, link in payload.links.items():
+        try:
+            found = await ctx.artifacts.find(link.artifact, job_id=link.job_id)
+        except NotFound as exc:
+            raise PermanentError(f"links.{name}: {exc.message}") from None
+        expires = timedelta(seconds=link.expires_seconds or settings.artifact_url_seconds)
+        made[name] = await asyncio.to_thread(
+            store.url, found.key, expires=expires, filename=found.name,
+            content_type=found.content_type,
+        )  # fmt: skip
+    return made
 
 
 # -- the message -------------------------------------------------------------------------
@@ -639,6 +691,9 @@ async def send_email(
     if settings is None:
         raise RuntimeError("email.send needs the worker's settings in its context")
     check_transport(settings)
+    if model.links:  # the templates see each link as a variable, beside the context
+        links = await make_links(model, ctx, settings)
+        model = model.model_copy(update={"context": {**model.context, **links}})
     rendered = await asyncio.to_thread(render, model, settings)
     ctx.progress(10, "rendered")
     attachments = await load_attachments(model, ctx, settings.max_attachment_bytes)

@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 
 from conveyor.cli.artifacts import artifacts, download
+from conveyor.cli.batches import batches_app
 from conveyor.cli.bulk import bulk_app, dead_retry, jobs_app
 from conveyor.cli.common import (
     AddrOption,
@@ -92,6 +93,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(bulk_app, name="bulk")
 app.add_typer(queues_app, name="queues")
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(batches_app, name="batches")
 app.command()(workers)
 app.command()(artifacts)
 app.command()(download)
@@ -114,6 +116,10 @@ def _print_job(job: Job, as_json: bool) -> None:
     line = f"{job.id}  {job.type:<16} {job.state.name:<10} {job.progress:5.1f}%  queue={job.queue}"
     if job.labels:
         line += "  " + " ".join(f"{key}={value}" for key, value in sorted(job.labels.items()))
+    if job.raw.depends_on:
+        line += f"  after={_some(job.depends_on)}"
+    if job.batch_id:
+        line += f"  batch={job.batch_id}"
     if job.blocked_reason:
         line += f"  waiting: {job.blocked_reason}"
     if job.error:
@@ -121,6 +127,13 @@ def _print_job(job: Job, as_json: bool) -> None:
     if job.expire_time is not None:
         line += f"  kept until {when(job.expire_time)}"
     print(line)
+
+
+def _some(ids: list[str], shown: int = 3) -> str:
+    """A list of ids for a line: the first few, then how many more (a job may wait for
+    10,000; `get --json` has them all)."""
+    more = f",+{len(ids) - shown} more" if len(ids) > shown else ""
+    return ",".join(ids[:shown]) + more
 
 
 # -- services ----------------------------------------------------------------------------
@@ -489,13 +502,33 @@ def submit(
             "--per-key-interval."
         ),
     ] = "",
+    after: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--after",
+            help="A job ID this one waits for: it starts once all of them SUCCEEDED, and is "
+            "cancelled if one ends DEAD or CANCELLED (repeat for more).",
+        ),
+    ] = None,
+    run_anyway: Annotated[
+        bool,
+        typer.Option(
+            "--run-anyway", help="With --after: run once they have all ended, however they ended."
+        ),
+    ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Watch the job until it ends.")] = False,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Submit a job and print it (with --wait, follow it to the end)."""
+    from conveyor.client import DependencyFailurePolicy
+
     body = parse_payload(payload)
     labels = parse_labels(label or [])
+    if run_anyway and not after:
+        err.print("--run-anyway needs --after: it says what a failed dependency does")
+        raise typer.Exit(2)
+    policy = DependencyFailurePolicy.RUN_ANYWAY if run_anyway else None
     with client_for(addr) as client:
         try:
             job = client.submit(
@@ -513,6 +546,8 @@ def submit(
                 debounce=parse_duration(debounce, "--debounce"),
                 concurrency_key=concurrency_key,
                 rate_key=rate_key,
+                depends_on=after or [],
+                dependency_failure_policy=policy,
             )
         except ConveyorError as exc:
             fail(exc)
@@ -628,15 +663,33 @@ def retry(
     max_attempts: Annotated[
         int, typer.Option(help="Attempts the replay may make (0: the type's default).")
     ] = 0,
+    include_dependents: Annotated[
+        bool,
+        typer.Option(
+            "--include-dependents",
+            help="Also revive the jobs waiting for it that its end cancelled: they wait again.",
+        ),
+    ] = False,
     addr: AddrOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Replay a DEAD or CANCELLED job with a fresh attempt budget."""
+    """Replay a DEAD or CANCELLED job with a fresh attempt budget. With --include-dependents,
+    --json prints {"job": ..., "revived_dependents": [ids]}."""
     with client_for(addr) as client:
         try:
-            _print_job(client.retry(job_id, max_attempts), as_json)
+            job = client.retry(job_id, max_attempts, include_dependents=include_dependents)
         except ConveyorError as exc:
             fail(exc)
+    if not include_dependents:
+        _print_job(job, as_json)
+    elif as_json:
+        print(json.dumps({"job": _job_dict(job), "revived_dependents": job.revived_dependents}))
+    else:
+        _print_job(job, False)
+        revived = job.revived_dependents
+        print(
+            f"revived {len(revived)} dependent(s)" + (f": {' '.join(revived)}" if revived else "")
+        )
 
 
 @app.command()

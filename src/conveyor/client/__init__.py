@@ -9,6 +9,10 @@
 Jobs come back as `Job`s (`conveyor.client.types`): states are `JobState` enums, payloads
 and results dicts with their ints, times UTC datetimes; `.raw` is the message itself.
 
+Jobs may wait for others: `submit(..., depends_on=[job])` starts a job once `job`
+SUCCEEDED; `submit_batch(requests, on_complete=...)` runs a callback job once a whole
+batch has ended (docs/workflows.md).
+
 Submits are safe to retry: every job gets an idempotency key unless the caller gave one,
 and an UNAVAILABLE or DEADLINE_EXCEEDED answer is retried with the same keys (`SubmitRetry`).
 Failed calls raise `conveyor.errors.ConveyorError` subclasses, never `grpc.RpcError`.
@@ -31,17 +35,21 @@ from conveyor.client.types import (
     Artifact,
     Attempt,
     AttemptOutcome,
+    Batch,
     Blocked,
     BlockedKind,
     BulkAction,
     BulkOperation,
     BulkOperationState,
+    DependencyFailurePolicy,
     Job,
     JobResult,
     JobState,
     JobUpdate,
     Page,
+    RetriedJob,
     RetryPolicy,
+    SubmittedBatch,
 )
 
 __all__ = [
@@ -50,19 +58,23 @@ __all__ = [
     "AsyncWorkerControl",
     "Attempt",
     "AttemptOutcome",
+    "Batch",
     "Blocked",
     "BlockedKind",
     "BulkAction",
     "BulkOperation",
     "BulkOperationState",
     "Client",
+    "DependencyFailurePolicy",
     "Job",
     "JobResult",
     "JobState",
     "JobUpdate",
     "Page",
+    "RetriedJob",
     "RetryPolicy",
     "SubmitRetry",
+    "SubmittedBatch",
     "limits_request",
     "retry_policy",
     "schedule_request",

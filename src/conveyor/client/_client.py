@@ -45,8 +45,8 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import grpc
 
+from conveyor.client._calls import Batch as CallBatch
 from conveyor.client._calls import (
-    Batch,
     Call,
     Coalescer,
     Merge,
@@ -57,7 +57,18 @@ from conveyor.client._calls import (
     method_of,
 )
 from conveyor.client._retries import Attempts, SubmitRetry, new_idempotency_key
-from conveyor.client.types import Attempt, BulkOperation, Job, JobResult, JobUpdate, Page
+from conveyor.client.types import (
+    Attempt,
+    Batch,
+    BulkOperation,
+    DependencyFailurePolicy,
+    Job,
+    JobResult,
+    JobUpdate,
+    Page,
+    RetriedJob,
+    SubmittedBatch,
+)
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError, from_rpc_error, from_status
 from conveyor.jobs.model import MAX_BULK
@@ -95,8 +106,10 @@ def submit_request(
     debounce: timedelta | None = None,
     concurrency_key: str = "",
     rate_key: str = "",
+    depends_on: Sequence[str | Job | int] = (),
+    dependency_failure_policy: DependencyFailurePolicy | None = None,
 ) -> pb.SubmitJobRequest:
-    """Build a SubmitJobRequest (also the items of `submit_many`). An empty
+    """Build a SubmitJobRequest (also the items of `submit_many` and `submit_batch`). An empty
     `idempotency_key` is left for `submit`/`submit_many` to fill in when they send it.
     `labels` tag the job to find it again (`list(filter='labels.team = "billing"')`).
     `unique_for`: within it a submit with the same key answers the first job, whatever it
@@ -104,7 +117,13 @@ def submit_request(
     submit's payload. Both need your `idempotency_key` and only `submit` sends them. Jobs
     with one `concurrency_key` (e.g. a customer id) run at most the queue's
     `max_running_per_key` at a time; jobs with one `rate_key` (e.g. a partner's API) start
-    at most the queue's `rate_per_key_jobs` times per `rate_per_key_interval`."""
+    at most the queue's `rate_per_key_jobs` times per `rate_per_key_interval`.
+
+    `depends_on`: the job starts once every one of these has SUCCEEDED (until then it is
+    SCHEDULED, `blocked` DEPENDENCIES): job ids or `Job`s, and in `submit_many` or
+    `submit_batch` also ints, the index of an earlier request of the same call. When one
+    ends DEAD or CANCELLED the job is CANCELLED too, unless `dependency_failure_policy` is
+    `DependencyFailurePolicy.RUN_ANYWAY`."""
     request = pb.SubmitJobRequest(
         type=type, queue=queue, idempotency_key=idempotency_key, max_attempts=max_attempts
     )
@@ -132,7 +151,28 @@ def submit_request(
         request.concurrency_key = concurrency_key
     if rate_key:
         request.rate_key = rate_key
+    _add_dependencies(request, depends_on)
+    if dependency_failure_policy is not None:
+        request.dependency_failure_policy = dependency_failure_policy.value
     return request
+
+
+def _add_dependencies(request: pb.SubmitJobRequest, depends_on: Sequence[str | Job | int]) -> None:
+    """`depends_on`'s jobs into the request: ids and Jobs as ids, ints as indexes of
+    earlier requests of the same call (`depends_on_requests`)."""
+    if isinstance(depends_on, str | Job):  # one id is a Sequence too: take it, not its letters
+        depends_on = [depends_on]
+    for dependency in depends_on:
+        if isinstance(dependency, Job):
+            request.depends_on.append(dependency.id)
+        elif isinstance(dependency, str):
+            request.depends_on.append(dependency)
+        elif isinstance(dependency, int) and not isinstance(dependency, bool):
+            request.depends_on_requests.append(dependency)
+        else:
+            raise TypeError(
+                f"depends_on takes job ids, Jobs and request indexes, not {dependency!r}"
+            )
 
 
 def retry_policy(
@@ -303,20 +343,32 @@ def bulk_request(
     requests: Sequence[pb.SubmitJobRequest],
     view: pb.JobView,
     idempotency_keys: bool,
+    on_complete: pb.SubmitJobRequest | None = None,
 ) -> pb.SubmitJobsRequest:
-    """`submit_many`'s request: copies of `requests` (the caller's are left as they are),
-    each without a key given one of its own when `idempotency_keys`."""
+    """`submit_many`'s (and `submit_batch`'s) request: copies of `requests` and
+    `on_complete` (the caller's are left as they are), each without a key given one of its
+    own when `idempotency_keys`."""
     request = pb.SubmitJobsRequest(requests=requests, view=view)
+    if on_complete is not None:
+        request.on_complete.CopyFrom(on_complete)
     if idempotency_keys:
-        for item in request.requests:
+        for item in _submitted_items(request):
             if not item.idempotency_key:
                 item.idempotency_key = new_idempotency_key()
     return request
 
 
+def _submitted_items(request: pb.SubmitJobsRequest) -> builtins.list[pb.SubmitJobRequest]:
+    """The jobs a SubmitJobs makes: its requests, and its batch's callback if it has one."""
+    items = builtins.list(request.requests)
+    if request.HasField("on_complete"):
+        items.append(request.on_complete)
+    return items
+
+
 def _retry_safe(request: pb.SubmitJobsRequest) -> bool:
-    """A bulk may be sent again only if every job in it carries a key."""
-    return all(item.idempotency_key for item in request.requests)
+    """A bulk may be sent again only if every job in it (a callback too) carries a key."""
+    return all(item.idempotency_key for item in _submitted_items(request))
 
 
 def _metadata(api_key: str | None) -> Metadata:
@@ -369,6 +421,7 @@ LIST_JOB_ATTEMPTS = JOBS.rpc(
     "ListJobAttempts", pb.ListJobAttemptsRequest, pb.ListJobAttemptsResponse
 )
 GET_JOB_RESULT = JOBS.rpc("GetJobResult", pb.GetJobResultRequest, pb.GetJobResultResponse)
+GET_BATCH = JOBS.rpc("GetBatch", pb.GetBatchRequest, pb.GetBatchResponse)
 GET_QUEUE_STATS = JOBS.rpc("GetQueueStats", pb.GetQueueStatsRequest, pb.GetQueueStatsResponse)
 PAUSE_QUEUE = JOBS.rpc("PauseQueue", pb.PauseQueueRequest, pb.PauseQueueResponse)
 RESUME_QUEUE = JOBS.rpc("ResumeQueue", pb.ResumeQueueRequest, pb.ResumeQueueResponse)
@@ -432,13 +485,17 @@ def _each_submitted(
 
 def _submitted(answer: pb.SubmitJobsResponse, request: pb.SubmitJobsRequest) -> builtins.list[Job]:
     """A bulk's jobs, each with its request's payload put back (as `submit` does) unless
-    the answer echoed them."""
+    the answer echoed them. (A batch's callback is not among them: it is the batch's.)"""
+    jobs = answer.jobs[: len(request.requests)]
     if request.view == pb.JOB_VIEW_FULL:
-        return [Job(job) for job in answer.jobs]
-    return [
-        Job(_with_payload(job, sent))
-        for job, sent in zip(answer.jobs, request.requests, strict=True)
-    ]
+        return [Job(job) for job in jobs]
+    return [Job(_with_payload(job, sent)) for job, sent in zip(jobs, request.requests, strict=True)]
+
+
+def _batch_submitted(
+    answer: pb.SubmitJobsResponse, request: pb.SubmitJobsRequest
+) -> SubmittedBatch:
+    return SubmittedBatch(_submitted(answer, request), Batch.from_proto(answer.batch))
 
 
 def _attempts(answer: pb.ListJobAttemptsResponse) -> builtins.list[Attempt]:
@@ -490,6 +547,11 @@ class _Calls:
                 request, lambda answer: Job(answer.job), retry_safe=bool(request.idempotency_key)
             )
         request = submit_request(type, payload, **_keyed(options))
+        if request.depends_on_requests:
+            raise ValueError(
+                "an int in depends_on names a request of the same submit_many or submit_batch;"
+                " submit one job on another by its id or Job"
+            )
         request.view = pb.JOB_VIEW_BASIC  # the payload is ours: not sent back, put back here
         retry_safe = bool(request.idempotency_key)
         return SUBMIT_JOB.call(
@@ -525,6 +587,37 @@ class _Calls:
         )
 
     @staticmethod
+    def submit_batch(
+        requests: Sequence[pb.SubmitJobRequest],
+        on_complete: pb.SubmitJobRequest,
+        *,
+        view: pb.JobView = pb.JOB_VIEW_BASIC,
+        idempotency_keys: bool = True,
+    ) -> Call[SubmittedBatch]:
+        """Submit up to 1,000 jobs as a batch (all or none, as `submit_many`) with a
+        callback job, `on_complete` (a `submit_request`), that runs once after every job of
+        the batch has ended, whatever the outcomes. Its payload gains `batch`: the batch's
+        `id`, `counts` by final state (`succeeded`, `dead`, `cancelled`) and `job_ids`. The
+        callback may not have dependencies of its own (it depends on the whole batch).
+
+        The answer: the jobs in request order and the `Batch` (`get_batch` follows it; its
+        `callback_job_id` is the callback's). Keys and views as in `submit_many`."""
+        request = bulk_request(requests, view, idempotency_keys, on_complete)
+        return SUBMIT_JOBS.call(
+            request,
+            lambda answer: _batch_submitted(answer, request),
+            retry_safe=_retry_safe(request),
+        )
+
+    @staticmethod
+    def get_batch(batch_id: str) -> Call[Batch]:
+        """A batch as it stands: how many of its jobs ended how, and its callback's id."""
+        request = pb.GetBatchRequest(id=batch_id)
+        return GET_BATCH.call(
+            request, lambda answer: Batch.from_proto(answer.batch), retry_safe=True
+        )
+
+    @staticmethod
     def get(job_id: str) -> Call[Job]:
         """The job as it stands."""
         return GET_JOB.call(pb.GetJobRequest(id=job_id), lambda answer: Job(answer.job))
@@ -546,10 +639,16 @@ class _Calls:
         return CANCEL_JOB.call(pb.CancelJobRequest(id=job_id), lambda answer: Job(answer.job))
 
     @staticmethod
-    def retry(job_id: str, max_attempts: int = 0) -> Call[Job]:
-        """Replay a DEAD or CANCELLED job with `max_attempts` more attempts (0: default)."""
-        request = pb.RetryJobRequest(id=job_id, max_attempts=max_attempts)
-        return RETRY_JOB.call(request, lambda answer: Job(answer.job))
+    def retry(
+        job_id: str, max_attempts: int = 0, *, include_dependents: bool = False
+    ) -> Call[RetriedJob]:
+        """Replay a DEAD or CANCELLED job with `max_attempts` more attempts (0: default).
+        `include_dependents`: also revive the dependents its end cancelled (transitively),
+        which wait for it again; their ids are the answer's `revived_dependents`."""
+        request = pb.RetryJobRequest(
+            id=job_id, max_attempts=max_attempts, include_dependents=include_dependents
+        )
+        return RETRY_JOB.call(request, RetriedJob.from_response)
 
     @staticmethod
     def retry_jobs(
@@ -910,14 +1009,14 @@ class AsyncClient:
         finally:
             self._start(coalescer.leave())
 
-    def _start(self, batch: Batch | None) -> None:
+    def _start(self, batch: CallBatch | None) -> None:
         """Send `batch` in a task of its own (kept, so that it is not collected)."""
         if batch is not None:
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: Batch) -> None:
+    async def _send(self, batch: CallBatch) -> None:
         """Send `batch`, settle its callers, then free its slot one turn of the loop later:
         after the callers just answered have run, so that those that submit again at once
         join the next batch rather than one of them going alone and the rest waiting for it
@@ -949,6 +1048,8 @@ class AsyncClient:
 
     submit = _awaited(_Calls.submit)
     submit_many = _awaited(_Calls.submit_many)
+    submit_batch = _awaited(_Calls.submit_batch)
+    get_batch = _awaited(_Calls.get_batch)
     get = _awaited(_Calls.get)
     list = _awaited(_Calls.list)
     cancel = _awaited(_Calls.cancel)
@@ -1054,7 +1155,7 @@ class Client:
         finally:
             self._start(coalescer.leave())
 
-    def _start(self, batch: Batch | None) -> None:
+    def _start(self, batch: CallBatch | None) -> None:
         """Start `batch` without blocking; `_sent` settles it when gRPC answers."""
         if batch is None:
             return
@@ -1068,7 +1169,7 @@ class Client:
             return
         flying.add_done_callback(lambda done: self._sent(batch, done))
 
-    def _sent(self, batch: Batch, done: Any) -> None:
+    def _sent(self, batch: CallBatch, done: Any) -> None:
         try:
             batch.settle(done.result())
         except BaseException as error:  # the RpcError: every caller's
@@ -1094,6 +1195,8 @@ class Client:
 
     submit = _blocking(_Calls.submit)
     submit_many = _blocking(_Calls.submit_many)
+    submit_batch = _blocking(_Calls.submit_batch)
+    get_batch = _blocking(_Calls.get_batch)
     get = _blocking(_Calls.get)
     list = _blocking(_Calls.list)
     cancel = _blocking(_Calls.cancel)

@@ -28,7 +28,7 @@ not the ones `protos/` generates, and it reads a Struct's numbers as floats.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -82,6 +82,19 @@ class BlockedKind(enum.IntEnum):
     IN_LINE = job_pb2.BLOCKED_KIND_IN_LINE
     ENQUEUE_PENDING = job_pb2.BLOCKED_KIND_ENQUEUE_PENDING
     QUEUE_UNREACHABLE = job_pb2.BLOCKED_KIND_QUEUE_UNREACHABLE
+    CONCURRENCY_KEY = job_pb2.BLOCKED_KIND_CONCURRENCY_KEY
+    RATE_KEY = job_pb2.BLOCKED_KIND_RATE_KEY
+    DEPENDENCIES = job_pb2.BLOCKED_KIND_DEPENDENCIES
+
+
+class DependencyFailurePolicy(enum.IntEnum):
+    """What a job does when one of its dependencies ends DEAD or CANCELLED: the proto's
+    `DependencyFailurePolicy` numbers (`submit(..., dependency_failure_policy=...)`).
+    UNSPECIFIED is CANCEL."""
+
+    UNSPECIFIED = job_pb2.DEPENDENCY_FAILURE_POLICY_UNSPECIFIED
+    CANCEL = job_pb2.DEPENDENCY_FAILURE_POLICY_CANCEL
+    RUN_ANYWAY = job_pb2.DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY
 
 
 class AttemptOutcome(enum.IntEnum):
@@ -135,6 +148,11 @@ class Blocked:
     job_type: str = ""
     type_unverified: bool = False
     cause: str = ""
+    concurrency_key: str = ""
+    rate_key: str = ""
+    dependencies_pending: int = 0
+    dependencies_total: int = 0
+    waiting_for: tuple[str, ...] = ()  # some of the pending dependencies (at most 10)
 
     @classmethod
     def from_proto(cls, msg: job_pb2.BlockedReason) -> Blocked:
@@ -154,6 +172,11 @@ class Blocked:
             job_type=msg.job_type,
             type_unverified=msg.type_unverified,
             cause=msg.cause,
+            concurrency_key=msg.concurrency_key,
+            rate_key=msg.rate_key,
+            dependencies_pending=msg.dependencies_pending,
+            dependencies_total=msg.dependencies_total,
+            waiting_for=tuple(msg.waiting_for),
         )
 
 
@@ -253,6 +276,21 @@ class Job:
         return self.raw.rate_key
 
     @property
+    def depends_on(self) -> list[str]:
+        """The jobs this one waits for (a copy; in-call references resolved to ids)."""
+        return list(self.raw.depends_on)
+
+    @property
+    def dependency_failure_policy(self) -> DependencyFailurePolicy:
+        """What a dependency that ends DEAD or CANCELLED does to this job."""
+        return DependencyFailurePolicy(self.raw.dependency_failure_policy)
+
+    @property
+    def batch_id(self) -> str:
+        """The batch the job belongs to, its callback included ("" for none)."""
+        return self.raw.batch_id
+
+    @property
     def attempt(self) -> int:
         """The attempt running or last run (0 before the first)."""
         return self.raw.attempt
@@ -327,6 +365,67 @@ class Job:
     def blocked(self) -> Blocked | None:
         """`blocked_reason` as data."""
         return Blocked.from_proto(self.raw.blocked) if self.raw.HasField("blocked") else None
+
+
+class RetriedJob(Job):
+    """What `retry` answers: the replayed job (a `Job`), and with `include_dependents` the
+    ids of the dependents its end had cancelled that wait for it again."""
+
+    __slots__ = ("revived_dependents",)
+
+    def __init__(self, raw: job_pb2.Job, revived_dependents: Iterable[str] = ()) -> None:
+        super().__init__(raw)
+        self.revived_dependents = list(revived_dependents)
+
+    @classmethod
+    def from_response(cls, msg: pb.RetryJobResponse) -> RetriedJob:
+        return cls(msg.job, msg.revived_dependents)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The jobs of one `submit_batch` and its callback job, with how many of them ended
+    how (`get_batch` reads it again); the callback is not counted."""
+
+    id: str
+    owner: str
+    job_count: int
+    succeeded: int
+    dead: int
+    cancelled: int
+    unfinished: int
+    callback_job_id: str
+    create_time: datetime | None
+    raw: job_pb2.Batch = field(repr=False, compare=False)
+
+    @property
+    def ended(self) -> bool:
+        """Every job of the batch has ended (its callback then runs, or has run)."""
+        return self.unfinished == 0
+
+    @classmethod
+    def from_proto(cls, msg: job_pb2.Batch) -> Batch:
+        return cls(
+            id=msg.id,
+            owner=msg.owner,
+            job_count=msg.job_count,
+            succeeded=msg.succeeded,
+            dead=msg.dead,
+            cancelled=msg.cancelled,
+            unfinished=msg.unfinished,
+            callback_job_id=msg.callback_job_id,
+            create_time=_time(msg, "create_time"),
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedBatch:
+    """What `submit_batch` answers: the jobs in request order and the batch they make
+    (its callback job is `batch.callback_job_id`)."""
+
+    jobs: list[Job]
+    batch: Batch
 
 
 @dataclass(frozen=True, slots=True)
