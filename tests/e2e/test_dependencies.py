@@ -230,3 +230,15 @@ async def test_a_batch_callback_runs_once_with_its_counts(
     with pytest.raises(grpc.aio.AioRpcError) as hidden:
         await call(stack, keys.bob, "GetBatch", pb.GetBatchRequest(id=batch.id))
     assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_typed_built_in_type_can_be_a_batch_callback(
+    stack: Stack, keys: Keys, alice: AsyncClient
+) -> None:
+    """Guards callbacks of types whose payload model forbids unknown fields (every
+    built-in's): the `batch` added at release does not fail them."""
+    made = await submit(
+        stack, keys.alice, request("noop"), on_complete=request("sleep", {"seconds": 0})
+    )
+    await until_done(alice, [made.jobs[0].id, made.batch.callback_job_id], within=30)
+    assert (await alice.get(made.batch.callback_job_id)).state == S.SUCCEEDED

@@ -98,9 +98,16 @@ class HandlerSpec:
 
     def parse(self, payload: dict[str, Any]) -> Any:
         """The payload as the handler takes it: the model, or the dict itself. A payload
-        the model refuses is a PermanentError (running it again would not help)."""
+        the model refuses is a PermanentError (running it again would not help).
+
+        A batch's callback finds `batch` added to its payload (conveyor.jobs.dependencies)
+        after its submit was checked; a model that does not declare the field (every
+        built-in type's) gets the payload as it was submitted, so any type can be a
+        callback. A model may declare `batch` to read it."""
         if self.payload_model is None:
             return payload
+        if "batch" in payload and "batch" not in self.payload_model.model_fields:
+            payload = {k: v for k, v in payload.items() if k != "batch"}
         try:
             return self.payload_model.model_validate(payload)
         except ValidationError as exc:
