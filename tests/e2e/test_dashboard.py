@@ -253,3 +253,22 @@ def test_job_data_is_escaped(stack: Stack, keys: Keys, dashboard: str) -> None:
         shown = http.get(f"/jobs/{job.id}").text
     for page in (listed, shown):
         assert markup not in page and "&lt;img src=x" in page
+
+
+def test_a_job_page_links_its_dependencies_and_names_its_batch(
+    stack: Stack, keys: Keys, dashboard: str
+) -> None:
+    """A waiting job's page says what it waits for, linking each dependency's page, and
+    names its batch (issue 25)."""
+    with Client(stack.api_addr, api_key=keys.alice) as client:
+        first = client.submit("sleep", {"seconds": 30})
+        made = client.submit_batch(
+            [submit_request("noop", depends_on=[first.id])], on_complete=submit_request("noop")
+        )
+        waiting = made.jobs[0]
+        with http_client(dashboard, keys.alice) as http:
+            page = http.get(f"/jobs/{waiting.id}").text
+        client.cancel(first.id)
+    assert f'<a href="/jobs/{first.id}"><code>{first.id}</code></a>' in page
+    assert "waiting for 1 of 1 dependencies" in page
+    assert f"<code>{made.batch.id}</code>" in page

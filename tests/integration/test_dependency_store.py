@@ -10,8 +10,9 @@ import asyncio
 import pytest
 
 from conveyor.db import Database, JobStore
+from conveyor.db.artifacts import ArtifactStore
 from conveyor.db.dependencies import DependencyStore, Submission
-from conveyor.errors import InvalidArgument
+from conveyor.errors import InvalidArgument, NotFound
 from conveyor.jobs.dependencies import Policy
 from conveyor.jobs.model import FALLBACK_RETRY, Job, JobDefaults, JobSpec, JobState, now_ms
 from tests.builders import ended
@@ -178,3 +179,20 @@ async def test_a_released_batch_callback_carries_the_batch(db: Database) -> None
     assert (await stored(db, callback.id)).payload["batch"] == expected
     view = await deps.batch(batch_id, "alice")
     assert (view.job_count, view.unfinished) == (3, 0)
+
+
+async def test_a_batch_goes_with_its_callback(db: Database) -> None:
+    """Guards against batches outliving their jobs: deleting the finished callback (as
+    retention and DeleteJobs do) deletes the batch, which GetBatch then does not find."""
+    deps = DependencyStore(db)
+    batch_id = job().id
+    member = job(batch_id=batch_id)
+    callback = job(batch_id=batch_id, dependency_policy=int(Policy.RUN_ANYWAY))
+    await submit(db, Submission(member), Submission(callback, requests=(0,)), batch_id=batch_id)
+    await end(db, member.id, JobState.SUCCEEDED)
+    await deps.resolve([member.id])
+    await end(db, callback.id, JobState.SUCCEEDED)
+    assert (await deps.batch(batch_id, None)).unfinished == 0
+    assert await ArtifactStore(db).delete_finished([member.id, callback.id]) == 2
+    with pytest.raises(NotFound):
+        await deps.batch(batch_id, None)

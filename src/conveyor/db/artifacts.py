@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, delete, select
+from sqlalchemy import Delete, Select, Table, and_, delete, exists, select
 
 from conveyor.db.database import Database
 from conveyor.db.jobs import unavailable_on_db_errors
-from conveyor.db.models import ArtifactRow, ExpiryRow, JobRow
+from conveyor.db.models import ArtifactRow, BatchRow, ExpiryRow, JobRow
 from conveyor.jobs.artifacts import Artifact
 from conveyor.jobs.model import TERMINAL_STATES
 from conveyor.jobs.shards import placement
@@ -18,6 +18,7 @@ from conveyor.jobs.shards import placement
 _ARTIFACTS = cast(Table, ArtifactRow.__table__)
 _JOBS = cast(Table, JobRow.__table__)
 _EXPIRY = cast(Table, ExpiryRow.__table__)
+_BATCHES = cast(Table, BatchRow.__table__)
 _TERMINAL = [int(s) for s in TERMINAL_STATES]
 
 
@@ -125,6 +126,7 @@ class ArtifactStore:
         stmt = delete(_JOBS).where(_JOBS.c.id.in_(list(ids)), _JOBS.c.state.in_(_TERMINAL))
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             result = await conn.execute(stmt)
+            await conn.execute(_batches_of_deleted(ids))
         return int(result.rowcount or 0)
 
     async def delete_jobs(self, ids: Sequence[str], now: int) -> int:
@@ -140,4 +142,12 @@ class ArtifactStore:
         )
         async with unavailable_on_db_errors(), self.db.engine.begin() as conn:
             result = await conn.execute(stmt)
+            await conn.execute(_batches_of_deleted(ids))
         return int(result.rowcount or 0)
+
+
+def _batches_of_deleted(ids: Sequence[str]) -> Delete:
+    """The batches whose callback was among the jobs just deleted (a batch lives as long as
+    its callback, which ends after all of its jobs)."""
+    gone = ~exists(select(_JOBS.c.id).where(_JOBS.c.id == _BATCHES.c.callback_job_id))
+    return delete(_BATCHES).where(_BATCHES.c.callback_job_id.in_(list(ids)), gone)
