@@ -13,33 +13,20 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import psycopg
-import pytest
 
 from conveyor.db.bulk import psycopg_dsn
-from conveyor.embedded import EmbeddedRedis
 from conveyor.v1 import job_service_pb2 as pb
 from conveyor.v1.job_service_pb2_grpc import JobServiceStub
-from tests.faults.losses import LOSS_TIMINGS, LossStack, loss_stack_of, stop_all, wait_until
+from tests.faults.losses import LOSS_TIMINGS, LossStack, stop_all, wait_until
 from tests.handlers import lines
 
 QUEUE = "batchfault"
 JOBS = 1000
 # The fault comes once this many of the batch have ended: its last jobs are finishing.
 FAULT_AT = 850
-
-
-@pytest.fixture
-def loss_stack(
-    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[LossStack]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    with loss_stack_of(server, database_url, tmp_path, request.node.name) as env:
-        yield env
 
 
 def ended_count(dsn: str, batch_id: str) -> int:

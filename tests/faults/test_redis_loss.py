@@ -23,8 +23,6 @@ import asyncio
 import contextlib
 import re
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import psycopg
@@ -44,7 +42,6 @@ from tests.faults.losses import (
     count_state,
     db_jobs,
     diagnose,
-    loss_stack_of,
     redis_sets,
     run_through_loss,
     stop_all,
@@ -67,15 +64,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 PASS_RE = re.compile(
     r"reconciler: checked (\d+) unfinished jobs; restored (\d+), replayed (\d+), repaired (\d+)"
 )
-
-
-@pytest.fixture
-def loss_stack(
-    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[LossStack]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    with loss_stack_of(server, database_url, tmp_path, request.node.name) as env:
-        yield env
 
 
 async def health(addr: str) -> int:

@@ -416,18 +416,23 @@ local function line_up(q, id, state, priority, run_at)
   end
 end
 
--- Write a job's hash from its hot-state document (a table of strings, as Job.to_hot makes
--- it) and put it in line (`line_up`: the delayed set while SCHEDULED, the retry set while
--- RETRYING, both by due time, else the ready set). It wakes no one: the caller wakes the
--- workers once for all the jobs it placed (`wake`, one token per job, capped), and a
--- delayed job's token makes a worker learn the new due time and sleep until then.
-local function place(jobkey, job, q)
+-- Write a job's hash from its hot-state document (a table of strings, as Job.to_hot makes it).
+local function write_hash(jobkey, job)
   local fields = {}
   for k, v in pairs(job) do
     fields[#fields + 1] = k
     fields[#fields + 1] = v
   end
   redis.call('HSET', jobkey, unpack(fields))
+end
+
+-- Write a job's hash and put it in line (`line_up`: the delayed set while SCHEDULED, the
+-- retry set while RETRYING, both by due time, else the ready set). It wakes no one: the
+-- caller wakes the workers once for all the jobs it placed (`wake`, one token per job,
+-- capped), and a delayed job's token makes a worker learn the new due time and sleep
+-- until then.
+local function place(jobkey, job, q)
+  write_hash(jobkey, job)
   line_up(q, job['id'], job['state'], job['priority'], job['run_at'])
 end
 

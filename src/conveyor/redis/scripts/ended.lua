@@ -9,12 +9,7 @@ local cp, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3]
 for i, job in ipairs(cjson.decode(ARGV[4])) do
   local jobkey, evkey = KEYS[2 * i - 1], KEYS[2 * i]
   if redis.call('EXISTS', jobkey) == 0 then
-    local fields = {}
-    for k, v in pairs(job) do
-      fields[#fields + 1] = k
-      fields[#fields + 1] = v
-    end
-    redis.call('HSET', jobkey, unpack(fields))
+    write_hash(jobkey, job)
     emit(jobkey, evkey, cp .. job['id'], maxlen)
     redis.call('EXPIRE', jobkey, ttl)
     redis.call('EXPIRE', evkey, ttl)
