@@ -19,6 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import text
 
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
 
@@ -107,7 +108,15 @@ class DependencyRow(Base):
     conveyor.jobs.dependencies.Edge: pending until the dependency ends."""
 
     __tablename__ = "job_dependencies"
-    __table_args__ = (Index("ix_job_dependencies_job_id", "job_id"),)
+    __table_args__ = (
+        Index("ix_job_dependencies_job_id", "job_id"),
+        Index(
+            "ix_job_dependencies_pending",
+            "depends_on",
+            postgresql_where=text("state = 0"),
+            sqlite_where=text("state = 0"),
+        ),
+    )
 
     depends_on: Mapped[str] = mapped_column(String(36), primary_key=True)
     job_id: Mapped[str] = mapped_column(

@@ -11,8 +11,9 @@
   waits for it.
 - `jobs.batch_id` (indexed): the batch the job is part of, its callback included.
 - `job_dependencies`: one row per edge, keyed by the dependency (the lookup when it
-  ends); `state` 0 until it ends, then 1 (succeeded, or counted as met), 2 (failed) or 3
-  (failed and cancelled the dependent: what RetryJob's include_dependents revives).
+  ends), with a partial index of the pending ones (the reconciler's); `state` 0 until it
+  ends, then 1 (succeeded, or counted as met), 2 (failed) or 3 (failed and cancelled the
+  dependent: what RetryJob's include_dependents revives).
   No foreign key to the dependency: a finished dependency may be deleted by retention
   while its dependents' rows still name it.
 - `batches`: a SubmitJobs call's batch and its callback job.
@@ -62,6 +63,16 @@ def upgrade() -> None:
         sa.Column("state", sa.SmallInteger(), nullable=False, server_default="0"),
     )
     op.create_index("ix_job_dependencies_job_id", "job_dependencies", ["job_id"])
+    # The pending edges only: what the reconciler looks through for ends nobody resolved
+    # (`DependencyStore.stranded`), however many resolved edges the table holds.
+    pending = sa.text("state = 0")
+    op.create_index(
+        "ix_job_dependencies_pending",
+        "job_dependencies",
+        ["depends_on"],
+        postgresql_where=pending,
+        sqlite_where=pending,
+    )
     op.create_table(
         "batches",
         sa.Column("id", sa.String(36), primary_key=True),
@@ -74,6 +85,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("batches")
+    op.drop_index("ix_job_dependencies_pending", table_name="job_dependencies")
     op.drop_index("ix_job_dependencies_job_id", table_name="job_dependencies")
     op.drop_table("job_dependencies")
     op.drop_index("ix_jobs_batch_id", table_name="jobs")
