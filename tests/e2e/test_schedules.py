@@ -156,8 +156,8 @@ async def test_a_template_cannot_smuggle_per_bucket_fields(alice: AsyncClient) -
 def test_a_template_is_a_submit_request_on_the_wire() -> None:
     """Guards the documented promise that JobTemplate shares SubmitJobRequest's field
     numbers: every template field is the request field of the same name, number and type,
-    and the six it lacks (view, unique_for and debounce among them) are reserved by number
-    and name (so none is ever reused)."""
+    and the nine it lacks (view, unique_for, debounce and the dependencies among them) are
+    reserved by number and name (so none is ever reused)."""
     request = job_service_pb2.SubmitJobRequest.DESCRIPTOR
     for field in pb.JobTemplate.DESCRIPTOR.fields:
         twin = request.fields_by_name[field.name]
@@ -166,7 +166,7 @@ def test_a_template_is_a_submit_request_on_the_wire() -> None:
     (template,) = (m for m in file.message_type if m.name == "JobTemplate")
     reserved = {n for r in template.reserved_range for n in range(r.start, r.end)}
     lacking = {f.number for f in request.fields} - {f.number for f in template.field}
-    assert reserved == lacking == {5, 6, 10, 12, 15, 16}
+    assert reserved == lacking == {5, 6, 10, 12, 15, 16, 18, 19, 20}
     assert set(template.reserved_name) == {
         "idempotency_key",
         "run_at",
@@ -174,4 +174,7 @@ def test_a_template_is_a_submit_request_on_the_wire() -> None:
         "view",
         "unique_for",
         "debounce",
+        "depends_on",
+        "depends_on_requests",
+        "dependency_failure_policy",
     }

@@ -29,7 +29,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/schedule_service.proto\x12\x0b\x63onveyor.v1\x1a\x15\x63onveyor/v1/job.proto\x1a\x1d\x63onveyor/v1/job_service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x04\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x04\x63ron\x18\x04 \x01(\tH\x00\x12-\n\x08interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12.\n\x03job\x18\x07 \x01(\x0b\x32\x1d.conveyor.v1.SubmitJobRequestB\x02\x18\x01\x12,\n\x08\x63\x61tch_up\x18\x08 \x01(\x0e\x32\x1a.conveyor.v1.CatchUpPolicy\x12\x16\n\x0e\x63\x61tch_up_limit\x18\t \x01(\x05\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06paused\x18\x0c \x01(\x08\x12\x32\n\x0enext_run_times\x18\r \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_run_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blast_job_id\x18\x0f \x01(\t\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x11 \x01(\t\x12.\n\x0cjob_template\x18\x12 \x01(\x0b\x32\x18.conveyor.v1.JobTemplateB\x08\n\x06timing\"\x81\x04\n\x0bJobTemplate\x12\x0c\n\x04type\x18\x01 \x01(\t\x12(\n\x07payload\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x05retry\x18\t \x01(\x0b\x32\x18.conveyor.v1.RetryPolicy\x12,\n\tretention\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x06labels\x18\r \x03(\x0b\x32$.conveyor.v1.JobTemplate.LabelsEntry\x12\x17\n\x0f\x63oncurrency_key\x18\x0e \x01(\t\x12\x10\n\x08rate_key\x18\x11 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priorityJ\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07J\x04\x08\n\x10\x0bJ\x04\x08\x0c\x10\rJ\x04\x08\x0f\x10\x10J\x04\x08\x10\x10\x11R\x0fidempotency_keyR\x06run_atR\x05\x64\x65layR\x04viewR\nunique_forR\x08\x64\x65\x62ounce\"@\n\x15\x43reateScheduleRequest\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"A\n\x16\x43reateScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\" \n\x12GetScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x13GetScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"L\n\x14ListSchedulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\"Z\n\x15ListSchedulesResponse\x12(\n\tschedules\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x15\x44\x65leteScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse\"\"\n\x14PauseScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x15PauseScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"#\n\x15ResumeScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"A\n\x16ResumeScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"$\n\x16TriggerScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x17TriggerScheduleResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job*\x85\x01\n\rCatchUpPolicy\x12\x1f\n\x1b\x43\x41TCH_UP_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41TCH_UP_POLICY_SKIP\x10\x01\x12\x1c\n\x18\x43\x41TCH_UP_POLICY_RUN_ONCE\x10\x02\x12\x1b\n\x17\x43\x41TCH_UP_POLICY_RUN_ALL\x10\x03\x32\x82\x05\n\x0fScheduleService\x12Y\n\x0e\x43reateSchedule\x12\".conveyor.v1.CreateScheduleRequest\x1a#.conveyor.v1.CreateScheduleResponse\x12P\n\x0bGetSchedule\x12\x1f.conveyor.v1.GetScheduleRequest\x1a .conveyor.v1.GetScheduleResponse\x12V\n\rListSchedules\x12!.conveyor.v1.ListSchedulesRequest\x1a\".conveyor.v1.ListSchedulesResponse\x12Y\n\x0e\x44\x65leteSchedule\x12\".conveyor.v1.DeleteScheduleRequest\x1a#.conveyor.v1.DeleteScheduleResponse\x12V\n\rPauseSchedule\x12!.conveyor.v1.PauseScheduleRequest\x1a\".conveyor.v1.PauseScheduleResponse\x12Y\n\x0eResumeSchedule\x12\".conveyor.v1.ResumeScheduleRequest\x1a#.conveyor.v1.ResumeScheduleResponse\x12\\\n\x0fTriggerSchedule\x12#.conveyor.v1.TriggerScheduleRequest\x1a$.conveyor.v1.TriggerScheduleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/schedule_service.proto\x12\x0b\x63onveyor.v1\x1a\x15\x63onveyor/v1/job.proto\x1a\x1d\x63onveyor/v1/job_service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x04\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x04\x63ron\x18\x04 \x01(\tH\x00\x12-\n\x08interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12.\n\x03job\x18\x07 \x01(\x0b\x32\x1d.conveyor.v1.SubmitJobRequestB\x02\x18\x01\x12,\n\x08\x63\x61tch_up\x18\x08 \x01(\x0e\x32\x1a.conveyor.v1.CatchUpPolicy\x12\x16\n\x0e\x63\x61tch_up_limit\x18\t \x01(\x05\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06paused\x18\x0c \x01(\x08\x12\x32\n\x0enext_run_times\x18\r \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_run_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blast_job_id\x18\x0f \x01(\t\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x11 \x01(\t\x12.\n\x0cjob_template\x18\x12 \x01(\x0b\x32\x18.conveyor.v1.JobTemplateB\x08\n\x06timing\"\xcf\x04\n\x0bJobTemplate\x12\x0c\n\x04type\x18\x01 \x01(\t\x12(\n\x07payload\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x05retry\x18\t \x01(\x0b\x32\x18.conveyor.v1.RetryPolicy\x12,\n\tretention\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x06labels\x18\r \x03(\x0b\x32$.conveyor.v1.JobTemplate.LabelsEntry\x12\x17\n\x0f\x63oncurrency_key\x18\x0e \x01(\t\x12\x10\n\x08rate_key\x18\x11 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priorityJ\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07J\x04\x08\n\x10\x0bJ\x04\x08\x0c\x10\rJ\x04\x08\x0f\x10\x10J\x04\x08\x10\x10\x11J\x04\x08\x12\x10\x13J\x04\x08\x13\x10\x14J\x04\x08\x14\x10\x15R\x0fidempotency_keyR\x06run_atR\x05\x64\x65layR\x04viewR\nunique_forR\x08\x64\x65\x62ounceR\ndepends_onR\x13\x64\x65pends_on_requestsR\x19\x64\x65pendency_failure_policy\"@\n\x15\x43reateScheduleRequest\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"A\n\x16\x43reateScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\" \n\x12GetScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x13GetScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"L\n\x14ListSchedulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\"Z\n\x15ListSchedulesResponse\x12(\n\tschedules\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x15\x44\x65leteScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse\"\"\n\x14PauseScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x15PauseScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"#\n\x15ResumeScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"A\n\x16ResumeScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Schedule\"$\n\x16TriggerScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x17TriggerScheduleResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.conveyor.v1.Job*\x85\x01\n\rCatchUpPolicy\x12\x1f\n\x1b\x43\x41TCH_UP_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41TCH_UP_POLICY_SKIP\x10\x01\x12\x1c\n\x18\x43\x41TCH_UP_POLICY_RUN_ONCE\x10\x02\x12\x1b\n\x17\x43\x41TCH_UP_POLICY_RUN_ALL\x10\x03\x32\x82\x05\n\x0fScheduleService\x12Y\n\x0e\x43reateSchedule\x12\".conveyor.v1.CreateScheduleRequest\x1a#.conveyor.v1.CreateScheduleResponse\x12P\n\x0bGetSchedule\x12\x1f.conveyor.v1.GetScheduleRequest\x1a .conveyor.v1.GetScheduleResponse\x12V\n\rListSchedules\x12!.conveyor.v1.ListSchedulesRequest\x1a\".conveyor.v1.ListSchedulesResponse\x12Y\n\x0e\x44\x65leteSchedule\x12\".conveyor.v1.DeleteScheduleRequest\x1a#.conveyor.v1.DeleteScheduleResponse\x12V\n\rPauseSchedule\x12!.conveyor.v1.PauseScheduleRequest\x1a\".conveyor.v1.PauseScheduleResponse\x12Y\n\x0eResumeSchedule\x12\".conveyor.v1.ResumeScheduleRequest\x1a#.conveyor.v1.ResumeScheduleResponse\x12\\\n\x0fTriggerSchedule\x12#.conveyor.v1.TriggerScheduleRequest\x1a$.conveyor.v1.TriggerScheduleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,42 +40,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULE'].fields_by_name['job']._serialized_options = b'\030\001'
   _globals['_JOBTEMPLATE_LABELSENTRY']._loaded_options = None
   _globals['_JOBTEMPLATE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_CATCHUPPOLICY']._serialized_start=2105
-  _globals['_CATCHUPPOLICY']._serialized_end=2238
+  _globals['_CATCHUPPOLICY']._serialized_start=2183
+  _globals['_CATCHUPPOLICY']._serialized_end=2316
   _globals['_SCHEDULE']._serialized_start=201
   _globals['_SCHEDULE']._serialized_end=820
   _globals['_JOBTEMPLATE']._serialized_start=823
-  _globals['_JOBTEMPLATE']._serialized_end=1336
+  _globals['_JOBTEMPLATE']._serialized_end=1414
   _globals['_JOBTEMPLATE_LABELSENTRY']._serialized_start=1182
   _globals['_JOBTEMPLATE_LABELSENTRY']._serialized_end=1227
-  _globals['_CREATESCHEDULEREQUEST']._serialized_start=1338
-  _globals['_CREATESCHEDULEREQUEST']._serialized_end=1402
-  _globals['_CREATESCHEDULERESPONSE']._serialized_start=1404
-  _globals['_CREATESCHEDULERESPONSE']._serialized_end=1469
-  _globals['_GETSCHEDULEREQUEST']._serialized_start=1471
-  _globals['_GETSCHEDULEREQUEST']._serialized_end=1503
-  _globals['_GETSCHEDULERESPONSE']._serialized_start=1505
-  _globals['_GETSCHEDULERESPONSE']._serialized_end=1567
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=1569
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1645
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1647
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1737
-  _globals['_DELETESCHEDULEREQUEST']._serialized_start=1739
-  _globals['_DELETESCHEDULEREQUEST']._serialized_end=1774
-  _globals['_DELETESCHEDULERESPONSE']._serialized_start=1776
-  _globals['_DELETESCHEDULERESPONSE']._serialized_end=1800
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=1802
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=1836
-  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=1838
-  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=1902
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=1904
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=1939
-  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=1941
-  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=2006
-  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_start=2008
-  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_end=2044
-  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_start=2046
-  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_end=2102
-  _globals['_SCHEDULESERVICE']._serialized_start=2241
-  _globals['_SCHEDULESERVICE']._serialized_end=2883
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=1416
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=1480
+  _globals['_CREATESCHEDULERESPONSE']._serialized_start=1482
+  _globals['_CREATESCHEDULERESPONSE']._serialized_end=1547
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=1549
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=1581
+  _globals['_GETSCHEDULERESPONSE']._serialized_start=1583
+  _globals['_GETSCHEDULERESPONSE']._serialized_end=1645
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=1647
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1723
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1725
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1815
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=1817
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=1852
+  _globals['_DELETESCHEDULERESPONSE']._serialized_start=1854
+  _globals['_DELETESCHEDULERESPONSE']._serialized_end=1878
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=1880
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=1914
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=1916
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=1980
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=1982
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=2017
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=2019
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=2084
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_start=2086
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_end=2122
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_start=2124
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_end=2180
+  _globals['_SCHEDULESERVICE']._serialized_start=2319
+  _globals['_SCHEDULESERVICE']._serialized_end=2961
 # @@protoc_insertion_point(module_scope)
