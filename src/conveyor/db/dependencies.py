@@ -28,6 +28,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     tuple_,
     update,
 )
@@ -181,6 +182,7 @@ class DependencyStore:
         for tries in range(1, DEADLOCK_TRIES + 1):
             try:
                 async with self._transaction() as conn:
+                    await _commit_without_waiting(conn)
                     counted = await _claim_edges(conn, parents, size)
                     cancelled = await _cancel_dependents(conn, counted)
                     released = await _count_down(conn, counted, {j.id for j in cancelled})
@@ -497,6 +499,19 @@ async def _expires(conn: AsyncConnection, job_id: str, when: int) -> None:
     await conn.execute(
         stmt.on_conflict_do_update(index_elements=["job_id"], set_={"expire_time": when})
     )
+
+
+async def _commit_without_waiting(conn: AsyncConnection) -> None:
+    """Let this resolution's commit return before its WAL reaches the disk (PostgreSQL's
+    `synchronous_commit = off`, for this transaction alone): a fan-in's resolutions all
+    lock its one dependent's row, and waiting for each fsync with the lock held made them
+    queue. Safe because a resolution is only ever a consequence of an end that was
+    committed durably: should PostgreSQL crash before this commit is on disk, the end is
+    there with its edges pending, and the reconciler resolves it again (a dependent that
+    was released and has run meanwhile is not released twice: only unfinished jobs are,
+    and Redis keeps the copy it has)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SET LOCAL synchronous_commit = off"))
 
 
 def _among(conn: AsyncConnection, column: Any, ids: Sequence[str]) -> Any:
