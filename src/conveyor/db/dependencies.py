@@ -298,7 +298,7 @@ class _Insert:
                 self.states[final[i]] = priors[i].state
             elif i not in answers:
                 sub.job.depends_on = list(sub.job.depends_on) + [final[r] for r in sub.requests]
-        await self._lock_existing(new, set(final))
+        await self._lock_existing(new)
         edges: list[dict[str, Any]] = []
         for sub in new:
             edges += self._settle(sub.job)
@@ -344,14 +344,12 @@ class _Insert:
                 priors[i] = prior
         return priors
 
-    async def _lock_existing(self, new: Sequence[Submission], made: set[str]) -> None:
+    async def _lock_existing(self, new: Sequence[Submission]) -> None:
         """Lock the stored jobs the new ones depend on (so none ends unseen before this
         commits), mark them as depended on, and learn their states; any that is not the
         caller's is INVALID_ARGUMENT."""
-        wanted = sorted(
-            {d for s in new for d in s.job.depends_on if d not in made}
-            | {d for s in new for d in s.job.depends_on if d in self.states}
-        )
+        made = {s.job.id for s in new}
+        wanted = sorted({d for s in new for d in s.job.depends_on if d not in made})
         for chunk in _chunks(wanted):
             stmt = (
                 select(_JOBS.c.id, _JOBS.c.state)
@@ -385,7 +383,7 @@ class _Insert:
             elif state is not JobState.SUCCEEDED and not run_anyway:
                 edge = Edge.FAILED
             edges.append({"job_id": job.id, "depends_on": dep, "state": int(edge)})
-            if dep not in self.states or not state.terminal:
+            if not state.terminal:
                 self.referenced.add(dep)
         job.dependencies_pending = pending
         if failed is not None:
@@ -640,17 +638,18 @@ async def _fill_batches(conn: AsyncConnection, jobs: Iterable[Job]) -> None:
     stmt = select(_BATCHES).where(_BATCHES.c.callback_job_id.in_(list(candidates)))
     for batch in await conn.execute(stmt):
         job = candidates[batch.callback_job_id]
-        counts = await _batch_counts(conn, batch.id, job.id)
-        ids_stmt = (
-            select(_JOBS.c.id)
+        members = (
+            select(_JOBS.c.id, _JOBS.c.state)
             .where(_JOBS.c.batch_id == batch.id, _JOBS.c.id != job.id)
             .order_by(_JOBS.c.id)
         )
-        ids = [r.id for r in await conn.execute(ids_stmt)]
+        rows = list(await conn.execute(members))
+        ids = [r.id for r in rows]
+        counts = Counter(JobState(r.state) for r in rows)
         named = {
-            "succeeded": counts.get(JobState.SUCCEEDED, 0),
-            "dead": counts.get(JobState.DEAD, 0),
-            "cancelled": counts.get(JobState.CANCELLED, 0),
+            "succeeded": counts[JobState.SUCCEEDED],
+            "dead": counts[JobState.DEAD],
+            "cancelled": counts[JobState.CANCELLED],
         }
         job.payload = {**job.payload, "batch": batch_doc(batch.id, named, ids)}
         await conn.execute(update(_JOBS).where(_JOBS.c.id == job.id).values(payload=job.payload))
