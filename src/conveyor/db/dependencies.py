@@ -351,6 +351,15 @@ class _Insert:
         made = {s.job.id for s in new}
         wanted = sorted({d for s in new for d in s.job.depends_on if d not in made})
         for chunk in _chunks(wanted):
+            # Marked first, then read: on SQLite the write is what begins the transaction
+            # and takes its one writer's lock (a read before it sees a state an outcome
+            # may change before this commits, and that outcome would not know to resolve).
+            mark = (
+                update(_JOBS)
+                .where(_JOBS.c.id.in_(chunk), _JOBS.c.has_dependents.is_(False))
+                .values(has_dependents=True)
+            )
+            await self.conn.execute(mark)
             stmt = (
                 select(_JOBS.c.id, _JOBS.c.state)
                 .where(_JOBS.c.id.in_(chunk), _JOBS.c.owner == self.owner)
@@ -358,12 +367,6 @@ class _Insert:
             )
             for r in await self.conn.execute(stmt):
                 self.states[r.id] = JobState(r.state)
-            mark = (
-                update(_JOBS)
-                .where(_JOBS.c.id.in_(chunk), _JOBS.c.has_dependents.is_(False))
-                .values(has_dependents=True)
-            )
-            await self.conn.execute(mark)
         missing = [d for d in wanted if d not in self.states]
         if missing:
             raise InvalidArgument(list(_unknown(new, set(missing))))
